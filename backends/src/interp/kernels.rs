@@ -1,0 +1,290 @@
+//! The interpreter's kernels: one plain function per op, computing in the element type `T`.
+//!
+//! Every function checks its operands and returns a message on failure instead of panicking.
+//! Accumulations run sequentially in index order.
+
+use super::value::{numel, Arr, Elem};
+use ndarray::{ArrayViewD, IxDyn};
+use tttc_ir::{BinaryOp, ReduceOp, UnaryOp};
+
+/// A view of `a` for broadcasting.
+fn view<T: Elem>(a: &Arr<T>) -> Result<ArrayViewD<'_, T>, String> {
+    ArrayViewD::from_shape(IxDyn(&a.shape), &a.data).map_err(|e| format!("internal: {e}"))
+}
+
+/// `a` broadcast (numpy rules) to `shape`, materialized in row-major order.
+fn broadcast_data<T: Elem>(a: &Arr<T>, shape: &[usize]) -> Result<Vec<T>, String> {
+    numel(shape)?;
+    let v = view(a)?;
+    let b = v
+        .broadcast(IxDyn(shape))
+        .ok_or_else(|| format!("{:?} does not broadcast to {shape:?}", a.shape))?;
+    Ok(b.iter().copied().collect())
+}
+
+/// The numpy broadcast of two shapes (trailing axes aligned; extent 1 stretches).
+pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let from_end = rank - 1 - i;
+        let da = (from_end < a.len()).then(|| a[a.len() - 1 - from_end]);
+        let db = (from_end < b.len()).then(|| b[b.len() - 1 - from_end]);
+        *slot = match (da, db) {
+            (Some(x), None) | (None, Some(x)) => x,
+            (Some(x), Some(y)) if x == y => x,
+            (Some(1), Some(y)) => y,
+            (Some(x), Some(1)) => x,
+            _ => return None,
+        };
+    }
+    Some(out)
+}
+
+/// `1 / (1 + e^-x)`.
+fn sigmoid<T: Elem>(x: T) -> T {
+    T::ONE / (T::ONE + (-x).exp())
+}
+
+/// One unary function on one element.
+pub(crate) fn unary_scalar<T: Elem>(fun: UnaryOp, x: T) -> T {
+    match fun {
+        UnaryOp::Neg => -x,
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Rsqrt => T::ONE / x.sqrt(),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Sigmoid => sigmoid(x),
+        UnaryOp::Silu => x * sigmoid(x),
+        // NaN propagates (`NaN < 0` is false).
+        UnaryOp::Relu => {
+            if x < T::ZERO {
+                T::ZERO
+            } else {
+                x
+            }
+        }
+        UnaryOp::GeluTanh => {
+            let half = T::from_f64(0.5);
+            let c = T::from_f64((2.0 / std::f64::consts::PI).sqrt());
+            let a = T::from_f64(0.044715);
+            half * x * (T::ONE + (c * (x + a * (x * x * x))).tanh())
+        }
+        UnaryOp::Step => {
+            if x > T::ZERO {
+                T::ONE
+            } else {
+                T::ZERO
+            }
+        }
+    }
+}
+
+/// One binary function on one pair of elements. `max` and `min` propagate NaN (like numpy's
+/// `maximum`/`minimum`).
+pub(crate) fn binary_scalar<T: Elem>(fun: BinaryOp, a: T, b: T) -> T {
+    match fun {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Pow => a.powf(b),
+        BinaryOp::Max | BinaryOp::Min if a.is_nan() || b.is_nan() => a + b,
+        BinaryOp::Max => {
+            if a >= b {
+                a
+            } else {
+                b
+            }
+        }
+        BinaryOp::Min => {
+            if a <= b {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+/// An elementwise function of one operand.
+pub(crate) fn unary<T: Elem>(fun: UnaryOp, a: &Arr<T>) -> Arr<T> {
+    Arr {
+        shape: a.shape.clone(),
+        data: a.data.iter().map(|&x| unary_scalar(fun, x)).collect(),
+    }
+}
+
+/// An elementwise function of two operands with numpy broadcasting.
+pub(crate) fn binary<T: Elem>(fun: BinaryOp, a: &Arr<T>, b: &Arr<T>) -> Result<Arr<T>, String> {
+    let shape = broadcast_shape(&a.shape, &b.shape).ok_or_else(|| {
+        format!(
+            "{}: shapes {:?} and {:?} do not broadcast",
+            fun.name(),
+            a.shape,
+            b.shape
+        )
+    })?;
+    let x = broadcast_data(a, &shape)?;
+    let y = broadcast_data(b, &shape)?;
+    let data = x
+        .iter()
+        .zip(&y)
+        .map(|(&p, &q)| binary_scalar(fun, p, q))
+        .collect();
+    Arr::new(shape, data)
+}
+
+/// Matrix product over the last two axes; leading axes broadcast. Each entry is accumulated
+/// sequentially over the inner index, in `T`.
+pub(crate) fn matmul<T: Elem>(a: &Arr<T>, b: &Arr<T>) -> Result<Arr<T>, String> {
+    let (ra, rb) = (a.shape.len(), b.shape.len());
+    if ra < 2 || rb < 2 {
+        return Err(format!(
+            "matmul needs operands with 2 or more axes, got {:?} @ {:?}",
+            a.shape, b.shape
+        ));
+    }
+    let (m, k) = (a.shape[ra - 2], a.shape[ra - 1]);
+    let (k2, n) = (b.shape[rb - 2], b.shape[rb - 1]);
+    if k != k2 {
+        return Err(format!(
+            "matmul: inner dimensions differ: {:?} @ {:?}",
+            a.shape, b.shape
+        ));
+    }
+    let lead = broadcast_shape(&a.shape[..ra - 2], &b.shape[..rb - 2]).ok_or_else(|| {
+        format!(
+            "matmul: batch axes of {:?} and {:?} do not broadcast",
+            a.shape, b.shape
+        )
+    })?;
+    let batch = numel(&lead)?;
+    let with = |x: usize, y: usize| {
+        let mut s = lead.clone();
+        s.extend([x, y]);
+        s
+    };
+    let x = broadcast_data(a, &with(m, k))?;
+    let y = broadcast_data(b, &with(k, n))?;
+    let out_shape = with(m, n);
+    let mut out = Vec::with_capacity(numel(&out_shape)?);
+    for bi in 0..batch {
+        let xa = &x[bi * m * k..(bi + 1) * m * k];
+        let yb = &y[bi * k * n..(bi + 1) * k * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = T::ZERO;
+                for p in 0..k {
+                    acc = acc + xa[i * k + p] * yb[p * n + j];
+                }
+                out.push(acc);
+            }
+        }
+    }
+    Arr::new(out_shape, out)
+}
+
+/// Swaps the last two axes.
+pub(crate) fn transpose<T: Elem>(a: &Arr<T>) -> Result<Arr<T>, String> {
+    let r = a.shape.len();
+    if r < 2 {
+        return Err(format!("transpose needs 2 or more axes, got {:?}", a.shape));
+    }
+    let (m, n) = (a.shape[r - 2], a.shape[r - 1]);
+    let batch = numel(&a.shape[..r - 2])?;
+    let mut out = Vec::with_capacity(a.data.len());
+    for b in 0..batch {
+        let block = &a.data[b * m * n..(b + 1) * m * n];
+        for j in 0..n {
+            for i in 0..m {
+                out.push(block[i * n + j]);
+            }
+        }
+    }
+    let mut shape = a.shape.clone();
+    shape.swap(r - 1, r - 2);
+    Arr::new(shape, out)
+}
+
+/// Reduces `axis`, keeping it with extent 1. Sums run sequentially along the axis; the mean
+/// divides the sum by the extent (0/0 = NaN for an empty axis).
+pub(crate) fn reduce<T: Elem>(fun: ReduceOp, axis: usize, a: &Arr<T>) -> Result<Arr<T>, String> {
+    if axis >= a.shape.len() {
+        return Err(format!(
+            "{}: axis {axis} out of range for {:?}",
+            fun.name(),
+            a.shape
+        ));
+    }
+    let mut shape = a.shape.clone();
+    shape[axis] = 1;
+    let outer = numel(&a.shape[..axis])?;
+    let n = a.shape[axis];
+    let inner = numel(&a.shape[axis + 1..])?;
+    let mut out = Vec::with_capacity(numel(&shape)?);
+    for o in 0..outer {
+        for i in 0..inner {
+            let mut acc = T::ZERO;
+            for p in 0..n {
+                acc = acc + a.data[(o * n + p) * inner + i];
+            }
+            out.push(match fun {
+                ReduceOp::Sum => acc,
+                ReduceOp::Mean => acc / T::from_f64(n as f64),
+            });
+        }
+    }
+    Arr::new(shape, out)
+}
+
+/// Broadcasts `a` to `shape` (numpy rules).
+pub(crate) fn expand<T: Elem>(a: &Arr<T>, shape: &[usize]) -> Result<Arr<T>, String> {
+    if a.shape.len() > shape.len() {
+        return Err(format!(
+            "expand: {:?} does not broadcast to {shape:?}",
+            a.shape
+        ));
+    }
+    let data = broadcast_data(a, shape).map_err(|e| format!("expand: {e}"))?;
+    Arr::new(shape.to_vec(), data)
+}
+
+/// Sums the broadcast axes of `a` away so that it has `shape`: leading extra axes are summed
+/// and dropped, axes where `shape` has extent 1 are summed and kept. The adjoint of
+/// [`expand`].
+pub(crate) fn sum_to<T: Elem>(a: &Arr<T>, shape: &[usize]) -> Result<Arr<T>, String> {
+    let bad = || format!("sum_to: {shape:?} does not broadcast to {:?}", a.shape);
+    if shape.len() > a.shape.len() {
+        return Err(bad());
+    }
+    let mut cur = a.clone();
+    for _ in 0..a.shape.len() - shape.len() {
+        cur = reduce(ReduceOp::Sum, 0, &cur)?;
+        cur.shape.remove(0);
+    }
+    for (axis, &target) in shape.iter().enumerate() {
+        if cur.shape[axis] == target {
+            continue;
+        }
+        if target != 1 {
+            return Err(bad());
+        }
+        cur = reduce(ReduceOp::Sum, axis, &cur)?;
+    }
+    Ok(cur)
+}
+
+/// Reinterprets the row-major data of `a` with `shape`.
+pub(crate) fn reshape<T: Elem>(a: &Arr<T>, shape: &[usize]) -> Result<Arr<T>, String> {
+    let n = numel(shape)?;
+    if n != a.data.len() {
+        return Err(format!(
+            "reshape: {:?} has {} elements, {shape:?} has {n}",
+            a.shape,
+            a.data.len()
+        ));
+    }
+    Arr::new(shape.to_vec(), a.data.clone())
+}

@@ -1,0 +1,373 @@
+//! The test-time-training scan, evaluated literally in its primal form (see the module doc of
+//! `tttc_ir::scan`): for every multi-index over the mapped dims, for every mini-batch, one
+//! gradient per token at the mini-batch's starting weights, one weight copy per token, one output
+//! per token.
+
+use super::value::{numel, Arr, Elem, Value};
+use super::{InterpError, KnownType, Plan};
+use ndarray::{ArrayViewD, Axis, IxDyn};
+use tttc_ir::{NodeId, OperandAxes, TttScan};
+
+/// What the per-slice loop needs to know about the scan.
+struct Seq<'p, 'g> {
+    /// The graph holding the scan, for errors.
+    plan: &'p Plan<'g>,
+    /// The scan node.
+    id: NodeId,
+    grad: Plan<'g>,
+    out: Plan<'g>,
+    /// Position of `grad_<state>` among the gradient graph's outputs, per state.
+    grad_index: Vec<usize>,
+    /// Mini-batch size `K`.
+    mini_batch: usize,
+    /// Number of states, params, loss args and out args.
+    counts: [usize; 4],
+    /// Sequence length `L` (from the node's type).
+    seq_len: usize,
+    /// Shape of one token's output, `[1, ...]`.
+    z_shape: Vec<usize>,
+    /// Shape of each state (mapped axes removed).
+    state_shapes: Vec<Vec<usize>>,
+}
+
+impl Seq<'_, '_> {
+    fn invalid(&self, message: impl std::fmt::Display) -> InterpError {
+        self.plan.invalid_at(self.id, message)
+    }
+
+    /// Runs the scan over one slice: the operands with their mapped axes removed. Returns the
+    /// stacked per-token outputs (row-major `[L, ...]`) and the final states.
+    fn run<T: Elem>(&self, slices: Vec<Arr<T>>) -> Result<(Vec<T>, Vec<Arr<T>>), InterpError> {
+        let [ns, np, nl, no] = self.counts;
+        let mut it = slices.into_iter();
+        let theta0: Vec<Arr<T>> = it.by_ref().take(ns).collect();
+        let params: Vec<Arr<T>> = it.by_ref().take(np).collect();
+        let loss_args: Vec<Arr<T>> = it.by_ref().take(nl).collect();
+        let out_args: Vec<Arr<T>> = it.by_ref().take(no).collect();
+        let (Some(eta), Some(lr), None) = (it.next(), it.next(), it.next()) else {
+            return Err(self.invalid("wrong number of operands"));
+        };
+        let (k_max, l) = (self.mini_batch, self.seq_len);
+        if eta.shape != [k_max] {
+            return Err(self.invalid(format!(
+                "token_eta slices to {:?}, expected [{k_max}]",
+                eta.shape
+            )));
+        }
+        if lr.shape != [l] {
+            return Err(self.invalid(format!("lr slices to {:?}, expected [{l}]", lr.shape)));
+        }
+        for a in loss_args.iter().chain(&out_args) {
+            if a.shape.first() != Some(&l) {
+                return Err(self.invalid(format!(
+                    "a token argument slices to {:?}, expected [{l}, ...]",
+                    a.shape
+                )));
+            }
+        }
+        for (s, (t, want)) in theta0.iter().zip(&self.state_shapes).enumerate() {
+            if &t.shape != want {
+                return Err(self.invalid(format!(
+                    "state {s} slices to {:?}, but the result type says {want:?}",
+                    t.shape
+                )));
+            }
+        }
+        if k_max == 0 && l > 0 {
+            return Err(self.invalid("the mini-batch size is 0"));
+        }
+
+        let mut theta = theta0;
+        let mut z_all: Vec<T> = Vec::new();
+        let mut start = 0;
+        while start < l {
+            let k = k_max.min(l - start);
+            // S_i = Σ_{j<=i} lr[j] g_j, and θ_i = θ − token_eta[i] S_i.
+            let mut sums: Vec<Vec<T>> = theta.iter().map(|t| vec![T::ZERO; t.data.len()]).collect();
+            let mut theta_i = theta.clone();
+            for (i, &eta_i) in eta.data.iter().enumerate().take(k) {
+                let t = start + i;
+                let lr_t = lr
+                    .data
+                    .get(t)
+                    .copied()
+                    .ok_or_else(|| self.invalid("lr index"))?;
+                // g_t, at the mini-batch's starting weights θ.
+                let mut inputs: Vec<Value> = theta.iter().cloned().map(T::wrap).collect();
+                inputs.extend(params.iter().cloned().map(T::wrap));
+                for a in &loss_args {
+                    inputs.push(T::wrap(token(a, t).map_err(|m| self.invalid(m))?));
+                }
+                let grads = self.grad.run(inputs)?;
+                for (s, ((sum, th), th_i)) in
+                    sums.iter_mut().zip(&theta).zip(&mut theta_i).enumerate()
+                {
+                    let g = self.grad_index.get(s).and_then(|&p| grads.get(p));
+                    let g = g.and_then(T::unwrap).filter(|g| g.shape == th.shape);
+                    let Some(g) = g else {
+                        return Err(self.invalid(format!(
+                            "the gradient of state {s} is not a {}{:?} tensor",
+                            T::DTYPE,
+                            th.shape
+                        )));
+                    };
+                    for (((acc, &ge), &w), wi) in sum
+                        .iter_mut()
+                        .zip(&g.data)
+                        .zip(&th.data)
+                        .zip(&mut th_i.data)
+                    {
+                        *acc = *acc + lr_t * ge;
+                        *wi = w - eta_i * *acc;
+                    }
+                }
+                // z_t = out(θ_i; token t).
+                let mut inputs: Vec<Value> = theta_i.iter().cloned().map(T::wrap).collect();
+                inputs.extend(params.iter().cloned().map(T::wrap));
+                for a in &out_args {
+                    inputs.push(T::wrap(token(a, t).map_err(|m| self.invalid(m))?));
+                }
+                let z = self.out.run(inputs)?.into_iter().next();
+                let z = z
+                    .as_ref()
+                    .and_then(T::unwrap)
+                    .filter(|z| z.shape == self.z_shape);
+                let Some(z) = z else {
+                    return Err(self.invalid(format!(
+                        "the output graph does not produce a {}{:?} token",
+                        T::DTYPE,
+                        self.z_shape
+                    )));
+                };
+                z_all.extend_from_slice(&z.data);
+            }
+            theta = theta_i;
+            start += k;
+        }
+        Ok((z_all, theta))
+    }
+}
+
+/// Token `t` of a sequence argument `[L, ...]`, as a row `[1, ...]`.
+fn token<T: Elem>(a: &Arr<T>, t: usize) -> Result<Arr<T>, String> {
+    let l = a.shape.first().copied().unwrap_or(0);
+    if t >= l {
+        return Err(format!("token {t} out of range for {:?}", a.shape));
+    }
+    let row = a.data.len() / l;
+    let mut shape = a.shape.clone();
+    shape[0] = 1;
+    let data = a
+        .data
+        .get(t * row..(t + 1) * row)
+        .ok_or_else(|| format!("token {t} out of range for {:?}", a.shape))?;
+    Arr::new(shape, data.to_vec())
+}
+
+/// The slice of operand `a` at multi-index `index` over the mapped dims.
+fn slice<T: Elem>(a: &Arr<T>, axes: &OperandAxes, index: &[usize]) -> Result<Arr<T>, String> {
+    let mut v =
+        ArrayViewD::from_shape(IxDyn(&a.shape), &a.data).map_err(|e| format!("internal: {e}"))?;
+    for (axis, p) in axes.per.iter().enumerate().rev() {
+        if let Some(p) = *p {
+            let i = index.get(p).copied().unwrap_or(usize::MAX);
+            if axis >= v.ndim() || i >= v.shape()[axis] {
+                return Err(format!("mapped index out of range for {:?}", a.shape));
+            }
+            v = v.index_axis_move(Axis(axis), i);
+        }
+    }
+    Arr::new(v.shape().to_vec(), v.iter().copied().collect())
+}
+
+/// Evaluates the scan node `id` of `plan` on its operands.
+pub(super) fn eval_ttt<T: Elem>(
+    plan: &Plan<'_>,
+    id: NodeId,
+    scan: &TttScan,
+    args: &[&Arr<T>],
+) -> Result<Value, InterpError> {
+    let inv = |m: String| plan.invalid_at(id, m);
+    let grad = scan
+        .grad
+        .as_ref()
+        .ok_or_else(|| InterpError::MissingGradient {
+            graph: plan.path.clone(),
+            node: plan.describe(id),
+        })?;
+    let counts = [
+        scan.states.len(),
+        scan.params.len(),
+        scan.loss_args.len(),
+        scan.out_args.len(),
+    ];
+    let [ns, np, nl, no] = counts;
+    let n_ops = scan.operand_count();
+    if args.len() != n_ops || scan.axes.len() != n_ops {
+        return Err(inv(format!(
+            "{} operand(s) and {} axis map(s), expected {n_ops}",
+            args.len(),
+            scan.axes.len()
+        )));
+    }
+    let mini_batch = scan
+        .mini_batch
+        .known()
+        .ok_or_else(|| InterpError::UnboundDim {
+            graph: plan.path.clone(),
+            node: plan.describe(id),
+            symbol: scan.mini_batch.to_string(),
+        })?;
+
+    // The inner graphs.
+    let base = format!("{}/ttt%{}", plan.path, id.index());
+    let grad_plan = Plan::new(grad, format!("{base}/grad"))?;
+    let out_plan = Plan::new(&scan.out, format!("{base}/out"))?;
+    if grad.inputs().len() != ns + np + nl {
+        return Err(inv(format!(
+            "the gradient graph takes {} input(s), expected {} (states, params, loss args)",
+            grad.inputs().len(),
+            ns + np + nl
+        )));
+    }
+    if scan.out.inputs().len() != ns + np + no {
+        return Err(inv(format!(
+            "the output graph takes {} input(s), expected {} (states, params, out args)",
+            scan.out.inputs().len(),
+            ns + np + no
+        )));
+    }
+    let grad_index = scan
+        .states
+        .iter()
+        .map(|s| {
+            let name = TttScan::grad_output_name(s);
+            grad.outputs()
+                .iter()
+                .position(|o| o.name == name)
+                .ok_or_else(|| inv(format!("the gradient graph has no output `{name}`")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if scan.out.outputs().is_empty() {
+        return Err(inv("the output graph has no output".into()));
+    }
+
+    // Extents of the mapped dims.
+    let mut per_ext: Vec<Option<usize>> = vec![None; scan.per.len()];
+    for (i, (a, axes)) in args.iter().zip(&scan.axes).enumerate() {
+        if axes.per.len() != a.shape.len() {
+            return Err(inv(format!(
+                "operand {i} has shape {:?} but an axis map of rank {}",
+                a.shape,
+                axes.per.len()
+            )));
+        }
+        for (&d, p) in a.shape.iter().zip(&axes.per) {
+            let Some(p) = *p else { continue };
+            let Some(slot) = per_ext.get_mut(p) else {
+                return Err(inv(format!("operand {i} maps an axis to unknown dim {p}")));
+            };
+            match slot {
+                None => *slot = Some(d),
+                Some(prev) if *prev == d => {}
+                Some(prev) => {
+                    return Err(inv(format!(
+                        "mapped dim `{}` is {prev} in one operand and {d} in operand {i}",
+                        scan.per[p]
+                    )))
+                }
+            }
+        }
+    }
+    let per_ext = per_ext
+        .into_iter()
+        .enumerate()
+        .map(|(p, e)| {
+            e.ok_or_else(|| inv(format!("mapped dim `{}` is in no operand", scan.per[p])))
+        })
+        .collect::<Result<Vec<usize>, _>>()?;
+    let count = numel(&per_ext).map_err(inv)?;
+    let nper = per_ext.len();
+
+    // The result type, split into the mapped extents and the per-slice shapes.
+    let Some(KnownType::Tuple(result_ty)) = plan.types.get(&id) else {
+        return Err(inv("the scan's type is not a tuple".into()));
+    };
+    if result_ty.len() != 1 + ns {
+        return Err(inv(format!(
+            "the scan's type has {} element(s), expected {}",
+            result_ty.len(),
+            1 + ns
+        )));
+    }
+    let split = |shape: &[usize], min_rest: usize| -> Option<Vec<usize>> {
+        (shape.len() >= nper + min_rest && shape[..nper] == per_ext[..])
+            .then(|| shape[nper..].to_vec())
+    };
+    let Some(out_rest) = split(&result_ty[0].1, 1) else {
+        return Err(inv(format!(
+            "output type {:?} does not start with the mapped extents {per_ext:?} and L",
+            result_ty[0].1
+        )));
+    };
+    let seq_len = out_rest[0];
+    let mut z_shape = out_rest;
+    z_shape[0] = 1;
+    let state_shapes = result_ty[1..]
+        .iter()
+        .map(|t| {
+            split(&t.1, 0).ok_or_else(|| {
+                inv(format!(
+                    "state type {:?} does not start with the mapped extents {per_ext:?}",
+                    t.1
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let seq = Seq {
+        plan,
+        id,
+        grad: grad_plan,
+        out: out_plan,
+        grad_index,
+        mini_batch,
+        counts,
+        seq_len,
+        z_shape,
+        state_shapes,
+    };
+
+    // One independent scan per multi-index over the mapped dims, in row-major order, so the
+    // per-slice results concatenate into the row-major `[per..., ...]` results.
+    let mut out_data: Vec<T> = Vec::new();
+    let mut state_data: Vec<Vec<T>> = vec![Vec::new(); ns];
+    let mut index = vec![0usize; nper];
+    for c in 0..count {
+        let mut rem = c;
+        for p in (0..nper).rev() {
+            index[p] = rem % per_ext[p];
+            rem /= per_ext[p];
+        }
+        let slices = args
+            .iter()
+            .zip(&scan.axes)
+            .map(|(a, axes)| slice(a, axes, &index))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(inv)?;
+        let (z, finals) = seq.run(slices)?;
+        out_data.extend(z);
+        for (data, f) in state_data.iter_mut().zip(finals) {
+            data.extend(f.data);
+        }
+    }
+
+    let mut parts = Vec::with_capacity(1 + ns);
+    parts.push(T::wrap(
+        Arr::new(result_ty[0].1.clone(), out_data).map_err(inv)?,
+    ));
+    for (t, data) in result_ty[1..].iter().zip(state_data) {
+        parts.push(T::wrap(Arr::new(t.1.clone(), data).map_err(inv)?));
+    }
+    Ok(Value::Tuple(parts))
+}

@@ -1,0 +1,6 @@
+//! tttc's execution backends.
+//!
+//! - [`interp`]: the reference interpreter, the definitional oracle every compiled backend is
+//!   tested against. It evaluates graph IR directly, op by op, in the tensors' own precision.
+
+pub mod interp;

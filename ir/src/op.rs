@@ -1,0 +1,421 @@
+//! The closed set of graph operations and their shape rules.
+
+use crate::scan::TttScan;
+use crate::shape::{Dim, NodeType, Shape, TensorType};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Elementwise functions of one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnaryOp {
+    /// `-x`
+    Neg,
+    /// `sqrt(x)`
+    Sqrt,
+    /// `1 / sqrt(x)`
+    Rsqrt,
+    /// `e^x`
+    Exp,
+    /// natural logarithm
+    Log,
+    /// hyperbolic tangent
+    Tanh,
+    /// `1 / (1 + e^-x)`
+    Sigmoid,
+    /// `x * sigmoid(x)`
+    Silu,
+    /// `max(x, 0)`
+    Relu,
+    /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`
+    GeluTanh,
+    /// `1` where `x > 0`, else `0` (the derivative of relu)
+    Step,
+}
+
+impl UnaryOp {
+    /// Every unary op, for tables and tests.
+    pub const ALL: [UnaryOp; 11] = [
+        UnaryOp::Neg,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Silu,
+        UnaryOp::Relu,
+        UnaryOp::GeluTanh,
+        UnaryOp::Step,
+    ];
+
+    /// The op's name in the DSL and the printer.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Relu => "relu",
+            UnaryOp::GeluTanh => "gelu_tanh",
+            UnaryOp::Step => "step",
+        }
+    }
+
+    /// Looks an op up by its DSL name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.name() == name)
+    }
+}
+
+/// Elementwise functions of two operands, with numpy broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BinaryOp {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+    /// `a / b`
+    Div,
+    /// `a ^ b` (real power)
+    Pow,
+    /// `max(a, b)`
+    Max,
+    /// `min(a, b)`
+    Min,
+}
+
+impl BinaryOp {
+    /// Every binary op.
+    pub const ALL: [BinaryOp; 7] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Pow,
+        BinaryOp::Max,
+        BinaryOp::Min,
+    ];
+
+    /// The op's name in the printer.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Pow => "pow",
+            BinaryOp::Max => "max",
+            BinaryOp::Min => "min",
+        }
+    }
+}
+
+/// Reductions over one axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReduceOp {
+    /// Sum.
+    Sum,
+    /// Arithmetic mean.
+    Mean,
+}
+
+impl ReduceOp {
+    /// The op's name in the DSL and the printer.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Mean => "mean",
+        }
+    }
+}
+
+/// One operation of the graph IR. The set is closed: every pass and backend handles all of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// A named graph input; its type is given when it is created.
+    Input {
+        /// The input's name (a program input, a state, a parameter or a token argument).
+        name: String,
+    },
+    /// A scalar constant (shape `[]`).
+    Const {
+        /// The value.
+        value: f64,
+    },
+    /// An elementwise function.
+    Unary {
+        /// Which function.
+        fun: UnaryOp,
+    },
+    /// An elementwise function of two broadcast operands.
+    Binary {
+        /// Which function.
+        fun: BinaryOp,
+    },
+    /// Matrix product over the last two axes; leading axes broadcast.
+    MatMul,
+    /// Swaps the last two axes.
+    Transpose,
+    /// Reduces one axis, keeping it with extent 1.
+    Reduce {
+        /// Which reduction.
+        fun: ReduceOp,
+        /// The axis (non-negative).
+        axis: usize,
+    },
+    /// Broadcasts the operand to `shape`.
+    Expand {
+        /// The target shape.
+        shape: Shape,
+    },
+    /// Sums the broadcast axes of the operand away so that it has `shape` (the adjoint of
+    /// `expand`).
+    SumTo {
+        /// The target shape.
+        shape: Shape,
+    },
+    /// Reinterprets the row-major data with a new shape of the same size.
+    Reshape {
+        /// The new shape.
+        shape: Shape,
+    },
+    /// The test-time-training scan over a sequence: see [`TttScan`].
+    Ttt(Box<TttScan>),
+    /// Element `index` of a tuple-valued operand.
+    Get {
+        /// The tuple index.
+        index: usize,
+    },
+}
+
+/// Why an op cannot be applied to its operands.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TypeError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, TypeError> {
+    Err(TypeError(msg.into()))
+}
+
+fn tensor<'a>(t: &'a NodeType, what: &str) -> Result<&'a TensorType, TypeError> {
+    t.tensor()
+        .ok_or_else(|| TypeError(format!("{what} expects a tensor operand, got a tuple")))
+}
+
+impl Op {
+    /// Short name used by the printer.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Const { .. } => "const",
+            Op::Unary { fun } => fun.name(),
+            Op::Binary { fun } => fun.name(),
+            Op::MatMul => "matmul",
+            Op::Transpose => "transpose",
+            Op::Reduce { fun, .. } => fun.name(),
+            Op::Expand { .. } => "expand",
+            Op::SumTo { .. } => "sum_to",
+            Op::Reshape { .. } => "reshape",
+            Op::Ttt(_) => "ttt",
+            Op::Get { .. } => "get",
+        }
+    }
+
+    /// Number of operands the op takes, where fixed.
+    pub fn arity(&self) -> Option<usize> {
+        match self {
+            Op::Input { .. } | Op::Const { .. } => Some(0),
+            Op::Unary { .. }
+            | Op::Transpose
+            | Op::Reduce { .. }
+            | Op::Expand { .. }
+            | Op::SumTo { .. }
+            | Op::Reshape { .. }
+            | Op::Get { .. } => Some(1),
+            Op::Binary { .. } | Op::MatMul => Some(2),
+            Op::Ttt(scan) => Some(scan.operand_count()),
+        }
+    }
+
+    /// The result type of the op applied to operands of the given types. `Input` has no rule
+    /// (its type is declared) and is rejected here.
+    pub fn infer(&self, operands: &[&NodeType]) -> Result<NodeType, TypeError> {
+        if let Some(n) = self.arity() {
+            if operands.len() != n {
+                return err(format!(
+                    "{} takes {n} operand(s), got {}",
+                    self.name(),
+                    operands.len()
+                ));
+            }
+        }
+        let one = |what| tensor(operands[0], what);
+        let ty = match self {
+            Op::Input { .. } => return err("an input's type is declared, not inferred"),
+            Op::Const { .. } => {
+                return err("a constant's element type is declared, not inferred");
+            }
+            Op::Unary { fun } => one(fun.name())?.clone(),
+            Op::Binary { fun } => {
+                let (a, b) = (one(fun.name())?, tensor(operands[1], fun.name())?);
+                same_dtype(a, b, fun.name())?;
+                let Some(shape) = a.shape.broadcast(&b.shape) else {
+                    return err(format!(
+                        "{}: shapes {} and {} do not broadcast",
+                        fun.name(),
+                        a.shape,
+                        b.shape
+                    ));
+                };
+                TensorType::new(a.dtype, shape)
+            }
+            Op::MatMul => matmul_type(one("matmul")?, tensor(operands[1], "matmul")?)?,
+            Op::Transpose => {
+                let a = one("transpose")?;
+                if a.shape.rank() < 2 {
+                    return err(format!("transpose needs 2 or more axes, got {}", a.shape));
+                }
+                let mut dims = a.shape.0.clone();
+                let r = dims.len();
+                dims.swap(r - 1, r - 2);
+                TensorType::new(a.dtype, Shape(dims))
+            }
+            Op::Reduce { fun, axis } => {
+                let a = one(fun.name())?;
+                if *axis >= a.shape.rank() {
+                    return err(format!(
+                        "{}: axis {axis} out of range for {}",
+                        fun.name(),
+                        a.shape
+                    ));
+                }
+                let mut dims = a.shape.0.clone();
+                dims[*axis] = Dim::Known(1);
+                TensorType::new(a.dtype, Shape(dims))
+            }
+            Op::Expand { shape } => {
+                let a = one("expand")?;
+                if !a.shape.broadcasts_to(shape) {
+                    return err(format!("expand: {} does not broadcast to {shape}", a.shape));
+                }
+                TensorType::new(a.dtype, shape.clone())
+            }
+            Op::SumTo { shape } => {
+                let a = one("sum_to")?;
+                if !shape.broadcasts_to(&a.shape) {
+                    return err(format!("sum_to: {shape} does not broadcast to {}", a.shape));
+                }
+                TensorType::new(a.dtype, shape.clone())
+            }
+            Op::Reshape { shape } => {
+                let a = one("reshape")?;
+                if let (Some(n), Some(m)) = (a.shape.num_elements(), shape.num_elements()) {
+                    if n != m {
+                        return err(format!(
+                            "reshape: {} has {n} elements, {shape} has {m}",
+                            a.shape
+                        ));
+                    }
+                } else if !same_symbolic_size(&a.shape, shape) {
+                    return err(format!(
+                        "reshape: cannot show that {} and {shape} have the same size",
+                        a.shape
+                    ));
+                }
+                TensorType::new(a.dtype, shape.clone())
+            }
+            Op::Ttt(scan) => return scan.infer(operands),
+            Op::Get { index } => match operands[0] {
+                NodeType::Tuple(ts) => match ts.get(*index) {
+                    Some(t) => t.clone(),
+                    None => {
+                        return err(format!(
+                            "get: index {index} out of range for a {}-tuple",
+                            ts.len()
+                        ))
+                    }
+                },
+                NodeType::Tensor(_) => return err("get expects a tuple operand"),
+            },
+        };
+        Ok(NodeType::Tensor(ty))
+    }
+}
+
+fn same_dtype(a: &TensorType, b: &TensorType, what: &str) -> Result<(), TypeError> {
+    if a.dtype != b.dtype {
+        return err(format!(
+            "{what}: element types {} and {} differ",
+            a.dtype, b.dtype
+        ));
+    }
+    Ok(())
+}
+
+fn matmul_type(a: &TensorType, b: &TensorType) -> Result<TensorType, TypeError> {
+    same_dtype(a, b, "matmul")?;
+    let (ra, rb) = (a.shape.rank(), b.shape.rank());
+    if ra < 2 || rb < 2 {
+        return err(format!(
+            "matmul needs operands with 2 or more axes, got {} @ {}",
+            a.shape, b.shape
+        ));
+    }
+    let (m, k1) = (&a.shape.0[ra - 2], &a.shape.0[ra - 1]);
+    let (k2, n) = (&b.shape.0[rb - 2], &b.shape.0[rb - 1]);
+    if k1 != k2 {
+        return err(format!(
+            "matmul: inner dimensions differ: {} @ {} ({k1} vs {k2})",
+            a.shape, b.shape
+        ));
+    }
+    let lead_a = Shape(a.shape.0[..ra - 2].to_vec());
+    let lead_b = Shape(b.shape.0[..rb - 2].to_vec());
+    let Some(lead) = lead_a.broadcast(&lead_b) else {
+        return err(format!(
+            "matmul: batch axes of {} and {} do not broadcast",
+            a.shape, b.shape
+        ));
+    };
+    let mut dims = lead.0;
+    dims.push(m.clone());
+    dims.push(n.clone());
+    Ok(TensorType::new(a.dtype, Shape(dims)))
+}
+
+/// Whether two shapes have provably equal sizes: equal known products and the same multiset of
+/// symbols.
+fn same_symbolic_size(a: &Shape, b: &Shape) -> bool {
+    let known = |s: &Shape| s.0.iter().filter_map(Dim::known).product::<usize>();
+    let mut sa: Vec<&str> = a.symbols().collect();
+    let mut sb: Vec<&str> = b.symbols().collect();
+    sa.sort_unstable();
+    sb.sort_unstable();
+    known(a) == known(b) && sa == sb
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Input { name } => write!(f, "input {name}"),
+            Op::Const { value } => write!(f, "const {}", crate::printer::format_float(*value)),
+            Op::Reduce { fun, axis } => write!(f, "{} axis={axis}", fun.name()),
+            Op::Expand { shape } | Op::SumTo { shape } | Op::Reshape { shape } => {
+                write!(f, "{} {shape}", self.name())
+            }
+            Op::Get { index } => write!(f, "get {index}"),
+            Op::Ttt(scan) => write!(f, "ttt {}", scan.header()),
+            _ => f.write_str(self.name()),
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The sequence-level construct: a test-time-training scan over mini-batches that carries the
+//! fast-weight state.
+//!
+//! Operands, in order: the initial value of every state tensor, every outer parameter, the
+//! loss's token arguments, the output's token arguments, the per-position scale `token_eta`
+//! and the per-token learning rate `lr`. Axes of an operand listed in `per` (batch, heads, ...)
+//! are mapped: the scan runs independently for every index of them. After the mapped axes are
+//! removed, token arguments and `lr` have the sequence axis first; one token of a token argument
+//! is a row `[1, ...]`.
+//!
+//! Semantics of one mini-batch of `k` tokens (k = K, or the remainder `L mod K` for the last
+//! one, which uses `token_eta[0..k]`) starting from state `θ`:
+//!
+//! ```text
+//! g_j  = ∇_θ loss(θ; token j)                   for j = 0..k-1, all at the same θ
+//! θ_i  = θ − token_eta[i] · Σ_{j<=i} lr[j] g_j
+//! z_i  = out(θ_i; token i)
+//! θ'   = θ_{k−1}
+//! ```
+//!
+//! The result is a tuple: the per-token outputs stacked along the sequence axis
+//! (`[per..., L, ...]`), then the final value of every state (`[per..., state shape]`).
+
+use crate::graph::Graph;
+use crate::op::TypeError;
+use crate::shape::{Dim, NodeType, Shape, TensorType};
+use serde::{Deserialize, Serialize};
+
+/// How one scan operand is sliced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperandAxes {
+    /// For each axis of the operand: `Some(p)` if it is mapped to `per[p]`.
+    pub per: Vec<Option<usize>>,
+}
+
+impl OperandAxes {
+    /// Shape of one slice (mapped axes removed).
+    pub fn slice_shape(&self, shape: &Shape) -> Shape {
+        Shape(
+            shape
+                .0
+                .iter()
+                .zip(&self.per)
+                .filter(|(_, p)| p.is_none())
+                .map(|(d, _)| d.clone())
+                .collect(),
+        )
+    }
+}
+
+/// What the scan is: the inner model's graphs, the names of its pieces and the update rule.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TttScan {
+    /// Name of the inner model (for display only; nothing dispatches on it).
+    pub model: String,
+    /// Names of the mapped dimensions, in order.
+    pub per: Vec<String>,
+    /// Mini-batch size `K`.
+    pub mini_batch: Dim,
+    /// State tensor names.
+    pub states: Vec<String>,
+    /// Outer parameter names.
+    pub params: Vec<String>,
+    /// Token arguments of the loss.
+    pub loss_args: Vec<String>,
+    /// Token arguments of the output.
+    pub out_args: Vec<String>,
+    /// Slicing of every operand (same order as the operands).
+    pub axes: Vec<OperandAxes>,
+    /// The self-supervised loss of one token: inputs `states ++ params ++ loss_args`, one scalar
+    /// output `loss`.
+    pub loss: Graph,
+    /// The per-token output: inputs `states ++ params ++ out_args`, one output `out` of shape
+    /// `[1, ...]`.
+    pub out: Graph,
+    /// The gradient of `loss` with respect to every state (inputs as `loss`, one output per
+    /// state, named `grad_<state>`), filled in by the autodiff pass.
+    pub grad: Option<Graph>,
+}
+
+/// The operand kinds, in operand order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperandKind {
+    /// Initial value of state `i`.
+    State(usize),
+    /// Outer parameter `i`.
+    Param(usize),
+    /// Token argument `i` of the loss.
+    LossArg(usize),
+    /// Token argument `i` of the output.
+    OutArg(usize),
+    /// Per-position scale.
+    TokenEta,
+    /// Per-token learning rate.
+    Lr,
+}
+
+impl TttScan {
+    /// Number of operands.
+    pub fn operand_count(&self) -> usize {
+        self.states.len() + self.params.len() + self.loss_args.len() + self.out_args.len() + 2
+    }
+
+    /// The kind of operand `i`.
+    pub fn operand_kind(&self, i: usize) -> OperandKind {
+        let (s, p, l, o) = (
+            self.states.len(),
+            self.params.len(),
+            self.loss_args.len(),
+            self.out_args.len(),
+        );
+        if i < s {
+            OperandKind::State(i)
+        } else if i < s + p {
+            OperandKind::Param(i - s)
+        } else if i < s + p + l {
+            OperandKind::LossArg(i - s - p)
+        } else if i < s + p + l + o {
+            OperandKind::OutArg(i - s - p - l)
+        } else if i == s + p + l + o {
+            OperandKind::TokenEta
+        } else {
+            OperandKind::Lr
+        }
+    }
+
+    /// The name gradient output of state `name` carries.
+    pub fn grad_output_name(state: &str) -> String {
+        format!("grad_{state}")
+    }
+
+    /// One-line description for the printer.
+    pub fn header(&self) -> String {
+        format!(
+            "{} per ({}) minibatch={} states=({}) params=({}) loss_args=({}) out_args=({})",
+            self.model,
+            self.per.join(", "),
+            self.mini_batch,
+            self.states.join(", "),
+            self.params.join(", "),
+            self.loss_args.join(", "),
+            self.out_args.join(", ")
+        )
+    }
+
+    /// Result type of the scan for operands of the given types; checks every operand against
+    /// the inner graphs' input types.
+    pub fn infer(&self, operands: &[&NodeType]) -> Result<NodeType, TypeError> {
+        let e = |m: String| Err(TypeError(m));
+        if self.axes.len() != operands.len() {
+            return e(format!(
+                "ttt: {} operands but {} axis maps",
+                operands.len(),
+                self.axes.len()
+            ));
+        }
+        let mut tys = Vec::with_capacity(operands.len());
+        for (i, o) in operands.iter().enumerate() {
+            let Some(t) = o.tensor() else {
+                return e(format!("ttt: operand {i} is a tuple"));
+            };
+            if t.shape.rank() != self.axes[i].per.len() {
+                return e(format!(
+                    "ttt: operand {i} has shape {} but an axis map of rank {}",
+                    t.shape,
+                    self.axes[i].per.len()
+                ));
+            }
+            tys.push(t);
+        }
+        let dtype = tys[0].dtype;
+        // Extents of the mapped dims.
+        let mut per_dims: Vec<Option<Dim>> = vec![None; self.per.len()];
+        for (t, axes) in tys.iter().zip(&self.axes) {
+            for (d, p) in t.shape.0.iter().zip(&axes.per) {
+                if let Some(p) = *p {
+                    match &per_dims[p] {
+                        None => per_dims[p] = Some(d.clone()),
+                        Some(prev) if prev == d => {}
+                        Some(prev) => {
+                            return e(format!(
+                                "ttt: mapped dim `{}` is {prev} in one operand and {d} in another",
+                                self.per[p]
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        let per_dims: Vec<Dim> = match per_dims.into_iter().collect::<Option<Vec<_>>>() {
+            Some(d) => d,
+            None => return e("ttt: a mapped dim appears in no operand".into()),
+        };
+        let mut seq_len: Option<Dim> = None;
+        let loss_inputs = self.loss.inputs();
+        let out_inputs = self.out.inputs();
+        for (i, t) in tys.iter().enumerate() {
+            if t.dtype != dtype {
+                return e(format!(
+                    "ttt: operand {i} is {} but operand 0 is {dtype}",
+                    t.dtype
+                ));
+            }
+            let slice = self.axes[i].slice_shape(&t.shape);
+            let kind = self.operand_kind(i);
+            let expected: Option<Shape> = match kind {
+                OperandKind::State(k) => self
+                    .loss
+                    .tensor_type(loss_inputs[k])
+                    .map(|t| t.shape.clone()),
+                OperandKind::Param(k) => self
+                    .loss
+                    .tensor_type(loss_inputs[self.states.len() + k])
+                    .map(|t| t.shape.clone()),
+                OperandKind::TokenEta => Some(Shape(vec![self.mini_batch.clone()])),
+                OperandKind::LossArg(_) | OperandKind::OutArg(_) | OperandKind::Lr => {
+                    let token = match kind {
+                        OperandKind::LossArg(k) => self
+                            .loss
+                            .tensor_type(loss_inputs[self.states.len() + self.params.len() + k])
+                            .map(|t| t.shape.clone()),
+                        OperandKind::OutArg(k) => self
+                            .out
+                            .tensor_type(out_inputs[self.states.len() + self.params.len() + k])
+                            .map(|t| t.shape.clone()),
+                        _ => Some(Shape(vec![Dim::Known(1)])),
+                    };
+                    let Some(first) = slice.0.first() else {
+                        return e(format!("ttt: sequence operand {i} has no sequence axis"));
+                    };
+                    match &seq_len {
+                        None => seq_len = Some(first.clone()),
+                        Some(l) if l == first => {}
+                        Some(l) => {
+                            return e(format!(
+                                "ttt: sequence lengths differ: {l} and {first} (operand {i})"
+                            ))
+                        }
+                    }
+                    token.map(|mut s| {
+                        if let Some(d) = s.0.first_mut() {
+                            *d = first.clone();
+                        }
+                        s
+                    })
+                }
+            };
+            match expected {
+                Some(exp) if exp == slice => {}
+                Some(exp) => {
+                    return e(format!(
+                        "ttt: operand {i} slices to {slice}, expected {exp}"
+                    ))
+                }
+                None => return e(format!("ttt: inner graph lacks the input for operand {i}")),
+            }
+        }
+        let seq_len = seq_len.unwrap_or(Dim::Known(0));
+        let Some(out_ty) = self
+            .out
+            .outputs()
+            .first()
+            .and_then(|o| self.out.tensor_type(o.node))
+        else {
+            return e("ttt: the output graph has no tensor output".into());
+        };
+        if out_ty.shape.0.first() != Some(&Dim::Known(1)) {
+            return e(format!(
+                "ttt: a token's output must be a row [1, ...], got {}",
+                out_ty.shape
+            ));
+        }
+        let mut out_dims = per_dims.clone();
+        out_dims.push(seq_len);
+        out_dims.extend(out_ty.shape.0[1..].iter().cloned());
+        let mut result = vec![TensorType::new(dtype, Shape(out_dims))];
+        for &input in loss_inputs.iter().take(self.states.len()) {
+            let Some(st) = self.loss.tensor_type(input) else {
+                return e("ttt: the loss graph lacks a state input".into());
+            };
+            let mut dims = per_dims.clone();
+            dims.extend(st.shape.0.iter().cloned());
+            result.push(TensorType::new(dtype, Shape(dims)));
+        }
+        Ok(NodeType::Tuple(result))
+    }
+}
+
+impl PartialEq for TttScan {
+    fn eq(&self, other: &Self) -> bool {
+        serde_json::to_value(self).ok() == serde_json::to_value(other).ok()
+    }
+}

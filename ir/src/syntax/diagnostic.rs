@@ -1,0 +1,124 @@
+//! Located compile errors and their rendering with a caret excerpt.
+
+use std::ops::Range;
+
+/// A byte range in a source file.
+pub type Span = Range<usize>;
+
+/// One located problem in a program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// What is wrong.
+    pub message: String,
+    /// Where.
+    pub span: Span,
+    /// A short note printed under the caret.
+    pub label: String,
+    /// Which source the span refers to (`None`: the user's file; `Some`: a named library file
+    /// such as the prelude).
+    pub source: Option<&'static str>,
+}
+
+impl Diagnostic {
+    /// A diagnostic at `span` in the user's file.
+    pub fn new(message: impl Into<String>, span: Span) -> Self {
+        let message = message.into();
+        Diagnostic {
+            label: String::new(),
+            message,
+            span,
+            source: None,
+        }
+    }
+
+    /// Adds the note printed under the caret.
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+}
+
+/// A program that failed to compile, with its source for rendering.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{}", self.render(false))]
+pub struct CompileError {
+    /// File name shown in messages.
+    pub file: String,
+    /// The source text.
+    pub text: String,
+    /// The problems, in source order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// 1-based line and column (in characters) of byte offset `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+impl CompileError {
+    /// Renders every diagnostic as `error: FILE:LINE:COL: MESSAGE` followed by the source line
+    /// with carets under the culprit (rustc style). `color` adds ANSI colors for terminals.
+    pub fn render(&self, color: bool) -> String {
+        let (red, blue, bold, reset) = if color {
+            ("\x1b[31m", "\x1b[34m", "\x1b[1m", "\x1b[0m")
+        } else {
+            ("", "", "", "")
+        };
+        let mut out = String::new();
+        for d in &self.diagnostics {
+            let (name, text) = match d.source {
+                Some(lib) => (
+                    lib.to_string(),
+                    super::library_source(lib).unwrap_or_default(),
+                ),
+                None => (self.file.clone(), self.text.clone()),
+            };
+            let start = floor_char_boundary(&text, d.span.start.min(text.len()));
+            let end = floor_char_boundary(&text, d.span.end.clamp(start, text.len()));
+            let (line, col) = line_col(&text, start);
+            out.push_str(&format!(
+                "{bold}{red}error{reset}{bold}: {name}:{line}:{col}: {}{reset}\n",
+                d.message
+            ));
+            let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+            let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+            let source_line = &text[line_start..line_end];
+            let expand = |s: &str| s.replace('\t', "    ");
+            let lead = expand(&text[line_start..start]).chars().count();
+            let width = expand(&text[start..end.min(line_end)])
+                .chars()
+                .count()
+                .max(1);
+            let gutter = " ".repeat(line.to_string().len());
+            let label = if d.label.is_empty() {
+                ""
+            } else {
+                d.label.as_str()
+            };
+            out.push_str(&format!("{blue}{gutter} |{reset}\n"));
+            out.push_str(&format!("{blue}{line} |{reset} {}\n", expand(source_line)));
+            out.push_str(&format!(
+                "{blue}{gutter} |{reset} {}{red}{}{}{reset}\n",
+                " ".repeat(lead),
+                "^".repeat(width),
+                if label.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {label}")
+                }
+            ));
+        }
+        out
+    }
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    while i > 0 && !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}

@@ -1,0 +1,721 @@
+//! Reverse-mode automatic differentiation as a graph-to-graph transformation.
+//!
+//! [`gradient_graph`] takes a graph with a scalar output and builds a *new* ordinary IR graph
+//! that has the same inputs and whose outputs are the gradients of that scalar with respect to
+//! chosen inputs. The new graph is built only through [`Graph::add`], [`Graph::add_input`] and
+//! [`Graph::add_const`], so every node's type is inferred and checked as it is created.
+//!
+//! The construction is the textbook one:
+//!
+//! 1. Find the *active* nodes: those on a path from a `wrt` input to the output (ancestors of
+//!    the output that depend on a `wrt` input). Only they get adjoints.
+//! 2. Seed the output's adjoint with `1` and visit the active nodes in reverse topological
+//!    order; each node's adjoint is pushed to its active operands with the op's derivative
+//!    rule, written as IR. Contributions to one operand are accumulated with `add`.
+//! 3. The forward values a rule needs (an operand `x`, the node's own result `y`) are copied
+//!    from the source graph on demand, together with whatever they depend on, and each is copied
+//!    once: the gradient graph reuses forward values instead of recomputing them.
+//!
+//! Broadcasting is undone with `sum_to`: every contribution is reduced to its operand's shape
+//! when the shapes differ. Shapes may be symbolic; the only place that needs an extent as a
+//! *value* is the mean's divisor, which for a symbolic extent `n` is computed in the graph as
+//! `sum(expand(1, [n]))`.
+//!
+//! A `wrt` input that the output does not depend on (or that only reaches it through `step`,
+//! whose derivative is zero) gets a zero gradient: `expand(0, shape)`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tttc_ir::{
+    BinaryOp, DType, Dim, Graph, GraphError, NodeId, Op, Program, ReduceOp, Shape, TensorType,
+    TttScan, UnaryOp,
+};
+
+/// Why a gradient graph could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AutodiffError {
+    /// The graph has no output of the requested name.
+    #[error("the graph has no output named `{0}`")]
+    OutputNotFound(String),
+    /// The differentiated output is not a scalar (or a one-element tensor).
+    #[error("output `{name}` must be a scalar to be differentiated, but it is {ty}")]
+    OutputNotScalar {
+        /// The output's name.
+        name: String,
+        /// Its type, as printed.
+        ty: String,
+    },
+    /// A name in `wrt` is not an input of the graph.
+    #[error("`{0}` is not an input of the graph, so no gradient can be taken with respect to it")]
+    UnknownWrt(String),
+    /// A name appears twice in `wrt` (the gradient outputs would share a name).
+    #[error("input `{0}` is listed twice in the gradient's inputs")]
+    DuplicateWrt(String),
+    /// The path from a `wrt` input to the output goes through an op that has no derivative
+    /// rule (a nested `ttt` scan, or `get` on its result).
+    #[error("cannot differentiate through `{op}` (node %{node})")]
+    NotDifferentiable {
+        /// The op's name.
+        op: &'static str,
+        /// The node's index in the source graph.
+        node: usize,
+    },
+    /// Building a node of the gradient graph failed (a derivative rule produced an ill-typed
+    /// node, which is a compiler bug, or the source graph itself is malformed).
+    #[error("building the gradient graph: {0}")]
+    Ir(#[from] GraphError),
+    /// The source graph violates an IR invariant (a cycle, a tuple where a tensor is needed).
+    #[error("malformed source graph: {0}")]
+    Malformed(String),
+    /// Differentiating the loss of a `ttt` node of a program failed.
+    #[error("in the loss of `ttt` node %{node} (inner model `{model}`): {source}")]
+    InScan {
+        /// The `ttt` node's index in the main graph.
+        node: usize,
+        /// The inner model's name.
+        model: String,
+        /// What went wrong.
+        #[source]
+        source: Box<AutodiffError>,
+    },
+}
+
+/// A new graph with the same inputs as `graph` (same names, types and order) whose outputs are
+/// the gradients of the scalar output `output` with respect to each input named in `wrt`, named
+/// `grad_<name>` in that order, each with that input's shape.
+///
+/// `output` must have a single element: shape `[]`, or a shape whose every extent is the known
+/// value `1` (such as the `[1, 1]` a keep-dims `sum` produces). Differentiation is only carried
+/// through nodes on a path from a `wrt` input to the output; a nested `ttt` scan on such a
+/// path is an error.
+pub fn gradient_graph(graph: &Graph, output: &str, wrt: &[String]) -> Result<Graph, AutodiffError> {
+    let out_node = graph
+        .output_by_name(output)
+        .ok_or_else(|| AutodiffError::OutputNotFound(output.to_string()))?;
+    let out_ty = graph
+        .get(out_node)
+        .ok_or_else(|| AutodiffError::Malformed(format!("output `{output}` names a missing node")))?
+        .ty
+        .clone();
+    let out_tensor = match out_ty.tensor() {
+        Some(t) if t.shape.0.iter().all(|d| *d == Dim::Known(1)) => t.clone(),
+        _ => {
+            return Err(AutodiffError::OutputNotScalar {
+                name: output.to_string(),
+                ty: out_ty.to_string(),
+            })
+        }
+    };
+
+    let mut wrt_nodes = Vec::with_capacity(wrt.len());
+    let mut seen = BTreeSet::new();
+    for name in wrt {
+        if !seen.insert(name.as_str()) {
+            return Err(AutodiffError::DuplicateWrt(name.clone()));
+        }
+        let id = graph
+            .input_by_name(name)
+            .ok_or_else(|| AutodiffError::UnknownWrt(name.clone()))?;
+        wrt_nodes.push(id);
+    }
+
+    let order = graph
+        .topo_order()
+        .ok_or_else(|| AutodiffError::Malformed("the graph has a cycle".into()))?;
+    let active = active_nodes(graph, &order, out_node, &wrt_nodes);
+
+    let mut b = Builder::new(graph)?;
+
+    // Seed: d output / d output = 1, in the output's (one-element) shape.
+    let mut adjoints: BTreeMap<NodeId, NodeId> = BTreeMap::new();
+    if active.contains(&out_node) {
+        let one = b.dst.add_const(1.0, out_tensor.dtype);
+        let seed = b.expand_to(one, &out_tensor.shape)?;
+        adjoints.insert(out_node, seed);
+    }
+
+    for &id in order.iter().rev() {
+        if !active.contains(&id) {
+            continue;
+        }
+        let Some(&g) = adjoints.get(&id) else {
+            continue;
+        };
+        let operands = graph.operands(id);
+        let contributions = b.backprop(id, &operands, g, &active)?;
+        for (operand, contrib) in contributions {
+            let acc = match adjoints.get(&operand) {
+                Some(&prev) => b.binary(BinaryOp::Add, prev, contrib)?,
+                None => contrib,
+            };
+            adjoints.insert(operand, acc);
+        }
+    }
+
+    let mut grads = Vec::with_capacity(wrt.len());
+    for (name, &src_id) in wrt.iter().zip(&wrt_nodes) {
+        let grad = match adjoints.get(&src_id) {
+            Some(&g) => g,
+            None => {
+                let ty = src_tensor(graph, src_id)?;
+                let zero = b.dst.add_const(0.0, ty.dtype);
+                b.expand_to(zero, &ty.shape)?
+            }
+        };
+        grads.push((TttScan::grad_output_name(name), grad));
+    }
+    let mut dst = b.dst;
+    for (name, node) in grads {
+        dst.add_output(&name, node);
+    }
+    Ok(dst)
+}
+
+/// Fills `scan.grad = gradient_graph(&scan.loss, "loss", &scan.states)` for every `ttt` node of
+/// `program.graph`.
+pub fn derive_gradients(program: &mut Program) -> Result<(), AutodiffError> {
+    for id in program.graph.node_ids() {
+        let Some(node) = program.graph.get(id) else {
+            continue;
+        };
+        let Op::Ttt(scan) = &node.op else { continue };
+        let grad = gradient_graph(&scan.loss, "loss", &scan.states).map_err(|e| {
+            AutodiffError::InScan {
+                node: id.index(),
+                model: scan.model.clone(),
+                source: Box::new(e),
+            }
+        })?;
+        if let Some(Op::Ttt(scan)) = program.graph.node_mut(id).map(|n| &mut n.op) {
+            scan.grad = Some(grad);
+        }
+    }
+    Ok(())
+}
+
+/// The nodes on a path from one of `wrt` to `output`.
+fn active_nodes(
+    graph: &Graph,
+    order: &[NodeId],
+    output: NodeId,
+    wrt: &[NodeId],
+) -> BTreeSet<NodeId> {
+    let mut ancestors = BTreeSet::new();
+    let mut stack = vec![output];
+    while let Some(n) = stack.pop() {
+        if ancestors.insert(n) {
+            stack.extend(graph.operands(n));
+        }
+    }
+    let mut active: BTreeSet<NodeId> = BTreeSet::new();
+    for &n in order {
+        if !ancestors.contains(&n) {
+            continue;
+        }
+        if wrt.contains(&n) || graph.operands(n).iter().any(|o| active.contains(o)) {
+            active.insert(n);
+        }
+    }
+    active
+}
+
+fn src_tensor(graph: &Graph, id: NodeId) -> Result<TensorType, AutodiffError> {
+    graph
+        .tensor_type(id)
+        .cloned()
+        .ok_or_else(|| AutodiffError::Malformed(format!("node %{} is not a tensor", id.index())))
+}
+
+/// Builds the gradient graph: the destination graph, and the map from source nodes to their
+/// copies in it.
+struct Builder<'a> {
+    src: &'a Graph,
+    dst: Graph,
+    copies: BTreeMap<NodeId, NodeId>,
+}
+
+impl<'a> Builder<'a> {
+    /// A destination graph with the inputs of `src`.
+    fn new(src: &'a Graph) -> Result<Self, AutodiffError> {
+        let mut dst = Graph::new();
+        let mut copies = BTreeMap::new();
+        for &id in src.inputs() {
+            let name = src.input_name(id).ok_or_else(|| {
+                AutodiffError::Malformed(format!("listed input %{} is not an input", id.index()))
+            })?;
+            let ty = src_tensor(src, id)?;
+            copies.insert(id, dst.add_input(name, ty)?);
+        }
+        Ok(Builder { src, dst, copies })
+    }
+
+    /// The copy of source node `id` in the gradient graph (copying it, and whatever it depends
+    /// on, the first time).
+    fn fwd(&mut self, id: NodeId) -> Result<NodeId, AutodiffError> {
+        if let Some(&c) = self.copies.get(&id) {
+            return Ok(c);
+        }
+        // Iterative post-order copy (graphs can be deep chains).
+        let mut stack = vec![(id, false)];
+        while let Some((n, expanded)) = stack.pop() {
+            if self.copies.contains_key(&n) {
+                continue;
+            }
+            let operands = self.src.operands(n);
+            if !expanded {
+                stack.push((n, true));
+                for &o in operands.iter().rev() {
+                    if !self.copies.contains_key(&o) {
+                        stack.push((o, false));
+                    }
+                }
+                continue;
+            }
+            let node = self.src.get(n).ok_or_else(|| {
+                AutodiffError::Malformed(format!("node %{} is missing", n.index()))
+            })?;
+            let copy = match &node.op {
+                Op::Input { name } => {
+                    return Err(AutodiffError::Malformed(format!(
+                        "input `{name}` (%{}) is not in the input list",
+                        n.index()
+                    )))
+                }
+                Op::Const { value } => {
+                    let dtype = src_tensor(self.src, n)?.dtype;
+                    self.dst.add_const(*value, dtype)
+                }
+                op => {
+                    let mut mapped = Vec::with_capacity(operands.len());
+                    for o in &operands {
+                        let c = self.copies.get(o).copied().ok_or_else(|| {
+                            AutodiffError::Malformed(format!(
+                                "node %{} uses %{} before it is defined (cycle)",
+                                n.index(),
+                                o.index()
+                            ))
+                        })?;
+                        mapped.push(c);
+                    }
+                    self.dst.add(op.clone(), &mapped)?
+                }
+            };
+            self.copies.insert(n, copy);
+        }
+        self.copies
+            .get(&id)
+            .copied()
+            .ok_or_else(|| AutodiffError::Malformed(format!("could not copy %{}", id.index())))
+    }
+
+    /// The tensor type of a node of the gradient graph.
+    fn ty(&self, id: NodeId) -> Result<TensorType, AutodiffError> {
+        self.dst.tensor_type(id).cloned().ok_or_else(|| {
+            AutodiffError::Malformed(format!("gradient node %{} is not a tensor", id.index()))
+        })
+    }
+
+    fn constant(&mut self, value: f64, like: NodeId) -> Result<NodeId, AutodiffError> {
+        let dtype: DType = self.ty(like)?.dtype;
+        Ok(self.dst.add_const(value, dtype))
+    }
+
+    fn unary(&mut self, fun: UnaryOp, x: NodeId) -> Result<NodeId, AutodiffError> {
+        Ok(self.dst.add(Op::Unary { fun }, &[x])?)
+    }
+
+    fn binary(&mut self, fun: BinaryOp, a: NodeId, b: NodeId) -> Result<NodeId, AutodiffError> {
+        Ok(self.dst.add(Op::Binary { fun }, &[a, b])?)
+    }
+
+    fn mul(&mut self, a: NodeId, b: NodeId) -> Result<NodeId, AutodiffError> {
+        self.binary(BinaryOp::Mul, a, b)
+    }
+
+    /// `x * value`.
+    fn scale(&mut self, x: NodeId, value: f64) -> Result<NodeId, AutodiffError> {
+        let c = self.constant(value, x)?;
+        self.mul(x, c)
+    }
+
+    /// `value - x`.
+    fn rsub(&mut self, value: f64, x: NodeId) -> Result<NodeId, AutodiffError> {
+        let c = self.constant(value, x)?;
+        self.binary(BinaryOp::Sub, c, x)
+    }
+
+    /// `x + value`.
+    fn add_scalar(&mut self, x: NodeId, value: f64) -> Result<NodeId, AutodiffError> {
+        let c = self.constant(value, x)?;
+        self.binary(BinaryOp::Add, x, c)
+    }
+
+    /// `x` broadcast to `shape` (no node when it already has that shape).
+    fn expand_to(&mut self, x: NodeId, shape: &Shape) -> Result<NodeId, AutodiffError> {
+        if &self.ty(x)?.shape == shape {
+            return Ok(x);
+        }
+        Ok(self.dst.add(
+            Op::Expand {
+                shape: shape.clone(),
+            },
+            &[x],
+        )?)
+    }
+
+    /// `x` summed down to `shape` (no node when it already has that shape): undoes
+    /// broadcasting.
+    fn sum_to(&mut self, x: NodeId, shape: &Shape) -> Result<NodeId, AutodiffError> {
+        if &self.ty(x)?.shape == shape {
+            return Ok(x);
+        }
+        Ok(self.dst.add(
+            Op::SumTo {
+                shape: shape.clone(),
+            },
+            &[x],
+        )?)
+    }
+
+    /// The extent `dim` as a value that broadcasts against any tensor of rank >= 1: a scalar
+    /// constant when known, else `sum(expand(1, [n]))` of shape `[1]`.
+    fn extent(&mut self, dim: &Dim, dtype: DType) -> Result<NodeId, AutodiffError> {
+        match dim {
+            Dim::Known(n) => Ok(self.dst.add_const(*n as f64, dtype)),
+            Dim::Sym(_) => {
+                let one = self.dst.add_const(1.0, dtype);
+                let ones = self.expand_to(one, &Shape(vec![dim.clone()]))?;
+                Ok(self.dst.add(
+                    Op::Reduce {
+                        fun: ReduceOp::Sum,
+                        axis: 0,
+                    },
+                    &[ones],
+                )?)
+            }
+        }
+    }
+
+    /// The contributions of adjoint `g` (of source node `id`) to the adjoints of its active
+    /// operands, each in its operand's shape.
+    fn backprop(
+        &mut self,
+        id: NodeId,
+        operands: &[NodeId],
+        g: NodeId,
+        active: &BTreeSet<NodeId>,
+    ) -> Result<Vec<(NodeId, NodeId)>, AutodiffError> {
+        let src = self.src;
+        let node = src
+            .get(id)
+            .ok_or_else(|| AutodiffError::Malformed(format!("node %{} is missing", id.index())))?;
+        let is_active = |o: &NodeId| active.contains(o);
+        let mut out = Vec::new();
+        match &node.op {
+            Op::Input { .. } | Op::Const { .. } => {}
+            Op::Ttt(_) | Op::Get { .. } => {
+                return Err(AutodiffError::NotDifferentiable {
+                    op: node.op.name(),
+                    node: id.index(),
+                })
+            }
+            Op::Unary { fun } => {
+                let [x] = operands else {
+                    return Err(arity(id));
+                };
+                if is_active(x) {
+                    if let Some(d) = self.unary_rule(*fun, id, *x, g)? {
+                        out.push((*x, d));
+                    }
+                }
+            }
+            Op::Binary { fun } => {
+                let [a, b] = operands else {
+                    return Err(arity(id));
+                };
+                let (need_a, need_b) = (is_active(a), is_active(b));
+                let (da, db) = self.binary_rule(*fun, id, *a, *b, g, need_a, need_b)?;
+                if let (true, Some(da)) = (need_a, da) {
+                    let shape = src_tensor(src, *a)?.shape;
+                    out.push((*a, self.sum_to(da, &shape)?));
+                }
+                if let (true, Some(db)) = (need_b, db) {
+                    let shape = src_tensor(src, *b)?.shape;
+                    out.push((*b, self.sum_to(db, &shape)?));
+                }
+            }
+            Op::MatMul => {
+                let [a, b] = operands else {
+                    return Err(arity(id));
+                };
+                if is_active(a) {
+                    // dA = dC @ B^T
+                    let bf = self.fwd(*b)?;
+                    let bt = self.dst.add(Op::Transpose, &[bf])?;
+                    let da = self.dst.add(Op::MatMul, &[g, bt])?;
+                    let shape = src_tensor(src, *a)?.shape;
+                    out.push((*a, self.sum_to(da, &shape)?));
+                }
+                if is_active(b) {
+                    // dB = A^T @ dC
+                    let af = self.fwd(*a)?;
+                    let at = self.dst.add(Op::Transpose, &[af])?;
+                    let db = self.dst.add(Op::MatMul, &[at, g])?;
+                    let shape = src_tensor(src, *b)?.shape;
+                    out.push((*b, self.sum_to(db, &shape)?));
+                }
+            }
+            Op::Transpose => {
+                let [x] = operands else {
+                    return Err(arity(id));
+                };
+                if is_active(x) {
+                    out.push((*x, self.dst.add(Op::Transpose, &[g])?));
+                }
+            }
+            Op::Reduce { fun, axis } => {
+                let [x] = operands else {
+                    return Err(arity(id));
+                };
+                if is_active(x) {
+                    let xt = src_tensor(src, *x)?;
+                    let g = match fun {
+                        ReduceOp::Sum => g,
+                        ReduceOp::Mean => {
+                            let dim = xt.shape.0.get(*axis).ok_or_else(|| {
+                                AutodiffError::Malformed(format!(
+                                    "node %{}: axis {axis} out of range",
+                                    id.index()
+                                ))
+                            })?;
+                            let n = self.extent(dim, xt.dtype)?;
+                            self.binary(BinaryOp::Div, g, n)?
+                        }
+                    };
+                    out.push((*x, self.expand_to(g, &xt.shape)?));
+                }
+            }
+            Op::Expand { .. } => {
+                let [x] = operands else {
+                    return Err(arity(id));
+                };
+                if is_active(x) {
+                    let shape = src_tensor(src, *x)?.shape;
+                    out.push((*x, self.sum_to(g, &shape)?));
+                }
+            }
+            Op::SumTo { .. } => {
+                let [x] = operands else {
+                    return Err(arity(id));
+                };
+                if is_active(x) {
+                    let shape = src_tensor(src, *x)?.shape;
+                    out.push((*x, self.expand_to(g, &shape)?));
+                }
+            }
+            Op::Reshape { .. } => {
+                let [x] = operands else {
+                    return Err(arity(id));
+                };
+                if is_active(x) {
+                    let shape = src_tensor(src, *x)?.shape;
+                    let d = if self.ty(g)?.shape == shape {
+                        g
+                    } else {
+                        self.dst.add(Op::Reshape { shape }, &[g])?
+                    };
+                    out.push((*x, d));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `g * f'(x)` for `y = f(x)` (source nodes `y_src`, `x_src`); `None` when the derivative
+    /// is zero.
+    fn unary_rule(
+        &mut self,
+        fun: UnaryOp,
+        y_src: NodeId,
+        x_src: NodeId,
+        g: NodeId,
+    ) -> Result<Option<NodeId>, AutodiffError> {
+        let d = match fun {
+            UnaryOp::Neg => self.unary(UnaryOp::Neg, g)?,
+            UnaryOp::Sqrt => {
+                // d sqrt(x) = 0.5 / sqrt(x)
+                let y = self.fwd(y_src)?;
+                let gy = self.binary(BinaryOp::Div, g, y)?;
+                self.scale(gy, 0.5)?
+            }
+            UnaryOp::Rsqrt => {
+                // d x^-1/2 = -0.5 x^-3/2 = -0.5 r^3
+                let r = self.fwd(y_src)?;
+                let r2 = self.mul(r, r)?;
+                let r3 = self.mul(r2, r)?;
+                let k = self.scale(r3, -0.5)?;
+                self.mul(g, k)?
+            }
+            UnaryOp::Exp => {
+                let y = self.fwd(y_src)?;
+                self.mul(g, y)?
+            }
+            UnaryOp::Log => {
+                let x = self.fwd(x_src)?;
+                self.binary(BinaryOp::Div, g, x)?
+            }
+            UnaryOp::Tanh => {
+                // 1 - t^2
+                let t = self.fwd(y_src)?;
+                let t2 = self.mul(t, t)?;
+                let k = self.rsub(1.0, t2)?;
+                self.mul(g, k)?
+            }
+            UnaryOp::Sigmoid => {
+                // s (1 - s)
+                let s = self.fwd(y_src)?;
+                let one_minus = self.rsub(1.0, s)?;
+                let k = self.mul(s, one_minus)?;
+                self.mul(g, k)?
+            }
+            UnaryOp::Silu => {
+                // s (1 + x (1 - s)), s = sigmoid(x)
+                let x = self.fwd(x_src)?;
+                let s = self.unary(UnaryOp::Sigmoid, x)?;
+                let one_minus = self.rsub(1.0, s)?;
+                let xm = self.mul(x, one_minus)?;
+                let inner = self.add_scalar(xm, 1.0)?;
+                let k = self.mul(s, inner)?;
+                self.mul(g, k)?
+            }
+            UnaryOp::Relu => {
+                let x = self.fwd(x_src)?;
+                let k = self.unary(UnaryOp::Step, x)?;
+                self.mul(g, k)?
+            }
+            UnaryOp::GeluTanh => {
+                // f(x)  = 0.5 x (1 + t),  t = tanh(c (x + a x^3)),  c = sqrt(2/pi)
+                // f'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2)
+                const A: f64 = 0.044715;
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                let x = self.fwd(x_src)?;
+                let x2 = self.mul(x, x)?;
+                let x3 = self.mul(x2, x)?;
+                let ax3 = self.scale(x3, A)?;
+                let inner = self.binary(BinaryOp::Add, x, ax3)?;
+                let u = self.scale(inner, c)?;
+                let t = self.unary(UnaryOp::Tanh, u)?;
+                let one_plus_t = self.add_scalar(t, 1.0)?;
+                let left = self.scale(one_plus_t, 0.5)?;
+                let t2 = self.mul(t, t)?;
+                let sech2 = self.rsub(1.0, t2)?;
+                let x2a = self.scale(x2, 3.0 * A)?;
+                let du = self.add_scalar(x2a, 1.0)?;
+                let du = self.scale(du, c)?;
+                let hx = self.scale(x, 0.5)?;
+                let right = self.mul(hx, sech2)?;
+                let right = self.mul(right, du)?;
+                let k = self.binary(BinaryOp::Add, left, right)?;
+                self.mul(g, k)?
+            }
+            UnaryOp::Step => return Ok(None),
+        };
+        Ok(Some(d))
+    }
+
+    /// Contributions `(da, db)` for `y = a ∘ b`, in the broadcast result's shape (the caller
+    /// sums them down to the operands' shapes); only the requested ones are built.
+    #[allow(clippy::too_many_arguments)]
+    fn binary_rule(
+        &mut self,
+        fun: BinaryOp,
+        y_src: NodeId,
+        a_src: NodeId,
+        b_src: NodeId,
+        g: NodeId,
+        need_a: bool,
+        need_b: bool,
+    ) -> Result<(Option<NodeId>, Option<NodeId>), AutodiffError> {
+        let mut da = None;
+        let mut db = None;
+        match fun {
+            BinaryOp::Add => {
+                da = need_a.then_some(g);
+                db = need_b.then_some(g);
+            }
+            BinaryOp::Sub => {
+                da = need_a.then_some(g);
+                if need_b {
+                    db = Some(self.unary(UnaryOp::Neg, g)?);
+                }
+            }
+            BinaryOp::Mul => {
+                if need_a {
+                    let b = self.fwd(b_src)?;
+                    da = Some(self.mul(g, b)?);
+                }
+                if need_b {
+                    let a = self.fwd(a_src)?;
+                    db = Some(self.mul(g, a)?);
+                }
+            }
+            BinaryOp::Div => {
+                // y = a / b: da = g / b, db = -g a / b^2 = -(g y) / b
+                let b = self.fwd(b_src)?;
+                if need_a {
+                    da = Some(self.binary(BinaryOp::Div, g, b)?);
+                }
+                if need_b {
+                    let y = self.fwd(y_src)?;
+                    let gy = self.mul(g, y)?;
+                    let q = self.binary(BinaryOp::Div, gy, b)?;
+                    db = Some(self.unary(UnaryOp::Neg, q)?);
+                }
+            }
+            BinaryOp::Pow => {
+                // y = a^b: da = g b a^(b-1), db = g y ln a
+                if need_a {
+                    let a = self.fwd(a_src)?;
+                    let b = self.fwd(b_src)?;
+                    let bm1 = self.add_scalar(b, -1.0)?;
+                    let p = self.binary(BinaryOp::Pow, a, bm1)?;
+                    let k = self.mul(b, p)?;
+                    da = Some(self.mul(g, k)?);
+                }
+                if need_b {
+                    let a = self.fwd(a_src)?;
+                    let y = self.fwd(y_src)?;
+                    let ln = self.unary(UnaryOp::Log, a)?;
+                    let k = self.mul(y, ln)?;
+                    db = Some(self.mul(g, k)?);
+                }
+            }
+            BinaryOp::Max | BinaryOp::Min => {
+                // The gradient goes to the operand that was selected; ties go to `a`.
+                // max: b wins iff b - a > 0, i.e. step(b - a);  min: b wins iff step(a - b).
+                let a = self.fwd(a_src)?;
+                let b = self.fwd(b_src)?;
+                let diff = match fun {
+                    BinaryOp::Max => self.binary(BinaryOp::Sub, b, a)?,
+                    _ => self.binary(BinaryOp::Sub, a, b)?,
+                };
+                let b_wins = self.unary(UnaryOp::Step, diff)?;
+                if need_a {
+                    let a_wins = self.rsub(1.0, b_wins)?;
+                    da = Some(self.mul(g, a_wins)?);
+                }
+                if need_b {
+                    db = Some(self.mul(g, b_wins)?);
+                }
+            }
+        }
+        Ok((da, db))
+    }
+}
+
+fn arity(id: NodeId) -> AutodiffError {
+    AutodiffError::Malformed(format!(
+        "node %{} has the wrong number of operands",
+        id.index()
+    ))
+}

@@ -1,0 +1,14 @@
+//! tttc's runtime: dense tensors and safetensors I/O.
+//!
+//! - [`Tensor`]: a dense, row-major tensor of `f32` or `f64` elements with a known shape.
+//! - [`read_safetensors`] / [`write_safetensors`]: load and store named tensors in the
+//!   [safetensors](https://github.com/huggingface/safetensors) format (F32 and F64 only).
+//! - [`RuntimeError`]: every failure, naming the file and/or the tensor involved.
+
+mod error;
+mod safetensors_io;
+mod tensor;
+
+pub use error::RuntimeError;
+pub use safetensors_io::{read_safetensors, write_safetensors};
+pub use tensor::{ElemType, Tensor, TensorData};

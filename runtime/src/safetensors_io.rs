@@ -1,0 +1,432 @@
+//! Reading and writing named tensors in the safetensors format.
+
+use crate::error::RuntimeError;
+use crate::tensor::{Tensor, TensorData};
+use safetensors::tensor::{Dtype, SafeTensorError, View};
+use safetensors::SafeTensors;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Reads every tensor of the safetensors file at `path`.
+///
+/// F32 and F64 tensors are supported; any other element type is
+/// [`RuntimeError::UnsupportedDType`]. A file that cannot be read is [`RuntimeError::Io`]; one
+/// that is not a valid safetensors file (bad header, truncated, inconsistent offsets) is
+/// [`RuntimeError::Malformed`]. No input makes this function panic.
+pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
+    let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_safetensors(&bytes, path)
+}
+
+/// Parses the bytes of a safetensors file; `path` is only used in errors.
+fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
+    let malformed = |message: String| RuntimeError::Malformed {
+        path: path.to_path_buf(),
+        message,
+    };
+    precheck_offsets(bytes).map_err(malformed)?;
+    // The pre-check removes the one panic we know of in the crate's parser (an overflow on
+    // huge offsets); catching any other keeps the promise that no input bytes panic.
+    let st = std::panic::catch_unwind(|| SafeTensors::deserialize(bytes))
+        .map_err(|_| malformed("the safetensors parser rejected the header".into()))?
+        .map_err(|e| malformed(describe(&e)))?;
+    let mut views = st.tensors();
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = BTreeMap::new();
+    for (name, view) in views {
+        let shape = view.shape().to_vec();
+        let raw = view.data();
+        let data = match view.dtype() {
+            Dtype::F32 => TensorData::F32(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            Dtype::F64 => TensorData::F64(
+                raw.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                    .collect(),
+            ),
+            other => {
+                return Err(RuntimeError::UnsupportedDType {
+                    tensor: name,
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let tensor =
+            Tensor::new(shape, data).map_err(|e| malformed(format!("tensor `{name}`: {e}")))?;
+        out.insert(name, tensor);
+    }
+    Ok(out)
+}
+
+/// Rejects headers whose data offsets point past the end of the file before the safetensors
+/// crate sees them: with offsets near `usize::MAX` its final size check overflows (a panic in
+/// debug builds).
+fn precheck_offsets(bytes: &[u8]) -> Result<(), String> {
+    let Some(len_bytes) = bytes.get(..8) else {
+        return Ok(()); // the crate reports "header too small"
+    };
+    let mut arr = [0u8; 8];
+    arr.copy_from_slice(len_bytes);
+    let n = u64::from_le_bytes(arr);
+    let Some(header) = usize::try_from(n)
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .and_then(|end| bytes.get(8..end))
+    else {
+        return Ok(()); // the crate reports the bad header length
+    };
+    let data_len = (bytes.len() - 8 - header.len()) as u64;
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(header)
+    else {
+        return Ok(()); // the crate reports the bad header
+    };
+    for (name, info) in &map {
+        if name == "__metadata__" {
+            continue;
+        }
+        let Some(offsets) = info.get("data_offsets").and_then(|o| o.as_array()) else {
+            continue;
+        };
+        for o in offsets {
+            if o.as_u64().is_some_and(|o| o > data_len) {
+                return Err(format!(
+                    "tensor `{name}` has data offsets beyond the end of the file ({data_len} data bytes)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A readable description of a safetensors error.
+fn describe(e: &SafeTensorError) -> String {
+    match e {
+        SafeTensorError::HeaderTooSmall => {
+            "the file is shorter than the 8-byte header length".into()
+        }
+        SafeTensorError::HeaderTooLarge => "the declared header length is too large".into(),
+        SafeTensorError::InvalidHeaderLength => {
+            "the declared header length exceeds the file size (truncated file?)".into()
+        }
+        SafeTensorError::InvalidHeader => "the header is not valid UTF-8".into(),
+        SafeTensorError::InvalidHeaderStart => "the header does not start with `{`".into(),
+        SafeTensorError::InvalidHeaderDeserialization => {
+            "the header is not a valid safetensors JSON header".into()
+        }
+        SafeTensorError::InvalidOffset(name) => {
+            format!("tensor `{name}` has invalid data offsets")
+        }
+        SafeTensorError::TensorInvalidInfo => {
+            "a tensor's data offsets do not match its shape and element type".into()
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "the tensor data does not exactly fill the rest of the file (truncated file?)".into()
+        }
+        SafeTensorError::ValidationOverflow => "a tensor's size overflows".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// One tensor prepared for serialization.
+struct RawTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for &RawTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Writes `tensors` to `path` in the safetensors format (little endian; each tensor F32 or F64
+/// as stored), replacing any existing file.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<(), RuntimeError> {
+    let mut raw = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        if name == "__metadata__" {
+            return Err(RuntimeError::Write {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                message: "the name is reserved for the file's metadata".into(),
+            });
+        }
+        let (dtype, bytes) = match t.data() {
+            TensorData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        };
+        raw.push((
+            name.as_str(),
+            RawTensor {
+                dtype,
+                shape: t.shape().to_vec(),
+                bytes,
+            },
+        ));
+    }
+    let buffer = safetensors::serialize(raw.iter().map(|(n, r)| (*n, r)), &None).map_err(|e| {
+        RuntimeError::Write {
+            path: path.to_path_buf(),
+            tensor: String::new(),
+            message: describe(&e),
+        }
+    })?;
+    std::fs::write(path, buffer).map_err(|source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::ElemType;
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh path in the temporary directory (removed when dropped).
+    struct TempPath(PathBuf);
+
+    impl TempPath {
+        fn new(tag: &str) -> Self {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            TempPath(std::env::temp_dir().join(format!(
+                "tttc-runtime-test-{}-{tag}-{n}.safetensors",
+                std::process::id()
+            )))
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn sample() -> BTreeMap<String, Tensor> {
+        let mut m = BTreeMap::new();
+        m.insert(
+            "w".to_string(),
+            Tensor::from_f32([2, 3], vec![1.0, -2.0, 3.5, f32::MIN_POSITIVE, 0.1, -0.0]).unwrap(),
+        );
+        m.insert(
+            "b".to_string(),
+            Tensor::from_f64([3], vec![std::f64::consts::PI, 1e-300, -7.0]).unwrap(),
+        );
+        m.insert(
+            "s".to_string(),
+            Tensor::from_f64(Vec::new(), vec![42.0]).unwrap(),
+        );
+        m.insert(
+            "e".to_string(),
+            Tensor::from_f32([0, 4], Vec::new()).unwrap(),
+        );
+        m
+    }
+
+    fn sample_bytes() -> Vec<u8> {
+        let p = TempPath::new("bytes");
+        write_safetensors(&p.0, &sample()).unwrap();
+        std::fs::read(&p.0).unwrap()
+    }
+
+    #[test]
+    fn round_trip_is_exact() {
+        let p = TempPath::new("roundtrip");
+        let m = sample();
+        write_safetensors(&p.0, &m).unwrap();
+        let back = read_safetensors(&p.0).unwrap();
+        assert_eq!(back.len(), m.len());
+        for (name, t) in &m {
+            let b = &back[name];
+            assert_eq!(b.shape(), t.shape(), "{name}");
+            assert_eq!(b.elem_type(), t.elem_type(), "{name}");
+            // bitwise equality (covers -0.0)
+            let bits = |t: &Tensor| -> Vec<u64> {
+                match t.data() {
+                    TensorData::F32(v) => v.iter().map(|x| u64::from(x.to_bits())).collect(),
+                    TensorData::F64(v) => v.iter().map(|x| x.to_bits()).collect(),
+                }
+            };
+            assert_eq!(bits(b), bits(t), "{name}");
+        }
+    }
+
+    #[test]
+    fn reads_files_written_by_the_safetensors_crate() {
+        // A file written with the crate's own TensorView, not our writer.
+        let data: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![1, 2], &data).unwrap();
+        let bytes = safetensors::serialize([("x", view)], &None).unwrap();
+        let m = parse_safetensors(&bytes, Path::new("mem")).unwrap();
+        assert_eq!(m["x"].shape(), &[1, 2]);
+        assert_eq!(m["x"].as_f32().unwrap(), &[1.5, -2.0]);
+    }
+
+    #[test]
+    fn missing_file_is_io_error() {
+        let p = TempPath::new("missing");
+        let err = read_safetensors(&p.0).unwrap_err();
+        assert!(matches!(err, RuntimeError::Io { .. }), "{err}");
+        assert!(err.to_string().contains("missing"));
+    }
+
+    #[test]
+    fn unsupported_dtype_names_the_tensor() {
+        let data = [0u8; 4];
+        let view = safetensors::tensor::TensorView::new(Dtype::BF16, vec![2], &data).unwrap();
+        let bytes = safetensors::serialize([("half", view)], &None).unwrap();
+        let p = TempPath::new("bf16");
+        std::fs::write(&p.0, bytes).unwrap();
+        match read_safetensors(&p.0).unwrap_err() {
+            RuntimeError::UnsupportedDType { tensor, dtype } => {
+                assert_eq!(tensor, "half");
+                assert_eq!(dtype, "BF16");
+            }
+            e => panic!("unexpected error {e}"),
+        }
+    }
+
+    fn assert_malformed(bytes: &[u8]) {
+        let p = TempPath::new("bad");
+        std::fs::write(&p.0, bytes).unwrap();
+        match read_safetensors(&p.0) {
+            Err(RuntimeError::Malformed { path, message }) => {
+                assert_eq!(path, p.0);
+                assert!(!message.is_empty());
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_malformed() {
+        assert_malformed(&[]);
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert_malformed(b"this is not a safetensors file at all");
+        assert_malformed(&[0xff; 64]);
+        // a plausible length followed by non-JSON
+        let mut b = 16u64.to_le_bytes().to_vec();
+        b.extend_from_slice(&[0x80; 16]);
+        assert_malformed(&b);
+    }
+
+    #[test]
+    fn truncated_file_is_malformed() {
+        let bytes = sample_bytes();
+        for cut in [1, 7, 8, 9, bytes.len() / 2, bytes.len() - 1] {
+            assert_malformed(&bytes[..cut]);
+        }
+        // one byte too many is also an error
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_malformed(&longer);
+    }
+
+    #[test]
+    fn huge_offsets_do_not_overflow() {
+        let big = u64::MAX - 3;
+        let header =
+            format!(r#"{{"x":{{"dtype":"U8","shape":[{big}],"data_offsets":[0,{big}]}}}}"#);
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        assert_malformed(&b);
+        // shape overflow
+        let header =
+            format!(r#"{{"x":{{"dtype":"F64","shape":[{big},{big}],"data_offsets":[0,0]}}}}"#);
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        assert_malformed(&b);
+    }
+
+    #[test]
+    fn reserved_name_is_rejected_on_write() {
+        let p = TempPath::new("reserved");
+        let mut m = BTreeMap::new();
+        m.insert(
+            "__metadata__".to_string(),
+            Tensor::zeros([1], ElemType::F32),
+        );
+        let err = write_safetensors(&p.0, &m).unwrap_err();
+        assert!(matches!(err, RuntimeError::Write { .. }), "{err}");
+    }
+
+    #[test]
+    fn write_to_missing_directory_is_io_error() {
+        let p = std::env::temp_dir().join("tttc-no-such-dir-7f3a/x.safetensors");
+        let err = write_safetensors(&p, &sample()).unwrap_err();
+        assert!(matches!(err, RuntimeError::Io { .. }), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_safetensors(&bytes, Path::new("fuzz"));
+        }
+
+        #[test]
+        fn corrupted_valid_files_never_panic(
+            pos in any::<proptest::sample::Index>(),
+            val in any::<u8>(),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let mut bytes = sample_bytes();
+            let i = pos.index(bytes.len());
+            bytes[i] = val;
+            let _ = parse_safetensors(&bytes, Path::new("fuzz"));
+            let c = cut.index(bytes.len());
+            let _ = parse_safetensors(&bytes[..c], Path::new("fuzz"));
+            // a truncation of the intact file is always an error
+            let intact = sample_bytes();
+            let c = cut.index(intact.len());
+            prop_assert!(parse_safetensors(&intact[..c], Path::new("fuzz")).is_err());
+        }
+
+        #[test]
+        fn arbitrary_headers_never_panic(
+            dtype in prop_oneof![Just("F32"), Just("F64"), Just("U8"), Just("XX")],
+            shape in proptest::collection::vec(prop_oneof![0u64..8, any::<u64>()], 0..3),
+            a in prop_oneof![0u64..64, any::<u64>()],
+            b in prop_oneof![0u64..64, any::<u64>()],
+            extra in 0usize..64,
+        ) {
+            let shape: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            let header = format!(
+                r#"{{"t":{{"dtype":"{dtype}","shape":[{}],"data_offsets":[{a},{b}]}}}}"#,
+                shape.join(",")
+            );
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend_from_slice(header.as_bytes());
+            bytes.resize(bytes.len() + extra, 0);
+            let _ = parse_safetensors(&bytes, Path::new("fuzz"));
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! tttc: a compiler for Test-Time-Training layers.
+//!
+//! This crate holds the `tttc` command-line tool and re-exports the workspace's crates:
+//! [`ir`] (the DSL and the graph IR), [`passes`] (autodiff and later optimizations),
+//! [`backends`] (the reference interpreter) and [`runtime`] (tensors and safetensors I/O).
+//! [`compile_file`] and [`bind`] connect them: source text to a differentiated program, and a
+//! program plus named tensors to a program specialized for those shapes.
+
+pub mod bind;
+pub mod driver;
+
+pub use tttc_backends as backends;
+pub use tttc_ir as ir;
+pub use tttc_passes as passes;
+pub use tttc_runtime as runtime;
+
+pub use bind::{bind, BindError, Bound};
+pub use driver::{compile_file, compile_source, DriverError, Precision};

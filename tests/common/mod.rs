@@ -1,0 +1,49 @@
+//! Helpers shared by the integration tests: running the `tttc` binary and comparing tensors.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tttc::runtime::{read_safetensors, Tensor};
+
+/// The project root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the `tttc` binary with `args`.
+pub fn tttc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tttc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the tttc binary runs")
+}
+
+/// stdout + stderr as text.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Reads a safetensors file that the test expects to be valid.
+pub fn load(path: &Path) -> BTreeMap<String, Tensor> {
+    read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// max |got − expected| / max |expected|, in f64.
+pub fn rel_error(got: &Tensor, expected: &Tensor) -> f64 {
+    assert_eq!(got.shape(), expected.shape(), "shape mismatch");
+    let (g, e) = (got.to_f64_vec(), expected.to_f64_vec());
+    let scale = e.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let diff = g
+        .iter()
+        .zip(&e)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff.is_finite(), "non-finite values");
+    diff / scale.max(f64::MIN_POSITIVE)
+}

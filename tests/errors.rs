@@ -1,0 +1,281 @@
+//! Malformed programs and bad inputs give located, named errors and exit code 2, never a panic.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use tttc::runtime::{write_safetensors, Tensor};
+
+fn linear_source() -> String {
+    std::fs::read_to_string(root().join("examples/ttt_linear.ttt")).expect("example")
+}
+
+/// Writes `text` to a temp file, runs `tttc check` on it, and returns (exit code, output).
+fn check_program(dir: &std::path::Path, name: &str, bytes: &[u8]) -> (i32, String) {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write program");
+    let out = tttc(&["check", path.to_str().expect("utf-8")]);
+    (out.status.code().unwrap_or(-1), text(&out))
+}
+
+/// (case name, program text, expected `line:col`, expected message fragment)
+fn program_cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
+    let base = linear_source();
+    let replace = |from: &str, to: &str| {
+        assert!(base.contains(from), "the example contains {from:?}");
+        base.replacen(from, to, 1)
+    };
+    vec![
+        (
+            "syntax",
+            replace("out(q: [1, f]) = q + g(q)", "out(q: [1, f]) = q + * g(q)"),
+            "19:24",
+            "expected an expression",
+        ),
+        (
+            "unknown name",
+            replace("q + g(q)", "q + g(qq)"),
+            "19:26",
+            "unknown name `qq`",
+        ),
+        (
+            "unknown function",
+            replace("q + g(q)", "q + h(q)"),
+            "19:24",
+            "unknown function `h`",
+        ),
+        (
+            "shape mismatch",
+            replace("x @ W1 + b1", "x @ W1 @ x"),
+            "13:42",
+            "matmul: inner dimensions differ",
+        ),
+        (
+            "wrong arity",
+            replace(
+                "layer_norm(x @ W1 + b1, ln_weight, ln_bias, 1e-6)",
+                "layer_norm(x @ W1 + b1, ln_weight, ln_bias)",
+            ),
+            "13:31",
+            "missing argument `eps` of `layer_norm`",
+        ),
+        (
+            "builtin arity",
+            replace(
+                "0.5 * sum((g(k) - (v - k)) ^ 2)",
+                "0.5 * sum((g(k) - (v - k)) ^ 2, 0, 1)",
+            ),
+            "16:38",
+            "`sum` takes 1 to 2 argument(s), got 3",
+        ),
+        (
+            "non-scalar loss",
+            replace(
+                "0.5 * sum((g(k) - (v - k)) ^ 2)",
+                "0.5 * ((g(k) - (v - k)) ^ 2)",
+            ),
+            "16:32",
+            "the loss must be a scalar",
+        ),
+        (
+            "unused state",
+            replace("state b1: [1, f]", "state b1: [1, f]\n  state W9: [f, f]"),
+            "10:9",
+            "state `W9` is never used by `loss`",
+        ),
+        (
+            "unknown field",
+            replace("output b1_last = r.b1", "output b1_last = r.b2"),
+            "37:22",
+            "no field `b2`",
+        ),
+        (
+            "unbound state",
+            replace("W1 = W1, b1 = b1,", "W1 = W1,"),
+            "30:15",
+            "`b1` of `TTTLinear` is not bound",
+        ),
+        (
+            "bad binding shape",
+            replace("input b1: [H, 1, f]", "input b1: [H, f, f]"),
+            "30:39",
+            "binding `b1`",
+        ),
+    ]
+}
+
+#[test]
+fn malformed_programs_are_located() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, program, line_col, fragment) in program_cases() {
+        let (code, out) = check_program(dir.path(), "bad.ttt", program.as_bytes());
+        assert_eq!(code, 2, "{name}: exit code\n{out}");
+        let location = format!("bad.ttt:{line_col}:");
+        assert!(
+            out.contains(&location),
+            "{name}: expected {location} in\n{out}"
+        );
+        assert!(
+            out.contains(fragment),
+            "{name}: expected {fragment:?} in\n{out}"
+        );
+        assert!(
+            out.contains('^') || out.contains('─'),
+            "{name}: no caret excerpt in\n{out}"
+        );
+        assert!(!out.contains("panicked"), "{name}: panic\n{out}");
+    }
+}
+
+#[test]
+fn empty_and_binary_files_are_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, bytes, fragment) in [
+        ("empty.ttt", &b""[..], "the file is empty"),
+        (
+            "blank.ttt",
+            &b"  \n# only a comment\n"[..],
+            "no `main` block",
+        ),
+        ("binary.ttt", &b"inner X {\x00\x01\x02"[..], "binary file"),
+        ("latin1.ttt", &b"main { \xff }"[..], "not a text file"),
+    ] {
+        let (code, out) = check_program(dir.path(), name, bytes);
+        assert_eq!(code, 2, "{name}: {out}");
+        assert!(
+            out.contains(&format!("{name}:1:")),
+            "{name}: no location in\n{out}"
+        );
+        assert!(
+            out.contains(fragment),
+            "{name}: expected {fragment:?} in\n{out}"
+        );
+    }
+}
+
+#[test]
+fn missing_program_file_is_a_user_error() {
+    let out = tttc(&["check", "does/not/exist.ttt"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("does/not/exist.ttt"));
+}
+
+fn golden_inputs() -> BTreeMap<String, Tensor> {
+    load(&root().join("tests/golden/inner_linear_B2_nh2_f16_K16_L40.inputs.safetensors"))
+}
+
+fn run_with(inputs: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_path = dir.path().join("out.safetensors");
+    let mut args = vec![
+        "run",
+        "examples/ttt_linear.ttt",
+        "--inputs",
+        inputs.to_str().expect("utf-8"),
+        "--out",
+        out_path.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    let out = tttc(&args);
+    (out.status.code().unwrap_or(-1), text(&out))
+}
+
+#[test]
+fn bad_inputs_name_the_tensor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, tensors: &BTreeMap<String, Tensor>| {
+        let p = dir.path().join(name);
+        write_safetensors(&p, tensors).expect("write");
+        p
+    };
+    let mut missing = golden_inputs();
+    missing.remove("XK");
+    let mut misshaped = golden_inputs();
+    let xq = misshaped["XQ"].to_f64_vec();
+    misshaped.insert(
+        "XQ".into(),
+        Tensor::from_f64(vec![2, 2, 20, 32], xq).expect("same size"),
+    );
+    let mut inconsistent = golden_inputs();
+    let lr = inconsistent["ttt_lr_eta"].to_f64_vec();
+    inconsistent.insert(
+        "ttt_lr_eta".into(),
+        Tensor::from_f64(vec![2, 2, 20, 2], lr).expect("same size"),
+    );
+    let cases = [
+        (
+            write("missing.safetensors", &missing),
+            vec![],
+            "missing input tensor `XK`",
+        ),
+        (write("misshaped.safetensors", &misshaped), vec![], "`XQ`"),
+        (
+            write("rank.safetensors", &inconsistent),
+            vec![],
+            "`ttt_lr_eta`",
+        ),
+        (
+            write("ok.safetensors", &golden_inputs()),
+            vec!["--set", "mini_batch_size=8"],
+            "`token_eta`",
+        ),
+        (
+            write("ok2.safetensors", &golden_inputs()),
+            vec!["--set", "nonsense=3"],
+            "unknown setting `nonsense`",
+        ),
+    ];
+    for (path, extra, fragment) in cases {
+        let (code, out) = run_with(&path, &extra);
+        assert_eq!(code, 2, "{fragment}: {out}");
+        assert!(out.contains(fragment), "expected {fragment:?} in\n{out}");
+        assert!(!out.contains("panicked"), "{out}");
+    }
+}
+
+#[test]
+fn bad_files_and_options_are_user_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(
+        &garbage,
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all",
+    )
+    .expect("write");
+    let truncated = dir.path().join("truncated.safetensors");
+    let good = std::fs::read(
+        root().join("tests/golden/inner_linear_B2_nh2_f16_K16_L40.inputs.safetensors"),
+    )
+    .expect("read");
+    std::fs::write(&truncated, &good[..good.len() / 2]).expect("write");
+    let int64 = dir.path().join("int64.safetensors");
+    {
+        let data: Vec<u8> = vec![0u8; 8 * 4];
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![4], &data)
+            .expect("view");
+        let bytes = safetensors::serialize([("XQ", view)], &None).expect("serialize");
+        std::fs::write(&int64, bytes).expect("write");
+    }
+    let ok = root().join("tests/golden/inner_linear_B2_nh2_f16_K16_L40.inputs.safetensors");
+    let cases: Vec<(&std::path::Path, Vec<&str>, &str)> = vec![
+        (&garbage, vec![], "garbage.safetensors"),
+        (&truncated, vec![], "truncated.safetensors"),
+        (&int64, vec![], "XQ"),
+        (
+            std::path::Path::new("no/such/file.safetensors"),
+            vec![],
+            "no/such/file.safetensors",
+        ),
+        (&ok, vec!["--set", "mini_batch_size=0"], "mini_batch_size"),
+        (&ok, vec!["--set", "mini_batch_size=abc"], "mini_batch_size"),
+        (&ok, vec!["--set", "mini_batch_size"], "NAME=VALUE"),
+        (&ok, vec!["--backend", "tpu"], "--backend"),
+        (&ok, vec!["--precision", "f16"], "--precision"),
+    ];
+    for (path, extra, fragment) in cases {
+        let (code, out) = run_with(path, &extra);
+        assert_eq!(code, 2, "{fragment}: {out}");
+        assert!(out.contains(fragment), "expected {fragment:?} in\n{out}");
+        assert!(!out.contains("panicked"), "{out}");
+    }
+}
