@@ -52,7 +52,7 @@ fn graph_into(s: &mut String, graph: &Graph, prefix: &str, depth: usize) {
     for o in graph.outputs() {
         let _ = writeln!(
             s,
-            "{pad}{prefix}out_{name} [label=\"output {name}\", shape=ellipse];\n{pad}{prefix}{} -> {prefix}out_{name};",
+            "{pad}\"{prefix}out_{name}\" [label=\"output {name}\", shape=ellipse];\n{pad}{prefix}{} -> \"{prefix}out_{name}\";",
             num[&o.node],
             name = escape(&o.name)
         );
