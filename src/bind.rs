@@ -1,33 +1,17 @@
 //! Binding named tensors to a program: every input is checked by name, element type and shape,
-//! every symbolic dimension gets its value, and the program is specialized to those values.
+//! every dimension gets its value (from integer configs, `--set`, input shapes and `dim`
+//! definitions), and the program is specialized to those values.
 
 use std::collections::{BTreeMap, BTreeSet};
-use tttc_ir::{Dim, NodeType, Program};
+use tttc_ir::{ConfigValue, Dim, NodeType, Program, Shape};
 use tttc_runtime::{ElemType, Tensor};
 
-/// An input that does not fit the program, or a bad setting.
+/// Inputs that do not fit the program, or a bad setting.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BindError {
-    /// A required tensor is absent.
-    #[error("missing input tensor `{name}` (expected {expected})")]
-    Missing {
-        /// The tensor.
-        name: String,
-        /// Its declared type.
-        expected: String,
-    },
-    /// A tensor has the wrong shape.
-    #[error("input tensor `{name}`: expected shape {expected}, got {got:?}{hint}")]
-    Shape {
-        /// The tensor.
-        name: String,
-        /// The declared shape with the values known so far.
-        expected: String,
-        /// The actual shape.
-        got: Vec<usize>,
-        /// Extra explanation.
-        hint: String,
-    },
+    /// Missing or misshaped tensors, or inconsistent dimensions: one line each.
+    #[error("the inputs do not fit the program:\n  {}", .0.join("\n  "))]
+    Inputs(Vec<String>),
     /// `--set` names something the program does not have.
     #[error("unknown setting `{name}`: this program's settings are {known}")]
     UnknownSetting {
@@ -42,15 +26,15 @@ pub enum BindError {
         /// The name.
         name: String,
         /// The value.
-        value: usize,
+        value: f64,
         /// Why.
         why: String,
     },
     /// A dimension is not determined by any input.
     #[error("dimension `{0}` is not determined by any input; give it with --set {0}=N")]
     Unbound(String),
-    /// The specialized program failed verification.
-    #[error("the inputs give inconsistent shapes: {0}")]
+    /// The specialized program failed verification (e.g. a reshape of the wrong size).
+    #[error("the input shapes are inconsistent with the program: {0}")]
     Inconsistent(String),
 }
 
@@ -67,124 +51,87 @@ pub struct Bound {
     pub warnings: Vec<String>,
 }
 
-/// Checks `tensors` against `program`'s inputs and specializes it. `settings` are `--set`
-/// values: configuration overrides, or constraints on dimensions.
+/// Where a dimension's value came from, for messages.
+type Origins = BTreeMap<String, String>;
+
+/// Checks `tensors` against `program`'s inputs and specializes it. `settings` are the `--set`
+/// (and `--config`) values: configs were applied when the program was compiled; other names
+/// fix dimensions.
 pub fn bind(
     program: &Program,
     tensors: &BTreeMap<String, Tensor>,
-    settings: &BTreeMap<String, usize>,
+    settings: &BTreeMap<String, f64>,
     elem: ElemType,
 ) -> Result<Bound, BindError> {
     let graph = &program.graph;
-    let mut symbols = BTreeSet::new();
+    let (mut dims, mut origin) = dims_from_settings(program, settings)?;
+    let mut problems = Vec::new();
+    // Pass 1: bind every dimension at its first appearance.
     for &id in graph.inputs() {
-        if let Some(t) = graph.tensor_type(id) {
-            symbols.extend(t.shape.symbols().map(str::to_string));
+        let (Some(name), Some(ty)) = (graph.input_name(id), graph.tensor_type(id)) else {
+            continue;
+        };
+        let Some(t) = tensors.get(name) else { continue };
+        if t.shape().len() != ty.shape.rank() {
+            continue;
+        }
+        for (axis, (d, &n)) in ty.shape.0.iter().zip(t.shape()).enumerate() {
+            if let Dim::Sym(s) = d {
+                if !dims.contains_key(s) {
+                    dims.insert(s.clone(), n);
+                    origin.insert(s.clone(), format!("input `{name}` axis {axis}"));
+                }
+            }
         }
     }
-    for (name, &value) in settings {
-        let is_config = program.configs.iter().any(|c| &c.name == name);
-        if !is_config && !symbols.contains(name) {
-            let mut known: Vec<String> = program
-                .configs
-                .iter()
-                .map(|c| format!("{} (default {})", c.name, c.default))
-                .collect();
-            known.extend(
-                symbols
-                    .iter()
-                    .filter(|s| !program.configs.iter().any(|c| &c.name == *s))
-                    .map(|s| format!("{s} (from input shapes)")),
-            );
-            return Err(BindError::UnknownSetting {
-                name: name.clone(),
-                known: known.join(", "),
-            });
-        }
-        if value == 0 {
-            return Err(BindError::BadSetting {
-                name: name.clone(),
-                value,
-                why: "it must be at least 1".into(),
-            });
+    // Derived dimensions.
+    for derived in &program.derived_dims {
+        match derived.expr.eval(&dims) {
+            Ok(v) => match dims.get(&derived.name) {
+                Some(&have) if have != v => problems.push(format!(
+                    "dimension `{}` = {} = {v}, but it is {have} from {}",
+                    derived.name,
+                    derived.expr,
+                    origin
+                        .get(&derived.name)
+                        .map_or("elsewhere", String::as_str)
+                )),
+                Some(_) => {}
+                None => {
+                    dims.insert(derived.name.clone(), v);
+                    origin.insert(
+                        derived.name.clone(),
+                        format!("`dim {} = {}`", derived.name, derived.expr),
+                    );
+                }
+            },
+            Err(why) => problems.push(format!(
+                "dimension `{}` = {}: {why}",
+                derived.name, derived.expr
+            )),
         }
     }
-    let configs = program.config_values(settings);
-    let mut dims: BTreeMap<String, usize> = configs.clone();
-    for (k, v) in settings {
-        dims.insert(k.clone(), *v);
-    }
-    // Where each dimension's value came from, for messages.
-    let mut origin: BTreeMap<String, String> = dims
-        .keys()
-        .map(|k| {
-            let how = if settings.contains_key(k) {
-                "set"
-            } else {
-                "default"
-            };
-            (k.clone(), format!("{how} {k} = {}", dims[k]))
-        })
-        .collect();
+    // Pass 2: check every input against the now-known dimensions.
     let mut inputs = BTreeMap::new();
     let mut warnings = Vec::new();
     for &id in graph.inputs() {
         let (Some(name), Some(ty)) = (graph.input_name(id), graph.tensor_type(id)) else {
             continue;
         };
+        let expected = describe(&ty.shape, &dims);
         let Some(t) = tensors.get(name) else {
-            return Err(BindError::Missing {
-                name: name.to_string(),
-                expected: ty.to_string(),
-            });
+            problems.push(format!(
+                "`{name}`: missing; expected {} {expected}",
+                ty.dtype
+            ));
+            continue;
         };
-        let got = t.shape().to_vec();
-        let expected = ty.shape.substitute(&dims).to_string();
-        if got.len() != ty.shape.rank() {
-            return Err(BindError::Shape {
-                name: name.to_string(),
-                expected: format!("{} ({} axes)", ty.shape, ty.shape.rank()),
-                got,
-                hint: String::new(),
-            });
-        }
-        for (axis, (d, &n)) in ty.shape.0.iter().zip(&got).enumerate() {
-            match d {
-                Dim::Known(k) if *k != n => {
-                    return Err(BindError::Shape {
-                        name: name.to_string(),
-                        expected: expected.clone(),
-                        got,
-                        hint: format!(" (axis {axis} must be {k})"),
-                    })
-                }
-                Dim::Known(_) => {}
-                Dim::Sym(s) => match dims.get(s) {
-                    Some(&v) if v == n => {}
-                    Some(&v) => {
-                        let from = origin.get(s).cloned().unwrap_or_default();
-                        let set_hint = if program.configs.iter().any(|c| &c.name == s)
-                            && !settings.contains_key(s)
-                        {
-                            format!("; pass --set {s}={n} if that is intended")
-                        } else {
-                            String::new()
-                        };
-                        return Err(BindError::Shape {
-                            name: name.to_string(),
-                            expected: format!("{} = {expected}", ty.shape),
-                            got,
-                            hint: format!(
-                                " (axis {axis} is `{s}`, which is {v} from {from}{set_hint})"
-                            ),
-                        });
-                    }
-                    None => {
-                        dims.insert(s.clone(), n);
-                        origin.insert(s.clone(), format!("input `{name}` axis {axis}"));
-                    }
-                },
-            }
+        if let Some(why) = shape_problem(program, &ty.shape, t.shape(), &dims, &origin, settings) {
+            problems.push(format!(
+                "`{name}`: expected {expected}, got {:?}{why}",
+                t.shape()
+            ));
+            continue;
         }
         if t.elem_type() == ElemType::F64 && elem == ElemType::F32 {
             warnings.push(format!(
@@ -193,6 +140,9 @@ pub fn bind(
         }
         inputs.insert(name.to_string(), t.cast(elem));
     }
+    if !problems.is_empty() {
+        return Err(BindError::Inputs(problems));
+    }
     let unused: Vec<&str> = tensors
         .keys()
         .filter(|k| graph.input_by_name(k).is_none())
@@ -200,25 +150,16 @@ pub fn bind(
         .collect();
     if !unused.is_empty() {
         warnings.push(format!(
-            "the inputs file has tensors the program does not use: {}",
+            "the inputs file has tensors this program does not use (ignored): {}",
             unused.join(", ")
         ));
-    }
-    for (name, v) in &dims {
-        if *v == 0 && program.configs.iter().any(|c| &c.name == name) {
-            return Err(BindError::BadSetting {
-                name: name.clone(),
-                value: 0,
-                why: "it must be at least 1".into(),
-            });
-        }
     }
     let specialized = program.specialize(&dims);
     if let Some(sym) = first_unbound(&specialized.graph) {
         return Err(BindError::Unbound(sym));
     }
     tttc_ir::verify::verify_program(&specialized)
-        .map_err(|e| BindError::Inconsistent(e.to_string()))?;
+        .map_err(|e| BindError::Inconsistent(e.message))?;
     Ok(Bound {
         program: specialized,
         inputs,
@@ -227,10 +168,112 @@ pub fn bind(
     })
 }
 
+/// Integer configs and `--set` dimensions; rejects unknown and invalid settings.
+fn dims_from_settings(
+    program: &Program,
+    settings: &BTreeMap<String, f64>,
+) -> Result<(BTreeMap<String, usize>, Origins), BindError> {
+    let known = program.setting_names();
+    let mut dims = program.int_configs();
+    let mut origin: Origins = program
+        .configs
+        .iter()
+        .filter_map(|c| match c.value {
+            ConfigValue::Int(v) => {
+                let how = if settings.contains_key(&c.name) {
+                    "--set"
+                } else {
+                    "the default"
+                };
+                Some((c.name.clone(), format!("{how} {} = {v}", c.name)))
+            }
+            ConfigValue::Float(_) => None,
+        })
+        .collect();
+    for (name, &value) in settings {
+        if !known.contains(name) {
+            return Err(BindError::UnknownSetting {
+                name: name.clone(),
+                known: describe_settings(program, &known),
+            });
+        }
+        if program.configs.iter().any(|c| &c.name == name) {
+            continue; // applied when compiling
+        }
+        if value.fract() != 0.0 || !(1.0..=1e15).contains(&value) {
+            return Err(BindError::BadSetting {
+                name: name.clone(),
+                value,
+                why: "a dimension is a positive integer".into(),
+            });
+        }
+        dims.insert(name.clone(), value as usize);
+        origin.insert(name.clone(), format!("--set {name} = {value}"));
+    }
+    Ok((dims, origin))
+}
+
+fn describe_settings(program: &Program, known: &BTreeSet<String>) -> String {
+    known
+        .iter()
+        .map(|k| match program.configs.iter().find(|c| &c.name == k) {
+            Some(c) => format!("{k} (config, default {})", c.default),
+            None => format!("{k} (dimension)"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `[64, 64] ([hidden_size, hidden_size])`, with unknown dimensions left as names.
+fn describe(shape: &Shape, dims: &BTreeMap<String, usize>) -> String {
+    let concrete = shape.substitute(dims);
+    if concrete == *shape {
+        shape.to_string()
+    } else {
+        format!("{concrete} ({shape})")
+    }
+}
+
+/// Why `got` does not fit `shape`, if it does not.
+fn shape_problem(
+    program: &Program,
+    shape: &Shape,
+    got: &[usize],
+    dims: &BTreeMap<String, usize>,
+    origin: &Origins,
+    settings: &BTreeMap<String, f64>,
+) -> Option<String> {
+    if got.len() != shape.rank() {
+        return Some(format!(" ({} axes instead of {})", got.len(), shape.rank()));
+    }
+    for (axis, (d, &n)) in shape.0.iter().zip(got).enumerate() {
+        let want = match d {
+            Dim::Known(k) => Some(*k),
+            Dim::Sym(s) => dims.get(s).copied(),
+        };
+        match (want, d) {
+            (Some(w), _) if w == n => {}
+            (Some(w), Dim::Sym(s)) => {
+                let from = origin.get(s).map_or("elsewhere", String::as_str);
+                let is_config = program.configs.iter().any(|c| &c.name == s);
+                let hint = if is_config && !settings.contains_key(s) {
+                    format!("; pass --set {s}={n} if that is intended")
+                } else {
+                    String::new()
+                };
+                return Some(format!(": axis {axis} is `{s}` = {w} (from {from}){hint}"));
+            }
+            (Some(w), Dim::Known(_)) => return Some(format!(": axis {axis} must be {w}")),
+            (None, _) => {}
+        }
+    }
+    None
+}
+
 fn first_unbound(graph: &tttc_ir::Graph) -> Option<String> {
     for id in graph.node_ids() {
         let node = graph.node(id);
-        let shapes: Vec<&tttc_ir::Shape> = match &node.ty {
+        let shapes: Vec<&Shape> = match &node.ty {
             NodeType::Tensor(t) => vec![&t.shape],
             NodeType::Tuple(ts) => ts.iter().map(|t| &t.shape).collect(),
         };
@@ -239,18 +282,24 @@ fn first_unbound(graph: &tttc_ir::Graph) -> Option<String> {
                 return Some(sym.to_string());
             }
         }
-        if let tttc_ir::Op::Ttt(scan) = &node.op {
-            if let Dim::Sym(s) = &scan.mini_batch {
-                return Some(s.clone());
+        match &node.op {
+            tttc_ir::Op::Extent { dim: Dim::Sym(s) } | tttc_ir::Op::Iota { len: Dim::Sym(s) } => {
+                return Some(s.clone())
             }
-            for g in [&scan.loss, &scan.out]
-                .into_iter()
-                .chain(scan.grad.as_ref())
-            {
-                if let Some(s) = first_unbound(g) {
-                    return Some(s);
+            tttc_ir::Op::Ttt(scan) => {
+                if let Dim::Sym(s) = &scan.mini_batch {
+                    return Some(s.clone());
+                }
+                for g in [&scan.loss, &scan.out]
+                    .into_iter()
+                    .chain(scan.grad.as_ref())
+                {
+                    if let Some(s) = first_unbound(g) {
+                        return Some(s);
+                    }
                 }
             }
+            _ => {}
         }
     }
     None

@@ -1,5 +1,6 @@
 //! From source to a program ready to run: parse, lower, derive the inner gradients, verify.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use tttc_ir::syntax::CompileError;
 use tttc_ir::{DType, Program};
@@ -50,6 +51,24 @@ pub enum DriverError {
     /// A pass failed (a compiler bug).
     #[error("internal compiler error: {0}")]
     Pass(#[from] tttc_passes::PassError),
+    /// A `--config` file cannot be used.
+    #[error("config file {path}: {message}")]
+    Config {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// `--set` and `--config` disagree.
+    #[error("conflicting values for `{name}`: {set} from --set, {file} from the config file")]
+    Conflict {
+        /// The setting.
+        name: String,
+        /// The `--set` value.
+        set: f64,
+        /// The config file's value.
+        file: f64,
+    },
 }
 
 impl DriverError {
@@ -59,24 +78,84 @@ impl DriverError {
     }
 }
 
-/// Compiles a `.ttt` file: parse, lower, derive gradients, verify.
-pub fn compile_file(path: &Path, precision: Precision) -> Result<Program, DriverError> {
+/// Named values from `--set` or a config file: configs and dimensions.
+pub type Settings = BTreeMap<String, f64>;
+
+/// Compiles a `.ttt` file: parse, lower (with `settings` applied to configs), derive gradients,
+/// verify.
+pub fn compile_file(
+    path: &Path,
+    precision: Precision,
+    settings: &Settings,
+) -> Result<Program, DriverError> {
     let bytes = std::fs::read(path).map_err(|source| DriverError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    let program =
-        tttc_ir::syntax::compile_bytes(&path.display().to_string(), &bytes, precision.dtype())?;
+    let name = path.display().to_string();
+    let program = tttc_ir::syntax::compile_bytes(&name, &bytes, precision.dtype(), settings)?;
     finish(program)
 }
 
-/// Compiles program text (`file` names it in diagnostics).
+/// Compiles program text (`file` names it in diagnostics and locates its imports).
 pub fn compile_source(
     file: &str,
     text: &str,
     precision: Precision,
+    settings: &Settings,
 ) -> Result<Program, DriverError> {
-    finish(tttc_ir::syntax::compile(file, text, precision.dtype())?)
+    finish(tttc_ir::syntax::compile(
+        file,
+        text,
+        precision.dtype(),
+        settings,
+    )?)
+}
+
+/// Reads a Hugging Face style `config.json`: the numeric values of keys that name one of
+/// `program`'s settings (configs or dimensions). Other keys are ignored; a known key with a
+/// non-numeric value is an error.
+pub fn read_config_file(path: &Path, program: &Program) -> Result<Settings, DriverError> {
+    let fail = |message: String| DriverError::Config {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+    let object = json
+        .as_object()
+        .ok_or_else(|| fail("expected a JSON object".into()))?;
+    let names = program.setting_names();
+    let mut settings = Settings::new();
+    for (key, value) in object {
+        if !names.contains(key) {
+            continue;
+        }
+        let number = value
+            .as_f64()
+            .ok_or_else(|| fail(format!("`{key}` must be a number, got {value}")))?;
+        settings.insert(key.clone(), number);
+    }
+    Ok(settings)
+}
+
+/// `--set` values over a config file's; a name given differently by both is an error.
+pub fn merge_settings(set: &Settings, file: &Settings) -> Result<Settings, DriverError> {
+    let mut merged = file.clone();
+    for (name, &value) in set {
+        if let Some(&other) = file.get(name) {
+            if other != value {
+                return Err(DriverError::Conflict {
+                    name: name.clone(),
+                    set: value,
+                    file: other,
+                });
+            }
+        }
+        merged.insert(name.clone(), value);
+    }
+    Ok(merged)
 }
 
 fn finish(mut program: Program) -> Result<Program, DriverError> {

@@ -1,11 +1,12 @@
 //! The `tttc` command-line tool.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tttc::{bind, compile_file, DriverError, Precision};
+use tttc::{
+    bind, compile_file, merge_settings, read_config_file, DriverError, Precision, Settings,
+};
 
 /// tttc: a compiler for Test-Time-Training layers.
 ///
@@ -24,6 +25,8 @@ enum Command {
     Check {
         /// The .ttt program.
         file: PathBuf,
+        #[command(flatten)]
+        settings: SettingArgs,
     },
     /// Print the compiled IR (after autodiff) of a program.
     Inspect {
@@ -35,6 +38,8 @@ enum Command {
         /// Element type of the printed IR.
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,
+        #[command(flatten)]
+        settings: SettingArgs,
     },
     /// Run a program on the tensors of a safetensors file and write its outputs.
     Run(RunArgs),
@@ -56,10 +61,23 @@ struct RunArgs {
     /// Precision of the whole computation; outputs are written in it.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
+    /// Also write the program's intermediates (its `intermediate` outputs, e.g. `aux.*`).
+    #[arg(long)]
+    dump_intermediates: bool,
+    #[command(flatten)]
+    settings: SettingArgs,
+}
+
+#[derive(clap::Args)]
+struct SettingArgs {
     /// Override a config value or fix a dimension: NAME=VALUE (repeatable), e.g.
-    /// --set mini_batch_size=8.
+    /// --set mini_batch_size=8 --set ttt_base_lr=0.1.
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_setting)]
-    settings: Vec<(String, usize)>,
+    set: Vec<(String, f64)>,
+    /// A Hugging Face style config.json: keys naming a config or dimension of the program are
+    /// used (others ignored); a value that differs from --set is an error.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -93,7 +111,7 @@ enum Backend {
     Interp,
 }
 
-fn parse_setting(s: &str) -> Result<(String, usize), String> {
+fn parse_setting(s: &str) -> Result<(String, f64), String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
@@ -101,14 +119,14 @@ fn parse_setting(s: &str) -> Result<(String, usize), String> {
     if name.is_empty() {
         return Err(format!("`{s}` has no name before `=`"));
     }
-    let value: usize = value.trim().parse().map_err(|_| {
-        format!(
-            "`{name}` must be a positive integer, got `{}`",
-            value.trim()
-        )
-    })?;
-    if value == 0 {
-        return Err(format!("`{name}` must be at least 1, got 0"));
+    let value: f64 = value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())
+        .ok_or_else(|| format!("`{name}` must be a number, got `{}`", value.trim()))?;
+    if value <= 0.0 {
+        return Err(format!("`{name}` must be positive, got {value}"));
     }
     Ok((name.to_string(), value))
 }
@@ -134,8 +152,33 @@ impl Failure {
     }
 }
 
-fn compile(file: &Path, precision: Precision) -> Result<tttc::ir::Program, Failure> {
-    compile_file(file, precision).map_err(|e| {
+/// Compiles `file` with the settings of `--set` and `--config` applied; returns the program and
+/// the merged settings.
+fn compile(
+    file: &Path,
+    precision: Precision,
+    args: &SettingArgs,
+) -> Result<(tttc::ir::Program, Settings), Failure> {
+    let set: Settings = args.set.iter().cloned().collect();
+    let program = compile_with(file, precision, &set)?;
+    let Some(config) = &args.config else {
+        return Ok((program, set));
+    };
+    // The config file's keys are matched against the program's names, so compile again with
+    // them applied.
+    let from_file =
+        read_config_file(config, &program).map_err(|e| Failure::user(format!("error: {e}")))?;
+    let merged =
+        merge_settings(&set, &from_file).map_err(|e| Failure::user(format!("error: {e}")))?;
+    Ok((compile_with(file, precision, &merged)?, merged))
+}
+
+fn compile_with(
+    file: &Path,
+    precision: Precision,
+    settings: &Settings,
+) -> Result<tttc::ir::Program, Failure> {
+    compile_file(file, precision, settings).map_err(|e| {
         let user = e.is_user_error();
         let message = match &e {
             DriverError::Compile(c) => c.render(std::io::stderr().is_terminal()),
@@ -161,18 +204,19 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Check { file } => check(&file),
+        Command::Check { file, settings } => check(&file, &settings),
         Command::Inspect {
             file,
             format,
             precision,
-        } => inspect(&file, format, precision.into()),
+            settings,
+        } => inspect(&file, format, precision.into(), &settings),
         Command::Run(args) => run(&args),
     }
 }
 
-fn check(file: &Path) -> Result<(), Failure> {
-    let program = compile(file, Precision::F32)?;
+fn check(file: &Path, settings: &SettingArgs) -> Result<(), Failure> {
+    let (program, _) = compile(file, Precision::F32, settings)?;
     let g = &program.graph;
     let inputs: Vec<String> = g
         .inputs()
@@ -186,15 +230,23 @@ fn check(file: &Path) -> Result<(), Failure> {
         .collect();
     println!("{}: ok", file.display());
     for c in &program.configs {
-        println!("  config  {} = {}", c.name, c.default);
+        println!("  config  {} = {}", c.name, c.value);
+    }
+    for d in &program.derived_dims {
+        println!("  dim     {} = {}", d.name, d.expr);
     }
     println!("  inputs  {}", inputs.join(", "));
     println!("  outputs {}", outputs.join(", "));
     Ok(())
 }
 
-fn inspect(file: &Path, format: Format, precision: Precision) -> Result<(), Failure> {
-    let program = compile(file, precision)?;
+fn inspect(
+    file: &Path,
+    format: Format,
+    precision: Precision,
+    settings: &SettingArgs,
+) -> Result<(), Failure> {
+    let (program, _) = compile(file, precision, settings)?;
     let text = match format {
         Format::Text => tttc::ir::printer::print_program(&program),
         Format::Json => {
@@ -208,19 +260,21 @@ fn inspect(file: &Path, format: Format, precision: Precision) -> Result<(), Fail
 
 fn run(args: &RunArgs) -> Result<(), Failure> {
     let precision: Precision = args.precision.into();
-    let program = compile(&args.file, precision)?;
+    let (program, settings) = compile(&args.file, precision, &args.settings)?;
     let tensors = tttc::runtime::read_safetensors(&args.inputs)
         .map_err(|e| Failure::user(format!("error: {e}")))?;
-    let settings: BTreeMap<String, usize> = args.settings.iter().cloned().collect();
     let bound = bind(&program, &tensors, &settings, precision.elem())
         .map_err(|e| Failure::user(format!("error: {e}")))?;
     for w in &bound.warnings {
         eprintln!("warning: {w}");
     }
-    let outputs = match args.backend {
+    let mut outputs = match args.backend {
         Backend::Interp => tttc::backends::interp::run_program(&bound.program, &bound.inputs)
             .map_err(|e| Failure::internal(e.to_string()))?,
     };
+    if !args.dump_intermediates {
+        outputs.retain(|name, _| !program.intermediates.contains(name));
+    }
     tttc::runtime::write_safetensors(&args.out, &outputs)
         .map_err(|e| Failure::user(format!("error: {e}")))?;
     let names: Vec<String> = outputs

@@ -206,7 +206,7 @@ fn bad_inputs_name_the_tensor() {
         (
             write("missing.safetensors", &missing),
             vec![],
-            "missing input tensor `XK`",
+            "`XK`: missing",
         ),
         (write("misshaped.safetensors", &misshaped), vec![], "`XQ`"),
         (

@@ -6,8 +6,12 @@ mod common;
 use tttc::{compile_file, Precision};
 
 fn printed(name: &str) -> String {
-    let program = compile_file(&common::root().join("examples").join(name), Precision::F32)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let program = compile_file(
+        &common::root().join("examples").join(name),
+        Precision::F32,
+        &Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
     tttc::ir::printer::print_program(&program)
 }
 

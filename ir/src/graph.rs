@@ -80,6 +80,17 @@ impl Graph {
         })
     }
 
+    /// Adds a leaf op (`const`, `extent`, `iota`) of the given element type.
+    pub fn add_leaf(&mut self, op: Op, dtype: crate::DType) -> Result<NodeId, GraphError> {
+        let shape = op.leaf_shape().ok_or_else(|| {
+            GraphError::Type(TypeError(format!("{} is not a leaf op", op.name())))
+        })?;
+        Ok(self.graph.add_node(Node {
+            op,
+            ty: NodeType::Tensor(TensorType::new(dtype, shape)),
+        }))
+    }
+
     /// Adds an op applied to `operands`, inferring its type.
     pub fn add(&mut self, op: Op, operands: &[NodeId]) -> Result<NodeId, GraphError> {
         let mut tys = Vec::with_capacity(operands.len());

@@ -31,11 +31,13 @@ pub enum UnaryOp {
     GeluTanh,
     /// `1` where `x > 0`, else `0` (the derivative of relu)
     Step,
+    /// Largest integer not above `x`.
+    Floor,
 }
 
 impl UnaryOp {
     /// Every unary op, for tables and tests.
-    pub const ALL: [UnaryOp; 11] = [
+    pub const ALL: [UnaryOp; 12] = [
         UnaryOp::Neg,
         UnaryOp::Sqrt,
         UnaryOp::Rsqrt,
@@ -47,6 +49,7 @@ impl UnaryOp {
         UnaryOp::Relu,
         UnaryOp::GeluTanh,
         UnaryOp::Step,
+        UnaryOp::Floor,
     ];
 
     /// The op's name in the DSL and the printer.
@@ -63,6 +66,7 @@ impl UnaryOp {
             UnaryOp::Relu => "relu",
             UnaryOp::GeluTanh => "gelu_tanh",
             UnaryOp::Step => "step",
+            UnaryOp::Floor => "floor",
         }
     }
 
@@ -152,6 +156,16 @@ pub enum Op {
         /// The value.
         value: f64,
     },
+    /// The extent of a dimension as a scalar (shape `[]`), known once dimensions are bound.
+    Extent {
+        /// The dimension.
+        dim: Dim,
+    },
+    /// `[0, 1, ..., len - 1]` (shape `[len]`).
+    Iota {
+        /// The length.
+        len: Dim,
+    },
     /// An elementwise function.
     Unary {
         /// Which function.
@@ -166,6 +180,11 @@ pub enum Op {
     MatMul,
     /// Swaps the last two axes.
     Transpose,
+    /// Reorders axes: result axis `i` is operand axis `perm[i]`.
+    Permute {
+        /// A permutation of `0..rank`.
+        perm: Vec<usize>,
+    },
     /// Reduces one axis, keeping it with extent 1.
     Reduce {
         /// Which reduction.
@@ -213,11 +232,24 @@ fn tensor<'a>(t: &'a NodeType, what: &str) -> Result<&'a TensorType, TypeError> 
 }
 
 impl Op {
+    /// The shape of a leaf op (no operands, type declared with an element type): constants,
+    /// extents and iotas.
+    pub fn leaf_shape(&self) -> Option<Shape> {
+        match self {
+            Op::Const { .. } | Op::Extent { .. } => Some(Shape::scalar()),
+            Op::Iota { len } => Some(Shape(vec![len.clone()])),
+            _ => None,
+        }
+    }
+
     /// Short name used by the printer.
     pub fn name(&self) -> &'static str {
         match self {
             Op::Input { .. } => "input",
             Op::Const { .. } => "const",
+            Op::Extent { .. } => "extent",
+            Op::Iota { .. } => "iota",
+            Op::Permute { .. } => "permute",
             Op::Unary { fun } => fun.name(),
             Op::Binary { fun } => fun.name(),
             Op::MatMul => "matmul",
@@ -234,9 +266,10 @@ impl Op {
     /// Number of operands the op takes, where fixed.
     pub fn arity(&self) -> Option<usize> {
         match self {
-            Op::Input { .. } | Op::Const { .. } => Some(0),
+            Op::Input { .. } | Op::Const { .. } | Op::Extent { .. } | Op::Iota { .. } => Some(0),
             Op::Unary { .. }
             | Op::Transpose
+            | Op::Permute { .. }
             | Op::Reduce { .. }
             | Op::Expand { .. }
             | Op::SumTo { .. }
@@ -262,8 +295,24 @@ impl Op {
         let one = |what| tensor(operands[0], what);
         let ty = match self {
             Op::Input { .. } => return err("an input's type is declared, not inferred"),
-            Op::Const { .. } => {
-                return err("a constant's element type is declared, not inferred");
+            Op::Const { .. } | Op::Extent { .. } | Op::Iota { .. } => {
+                return err("a leaf's element type is declared, not inferred");
+            }
+            Op::Permute { perm } => {
+                let a = one("permute")?;
+                let mut seen = perm.clone();
+                seen.sort_unstable();
+                if seen != (0..a.shape.rank()).collect::<Vec<_>>() {
+                    return err(format!(
+                        "permute: {perm:?} is not a permutation of the {} axes of {}",
+                        a.shape.rank(),
+                        a.shape
+                    ));
+                }
+                TensorType::new(
+                    a.dtype,
+                    Shape(perm.iter().map(|&p| a.shape.0[p].clone()).collect()),
+                )
             }
             Op::Unary { fun } => one(fun.name())?.clone(),
             Op::Binary { fun } => {
@@ -326,12 +375,9 @@ impl Op {
                             a.shape
                         ));
                     }
-                } else if !same_symbolic_size(&a.shape, shape) {
-                    return err(format!(
-                        "reshape: cannot show that {} and {shape} have the same size",
-                        a.shape
-                    ));
                 }
+                // With symbolic extents the sizes are checked once dimensions are bound (the
+                // verifier runs on the specialized program).
                 TensorType::new(a.dtype, shape.clone())
             }
             Op::Ttt(scan) => return scan.infer(operands),
@@ -393,17 +439,6 @@ fn matmul_type(a: &TensorType, b: &TensorType) -> Result<TensorType, TypeError> 
     Ok(TensorType::new(a.dtype, Shape(dims)))
 }
 
-/// Whether two shapes have provably equal sizes: equal known products and the same multiset of
-/// symbols.
-fn same_symbolic_size(a: &Shape, b: &Shape) -> bool {
-    let known = |s: &Shape| s.0.iter().filter_map(Dim::known).product::<usize>();
-    let mut sa: Vec<&str> = a.symbols().collect();
-    let mut sb: Vec<&str> = b.symbols().collect();
-    sa.sort_unstable();
-    sb.sort_unstable();
-    known(a) == known(b) && sa == sb
-}
-
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -414,6 +449,9 @@ impl fmt::Display for Op {
                 write!(f, "{} {shape}", self.name())
             }
             Op::Get { index } => write!(f, "get {index}"),
+            Op::Extent { dim } => write!(f, "extent {dim}"),
+            Op::Iota { len } => write!(f, "iota {len}"),
+            Op::Permute { perm } => write!(f, "permute {perm:?}"),
             Op::Ttt(scan) => write!(f, "ttt {}", scan.header()),
             _ => f.write_str(self.name()),
         }

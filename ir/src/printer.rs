@@ -32,7 +32,13 @@ pub fn print_program(program: &Program) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "program {}", program.name);
     for c in &program.configs {
-        let _ = writeln!(s, "config {} = {}", c.name, c.default);
+        let _ = writeln!(s, "config {} = {}", c.name, c.value);
+    }
+    for d in &program.derived_dims {
+        let _ = writeln!(s, "dim {} = {}", d.name, d.expr);
+    }
+    for i in &program.intermediates {
+        let _ = writeln!(s, "intermediate {i}");
     }
     s.push_str("graph main {\n");
     print_graph_into(&mut s, &program.graph, 1);

@@ -2,16 +2,104 @@
 
 use crate::graph::Graph;
 use crate::op::Op;
+use crate::shape::Dim;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A settable integer (`config NAME = DEFAULT` in the DSL; `--set NAME=VALUE` on the CLI).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The value of a config: an integer (also usable as a dimension) or a real.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigValue {
+    /// An integer.
+    Int(usize),
+    /// A real number.
+    Float(f64),
+}
+
+impl ConfigValue {
+    /// The value as a real number.
+    pub fn as_f64(self) -> f64 {
+        match self {
+            ConfigValue::Int(n) => n as f64,
+            ConfigValue::Float(x) => x,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigValue::Int(n) => write!(f, "{n}"),
+            ConfigValue::Float(x) => write!(f, "{}", crate::printer::format_float(*x)),
+        }
+    }
+}
+
+/// A settable value (`config NAME = DEFAULT` in the DSL; `--set NAME=VALUE` on the CLI).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConfigParam {
     /// Name.
     pub name: String,
-    /// Default value.
-    pub default: usize,
+    /// The default written in the program.
+    pub default: ConfigValue,
+    /// The value this program was compiled with (the default unless set).
+    pub value: ConfigValue,
+}
+
+/// An expression over dimensions: `hidden_size / num_attention_heads`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DimExpr {
+    /// A dimension or integer.
+    Dim(Dim),
+    /// A product.
+    Mul(Box<DimExpr>, Box<DimExpr>),
+    /// An exact quotient (an error when it does not divide).
+    Div(Box<DimExpr>, Box<DimExpr>),
+}
+
+impl DimExpr {
+    /// Evaluates with bound dimensions; the error says what is unbound or does not divide.
+    pub fn eval(&self, dims: &BTreeMap<String, usize>) -> Result<usize, String> {
+        match self {
+            DimExpr::Dim(Dim::Known(n)) => Ok(*n),
+            DimExpr::Dim(Dim::Sym(s)) => dims
+                .get(s)
+                .copied()
+                .ok_or_else(|| format!("dimension `{s}` is not known")),
+            DimExpr::Mul(a, b) => {
+                let (a, b) = (a.eval(dims)?, b.eval(dims)?);
+                a.checked_mul(b)
+                    .ok_or_else(|| format!("{a} * {b} overflows"))
+            }
+            DimExpr::Div(a, b) => {
+                let (x, y) = (a.eval(dims)?, b.eval(dims)?);
+                if y == 0 || x % y != 0 {
+                    return Err(format!("{a} = {x} is not divisible by {b} = {y}"));
+                }
+                Ok(x / y)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for DimExpr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DimExpr::Dim(d) => write!(f, "{d}"),
+            DimExpr::Mul(a, b) => write!(f, "({a} * {b})"),
+            DimExpr::Div(a, b) => write!(f, "({a} / {b})"),
+        }
+    }
+}
+
+/// `dim NAME = EXPR`: a dimension computed from others when inputs are bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DerivedDim {
+    /// Its name.
+    pub name: String,
+    /// How it is computed.
+    pub expr: DimExpr,
 }
 
 /// A program: configuration parameters and the main graph, whose inputs and outputs are the
@@ -22,20 +110,39 @@ pub struct Program {
     pub name: String,
     /// Settable configuration values.
     pub configs: Vec<ConfigParam>,
+    /// Dimensions computed from others, in order.
+    #[serde(default)]
+    pub derived_dims: Vec<DerivedDim>,
+    /// Outputs that are intermediates, written only on request.
+    #[serde(default)]
+    pub intermediates: Vec<String>,
     /// The main graph.
     pub graph: Graph,
 }
 
 impl Program {
-    /// The configuration with defaults, overridden by `overrides`.
-    pub fn config_values(&self, overrides: &BTreeMap<String, usize>) -> BTreeMap<String, usize> {
+    /// The integer configs' values (they size tensors).
+    pub fn int_configs(&self) -> BTreeMap<String, usize> {
         self.configs
             .iter()
-            .map(|c| {
-                let v = overrides.get(&c.name).copied().unwrap_or(c.default);
-                (c.name.clone(), v)
+            .filter_map(|c| match c.value {
+                ConfigValue::Int(n) => Some((c.name.clone(), n)),
+                ConfigValue::Float(_) => None,
             })
             .collect()
+    }
+
+    /// Every name a user may set: configs, the dimensions of the inputs, derived dimensions.
+    pub fn setting_names(&self) -> std::collections::BTreeSet<String> {
+        let mut names: std::collections::BTreeSet<String> =
+            self.configs.iter().map(|c| c.name.clone()).collect();
+        for &id in self.graph.inputs() {
+            if let Some(t) = self.graph.tensor_type(id) {
+                names.extend(t.shape.symbols().map(str::to_string));
+            }
+        }
+        names.extend(self.derived_dims.iter().map(|d| d.name.clone()));
+        names
     }
 
     /// A copy with every bound symbol replaced by its value, in the main graph and in every
@@ -44,6 +151,8 @@ impl Program {
         Program {
             name: self.name.clone(),
             configs: self.configs.clone(),
+            derived_dims: self.derived_dims.clone(),
+            intermediates: self.intermediates.clone(),
             graph: specialize_graph(&self.graph, bindings),
         }
     }
@@ -69,6 +178,8 @@ pub fn specialize_graph(graph: &Graph, bindings: &BTreeMap<String, usize>) -> Gr
             Op::Expand { shape } | Op::SumTo { shape } | Op::Reshape { shape } => {
                 *shape = shape.substitute(bindings);
             }
+            Op::Extent { dim } => *dim = dim.substitute(bindings),
+            Op::Iota { len } => *len = len.substitute(bindings),
             Op::Ttt(scan) => {
                 scan.mini_batch = scan.mini_batch.substitute(bindings);
                 scan.loss = specialize_graph(&scan.loss, bindings);

@@ -4,7 +4,6 @@
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
 use crate::program::Program;
-use crate::shape::Shape;
 
 /// A broken IR invariant (always a compiler bug when it follows a pass).
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -45,9 +44,12 @@ pub fn verify_graph(graph: &Graph, path: &str) -> Result<(), VerifyError> {
                     ));
                 }
             }
-            Op::Const { .. } => {
-                if node.ty.tensor().map(|t| &t.shape) != Some(&Shape::scalar()) {
-                    return Err(fail(Some(id), "a constant must be a scalar".into()));
+            Op::Const { .. } | Op::Extent { .. } | Op::Iota { .. } => {
+                if node.ty.tensor().map(|t| t.shape.clone()) != node.op.leaf_shape() {
+                    return Err(fail(
+                        Some(id),
+                        format!("{} has the wrong shape {}", node.op.name(), node.ty),
+                    ));
                 }
             }
             op => {

@@ -11,7 +11,7 @@ fn example(name: &str) -> String {
 #[test]
 fn examples_compile_and_verify() {
     for name in ["ttt_linear.ttt", "ttt_mlp.ttt"] {
-        let p = compile(name, &example(name), DType::F32)
+        let p = compile(name, &example(name), DType::F32, &Default::default())
             .unwrap_or_else(|e| panic!("{}", e.render(false)));
         verify_program(&p).unwrap();
         let outs: Vec<&str> = p.graph.outputs().iter().map(|o| o.name.as_str()).collect();

@@ -110,7 +110,7 @@ fn examples_round_trip() {
     for name in ["ttt_linear.ttt", "ttt_mlp.ttt"] {
         let path = format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(path).unwrap();
-        let p = compile(name, &text, DType::F64).unwrap();
+        let p = compile(name, &text, DType::F64, &Default::default()).unwrap();
         let json = serde_json::to_string_pretty(&p).unwrap();
         let back: Program = serde_json::from_str(&json).unwrap();
         assert_eq!(print_program(&back), print_program(&p));

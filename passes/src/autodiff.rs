@@ -2,8 +2,9 @@
 //!
 //! [`gradient_graph`] takes a graph with a scalar output and builds a *new* ordinary IR graph
 //! that has the same inputs and whose outputs are the gradients of that scalar with respect to
-//! chosen inputs. The new graph is built only through [`Graph::add`], [`Graph::add_input`] and
-//! [`Graph::add_const`], so every node's type is inferred and checked as it is created.
+//! chosen inputs. The new graph is built only through [`Graph::add`], [`Graph::add_input`],
+//! [`Graph::add_const`] and [`Graph::add_leaf`], so every node's type is inferred and checked as
+//! it is created.
 //!
 //! The construction is the textbook one:
 //!
@@ -21,8 +22,13 @@
 //! *value* is the mean's divisor, which for a symbolic extent `n` is computed in the graph as
 //! `sum(expand(1, [n]))`.
 //!
-//! A `wrt` input that the output does not depend on (or that only reaches it through `step`,
-//! whose derivative is zero) gets a zero gradient: `expand(0, shape)`.
+//! The leaves `const`, `extent` and `iota` are constants: they have no operands and no
+//! gradient. `step` and `floor` are piecewise constant, so their derivative is taken to be zero
+//! (no contribution at all). `permute` is a pure reordering of axes, so its adjoint is `permute`
+//! with the inverse permutation.
+//!
+//! A `wrt` input that the output does not depend on (or that only reaches it through `step` or
+//! `floor`, whose derivatives are zero) gets a zero gradient: `expand(0, shape)`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -285,6 +291,10 @@ impl<'a> Builder<'a> {
                     let dtype = src_tensor(self.src, n)?.dtype;
                     self.dst.add_const(*value, dtype)
                 }
+                op @ (Op::Extent { .. } | Op::Iota { .. }) => {
+                    let dtype = src_tensor(self.src, n)?.dtype;
+                    self.dst.add_leaf(op.clone(), dtype)?
+                }
                 op => {
                     let mut mapped = Vec::with_capacity(operands.len());
                     for o in &operands {
@@ -412,7 +422,7 @@ impl<'a> Builder<'a> {
         let is_active = |o: &NodeId| active.contains(o);
         let mut out = Vec::new();
         match &node.op {
-            Op::Input { .. } | Op::Const { .. } => {}
+            Op::Input { .. } | Op::Const { .. } | Op::Extent { .. } | Op::Iota { .. } => {}
             Op::Ttt(_) | Op::Get { .. } => {
                 return Err(AutodiffError::NotDifferentiable {
                     op: node.op.name(),
@@ -471,6 +481,21 @@ impl<'a> Builder<'a> {
                 };
                 if is_active(x) {
                     out.push((*x, self.dst.add(Op::Transpose, &[g])?));
+                }
+            }
+            Op::Permute { perm } => {
+                let [x] = operands else {
+                    return Err(arity(id));
+                };
+                if is_active(x) {
+                    // y[i] = x[perm[i]], so dx[perm[i]] = dy[i]: dx = permute(dy, perm^-1).
+                    let inv = inverse_permutation(perm).ok_or_else(|| {
+                        AutodiffError::Malformed(format!(
+                            "node %{}: {perm:?} is not a permutation",
+                            id.index()
+                        ))
+                    })?;
+                    out.push((*x, self.dst.add(Op::Permute { perm: inv }, &[g])?));
                 }
             }
             Op::Reduce { fun, axis } => {
@@ -618,7 +643,8 @@ impl<'a> Builder<'a> {
                 let k = self.binary(BinaryOp::Add, left, right)?;
                 self.mul(g, k)?
             }
-            UnaryOp::Step => return Ok(None),
+            // Piecewise constant: zero derivative wherever it exists.
+            UnaryOp::Step | UnaryOp::Floor => return Ok(None),
         };
         Ok(Some(d))
     }
@@ -711,6 +737,20 @@ impl<'a> Builder<'a> {
         }
         Ok((da, db))
     }
+}
+
+/// The inverse of `perm` (`inv[perm[i]] = i`), or `None` if `perm` is not a permutation of
+/// `0..perm.len()`.
+fn inverse_permutation(perm: &[usize]) -> Option<Vec<usize>> {
+    let mut inv = vec![usize::MAX; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        let slot = inv.get_mut(p)?;
+        if *slot != usize::MAX {
+            return None;
+        }
+        *slot = i;
+    }
+    Some(inv)
 }
 
 fn arity(id: NodeId) -> AutodiffError {

@@ -8,16 +8,28 @@
 //! see safe arguments (`sqrt`, `rsqrt`, `log` of `x*x + 1`; `exp` of `tanh x`; `pow` of
 //! `x*x + 1` to the power `tanh y`), divisors are `y*y + 1`. The non-smooth ops (`relu`, `step`,
 //! `max`, `min`) are left to the rule tests: finite differences across a kink would make the
-//! test flaky. The loss is the sum of every element of every value in the pool.
+//! test flaky; `floor` only ever sees constants. `permute` takes a random permutation of its
+//! operand's axes (a 3-D input shape, and `expand`'s extra batch axis, give it 3-D values).
+//! `iota` and `extent` appear as constants that scale a value through broadcasting, e.g.
+//! `x * (iota(n) + 1) / extent(m)`, which also exercises copying them into the gradient graph.
+//! The loss is the sum of every element of every value in the pool.
 
 mod common;
 
 use common::*;
 use proptest::prelude::*;
-use tttc_ir::{BinaryOp, NodeId, Op, Shape, UnaryOp};
+use tttc_ir::{BinaryOp, DType, Dim, NodeId, Op, Shape, UnaryOp};
 
-const SHAPES: [&[usize]; 6] = [&[2, 3], &[1, 3], &[3], &[3, 3], &[3, 2], &[2, 1]];
-const OPS: u8 = 22;
+const SHAPES: [&[usize]; 7] = [
+    &[2, 3],
+    &[1, 3],
+    &[3],
+    &[3, 3],
+    &[3, 2],
+    &[2, 1],
+    &[2, 3, 2],
+];
+const OPS: u8 = 25;
 
 #[derive(Clone, Debug)]
 struct Case {
@@ -68,6 +80,53 @@ fn compatible(b: &B, pool: &[NodeId], a: NodeId, sel: u16) -> NodeId {
         .filter(|&p| sa.broadcast(&b.shape(p)).is_some())
         .collect();
     cands[sel as usize % cands.len()]
+}
+
+/// The `k % rank!`-th permutation of `0..rank` (in lexicographic order).
+fn nth_permutation(rank: usize, k: usize) -> Vec<usize> {
+    let fact = |n: usize| (1..=n).product::<usize>();
+    let mut items: Vec<usize> = (0..rank).collect();
+    let mut k = k % fact(rank);
+    let mut perm = Vec::with_capacity(rank);
+    for i in (0..rank).rev() {
+        let f = fact(i);
+        perm.push(items.remove(k / f));
+        k %= f;
+    }
+    perm
+}
+
+/// `iota(n)` as an `f64` value of shape `[n]`, or `[n, 1]` when `column`.
+fn iota(b: &mut B, n: usize, column: bool) -> NodeId {
+    let i =
+        b.g.add_leaf(Op::Iota { len: Dim::Known(n) }, DType::F64)
+            .expect("iota leaf");
+    if column {
+        b.op(
+            Op::Reshape {
+                shape: Shape::known(&[n, 1]),
+            },
+            &[i],
+        )
+    } else {
+        i
+    }
+}
+
+/// `extent(n)` as an `f64` scalar.
+fn extent(b: &mut B, n: usize) -> NodeId {
+    b.g.add_leaf(Op::Extent { dim: Dim::Known(n) }, DType::F64)
+        .expect("extent leaf")
+}
+
+/// An `iota` along the last axis of `a` (or the second-to-last, as a column, when `column`
+/// and `a` has one), which broadcasts against `a`.
+fn iota_like(b: &mut B, da: &[usize], column: bool) -> NodeId {
+    match da {
+        [.., m, _] if column => iota(b, *m, true),
+        [.., n] => iota(b, *n, false),
+        [] => iota(b, 1, false),
+    }
 }
 
 fn step(b: &mut B, pool: &[NodeId], (op, ia, ib, extra): (u8, u16, u16, u8)) -> NodeId {
@@ -197,6 +256,32 @@ fn step(b: &mut B, pool: &[NodeId], (op, ia, ib, extra): (u8, u16, u16, u8)) -> 
                 Shape::known(&[da[0], 1])
             };
             b.op(Op::Reshape { shape: target }, &[a])
+        }
+        22 => b.op(
+            Op::Permute {
+                perm: nth_permutation(da.len(), extra as usize),
+            },
+            &[a],
+        ),
+        23 => {
+            // a * (iota + 1) / extent(one of a's axes)
+            let i = iota_like(b, &da, extra % 2 == 1);
+            let i1 = b.add_c(i, 1.0);
+            let n = da
+                .get(extra as usize % da.len().max(1))
+                .copied()
+                .unwrap_or(1);
+            let e = extent(b, n);
+            let k = b.div(i1, e);
+            b.mul(a, k)
+        }
+        24 => {
+            // a * (floor(iota / 2) - 1): floor of a constant only.
+            let i = iota_like(b, &da, extra % 2 == 1);
+            let h = b.scale(i, 0.5);
+            let f = b.un(UnaryOp::Floor, h);
+            let k = b.add_c(f, -1.0);
+            b.mul(a, k)
         }
         _ => b.scale(a, extra as f64 / 64.0 - 2.0),
     }

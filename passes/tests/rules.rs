@@ -78,6 +78,12 @@ fn unary_rules_match_closed_forms() {
         ),
         (UnaryOp::GeluTanh, &anywhere, Box::new(gelu_d)),
         (UnaryOp::Step, &anywhere, Box::new((|_| 0.0) as D)),
+        // floor is piecewise constant: zero derivative (also at the jumps, by convention).
+        (
+            UnaryOp::Floor,
+            &[-1.5, -1.0, 0.0, 0.3, 2.0],
+            Box::new((|_| 0.0) as D),
+        ),
     ];
     assert_eq!(cases.len(), UnaryOp::ALL.len(), "every unary op is covered");
     for (fun, xs, d) in cases {
@@ -357,6 +363,150 @@ fn transpose_reshape_expand_sum_to_rules() {
 }
 
 #[test]
+fn permute_rule_applies_the_inverse_permutation() {
+    // loss = sum(permute(X, [2, 0, 1]) * W), X [2,3,4], W [4,2,3]:
+    // Y[a,b,c] = X[b,c,a], so dX[b,c,a] = W[a,b,c]. With W[a,b,c] = 1 + 6a + 3b + c
+    // (1..=24 row-major), dX[b,c,a] = 1 + 6a + 3b + c.
+    let mut bld = B::new();
+    let x = bld.input("X", &[2, 3, 4]);
+    let w = bld.input("W", &[4, 2, 3]);
+    let y = bld.op(
+        Op::Permute {
+            perm: vec![2, 0, 1],
+        },
+        &[x],
+    );
+    let p = bld.mul(y, w);
+    let l = bld.sum_all(p);
+    let g = bld.finish("loss", l);
+    let wv: Vec<f64> = (1..=24).map(f64::from).collect();
+    let inputs = Inputs::from([
+        ("X".to_string(), t(&[2, 3, 4], &[0.0; 24])),
+        ("W".to_string(), t(&[4, 2, 3], &wv)),
+    ]);
+    let gr = grads(&g, &inputs, &["X", "W"]);
+    #[rustfmt::skip]
+    let want_x = [
+        1.0, 7.0, 13.0, 19.0,   2.0, 8.0, 14.0, 20.0,   3.0, 9.0, 15.0, 21.0, // b = 0
+        4.0, 10.0, 16.0, 22.0,  5.0, 11.0, 17.0, 23.0,  6.0, 12.0, 18.0, 24.0, // b = 1
+    ];
+    assert_close(&gr["grad_X"], &want_x, 0.0);
+    // dW = Y = permute(X) = 0 here.
+    assert_close(&gr["grad_W"], &[0.0; 24], 0.0);
+    // The adjoint is one permute by the inverse [1, 2, 0] (not by [2, 0, 1] again).
+    let grad = gradient_graph(&g, "loss", &names(&["X"])).unwrap();
+    assert_eq!(
+        count_ops(&grad, |op| *op
+            == Op::Permute {
+                perm: vec![1, 2, 0]
+            }),
+        1
+    );
+    assert_eq!(count_ops(&grad, |op| matches!(op, Op::Permute { .. })), 1);
+
+    // 2-D: loss = sum(permute(A, [1, 0]) * C), A [2,3], C [3,2] -> dA = C^T.
+    let mut bld = B::new();
+    let a = bld.input("A", &[2, 3]);
+    let c = bld.input("C", &[3, 2]);
+    let at = bld.op(Op::Permute { perm: vec![1, 0] }, &[a]);
+    let p = bld.mul(at, c);
+    let l = bld.sum_all(p);
+    let g = bld.finish("loss", l);
+    let inputs = Inputs::from([
+        ("A".to_string(), t(&[2, 3], &[0.0; 6])),
+        ("C".to_string(), t(&[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])),
+    ]);
+    let gr = grads(&g, &inputs, &["A"]);
+    assert_close(&gr["grad_A"], &[1.0, 3.0, 5.0, 2.0, 4.0, 6.0], 0.0);
+}
+
+#[test]
+fn permute_gradient_through_a_nonlinearity_matches_finite_differences() {
+    // loss = sum(tanh(permute(X, [1, 2, 0])) * W) with X [2,3,4]: checks that the adjoint
+    // lines up with the forward values the tanh rule reuses.
+    let mut bld = B::new();
+    let x = bld.input("X", &[2, 3, 4]);
+    let w = bld.input("W", &[3, 4, 2]);
+    let y = bld.op(
+        Op::Permute {
+            perm: vec![1, 2, 0],
+        },
+        &[x],
+    );
+    let th = bld.un(UnaryOp::Tanh, y);
+    let p = bld.mul(th, w);
+    let l = bld.sum_all(p);
+    let g = bld.finish("loss", l);
+    let inputs = Inputs::from([
+        ("X".to_string(), t(&[2, 3, 4], &values(1, 24))),
+        ("W".to_string(), t(&[3, 4, 2], &values(2, 24))),
+    ]);
+    check_fd(&g, "loss", &inputs, &names(&["X", "W"]), 1e-6, 1e-8, 10.0).unwrap();
+}
+
+#[test]
+fn iota_and_extent_are_constants() {
+    // loss = sum(x * iota(3) / extent(4)) + extent(4) * sum(x), x [2,3]:
+    // dx[i,j] = j / 4 + 4.
+    let mut bld = B::new();
+    let x = bld.input("x", &[2, 3]);
+    let i = bld
+        .g
+        .add_leaf(Op::Iota { len: Dim::Known(3) }, DType::F64)
+        .unwrap();
+    let n = bld
+        .g
+        .add_leaf(Op::Extent { dim: Dim::Known(4) }, DType::F64)
+        .unwrap();
+    let k = bld.div(i, n);
+    let p = bld.mul(x, k);
+    let l1 = bld.sum_all(p);
+    let sx = bld.sum_all(x);
+    let l2 = bld.mul(n, sx);
+    let l = bld.add(l1, l2);
+    let g = bld.finish("loss", l);
+    let inputs = Inputs::from([(
+        "x".to_string(),
+        t(&[2, 3], &[1.0, -2.0, 3.0, 0.5, 0.0, 7.0]),
+    )]);
+    let gr = grads(&g, &inputs, &["x"]);
+    assert_close(&gr["grad_x"], &[4.0, 4.25, 4.5, 4.0, 4.25, 4.5], 0.0);
+    // The leaves are copied into the gradient graph (as leaves, once each) and never
+    // differentiated.
+    let grad = gradient_graph(&g, "loss", &names(&["x"])).unwrap();
+    assert_eq!(count_ops(&grad, |op| matches!(op, Op::Iota { .. })), 1);
+    assert_eq!(count_ops(&grad, |op| matches!(op, Op::Extent { .. })), 1);
+}
+
+#[test]
+fn symbolic_iota_and_extent_are_copied_unbound_then_specialized() {
+    // x [n]: loss = sum(x * iota(n)) / extent(n) -> dx_j = j / n.
+    let n = Dim::sym("n");
+    let mut bld = B::new();
+    let x = bld.input_shape("x", Shape(vec![n.clone()]));
+    let i = bld
+        .g
+        .add_leaf(Op::Iota { len: n.clone() }, DType::F64)
+        .unwrap();
+    let e = bld
+        .g
+        .add_leaf(Op::Extent { dim: n.clone() }, DType::F64)
+        .unwrap();
+    let p = bld.mul(x, i);
+    let s = bld.sum_all(p);
+    let l = bld.div(s, e);
+    let g = bld.finish("loss", l);
+    let grad = gradient_graph(&g, "loss", &names(&["x"])).unwrap();
+    tttc_ir::verify::verify_graph(&grad, "grad").unwrap();
+    let bind = BTreeMap::from([("n".to_string(), 4usize)]);
+    let grad4 = tttc_ir::program::specialize_graph(&grad, &bind);
+    tttc_ir::verify::verify_graph(&grad4, "grad").unwrap();
+    let inputs = Inputs::from([("x".to_string(), t(&[4], &[3.0, -1.0, 2.0, 5.0]))]);
+    let got = output(&grad4, &inputs, "grad_x");
+    assert_close(&got, &[0.0, 0.25, 0.5, 0.75], 1e-15);
+}
+
+#[test]
 fn reduce_sum_and_mean_rules() {
     // loss = sum(mean(X, 1) * w) + sum(sum(X, 0) * u), X [2,4], w [2,1], u [1,4]
     let mut bld = B::new();
@@ -434,6 +584,27 @@ fn inputs_the_output_does_not_use_get_zero_gradients() {
     assert_close(&gr["grad_z"], &[0.0, 0.0, 0.0], 0.0);
     assert_close(&gr["grad_x"], &[0.0, 0.0], 0.0);
     assert_close(&gr["grad_y"], &[1.0, 0.0], 0.0);
+}
+
+#[test]
+fn inputs_reaching_the_output_only_through_floor_get_zero_gradients() {
+    // loss = sum(floor(3 x) * y): x only reaches the loss through floor, so dx = 0;
+    // dy = floor(3 x).
+    let mut bld = B::new();
+    let x = bld.input("x", &[3]);
+    let y = bld.input("y", &[3]);
+    let x3 = bld.scale(x, 3.0);
+    let f = bld.un(UnaryOp::Floor, x3);
+    let p = bld.mul(f, y);
+    let l = bld.sum_all(p);
+    let g = bld.finish("loss", l);
+    let inputs = Inputs::from([
+        ("x".to_string(), t(&[3], &[-0.5, 0.1, 0.9])),
+        ("y".to_string(), t(&[3], &[5.0, 6.0, 7.0])),
+    ]);
+    let gr = grads(&g, &inputs, &["x", "y"]);
+    assert_close(&gr["grad_x"], &[0.0, 0.0, 0.0], 0.0);
+    assert_close(&gr["grad_y"], &[-2.0, 0.0, 2.0], 0.0);
 }
 
 #[test]

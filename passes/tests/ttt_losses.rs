@@ -166,6 +166,8 @@ fn linear_program() -> Program {
     Program {
         name: "linear".into(),
         configs: vec![],
+        derived_dims: vec![],
+        intermediates: vec![],
         graph: main,
     }
 }

@@ -78,6 +78,7 @@ pub(crate) fn unary_scalar<T: Elem>(fun: UnaryOp, x: T) -> T {
                 T::ZERO
             }
         }
+        UnaryOp::Floor => x.floor(),
     }
 }
 
@@ -206,6 +207,51 @@ pub(crate) fn transpose<T: Elem>(a: &Arr<T>) -> Result<Arr<T>, String> {
     let mut shape = a.shape.clone();
     shape.swap(r - 1, r - 2);
     Arr::new(shape, out)
+}
+
+/// Reorders axes: result axis `i` is axis `perm[i]` of `a` (numpy's `transpose(a, perm)`).
+pub(crate) fn permute<T: Elem>(a: &Arr<T>, perm: &[usize]) -> Result<Arr<T>, String> {
+    let rank = a.shape.len();
+    let mut seen = vec![false; rank];
+    let is_perm = perm.len() == rank
+        && perm
+            .iter()
+            .all(|&p| seen.get_mut(p).is_some_and(|s| !std::mem::replace(s, true)));
+    if !is_perm {
+        return Err(format!(
+            "permute: {perm:?} is not a permutation of the axes of {:?}",
+            a.shape
+        ));
+    }
+    // Row-major strides of `a`, then the result's axes walked in row-major order.
+    let mut strides = vec![1usize; rank];
+    for i in (0..rank.saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * a.shape[i + 1];
+    }
+    let shape: Vec<usize> = perm.iter().map(|&p| a.shape[p]).collect();
+    let src_strides: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
+    let n = numel(&shape)?;
+    let mut out = Vec::with_capacity(n);
+    let mut index = vec![0usize; rank];
+    for _ in 0..n {
+        let offset: usize = index.iter().zip(&src_strides).map(|(i, s)| i * s).sum();
+        out.push(a.data[offset]);
+        // Advance the multi-index (last axis fastest).
+        for ax in (0..rank).rev() {
+            index[ax] += 1;
+            if index[ax] < shape[ax] {
+                break;
+            }
+            index[ax] = 0;
+        }
+    }
+    Arr::new(shape, out)
+}
+
+/// `[0, 1, ..., len - 1]`.
+pub(crate) fn iota<T: Elem>(len: usize) -> Result<Arr<T>, String> {
+    numel(&[len])?;
+    Arr::new(vec![len], (0..len).map(|i| T::from_f64(i as f64)).collect())
 }
 
 /// Reduces `axis`, keeping it with extent 1. Sums run sequentially along the axis; the mean

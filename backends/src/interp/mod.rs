@@ -21,7 +21,7 @@ mod value;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
-use tttc_ir::{DType, Graph, Node, NodeId, NodeType, Op, Program, Shape, TensorType};
+use tttc_ir::{DType, Dim, Graph, Node, NodeId, NodeType, Op, Program, Shape, TensorType};
 use tttc_runtime::{ElemType, RuntimeError, Tensor};
 use value::{numel, Arr, Elem, Value};
 
@@ -353,6 +353,15 @@ impl<'g> Plan<'g> {
         })
     }
 
+    /// The extent of a dimension in node `id`'s op.
+    fn known_dim(&self, id: NodeId, dim: &Dim) -> Result<usize, InterpError> {
+        dim.known().ok_or_else(|| InterpError::UnboundDim {
+            graph: self.path.clone(),
+            node: self.describe(id),
+            symbol: dim.to_string(),
+        })
+    }
+
     /// Evaluates the graph on `inputs` (one value per graph input, in `graph.inputs()` order)
     /// and returns the outputs in `graph.outputs()` order.
     fn run(&self, inputs: Vec<Value>) -> Result<Vec<Value>, InterpError> {
@@ -473,6 +482,12 @@ impl<'g> Plan<'g> {
         };
         let result = match &node.op {
             Op::Const { value } => Arr::scalar(T::from_f64(*value)),
+            Op::Extent { dim } => {
+                let n = self.known_dim(id, dim)?;
+                Arr::scalar(T::from_f64(n as f64))
+            }
+            Op::Iota { len } => kernels::iota(self.known_dim(id, len)?).map_err(inv)?,
+            Op::Permute { perm } => kernels::permute(arr(0)?, perm).map_err(inv)?,
             Op::Unary { fun } => kernels::unary(*fun, arr(0)?),
             Op::Binary { fun } => kernels::binary(*fun, arr(0)?, arr(1)?).map_err(inv)?,
             Op::MatMul => kernels::matmul(arr(0)?, arr(1)?).map_err(inv)?,

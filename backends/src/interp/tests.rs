@@ -112,6 +112,11 @@ fn unary_ops_match_hand_values() {
         &[-1.0, 0.0, 1e-300, 2.0],
         &[0.0, 0.0, 1.0, 1.0],
     );
+    unary(
+        UnaryOp::Floor,
+        &[-2.5, -1.0, -0.5, 0.0, 0.3, 1.0, 2.7],
+        &[-3.0, -1.0, -1.0, 0.0, 0.0, 1.0, 2.0],
+    );
     // gelu_tanh: 0 at 0, x for large x, 0 for very negative x; 1 and -0.5 from the formula.
     unary(
         UnaryOp::GeluTanh,
@@ -440,6 +445,298 @@ fn reshape_is_row_major() {
         &[],
         &[4.0],
     );
+}
+
+#[test]
+fn floor_of_negative_and_positive_values() {
+    // Rounds toward -inf (not toward zero); integers, -0, inf and NaN are unchanged.
+    let x = [-3.7, -3.0, -0.2, -0.0, 0.0, 0.999, 5.0, 5.5, f64::INFINITY];
+    let want = [-4.0, -3.0, -1.0, -0.0, 0.0, 0.0, 5.0, 5.0, f64::INFINITY];
+    let r = eval_op(
+        Op::Unary {
+            fun: UnaryOp::Floor,
+        },
+        &[(&[x.len()], &x)],
+    );
+    assert_eq!(r.to_f64_vec(), want);
+    assert!(r.to_f64_vec()[3].is_sign_negative(), "floor(-0) = -0");
+    let r = eval_op(
+        Op::Unary {
+            fun: UnaryOp::Floor,
+        },
+        &[(&[1], &[f64::NAN])],
+    );
+    assert!(r.to_f64_vec()[0].is_nan());
+    // In f32.
+    let mut g = Graph::new();
+    let x = g.add_input("x", tt(DType::F32, &[4])).unwrap();
+    let y = g
+        .add(
+            Op::Unary {
+                fun: UnaryOp::Floor,
+            },
+            &[x],
+        )
+        .unwrap();
+    g.add_output("y", y);
+    let out = eval_graph(&g, &named(vec![("x", t32(&[4], &[-1.5, -0.5, 0.5, 1.5]))])).unwrap();
+    assert_eq!(out["y"].as_f32().unwrap(), &[-2.0f32, -1.0, 0.0, 1.0]);
+}
+
+#[test]
+fn permute_of_a_2x3x4_tensor() {
+    // x[i, j, k] = 12 i + 4 j + k, so every element names its own index.
+    let x: Vec<f64> = (0..24).map(f64::from).collect();
+    let x: (&[usize], &[f64]) = (&[2, 3, 4], &x);
+    let permute = |perm: &[usize]| Op::Permute {
+        perm: perm.to_vec(),
+    };
+    // [2, 0, 1]: y[a, b, c] = x[b, c, a] = 12 b + 4 c + a, shape [4, 2, 3].
+    check_op(
+        permute(&[2, 0, 1]),
+        &[x],
+        &[4, 2, 3],
+        &[
+            0.0, 4.0, 8.0, 12.0, 16.0, 20.0, // a = 0
+            1.0, 5.0, 9.0, 13.0, 17.0, 21.0, // a = 1
+            2.0, 6.0, 10.0, 14.0, 18.0, 22.0, // a = 2
+            3.0, 7.0, 11.0, 15.0, 19.0, 23.0, // a = 3
+        ],
+    );
+    // [1, 2, 0]: y[a, b, c] = x[c, a, b] = 12 c + 4 a + b, shape [3, 4, 2].
+    check_op(
+        permute(&[1, 2, 0]),
+        &[x],
+        &[3, 4, 2],
+        &[
+            0.0, 12.0, 1.0, 13.0, 2.0, 14.0, 3.0, 15.0, // a = 0
+            4.0, 16.0, 5.0, 17.0, 6.0, 18.0, 7.0, 19.0, // a = 1
+            8.0, 20.0, 9.0, 21.0, 10.0, 22.0, 11.0, 23.0, // a = 2
+        ],
+    );
+    // [0, 2, 1]: y[a, b, c] = x[a, c, b] = 12 a + 4 c + b, shape [2, 4, 3] (= transpose).
+    let swap_last = [
+        0.0, 4.0, 8.0, 1.0, 5.0, 9.0, 2.0, 6.0, 10.0, 3.0, 7.0, 11.0, // a = 0
+        12.0, 16.0, 20.0, 13.0, 17.0, 21.0, 14.0, 18.0, 22.0, 15.0, 19.0, 23.0, // a = 1
+    ];
+    check_op(permute(&[0, 2, 1]), &[x], &[2, 4, 3], &swap_last);
+    check_op(Op::Transpose, &[x], &[2, 4, 3], &swap_last);
+    // [2, 1, 0]: y[a, b, c] = x[c, b, a] = 12 c + 4 b + a, shape [4, 3, 2].
+    check_op(
+        permute(&[2, 1, 0]),
+        &[x],
+        &[4, 3, 2],
+        &[
+            0.0, 12.0, 4.0, 16.0, 8.0, 20.0, // a = 0
+            1.0, 13.0, 5.0, 17.0, 9.0, 21.0, // a = 1
+            2.0, 14.0, 6.0, 18.0, 10.0, 22.0, // a = 2
+            3.0, 15.0, 7.0, 19.0, 11.0, 23.0, // a = 3
+        ],
+    );
+    // The identity, a matrix, a vector and a scalar.
+    check_op(permute(&[0, 1, 2]), &[x], &[2, 3, 4], x.1);
+    check_op(
+        permute(&[1, 0]),
+        &[(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])],
+        &[3, 2],
+        &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0],
+    );
+    check_op(
+        permute(&[0]),
+        &[(&[3], &[1.0, 2.0, 3.0])],
+        &[3],
+        &[1.0, 2.0, 3.0],
+    );
+    check_op(permute(&[]), &[(&[], &[7.0])], &[], &[7.0]);
+    // An empty axis.
+    check_op(permute(&[1, 0]), &[(&[0, 3], &[])], &[3, 0], &[]);
+}
+
+#[test]
+fn bad_permutations_are_errors_not_panics() {
+    for perm in [vec![0, 0], vec![0], vec![0, 1, 2], vec![2, 0], vec![]] {
+        let mut g = Graph::new();
+        let x = g.add_input("x", tt(DType::F64, &[2, 2])).unwrap();
+        let y = g.add(Op::Permute { perm: vec![1, 0] }, &[x]).unwrap();
+        g.add_output("y", y);
+        g.node_mut(y).unwrap().op = Op::Permute { perm: perm.clone() };
+        let err =
+            eval_graph(&g, &named(vec![("x", t64(&[2, 2], &[1.0, 2.0, 3.0, 4.0]))])).unwrap_err();
+        assert!(
+            matches!(err, InterpError::Invalid { .. }),
+            "{perm:?}: {err}"
+        );
+        assert!(err.to_string().contains("permut"), "{err}");
+    }
+}
+
+#[test]
+fn iota_counts_from_zero() {
+    let mut g = Graph::new();
+    let a = g
+        .add_leaf(Op::Iota { len: Dim::Known(5) }, DType::F64)
+        .unwrap();
+    let b = g
+        .add_leaf(Op::Iota { len: Dim::Known(3) }, DType::F32)
+        .unwrap();
+    let e = g
+        .add_leaf(Op::Iota { len: Dim::Known(0) }, DType::F64)
+        .unwrap();
+    g.add_output("a", a);
+    g.add_output("b", b);
+    g.add_output("e", e);
+    let out = eval_graph(&g, &BTreeMap::new()).unwrap();
+    assert_eq!(out["a"].shape(), &[5]);
+    assert_eq!(out["a"].as_f64().unwrap(), &[0.0, 1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(out["b"].as_f32().unwrap(), &[0.0f32, 1.0, 2.0]);
+    assert_eq!(out["e"].shape(), &[0]);
+    assert!(out["e"].as_f64().unwrap().is_empty());
+}
+
+#[test]
+fn extent_is_the_bound_dimension() {
+    let mut g = Graph::new();
+    let a = g
+        .add_leaf(Op::Extent { dim: Dim::Known(7) }, DType::F64)
+        .unwrap();
+    let b = g
+        .add_leaf(Op::Extent { dim: Dim::Known(3) }, DType::F32)
+        .unwrap();
+    g.add_output("a", a);
+    g.add_output("b", b);
+    let out = eval_graph(&g, &BTreeMap::new()).unwrap();
+    assert!(out["a"].shape().is_empty());
+    assert_eq!(out["a"].as_f64().unwrap(), &[7.0]);
+    assert_eq!(out["b"].as_f32().unwrap(), &[3.0f32]);
+}
+
+#[test]
+fn iota_and_extent_with_a_floor_and_broadcasting() {
+    // x [2, 4] * (floor(iota(4) / 2) + extent(n)), n = 10 after specialization:
+    // floor([0, 0.5, 1, 1.5]) = [0, 0, 1, 1], + 10 -> [10, 10, 11, 11].
+    let n = Dim::sym("n");
+    let mut g = Graph::new();
+    let x = g.add_input("x", tt(DType::F64, &[2, 4])).unwrap();
+    let i = g
+        .add_leaf(Op::Iota { len: Dim::Known(4) }, DType::F64)
+        .unwrap();
+    let two = g.add_const(2.0, DType::F64);
+    let h = g.add(Op::Binary { fun: BinaryOp::Div }, &[i, two]).unwrap();
+    let f = g
+        .add(
+            Op::Unary {
+                fun: UnaryOp::Floor,
+            },
+            &[h],
+        )
+        .unwrap();
+    let e = g.add_leaf(Op::Extent { dim: n }, DType::F64).unwrap();
+    let k = g.add(Op::Binary { fun: BinaryOp::Add }, &[f, e]).unwrap();
+    let y = g.add(Op::Binary { fun: BinaryOp::Mul }, &[x, k]).unwrap();
+    g.add_output("y", y);
+    let xs = [1.0, 2.0, 3.0, 4.0, -1.0, 0.5, 0.0, 2.0];
+    let ins = named(vec![("x", t64(&[2, 4], &xs))]);
+    let bind = [("n".to_string(), 10usize)].into_iter().collect();
+    let g = tttc_ir::program::specialize_graph(&g, &bind);
+    let out = eval_graph(&g, &ins).unwrap();
+    assert_eq!(
+        out["y"].as_f64().unwrap(),
+        &[10.0, 20.0, 33.0, 44.0, -10.0, 5.0, 0.0, 22.0]
+    );
+}
+
+#[test]
+fn symbolic_extent_and_iota_must_be_bound() {
+    // extent: the node type is a scalar, so the op's own dimension is what is unbound.
+    let mut g = Graph::new();
+    let e = g
+        .add_leaf(Op::Extent { dim: Dim::sym("n") }, DType::F64)
+        .unwrap();
+    g.add_output("e", e);
+    let err = eval_graph(&g, &BTreeMap::new()).unwrap_err();
+    match &err {
+        InterpError::UnboundDim { symbol, node, .. } => {
+            assert_eq!(symbol, "n");
+            assert!(node.contains("extent"), "{node}");
+        }
+        e => panic!("unexpected {e}"),
+    }
+    let bind = [("n".to_string(), 4usize)].into_iter().collect();
+    let out = eval_graph(
+        &tttc_ir::program::specialize_graph(&g, &bind),
+        &BTreeMap::new(),
+    );
+    assert_eq!(out.unwrap()["e"].as_f64().unwrap(), &[4.0]);
+
+    // iota: its type `[n]` is unbound.
+    let mut g = Graph::new();
+    let i = g
+        .add_leaf(Op::Iota { len: Dim::sym("n") }, DType::F64)
+        .unwrap();
+    g.add_output("i", i);
+    let err = eval_graph(&g, &BTreeMap::new()).unwrap_err();
+    assert!(
+        matches!(&err, InterpError::UnboundDim { symbol, .. } if symbol == "n"),
+        "{err}"
+    );
+    let out = eval_graph(
+        &tttc_ir::program::specialize_graph(&g, &bind),
+        &BTreeMap::new(),
+    );
+    assert_eq!(out.unwrap()["i"].as_f64().unwrap(), &[0.0, 1.0, 2.0, 3.0]);
+
+    // An iota whose type was bound but whose op was not (a broken specialization) is still an
+    // unbound-dimension error, not a panic.
+    let mut g = Graph::new();
+    let i = g
+        .add_leaf(Op::Iota { len: Dim::Known(2) }, DType::F64)
+        .unwrap();
+    g.add_output("i", i);
+    g.node_mut(i).unwrap().op = Op::Iota { len: Dim::sym("m") };
+    let err = eval_graph(&g, &BTreeMap::new()).unwrap_err();
+    assert!(
+        matches!(&err, InterpError::UnboundDim { symbol, .. } if symbol == "m"),
+        "{err}"
+    );
+    // ... and one whose length disagrees with its type is ill-formed.
+    g.node_mut(i).unwrap().op = Op::Iota { len: Dim::Known(3) };
+    let err = eval_graph(&g, &BTreeMap::new()).unwrap_err();
+    assert!(matches!(err, InterpError::Invalid { .. }), "{err}");
+}
+
+#[test]
+fn symbolic_reshape_sizes_are_checked_at_run_time() {
+    // reshape x [a] -> [b, 2]: accepted while a and b are symbols.
+    let mut g = Graph::new();
+    let x = g
+        .add_input("x", TensorType::new(DType::F64, Shape(vec![Dim::sym("a")])))
+        .unwrap();
+    let r = g
+        .add(
+            Op::Reshape {
+                shape: Shape(vec![Dim::sym("b"), Dim::Known(2)]),
+            },
+            &[x],
+        )
+        .unwrap();
+    g.add_output("r", r);
+    let data = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let ins = named(vec![("x", t64(&[6], &data))]);
+    let bind = |b: usize| {
+        let m = [("a".to_string(), 6usize), ("b".to_string(), b)]
+            .into_iter()
+            .collect();
+        tttc_ir::program::specialize_graph(&g, &m)
+    };
+    let out = eval_graph(&bind(3), &ins).unwrap();
+    assert_eq!(out["r"].shape(), &[3, 2]);
+    assert_eq!(out["r"].as_f64().unwrap(), &data);
+    // 6 elements do not fill [2, 2] or [4, 2]: an error, not a panic.
+    for b in [2, 4] {
+        let err = eval_graph(&bind(b), &ins).unwrap_err();
+        assert!(matches!(err, InterpError::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains("reshape"), "{err}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

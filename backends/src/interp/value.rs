@@ -96,6 +96,8 @@ pub(crate) trait Elem:
     fn tanh(self) -> Self;
     /// Real power.
     fn powf(self, e: Self) -> Self;
+    /// Largest integer not above `self`.
+    fn floor(self) -> Self;
     /// Whether this is a NaN.
     fn is_nan(self) -> bool;
     /// Wraps an array of this type as a value.
@@ -131,6 +133,9 @@ macro_rules! impl_elem {
             }
             fn powf(self, e: Self) -> Self {
                 <$t>::powf(self, e)
+            }
+            fn floor(self) -> Self {
+                <$t>::floor(self)
             }
             fn is_nan(self) -> bool {
                 <$t>::is_nan(self)

@@ -98,6 +98,10 @@ pub enum MainStmt {
     Let(Ident, Expr),
     /// `output NAME = expr`
     Output(Ident, Expr),
+    /// `intermediate NAME = expr`: an output written only on request (for debugging).
+    Intermediate(Ident, Expr),
+    /// `dim NAME = expr`: a dimension computed from others (`*`, `/` exact).
+    Dim(Ident, Expr),
 }
 
 /// `main { ... }`
@@ -109,13 +113,22 @@ pub struct MainDecl {
     pub span: Span,
 }
 
+/// The default of a config: an integer (usable as a dimension) or a real.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ConfigLit {
+    /// An integer.
+    Int(usize),
+    /// A real number.
+    Float(f64),
+}
+
 /// `config NAME = VALUE`
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConfigDecl {
     /// Its name.
     pub name: Ident,
     /// Its default.
-    pub value: usize,
+    pub value: ConfigLit,
 }
 
 /// A top-level item.
@@ -129,6 +142,8 @@ pub enum Item {
     Inner(Box<InnerDecl>),
     /// The program's entry point.
     Main(MainDecl),
+    /// `import "path.ttt"`: the configs, functions and inner models of another file.
+    Import(String, Span),
 }
 
 /// A parsed file.
@@ -198,6 +213,9 @@ pub enum ExprKind {
     Field(Box<Expr>, Ident),
     /// A test-time-training scan.
     Ttt(Box<TttExpr>),
+    /// A list of dimensions `[B, L, 4]` (the shape argument of `reshape`, the axes of
+    /// `permute`).
+    List(Vec<DimAst>),
 }
 
 /// An expression with its location.

@@ -14,9 +14,9 @@ pub struct Diagnostic {
     pub span: Span,
     /// A short note printed under the caret.
     pub label: String,
-    /// Which source the span refers to (`None`: the user's file; `Some`: a named library file
-    /// such as the prelude).
-    pub source: Option<&'static str>,
+    /// Which source file the span refers to (an index into [`CompileError::sources`]; 0 is
+    /// the file being compiled).
+    pub source: usize,
 }
 
 impl Diagnostic {
@@ -27,8 +27,14 @@ impl Diagnostic {
             label: String::new(),
             message,
             span,
-            source: None,
+            source: 0,
         }
+    }
+
+    /// Places the diagnostic in source file `source`.
+    pub fn in_source(mut self, source: usize) -> Self {
+        self.source = source;
+        self
     }
 
     /// Adds the note printed under the caret.
@@ -38,15 +44,22 @@ impl Diagnostic {
     }
 }
 
-/// A program that failed to compile, with its source for rendering.
+/// One source file: its name in messages and its text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFile {
+    /// The name shown in messages (the path as given).
+    pub name: String,
+    /// The text.
+    pub text: String,
+}
+
+/// A program that failed to compile, with its sources for rendering.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{}", self.render(false))]
 pub struct CompileError {
-    /// File name shown in messages.
-    pub file: String,
-    /// The source text.
-    pub text: String,
-    /// The problems, in source order.
+    /// Every source file involved: the compiled file first, then the prelude and imports.
+    pub sources: Vec<SourceFile>,
+    /// The problems.
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -70,16 +83,16 @@ impl CompileError {
         };
         let mut out = String::new();
         for d in &self.diagnostics {
-            let (name, text) = match d.source {
-                Some(lib) => (
-                    lib.to_string(),
-                    super::library_source(lib).unwrap_or_default(),
-                ),
-                None => (self.file.clone(), self.text.clone()),
+            let Some(SourceFile { name, text }) =
+                self.sources.get(d.source).or(self.sources.first())
+            else {
+                out.push_str(&format!("error: {}\n", d.message));
+                continue;
             };
-            let start = floor_char_boundary(&text, d.span.start.min(text.len()));
-            let end = floor_char_boundary(&text, d.span.end.clamp(start, text.len()));
-            let (line, col) = line_col(&text, start);
+            let text = text.as_str();
+            let start = floor_char_boundary(text, d.span.start.min(text.len()));
+            let end = floor_char_boundary(text, d.span.end.clamp(start, text.len()));
+            let (line, col) = line_col(text, start);
             out.push_str(&format!(
                 "{bold}{red}error{reset}{bold}: {name}:{line}:{col}: {}{reset}\n",
                 d.message

@@ -12,6 +12,8 @@ pub enum Tok {
     Int(u64),
     /// A literal with a fraction or exponent.
     Float(f64),
+    /// A double-quoted string (no escapes).
+    Str(String),
     /// Punctuation or an operator, such as `(` or `->`.
     Punct(&'static str),
     /// End of input.
@@ -64,6 +66,17 @@ pub fn lex(text: &str) -> Result<Vec<Token>, Diagnostic> {
             Tok::Ident(text[start..i].to_string())
         } else if c.is_ascii_digit() {
             lex_number(text, &mut i)?
+        } else if c == b'"' {
+            let close = text[i + 1..]
+                .find(['"', '\n'])
+                .filter(|&j| bytes[i + 1 + j] == b'"')
+                .ok_or_else(|| {
+                    Diagnostic::new("unterminated string", i..i + 1)
+                        .with_label("no closing `\"` on this line")
+                })?;
+            let value = text[i + 1..i + 1 + close].to_string();
+            i += close + 2;
+            Tok::Str(value)
         } else if let Some(p) = PUNCT.iter().find(|p| text[i..].starts_with(**p)) {
             i += p.len();
             Tok::Punct(p)

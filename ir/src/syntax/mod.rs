@@ -8,6 +8,7 @@ pub mod lexer;
 pub mod lower;
 pub mod parser;
 
+pub use diagnostic::SourceFile;
 pub use diagnostic::{CompileError, Diagnostic, Span};
 pub use lower::{compile, compile_bytes};
 
@@ -16,8 +17,3 @@ pub const PRELUDE_NAME: &str = "<prelude>";
 
 /// The prelude's source text.
 pub const PRELUDE: &str = include_str!("prelude.ttt");
-
-/// Source text of a library file named in a diagnostic.
-pub fn library_source(name: &str) -> Option<String> {
-    (name == PRELUDE_NAME).then(|| PRELUDE.to_string())
-}

@@ -26,6 +26,7 @@ fn describe(tok: &Tok) -> String {
         Tok::Ident(s) => format!("`{s}`"),
         Tok::Int(n) => format!("`{n}`"),
         Tok::Float(x) => format!("`{x}`"),
+        Tok::Str(x) => format!("\"{x}\""),
         Tok::Punct(p) => format!("`{p}`"),
         Tok::Eof => "end of file".to_string(),
     }
@@ -115,13 +116,29 @@ impl<'a> Parser<'a> {
                 self.bump();
                 let name = self.ident("a config name")?;
                 self.expect_punct("=")?;
-                let value = self.usize_lit("an integer default")?;
+                let value = match self.peek().tok {
+                    Tok::Float(x) => {
+                        self.bump();
+                        ConfigLit::Float(x)
+                    }
+                    _ => ConfigLit::Int(self.usize_lit("a number")?),
+                };
                 Ok(Item::Config(ConfigDecl { name, value }))
             }
             Tok::Ident(k) if k == "fn" => Ok(Item::Fn(self.fn_decl()?)),
             Tok::Ident(k) if k == "inner" => Ok(Item::Inner(Box::new(self.inner()?))),
             Tok::Ident(k) if k == "main" => Ok(Item::Main(self.main()?)),
-            _ => self.error("`config`, `fn`, `inner` or `main`"),
+            Tok::Ident(k) if k == "import" => {
+                self.bump();
+                match &self.peek().tok {
+                    Tok::Str(path) => {
+                        let span = self.bump().span.clone();
+                        Ok(Item::Import(path.clone(), span))
+                    }
+                    _ => self.error("a file name in double quotes"),
+                }
+            }
+            _ => self.error("`import`, `config`, `fn`, `inner` or `main`"),
         }
     }
 
@@ -225,6 +242,23 @@ impl<'a> Parser<'a> {
         Ok(Body { lets, result })
     }
 
+    /// A name that may contain dots, such as `q_proj.weight`.
+    fn dotted(&mut self, what: &str) -> PResult<Ident> {
+        let mut id = self.ident(what)?;
+        while self.is_punct(".") {
+            self.bump();
+            let part = match &self.peek().tok {
+                Tok::Ident(s) => s.clone(),
+                Tok::Int(n) => n.to_string(),
+                _ => return self.error("a name after `.`"),
+            };
+            let end = self.bump().span.end;
+            id.name = format!("{}.{part}", id.name);
+            id.span = id.span.start..end;
+        }
+        Ok(id)
+    }
+
     fn names(&mut self, what: &str) -> PResult<Vec<Ident>> {
         let mut names = vec![self.ident(what)?];
         while self.eat_punct(",") {
@@ -307,7 +341,10 @@ impl<'a> Parser<'a> {
             match &self.peek().tok {
                 Tok::Ident(k) if k == "input" => {
                     self.bump();
-                    let names = self.names("an input name")?;
+                    let mut names = vec![self.dotted("an input name")?];
+                    while self.eat_punct(",") {
+                        names.push(self.dotted("an input name")?);
+                    }
                     self.expect_punct(":")?;
                     stmts.push(MainStmt::Input(names, self.shape()?));
                 }
@@ -317,13 +354,25 @@ impl<'a> Parser<'a> {
                     self.expect_punct("=")?;
                     stmts.push(MainStmt::Let(name, self.expr()?));
                 }
-                Tok::Ident(k) if k == "output" => {
+                Tok::Ident(k) if k == "output" || k == "intermediate" => {
+                    let debug = k == "intermediate";
                     self.bump();
-                    let name = self.ident("an output name")?;
+                    let name = self.dotted("an output name")?;
                     self.expect_punct("=")?;
-                    stmts.push(MainStmt::Output(name, self.expr()?));
+                    let value = self.expr()?;
+                    stmts.push(if debug {
+                        MainStmt::Intermediate(name, value)
+                    } else {
+                        MainStmt::Output(name, value)
+                    });
                 }
-                _ => return self.error("`input`, `let`, `output` or `}`"),
+                Tok::Ident(k) if k == "dim" => {
+                    self.bump();
+                    let name = self.ident("a dimension name")?;
+                    self.expect_punct("=")?;
+                    stmts.push(MainStmt::Dim(name, self.expr()?));
+                }
+                _ => return self.error("`input`, `dim`, `let`, `output`, `intermediate` or `}`"),
             }
             self.eat_punct(";");
         }
@@ -463,6 +512,13 @@ impl<'a> Parser<'a> {
                 Ok(e)
             }
             Tok::Ident(k) if k == "ttt" => self.ttt(),
+            Tok::Punct("[") => {
+                let shape = self.shape()?;
+                Ok(Expr {
+                    kind: ExprKind::List(shape.dims),
+                    span: shape.span,
+                })
+            }
             Tok::Ident(_) => {
                 let name = self.ident("a name")?;
                 if self.is_punct("(") && !self.peek().line_start {
@@ -517,6 +573,18 @@ impl<'a> Parser<'a> {
 pub fn is_reserved(s: &str) -> bool {
     matches!(
         s,
-        "config" | "fn" | "inner" | "main" | "state" | "param" | "let" | "input" | "output" | "ttt"
+        "config"
+            | "fn"
+            | "inner"
+            | "main"
+            | "state"
+            | "param"
+            | "let"
+            | "input"
+            | "output"
+            | "intermediate"
+            | "dim"
+            | "import"
+            | "ttt"
     )
 }

@@ -1,0 +1,417 @@
+//! Lowering: checks a parsed file and builds the typed IR, inlining function calls. Every error
+//! is a [`Diagnostic`] located in one of the sources (the file, the prelude, an import).
+//!
+//! - this module: sources and imports, top-level items, configs, the `main` block;
+//! - [`expr`]: expressions, calls and built-in operations;
+//! - [`ttt`]: inner models and the `ttt` scan.
+
+mod expr;
+mod ttt;
+
+use super::ast::*;
+use super::diagnostic::{CompileError, Diagnostic, SourceFile, Span};
+use super::{lexer, parser, PRELUDE, PRELUDE_NAME};
+use crate::graph::Graph;
+use crate::program::{ConfigParam, ConfigValue, DerivedDim, DimExpr, Program};
+use crate::shape::{DType, Dim, TensorType};
+use expr::{shape_of, tensor, Env, Val};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Index of the compiled file among the sources.
+const USER: usize = 0;
+/// Index of the prelude among the sources.
+const PRELUDE_SOURCE: usize = 1;
+/// How deep imports may nest.
+const MAX_IMPORT_DEPTH: usize = 16;
+
+/// Compiles a program from raw file bytes: rejects empty, binary and non-UTF-8 files with a
+/// located error, then calls [`compile`].
+pub fn compile_bytes(
+    file: &str,
+    bytes: &[u8],
+    dtype: DType,
+    settings: &BTreeMap<String, f64>,
+) -> Result<Program, CompileError> {
+    let fail = |text: String, message: String, at: usize| CompileError {
+        sources: vec![SourceFile {
+            name: file.to_string(),
+            text,
+        }],
+        diagnostics: vec![Diagnostic::new(message, at..at + 1).with_label("here")],
+    };
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e.valid_up_to();
+            let lossy = String::from_utf8_lossy(&bytes[..at]).into_owned();
+            return Err(fail(
+                lossy,
+                format!("this is not a text file: invalid UTF-8 at byte {at}"),
+                at,
+            ));
+        }
+    };
+    if let Some(at) = text.find('\0') {
+        return Err(fail(
+            text[..at].to_string(),
+            format!("this looks like a binary file: NUL byte at byte {at}"),
+            at,
+        ));
+    }
+    compile(file, text, dtype, settings)
+}
+
+/// Compiles program text to IR with every floating-point value of element type `dtype`.
+/// `file` names the text in messages and locates its imports. `settings` override configs
+/// (`--set`); names that are not configs are left for binding to check.
+pub fn compile(
+    file: &str,
+    text: &str,
+    dtype: DType,
+    settings: &BTreeMap<String, f64>,
+) -> Result<Program, CompileError> {
+    let mut sources = vec![
+        SourceFile {
+            name: file.to_string(),
+            text: text.to_string(),
+        },
+        SourceFile {
+            name: PRELUDE_NAME.to_string(),
+            text: PRELUDE.to_string(),
+        },
+    ];
+    let result = compile_sources(&mut sources, dtype, settings);
+    result.map_err(|d| CompileError {
+        sources,
+        diagnostics: vec![d],
+    })
+}
+
+fn compile_sources(
+    sources: &mut Vec<SourceFile>,
+    dtype: DType,
+    settings: &BTreeMap<String, f64>,
+) -> Result<Program, Diagnostic> {
+    if sources[USER].text.trim().is_empty() {
+        return Err(Diagnostic::new(
+            "the file is empty: a program needs an `inner` model and a `main` block",
+            0..0,
+        )
+        .with_label("nothing here"));
+    }
+    let user = parse_source(&sources[USER].text, USER)?;
+    let prelude = parse_source(PRELUDE, PRELUDE_SOURCE)?;
+    // Items of the file, its imports (recursively) and the prelude, each with its source.
+    let mut items: Vec<(usize, &Item)> = Vec::new();
+    let imported = load_imports(sources, &user, USER, 0, &mut BTreeSet::new())?;
+    for item in &prelude.items {
+        items.push((PRELUDE_SOURCE, item));
+    }
+    for (src, file) in &imported {
+        for item in &file.items {
+            if !matches!(item, Item::Main(_)) {
+                items.push((*src, item));
+            }
+        }
+    }
+    for item in &user.items {
+        items.push((USER, item));
+    }
+    let name = Path::new(&sources[USER].name).file_stem().map_or_else(
+        || sources[USER].name.clone(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    lower_items(&name, &items, dtype, settings)
+}
+
+fn parse_source(text: &str, src: usize) -> Result<File, Diagnostic> {
+    let tokens = lexer::lex(text).map_err(|d| d.in_source(src))?;
+    parser::parse(&tokens).map_err(|d| d.in_source(src))
+}
+
+/// Reads and parses the files `file` imports (and theirs), appending them to `sources`.
+fn load_imports(
+    sources: &mut Vec<SourceFile>,
+    file: &File,
+    src: usize,
+    depth: usize,
+    seen: &mut BTreeSet<PathBuf>,
+) -> Result<Vec<(usize, File)>, Diagnostic> {
+    let mut out = Vec::new();
+    for item in &file.items {
+        let Item::Import(path, span) = item else {
+            continue;
+        };
+        let here = Path::new(&sources[src].name)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let target = here.join(path);
+        let key = target.canonicalize().unwrap_or_else(|_| target.clone());
+        if depth >= MAX_IMPORT_DEPTH {
+            return Err(
+                Diagnostic::new("imports nest too deeply (a cycle?)", span.clone()).in_source(src),
+            );
+        }
+        if !seen.insert(key) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&target).map_err(|e| {
+            Diagnostic::new(
+                format!("cannot import {}: {e}", target.display()),
+                span.clone(),
+            )
+            .in_source(src)
+        })?;
+        let index = sources.len();
+        sources.push(SourceFile {
+            name: target.display().to_string(),
+            text,
+        });
+        let parsed = parse_source(&sources[index].text, index)?;
+        out.extend(load_imports(sources, &parsed, index, depth + 1, seen)?);
+        out.push((index, parsed));
+    }
+    Ok(out)
+}
+
+/// What lowering knows about the whole program.
+pub(super) struct Ctx<'a> {
+    dtype: DType,
+    fns: HashMap<&'a str, (&'a FnDecl, usize)>,
+    inners: HashMap<&'a str, (&'a InnerDecl, usize)>,
+    configs: BTreeMap<String, ConfigValue>,
+    /// Dimension names of the program (integer configs, input shapes, `dim`s).
+    global_dims: BTreeSet<String>,
+}
+
+fn lower_items(
+    name: &str,
+    items: &[(usize, &Item)],
+    dtype: DType,
+    settings: &BTreeMap<String, f64>,
+) -> Result<Program, Diagnostic> {
+    let mut ctx = Ctx {
+        dtype,
+        fns: HashMap::new(),
+        inners: HashMap::new(),
+        configs: BTreeMap::new(),
+        global_dims: BTreeSet::new(),
+    };
+    let mut configs: Vec<ConfigParam> = Vec::new();
+    let mut main: Option<&MainDecl> = None;
+    let mut fn_sources: HashMap<&str, usize> = HashMap::new();
+    for &(src, item) in items {
+        match item {
+            Item::Config(c) => {
+                let param = config_param(c, settings).map_err(|d| d.in_source(src))?;
+                if let Some(prev) = configs.iter().find(|p| p.name == param.name) {
+                    if prev.default != param.default {
+                        return Err(Diagnostic::new(
+                            format!(
+                                "config `{}` is declared twice with different defaults ({} and {})",
+                                param.name, prev.default, param.default
+                            ),
+                            c.name.span.clone(),
+                        )
+                        .in_source(src));
+                    }
+                    continue;
+                }
+                ctx.configs.insert(param.name.clone(), param.value);
+                if let ConfigValue::Int(_) = param.value {
+                    ctx.global_dims.insert(param.name.clone());
+                }
+                configs.push(param);
+            }
+            Item::Fn(f) => {
+                ttt::check_fn_name(f).map_err(|d| d.in_source(src))?;
+                if src != PRELUDE_SOURCE {
+                    if let Some(prev) = fn_sources.insert(f.name.name.as_str(), src) {
+                        if prev != PRELUDE_SOURCE {
+                            return Err(Diagnostic::new(
+                                format!("function `{}` is defined twice", f.name.name),
+                                f.name.span.clone(),
+                            )
+                            .in_source(src));
+                        }
+                    }
+                } else {
+                    fn_sources.insert(f.name.name.as_str(), src);
+                }
+                ctx.fns.insert(f.name.name.as_str(), (f, src));
+            }
+            Item::Inner(i) => {
+                if ctx.inners.insert(i.name.name.as_str(), (i, src)).is_some() {
+                    return Err(Diagnostic::new(
+                        format!("inner model `{}` is defined twice", i.name.name),
+                        i.name.span.clone(),
+                    )
+                    .in_source(src));
+                }
+                ttt::check_inner(i).map_err(|d| d.in_source(src))?;
+            }
+            Item::Main(m) => {
+                if main.is_some() {
+                    return Err(
+                        Diagnostic::new("`main` is defined twice", m.span.clone()).in_source(src)
+                    );
+                }
+                main = Some(m);
+            }
+            Item::Import(..) => {}
+        }
+    }
+    let Some(main) = main else {
+        return Err(Diagnostic::new(
+            "the program has no `main` block: declare its inputs, the `ttt` scan and its outputs there",
+            0..0,
+        ));
+    };
+    // Dimension names declared in `main`, visible to every function.
+    for stmt in &main.stmts {
+        match stmt {
+            MainStmt::Input(_, shape) => {
+                for d in &shape.dims {
+                    if let DimAst::Sym(s) = d {
+                        ctx.global_dims.insert(s.name.clone());
+                    }
+                }
+            }
+            MainStmt::Dim(n, _) => {
+                ctx.global_dims.insert(n.name.clone());
+            }
+            _ => {}
+        }
+    }
+    // Check every inner model on its own (with its declared dimension names), so that its
+    // errors are reported even where `main` does not use it.
+    for (inner, src) in ctx.inners.values() {
+        for which in [ttt::InnerFn::Loss, ttt::InnerFn::Out] {
+            ttt::inner_graph(&ctx, inner, *src, which, &HashMap::new())?;
+        }
+    }
+    let (graph, derived_dims, intermediates) = lower_main(&ctx, main)?;
+    Ok(Program {
+        name: name.to_string(),
+        configs,
+        derived_dims,
+        intermediates,
+        graph,
+    })
+}
+
+fn config_param(
+    c: &ConfigDecl,
+    settings: &BTreeMap<String, f64>,
+) -> Result<ConfigParam, Diagnostic> {
+    let name = c.name.name.clone();
+    let default = match c.value {
+        ConfigLit::Int(0) => {
+            return Err(Diagnostic::new(
+                format!("config `{name}` must be at least 1"),
+                c.name.span.clone(),
+            ))
+        }
+        ConfigLit::Int(n) => ConfigValue::Int(n),
+        ConfigLit::Float(x) => ConfigValue::Float(x),
+    };
+    let value = match (default, settings.get(&name)) {
+        (_, None) => default,
+        (ConfigValue::Float(_), Some(&x)) => ConfigValue::Float(x),
+        (ConfigValue::Int(_), Some(&x)) => {
+            if x.fract() != 0.0 || !(1.0..=1e15).contains(&x) {
+                return Err(Diagnostic::new(
+                    format!("setting `{name}` = {x}: `{name}` is an integer config (at least 1)"),
+                    c.name.span.clone(),
+                )
+                .with_label("declared as an integer here"));
+            }
+            ConfigValue::Int(x as usize)
+        }
+    };
+    Ok(ConfigParam {
+        name,
+        default,
+        value,
+    })
+}
+
+type MainParts = (Graph, Vec<DerivedDim>, Vec<String>);
+
+fn lower_main(ctx: &Ctx, main: &MainDecl) -> Result<MainParts, Diagnostic> {
+    let mut g = Graph::new();
+    let mut env = Env::new(USER);
+    let mut names: HashMap<String, Span> = HashMap::new();
+    let mut derived = Vec::new();
+    let mut intermediates = Vec::new();
+    for stmt in &main.stmts {
+        match stmt {
+            MainStmt::Input(inputs, shape) => {
+                let ty = TensorType::new(ctx.dtype, shape_of(shape, &HashMap::new()));
+                for n in inputs {
+                    let id = g.add_input(&n.name, ty.clone()).map_err(|_| {
+                        Diagnostic::new(
+                            format!("input `{}` is declared twice", n.name),
+                            n.span.clone(),
+                        )
+                    })?;
+                    env.vars.insert(n.name.clone(), Val::Tensor(id));
+                }
+            }
+            MainStmt::Dim(n, e) => {
+                derived.push(DerivedDim {
+                    name: n.name.clone(),
+                    expr: dim_expr(ctx, e)?,
+                });
+            }
+            MainStmt::Let(n, e) => {
+                let v = expr::lower_expr(ctx, &mut g, &env, e)?;
+                env.vars.insert(n.name.clone(), v);
+            }
+            MainStmt::Output(n, e) | MainStmt::Intermediate(n, e) => {
+                let id = tensor(ctx, &mut g, &env, e)?;
+                if names.insert(n.name.clone(), n.span.clone()).is_some() {
+                    return Err(Diagnostic::new(
+                        format!("output `{}` is declared twice", n.name),
+                        n.span.clone(),
+                    ));
+                }
+                g.add_output(&n.name, id);
+                if matches!(stmt, MainStmt::Intermediate(..)) {
+                    intermediates.push(n.name.clone());
+                }
+            }
+        }
+    }
+    if g.outputs().len() == intermediates.len() {
+        return Err(Diagnostic::new(
+            "`main` declares no `output`",
+            main.span.clone(),
+        ));
+    }
+    Ok((g, derived, intermediates))
+}
+
+/// A `dim` definition: integers, dimension names, `*` and `/`.
+fn dim_expr(ctx: &Ctx, e: &Expr) -> Result<DimExpr, Diagnostic> {
+    match &e.kind {
+        ExprKind::Int(n) => Ok(DimExpr::Dim(Dim::Known(*n as usize))),
+        ExprKind::Name(n) if ctx.global_dims.contains(n) => Ok(DimExpr::Dim(Dim::Sym(n.clone()))),
+        ExprKind::Name(n) => Err(Diagnostic::new(
+            format!("`{n}` is not a dimension (declare it in an input's shape, a `dim` or an integer `config`)"),
+            e.span.clone(),
+        )),
+        ExprKind::Binary(BinOp::Mul, a, b) => {
+            Ok(DimExpr::Mul(Box::new(dim_expr(ctx, a)?), Box::new(dim_expr(ctx, b)?)))
+        }
+        ExprKind::Binary(BinOp::Div, a, b) => {
+            Ok(DimExpr::Div(Box::new(dim_expr(ctx, a)?), Box::new(dim_expr(ctx, b)?)))
+        }
+        _ => Err(Diagnostic::new(
+            "a dimension is computed from integers and dimension names with `*` and `/`",
+            e.span.clone(),
+        )),
+    }
+}

@@ -1,0 +1,474 @@
+//! Inner models and the `ttt` scan.
+
+use super::expr::{
+    add, diag, is_builtin, lower_body, shape_of, show_pattern, tensor, unify, Env, Val,
+};
+use super::Ctx;
+use crate::graph::{Graph, NodeId};
+use crate::op::Op;
+use crate::scan::{OperandAxes, TttScan};
+use crate::shape::{Dim, Shape, TensorType};
+use crate::syntax::ast::*;
+use crate::syntax::diagnostic::{Diagnostic, Span};
+use std::collections::HashMap;
+
+/// Rejects a function named like a built-in operation.
+pub(super) fn check_fn_name(f: &FnDecl) -> Result<(), Diagnostic> {
+    if is_builtin(&f.name.name) {
+        return Err(Diagnostic::new(
+            format!(
+                "`{}` is a built-in operation and cannot be redefined",
+                f.name.name
+            ),
+            f.name.span.clone(),
+        ));
+    }
+    Ok(())
+}
+
+/// Declaration-level checks of an inner model.
+pub(super) fn check_inner(inner: &InnerDecl) -> Result<(), Diagnostic> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    let mut claim = |id: &Ident, role: &'static str| -> Result<(), Diagnostic> {
+        if let Some(prev) = seen.insert(id.name.clone(), role) {
+            return Err(Diagnostic::new(
+                format!(
+                    "`{}` is already a {prev} of `{}`: states, parameters and token arguments are bound by name, so their names must differ",
+                    id.name, inner.name.name
+                ),
+                id.span.clone(),
+            ));
+        }
+        Ok(())
+    };
+    for s in &inner.states {
+        claim(&s.name, "state")?;
+    }
+    for p in &inner.params {
+        claim(&p.name, "parameter")?;
+    }
+    let Some(loss) = &inner.loss else {
+        return Err(Diagnostic::new(
+            format!("inner model `{}` has no `loss`", inner.name.name),
+            inner.name.span.clone(),
+        )
+        .with_label("add `loss(k: [1, f], v: [1, f]) = ...`"));
+    };
+    let Some(out) = &inner.out else {
+        return Err(Diagnostic::new(
+            format!("inner model `{}` has no `out`", inner.name.name),
+            inner.name.span.clone(),
+        )
+        .with_label("add `out(q: [1, f]) = ...`"));
+    };
+    if inner.states.is_empty() {
+        return Err(Diagnostic::new(
+            format!(
+                "inner model `{}` has no `state`: there is nothing to train",
+                inner.name.name
+            ),
+            inner.name.span.clone(),
+        ));
+    }
+    for (f, role) in [(loss, "loss argument"), (out, "output argument")] {
+        for p in &f.params {
+            claim(&p.name, role)?;
+            let Some(shape) = &p.shape else {
+                return Err(Diagnostic::new(
+                    format!(
+                        "token argument `{}` needs a shape such as [1, f]",
+                        p.name.name
+                    ),
+                    p.name.span.clone(),
+                ));
+            };
+            if !matches!(shape.dims.first(), Some(DimAst::Int(1, _))) {
+                return Err(Diagnostic::new(
+                    "a token argument is one row of the sequence: its shape must start with 1, as in [1, f]",
+                    shape.span.clone(),
+                ));
+            }
+        }
+    }
+    for f in &inner.fns {
+        check_fn_name(f)?;
+    }
+    Ok(())
+}
+
+/// The roles of a scan's bindings, in operand order.
+struct ScanBindings<'a> {
+    states: Vec<&'a TensorDecl>,
+    params: Vec<&'a TensorDecl>,
+    loss_args: Vec<&'a ParamAst>,
+    out_args: Vec<&'a ParamAst>,
+}
+
+/// Lowers a `ttt` scan.
+pub(super) fn lower_ttt(
+    ctx: &Ctx,
+    g: &mut Graph,
+    env: &Env,
+    ttt: &TttExpr,
+    span: &Span,
+) -> Result<Val, Diagnostic> {
+    let src = env.src;
+    let Some(&(inner, inner_src)) = ctx.inners.get(ttt.model.name.as_str()) else {
+        let known: Vec<&str> = ctx.inners.keys().copied().collect();
+        return Err(diag(
+            src,
+            format!(
+                "unknown inner model `{}` (defined: {})",
+                ttt.model.name,
+                known.join(", ")
+            ),
+            ttt.model.span.clone(),
+        ));
+    };
+    let (Some(loss), Some(out)) = (&inner.loss, &inner.out) else {
+        return Err(diag(
+            src,
+            "inner model lacks `loss` or `out`",
+            ttt.model.span.clone(),
+        ));
+    };
+    let roles = ScanBindings {
+        states: inner.states.iter().collect(),
+        params: inner.params.iter().collect(),
+        loss_args: loss.params.iter().collect(),
+        out_args: out.params.iter().collect(),
+    };
+    // Named bindings.
+    let mut given: HashMap<&str, &Arg> = HashMap::new();
+    for a in &ttt.args {
+        let Some(n) = &a.name else {
+            return Err(diag(
+                src,
+                "`ttt` arguments are named: write `state_or_argument = value`",
+                a.value.span.clone(),
+            ));
+        };
+        if given.insert(n.name.as_str(), a).is_some() {
+            return Err(diag(
+                src,
+                format!("`{}` is bound twice", n.name),
+                n.span.clone(),
+            ));
+        }
+    }
+    let all_names: Vec<&Ident> = roles
+        .states
+        .iter()
+        .map(|s| &s.name)
+        .chain(roles.params.iter().map(|p| &p.name))
+        .chain(roles.loss_args.iter().map(|p| &p.name))
+        .chain(roles.out_args.iter().map(|p| &p.name))
+        .collect();
+    for a in &ttt.args {
+        if let Some(n) = &a.name {
+            if !all_names.iter().any(|x| x.name == n.name) {
+                let names: Vec<&str> = all_names.iter().map(|x| x.name.as_str()).collect();
+                return Err(diag(
+                    src,
+                    format!(
+                        "`{}` has no state, parameter or token argument named `{}` (it has: {})",
+                        inner.name.name,
+                        n.name,
+                        names.join(", ")
+                    ),
+                    n.span.clone(),
+                ));
+            }
+        }
+    }
+    // Mapped dims.
+    let per: Vec<String> = ttt.per.iter().map(|p| p.name.clone()).collect();
+    for (i, p) in ttt.per.iter().enumerate() {
+        if per[..i].contains(&p.name) {
+            return Err(diag(
+                src,
+                format!("`{}` is listed twice in `per`", p.name),
+                p.span.clone(),
+            ));
+        }
+    }
+    let axes_of = |id: NodeId, at: &Span, g: &Graph| -> Result<(OperandAxes, Shape), Diagnostic> {
+        let ty = g
+            .tensor_type(id)
+            .ok_or_else(|| diag(src, "expected a tensor", at.clone()))?;
+        let mut mapped = Vec::new();
+        for d in &ty.shape.0 {
+            let p = match d {
+                Dim::Sym(s) => per.iter().position(|x| x == s),
+                Dim::Known(_) => None,
+            };
+            if let Some(p) = p {
+                if mapped.contains(&Some(p)) {
+                    return Err(diag(
+                        src,
+                        format!(
+                            "dimension `{}` appears twice in this operand's shape {}",
+                            per[p], ty.shape
+                        ),
+                        at.clone(),
+                    ));
+                }
+            }
+            mapped.push(p);
+        }
+        let axes = OperandAxes { per: mapped };
+        let slice = axes.slice_shape(&ty.shape);
+        Ok((axes, slice))
+    };
+    let mut dims: HashMap<String, Dim> = HashMap::new();
+    let mut operands = Vec::new();
+    let mut axes = Vec::new();
+    let mut bind = |g: &mut Graph,
+                    dims: &mut HashMap<String, Dim>,
+                    name: &Ident,
+                    declared: &ShapeAst,
+                    token: bool|
+     -> Result<(), Diagnostic> {
+        let Some(arg) = given.get(name.name.as_str()) else {
+            return Err(diag(
+                src,
+                format!(
+                    "`{}` of `{}` is not bound: add `{} = ...`",
+                    name.name, inner.name.name, name.name
+                ),
+                ttt.model.span.clone(),
+            ));
+        };
+        let id = tensor(ctx, g, env, &arg.value)?;
+        let (ax, slice) = axes_of(id, &arg.value.span, g)?;
+        let check = if token {
+            // [L, rest...] against [1, rest...]
+            if slice.rank() != declared.dims.len() {
+                Err(format!(
+                    "after removing the `per` dims it is {slice}, but one token of `{}` is {} so the sequence must be [L{}]",
+                    name.name,
+                    show_pattern(&declared.dims),
+                    declared.dims[1..].iter().map(|d| match d { DimAst::Int(n, _) => format!(", {n}"), DimAst::Sym(s) => format!(", {}", s.name) }).collect::<String>()
+                ))
+            } else {
+                let rest = ShapeAst {
+                    dims: declared.dims[1..].to_vec(),
+                    span: declared.span.clone(),
+                };
+                unify(&rest.dims, &Shape(slice.0[1..].to_vec()), dims)
+            }
+        } else {
+            unify(&declared.dims, &slice, dims)
+                .map_err(|m| format!("{m} after removing the `per` dims"))
+        };
+        check.map_err(|m| {
+            diag(
+                src,
+                format!("binding `{}`: {m}", name.name),
+                arg.value.span.clone(),
+            )
+        })?;
+        operands.push(id);
+        axes.push(ax);
+        Ok(())
+    };
+    for s in &roles.states {
+        bind(g, &mut dims, &s.name, &s.shape, false)?;
+    }
+    for p in &roles.params {
+        bind(g, &mut dims, &p.name, &p.shape, false)?;
+    }
+    for p in roles.loss_args.iter().chain(&roles.out_args) {
+        if let Some(shape) = &p.shape {
+            bind(g, &mut dims, &p.name, shape, true)?;
+        }
+    }
+    // The update rule.
+    if ttt.rule.name != "minibatch_gd" {
+        return Err(diag(
+            src,
+            format!(
+                "unknown update rule `{}` (known: minibatch_gd)",
+                ttt.rule.name
+            ),
+            ttt.rule.span.clone(),
+        ));
+    }
+    let mut size: Option<Dim> = None;
+    let mut token_eta = None;
+    let mut lr = None;
+    for a in &ttt.rule_args {
+        let Some(n) = &a.name else {
+            return Err(diag(
+                src,
+                "update rule arguments are named: size, token_eta, lr",
+                a.value.span.clone(),
+            ));
+        };
+        match n.name.as_str() {
+            "size" => {
+                size = Some(match &a.value.kind {
+                    ExprKind::Int(v) if *v >= 1 => Dim::Known(*v as usize),
+                    ExprKind::Name(s) => Dim::Sym(s.clone()),
+                    _ => {
+                        return Err(diag(
+                            src,
+                            "the mini-batch size must be a positive integer or a config name",
+                            a.value.span.clone(),
+                        ))
+                    }
+                })
+            }
+            "token_eta" => token_eta = Some(&a.value),
+            "lr" => lr = Some(&a.value),
+            other => {
+                return Err(diag(
+                    src,
+                    format!(
+                        "`minibatch_gd` has no argument `{other}` (it takes size, token_eta, lr)"
+                    ),
+                    n.span.clone(),
+                ))
+            }
+        }
+    }
+    let missing = |what: &str| {
+        diag(
+            src,
+            format!("`minibatch_gd` needs `{what} = ...`"),
+            ttt.rule.span.clone(),
+        )
+    };
+    let size = size.ok_or_else(|| missing("size"))?;
+    for e in [
+        token_eta.ok_or_else(|| missing("token_eta"))?,
+        lr.ok_or_else(|| missing("lr"))?,
+    ] {
+        let id = tensor(ctx, g, env, e)?;
+        let (ax, _) = axes_of(id, &e.span, g)?;
+        operands.push(id);
+        axes.push(ax);
+    }
+    // The inner graphs, with the inner model's dimension names replaced by the bound ones.
+    let loss_graph = inner_graph(ctx, inner, inner_src, InnerFn::Loss, &dims)?;
+    let out_graph = inner_graph(ctx, inner, inner_src, InnerFn::Out, &dims)?;
+    let mut fields = vec!["out".to_string()];
+    fields.extend(roles.states.iter().map(|s| s.name.name.clone()));
+    let scan = TttScan {
+        model: inner.name.name.clone(),
+        per,
+        mini_batch: size,
+        states: roles.states.iter().map(|s| s.name.name.clone()).collect(),
+        params: roles.params.iter().map(|s| s.name.name.clone()).collect(),
+        loss_args: roles
+            .loss_args
+            .iter()
+            .map(|s| s.name.name.clone())
+            .collect(),
+        out_args: roles.out_args.iter().map(|s| s.name.name.clone()).collect(),
+        axes,
+        loss: loss_graph,
+        out: out_graph,
+        grad: None,
+    };
+    let node = add(g, Op::Ttt(Box::new(scan)), &operands, span, src)?;
+    Ok(Val::Scan { node, fields })
+}
+
+/// Which function of an inner model.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum InnerFn {
+    Loss,
+    Out,
+}
+
+/// Builds the graph of an inner model's `loss` or `out`: inputs are the states, the parameters
+/// and the function's token arguments, in that order; `dims` renames the model's dimensions.
+pub(super) fn inner_graph(
+    ctx: &Ctx,
+    inner: &InnerDecl,
+    src: usize,
+    which: InnerFn,
+    dims: &HashMap<String, Dim>,
+) -> Result<Graph, Diagnostic> {
+    let f = match which {
+        InnerFn::Loss => inner.loss.as_ref(),
+        InnerFn::Out => inner.out.as_ref(),
+    }
+    .ok_or_else(|| {
+        diag(
+            src,
+            "inner model lacks `loss` or `out`",
+            inner.name.span.clone(),
+        )
+    })?;
+    let mut sub = Graph::new();
+    let mut e = Env::new(src);
+    e.local_fns = inner
+        .fns
+        .iter()
+        .map(|f| (f.name.name.as_str(), f))
+        .collect();
+    e.dims = dims.clone();
+    let decls = inner
+        .states
+        .iter()
+        .chain(&inner.params)
+        .map(|t| (&t.name, Some(&t.shape), true))
+        .chain(f.params.iter().map(|p| (&p.name, p.shape.as_ref(), false)));
+    for (name, shape, shared) in decls {
+        let Some(shape) = shape else { continue };
+        let ty = TensorType::new(ctx.dtype, shape_of(shape, dims));
+        let id = sub
+            .add_input(&name.name, ty)
+            .map_err(|err| diag(src, err.to_string(), name.span.clone()))?;
+        let scope = if shared { &mut e.base } else { &mut e.vars };
+        scope.insert(name.name.clone(), Val::Tensor(id));
+    }
+    let v = lower_body(ctx, &mut sub, &mut e, &f.body, f.ret.as_ref(), &f.name.name)?;
+    let Val::Tensor(id) = v else {
+        return Err(diag(src, "expected a tensor", f.body.result.span.clone()));
+    };
+    let shape = sub
+        .tensor_type(id)
+        .map(|t| t.shape.clone())
+        .unwrap_or_default();
+    if which == InnerFn::Loss && shape.rank() != 0 {
+        return Err(diag(src,
+            format!("the loss must be a scalar (shape []), but this is {shape}: reduce it, e.g. with sum(...)"),
+            f.body.result.span.clone(),
+        )
+        .with_label("not a scalar"));
+    }
+    if which == InnerFn::Out && shape.0.first() != Some(&Dim::Known(1)) {
+        return Err(diag(
+            src,
+            format!("`out` returns one token's output, a row [1, ...], but this is {shape}"),
+            f.body.result.span.clone(),
+        )
+        .with_label("not a row"));
+    }
+    sub.add_output(
+        if which == InnerFn::Loss {
+            "loss"
+        } else {
+            "out"
+        },
+        id,
+    );
+    if which == InnerFn::Loss {
+        for st in &inner.states {
+            if !sub.depends_on_input(&st.name.name) {
+                return Err(diag(src,
+                    format!(
+                        "state `{}` is never used by `loss`: its gradient would always be zero, so it would never be trained",
+                        st.name.name
+                    ),
+                    st.name.span.clone(),
+                )
+                .with_label("unused state"));
+            }
+        }
+    }
+    Ok(sub)
+}
