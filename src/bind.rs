@@ -47,7 +47,7 @@ pub struct Bound {
     pub inputs: BTreeMap<String, Tensor>,
     /// The value of every dimension.
     pub dims: BTreeMap<String, usize>,
-    /// Things the user should know (unused tensors, lossy conversions).
+    /// Things the user should know (lossy conversions).
     pub warnings: Vec<String>,
 }
 
@@ -143,17 +143,6 @@ pub fn bind(
     if !problems.is_empty() {
         return Err(BindError::Inputs(problems));
     }
-    let unused: Vec<&str> = tensors
-        .keys()
-        .filter(|k| graph.input_by_name(k).is_none())
-        .map(String::as_str)
-        .collect();
-    if !unused.is_empty() {
-        warnings.push(format!(
-            "the inputs file has tensors this program does not use (ignored): {}",
-            unused.join(", ")
-        ));
-    }
     let specialized = program.specialize(&dims);
     if let Some(sym) = first_unbound(&specialized.graph) {
         return Err(BindError::Unbound(sym));
@@ -166,6 +155,16 @@ pub fn bind(
         dims,
         warnings,
     })
+}
+
+/// Names of tensors that no input of `program` takes (a misspelled parameter, a file meant for
+/// another program): worth a warning, not an error.
+pub fn unused_tensors(program: &Program, tensors: &BTreeMap<String, Tensor>) -> Vec<String> {
+    tensors
+        .keys()
+        .filter(|k| program.graph.input_by_name(k).is_none())
+        .cloned()
+        .collect()
 }
 
 /// Integer configs and `--set` dimensions; rejects unknown and invalid settings.

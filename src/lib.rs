@@ -14,7 +14,7 @@ pub use tttc_ir as ir;
 pub use tttc_passes as passes;
 pub use tttc_runtime as runtime;
 
-pub use bind::{bind, BindError, Bound};
+pub use bind::{bind, unused_tensors, BindError, Bound};
 pub use driver::{
     compile_file, compile_source, merge_settings, read_config_file, DriverError, Precision,
     Settings,

@@ -263,6 +263,14 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
     let (program, settings) = compile(&args.file, precision, &args.settings)?;
     let tensors = tttc::runtime::read_safetensors(&args.inputs)
         .map_err(|e| Failure::user(format!("error: {e}")))?;
+    let unused = tttc::unused_tensors(&program, &tensors);
+    if !unused.is_empty() {
+        eprintln!(
+            "warning: {} has tensors this program does not use (ignored): {}",
+            args.inputs.display(),
+            unused.join(", ")
+        );
+    }
     let bound = bind(&program, &tensors, &settings, precision.elem())
         .map_err(|e| Failure::user(format!("error: {e}")))?;
     for w in &bound.warnings {

@@ -279,3 +279,113 @@ fn bad_files_and_options_are_user_errors() {
         assert!(!out.contains("panicked"), "{out}");
     }
 }
+
+fn layer_inputs() -> BTreeMap<String, Tensor> {
+    load(&root().join("tests/golden/layer_linear_H64_nh4_K16_L48_B1.inputs.safetensors"))
+}
+
+fn run_layer(inputs: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_path = dir.path().join("out.safetensors");
+    let mut args = vec![
+        "run",
+        "examples/ttt_linear_layer.ttt",
+        "--inputs",
+        inputs.to_str().expect("utf-8"),
+        "--out",
+        out_path.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    let out = tttc(&args);
+    (out.status.code().unwrap_or(-1), text(&out))
+}
+
+#[test]
+fn layer_parameters_are_checked_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, tensors: &BTreeMap<String, Tensor>| {
+        let p = dir.path().join(name);
+        write_safetensors(&p, tensors).expect("write");
+        p
+    };
+    let mut narrow = layer_inputs();
+    let q = narrow["q_proj.weight"].to_f64_vec();
+    let half: Vec<f64> = q.chunks(64).flat_map(|row| row[..32].to_vec()).collect();
+    narrow.insert(
+        "q_proj.weight".into(),
+        Tensor::from_f64(vec![64, 32], half).expect("size"),
+    );
+    let mut missing = layer_inputs();
+    missing.remove("post_norm.bias");
+    let cases = [
+        (
+            write("narrow.safetensors", &narrow),
+            "`q_proj.weight`: expected [64, 64] ([hidden_size, hidden_size]), got [64, 32]",
+        ),
+        (
+            write("missing.safetensors", &missing),
+            "`post_norm.bias`: missing; expected f32 [64] ([hidden_size])",
+        ),
+    ];
+    for (path, fragment) in cases {
+        let (code, out) = run_layer(&path, &[]);
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains(fragment), "expected {fragment:?} in\n{out}");
+    }
+    // An unknown tensor is a warning that names it; the run still succeeds.
+    let mut extra = layer_inputs();
+    extra.insert(
+        "q_proj.bias".into(),
+        Tensor::zeros(vec![64], tttc::runtime::ElemType::F32),
+    );
+    let (code, out) = run_layer(&write("extra.safetensors", &extra), &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning") && out.contains("q_proj.bias"),
+        "{out}"
+    );
+}
+
+#[test]
+fn layer_settings_are_checked() {
+    let inputs = root().join("tests/golden/layer_linear_H64_nh4_K16_L48_B1.inputs.safetensors");
+    let config = root().join("tests/golden/layer_linear_H64_nh4_K16_L48_B1.config.json");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, "{\"num_attention_heads\": ").expect("write");
+    let wrong_type = dir.path().join("wrong.json");
+    std::fs::write(&wrong_type, "{\"mini_batch_size\": \"sixteen\"}").expect("write");
+    let config = config.to_str().expect("utf-8");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--set", "num_attention_heads=5"],
+            "num_attention_heads",
+        ),
+        (vec!["--set", "num_attention_heads=2.5"], "integer config"),
+        (
+            vec!["--config", config, "--set", "mini_batch_size=8"],
+            "conflicting values for `mini_batch_size`",
+        ),
+        (
+            vec!["--config", broken.to_str().expect("utf-8")],
+            "broken.json",
+        ),
+        (
+            vec!["--config", wrong_type.to_str().expect("utf-8")],
+            "`mini_batch_size` must be a number",
+        ),
+        (
+            vec!["--config", "no/such/config.json"],
+            "no/such/config.json",
+        ),
+    ];
+    for (extra, fragment) in cases {
+        let (code, out) = run_layer(&inputs, &extra);
+        assert_eq!(code, 2, "{extra:?}: {out}");
+        assert!(
+            out.contains(fragment),
+            "{extra:?}: expected {fragment:?} in\n{out}"
+        );
+        assert!(!out.contains("panicked"), "{out}");
+    }
+}

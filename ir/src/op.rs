@@ -33,11 +33,15 @@ pub enum UnaryOp {
     Step,
     /// Largest integer not above `x`.
     Floor,
+    /// Sine (radians).
+    Sin,
+    /// Cosine (radians).
+    Cos,
 }
 
 impl UnaryOp {
     /// Every unary op, for tables and tests.
-    pub const ALL: [UnaryOp; 12] = [
+    pub const ALL: [UnaryOp; 14] = [
         UnaryOp::Neg,
         UnaryOp::Sqrt,
         UnaryOp::Rsqrt,
@@ -50,6 +54,8 @@ impl UnaryOp {
         UnaryOp::GeluTanh,
         UnaryOp::Step,
         UnaryOp::Floor,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
     ];
 
     /// The op's name in the DSL and the printer.
@@ -67,6 +73,8 @@ impl UnaryOp {
             UnaryOp::GeluTanh => "gelu_tanh",
             UnaryOp::Step => "step",
             UnaryOp::Floor => "floor",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
         }
     }
 

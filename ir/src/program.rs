@@ -30,7 +30,8 @@ impl std::fmt::Display for ConfigValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConfigValue::Int(n) => write!(f, "{n}"),
-            ConfigValue::Float(x) => write!(f, "{}", crate::printer::format_float(*x)),
+            // Always with a fraction or exponent, so a real never reads as an integer.
+            ConfigValue::Float(x) => write!(f, "{x:?}"),
         }
     }
 }

@@ -643,6 +643,17 @@ impl<'a> Builder<'a> {
                 let k = self.binary(BinaryOp::Add, left, right)?;
                 self.mul(g, k)?
             }
+            UnaryOp::Sin => {
+                let x = self.fwd(x_src)?;
+                let k = self.unary(UnaryOp::Cos, x)?;
+                self.mul(g, k)?
+            }
+            UnaryOp::Cos => {
+                let x = self.fwd(x_src)?;
+                let s = self.unary(UnaryOp::Sin, x)?;
+                let k = self.unary(UnaryOp::Neg, s)?;
+                self.mul(g, k)?
+            }
             // Piecewise constant: zero derivative wherever it exists.
             UnaryOp::Step | UnaryOp::Floor => return Ok(None),
         };

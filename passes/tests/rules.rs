@@ -84,6 +84,8 @@ fn unary_rules_match_closed_forms() {
             &[-1.5, -1.0, 0.0, 0.3, 2.0],
             Box::new((|_| 0.0) as D),
         ),
+        (UnaryOp::Sin, &anywhere, Box::new((|x: f64| x.cos()) as D)),
+        (UnaryOp::Cos, &anywhere, Box::new((|x: f64| -x.sin()) as D)),
     ];
     assert_eq!(cases.len(), UnaryOp::ALL.len(), "every unary op is covered");
     for (fun, xs, d) in cases {

@@ -79,6 +79,8 @@ pub(crate) fn unary_scalar<T: Elem>(fun: UnaryOp, x: T) -> T {
             }
         }
         UnaryOp::Floor => x.floor(),
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
     }
 }
 

@@ -117,6 +117,14 @@ fn unary_ops_match_hand_values() {
         &[-2.5, -1.0, -0.5, 0.0, 0.3, 1.0, 2.7],
         &[-3.0, -1.0, -1.0, 0.0, 0.0, 1.0, 2.0],
     );
+    // sin and cos at multiples of pi/6 and pi/2.
+    let pi = std::f64::consts::PI;
+    unary(
+        UnaryOp::Sin,
+        &[0.0, pi / 6.0, pi / 2.0, -pi / 2.0],
+        &[0.0, 0.5, 1.0, -1.0],
+    );
+    unary(UnaryOp::Cos, &[0.0, pi / 3.0, pi], &[1.0, 0.5, -1.0]);
     // gelu_tanh: 0 at 0, x for large x, 0 for very negative x; 1 and -0.5 from the formula.
     unary(
         UnaryOp::GeluTanh,

@@ -98,6 +98,10 @@ pub(crate) trait Elem:
     fn powf(self, e: Self) -> Self;
     /// Largest integer not above `self`.
     fn floor(self) -> Self;
+    /// Sine.
+    fn sin(self) -> Self;
+    /// Cosine.
+    fn cos(self) -> Self;
     /// Whether this is a NaN.
     fn is_nan(self) -> bool;
     /// Wraps an array of this type as a value.
@@ -136,6 +140,12 @@ macro_rules! impl_elem {
             }
             fn floor(self) -> Self {
                 <$t>::floor(self)
+            }
+            fn sin(self) -> Self {
+                <$t>::sin(self)
+            }
+            fn cos(self) -> Self {
+                <$t>::cos(self)
             }
             fn is_nan(self) -> bool {
                 <$t>::is_nan(self)

@@ -244,7 +244,17 @@ impl<'a> Parser<'a> {
 
     /// A name that may contain dots, such as `q_proj.weight`.
     fn dotted(&mut self, what: &str) -> PResult<Ident> {
-        let mut id = self.ident(what)?;
+        // Tensor names are data, so keywords are allowed here (`output output = ...`).
+        let mut id = match &self.peek().tok {
+            Tok::Ident(s) => {
+                let name = s.clone();
+                Ident {
+                    name,
+                    span: self.bump().span.clone(),
+                }
+            }
+            _ => return self.error(what),
+        };
         while self.is_punct(".") {
             self.bump();
             let part = match &self.peek().tok {

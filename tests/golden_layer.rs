@@ -1,0 +1,181 @@
+//! The whole-layer golden cases (ttt-lm-pytorch's TTTLinear / TTTMLP module forward, weights
+//! under their state_dict names) through `tttc run`, configured both ways a user would:
+//! `--set` with TTTConfig names, and `--config <stem>.config.json`.
+//!
+//! Tolerances, relative to max |expected|: f64 against `output_exact_rope` ≤ 1e-9 (the
+//! reference ran in float64 with exact RoPE tables there; the remaining differences are
+//! summation order and the reference's rounded GELU-derivative constants, ~1e-11); f32 against
+//! `output` ≤ 2e-5 (the reference's own float32 error is ~3e-7, `tolerance_hint`).
+//! Intermediates are checked too, so a regression points at its stage: in f64 they are compared
+//! with the same 1e-9 where they do not depend on the reference's float32 RoPE tables, and
+//! within 1e-6 where they do (its `float32_rope_table_effect` is ~1e-7).
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+struct Case {
+    stem: String,
+    program: &'static str,
+    sets: Vec<String>,
+}
+
+fn cases() -> Vec<Case> {
+    let dir = root().join("tests/golden");
+    let mut cases = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("tests/golden exists") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        let Some(stem) = name.strip_suffix(".config.json") else {
+            continue;
+        };
+        if !stem.starts_with("layer_") {
+            continue;
+        }
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(&name)).expect("config"))
+                .expect("json");
+        let program = match config["ttt_layer_type"].as_str() {
+            Some("linear") => "examples/ttt_linear_layer.ttt",
+            Some("mlp") => "examples/ttt_mlp_layer.ttt",
+            other => panic!("{stem}: unknown layer type {other:?}"),
+        };
+        let sets = [
+            "num_attention_heads",
+            "mini_batch_size",
+            "ttt_base_lr",
+            "rope_theta",
+        ]
+        .iter()
+        .map(|k| format!("{k}={}", config[k].as_f64().expect("numeric config")))
+        .collect();
+        cases.push(Case {
+            stem: stem.to_string(),
+            program,
+            sets,
+        });
+    }
+    assert!(cases.len() >= 2, "expected the two layer golden cases");
+    cases
+}
+
+fn run(case: &Case, precision: &str, use_config_file: bool, out: &Path) {
+    let inputs = root().join(format!("tests/golden/{}.inputs.safetensors", case.stem));
+    let config = root().join(format!("tests/golden/{}.config.json", case.stem));
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        case.program.into(),
+        "--inputs".into(),
+        inputs.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--precision".into(),
+        precision.into(),
+        "--dump-intermediates".into(),
+    ];
+    if use_config_file {
+        args.extend(["--config".into(), config.display().to_string()]);
+    } else {
+        for s in &case.sets {
+            args.extend(["--set".into(), s.clone()]);
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = tttc(&args);
+    assert!(result.status.success(), "{}: {}", case.stem, text(&result));
+}
+
+fn check(precision: &str, use_config_file: bool) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for case in cases() {
+        let out = tmp
+            .path()
+            .join(format!("{}.{precision}.safetensors", case.stem));
+        run(&case, precision, use_config_file, &out);
+        let got = load(&out);
+        let expected = load(&root().join(format!(
+            "tests/golden/{}.expected_{precision}.safetensors",
+            case.stem
+        )));
+        let (reference, tolerance) = if precision == "f64" {
+            ("output_exact_rope", 1e-9)
+        } else {
+            ("output", 2e-5)
+        };
+        let err = rel_error(&got["output"], &expected[reference]);
+        assert!(
+            err <= tolerance,
+            "{} {precision}: output vs {reference}: {err:e} > {tolerance:e}",
+            case.stem
+        );
+        let mut compared = 0;
+        for (name, exp) in expected.iter().filter(|(n, _)| n.starts_with("aux.")) {
+            let g = got
+                .get(name)
+                .unwrap_or_else(|| panic!("{}: intermediate {name} missing", case.stem));
+            // Everything downstream of RoPE carries the reference's float32 tables.
+            let uses_f32_rope =
+                !["aux.XV", "aux.ttt_lr_eta", "aux.token_eta"].contains(&name.as_str());
+            let tol = match precision {
+                "f64" if uses_f32_rope => 1e-6,
+                "f64" => 1e-9,
+                _ => 2e-5,
+            };
+            let err = rel_error(g, exp);
+            assert!(
+                err <= tol,
+                "{} {precision}: {name}: {err:e} > {tol:e}",
+                case.stem
+            );
+            compared += 1;
+        }
+        assert!(
+            compared >= 10,
+            "{}: compared {compared} intermediates",
+            case.stem
+        );
+    }
+}
+
+#[test]
+fn layer_goldens_f64_with_set() {
+    check("f64", false);
+}
+
+#[test]
+fn layer_goldens_f32_with_set() {
+    check("f32", false);
+}
+
+#[test]
+fn layer_goldens_f64_with_config_file() {
+    check("f64", true);
+}
+
+#[test]
+fn intermediates_only_on_request() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let case = &cases()[0];
+    let inputs = root().join(format!("tests/golden/{}.inputs.safetensors", case.stem));
+    let out = tmp.path().join("plain.safetensors");
+    let mut args = vec![
+        "run".to_string(),
+        case.program.into(),
+        "--inputs".into(),
+        inputs.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    for s in &case.sets {
+        args.extend(["--set".into(), s.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = tttc(&args);
+    assert!(result.status.success(), "{}", text(&result));
+    let names: Vec<String> = load(&out).into_keys().collect();
+    assert_eq!(names, vec!["output".to_string()]);
+}
