@@ -47,6 +47,9 @@ fn graph_into(s: &mut String, graph: &Graph, prefix: &str, depth: usize) {
                 sub("grad", g);
             }
             sub("out", &scan.out);
+            if let Some(g) = &scan.step {
+                sub("step", g);
+            }
         }
     }
     for o in graph.outputs() {

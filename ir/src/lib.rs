@@ -23,5 +23,5 @@ pub mod verify;
 pub use graph::{Graph, GraphError, GraphOutput, Node, NodeId};
 pub use op::{BinaryOp, Op, ReduceOp, TypeError, UnaryOp};
 pub use program::{ConfigParam, ConfigValue, DerivedDim, DimExpr, Program};
-pub use scan::{OperandAxes, OperandKind, TttScan};
+pub use scan::{OperandAxes, OperandKind, TttScan, MINI_BATCH_DIM};
 pub use shape::{DType, Dim, NodeType, Shape, TensorType};

@@ -216,6 +216,13 @@ pub enum Op {
         /// The new shape.
         shape: Shape,
     },
+    /// Mixes the rows of a block: `x [k, s...]` by weights `w [p, k]` gives `[p, s...]` with
+    /// `out[i] = Σ_j w[i, j] x[j]` (the per-token states of a mini-batch, primal form).
+    Mix,
+    /// Mixed outer products: `w [p, k]`, `u [k, m]`, `d [k, n]` give `[p, m, n]` with
+    /// `out[i] = Σ_j w[i, j] u[j]ᵀ d[j]` (a matmul weight's per-token states; the dual form
+    /// rewrites products with it away).
+    MixOuter,
     /// The test-time-training scan over a sequence: see [`TttScan`].
     Ttt(Box<TttScan>),
     /// Element `index` of a tuple-valued operand.
@@ -261,6 +268,8 @@ impl Op {
             Op::Unary { fun } => fun.name(),
             Op::Binary { fun } => fun.name(),
             Op::MatMul => "matmul",
+            Op::Mix => "mix",
+            Op::MixOuter => "mix_outer",
             Op::Transpose => "transpose",
             Op::Reduce { fun, .. } => fun.name(),
             Op::Expand { .. } => "expand",
@@ -283,7 +292,8 @@ impl Op {
             | Op::SumTo { .. }
             | Op::Reshape { .. }
             | Op::Get { .. } => Some(1),
-            Op::Binary { .. } | Op::MatMul => Some(2),
+            Op::Binary { .. } | Op::MatMul | Op::Mix => Some(2),
+            Op::MixOuter => Some(3),
             Op::Ttt(scan) => Some(scan.operand_count()),
         }
     }
@@ -337,6 +347,49 @@ impl Op {
                 TensorType::new(a.dtype, shape)
             }
             Op::MatMul => matmul_type(one("matmul")?, tensor(operands[1], "matmul")?)?,
+            Op::Mix => {
+                let (w, x) = (one("mix")?, tensor(operands[1], "mix")?);
+                same_dtype(w, x, "mix")?;
+                let (Some(k), [p, k2]) = (x.shape.0.first(), w.shape.0.as_slice()) else {
+                    return err(format!(
+                        "mix: weights {} must be [p, k] and rows {} [k, ...]",
+                        w.shape, x.shape
+                    ));
+                };
+                if k != k2 {
+                    return err(format!(
+                        "mix: weights {} do not match the {} rows of {}",
+                        w.shape, k, x.shape
+                    ));
+                }
+                let mut dims = vec![p.clone()];
+                dims.extend(x.shape.0[1..].iter().cloned());
+                TensorType::new(w.dtype, Shape(dims))
+            }
+            Op::MixOuter => {
+                let w = one("mix_outer")?;
+                let (u, d) = (
+                    tensor(operands[1], "mix_outer")?,
+                    tensor(operands[2], "mix_outer")?,
+                );
+                same_dtype(w, u, "mix_outer")?;
+                same_dtype(w, d, "mix_outer")?;
+                match (
+                    w.shape.0.as_slice(),
+                    u.shape.0.as_slice(),
+                    d.shape.0.as_slice(),
+                ) {
+                    ([p, k], [k1, m], [k2, n]) if k == k1 && k == k2 => {
+                        TensorType::new(w.dtype, Shape(vec![p.clone(), m.clone(), n.clone()]))
+                    }
+                    _ => {
+                        return err(format!(
+                            "mix_outer: expected w [p, k], u [k, m], d [k, n], got {}, {}, {}",
+                            w.shape, u.shape, d.shape
+                        ))
+                    }
+                }
+            }
             Op::Transpose => {
                 let a = one("transpose")?;
                 if a.shape.rank() < 2 {

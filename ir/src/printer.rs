@@ -81,6 +81,9 @@ fn print_graph_into(s: &mut String, graph: &Graph, depth: usize) {
                 sub("grad", g);
             }
             sub("out", &scan.out);
+            if let Some(g) = &scan.step {
+                sub("step", g);
+            }
         }
     }
     for o in graph.outputs() {

@@ -186,6 +186,7 @@ pub fn specialize_graph(graph: &Graph, bindings: &BTreeMap<String, usize>) -> Gr
                 scan.loss = specialize_graph(&scan.loss, bindings);
                 scan.out = specialize_graph(&scan.out, bindings);
                 scan.grad = scan.grad.as_ref().map(|g| specialize_graph(g, bindings));
+                scan.step = scan.step.as_ref().map(|g| specialize_graph(g, bindings));
             }
             _ => {}
         }

@@ -76,7 +76,20 @@ pub struct TttScan {
     /// The gradient of `loss` with respect to every state (inputs as `loss`, one output per
     /// state, named `grad_<state>`), filled in by the autodiff pass.
     pub grad: Option<Graph>,
+    /// One whole mini-batch step, filled in by the scan-lowering pass; when present it defines
+    /// the scan (the per-token graphs stay for reference). Inputs, in order: the states at the
+    /// mini-batch's start, the params, the loss's token-argument blocks `[k, ...]` (one row per
+    /// token), the output's token-argument blocks, `token_eta` `[k]` and `lr` `[k]`, where `k`
+    /// is the symbolic dimension [`MINI_BATCH_DIM`] (K, or the remainder). Outputs: `out`
+    /// `[k, ...]` (one row per token), then `next_<state>` for every state.
+    #[serde(default)]
+    pub step: Option<Graph>,
 }
+
+/// The symbolic length of one mini-batch inside a scan's step graph: bound to K for full
+/// mini-batches and to `L mod K` for the remainder, when the step runs. It cannot be written in
+/// the language.
+pub const MINI_BATCH_DIM: &str = "$k";
 
 /// The operand kinds, in operand order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +135,11 @@ impl TttScan {
         } else {
             OperandKind::Lr
         }
+    }
+
+    /// The name of the step graph's output carrying the next value of state `name`.
+    pub fn next_output_name(state: &str) -> String {
+        format!("next_{state}")
     }
 
     /// The name gradient output of state `name` carries.

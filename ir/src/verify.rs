@@ -70,6 +70,9 @@ pub fn verify_graph(graph: &Graph, path: &str) -> Result<(), VerifyError> {
             if let Some(g) = &scan.grad {
                 verify_graph(g, &format!("{base}/grad"))?;
             }
+            if let Some(g) = &scan.step {
+                verify_graph(g, &format!("{base}/step"))?;
+            }
         }
     }
     for &i in graph.inputs() {

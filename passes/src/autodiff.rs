@@ -423,7 +423,7 @@ impl<'a> Builder<'a> {
         let mut out = Vec::new();
         match &node.op {
             Op::Input { .. } | Op::Const { .. } | Op::Extent { .. } | Op::Iota { .. } => {}
-            Op::Ttt(_) | Op::Get { .. } => {
+            Op::Ttt(_) | Op::Get { .. } | Op::Mix | Op::MixOuter => {
                 return Err(AutodiffError::NotDifferentiable {
                     op: node.op.name(),
                     node: id.index(),

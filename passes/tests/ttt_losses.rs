@@ -159,6 +159,7 @@ fn linear_program() -> Program {
         loss,
         out,
         grad: None,
+        step: None,
     };
     let ttt = main.add(Op::Ttt(Box::new(scan)), &operands).unwrap();
     let z = main.add(Op::Get { index: 0 }, &[ttt]).unwrap();

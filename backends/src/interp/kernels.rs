@@ -336,3 +336,58 @@ pub(crate) fn reshape<T: Elem>(a: &Arr<T>, shape: &[usize]) -> Result<Arr<T>, St
     }
     Arr::new(shape.to_vec(), a.data.clone())
 }
+
+/// `out[i] = Σ_j w[i, j] x[j]` for `w [p, k]`, `x [k, s...]`.
+pub(crate) fn mix<T: Elem>(w: &Arr<T>, x: &Arr<T>) -> Result<Arr<T>, String> {
+    let (&[p, k], Some(&k2)) = (w.shape.as_slice(), x.shape.first()) else {
+        return Err(format!("mix: bad shapes {:?} and {:?}", w.shape, x.shape));
+    };
+    if k != k2 {
+        return Err(format!("mix: {k} weights per row but {k2} rows"));
+    }
+    let row = x.shape[1..].iter().product::<usize>();
+    let mut out = vec![T::ZERO; p * row];
+    for i in 0..p {
+        for j in 0..k {
+            let wij = w.data[i * k + j];
+            for (o, &v) in out[i * row..(i + 1) * row]
+                .iter_mut()
+                .zip(&x.data[j * row..(j + 1) * row])
+            {
+                *o = *o + wij * v;
+            }
+        }
+    }
+    let mut shape = vec![p];
+    shape.extend_from_slice(&x.shape[1..]);
+    Arr::new(shape, out)
+}
+
+/// `out[i] = Σ_j w[i, j] u[j]ᵀ d[j]` for `w [p, k]`, `u [k, m]`, `d [k, n]`.
+pub(crate) fn mix_outer<T: Elem>(w: &Arr<T>, u: &Arr<T>, d: &Arr<T>) -> Result<Arr<T>, String> {
+    let (&[p, k], &[k1, m], &[k2, n]) =
+        (w.shape.as_slice(), u.shape.as_slice(), d.shape.as_slice())
+    else {
+        return Err(format!(
+            "mix_outer: bad shapes {:?}, {:?}, {:?}",
+            w.shape, u.shape, d.shape
+        ));
+    };
+    if k != k1 || k != k2 {
+        return Err(format!("mix_outer: row counts {k}, {k1}, {k2} differ"));
+    }
+    let mut out = vec![T::ZERO; p * m * n];
+    for i in 0..p {
+        for j in 0..k {
+            let wij = w.data[i * k + j];
+            for r in 0..m {
+                let a = wij * u.data[j * m + r];
+                let dst = &mut out[(i * m + r) * n..(i * m + r + 1) * n];
+                for (o, &v) in dst.iter_mut().zip(&d.data[j * n..(j + 1) * n]) {
+                    *o = *o + a * v;
+                }
+            }
+        }
+    }
+    Arr::new(vec![p, m, n], out)
+}

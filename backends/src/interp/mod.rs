@@ -491,6 +491,8 @@ impl<'g> Plan<'g> {
             Op::Unary { fun } => kernels::unary(*fun, arr(0)?),
             Op::Binary { fun } => kernels::binary(*fun, arr(0)?, arr(1)?).map_err(inv)?,
             Op::MatMul => kernels::matmul(arr(0)?, arr(1)?).map_err(inv)?,
+            Op::Mix => kernels::mix(arr(0)?, arr(1)?).map_err(inv)?,
+            Op::MixOuter => kernels::mix_outer(arr(0)?, arr(1)?, arr(2)?).map_err(inv)?,
             Op::Transpose => kernels::transpose(arr(0)?).map_err(inv)?,
             Op::Reduce { fun, axis } => kernels::reduce(*fun, *axis, arr(0)?).map_err(inv)?,
             Op::Expand { shape } => {

@@ -370,6 +370,7 @@ pub(super) fn lower_ttt(
         loss: loss_graph,
         out: out_graph,
         grad: None,
+        step: None,
     };
     let node = add(g, Op::Ttt(Box::new(scan)), &operands, span, src)?;
     Ok(Val::Scan { node, fields })
