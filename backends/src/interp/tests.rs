@@ -1019,6 +1019,7 @@ fn linear_scan(dtype: DType, d: Dims, with_grad: bool) -> TttScan {
         loss,
         out,
         grad: with_grad.then_some(grad),
+        step: None,
     }
 }
 
