@@ -11,6 +11,9 @@
 #![warn(missing_docs)]
 
 pub mod autodiff;
+pub mod batch;
+pub mod lower_scan;
+pub mod rewrite;
 
 use tttc_ir::verify::{verify_program, VerifyError};
 use tttc_ir::Program;

@@ -1,0 +1,1 @@
+//! Batching (vmap) of per-token graphs over a mini-batch. (in progress)

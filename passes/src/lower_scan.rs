@@ -1,0 +1,1 @@
+//! Lowering a scan to its mini-batch step graph (the primal form). (in progress)

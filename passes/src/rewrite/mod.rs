@@ -1,0 +1,1 @@
+//! Equality saturation with egg: the dual form and simplification. (in progress)
