@@ -69,7 +69,14 @@ fn print_graph_into(s: &mut String, graph: &Graph, depth: usize) {
         } else {
             format!(" {}", operands.join(", "))
         };
-        let _ = writeln!(s, "{pad}%{} = {}{args} : {}", num[&id], node.op, node.ty);
+        let kernel = graph
+            .kernel_of(id)
+            .map_or_else(String::new, |k| format!("  # kernel {k}"));
+        let _ = writeln!(
+            s,
+            "{pad}%{} = {}{args} : {}{kernel}",
+            num[&id], node.op, node.ty
+        );
         if let Op::Ttt(scan) = &node.op {
             let mut sub = |name: &str, g: &Graph| {
                 let _ = writeln!(s, "{pad}  {name} {{");

@@ -12,7 +12,10 @@
 
 pub mod autodiff;
 pub mod batch;
+pub mod cost;
+pub mod fuse;
 pub mod lower_scan;
+pub mod pipeline;
 pub mod rewrite;
 
 use tttc_ir::verify::{verify_program, VerifyError};
