@@ -81,20 +81,15 @@ impl DriverError {
 /// Named values from `--set` or a config file: configs and dimensions.
 pub type Settings = BTreeMap<String, f64>;
 
-/// Compiles a `.ttt` file: parse, lower (with `settings` applied to configs), derive gradients,
-/// verify.
+/// Compiles a `.ttt` file: parse, lower (with `settings` applied to configs), then the whole
+/// standard pipeline (autodiff, primal form, dual form, simplification, fusion), verifying
+/// after every pass.
 pub fn compile_file(
     path: &Path,
     precision: Precision,
     settings: &Settings,
 ) -> Result<Program, DriverError> {
-    let bytes = std::fs::read(path).map_err(|source| DriverError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let name = path.display().to_string();
-    let program = tttc_ir::syntax::compile_bytes(&name, &bytes, precision.dtype(), settings)?;
-    finish(program)
+    finish(lower_file(path, precision, settings)?)
 }
 
 /// Compiles program text (`file` names it in diagnostics and locates its imports).
@@ -158,7 +153,53 @@ pub fn merge_settings(set: &Settings, file: &Settings) -> Result<Settings, Drive
     Ok(merged)
 }
 
-fn finish(mut program: Program) -> Result<Program, DriverError> {
-    tttc_passes::run_pipeline(&mut program, &[&tttc_passes::Autodiff])?;
-    Ok(program)
+fn finish(program: Program) -> Result<Program, DriverError> {
+    Ok(optimize(program, None, false)?.program)
+}
+
+/// A program after (part of) the pipeline, with what each pass did.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The program as lowered from the source, before any pass (kept with snapshots).
+    pub parsed: Option<Program>,
+    /// The program after the last pass run.
+    pub program: Program,
+    /// One report per pass run.
+    pub stages: Vec<tttc_passes::pipeline::StageReport>,
+}
+
+/// Runs the standard pipeline on a lowered program, up to and including the pass `until`
+/// (all passes when `None`); `snapshots` keeps the program after every pass.
+pub fn optimize(
+    mut program: Program,
+    until: Option<&str>,
+    snapshots: bool,
+) -> Result<Compiled, DriverError> {
+    let parsed = snapshots.then(|| program.clone());
+    let passes = tttc_passes::pipeline::standard();
+    let stages = tttc_passes::pipeline::run_stages(&mut program, &passes, until, snapshots)?;
+    Ok(Compiled {
+        parsed,
+        program,
+        stages,
+    })
+}
+
+/// Parses and lowers a `.ttt` file without running any pass.
+pub fn lower_file(
+    path: &Path,
+    precision: Precision,
+    settings: &Settings,
+) -> Result<Program, DriverError> {
+    let bytes = std::fs::read(path).map_err(|source| DriverError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let name = path.display().to_string();
+    Ok(tttc_ir::syntax::compile_bytes(
+        &name,
+        &bytes,
+        precision.dtype(),
+        settings,
+    )?)
 }

@@ -16,6 +16,6 @@ pub use tttc_runtime as runtime;
 
 pub use bind::{bind, unused_tensors, BindError, Bound};
 pub use driver::{
-    compile_file, compile_source, merge_settings, read_config_file, DriverError, Precision,
-    Settings,
+    compile_file, compile_source, lower_file, merge_settings, optimize, read_config_file, Compiled,
+    DriverError, Precision, Settings,
 };

@@ -59,11 +59,14 @@ trait Model {
     fn out(&self, states: &[Vec<f64>], q: &[f64]) -> Vec<f64>;
 }
 
+/// One sequence's queries, keys and values, a row per token.
+type Rows<'a> = (&'a [Vec<f64>], &'a [Vec<f64>], &'a [Vec<f64>]);
+
 /// Mini-batch GD over one sequence: θ_i = θ − e[i] Σ_{j≤i} lr_j g_j, out_i = out(θ_i, q_i).
 fn scan(
     model: &dyn Model,
     mut states: Vec<Vec<f64>>,
-    (q, k, v): (&[Vec<f64>], &[Vec<f64>], &[Vec<f64>]),
+    (q, k, v): Rows,
     eta: &[f64],
     lr: &[f64],
 ) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {

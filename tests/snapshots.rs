@@ -1,26 +1,45 @@
-//! insta snapshots of the printed IR of both examples (after autodiff), so that any change to
-//! lowering, the derived gradients or the printer shows up in review.
+//! insta snapshots of the printed IR of both examples after every stage of the pipeline, so
+//! that any change to lowering, the derived gradients, the primal and dual forms, the
+//! simplifier or fusion shows up in review.
 
 mod common;
 
-use tttc::{compile_file, Precision};
+use tttc::{lower_file, optimize, Precision};
 
-fn printed(name: &str) -> String {
-    let program = compile_file(
-        &common::root().join("examples").join(name),
-        Precision::F32,
-        &Default::default(),
-    )
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
-    tttc::ir::printer::print_program(&program)
+fn stages(name: &str) -> Vec<(String, String)> {
+    let path = common::root().join("examples").join(name);
+    let lowered = lower_file(&path, Precision::F32, &Default::default())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let compiled = optimize(lowered, None, true).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut out = Vec::new();
+    if let Some(parsed) = &compiled.parsed {
+        out.push((
+            "parse".to_string(),
+            tttc::ir::printer::print_program(parsed),
+        ));
+    }
+    for stage in &compiled.stages {
+        let program = stage.snapshot.as_ref().expect("snapshots were requested");
+        out.push((
+            stage.name.to_string(),
+            tttc::ir::printer::print_program(program),
+        ));
+    }
+    out
+}
+
+fn snapshot_all(example: &str, stem: &str) {
+    for (stage, text) in stages(example) {
+        insta::assert_snapshot!(format!("{stem}__{stage}"), text);
+    }
 }
 
 #[test]
-fn ttt_linear_ir() {
-    insta::assert_snapshot!(printed("ttt_linear.ttt"));
+fn ttt_linear_stages() {
+    snapshot_all("ttt_linear.ttt", "ttt_linear");
 }
 
 #[test]
-fn ttt_mlp_ir() {
-    insta::assert_snapshot!(printed("ttt_mlp.ttt"));
+fn ttt_mlp_stages() {
+    snapshot_all("ttt_mlp.ttt", "ttt_mlp");
 }

@@ -58,3 +58,37 @@ pub fn run_stages(
     }
     Ok(reports)
 }
+
+/// The standard pipeline, in order: autodiff, the primal form, the dual form by equality
+/// saturation, simplification, fusion.
+pub fn standard() -> Vec<PassInfo> {
+    vec![
+        PassInfo {
+            pass: Box::new(crate::Autodiff),
+            about: "derive the gradient of every scan's loss w.r.t. its states (reverse mode)",
+        },
+        PassInfo {
+            pass: Box::new(crate::lower_scan::LowerScan),
+            about: "lower every scan to one mini-batch step, vectorized; per-token states materialized (primal form)",
+        },
+        PassInfo {
+            pass: Box::new(crate::rewrite::DualForm::default()),
+            about: "equality saturation (egg) on every step: linearity, outer products, the dual form",
+        },
+        PassInfo {
+            pass: Box::new(crate::rewrite::Simplify::default()),
+            about: "CSE, DCE, constant folding, cancelling transposes and reshapes",
+        },
+        PassInfo {
+            pass: Box::new(crate::fuse::Fuse),
+            about: "group the ops of every step into kernels (elementwise chains join their producers)",
+        },
+    ]
+}
+
+/// Names of the stages `tttc inspect --after` accepts: `parse`, then every pass.
+pub fn stage_names() -> Vec<&'static str> {
+    std::iter::once("parse")
+        .chain(standard().iter().map(|p| p.pass.name()))
+        .collect()
+}

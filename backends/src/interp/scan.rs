@@ -1,23 +1,56 @@
-//! The test-time-training scan, evaluated literally in its primal form (see the module doc of
-//! `tttc_ir::scan`): for every multi-index over the mapped dims, for every mini-batch, one
-//! gradient per token at the mini-batch's starting weights, one weight copy per token, one output
-//! per token.
+//! The test-time-training scan (see the module doc of `tttc_ir::scan`), for every multi-index
+//! over the mapped dims, for every mini-batch, in one of two ways:
+//!
+//! - when the scan has a step graph ([`TttScan::step`], filled in by the scan-lowering pass),
+//!   that graph defines the scan: it is specialized with `$k` bound to K (and to the remainder
+//!   `L mod K` for the last mini-batch) and run once per mini-batch on blocks of `k` tokens;
+//! - otherwise the primal form runs literally, token by token: one gradient per token at the
+//!   mini-batch's starting weights, one weight copy per token, one output per token.
+//!
+//! Both give the same result tuple.
+
+use std::collections::BTreeMap;
 
 use super::value::{numel, Arr, Elem, Value};
 use super::{InterpError, KnownType, Plan};
 use ndarray::{ArrayViewD, Axis, IxDyn};
-use tttc_ir::{NodeId, OperandAxes, TttScan};
+use tttc_ir::program::specialize_graph;
+use tttc_ir::{Graph, NodeId, OperandAxes, TttScan, MINI_BATCH_DIM};
+
+/// How one mini-batch is computed.
+enum Engine<'h> {
+    /// Token by token, with the per-token gradient and output graphs.
+    Tokens(Box<TokenPlans<'h>>),
+    /// One run of the step graph per mini-batch, specialized per mini-batch length.
+    Step(Vec<StepPlan<'h>>),
+}
+
+/// The per-token graphs of the token-by-token engine.
+struct TokenPlans<'h> {
+    grad: Plan<'h>,
+    out: Plan<'h>,
+    /// Position of `grad_<state>` among the gradient graph's outputs, per state.
+    grad_index: Vec<usize>,
+}
+
+/// The step graph specialized to one mini-batch length.
+struct StepPlan<'h> {
+    /// The mini-batch length `$k` is bound to.
+    k: usize,
+    plan: Plan<'h>,
+    /// Position of the output `out`.
+    out_index: usize,
+    /// Position of `next_<state>` among the outputs, per state.
+    next_index: Vec<usize>,
+}
 
 /// What the per-slice loop needs to know about the scan.
-struct Seq<'p, 'g> {
+struct Seq<'p, 'g, 'h> {
     /// The graph holding the scan, for errors.
     plan: &'p Plan<'g>,
     /// The scan node.
     id: NodeId,
-    grad: Plan<'g>,
-    out: Plan<'g>,
-    /// Position of `grad_<state>` among the gradient graph's outputs, per state.
-    grad_index: Vec<usize>,
+    engine: Engine<'h>,
     /// Mini-batch size `K`.
     mini_batch: usize,
     /// Number of states, params, loss args and out args.
@@ -30,7 +63,7 @@ struct Seq<'p, 'g> {
     state_shapes: Vec<Vec<usize>>,
 }
 
-impl Seq<'_, '_> {
+impl Seq<'_, '_, '_> {
     fn invalid(&self, message: impl std::fmt::Display) -> InterpError {
         self.plan.invalid_at(self.id, message)
     }
@@ -77,6 +110,12 @@ impl Seq<'_, '_> {
             return Err(self.invalid("the mini-batch size is 0"));
         }
 
+        let (grad_plan, out_plan, grad_index) = match &self.engine {
+            Engine::Tokens(t) => (&t.grad, &t.out, &t.grad_index),
+            Engine::Step(steps) => {
+                return self.run_steps(steps, theta0, &params, &loss_args, &out_args, &eta, &lr)
+            }
+        };
         let mut theta = theta0;
         let mut z_all: Vec<T> = Vec::new();
         let mut start = 0;
@@ -98,11 +137,11 @@ impl Seq<'_, '_> {
                 for a in &loss_args {
                     inputs.push(T::wrap(token(a, t).map_err(|m| self.invalid(m))?));
                 }
-                let grads = self.grad.run(inputs)?;
+                let grads = grad_plan.run(inputs)?;
                 for (s, ((sum, th), th_i)) in
                     sums.iter_mut().zip(&theta).zip(&mut theta_i).enumerate()
                 {
-                    let g = self.grad_index.get(s).and_then(|&p| grads.get(p));
+                    let g = grad_index.get(s).and_then(|&p| grads.get(p));
                     let g = g.and_then(T::unwrap).filter(|g| g.shape == th.shape);
                     let Some(g) = g else {
                         return Err(self.invalid(format!(
@@ -127,7 +166,7 @@ impl Seq<'_, '_> {
                 for a in &out_args {
                     inputs.push(T::wrap(token(a, t).map_err(|m| self.invalid(m))?));
                 }
-                let z = self.out.run(inputs)?.into_iter().next();
+                let z = out_plan.run(inputs)?.into_iter().next();
                 let z = z
                     .as_ref()
                     .and_then(T::unwrap)
@@ -146,6 +185,92 @@ impl Seq<'_, '_> {
         }
         Ok((z_all, theta))
     }
+
+    /// The scan over one slice with the step graph: one run per mini-batch of `k` tokens, on
+    /// the blocks of rows `start..start + k` of every token argument, `token_eta[0..k]` and
+    /// `lr[start..start + k]`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_steps<T: Elem>(
+        &self,
+        steps: &[StepPlan<'_>],
+        theta0: Vec<Arr<T>>,
+        params: &[Arr<T>],
+        loss_args: &[Arr<T>],
+        out_args: &[Arr<T>],
+        eta: &Arr<T>,
+        lr: &Arr<T>,
+    ) -> Result<(Vec<T>, Vec<Arr<T>>), InterpError> {
+        let (k_max, l) = (self.mini_batch, self.seq_len);
+        let mut theta = theta0;
+        let mut z_all: Vec<T> = Vec::new();
+        let mut z_block = self.z_shape.clone();
+        let mut start = 0;
+        while start < l {
+            let k = k_max.min(l - start);
+            let Some(step) = steps.iter().find(|s| s.k == k) else {
+                return Err(self.invalid(format!("internal: no step graph for k = {k}")));
+            };
+            let inv = |m: String| self.invalid(m);
+            let mut inputs: Vec<Value> = theta.into_iter().map(T::wrap).collect();
+            inputs.extend(params.iter().cloned().map(T::wrap));
+            for a in loss_args.iter().chain(out_args) {
+                inputs.push(T::wrap(block(a, start, k).map_err(inv)?));
+            }
+            inputs.push(T::wrap(block(eta, 0, k).map_err(inv)?));
+            inputs.push(T::wrap(block(lr, start, k).map_err(inv)?));
+            let outs = step.plan.run(inputs)?;
+            if let Some(first) = z_block.first_mut() {
+                *first = k;
+            }
+            let z = outs
+                .get(step.out_index)
+                .and_then(T::unwrap)
+                .filter(|z| z.shape == z_block);
+            let Some(z) = z else {
+                return Err(self.invalid(format!(
+                    "the step graph does not produce a {}{z_block:?} block of outputs",
+                    T::DTYPE
+                )));
+            };
+            z_all.extend_from_slice(&z.data);
+            theta = Vec::with_capacity(step.next_index.len());
+            for (s, (&p, want)) in step.next_index.iter().zip(&self.state_shapes).enumerate() {
+                let next = outs.get(p).and_then(T::unwrap).filter(|t| &t.shape == want);
+                let Some(next) = next else {
+                    return Err(self.invalid(format!(
+                        "the step graph's next value of state {s} is not a {}{want:?} tensor",
+                        T::DTYPE
+                    )));
+                };
+                theta.push(next.clone());
+            }
+            start += k;
+        }
+        Ok((z_all, theta))
+    }
+}
+
+/// Rows `start..start + k` of `a` (`[n, ...]`), as a block `[k, ...]`.
+fn block<T: Elem>(a: &Arr<T>, start: usize, k: usize) -> Result<Arr<T>, String> {
+    let n = a.shape.first().copied().unwrap_or(0);
+    let end = start.checked_add(k).filter(|&e| e <= n);
+    let Some(end) = end else {
+        return Err(format!(
+            "rows {start}..{start}+{k} out of range for {:?}",
+            a.shape
+        ));
+    };
+    let row = a.data.len().checked_div(n).unwrap_or(0);
+    let mut shape = a.shape.clone();
+    match shape.first_mut() {
+        Some(first) => *first = k,
+        None => return Err("a block of a scalar".into()),
+    }
+    let data = a
+        .data
+        .get(start * row..end * row)
+        .ok_or_else(|| format!("rows {start}..{end} out of range for {:?}", a.shape))?;
+    Arr::new(shape, data.to_vec())
 }
 
 /// Token `t` of a sequence argument `[L, ...]`, as a row `[1, ...]`.
@@ -188,20 +313,13 @@ pub(super) fn eval_ttt<T: Elem>(
     args: &[&Arr<T>],
 ) -> Result<Value, InterpError> {
     let inv = |m: String| plan.invalid_at(id, m);
-    let grad = scan
-        .grad
-        .as_ref()
-        .ok_or_else(|| InterpError::MissingGradient {
-            graph: plan.path.clone(),
-            node: plan.describe(id),
-        })?;
     let counts = [
         scan.states.len(),
         scan.params.len(),
         scan.loss_args.len(),
         scan.out_args.len(),
     ];
-    let [ns, np, nl, no] = counts;
+    let ns = counts[0];
     let n_ops = scan.operand_count();
     if args.len() != n_ops || scan.axes.len() != n_ops {
         return Err(inv(format!(
@@ -219,35 +337,6 @@ pub(super) fn eval_ttt<T: Elem>(
             symbol: scan.mini_batch.to_string(),
         })?;
 
-    // The inner graphs.
-    let base = format!("{}/ttt%{}", plan.path, id.index());
-    let grad_plan = Plan::new(grad, format!("{base}/grad"))?;
-    let out_plan = Plan::new(&scan.out, format!("{base}/out"))?;
-    if grad.inputs().len() != ns + np + nl {
-        return Err(inv(format!(
-            "the gradient graph takes {} input(s), expected {} (states, params, loss args)",
-            grad.inputs().len(),
-            ns + np + nl
-        )));
-    }
-    if scan.out.inputs().len() != ns + np + no {
-        return Err(inv(format!(
-            "the output graph takes {} input(s), expected {} (states, params, out args)",
-            scan.out.inputs().len(),
-            ns + np + no
-        )));
-    }
-    let grad_index = scan
-        .states
-        .iter()
-        .map(|s| {
-            let name = TttScan::grad_output_name(s);
-            grad.outputs()
-                .iter()
-                .position(|o| o.name == name)
-                .ok_or_else(|| inv(format!("the gradient graph has no output `{name}`")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     if scan.out.outputs().is_empty() {
         return Err(inv("the output graph has no output".into()));
     }
@@ -325,12 +414,28 @@ pub(super) fn eval_ttt<T: Elem>(
         })
         .collect::<Result<Vec<_>, _>>()?;
 
+    // How a mini-batch is computed: the step graph, specialized to the (at most two)
+    // mini-batch lengths of this sequence, or the per-token graphs.
+    let base = format!("{}/ttt%{}", plan.path, id.index());
+    let specialized: Vec<(usize, Graph)> = match &scan.step {
+        Some(step) => step_lengths(seq_len, mini_batch)
+            .into_iter()
+            .map(|k| {
+                let bind = BTreeMap::from([(MINI_BATCH_DIM.to_string(), k)]);
+                (k, specialize_graph(step, &bind))
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let engine = match &scan.step {
+        Some(step) => step_engine(plan, id, scan, step, &specialized, &base)?,
+        None => token_engine(plan, id, scan, &base)?,
+    };
+
     let seq = Seq {
         plan,
         id,
-        grad: grad_plan,
-        out: out_plan,
-        grad_index,
+        engine,
         mini_batch,
         counts,
         seq_len,
@@ -370,4 +475,120 @@ pub(super) fn eval_ttt<T: Elem>(
         parts.push(T::wrap(Arr::new(t.1.clone(), data).map_err(inv)?));
     }
     Ok(Value::Tuple(parts))
+}
+
+/// The mini-batch lengths of a sequence of `seq_len` tokens cut into mini-batches of
+/// `mini_batch`: K if there is a full one, and the remainder `L mod K` if it is not zero.
+fn step_lengths(seq_len: usize, mini_batch: usize) -> Vec<usize> {
+    if mini_batch == 0 {
+        return Vec::new();
+    }
+    let mut lengths = Vec::with_capacity(2);
+    if seq_len >= mini_batch {
+        lengths.push(mini_batch);
+    }
+    let remainder = seq_len % mini_batch;
+    if remainder > 0 {
+        lengths.push(remainder);
+    }
+    lengths
+}
+
+/// The token-by-token engine: the gradient and output graphs, checked.
+fn token_engine<'h>(
+    plan: &Plan<'_>,
+    id: NodeId,
+    scan: &'h TttScan,
+    base: &str,
+) -> Result<Engine<'h>, InterpError> {
+    let inv = |m: String| plan.invalid_at(id, m);
+    let [ns, np, nl, no] = [
+        scan.states.len(),
+        scan.params.len(),
+        scan.loss_args.len(),
+        scan.out_args.len(),
+    ];
+    let grad = scan
+        .grad
+        .as_ref()
+        .ok_or_else(|| InterpError::MissingGradient {
+            graph: plan.path.clone(),
+            node: plan.describe(id),
+        })?;
+    let grad_plan = Plan::new(grad, format!("{base}/grad"))?;
+    let out_plan = Plan::new(&scan.out, format!("{base}/out"))?;
+    if grad.inputs().len() != ns + np + nl {
+        return Err(inv(format!(
+            "the gradient graph takes {} input(s), expected {} (states, params, loss args)",
+            grad.inputs().len(),
+            ns + np + nl
+        )));
+    }
+    if scan.out.inputs().len() != ns + np + no {
+        return Err(inv(format!(
+            "the output graph takes {} input(s), expected {} (states, params, out args)",
+            scan.out.inputs().len(),
+            ns + np + no
+        )));
+    }
+    let grad_index = scan
+        .states
+        .iter()
+        .map(|s| {
+            let name = TttScan::grad_output_name(s);
+            grad.outputs()
+                .iter()
+                .position(|o| o.name == name)
+                .ok_or_else(|| inv(format!("the gradient graph has no output `{name}`")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Engine::Tokens(Box::new(TokenPlans {
+        grad: grad_plan,
+        out: out_plan,
+        grad_index,
+    })))
+}
+
+/// The step engine: the step graph's specializations, checked.
+fn step_engine<'h>(
+    plan: &Plan<'_>,
+    id: NodeId,
+    scan: &TttScan,
+    step: &Graph,
+    specialized: &'h [(usize, Graph)],
+    base: &str,
+) -> Result<Engine<'h>, InterpError> {
+    let inv = |m: String| plan.invalid_at(id, m);
+    let n_inputs = scan.operand_count();
+    if step.inputs().len() != n_inputs {
+        return Err(inv(format!(
+            "the step graph takes {} input(s), expected {n_inputs} (states, params, loss args, \
+             out args, token_eta, lr)",
+            step.inputs().len()
+        )));
+    }
+    let position = |name: &str| {
+        step.outputs()
+            .iter()
+            .position(|o| o.name == name)
+            .ok_or_else(|| inv(format!("the step graph has no output `{name}`")))
+    };
+    let out_index = position("out")?;
+    let next_index = scan
+        .states
+        .iter()
+        .map(|s| position(&TttScan::next_output_name(s)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let plans = specialized
+        .iter()
+        .map(|(k, g)| {
+            Ok(StepPlan {
+                k: *k,
+                plan: Plan::new(g, format!("{base}/step[$k={k}]"))?,
+                out_index,
+                next_index: next_index.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, InterpError>>()?;
+    Ok(Engine::Step(plans))
 }

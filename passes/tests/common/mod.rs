@@ -269,3 +269,114 @@ pub fn assert_close(got: &[f64], want: &[f64], tol: f64) {
         );
     }
 }
+
+// Helpers of the rewrite tests (`rewrite_*.rs`).
+
+impl B {
+    /// `mix(w, x)`.
+    pub fn mix(&mut self, w: NodeId, x: NodeId) -> NodeId {
+        self.op(Op::Mix, &[w, x])
+    }
+    /// `mix_outer(w, u, d)`.
+    pub fn mix_outer(&mut self, w: NodeId, u: NodeId, d: NodeId) -> NodeId {
+        self.op(Op::MixOuter, &[w, u, d])
+    }
+    /// `reshape(x, dims)` to known extents.
+    pub fn reshape(&mut self, x: NodeId, dims: &[usize]) -> NodeId {
+        self.reshape_to(x, Shape::known(dims))
+    }
+    /// `reshape(x, shape)`.
+    pub fn reshape_to(&mut self, x: NodeId, shape: Shape) -> NodeId {
+        self.op(Op::Reshape { shape }, &[x])
+    }
+    /// `permute(x, perm)`.
+    pub fn permute(&mut self, x: NodeId, perm: &[usize]) -> NodeId {
+        self.op(
+            Op::Permute {
+                perm: perm.to_vec(),
+            },
+            &[x],
+        )
+    }
+    /// `expand(x, dims)`.
+    pub fn expand(&mut self, x: NodeId, dims: &[usize]) -> NodeId {
+        self.op(
+            Op::Expand {
+                shape: Shape::known(dims),
+            },
+            &[x],
+        )
+    }
+    /// `sum_to(x, dims)`.
+    pub fn sum_to(&mut self, x: NodeId, dims: &[usize]) -> NodeId {
+        self.op(
+            Op::SumTo {
+                shape: Shape::known(dims),
+            },
+            &[x],
+        )
+    }
+    /// `neg(x)`.
+    pub fn neg(&mut self, x: NodeId) -> NodeId {
+        self.un(UnaryOp::Neg, x)
+    }
+}
+
+/// Every output of `g` at `inputs`, as `f64` vectors.
+pub fn all_outputs(g: &Graph, inputs: &Inputs) -> BTreeMap<String, Vec<f64>> {
+    eval(g, inputs)
+        .into_iter()
+        .map(|(k, v)| (k, v.as_f64().expect("f64 output").to_vec()))
+        .collect()
+}
+
+/// `max |got - want| / max(1e-300, max |want|)`; infinite on a length mismatch or a NaN.
+pub fn rel_err(got: &[f64], want: &[f64]) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
+    let mut worst = 0.0f64;
+    for (a, b) in got.iter().zip(want) {
+        let d = (a - b).abs();
+        if d.is_nan() {
+            return f64::INFINITY;
+        }
+        worst = worst.max(d / scale);
+    }
+    worst
+}
+
+/// Asserts that `a` and `b` have the same outputs (names and values within `tol` relative to
+/// each output's largest magnitude) at `inputs`.
+pub fn assert_same_results(a: &Graph, b: &Graph, inputs: &Inputs, tol: f64) {
+    let (ra, rb) = (all_outputs(a, inputs), all_outputs(b, inputs));
+    assert_eq!(
+        ra.keys().collect::<Vec<_>>(),
+        rb.keys().collect::<Vec<_>>(),
+        "output names differ"
+    );
+    for (name, want) in &ra {
+        let err = rel_err(&rb[name], want);
+        assert!(
+            err <= tol,
+            "output `{name}`: relative error {err:e} > {tol:e}\n got  {:?}\n want {want:?}",
+            rb[name]
+        );
+    }
+}
+
+/// Number of nodes of `g` whose op satisfies `pred`.
+pub fn count_where(g: &Graph, pred: impl Fn(&Op) -> bool) -> usize {
+    g.node_ids()
+        .into_iter()
+        .filter(|&id| pred(&g.node(id).op))
+        .count()
+}
+
+/// Whether some node of `g` has the tensor shape `dims`.
+pub fn has_shape(g: &Graph, dims: &[Dim]) -> bool {
+    g.node_ids()
+        .into_iter()
+        .any(|id| g.tensor_type(id).is_some_and(|t| t.shape.0 == dims))
+}

@@ -1,0 +1,166 @@
+//! The subcommands, and what they share: settings, precision, compiling with the pipeline,
+//! loading and binding inputs, and failures with exit codes.
+
+pub mod check;
+pub mod cost;
+pub mod inspect;
+pub mod run;
+
+use clap::ValueEnum;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use tttc::ir::Program;
+use tttc::runtime::Tensor;
+use tttc::{
+    bind, lower_file, merge_settings, optimize, read_config_file, Bound, Compiled, DriverError,
+    Precision, Settings,
+};
+
+/// A failure with its exit code: 2 for user errors, 1 for internal ones.
+pub struct Failure {
+    /// What to print.
+    pub message: String,
+    /// The exit code.
+    pub code: u8,
+}
+
+impl Failure {
+    /// A problem the user can fix (exit code 2).
+    pub fn user(message: impl std::fmt::Display) -> Self {
+        Failure {
+            message: format!("error: {message}"),
+            code: 2,
+        }
+    }
+
+    /// A compiler bug (exit code 1).
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        Failure {
+            message: format!("internal error (please report): {message}"),
+            code: 1,
+        }
+    }
+}
+
+impl From<DriverError> for Failure {
+    fn from(e: DriverError) -> Self {
+        match &e {
+            DriverError::Compile(c) => Failure {
+                message: c.render(std::io::stderr().is_terminal()),
+                code: 2,
+            },
+            other if other.is_user_error() => Failure::user(other),
+            other => Failure::internal(other),
+        }
+    }
+}
+
+/// `--set` and `--config`.
+#[derive(clap::Args)]
+pub struct SettingArgs {
+    /// Override a config value or fix a dimension: NAME=VALUE (repeatable), e.g.
+    /// --set mini_batch_size=8 --set ttt_base_lr=0.1.
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_setting)]
+    set: Vec<(String, f64)>,
+    /// A Hugging Face style config.json: keys naming a config or dimension of the program are
+    /// used (others ignored); a value that differs from --set is an error.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Floating-point precision of a run.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PrecisionArg {
+    /// Single precision.
+    F32,
+    /// Double precision.
+    F64,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::F64 => Precision::F64,
+        }
+    }
+}
+
+fn parse_setting(s: &str) -> Result<(String, f64), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("`{s}` has no name before `=`"));
+    }
+    let value: f64 = value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())
+        .ok_or_else(|| format!("`{name}` must be a number, got `{}`", value.trim()))?;
+    if value <= 0.0 {
+        return Err(format!("`{name}` must be positive, got {value}"));
+    }
+    Ok((name.to_string(), value))
+}
+
+/// Lowers `file` with `--set`/`--config` applied, then runs the pipeline up to `until` (all of
+/// it when `None`), keeping snapshots when asked. Returns the result and the merged settings.
+pub fn compile(
+    file: &Path,
+    precision: Precision,
+    args: &SettingArgs,
+    until: Option<&str>,
+    snapshots: bool,
+) -> Result<(Compiled, Settings), Failure> {
+    let set: Settings = args.set.iter().cloned().collect();
+    let mut lowered = lower_file(file, precision, &set)?;
+    let mut settings = set.clone();
+    if let Some(config) = &args.config {
+        // The config file's keys are matched against the program's names; lower again with
+        // them applied.
+        let from_file = read_config_file(config, &lowered)?;
+        settings = merge_settings(&set, &from_file)?;
+        lowered = lower_file(file, precision, &settings)?;
+    }
+    Ok((optimize(lowered, until, snapshots)?, settings))
+}
+
+/// Reads the inputs file, warns about tensors the program does not take, and binds the rest.
+pub fn load_inputs(
+    program: &Program,
+    inputs: &Path,
+    settings: &Settings,
+    precision: Precision,
+) -> Result<(Bound, BTreeMap<String, Tensor>), Failure> {
+    let tensors = tttc::runtime::read_safetensors(inputs).map_err(Failure::user)?;
+    let unused = tttc::unused_tensors(program, &tensors);
+    if !unused.is_empty() {
+        eprintln!(
+            "warning: {} has tensors this program does not use (ignored): {}",
+            inputs.display(),
+            unused.join(", ")
+        );
+    }
+    let bound = bind(program, &tensors, settings, precision.elem()).map_err(Failure::user)?;
+    for w in &bound.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok((bound, tensors))
+}
+
+/// Checks a stage name given to `--after` / `--stop-after`.
+pub fn check_stage(name: &str) -> Result<(), Failure> {
+    let names = tttc::passes::pipeline::stage_names();
+    if names.contains(&name) {
+        Ok(())
+    } else {
+        Err(Failure::user(format!(
+            "unknown stage `{name}`; the stages are: {}",
+            names.join(", ")
+        )))
+    }
+}
