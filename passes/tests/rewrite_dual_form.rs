@@ -320,14 +320,23 @@ fn step(p: &Program, id: NodeId) -> &Graph {
 
 #[test]
 fn the_example_models_get_their_dual_form() {
-    // f = 3, h = 5 (TTT-MLP's hidden width), mini-batches of 4.
+    // f = 3, h = 5 (TTT-MLP's hidden width), mini-batches of 4; the other models' widths.
     let dims: BTreeMap<String, usize> = [
         ("f".to_string(), 3),
         ("h".to_string(), 5),
+        ("d".to_string(), 3),
+        ("dk".to_string(), 3),
+        ("dv".to_string(), 2),
         (MINI_BATCH_DIM.to_string(), 4),
     ]
     .into();
-    for file in ["ttt_linear.ttt", "ttt_mlp.ttt"] {
+    // The paper's two models and two written the same way (generality).
+    for file in [
+        "ttt_linear.ttt",
+        "ttt_mlp.ttt",
+        "mlp3_silu.ttt",
+        "delta_rule.ttt",
+    ] {
         let mut p = compile_example(file, &[]);
         run_pipeline(&mut p, &[&tttc_passes::lower_scan::LowerScan])
             .unwrap_or_else(|e| panic!("{file}: {e}"));
