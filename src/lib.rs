@@ -8,6 +8,7 @@
 
 pub mod bind;
 pub mod driver;
+pub mod execute;
 
 pub use tttc_backends as backends;
 pub use tttc_ir as ir;
@@ -19,3 +20,4 @@ pub use driver::{
     compile_file, compile_source, lower_file, merge_settings, optimize, read_config_file, Compiled,
     DriverError, Precision, Settings,
 };
+pub use execute::{prepare, Backend, ExecError, Prepared};

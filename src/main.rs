@@ -3,7 +3,7 @@
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{check, cost, inspect, run, Failure};
+use commands::{bench, check, compile, cost, inspect, run, Failure};
 use std::process::ExitCode;
 
 /// tttc: a compiler for Test-Time-Training layers.
@@ -28,6 +28,10 @@ enum Command {
     Run(run::Args),
     /// FLOPs and bytes of the primal and the optimized program for given inputs' shapes.
     Cost(cost::Args),
+    /// Compile once, then time execution only (compile time reported separately).
+    Bench(bench::Args),
+    /// Write an ahead-of-time shared library with a C ABI and a C header.
+    Compile(compile::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::main(&args),
         Command::Run(args) => run::main(&args),
         Command::Cost(args) => cost::main(&args),
+        Command::Bench(args) => bench::main(&args),
+        Command::Compile(args) => compile::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -55,6 +55,12 @@ fn cases() -> Vec<Case> {
 }
 
 fn check(precision: &str, tolerance: f64) {
+    for backend in backends() {
+        check_backend(backend, precision, tolerance);
+    }
+}
+
+fn check_backend(backend: &str, precision: &str, tolerance: f64) {
     let tmp = tempfile::tempdir().expect("tempdir");
     for case in cases() {
         let inputs = root().join(format!("tests/golden/{}.inputs.safetensors", case.stem));
@@ -77,8 +83,15 @@ fn check(precision: &str, tolerance: f64) {
             precision,
             "--set",
             &set,
+            "--backend",
+            backend,
         ]);
-        assert!(run.status.success(), "{}: {}", case.stem, text(&run));
+        assert!(
+            run.status.success(),
+            "{} {backend}: {}",
+            case.stem,
+            text(&run)
+        );
         let got = load(&out);
         let mut compared = 0;
         for (name, exp) in &expected {

@@ -63,7 +63,7 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-fn run(case: &Case, precision: &str, use_config_file: bool, out: &Path) {
+fn run(case: &Case, backend: &str, precision: &str, use_config_file: bool, out: &Path) {
     let inputs = root().join(format!("tests/golden/{}.inputs.safetensors", case.stem));
     let config = root().join(format!("tests/golden/{}.config.json", case.stem));
     let mut args: Vec<String> = vec![
@@ -76,6 +76,8 @@ fn run(case: &Case, precision: &str, use_config_file: bool, out: &Path) {
         "--precision".into(),
         precision.into(),
         "--dump-intermediates".into(),
+        "--backend".into(),
+        backend.into(),
     ];
     if use_config_file {
         args.extend(["--config".into(), config.display().to_string()]);
@@ -90,12 +92,18 @@ fn run(case: &Case, precision: &str, use_config_file: bool, out: &Path) {
 }
 
 fn check(precision: &str, use_config_file: bool) {
+    for backend in backends() {
+        check_backend(backend, precision, use_config_file);
+    }
+}
+
+fn check_backend(backend: &str, precision: &str, use_config_file: bool) {
     let tmp = tempfile::tempdir().expect("tempdir");
     for case in cases() {
         let out = tmp
             .path()
-            .join(format!("{}.{precision}.safetensors", case.stem));
-        run(&case, precision, use_config_file, &out);
+            .join(format!("{}.{backend}.{precision}.safetensors", case.stem));
+        run(&case, backend, precision, use_config_file, &out);
         let got = load(&out);
         let expected = load(&root().join(format!(
             "tests/golden/{}.expected_{precision}.safetensors",
@@ -109,7 +117,7 @@ fn check(precision: &str, use_config_file: bool) {
         let err = rel_error(&got["output"], &expected[reference]);
         assert!(
             err <= tolerance,
-            "{} {precision}: output vs {reference}: {err:e} > {tolerance:e}",
+            "{} {backend} {precision}: output vs {reference}: {err:e} > {tolerance:e}",
             case.stem
         );
         let mut compared = 0;
@@ -128,7 +136,7 @@ fn check(precision: &str, use_config_file: bool) {
             let err = rel_error(g, exp);
             assert!(
                 err <= tol,
-                "{} {precision}: {name}: {err:e} > {tol:e}",
+                "{} {backend} {precision}: {name}: {err:e} > {tol:e}",
                 case.stem
             );
             compared += 1;

@@ -3,4 +3,8 @@
 //! - [`interp`]: the reference interpreter, the definitional oracle every compiled backend is
 //!   tested against. It evaluates graph IR directly, op by op, in the tensors' own precision.
 
+pub mod aot;
 pub mod interp;
+pub mod kernel_interp;
+#[cfg(feature = "llvm")]
+pub mod llvm;

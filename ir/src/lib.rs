@@ -12,6 +12,7 @@
 pub mod dot;
 pub mod graph;
 mod json;
+pub mod kernel;
 pub mod op;
 pub mod printer;
 pub mod program;

@@ -1,7 +1,9 @@
 //! The subcommands, and what they share: settings, precision, compiling with the pipeline,
 //! loading and binding inputs, and failures with exit codes.
 
+pub mod bench;
 pub mod check;
+pub mod compile;
 pub mod cost;
 pub mod inspect;
 pub mod run;

@@ -5,11 +5,43 @@ use clap::ValueEnum;
 use std::path::PathBuf;
 use tttc::Precision;
 
-/// Execution backends built into this binary.
+/// Execution backends.
 #[derive(Clone, Copy, ValueEnum)]
-pub enum Backend {
+pub enum BackendArg {
     /// The reference interpreter (exact, slow; the oracle).
     Interp,
+    /// Native CPU code through LLVM, compiled in process (the default when built in).
+    Llvm,
+}
+
+impl From<BackendArg> for tttc::Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Interp => tttc::Backend::Interp,
+            BackendArg::Llvm => tttc::Backend::Llvm,
+        }
+    }
+}
+
+/// The default backend: LLVM when this binary has it, else the interpreter.
+pub fn default_backend() -> BackendArg {
+    if tttc::Backend::Llvm.is_built() {
+        BackendArg::Llvm
+    } else {
+        BackendArg::Interp
+    }
+}
+
+/// Compiles a bound program for `backend`, as a user error when the backend is not built in.
+pub fn prepare(
+    backend: BackendArg,
+    program: &tttc::ir::Program,
+) -> Result<tttc::Prepared, Failure> {
+    let backend: tttc::Backend = backend.into();
+    if !backend.is_built() {
+        return Err(Failure::user(tttc::ExecError::NotBuilt(backend.name())));
+    }
+    tttc::prepare(backend, program).map_err(Failure::internal)
 }
 
 /// Arguments of `tttc run`.
@@ -23,9 +55,9 @@ pub struct Args {
     /// Where to write the outputs (safetensors, one tensor per program output).
     #[arg(long)]
     out: PathBuf,
-    /// Execution backend.
-    #[arg(long, value_enum, default_value_t = Backend::Interp)]
-    backend: Backend,
+    /// Execution backend (default: llvm when built in, else interp).
+    #[arg(long, value_enum, default_value_t = default_backend())]
+    backend: BackendArg,
     /// Precision of the whole computation; outputs are written in it.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
@@ -60,10 +92,8 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     )?;
     let program = &compiled.program;
     let (bound, _) = load_inputs(program, &args.inputs, &settings, precision)?;
-    let mut outputs = match args.backend {
-        Backend::Interp => tttc::backends::interp::run_program(&bound.program, &bound.inputs)
-            .map_err(Failure::internal)?,
-    };
+    let prepared = prepare(args.backend, &bound.program)?;
+    let mut outputs = prepared.run(&bound.inputs).map_err(Failure::internal)?;
     if !args.dump_intermediates {
         outputs.retain(|name, _| !program.intermediates.contains(name));
     }

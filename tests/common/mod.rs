@@ -47,3 +47,12 @@ pub fn rel_error(got: &Tensor, expected: &Tensor) -> f64 {
     assert!(diff.is_finite(), "non-finite values");
     diff / scale.max(f64::MIN_POSITIVE)
 }
+
+/// The backends this build of tttc has, by their `--backend` names.
+pub fn backends() -> Vec<&'static str> {
+    let mut b = vec!["interp"];
+    if cfg!(feature = "llvm") {
+        b.push("llvm");
+    }
+    b
+}

@@ -13,7 +13,7 @@
 //! autodiff pass fills in [`tttc_ir::TttScan::grad`]). Bad inputs and ill-formed graphs are
 //! reported as [`InterpError`]s, never panics.
 
-mod kernels;
+pub(crate) mod kernels;
 mod scan;
 mod value;
 

@@ -1,0 +1,857 @@
+//! Kernel IR to LLVM IR.
+//!
+//! The module has one external function, the entry `void <name>(T** inputs, T** outputs)`, and
+//! internal helpers:
+//!
+//! - `tttc.body(T* noalias ...)`: the program proper, taking every input and output buffer as a
+//!   `noalias` argument (the entry just loads the pointers and calls it; after inlining the
+//!   `noalias` facts survive as alias scopes, which lets LLVM keep accumulators in registers and
+//!   vectorize without run-time alias checks). It fills the outputs with NaN, allocates the
+//!   temporaries (also NaN), runs the statements and frees what it allocated.
+//! - for every outermost parallel loop `k`, `tttc.worker.k(i8* ctx, i64 begin, i64 end)` unpacks
+//!   the context (a struct of the buffer pointers and enclosing loop variables the loop body
+//!   needs) and calls `tttc.wbody.k(T* noalias ..., i64 ..., i64 begin, i64 end)`, which
+//!   allocates the loop's scratch buffers once per call and runs iterations `begin..end`. The
+//!   parallel loop itself becomes a call `tttc_parallel_for(worker, ctx, extent)`.
+//!
+//! Allocation: buffers of at most [`MAX_ALLOCA_BYTES`] go on the stack while a function's stack
+//! allocations stay within [`MAX_FRAME_BYTES`]; larger ones are `malloc`ed and `free`d (a failed
+//! `malloc` traps). Like the kernel interpreter, outputs and temporaries start out as NaN, and
+//! scratch buffers are refilled with NaN at the start of every iteration they are fresh for (see
+//! the analysis), so reading an element before writing it shows in the results, and the results
+//! never depend on how iterations are split over threads.
+
+use super::analysis::{buffers_used, cpu_schedule, loop_key, vars_used, Analysis, CpuSchedule};
+use super::LlvmError;
+use inkwell::attributes::{Attribute, AttributeLoc};
+use inkwell::basic_block::BasicBlock;
+use inkwell::builder::{Builder, BuilderError};
+use inkwell::context::Context;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::module::{Linkage, Module};
+use inkwell::types::{
+    BasicMetadataTypeEnum, BasicType, BasicTypeEnum, FloatType, IntType, PointerType,
+};
+use inkwell::values::{
+    BasicMetadataValueEnum, BasicValueEnum, FastMathFlags, FloatValue, FunctionValue, IntValue,
+    PointerValue,
+};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+use std::collections::HashMap;
+use tttc_ir::kernel::{BufId, Index, KernelProgram, Stmt, Value, VarId};
+use tttc_ir::{BinaryOp, DType, UnaryOp};
+
+/// Largest buffer put on the stack, in bytes.
+pub(crate) const MAX_ALLOCA_BYTES: u64 = 16 << 10;
+/// Largest total of stack buffers in one function, in bytes.
+pub(crate) const MAX_FRAME_BYTES: u64 = 64 << 10;
+
+/// Name of the external parallel-for runtime function.
+pub const PARALLEL_FOR: &str = "tttc_parallel_for";
+
+impl From<BuilderError> for LlvmError {
+    fn from(e: BuilderError) -> Self {
+        LlvmError::Llvm(format!("IR builder: {e}"))
+    }
+}
+
+fn internal<T>(msg: impl Into<String>) -> Result<T, LlvmError> {
+    Err(LlvmError::Internal(msg.into()))
+}
+
+/// Module-wide state of the generator.
+struct Gen<'a, 'ctx> {
+    ctx: &'ctx Context,
+    module: &'a Module<'ctx>,
+    p: &'a KernelProgram,
+    a: &'a Analysis,
+    ft: FloatType<'ctx>,
+    i64t: IntType<'ctx>,
+    ptrt: PointerType<'ctx>,
+    /// Attributes every defined function carries (target CPU and features, nounwind).
+    fn_attrs: Vec<Attribute>,
+    noalias: Attribute,
+    workers: usize,
+}
+
+/// State of the function being generated.
+struct FnState<'ctx> {
+    func: FunctionValue<'ctx>,
+    /// Positioned at the end of the `allocas` block (branched to `start` when finished).
+    ab: Builder<'ctx>,
+    start: BasicBlock<'ctx>,
+    b: Builder<'ctx>,
+    bufs: HashMap<BufId, PointerValue<'ctx>>,
+    /// Loop variables in scope, innermost last.
+    vars: Vec<(VarId, IntValue<'ctx>)>,
+    /// Inside a parallel worker: nested parallel loops run serially.
+    in_worker: bool,
+    frame_bytes: u64,
+    mallocs: Vec<PointerValue<'ctx>>,
+}
+
+/// Builds the module for `p` with entry function `entry` into `module`.
+pub(crate) fn build<'ctx>(
+    ctx: &'ctx Context,
+    module: &Module<'ctx>,
+    p: &KernelProgram,
+    a: &Analysis,
+    entry: &str,
+    cpu: &str,
+    features: &str,
+) -> Result<(), LlvmError> {
+    let ft = match p.dtype {
+        DType::F32 => ctx.f32_type(),
+        DType::F64 => ctx.f64_type(),
+    };
+    let kind = |name: &str| {
+        let id = Attribute::get_named_enum_kind_id(name);
+        if id == 0 {
+            internal(format!("LLVM has no attribute {name}"))
+        } else {
+            Ok(id)
+        }
+    };
+    let fn_attrs = vec![
+        ctx.create_string_attribute("target-cpu", cpu),
+        ctx.create_string_attribute("target-features", features),
+        ctx.create_enum_attribute(kind("nounwind")?, 0),
+    ];
+    let noalias = ctx.create_enum_attribute(kind("noalias")?, 0);
+    let mut g = Gen {
+        ctx,
+        module,
+        p,
+        a,
+        ft,
+        i64t: ctx.i64_type(),
+        ptrt: ctx.ptr_type(AddressSpace::default()),
+        fn_attrs,
+        noalias,
+        workers: 0,
+    };
+    let body = g.body_function()?;
+    g.entry_function(entry, body)
+}
+
+impl<'ctx> Gen<'_, 'ctx> {
+    fn define(
+        &self,
+        name: &str,
+        params: &[BasicMetadataTypeEnum<'ctx>],
+        linkage: Linkage,
+    ) -> FunctionValue<'ctx> {
+        let ty = self.ctx.void_type().fn_type(params, false);
+        let f = self.module.add_function(name, ty, Some(linkage));
+        for a in &self.fn_attrs {
+            f.add_attribute(AttributeLoc::Function, *a);
+        }
+        f
+    }
+
+    /// A function state with `allocas` and `start` blocks, builders at `start`.
+    fn state(&self, func: FunctionValue<'ctx>, in_worker: bool) -> FnState<'ctx> {
+        let allocas = self.ctx.append_basic_block(func, "allocas");
+        let start = self.ctx.append_basic_block(func, "start");
+        let ab = self.ctx.create_builder();
+        ab.position_at_end(allocas);
+        let b = self.ctx.create_builder();
+        b.position_at_end(start);
+        FnState {
+            func,
+            ab,
+            start,
+            b,
+            bufs: HashMap::new(),
+            vars: Vec::new(),
+            in_worker,
+            frame_bytes: 0,
+            mallocs: Vec::new(),
+        }
+    }
+
+    /// Frees what `st` allocated, returns, and closes the `allocas` block.
+    fn finish(&self, st: &FnState<'ctx>) -> Result<(), LlvmError> {
+        if !st.mallocs.is_empty() {
+            let free = self.extern_fn("free", None, &[self.ptrt.into()]);
+            for m in st.mallocs.iter().rev() {
+                st.b.build_call(free, &[(*m).into()], "")?;
+            }
+        }
+        st.b.build_return(None)?;
+        st.ab.build_unconditional_branch(st.start)?;
+        Ok(())
+    }
+
+    /// The declaration of external function `name`, adding it if needed.
+    fn extern_fn(
+        &self,
+        name: &str,
+        ret: Option<BasicTypeEnum<'ctx>>,
+        params: &[BasicMetadataTypeEnum<'ctx>],
+    ) -> FunctionValue<'ctx> {
+        if let Some(f) = self.module.get_function(name) {
+            return f;
+        }
+        let ty = match ret {
+            Some(r) => r.fn_type(params, false),
+            None => self.ctx.void_type().fn_type(params, false),
+        };
+        self.module.add_function(name, ty, Some(Linkage::External))
+    }
+
+    fn intrinsic(&self, name: &str) -> Result<FunctionValue<'ctx>, LlvmError> {
+        let Some(i) = Intrinsic::find(name) else {
+            return internal(format!("no intrinsic {name}"));
+        };
+        let tys: Vec<BasicTypeEnum> = if i.is_overloaded() {
+            vec![self.ft.into()]
+        } else {
+            Vec::new()
+        };
+        i.get_declaration(self.module, &tys)
+            .ok_or_else(|| LlvmError::Internal(format!("cannot declare {name}")))
+    }
+
+    fn elem_bytes(&self) -> u64 {
+        self.p.dtype.size_bytes() as u64
+    }
+
+    fn len(&self, id: BufId) -> Result<u64, LlvmError> {
+        match self.a.lens.get(id.0 as usize) {
+            Some(&n) => Ok(n),
+            None => internal(format!("no length for b{}", id.0)),
+        }
+    }
+
+    /// Fills buffer `id` at `ptr` with NaN (all bits set: a NaN in `f32` and `f64`), at the
+    /// current position of `st`, like the kernel interpreter's fresh buffers.
+    fn fill_nan(
+        &self,
+        st: &FnState<'ctx>,
+        id: BufId,
+        ptr: PointerValue<'ctx>,
+    ) -> Result<(), LlvmError> {
+        let bytes = self.len(id)? * self.elem_bytes();
+        if bytes > 0 {
+            let align = self.elem_bytes() as u32;
+            st.b.build_memset(
+                ptr,
+                align,
+                self.ctx.i8_type().const_int(0xff, false),
+                self.i64t.const_int(bytes, false),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Allocates buffer `id` for the function of `st` (stack or heap), not initialized.
+    fn alloc(&self, st: &mut FnState<'ctx>, id: BufId) -> Result<PointerValue<'ctx>, LlvmError> {
+        let len = self.len(id)?;
+        let bytes = len * self.elem_bytes();
+        let name = format!("b{}", id.0);
+        let ptr = if bytes <= MAX_ALLOCA_BYTES && st.frame_bytes + bytes <= MAX_FRAME_BYTES {
+            st.frame_bytes += bytes;
+            let ty = self.ft.array_type(len as u32);
+            let ptr = st.ab.build_alloca(ty, &name)?;
+            if let Some(i) = ptr.as_instruction() {
+                let _ = i.set_alignment(64);
+            }
+            ptr
+        } else {
+            let malloc = self.extern_fn("malloc", Some(self.ptrt.into()), &[self.i64t.into()]);
+            let call = st.b.build_call(
+                malloc,
+                &[self.i64t.const_int(bytes.max(1), false).into()],
+                &name,
+            )?;
+            let Some(BasicValueEnum::PointerValue(ptr)) = call.try_as_basic_value().basic() else {
+                return internal("malloc returned no pointer");
+            };
+            let is_null = st.b.build_is_null(ptr, "oom")?;
+            let trap_bb = self.ctx.append_basic_block(st.func, "oom");
+            let ok_bb = self.ctx.append_basic_block(st.func, "allocated");
+            st.b.build_conditional_branch(is_null, trap_bb, ok_bb)?;
+            st.b.position_at_end(trap_bb);
+            let trap = self.intrinsic("llvm.trap")?;
+            st.b.build_call(trap, &[], "")?;
+            st.b.build_unreachable()?;
+            st.b.position_at_end(ok_bb);
+            st.mallocs.push(ptr);
+            ptr
+        };
+        st.bufs.insert(id, ptr);
+        Ok(ptr)
+    }
+
+    /// `tttc.body(T* noalias in..., T* noalias out...)`.
+    fn body_function(&mut self) -> Result<FunctionValue<'ctx>, LlvmError> {
+        let io: Vec<BufId> = self
+            .p
+            .inputs()
+            .into_iter()
+            .chain(self.p.outputs())
+            .map(|(id, _)| id)
+            .collect();
+        let params: Vec<BasicMetadataTypeEnum> = io.iter().map(|_| self.ptrt.into()).collect();
+        let f = self.define("tttc.body", &params, Linkage::Internal);
+        for i in 0..io.len() {
+            f.add_attribute(AttributeLoc::Param(i as u32), self.noalias);
+        }
+        let mut st = self.state(f, false);
+        for (i, &id) in io.iter().enumerate() {
+            let Some(BasicValueEnum::PointerValue(ptr)) = f.get_nth_param(i as u32) else {
+                return internal("missing body parameter");
+            };
+            st.bufs.insert(id, ptr);
+        }
+        let n_in = self.p.inputs().len();
+        for &id in &io[n_in..] {
+            self.fill_nan(&st, id, st.bufs[&id])?;
+        }
+        let a = self.a;
+        for &id in &a.program_allocs {
+            let ptr = self.alloc(&mut st, id)?;
+            self.fill_nan(&st, id, ptr)?;
+        }
+        let p = self.p;
+        self.stmts(&mut st, &p.body)?;
+        self.finish(&st)?;
+        Ok(f)
+    }
+
+    /// The entry: loads the buffer pointers from the two arrays and calls the body.
+    fn entry_function(&self, name: &str, body: FunctionValue<'ctx>) -> Result<(), LlvmError> {
+        let f = self.define(
+            name,
+            &[self.ptrt.into(), self.ptrt.into()],
+            Linkage::External,
+        );
+        let b = self.ctx.create_builder();
+        b.position_at_end(self.ctx.append_basic_block(f, "start"));
+        let mut args: Vec<BasicMetadataValueEnum> = Vec::new();
+        for (param, list) in [(0, self.p.inputs()), (1, self.p.outputs())] {
+            let Some(BasicValueEnum::PointerValue(arr)) = f.get_nth_param(param) else {
+                return internal("missing entry parameter");
+            };
+            for (i, (id, _)) in list.iter().enumerate() {
+                // SAFETY: in bounds of the caller's array by the entry's contract.
+                let slot = unsafe {
+                    b.build_in_bounds_gep(
+                        self.ptrt,
+                        arr,
+                        &[self.i64t.const_int(i as u64, false)],
+                        &format!("slot{}", id.0),
+                    )?
+                };
+                args.push(b.build_load(self.ptrt, slot, &format!("b{}", id.0))?.into());
+            }
+        }
+        b.build_call(body, &args, "")?;
+        b.build_return(None)?;
+        Ok(())
+    }
+
+    fn stmts(&mut self, st: &mut FnState<'ctx>, body: &[Stmt]) -> Result<(), LlvmError> {
+        for s in body {
+            match s {
+                Stmt::Store { buf, index, value } => {
+                    let v = self.value(st, value)?;
+                    let ptr = self.element(st, *buf, index)?;
+                    st.b.build_store(ptr, v)?;
+                }
+                Stmt::Loop { extent: 0, .. } => {}
+                Stmt::Loop {
+                    var,
+                    extent,
+                    schedule,
+                    body,
+                } => {
+                    if cpu_schedule(*schedule) == CpuSchedule::Parallel && !st.in_worker {
+                        self.parallel_loop(st, s, *var, *extent as u64, body)?;
+                    } else {
+                        self.serial_loop(st, s, *var, *extent as u64, body)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refreshes the scratch buffers fresh for each iteration of loop `s` (those with a copy
+    /// in this function: copies elsewhere are refreshed where they are used).
+    fn refresh_scratch(&self, st: &FnState<'ctx>, s: &Stmt) -> Result<(), LlvmError> {
+        if let Some(locals) = self.a.iteration_locals.get(&loop_key(s)) {
+            for id in locals {
+                if let Some(&ptr) = st.bufs.get(id) {
+                    self.fill_nan(st, *id, ptr)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `for var in from..to { body }` with `from < to` known or checked (`guard`).
+    #[allow(clippy::too_many_arguments)]
+    fn counted_loop(
+        &mut self,
+        st: &mut FnState<'ctx>,
+        s: &Stmt,
+        var: VarId,
+        from: IntValue<'ctx>,
+        to: IntValue<'ctx>,
+        guard: bool,
+        body: &[Stmt],
+    ) -> Result<(), LlvmError> {
+        let header = self.ctx.append_basic_block(st.func, &format!("i{}", var.0));
+        let exit = self
+            .ctx
+            .append_basic_block(st.func, &format!("i{}.end", var.0));
+        let Some(pre) = st.b.get_insert_block() else {
+            return internal("builder lost its block");
+        };
+        if guard {
+            let nonempty =
+                st.b.build_int_compare(IntPredicate::SLT, from, to, "nonempty")?;
+            st.b.build_conditional_branch(nonempty, header, exit)?;
+        } else {
+            st.b.build_unconditional_branch(header)?;
+        }
+        st.b.position_at_end(header);
+        let phi = st.b.build_phi(self.i64t, &format!("i{}", var.0))?;
+        let i = phi.as_basic_value().into_int_value();
+        st.vars.push((var, i));
+        let r = self
+            .refresh_scratch(st, s)
+            .and_then(|()| self.stmts(st, body));
+        st.vars.pop();
+        r?;
+        let next =
+            st.b.build_int_nsw_add(i, self.i64t.const_int(1, false), "next")?;
+        let more =
+            st.b.build_int_compare(IntPredicate::SLT, next, to, "more")?;
+        let Some(latch) = st.b.get_insert_block() else {
+            return internal("builder lost its block");
+        };
+        st.b.build_conditional_branch(more, header, exit)?;
+        phi.add_incoming(&[(&from, pre), (&next, latch)]);
+        st.b.position_at_end(exit);
+        Ok(())
+    }
+
+    fn serial_loop(
+        &mut self,
+        st: &mut FnState<'ctx>,
+        s: &Stmt,
+        var: VarId,
+        extent: u64,
+        body: &[Stmt],
+    ) -> Result<(), LlvmError> {
+        let from = self.i64t.const_zero();
+        let to = self.i64t.const_int(extent, false);
+        self.counted_loop(st, s, var, from, to, false, body)
+    }
+
+    /// Outlines the loop into a worker and calls `tttc_parallel_for`.
+    fn parallel_loop(
+        &mut self,
+        st: &mut FnState<'ctx>,
+        s: &Stmt,
+        var: VarId,
+        extent: u64,
+        body: &[Stmt],
+    ) -> Result<(), LlvmError> {
+        let k = self.workers;
+        self.workers += 1;
+        // What the body needs from here: buffers already allocated (except those the worker
+        // allocates itself), enclosing loop variables.
+        let a = self.a;
+        let own: &[BufId] = a
+            .region_allocs
+            .get(&loop_key(s))
+            .map_or(&[], |v| v.as_slice());
+        let bufs: Vec<(BufId, PointerValue<'ctx>)> = buffers_used(body)
+            .into_iter()
+            .filter(|id| !own.contains(id))
+            .filter_map(|id| st.bufs.get(&id).map(|&p| (id, p)))
+            .collect();
+        let vars: Vec<(VarId, IntValue<'ctx>)> = vars_used(body)
+            .into_iter()
+            .filter(|v| *v != var)
+            .filter_map(|v| {
+                st.vars
+                    .iter()
+                    .rev()
+                    .find(|(w, _)| *w == v)
+                    .map(|&(_, x)| (v, x))
+            })
+            .collect();
+
+        // tttc.wbody.k(T* noalias bufs..., i64 vars..., i64 begin, i64 end)
+        let mut params: Vec<BasicMetadataTypeEnum> =
+            bufs.iter().map(|_| self.ptrt.into()).collect();
+        params.extend(vars.iter().map(|_| BasicMetadataTypeEnum::from(self.i64t)));
+        params.extend([
+            BasicMetadataTypeEnum::from(self.i64t),
+            BasicMetadataTypeEnum::from(self.i64t),
+        ]);
+        let wbody = self.define(&format!("tttc.wbody.{k}"), &params, Linkage::Internal);
+        for i in 0..bufs.len() {
+            wbody.add_attribute(AttributeLoc::Param(i as u32), self.noalias);
+        }
+        {
+            let mut ws = self.state(wbody, true);
+            let param = |n: usize| wbody.get_nth_param(n as u32);
+            for (n, (id, _)) in bufs.iter().enumerate() {
+                let Some(BasicValueEnum::PointerValue(p)) = param(n) else {
+                    return internal("missing worker buffer parameter");
+                };
+                ws.bufs.insert(*id, p);
+            }
+            for (n, (v, _)) in vars.iter().enumerate() {
+                let Some(BasicValueEnum::IntValue(x)) = param(bufs.len() + n) else {
+                    return internal("missing worker variable parameter");
+                };
+                ws.vars.push((*v, x));
+            }
+            let n = bufs.len() + vars.len();
+            let (Some(BasicValueEnum::IntValue(begin)), Some(BasicValueEnum::IntValue(end))) =
+                (param(n), param(n + 1))
+            else {
+                return internal("missing worker range parameters");
+            };
+            for &id in own {
+                self.alloc(&mut ws, id)?;
+            }
+            self.counted_loop(&mut ws, s, var, begin, end, true, body)?;
+            self.finish(&ws)?;
+        }
+
+        // The context: { ptr x bufs, i64 x vars }.
+        let mut fields: Vec<BasicTypeEnum> = bufs.iter().map(|_| self.ptrt.into()).collect();
+        fields.extend(vars.iter().map(|_| BasicTypeEnum::from(self.i64t)));
+        let ctx_ty = self.ctx.struct_type(&fields, false);
+
+        // tttc.worker.k(i8* ctx, i64 begin, i64 end)
+        let worker = self.define(
+            &format!("tttc.worker.{k}"),
+            &[self.ptrt.into(), self.i64t.into(), self.i64t.into()],
+            Linkage::Internal,
+        );
+        {
+            let b = self.ctx.create_builder();
+            b.position_at_end(self.ctx.append_basic_block(worker, "start"));
+            let (
+                Some(BasicValueEnum::PointerValue(ctx)),
+                Some(BasicValueEnum::IntValue(begin)),
+                Some(BasicValueEnum::IntValue(end)),
+            ) = (
+                worker.get_nth_param(0),
+                worker.get_nth_param(1),
+                worker.get_nth_param(2),
+            )
+            else {
+                return internal("missing worker parameters");
+            };
+            let mut args: Vec<BasicMetadataValueEnum> = Vec::new();
+            for (n, ty) in fields.iter().enumerate() {
+                let slot = b.build_struct_gep(ctx_ty, ctx, n as u32, "slot")?;
+                args.push(b.build_load(*ty, slot, "field")?.into());
+            }
+            args.push(begin.into());
+            args.push(end.into());
+            b.build_call(wbody, &args, "")?;
+            b.build_return(None)?;
+        }
+
+        // Here: fill the context and hand the loop to the runtime.
+        let ctx = st.ab.build_alloca(ctx_ty, &format!("ctx{k}"))?;
+        let values = bufs
+            .iter()
+            .map(|(_, p)| BasicValueEnum::from(*p))
+            .chain(vars.iter().map(|(_, x)| BasicValueEnum::from(*x)));
+        for (n, v) in values.enumerate() {
+            let slot = st.b.build_struct_gep(ctx_ty, ctx, n as u32, "slot")?;
+            st.b.build_store(slot, v)?;
+        }
+        let pfor = self.extern_fn(
+            PARALLEL_FOR,
+            None,
+            &[self.ptrt.into(), self.ptrt.into(), self.i64t.into()],
+        );
+        let worker_ptr = worker.as_global_value().as_pointer_value();
+        st.b.build_call(
+            pfor,
+            &[
+                worker_ptr.into(),
+                ctx.into(),
+                self.i64t.const_int(extent, false).into(),
+            ],
+            "",
+        )?;
+        Ok(())
+    }
+
+    /// The address of `buf[index]` (bounds proven by the analysis).
+    fn element(
+        &self,
+        st: &FnState<'ctx>,
+        buf: BufId,
+        index: &Index,
+    ) -> Result<PointerValue<'ctx>, LlvmError> {
+        let Some(&base) = st.bufs.get(&buf) else {
+            return internal(format!("buffer b{} not available here", buf.0));
+        };
+        let i = self.index(st, index)?;
+        // SAFETY: the analysis proved 0 <= index < len for every iteration.
+        Ok(unsafe { st.b.build_in_bounds_gep(self.ft, base, &[i], "elt")? })
+    }
+
+    fn index(&self, st: &FnState<'ctx>, index: &Index) -> Result<IntValue<'ctx>, LlvmError> {
+        let c = |x: i64| self.i64t.const_int(x as u64, true);
+        Ok(match index {
+            Index::Const(x) => c(*x),
+            Index::Var(v) => match st.vars.iter().rev().find(|(w, _)| w == v) {
+                Some(&(_, x)) => x,
+                None => return internal(format!("loop variable i{} not in scope", v.0)),
+            },
+            Index::Add(a, b) => {
+                let (a, b) = (self.index(st, a)?, self.index(st, b)?);
+                st.b.build_int_nsw_add(a, b, "add")?
+            }
+            Index::Mul(a, k) => {
+                let a = self.index(st, a)?;
+                st.b.build_int_nsw_mul(a, c(*k), "mul")?
+            }
+            Index::Div(a, k) => {
+                let a = self.index(st, a)?;
+                st.b.build_int_signed_div(a, c(*k), "div")?
+            }
+            Index::Rem(a, k) => {
+                let a = self.index(st, a)?;
+                st.b.build_int_signed_rem(a, c(*k), "rem")?
+            }
+        })
+    }
+
+    /// A constant of the element type (rounded like `as f32` for `f32` programs).
+    fn fconst(&self, x: f64) -> FloatValue<'ctx> {
+        match self.p.dtype {
+            DType::F32 => self.ft.const_float(f64::from(x as f32)),
+            DType::F64 => self.ft.const_float(x),
+        }
+    }
+
+    /// Marks a floating-point instruction `contract` (the only fast-math flag used).
+    fn contract(&self, v: FloatValue<'ctx>) -> FloatValue<'ctx> {
+        if let Some(i) = v.as_instruction() {
+            let _ = i.set_fast_math_flags(FastMathFlags::AllowContract);
+        }
+        v
+    }
+
+    fn fadd(
+        &self,
+        st: &FnState<'ctx>,
+        a: FloatValue<'ctx>,
+        b: FloatValue<'ctx>,
+    ) -> Result<FloatValue<'ctx>, LlvmError> {
+        Ok(self.contract(st.b.build_float_add(a, b, "add")?))
+    }
+
+    fn fsub(
+        &self,
+        st: &FnState<'ctx>,
+        a: FloatValue<'ctx>,
+        b: FloatValue<'ctx>,
+    ) -> Result<FloatValue<'ctx>, LlvmError> {
+        Ok(self.contract(st.b.build_float_sub(a, b, "sub")?))
+    }
+
+    fn fmul(
+        &self,
+        st: &FnState<'ctx>,
+        a: FloatValue<'ctx>,
+        b: FloatValue<'ctx>,
+    ) -> Result<FloatValue<'ctx>, LlvmError> {
+        Ok(self.contract(st.b.build_float_mul(a, b, "mul")?))
+    }
+
+    fn fdiv(
+        &self,
+        st: &FnState<'ctx>,
+        a: FloatValue<'ctx>,
+        b: FloatValue<'ctx>,
+    ) -> Result<FloatValue<'ctx>, LlvmError> {
+        Ok(self.contract(st.b.build_float_div(a, b, "div")?))
+    }
+
+    fn call(
+        &self,
+        st: &FnState<'ctx>,
+        f: FunctionValue<'ctx>,
+        args: &[FloatValue<'ctx>],
+    ) -> Result<FloatValue<'ctx>, LlvmError> {
+        let args: Vec<BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
+        let call = st.b.build_call(f, &args, "call")?;
+        match call.try_as_basic_value().basic() {
+            Some(BasicValueEnum::FloatValue(v)) => Ok(v),
+            _ => internal("call returned no float"),
+        }
+    }
+
+    fn intr(
+        &self,
+        st: &FnState<'ctx>,
+        name: &str,
+        args: &[FloatValue<'ctx>],
+    ) -> Result<FloatValue<'ctx>, LlvmError> {
+        let f = self.intrinsic(name)?;
+        self.call(st, f, args)
+    }
+
+    /// `libm` `tanh`/`tanhf` (LLVM has no tanh intrinsic that lowers to it in LLVM 19).
+    fn tanh(&self, st: &FnState<'ctx>, x: FloatValue<'ctx>) -> Result<FloatValue<'ctx>, LlvmError> {
+        let name = match self.p.dtype {
+            DType::F32 => "tanhf",
+            DType::F64 => "tanh",
+        };
+        let fresh = self.module.get_function(name).is_none();
+        let f = self.extern_fn(name, Some(self.ft.into()), &[self.ft.into()]);
+        if fresh {
+            // glibc's tanh neither sets errno nor touches memory.
+            for (attr, val) in [("nounwind", 0), ("willreturn", 0), ("memory", 0)] {
+                let id = Attribute::get_named_enum_kind_id(attr);
+                if id != 0 {
+                    f.add_attribute(
+                        AttributeLoc::Function,
+                        self.ctx.create_enum_attribute(id, val),
+                    );
+                }
+            }
+        }
+        self.call(st, f, &[x])
+    }
+
+    fn sigmoid(
+        &self,
+        st: &FnState<'ctx>,
+        x: FloatValue<'ctx>,
+    ) -> Result<FloatValue<'ctx>, LlvmError> {
+        let one = self.fconst(1.0);
+        let neg = self.contract(st.b.build_float_neg(x, "neg")?);
+        let e = self.intr(st, "llvm.exp", &[neg])?;
+        let d = self.fadd(st, one, e)?;
+        self.fdiv(st, one, d)
+    }
+
+    fn unary(
+        &self,
+        st: &FnState<'ctx>,
+        op: UnaryOp,
+        x: FloatValue<'ctx>,
+    ) -> Result<FloatValue<'ctx>, LlvmError> {
+        let zero = self.fconst(0.0);
+        let one = self.fconst(1.0);
+        Ok(match op {
+            UnaryOp::Neg => self.contract(st.b.build_float_neg(x, "neg")?),
+            UnaryOp::Sqrt => self.intr(st, "llvm.sqrt", &[x])?,
+            UnaryOp::Rsqrt => {
+                let s = self.intr(st, "llvm.sqrt", &[x])?;
+                self.fdiv(st, one, s)?
+            }
+            UnaryOp::Exp => self.intr(st, "llvm.exp", &[x])?,
+            UnaryOp::Log => self.intr(st, "llvm.log", &[x])?,
+            UnaryOp::Tanh => self.tanh(st, x)?,
+            UnaryOp::Sigmoid => self.sigmoid(st, x)?,
+            UnaryOp::Silu => {
+                let s = self.sigmoid(st, x)?;
+                self.fmul(st, x, s)?
+            }
+            UnaryOp::Relu => {
+                // `x < 0 ? 0 : x`: NaN passes through.
+                let neg =
+                    st.b.build_float_compare(FloatPredicate::OLT, x, zero, "isneg")?;
+                st.b.build_select(neg, zero, x, "relu")?.into_float_value()
+            }
+            UnaryOp::GeluTanh => {
+                // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in the reference's order.
+                let half = self.fconst(0.5);
+                let c = self.fconst((2.0 / std::f64::consts::PI).sqrt());
+                let a = self.fconst(0.044715);
+                let x2 = self.fmul(st, x, x)?;
+                let x3 = self.fmul(st, x2, x)?;
+                let ax3 = self.fmul(st, a, x3)?;
+                let inner = self.fadd(st, x, ax3)?;
+                let arg = self.fmul(st, c, inner)?;
+                let t = self.tanh(st, arg)?;
+                let onep = self.fadd(st, one, t)?;
+                let hx = self.fmul(st, half, x)?;
+                self.fmul(st, hx, onep)?
+            }
+            UnaryOp::Step => {
+                let pos =
+                    st.b.build_float_compare(FloatPredicate::OGT, x, zero, "ispos")?;
+                st.b.build_select(pos, one, zero, "step")?
+                    .into_float_value()
+            }
+            UnaryOp::Floor => self.intr(st, "llvm.floor", &[x])?,
+            UnaryOp::Sin => self.intr(st, "llvm.sin", &[x])?,
+            UnaryOp::Cos => self.intr(st, "llvm.cos", &[x])?,
+        })
+    }
+
+    fn binary(
+        &self,
+        st: &FnState<'ctx>,
+        op: BinaryOp,
+        a: FloatValue<'ctx>,
+        b: FloatValue<'ctx>,
+    ) -> Result<FloatValue<'ctx>, LlvmError> {
+        Ok(match op {
+            BinaryOp::Add => self.fadd(st, a, b)?,
+            BinaryOp::Sub => self.fsub(st, a, b)?,
+            BinaryOp::Mul => self.fmul(st, a, b)?,
+            BinaryOp::Div => self.fdiv(st, a, b)?,
+            BinaryOp::Pow => self.intr(st, "llvm.pow", &[a, b])?,
+            BinaryOp::Max | BinaryOp::Min => {
+                // NaN in, NaN out (`a + b`); otherwise `a >= b ? a : b` (`<=` for min), which
+                // also fixes which zero wins, like the reference.
+                let pred = if op == BinaryOp::Max {
+                    FloatPredicate::OGE
+                } else {
+                    FloatPredicate::OLE
+                };
+                let nan = st.b.build_float_compare(FloatPredicate::UNO, a, b, "nan")?;
+                let pick = st.b.build_float_compare(pred, a, b, "pick")?;
+                let m = st.b.build_select(pick, a, b, "m")?.into_float_value();
+                let sum = self.fadd(st, a, b)?;
+                st.b.build_select(nan, sum, m, op.name())?
+                    .into_float_value()
+            }
+        })
+    }
+
+    fn value(&self, st: &FnState<'ctx>, v: &Value) -> Result<FloatValue<'ctx>, LlvmError> {
+        Ok(match v {
+            Value::Load { buf, index } => {
+                let ptr = self.element(st, *buf, index)?;
+                st.b.build_load(self.ft, ptr, "ld")?.into_float_value()
+            }
+            Value::Const(x) => self.fconst(*x),
+            Value::FromIndex(i) => {
+                let i = self.index(st, i)?;
+                st.b.build_signed_int_to_float(i, self.ft, "fromidx")?
+            }
+            Value::Unary(op, x) => {
+                let x = self.value(st, x)?;
+                self.unary(st, *op, x)?
+            }
+            Value::Binary(op, a, b) => {
+                let a = self.value(st, a)?;
+                let b = self.value(st, b)?;
+                self.binary(st, *op, a, b)?
+            }
+        })
+    }
+}

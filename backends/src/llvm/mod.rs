@@ -1,0 +1,473 @@
+//! The LLVM CPU backend (cargo feature `llvm`): compiles a [`KernelProgram`] to native code for
+//! the host, either in memory ([`LlvmJit`], MCJIT) or to a relocatable object for a shared
+//! library ([`emit_object`]).
+//!
+//! # The generated code
+//!
+//! One entry function `void <name>(T** inputs, T** outputs)` (`T` is `float` or `double`, the
+//! program's element type): `inputs[i]` points to the `i`-th buffer of
+//! [`KernelProgram::inputs`], `outputs[i]` to the `i`-th of [`KernelProgram::outputs`], each with
+//! exactly its buffer's number of elements. The kernel fills the outputs with NaN before it runs
+//! (like the kernel interpreter, so an element the program never writes reads NaN, and the
+//! outputs' initial contents never matter); inputs are only read. Output buffers must not overlap
+//! each other or any input (the kernel tells LLVM that they do not).
+//!
+//! - Loops have known extents; index arithmetic is `i64`. Every element access is proven in
+//!   bounds before any code is generated (see the last paragraph), so the native code never
+//!   checks and never reads or writes outside a buffer.
+//! - Global temporaries are allocated once per call (stack when small, else `malloc`/`free`) and
+//!   start out as NaN. Scratch buffers (`Local`, `Shared`) follow the kernel interpreter: fresh
+//!   (refilled with NaN) at the start of every iteration of every `Parallel`/`GpuThread`/
+//!   `GpuBlock` loop (`Local`) or `GpuBlock` loop (`Shared`) that uses them. Inside a parallel
+//!   loop they are allocated by its worker, once per worker call and so per thread; a scratch
+//!   buffer that would have to carry values between the threads of a parallel loop is refused.
+//! - `Schedule::Parallel` (and `GpuBlock`) loops are outlined into a worker
+//!   `void worker(i8* ctx, i64 begin, i64 end)` and run through
+//!   `void tttc_parallel_for(void (*)(i8*, i64, i64), i8* ctx, i64 n)` ([`tttc_parallel_for`]);
+//!   parallel loops nested inside another run serially within its worker. `Vector`, `Unroll`
+//!   and `GpuThread` loops are emitted as serial loops and left to LLVM's vectorizer and
+//!   unroller.
+//! - Scalar semantics are exactly the reference interpreter's: `max`/`min` propagate NaN
+//!   (`fcmp` + `select`, not `llvm.maxnum`), `relu(NaN) = NaN`, `step(x) = x > 0`,
+//!   `rsqrt = 1 / sqrt`, `sigmoid = 1 / (1 + exp(-x))`, `pow = powf`, `tanh` calls libm's
+//!   `tanh`/`tanhf`, and `sqrt`, `exp`, `log`, `floor`, `sin`, `cos`, `pow` use the LLVM
+//!   intrinsics (lowered to instructions or to the same libm functions Rust calls).
+//! - **Fast-math: only `contract`.** Every floating-point add, subtract, multiply and divide
+//!   carries the `contract` flag and nothing else, so LLVM may fuse a multiply and an add into
+//!   one FMA (one rounding instead of two) but never reassociates, assumes away NaN/inf/signed
+//!   zeros or approximates. Results may therefore differ from the interpreter by about an ulp
+//!   per fused operation; everything else is bit-for-bit the same operation sequence.
+//! - Every function carries the host's `target-cpu` and `target-features` (on x86-64 with
+//!   `-prefer-256-bit` appended, so AVX-512 hosts get 512-bit vectors), and the module goes
+//!   through LLVM's `default<O3>` pipeline.
+//!
+//! Before any IR is built the program is checked: unknown buffers, unknown, unbound or rebound
+//! loop variables, stores into inputs, inputs/outputs outside global memory or not row-major,
+//! non-positive divisors, `i64` overflow in index arithmetic and any access whose index range
+//! (by interval arithmetic over the loop extents) leaves its buffer are [`LlvmError::Invalid`]. The module is verified before
+//! optimization; no JIT is created if anything fails.
+
+mod analysis;
+mod codegen;
+mod runtime;
+
+pub use codegen::PARALLEL_FOR;
+pub use runtime::{thread_count, tttc_parallel_for, WorkerFn};
+
+use inkwell::context::Context;
+use inkwell::execution_engine::ExecutionEngine;
+use inkwell::module::{Linkage, Module};
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{
+    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine,
+};
+use inkwell::types::BasicMetadataTypeEnum;
+use inkwell::{AddressSpace, OptimizationLevel};
+use runtime::Sig;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tttc_ir::kernel::KernelProgram;
+use tttc_ir::DType;
+use tttc_runtime::{ElemType, Tensor, TensorData};
+
+/// Why a kernel program could not be compiled or run.
+#[derive(Debug, thiserror::Error)]
+pub enum LlvmError {
+    /// The kernel program is malformed or could access memory outside a buffer.
+    #[error("invalid kernel program: {0}")]
+    Invalid(String),
+    /// LLVM refused something (target setup, verification, optimization, code emission).
+    #[error("LLVM: {0}")]
+    Llvm(String),
+    /// The inputs given to [`LlvmJit::run`] do not match the program.
+    #[error("input {name:?}: {msg}")]
+    Input {
+        /// The input's name.
+        name: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// An entry name for [`emit_object`] that is not a usable C identifier.
+    #[error("bad entry name {0:?}: {1}")]
+    EntryName(String, String),
+    /// Writing the object file failed.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A bug in this backend.
+    #[error("internal error in the LLVM backend: {0}")]
+    Internal(String),
+}
+
+/// Name of the entry function inside the JIT.
+const JIT_ENTRY: &str = "tttc_kernel_entry";
+
+/// The host's target machine and the CPU attributes every function gets.
+struct Host {
+    tm: TargetMachine,
+    cpu: String,
+    features: String,
+}
+
+impl Host {
+    fn new(reloc: RelocMode, model: CodeModel) -> Result<Host, LlvmError> {
+        Target::initialize_native(&InitializationConfig::default()).map_err(LlvmError::Llvm)?;
+        let triple = TargetMachine::get_default_triple();
+        let target = Target::from_triple(&triple).map_err(|e| LlvmError::Llvm(e.to_string()))?;
+        let cpu = TargetMachine::get_host_cpu_name().to_string();
+        let mut features = TargetMachine::get_host_cpu_features().to_string();
+        if cfg!(target_arch = "x86_64") {
+            if !features.is_empty() {
+                features.push(',');
+            }
+            features.push_str("-prefer-256-bit");
+        }
+        let tm = target
+            .create_target_machine(
+                &triple,
+                &cpu,
+                &features,
+                OptimizationLevel::Aggressive,
+                reloc,
+                model,
+            )
+            .ok_or_else(|| LlvmError::Llvm(format!("no target machine for {triple}")))?;
+        Ok(Host { tm, cpu, features })
+    }
+}
+
+/// Checks `p`, generates its module with entry `entry`, verifies it and runs `default<O3>`.
+fn build_optimized<'ctx>(
+    ctx: &'ctx Context,
+    p: &KernelProgram,
+    entry: &str,
+    host: &Host,
+) -> Result<Module<'ctx>, LlvmError> {
+    let a = analysis::analyze(p)?;
+    let module = ctx.create_module(&format!("tttc.{}", sanitize(&p.name)));
+    module.set_triple(&host.tm.get_triple());
+    module.set_data_layout(&host.tm.get_target_data().get_data_layout());
+    codegen::build(ctx, &module, p, &a, entry, &host.cpu, &host.features)?;
+    module
+        .verify()
+        .map_err(|e| LlvmError::Internal(format!("generated module does not verify: {e}")))?;
+    module
+        .run_passes("default<O3>", &host.tm, PassBuilderOptions::create())
+        .map_err(|e| LlvmError::Llvm(format!("optimization: {e}")))?;
+    Ok(module)
+}
+
+/// A printable version of a program name (for module names only).
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
+/// What [`LlvmJit::run`] checks a buffer against.
+#[derive(Clone, Debug)]
+struct BufSig {
+    name: String,
+    len: usize,
+    shape: Vec<usize>,
+}
+
+type EntryFn = unsafe extern "C" fn(*const *const u8, *const *mut u8);
+
+/// A kernel program compiled to native code in memory (LLVM MCJIT), ready to run.
+///
+/// ```no_run
+/// # use std::collections::BTreeMap;
+/// # fn demo(p: &tttc_ir::kernel::KernelProgram, inputs: &BTreeMap<String, tttc_runtime::Tensor>)
+/// #     -> Result<(), tttc_backends::llvm::LlvmError> {
+/// let jit = tttc_backends::llvm::LlvmJit::compile(p)?;
+/// let outputs = jit.run(inputs)?;
+/// # Ok(()) }
+/// ```
+pub struct LlvmJit {
+    entry: EntryFn,
+    dtype: DType,
+    inputs: Vec<BufSig>,
+    outputs: Vec<BufSig>,
+    compile_time: Duration,
+    // Drop order (declaration order) matters: the module handle, then the engine that owns the
+    // module and the machine code, then the context they both live in.
+    _module: Module<'static>,
+    _engine: ExecutionEngine<'static>,
+    _context: Box<Context>,
+}
+
+// SAFETY: every LLVM object reachable from an `LlvmJit` (context, module, engine, including
+// inkwell's reference-counted handles to them) is owned by it alone and moves with it; LLVM has
+// no thread affinity for these objects. `run` only uses the entry pointer and plain data.
+unsafe impl Send for LlvmJit {}
+
+impl std::fmt::Debug for LlvmJit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlvmJit")
+            .field("dtype", &self.dtype)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .field("compile_time", &self.compile_time)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LlvmJit {
+    /// Checks, generates, optimizes (`default<O3>`, host CPU) and JIT-compiles `p`.
+    pub fn compile(p: &KernelProgram) -> Result<LlvmJit, LlvmError> {
+        let start = Instant::now();
+        let host = Host::new(RelocMode::Default, CodeModel::JITDefault)?;
+        let context = Box::new(Context::create());
+        // SAFETY: the context is boxed (it never moves) and is dropped after everything made
+        // from it: on error paths `module` and `engine`, declared later, drop first; in the
+        // `LlvmJit` the field order does the same.
+        let ctx: &'static Context = unsafe { &*(&*context as *const Context) };
+        let module = build_optimized(ctx, p, JIT_ENTRY, &host)?;
+
+        // Declare every external symbol the machine code may use, then map it by address.
+        let symbols = runtime::jit_symbols();
+        let mut decls = Vec::with_capacity(symbols.len());
+        for (name, sig, addr) in symbols {
+            let f = match module.get_function(name) {
+                Some(f) => f,
+                None => module.add_function(name, sig_type(ctx, sig), Some(Linkage::External)),
+            };
+            decls.push((f, addr));
+        }
+        let engine = module
+            .create_jit_execution_engine(OptimizationLevel::Aggressive)
+            .map_err(|e| LlvmError::Llvm(format!("creating the JIT: {e}")))?;
+        for (f, addr) in &decls {
+            engine.add_global_mapping(f, *addr);
+        }
+        let addr = engine
+            .get_function_address(JIT_ENTRY)
+            .map_err(|e| LlvmError::Llvm(format!("finding the entry: {e}")))?;
+        if addr == 0 {
+            return Err(LlvmError::Llvm("the entry has a null address".into()));
+        }
+        // SAFETY: `JIT_ENTRY` was defined by `codegen::build` with exactly this signature.
+        let entry: EntryFn = unsafe { std::mem::transmute::<usize, EntryFn>(addr) };
+        let sig = |(id, name): (tttc_ir::kernel::BufId, &str)| {
+            let b = &p.buffers[id.0 as usize];
+            BufSig {
+                name: name.to_string(),
+                len: b.len(),
+                shape: b.layout.shape.clone(),
+            }
+        };
+        Ok(LlvmJit {
+            entry,
+            dtype: p.dtype,
+            inputs: p.inputs().into_iter().map(sig).collect(),
+            outputs: p.outputs().into_iter().map(sig).collect(),
+            compile_time: start.elapsed(),
+            _module: module,
+            _engine: engine,
+            _context: context,
+        })
+    }
+
+    /// How long [`compile`](Self::compile) took (checks, codegen, O3 and machine code).
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// Runs the kernel on `inputs` (by name) and returns the outputs (by name, shaped like
+    /// their buffers).
+    ///
+    /// Every program input must be given, with the program's element type and exactly its
+    /// buffer's number of elements (the shape itself is not compared); names the program does
+    /// not have are errors too. All of this is checked before native code runs.
+    pub fn run(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, LlvmError> {
+        let bad = |name: &str, msg: String| LlvmError::Input {
+            name: name.to_string(),
+            msg,
+        };
+        for name in inputs.keys() {
+            if !self.inputs.iter().any(|s| &s.name == name) {
+                return Err(bad(name, "the program has no such input".into()));
+            }
+        }
+        let want = match self.dtype {
+            DType::F32 => ElemType::F32,
+            DType::F64 => ElemType::F64,
+        };
+        let mut ptrs: Vec<*const u8> = Vec::with_capacity(self.inputs.len());
+        for s in &self.inputs {
+            let Some(t) = inputs.get(&s.name) else {
+                return Err(bad(&s.name, "missing".into()));
+            };
+            if t.elem_type() != want {
+                return Err(bad(
+                    &s.name,
+                    format!(
+                        "element type {} but the program computes in {want}",
+                        t.elem_type()
+                    ),
+                ));
+            }
+            if t.len() != s.len {
+                return Err(bad(
+                    &s.name,
+                    format!(
+                        "{} element(s) (shape {:?}) but the program's buffer has {} (shape {:?})",
+                        t.len(),
+                        t.shape(),
+                        s.len,
+                        s.shape
+                    ),
+                ));
+            }
+            ptrs.push(match t.data() {
+                TensorData::F32(v) => v.as_ptr().cast(),
+                TensorData::F64(v) => v.as_ptr().cast(),
+            });
+        }
+        let mut outs: Vec<TensorData> = self
+            .outputs
+            .iter()
+            .map(|s| match self.dtype {
+                DType::F32 => TensorData::F32(vec![0.0; s.len]),
+                DType::F64 => TensorData::F64(vec![0.0; s.len]),
+            })
+            .collect();
+        let out_ptrs: Vec<*mut u8> = outs
+            .iter_mut()
+            .map(|d| match d {
+                TensorData::F32(v) => v.as_mut_ptr().cast(),
+                TensorData::F64(v) => v.as_mut_ptr().cast(),
+            })
+            .collect();
+        // SAFETY: one pointer per program input and output, in the entry's order, each to
+        // exactly the buffer's number of elements of the program's type (checked above); the
+        // outputs are fresh, distinct allocations; the kernel only accesses elements proven in
+        // bounds.
+        unsafe { (self.entry)(ptrs.as_ptr(), out_ptrs.as_ptr()) };
+        let mut result = BTreeMap::new();
+        for (s, data) in self.outputs.iter().zip(outs) {
+            let t = Tensor::new(s.shape.clone(), data)
+                .map_err(|e| LlvmError::Internal(format!("output {}: {e}", s.name)))?;
+            result.insert(s.name.clone(), t);
+        }
+        Ok(result)
+    }
+}
+
+/// The LLVM function type of a mapped symbol.
+fn sig_type<'ctx>(ctx: &'ctx Context, sig: Sig) -> inkwell::types::FunctionType<'ctx> {
+    let f = ctx.f32_type();
+    let d = ctx.f64_type();
+    let i = ctx.i32_type();
+    let l = ctx.i64_type();
+    let p = ctx.ptr_type(AddressSpace::default());
+    let v = ctx.void_type();
+    let m = |x: &[BasicMetadataTypeEnum<'ctx>]| x.to_vec();
+    match sig {
+        Sig::F32Unary => f.fn_type(&m(&[f.into()]), false),
+        Sig::F64Unary => d.fn_type(&m(&[d.into()]), false),
+        Sig::F32Binary => f.fn_type(&m(&[f.into(), f.into()]), false),
+        Sig::F64Binary => d.fn_type(&m(&[d.into(), d.into()]), false),
+        Sig::F32Ternary => f.fn_type(&m(&[f.into(), f.into(), f.into()]), false),
+        Sig::F64Ternary => d.fn_type(&m(&[d.into(), d.into(), d.into()]), false),
+        Sig::F32Int => f.fn_type(&m(&[f.into(), i.into()]), false),
+        Sig::F64Int => d.fn_type(&m(&[d.into(), i.into()]), false),
+        Sig::F32SinCos | Sig::F64SinCos => {
+            let x = if matches!(sig, Sig::F32SinCos) {
+                f.into()
+            } else {
+                d.into()
+            };
+            v.fn_type(&m(&[x, p.into(), p.into()]), false)
+        }
+        Sig::Malloc => p.fn_type(&m(&[l.into()]), false),
+        Sig::Free => v.fn_type(&m(&[p.into()]), false),
+        Sig::Memset => p.fn_type(&m(&[p.into(), i.into(), l.into()]), false),
+        Sig::Memcpy => p.fn_type(&m(&[p.into(), p.into(), l.into()]), false),
+        Sig::ParallelFor => v.fn_type(&m(&[p.into(), p.into(), l.into()]), false),
+    }
+}
+
+/// Checks that `name` can be the exported entry of an object file.
+fn check_entry_name(name: &str) -> Result<(), LlvmError> {
+    let bad = |why: &str| Err(LlvmError::EntryName(name.to_string(), why.to_string()));
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return bad("empty"),
+        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
+            return bad("must start with a letter or '_'")
+        }
+        _ => {}
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return bad("must be a C identifier (letters, digits, '_')");
+    }
+    if name.len() > 200 {
+        return bad("longer than 200 characters");
+    }
+    if runtime::jit_symbols().iter().any(|(s, _, _)| *s == name) {
+        return bad("clashes with a runtime or C library function the kernel calls");
+    }
+    Ok(())
+}
+
+/// Compiles `p` to a position-independent relocatable object at `path` (for `cc -shared`),
+/// exporting the entry `void <entry_name>(T** inputs, T** outputs)` (see the [module
+/// docs](self) for the calling convention). The code is optimized for the host CPU (it may not
+/// run on older CPUs).
+///
+/// The object references, and the final link must provide: `tttc_parallel_for` (see
+/// [`tttc_parallel_for`] for its C signature; the program or a C shim linked into the library
+/// defines it — only kernels with parallel loops call it), `malloc`/`free`/`memset` and libm
+/// (`-lm`).
+pub fn emit_object(p: &KernelProgram, path: &Path, entry_name: &str) -> Result<(), LlvmError> {
+    check_entry_name(entry_name)?;
+    let host = Host::new(RelocMode::PIC, CodeModel::Default)?;
+    let ctx = Context::create();
+    let module = build_optimized(&ctx, p, entry_name, &host)?;
+    let buf = host
+        .tm
+        .write_to_memory_buffer(&module, FileType::Object)
+        .map_err(|e| LlvmError::Llvm(format!("emitting the object: {e}")))?;
+    std::fs::write(path, buf.as_slice()).map_err(|source| LlvmError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The optimized LLVM IR of `p` as the JIT compiles it (entry `tttc_kernel_entry`), for
+/// inspection.
+pub fn optimized_ir(p: &KernelProgram) -> Result<String, LlvmError> {
+    let host = Host::new(RelocMode::Default, CodeModel::JITDefault)?;
+    let ctx = Context::create();
+    let module = build_optimized(&ctx, p, JIT_ENTRY, &host)?;
+    Ok(module.print_to_string().to_string())
+}
+
+/// The host assembly of `p` (entry `tttc_kernel_entry`), for inspection.
+pub fn assembly(p: &KernelProgram) -> Result<String, LlvmError> {
+    let host = Host::new(RelocMode::Default, CodeModel::Default)?;
+    let ctx = Context::create();
+    let module = build_optimized(&ctx, p, JIT_ENTRY, &host)?;
+    let buf = host
+        .tm
+        .write_to_memory_buffer(&module, FileType::Assembly)
+        .map_err(|e| LlvmError::Llvm(format!("emitting assembly: {e}")))?;
+    Ok(String::from_utf8_lossy(buf.as_slice()).into_owned())
+}

@@ -1,0 +1,212 @@
+//! What compiled kernels call: the parallel-for runtime and the C library functions the JIT
+//! maps by address.
+
+use std::sync::OnceLock;
+
+/// A parallel loop's outlined body: runs iterations `begin..end` with the loop's context.
+pub type WorkerFn = unsafe extern "C" fn(ctx: *mut u8, begin: i64, end: i64);
+
+/// Number of threads [`tttc_parallel_for`] splits a loop over: `TTTC_NUM_THREADS` if set to a
+/// positive integer, else [`std::thread::available_parallelism`] (read once per process).
+pub fn thread_count() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::env::var("TTTC_NUM_THREADS")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
+}
+
+/// A pointer that may cross threads (the worker's context; workers only read it).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut u8);
+
+// SAFETY: the context is only read by the workers, and it outlives them (`thread::scope`).
+unsafe impl Send for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`).
+    fn get(self) -> *mut u8 {
+        self.0
+    }
+}
+
+/// The parallel-for runtime of compiled kernels: runs `worker(ctx, begin, end)` over contiguous
+/// chunks covering `0..n`, one chunk per thread (at most [`thread_count`] threads, the calling
+/// thread included), and returns when all chunks are done. Nothing happens for `n <= 0` or a
+/// null worker. If a thread cannot be spawned its chunk runs on the calling thread.
+///
+/// Kernels compiled by the JIT get this function mapped to the symbol `tttc_parallel_for`; an
+/// object file from [`emit_object`](super::emit_object) expects the program it is linked into to
+/// define that symbol with this C signature:
+///
+/// ```c
+/// void tttc_parallel_for(void (*worker)(void *ctx, int64_t begin, int64_t end),
+///                        void *ctx, int64_t n);
+/// ```
+///
+/// # Safety
+///
+/// `worker` must be safe to call concurrently from several threads with `ctx` and disjoint
+/// ranges within `0..n` (compiled kernels' workers are).
+pub unsafe extern "C" fn tttc_parallel_for(worker: Option<WorkerFn>, ctx: *mut u8, n: i64) {
+    let Some(worker) = worker else { return };
+    if n <= 0 {
+        return;
+    }
+    let threads = thread_count()
+        .min(usize::try_from(n).unwrap_or(usize::MAX))
+        .max(1);
+    if threads == 1 {
+        // SAFETY: the caller's contract.
+        unsafe { worker(ctx, 0, n) };
+        return;
+    }
+    let t = threads as i128;
+    let bound = |k: i128| (i128::from(n) * k / t) as i64;
+    let ctx = SendPtr(ctx);
+    std::thread::scope(|s| {
+        for k in 1..t {
+            let (begin, end) = (bound(k), bound(k + 1));
+            let spawned = std::thread::Builder::new().spawn_scoped(s, move || {
+                // SAFETY: the caller's contract; `ctx` outlives the scope.
+                unsafe { worker(ctx.get(), begin, end) }
+            });
+            if spawned.is_err() {
+                // SAFETY: as above.
+                unsafe { worker(ctx.get(), begin, end) };
+            }
+        }
+        // SAFETY: as above.
+        unsafe { worker(ctx.get(), 0, bound(1)) };
+    });
+}
+
+#[cfg_attr(target_os = "linux", link(name = "m"))]
+extern "C" {
+    fn expf(x: f32) -> f32;
+    fn exp(x: f64) -> f64;
+    fn exp2f(x: f32) -> f32;
+    fn exp2(x: f64) -> f64;
+    fn logf(x: f32) -> f32;
+    fn log(x: f64) -> f64;
+    fn powf(x: f32, y: f32) -> f32;
+    fn pow(x: f64, y: f64) -> f64;
+    fn sinf(x: f32) -> f32;
+    fn sin(x: f64) -> f64;
+    fn cosf(x: f32) -> f32;
+    fn cos(x: f64) -> f64;
+    fn tanhf(x: f32) -> f32;
+    fn tanh(x: f64) -> f64;
+    fn floorf(x: f32) -> f32;
+    fn floor(x: f64) -> f64;
+    fn sqrtf(x: f32) -> f32;
+    fn sqrt(x: f64) -> f64;
+    fn fmaf(x: f32, y: f32, z: f32) -> f32;
+    fn fma(x: f64, y: f64, z: f64) -> f64;
+    fn ldexpf(x: f32, e: i32) -> f32;
+    fn ldexp(x: f64, e: i32) -> f64;
+    fn malloc(n: usize) -> *mut u8;
+    fn free(p: *mut u8);
+    fn memset(p: *mut u8, c: i32, n: usize) -> *mut u8;
+    fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8;
+    fn memmove(d: *mut u8, s: *const u8, n: usize) -> *mut u8;
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[link(name = "m")]
+extern "C" {
+    fn sincosf(x: f32, s: *mut f32, c: *mut f32);
+    fn sincos(x: f64, s: *mut f64, c: *mut f64);
+    fn exp10f(x: f32) -> f32;
+    fn exp10(x: f64) -> f64;
+}
+
+/// The C type of a symbol the JIT maps, to declare it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Sig {
+    /// `float f(float)`.
+    F32Unary,
+    /// `double f(double)`.
+    F64Unary,
+    /// `float f(float, float)`.
+    F32Binary,
+    /// `double f(double, double)`.
+    F64Binary,
+    /// `float f(float, float, float)`.
+    F32Ternary,
+    /// `double f(double, double, double)`.
+    F64Ternary,
+    /// `float f(float, int)`.
+    F32Int,
+    /// `double f(double, int)`.
+    F64Int,
+    /// `void f(float, float*, float*)`.
+    F32SinCos,
+    /// `void f(double, double*, double*)`.
+    F64SinCos,
+    /// `void *f(size_t)`.
+    Malloc,
+    /// `void f(void*)`.
+    Free,
+    /// `void *f(void*, int, size_t)`.
+    Memset,
+    /// `void *f(void*, const void*, size_t)`.
+    Memcpy,
+    /// `void f(worker, void*, int64_t)`.
+    ParallelFor,
+}
+
+/// Every external symbol compiled code may reference, with its address in this process: the
+/// parallel-for runtime, the allocator, and the C library functions LLVM lowers math
+/// intrinsics to (or turns calls into). Mapping them explicitly means the JIT never depends on
+/// what the dynamic linker happens to have loaded, and computes with exactly the `libm` that
+/// Rust's `f32::exp` and friends use.
+pub(crate) fn jit_symbols() -> Vec<(&'static str, Sig, usize)> {
+    use Sig::*;
+    let pfor: unsafe extern "C" fn(Option<WorkerFn>, *mut u8, i64) = tttc_parallel_for;
+    let mut v: Vec<(&'static str, Sig, usize)> = vec![
+        (
+            super::codegen::PARALLEL_FOR,
+            ParallelFor,
+            pfor as *const () as usize,
+        ),
+        ("malloc", Malloc, malloc as *const () as usize),
+        ("free", Free, free as *const () as usize),
+        ("memset", Memset, memset as *const () as usize),
+        ("memcpy", Memcpy, memcpy as *const () as usize),
+        ("memmove", Memcpy, memmove as *const () as usize),
+        ("expf", F32Unary, expf as *const () as usize),
+        ("exp", F64Unary, exp as *const () as usize),
+        ("exp2f", F32Unary, exp2f as *const () as usize),
+        ("exp2", F64Unary, exp2 as *const () as usize),
+        ("logf", F32Unary, logf as *const () as usize),
+        ("log", F64Unary, log as *const () as usize),
+        ("powf", F32Binary, powf as *const () as usize),
+        ("pow", F64Binary, pow as *const () as usize),
+        ("sinf", F32Unary, sinf as *const () as usize),
+        ("sin", F64Unary, sin as *const () as usize),
+        ("cosf", F32Unary, cosf as *const () as usize),
+        ("cos", F64Unary, cos as *const () as usize),
+        ("tanhf", F32Unary, tanhf as *const () as usize),
+        ("tanh", F64Unary, tanh as *const () as usize),
+        ("floorf", F32Unary, floorf as *const () as usize),
+        ("floor", F64Unary, floor as *const () as usize),
+        ("sqrtf", F32Unary, sqrtf as *const () as usize),
+        ("sqrt", F64Unary, sqrt as *const () as usize),
+        ("fmaf", F32Ternary, fmaf as *const () as usize),
+        ("fma", F64Ternary, fma as *const () as usize),
+        ("ldexpf", F32Int, ldexpf as *const () as usize),
+        ("ldexp", F64Int, ldexp as *const () as usize),
+    ];
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    v.extend([
+        ("sincosf", F32SinCos, sincosf as *const () as usize),
+        ("sincos", F64SinCos, sincos as *const () as usize),
+        ("exp10f", F32Unary, exp10f as *const () as usize),
+        ("exp10", F64Unary, exp10 as *const () as usize),
+    ]);
+    v
+}

@@ -1,0 +1,331 @@
+//! The kernel IR: a program as loops over flat buffers — what every native backend (LLVM for
+//! CPU, NVPTX for GPUs, Cranelift) consumes.
+//!
+//! *What* is computed is [`Stmt`]s over [`Buffer`]s: loops with known extents, stores of
+//! [`Value`] expressions at [`Index`] expressions. *How* it is scheduled is separate: every
+//! loop carries a [`Schedule`] (serial, parallel across threads, vectorized, unrolled, or mapped
+//! to GPU blocks/threads) that a scheduling pass sets and a backend honours; changing a schedule
+//! never changes the result beyond floating-point reassociation within a vector.
+//!
+//! Buffers are flat arrays of the program's element type with a [`Layout`] (shape and strides,
+//! for documentation and checking) and a [`MemorySpace`]: `Global` buffers are the program's
+//! inputs, outputs and whole-program temporaries; `Local` buffers are private to one iteration of
+//! the innermost enclosing parallel loop (per thread: scratch of one scan slice); `Shared` is GPU
+//! shared memory. All extents are known: a kernel program is compiled for one set of shapes.
+
+use crate::op::{BinaryOp, UnaryOp};
+use crate::shape::DType;
+use serde::{Deserialize, Serialize};
+use std::fmt::{self, Write};
+
+/// A buffer's index in [`KernelProgram::buffers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BufId(pub u32);
+
+/// A loop variable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VarId(pub u32);
+
+/// Where a buffer lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemorySpace {
+    /// Visible to the whole program (inputs, outputs, temporaries outside parallel loops).
+    Global,
+    /// Private to one iteration of the innermost enclosing parallel loop (per-thread scratch).
+    Local,
+    /// GPU shared memory (per block).
+    Shared,
+}
+
+/// What a buffer is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BufferKind {
+    /// A program input (read only), by name.
+    Input(String),
+    /// A program output, by name.
+    Output(String),
+    /// A temporary.
+    Temp,
+}
+
+/// Shape and element strides of a buffer's logical tensor (row-major unless stated).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// Extents.
+    pub shape: Vec<usize>,
+    /// Element strides.
+    pub strides: Vec<usize>,
+}
+
+impl Layout {
+    /// The row-major layout of `shape`.
+    pub fn row_major(shape: &[usize]) -> Layout {
+        let mut strides = vec![1; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * shape[i + 1];
+        }
+        Layout {
+            shape: shape.to_vec(),
+            strides,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the layout has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A flat array of the program's element type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Buffer {
+    /// A name for printing (the graph node or tensor it holds).
+    pub name: String,
+    /// Input, output or temporary.
+    pub kind: BufferKind,
+    /// Where it lives.
+    pub space: MemorySpace,
+    /// Its logical tensor.
+    pub layout: Layout,
+}
+
+impl Buffer {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.layout.len()
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.layout.is_empty()
+    }
+}
+
+/// Integer index arithmetic (element offsets into buffers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Index {
+    /// A constant.
+    Const(i64),
+    /// A loop variable.
+    Var(VarId),
+    /// Sum.
+    Add(Box<Index>, Box<Index>),
+    /// Product with a constant.
+    Mul(Box<Index>, i64),
+    /// Quotient by a positive constant (rounding towards zero; operands are non-negative).
+    Div(Box<Index>, i64),
+    /// Remainder by a positive constant.
+    Rem(Box<Index>, i64),
+}
+
+impl Index {
+    /// `a + b`, folding constants.
+    pub fn sum(a: Index, b: Index) -> Index {
+        match (a, b) {
+            (Index::Const(0), x) | (x, Index::Const(0)) => x,
+            (Index::Const(x), Index::Const(y)) => Index::Const(x + y),
+            (a, b) => Index::Add(Box::new(a), Box::new(b)),
+        }
+    }
+
+    /// `a * c`, folding constants.
+    pub fn scaled(a: Index, c: i64) -> Index {
+        match (a, c) {
+            (_, 0) => Index::Const(0),
+            (x, 1) => x,
+            (Index::Const(x), c) => Index::Const(x * c),
+            (a, c) => Index::Mul(Box::new(a), c),
+        }
+    }
+
+    /// The loop variable `v`.
+    pub fn var(v: VarId) -> Index {
+        Index::Var(v)
+    }
+}
+
+/// A floating-point expression (of the program's element type).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Value {
+    /// `buf[index]`.
+    Load {
+        /// The buffer.
+        buf: BufId,
+        /// The element.
+        index: Index,
+    },
+    /// A constant.
+    Const(f64),
+    /// An index converted to a float (iotas, extents).
+    FromIndex(Index),
+    /// An elementwise function.
+    Unary(UnaryOp, Box<Value>),
+    /// An elementwise function of two values.
+    Binary(BinaryOp, Box<Value>, Box<Value>),
+}
+
+/// How a loop is executed. Never changes what is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// One iteration after another.
+    Serial,
+    /// Iterations spread over CPU threads (they must be independent).
+    Parallel,
+    /// Vectorized by `width` lanes.
+    Vector(u32),
+    /// Unrolled by `factor`.
+    Unroll(u32),
+    /// One GPU block per iteration.
+    GpuBlock,
+    /// One GPU thread per iteration.
+    GpuThread,
+}
+
+/// A statement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stmt {
+    /// `for var in 0..extent { body }`.
+    Loop {
+        /// The loop variable.
+        var: VarId,
+        /// Number of iterations.
+        extent: usize,
+        /// How it runs.
+        schedule: Schedule,
+        /// The body.
+        body: Vec<Stmt>,
+    },
+    /// `buf[index] = value`.
+    Store {
+        /// The buffer written.
+        buf: BufId,
+        /// The element.
+        index: Index,
+        /// The value.
+        value: Value,
+    },
+}
+
+/// A whole program at loop level.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelProgram {
+    /// The program's name.
+    pub name: String,
+    /// Element type of every buffer.
+    pub dtype: DType,
+    /// Buffers, indexed by [`BufId`].
+    pub buffers: Vec<Buffer>,
+    /// Number of loop variables used ([`VarId`]s are `0..vars`).
+    pub vars: u32,
+    /// The statements, in order.
+    pub body: Vec<Stmt>,
+}
+
+impl KernelProgram {
+    /// The inputs' buffers in declaration order, with their names.
+    pub fn inputs(&self) -> Vec<(BufId, &str)> {
+        self.buffers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| match &b.kind {
+                BufferKind::Input(n) => Some((BufId(i as u32), n.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The outputs' buffers in declaration order, with their names.
+    pub fn outputs(&self) -> Vec<(BufId, &str)> {
+        self.buffers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| match &b.kind {
+                BufferKind::Output(n) => Some((BufId(i as u32), n.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The buffer `id`.
+    pub fn buffer(&self, id: BufId) -> Option<&Buffer> {
+        self.buffers.get(id.0 as usize)
+    }
+}
+
+impl fmt::Display for Index {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Index::Const(c) => write!(f, "{c}"),
+            Index::Var(v) => write!(f, "i{}", v.0),
+            Index::Add(a, b) => write!(f, "{a} + {b}"),
+            Index::Mul(a, c) => match **a {
+                Index::Add(..) => write!(f, "({a})*{c}"),
+                _ => write!(f, "{a}*{c}"),
+            },
+            Index::Div(a, c) => write!(f, "({a})/{c}"),
+            Index::Rem(a, c) => write!(f, "({a})%{c}"),
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Load { buf, index } => write!(f, "b{}[{index}]", buf.0),
+            Value::Const(c) => write!(f, "{}", crate::printer::format_float(*c)),
+            Value::FromIndex(i) => write!(f, "float({i})"),
+            Value::Unary(op, x) => write!(f, "{}({x})", op.name()),
+            Value::Binary(op, a, b) => write!(f, "{}({a}, {b})", op.name()),
+        }
+    }
+}
+
+/// Prints a kernel program: buffers, then one statement per line.
+pub fn print_kernel_program(p: &KernelProgram) -> String {
+    let mut s = format!("kernel program {} ({})\n", p.name, p.dtype);
+    for (i, b) in p.buffers.iter().enumerate() {
+        let kind = match &b.kind {
+            BufferKind::Input(n) => format!("input {n}"),
+            BufferKind::Output(n) => format!("output {n}"),
+            BufferKind::Temp => "temp".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "buffer b{i} {kind} {:?} {:?} strides {:?}  # {}",
+            b.space, b.layout.shape, b.layout.strides, b.name
+        );
+    }
+    fn stmts(s: &mut String, body: &[Stmt], depth: usize) {
+        let pad = "  ".repeat(depth);
+        for st in body {
+            match st {
+                Stmt::Loop {
+                    var,
+                    extent,
+                    schedule,
+                    body,
+                } => {
+                    let _ = writeln!(s, "{pad}for i{} in 0..{extent} ({schedule:?}) {{", var.0);
+                    stmts(s, body, depth + 1);
+                    let _ = writeln!(s, "{pad}}}");
+                }
+                Stmt::Store { buf, index, value } => {
+                    let _ = writeln!(s, "{pad}b{}[{index}] = {value}", buf.0);
+                }
+            }
+        }
+    }
+    stmts(&mut s, &p.body, 0);
+    s
+}

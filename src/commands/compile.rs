@@ -1,0 +1,150 @@
+//! `tttc compile`: an ahead-of-time shared library with a C ABI and a generated C header.
+
+use super::{compile, load_inputs, Failure, PrecisionArg, SettingArgs};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tttc::ir::{Dim, Program};
+use tttc::runtime::{ElemType, Tensor};
+use tttc::Precision;
+
+/// Targets `tttc compile` can write.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Target {
+    /// x86-64 CPUs (this machine's features), a shared library with a C ABI.
+    #[value(name = "x86_64")]
+    X86_64,
+}
+
+/// Arguments of `tttc compile`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The .ttt program.
+    file: PathBuf,
+    /// What to compile for.
+    #[arg(long, value_enum, default_value_t = Target::X86_64)]
+    target: Target,
+    /// The shared library to write (default: lib<program>.so); the header is written beside
+    /// it as <program>.h.
+    #[arg(short = 'o', long = "output")]
+    output: Option<PathBuf>,
+    /// Take the shapes the library is compiled for from this safetensors file (else every
+    /// dimension must be given with --set).
+    #[arg(long)]
+    inputs: Option<PathBuf>,
+    /// Element type of the library's tensors.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
+    #[command(flatten)]
+    settings: SettingArgs,
+}
+
+/// Zero tensors of every input's shape, from the dimensions given with --set and configs.
+fn tensors_from_settings(
+    program: &Program,
+    settings: &BTreeMap<String, f64>,
+    elem: ElemType,
+) -> Result<BTreeMap<String, Tensor>, Failure> {
+    let mut dims: BTreeMap<String, usize> = program.int_configs();
+    for (k, v) in settings {
+        dims.entry(k.clone()).or_insert(*v as usize);
+    }
+    let g = &program.graph;
+    let mut out = BTreeMap::new();
+    for &id in g.inputs() {
+        let (Some(name), Some(ty)) = (g.input_name(id), g.tensor_type(id)) else {
+            continue;
+        };
+        let mut shape = Vec::new();
+        for d in &ty.shape.0 {
+            match d.substitute(&dims) {
+                Dim::Known(n) => shape.push(n),
+                Dim::Sym(s) => {
+                    return Err(Failure::user(format!(
+                        "the shape of `{name}` needs dimension `{s}`: give --inputs FILE or --set {s}=N"
+                    )))
+                }
+            }
+        }
+        out.insert(name.to_string(), Tensor::zeros(shape, elem));
+    }
+    Ok(out)
+}
+
+/// Runs `tttc compile`.
+pub fn main(args: &Args) -> Result<(), Failure> {
+    let precision: Precision = args.precision.into();
+    let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
+    let program = &compiled.program;
+    let bound = match &args.inputs {
+        Some(path) => load_inputs(program, path, &settings, precision)?.0,
+        None => {
+            let tensors = tensors_from_settings(program, &settings, precision.elem())?;
+            tttc::bind(program, &tensors, &settings, precision.elem()).map_err(Failure::user)?
+        }
+    };
+    build_library(&bound.program, args.output.as_deref())
+}
+
+#[cfg(feature = "llvm")]
+fn build_library(program: &Program, output: Option<&Path>) -> Result<(), Failure> {
+    use tttc::backends::aot;
+    let kernels = tttc::passes::lower_kernel::lower_program(program).map_err(Failure::internal)?;
+    let name = aot::c_identifier(&program.name);
+    let library = output
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(format!("lib{name}.so")));
+    let dir = library
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let header_name = format!("{name}.h");
+    let header = dir.join(&header_name);
+    let work = tempfile_dir(&dir)?;
+    let object = work.join(format!("{name}.o"));
+    let shim = work.join(format!("{name}_entry.c"));
+    tttc::backends::llvm::emit_object(&kernels, &object, &aot::kernel_symbol(&kernels))
+        .map_err(Failure::internal)?;
+    let write = |path: &Path, text: String| {
+        std::fs::write(path, text)
+            .map_err(|e| Failure::user(format!("cannot write {}: {e}", path.display())))
+    };
+    write(&header, aot::header(&kernels))?;
+    write(&shim, aot::shim(&kernels, &header_name))?;
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-shared", "-fPIC", "-O2", "-I"])
+        .arg(&dir)
+        .arg("-o")
+        .arg(&library)
+        .arg(&shim)
+        .arg(&object)
+        .args(["-lpthread", "-lm"])
+        .status()
+        .map_err(|e| {
+            Failure::user(format!(
+                "cannot run the C compiler `cc` (needed to link the library): {e}"
+            ))
+        })?;
+    let _ = std::fs::remove_dir_all(&work);
+    if !status.success() {
+        return Err(Failure::internal(format!(
+            "linking {} failed ({status})",
+            library.display()
+        )));
+    }
+    eprintln!("wrote {} and {}", library.display(), header.display());
+    Ok(())
+}
+
+#[cfg(feature = "llvm")]
+fn tempfile_dir(near: &Path) -> Result<PathBuf, Failure> {
+    let dir = near.join(format!(".tttc-build-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::user(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+#[cfg(not(feature = "llvm"))]
+fn build_library(_: &Program, _: Option<&Path>) -> Result<(), Failure> {
+    Err(Failure::user(tttc::ExecError::NotBuilt("llvm")))
+}

@@ -1,0 +1,105 @@
+//! Running a bound program on a backend: the interpreter, or native code through LLVM.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tttc_ir::Program;
+use tttc_runtime::Tensor;
+
+/// An execution backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The reference interpreter.
+    Interp,
+    /// Native CPU code through LLVM (JIT).
+    Llvm,
+}
+
+impl Backend {
+    /// The backend's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Interp => "interp",
+            Backend::Llvm => "llvm",
+        }
+    }
+
+    /// Whether this build of tttc has it.
+    pub fn is_built(self) -> bool {
+        match self {
+            Backend::Interp => true,
+            Backend::Llvm => cfg!(feature = "llvm"),
+        }
+    }
+}
+
+/// Why a program could not be prepared or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The backend was not compiled into this binary.
+    #[error("the {0} backend is not built into this tttc; rebuild with `--features {0}`")]
+    NotBuilt(&'static str),
+    /// Lowering to kernel IR failed (a compiler bug).
+    #[error("lowering to kernel IR failed: {0}")]
+    Lower(String),
+    /// Code generation failed (a compiler bug).
+    #[error("code generation failed: {0}")]
+    Codegen(String),
+    /// Execution failed.
+    #[error("execution failed: {0}")]
+    Run(String),
+}
+
+/// A program ready to run on one backend (compiled once, run many times).
+pub struct Prepared {
+    inner: Inner,
+    /// Time spent compiling (zero for the interpreter).
+    pub compile_time: Duration,
+}
+
+enum Inner {
+    Interp(Box<Program>),
+    #[cfg(feature = "llvm")]
+    Llvm(Box<tttc_backends::llvm::LlvmJit>),
+}
+
+/// Compiles a bound (fully specialized) program for `backend`.
+pub fn prepare(backend: Backend, program: &Program) -> Result<Prepared, ExecError> {
+    let start = Instant::now();
+    let inner = match backend {
+        Backend::Interp => Inner::Interp(Box::new(program.clone())),
+        Backend::Llvm => llvm(program)?,
+    };
+    Ok(Prepared {
+        inner,
+        compile_time: start.elapsed(),
+    })
+}
+
+#[cfg(feature = "llvm")]
+fn llvm(program: &Program) -> Result<Inner, ExecError> {
+    let kernels = tttc_passes::lower_kernel::lower_program(program)
+        .map_err(|e| ExecError::Lower(e.to_string()))?;
+    let jit = tttc_backends::llvm::LlvmJit::compile(&kernels)
+        .map_err(|e| ExecError::Codegen(e.to_string()))?;
+    Ok(Inner::Llvm(Box::new(jit)))
+}
+
+#[cfg(not(feature = "llvm"))]
+fn llvm(_: &Program) -> Result<Inner, ExecError> {
+    Err(ExecError::NotBuilt("llvm"))
+}
+
+impl Prepared {
+    /// Runs on inputs already checked by [`crate::bind`].
+    pub fn run(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, ExecError> {
+        match &self.inner {
+            Inner::Interp(p) => tttc_backends::interp::run_program(p, inputs)
+                .map_err(|e| ExecError::Run(e.to_string())),
+            #[cfg(feature = "llvm")]
+            Inner::Llvm(jit) => jit.run(inputs).map_err(|e| ExecError::Run(e.to_string())),
+        }
+    }
+}
