@@ -1043,6 +1043,27 @@ impl Lowerer {
         }
         let (av, ashape) = self.view_of(sc, a, &format!("%{} lhs", id.index()), body);
         let (bv, bshape) = self.view_of(sc, b, &format!("%{} rhs", id.index()), body);
+        // The innermost loop runs along the right operand's rows: read them contiguously (a
+        // transposed weight is copied once instead of gathered k times per row).
+        let (bv, bshape) = if n > 1 && bv.strides.last() != Some(&1) {
+            let strided = Val {
+                shape: bshape,
+                lazy: Lazy::View(bv),
+            };
+            let dest = self.temp(sc, format!("%{} rhs, contiguous", id.index()), &strided.shape);
+            self.materialize(&strided, &dest, body);
+            let shape = strided.shape;
+            (
+                View {
+                    buf: dest.buf,
+                    offset: dest.offset,
+                    strides: row_major(&shape),
+                },
+                shape,
+            )
+        } else {
+            (bv, bshape)
+        };
         let dest = self.dest_for(sc, id, shape);
         let (lidx, lloops) = self.loops(lead);
         let (iidx, iloops) = self.loops(&[m]);
