@@ -174,7 +174,10 @@ fn object_links_into_a_shared_library_and_runs() {
         for i in 0..N {
             let want = (x[r * N + i] * w[i]).tanh() + (-(i as f32)).exp();
             let got: f32 = lines[r * N + i].parse().unwrap();
-            assert!(ulps32(got, want) <= 4, "y[{r}, {i}] = {got} vs {want}");
+            // tanh is an inline rational approximation in f32 (≤ 1e-6 relative, see
+            // llvm_elementwise.rs), exp comes from libm.
+            let close = ulps32(got, want) <= 4 || (got - want).abs() <= 1e-6 * want.abs().max(1e-3);
+            assert!(close, "y[{r}, {i}] = {got} vs {want}");
             acc += got;
         }
         let got: f32 = lines[R * N + r].parse().unwrap();

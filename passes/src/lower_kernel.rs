@@ -1050,7 +1050,11 @@ impl Lowerer {
                 shape: bshape,
                 lazy: Lazy::View(bv),
             };
-            let dest = self.temp(sc, format!("%{} rhs, contiguous", id.index()), &strided.shape);
+            let dest = self.temp(
+                sc,
+                format!("%{} rhs, contiguous", id.index()),
+                &strided.shape,
+            );
             self.materialize(&strided, &dest, body);
             let shape = strided.shape;
             (
