@@ -1,6 +1,6 @@
 //! `tttc inspect`: the IR at any stage, the list of passes, and their timings.
 
-use super::{check_stage, compile, Failure, PrecisionArg, SettingArgs};
+use super::{check_stage, compile, load_inputs, Failure, PrecisionArg, SettingArgs};
 use clap::ValueEnum;
 use std::path::PathBuf;
 use tttc::ir::Program;
@@ -33,6 +33,13 @@ pub struct Args {
     /// Print the time each pass took.
     #[arg(long)]
     timings: bool,
+    /// Print the kernel IR (loops over buffers) the native backends compile, for the shapes of
+    /// the tensors in --inputs.
+    #[arg(long, requires = "inputs")]
+    kernel_ir: bool,
+    /// Safetensors file whose tensors' shapes specialize the program (for --kernel-ir).
+    #[arg(long)]
+    inputs: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -57,6 +64,19 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         for (i, info) in tttc::passes::pipeline::standard().iter().enumerate() {
             println!("{:>2}. {:<10} {}", i + 1, info.pass.name(), info.about);
         }
+        return Ok(());
+    }
+    if args.kernel_ir {
+        let precision = args.precision.into();
+        let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
+        let inputs = args.inputs.as_deref().ok_or_else(|| Failure::user("--kernel-ir needs --inputs"))?;
+        let (bound, _) = load_inputs(&compiled.program, inputs, &settings, precision)?;
+        let kernels = tttc::passes::lower_kernel::lower_program(&bound.program).map_err(Failure::internal)?;
+        let text = match args.format {
+            Format::Json => serde_json::to_string_pretty(&kernels).map_err(Failure::internal)?,
+            _ => tttc::ir::kernel::print_kernel_program(&kernels),
+        };
+        println!("{}", text.trim_end());
         return Ok(());
     }
     if let Some(stage) = &args.after {
