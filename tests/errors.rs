@@ -164,12 +164,13 @@ fn golden_inputs() -> BTreeMap<String, Tensor> {
     load(&root().join("tests/golden/inner_linear_B2_nh2_f16_K16_L40.inputs.safetensors"))
 }
 
-fn run_with(inputs: &std::path::Path, extra: &[&str]) -> (i32, String) {
+/// Runs `program` on `inputs` with extra arguments; returns (exit code, output).
+fn run_program(program: &str, inputs: &std::path::Path, extra: &[&str]) -> (i32, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let out_path = dir.path().join("out.safetensors");
     let mut args = vec![
         "run",
-        "examples/ttt_linear.ttt",
+        program,
         "--inputs",
         inputs.to_str().expect("utf-8"),
         "--out",
@@ -284,20 +285,12 @@ fn layer_inputs() -> BTreeMap<String, Tensor> {
     load(&root().join("tests/golden/layer_linear_H64_nh4_K16_L48_B1.inputs.safetensors"))
 }
 
+fn run_with(inputs: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    run_program("examples/ttt_linear.ttt", inputs, extra)
+}
+
 fn run_layer(inputs: &std::path::Path, extra: &[&str]) -> (i32, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out_path = dir.path().join("out.safetensors");
-    let mut args = vec![
-        "run",
-        "examples/ttt_linear_layer.ttt",
-        "--inputs",
-        inputs.to_str().expect("utf-8"),
-        "--out",
-        out_path.to_str().expect("utf-8"),
-    ];
-    args.extend_from_slice(extra);
-    let out = tttc(&args);
-    (out.status.code().unwrap_or(-1), text(&out))
+    run_program("examples/ttt_linear_layer.ttt", inputs, extra)
 }
 
 #[test]

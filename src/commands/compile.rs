@@ -3,7 +3,6 @@
 use super::{compile, load_inputs, Failure, PrecisionArg, SettingArgs};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tttc::ir::{Dim, Program};
 use tttc::runtime::{ElemType, Tensor};
 use tttc::Precision;
@@ -111,7 +110,7 @@ fn build_library(program: &Program, output: Option<&Path>) -> Result<(), Failure
     };
     write(&header, aot::header(&kernels))?;
     write(&shim, aot::shim(&kernels, &header_name))?;
-    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+    let status = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args(["-shared", "-fPIC", "-O2", "-I"])
         .arg(&dir)
         .arg("-o")
