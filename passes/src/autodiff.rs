@@ -19,8 +19,7 @@
 //!
 //! Broadcasting is undone with `sum_to`: every contribution is reduced to its operand's shape
 //! when the shapes differ. Shapes may be symbolic; the only place that needs an extent as a
-//! *value* is the mean's divisor, which for a symbolic extent `n` is computed in the graph as
-//! `sum(expand(1, [n]))`.
+//! *value* is the mean's divisor, which for a symbolic extent `n` is an `extent n` leaf.
 //!
 //! The leaves `const`, `extent` and `iota` are constants: they have no operands and no
 //! gradient. `step` and `floor` are piecewise constant, so their derivative is taken to be zero
@@ -387,22 +386,12 @@ impl<'a> Builder<'a> {
         )?)
     }
 
-    /// The extent `dim` as a value that broadcasts against any tensor of rank >= 1: a scalar
-    /// constant when known, else `sum(expand(1, [n]))` of shape `[1]`.
+    /// The extent `dim` as a scalar: a constant when known, else an `extent` leaf (its value
+    /// once dimensions are bound).
     fn extent(&mut self, dim: &Dim, dtype: DType) -> Result<NodeId, AutodiffError> {
         match dim {
             Dim::Known(n) => Ok(self.dst.add_const(*n as f64, dtype)),
-            Dim::Sym(_) => {
-                let one = self.dst.add_const(1.0, dtype);
-                let ones = self.expand_to(one, &Shape(vec![dim.clone()]))?;
-                Ok(self.dst.add(
-                    Op::Reduce {
-                        fun: ReduceOp::Sum,
-                        axis: 0,
-                    },
-                    &[ones],
-                )?)
-            }
+            Dim::Sym(_) => Ok(self.dst.add_leaf(Op::Extent { dim: dim.clone() }, dtype)?),
         }
     }
 
