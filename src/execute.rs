@@ -1,4 +1,5 @@
-//! Running a bound program on a backend: the interpreter, or native code through LLVM.
+//! Running a bound program on a backend: the interpreter, or native code through LLVM or
+//! Cranelift.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -12,6 +13,8 @@ pub enum Backend {
     Interp,
     /// Native CPU code through LLVM (JIT).
     Llvm,
+    /// Native CPU code through Cranelift (JIT; fast compiles).
+    Cranelift,
 }
 
 impl Backend {
@@ -20,6 +23,7 @@ impl Backend {
         match self {
             Backend::Interp => "interp",
             Backend::Llvm => "llvm",
+            Backend::Cranelift => "cranelift",
         }
     }
 
@@ -28,6 +32,7 @@ impl Backend {
         match self {
             Backend::Interp => true,
             Backend::Llvm => cfg!(feature = "llvm"),
+            Backend::Cranelift => cfg!(feature = "cranelift"),
         }
     }
 }
@@ -60,6 +65,8 @@ enum Inner {
     Interp(Box<Program>),
     #[cfg(feature = "llvm")]
     Llvm(Box<tttc_backends::llvm::LlvmJit>),
+    #[cfg(feature = "cranelift")]
+    Cranelift(Box<tttc_backends::cranelift::CraneliftJit>),
 }
 
 /// Compiles a bound (fully specialized) program for `backend`.
@@ -68,6 +75,7 @@ pub fn prepare(backend: Backend, program: &Program) -> Result<Prepared, ExecErro
     let inner = match backend {
         Backend::Interp => Inner::Interp(Box::new(program.clone())),
         Backend::Llvm => llvm(program)?,
+        Backend::Cranelift => cranelift(program)?,
     };
     Ok(Prepared {
         inner,
@@ -89,6 +97,20 @@ fn llvm(_: &Program) -> Result<Inner, ExecError> {
     Err(ExecError::NotBuilt("llvm"))
 }
 
+#[cfg(feature = "cranelift")]
+fn cranelift(program: &Program) -> Result<Inner, ExecError> {
+    let kernels = tttc_passes::lower_kernel::lower_program(program)
+        .map_err(|e| ExecError::Lower(e.to_string()))?;
+    let jit = tttc_backends::cranelift::CraneliftJit::compile(&kernels)
+        .map_err(|e| ExecError::Codegen(e.to_string()))?;
+    Ok(Inner::Cranelift(Box::new(jit)))
+}
+
+#[cfg(not(feature = "cranelift"))]
+fn cranelift(_: &Program) -> Result<Inner, ExecError> {
+    Err(ExecError::NotBuilt("cranelift"))
+}
+
 impl Prepared {
     /// Runs on inputs already checked by [`crate::bind`].
     pub fn run(
@@ -100,6 +122,8 @@ impl Prepared {
                 .map_err(|e| ExecError::Run(e.to_string())),
             #[cfg(feature = "llvm")]
             Inner::Llvm(jit) => jit.run(inputs).map_err(|e| ExecError::Run(e.to_string())),
+            #[cfg(feature = "cranelift")]
+            Inner::Cranelift(jit) => jit.run(inputs).map_err(|e| ExecError::Run(e.to_string())),
         }
     }
 }

@@ -4,6 +4,8 @@
 //!   tested against. It evaluates graph IR directly, op by op, in the tensors' own precision.
 
 pub mod aot;
+#[cfg(feature = "cranelift")]
+pub mod cranelift;
 pub mod interp;
 pub mod kernel_interp;
 #[cfg(feature = "llvm")]

@@ -14,7 +14,7 @@ pub struct Args {
     /// Safetensors file with the program's inputs.
     #[arg(long)]
     inputs: PathBuf,
-    /// Execution backend (default: llvm when built in, else interp).
+    /// Execution backend (default: llvm when built in, else cranelift, else interp).
     #[arg(long, value_enum, default_value_t = default_backend())]
     backend: BackendArg,
     /// Number of timed runs (after one warm-up run).

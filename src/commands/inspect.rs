@@ -69,9 +69,13 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     if args.kernel_ir {
         let precision = args.precision.into();
         let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
-        let inputs = args.inputs.as_deref().ok_or_else(|| Failure::user("--kernel-ir needs --inputs"))?;
+        let inputs = args
+            .inputs
+            .as_deref()
+            .ok_or_else(|| Failure::user("--kernel-ir needs --inputs"))?;
         let (bound, _) = load_inputs(&compiled.program, inputs, &settings, precision)?;
-        let kernels = tttc::passes::lower_kernel::lower_program(&bound.program).map_err(Failure::internal)?;
+        let kernels =
+            tttc::passes::lower_kernel::lower_program(&bound.program).map_err(Failure::internal)?;
         let text = match args.format {
             Format::Json => serde_json::to_string_pretty(&kernels).map_err(Failure::internal)?,
             _ => tttc::ir::kernel::print_kernel_program(&kernels),

@@ -12,6 +12,8 @@ pub enum BackendArg {
     Interp,
     /// Native CPU code through LLVM, compiled in process (the default when built in).
     Llvm,
+    /// Native CPU code through Cranelift: compiles in milliseconds, runs slower than LLVM.
+    Cranelift,
 }
 
 impl From<BackendArg> for tttc::Backend {
@@ -19,14 +21,18 @@ impl From<BackendArg> for tttc::Backend {
         match b {
             BackendArg::Interp => tttc::Backend::Interp,
             BackendArg::Llvm => tttc::Backend::Llvm,
+            BackendArg::Cranelift => tttc::Backend::Cranelift,
         }
     }
 }
 
-/// The default backend: LLVM when this binary has it, else the interpreter.
+/// The default backend: the fastest code this binary can make — LLVM, else Cranelift, else
+/// the interpreter.
 pub fn default_backend() -> BackendArg {
     if tttc::Backend::Llvm.is_built() {
         BackendArg::Llvm
+    } else if tttc::Backend::Cranelift.is_built() {
+        BackendArg::Cranelift
     } else {
         BackendArg::Interp
     }
@@ -55,7 +61,7 @@ pub struct Args {
     /// Where to write the outputs (safetensors, one tensor per program output).
     #[arg(long)]
     out: PathBuf,
-    /// Execution backend (default: llvm when built in, else interp).
+    /// Execution backend (default: llvm when built in, else cranelift, else interp).
     #[arg(long, value_enum, default_value_t = default_backend())]
     backend: BackendArg,
     /// Precision of the whole computation; outputs are written in it.

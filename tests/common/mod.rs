@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod random_model;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -53,6 +55,9 @@ pub fn backends() -> Vec<&'static str> {
     let mut b = vec!["interp"];
     if cfg!(feature = "llvm") {
         b.push("llvm");
+    }
+    if cfg!(feature = "cranelift") {
+        b.push("cranelift");
     }
     b
 }

@@ -1,0 +1,378 @@
+//! The Cranelift CPU backend (cargo feature `cranelift`): compiles a [`KernelProgram`] to native
+//! code for the host in memory ([`CraneliftJit`]), in pure Rust — no LLVM needed, and a few
+//! milliseconds of compile time where LLVM's `O3` takes tens to hundreds.
+//!
+//! It mirrors the LLVM backend (`tttc_backends::llvm`, feature `llvm`): the same checks, the
+//! same calling convention, the same memory semantics, the same scalar numerics — without the
+//! LLVM backend's FMA contraction and approximate `f32` `tanh`, so its results equal the kernel
+//! interpreter's bit for bit.
+//!
+//! # The generated code
+//!
+//! One entry function `void tttc_cl_entry(T** inputs, T** outputs)` (`T` is `float` or
+//! `double`, the program's element type): `inputs[i]` points to the `i`-th buffer of
+//! [`KernelProgram::inputs`], `outputs[i]` to the `i`-th of [`KernelProgram::outputs`], each
+//! with exactly its buffer's number of elements. The kernel fills the outputs with NaN before it
+//! runs (like the kernel interpreter, so an element the program never writes reads NaN);
+//! inputs are only read. [`CraneliftJit::run`] provides fresh output buffers.
+//!
+//! - Loops have known extents; index arithmetic is `i64`. Every element access is proven in
+//!   bounds before any code is generated (the LLVM backend's interval analysis, shared source),
+//!   so the native code never checks and never reads or writes outside a buffer.
+//! - Global temporaries are allocated once per call (stack when small, else `malloc`/`free`) and
+//!   start out as NaN. Scratch buffers (`Local`, `Shared`) follow the kernel interpreter: fresh
+//!   (refilled with NaN) at the start of every iteration of every `Parallel`/`GpuThread`/
+//!   `GpuBlock` loop (`Local`) or `GpuBlock` loop (`Shared`) that uses them. Inside a parallel
+//!   loop they are allocated by its worker, once per worker call and so per thread; a scratch
+//!   buffer that would have to carry values between the threads of a parallel loop is refused.
+//! - `Schedule::Parallel` (and `GpuBlock`) loops are outlined into a worker
+//!   `void worker(i8* ctx, i64 begin, i64 end)` and run through
+//!   `void tttc_parallel_for(void (*)(i8*, i64, i64), i8* ctx, i64 n)` ([`tttc_parallel_for`],
+//!   the LLVM backend's runtime with the same ABI); parallel loops nested inside another run
+//!   serially within its worker. `Vector`, `Unroll` and `GpuThread` loops run serially.
+//! - Innermost loops (bodies made only of stores) get hoisted invariants, register accumulators
+//!   for reductions, store-to-load forwarding within an iteration, addresses split into a
+//!   hoisted base and the loop variable's offset, and — when every store and every
+//!   non-invariant load is contiguous in the loop variable and no dependence runs through
+//!   memory between iterations — a 128-bit SIMD body (`f32x4`, `f64x2`) with a scalar
+//!   remainder. A loop whose whole body is such a SIMD loop and whose written elements do not
+//!   depend on its variable (the `k` loop of `C[i, j] += A[i, k] * B[k, j]`) is unrolled and
+//!   jammed: 4 of its iterations run inside each SIMD iteration, `C` staying in a register. A
+//!   loop of independent row reductions (`s[i] = 0; for j { s[i] += f(x[i, j]) }; ...`) runs 4
+//!   rows side by side, so that 4 dependent chains of additions overlap. Cranelift has no
+//!   auto-vectorizer and no wider vectors. See `plan.rs` for the exact rules; none of them
+//!   changes which operations combine which values or in which order, so the results are those
+//!   of the plain loops, bit for bit.
+//! - Scalar semantics are exactly the reference interpreter's: `max`/`min` propagate NaN
+//!   (`fcmp` + `select`), `relu(NaN) = NaN`, `step(x) = x > 0`, `rsqrt = 1 / sqrt`,
+//!   `sigmoid = 1 / (1 + exp(-x))`, `gelu_tanh` in the reference's operation order,
+//!   `float(i)` goes through `f64` like the interpreter. `sqrt`, `floor` and the arithmetic are
+//!   Cranelift instructions (correctly rounded); `exp`, `log`, `tanh`, `sin`, `cos` and `pow`
+//!   call Rust wrappers around the very `f32`/`f64` methods the interpreter uses (in SIMD code
+//!   one call per vector, applying the scalar function to each lane), so they agree bit for
+//!   bit too. These calls dominate programs heavy in `tanh` (TTT-MLP's GELU).
+//! - **No fast-math and no FMA contraction**: Cranelift never fuses a multiply and an add
+//!   (unlike the LLVM backend, which allows `contract`), never reassociates, and never
+//!   vectorizes a reduction. The results equal the kernel interpreter's exactly, on every
+//!   program.
+//! - Cranelift settings: `opt_level=speed`, the host's ISA features (`cranelift-native`: SSE4.1,
+//!   AVX, ... as detected), inline stack probes, the IR verifier in debug builds only.
+//!
+//! Before any IR is built the program is checked exactly as by the LLVM backend: unknown
+//! buffers, unknown, unbound or rebound loop variables, stores into inputs, inputs/outputs
+//! outside global memory or not row-major, non-positive divisors, `i64` overflow in index
+//! arithmetic and any access whose index range (by interval arithmetic over the loop extents)
+//! leaves its buffer are [`CraneliftError::Invalid`].
+
+// The checks and the allocation plan are the LLVM backend's, compiled here from the same
+// source file (it uses nothing of LLVM, only `super::LlvmError`, which is an alias below), so
+// that both backends prove bounds with one analysis and this one builds without LLVM. With
+// both features on, the file is compiled twice, once per backend and error type: on purpose.
+#[allow(clippy::duplicate_mod)]
+#[path = "../llvm/analysis.rs"]
+mod analysis;
+mod codegen;
+mod plan;
+mod runtime;
+
+pub use codegen::Stats;
+pub use runtime::{thread_count, tttc_parallel_for, WorkerFn};
+
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_jit::{JITBuilder, JITModule};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tttc_ir::kernel::KernelProgram;
+use tttc_ir::DType;
+use tttc_runtime::{ElemType, Tensor, TensorData};
+
+/// Why a kernel program could not be compiled or run.
+#[derive(Debug, thiserror::Error)]
+pub enum CraneliftError {
+    /// The kernel program is malformed or could access memory outside a buffer.
+    #[error("invalid kernel program: {0}")]
+    Invalid(String),
+    /// Cranelift refused something (host ISA, settings, compilation, linking).
+    #[error("Cranelift: {0}")]
+    Cranelift(String),
+    /// The inputs given to [`CraneliftJit::run`] do not match the program.
+    #[error("input {name:?}: {msg}")]
+    Input {
+        /// The input's name.
+        name: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A bug in this backend.
+    #[error("internal error in the Cranelift backend: {0}")]
+    Internal(String),
+}
+
+/// The name the shared analysis code gives the error type.
+type LlvmError = CraneliftError;
+
+/// What [`CraneliftJit::run`] checks a buffer against.
+#[derive(Clone, Debug)]
+struct BufSig {
+    name: String,
+    len: usize,
+    shape: Vec<usize>,
+}
+
+type EntryFn = unsafe extern "C" fn(*const *const u8, *const *mut u8);
+
+/// A kernel program compiled to native code in memory by Cranelift, ready to run.
+///
+/// ```no_run
+/// # use std::collections::BTreeMap;
+/// # fn demo(p: &tttc_ir::kernel::KernelProgram, inputs: &BTreeMap<String, tttc_runtime::Tensor>)
+/// #     -> Result<(), tttc_backends::cranelift::CraneliftError> {
+/// let jit = tttc_backends::cranelift::CraneliftJit::compile(p)?;
+/// let outputs = jit.run(inputs)?;
+/// # Ok(()) }
+/// ```
+pub struct CraneliftJit {
+    entry: EntryFn,
+    dtype: DType,
+    inputs: Vec<BufSig>,
+    outputs: Vec<BufSig>,
+    compile_time: Duration,
+    codegen_time: Duration,
+    stats: Stats,
+    /// Owns the machine code; freed on drop.
+    module: Option<JITModule>,
+}
+
+// SAFETY: the JIT module (code memory and symbol tables) is owned by the `CraneliftJit` alone
+// and moves with it; `run` only calls the finished code, which touches nothing but its
+// arguments, its own stack and heap allocations, and thread-safe runtime functions.
+unsafe impl Send for CraneliftJit {}
+// SAFETY: `run` takes `&self` and only reads plain data and calls the finished code, which
+// keeps no state between calls; nothing is mutated through a shared reference.
+unsafe impl Sync for CraneliftJit {}
+
+impl std::fmt::Debug for CraneliftJit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CraneliftJit")
+            .field("dtype", &self.dtype)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .field("compile_time", &self.compile_time)
+            .field("codegen_time", &self.codegen_time)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for CraneliftJit {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: no function of the module is running (`run` borrows `self`) and the
+            // entry pointer dies with `self`.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// The optimized Cranelift IR of every function of `p` (the entry `tttc_cl_entry` and the
+/// parallel workers), each with its machine code size, for inspection.
+pub fn optimized_clif(p: &KernelProgram) -> Result<String, CraneliftError> {
+    let a = analysis::analyze(p)?;
+    let mut module = host_module()?;
+    let built = codegen::build(&mut module, p, &a, true);
+    // SAFETY: nothing from the module is ever called.
+    unsafe { module.free_memory() };
+    built?
+        .clif
+        .ok_or_else(|| CraneliftError::Internal("no IR kept".into()))
+}
+
+/// The JIT module for the host: native ISA features, `opt_level=speed`, inline stack probes,
+/// every runtime symbol mapped by address.
+fn host_module() -> Result<JITModule, CraneliftError> {
+    let err =
+        |what: &str, e: &dyn std::fmt::Display| CraneliftError::Cranelift(format!("{what}: {e}"));
+    let mut flags = settings::builder();
+    for (name, value) in [
+        ("opt_level", "speed"),
+        ("use_colocated_libcalls", "false"),
+        ("is_pic", "false"),
+        ("enable_probestack", "true"),
+        ("probestack_strategy", "inline"),
+        // The IR verifier costs about a fifth of the compile time: on in debug builds (every
+        // test), off in release builds.
+        (
+            "enable_verifier",
+            if cfg!(debug_assertions) {
+                "true"
+            } else {
+                "false"
+            },
+        ),
+    ] {
+        flags
+            .set(name, value)
+            .map_err(|e| err(&format!("setting {name}={value}"), &e))?;
+    }
+    let isa = cranelift_native::builder()
+        .map_err(|e| err("host ISA", &e))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| err("host ISA", &e))?;
+    let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    builder.symbols(runtime::jit_symbols());
+    Ok(JITModule::new(builder))
+}
+
+impl CraneliftJit {
+    /// Checks `p`, generates Cranelift IR for it and compiles it to machine code for the host.
+    pub fn compile(p: &KernelProgram) -> Result<CraneliftJit, CraneliftError> {
+        let start = Instant::now();
+        let a = analysis::analyze(p)?;
+        let mut module = host_module()?;
+        let cg_start = Instant::now();
+        let built = match codegen::build(&mut module, p, &a, false) {
+            Ok(b) => b,
+            Err(e) => {
+                // SAFETY: nothing from the module was ever called.
+                unsafe { module.free_memory() };
+                return Err(e);
+            }
+        };
+        if let Err(e) = module.finalize_definitions() {
+            // SAFETY: as above.
+            unsafe { module.free_memory() };
+            return Err(CraneliftError::Cranelift(format!("linking: {e}")));
+        }
+        let codegen_time = cg_start.elapsed();
+        let addr = module.get_finalized_function(built.entry);
+        if addr.is_null() {
+            // SAFETY: as above.
+            unsafe { module.free_memory() };
+            return Err(CraneliftError::Internal(
+                "the entry has a null address".into(),
+            ));
+        }
+        // SAFETY: the entry was defined by `codegen::build` with exactly this signature (two
+        // pointers, no result, the host's C calling convention).
+        let entry: EntryFn = unsafe { std::mem::transmute::<*const u8, EntryFn>(addr) };
+        let sig = |(id, name): (tttc_ir::kernel::BufId, &str)| {
+            let b = &p.buffers[id.0 as usize];
+            BufSig {
+                name: name.to_string(),
+                len: b.len(),
+                shape: b.layout.shape.clone(),
+            }
+        };
+        Ok(CraneliftJit {
+            entry,
+            dtype: p.dtype,
+            inputs: p.inputs().into_iter().map(sig).collect(),
+            outputs: p.outputs().into_iter().map(sig).collect(),
+            compile_time: start.elapsed(),
+            codegen_time,
+            stats: built.stats,
+            module: Some(module),
+        })
+    }
+
+    /// How long [`compile`](Self::compile) took in all: checks, IR generation, Cranelift's
+    /// compilation and linking.
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    /// The Cranelift part of [`compile_time`](Self::compile_time): building the Cranelift IR
+    /// of every function, compiling it to machine code and linking (everything after the
+    /// checks and the JIT's setup).
+    pub fn codegen_time(&self) -> Duration {
+        self.codegen_time
+    }
+
+    /// What the code generator did (functions, SIMD loops, register accumulators).
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Runs the kernel on `inputs` (by name) and returns the outputs (by name, shaped like
+    /// their buffers).
+    ///
+    /// Every program input must be given, with the program's element type and exactly its
+    /// buffer's number of elements (the shape itself is not compared); names the program does
+    /// not have are errors too. All of this is checked before native code runs.
+    pub fn run(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, CraneliftError> {
+        let bad = |name: &str, msg: String| CraneliftError::Input {
+            name: name.to_string(),
+            msg,
+        };
+        for name in inputs.keys() {
+            if !self.inputs.iter().any(|s| &s.name == name) {
+                return Err(bad(name, "the program has no such input".into()));
+            }
+        }
+        let want = match self.dtype {
+            DType::F32 => ElemType::F32,
+            DType::F64 => ElemType::F64,
+        };
+        let mut ptrs: Vec<*const u8> = Vec::with_capacity(self.inputs.len());
+        for s in &self.inputs {
+            let Some(t) = inputs.get(&s.name) else {
+                return Err(bad(&s.name, "missing".into()));
+            };
+            if t.elem_type() != want {
+                return Err(bad(
+                    &s.name,
+                    format!(
+                        "element type {} but the program computes in {want}",
+                        t.elem_type()
+                    ),
+                ));
+            }
+            if t.len() != s.len {
+                return Err(bad(
+                    &s.name,
+                    format!(
+                        "{} element(s) (shape {:?}) but the program's buffer has {} (shape {:?})",
+                        t.len(),
+                        t.shape(),
+                        s.len,
+                        s.shape
+                    ),
+                ));
+            }
+            ptrs.push(match t.data() {
+                TensorData::F32(v) => v.as_ptr().cast(),
+                TensorData::F64(v) => v.as_ptr().cast(),
+            });
+        }
+        let mut outs: Vec<TensorData> = self
+            .outputs
+            .iter()
+            .map(|s| match self.dtype {
+                DType::F32 => TensorData::F32(vec![0.0; s.len]),
+                DType::F64 => TensorData::F64(vec![0.0; s.len]),
+            })
+            .collect();
+        let out_ptrs: Vec<*mut u8> = outs
+            .iter_mut()
+            .map(|d| match d {
+                TensorData::F32(v) => v.as_mut_ptr().cast(),
+                TensorData::F64(v) => v.as_mut_ptr().cast(),
+            })
+            .collect();
+        // SAFETY: one pointer per program input and output, in the entry's order, each to
+        // exactly the buffer's number of elements of the program's type (checked above); the
+        // outputs are fresh, distinct allocations; the kernel only accesses elements proven in
+        // bounds.
+        unsafe { (self.entry)(ptrs.as_ptr(), out_ptrs.as_ptr()) };
+        let mut result = BTreeMap::new();
+        for (s, data) in self.outputs.iter().zip(outs) {
+            let t = Tensor::new(s.shape.clone(), data)
+                .map_err(|e| CraneliftError::Internal(format!("output {}: {e}", s.name)))?;
+            result.insert(s.name.clone(), t);
+        }
+        Ok(result)
+    }
+}
