@@ -4,6 +4,8 @@
 //!   tested against. It evaluates graph IR directly, op by op, in the tensors' own precision.
 
 pub mod aot;
+#[cfg(any(feature = "llvm", feature = "cranelift"))]
+pub mod bounds;
 #[cfg(feature = "cranelift")]
 pub mod cranelift;
 pub mod interp;

@@ -21,10 +21,10 @@
 //! while a function's stack buffers stay within [`MAX_FRAME_BYTES`] (stack probes are inline),
 //! larger ones are `malloc`ed (a failed `malloc` traps) and `free`d at the end.
 
-use super::analysis::{buffers_used, cpu_schedule, loop_key, vars_used, Analysis, CpuSchedule};
 use super::plan::{jammable, mentions, plan_inner, rows_independent, InnerPlan};
 use super::runtime::{MathFn, PARALLEL_FOR};
 use super::CraneliftError;
+use crate::bounds::{buffers_used, cpu_schedule, loop_key, vars_used, Analysis, CpuSchedule};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     types, AbiParam, BlockArg, Endianness, FuncRef, Function, InstBuilder, MemFlagsData, Signature,

@@ -17,7 +17,7 @@
 //! inputs are only read. [`CraneliftJit::run`] provides fresh output buffers.
 //!
 //! - Loops have known extents; index arithmetic is `i64`. Every element access is proven in
-//!   bounds before any code is generated (the LLVM backend's interval analysis, shared source),
+//!   bounds before any code is generated (the interval analysis in `crate::bounds`, shared with LLVM),
 //!   so the native code never checks and never reads or writes outside a buffer.
 //! - Global temporaries are allocated once per call (stack when small, else `malloc`/`free`) and
 //!   start out as NaN. Scratch buffers (`Local`, `Shared`) follow the kernel interpreter: fresh
@@ -64,13 +64,6 @@
 //! arithmetic and any access whose index range (by interval arithmetic over the loop extents)
 //! leaves its buffer are [`CraneliftError::Invalid`].
 
-// The checks and the allocation plan are the LLVM backend's, compiled here from the same
-// source file (it uses nothing of LLVM, only `super::LlvmError`, which is an alias below), so
-// that both backends prove bounds with one analysis and this one builds without LLVM. With
-// both features on, the file is compiled twice, once per backend and error type: on purpose.
-#[allow(clippy::duplicate_mod)]
-#[path = "../llvm/analysis.rs"]
-mod analysis;
 mod codegen;
 mod plan;
 mod runtime;
@@ -107,9 +100,6 @@ pub enum CraneliftError {
     #[error("internal error in the Cranelift backend: {0}")]
     Internal(String),
 }
-
-/// The name the shared analysis code gives the error type.
-type LlvmError = CraneliftError;
 
 /// What [`CraneliftJit::run`] checks a buffer against.
 #[derive(Clone, Debug)]
@@ -177,7 +167,7 @@ impl Drop for CraneliftJit {
 /// The optimized Cranelift IR of every function of `p` (the entry `tttc_cl_entry` and the
 /// parallel workers), each with its machine code size, for inspection.
 pub fn optimized_clif(p: &KernelProgram) -> Result<String, CraneliftError> {
-    let a = analysis::analyze(p)?;
+    let a = crate::bounds::analyze(p)?;
     let mut module = host_module()?;
     let built = codegen::build(&mut module, p, &a, true);
     // SAFETY: nothing from the module is ever called.
@@ -227,7 +217,7 @@ impl CraneliftJit {
     /// Checks `p`, generates Cranelift IR for it and compiles it to machine code for the host.
     pub fn compile(p: &KernelProgram) -> Result<CraneliftJit, CraneliftError> {
         let start = Instant::now();
-        let a = analysis::analyze(p)?;
+        let a = crate::bounds::analyze(p)?;
         let mut module = host_module()?;
         let cg_start = Instant::now();
         let built = match codegen::build(&mut module, p, &a, false) {
@@ -374,5 +364,14 @@ impl CraneliftJit {
             result.insert(s.name.clone(), t);
         }
         Ok(result)
+    }
+}
+
+impl From<crate::bounds::AnalysisError> for CraneliftError {
+    fn from(e: crate::bounds::AnalysisError) -> Self {
+        match e {
+            crate::bounds::AnalysisError::Invalid(m) => CraneliftError::Invalid(m),
+            crate::bounds::AnalysisError::Internal(m) => CraneliftError::Internal(m),
+        }
     }
 }

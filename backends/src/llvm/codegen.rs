@@ -21,8 +21,8 @@
 //! the analysis), so reading an element before writing it shows in the results, and the results
 //! never depend on how iterations are split over threads.
 
-use super::analysis::{buffers_used, cpu_schedule, loop_key, vars_used, Analysis, CpuSchedule};
 use super::LlvmError;
+use crate::bounds::{buffers_used, cpu_schedule, loop_key, vars_used, Analysis, CpuSchedule};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::{Builder, BuilderError};

@@ -47,7 +47,6 @@
 //! (by interval arithmetic over the loop extents) leaves its buffer are [`LlvmError::Invalid`]. The module is verified before
 //! optimization; no JIT is created if anything fails.
 
-mod analysis;
 mod codegen;
 mod runtime;
 
@@ -148,7 +147,7 @@ fn build_optimized<'ctx>(
     entry: &str,
     host: &Host,
 ) -> Result<Module<'ctx>, LlvmError> {
-    let a = analysis::analyze(p)?;
+    let a = crate::bounds::analyze(p)?;
     let module = ctx.create_module(&format!("tttc.{}", sanitize(&p.name)));
     module.set_triple(&host.tm.get_triple());
     module.set_data_layout(&host.tm.get_target_data().get_data_layout());
@@ -470,4 +469,13 @@ pub fn assembly(p: &KernelProgram) -> Result<String, LlvmError> {
         .write_to_memory_buffer(&module, FileType::Assembly)
         .map_err(|e| LlvmError::Llvm(format!("emitting assembly: {e}")))?;
     Ok(String::from_utf8_lossy(buf.as_slice()).into_owned())
+}
+
+impl From<crate::bounds::AnalysisError> for LlvmError {
+    fn from(e: crate::bounds::AnalysisError) -> Self {
+        match e {
+            crate::bounds::AnalysisError::Invalid(m) => LlvmError::Invalid(m),
+            crate::bounds::AnalysisError::Internal(m) => LlvmError::Internal(m),
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! Checks a kernel program before any LLVM IR is built, and works out where scratch buffers
-//! live and when they are refreshed.
+//! Checks a kernel program before any native code is built (by LLVM or Cranelift), and works
+//! out where scratch buffers live and when they are refreshed.
 //!
 //! Everything the generated code could do wrong is rejected here: unknown buffers or loop
 //! variables, stores into inputs, inputs or outputs outside global memory or not row-major, and
@@ -19,7 +19,17 @@
 //! behaves like a global temporary). Anything else would need values to flow between threads
 //! and is refused.
 
-use super::LlvmError;
+/// Why a kernel program cannot be compiled to native code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnalysisError {
+    /// The program is malformed or could access memory outside a buffer.
+    #[error("{0}")]
+    Invalid(String),
+    /// A bug in the analysis.
+    #[error("{0}")]
+    Internal(String),
+}
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tttc_ir::kernel::{
     BufId, BufferKind, Index, KernelProgram, MemorySpace, Schedule, Stmt, Value, VarId,
@@ -122,12 +132,12 @@ fn refreshes(schedule: Schedule, space: MemorySpace) -> bool {
     }
 }
 
-fn invalid<T>(msg: impl Into<String>) -> Result<T, LlvmError> {
-    Err(LlvmError::Invalid(msg.into()))
+fn invalid<T>(msg: impl Into<String>) -> Result<T, AnalysisError> {
+    Err(AnalysisError::Invalid(msg.into()))
 }
 
 /// Checks `p` and computes the allocation plan.
-pub(crate) fn analyze(p: &KernelProgram) -> Result<Analysis, LlvmError> {
+pub(crate) fn analyze(p: &KernelProgram) -> Result<Analysis, AnalysisError> {
     let elem = p.dtype.size_bytes() as u64;
     let mut lens = Vec::with_capacity(p.buffers.len());
     for (i, b) in p.buffers.iter().enumerate() {
@@ -197,7 +207,7 @@ pub(crate) fn analyze(p: &KernelProgram) -> Result<Analysis, LlvmError> {
             (BufferKind::Temp, MemorySpace::Global) => a.program_allocs.push(id),
             (BufferKind::Temp, MemorySpace::Local | MemorySpace::Shared) => {
                 let Some(u) = w.scratch.get(&id) else {
-                    return Err(LlvmError::Internal(format!(
+                    return Err(AnalysisError::Internal(format!(
                         "no uses recorded for b{}",
                         id.0
                     )));
@@ -232,14 +242,14 @@ pub(crate) fn analyze(p: &KernelProgram) -> Result<Analysis, LlvmError> {
 }
 
 impl Walker<'_> {
-    fn stmts(&mut self, body: &[Stmt]) -> Result<(), LlvmError> {
+    fn stmts(&mut self, body: &[Stmt]) -> Result<(), AnalysisError> {
         for s in body {
             self.stmt(s)?;
         }
         Ok(())
     }
 
-    fn stmt(&mut self, s: &Stmt) -> Result<(), LlvmError> {
+    fn stmt(&mut self, s: &Stmt) -> Result<(), AnalysisError> {
         match s {
             Stmt::Loop {
                 var,
@@ -295,7 +305,7 @@ impl Walker<'_> {
         buf: BufId,
         index: &Index,
         what: &str,
-    ) -> Result<&tttc_ir::kernel::Buffer, LlvmError> {
+    ) -> Result<&tttc_ir::kernel::Buffer, AnalysisError> {
         let p = self.p;
         let Some(b) = p.buffer(buf) else {
             return invalid(format!("{what} unknown buffer b{}", buf.0));
@@ -341,7 +351,7 @@ impl Walker<'_> {
         Ok(b)
     }
 
-    fn value(&mut self, v: &Value, depth: usize) -> Result<(), LlvmError> {
+    fn value(&mut self, v: &Value, depth: usize) -> Result<(), AnalysisError> {
         if depth > MAX_EXPR_DEPTH {
             return invalid(format!("expression nested deeper than {MAX_EXPR_DEPTH}"));
         }
@@ -359,11 +369,11 @@ impl Walker<'_> {
 
     /// The range `lo..=hi` of `index` over every iteration in scope; fails on unbound variables,
     /// non-positive divisors and anything that could overflow `i64`.
-    fn range(&self, index: &Index, depth: usize) -> Result<(i64, i64), LlvmError> {
+    fn range(&self, index: &Index, depth: usize) -> Result<(i64, i64), AnalysisError> {
         if depth > MAX_EXPR_DEPTH {
             return invalid(format!("index nested deeper than {MAX_EXPR_DEPTH}"));
         }
-        let overflow = || LlvmError::Invalid(format!("index {index} may overflow i64"));
+        let overflow = || AnalysisError::Invalid(format!("index {index} may overflow i64"));
         Ok(match index {
             Index::Const(c) => (*c, *c),
             Index::Var(v) => match self.scope.iter().rev().find(|(var, _)| var == v) {
