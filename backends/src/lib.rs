@@ -12,3 +12,5 @@ pub mod interp;
 pub mod kernel_interp;
 #[cfg(feature = "llvm")]
 pub mod llvm;
+#[cfg(any(feature = "llvm", feature = "cranelift"))]
+mod native;

@@ -10,9 +10,9 @@
 //! functions; exactness is what this backend actually guarantees, so that is what is tested.)
 #![cfg(feature = "cranelift")]
 
-mod cranelift_common;
+mod native_common;
 
-use cranelift_common::*;
+use native_common::*;
 use tttc_backends::cranelift::CraneliftJit;
 use tttc_ir::kernel::{Index, KernelProgram, Value};
 use tttc_ir::{BinaryOp, DType, UnaryOp};

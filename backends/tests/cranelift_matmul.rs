@@ -8,9 +8,9 @@
 //! the bits must agree.
 #![cfg(feature = "cranelift")]
 
-mod cranelift_common;
+mod native_common;
 
-use cranelift_common::*;
+use native_common::*;
 use std::time::Instant;
 use tttc_backends::cranelift::{optimized_clif, CraneliftJit};
 use tttc_ir::kernel::{Index, KernelProgram, Schedule};

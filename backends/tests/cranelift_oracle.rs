@@ -4,9 +4,9 @@
 //! the backend neither fuses nor reassociates and calls the interpreter's libm.
 #![cfg(feature = "cranelift")]
 
-mod cranelift_common;
+mod native_common;
 
-use cranelift_common::*;
+use native_common::*;
 use std::collections::BTreeMap;
 use tttc_backends::cranelift::{CraneliftJit, Stats};
 use tttc_backends::kernel_interp::run_kernel_program;

@@ -3,9 +3,9 @@
 //! subnormals, huge values).
 #![cfg(feature = "llvm")]
 
-mod llvm_common;
+mod native_common;
 
-use llvm_common::*;
+use native_common::*;
 use tttc_backends::llvm::{optimized_ir, LlvmJit};
 use tttc_ir::kernel::{Index, KernelProgram, Value};
 use tttc_ir::{BinaryOp, DType, UnaryOp};

@@ -2,9 +2,9 @@
 //! (vectorized, FMA) and a rough timing.
 #![cfg(feature = "llvm")]
 
-mod llvm_common;
+mod native_common;
 
-use llvm_common::*;
+use native_common::*;
 use std::time::Instant;
 use tttc_backends::llvm::{assembly, optimized_ir, LlvmJit};
 use tttc_ir::kernel::{KernelProgram, Schedule};

@@ -3,9 +3,9 @@
 //! there is no `cc`.
 #![cfg(feature = "llvm")]
 
-mod llvm_common;
+mod native_common;
 
-use llvm_common::*;
+use native_common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tttc_backends::llvm::emit_object;

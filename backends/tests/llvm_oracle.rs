@@ -3,9 +3,9 @@
 //! and NaN for elements read before being written, give the same outputs.
 #![cfg(feature = "llvm")]
 
-mod llvm_common;
+mod native_common;
 
-use llvm_common::*;
+use native_common::*;
 use std::collections::BTreeMap;
 use tttc_backends::kernel_interp::run_kernel_program;
 use tttc_backends::llvm::LlvmJit;

@@ -71,13 +71,13 @@ mod runtime;
 pub use codegen::Stats;
 pub use runtime::{thread_count, tttc_parallel_for, WorkerFn};
 
+use crate::native::{EntryFn, RunError, Signature};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_jit::{JITBuilder, JITModule};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tttc_ir::kernel::KernelProgram;
-use tttc_ir::DType;
-use tttc_runtime::{ElemType, Tensor, TensorData};
+use tttc_runtime::Tensor;
 
 /// Why a kernel program could not be compiled or run.
 #[derive(Debug, thiserror::Error)]
@@ -101,16 +101,6 @@ pub enum CraneliftError {
     Internal(String),
 }
 
-/// What [`CraneliftJit::run`] checks a buffer against.
-#[derive(Clone, Debug)]
-struct BufSig {
-    name: String,
-    len: usize,
-    shape: Vec<usize>,
-}
-
-type EntryFn = unsafe extern "C" fn(*const *const u8, *const *mut u8);
-
 /// A kernel program compiled to native code in memory by Cranelift, ready to run.
 ///
 /// ```no_run
@@ -123,9 +113,7 @@ type EntryFn = unsafe extern "C" fn(*const *const u8, *const *mut u8);
 /// ```
 pub struct CraneliftJit {
     entry: EntryFn,
-    dtype: DType,
-    inputs: Vec<BufSig>,
-    outputs: Vec<BufSig>,
+    sig: Signature,
     compile_time: Duration,
     codegen_time: Duration,
     stats: Stats,
@@ -144,9 +132,9 @@ unsafe impl Sync for CraneliftJit {}
 impl std::fmt::Debug for CraneliftJit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CraneliftJit")
-            .field("dtype", &self.dtype)
-            .field("inputs", &self.inputs)
-            .field("outputs", &self.outputs)
+            .field("dtype", &self.sig.dtype)
+            .field("inputs", &self.sig.inputs)
+            .field("outputs", &self.sig.outputs)
             .field("compile_time", &self.compile_time)
             .field("codegen_time", &self.codegen_time)
             .field("stats", &self.stats)
@@ -245,19 +233,9 @@ impl CraneliftJit {
         // SAFETY: the entry was defined by `codegen::build` with exactly this signature (two
         // pointers, no result, the host's C calling convention).
         let entry: EntryFn = unsafe { std::mem::transmute::<*const u8, EntryFn>(addr) };
-        let sig = |(id, name): (tttc_ir::kernel::BufId, &str)| {
-            let b = &p.buffers[id.0 as usize];
-            BufSig {
-                name: name.to_string(),
-                len: b.len(),
-                shape: b.layout.shape.clone(),
-            }
-        };
         Ok(CraneliftJit {
             entry,
-            dtype: p.dtype,
-            inputs: p.inputs().into_iter().map(sig).collect(),
-            outputs: p.outputs().into_iter().map(sig).collect(),
+            sig: Signature::of(p),
             compile_time: start.elapsed(),
             codegen_time,
             stats: built.stats,
@@ -293,77 +271,9 @@ impl CraneliftJit {
         &self,
         inputs: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, CraneliftError> {
-        let bad = |name: &str, msg: String| CraneliftError::Input {
-            name: name.to_string(),
-            msg,
-        };
-        for name in inputs.keys() {
-            if !self.inputs.iter().any(|s| &s.name == name) {
-                return Err(bad(name, "the program has no such input".into()));
-            }
-        }
-        let want = match self.dtype {
-            DType::F32 => ElemType::F32,
-            DType::F64 => ElemType::F64,
-        };
-        let mut ptrs: Vec<*const u8> = Vec::with_capacity(self.inputs.len());
-        for s in &self.inputs {
-            let Some(t) = inputs.get(&s.name) else {
-                return Err(bad(&s.name, "missing".into()));
-            };
-            if t.elem_type() != want {
-                return Err(bad(
-                    &s.name,
-                    format!(
-                        "element type {} but the program computes in {want}",
-                        t.elem_type()
-                    ),
-                ));
-            }
-            if t.len() != s.len {
-                return Err(bad(
-                    &s.name,
-                    format!(
-                        "{} element(s) (shape {:?}) but the program's buffer has {} (shape {:?})",
-                        t.len(),
-                        t.shape(),
-                        s.len,
-                        s.shape
-                    ),
-                ));
-            }
-            ptrs.push(match t.data() {
-                TensorData::F32(v) => v.as_ptr().cast(),
-                TensorData::F64(v) => v.as_ptr().cast(),
-            });
-        }
-        let mut outs: Vec<TensorData> = self
-            .outputs
-            .iter()
-            .map(|s| match self.dtype {
-                DType::F32 => TensorData::F32(vec![0.0; s.len]),
-                DType::F64 => TensorData::F64(vec![0.0; s.len]),
-            })
-            .collect();
-        let out_ptrs: Vec<*mut u8> = outs
-            .iter_mut()
-            .map(|d| match d {
-                TensorData::F32(v) => v.as_mut_ptr().cast(),
-                TensorData::F64(v) => v.as_mut_ptr().cast(),
-            })
-            .collect();
-        // SAFETY: one pointer per program input and output, in the entry's order, each to
-        // exactly the buffer's number of elements of the program's type (checked above); the
-        // outputs are fresh, distinct allocations; the kernel only accesses elements proven in
-        // bounds.
-        unsafe { (self.entry)(ptrs.as_ptr(), out_ptrs.as_ptr()) };
-        let mut result = BTreeMap::new();
-        for (s, data) in self.outputs.iter().zip(outs) {
-            let t = Tensor::new(s.shape.clone(), data)
-                .map_err(|e| CraneliftError::Internal(format!("output {}: {e}", s.name)))?;
-            result.insert(s.name.clone(), t);
-        }
-        Ok(result)
+        // SAFETY: `entry` was compiled from the program `sig` was taken from, with the
+        // entry's calling convention; every access it makes was proven in bounds.
+        Ok(unsafe { self.sig.run(self.entry, inputs) }?)
     }
 }
 
@@ -372,6 +282,15 @@ impl From<crate::bounds::AnalysisError> for CraneliftError {
         match e {
             crate::bounds::AnalysisError::Invalid(m) => CraneliftError::Invalid(m),
             crate::bounds::AnalysisError::Internal(m) => CraneliftError::Internal(m),
+        }
+    }
+}
+
+impl From<RunError> for CraneliftError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Input { name, msg } => CraneliftError::Input { name, msg },
+            RunError::Internal(m) => CraneliftError::Internal(m),
         }
     }
 }

@@ -1,95 +1,16 @@
 //! What Cranelift-compiled kernels call: the parallel-for runtime, the C library's memory
 //! functions, and Rust wrappers for the elementwise functions Cranelift has no instruction for.
 //!
-//! The parallel-for runtime is the LLVM backend's (same C ABI, same chunking, same
-//! `TTTC_NUM_THREADS`), copied here because that one is only compiled with the `llvm` feature.
+//! The parallel-for runtime is shared with the LLVM backend (`crate::native`).
 //! The math wrappers call exactly the Rust methods the reference interpreter uses
 //! (`f32::exp`, `f64::tanh`, `f32::powf`, ...), so a compiled kernel computes them bit for bit
 //! like the oracle.
 
 use cranelift_codegen::ir::types;
 use cranelift_codegen::ir::Type;
-use std::sync::OnceLock;
 use tttc_ir::{BinaryOp, UnaryOp};
 
-/// A parallel loop's outlined body: runs iterations `begin..end` with the loop's context.
-pub type WorkerFn = unsafe extern "C" fn(ctx: *mut u8, begin: i64, end: i64);
-
-/// Number of threads [`tttc_parallel_for`] splits a loop over: `TTTC_NUM_THREADS` if set to a
-/// positive integer, else [`std::thread::available_parallelism`] (read once per process).
-pub fn thread_count() -> usize {
-    static THREADS: OnceLock<usize> = OnceLock::new();
-    *THREADS.get_or_init(|| {
-        std::env::var("TTTC_NUM_THREADS")
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-    })
-}
-
-/// A pointer that may cross threads (the worker's context; workers only read it).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut u8);
-
-// SAFETY: the context is only read by the workers, and it outlives them (`thread::scope`).
-unsafe impl Send for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so that closures capture the whole `SendPtr`).
-    fn get(self) -> *mut u8 {
-        self.0
-    }
-}
-
-/// The parallel-for runtime of compiled kernels: runs `worker(ctx, begin, end)` over contiguous
-/// chunks covering `0..n`, one chunk per thread (at most [`thread_count`] threads, the calling
-/// thread included), and returns when all chunks are done. Nothing happens for `n <= 0` or a
-/// null worker. If a thread cannot be spawned its chunk runs on the calling thread.
-///
-/// The C signature (the same as the LLVM backend's runtime function of the same name):
-///
-/// ```c
-/// void tttc_parallel_for(void (*worker)(void *ctx, int64_t begin, int64_t end),
-///                        void *ctx, int64_t n);
-/// ```
-///
-/// # Safety
-///
-/// `worker` must be safe to call concurrently from several threads with `ctx` and disjoint
-/// ranges within `0..n` (compiled kernels' workers are).
-pub unsafe extern "C" fn tttc_parallel_for(worker: Option<WorkerFn>, ctx: *mut u8, n: i64) {
-    let Some(worker) = worker else { return };
-    if n <= 0 {
-        return;
-    }
-    let threads = thread_count()
-        .min(usize::try_from(n).unwrap_or(usize::MAX))
-        .max(1);
-    if threads == 1 {
-        // SAFETY: the caller's contract.
-        unsafe { worker(ctx, 0, n) };
-        return;
-    }
-    let t = threads as i128;
-    let bound = |k: i128| (i128::from(n) * k / t) as i64;
-    let ctx = SendPtr(ctx);
-    std::thread::scope(|s| {
-        for k in 1..t {
-            let (begin, end) = (bound(k), bound(k + 1));
-            let spawned = std::thread::Builder::new().spawn_scoped(s, move || {
-                // SAFETY: the caller's contract; `ctx` outlives the scope.
-                unsafe { worker(ctx.get(), begin, end) }
-            });
-            if spawned.is_err() {
-                // SAFETY: as above.
-                unsafe { worker(ctx.get(), begin, end) };
-            }
-        }
-        // SAFETY: as above.
-        unsafe { worker(ctx.get(), 0, bound(1)) };
-    });
-}
+pub use crate::native::{thread_count, tttc_parallel_for, WorkerFn};
 
 extern "C" {
     fn malloc(n: usize) -> *mut u8;

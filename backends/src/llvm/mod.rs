@@ -53,6 +53,7 @@ mod runtime;
 pub use codegen::PARALLEL_FOR;
 pub use runtime::{thread_count, tttc_parallel_for, WorkerFn};
 
+use crate::native::{EntryFn, RunError, Signature};
 use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
 use inkwell::module::{Linkage, Module};
@@ -67,8 +68,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tttc_ir::kernel::KernelProgram;
-use tttc_ir::DType;
-use tttc_runtime::{ElemType, Tensor, TensorData};
+use tttc_runtime::Tensor;
 
 /// Why a kernel program could not be compiled or run.
 #[derive(Debug, thiserror::Error)]
@@ -175,16 +175,6 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// What [`LlvmJit::run`] checks a buffer against.
-#[derive(Clone, Debug)]
-struct BufSig {
-    name: String,
-    len: usize,
-    shape: Vec<usize>,
-}
-
-type EntryFn = unsafe extern "C" fn(*const *const u8, *const *mut u8);
-
 /// A kernel program compiled to native code in memory (LLVM MCJIT), ready to run.
 ///
 /// ```no_run
@@ -197,9 +187,7 @@ type EntryFn = unsafe extern "C" fn(*const *const u8, *const *mut u8);
 /// ```
 pub struct LlvmJit {
     entry: EntryFn,
-    dtype: DType,
-    inputs: Vec<BufSig>,
-    outputs: Vec<BufSig>,
+    sig: Signature,
     compile_time: Duration,
     // Drop order (declaration order) matters: the module handle, then the engine that owns the
     // module and the machine code, then the context they both live in.
@@ -216,9 +204,9 @@ unsafe impl Send for LlvmJit {}
 impl std::fmt::Debug for LlvmJit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlvmJit")
-            .field("dtype", &self.dtype)
-            .field("inputs", &self.inputs)
-            .field("outputs", &self.outputs)
+            .field("dtype", &self.sig.dtype)
+            .field("inputs", &self.sig.inputs)
+            .field("outputs", &self.sig.outputs)
             .field("compile_time", &self.compile_time)
             .finish_non_exhaustive()
     }
@@ -260,19 +248,9 @@ impl LlvmJit {
         }
         // SAFETY: `JIT_ENTRY` was defined by `codegen::build` with exactly this signature.
         let entry: EntryFn = unsafe { std::mem::transmute::<usize, EntryFn>(addr) };
-        let sig = |(id, name): (tttc_ir::kernel::BufId, &str)| {
-            let b = &p.buffers[id.0 as usize];
-            BufSig {
-                name: name.to_string(),
-                len: b.len(),
-                shape: b.layout.shape.clone(),
-            }
-        };
         Ok(LlvmJit {
             entry,
-            dtype: p.dtype,
-            inputs: p.inputs().into_iter().map(sig).collect(),
-            outputs: p.outputs().into_iter().map(sig).collect(),
+            sig: Signature::of(p),
             compile_time: start.elapsed(),
             _module: module,
             _engine: engine,
@@ -295,77 +273,9 @@ impl LlvmJit {
         &self,
         inputs: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, LlvmError> {
-        let bad = |name: &str, msg: String| LlvmError::Input {
-            name: name.to_string(),
-            msg,
-        };
-        for name in inputs.keys() {
-            if !self.inputs.iter().any(|s| &s.name == name) {
-                return Err(bad(name, "the program has no such input".into()));
-            }
-        }
-        let want = match self.dtype {
-            DType::F32 => ElemType::F32,
-            DType::F64 => ElemType::F64,
-        };
-        let mut ptrs: Vec<*const u8> = Vec::with_capacity(self.inputs.len());
-        for s in &self.inputs {
-            let Some(t) = inputs.get(&s.name) else {
-                return Err(bad(&s.name, "missing".into()));
-            };
-            if t.elem_type() != want {
-                return Err(bad(
-                    &s.name,
-                    format!(
-                        "element type {} but the program computes in {want}",
-                        t.elem_type()
-                    ),
-                ));
-            }
-            if t.len() != s.len {
-                return Err(bad(
-                    &s.name,
-                    format!(
-                        "{} element(s) (shape {:?}) but the program's buffer has {} (shape {:?})",
-                        t.len(),
-                        t.shape(),
-                        s.len,
-                        s.shape
-                    ),
-                ));
-            }
-            ptrs.push(match t.data() {
-                TensorData::F32(v) => v.as_ptr().cast(),
-                TensorData::F64(v) => v.as_ptr().cast(),
-            });
-        }
-        let mut outs: Vec<TensorData> = self
-            .outputs
-            .iter()
-            .map(|s| match self.dtype {
-                DType::F32 => TensorData::F32(vec![0.0; s.len]),
-                DType::F64 => TensorData::F64(vec![0.0; s.len]),
-            })
-            .collect();
-        let out_ptrs: Vec<*mut u8> = outs
-            .iter_mut()
-            .map(|d| match d {
-                TensorData::F32(v) => v.as_mut_ptr().cast(),
-                TensorData::F64(v) => v.as_mut_ptr().cast(),
-            })
-            .collect();
-        // SAFETY: one pointer per program input and output, in the entry's order, each to
-        // exactly the buffer's number of elements of the program's type (checked above); the
-        // outputs are fresh, distinct allocations; the kernel only accesses elements proven in
-        // bounds.
-        unsafe { (self.entry)(ptrs.as_ptr(), out_ptrs.as_ptr()) };
-        let mut result = BTreeMap::new();
-        for (s, data) in self.outputs.iter().zip(outs) {
-            let t = Tensor::new(s.shape.clone(), data)
-                .map_err(|e| LlvmError::Internal(format!("output {}: {e}", s.name)))?;
-            result.insert(s.name.clone(), t);
-        }
-        Ok(result)
+        // SAFETY: `entry` was compiled from the program `sig` was taken from, with the
+        // entry's calling convention; every access it makes was proven in bounds.
+        Ok(unsafe { self.sig.run(self.entry, inputs) }?)
     }
 }
 
@@ -476,6 +386,15 @@ impl From<crate::bounds::AnalysisError> for LlvmError {
         match e {
             crate::bounds::AnalysisError::Invalid(m) => LlvmError::Invalid(m),
             crate::bounds::AnalysisError::Internal(m) => LlvmError::Internal(m),
+        }
+    }
+}
+
+impl From<RunError> for LlvmError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Input { name, msg } => LlvmError::Input { name, msg },
+            RunError::Internal(m) => LlvmError::Internal(m),
         }
     }
 }

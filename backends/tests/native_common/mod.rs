@@ -1,5 +1,5 @@
-//! Helpers shared by the LLVM backend tests: building kernel programs by hand, tensors, and
-//! floating-point comparisons.
+//! Helpers shared by the native backend tests (LLVM and Cranelift): building kernel programs
+//! by hand, tensors, and floating-point comparisons.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
