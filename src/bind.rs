@@ -51,6 +51,9 @@ pub struct Bound {
     pub warnings: Vec<String>,
 }
 
+/// The most elements one tensor may have (2^40: 4 TiB of f32).
+const MAX_ELEMENTS: usize = 1 << 40;
+
 /// Where a dimension's value came from, for messages.
 type Origins = BTreeMap<String, String>;
 
@@ -63,6 +66,40 @@ pub fn bind(
     settings: &BTreeMap<String, f64>,
     elem: ElemType,
 ) -> Result<Bound, BindError> {
+    let shapes: BTreeMap<String, Vec<usize>> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape().to_vec()))
+        .collect();
+    let (specialized, dims) = bind_shapes(program, &shapes, settings)?;
+    let mut inputs = BTreeMap::new();
+    let mut warnings = Vec::new();
+    for &id in program.graph.inputs() {
+        let Some(name) = program.graph.input_name(id) else {
+            continue;
+        };
+        let Some(t) = tensors.get(name) else { continue };
+        if t.elem_type() == ElemType::F64 && elem == ElemType::F32 {
+            warnings.push(format!(
+                "input `{name}` is f64 and is rounded to f32 for this f32 run"
+            ));
+        }
+        inputs.insert(name.to_string(), t.cast(elem));
+    }
+    Ok(Bound {
+        program: specialized,
+        inputs,
+        dims,
+        warnings,
+    })
+}
+
+/// The shape checks of [`bind`] on shapes alone (no data): the program specialized to them and
+/// every dimension's value. `tttc compile` uses it to build for shapes given with `--set`.
+pub fn bind_shapes(
+    program: &Program,
+    shapes: &BTreeMap<String, Vec<usize>>,
+    settings: &BTreeMap<String, f64>,
+) -> Result<(Program, BTreeMap<String, usize>), BindError> {
     let graph = &program.graph;
     let (mut dims, mut origin) = dims_from_settings(program, settings)?;
     let mut problems = Vec::new();
@@ -71,11 +108,13 @@ pub fn bind(
         let (Some(name), Some(ty)) = (graph.input_name(id), graph.tensor_type(id)) else {
             continue;
         };
-        let Some(t) = tensors.get(name) else { continue };
-        if t.shape().len() != ty.shape.rank() {
+        let Some(shape) = shapes.get(name) else {
+            continue;
+        };
+        if shape.len() != ty.shape.rank() {
             continue;
         }
-        for (axis, (d, &n)) in ty.shape.0.iter().zip(t.shape()).enumerate() {
+        for (axis, (d, &n)) in ty.shape.0.iter().zip(shape).enumerate() {
             if let Dim::Sym(s) = d {
                 if !dims.contains_key(s) {
                     dims.insert(s.clone(), n);
@@ -112,33 +151,29 @@ pub fn bind(
         }
     }
     // Pass 2: check every input against the now-known dimensions.
-    let mut inputs = BTreeMap::new();
-    let mut warnings = Vec::new();
     for &id in graph.inputs() {
         let (Some(name), Some(ty)) = (graph.input_name(id), graph.tensor_type(id)) else {
             continue;
         };
         let expected = describe(&ty.shape, &dims);
-        let Some(t) = tensors.get(name) else {
+        let Some(shape) = shapes.get(name) else {
             problems.push(format!(
                 "`{name}`: missing; expected {} {expected}",
                 ty.dtype
             ));
             continue;
         };
-        if let Some(why) = shape_problem(program, &ty.shape, t.shape(), &dims, &origin, settings) {
+        if let Some(why) = shape_problem(program, &ty.shape, shape, &dims, &origin, settings) {
+            problems.push(format!("`{name}`: expected {expected}, got {shape:?}{why}"));
+        } else if shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .is_none_or(|n| n > MAX_ELEMENTS)
+        {
             problems.push(format!(
-                "`{name}`: expected {expected}, got {:?}{why}",
-                t.shape()
-            ));
-            continue;
-        }
-        if t.elem_type() == ElemType::F64 && elem == ElemType::F32 {
-            warnings.push(format!(
-                "input `{name}` is f64 and is rounded to f32 for this f32 run"
+                "`{name}`: shape {shape:?} has more than {MAX_ELEMENTS} elements"
             ));
         }
-        inputs.insert(name.to_string(), t.cast(elem));
     }
     if !problems.is_empty() {
         return Err(BindError::Inputs(problems));
@@ -149,12 +184,7 @@ pub fn bind(
     }
     tttc_ir::verify::verify_program(&specialized)
         .map_err(|e| BindError::Inconsistent(e.message))?;
-    Ok(Bound {
-        program: specialized,
-        inputs,
-        dims,
-        warnings,
-    })
+    Ok((specialized, dims))
 }
 
 /// Names of tensors that no input of `program` takes (a misspelled parameter, a file meant for

@@ -101,3 +101,41 @@ fn c_example_runs_the_compiled_library() {
         assert!(err <= 1e-5, "{name}: {err:e}");
     }
 }
+
+#[test]
+fn compile_takes_shapes_from_set_and_checks_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = dir.path().join("libttt_linear.so");
+    let lib = lib.to_str().expect("utf-8");
+    let base = ["compile", "examples/ttt_linear.ttt", "-o", lib];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        tttc(&args)
+    };
+    let ok = with(&[
+        "--set", "B=1", "--set", "H=2", "--set", "L=40", "--set", "f=8",
+    ]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let header = std::fs::read_to_string(dir.path().join("ttt_linear.h")).expect("header");
+    assert!(header.contains("[1, 2, 40, 8]"), "{header}");
+    let missing = with(&["--set", "B=1", "--set", "H=2"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        text(&missing).contains("needs dimension `L`"),
+        "{}",
+        text(&missing)
+    );
+    let huge = with(&[
+        "--set",
+        "B=1",
+        "--set",
+        "H=2",
+        "--set",
+        "L=100000000000000",
+        "--set",
+        "f=16",
+    ]);
+    assert_eq!(huge.status.code(), Some(2), "{}", text(&huge));
+    assert!(text(&huge).contains("`XQ`"), "{}", text(&huge));
+}

@@ -4,7 +4,6 @@ use super::{compile, load_inputs, Failure, PrecisionArg, SettingArgs};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tttc::ir::{Dim, Program};
-use tttc::runtime::{ElemType, Tensor};
 use tttc::Precision;
 
 /// Targets `tttc compile` can write.
@@ -38,12 +37,11 @@ pub struct Args {
     settings: SettingArgs,
 }
 
-/// Zero tensors of every input's shape, from the dimensions given with --set and configs.
-fn tensors_from_settings(
+/// Every input's shape, from the dimensions given with --set and the integer configs.
+fn shapes_from_settings(
     program: &Program,
     settings: &BTreeMap<String, f64>,
-    elem: ElemType,
-) -> Result<BTreeMap<String, Tensor>, Failure> {
+) -> Result<BTreeMap<String, Vec<usize>>, Failure> {
     let mut dims: BTreeMap<String, usize> = program.int_configs();
     for (k, v) in settings {
         dims.entry(k.clone()).or_insert(*v as usize);
@@ -65,7 +63,7 @@ fn tensors_from_settings(
                 }
             }
         }
-        out.insert(name.to_string(), Tensor::zeros(shape, elem));
+        out.insert(name.to_string(), shape);
     }
     Ok(out)
 }
@@ -75,14 +73,16 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     let precision: Precision = args.precision.into();
     let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
     let program = &compiled.program;
-    let bound = match &args.inputs {
-        Some(path) => load_inputs(program, path, &settings, precision)?.0,
+    let specialized = match &args.inputs {
+        Some(path) => load_inputs(program, path, &settings, precision)?.0.program,
         None => {
-            let tensors = tensors_from_settings(program, &settings, precision.elem())?;
-            tttc::bind(program, &tensors, &settings, precision.elem()).map_err(Failure::user)?
+            let shapes = shapes_from_settings(program, &settings)?;
+            tttc::bind_shapes(program, &shapes, &settings)
+                .map_err(Failure::user)?
+                .0
         }
     };
-    build_library(&bound.program, args.output.as_deref())
+    build_library(&specialized, args.output.as_deref())
 }
 
 #[cfg(feature = "llvm")]
