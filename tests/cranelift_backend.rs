@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::golden::{inner_cases, layer_cases, GoldenCase};
 use common::*;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -23,9 +24,6 @@ use tttc::ir::kernel::KernelProgram;
 use tttc::passes::lower_kernel::lower_program;
 use tttc::runtime::Tensor;
 use tttc::{Precision, Settings};
-
-const TOL_F64: f64 = 1e-9;
-const TOL_F32: f64 = 2e-5;
 
 /// Compiles `program` with `settings`, binds it to `tensors` and lowers it to kernel IR.
 fn kernels(
@@ -86,116 +84,42 @@ fn run_cranelift(
     got
 }
 
-fn golden_stems(prefix: &str, suffix: &str) -> Vec<String> {
-    let mut stems: Vec<String> = std::fs::read_dir(root().join("tests/golden"))
-        .expect("tests/golden")
-        .filter_map(|e| {
-            let name = e.expect("entry").file_name().to_string_lossy().into_owned();
-            let stem = name.strip_suffix(suffix)?;
-            stem.starts_with(prefix).then(|| stem.to_string())
-        })
-        .collect();
-    stems.sort();
-    stems
-}
-
-fn json(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("json file")).expect("json")
-}
-
-fn inner_goldens(precision: Precision, tag: &str, tol: f64) {
-    let stems = golden_stems("inner_", ".json");
-    assert!(stems.len() >= 4, "expected the four inner golden cases");
-    for stem in stems {
-        let sidecar = json(&root().join(format!("tests/golden/{stem}.json")));
-        let program = match sidecar["ttt_layer_type"].as_str() {
-            Some("linear") => "examples/ttt_linear.ttt",
-            Some("mlp") => "examples/ttt_mlp.ttt",
-            other => panic!("{stem}: unknown layer type {other:?}"),
+/// Every golden case of one kind in one precision, judged as in common/golden.rs.
+fn goldens(cases: Vec<GoldenCase>, precision: Precision, tag: &str) {
+    for case in cases {
+        let what = format!("{} {tag}", case.stem);
+        let got = {
+            let (kp, inputs) = kernels(
+                case.program,
+                &case.settings,
+                &case.inputs(),
+                precision,
+                &what,
+            );
+            run_cranelift(&kp, &inputs, &what)
         };
-        let k = sidecar["config"]["mini_batch_size"]
-            .as_f64()
-            .expect("mini_batch_size");
-        let settings = Settings::from([("mini_batch_size".to_string(), k)]);
-        let tensors = load(&root().join(format!("tests/golden/{stem}.inputs.safetensors")));
-        let expected =
-            load(&root().join(format!("tests/golden/{stem}.expected_{tag}.safetensors")));
-        let what = format!("{stem} {tag}");
-        let (kp, inputs) = kernels(program, &settings, &tensors, precision, &what);
-        let got = run_cranelift(&kp, &inputs, &what);
-        let mut compared = 0;
-        for (name, exp) in &expected {
-            if name != "Z" && !name.ends_with("_last") {
-                continue;
-            }
-            let g = got
-                .get(name)
-                .unwrap_or_else(|| panic!("{what}: output {name} missing"));
-            let err = rel_error(g, exp);
-            eprintln!("{what} {name}: {err:e}");
-            assert!(err <= tol, "{what} {name}: {err:e} > {tol:e}");
-            compared += 1;
-        }
-        assert!(compared >= 3, "{what}: compared only {compared} tensors");
-    }
-}
-
-fn layer_goldens(precision: Precision, tag: &str) {
-    let stems = golden_stems("layer_", ".config.json");
-    assert!(stems.len() >= 2, "expected the two layer golden cases");
-    for stem in stems {
-        let config = json(&root().join(format!("tests/golden/{stem}.config.json")));
-        let program = match config["ttt_layer_type"].as_str() {
-            Some("linear") => "examples/ttt_linear_layer.ttt",
-            Some("mlp") => "examples/ttt_mlp_layer.ttt",
-            other => panic!("{stem}: unknown layer type {other:?}"),
-        };
-        let settings: Settings = [
-            "num_attention_heads",
-            "mini_batch_size",
-            "ttt_base_lr",
-            "rope_theta",
-        ]
-        .iter()
-        .map(|k| (k.to_string(), config[k].as_f64().expect("numeric config")))
-        .collect();
-        let tensors = load(&root().join(format!("tests/golden/{stem}.inputs.safetensors")));
-        let expected =
-            load(&root().join(format!("tests/golden/{stem}.expected_{tag}.safetensors")));
-        let what = format!("{stem} {tag}");
-        let (kp, inputs) = kernels(program, &settings, &tensors, precision, &what);
-        let got = run_cranelift(&kp, &inputs, &what);
-        let (reference, tol) = match precision {
-            Precision::F64 => ("output_exact_rope", TOL_F64),
-            Precision::F32 => ("output", TOL_F32),
-        };
-        let err = rel_error(&got["output"], &expected[reference]);
-        eprintln!("{what}: output vs {reference}: {err:e}");
-        assert!(
-            err <= tol,
-            "{what}: output vs {reference}: {err:e} > {tol:e}"
-        );
+        case.check(tag, &got, &what);
     }
 }
 
 #[test]
 fn inner_goldens_f64() {
-    inner_goldens(Precision::F64, "f64", TOL_F64);
+    goldens(inner_cases(), Precision::F64, "f64");
 }
 
 #[test]
 fn inner_goldens_f32() {
-    inner_goldens(Precision::F32, "f32", TOL_F32);
+    goldens(inner_cases(), Precision::F32, "f32");
 }
 
 #[test]
 fn layer_goldens_f64() {
-    layer_goldens(Precision::F64, "f64");
+    goldens(layer_cases(), Precision::F64, "f64");
 }
 
 #[test]
 fn layer_goldens_f32() {
-    layer_goldens(Precision::F32, "f32");
+    goldens(layer_cases(), Precision::F32, "f32");
 }
 
 /// Times the Cranelift backend on `TTTC_CL_BENCH_INPUTS` (a safetensors file for

@@ -12,60 +12,13 @@
 
 mod common;
 
+use common::golden::{layer_cases, GoldenCase};
 use common::*;
 use std::path::Path;
 
-struct Case {
-    stem: String,
-    program: &'static str,
-    sets: Vec<String>,
-}
-
-fn cases() -> Vec<Case> {
-    let dir = root().join("tests/golden");
-    let mut cases = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("tests/golden exists") {
-        let name = entry
-            .expect("entry")
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        let Some(stem) = name.strip_suffix(".config.json") else {
-            continue;
-        };
-        if !stem.starts_with("layer_") {
-            continue;
-        }
-        let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join(&name)).expect("config"))
-                .expect("json");
-        let program = match config["ttt_layer_type"].as_str() {
-            Some("linear") => "examples/ttt_linear_layer.ttt",
-            Some("mlp") => "examples/ttt_mlp_layer.ttt",
-            other => panic!("{stem}: unknown layer type {other:?}"),
-        };
-        let sets = [
-            "num_attention_heads",
-            "mini_batch_size",
-            "ttt_base_lr",
-            "rope_theta",
-        ]
-        .iter()
-        .map(|k| format!("{k}={}", config[k].as_f64().expect("numeric config")))
-        .collect();
-        cases.push(Case {
-            stem: stem.to_string(),
-            program,
-            sets,
-        });
-    }
-    assert!(cases.len() >= 2, "expected the two layer golden cases");
-    cases
-}
-
-fn run(case: &Case, backend: &str, precision: &str, use_config_file: bool, out: &Path) {
-    let inputs = root().join(format!("tests/golden/{}.inputs.safetensors", case.stem));
-    let config = root().join(format!("tests/golden/{}.config.json", case.stem));
+fn run(case: &GoldenCase, backend: &str, precision: &str, use_config_file: bool, out: &Path) {
+    let inputs = case.file(".inputs.safetensors");
+    let config = case.file(".config.json");
     let mut args: Vec<String> = vec![
         "run".into(),
         case.program.into(),
@@ -82,9 +35,7 @@ fn run(case: &Case, backend: &str, precision: &str, use_config_file: bool, out: 
     if use_config_file {
         args.extend(["--config".into(), config.display().to_string()]);
     } else {
-        for s in &case.sets {
-            args.extend(["--set".into(), s.clone()]);
-        }
+        args.extend(case.set_args());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = tttc(&args);
@@ -99,27 +50,18 @@ fn check(precision: &str, use_config_file: bool) {
 
 fn check_backend(backend: &str, precision: &str, use_config_file: bool) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    for case in cases() {
+    for case in layer_cases() {
         let out = tmp
             .path()
             .join(format!("{}.{backend}.{precision}.safetensors", case.stem));
         run(&case, backend, precision, use_config_file, &out);
         let got = load(&out);
-        let expected = load(&root().join(format!(
-            "tests/golden/{}.expected_{precision}.safetensors",
-            case.stem
-        )));
-        let (reference, tolerance) = if precision == "f64" {
-            ("output_exact_rope", 1e-9)
-        } else {
-            ("output", 2e-5)
-        };
-        let err = rel_error(&got["output"], &expected[reference]);
-        assert!(
-            err <= tolerance,
-            "{} {backend} {precision}: output vs {reference}: {err:e} > {tolerance:e}",
-            case.stem
+        case.check(
+            precision,
+            &got,
+            &format!("{} {backend} {precision}", case.stem),
         );
+        let expected = case.expected(precision);
         let mut compared = 0;
         for (name, exp) in expected.iter().filter(|(n, _)| n.starts_with("aux.")) {
             let g = got
@@ -167,8 +109,8 @@ fn layer_goldens_f64_with_config_file() {
 #[test]
 fn intermediates_only_on_request() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let case = &cases()[0];
-    let inputs = root().join(format!("tests/golden/{}.inputs.safetensors", case.stem));
+    let case = &layer_cases()[0];
+    let inputs = case.file(".inputs.safetensors");
     let out = tmp.path().join("plain.safetensors");
     let mut args = vec![
         "run".to_string(),
@@ -178,9 +120,7 @@ fn intermediates_only_on_request() {
         "--out".into(),
         out.display().to_string(),
     ];
-    for s in &case.sets {
-        args.extend(["--set".into(), s.clone()]);
-    }
+    args.extend(case.set_args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = tttc(&args);
     assert!(result.status.success(), "{}", text(&result));

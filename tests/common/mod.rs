@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod golden;
 pub mod random_model;
 
 use std::collections::BTreeMap;
