@@ -181,15 +181,24 @@ pub fn specialize_graph(graph: &Graph, bindings: &BTreeMap<String, usize>) -> Gr
             }
             Op::Extent { dim } => *dim = dim.substitute(bindings),
             Op::Iota { len } => *len = len.substitute(bindings),
-            Op::Ttt(scan) => {
-                scan.mini_batch = scan.mini_batch.substitute(bindings);
-                scan.loss = specialize_graph(&scan.loss, bindings);
-                scan.out = specialize_graph(&scan.out, bindings);
-                scan.grad = scan.grad.as_ref().map(|g| specialize_graph(g, bindings));
-                scan.step = scan.step.as_ref().map(|g| specialize_graph(g, bindings));
-            }
+            Op::Ttt(scan) => **scan = specialize_scan(scan, bindings),
             _ => {}
         }
     }
     g
+}
+
+/// A copy of `scan` with every bound symbol replaced by its value in its mini-batch size and
+/// every one of its graphs.
+pub fn specialize_scan(
+    scan: &crate::TttScan,
+    bindings: &BTreeMap<String, usize>,
+) -> crate::TttScan {
+    let mut scan = scan.clone();
+    scan.mini_batch = scan.mini_batch.substitute(bindings);
+    scan.loss = specialize_graph(&scan.loss, bindings);
+    scan.out = specialize_graph(&scan.out, bindings);
+    scan.grad = scan.grad.as_ref().map(|g| specialize_graph(g, bindings));
+    scan.step = scan.step.as_ref().map(|g| specialize_graph(g, bindings));
+    scan
 }

@@ -18,6 +18,7 @@ pub mod lower_kernel;
 pub mod lower_scan;
 pub mod pipeline;
 pub mod rewrite;
+pub mod token_step;
 
 use tttc_ir::verify::{verify_program, VerifyError};
 use tttc_ir::Program;

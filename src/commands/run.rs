@@ -74,8 +74,20 @@ pub struct Args {
     /// `primal` to run the unoptimized mini-batch form); see `tttc inspect --passes`.
     #[arg(long, value_name = "PASS")]
     stop_after: Option<String>,
+    /// Feed the inputs through one streaming session as consecutive chunks of these sizes
+    /// (e.g. 5,11,1,1,40; they must add up to the sequence length). The outputs equal a
+    /// one-shot run's.
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',', value_parser = parse_chunk)]
+    chunks: Option<Vec<usize>>,
     #[command(flatten)]
     settings: SettingArgs,
+}
+
+fn parse_chunk(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{s}` is not a positive number of tokens")),
+    }
 }
 
 /// Runs `tttc run`.
@@ -98,8 +110,23 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     )?;
     let program = &compiled.program;
     let (bound, _) = load_inputs(program, &args.inputs, &settings, precision)?;
-    let prepared = prepare(args.backend, &bound.program)?;
-    let mut outputs = prepared.run(&bound.inputs).map_err(Failure::internal)?;
+    let mut outputs = match &args.chunks {
+        Some(sizes) => {
+            let backend: tttc::Backend = args.backend.into();
+            tttc::stream::run_chunked(backend, program, &bound.inputs, &settings, precision, sizes)
+                .map_err(|e| {
+                    if e.is_user_error() {
+                        Failure::user(e)
+                    } else {
+                        Failure::internal(e)
+                    }
+                })?
+        }
+        None => {
+            let prepared = prepare(args.backend, &bound.program)?;
+            prepared.run(&bound.inputs).map_err(Failure::internal)?
+        }
+    };
     if !args.dump_intermediates {
         outputs.retain(|name, _| !program.intermediates.contains(name));
     }

@@ -1,0 +1,237 @@
+//! One token of a scan in primal form, for streaming decode: the gradient at the mini-batch's
+//! starting weights, added into the partial gradient sum, then the token's output read with the
+//! weights updated up to and including it.
+//!
+//! For one slice (one index of the mapped dims), with `θ0` the states at the start of the
+//! unfinished mini-batch, `S` the partial sums `Σ_{j<p} lr_j ∇θ loss_j(θ0)` of its earlier tokens
+//! and a token at position `p` inside it:
+//!
+//! ```text
+//! S'  = S + lr · ∇θ loss(θ0; token)
+//! θ_p = θ0 − eta · S'                    (eta = token_eta[p])
+//! z   = out(θ_p; token)
+//! ```
+//!
+//! which is row `p` of the mini-batch's primal form (see `tttc_ir::scan`). Closing a mini-batch
+//! (`θ0 ← θ0 − token_eta[K−1] · S`, `S ← 0`) is left to the caller. [`token_step_graph`] builds
+//! that graph from the scan's own gradient and output graphs and batches it over `n` slices,
+//! so nothing depends on the inner model.
+
+use crate::batch::{batch_graph, batch_outputs, BatchError};
+use tttc_ir::{BinaryOp, Dim, Graph, GraphError, NodeId, Op, Shape, TensorType, TttScan};
+
+/// Why a token-step graph could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenStepError {
+    /// The scan has no gradient graph (run autodiff first).
+    #[error("inner model `{0}` has no gradient graph; run the autodiff pass first")]
+    MissingGradient(String),
+    /// The scan's graphs do not have the documented form.
+    #[error("inner model `{model}`: {message}")]
+    Malformed {
+        /// The inner model.
+        model: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Batching failed.
+    #[error("inner model `{model}`, batching the token step: {source}")]
+    Batch {
+        /// The inner model.
+        model: String,
+        /// What went wrong.
+        #[source]
+        source: BatchError,
+    },
+    /// Building a node failed (a compiler bug).
+    #[error("inner model `{model}`, building the token step: {source}")]
+    Ir {
+        /// The inner model.
+        model: String,
+        /// What went wrong.
+        #[source]
+        source: GraphError,
+    },
+}
+
+/// Names of the token-step graph's inputs and outputs, shared by the builder and its users.
+pub mod names {
+    /// The state `s` at the start of the unfinished mini-batch: `[n, state...]`.
+    pub fn theta(state: &str) -> String {
+        format!("theta.{state}")
+    }
+    /// The partial gradient sum of state `s`: `[n, state...]` (an input and an output).
+    pub fn partial(state: &str) -> String {
+        format!("partial.{state}")
+    }
+    /// Outer parameter `i`: `[n, param...]`.
+    pub fn param(i: usize) -> String {
+        format!("param.{i}")
+    }
+    /// Loss token argument `i`: `[n, 1, rest...]`.
+    pub fn loss_arg(i: usize) -> String {
+        format!("loss.{i}")
+    }
+    /// Output token argument `i`: `[n, 1, rest...]`.
+    pub fn out_arg(i: usize) -> String {
+        format!("out.{i}")
+    }
+    /// The token's learning rate: `[n]`.
+    pub const LR: &str = "lr";
+    /// `token_eta` at the token's position: `[n]`.
+    pub const ETA: &str = "eta";
+    /// The token's output: `[n, 1, rest...]`.
+    pub const Z: &str = "z";
+}
+
+/// Builds the token step of `scan` (its graphs already specialized to concrete dimensions)
+/// batched over `n` slices. Inputs, in order: `theta.<s>` for every state, `partial.<s>` for
+/// every state, `param.<i>`, `loss.<i>`, `out.<i>`, `lr`, `eta` (see [`names`]); outputs `z`,
+/// then `partial.<s>` (the updated sums) for every state.
+pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepError> {
+    let model = scan.model.clone();
+    let malformed = |message: String| TokenStepError::Malformed {
+        model: model.clone(),
+        message,
+    };
+    let ir = |source: GraphError| TokenStepError::Ir {
+        model: model.clone(),
+        source,
+    };
+    let batch = |source: BatchError| TokenStepError::Batch {
+        model: model.clone(),
+        source,
+    };
+    let grad = scan
+        .grad
+        .as_ref()
+        .ok_or_else(|| TokenStepError::MissingGradient(model.clone()))?;
+    let (ns, np, nl, no) = (
+        scan.states.len(),
+        scan.params.len(),
+        scan.loss_args.len(),
+        scan.out_args.len(),
+    );
+    if grad.inputs().len() != ns + np + nl || scan.out.inputs().len() != ns + np + no {
+        return Err(malformed(
+            "the gradient or output graph does not take states, params and token arguments".into(),
+        ));
+    }
+    let input_type = |g: &Graph, i: usize| -> Result<TensorType, TokenStepError> {
+        g.inputs()
+            .get(i)
+            .and_then(|&id| g.tensor_type(id))
+            .cloned()
+            .ok_or_else(|| malformed(format!("inner graph input #{i} is not a tensor")))
+    };
+    let dtype = input_type(grad, 0)?.dtype;
+
+    // One slice.
+    let mut one = Graph::new();
+    let mut theta = Vec::with_capacity(ns);
+    let mut partial = Vec::with_capacity(ns);
+    for (i, s) in scan.states.iter().enumerate() {
+        theta.push(
+            one.add_input(&names::theta(s), input_type(grad, i)?)
+                .map_err(ir)?,
+        );
+    }
+    for (i, s) in scan.states.iter().enumerate() {
+        partial.push(
+            one.add_input(&names::partial(s), input_type(grad, i)?)
+                .map_err(ir)?,
+        );
+    }
+    let mut params = Vec::with_capacity(np);
+    for i in 0..np {
+        params.push(
+            one.add_input(&names::param(i), input_type(grad, ns + i)?)
+                .map_err(ir)?,
+        );
+    }
+    let mut loss_args = Vec::with_capacity(nl);
+    for i in 0..nl {
+        loss_args.push(
+            one.add_input(&names::loss_arg(i), input_type(grad, ns + np + i)?)
+                .map_err(ir)?,
+        );
+    }
+    let mut out_args = Vec::with_capacity(no);
+    for i in 0..no {
+        out_args.push(
+            one.add_input(&names::out_arg(i), input_type(&scan.out, ns + np + i)?)
+                .map_err(ir)?,
+        );
+    }
+    let scalar = TensorType::new(dtype, Shape::scalar());
+    let lr = one.add_input(names::LR, scalar.clone()).map_err(ir)?;
+    let eta = one.add_input(names::ETA, scalar).map_err(ir)?;
+
+    // g = ∇θ loss(θ0; token): the gradient graph inlined (nothing batched).
+    let mut grad_inputs = theta.clone();
+    grad_inputs.extend(&params);
+    grad_inputs.extend(&loss_args);
+    let flags = vec![false; grad_inputs.len()];
+    let grads =
+        batch_outputs(grad, &flags, &Dim::Known(1), &mut one, &grad_inputs).map_err(batch)?;
+    let mul =
+        |g: &mut Graph, a: NodeId, b: NodeId| g.add(Op::Binary { fun: BinaryOp::Mul }, &[a, b]);
+    let mut next_partial = Vec::with_capacity(ns);
+    let mut theta_p = Vec::with_capacity(ns);
+    for (i, s) in scan.states.iter().enumerate() {
+        let name = TttScan::grad_output_name(s);
+        let pos = grad
+            .outputs()
+            .iter()
+            .position(|o| o.name == name)
+            .ok_or_else(|| malformed(format!("the gradient graph has no `{name}`")))?;
+        let g = grads[pos].node;
+        let scaled = mul(&mut one, lr, g).map_err(ir)?;
+        let sum = one
+            .add(Op::Binary { fun: BinaryOp::Add }, &[partial[i], scaled])
+            .map_err(ir)?;
+        let step = mul(&mut one, eta, sum).map_err(ir)?;
+        let weights = one
+            .add(Op::Binary { fun: BinaryOp::Sub }, &[theta[i], step])
+            .map_err(ir)?;
+        next_partial.push(sum);
+        theta_p.push(weights);
+    }
+
+    // z = out(θ_p; token).
+    let mut out_inputs = theta_p;
+    out_inputs.extend(&params);
+    out_inputs.extend(&out_args);
+    let flags = vec![false; out_inputs.len()];
+    let outs =
+        batch_outputs(&scan.out, &flags, &Dim::Known(1), &mut one, &out_inputs).map_err(batch)?;
+    let z = outs
+        .first()
+        .ok_or_else(|| malformed("the output graph has no output".into()))?
+        .node;
+    one.add_output(names::Z, z);
+    for (s, &p) in scan.states.iter().zip(&next_partial) {
+        one.add_output(&names::partial(s), p);
+    }
+
+    // Batched over the slices.
+    let mut all = Graph::new();
+    let n = Dim::Known(n);
+    let mut inputs = Vec::with_capacity(one.inputs().len());
+    for &id in one.inputs() {
+        let name = one.input_name(id).unwrap_or("?").to_string();
+        let ty = input_type(&one, inputs.len())?;
+        let mut dims = vec![n.clone()];
+        dims.extend(ty.shape.0.iter().cloned());
+        inputs.push(
+            all.add_input(&name, TensorType::new(ty.dtype, Shape(dims)))
+                .map_err(ir)?,
+        );
+    }
+    let flags = vec![true; inputs.len()];
+    let outs = batch_graph(&one, &flags, &n, &mut all, &inputs).map_err(batch)?;
+    for (o, node) in one.outputs().iter().zip(outs) {
+        all.add_output(&o.name, node);
+    }
+    Ok(all)
+}

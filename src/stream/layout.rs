@@ -1,0 +1,231 @@
+//! Moving tensors between the layouts a stream needs: chunks along the sequence axis, and
+//! scan operands rearranged slice-major (`[n, rest...]`, one row per scan slice).
+
+use super::StreamError;
+use tttc_runtime::{Tensor, TensorData};
+
+/// Row-major strides of `shape`.
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// A tensor of `shape` whose element `i` is `t`'s element `index[i]`.
+fn gather(t: &Tensor, shape: Vec<usize>, index: &[usize]) -> Result<Tensor, StreamError> {
+    let data = match t.data() {
+        TensorData::F32(v) => TensorData::F32(index.iter().map(|&i| v[i]).collect()),
+        TensorData::F64(v) => TensorData::F64(index.iter().map(|&i| v[i]).collect()),
+    };
+    Tensor::new(shape, data).map_err(|e| StreamError::internal(e.to_string()))
+}
+
+/// `t` with a new shape of the same size.
+pub fn reshape(t: Tensor, shape: Vec<usize>) -> Result<Tensor, StreamError> {
+    let (_, data) = t.into_parts();
+    Tensor::new(shape, data).map_err(|e| StreamError::internal(e.to_string()))
+}
+
+/// Elements `start..start + len` of `t` along `axis`.
+pub fn slice_axis(
+    t: &Tensor,
+    axis: usize,
+    start: usize,
+    len: usize,
+) -> Result<Tensor, StreamError> {
+    let shape = t.shape();
+    if axis >= shape.len() || start + len > shape[axis] {
+        return Err(StreamError::internal(format!(
+            "slice {start}..{} of axis {axis} of {shape:?}",
+            start + len
+        )));
+    }
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    let mut index = Vec::with_capacity(outer * len * inner);
+    for o in 0..outer {
+        let base = o * shape[axis] * inner + start * inner;
+        index.extend(base..base + len * inner);
+    }
+    let mut out = shape.to_vec();
+    out[axis] = len;
+    gather(t, out, &index)
+}
+
+/// `parts` joined along `axis` (all other extents equal).
+pub fn concat_axis(parts: &[Tensor], axis: usize) -> Result<Tensor, StreamError> {
+    let Some(first) = parts.first() else {
+        return Err(StreamError::internal("nothing to concatenate"));
+    };
+    if parts.len() == 1 {
+        return Ok(first.clone());
+    }
+    let shape = first.shape().to_vec();
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    let total: usize = parts.iter().map(|p| p.shape()[axis]).sum();
+    let mut out_shape = shape.clone();
+    out_shape[axis] = total;
+    macro_rules! join {
+        ($variant:ident) => {{
+            let mut out = Vec::with_capacity(outer * total * inner);
+            for o in 0..outer {
+                for p in parts {
+                    let TensorData::$variant(v) = p.data() else {
+                        return Err(StreamError::internal("mixed element types"));
+                    };
+                    let n = p.shape()[axis] * inner;
+                    out.extend_from_slice(&v[o * n..(o + 1) * n]);
+                }
+            }
+            TensorData::$variant(out)
+        }};
+    }
+    let data = match first.data() {
+        TensorData::F32(_) => join!(F32),
+        TensorData::F64(_) => join!(F64),
+    };
+    Tensor::new(out_shape, data).map_err(|e| StreamError::internal(e.to_string()))
+}
+
+/// `t` (a scan operand laid out with `per[a] = Some(p)` for axes mapped to scan dim `p`) as
+/// `[n, rest...]`: one row per slice, slices in row-major order of `per_sizes`, unmapped axes
+/// kept in order; a scan dim `t` lacks is broadcast.
+pub fn to_slices(
+    t: &Tensor,
+    per: &[Option<usize>],
+    per_sizes: &[usize],
+) -> Result<Tensor, StreamError> {
+    let shape = t.shape();
+    if per.len() != shape.len() {
+        return Err(StreamError::internal(format!(
+            "operand of shape {shape:?} has {} axis mappings",
+            per.len()
+        )));
+    }
+    let src = strides(shape);
+    let mut per_stride = vec![0; per_sizes.len()];
+    let mut rest_shape = Vec::new();
+    let mut rest_stride = Vec::new();
+    for (a, p) in per.iter().enumerate() {
+        match p {
+            Some(p) if *p < per_sizes.len() => per_stride[*p] = src[a],
+            Some(_) => return Err(StreamError::internal("axis mapped to no scan dim")),
+            None => {
+                rest_shape.push(shape[a]);
+                rest_stride.push(src[a]);
+            }
+        }
+    }
+    let slice_offsets = offsets(per_sizes, &per_stride);
+    let rest_offsets = offsets(&rest_shape, &rest_stride);
+    let mut index = Vec::with_capacity(slice_offsets.len() * rest_offsets.len());
+    for s in &slice_offsets {
+        index.extend(rest_offsets.iter().map(|r| s + r));
+    }
+    let mut out = vec![slice_offsets.len()];
+    out.extend(rest_shape);
+    gather(t, out, &index)
+}
+
+/// Every offset `Σ i_a stride_a` over the multi-indices of `shape`, in row-major order.
+fn offsets(shape: &[usize], stride: &[usize]) -> Vec<usize> {
+    let mut out = vec![0usize];
+    for (&n, &s) in shape.iter().zip(stride) {
+        out = out
+            .iter()
+            .flat_map(|&base| (0..n).map(move |i| base + i * s))
+            .collect();
+    }
+    out
+}
+
+/// Column `c` of a `[n, m]` tensor, as `[n]`.
+pub fn column(t: &Tensor, c: usize) -> Result<Tensor, StreamError> {
+    let [n, m] = t.shape() else {
+        return Err(StreamError::internal(format!(
+            "column of a {:?} tensor",
+            t.shape()
+        )));
+    };
+    let index: Vec<usize> = (0..*n).map(|i| i * m + c).collect();
+    gather(t, vec![*n], &index)
+}
+
+/// `theta − rate[i] · sum` for every slice `i` (leading axis), in the tensors' own precision.
+pub fn minus_scaled(theta: &Tensor, rate: &Tensor, sum: &Tensor) -> Result<Tensor, StreamError> {
+    let n = rate.len();
+    if theta.shape() != sum.shape() || n == 0 || theta.len() % n != 0 {
+        return Err(StreamError::internal(
+            "state and partial sum differ in shape",
+        ));
+    }
+    let per = theta.len() / n;
+    macro_rules! apply {
+        ($variant:ident) => {{
+            let (TensorData::$variant(w), TensorData::$variant(r), TensorData::$variant(s)) =
+                (theta.data(), rate.data(), sum.data())
+            else {
+                return Err(StreamError::internal("mixed element types"));
+            };
+            TensorData::$variant(
+                w.iter()
+                    .zip(s)
+                    .enumerate()
+                    .map(|(i, (&w, &s))| w - r[i / per] * s)
+                    .collect(),
+            )
+        }};
+    }
+    let data = match theta.data() {
+        TensorData::F32(_) => apply!(F32),
+        TensorData::F64(_) => apply!(F64),
+    };
+    Tensor::new(theta.shape().to_vec(), data).map_err(|e| StreamError::internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(shape: &[usize], data: Vec<f64>) -> Tensor {
+        Tensor::from_f64(shape.to_vec(), data).unwrap()
+    }
+
+    #[test]
+    fn slice_then_concat_is_identity() {
+        let x = t(&[2, 5, 3], (0..30).map(f64::from).collect());
+        let a = slice_axis(&x, 1, 0, 2).unwrap();
+        let b = slice_axis(&x, 1, 2, 3).unwrap();
+        assert_eq!(
+            a.to_f64_vec(),
+            vec![0., 1., 2., 3., 4., 5., 15., 16., 17., 18., 19., 20.]
+        );
+        assert_eq!(concat_axis(&[a, b], 1).unwrap(), x);
+    }
+
+    #[test]
+    fn slices_permute_mapped_axes_first_and_broadcast_missing_ones() {
+        // Operand [f=2, H=3] mapped as (None, Some(1)); scan dims (B=2, H=3).
+        let x = t(&[2, 3], vec![0., 1., 2., 10., 11., 12.]);
+        let s = to_slices(&x, &[None, Some(1)], &[2, 3]).unwrap();
+        assert_eq!(s.shape(), &[6, 2]);
+        assert_eq!(
+            s.to_f64_vec(),
+            vec![0., 10., 1., 11., 2., 12., 0., 10., 1., 11., 2., 12.]
+        );
+    }
+
+    #[test]
+    fn minus_scaled_uses_one_rate_per_slice() {
+        let w = t(&[2, 2], vec![1., 1., 1., 1.]);
+        let s = t(&[2, 2], vec![1., 2., 3., 4.]);
+        let r = t(&[2], vec![0.5, 2.0]);
+        assert_eq!(
+            minus_scaled(&w, &r, &s).unwrap().to_f64_vec(),
+            vec![0.5, 0.0, -5.0, -7.0]
+        );
+    }
+}

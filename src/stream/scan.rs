@@ -1,0 +1,442 @@
+//! One scan of a streaming session: its carried state and the two ways a chunk's tokens go
+//! through it (whole mini-batches by the scan's step, the rest token by token).
+
+use super::layout::{column, concat_axis, minus_scaled, reshape, slice_axis, to_slices};
+use super::plan::{token_axis, ScanSite};
+use super::StreamError;
+use crate::execute::{prepare, Backend, Prepared};
+use std::collections::{BTreeMap, HashMap};
+use tttc_ir::program::specialize_scan;
+use tttc_ir::{Graph, Op, OperandAxes, OperandKind, Program, Shape, TensorType, TttScan};
+use tttc_passes::token_step::{names, token_step_graph};
+use tttc_runtime::{ElemType, Tensor};
+
+/// A scan specialized to the session's dimensions.
+struct Sized {
+    scan: TttScan,
+    /// Extent of every mapped dim.
+    per_sizes: Vec<usize>,
+    /// Number of slices (product of `per_sizes`).
+    n: usize,
+    /// Mini-batch size.
+    k: usize,
+    /// Shape of every state of one slice.
+    state_shapes: Vec<Vec<usize>>,
+}
+
+/// The carried state and compiled pieces of one scan.
+pub(super) struct ScanRuntime {
+    pub(super) site: ScanSite,
+    sized: Option<Sized>,
+    /// Whether the carried state holds values (set by the first chunk or a loaded state).
+    pub(super) started: bool,
+    /// The token step's inputs, kept between tokens: `theta.<s>` (the states at the start of
+    /// the unfinished mini-batch) and `partial.<s>` (its partial gradient sums) are the carried
+    /// state, `[n, state...]`; params and `eta` rows are filled once.
+    inputs: BTreeMap<String, Tensor>,
+    /// `token_eta` per slice, `[n, K]`.
+    token_eta: Option<Tensor>,
+    token_step: Option<Prepared>,
+    /// The whole-mini-batch program, by number of mini-batches.
+    blocks: HashMap<usize, Prepared>,
+}
+
+impl ScanRuntime {
+    pub(super) fn new(site: ScanSite) -> Self {
+        ScanRuntime {
+            site,
+            sized: None,
+            started: false,
+            inputs: BTreeMap::new(),
+            token_eta: None,
+            token_step: None,
+            blocks: HashMap::new(),
+        }
+    }
+
+    /// The scan's state names.
+    pub(super) fn state_names(&self) -> &[String] {
+        &self.site.scan.states
+    }
+
+    /// Fixes the dimensions (once the first chunk is bound).
+    pub(super) fn size(&mut self, dims: &BTreeMap<String, usize>) -> Result<(), StreamError> {
+        let scan = specialize_scan(&self.site.scan, dims);
+        let per_sizes = scan
+            .per
+            .iter()
+            .map(|p| {
+                dims.get(p)
+                    .copied()
+                    .ok_or_else(|| StreamError::internal(format!("scan dim `{p}` is unbound")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let k = scan
+            .mini_batch
+            .known()
+            .ok_or_else(|| StreamError::internal("the mini-batch size is unbound"))?;
+        if k == 0 {
+            return Err(StreamError::Input("the mini-batch size is 0".into()));
+        }
+        let grad = scan
+            .grad
+            .as_ref()
+            .ok_or_else(|| StreamError::internal("the scan has no gradient graph"))?;
+        let mut state_shapes = Vec::new();
+        for i in 0..scan.states.len() {
+            let shape = grad
+                .inputs()
+                .get(i)
+                .and_then(|&id| grad.tensor_type(id))
+                .and_then(|t| t.shape.to_known())
+                .ok_or_else(|| StreamError::internal("a state's shape is unknown"))?;
+            state_shapes.push(shape);
+        }
+        self.sized = Some(Sized {
+            n: per_sizes.iter().product(),
+            scan,
+            per_sizes,
+            k,
+            state_shapes,
+        });
+        Ok(())
+    }
+
+    fn sized(&self) -> Result<&Sized, StreamError> {
+        self.sized
+            .as_ref()
+            .ok_or_else(|| StreamError::internal("the scan is used before its sizes are known"))
+    }
+
+    /// The carried state of state `s` as `[n, state...]`: (start of the mini-batch, partial sum).
+    pub(super) fn carried(&self, s: &str) -> Option<(&Tensor, &Tensor)> {
+        Some((
+            self.inputs.get(&names::theta(s))?,
+            self.inputs.get(&names::partial(s))?,
+        ))
+    }
+
+    /// The shape the carried tensors of state `s` have, `[per..., state...]`.
+    pub(super) fn carried_shape(&self, i: usize) -> Result<Vec<usize>, StreamError> {
+        let z = self.sized()?;
+        let mut shape = z.per_sizes.clone();
+        shape.extend(&z.state_shapes[i]);
+        Ok(shape)
+    }
+
+    /// Sets the carried state (from a saved session); shapes `[per..., state...]`.
+    pub(super) fn set_carried(
+        &mut self,
+        s: &str,
+        theta: Tensor,
+        partial: Tensor,
+    ) -> Result<(), StreamError> {
+        let z = self.sized()?;
+        let i = z
+            .scan
+            .states
+            .iter()
+            .position(|x| x == s)
+            .ok_or_else(|| StreamError::internal(format!("no state `{s}`")))?;
+        let mut shape = vec![z.n];
+        shape.extend(&z.state_shapes[i]);
+        let flat = |t: Tensor| reshape(t, shape.clone());
+        let (theta, partial) = (flat(theta)?, flat(partial)?);
+        self.inputs.insert(names::theta(s), theta);
+        self.inputs.insert(names::partial(s), partial);
+        Ok(())
+    }
+
+    /// Runs the chunk's `len` tokens, starting at sequence position `start`, through the scan.
+    /// `operands` are the scan's operands for this chunk. Returns the per-token outputs
+    /// `[per..., len, rest...]` and the states after the chunk `[per..., state...]`.
+    pub(super) fn run(
+        &mut self,
+        backend: Backend,
+        operands: &[&Tensor],
+        start: usize,
+        len: usize,
+    ) -> Result<(Tensor, Vec<Tensor>), StreamError> {
+        let z = self.sized()?;
+        let (n, k) = (z.n, z.k);
+        let scan = z.scan.clone();
+        let per_sizes = z.per_sizes.clone();
+        let state_shapes = z.state_shapes.clone();
+        if operands.len() != scan.operand_count() {
+            return Err(StreamError::internal("wrong number of scan operands"));
+        }
+        let axes = |i: usize| -> &[Option<usize>] { &scan.axes[i].per };
+        if self.token_eta.is_none() {
+            self.init(&scan, operands, &per_sizes)?;
+        }
+        let token_eta = self
+            .token_eta
+            .clone()
+            .ok_or_else(|| StreamError::internal("token_eta unset"))?;
+        let mut position = start % k;
+        let mut pieces: Vec<Tensor> = Vec::new();
+        // Slice-major token data, made when the first token goes the token way.
+        let mut rows: Option<Vec<Tensor>> = None;
+        let mut t = 0;
+        while t < len {
+            if position == 0 && len - t >= k {
+                let m = (len - t) / k;
+                let z = self.run_blocks(backend, &scan, operands, t, m * k, &per_sizes)?;
+                pieces.push(z);
+                t += m * k;
+                continue;
+            }
+            if rows.is_none() {
+                let mut r = Vec::new();
+                for (i, op) in operands.iter().enumerate() {
+                    if super::plan::is_token_operand(&scan, i) {
+                        r.push(to_slices(op, axes(i), &per_sizes)?);
+                    }
+                }
+                rows = Some(r);
+            }
+            let r = rows.as_ref().ok_or_else(|| StreamError::internal("rows"))?;
+            let (nl, no) = (scan.loss_args.len(), scan.out_args.len());
+            for i in 0..nl {
+                self.inputs
+                    .insert(names::loss_arg(i), slice_axis(&r[i], 1, t, 1)?);
+            }
+            for i in 0..no {
+                self.inputs
+                    .insert(names::out_arg(i), slice_axis(&r[nl + i], 1, t, 1)?);
+            }
+            self.inputs
+                .insert(names::LR.into(), column(&r[nl + no], t)?);
+            self.inputs
+                .insert(names::ETA.into(), column(&token_eta, position)?);
+            self.compile_token_step(backend, &scan, n)?;
+            let step = self
+                .token_step
+                .as_ref()
+                .ok_or_else(|| StreamError::internal("token step"))?;
+            let mut out = step.run(&self.inputs)?;
+            let z = out
+                .remove(names::Z)
+                .ok_or_else(|| StreamError::internal("the token step has no output `z`"))?;
+            pieces.push(z);
+            for s in &scan.states {
+                let p = out.remove(&names::partial(s)).ok_or_else(|| {
+                    StreamError::internal(format!("the token step has no output for `{s}`"))
+                })?;
+                self.inputs.insert(names::partial(s), p);
+            }
+            position += 1;
+            t += 1;
+            if position == k {
+                let rate = column(&token_eta, k - 1)?;
+                for s in &scan.states {
+                    self.close(s, &rate)?;
+                }
+                position = 0;
+            }
+        }
+        // Per-token outputs: every piece is [n, len, rest...].
+        let zs = concat_axis(&pieces, 1)?;
+        let mut z_shape = per_sizes.clone();
+        z_shape.extend(&zs.shape()[1..]);
+        let zs = reshape(zs, z_shape)?;
+        // The states as the scan would end here.
+        let rate = (position > 0)
+            .then(|| column(&token_eta, position - 1))
+            .transpose()?;
+        let mut states = Vec::with_capacity(scan.states.len());
+        for (s, shape) in scan.states.iter().zip(&state_shapes) {
+            let (theta, partial) = self
+                .carried(s)
+                .ok_or_else(|| StreamError::internal("state unset"))?;
+            let now = match &rate {
+                Some(r) => minus_scaled(theta, r, partial)?,
+                None => theta.clone(),
+            };
+            let mut full = per_sizes.clone();
+            full.extend(shape);
+            states.push(reshape(now, full)?);
+        }
+        Ok((zs, states))
+    }
+
+    /// First chunk: the initial states (unless a saved state was loaded), params and
+    /// `token_eta`, slice-major.
+    fn init(
+        &mut self,
+        scan: &TttScan,
+        operands: &[&Tensor],
+        per_sizes: &[usize],
+    ) -> Result<(), StreamError> {
+        let elem = operands
+            .first()
+            .map(|t| t.elem_type())
+            .unwrap_or(ElemType::F64);
+        for (i, op) in operands.iter().enumerate() {
+            let per = &scan.axes[i].per;
+            match scan.operand_kind(i) {
+                OperandKind::State(s) if !self.started => {
+                    let name = &scan.states[s];
+                    let theta = to_slices(op, per, per_sizes)?;
+                    let partial = Tensor::zeros(theta.shape().to_vec(), elem);
+                    self.inputs.insert(names::theta(name), theta);
+                    self.inputs.insert(names::partial(name), partial);
+                }
+                OperandKind::Param(p) => {
+                    self.inputs
+                        .insert(names::param(p), to_slices(op, per, per_sizes)?);
+                }
+                OperandKind::TokenEta => self.token_eta = Some(to_slices(op, per, per_sizes)?),
+                _ => {}
+            }
+        }
+        self.started = true;
+        Ok(())
+    }
+
+    /// Ends the mini-batch of state `s`: `θ0 ← θ0 − rate · S`, `S ← 0`.
+    fn close(&mut self, s: &str, rate: &Tensor) -> Result<(), StreamError> {
+        let (theta, partial) = self
+            .carried(s)
+            .ok_or_else(|| StreamError::internal("state unset"))?;
+        let next = minus_scaled(theta, rate, partial)?;
+        let zero = Tensor::zeros(partial.shape().to_vec(), partial.elem_type());
+        self.inputs.insert(names::theta(s), next);
+        self.inputs.insert(names::partial(s), zero);
+        Ok(())
+    }
+
+    /// Compiles the token step, once.
+    fn compile_token_step(
+        &mut self,
+        backend: Backend,
+        scan: &TttScan,
+        n: usize,
+    ) -> Result<(), StreamError> {
+        if self.token_step.is_none() {
+            let graph =
+                token_step_graph(scan, n).map_err(|e| StreamError::internal(e.to_string()))?;
+            let (graph, _) = tttc_passes::rewrite::simplify_graph(
+                &graph,
+                &tttc_passes::rewrite::RewriteConfig::default(),
+                "token_step",
+            )
+            .map_err(|e| StreamError::internal(e.to_string()))?;
+            let program = piece_program(&scan.model, "token_step", graph);
+            self.token_step = Some(prepare(backend, &program)?);
+        }
+        Ok(())
+    }
+
+    /// Runs `count` tokens (whole mini-batches, from a mini-batch boundary) starting at chunk
+    /// token `t` through the scan's step; the states move on to the end of the last one.
+    /// Returns the outputs `[n, count, rest...]`.
+    fn run_blocks(
+        &mut self,
+        backend: Backend,
+        scan: &TttScan,
+        operands: &[&Tensor],
+        t: usize,
+        count: usize,
+        per_sizes: &[usize],
+    ) -> Result<Tensor, StreamError> {
+        let n: usize = per_sizes.iter().product();
+        let mut inputs = BTreeMap::new();
+        for (i, op) in operands.iter().enumerate() {
+            let name = format!("op.{i}");
+            let value = match scan.operand_kind(i) {
+                OperandKind::State(s) => {
+                    let (theta, _) = self
+                        .carried(&scan.states[s])
+                        .ok_or_else(|| StreamError::internal("state unset"))?;
+                    let mut shape = per_sizes.to_vec();
+                    shape.extend(&theta.shape()[1..]);
+                    reshape(theta.clone(), shape)?
+                }
+                _ if super::plan::is_token_operand(scan, i) => {
+                    let axis = token_axis(scan, i)
+                        .ok_or_else(|| StreamError::internal("token operand without axis"))?;
+                    slice_axis(op, axis, t, count)?
+                }
+                _ => (*op).clone(),
+            };
+            inputs.insert(name, value);
+        }
+        if !self.blocks.contains_key(&count) {
+            let program = block_program(scan, &inputs)?;
+            self.blocks.insert(count, prepare(backend, &program)?);
+        }
+        let block = self
+            .blocks
+            .get(&count)
+            .ok_or_else(|| StreamError::internal("block program"))?;
+        let mut out = block.run(&inputs)?;
+        for s in &scan.states {
+            let next = out
+                .remove(&format!("next.{s}"))
+                .ok_or_else(|| StreamError::internal("the block has no next state"))?;
+            let mut shape = vec![n];
+            shape.extend(&next.shape()[per_sizes.len()..]);
+            self.inputs.insert(names::theta(s), reshape(next, shape)?);
+        }
+        let z = out
+            .remove("z")
+            .ok_or_else(|| StreamError::internal("the block has no output"))?;
+        let mut shape = vec![n];
+        shape.extend(&z.shape()[per_sizes.len()..]);
+        reshape(z, shape)
+    }
+}
+
+/// A program around one graph built for a session.
+fn piece_program(model: &str, what: &str, graph: Graph) -> Program {
+    Program {
+        name: format!("{model}.{what}"),
+        configs: Vec::new(),
+        derived_dims: Vec::new(),
+        intermediates: Vec::new(),
+        graph,
+    }
+}
+
+/// The program running the scan over whole mini-batches from given states: one input per
+/// operand (`op.<i>`, states with every scan dim, `[per..., state...]`), outputs `z` and
+/// `next.<state>`.
+fn block_program(
+    scan: &TttScan,
+    inputs: &BTreeMap<String, Tensor>,
+) -> Result<Program, StreamError> {
+    let ir = |e: tttc_ir::GraphError| StreamError::internal(format!("building a block: {e}"));
+    let dtype = match inputs.values().next().map(|t| t.elem_type()) {
+        Some(ElemType::F32) => tttc_ir::DType::F32,
+        _ => tttc_ir::DType::F64,
+    };
+    let mut g = Graph::new();
+    let mut scan = scan.clone();
+    let mut args = Vec::new();
+    for i in 0..scan.operand_count() {
+        let name = format!("op.{i}");
+        let t = inputs
+            .get(&name)
+            .ok_or_else(|| StreamError::internal("block operand"))?;
+        if let OperandKind::State(_) = scan.operand_kind(i) {
+            let rank = t.shape().len();
+            let np = scan.per.len();
+            scan.axes[i] = OperandAxes {
+                per: (0..rank).map(|a| (a < np).then_some(a)).collect(),
+            };
+        }
+        let ty = TensorType::new(dtype, Shape::known(t.shape()));
+        args.push(g.add_input(&name, ty).map_err(ir)?);
+    }
+    let states = scan.states.clone();
+    let model = scan.model.clone();
+    let node = g.add(Op::Ttt(Box::new(scan)), &args).map_err(ir)?;
+    let z = g.add(Op::Get { index: 0 }, &[node]).map_err(ir)?;
+    g.add_output("z", z);
+    for (i, s) in states.iter().enumerate() {
+        let next = g.add(Op::Get { index: i + 1 }, &[node]).map_err(ir)?;
+        g.add_output(&format!("next.{s}"), next);
+    }
+    Ok(piece_program(&model, "block", g))
+}

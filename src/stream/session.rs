@@ -1,0 +1,442 @@
+//! The streaming session: chunks in, the same outputs as one pass over the whole sequence out.
+
+use super::plan::{plan, Class, StreamPlan, POSITION_INPUT};
+use super::scan::ScanRuntime;
+use super::{state_file, StreamError};
+use crate::driver::{Precision, Settings};
+use crate::execute::{prepare, Backend, Prepared};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use tttc_ir::{NodeId, Op, Program};
+use tttc_runtime::{ElemType, Tensor};
+
+/// A compiled stage, by chunk length, and its inputs kept between chunks (the weights).
+#[derive(Default)]
+struct StageRuntime {
+    compiled: HashMap<usize, Prepared>,
+    inputs: BTreeMap<String, Tensor>,
+}
+
+/// A program fed in chunks (see the [module doc](super)).
+pub struct Session {
+    backend: Backend,
+    program: Program,
+    plan: StreamPlan,
+    settings: Settings,
+    elem: ElemType,
+    /// The inputs that do not run along the sequence (converted once the first chunk binds).
+    weights: BTreeMap<String, Tensor>,
+    /// Every dimension but the sequence's, once the first chunk is bound.
+    dims: Option<BTreeMap<String, usize>>,
+    /// Tokens fed so far.
+    position: usize,
+    stages: Vec<StageRuntime>,
+    scans: Vec<ScanRuntime>,
+    /// A loaded state waiting for the first chunk to fix the shapes.
+    pending: Option<(String, BTreeMap<String, Tensor>)>,
+    warnings: Vec<String>,
+}
+
+impl Session {
+    /// A session for `program` (after the pipeline) on `backend`, with `weights`: every input
+    /// that does not run along the sequence. `settings` are the `--set`/`--config` values the
+    /// program was compiled with (they fix dimensions).
+    pub fn new(
+        backend: Backend,
+        program: Program,
+        weights: BTreeMap<String, Tensor>,
+        settings: Settings,
+        precision: Precision,
+    ) -> Result<Session, StreamError> {
+        if !backend.is_built() {
+            return Err(crate::ExecError::NotBuilt(backend.name()).into());
+        }
+        let plan = plan(&program)?;
+        if let Some(name) = weights.keys().find(|n| plan.token_inputs.contains_key(*n)) {
+            return Err(StreamError::Input(format!(
+                "`{name}` runs along the sequence; give it to feed(), not as a weight"
+            )));
+        }
+        let stages = plan
+            .stages
+            .iter()
+            .map(|_| StageRuntime::default())
+            .collect();
+        let scans = plan.scans.iter().cloned().map(ScanRuntime::new).collect();
+        Ok(Session {
+            backend,
+            program,
+            plan,
+            settings,
+            elem: precision.elem(),
+            weights,
+            dims: None,
+            position: 0,
+            stages,
+            scans,
+            pending: None,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// How the program streams.
+    pub fn plan(&self) -> &StreamPlan {
+        &self.plan
+    }
+
+    /// The per-token inputs (name and sequence axis): what [`Session::feed`] takes.
+    pub fn token_inputs(&self) -> &BTreeMap<String, usize> {
+        &self.plan.token_inputs
+    }
+
+    /// The sequence axis of output `name` when it has one entry per token; `None` for outputs
+    /// that hold a whole-sequence value (read after the last chunk).
+    pub fn output_axis(&self, name: &str) -> Option<usize> {
+        self.plan
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .and_then(|o| match o.class {
+                Class::Token(a) => Some(a),
+                _ => None,
+            })
+    }
+
+    /// Tokens fed so far.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Things the user should know (lossy input conversions), drained.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Feeds the next `C >= 1` tokens: every per-token input with `C` entries along its
+    /// sequence axis. Returns every program output for these tokens (per-token outputs with
+    /// `C` entries; whole-sequence outputs as they stand after them).
+    pub fn feed(
+        &mut self,
+        chunk: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, StreamError> {
+        let len = self.chunk_len(chunk)?;
+        let chunk = self.bind_chunk(chunk, len)?;
+        let dims = self
+            .dims
+            .clone()
+            .ok_or_else(|| StreamError::internal("unbound session"))?;
+        let mut values: BTreeMap<NodeId, Tensor> = BTreeMap::new();
+        let levels = self.plan.stages.len();
+        for level in 0..levels {
+            self.run_stage(level, &dims, len, &chunk, &mut values)?;
+            for i in 0..self.scans.len() {
+                if self.scans[i].site.level != level {
+                    continue;
+                }
+                self.run_scan(i, len, &chunk, &mut values)?;
+            }
+        }
+        let mut out = BTreeMap::new();
+        for o in &self.plan.outputs {
+            let v = self.value(o.node, &chunk, &values)?;
+            out.insert(o.name.clone(), v.clone());
+        }
+        self.position += len;
+        Ok(out)
+    }
+
+    /// The number of tokens in `chunk`, checking that it holds exactly the per-token inputs.
+    fn chunk_len(&self, chunk: &BTreeMap<String, Tensor>) -> Result<usize, StreamError> {
+        for name in chunk.keys() {
+            if !self.plan.token_inputs.contains_key(name) {
+                let known: Vec<&str> = self.plan.token_inputs.keys().map(String::as_str).collect();
+                return Err(StreamError::Input(format!(
+                    "`{name}` is not a per-token input of this program (those are: {})",
+                    known.join(", ")
+                )));
+            }
+        }
+        let mut len: Option<(usize, &str)> = None;
+        for (name, &axis) in &self.plan.token_inputs {
+            let t = chunk
+                .get(name)
+                .ok_or_else(|| StreamError::Input(format!("`{name}`: missing from the chunk")))?;
+            let n = t.shape().get(axis).copied().ok_or_else(|| {
+                StreamError::Input(format!(
+                    "`{name}`: shape {:?} has no sequence axis {axis}",
+                    t.shape()
+                ))
+            })?;
+            match len {
+                None => len = Some((n, name)),
+                Some((m, other)) if m != n => {
+                    return Err(StreamError::Input(format!(
+                        "`{name}` holds {n} token(s) but `{other}` holds {m}"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        match len {
+            Some((0, _)) => Err(StreamError::Input(
+                "a chunk needs at least one token".into(),
+            )),
+            Some((n, _)) => Ok(n),
+            None => Err(StreamError::internal("the program has no per-token input")),
+        }
+    }
+
+    /// Checks the chunk against the program (binding the whole program on the first chunk)
+    /// and converts it to the session's element type.
+    fn bind_chunk(
+        &mut self,
+        chunk: &BTreeMap<String, Tensor>,
+        len: usize,
+    ) -> Result<BTreeMap<String, Tensor>, StreamError> {
+        if self.dims.is_none() {
+            let mut all = self.weights.clone();
+            all.extend(chunk.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let bound = crate::bind(&self.program, &all, &self.settings, self.elem)?;
+            self.warnings.extend(bound.warnings);
+            let mut dims = bound.dims;
+            dims.remove(&self.plan.seq_dim);
+            let mut inputs = bound.inputs;
+            let chunk: BTreeMap<String, Tensor> = self
+                .plan
+                .token_inputs
+                .keys()
+                .filter_map(|n| inputs.remove(n).map(|t| (n.clone(), t)))
+                .collect();
+            self.weights = inputs;
+            for scan in &mut self.scans {
+                scan.size(&dims)?;
+            }
+            self.dims = Some(dims);
+            if let Some((path, tensors)) = self.pending.take() {
+                self.apply_state(&path, tensors)?;
+            }
+            return Ok(chunk);
+        }
+        let mut dims = self.dims.clone().unwrap_or_default();
+        dims.insert(self.plan.seq_dim.clone(), len);
+        let mut out = BTreeMap::new();
+        for (name, t) in chunk {
+            let id = self
+                .program
+                .graph
+                .input_by_name(name)
+                .ok_or_else(|| StreamError::internal(format!("no input `{name}`")))?;
+            let want = self
+                .program
+                .graph
+                .tensor_type(id)
+                .and_then(|ty| ty.shape.substitute(&dims).to_known())
+                .ok_or_else(|| StreamError::internal(format!("`{name}` has an unknown shape")))?;
+            if t.shape() != want.as_slice() {
+                return Err(StreamError::Input(format!(
+                    "`{name}`: expected shape {want:?} (as in the first chunk), got {:?}",
+                    t.shape()
+                )));
+            }
+            if t.elem_type() == ElemType::F64 && self.elem == ElemType::F32 {
+                self.warnings.push(format!(
+                    "`{name}` is f64 and is rounded to f32 for this f32 run"
+                ));
+            }
+            let t = if t.elem_type() == self.elem {
+                t.clone()
+            } else {
+                t.cast(self.elem)
+            };
+            out.insert(name.clone(), t);
+        }
+        Ok(out)
+    }
+
+    /// The value of main-graph node `id` in this chunk.
+    fn value<'a>(
+        &'a self,
+        id: NodeId,
+        chunk: &'a BTreeMap<String, Tensor>,
+        values: &'a BTreeMap<NodeId, Tensor>,
+    ) -> Result<&'a Tensor, StreamError> {
+        if let Some(v) = values.get(&id) {
+            return Ok(v);
+        }
+        if let Op::Input { name } = &self.program.graph.node(id).op {
+            if let Some(t) = chunk.get(name).or_else(|| self.weights.get(name)) {
+                return Ok(t);
+            }
+        }
+        Err(StreamError::internal(format!(
+            "value %{} is not computed",
+            id.index()
+        )))
+    }
+
+    fn run_stage(
+        &mut self,
+        level: usize,
+        dims: &BTreeMap<String, usize>,
+        len: usize,
+        chunk: &BTreeMap<String, Tensor>,
+        values: &mut BTreeMap<NodeId, Tensor>,
+    ) -> Result<(), StreamError> {
+        let Some(stage) = &self.plan.stages[level] else {
+            return Ok(());
+        };
+        let mut inputs = std::mem::take(&mut self.stages[level].inputs);
+        for (name, id) in &stage.imports {
+            let is_weight = self.weights.contains_key(name)
+                && matches!(self.program.graph.node(*id).op, Op::Input { .. });
+            if is_weight && inputs.contains_key(name) {
+                continue;
+            }
+            inputs.insert(name.clone(), self.value(*id, chunk, values)?.clone());
+        }
+        if stage.uses_position {
+            let p = self.position as f64;
+            let t = match self.elem {
+                ElemType::F32 => Tensor::from_f32(vec![1], vec![p as f32]),
+                ElemType::F64 => Tensor::from_f64(vec![1], vec![p]),
+            }
+            .map_err(|e| StreamError::internal(e.to_string()))?;
+            inputs.insert(POSITION_INPUT.into(), t);
+        }
+        if !self.stages[level].compiled.contains_key(&len) {
+            let mut bindings = dims.clone();
+            bindings.insert(self.plan.seq_dim.clone(), len);
+            let program = stage.program.specialize(&bindings);
+            tttc_ir::verify::verify_program(&program)
+                .map_err(|e| StreamError::internal(format!("stage {level}: {e}")))?;
+            let prepared = prepare(self.backend, &program)?;
+            self.stages[level].compiled.insert(len, prepared);
+        }
+        let prepared = self.stages[level]
+            .compiled
+            .get(&len)
+            .ok_or_else(|| StreamError::internal("stage not compiled"))?;
+        let mut out = prepared.run(&inputs)?;
+        for (name, id) in &stage.exports {
+            let v = out
+                .remove(name)
+                .ok_or_else(|| StreamError::internal(format!("stage output `{name}` missing")))?;
+            values.insert(*id, v);
+        }
+        self.stages[level].inputs = inputs;
+        Ok(())
+    }
+
+    fn run_scan(
+        &mut self,
+        i: usize,
+        len: usize,
+        chunk: &BTreeMap<String, Tensor>,
+        values: &mut BTreeMap<NodeId, Tensor>,
+    ) -> Result<(), StreamError> {
+        let site = self.scans[i].site.clone();
+        let operands: Vec<Tensor> = site
+            .operands
+            .iter()
+            .map(|&o| self.value(o, chunk, values).cloned())
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&Tensor> = operands.iter().collect();
+        let (z, states) = self.scans[i].run(self.backend, &refs, self.position, len)?;
+        let mut states = states.into_iter().map(Some).collect::<Vec<_>>();
+        for &(get, index) in &site.gets {
+            let v = if index == 0 {
+                z.clone()
+            } else {
+                states
+                    .get_mut(index - 1)
+                    .and_then(Option::take)
+                    .ok_or_else(|| StreamError::internal("scan result index"))?
+            };
+            values.insert(get, v);
+        }
+        Ok(())
+    }
+
+    /// Writes the session's state (position and every scan's carried state) to `path`.
+    pub fn save(&self, path: &Path) -> Result<(), StreamError> {
+        let mut tensors = BTreeMap::new();
+        for (i, scan) in self.scans.iter().enumerate() {
+            if !scan.started {
+                continue;
+            }
+            for (s, name) in scan.state_names().iter().enumerate() {
+                let (theta, partial) = scan
+                    .carried(name)
+                    .ok_or_else(|| StreamError::internal("state unset"))?;
+                let shape = scan.carried_shape(s)?;
+                let reshaped = |t: &Tensor| super::layout::reshape(t.clone(), shape.clone());
+                tensors.insert(state_file::theta_name(i, name), reshaped(theta)?);
+                tensors.insert(state_file::partial_name(i, name), reshaped(partial)?);
+            }
+        }
+        state_file::write(path, &self.program.name, self.position, tensors)
+    }
+
+    /// Continues from a state written by [`Session::save`] for the same program and weights.
+    pub fn load(&mut self, path: &Path) -> Result<(), StreamError> {
+        let (position, tensors) = state_file::read(path, &self.program.name)?;
+        self.position = position;
+        let path = path.display().to_string();
+        if self.dims.is_some() {
+            self.apply_state(&path, tensors)
+        } else {
+            for scan in &mut self.scans {
+                scan.started = false;
+            }
+            self.pending = Some((path, tensors));
+            Ok(())
+        }
+    }
+
+    fn apply_state(
+        &mut self,
+        path: &str,
+        mut tensors: BTreeMap<String, Tensor>,
+    ) -> Result<(), StreamError> {
+        let bad = |message: String| StreamError::State {
+            path: path.to_string(),
+            message,
+        };
+        for (i, scan) in self.scans.iter_mut().enumerate() {
+            if self.position == 0 {
+                continue;
+            }
+            let names: Vec<String> = scan.state_names().to_vec();
+            for (s, name) in names.iter().enumerate() {
+                let want = scan.carried_shape(s)?;
+                let mut take = |key: String| -> Result<Tensor, StreamError> {
+                    let t = tensors
+                        .remove(&key)
+                        .ok_or_else(|| bad(format!("`{key}` is missing")))?;
+                    if t.shape() != want.as_slice() {
+                        return Err(bad(format!(
+                            "`{key}` has shape {:?}, this session needs {want:?}",
+                            t.shape()
+                        )));
+                    }
+                    if t.elem_type() != self.elem {
+                        return Err(bad(format!(
+                            "`{key}` is {}, this session computes in {}",
+                            t.elem_type(),
+                            self.elem
+                        )));
+                    }
+                    Ok(t)
+                };
+                let theta = take(state_file::theta_name(i, name))?;
+                let partial = take(state_file::partial_name(i, name))?;
+                scan.set_carried(name, theta, partial)?;
+            }
+            scan.started = true;
+        }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(bad(format!("`{extra}` belongs to no scan of this program")));
+        }
+        Ok(())
+    }
+}
