@@ -174,8 +174,10 @@ pub fn thread_count() -> usize {
 #[derive(Clone, Copy)]
 struct SendPtr(*mut u8);
 
-// SAFETY: the context is only read by the workers, and it outlives them (`thread::scope`).
+// SAFETY: the context is only read by the workers, and it outlives them (the pool's scope).
 unsafe impl Send for SendPtr {}
+// SAFETY: as above; sharing the pointer value itself is harmless.
+unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// The pointer (a method, so that closures capture the whole `SendPtr`).
@@ -184,10 +186,24 @@ impl SendPtr {
     }
 }
 
+/// The worker pool of compiled kernels' parallel loops ([`thread_count`] threads, started on
+/// first use and kept for the process, so a loop costs a hand-off, not a thread start).
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(thread_count())
+            .thread_name(|i| format!("tttc-worker-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
 /// The parallel-for runtime of compiled kernels: runs `worker(ctx, begin, end)` over contiguous
-/// chunks covering `0..n`, one chunk per thread (at most [`thread_count`] threads, the calling
-/// thread included), and returns when all chunks are done. Nothing happens for `n <= 0` or a
-/// null worker. If a thread cannot be spawned its chunk runs on the calling thread.
+/// chunks covering `0..n`, one chunk per thread (at most [`thread_count`] threads of a
+/// persistent pool), and returns when all chunks are done. Nothing happens for `n <= 0` or a
+/// null worker. If the pool cannot be started the whole range runs on the calling thread.
 ///
 /// Kernels compiled by either JIT get this function mapped to the symbol `tttc_parallel_for`; an
 /// object file from the LLVM backend's `emit_object` expects the program it is linked into to
@@ -210,25 +226,24 @@ pub unsafe extern "C" fn tttc_parallel_for(worker: Option<WorkerFn>, ctx: *mut u
     let threads = thread_count()
         .min(usize::try_from(n).unwrap_or(usize::MAX))
         .max(1);
-    if threads == 1 {
-        // SAFETY: the caller's contract.
-        unsafe { worker(ctx, 0, n) };
-        return;
-    }
+    let pool = match pool() {
+        Some(p) if threads > 1 => p,
+        _ => {
+            // SAFETY: the caller's contract.
+            unsafe { worker(ctx, 0, n) };
+            return;
+        }
+    };
     let t = threads as i128;
     let bound = |k: i128| (i128::from(n) * k / t) as i64;
     let ctx = SendPtr(ctx);
-    std::thread::scope(|s| {
+    pool.scope(|s| {
         for k in 1..t {
             let (begin, end) = (bound(k), bound(k + 1));
-            let spawned = std::thread::Builder::new().spawn_scoped(s, move || {
+            s.spawn(move |_| {
                 // SAFETY: the caller's contract; `ctx` outlives the scope.
                 unsafe { worker(ctx.get(), begin, end) }
             });
-            if spawned.is_err() {
-                // SAFETY: as above.
-                unsafe { worker(ctx.get(), begin, end) };
-            }
         }
         // SAFETY: as above.
         unsafe { worker(ctx.get(), 0, bound(1)) };

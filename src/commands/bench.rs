@@ -23,9 +23,14 @@ pub struct Args {
     /// Precision of the computation.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
-    /// Print `{"compile_ms": x, "median_ms": x, "min_ms": x, "gflops": x}`.
+    /// Print `{"compile_ms": x, "median_ms": x, "min_ms": x, "gflops": x}` (with --decode:
+    /// `{"tokens": n, "median_us_per_token": x, "mean_us_per_token": x, ...}`).
     #[arg(long)]
     json: bool,
+    /// Time decoding instead of one-shot runs: the whole sequence fed one token at a time
+    /// through a streaming session, --iters times; reports the median time per token.
+    #[arg(long)]
+    decode: bool,
     #[command(flatten)]
     settings: SettingArgs,
 }
@@ -36,6 +41,9 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     let start = Instant::now();
     let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
     let (bound, _) = load_inputs(&compiled.program, &args.inputs, &settings, precision)?;
+    if args.decode {
+        return decode(args, &compiled.program, bound.inputs, &settings, precision);
+    }
     let prepared = prepare(args.backend, &bound.program)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let flops = tttc::passes::cost::program_cost(&bound.program)
@@ -51,13 +59,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             eprintln!("  {}/{} runs", i + 1, args.iters);
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = if times.len() % 2 == 1 {
-        times[times.len() / 2]
-    } else {
-        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
-    };
-    let min = times[0];
+    let (median, min) = median_min(&mut times);
     let gflops = flops / (median * 1e-3) / 1e9;
     if args.json {
         println!(
@@ -74,6 +76,100 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         println!(
             "rate      {gflops:.2} GFLOP/s ({:.3} GFLOP per run, cost model)",
             flops / 1e9
+        );
+    }
+    Ok(())
+}
+
+/// The median and the minimum of `times` (not empty).
+fn median_min(times: &mut [f64]) -> (f64, f64) {
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    let median = if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        (times[n / 2 - 1] + times[n / 2]) / 2.0
+    };
+    (median, times[0])
+}
+
+fn stream_failure(e: tttc::stream::StreamError) -> Failure {
+    if e.is_user_error() {
+        Failure::user(e)
+    } else {
+        Failure::internal(e)
+    }
+}
+
+/// `tttc bench --decode`: every token fed on its own through one session.
+fn decode(
+    args: &Args,
+    program: &tttc::ir::Program,
+    inputs: std::collections::BTreeMap<String, tttc::runtime::Tensor>,
+    settings: &tttc::Settings,
+    precision: Precision,
+) -> Result<(), Failure> {
+    let plan = tttc::stream::plan::plan(program).map_err(stream_failure)?;
+    let (tokens, weights): (std::collections::BTreeMap<_, _>, _) = inputs
+        .into_iter()
+        .partition(|(k, _)| plan.token_inputs.contains_key(k));
+    let len = plan
+        .token_inputs
+        .iter()
+        .next()
+        .and_then(|(name, &axis)| tokens.get(name).and_then(|t| t.shape().get(axis)))
+        .copied()
+        .unwrap_or(0);
+    let singles = tttc::stream::split_chunks(&tokens, &plan.token_inputs, &vec![1; len])
+        .map_err(stream_failure)?;
+    let backend: tttc::Backend = args.backend.into();
+    let start = Instant::now();
+    let mut session = tttc::stream::Session::new(
+        backend,
+        program.clone(),
+        weights,
+        settings.clone(),
+        precision,
+    )
+    .map_err(stream_failure)?;
+    session.set_final_outputs(false);
+    // Warm-up: one token (compiles the pieces a token needs).
+    if let Some(first) = singles.first() {
+        session.feed(first).map_err(stream_failure)?;
+    }
+    let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut times = Vec::with_capacity(len * args.iters as usize);
+    let mut totals = Vec::with_capacity(args.iters as usize);
+    for i in 0..args.iters {
+        let pass = Instant::now();
+        for chunk in &singles {
+            let t0 = Instant::now();
+            session.feed(chunk).map_err(stream_failure)?;
+            times.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        totals.push(pass.elapsed().as_secs_f64() * 1e6 / len.max(1) as f64);
+        if !args.json && args.iters >= 5 {
+            eprintln!("  {}/{} passes over {len} tokens", i + 1, args.iters);
+        }
+    }
+    if times.is_empty() {
+        return Err(Failure::user("the sequence is empty: nothing to decode"));
+    }
+    let (median, min) = median_min(&mut times);
+    let (mean, _) = median_min(&mut totals);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"tokens": len, "passes": args.iters, "warmup_ms": compile_ms,
+                "median_us_per_token": median, "min_us_per_token": min,
+                "mean_us_per_token": mean})
+        );
+    } else {
+        println!("backend   {} (decode: one token per feed)", backend.name());
+        println!("warm-up   {compile_ms:.1} ms (first token, compiling what decoding needs)");
+        println!(
+            "per token {median:.2} µs median over {} tokens x {} passes (min {min:.2} µs; median pass mean {mean:.2} µs)",
+            len, args.iters
         );
     }
     Ok(())

@@ -33,8 +33,38 @@ pub fn run_chunked(
         settings.clone(),
         precision,
     )?;
+    let chunks = split_chunks(&tokens, &token_inputs, sizes)?;
+    let mut parts: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
+    let mut last = BTreeMap::new();
+    for chunk in &chunks {
+        let out = session.feed(chunk)?;
+        for (name, t) in out {
+            if session.output_axis(&name).is_some() {
+                parts.entry(name).or_default().push(t);
+            } else {
+                last.insert(name, t);
+            }
+        }
+    }
+    for (name, pieces) in parts {
+        let axis = session
+            .output_axis(&name)
+            .ok_or_else(|| StreamError::internal("output axis"))?;
+        last.insert(name, concat_axis(&pieces, axis)?);
+    }
+    Ok(last)
+}
+
+/// The per-token inputs `tokens` (whole sequences; `token_inputs` gives each one's sequence
+/// axis) cut into consecutive chunks of `sizes` tokens, which must add up to the sequence
+/// length.
+pub fn split_chunks(
+    tokens: &BTreeMap<String, Tensor>,
+    token_inputs: &BTreeMap<String, usize>,
+    sizes: &[usize],
+) -> Result<Vec<BTreeMap<String, Tensor>>, StreamError> {
     let mut len: Option<usize> = None;
-    for (name, &axis) in &token_inputs {
+    for (name, &axis) in token_inputs {
         let t = tokens
             .get(name)
             .ok_or_else(|| StreamError::Input(format!("`{name}`: missing from the inputs")))?;
@@ -58,30 +88,15 @@ pub fn run_chunked(
             "every chunk needs at least one token".into(),
         ));
     }
-    let mut parts: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
-    let mut last = BTreeMap::new();
+    let mut chunks = Vec::with_capacity(sizes.len());
     let mut start = 0;
     for &size in sizes {
         let mut chunk = BTreeMap::new();
-        for (name, &axis) in &token_inputs {
-            let t = &tokens[name];
-            chunk.insert(name.clone(), slice_axis(t, axis, start, size)?);
+        for (name, &axis) in token_inputs {
+            chunk.insert(name.clone(), slice_axis(&tokens[name], axis, start, size)?);
         }
-        let out = session.feed(&chunk)?;
-        for (name, t) in out {
-            if session.output_axis(&name).is_some() {
-                parts.entry(name).or_default().push(t);
-            } else {
-                last.insert(name, t);
-            }
-        }
+        chunks.push(chunk);
         start += size;
     }
-    for (name, pieces) in parts {
-        let axis = session
-            .output_axis(&name)
-            .ok_or_else(|| StreamError::internal("output axis"))?;
-        last.insert(name, concat_axis(&pieces, axis)?);
-    }
-    Ok(last)
+    Ok(chunks)
 }

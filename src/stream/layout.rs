@@ -157,7 +157,7 @@ pub fn column(t: &Tensor, c: usize) -> Result<Tensor, StreamError> {
 /// `theta − rate[i] · sum` for every slice `i` (leading axis), in the tensors' own precision.
 pub fn minus_scaled(theta: &Tensor, rate: &Tensor, sum: &Tensor) -> Result<Tensor, StreamError> {
     let n = rate.len();
-    if theta.shape() != sum.shape() || n == 0 || theta.len() % n != 0 {
+    if theta.shape() != sum.shape() || n == 0 || !theta.len().is_multiple_of(n) {
         return Err(StreamError::internal(
             "state and partial sum differ in shape",
         ));

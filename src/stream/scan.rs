@@ -150,24 +150,43 @@ impl ScanRuntime {
     /// Runs the chunk's `len` tokens, starting at sequence position `start`, through the scan.
     /// `operands` are the scan's operands for this chunk. Returns the per-token outputs
     /// `[per..., len, rest...]` and the states after the chunk `[per..., state...]`.
+    /// The states are computed only when `want_states`.
     pub(super) fn run(
         &mut self,
         backend: Backend,
         operands: &[&Tensor],
         start: usize,
         len: usize,
+        want_states: bool,
     ) -> Result<(Tensor, Vec<Tensor>), StreamError> {
-        let z = self.sized()?;
+        let sized = self
+            .sized
+            .take()
+            .ok_or_else(|| StreamError::internal("the scan is used before its sizes are known"))?;
+        let result = self.run_sized(&sized, backend, operands, start, len, want_states);
+        self.sized = Some(sized);
+        result
+    }
+
+    fn run_sized(
+        &mut self,
+        z: &Sized,
+        backend: Backend,
+        operands: &[&Tensor],
+        start: usize,
+        len: usize,
+        want_states: bool,
+    ) -> Result<(Tensor, Vec<Tensor>), StreamError> {
         let (n, k) = (z.n, z.k);
-        let scan = z.scan.clone();
-        let per_sizes = z.per_sizes.clone();
-        let state_shapes = z.state_shapes.clone();
+        let scan = &z.scan;
+        let per_sizes = &z.per_sizes;
+        let state_shapes = &z.state_shapes;
         if operands.len() != scan.operand_count() {
             return Err(StreamError::internal("wrong number of scan operands"));
         }
         let axes = |i: usize| -> &[Option<usize>] { &scan.axes[i].per };
         if self.token_eta.is_none() {
-            self.init(&scan, operands, &per_sizes)?;
+            self.init(scan, operands, per_sizes)?;
         }
         let token_eta = self
             .token_eta
@@ -181,7 +200,7 @@ impl ScanRuntime {
         while t < len {
             if position == 0 && len - t >= k {
                 let m = (len - t) / k;
-                let z = self.run_blocks(backend, &scan, operands, t, m * k, &per_sizes)?;
+                let z = self.run_blocks(backend, scan, operands, t, m * k, per_sizes)?;
                 pieces.push(z);
                 t += m * k;
                 continue;
@@ -189,27 +208,27 @@ impl ScanRuntime {
             if rows.is_none() {
                 let mut r = Vec::new();
                 for (i, op) in operands.iter().enumerate() {
-                    if super::plan::is_token_operand(&scan, i) {
-                        r.push(to_slices(op, axes(i), &per_sizes)?);
+                    if super::plan::is_token_operand(scan, i) {
+                        r.push(to_slices(op, axes(i), per_sizes)?);
                     }
                 }
                 rows = Some(r);
             }
             let r = rows.as_ref().ok_or_else(|| StreamError::internal("rows"))?;
             let (nl, no) = (scan.loss_args.len(), scan.out_args.len());
-            for i in 0..nl {
+            for (i, rows) in r.iter().take(nl).enumerate() {
                 self.inputs
-                    .insert(names::loss_arg(i), slice_axis(&r[i], 1, t, 1)?);
+                    .insert(names::loss_arg(i), slice_axis(rows, 1, t, 1)?);
             }
-            for i in 0..no {
+            for (i, rows) in r.iter().skip(nl).take(no).enumerate() {
                 self.inputs
-                    .insert(names::out_arg(i), slice_axis(&r[nl + i], 1, t, 1)?);
+                    .insert(names::out_arg(i), slice_axis(rows, 1, t, 1)?);
             }
             self.inputs
                 .insert(names::LR.into(), column(&r[nl + no], t)?);
             self.inputs
                 .insert(names::ETA.into(), column(&token_eta, position)?);
-            self.compile_token_step(backend, &scan, n)?;
+            self.compile_token_step(backend, scan, n)?;
             let step = self
                 .token_step
                 .as_ref()
@@ -245,7 +264,10 @@ impl ScanRuntime {
             .then(|| column(&token_eta, position - 1))
             .transpose()?;
         let mut states = Vec::with_capacity(scan.states.len());
-        for (s, shape) in scan.states.iter().zip(&state_shapes) {
+        for (s, shape) in scan.states.iter().zip(state_shapes) {
+            if !want_states {
+                break;
+            }
             let (theta, partial) = self
                 .carried(s)
                 .ok_or_else(|| StreamError::internal("state unset"))?;
@@ -362,14 +384,12 @@ impl ScanRuntime {
             };
             inputs.insert(name, value);
         }
-        if !self.blocks.contains_key(&count) {
-            let program = block_program(scan, &inputs)?;
-            self.blocks.insert(count, prepare(backend, &program)?);
-        }
-        let block = self
-            .blocks
-            .get(&count)
-            .ok_or_else(|| StreamError::internal("block program"))?;
+        let block = match self.blocks.entry(count) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(prepare(backend, &block_program(scan, &inputs)?)?)
+            }
+        };
         let mut out = block.run(&inputs)?;
         for s in &scan.states {
             let next = out

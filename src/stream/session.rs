@@ -34,6 +34,10 @@ pub struct Session {
     scans: Vec<ScanRuntime>,
     /// A loaded state waiting for the first chunk to fix the shapes.
     pending: Option<(String, BTreeMap<String, Tensor>)>,
+    /// Whether [`Session::feed`] returns whole-sequence outputs too.
+    final_outputs: bool,
+    /// Per scan: whether a stage reads its states (then they are computed for every chunk).
+    states_feed_stages: Vec<bool>,
     warnings: Vec<String>,
 }
 
@@ -63,6 +67,18 @@ impl Session {
             .map(|_| StageRuntime::default())
             .collect();
         let scans = plan.scans.iter().cloned().map(ScanRuntime::new).collect();
+        let states_feed_stages = plan
+            .scans
+            .iter()
+            .map(|scan| {
+                plan.stages.iter().flatten().any(|stage| {
+                    stage
+                        .imports
+                        .iter()
+                        .any(|(_, id)| scan.gets.iter().any(|&(g, i)| g == *id && i > 0))
+                })
+            })
+            .collect();
         Ok(Session {
             backend,
             program,
@@ -75,8 +91,17 @@ impl Session {
             stages,
             scans,
             pending: None,
+            final_outputs: true,
+            states_feed_stages,
             warnings: Vec::new(),
         })
+    }
+
+    /// Whether [`Session::feed`] also returns the whole-sequence outputs (such as a scan's
+    /// final state; on by default). Turning them off saves computing them for every chunk
+    /// when only the per-token outputs are read, as in decoding.
+    pub fn set_final_outputs(&mut self, on: bool) {
+        self.final_outputs = on;
     }
 
     /// How the program streams.
@@ -138,6 +163,9 @@ impl Session {
         }
         let mut out = BTreeMap::new();
         for o in &self.plan.outputs {
+            if o.class == Class::Final && !self.final_outputs {
+                continue;
+            }
             let v = self.value(o.node, &chunk, &values)?;
             out.insert(o.name.clone(), v.clone());
         }
@@ -260,18 +288,7 @@ impl Session {
         chunk: &'a BTreeMap<String, Tensor>,
         values: &'a BTreeMap<NodeId, Tensor>,
     ) -> Result<&'a Tensor, StreamError> {
-        if let Some(v) = values.get(&id) {
-            return Ok(v);
-        }
-        if let Op::Input { name } = &self.program.graph.node(id).op {
-            if let Some(t) = chunk.get(name).or_else(|| self.weights.get(name)) {
-                return Ok(t);
-            }
-        }
-        Err(StreamError::internal(format!(
-            "value %{} is not computed",
-            id.index()
-        )))
+        lookup(&self.program, &self.weights, id, chunk, values)
     }
 
     fn run_stage(
@@ -334,16 +351,30 @@ impl Session {
         chunk: &BTreeMap<String, Tensor>,
         values: &mut BTreeMap<NodeId, Tensor>,
     ) -> Result<(), StreamError> {
-        let site = self.scans[i].site.clone();
-        let operands: Vec<Tensor> = site
-            .operands
-            .iter()
-            .map(|&o| self.value(o, chunk, values).cloned())
-            .collect::<Result<_, _>>()?;
-        let refs: Vec<&Tensor> = operands.iter().collect();
-        let (z, states) = self.scans[i].run(self.backend, &refs, self.position, len)?;
+        let want_states = self.final_outputs || self.states_feed_stages[i];
+        let (z, states) = {
+            let Session {
+                program,
+                weights,
+                scans,
+                backend,
+                position,
+                ..
+            } = self;
+            let scan = &mut scans[i];
+            let refs = scan
+                .site
+                .operands
+                .iter()
+                .map(|&o| lookup(program, weights, o, chunk, values))
+                .collect::<Result<Vec<&Tensor>, _>>()?;
+            scan.run(*backend, &refs, *position, len, want_states)?
+        };
         let mut states = states.into_iter().map(Some).collect::<Vec<_>>();
-        for &(get, index) in &site.gets {
+        for &(get, index) in &self.scans[i].site.gets {
+            if index > 0 && !want_states {
+                continue;
+            }
             let v = if index == 0 {
                 z.clone()
             } else {
@@ -439,4 +470,26 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The value of main-graph node `id` in this chunk: computed, or an input.
+fn lookup<'a>(
+    program: &'a Program,
+    weights: &'a BTreeMap<String, Tensor>,
+    id: NodeId,
+    chunk: &'a BTreeMap<String, Tensor>,
+    values: &'a BTreeMap<NodeId, Tensor>,
+) -> Result<&'a Tensor, StreamError> {
+    if let Some(v) = values.get(&id) {
+        return Ok(v);
+    }
+    if let Op::Input { name } = &program.graph.node(id).op {
+        if let Some(t) = chunk.get(name).or_else(|| weights.get(name)) {
+            return Ok(t);
+        }
+    }
+    Err(StreamError::internal(format!(
+        "value %{} is not computed",
+        id.index()
+    )))
 }

@@ -1,0 +1,359 @@
+//! Streaming sessions: any split of a sequence into chunks gives what one pass over the whole
+//! sequence gives.
+//!
+//! - Every golden (inner and layer, f64 and f32) through `tttc run --chunks` on every built
+//!   backend, against the reference's expected values at the golden tolerances (f64 1e-9,
+//!   f32 2e-5; see tests/common/golden.rs).
+//! - Random inner models and random chunkings: streamed == one-shot on the same backend, f64
+//!   within 1e-10 and f32 within 1e-5 relative to max |output|. The two differ only in how a
+//!   mini-batch's tokens are grouped (the dual-form step over whole mini-batches vs the primal
+//!   token step with partial gradient sums), i.e. in rounding; 1e-10 / 1e-5 leave room for
+//!   that carried through a few gradient steps and for nothing else.
+//! - A session saved in the middle of a mini-batch and loaded into a new one continues
+//!   exactly (the same values as the uninterrupted session, bit for bit on the interpreter).
+
+mod common;
+
+use common::golden::{inner_cases, layer_cases, GoldenCase};
+use common::random_model::{inputs, model};
+use common::*;
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use std::collections::BTreeMap;
+use tttc::ir::DType;
+use tttc::runtime::Tensor;
+use tttc::stream::{run_chunked, split_chunks, Session};
+use tttc::{bind, optimize, prepare, Backend, Precision};
+
+/// A chunking of `len` tokens from `seed`: runs of single tokens, pieces shorter than a
+/// mini-batch and pieces spanning several, in a mixed order.
+fn chunking(len: usize, seed: u64) -> Vec<usize> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut sizes = Vec::new();
+    let mut left = len;
+    while left > 0 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let pick = match (x >> 33) % 4 {
+            0 => 1,
+            1 => 1 + (x >> 40) as usize % 7,
+            2 => 16 + (x >> 40) as usize % 20,
+            _ => 1 + (x >> 40) as usize % 16,
+        };
+        let n = pick.min(left);
+        sizes.push(n);
+        left -= n;
+    }
+    sizes
+}
+
+fn run_golden_chunked(case: &GoldenCase, backend: &str, precision: &str, sizes: &[usize]) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let chunks = sizes
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let inputs = case.file(".inputs.safetensors");
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        case.program.into(),
+        "--inputs".into(),
+        inputs.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--precision".into(),
+        precision.into(),
+        "--backend".into(),
+        backend.into(),
+        "--chunks".into(),
+        chunks.clone(),
+    ];
+    args.extend(case.set_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = tttc(&args);
+    assert!(
+        result.status.success(),
+        "{} {backend} --chunks {chunks}: {}",
+        case.stem,
+        text(&result)
+    );
+    let got = load(&out);
+    case.check(
+        precision,
+        &got,
+        &format!("{} {backend} {precision} --chunks {chunks}", case.stem),
+    );
+}
+
+#[test]
+fn golden_cases_stream_in_random_chunks_on_every_backend() {
+    for (i, case) in inner_cases().iter().chain(&layer_cases()).enumerate() {
+        let inputs = case.inputs();
+        let len = if case.layer {
+            inputs["hidden_states"].shape()[1]
+        } else {
+            inputs["XQ"].shape()[2]
+        };
+        for backend in backends() {
+            for (j, precision) in ["f64", "f32"].into_iter().enumerate() {
+                let sizes = chunking(len, (i * 7 + j) as u64 + backend.len() as u64);
+                run_golden_chunked(case, backend, precision, &sizes);
+            }
+        }
+    }
+}
+
+/// Compiles a random model and binds its inputs: the program and its inputs.
+fn random_program(
+    m: &common::random_model::Model,
+    dtype: DType,
+    dims: (usize, usize, usize, usize),
+    seed: u64,
+) -> Result<
+    (
+        tttc::ir::Program,
+        BTreeMap<String, Tensor>,
+        BTreeMap<String, f64>,
+    ),
+    TestCaseError,
+> {
+    let (text, states) = m.source();
+    let settings: BTreeMap<String, f64> = [("mini_batch_size".to_string(), dims.3 as f64)]
+        .into_iter()
+        .collect();
+    let lowered = tttc::ir::syntax::compile("random.ttt", &text, dtype, &settings)
+        .map_err(|e| TestCaseError::fail(format!("{}\n{text}", e.render(false))))?;
+    let program = optimize(lowered, None, false)
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?
+        .program;
+    let tensors = inputs(m, &states, dims, seed);
+    Ok((program, tensors, settings))
+}
+
+fn max_rel(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Tensor>) -> f64 {
+    want.iter()
+        .map(|(name, w)| rel_error(&got[name], w))
+        .fold(0.0, f64::max)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    #[test]
+    fn random_models_stream_like_one_shot(
+        m in model(), b in 1..3usize, h in 1..3usize, l in 1..40usize, k in 1..6usize,
+        seed in any::<u64>(), split in any::<u64>(), f32_run in any::<bool>(),
+    ) {
+        let (precision, tol) = if f32_run { (Precision::F32, 1e-5) } else { (Precision::F64, 1e-10) };
+        let (program, tensors, settings) = random_program(&m, precision.dtype(), (b, h, l, k), seed)?;
+        let bound = bind(&program, &tensors, &settings, precision.elem())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let sizes = chunking(l, split);
+        for backend in [Backend::Interp, Backend::Cranelift] {
+            if !backend.is_built() {
+                continue;
+            }
+            let want = prepare(backend, &bound.program)
+                .and_then(|p| p.run(&bound.inputs))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let got = run_chunked(backend, &program, &bound.inputs, &settings, precision, &sizes)
+                .map_err(|e| TestCaseError::fail(format!("{}: {e}", backend.name())))?;
+            let err = max_rel(&got, &want);
+            prop_assert!(err <= tol, "{}: chunks {sizes:?}: {err:e} > {tol:e}", backend.name());
+        }
+    }
+}
+
+/// LLVM compiles every piece at O3, so a handful of fixed random models only.
+#[test]
+fn random_models_stream_like_one_shot_on_llvm() {
+    if !Backend::Llvm.is_built() {
+        return;
+    }
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for case in 0..3u64 {
+        let m = model().new_tree(&mut runner).unwrap().current();
+        let (program, tensors, settings) =
+            random_program(&m, DType::F64, (2, 2, 37, 4), case).unwrap();
+        let bound = bind(&program, &tensors, &settings, Precision::F64.elem()).unwrap();
+        let want = prepare(Backend::Llvm, &bound.program)
+            .and_then(|p| p.run(&bound.inputs))
+            .unwrap();
+        let sizes = [3, 1, 1, 9, 8, 2, 13];
+        let got = run_chunked(
+            Backend::Llvm,
+            &program,
+            &bound.inputs,
+            &settings,
+            Precision::F64,
+            &sizes,
+        )
+        .unwrap();
+        let err = max_rel(&got, &want);
+        assert!(err <= 1e-10, "model {m:?}: {err:e}");
+    }
+}
+
+#[test]
+fn a_session_saved_mid_mini_batch_continues_exactly() {
+    let case = &inner_cases()[1]; // L = 40, K = 16: a remainder at the end, too
+    let program =
+        tttc::compile_file(&root().join(case.program), Precision::F64, &case.settings).unwrap();
+    let inputs = case.inputs();
+    let bound = bind(&program, &inputs, &case.settings, Precision::F64.elem()).unwrap();
+    let plan = tttc::stream::plan::plan(&program).unwrap();
+    let (tokens, weights): (BTreeMap<_, _>, BTreeMap<_, _>) = bound
+        .inputs
+        .clone()
+        .into_iter()
+        .partition(|(k, _)| plan.token_inputs.contains_key(k));
+    // 21 tokens, then save (position 5 of the second mini-batch), then the other 19.
+    let chunks = split_chunks(&tokens, &plan.token_inputs, &[17, 4, 3, 16]).unwrap();
+    let new_session = || {
+        Session::new(
+            Backend::Interp,
+            program.clone(),
+            weights.clone(),
+            case.settings.clone(),
+            Precision::F64,
+        )
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.safetensors");
+
+    let mut whole = new_session();
+    let mut first = new_session();
+    for chunk in &chunks[..2] {
+        whole.feed(chunk).unwrap();
+        first.feed(chunk).unwrap();
+    }
+    first.save(&state).unwrap();
+    drop(first);
+    let mut resumed = new_session();
+    resumed.load(&state).unwrap();
+    assert_eq!(resumed.position(), 21);
+    for chunk in &chunks[2..] {
+        let want = whole.feed(chunk).unwrap();
+        let got = resumed.feed(chunk).unwrap();
+        assert_eq!(got, want, "a loaded session must continue bit for bit");
+    }
+    // And the pieces together equal the golden's expectations.
+    let all = run_chunked(
+        Backend::Interp,
+        &program,
+        &bound.inputs,
+        &case.settings,
+        Precision::F64,
+        &[17, 4, 3, 16],
+    )
+    .unwrap();
+    case.check("f64", &all, "save/load chunking");
+}
+
+#[test]
+fn bad_chunks_and_states_are_user_errors() {
+    let case = &inner_cases()[0];
+    let inputs = case.file(".inputs.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    let base = |chunks: &str| {
+        tttc(&[
+            "run",
+            case.program,
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--backend",
+            "interp",
+            "--chunks",
+            chunks,
+        ])
+    };
+    let r = base("10,10");
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(
+        text(&r).contains("add up to 20 token(s) but the sequence has 64"),
+        "{}",
+        text(&r)
+    );
+    let r = base("10,0,54");
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(
+        text(&r).contains("not a positive number of tokens"),
+        "{}",
+        text(&r)
+    );
+
+    // A state saved by another program is refused, naming the file.
+    let program = tttc::compile_file(
+        &root().join("examples/delta_rule.ttt"),
+        Precision::F64,
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let other =
+        tttc::compile_file(&root().join(case.program), Precision::F64, &case.settings).unwrap();
+    let state = dir.path().join("state.safetensors");
+    let session = Session::new(
+        Backend::Interp,
+        program,
+        BTreeMap::new(),
+        BTreeMap::new(),
+        Precision::F64,
+    )
+    .unwrap();
+    session.save(&state).unwrap();
+    let mut session = Session::new(
+        Backend::Interp,
+        other,
+        BTreeMap::new(),
+        case.settings.clone(),
+        Precision::F64,
+    )
+    .unwrap();
+    let err = session.load(&state).unwrap_err();
+    assert!(err.is_user_error());
+    assert!(err.to_string().contains("saved by program"), "{err}");
+
+    // A chunk with a token input missing is refused by name.
+    let err = session.feed(&BTreeMap::new()).unwrap_err();
+    assert!(err.to_string().contains("missing from the chunk"), "{err}");
+}
+
+#[test]
+fn programs_that_mix_tokens_are_refused_with_the_reason() {
+    let text = r#"
+config mini_batch_size = 4
+inner Lin {
+  state W: [f, f]
+  fn g(x: [1, f]) -> [1, f] = x @ W
+  loss(k: [1, f], v: [1, f]) = 0.5 * sum((g(k) - v) ^ 2)
+  out(q: [1, f]) = g(q)
+}
+main {
+  input X: [B, L, f]
+  input lr: [B, L]
+  input token_eta: [mini_batch_size]
+  input W: [f, f]
+  let centered = X - mean(X, 1)
+  let r = ttt Lin(W = W, k = centered, v = X, q = X) per (B)
+          update minibatch_gd(size = mini_batch_size, token_eta = token_eta, lr = lr)
+  output Z = r.out
+}
+"#;
+    let lowered = tttc::ir::syntax::compile("mix.ttt", text, DType::F64, &BTreeMap::new()).unwrap();
+    let program = optimize(lowered, None, false).unwrap().program;
+    let err = tttc::stream::plan::plan(&program).unwrap_err();
+    assert!(err.is_user_error());
+    assert!(
+        err.to_string().contains("reduces over the sequence"),
+        "{err}"
+    );
+}
