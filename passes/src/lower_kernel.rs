@@ -1041,6 +1041,64 @@ impl Lowerer {
         {
             return Err(bad());
         }
+        // A contraction over a single element is a broadcast product: no accumulator and no
+        // buffer, an expression its consumer inlines (an outer product `uᵀ d` added into a sum
+        // becomes one loop).
+        if k == 1 {
+            let what = |side: &str| format!("%{} {side}", id.index());
+            let n_out = numel(shape).unwrap_or(0);
+            let a = self.cheap_operand(sc, a, n_out, &what("lhs"), body);
+            let b = self.cheap_operand(sc, b, n_out, &what("rhs"), body);
+            return Ok(Val {
+                shape: shape.to_vec(),
+                lazy: Lazy::Binary(
+                    BinaryOp::Mul,
+                    Box::new(expand(a, shape)),
+                    Box::new(expand(b, shape)),
+                ),
+            });
+        }
+        // A single row times an unmaterialized right operand that is not broadcast reads each of
+        // its elements once: compute them inside the product instead of into a buffer.
+        if m == 1 && b.as_view().is_none() && b.shape[..rb - 2] == *lead {
+            let (av, ashape) = self.view_of(sc, a, &format!("%{} lhs", id.index()), body);
+            let dest = self.dest_for(sc, id, shape);
+            let (lidx, lloops) = self.loops(lead);
+            let (j0, j0loops) = self.loops(&[n]);
+            let (pidx, ploops) = self.loops(&[k]);
+            let (j1, j1loops) = self.loops(&[n]);
+            let out_at = |j: &Index| {
+                let mut idx = lidx.clone();
+                idx.extend([Index::Const(0), j.clone()]);
+                dest.at(shape, &idx)
+            };
+            let mut a_idx = bcast_idx(&ashape[..ra - 2], &lidx);
+            a_idx.extend([Index::Const(0), pidx[0].clone()]);
+            let mut b_idx = lidx.clone();
+            b_idx.extend([pidx[0].clone(), j1[0].clone()]);
+            let mut inner = wrap(
+                j0loops,
+                vec![store(dest.buf, out_at(&j0[0]), Value::Const(0.0))],
+            );
+            let acc_at = out_at(&j1[0]);
+            inner.extend(wrap(
+                ploops,
+                wrap(
+                    j1loops,
+                    vec![store(
+                        dest.buf,
+                        acc_at.clone(),
+                        bin(
+                            BinaryOp::Add,
+                            load(dest.buf, acc_at),
+                            bin(BinaryOp::Mul, av.load(&a_idx), b.emit(&b_idx)),
+                        ),
+                    )],
+                ),
+            ));
+            body.extend(wrap(lloops, inner));
+            return Ok(dest.val(shape));
+        }
         let (av, ashape) = self.view_of(sc, a, &format!("%{} lhs", id.index()), body);
         let (bv, bshape) = self.view_of(sc, b, &format!("%{} rhs", id.index()), body);
         // The innermost loop runs along the right operand's rows: read them contiguously (a
