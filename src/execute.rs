@@ -126,4 +126,25 @@ impl Prepared {
             Inner::Cranelift(jit) => jit.run(inputs).map_err(|e| ExecError::Run(e.to_string())),
         }
     }
+
+    /// Like [`Prepared::run`], but the native backends write an output into the storage of the
+    /// same-named tensor of `spare` when it has the output's element type and size (taken out
+    /// of `spare`; no allocation and no zeroing). For repeated runs such as decode steps.
+    pub fn run_reusing(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        spare: &mut BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, ExecError> {
+        match &self.inner {
+            Inner::Interp(_) => self.run(inputs),
+            #[cfg(feature = "llvm")]
+            Inner::Llvm(jit) => jit
+                .run_reusing(inputs, spare)
+                .map_err(|e| ExecError::Run(e.to_string())),
+            #[cfg(feature = "cranelift")]
+            Inner::Cranelift(jit) => jit
+                .run_reusing(inputs, spare)
+                .map_err(|e| ExecError::Run(e.to_string())),
+        }
+    }
 }

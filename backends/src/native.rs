@@ -76,6 +76,23 @@ impl Signature {
         entry: EntryFn,
         inputs: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, RunError> {
+        // SAFETY: the caller's contract.
+        unsafe { self.run_reusing(entry, inputs, &mut BTreeMap::new()) }
+    }
+
+    /// Like [`Signature::run`], but an output whose name is in `spare` with the program's
+    /// element type and size is written into that tensor's storage (taken out of `spare`)
+    /// instead of a fresh allocation.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Signature::run`].
+    pub(crate) unsafe fn run_reusing(
+        &self,
+        entry: EntryFn,
+        inputs: &BTreeMap<String, Tensor>,
+        spare: &mut BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, RunError> {
         let bad = |name: &str, msg: String| RunError::Input {
             name: name.to_string(),
             msg,
@@ -123,9 +140,15 @@ impl Signature {
         let mut outs: Vec<TensorData> = self
             .outputs
             .iter()
-            .map(|s| match self.dtype {
-                DType::F32 => TensorData::F32(vec![0.0; s.len]),
-                DType::F64 => TensorData::F64(vec![0.0; s.len]),
+            .map(|s| {
+                let reused = spare
+                    .remove(&s.name)
+                    .map(|t| t.into_parts().1)
+                    .filter(|d| d.len() == s.len && d.elem_type() == want);
+                reused.unwrap_or_else(|| match self.dtype {
+                    DType::F32 => TensorData::F32(vec![0.0; s.len]),
+                    DType::F64 => TensorData::F64(vec![0.0; s.len]),
+                })
             })
             .collect();
         let out_ptrs: Vec<*mut u8> = outs

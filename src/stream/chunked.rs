@@ -50,7 +50,7 @@ pub fn run_chunked(
         let axis = session
             .output_axis(&name)
             .ok_or_else(|| StreamError::internal("output axis"))?;
-        last.insert(name, concat_axis(&pieces, axis)?);
+        last.insert(name, concat_axis(pieces, axis)?);
     }
     Ok(last)
 }

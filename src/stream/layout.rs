@@ -42,8 +42,21 @@ pub fn slice_axis(
             start + len
         )));
     }
+    if start == 0 && len == shape[axis] {
+        return Ok(t.clone());
+    }
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
+    if outer == 1 {
+        let range = start * inner..(start + len) * inner;
+        let data = match t.data() {
+            TensorData::F32(v) => TensorData::F32(v[range].to_vec()),
+            TensorData::F64(v) => TensorData::F64(v[range].to_vec()),
+        };
+        let mut out = shape.to_vec();
+        out[axis] = len;
+        return Tensor::new(out, data).map_err(|e| StreamError::internal(e.to_string()));
+    }
     let mut index = Vec::with_capacity(outer * len * inner);
     for o in 0..outer {
         let base = o * shape[axis] * inner + start * inner;
@@ -55,13 +68,15 @@ pub fn slice_axis(
 }
 
 /// `parts` joined along `axis` (all other extents equal).
-pub fn concat_axis(parts: &[Tensor], axis: usize) -> Result<Tensor, StreamError> {
+pub fn concat_axis(mut parts: Vec<Tensor>, axis: usize) -> Result<Tensor, StreamError> {
+    if parts.len() == 1 {
+        return parts
+            .pop()
+            .ok_or_else(|| StreamError::internal("nothing to concatenate"));
+    }
     let Some(first) = parts.first() else {
         return Err(StreamError::internal("nothing to concatenate"));
     };
-    if parts.len() == 1 {
-        return Ok(first.clone());
-    }
     let shape = first.shape().to_vec();
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
@@ -72,7 +87,7 @@ pub fn concat_axis(parts: &[Tensor], axis: usize) -> Result<Tensor, StreamError>
         ($variant:ident) => {{
             let mut out = Vec::with_capacity(outer * total * inner);
             for o in 0..outer {
-                for p in parts {
+                for p in &parts {
                     let TensorData::$variant(v) = p.data() else {
                         return Err(StreamError::internal("mixed element types"));
                     };
@@ -104,6 +119,17 @@ pub fn to_slices(
             "operand of shape {shape:?} has {} axis mappings",
             per.len()
         )));
+    }
+    // Scan dims leading, in order, none broadcast: already slice-major.
+    let np = per_sizes.len();
+    let leading = per.iter().enumerate().all(|(a, p)| match p {
+        Some(p) => *p == a,
+        None => a >= np,
+    });
+    if leading && shape.len() >= np && shape[..np] == *per_sizes {
+        let mut out = vec![per_sizes.iter().product()];
+        out.extend(&shape[np..]);
+        return reshape(t.clone(), out);
     }
     let src = strides(shape);
     let mut per_stride = vec![0; per_sizes.len()];
@@ -170,13 +196,11 @@ pub fn minus_scaled(theta: &Tensor, rate: &Tensor, sum: &Tensor) -> Result<Tenso
             else {
                 return Err(StreamError::internal("mixed element types"));
             };
-            TensorData::$variant(
-                w.iter()
-                    .zip(s)
-                    .enumerate()
-                    .map(|(i, (&w, &s))| w - r[i / per] * s)
-                    .collect(),
-            )
+            let mut out = Vec::with_capacity(w.len());
+            for ((w, s), &r) in w.chunks_exact(per).zip(s.chunks_exact(per)).zip(r) {
+                out.extend(w.iter().zip(s).map(|(&w, &s)| w - r * s));
+            }
+            TensorData::$variant(out)
         }};
     }
     let data = match theta.data() {
@@ -184,6 +208,16 @@ pub fn minus_scaled(theta: &Tensor, rate: &Tensor, sum: &Tensor) -> Result<Tenso
         TensorData::F64(_) => apply!(F64),
     };
     Tensor::new(theta.shape().to_vec(), data).map_err(|e| StreamError::internal(e.to_string()))
+}
+
+/// `t` with every element set to zero, in place.
+pub fn zeroed(t: Tensor) -> Result<Tensor, StreamError> {
+    let (shape, mut data) = t.into_parts();
+    match &mut data {
+        TensorData::F32(v) => v.fill(0.0),
+        TensorData::F64(v) => v.fill(0.0),
+    }
+    Tensor::new(shape, data).map_err(|e| StreamError::internal(e.to_string()))
 }
 
 #[cfg(test)]
@@ -203,7 +237,7 @@ mod tests {
             a.to_f64_vec(),
             vec![0., 1., 2., 3., 4., 5., 15., 16., 17., 18., 19., 20.]
         );
-        assert_eq!(concat_axis(&[a, b], 1).unwrap(), x);
+        assert_eq!(concat_axis(vec![a, b], 1).unwrap(), x);
     }
 
     #[test]

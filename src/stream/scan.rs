@@ -1,7 +1,7 @@
 //! One scan of a streaming session: its carried state and the two ways a chunk's tokens go
 //! through it (whole mini-batches by the scan's step, the rest token by token).
 
-use super::layout::{column, concat_axis, minus_scaled, reshape, slice_axis, to_slices};
+use super::layout::{column, concat_axis, minus_scaled, reshape, slice_axis, to_slices, zeroed};
 use super::plan::{token_axis, ScanSite};
 use super::StreamError;
 use crate::execute::{prepare, Backend, Prepared};
@@ -24,6 +24,13 @@ struct Sized {
     state_shapes: Vec<Vec<usize>>,
 }
 
+/// Input names of the token step's token arguments, made once.
+#[derive(Default)]
+struct ArgNames {
+    loss_args: Vec<String>,
+    out_args: Vec<String>,
+}
+
 /// The carried state and compiled pieces of one scan.
 pub(super) struct ScanRuntime {
     pub(super) site: ScanSite,
@@ -36,7 +43,11 @@ pub(super) struct ScanRuntime {
     inputs: BTreeMap<String, Tensor>,
     /// `token_eta` per slice, `[n, K]`.
     token_eta: Option<Tensor>,
+    /// The token step's token-argument input names.
+    names: ArgNames,
     token_step: Option<Prepared>,
+    /// Output storage for the next token step (the previous step's inputs it replaced).
+    spare: BTreeMap<String, Tensor>,
     /// The whole-mini-batch program, by number of mini-batches.
     blocks: HashMap<usize, Prepared>,
 }
@@ -49,7 +60,9 @@ impl ScanRuntime {
             started: false,
             inputs: BTreeMap::new(),
             token_eta: None,
+            names: ArgNames::default(),
             token_step: None,
+            spare: BTreeMap::new(),
             blocks: HashMap::new(),
         }
     }
@@ -92,6 +105,10 @@ impl ScanRuntime {
                 .ok_or_else(|| StreamError::internal("a state's shape is unknown"))?;
             state_shapes.push(shape);
         }
+        self.names = ArgNames {
+            loss_args: (0..scan.loss_args.len()).map(names::loss_arg).collect(),
+            out_args: (0..scan.out_args.len()).map(names::out_arg).collect(),
+        };
         self.sized = Some(Sized {
             n: per_sizes.iter().product(),
             scan,
@@ -177,21 +194,37 @@ impl ScanRuntime {
         len: usize,
         want_states: bool,
     ) -> Result<(Tensor, Vec<Tensor>), StreamError> {
+        if operands.len() != z.scan.operand_count() {
+            return Err(StreamError::internal("wrong number of scan operands"));
+        }
+        if self.token_eta.is_none() {
+            self.init(&z.scan, operands, &z.per_sizes)?;
+        }
+        let token_eta = self
+            .token_eta
+            .take()
+            .ok_or_else(|| StreamError::internal("token_eta unset"))?;
+        let result = self.run_tokens(z, backend, operands, start, len, want_states, &token_eta);
+        self.token_eta = Some(token_eta);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_tokens(
+        &mut self,
+        z: &Sized,
+        backend: Backend,
+        operands: &[&Tensor],
+        start: usize,
+        len: usize,
+        want_states: bool,
+        token_eta: &Tensor,
+    ) -> Result<(Tensor, Vec<Tensor>), StreamError> {
         let (n, k) = (z.n, z.k);
         let scan = &z.scan;
         let per_sizes = &z.per_sizes;
         let state_shapes = &z.state_shapes;
-        if operands.len() != scan.operand_count() {
-            return Err(StreamError::internal("wrong number of scan operands"));
-        }
         let axes = |i: usize| -> &[Option<usize>] { &scan.axes[i].per };
-        if self.token_eta.is_none() {
-            self.init(scan, operands, per_sizes)?;
-        }
-        let token_eta = self
-            .token_eta
-            .clone()
-            .ok_or_else(|| StreamError::internal("token_eta unset"))?;
         let mut position = start % k;
         let mut pieces: Vec<Tensor> = Vec::new();
         // Slice-major token data, made when the first token goes the token way.
@@ -218,22 +251,22 @@ impl ScanRuntime {
             let (nl, no) = (scan.loss_args.len(), scan.out_args.len());
             for (i, rows) in r.iter().take(nl).enumerate() {
                 self.inputs
-                    .insert(names::loss_arg(i), slice_axis(rows, 1, t, 1)?);
+                    .insert(self.names.loss_args[i].clone(), slice_axis(rows, 1, t, 1)?);
             }
             for (i, rows) in r.iter().skip(nl).take(no).enumerate() {
                 self.inputs
-                    .insert(names::out_arg(i), slice_axis(rows, 1, t, 1)?);
+                    .insert(self.names.out_args[i].clone(), slice_axis(rows, 1, t, 1)?);
             }
             self.inputs
                 .insert(names::LR.into(), column(&r[nl + no], t)?);
             self.inputs
-                .insert(names::ETA.into(), column(&token_eta, position)?);
+                .insert(names::ETA.into(), column(token_eta, position)?);
             self.compile_token_step(backend, scan, n)?;
             let step = self
                 .token_step
                 .as_ref()
                 .ok_or_else(|| StreamError::internal("token step"))?;
-            let mut out = step.run(&self.inputs)?;
+            let mut out = step.run_reusing(&self.inputs, &mut self.spare)?;
             let z = out
                 .remove(names::Z)
                 .ok_or_else(|| StreamError::internal("the token step has no output `z`"))?;
@@ -242,12 +275,15 @@ impl ScanRuntime {
                 let p = out.remove(&names::partial(s)).ok_or_else(|| {
                     StreamError::internal(format!("the token step has no output for `{s}`"))
                 })?;
-                self.inputs.insert(names::partial(s), p);
+                // The sums just replaced hold the next step's output.
+                if let Some(old) = self.inputs.insert(names::partial(s), p) {
+                    self.spare.insert(names::partial(s), old);
+                }
             }
             position += 1;
             t += 1;
             if position == k {
-                let rate = column(&token_eta, k - 1)?;
+                let rate = column(token_eta, k - 1)?;
                 for s in &scan.states {
                     self.close(s, &rate)?;
                 }
@@ -255,13 +291,13 @@ impl ScanRuntime {
             }
         }
         // Per-token outputs: every piece is [n, len, rest...].
-        let zs = concat_axis(&pieces, 1)?;
+        let zs = concat_axis(pieces, 1)?;
         let mut z_shape = per_sizes.clone();
         z_shape.extend(&zs.shape()[1..]);
         let zs = reshape(zs, z_shape)?;
         // The states as the scan would end here.
         let rate = (position > 0)
-            .then(|| column(&token_eta, position - 1))
+            .then(|| column(token_eta, position - 1))
             .transpose()?;
         let mut states = Vec::with_capacity(scan.states.len());
         for (s, shape) in scan.states.iter().zip(state_shapes) {
@@ -322,9 +358,10 @@ impl ScanRuntime {
             .carried(s)
             .ok_or_else(|| StreamError::internal("state unset"))?;
         let next = minus_scaled(theta, rate, partial)?;
-        let zero = Tensor::zeros(partial.shape().to_vec(), partial.elem_type());
         self.inputs.insert(names::theta(s), next);
-        self.inputs.insert(names::partial(s), zero);
+        if let Some(partial) = self.inputs.remove(&names::partial(s)) {
+            self.inputs.insert(names::partial(s), zeroed(partial)?);
+        }
         Ok(())
     }
 

@@ -161,13 +161,25 @@ impl Session {
                 self.run_scan(i, len, &chunk, &mut values)?;
             }
         }
-        let mut out = BTreeMap::new();
+        let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
         for o in &self.plan.outputs {
             if o.class == Class::Final && !self.final_outputs {
                 continue;
             }
-            let v = self.value(o.node, &chunk, &values)?;
-            out.insert(o.name.clone(), v.clone());
+            // Computed values move into the result; one read twice, or an input, is copied.
+            let v = match values.remove(&o.node) {
+                Some(v) => v,
+                None => match self
+                    .plan
+                    .outputs
+                    .iter()
+                    .find(|p| p.node == o.node && out.contains_key(&p.name))
+                {
+                    Some(p) => out[&p.name].clone(),
+                    None => self.value(o.node, &chunk, &values)?.clone(),
+                },
+            };
+            out.insert(o.name.clone(), v);
         }
         self.position += len;
         Ok(out)

@@ -275,6 +275,18 @@ impl CraneliftJit {
         // entry's calling convention; every access it makes was proven in bounds.
         Ok(unsafe { self.sig.run(self.entry, inputs) }?)
     }
+
+    /// Like `run`, writing outputs into the storage of same-named, same-sized tensors taken
+    /// from `spare` where there are any (no allocation, no zeroing).
+    pub fn run_reusing(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        spare: &mut BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, CraneliftError> {
+        // SAFETY: `entry` was compiled from the program `sig` was taken from, with the
+        // entry's calling convention; every access it makes was proven in bounds.
+        Ok(unsafe { self.sig.run_reusing(self.entry, inputs, spare) }?)
+    }
 }
 
 impl From<crate::bounds::AnalysisError> for CraneliftError {
