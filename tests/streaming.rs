@@ -109,7 +109,11 @@ fn golden_cases_stream_in_random_chunks_on_every_backend() {
 }
 
 /// A compiled random model, its inputs and its settings.
-type RandomCase = (tttc::ir::Program, BTreeMap<String, Tensor>, BTreeMap<String, f64>);
+type RandomCase = (
+    tttc::ir::Program,
+    BTreeMap<String, Tensor>,
+    BTreeMap<String, f64>,
+);
 
 /// Compiles a random model and binds its inputs: the program and its inputs.
 fn random_program(
@@ -352,4 +356,86 @@ main {
         err.to_string().contains("reduces over the sequence"),
         "{err}"
     );
+}
+
+#[test]
+fn the_cli_saves_and_resumes_a_stream_mid_mini_batch() {
+    let case = &inner_cases()[1]; // L = 40, K = 16
+    let program =
+        tttc::compile_file(&root().join(case.program), Precision::F64, &case.settings).unwrap();
+    let inputs = case.inputs();
+    let plan = tttc::stream::plan::plan(&program).unwrap();
+    let (tokens, weights): (BTreeMap<_, _>, BTreeMap<_, _>) = inputs
+        .into_iter()
+        .partition(|(k, _)| plan.token_inputs.contains_key(k));
+    let parts = split_chunks(&tokens, &plan.token_inputs, &[21, 19]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    for (i, part) in parts.iter().enumerate() {
+        let mut all = weights.clone();
+        all.extend(part.clone());
+        tttc::runtime::write_safetensors(std::path::Path::new(&file(&format!("in{i}"))), &all)
+            .unwrap();
+    }
+    for backend in backends() {
+        let mut z = Vec::new();
+        for i in 0..2 {
+            let (inp, out, state) = (
+                file(&format!("in{i}")),
+                file(&format!("out{i}")),
+                file("state"),
+            );
+            let mut args = vec![
+                "run",
+                case.program,
+                "--inputs",
+                &inp,
+                "--out",
+                &out,
+                "--precision",
+                "f64",
+                "--backend",
+                backend,
+            ];
+            if i == 0 {
+                args.extend(["--chunks", "5,16", "--save-state", &state]);
+            } else {
+                args.extend(["--load-state", &state]);
+            }
+            let set = case.set_args();
+            args.extend(set.iter().map(String::as_str));
+            let r = tttc(&args);
+            assert!(r.status.success(), "{backend}: {}", text(&r));
+            z.push(load(std::path::Path::new(&out)));
+        }
+        let mut whole = z[1].clone();
+        let joined: Vec<f64> = {
+            // Z is [B, H, L, f]: join the two parts along L.
+            let (a, b) = (&z[0]["Z"], &z[1]["Z"]);
+            let (sa, sb) = (a.shape().to_vec(), b.shape().to_vec());
+            let (va, vb) = (a.to_f64_vec(), b.to_f64_vec());
+            let (rows_a, rows_b) = (sa[2] * sa[3], sb[2] * sb[3]);
+            let outer = sa[0] * sa[1];
+            (0..outer)
+                .flat_map(|o| {
+                    va[o * rows_a..(o + 1) * rows_a]
+                        .iter()
+                        .chain(&vb[o * rows_b..(o + 1) * rows_b])
+                        .copied()
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let shape = {
+            let mut s = z[0]["Z"].shape().to_vec();
+            s[2] += z[1]["Z"].shape()[2];
+            s
+        };
+        whole.insert("Z".into(), Tensor::from_f64(shape, joined).unwrap());
+        case.check(
+            "f64",
+            &whole,
+            &format!("{backend}: saved after 21 tokens, resumed"),
+        );
+    }
 }

@@ -79,6 +79,15 @@ pub struct Args {
     /// one-shot run's.
     #[arg(long, value_name = "N,N,...", value_delimiter = ',', value_parser = parse_chunk)]
     chunks: Option<Vec<usize>>,
+    /// Stream the inputs as the continuation of a saved session (written by --save-state):
+    /// their tokens follow the saved ones. Implies streaming (one chunk unless --chunks).
+    #[arg(long, value_name = "FILE")]
+    load_state: Option<PathBuf>,
+    /// Stream the inputs and save the session's state after them (safetensors: the fast
+    /// weights at the start of the unfinished mini-batch, its partial gradient sums, the
+    /// position), to continue later with --load-state.
+    #[arg(long, value_name = "FILE")]
+    save_state: Option<PathBuf>,
     #[command(flatten)]
     settings: SettingArgs,
 }
@@ -110,19 +119,33 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     )?;
     let program = &compiled.program;
     let (bound, _) = load_inputs(program, &args.inputs, &settings, precision)?;
-    let mut outputs = match &args.chunks {
-        Some(sizes) => {
+    let streaming = args.chunks.is_some() || args.load_state.is_some() || args.save_state.is_some();
+    let mut outputs = match streaming {
+        true => {
             let backend: tttc::Backend = args.backend.into();
-            tttc::stream::run_chunked(backend, program, &bound.inputs, &settings, precision, sizes)
-                .map_err(|e| {
-                    if e.is_user_error() {
-                        Failure::user(e)
-                    } else {
-                        Failure::internal(e)
-                    }
-                })?
+            let sizes = match &args.chunks {
+                Some(sizes) => sizes.clone(),
+                None => vec![sequence_length(program, &bound.inputs)?],
+            };
+            tttc::stream::run_chunked_with_state(
+                backend,
+                program,
+                &bound.inputs,
+                &settings,
+                precision,
+                &sizes,
+                args.load_state.as_deref(),
+                args.save_state.as_deref(),
+            )
+            .map_err(|e| {
+                if e.is_user_error() {
+                    Failure::user(e)
+                } else {
+                    Failure::internal(e)
+                }
+            })?
         }
-        None => {
+        false => {
             let prepared = prepare(args.backend, &bound.program)?;
             prepared.run(&bound.inputs).map_err(Failure::internal)?
         }
@@ -137,4 +160,16 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         .collect();
     eprintln!("wrote {}: {}", args.out.display(), names.join(", "));
     Ok(())
+}
+
+/// The number of tokens in `inputs` (along the program's sequence axis).
+fn sequence_length(
+    program: &tttc::ir::Program,
+    inputs: &std::collections::BTreeMap<String, tttc::runtime::Tensor>,
+) -> Result<usize, Failure> {
+    let plan = tttc::stream::plan::plan(program).map_err(Failure::user)?;
+    plan.token_inputs
+        .iter()
+        .find_map(|(name, &axis)| inputs.get(name).and_then(|t| t.shape().get(axis)).copied())
+        .ok_or_else(|| Failure::user("the program has no per-token input to stream"))
 }

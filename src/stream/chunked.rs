@@ -21,6 +21,25 @@ pub fn run_chunked(
     precision: Precision,
     sizes: &[usize],
 ) -> Result<BTreeMap<String, Tensor>, StreamError> {
+    run_chunked_with_state(
+        backend, program, inputs, settings, precision, sizes, None, None,
+    )
+}
+
+/// [`run_chunked`], continuing from the session state in `resume` (written by
+/// [`Session::save`]) when given, and saving the state after the last chunk to `save` when
+/// given: the inputs are then the tokens that follow the saved ones.
+#[allow(clippy::too_many_arguments)]
+pub fn run_chunked_with_state(
+    backend: Backend,
+    program: &Program,
+    inputs: &BTreeMap<String, Tensor>,
+    settings: &Settings,
+    precision: Precision,
+    sizes: &[usize],
+    resume: Option<&std::path::Path>,
+    save: Option<&std::path::Path>,
+) -> Result<BTreeMap<String, Tensor>, StreamError> {
     let token_inputs = super::plan::plan(program)?.token_inputs;
     let (tokens, weights): (BTreeMap<_, _>, BTreeMap<_, _>) = inputs
         .iter()
@@ -33,6 +52,9 @@ pub fn run_chunked(
         settings.clone(),
         precision,
     )?;
+    if let Some(path) = resume {
+        session.load(path)?;
+    }
     let chunks = split_chunks(&tokens, &token_inputs, sizes)?;
     let mut parts: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
     let mut last = BTreeMap::new();
@@ -45,6 +67,9 @@ pub fn run_chunked(
                 last.insert(name, t);
             }
         }
+    }
+    if let Some(path) = save {
+        session.save(path)?;
     }
     for (name, pieces) in parts {
         let axis = session

@@ -17,7 +17,7 @@ mod scan;
 mod session;
 mod state_file;
 
-pub use chunked::{run_chunked, split_chunks};
+pub use chunked::{run_chunked, run_chunked_with_state, split_chunks};
 pub use plan::{Class, StreamPlan};
 pub use session::Session;
 
