@@ -108,20 +108,20 @@ fn golden_cases_stream_in_random_chunks_on_every_backend() {
     }
 }
 
+/// A compiled program, its inputs and its settings.
+type Compiled = (
+    tttc::ir::Program,
+    BTreeMap<String, Tensor>,
+    BTreeMap<String, f64>,
+);
+
 /// Compiles a random model and binds its inputs: the program and its inputs.
 fn random_program(
     m: &common::random_model::Model,
     dtype: DType,
     dims: (usize, usize, usize, usize),
     seed: u64,
-) -> Result<
-    (
-        tttc::ir::Program,
-        BTreeMap<String, Tensor>,
-        BTreeMap<String, f64>,
-    ),
-    TestCaseError,
-> {
+) -> Result<Compiled, TestCaseError> {
     let (text, states) = m.source();
     let settings: BTreeMap<String, f64> = [("mini_batch_size".to_string(), dims.3 as f64)]
         .into_iter()
