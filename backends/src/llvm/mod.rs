@@ -39,7 +39,10 @@
 //!   per fused operation; everything else is bit-for-bit the same operation sequence.
 //! - Every function carries the host's `target-cpu` and `target-features` (on x86-64 with
 //!   `-prefer-256-bit` appended, so AVX-512 hosts get 512-bit vectors), and the module goes
-//!   through LLVM's `default<O3>` pipeline.
+//!   through LLVM's `default<O3>` pipeline **without the SLP vectorizer** (loops are still
+//!   vectorized by the loop vectorizer): LLVM 19's SLP vectorizer miscompiles the long
+//!   straight-line blocks that fully unrolled small loops leave (see
+//!   [`disable_slp_vectorizer`]).
 //!
 //! Before any IR is built the program is checked: unknown buffers, unknown, unbound or rebound
 //! loop variables, stores into inputs, inputs/outputs outside global memory or not row-major,
@@ -116,6 +119,7 @@ struct Host {
 impl Host {
     fn new(reloc: RelocMode, model: CodeModel) -> Result<Host, LlvmError> {
         Target::initialize_native(&InitializationConfig::default()).map_err(LlvmError::Llvm)?;
+        disable_slp_vectorizer();
         let triple = TargetMachine::get_default_triple();
         let target = Target::from_triple(&triple).map_err(|e| LlvmError::Llvm(e.to_string()))?;
         let cpu = TargetMachine::get_host_cpu_name().to_string();
@@ -138,6 +142,42 @@ impl Host {
             .ok_or_else(|| LlvmError::Llvm(format!("no target machine for {triple}")))?;
         Ok(Host { tm, cpu, features })
     }
+}
+
+/// Turns LLVM's SLP (straight-line) vectorizer off for this process, once, before any module
+/// is optimized.
+///
+/// LLVM 19's SLP vectorizer produces wrong code for our kernels: with tiny loop extents
+/// `default<O3>` unrolls every loop nest of a program fully, and in the resulting straight-line
+/// block SLP built a 4-lane vector holding one scalar twice (`a + d` and, commuted, `d + a`)
+/// and then broadcast a different lane to the users of `a + d` (a wrong shuffle mask). The
+/// token step of a small TTT-MLP gave relative errors of 1e-1 on an AVX-512 host (see
+/// `tests/llvm_regression.rs`); `opt-19 -passes=slp-vectorizer` on the IR before that pass
+/// reproduces it, and many such SLP shuffle miscompiles were reported against LLVM 19 (e.g.
+/// llvm/llvm-project#117170). Nothing in the kernel IR can rule the pattern out, so the pass
+/// goes; the loop vectorizer, unrolling, FMA contraction and 512-bit vectors stay.
+///
+/// `default<O3>` forces `PipelineTuningOptions::SLPVectorization` on whatever
+/// `PassBuilderOptions` say, so the pass is switched off through its own command-line option
+/// (`-vectorize-slp=false`, which `SLPVectorizerPass` checks on every run). LLVM options are
+/// process-wide: another user of LLVM in the same process gets the same setting.
+fn disable_slp_vectorizer() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let args: [&std::ffi::CStr; 2] = [c"tttc", c"-vectorize-slp=false"];
+        let argv: Vec<*const std::ffi::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        // SAFETY: `argv` holds `argv.len()` pointers to NUL-terminated strings that outlive the
+        // call, and the option exists in every LLVM 19. Every compilation passes through here
+        // (`Host::new`) first, and `Once` makes the others wait, so no pass reads the option
+        // while it is being written.
+        unsafe {
+            inkwell::llvm_sys::support::LLVMParseCommandLineOptions(
+                argv.len() as i32,
+                argv.as_ptr(),
+                std::ptr::null(),
+            );
+        }
+    });
 }
 
 /// Checks `p`, generates its module with entry `entry`, verifies it and runs `default<O3>`.
