@@ -1101,40 +1101,11 @@ impl Lowerer {
         }
         let (av, ashape) = self.view_of(sc, a, &format!("%{} lhs", id.index()), body);
         let (bv, bshape) = self.view_of(sc, b, &format!("%{} rhs", id.index()), body);
-        // A single row times a right operand stored by columns (a transposed weight): one dot
-        // product per output, along the contiguous columns.
-        if m == 1 && n > 1 && bv.strides.last() != Some(&1) && bv.strides.get(rb - 2) == Some(&1) {
-            let dest = self.dest_for(sc, id, shape);
-            let (lidx, lloops) = self.loops(lead);
-            let (jidx, jloops) = self.loops(&[n]);
-            let (pidx, ploops) = self.loops(&[k]);
-            let mut out_idx = lidx.clone();
-            out_idx.extend([Index::Const(0), jidx[0].clone()]);
-            let out_at = dest.at(shape, &out_idx);
-            let mut a_idx = bcast_idx(&ashape[..ra - 2], &lidx);
-            a_idx.extend([Index::Const(0), pidx[0].clone()]);
-            let mut b_idx = bcast_idx(&bshape[..rb - 2], &lidx);
-            b_idx.extend([pidx[0].clone(), jidx[0].clone()]);
-            let mut inner = vec![store(dest.buf, out_at.clone(), Value::Const(0.0))];
-            inner.extend(wrap(
-                ploops,
-                vec![store(
-                    dest.buf,
-                    out_at.clone(),
-                    bin(
-                        BinaryOp::Add,
-                        load(dest.buf, out_at),
-                        bin(BinaryOp::Mul, av.load(&a_idx), bv.load(&b_idx)),
-                    ),
-                )],
-            ));
-            body.extend(wrap(lloops, wrap(jloops, inner)));
-            return Ok(dest.val(shape));
-        }
         // The innermost loop runs along the right operand's rows: read them contiguously (a
-        // transposed weight is copied once instead of gathered k times per row) — unless there
-        // is a single row, which reads every element once anyway.
-        let (bv, bshape) = if n > 1 && m > 1 && bv.strides.last() != Some(&1) {
+        // transposed weight is copied once instead of gathered k times per row; with a single
+        // row the copy still pays: the accumulation then vectorizes along the row, which a dot
+        // product along the columns cannot without reassociating).
+        let (bv, bshape) = if n > 1 && bv.strides.last() != Some(&1) {
             let strided = Val {
                 shape: bshape,
                 lazy: Lazy::View(bv),
