@@ -107,7 +107,7 @@ fn decompose<'a>(ix: &'a Index, scale: i64, a: &mut Affine<'a>) -> Option<()> {
 }
 
 /// The variables an index mentions.
-fn vars_of(ix: &Index, out: &mut BTreeSet<VarId>) {
+pub(crate) fn vars_of(ix: &Index, out: &mut BTreeSet<VarId>) {
     match ix {
         Index::Const(_) => {}
         Index::Var(v) => {

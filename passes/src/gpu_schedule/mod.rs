@@ -96,7 +96,7 @@ pub fn gpu_schedule(p: &KernelProgram, cfg: &GpuConfig) -> Result<KernelProgram,
     out.body = Vec::new();
     let mut launches: Vec<(VarId, usize, bool)> = Vec::new();
     for s in &p.body {
-        if let Some((launch, from_parallel)) = m.launch(s)? {
+        for (launch, from_parallel) in m.launches(s)? {
             if let Stmt::Loop { var, extent, .. } = &launch {
                 launches.push((*var, *extent, from_parallel));
             }
@@ -106,8 +106,10 @@ pub fn gpu_schedule(p: &KernelProgram, cfg: &GpuConfig) -> Result<KernelProgram,
     out.vars = m.vars;
     place_scratch(&mut out, &launches, cfg)?;
     for s in &mut out.body {
-        if let Stmt::Loop { body, .. } = s {
-            let (b, _) = barriers::insert(std::mem::take(body), barriers::Accesses::default());
+        if let Stmt::Loop { var, body, .. } = s {
+            let block = BTreeSet::from([*var]);
+            let (b, _) =
+                barriers::insert(std::mem::take(body), barriers::Accesses::default(), &block);
             *body = b;
         }
     }
@@ -170,6 +172,19 @@ impl Mapper {
             .checked_add(1)
             .ok_or_else(|| GpuScheduleError::Unsupported("too many loop variables".into()))?;
         Ok(v)
+    }
+
+    /// The launches for top-level statement `s` (none for empty loops and barriers), each with
+    /// whether its blocks are the iterations of a `Parallel` loop.
+    fn launches(&mut self, s: &Stmt) -> Result<Vec<(Stmt, bool)>, GpuScheduleError> {
+        if let Some(pieces) = self.fission(s, &BTreeSet::new()) {
+            let mut out = Vec::new();
+            for p in &pieces {
+                out.extend(self.launches(p)?);
+            }
+            return Ok(out);
+        }
+        Ok(self.launch(s)?.into_iter().collect())
     }
 
     /// The launch for top-level statement `s` (none for empty loops and barriers), and whether
@@ -235,7 +250,9 @@ impl Mapper {
                 Stmt::Loop {
                     var, extent, body, ..
                 } => {
-                    if let Some((n, par)) = self.parallel_nest(s, fixed) {
+                    if let Some(pieces) = self.fission(s, fixed) {
+                        out.extend(self.block(&pieces, fixed)?);
+                    } else if let Some((n, par)) = self.parallel_nest(s, fixed) {
                         let tv = self.var()?;
                         let subst = collapse(tv, &par);
                         let rest = rebuild(&n, &par, &subst);
@@ -250,6 +267,38 @@ impl Mapper {
             }
         }
         Ok(out)
+    }
+
+    /// Loop fission, when it gives more threads: a nest whose loops are all independent (or
+    /// run once) around several statements becomes one nest per statement. Legal because the
+    /// iterations are independent: the only dependences are between statements of the same
+    /// iteration, and all of one statement still runs before the next (a barrier between them
+    /// when needed). Each piece may then find independent loops inside its statement (a
+    /// matmul's zero-initialisation and accumulation over rows become two nests over rows ×
+    /// columns).
+    fn fission(&self, s: &Stmt, fixed: &BTreeSet<VarId>) -> Option<Vec<Stmt>> {
+        let (n, par) = self.parallel_nest(s, fixed)?;
+        if n.body.len() < 2
+            || n.loops
+                .iter()
+                .any(|&(v, e, _)| e > 1 && !par.iter().any(|p| p.0 == v))
+        {
+            return None;
+        }
+        let wrap = |stmt: &Stmt| {
+            let mut body = vec![stmt.clone()];
+            for &(v, e, sched) in n.loops.iter().rev() {
+                body = vec![gpu_loop(v, e, sched, body)];
+            }
+            body.pop()
+        };
+        let pieces: Vec<Stmt> = n.body.iter().filter_map(wrap).collect();
+        let before = product(&par);
+        let better = pieces.iter().any(|p| {
+            self.parallel_nest(p, fixed)
+                .is_some_and(|(_, q)| product(&q) > before)
+        });
+        better.then_some(pieces)
     }
 
     /// The perfect nest of `s` and its largest jointly independent set of loops (greedily,
