@@ -9,6 +9,7 @@
 pub mod bind;
 pub mod driver;
 pub mod execute;
+pub mod gpu;
 
 pub use tttc_backends as backends;
 pub use tttc_ir as ir;

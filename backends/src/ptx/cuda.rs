@@ -49,6 +49,27 @@ pub fn driver_present() -> bool {
     catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
 }
 
+/// The first device: its name and the PTX architecture to compile for (`sm_90` for compute
+/// capability 9.0 and above, else `sm_80`, which the driver JIT-compiles for newer devices).
+pub fn device() -> Result<(String, super::PtxArch), CudaError> {
+    guarded(|| {
+        let ctx = CudaContext::new(0).map_err(driver)?;
+        let name = ctx.name().map_err(driver)?;
+        let (major, minor) = ctx.compute_capability().map_err(driver)?;
+        if major < 8 {
+            return Err(CudaError::Driver(format!(
+                "{name} has compute capability {major}.{minor}; the ptx backend needs 8.0 or newer"
+            )));
+        }
+        let arch = if major >= 9 {
+            super::PtxArch::Sm90
+        } else {
+            super::PtxArch::Sm80
+        };
+        Ok((name, arch))
+    })
+}
+
 /// Runs `f` only when the driver is present, turning panics into errors.
 fn guarded<T>(f: impl FnOnce() -> Result<T, CudaError>) -> Result<T, CudaError> {
     if !driver_present() {
