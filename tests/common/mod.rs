@@ -51,14 +51,23 @@ pub fn rel_error(got: &Tensor, expected: &Tensor) -> f64 {
     diff / scale.max(f64::MIN_POSITIVE)
 }
 
-/// The backends this build of tttc has, by their `--backend` names.
+/// The backends this build of tttc has, by their `--backend` names. `ptx` needs a GPU, so it
+/// joins only when `TTTC_TEST_PTX=1` (as `scripts/gpu_check.sh` sets it), and then alone when
+/// `TTTC_TEST_PTX=only`.
 pub fn backends() -> Vec<&'static str> {
+    let ptx = std::env::var("TTTC_TEST_PTX").unwrap_or_default();
+    if ptx == "only" {
+        return vec!["ptx"];
+    }
     let mut b = vec!["interp"];
     if cfg!(feature = "llvm") {
         b.push("llvm");
     }
     if cfg!(feature = "cranelift") {
         b.push("cranelift");
+    }
+    if ptx == "1" {
+        b.push("ptx");
     }
     b
 }

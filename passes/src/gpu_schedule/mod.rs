@@ -77,7 +77,7 @@ pub enum GpuScheduleError {
 
 /// Maps `p` onto a GPU (see the module documentation).
 pub fn gpu_schedule(p: &KernelProgram, cfg: &GpuConfig) -> Result<KernelProgram, GpuScheduleError> {
-    if cfg.threads == 0 || cfg.threads > 1024 || cfg.threads % 32 != 0 {
+    if cfg.threads == 0 || cfg.threads > 1024 || !cfg.threads.is_multiple_of(32) {
         return Err(GpuScheduleError::Config(format!(
             "{} threads per block (need a multiple of 32, at most 1024)",
             cfg.threads
