@@ -8,6 +8,9 @@
 //!
 //! Nothing here runs on a GPU: what the PTX computes is checked by the GPU emulation of the
 //! same mapped kernel IR (tests/gpu_mapping.rs); `scripts/gpu_check.sh` runs it on a GPU.
+//! PTX needs LLVM (feature `llvm`); the no-driver check needs the runtime (feature `cuda`).
+
+#![cfg(feature = "llvm")]
 
 mod common;
 
@@ -185,6 +188,7 @@ fn ptx_snapshots() {
 }
 
 /// Without a CUDA driver, `--backend ptx` is a user error with a clear message, not a panic.
+#[cfg(feature = "cuda")]
 #[test]
 fn ptx_backend_without_a_driver_is_a_clean_error() {
     let has_driver = [

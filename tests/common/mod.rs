@@ -38,15 +38,20 @@ pub fn load(path: &Path) -> BTreeMap<String, Tensor> {
     read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// max |got − expected| / max |expected|, in f64.
+/// max |got − expected| / max |expected|, in f64. A NaN or infinity in either (which
+/// `f64::max` alone would skip) fails the calling test.
 pub fn rel_error(got: &Tensor, expected: &Tensor) -> f64 {
     assert_eq!(got.shape(), expected.shape(), "shape mismatch");
     let (g, e) = (got.to_f64_vec(), expected.to_f64_vec());
     let scale = e.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let diff = g
-        .iter()
-        .zip(&e)
-        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    let diff = g.iter().zip(&e).fold(0.0f64, |m, (a, b)| {
+        let d = (a - b).abs();
+        if m.is_nan() || d.is_nan() {
+            f64::NAN
+        } else {
+            m.max(d)
+        }
+    });
     assert!(diff.is_finite(), "non-finite values");
     diff / scale.max(f64::MIN_POSITIVE)
 }

@@ -17,6 +17,13 @@
 //!
 //! Unlike the CPU backends, scratch buffers are not filled with NaN when they become fresh:
 //! reading before writing is the GPU emulator's job to catch.
+//!
+//! The same generator has a host flavor ([`Flavor::Host`], for testing the generated code
+//! without a GPU, see [`super::host`]): every kernel becomes `void <name>(T** globals, T**
+//! shared, i64 tid, i64 ctaid, i8* barrier)` in address space 0, the thread and block indices
+//! are parameters, shared buffers are passed in, and a barrier calls
+//! `tttc_host_barrier(barrier)`. Everything else — loops, guards, indices, arithmetic, the math
+//! library — is the very code the NVPTX flavor emits.
 
 use super::math::{self, MathFn};
 use super::PtxError;
@@ -49,11 +56,25 @@ fn internal<T>(m: impl Into<String>) -> Result<T, PtxError> {
     Err(PtxError::Internal(m.into()))
 }
 
+/// Which machine the kernels are for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// NVPTX kernels (the real thing).
+    Nvptx,
+    /// Host functions with the same bodies (for testing; see the module documentation).
+    Host,
+}
+
+/// The host function a barrier calls in the host flavor.
+pub(crate) const HOST_BARRIER: &str = "tttc_host_barrier";
+
 /// A launch as generated: its kernel's name and the buffers it takes.
 pub(crate) struct GenLaunch {
     pub name: String,
     pub grid: usize,
     pub params: Vec<BufId>,
+    /// The shared buffers it uses (host flavor: passed in, in this order).
+    pub shared: Vec<BufId>,
 }
 
 /// Builds every launch of `p` into `module`.
@@ -64,6 +85,7 @@ pub(crate) fn build<'ctx>(
     lens: &[u64],
     threads: u32,
     prefix: &str,
+    flavor: Flavor,
 ) -> Result<Vec<GenLaunch>, PtxError> {
     let ft = match p.dtype {
         DType::F32 => ctx.f32_type(),
@@ -78,6 +100,7 @@ pub(crate) fn build<'ctx>(
         i64t: ctx.i64_type(),
         threads: u64::from(threads),
         shared: HashMap::new(),
+        flavor,
     };
     g.launches(prefix)
 }
@@ -91,6 +114,7 @@ struct Gen<'a, 'ctx> {
     i64t: IntType<'ctx>,
     threads: u64,
     shared: HashMap<BufId, PointerValue<'ctx>>,
+    flavor: Flavor,
 }
 
 struct Fn<'ctx> {
@@ -101,6 +125,8 @@ struct Fn<'ctx> {
     bufs: HashMap<BufId, PointerValue<'ctx>>,
     vars: Vec<(VarId, IntValue<'ctx>)>,
     tid: IntValue<'ctx>,
+    /// The host flavor's barrier context.
+    barrier: Option<PointerValue<'ctx>>,
 }
 
 fn global_space() -> AddressSpace {
@@ -133,11 +159,19 @@ impl<'ctx> Gen<'_, 'ctx> {
                 .into_iter()
                 .filter(|b| self.p.buffer(*b).map(|x| x.space) == Some(MemorySpace::Global))
                 .collect();
-            self.kernel(&name, *var, &params, body)?;
+            let shared: Vec<BufId> = crate::bounds::buffers_used(body)
+                .into_iter()
+                .filter(|b| self.p.buffer(*b).map(|x| x.space) == Some(MemorySpace::Shared))
+                .collect();
+            match self.flavor {
+                Flavor::Nvptx => self.kernel(&name, *var, &params, body)?,
+                Flavor::Host => self.host_kernel(&name, *var, &params, &shared, body)?,
+            }
             out.push(GenLaunch {
                 name,
                 grid: *extent,
                 params,
+                shared,
             });
         }
         Ok(out)
@@ -194,6 +228,7 @@ impl<'ctx> Gen<'_, 'ctx> {
             bufs: HashMap::new(),
             vars: vec![(block_var, ctaid)],
             tid,
+            barrier: None,
         };
         for (i, id) in params.iter().enumerate() {
             let Some(BasicValueEnum::PointerValue(ptr)) = func.get_nth_param(i as u32) else {
@@ -217,6 +252,88 @@ impl<'ctx> Gen<'_, 'ctx> {
                     f.bufs.insert(id, ptr);
                 }
                 _ => {}
+            }
+        }
+        self.stmts(&mut f, body)?;
+        f.b.build_return(None)?;
+        f.entry.build_unconditional_branch(start_bb)?;
+        Ok(())
+    }
+
+    /// The host flavor of a kernel: `void name(T** globals, T** shared, i64 tid, i64 ctaid,
+    /// i8* barrier)`.
+    fn host_kernel(
+        &mut self,
+        name: &str,
+        block_var: VarId,
+        params: &[BufId],
+        shared: &[BufId],
+        body: &[Stmt],
+    ) -> Result<(), PtxError> {
+        let ptr = self.ctx.ptr_type(AddressSpace::default());
+        let func = self.module.add_function(
+            name,
+            self.ctx.void_type().fn_type(
+                &[
+                    ptr.into(),
+                    ptr.into(),
+                    self.i64t.into(),
+                    self.i64t.into(),
+                    ptr.into(),
+                ],
+                false,
+            ),
+            Some(Linkage::External),
+        );
+        let entry_bb = self.ctx.append_basic_block(func, "entry");
+        let start_bb = self.ctx.append_basic_block(func, "start");
+        let entry = self.ctx.create_builder();
+        entry.position_at_end(entry_bb);
+        let b = self.ctx.create_builder();
+        b.position_at_end(start_bb);
+        let param = |i: u32| {
+            func.get_nth_param(i)
+                .ok_or_else(|| PtxError::Internal("missing host kernel parameter".into()))
+        };
+        let (globals, shared_arr) = (
+            param(0)?.into_pointer_value(),
+            param(1)?.into_pointer_value(),
+        );
+        let (tid, ctaid) = (param(2)?.into_int_value(), param(3)?.into_int_value());
+        let barrier = param(4)?.into_pointer_value();
+        let mut f = Fn {
+            func,
+            b,
+            entry,
+            bufs: HashMap::new(),
+            vars: vec![(block_var, ctaid)],
+            tid,
+            barrier: Some(barrier),
+        };
+        for (arr, ids) in [(globals, params), (shared_arr, shared)] {
+            for (i, id) in ids.iter().enumerate() {
+                // SAFETY: the runner passes arrays with one pointer per buffer, in this order.
+                let slot = unsafe {
+                    f.entry.build_in_bounds_gep(
+                        ptr,
+                        arr,
+                        &[self.i64t.const_int(i as u64, false)],
+                        "slot",
+                    )?
+                };
+                let p = f.entry.build_load(ptr, slot, "buf")?.into_pointer_value();
+                f.bufs.insert(*id, p);
+            }
+        }
+        for id in crate::bounds::buffers_used(body) {
+            if self.p.buffer(id).map(|b| b.space) == Some(MemorySpace::Local) {
+                let len = self.len(id)?;
+                let p = f.entry.build_array_alloca(
+                    self.ft,
+                    self.i64t.const_int(len, false),
+                    "local",
+                )?;
+                f.bufs.insert(id, p);
             }
         }
         self.stmts(&mut f, body)?;
@@ -288,6 +405,20 @@ impl<'ctx> Gen<'_, 'ctx> {
                     let v = self.value(f, value)?;
                     let ptr = self.element(f, *buf, index)?;
                     f.b.build_store(ptr, v)?;
+                }
+                Stmt::Barrier if f.barrier.is_some() => {
+                    let ptr = self.ctx.ptr_type(AddressSpace::default());
+                    let bar = match self.module.get_function(HOST_BARRIER) {
+                        Some(b) => b,
+                        None => self.module.add_function(
+                            HOST_BARRIER,
+                            self.ctx.void_type().fn_type(&[ptr.into()], false),
+                            Some(Linkage::External),
+                        ),
+                    };
+                    if let Some(ctx) = f.barrier {
+                        f.b.build_call(bar, &[ctx.into()], "")?;
+                    }
                 }
                 Stmt::Barrier => {
                     let Some(i) = Intrinsic::find("llvm.nvvm.barrier0") else {

@@ -14,6 +14,7 @@
 mod codegen;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod host;
 pub mod math;
 
 use crate::kernel_interp::{check_gpu_program, GpuEmulation};
@@ -130,26 +131,7 @@ pub struct PtxModule {
 
 /// Emits PTX for the GPU-scheduled program `p`, run with `threads` threads per block.
 pub fn emit_ptx(p: &KernelProgram, threads: u32, arch: PtxArch) -> Result<PtxModule, PtxError> {
-    if threads == 0 || threads > 1024 {
-        return Err(PtxError::Invalid(format!("{threads} threads per block")));
-    }
-    check_gpu_program(
-        p,
-        GpuEmulation {
-            threads: threads as usize,
-        },
-    )
-    .map_err(|e| PtxError::Invalid(e.to_string()))?;
-    let analysis = crate::bounds::analyze(p).map_err(|e| PtxError::Invalid(e.to_string()))?;
-    for (i, b) in p.buffers.iter().enumerate() {
-        let io = matches!(b.kind, BufferKind::Input(_) | BufferKind::Output(_));
-        if io && b.space != MemorySpace::Global {
-            return Err(PtxError::Invalid(format!(
-                "input/output buffer b{i} (`{}`) is not in global memory",
-                b.name
-            )));
-        }
-    }
+    let analysis = check(p, threads)?;
 
     Target::initialize_nvptx(&InitializationConfig::default());
     let triple = TargetTriple::create("nvptx64-nvidia-cuda");
@@ -169,7 +151,15 @@ pub fn emit_ptx(p: &KernelProgram, threads: u32, arch: PtxArch) -> Result<PtxMod
     module.set_triple(&triple);
     module.set_data_layout(&tm.get_target_data().get_data_layout());
     let prefix = format!("tttc_{}", sanitize(&p.name));
-    let generated = codegen::build(&ctx, &module, p, &analysis.lens, threads, &prefix)?;
+    let generated = codegen::build(
+        &ctx,
+        &module,
+        p,
+        &analysis.lens,
+        threads,
+        &prefix,
+        codegen::Flavor::Nvptx,
+    )?;
     module
         .verify()
         .map_err(|e| PtxError::Internal(format!("generated module does not verify: {e}")))?;
@@ -220,6 +210,31 @@ pub fn emit_ptx(p: &KernelProgram, threads: u32, arch: PtxArch) -> Result<PtxMod
         buffers,
         shared_bytes,
     })
+}
+
+/// Checks `p` for code generation with `threads` threads per block; returns the bounds analysis.
+fn check(p: &KernelProgram, threads: u32) -> Result<crate::bounds::Analysis, PtxError> {
+    if threads == 0 || threads > 1024 {
+        return Err(PtxError::Invalid(format!("{threads} threads per block")));
+    }
+    check_gpu_program(
+        p,
+        GpuEmulation {
+            threads: threads as usize,
+        },
+    )
+    .map_err(|e| PtxError::Invalid(e.to_string()))?;
+    let analysis = crate::bounds::analyze(p).map_err(|e| PtxError::Invalid(e.to_string()))?;
+    for (i, b) in p.buffers.iter().enumerate() {
+        let io = matches!(b.kind, BufferKind::Input(_) | BufferKind::Output(_));
+        if io && b.space != MemorySpace::Global {
+            return Err(PtxError::Invalid(format!(
+                "input/output buffer b{i} (`{}`) is not in global memory",
+                b.name
+            )));
+        }
+    }
+    Ok(analysis)
 }
 
 /// Bytes of shared memory each launch uses.
