@@ -273,33 +273,40 @@ def table(args):
         have_torch = torch.cuda.is_available()
     except ImportError:
         have_torch = False
-    rows = []
     work = tempfile.mkdtemp(prefix="tttc-gpu-bench-")
-    for model in ["linear", "mlp"]:
-        for B in batches:
-            for L in lengths:
-                left = lambda: deadline - time.time()
-                row = {"model": f"TTT-{model.upper() if model == 'mlp' else 'Linear'}", "B": B, "L": L}
-                if left() < 20:
-                    row["note"] = "skipped (time)"
-                    rows.append(row)
-                    continue
-                path = os.path.join(work, f"{model}_B{B}_L{L}.safetensors")
-                st_write(path, make_inputs(model == "mlp", B, L))
-                program = os.path.join(ROOT, "examples", f"ttt_{model}.ttt")
-                r, why = run_json([tttc, "bench", program, "--inputs", path, "--backend", "ptx",
-                                   "--iters", str(iters), "--json"], min(left() - 5, 150))
-                row["tttc"] = r or why
-                for kind in ["eager", "compile"]:
-                    if not have_torch:
-                        row[kind] = "n/a (no torch with CUDA)"
-                        continue
-                    r, why = run_json([sys.executable, os.path.abspath(__file__), "one", kind, model,
-                                       path, str(iters)], min(left() - 5, 120))
-                    row[kind] = r or why
-                os.remove(path)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+    left = lambda: deadline - time.time()
+    configs = [(m, B, L) for m in ["linear", "mlp"] for B in batches for L in lengths]
+    rows = {c: {"model": "TTT-MLP" if c[0] == "mlp" else "TTT-Linear", "B": c[1], "L": c[2]}
+            for c in configs}
+    paths = {}
+    # tttc first (the numbers this check exists for), then PyTorch eager, then torch.compile
+    # (slowest to start): whatever does not fit before the deadline is marked as skipped.
+    for c in configs:
+        model, B, L = c
+        if left() < 20:
+            rows[c]["note"] = "skipped (time)"
+            continue
+        paths[c] = os.path.join(work, f"{model}_B{B}_L{L}.safetensors")
+        st_write(paths[c], make_inputs(model == "mlp", B, L))
+        program = os.path.join(ROOT, "examples", f"ttt_{model}.ttt")
+        r, why = run_json([tttc, "bench", program, "--inputs", paths[c], "--backend", "ptx",
+                           "--iters", str(iters), "--json"], min(left() - 5, 150))
+        rows[c]["tttc"] = r or why
+        print(json.dumps(rows[c]), flush=True)
+    for kind in ["eager", "compile"]:
+        for c in configs:
+            if c not in paths:
+                continue
+            if not have_torch:
+                rows[c][kind] = "n/a (no torch with CUDA)"
+                continue
+            r, why = run_json([sys.executable, os.path.abspath(__file__), "one", kind, c[0],
+                               paths[c], str(iters)], min(left() - 5, 120))
+            rows[c][kind] = r or why
+            print(json.dumps(rows[c]), flush=True)
+    for p in paths.values():
+        os.remove(p)
+    rows = [rows[c] for c in configs]
     write_table(rows, args["--out"], iters)
 
 

@@ -117,10 +117,11 @@ mkdir -p "$(dirname "$out")"
 capped 600 "$python" bench/gpu_peers.py table --tttc "$tttc" --out "$out" --iters "$iters" \
   --batches "$batches" --lengths "$lengths" --deadline $((deadline - 15)) || status=1
 if [ -f "$out" ]; then
+  gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1 || true)
   {
     echo
     echo "Goldens: $goldens. $torch_ok."
-    echo "GPU: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1 || echo unknown). Took $(($(date +%s) - start)) s."
+    echo "GPU: ${gpu:-unknown}. Took $(($(date +%s) - start)) s."
   } >>"$out"
   cat "$out"
 fi

@@ -185,12 +185,8 @@ impl CudaProgram {
                 .lock()
                 .map_err(|_| CudaError::Driver("a previous run panicked".into()))?;
             let raw = match &mut *bufs {
-                Buffers::F32(b) => {
-                    self.run_typed(b, inputs, |t| t.as_f32().map(<[f32]>::to_vec))?
-                }
-                Buffers::F64(b) => {
-                    self.run_typed(b, inputs, |t| t.as_f64().map(<[f64]>::to_vec))?
-                }
+                Buffers::F32(b) => self.run_typed(b, inputs, Tensor::as_f32)?,
+                Buffers::F64(b) => self.run_typed(b, inputs, Tensor::as_f64)?,
             };
             let mut out = BTreeMap::new();
             for (name, shape, data) in raw {
@@ -215,7 +211,7 @@ impl CudaProgram {
         &self,
         bufs: &mut [CudaSlice<T>],
         inputs: &BTreeMap<String, Tensor>,
-        host: impl Fn(&Tensor) -> Option<Vec<T>>,
+        host: impl for<'t> Fn(&'t Tensor) -> Option<&'t [T]>,
     ) -> Result<Vec<(String, Vec<usize>, Data)>, CudaError> {
         let s = &self.stream;
         for ((kind, len, _), buf) in self.layout.iter().zip(bufs.iter_mut()) {
@@ -233,7 +229,7 @@ impl CudaProgram {
                                 msg: format!("expected {len} elements of the program's type"),
                             })?;
                     if !data.is_empty() {
-                        s.memcpy_htod(&data, buf).map_err(driver)?;
+                        s.memcpy_htod(data, buf).map_err(driver)?;
                     }
                 }
                 _ => {
