@@ -15,6 +15,8 @@ pub enum Backend {
     Llvm,
     /// Native CPU code through Cranelift (JIT; fast compiles).
     Cranelift,
+    /// NVIDIA GPU code: PTX through LLVM, run through the CUDA driver ([`crate::gpu`]).
+    Ptx,
 }
 
 impl Backend {
@@ -24,6 +26,15 @@ impl Backend {
             Backend::Interp => "interp",
             Backend::Llvm => "llvm",
             Backend::Cranelift => "cranelift",
+            Backend::Ptx => "ptx",
+        }
+    }
+
+    /// The cargo feature that builds it in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Backend::Ptx => "cuda",
+            other => other.name(),
         }
     }
 
@@ -33,6 +44,7 @@ impl Backend {
             Backend::Interp => true,
             Backend::Llvm => cfg!(feature = "llvm"),
             Backend::Cranelift => cfg!(feature = "cranelift"),
+            Backend::Ptx => cfg!(feature = "cuda"),
         }
     }
 }
@@ -52,6 +64,19 @@ pub enum ExecError {
     /// Execution failed.
     #[error("execution failed: {0}")]
     Run(String),
+    /// The GPU path failed ([`crate::gpu::GpuError::NoDriver`] is the user's, not a bug).
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+}
+
+impl ExecError {
+    /// Whether the user can fix it (a backend not built in, no GPU driver) rather than a bug.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            ExecError::NotBuilt(_) | ExecError::Gpu(crate::gpu::GpuError::NoDriver)
+        )
+    }
 }
 
 /// A program ready to run on one backend (compiled once, run many times).
@@ -67,6 +92,8 @@ enum Inner {
     Llvm(Box<tttc_backends::llvm::LlvmJit>),
     #[cfg(feature = "cranelift")]
     Cranelift(Box<tttc_backends::cranelift::CraneliftJit>),
+    #[cfg(feature = "cuda")]
+    Ptx(Box<crate::gpu::PtxRunner>),
 }
 
 /// Compiles a bound (fully specialized) program for `backend`.
@@ -76,6 +103,7 @@ pub fn prepare(backend: Backend, program: &Program) -> Result<Prepared, ExecErro
         Backend::Interp => Inner::Interp(Box::new(program.clone())),
         Backend::Llvm => llvm(program)?,
         Backend::Cranelift => cranelift(program)?,
+        Backend::Ptx => ptx(program)?,
     };
     Ok(Prepared {
         inner,
@@ -111,7 +139,27 @@ fn cranelift(_: &Program) -> Result<Inner, ExecError> {
     Err(ExecError::NotBuilt("cranelift"))
 }
 
+#[cfg(feature = "cuda")]
+fn ptx(program: &Program) -> Result<Inner, ExecError> {
+    Ok(Inner::Ptx(Box::new(crate::gpu::PtxRunner::new(program)?)))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn ptx(_: &Program) -> Result<Inner, ExecError> {
+    Err(ExecError::NotBuilt("cuda"))
+}
+
 impl Prepared {
+    /// Device time of the last run's kernels in milliseconds (GPU backends only; host↔device
+    /// copies excluded).
+    pub fn last_device_ms(&self) -> Option<f64> {
+        match &self.inner {
+            #[cfg(feature = "cuda")]
+            Inner::Ptx(r) => r.last_kernel_ms(),
+            _ => None,
+        }
+    }
+
     /// Runs on inputs already checked by [`crate::bind`].
     pub fn run(
         &self,
@@ -124,6 +172,8 @@ impl Prepared {
             Inner::Llvm(jit) => jit.run(inputs).map_err(|e| ExecError::Run(e.to_string())),
             #[cfg(feature = "cranelift")]
             Inner::Cranelift(jit) => jit.run(inputs).map_err(|e| ExecError::Run(e.to_string())),
+            #[cfg(feature = "cuda")]
+            Inner::Ptx(r) => r.run(inputs).map_err(ExecError::from),
         }
     }
 
@@ -137,6 +187,8 @@ impl Prepared {
     ) -> Result<BTreeMap<String, Tensor>, ExecError> {
         match &self.inner {
             Inner::Interp(_) => self.run(inputs),
+            #[cfg(feature = "cuda")]
+            Inner::Ptx(_) => self.run(inputs),
             #[cfg(feature = "llvm")]
             Inner::Llvm(jit) => jit
                 .run_reusing(inputs, spare)

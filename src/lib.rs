@@ -9,6 +9,7 @@
 pub mod bind;
 pub mod driver;
 pub mod execute;
+pub mod gpu;
 pub mod stream;
 
 pub use tttc_backends as backends;

@@ -296,6 +296,8 @@ impl Walker<'_> {
                 }
                 self.value(value, 0)
             }
+            // No memory access; CPU backends run statements in order.
+            Stmt::Barrier => Ok(()),
         }
     }
 
@@ -451,6 +453,7 @@ pub(crate) fn buffers_used(body: &[Stmt]) -> BTreeSet<BufId> {
                     out.insert(*buf);
                     value(v, out);
                 }
+                Stmt::Barrier => {}
             }
         }
     }
@@ -496,6 +499,7 @@ pub(crate) fn vars_used(body: &[Stmt]) -> BTreeSet<VarId> {
                     index(i, out);
                     value(v, out);
                 }
+                Stmt::Barrier => {}
             }
         }
     }

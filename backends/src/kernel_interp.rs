@@ -9,7 +9,11 @@
 //! - while running, that every load and store is within its buffer (index arithmetic is checked
 //!   for overflow too).
 //!
-//! Every schedule runs serially, in order. `Local` buffers are fresh for every iteration of the
+//! [`run_kernel_program`] runs every schedule serially, in order, and treats
+//! [`Stmt::Barrier`] as a no-op. [`run_kernel_program_gpu`] instead *emulates* a GPU: see
+//! [`GpuEmulation`].
+//!
+//! In both modes `Local` buffers are fresh for every iteration of the
 //! innermost enclosing parallel loop ([`Schedule::Parallel`], [`Schedule::GpuBlock`] or
 //! [`Schedule::GpuThread`]) that uses them, `Shared` buffers for every iteration of the
 //! enclosing [`Schedule::GpuBlock`] loop; outside any such loop they live as long as the
@@ -17,6 +21,7 @@
 //! that reading an element before writing it shows in the results.
 
 use crate::interp::kernels::{binary_scalar, unary_scalar};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use tttc_ir::kernel::{
     BufferKind, Index, KernelProgram, Layout, MemorySpace, Schedule, Stmt, Value,
@@ -71,6 +76,29 @@ pub enum KernelInterpError {
     /// variable, a non-positive divisor, a store to an input, a bad layout...
     #[error("ill-formed kernel program: {0}")]
     Invalid(String),
+    /// Under GPU emulation, two threads of a block touched the same element between two
+    /// barriers (or two blocks of one launch touched the same global element), and at least
+    /// one of them wrote it: a data race on a real GPU.
+    #[error(
+        "data race on element {index} of buffer b{buf} (`{name}`): {first} and {second} \
+         access it without a barrier between them, and at least one writes it"
+    )]
+    Race {
+        /// The buffer.
+        buf: u32,
+        /// Its name.
+        name: String,
+        /// The element.
+        index: i64,
+        /// One party (`thread 3 of block 0`, `block 2`).
+        first: String,
+        /// The other party.
+        second: String,
+    },
+    /// Under GPU emulation, the program is not in the form a GPU runs (see
+    /// [`GpuEmulation`]).
+    #[error("not a GPU-scheduled kernel program: {0}")]
+    NotGpu(String),
     /// Index arithmetic overflowed `i64`.
     #[error("index arithmetic overflows in {0}")]
     Overflow(String),
@@ -92,9 +120,116 @@ pub fn run_kernel_program(
 ) -> Result<BTreeMap<String, Tensor>, KernelInterpError> {
     let checked = check(p)?;
     match p.dtype {
-        DType::F32 => Machine::<f32>::run(p, &checked, inputs),
-        DType::F64 => Machine::<f64>::run(p, &checked, inputs),
+        DType::F32 => Machine::<f32>::run(p, &checked, inputs, None),
+        DType::F64 => Machine::<f64>::run(p, &checked, inputs, None),
     }
+}
+
+/// How [`run_kernel_program_gpu`] emulates a GPU.
+///
+/// The program must be GPU-scheduled (as `tttc_passes::gpu_schedule` makes it): every
+/// top-level statement is a [`Schedule::GpuBlock`] loop (one kernel launch, one block per
+/// iteration); inside a block, statements are *collective* — [`Stmt::Barrier`]s, loops of any
+/// other schedule that every thread runs in step (no `GpuBlock` inside), and
+/// [`Schedule::GpuThread`] loops, whose iteration `i` runs on thread `i % threads`; every store
+/// is inside exactly one `GpuThread` loop, and there is no barrier inside one.
+///
+/// Blocks run one after another. Inside a block the threads run one after another *between
+/// barriers*: thread 0 runs everything up to the next barrier, then thread 1, and so on. An
+/// element written by one thread and read or written by another between two barriers is a
+/// [`KernelInterpError::Race`], and so is a global element written by one block and touched by
+/// another block of the same launch. So a missing barrier shows up as an error (and, with this
+/// order, usually as wrong values too), never silently.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuEmulation {
+    /// Threads per block (at least 1).
+    pub threads: usize,
+}
+
+/// Runs a GPU-scheduled `p` on `inputs` like [`run_kernel_program`], emulating the GPU's
+/// blocks, threads and barriers and detecting data races (see [`GpuEmulation`]).
+pub fn run_kernel_program_gpu(
+    p: &KernelProgram,
+    inputs: &BTreeMap<String, Tensor>,
+    emu: GpuEmulation,
+) -> Result<BTreeMap<String, Tensor>, KernelInterpError> {
+    let checked = check(p)?;
+    check_gpu(p, emu)?;
+    match p.dtype {
+        DType::F32 => Machine::<f32>::run(p, &checked, inputs, Some(emu)),
+        DType::F64 => Machine::<f64>::run(p, &checked, inputs, Some(emu)),
+    }
+}
+
+/// Checks statically that `p` is well formed and in the GPU form described in
+/// [`GpuEmulation`] (what `tttc_backends::ptx` compiles), without running it.
+pub fn check_gpu_program(p: &KernelProgram, emu: GpuEmulation) -> Result<(), KernelInterpError> {
+    check(p)?;
+    check_gpu(p, emu)
+}
+
+/// Checks the GPU form described in [`GpuEmulation`].
+fn check_gpu(p: &KernelProgram, emu: GpuEmulation) -> Res<()> {
+    let bad = |m: String| Err(KernelInterpError::NotGpu(m));
+    if emu.threads == 0 {
+        return bad("a block needs at least one thread".into());
+    }
+    /// Where a statement sits.
+    #[derive(Clone, Copy, PartialEq)]
+    enum At {
+        Block,
+        Thread,
+    }
+    fn walk(body: &[Stmt], at: At) -> Res<()> {
+        let bad = |m: &str| Err(KernelInterpError::NotGpu(m.into()));
+        for s in body {
+            match (s, at) {
+                (Stmt::Barrier, At::Block) => {}
+                (Stmt::Barrier, At::Thread) => {
+                    return bad("a barrier inside a GpuThread loop (not every thread reaches it)")
+                }
+                (Stmt::Store { .. }, At::Block) => {
+                    return bad("a store outside any GpuThread loop (every thread would run it)")
+                }
+                (Stmt::Store { .. }, At::Thread) => {}
+                (
+                    Stmt::Loop {
+                        schedule: Schedule::GpuBlock,
+                        ..
+                    },
+                    _,
+                ) => return bad("a GpuBlock loop inside a kernel"),
+                (
+                    Stmt::Loop {
+                        schedule: Schedule::GpuThread,
+                        ..
+                    },
+                    At::Thread,
+                ) => return bad("a GpuThread loop inside a GpuThread loop"),
+                (
+                    Stmt::Loop {
+                        schedule: Schedule::GpuThread,
+                        body,
+                        ..
+                    },
+                    At::Block,
+                ) => walk(body, At::Thread)?,
+                (Stmt::Loop { body, .. }, at) => walk(body, at)?,
+            }
+        }
+        Ok(())
+    }
+    for s in &p.body {
+        match s {
+            Stmt::Loop {
+                schedule: Schedule::GpuBlock,
+                body,
+                ..
+            } => walk(body, At::Block)?,
+            _ => return bad("a top-level statement that is not a GpuBlock loop (a launch)".into()),
+        }
+    }
+    Ok(())
 }
 
 /// The element types the executor computes in.
@@ -271,6 +406,7 @@ impl Checker<'_> {
                     self.index(index)?;
                     self.value(value, &mut used)?;
                 }
+                Stmt::Barrier => {}
             }
         }
         used.sort_unstable();
@@ -348,6 +484,59 @@ struct Machine<'p, T> {
     fresh: &'p HashMap<usize, Vec<usize>>,
     bufs: Vec<Vec<T>>,
     vars: Vec<i64>,
+    /// GPU emulation state, when emulating.
+    gpu: Option<Gpu>,
+}
+
+/// Who touched an element, as far as race detection cares.
+#[derive(Clone, Copy, Default)]
+struct Touch {
+    /// The last writer.
+    writer: Option<usize>,
+    /// A reader (other than the writer).
+    reader: Option<usize>,
+    /// Readers other than `reader` too.
+    many_readers: bool,
+}
+
+impl Touch {
+    /// Records an access by `who`; returns the other party when it races with an earlier one.
+    fn access(&mut self, who: usize, write: bool) -> Option<usize> {
+        if let Some(w) = self.writer.filter(|&w| w != who) {
+            return Some(w);
+        }
+        if write {
+            if let Some(r) = self.reader.filter(|&r| r != who) {
+                return Some(r);
+            }
+            if self.many_readers {
+                return self.reader.map(|r| if r == who { usize::MAX } else { r });
+            }
+            self.writer = Some(who);
+        } else {
+            match self.reader {
+                None => self.reader = Some(who),
+                Some(r) if r != who => self.many_readers = true,
+                Some(_) => {}
+            }
+        }
+        None
+    }
+}
+
+/// The state of the GPU emulation.
+struct Gpu {
+    threads: usize,
+    /// The block running, the thread running (inside a `GpuThread` loop).
+    block: usize,
+    thread: Option<usize>,
+    /// Accesses since the last barrier in the current block, by (buffer, element).
+    interval: RefCell<HashMap<(usize, i64), Touch>>,
+    /// Accesses to global buffers in the current launch (who = block).
+    launch: RefCell<HashMap<(usize, i64), Touch>>,
+    /// Whether each buffer is tracked per interval (`Shared`, `Global` but not inputs) and per
+    /// launch (`Global`, not inputs).
+    tracked: Vec<(bool, bool)>,
 }
 
 impl<'p, T: Num> Machine<'p, T> {
@@ -355,6 +544,7 @@ impl<'p, T: Num> Machine<'p, T> {
         p: &'p KernelProgram,
         checked: &'p Checked,
         inputs: &BTreeMap<String, Tensor>,
+        emu: Option<GpuEmulation>,
     ) -> Res<BTreeMap<String, Tensor>> {
         let mut bufs = Vec::with_capacity(p.buffers.len());
         for (b, &len) in p.buffers.iter().zip(&checked.lens) {
@@ -386,13 +576,34 @@ impl<'p, T: Num> Machine<'p, T> {
             };
             bufs.push(data);
         }
+        let gpu = emu.map(|e| Gpu {
+            threads: e.threads,
+            block: 0,
+            thread: None,
+            interval: RefCell::new(HashMap::new()),
+            launch: RefCell::new(HashMap::new()),
+            tracked: p
+                .buffers
+                .iter()
+                .map(|b| {
+                    let input = matches!(b.kind, BufferKind::Input(_));
+                    let global = b.space == MemorySpace::Global && !input;
+                    (global || b.space == MemorySpace::Shared, global)
+                })
+                .collect(),
+        });
         let mut m = Machine {
             p,
             fresh: &checked.fresh,
             bufs,
             vars: vec![0; p.vars as usize],
+            gpu,
         };
-        m.exec(&p.body)?;
+        if m.gpu.is_some() {
+            m.exec_launches(&p.body)?;
+        } else {
+            m.exec(&p.body)?;
+        }
         let mut out = BTreeMap::new();
         for (b, data) in p.buffers.iter().zip(m.bufs) {
             if let BufferKind::Output(name) = &b.kind {
@@ -424,10 +635,12 @@ impl<'p, T: Num> Machine<'p, T> {
                         self.exec(body)?;
                     }
                 }
+                Stmt::Barrier => {}
                 Stmt::Store { buf, index, value } => {
                     let x = self.value(value)?;
                     let i = self.index(index)?;
                     let b = buf.0 as usize;
+                    self.touch(b, i, true)?;
                     let data = self.bufs.get_mut(b);
                     let len = data.as_ref().map_or(0, |d| d.len());
                     match (usize::try_from(i).ok(), data) {
@@ -481,6 +694,7 @@ impl<'p, T: Num> Machine<'p, T> {
             Value::Load { buf, index } => {
                 let i = self.index(index)?;
                 let b = buf.0 as usize;
+                self.touch(b, i, false)?;
                 let data = self.bufs.get(b);
                 let len = data.map_or(0, |d| d.len());
                 match (usize::try_from(i).ok(), data) {
@@ -494,4 +708,181 @@ impl<'p, T: Num> Machine<'p, T> {
             Value::Binary(f, a, b) => T::binary(*f, self.value(a)?, self.value(b)?),
         })
     }
+}
+
+/// The GPU emulation (see [`GpuEmulation`]).
+impl<T: Num> Machine<'_, T> {
+    /// Sets loop variable `var` to `i` and refreshes the buffers fresh for `body`'s iterations.
+    fn enter(&mut self, var: usize, i: usize, body: &Vec<Stmt>) {
+        if let Some(fresh) = self.fresh.get(&body_key(body)) {
+            for &b in fresh {
+                if let Some(buf) = self.bufs.get_mut(b) {
+                    buf.fill(T::NAN);
+                }
+            }
+        }
+        if let Some(slot) = self.vars.get_mut(var) {
+            *slot = i as i64;
+        }
+    }
+
+    /// The top level: one launch per statement (all `GpuBlock` loops, checked).
+    fn exec_launches(&mut self, body: &[Stmt]) -> Res<()> {
+        for s in body {
+            let Stmt::Loop {
+                var, extent, body, ..
+            } = s
+            else {
+                continue;
+            };
+            for block in 0..*extent {
+                self.enter(var.0 as usize, block, body);
+                if let Some(g) = &mut self.gpu {
+                    g.block = block;
+                    g.interval.get_mut().clear();
+                }
+                self.exec_block(body)?;
+            }
+            if let Some(g) = &mut self.gpu {
+                g.launch.get_mut().clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Collective statements of a block: runs of barrier-free statements run thread by thread,
+    /// loops holding barriers iteration by iteration, barriers end the interval.
+    fn exec_block(&mut self, body: &[Stmt]) -> Res<()> {
+        let mut run: Vec<&Stmt> = Vec::new();
+        for s in body {
+            match s {
+                Stmt::Barrier => {
+                    self.exec_threads(&run)?;
+                    run.clear();
+                    if let Some(g) = &mut self.gpu {
+                        g.interval.get_mut().clear();
+                    }
+                }
+                Stmt::Loop {
+                    var, extent, body, ..
+                } if has_barrier(body) => {
+                    self.exec_threads(&run)?;
+                    run.clear();
+                    for i in 0..*extent {
+                        self.enter(var.0 as usize, i, body);
+                        self.exec_block(body)?;
+                    }
+                }
+                s => run.push(s),
+            }
+        }
+        self.exec_threads(&run)
+    }
+
+    /// Barrier-free collective statements, all of thread 0's part, then thread 1's, ...
+    fn exec_threads(&mut self, run: &[&Stmt]) -> Res<()> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let threads = self.gpu.as_ref().map_or(1, |g| g.threads);
+        for t in 0..threads {
+            for s in run {
+                self.exec_as(s, t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Thread `t`'s part of a barrier-free collective statement.
+    fn exec_as(&mut self, s: &Stmt, t: usize) -> Res<()> {
+        let Stmt::Loop {
+            var,
+            extent,
+            schedule,
+            body,
+        } = s
+        else {
+            return Ok(()); // stores and barriers never sit here (checked)
+        };
+        let v = var.0 as usize;
+        if *schedule == Schedule::GpuThread {
+            let threads = self.gpu.as_ref().map_or(1, |g| g.threads);
+            for i in (t..*extent).step_by(threads) {
+                self.enter(v, i, body);
+                if let Some(g) = &mut self.gpu {
+                    g.thread = Some(t);
+                }
+                let r = self.exec(body);
+                if let Some(g) = &mut self.gpu {
+                    g.thread = None;
+                }
+                r?;
+            }
+        } else {
+            for i in 0..*extent {
+                self.enter(v, i, body);
+                for s in body {
+                    self.exec_as(s, t)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records an access to element `i` of buffer `b` and reports a race.
+    fn touch(&self, b: usize, i: i64, write: bool) -> Res<()> {
+        let Some(g) = &self.gpu else {
+            return Ok(());
+        };
+        let (per_interval, per_launch) = g.tracked.get(b).copied().unwrap_or((false, false));
+        let thread = g.thread.unwrap_or(usize::MAX);
+        let race = |first: String, second: String| KernelInterpError::Race {
+            buf: b as u32,
+            name: self
+                .p
+                .buffers
+                .get(b)
+                .map(|x| x.name.clone())
+                .unwrap_or_default(),
+            index: i,
+            first,
+            second,
+        };
+        let who = |t: usize| {
+            if t == usize::MAX {
+                format!("another thread of block {}", g.block)
+            } else {
+                format!("thread {t} of block {}", g.block)
+            }
+        };
+        if per_interval {
+            let mut map = g.interval.borrow_mut();
+            if let Some(other) = map.entry((b, i)).or_default().access(thread, write) {
+                return Err(race(who(other), who(thread)));
+            }
+        }
+        if per_launch {
+            let mut map = g.launch.borrow_mut();
+            if let Some(other) = map.entry((b, i)).or_default().access(g.block, write) {
+                let block = |x: usize| {
+                    if x == usize::MAX {
+                        "another block".to_string()
+                    } else {
+                        format!("block {x}")
+                    }
+                };
+                return Err(race(block(other), block(g.block)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `body` holds a barrier (at any depth).
+fn has_barrier(body: &[Stmt]) -> bool {
+    body.iter().any(|s| match s {
+        Stmt::Barrier => true,
+        Stmt::Loop { body, .. } => has_barrier(body),
+        Stmt::Store { .. } => false,
+    })
 }

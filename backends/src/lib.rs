@@ -14,3 +14,5 @@ pub mod kernel_interp;
 pub mod llvm;
 #[cfg(any(feature = "llvm", feature = "cranelift"))]
 mod native;
+#[cfg(feature = "llvm")]
+pub mod ptx;

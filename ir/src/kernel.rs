@@ -215,6 +215,12 @@ pub enum Stmt {
         /// The value.
         value: Value,
     },
+    /// All threads of a GPU block wait here until every one has arrived, and the memory
+    /// writes each made before it are visible to all after it (`bar.sync 0`). Only meaningful
+    /// directly inside a [`Schedule::GpuBlock`] loop's body, outside any
+    /// [`Schedule::GpuThread`] loop (where every thread of the block reaches it); CPU backends
+    /// and the plain kernel executor run statements in order and treat it as a no-op.
+    Barrier,
 }
 
 /// A whole program at loop level.
@@ -322,6 +328,9 @@ pub fn print_kernel_program(p: &KernelProgram) -> String {
                 }
                 Stmt::Store { buf, index, value } => {
                     let _ = writeln!(s, "{pad}b{}[{index}] = {value}", buf.0);
+                }
+                Stmt::Barrier => {
+                    let _ = writeln!(s, "{pad}barrier");
                 }
             }
         }

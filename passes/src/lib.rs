@@ -14,6 +14,7 @@ pub mod autodiff;
 pub mod batch;
 pub mod cost;
 pub mod fuse;
+pub mod gpu_schedule;
 pub mod lower_kernel;
 pub mod lower_scan;
 pub mod pipeline;

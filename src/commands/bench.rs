@@ -51,21 +51,23 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         .unwrap_or(f64::NAN);
     prepared.run(&bound.inputs).map_err(Failure::internal)?; // warm-up
     let mut times = Vec::with_capacity(args.iters as usize);
+    let mut device_times = Vec::new();
     for i in 0..args.iters {
         let t0 = Instant::now();
         prepared.run(&bound.inputs).map_err(Failure::internal)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
+        device_times.extend(prepared.last_device_ms());
         if !args.json && args.iters >= 20 && (i + 1) % 10 == 0 {
             eprintln!("  {}/{} runs", i + 1, args.iters);
         }
     }
     let (median, min) = median_min(&mut times);
     let gflops = flops / (median * 1e-3) / 1e9;
+    let device = super::gpu_bench::device_summary(&mut device_times, flops);
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"compile_ms": compile_ms, "median_ms": median, "min_ms": min, "gflops": gflops})
-        );
+        let mut j = serde_json::json!({"compile_ms": compile_ms, "median_ms": median, "min_ms": min, "gflops": gflops});
+        super::gpu_bench::add_json(&mut j, device);
+        println!("{j}");
     } else {
         println!("backend   {}", tttc::Backend::from(args.backend).name());
         println!("compile   {compile_ms:.1} ms (pipeline, binding and code generation)");
@@ -77,6 +79,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             "rate      {gflops:.2} GFLOP/s ({:.3} GFLOP per run, cost model)",
             flops / 1e9
         );
+        super::gpu_bench::print_text(device);
     }
     Ok(())
 }

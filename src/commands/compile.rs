@@ -12,6 +12,12 @@ pub enum Target {
     /// x86-64 CPUs (this machine's features), a shared library with a C ABI.
     #[value(name = "x86_64")]
     X86_64,
+    /// NVIDIA Ampere (A100) GPUs: PTX text, and a JSON manifest of its launches.
+    #[value(name = "sm_80")]
+    Sm80,
+    /// NVIDIA Hopper (H100, H200) GPUs: PTX text, and a JSON manifest of its launches.
+    #[value(name = "sm_90")]
+    Sm90,
 }
 
 /// Arguments of `tttc compile`.
@@ -23,7 +29,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Target::X86_64)]
     target: Target,
     /// The shared library to write (default: lib<program>.so); the header is written beside
-    /// it as <program>.h.
+    /// it as <program>.h. For GPU targets: the PTX file (default: <program>.<target>.ptx),
+    /// with its launch manifest beside it as <file>.json.
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
     /// Take the shapes the library is compiled for from this safetensors file (else every
@@ -82,7 +89,15 @@ pub fn main(args: &Args) -> Result<(), Failure> {
                 .0
         }
     };
-    build_library(&specialized, args.output.as_deref())
+    match args.target {
+        Target::X86_64 => build_library(&specialized, args.output.as_deref()),
+        Target::Sm80 => {
+            super::compile_ptx::write_ptx(&specialized, "sm_80", args.output.as_deref())
+        }
+        Target::Sm90 => {
+            super::compile_ptx::write_ptx(&specialized, "sm_90", args.output.as_deref())
+        }
+    }
 }
 
 #[cfg(feature = "llvm")]

@@ -4,7 +4,9 @@
 pub mod bench;
 pub mod check;
 pub mod compile;
+mod compile_ptx;
 pub mod cost;
+mod gpu_bench;
 pub mod inspect;
 pub mod run;
 

@@ -14,6 +14,8 @@ pub enum BackendArg {
     Llvm,
     /// Native CPU code through Cranelift: compiles in milliseconds, runs slower than LLVM.
     Cranelift,
+    /// NVIDIA GPU: PTX through LLVM, run through the CUDA driver (needs a GPU).
+    Ptx,
 }
 
 impl From<BackendArg> for tttc::Backend {
@@ -22,6 +24,7 @@ impl From<BackendArg> for tttc::Backend {
             BackendArg::Interp => tttc::Backend::Interp,
             BackendArg::Llvm => tttc::Backend::Llvm,
             BackendArg::Cranelift => tttc::Backend::Cranelift,
+            BackendArg::Ptx => tttc::Backend::Ptx,
         }
     }
 }
@@ -45,9 +48,15 @@ pub fn prepare(
 ) -> Result<tttc::Prepared, Failure> {
     let backend: tttc::Backend = backend.into();
     if !backend.is_built() {
-        return Err(Failure::user(tttc::ExecError::NotBuilt(backend.name())));
+        return Err(Failure::user(tttc::ExecError::NotBuilt(backend.feature())));
     }
-    tttc::prepare(backend, program).map_err(Failure::internal)
+    tttc::prepare(backend, program).map_err(|e| {
+        if e.is_user_error() {
+            Failure::user(e)
+        } else {
+            Failure::internal(e)
+        }
+    })
 }
 
 /// Arguments of `tttc run`.

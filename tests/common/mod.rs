@@ -38,27 +38,41 @@ pub fn load(path: &Path) -> BTreeMap<String, Tensor> {
     read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// max |got − expected| / max |expected|, in f64.
+/// max |got − expected| / max |expected|, in f64. A NaN or infinity in either (which
+/// `f64::max` alone would skip) fails the calling test.
 pub fn rel_error(got: &Tensor, expected: &Tensor) -> f64 {
     assert_eq!(got.shape(), expected.shape(), "shape mismatch");
     let (g, e) = (got.to_f64_vec(), expected.to_f64_vec());
     let scale = e.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let diff = g
-        .iter()
-        .zip(&e)
-        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    let diff = g.iter().zip(&e).fold(0.0f64, |m, (a, b)| {
+        let d = (a - b).abs();
+        if m.is_nan() || d.is_nan() {
+            f64::NAN
+        } else {
+            m.max(d)
+        }
+    });
     assert!(diff.is_finite(), "non-finite values");
     diff / scale.max(f64::MIN_POSITIVE)
 }
 
-/// The backends this build of tttc has, by their `--backend` names.
+/// The backends this build of tttc has, by their `--backend` names. `ptx` needs a GPU, so it
+/// joins only when `TTTC_TEST_PTX=1` (as `scripts/gpu_check.sh` sets it), and then alone when
+/// `TTTC_TEST_PTX=only`.
 pub fn backends() -> Vec<&'static str> {
+    let ptx = std::env::var("TTTC_TEST_PTX").unwrap_or_default();
+    if ptx == "only" {
+        return vec!["ptx"];
+    }
     let mut b = vec!["interp"];
     if cfg!(feature = "llvm") {
         b.push("llvm");
     }
     if cfg!(feature = "cranelift") {
         b.push("cranelift");
+    }
+    if ptx == "1" {
+        b.push("ptx");
     }
     b
 }

@@ -418,7 +418,7 @@ impl<'a> Gen<'a> {
                     let addr = self.element(st, *buf, index)?;
                     st.b.ins().store(scalar_flags(), v, addr, 0);
                 }
-                Stmt::Loop { extent: 0, .. } => {}
+                Stmt::Loop { extent: 0, .. } | Stmt::Barrier => {}
                 Stmt::Loop {
                     var,
                     extent,

@@ -360,7 +360,7 @@ impl<'ctx> Gen<'_, 'ctx> {
                     let ptr = self.element(st, *buf, index)?;
                     st.b.build_store(ptr, v)?;
                 }
-                Stmt::Loop { extent: 0, .. } => {}
+                Stmt::Loop { extent: 0, .. } | Stmt::Barrier => {}
                 Stmt::Loop {
                     var,
                     extent,

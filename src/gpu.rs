@@ -1,0 +1,127 @@
+//! The NVIDIA GPU path: a bound program through the kernel IR and its GPU mapping
+//! (`tttc_passes::gpu_schedule`) to PTX (`tttc_backends::ptx`, feature `llvm`), and running
+//! that PTX through the CUDA driver (feature `cuda`).
+
+use tttc_ir::Program;
+
+#[cfg(feature = "llvm")]
+pub use tttc_backends::ptx::{PtxArch, PtxModule};
+
+/// Why a program could not be made into PTX or run on a GPU.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// Lowering to kernel IR failed (a compiler bug).
+    #[error("lowering to kernel IR failed: {0}")]
+    Lower(String),
+    /// The GPU mapping failed (a compiler bug).
+    #[error("GPU mapping failed: {0}")]
+    Schedule(String),
+    /// PTX generation failed (a compiler bug).
+    #[error("PTX generation failed: {0}")]
+    Codegen(String),
+    /// No CUDA driver on this machine (a user-facing condition, not a bug).
+    #[error("no CUDA driver found: the ptx backend runs on a machine with an NVIDIA GPU and its driver (libcuda.so)")]
+    NoDriver,
+    /// The CUDA driver failed.
+    #[error("CUDA: {0}")]
+    Cuda(String),
+}
+
+/// The kernel program of `program` (bound) mapped onto a GPU with the default configuration.
+pub fn gpu_kernels(program: &Program) -> Result<tttc_ir::kernel::KernelProgram, GpuError> {
+    let kernels = tttc_passes::lower_kernel::lower_program(program)
+        .map_err(|e| GpuError::Lower(e.to_string()))?;
+    tttc_passes::gpu_schedule::gpu_schedule(&kernels, &Default::default())
+        .map_err(|e| GpuError::Schedule(e.to_string()))
+}
+
+/// PTX for `program` (bound: every dimension known) on `arch`.
+#[cfg(feature = "llvm")]
+pub fn emit_ptx(program: &Program, arch: PtxArch) -> Result<PtxModule, GpuError> {
+    let mapped = gpu_kernels(program)?;
+    let threads = tttc_passes::gpu_schedule::DEFAULT_THREADS as u32;
+    tttc_backends::ptx::emit_ptx(&mapped, threads, arch)
+        .map_err(|e| GpuError::Codegen(e.to_string()))
+}
+
+/// How to launch a [`PtxModule`] by hand, as JSON: the kernels in order (grid and block size,
+/// parameters by buffer name) and every global buffer (kind, shape).
+#[cfg(feature = "llvm")]
+pub fn launch_manifest(program_name: &str, m: &PtxModule) -> serde_json::Value {
+    use tttc_ir::kernel::BufferKind;
+    let name = |id: tttc_ir::kernel::BufId| format!("b{}", id.0);
+    let buffers: Vec<serde_json::Value> = m
+        .buffers
+        .iter()
+        .map(|b| {
+            let (kind, tensor) = match &b.kind {
+                BufferKind::Input(n) => ("input", Some(n.clone())),
+                BufferKind::Output(n) => ("output", Some(n.clone())),
+                BufferKind::Temp => ("temp", None),
+            };
+            serde_json::json!({
+                "buffer": name(b.id), "kind": kind, "tensor": tensor, "shape": b.shape,
+                "elements": b.len,
+            })
+        })
+        .collect();
+    let launches: Vec<serde_json::Value> = m
+        .launches
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "kernel": l.kernel, "grid": [l.grid, 1, 1], "block": [l.block, 1, 1],
+                "params": l.params.iter().map(|b| name(*b)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "program": program_name,
+        "arch": m.arch.name(),
+        "dtype": m.dtype.to_string(),
+        "note": "temporaries must be filled with NaN (all bits set) before the first launch; launch in order on one stream",
+        "shared_bytes": m.shared_bytes,
+        "buffers": buffers,
+        "launches": launches,
+    })
+}
+
+/// A program compiled to PTX and loaded on the GPU.
+#[cfg(feature = "cuda")]
+pub struct PtxRunner {
+    program: tttc_backends::ptx::cuda::CudaProgram,
+}
+
+#[cfg(feature = "cuda")]
+impl PtxRunner {
+    /// Compiles `program` (bound) for the first GPU and loads it. Without a CUDA driver:
+    /// [`GpuError::NoDriver`], before anything is compiled.
+    pub fn new(program: &Program) -> Result<PtxRunner, GpuError> {
+        use tttc_backends::ptx::cuda;
+        let (_, arch) = cuda::device().map_err(cuda_error)?;
+        let m = emit_ptx(program, arch)?;
+        let program = cuda::CudaProgram::load(&m).map_err(cuda_error)?;
+        Ok(PtxRunner { program })
+    }
+
+    /// Runs on `inputs` (by name, in the program's element type).
+    pub fn run(
+        &self,
+        inputs: &std::collections::BTreeMap<String, tttc_runtime::Tensor>,
+    ) -> Result<std::collections::BTreeMap<String, tttc_runtime::Tensor>, GpuError> {
+        self.program.run(inputs).map_err(cuda_error)
+    }
+
+    /// Device time of the last run's kernels, in milliseconds.
+    pub fn last_kernel_ms(&self) -> Option<f64> {
+        self.program.last_kernel_ms()
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_error(e: tttc_backends::ptx::cuda::CudaError) -> GpuError {
+    match e {
+        tttc_backends::ptx::cuda::CudaError::NoDriver => GpuError::NoDriver,
+        other => GpuError::Cuda(other.to_string()),
+    }
+}
