@@ -9,6 +9,7 @@
 pub mod bind;
 pub mod driver;
 pub mod execute;
+pub mod inputs;
 
 pub use tttc_backends as backends;
 pub use tttc_ir as ir;
@@ -21,3 +22,4 @@ pub use driver::{
     DriverError, Precision, Settings,
 };
 pub use execute::{prepare, Backend, ExecError, Prepared};
+pub use inputs::{read_inputs, InputError};
