@@ -12,6 +12,7 @@ mod tensor;
 
 pub use error::RuntimeError;
 pub use safetensors_io::{
-    read_safetensors, read_safetensors_with_ints, write_safetensors, IntTensor, TensorFile,
+    read_safetensors, read_safetensors_with_ints, write_safetensors, write_safetensors_with_ints,
+    IntTensor, TensorFile,
 };
 pub use tensor::{ElemType, Tensor, TensorData};

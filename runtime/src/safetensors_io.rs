@@ -233,7 +233,51 @@ pub fn write_safetensors(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,
 ) -> Result<(), RuntimeError> {
-    let mut raw = Vec::with_capacity(tensors.len());
+    write_safetensors_with_ints(path, tensors, &BTreeMap::new())
+}
+
+/// Writes floating-point `tensors` and integer tensors `ints` (each I64 or I32 as its `dtype`
+/// says; an I32 value out of range is an error) to `path`, replacing any existing file. A name
+/// in both maps is an error.
+pub fn write_safetensors_with_ints(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    ints: &BTreeMap<String, IntTensor>,
+) -> Result<(), RuntimeError> {
+    let write_error = |tensor: &str, message: String| RuntimeError::Write {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        message,
+    };
+    let mut raw = Vec::with_capacity(tensors.len() + ints.len());
+    for (name, t) in ints {
+        if tensors.contains_key(name) || name == "__metadata__" {
+            return Err(write_error(name, "the name is taken".into()));
+        }
+        let (dtype, bytes) = match t.dtype {
+            "I32" => {
+                let mut bytes = Vec::with_capacity(4 * t.values.len());
+                for &v in &t.values {
+                    let v = i32::try_from(v)
+                        .map_err(|_| write_error(name, format!("{v} does not fit in I32")))?;
+                    bytes.extend(v.to_le_bytes());
+                }
+                (Dtype::I32, bytes)
+            }
+            _ => (
+                Dtype::I64,
+                t.values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+        };
+        raw.push((
+            name.as_str(),
+            RawTensor {
+                dtype,
+                shape: t.shape.clone(),
+                bytes,
+            },
+        ));
+    }
     for (name, t) in tensors {
         if name == "__metadata__" {
             return Err(RuntimeError::Write {

@@ -97,6 +97,8 @@ pub(super) struct Env<'a> {
     pub dims: HashMap<String, Dim>,
     /// The source the body is written in.
     pub src: usize,
+    /// Inside an inner model (its loss, output or helpers, and what they call).
+    pub in_inner: bool,
     depth: usize,
 }
 
@@ -109,6 +111,7 @@ impl Env<'_> {
             local_fns: HashMap::new(),
             dims: HashMap::new(),
             src,
+            in_inner: false,
             depth: 0,
         }
     }
@@ -544,6 +547,14 @@ fn lower_call(
             return tensor_result(leaf(ctx, g, Op::Iota { len }, span, src)?);
         }
         "slice" | "shift" => {
+            if env.in_inner {
+                return Err(diag(
+                    src,
+                    format!("`{n}` cannot be used inside an inner model: tttc has no gradient for it yet"),
+                    name.span.clone(),
+                )
+                .with_label("use it outside the `ttt` scan, in `main`"));
+            }
             let (min, max) = if n == "slice" { (4, 4) } else { (3, 4) };
             let a = positional(src, name, args, min, max, &[])?;
             let x = tensor(ctx, g, env, a[0])?;
@@ -700,6 +711,7 @@ fn inline_call(
     }
     let mut callee = Env::new(callee_src);
     callee.depth = env.depth + 1;
+    callee.in_inner = env.in_inner;
     if local {
         // A function of an inner model sees the model's states, parameters and dimensions.
         callee.local_fns = env.local_fns.clone();
