@@ -3,8 +3,10 @@
 //!
 //! - this module: sources and imports, top-level items, configs, the `main` block;
 //! - [`expr`]: expressions, calls and built-in operations;
+//! - [`consteval`]: compile-time values (`for` bounds, `if` conditions, `{NAME}` in names);
 //! - [`ttt`]: inner models and the `ttt` scan.
 
+mod consteval;
 mod expr;
 mod ttt;
 
@@ -16,7 +18,8 @@ use crate::program::{
     ConfigParam, ConfigValue, DerivedDim, DimExpr, IntegerInput, Program, Setting, Settings,
 };
 use crate::shape::{DType, Dim, TensorType};
-use expr::{condition, interpolate, shape_of, tensor, ConstVal, Env, Val};
+use consteval::{condition, interpolate, ConstVal};
+use expr::{shape_of, tensor, Env, Val};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -484,8 +487,8 @@ fn lower_stmts(
                 body,
             } => {
                 let (from, to) = (
-                    expr::const_int(ctx, &st.g, &st.env, start)?,
-                    expr::const_int(ctx, &st.g, &st.env, end)?,
+                    consteval::const_int(ctx, &st.g, &st.env, start)?,
+                    consteval::const_int(ctx, &st.g, &st.env, end)?,
                 );
                 *budget -= (to - from).max(0);
                 if *budget < 0 {
