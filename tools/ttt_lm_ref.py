@@ -7,6 +7,7 @@ exact (float64), so compare with a golden's `logits_exact_rope`.
 Usage:
   python3 tools/ttt_lm_ref.py check GOLDEN_STEM...      compare with tests/golden/<stem>
   python3 tools/ttt_lm_ref.py combos OUT_DIR             write the combinations without goldens
+  python3 tools/ttt_lm_ref.py layers OUT_DIR             write share_qk + use_gate layer cases
 
 `combos` takes the weights of tests/golden/model_mlp_M (Mamba backbone) and model_linear_T
 (Transformer backbone), exchanges their inner models' weights (W1, b1[, W2, b2]) to get TTT-Linear
@@ -196,10 +197,37 @@ def combos(out_dir):
         print(f"wrote {stem}: logits {logits.shape}, max |logit| {np.abs(logits).max():.4f}")
 
 
+def layers(out_dir):
+    """Whole TTT layers with share_qk and use_gate (the Mamba backbone's TTT layer): layer 0's
+    seq_modeling_block of the Mamba cases (TTT-MLP from the golden model_mlp_M, TTT-Linear from
+    OUT_DIR/model_linear_M made by `combos`), under the layer programs' names (the prefix
+    dropped), on random hidden states: batch 2, 37 tokens (a remainder of 5)."""
+    os.makedirs(out_dir, exist_ok=True)
+    sources = {
+        "layer_mlp_shareqk_gate_B2_L37": os.path.join(GOLDEN, "model_mlp_M.inputs.safetensors"),
+        "layer_linear_shareqk_gate_B2_L37": os.path.join(out_dir, "model_linear_M.inputs.safetensors"),
+    }
+    cfg = json.load(open(os.path.join(GOLDEN, "model_mlp_M.config.json")))
+    prefix = "model.layers.0.seq_modeling_block."
+    for stem, path in sources.items():
+        raw = load_file(path)
+        p = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
+        kind = "mlp" if "W2" in p else "linear"
+        rng = np.random.default_rng(5)
+        p["hidden_states"] = rng.standard_normal((2, 37, cfg["hidden_size"])).astype(np.float32)
+        p64 = {k: v.astype(np.float64) for k, v in p.items()}
+        y = ttt_block(p64, "", p64["hidden_states"], dict(cfg, ttt_layer_type=kind))
+        save_file(p, os.path.join(out_dir, stem + ".inputs.safetensors"))
+        save_file({"output": y}, os.path.join(out_dir, stem + ".expected_f64.safetensors"))
+        print(f"wrote {stem}: output {y.shape}")
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "check":
         check(sys.argv[2:])
     elif len(sys.argv) == 3 and sys.argv[1] == "combos":
         combos(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "layers":
+        layers(sys.argv[2])
     else:
         sys.exit(__doc__)
