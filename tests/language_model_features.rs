@@ -327,6 +327,19 @@ fn integer_inputs_are_checked_by_name() {
         assert!(out.contains(fragment), "expected {fragment:?} in\n{out}");
         assert!(!out.contains("panicked"), "{out}");
     }
+    // An element type tttc does not read at all (U8), in a hand-made file: named, exit code 2.
+    let header = br#"{"input_ids":{"dtype":"U8","shape":[1,4],"data_offsets":[0,4]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[1, 2, 3, 4]);
+    let path = dir.path().join("u8.safetensors");
+    std::fs::write(&path, bytes).expect("write");
+    let (code, out) = run_model(path.to_str().expect("utf-8"), &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("tensor `input_ids` has element type U8"),
+        "{out}"
+    );
     // An integer tensor for a floating-point input.
     let file = tttc::runtime::read_safetensors_with_ints(
         &root().join("tests/golden/model_linear_T.inputs.safetensors"),

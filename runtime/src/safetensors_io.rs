@@ -429,6 +429,72 @@ mod tests {
         }
     }
 
+    #[test]
+    fn integer_tensors_round_trip_and_are_kept_apart() {
+        let p = TempPath::new("ints");
+        let floats = BTreeMap::from([(
+            "w".to_string(),
+            Tensor::from_f32([2], vec![0.5, 1.0]).unwrap(),
+        )]);
+        let ints = BTreeMap::from([
+            (
+                "ids".to_string(),
+                IntTensor {
+                    shape: vec![1, 3],
+                    values: vec![0, -7, 1 << 40],
+                    dtype: "I64",
+                },
+            ),
+            (
+                "small".to_string(),
+                IntTensor {
+                    shape: vec![2],
+                    values: vec![5, -3],
+                    dtype: "I32",
+                },
+            ),
+        ]);
+        write_safetensors_with_ints(&p.0, &floats, &ints).unwrap();
+        let back = read_safetensors_with_ints(&p.0).unwrap();
+        assert_eq!(back.floats, floats);
+        assert_eq!(back.ints, ints);
+        // The float-only reader rejects them, naming the tensor.
+        match read_safetensors(&p.0).unwrap_err() {
+            RuntimeError::UnsupportedDType { tensor, dtype } => {
+                assert_eq!((tensor.as_str(), dtype.as_str()), ("ids", "I64"));
+            }
+            e => panic!("unexpected error {e}"),
+        }
+        // An I32 value out of range and a name in both maps are write errors.
+        let mut bad = ints.clone();
+        bad.get_mut("small").unwrap().values[0] = 1 << 40;
+        assert!(write_safetensors_with_ints(&p.0, &floats, &bad).is_err());
+        let mut clash = ints;
+        clash.insert(
+            "w".into(),
+            IntTensor {
+                shape: vec![],
+                values: vec![1],
+                dtype: "I64",
+            },
+        );
+        assert!(write_safetensors_with_ints(&p.0, &floats, &clash).is_err());
+    }
+
+    #[test]
+    fn the_integer_reader_still_rejects_other_types() {
+        let data = [0u8; 4];
+        let view = safetensors::tensor::TensorView::new(Dtype::U8, vec![4], &data).unwrap();
+        let bytes = safetensors::serialize([("bytes", view)], &None).unwrap();
+        let p = TempPath::new("u8");
+        std::fs::write(&p.0, bytes).unwrap();
+        let err = read_safetensors_with_ints(&p.0).unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::UnsupportedDType { tensor, .. } if tensor == "bytes"),
+            "{err}"
+        );
+    }
+
     fn assert_malformed(bytes: &[u8]) {
         let p = TempPath::new("bad");
         std::fs::write(&p.0, bytes).unwrap();
