@@ -71,7 +71,7 @@ pub fn bind(
         .map(|(n, t)| (n.clone(), t.shape().to_vec()))
         .collect();
     let (specialized, dims) = bind_shapes(program, &shapes, settings)?;
-    check_integer_ranges(program, tensors, &dims)?;
+    check_integer_inputs(program, tensors, &dims)?;
     let mut inputs = BTreeMap::new();
     let mut warnings = Vec::new();
     for &id in program.graph.inputs() {
@@ -198,16 +198,30 @@ pub fn unused_tensors(program: &Program, tensors: &BTreeMap<String, Tensor>) -> 
         .collect()
 }
 
-/// Checks every `int` input with a declared range (`in 0..vocab_size`): each value must lie
-/// in it. The values were read exactly from integer tensors ([`crate::read_inputs`]).
-fn check_integer_ranges(
+/// Checks every `int` input: each value must be an integer (they are when read from integer
+/// tensors by [`crate::read_inputs`]; a caller binding floating-point tensors itself may pass
+/// others) and lie in the declared range (`in 0..vocab_size`), if any.
+fn check_integer_inputs(
     program: &Program,
     tensors: &BTreeMap<String, Tensor>,
     dims: &BTreeMap<String, usize>,
 ) -> Result<(), BindError> {
     let mut problems = Vec::new();
     for input in &program.integer_inputs {
-        let (Some((start, end)), Some(t)) = (&input.range, tensors.get(&input.name)) else {
+        let Some(t) = tensors.get(&input.name) else {
+            continue;
+        };
+        let values = t.to_f64_vec();
+        let at = |i: usize| crate::inputs::position(t.shape(), i);
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| v.fract() != 0.0) {
+            problems.push(format!(
+                "`{}`: value {v} at index {:?} is not an integer (the program declares it `int`)",
+                input.name,
+                at(i)
+            ));
+            continue;
+        }
+        let Some((start, end)) = &input.range else {
             continue;
         };
         let Some(stop) = end.substitute(dims).known() else {
@@ -218,11 +232,10 @@ fn check_integer_ranges(
             continue;
         };
         let (lo, hi) = (*start as f64, stop as f64);
-        let values = t.to_f64_vec();
         if let Some((i, v)) = values
             .iter()
             .enumerate()
-            .find(|(_, &v)| !(v >= lo && v < hi && v.fract() == 0.0))
+            .find(|(_, &v)| !(v >= lo && v < hi))
         {
             let named = match end {
                 Dim::Sym(s) => format!(" (`{s}` = {stop})"),
@@ -231,7 +244,7 @@ fn check_integer_ranges(
             problems.push(format!(
                 "`{}`: value {v} at index {:?} is out of its range {start}..{stop}{named}",
                 input.name,
-                crate::inputs::position(t.shape(), i)
+                at(i)
             ));
         }
     }

@@ -229,6 +229,25 @@ fn string_configs_accept_only_their_choices() {
     assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(t.contains("ttt_lm.ttt:"), "{t}");
     assert!(t.contains(r#"one of "linear", "mlp""#), "{t}");
+    let out = tttc(&[
+        "check",
+        "examples/ttt_lm.ttt",
+        "--set",
+        "ttt_layer_type=mlp",
+        "--set",
+        "share_qk=true",
+        "--set",
+        "num_hidden_layers=1",
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains(r#"ttt_layer_type = "mlp""#), "{t}");
+    assert!(t.contains("model.layers.0.seq_modeling_block.W2"), "{t}");
+    assert!(
+        t.contains("model.layers.0.seq_modeling_block.conv_k.weight"),
+        "{t}"
+    );
+    assert!(!t.contains("model.layers.1."), "{t}");
     let out = tttc(&["check", "examples/ttt_lm.ttt", "--set", "share_qk=1"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
@@ -283,6 +302,42 @@ fn run_model(inputs: &str, extra: &[&str]) -> (i32, String) {
     args.extend(extra);
     let o = tttc(&args);
     (o.status.code().unwrap_or(-1), text(&o))
+}
+
+/// A library caller binding floating-point tensors itself: `int` inputs must hold integers in
+/// their range.
+#[test]
+fn bind_checks_integer_inputs_given_as_floats() {
+    let source =
+        "main {\n  input ids: int[L] in 0..V\n  input table: [V, 2]\n  output y = ids\n}\n";
+    let program =
+        tttc::compile_source("t.ttt", source, Precision::F64, &Settings::new()).expect("compiles");
+    let table = Tensor::from_f64(vec![3, 2], vec![0.0; 6]).expect("tensor");
+    let bind = |ids: Vec<f64>| {
+        let n = ids.len();
+        let tensors: BTreeMap<String, Tensor> = [
+            (
+                "ids".to_string(),
+                Tensor::from_f64(vec![n], ids).expect("t"),
+            ),
+            ("table".to_string(), table.clone()),
+        ]
+        .into();
+        tttc::bind(&program, &tensors, &Settings::new(), Precision::F64.elem())
+    };
+    assert!(bind(vec![0.0, 2.0, 1.0]).is_ok());
+    let err = bind(vec![0.0, 1.5])
+        .expect_err("not an integer")
+        .to_string();
+    assert!(
+        err.contains("`ids`: value 1.5 at index [1] is not an integer"),
+        "{err}"
+    );
+    let err = bind(vec![-1.0]).expect_err("negative").to_string();
+    assert!(
+        err.contains("`ids`: value -1 at index [0] is out of its range 0..3 (`V` = 3)"),
+        "{err}"
+    );
 }
 
 #[test]
