@@ -190,6 +190,12 @@ fn malformed_compile_time_code_is_located() {
             "non-negative integer",
         ),
         (
+            "config n = 3\nmain {\n  input x: [f]\n  for i in 0..n {\n    input w.{i}: [g]\n    let x = x + w.{i}\n  }\n  output y = x\n}\n"
+                .into(),
+            "x + w",
+            "in the loop iteration with `i` = 0",
+        ),
+        (
             "main {\n  input x: [f]\n  input x: [f]\n  output y = x\n}\n".into(),
             "x: [f]\n  output",
             "declared twice",

@@ -225,6 +225,13 @@ fn const_binary(op: BinOp, x: &ConstVal, y: &ConstVal) -> Result<ConstVal, Strin
     })
 }
 
+/// `d` raised while unrolling a loop, saying in which iteration (the location stays where the
+/// problem is written).
+pub(super) fn in_iteration(mut d: Diagnostic, var: &str, i: i64) -> Diagnostic {
+    d.message = format!("{} (in the loop iteration with `{var}` = {i})", d.message);
+    d
+}
+
 /// A compile-time condition: must be a boolean.
 pub(super) fn condition(ctx: &Ctx, g: &Graph, env: &Env, e: &Expr) -> Result<bool, Diagnostic> {
     match const_eval(ctx, g, env, e)? {

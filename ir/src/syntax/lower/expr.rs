@@ -755,7 +755,8 @@ fn lower_body_stmts(
                 for i in from..to {
                     env.vars
                         .insert(var.name.clone(), Val::Const(ConstVal::Int(i)));
-                    lower_body_stmts(ctx, g, env, body)?;
+                    lower_body_stmts(ctx, g, env, body)
+                        .map_err(|d| super::consteval::in_iteration(d, &var.name, i))?;
                 }
                 match saved {
                     Some(v) => env.vars.insert(var.name.clone(), v),

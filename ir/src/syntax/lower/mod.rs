@@ -502,7 +502,8 @@ fn lower_stmts(
                     st.env
                         .vars
                         .insert(var.name.clone(), Val::Const(ConstVal::Int(i)));
-                    lower_stmts(ctx, st, body, budget)?;
+                    lower_stmts(ctx, st, body, budget)
+                        .map_err(|d| consteval::in_iteration(d, &var.name, i))?;
                 }
                 match saved {
                     Some(v) => st.env.vars.insert(var.name.clone(), v),
