@@ -229,3 +229,64 @@ main {
         "{message}"
     );
 }
+
+/// The 2-operand shift as a streaming decoder uses it: the convolution of a chunk continued
+/// from the `k - 1` inputs before it equals the convolution of the whole sequence there.
+#[test]
+fn causal_conv_continues_across_chunks() {
+    let source = r#"
+config conv_kernel = 3
+main {
+  input x: [B, L, C]
+  input head: [B, H, C]
+  input tail: [B, T, C]
+  input history: [B, P, C]
+  input w: [C, 1, conv_kernel]
+  input bias: [C]
+  output whole = causal_conv(x, w, bias)
+  output first = causal_conv_continued(head, history * 0, w, bias)
+  output second = causal_conv_continued(tail, history, w, bias)
+}
+"#;
+    let (b, l, c, k, split) = (2, 7, 2, 3, 4);
+    let x: Vec<f64> = (0..b * l * c)
+        .map(|i| ((i * 7 % 13) as f64 - 6.0) / 3.0)
+        .collect();
+    let rows = |from: usize, to: usize| -> Vec<f64> {
+        (0..b)
+            .flat_map(|bi| x[(bi * l + from) * c..(bi * l + to) * c].to_vec())
+            .collect()
+    };
+    let t = |n: usize, v: Vec<f64>| Tensor::from_f64(vec![b, n, c], v).expect("tensor");
+    let inputs: BTreeMap<String, Tensor> = [
+        ("x".to_string(), t(l, x.clone())),
+        ("head".to_string(), t(split, rows(0, split))),
+        ("tail".to_string(), t(l - split, rows(split, l))),
+        (
+            "history".to_string(),
+            t(k - 1, rows(split - (k - 1), split)),
+        ),
+        (
+            "w".to_string(),
+            t64(&[c, 1, k], vec![0.5, -1.0, 2.0, 0.25, 1.5, -0.75]),
+        ),
+        ("bias".to_string(), t64(&[c], vec![0.1, -0.2])),
+    ]
+    .into();
+    for (backend, out) in run_all(source, &Settings::new(), &inputs, Precision::F64) {
+        let whole = out["whole"].to_f64_vec();
+        let pick = |from: usize, to: usize| -> Vec<f64> {
+            (0..b)
+                .flat_map(|bi| whole[(bi * l + from) * c..(bi * l + to) * c].to_vec())
+                .collect()
+        };
+        for (name, want) in [("first", pick(0, split)), ("second", pick(split, l))] {
+            let got = out[name].to_f64_vec();
+            let err = got
+                .iter()
+                .zip(&want)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 1e-14, "{backend} {name}: {err:e}");
+        }
+    }
+}
