@@ -3,7 +3,7 @@
 //! definitions), and the program is specialized to those values.
 
 use std::collections::{BTreeMap, BTreeSet};
-use tttc_ir::{ConfigValue, Dim, NodeType, Program, Shape};
+use tttc_ir::{ConfigValue, Dim, NodeType, Program, Settings, Shape};
 use tttc_runtime::{ElemType, Tensor};
 
 /// Inputs that do not fit the program, or a bad setting.
@@ -26,7 +26,7 @@ pub enum BindError {
         /// The name.
         name: String,
         /// The value.
-        value: f64,
+        value: tttc_ir::Setting,
         /// Why.
         why: String,
     },
@@ -63,7 +63,7 @@ type Origins = BTreeMap<String, String>;
 pub fn bind(
     program: &Program,
     tensors: &BTreeMap<String, Tensor>,
-    settings: &BTreeMap<String, f64>,
+    settings: &Settings,
     elem: ElemType,
 ) -> Result<Bound, BindError> {
     let shapes: BTreeMap<String, Vec<usize>> = tensors
@@ -71,6 +71,7 @@ pub fn bind(
         .map(|(n, t)| (n.clone(), t.shape().to_vec()))
         .collect();
     let (specialized, dims) = bind_shapes(program, &shapes, settings)?;
+    check_integer_inputs(program, tensors, &dims)?;
     let mut inputs = BTreeMap::new();
     let mut warnings = Vec::new();
     for &id in program.graph.inputs() {
@@ -98,7 +99,7 @@ pub fn bind(
 pub fn bind_shapes(
     program: &Program,
     shapes: &BTreeMap<String, Vec<usize>>,
-    settings: &BTreeMap<String, f64>,
+    settings: &Settings,
 ) -> Result<(Program, BTreeMap<String, usize>), BindError> {
     let graph = &program.graph;
     let (mut dims, mut origin) = dims_from_settings(program, settings)?;
@@ -197,10 +198,67 @@ pub fn unused_tensors(program: &Program, tensors: &BTreeMap<String, Tensor>) -> 
         .collect()
 }
 
+/// Checks every `int` input: each value must be an integer (they are when read from integer
+/// tensors by [`crate::read_inputs`]; a caller binding floating-point tensors itself may pass
+/// others) and lie in the declared range (`in 0..vocab_size`), if any.
+fn check_integer_inputs(
+    program: &Program,
+    tensors: &BTreeMap<String, Tensor>,
+    dims: &BTreeMap<String, usize>,
+) -> Result<(), BindError> {
+    let mut problems = Vec::new();
+    for input in &program.integer_inputs {
+        let Some(t) = tensors.get(&input.name) else {
+            continue;
+        };
+        let values = t.to_f64_vec();
+        let at = |i: usize| crate::inputs::position(t.shape(), i);
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| v.fract() != 0.0) {
+            problems.push(format!(
+                "`{}`: value {v} at index {:?} is not an integer (the program declares it `int`)",
+                input.name,
+                at(i)
+            ));
+            continue;
+        }
+        let Some((start, end)) = &input.range else {
+            continue;
+        };
+        let Some(stop) = end.substitute(dims).known() else {
+            problems.push(format!(
+                "`{}`: the end of its range, `{end}`, is not known",
+                input.name
+            ));
+            continue;
+        };
+        let (lo, hi) = (*start as f64, stop as f64);
+        if let Some((i, v)) = values
+            .iter()
+            .enumerate()
+            .find(|(_, &v)| !(v >= lo && v < hi))
+        {
+            let named = match end {
+                Dim::Sym(s) => format!(" (`{s}` = {stop})"),
+                Dim::Known(_) => String::new(),
+            };
+            problems.push(format!(
+                "`{}`: value {v} at index {:?} is out of its range {start}..{stop}{named}",
+                input.name,
+                at(i)
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(BindError::Inputs(problems))
+    }
+}
+
 /// Integer configs and `--set` dimensions; rejects unknown and invalid settings.
 fn dims_from_settings(
     program: &Program,
-    settings: &BTreeMap<String, f64>,
+    settings: &Settings,
 ) -> Result<(BTreeMap<String, usize>, Origins), BindError> {
     let known = program.setting_names();
     let mut dims = program.int_configs();
@@ -216,10 +274,10 @@ fn dims_from_settings(
                 };
                 Some((c.name.clone(), format!("{how} {} = {v}", c.name)))
             }
-            ConfigValue::Float(_) => None,
+            _ => None,
         })
         .collect();
-    for (name, &value) in settings {
+    for (name, setting) in settings {
         if !known.contains(name) {
             return Err(BindError::UnknownSetting {
                 name: name.clone(),
@@ -229,13 +287,16 @@ fn dims_from_settings(
         if program.configs.iter().any(|c| &c.name == name) {
             continue; // applied when compiling
         }
-        if value.fract() != 0.0 || !(1.0..=1e15).contains(&value) {
+        let Some(value) = setting
+            .number()
+            .filter(|v| v.fract() == 0.0 && (1.0..=1e15).contains(v))
+        else {
             return Err(BindError::BadSetting {
                 name: name.clone(),
-                value,
+                value: setting.clone(),
                 why: "a dimension is a positive integer".into(),
             });
-        }
+        };
         dims.insert(name.clone(), value as usize);
         origin.insert(name.clone(), format!("--set {name} = {value}"));
     }
@@ -270,7 +331,7 @@ fn shape_problem(
     got: &[usize],
     dims: &BTreeMap<String, usize>,
     origin: &Origins,
-    settings: &BTreeMap<String, f64>,
+    settings: &Settings,
 ) -> Option<String> {
     if got.len() != shape.rank() {
         return Some(format!(" ({} axes instead of {})", got.len(), shape.rank()));

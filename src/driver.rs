@@ -1,9 +1,8 @@
 //! From source to a program ready to run: parse, lower, derive the inner gradients, verify.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use tttc_ir::syntax::CompileError;
-use tttc_ir::{DType, Program};
+use tttc_ir::{DType, Program, Setting};
 use tttc_runtime::ElemType;
 
 /// Floating-point precision of a whole run.
@@ -65,9 +64,9 @@ pub enum DriverError {
         /// The setting.
         name: String,
         /// The `--set` value.
-        set: f64,
+        set: Setting,
         /// The config file's value.
-        file: f64,
+        file: Setting,
     },
 }
 
@@ -78,8 +77,9 @@ impl DriverError {
     }
 }
 
-/// Named values from `--set` or a config file: configs and dimensions.
-pub type Settings = BTreeMap<String, f64>;
+/// Named values from `--set` or a config file: configs (numbers, booleans, strings) and
+/// dimensions.
+pub type Settings = tttc_ir::Settings;
 
 /// Compiles a `.ttt` file: parse, lower (with `settings` applied to configs), then the whole
 /// standard pipeline (autodiff, primal form, dual form, simplification, fusion), verifying
@@ -107,9 +107,11 @@ pub fn compile_source(
     )?)
 }
 
-/// Reads a Hugging Face style `config.json`: the numeric values of keys that name one of
-/// `program`'s settings (configs or dimensions). Other keys are ignored; a known key with a
-/// non-numeric value is an error.
+/// Reads a Hugging Face style `config.json`: the values of keys that name one of `program`'s
+/// settings (configs or dimensions) — numbers, booleans (`"share_qk": true`) and strings
+/// (`"ttt_layer_type": "mlp"`). Other keys are ignored; a known key with another kind of value
+/// (null, a list, an object) is an error. Whether the kind fits the setting is checked when the
+/// program is compiled with the settings.
 pub fn read_config_file(path: &Path, program: &Program) -> Result<Settings, DriverError> {
     let fail = |message: String| DriverError::Config {
         path: path.display().to_string(),
@@ -127,10 +129,16 @@ pub fn read_config_file(path: &Path, program: &Program) -> Result<Settings, Driv
         if !names.contains(key) {
             continue;
         }
-        let number = value
-            .as_f64()
-            .ok_or_else(|| fail(format!("`{key}` must be a number, got {value}")))?;
-        settings.insert(key.clone(), number);
+        let setting = match value {
+            serde_json::Value::Bool(b) => Setting::Bool(*b),
+            serde_json::Value::String(s) => Setting::Text(s.clone()),
+            other => Setting::Number(other.as_f64().ok_or_else(|| {
+                fail(format!(
+                    "`{key}` must be a number, a boolean or a string, got {value}"
+                ))
+            })?),
+        };
+        settings.insert(key.clone(), setting);
     }
     Ok(settings)
 }
@@ -138,17 +146,17 @@ pub fn read_config_file(path: &Path, program: &Program) -> Result<Settings, Driv
 /// `--set` values over a config file's; a name given differently by both is an error.
 pub fn merge_settings(set: &Settings, file: &Settings) -> Result<Settings, DriverError> {
     let mut merged = file.clone();
-    for (name, &value) in set {
-        if let Some(&other) = file.get(name) {
+    for (name, value) in set {
+        if let Some(other) = file.get(name) {
             if other != value {
                 return Err(DriverError::Conflict {
                     name: name.clone(),
-                    set: value,
-                    file: other,
+                    set: value.clone(),
+                    file: other.clone(),
                 });
             }
         }
-        merged.insert(name.clone(), value);
+        merged.insert(name.clone(), value.clone());
     }
     Ok(merged)
 }

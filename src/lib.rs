@@ -10,6 +10,7 @@ pub mod bind;
 pub mod driver;
 pub mod execute;
 pub mod gpu;
+pub mod inputs;
 pub mod stream;
 
 pub use tttc_backends as backends;
@@ -23,3 +24,4 @@ pub use driver::{
     DriverError, Precision, Settings,
 };
 pub use execute::{prepare, Backend, ExecError, Prepared};
+pub use inputs::{read_inputs, InputError};

@@ -365,7 +365,7 @@ fn layer_settings_are_checked() {
         ),
         (
             vec!["--config", wrong_type.to_str().expect("utf-8")],
-            "`mini_batch_size` must be a number",
+            "`mini_batch_size` is an integer config",
         ),
         (
             vec!["--config", "no/such/config.json"],

@@ -144,7 +144,7 @@ fn general_models_map_too() {
             ("position_scale".to_string(), random(5, &[k], 0.1, 1.0)),
             ("lr".to_string(), random(6, &[b, h, l], 0.0, 0.3)),
         ]);
-        let settings = Settings::from([("mini_batch_size".to_string(), k as f64)]);
+        let settings = Settings::from([("mini_batch_size".to_string(), (k as f64).into())]);
         let (kp, inputs) = kernels(
             "examples/delta_rule.ttt",
             &settings,
@@ -171,7 +171,7 @@ fn general_models_map_too() {
             ("position_scale".to_string(), random(17, &[k], 0.1, 1.0)),
             ("lr".to_string(), random(18, &[1, 2, l], 0.0, 0.3)),
         ]);
-        let settings = Settings::from([("mini_batch_size".to_string(), k as f64)]);
+        let settings = Settings::from([("mini_batch_size".to_string(), (k as f64).into())]);
         let (kp, inputs) = kernels(
             "examples/mlp3_silu.ttt",
             &settings,

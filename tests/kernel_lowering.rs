@@ -124,7 +124,7 @@ fn delta_rule_against_interpreter() {
             ("position_scale".to_string(), random(5, &[k], 0.1, 1.0)),
             ("lr".to_string(), random(6, &[b, h, l], 0.0, 0.3)),
         ]);
-        let settings = Settings::from([("mini_batch_size".to_string(), k as f64)]);
+        let settings = Settings::from([("mini_batch_size".to_string(), (k as f64).into())]);
         let what = format!("delta_rule L={l} K={k}");
         let got = run_kernels(
             "examples/delta_rule.ttt",
@@ -153,7 +153,7 @@ fn mlp3_silu_against_interpreter() {
             ("position_scale".to_string(), random(17, &[k], 0.1, 1.0)),
             ("lr".to_string(), random(18, &[b, h, l], 0.0, 0.3)),
         ]);
-        let settings = Settings::from([("mini_batch_size".to_string(), k as f64)]);
+        let settings = Settings::from([("mini_batch_size".to_string(), (k as f64).into())]);
         let what = format!("mlp3_silu L={l} K={k}");
         let got = run_kernels(
             "examples/mlp3_silu.ttt",
@@ -173,7 +173,7 @@ fn ttt_linear_kernel_program_shape() {
     use tttc::ir::kernel::{print_kernel_program, BufferKind, MemorySpace, Schedule, Stmt};
     let stem = "inner_linear_B2_nh2_f16_K16_L40";
     let tensors = load(&root().join(format!("tests/golden/{stem}.inputs.safetensors")));
-    let settings = Settings::from([("mini_batch_size".to_string(), 16.0)]);
+    let settings = Settings::from([("mini_batch_size".to_string(), 16.0.into())]);
     let lowered = tttc::lower_file(
         &root().join("examples/ttt_linear.ttt"),
         Precision::F64,

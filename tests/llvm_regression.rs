@@ -68,8 +68,9 @@ fn tensor(shape: Vec<usize>, seed: u64, scale: f64) -> Tensor {
 
 /// The `ttt` scan of the bound main program (B = 2, H = 2, L = 37, mini-batch 4).
 fn scan() -> tttc::ir::Op {
-    let settings: BTreeMap<String, f64> =
-        [("mini_batch_size".to_string(), 4.0)].into_iter().collect();
+    let settings: tttc::Settings = [("mini_batch_size".to_string(), 4.0.into())]
+        .into_iter()
+        .collect();
     let lowered =
         tttc::ir::syntax::compile("regression.ttt", SOURCE, DType::F64, &settings).unwrap();
     let program = optimize(lowered, None, false).unwrap().program;
@@ -119,6 +120,7 @@ fn token_step_matches_interpreter() {
                 configs: vec![],
                 derived_dims: vec![],
                 intermediates: vec![],
+                integer_inputs: Vec::new(),
                 graph: g,
             };
             let expected = prepare(Backend::Interp, &p).unwrap().run(&inputs).unwrap();

@@ -18,7 +18,7 @@ proptest! {
     #[test]
     fn every_stage_computes_the_same(m in model(), b in 1..3usize, h in 1..3usize, l in 1..11usize, k in 1..5usize, seed in any::<u64>()) {
         let (text, states) = m.source();
-        let settings: BTreeMap<String, f64> = [("mini_batch_size".to_string(), k as f64)].into_iter().collect();
+        let settings: tttc::Settings = [("mini_batch_size".to_string(), (k as f64).into())].into_iter().collect();
         let lowered = tttc::ir::syntax::compile("random.ttt", &text, DType::F64, &settings)
             .map_err(|e| TestCaseError::fail(format!("{}\n{text}", e.render(false))))?;
         let compiled = optimize(lowered, None, true).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;

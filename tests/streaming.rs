@@ -109,11 +109,7 @@ fn golden_cases_stream_in_random_chunks_on_every_backend() {
 }
 
 /// A compiled random model, its inputs and its settings.
-type RandomCase = (
-    tttc::ir::Program,
-    BTreeMap<String, Tensor>,
-    BTreeMap<String, f64>,
-);
+type RandomCase = (tttc::ir::Program, BTreeMap<String, Tensor>, tttc::Settings);
 
 /// Compiles a random model and binds its inputs: the program and its inputs.
 fn random_program(
@@ -123,7 +119,7 @@ fn random_program(
     seed: u64,
 ) -> Result<RandomCase, TestCaseError> {
     let (text, states) = m.source();
-    let settings: BTreeMap<String, f64> = [("mini_batch_size".to_string(), dims.3 as f64)]
+    let settings: tttc::Settings = [("mini_batch_size".to_string(), (dims.3 as f64).into())]
         .into_iter()
         .collect();
     let lowered = tttc::ir::syntax::compile("random.ttt", &text, dtype, &settings)

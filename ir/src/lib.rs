@@ -23,6 +23,8 @@ pub mod verify;
 
 pub use graph::{Graph, GraphError, GraphOutput, Node, NodeId};
 pub use op::{BinaryOp, Op, ReduceOp, TypeError, UnaryOp};
-pub use program::{ConfigParam, ConfigValue, DerivedDim, DimExpr, Program};
+pub use program::{
+    ConfigParam, ConfigValue, DerivedDim, DimExpr, IntegerInput, Program, Setting, Settings,
+};
 pub use scan::{OperandAxes, OperandKind, TttScan, MINI_BATCH_DIM};
 pub use shape::{DType, Dim, NodeType, Shape, TensorType};

@@ -223,6 +223,26 @@ pub enum Op {
     /// `out[i] = Σ_j w[i, j] u[j]ᵀ d[j]` (a matmul weight's per-token states; the dual form
     /// rewrites products with it away).
     MixOuter,
+    /// A static window of one axis: `y = x[.., start .. start + len, ..]` along `axis`
+    /// (e.g. one tap `W[:, 0, j]` of a depthwise convolution weight).
+    Slice {
+        /// The axis.
+        axis: usize,
+        /// The first element taken.
+        start: usize,
+        /// How many elements are taken.
+        len: usize,
+    },
+    /// A shift along `axis` that keeps the shape: `y[t] = x[t - by]` for `t >= by`; for
+    /// `t < by`, `0` with one operand `(x)`, else `fill[t]` with two operands `(x, fill)`, where
+    /// `fill` has `x`'s shape except extent `by` on `axis` (the history carried over from an
+    /// earlier chunk of a sequence). Causal convolutions are sums of shifts.
+    Shift {
+        /// The axis.
+        axis: usize,
+        /// How far elements move towards higher indices.
+        by: usize,
+    },
     /// The test-time-training scan over a sequence: see [`TttScan`].
     Ttt(Box<TttScan>),
     /// Element `index` of a tuple-valued operand.
@@ -275,6 +295,8 @@ impl Op {
             Op::Expand { .. } => "expand",
             Op::SumTo { .. } => "sum_to",
             Op::Reshape { .. } => "reshape",
+            Op::Slice { .. } => "slice",
+            Op::Shift { .. } => "shift",
             Op::Ttt(_) => "ttt",
             Op::Get { .. } => "get",
         }
@@ -291,7 +313,10 @@ impl Op {
             | Op::Expand { .. }
             | Op::SumTo { .. }
             | Op::Reshape { .. }
+            | Op::Slice { .. }
             | Op::Get { .. } => Some(1),
+            // `(x)` or `(x, fill)`.
+            Op::Shift { .. } => None,
             Op::Binary { .. } | Op::MatMul | Op::Mix => Some(2),
             Op::MixOuter => Some(3),
             Op::Ttt(scan) => Some(scan.operand_count()),
@@ -441,6 +466,51 @@ impl Op {
                 // verifier runs on the specialized program).
                 TensorType::new(a.dtype, shape.clone())
             }
+            Op::Slice { axis, start, len } => {
+                let a = one("slice")?;
+                let Some(extent) = a.shape.0.get(*axis) else {
+                    return err(format!("slice: axis {axis} out of range for {}", a.shape));
+                };
+                if let Some(n) = extent.known() {
+                    if start.checked_add(*len).is_none_or(|end| end > n) {
+                        return err(format!(
+                            "slice: elements {start}..{} of axis {axis} of {} do not exist",
+                            start.saturating_add(*len),
+                            a.shape
+                        ));
+                    }
+                }
+                let mut dims = a.shape.0.clone();
+                dims[*axis] = Dim::Known(*len);
+                TensorType::new(a.dtype, Shape(dims))
+            }
+            Op::Shift { axis, by } => {
+                if operands.is_empty() || operands.len() > 2 {
+                    return err(format!(
+                        "shift takes 1 or 2 operands (x, fill), got {}",
+                        operands.len()
+                    ));
+                }
+                let a = one("shift")?;
+                if *axis >= a.shape.rank() {
+                    return err(format!("shift: axis {axis} out of range for {}", a.shape));
+                }
+                if let Some(fill) = operands.get(1) {
+                    let fill = tensor(fill, "shift")?;
+                    same_dtype(a, fill, "shift")?;
+                    let mut want = a.shape.0.clone();
+                    want[*axis] = Dim::Known(*by);
+                    if fill.shape.0 != want {
+                        return err(format!(
+                            "shift: the fill must be {} (x {} with {by} on axis {axis}), got {}",
+                            Shape(want),
+                            a.shape,
+                            fill.shape
+                        ));
+                    }
+                }
+                a.clone()
+            }
             Op::Ttt(scan) => return scan.infer(operands),
             Op::Get { index } => match operands[0] {
                 NodeType::Tuple(ts) => match ts.get(*index) {
@@ -513,6 +583,10 @@ impl fmt::Display for Op {
             Op::Extent { dim } => write!(f, "extent {dim}"),
             Op::Iota { len } => write!(f, "iota {len}"),
             Op::Permute { perm } => write!(f, "permute {perm:?}"),
+            Op::Slice { axis, start, len } => {
+                write!(f, "slice axis={axis} start={start} len={len}")
+            }
+            Op::Shift { axis, by } => write!(f, "shift axis={axis} by={by}"),
             Op::Ttt(scan) => write!(f, "ttt {}", scan.header()),
             _ => f.write_str(self.name()),
         }

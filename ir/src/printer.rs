@@ -40,6 +40,16 @@ pub fn print_program(program: &Program) -> String {
     for i in &program.intermediates {
         let _ = writeln!(s, "intermediate {i}");
     }
+    for i in &program.integer_inputs {
+        match &i.range {
+            Some((start, end)) => {
+                let _ = writeln!(s, "int input {} in {start}..{end}", i.name);
+            }
+            None => {
+                let _ = writeln!(s, "int input {}", i.name);
+            }
+        }
+    }
     s.push_str("graph main {\n");
     print_graph_into(&mut s, &program.graph, 1);
     s.push_str("}\n");

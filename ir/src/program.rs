@@ -6,22 +6,28 @@ use crate::shape::Dim;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The value of a config: an integer (also usable as a dimension) or a real.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// The value of a config: an integer (also usable as a dimension), a real, a boolean or a
+/// string. Booleans and strings only steer compile-time `if`s.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConfigValue {
     /// An integer.
     Int(usize),
     /// A real number.
     Float(f64),
+    /// `true` or `false`.
+    Bool(bool),
+    /// A string.
+    Str(String),
 }
 
 impl ConfigValue {
-    /// The value as a real number.
-    pub fn as_f64(self) -> f64 {
+    /// The value as a real number (integers and reals only).
+    pub fn as_f64(&self) -> Option<f64> {
         match self {
-            ConfigValue::Int(n) => n as f64,
-            ConfigValue::Float(x) => x,
+            ConfigValue::Int(n) => Some(*n as f64),
+            ConfigValue::Float(x) => Some(*x),
+            ConfigValue::Bool(_) | ConfigValue::Str(_) => None,
         }
     }
 }
@@ -32,8 +38,60 @@ impl std::fmt::Display for ConfigValue {
             ConfigValue::Int(n) => write!(f, "{n}"),
             // Always with a fraction or exponent, so a real never reads as an integer.
             ConfigValue::Float(x) => write!(f, "{x:?}"),
+            ConfigValue::Bool(b) => write!(f, "{b}"),
+            ConfigValue::Str(s) => write!(f, "{s:?}"),
         }
     }
+}
+
+/// A value given for a setting by `--set NAME=VALUE` or a `--config` file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Setting {
+    /// A number (an integer or real config, or a dimension).
+    Number(f64),
+    /// `true` or `false` (a boolean config).
+    Bool(bool),
+    /// Any other text (a string config).
+    Text(String),
+}
+
+impl Setting {
+    /// The number, if it is one.
+    pub fn number(&self) -> Option<f64> {
+        match self {
+            Setting::Number(x) => Some(*x),
+            _ => None,
+        }
+    }
+}
+
+impl From<f64> for Setting {
+    fn from(x: f64) -> Self {
+        Setting::Number(x)
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Setting::Number(x) => write!(f, "{x}"),
+            Setting::Bool(b) => write!(f, "{b}"),
+            Setting::Text(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// Settings by name (configs and dimensions).
+pub type Settings = BTreeMap<String, Setting>;
+
+/// An input declared `int`: the user's tensor holds integers (I64 or I32), which are converted
+/// exactly to the run's floating-point type; `range` bounds them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntegerInput {
+    /// The input's name.
+    pub name: String,
+    /// `start..end`: every value must be at least `start` and below `end` (a dimension).
+    pub range: Option<(i64, Dim)>,
 }
 
 /// A settable value (`config NAME = DEFAULT` in the DSL; `--set NAME=VALUE` on the CLI).
@@ -117,6 +175,9 @@ pub struct Program {
     /// Outputs that are intermediates, written only on request.
     #[serde(default)]
     pub intermediates: Vec<String>,
+    /// Inputs declared `int` (read from integer tensors).
+    #[serde(default)]
+    pub integer_inputs: Vec<IntegerInput>,
     /// The main graph.
     pub graph: Graph,
 }
@@ -128,7 +189,7 @@ impl Program {
             .iter()
             .filter_map(|c| match c.value {
                 ConfigValue::Int(n) => Some((c.name.clone(), n)),
-                ConfigValue::Float(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -154,6 +215,14 @@ impl Program {
             configs: self.configs.clone(),
             derived_dims: self.derived_dims.clone(),
             intermediates: self.intermediates.clone(),
+            integer_inputs: self
+                .integer_inputs
+                .iter()
+                .map(|i| IntegerInput {
+                    name: i.name.clone(),
+                    range: i.range.as_ref().map(|(s, e)| (*s, e.substitute(bindings))),
+                })
+                .collect(),
             graph: specialize_graph(&self.graph, bindings),
         }
     }

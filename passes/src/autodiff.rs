@@ -412,7 +412,14 @@ impl<'a> Builder<'a> {
         let mut out = Vec::new();
         match &node.op {
             Op::Input { .. } | Op::Const { .. } | Op::Extent { .. } | Op::Iota { .. } => {}
-            Op::Ttt(_) | Op::Get { .. } | Op::Mix | Op::MixOuter => {
+            // Slices and shifts build the causal convolutions outside the inner loop; no loss
+            // needs them yet.
+            Op::Ttt(_)
+            | Op::Get { .. }
+            | Op::Mix
+            | Op::MixOuter
+            | Op::Slice { .. }
+            | Op::Shift { .. } => {
                 return Err(AutodiffError::NotDifferentiable {
                     op: node.op.name(),
                     node: id.index(),

@@ -337,7 +337,22 @@ impl Batcher<'_> {
                 let target = self.lift(shape);
                 self.dst.add(Op::Reshape { shape: target }, &nodes)?
             }
-            op @ (Op::Mix | Op::MixOuter | Op::Ttt(_) | Op::Get { .. }) => {
+            Op::Slice { axis, start, len } => self.dst.add(
+                Op::Slice {
+                    axis: axis + 1,
+                    start: *start,
+                    len: *len,
+                },
+                &nodes,
+            )?,
+            Op::Shift { axis, by } if args.iter().all(|a| a.batched) => self.dst.add(
+                Op::Shift {
+                    axis: axis + 1,
+                    by: *by,
+                },
+                &nodes,
+            )?,
+            op @ (Op::Mix | Op::MixOuter | Op::Ttt(_) | Op::Get { .. } | Op::Shift { .. }) => {
                 return Err(BatchError::Unsupported {
                     op: op.name(),
                     node: id.index(),

@@ -992,6 +992,19 @@ impl Lowerer {
             Op::SumTo { .. } => self.sum_to(sc, id, arg(0)?, &shape, body)?,
             Op::Mix => self.mix(sc, id, arg(0)?, arg(1)?, &shape, body)?,
             Op::MixOuter => self.mix_outer(sc, id, [arg(0)?, arg(1)?, arg(2)?], &shape, body)?,
+            Op::Slice { axis, start, .. } => {
+                let x = arg(0)?;
+                self.slice(sc, id, x, *axis, *start, &shape, body)?
+            }
+            Op::Shift { axis, by } => {
+                let x = arg(0)?;
+                let fill = if operands.len() > 1 {
+                    Some(arg(1)?)
+                } else {
+                    None
+                };
+                self.shift(sc, id, x, fill, *axis, *by, &shape, body)?
+            }
         };
         let v = if let Some(dest) = sc.dests.get(&id) {
             if v.as_view().is_some() {
@@ -1406,6 +1419,97 @@ impl Lowerer {
     }
 
     /// The scan: see the module documentation. Returns the result tuple's values.
+    /// `x[.., start .. start + len, ..]` along `axis`: a view of `x` (materialized first
+    /// unless it is one) moved by `start` elements of that axis.
+    #[allow(clippy::too_many_arguments)]
+    fn slice(
+        &mut self,
+        sc: &Scope,
+        id: NodeId,
+        x: Val,
+        axis: usize,
+        start: usize,
+        shape: &[usize],
+        body: &mut Vec<Stmt>,
+    ) -> Res<Val> {
+        let fits = x.shape.len() == shape.len()
+            && x.shape.get(axis).is_some_and(|&n| {
+                shape
+                    .get(axis)
+                    .is_some_and(|&len| start.checked_add(len).is_some_and(|e| e <= n))
+            })
+            && (0..shape.len()).all(|a| a == axis || x.shape[a] == shape[a]);
+        if !fits {
+            return Err(sc.invalid_at(id, format!("a slice of {:?} to {shape:?}", x.shape)));
+        }
+        let (w, _) = self.view_of(sc, x, &format!("%{} operand", id.index()), body);
+        let offset = Index::sum(
+            w.offset.clone(),
+            Index::Const(start as i64 * w.strides[axis]),
+        );
+        Ok(Val {
+            shape: shape.to_vec(),
+            lazy: Lazy::View(View {
+                buf: w.buf,
+                offset,
+                strides: w.strides,
+            }),
+        })
+    }
+
+    /// `y[t] = x[t - by]` along `axis`, and `fill[t]` (or zero) for `t < by`: two loop nests,
+    /// one over the first `by` positions and one over the rest, so no conditionals.
+    #[allow(clippy::too_many_arguments)]
+    fn shift(
+        &mut self,
+        sc: &Scope,
+        id: NodeId,
+        x: Val,
+        fill: Option<Val>,
+        axis: usize,
+        by: usize,
+        shape: &[usize],
+        body: &mut Vec<Stmt>,
+    ) -> Res<Val> {
+        let Some(&n) = shape.get(axis) else {
+            return Err(sc.invalid_at(id, format!("axis {axis} out of range")));
+        };
+        if x.shape != shape {
+            return Err(sc.invalid_at(id, format!("operand {:?}", x.shape)));
+        }
+        if let Some(f) = &fill {
+            let mut want = shape.to_vec();
+            want[axis] = by;
+            if f.shape != want {
+                return Err(sc.invalid_at(id, format!("fill {:?}, expected {want:?}", f.shape)));
+            }
+        }
+        let dest = self.dest_for(sc, id, shape);
+        let head = by.min(n);
+        if head > 0 {
+            let mut extents = shape.to_vec();
+            extents[axis] = head;
+            let (idx, loops) = self.loops(&extents);
+            let value = fill.as_ref().map_or(Value::Const(0.0), |f| f.emit(&idx));
+            body.extend(wrap(
+                loops,
+                vec![store(dest.buf, dest.at(shape, &idx), value)],
+            ));
+        }
+        if n > head {
+            let mut extents = shape.to_vec();
+            extents[axis] = n - head;
+            let (idx, loops) = self.loops(&extents);
+            let mut to = idx.clone();
+            to[axis] = Index::sum(idx[axis].clone(), Index::Const(by as i64));
+            body.extend(wrap(
+                loops,
+                vec![store(dest.buf, dest.at(shape, &to), x.emit(&idx))],
+            ));
+        }
+        Ok(dest.val(shape))
+    }
+
     fn lower_ttt(
         &mut self,
         sc: &mut Scope,

@@ -508,7 +508,7 @@ fn check_scan(file: &str, k: usize, ins: &Inputs, what: &str) {
         file,
         &std::fs::read_to_string(primal::repo_root().join("examples").join(file)).expect("file"),
         DType::F64,
-        &BTreeMap::from([("mini_batch_size".to_string(), k as f64)]),
+        &BTreeMap::from([("mini_batch_size".to_string(), (k as f64).into())]),
     )
     .expect("compile");
     tttc_passes::pipeline::run_stages(&mut full, &tttc_passes::pipeline::standard(), None, false)
@@ -578,5 +578,69 @@ fn ttt_mlp_scans() {
             &ins,
             &format!("ttt_mlp B{b} H{h} L{l} K{k}"),
         );
+    }
+}
+
+#[test]
+fn slices_and_shifts() {
+    // Slices of an input, of a permuted view (strided) and of a computed value, on every axis.
+    for axis in 0..3 {
+        let mut b = B::new();
+        let x = b.input("x", &[3, 4, 5]);
+        let s = op(
+            &mut b,
+            Op::Slice {
+                axis,
+                start: 1,
+                len: 2,
+            },
+            &[x],
+        );
+        let p = op(
+            &mut b,
+            Op::Permute {
+                perm: vec![2, 0, 1],
+            },
+            &[x],
+        );
+        let sp = op(
+            &mut b,
+            Op::Slice {
+                axis,
+                start: 2,
+                len: 1,
+            },
+            &[p],
+        );
+        let e = b.un(UnaryOp::Exp, x);
+        let se = op(
+            &mut b,
+            Op::Slice {
+                axis,
+                start: 0,
+                len: 3,
+            },
+            &[e],
+        );
+        let mut g = b.finish("s", s);
+        g.add_output("sp", sp);
+        g.add_output("se", se);
+        check(&g, &format!("slice axis {axis}"));
+    }
+    // Shifts without and with a fill, by less than, exactly and more than the extent.
+    for axis in 0..3 {
+        for by in [0, 1, 3, 4, 6] {
+            let mut b = B::new();
+            let x = b.input("x", &[2, 4, 3]);
+            let mut fill_dims = vec![2, 4, 3];
+            fill_dims[axis] = by;
+            let fill = b.input("fill", &fill_dims);
+            let y = op(&mut b, Op::Shift { axis, by }, &[x]);
+            let xe = b.un(UnaryOp::Tanh, x);
+            let z = op(&mut b, Op::Shift { axis, by }, &[xe, fill]);
+            let mut g = b.finish("y", y);
+            g.add_output("z", z);
+            check(&g, &format!("shift axis {axis} by {by}"));
+        }
     }
 }

@@ -515,6 +515,7 @@ fn build(seed: u64, l: usize, k: usize) -> Case {
         configs: Vec::new(),
         derived_dims: Vec::new(),
         intermediates: Vec::new(),
+        integer_inputs: Vec::new(),
         graph: main,
     };
     tttc_passes::run_pipeline(&mut program, &[&tttc_passes::Autodiff]).expect("autodiff");

@@ -295,8 +295,10 @@ fn limits_stop_the_runner_and_the_result_is_still_valid() {
 fn compile_example(file: &str, settings: &[(&str, f64)]) -> Program {
     let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let settings: BTreeMap<String, f64> =
-        settings.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let settings: tttc_ir::Settings = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), (*v).into()))
+        .collect();
     let mut p = tttc_ir::syntax::compile(file, &text, DType::F64, &settings)
         .unwrap_or_else(|e| panic!("{file}: {e:?}"));
     run_pipeline(&mut p, &[&tttc_passes::Autodiff]).unwrap_or_else(|e| panic!("{e}"));

@@ -169,6 +169,7 @@ fn linear_program() -> Program {
         configs: vec![],
         derived_dims: vec![],
         intermediates: vec![],
+        integer_inputs: vec![],
         graph: main,
     }
 }

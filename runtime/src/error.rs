@@ -23,7 +23,9 @@ pub enum RuntimeError {
         message: String,
     },
     /// A tensor in the file has an element type other than F32 or F64.
-    #[error("tensor `{tensor}` has element type {dtype}; only F32 and F64 are supported")]
+    #[error(
+        "tensor `{tensor}` has element type {dtype}; only F32 and F64 are supported (and I64, I32 for inputs declared `int`)"
+    )]
     UnsupportedDType {
         /// The tensor's name.
         tensor: String,

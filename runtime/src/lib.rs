@@ -2,7 +2,8 @@
 //!
 //! - [`Tensor`]: a dense, row-major tensor of `f32` or `f64` elements with a known shape.
 //! - [`read_safetensors`] / [`write_safetensors`]: load and store named tensors in the
-//!   [safetensors](https://github.com/huggingface/safetensors) format (F32 and F64 only).
+//!   [safetensors](https://github.com/huggingface/safetensors) format (F32 and F64);
+//!   [`read_safetensors_with_ints`] also reads I64 and I32 tensors (token ids).
 //! - [`RuntimeError`]: every failure, naming the file and/or the tensor involved.
 
 mod error;
@@ -10,5 +11,8 @@ mod safetensors_io;
 mod tensor;
 
 pub use error::RuntimeError;
-pub use safetensors_io::{read_safetensors, write_safetensors};
+pub use safetensors_io::{
+    read_safetensors, read_safetensors_with_ints, write_safetensors, write_safetensors_with_ints,
+    IntTensor, TensorFile,
+};
 pub use tensor::{ElemType, Tensor, TensorData};

@@ -19,11 +19,48 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, Runtime
         path: path.to_path_buf(),
         source,
     })?;
-    parse_safetensors(&bytes, path)
+    let (floats, ints) = parse_safetensors(&bytes, path, false)?;
+    debug_assert!(ints.is_empty());
+    Ok(floats)
 }
 
-/// Parses the bytes of a safetensors file; `path` is only used in errors.
-fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
+/// Reads every tensor of the safetensors file at `path`, the floating-point ones (F32, F64) and
+/// the integer ones (I64, I32: token ids) separately. Other element types are
+/// [`RuntimeError::UnsupportedDType`], naming the tensor.
+pub fn read_safetensors_with_ints(path: &Path) -> Result<TensorFile, RuntimeError> {
+    let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (floats, ints) = parse_safetensors(&bytes, path, true)?;
+    Ok(TensorFile { floats, ints })
+}
+
+/// The tensors of one file by element kind (see [`read_safetensors_with_ints`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TensorFile {
+    /// F32 and F64 tensors.
+    pub floats: BTreeMap<String, Tensor>,
+    /// I64 and I32 tensors.
+    pub ints: BTreeMap<String, IntTensor>,
+}
+
+/// An integer tensor as stored (I64, or I32 widened exactly to `i64`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntTensor {
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its elements in row-major order.
+    pub values: Vec<i64>,
+    /// The stored element type (`I64` or `I32`).
+    pub dtype: &'static str,
+}
+
+type Parsed = (BTreeMap<String, Tensor>, BTreeMap<String, IntTensor>);
+
+/// Parses the bytes of a safetensors file; `path` is only used in errors. Integer tensors are
+/// returned separately when `ints` is set, else rejected like any unsupported type.
+fn parse_safetensors(bytes: &[u8], path: &Path, ints: bool) -> Result<Parsed, RuntimeError> {
     let malformed = |message: String| RuntimeError::Malformed {
         path: path.to_path_buf(),
         message,
@@ -37,9 +74,43 @@ fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Tenso
     let mut views = st.tensors();
     views.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = BTreeMap::new();
+    let mut int_out = BTreeMap::new();
     for (name, view) in views {
         let shape = view.shape().to_vec();
         let raw = view.data();
+        let int_values: Option<(Vec<i64>, &'static str)> = match view.dtype() {
+            Dtype::I64 if ints => Some((
+                raw.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                    .collect(),
+                "I64",
+            )),
+            Dtype::I32 if ints => Some((
+                raw.chunks_exact(4)
+                    .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                    .collect(),
+                "I32",
+            )),
+            _ => None,
+        };
+        if let Some((values, dtype)) = int_values {
+            let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if n != Some(values.len()) {
+                return Err(malformed(format!(
+                    "tensor `{name}`: {} value(s) for shape {shape:?}",
+                    values.len()
+                )));
+            }
+            int_out.insert(
+                name,
+                IntTensor {
+                    shape,
+                    values,
+                    dtype,
+                },
+            );
+            continue;
+        }
         let data = match view.dtype() {
             Dtype::F32 => TensorData::F32(
                 raw.chunks_exact(4)
@@ -62,7 +133,7 @@ fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Tenso
             Tensor::new(shape, data).map_err(|e| malformed(format!("tensor `{name}`: {e}")))?;
         out.insert(name, tensor);
     }
-    Ok(out)
+    Ok((out, int_out))
 }
 
 /// Rejects headers whose data offsets point past the end of the file before the safetensors
@@ -162,7 +233,51 @@ pub fn write_safetensors(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,
 ) -> Result<(), RuntimeError> {
-    let mut raw = Vec::with_capacity(tensors.len());
+    write_safetensors_with_ints(path, tensors, &BTreeMap::new())
+}
+
+/// Writes floating-point `tensors` and integer tensors `ints` (each I64 or I32 as its `dtype`
+/// says; an I32 value out of range is an error) to `path`, replacing any existing file. A name
+/// in both maps is an error.
+pub fn write_safetensors_with_ints(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    ints: &BTreeMap<String, IntTensor>,
+) -> Result<(), RuntimeError> {
+    let write_error = |tensor: &str, message: String| RuntimeError::Write {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        message,
+    };
+    let mut raw = Vec::with_capacity(tensors.len() + ints.len());
+    for (name, t) in ints {
+        if tensors.contains_key(name) || name == "__metadata__" {
+            return Err(write_error(name, "the name is taken".into()));
+        }
+        let (dtype, bytes) = match t.dtype {
+            "I32" => {
+                let mut bytes = Vec::with_capacity(4 * t.values.len());
+                for &v in &t.values {
+                    let v = i32::try_from(v)
+                        .map_err(|_| write_error(name, format!("{v} does not fit in I32")))?;
+                    bytes.extend(v.to_le_bytes());
+                }
+                (Dtype::I32, bytes)
+            }
+            _ => (
+                Dtype::I64,
+                t.values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+        };
+        raw.push((
+            name.as_str(),
+            RawTensor {
+                dtype,
+                shape: t.shape.clone(),
+                bytes,
+            },
+        ));
+    }
     for (name, t) in tensors {
         if name == "__metadata__" {
             return Err(RuntimeError::Write {
@@ -283,7 +398,9 @@ mod tests {
             .collect();
         let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![1, 2], &data).unwrap();
         let bytes = safetensors::serialize([("x", view)], &None).unwrap();
-        let m = parse_safetensors(&bytes, Path::new("mem")).unwrap();
+        let m = parse_safetensors(&bytes, Path::new("mem"), false)
+            .unwrap()
+            .0;
         assert_eq!(m["x"].shape(), &[1, 2]);
         assert_eq!(m["x"].as_f32().unwrap(), &[1.5, -2.0]);
     }
@@ -310,6 +427,72 @@ mod tests {
             }
             e => panic!("unexpected error {e}"),
         }
+    }
+
+    #[test]
+    fn integer_tensors_round_trip_and_are_kept_apart() {
+        let p = TempPath::new("ints");
+        let floats = BTreeMap::from([(
+            "w".to_string(),
+            Tensor::from_f32([2], vec![0.5, 1.0]).unwrap(),
+        )]);
+        let ints = BTreeMap::from([
+            (
+                "ids".to_string(),
+                IntTensor {
+                    shape: vec![1, 3],
+                    values: vec![0, -7, 1 << 40],
+                    dtype: "I64",
+                },
+            ),
+            (
+                "small".to_string(),
+                IntTensor {
+                    shape: vec![2],
+                    values: vec![5, -3],
+                    dtype: "I32",
+                },
+            ),
+        ]);
+        write_safetensors_with_ints(&p.0, &floats, &ints).unwrap();
+        let back = read_safetensors_with_ints(&p.0).unwrap();
+        assert_eq!(back.floats, floats);
+        assert_eq!(back.ints, ints);
+        // The float-only reader rejects them, naming the tensor.
+        match read_safetensors(&p.0).unwrap_err() {
+            RuntimeError::UnsupportedDType { tensor, dtype } => {
+                assert_eq!((tensor.as_str(), dtype.as_str()), ("ids", "I64"));
+            }
+            e => panic!("unexpected error {e}"),
+        }
+        // An I32 value out of range and a name in both maps are write errors.
+        let mut bad = ints.clone();
+        bad.get_mut("small").unwrap().values[0] = 1 << 40;
+        assert!(write_safetensors_with_ints(&p.0, &floats, &bad).is_err());
+        let mut clash = ints;
+        clash.insert(
+            "w".into(),
+            IntTensor {
+                shape: vec![],
+                values: vec![1],
+                dtype: "I64",
+            },
+        );
+        assert!(write_safetensors_with_ints(&p.0, &floats, &clash).is_err());
+    }
+
+    #[test]
+    fn the_integer_reader_still_rejects_other_types() {
+        let data = [0u8; 4];
+        let view = safetensors::tensor::TensorView::new(Dtype::U8, vec![4], &data).unwrap();
+        let bytes = safetensors::serialize([("bytes", view)], &None).unwrap();
+        let p = TempPath::new("u8");
+        std::fs::write(&p.0, bytes).unwrap();
+        let err = read_safetensors_with_ints(&p.0).unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::UnsupportedDType { tensor, .. } if tensor == "bytes"),
+            "{err}"
+        );
     }
 
     fn assert_malformed(bytes: &[u8]) {
@@ -389,7 +572,7 @@ mod tests {
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = parse_safetensors(&bytes, Path::new("fuzz"));
+            let _ = parse_safetensors(&bytes, Path::new("fuzz"), true);
         }
 
         #[test]
@@ -401,13 +584,13 @@ mod tests {
             let mut bytes = sample_bytes();
             let i = pos.index(bytes.len());
             bytes[i] = val;
-            let _ = parse_safetensors(&bytes, Path::new("fuzz"));
+            let _ = parse_safetensors(&bytes, Path::new("fuzz"), true);
             let c = cut.index(bytes.len());
-            let _ = parse_safetensors(&bytes[..c], Path::new("fuzz"));
+            let _ = parse_safetensors(&bytes[..c], Path::new("fuzz"), true);
             // a truncation of the intact file is always an error
             let intact = sample_bytes();
             let c = cut.index(intact.len());
-            prop_assert!(parse_safetensors(&intact[..c], Path::new("fuzz")).is_err());
+            prop_assert!(parse_safetensors(&intact[..c], Path::new("fuzz"), true).is_err());
         }
 
         #[test]
@@ -426,7 +609,7 @@ mod tests {
             let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
             bytes.extend_from_slice(header.as_bytes());
             bytes.resize(bytes.len() + extra, 0);
-            let _ = parse_safetensors(&bytes, Path::new("fuzz"));
+            let _ = parse_safetensors(&bytes, Path::new("fuzz"), true);
         }
     }
 }

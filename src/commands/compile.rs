@@ -47,11 +47,13 @@ pub struct Args {
 /// Every input's shape, from the dimensions given with --set and the integer configs.
 fn shapes_from_settings(
     program: &Program,
-    settings: &BTreeMap<String, f64>,
+    settings: &tttc::Settings,
 ) -> Result<BTreeMap<String, Vec<usize>>, Failure> {
     let mut dims: BTreeMap<String, usize> = program.int_configs();
     for (k, v) in settings {
-        dims.entry(k.clone()).or_insert(*v as usize);
+        if let Some(v) = v.number() {
+            dims.entry(k.clone()).or_insert(v as usize);
+        }
     }
     let g = &program.graph;
     let mut out = BTreeMap::new();

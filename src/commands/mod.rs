@@ -14,7 +14,7 @@ use clap::ValueEnum;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use tttc::ir::Program;
+use tttc::ir::{Program, Setting};
 use tttc::runtime::Tensor;
 use tttc::{
     bind, lower_file, merge_settings, optimize, read_config_file, Bound, Compiled, DriverError,
@@ -66,7 +66,7 @@ pub struct SettingArgs {
     /// Override a config value or fix a dimension: NAME=VALUE (repeatable), e.g.
     /// --set mini_batch_size=8 --set ttt_base_lr=0.1.
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_setting)]
-    set: Vec<(String, f64)>,
+    set: Vec<(String, Setting)>,
     /// A Hugging Face style config.json: keys naming a config or dimension of the program are
     /// used (others ignored); a value that differs from --set is an error.
     #[arg(long, value_name = "FILE")]
@@ -91,7 +91,8 @@ impl From<PrecisionArg> for Precision {
     }
 }
 
-fn parse_setting(s: &str) -> Result<(String, f64), String> {
+/// `NAME=VALUE`: a positive number, `true`/`false`, or (for string configs) any other text.
+fn parse_setting(s: &str) -> Result<(String, Setting), String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
@@ -99,16 +100,27 @@ fn parse_setting(s: &str) -> Result<(String, f64), String> {
     if name.is_empty() {
         return Err(format!("`{s}` has no name before `=`"));
     }
-    let value: f64 = value
-        .trim()
-        .parse()
-        .ok()
-        .filter(|v: &f64| v.is_finite())
-        .ok_or_else(|| format!("`{name}` must be a number, got `{}`", value.trim()))?;
-    if value <= 0.0 {
-        return Err(format!("`{name}` must be positive, got {value}"));
-    }
-    Ok((name.to_string(), value))
+    let text = value.trim();
+    let setting = match text {
+        "true" => Setting::Bool(true),
+        "false" => Setting::Bool(false),
+        _ => match text.parse::<f64>() {
+            Ok(v) if !v.is_finite() => {
+                return Err(format!("`{name}` must be a number, got `{text}`"))
+            }
+            Ok(v) if v <= 0.0 => return Err(format!("`{name}` must be positive, got {v}")),
+            Ok(v) => Setting::Number(v),
+            // Text starting like a number is a typo, not a string config's value.
+            Err(_)
+                if text.is_empty()
+                    || text.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.') =>
+            {
+                return Err(format!("`{name}` must be a number, got `{text}`"))
+            }
+            Err(_) => Setting::Text(text.to_string()),
+        },
+    };
+    Ok((name.to_string(), setting))
 }
 
 /// Lowers `file` with `--set`/`--config` applied, then runs the pipeline up to `until` (all of
@@ -140,7 +152,7 @@ pub fn load_inputs(
     settings: &Settings,
     precision: Precision,
 ) -> Result<(Bound, BTreeMap<String, Tensor>), Failure> {
-    let tensors = tttc::runtime::read_safetensors(inputs).map_err(Failure::user)?;
+    let tensors = tttc::read_inputs(program, inputs, precision.elem()).map_err(Failure::user)?;
     let unused = tttc::unused_tensors(program, &tensors);
     if !unused.is_empty() {
         eprintln!(

@@ -552,6 +552,7 @@ fn build_stage(
             configs: program.configs.clone(),
             derived_dims: program.derived_dims.clone(),
             intermediates: Vec::new(),
+            integer_inputs: Vec::new(),
             graph: sg,
         },
         imports,

@@ -452,6 +452,7 @@ fn piece_program(model: &str, what: &str, graph: Graph) -> Program {
         configs: Vec::new(),
         derived_dims: Vec::new(),
         intermediates: Vec::new(),
+        integer_inputs: Vec::new(),
         graph,
     }
 }

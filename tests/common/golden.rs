@@ -24,7 +24,7 @@ pub struct GoldenCase {
     /// The example program that computes it.
     pub program: &'static str,
     /// Its settings (TTTConfig names).
-    pub settings: BTreeMap<String, f64>,
+    pub settings: tttc::Settings,
     /// A whole layer (else the inner loop only).
     pub layer: bool,
 }
@@ -121,7 +121,7 @@ pub fn inner_cases() -> Vec<GoldenCase> {
             GoldenCase {
                 stem,
                 program,
-                settings: [("mini_batch_size".to_string(), k)].into(),
+                settings: [("mini_batch_size".to_string(), k.into())].into(),
                 layer: false,
             }
         })
@@ -149,7 +149,10 @@ pub fn layer_cases() -> Vec<GoldenCase> {
                 "rope_theta",
             ]
             .iter()
-            .map(|k| (k.to_string(), config[k].as_f64().expect("numeric config")))
+            .map(|k| {
+                let v = config[k].as_f64().expect("numeric config");
+                (k.to_string(), v.into())
+            })
             .collect();
             GoldenCase {
                 stem,

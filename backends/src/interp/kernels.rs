@@ -391,3 +391,81 @@ pub(crate) fn mix_outer<T: Elem>(w: &Arr<T>, u: &Arr<T>, d: &Arr<T>) -> Result<A
     }
     Arr::new(vec![p, m, n], out)
 }
+
+/// `(outer, n, inner)`: the extents before, of and after `axis` of `shape`, so that element
+/// `(o, t, i)` is at `(o * n + t) * inner + i`.
+fn split_at_axis(
+    shape: &[usize],
+    axis: usize,
+    what: &str,
+) -> Result<(usize, usize, usize), String> {
+    let Some(&n) = shape.get(axis) else {
+        return Err(format!("{what}: axis {axis} out of range for {shape:?}"));
+    };
+    Ok((
+        shape[..axis].iter().product(),
+        n,
+        shape[axis + 1..].iter().product(),
+    ))
+}
+
+/// `a[.., start .. start + len, ..]` along `axis`.
+pub(crate) fn slice<T: Elem>(
+    a: &Arr<T>,
+    axis: usize,
+    start: usize,
+    len: usize,
+) -> Result<Arr<T>, String> {
+    let (outer, n, inner) = split_at_axis(&a.shape, axis, "slice")?;
+    if start.checked_add(len).is_none_or(|end| end > n) {
+        return Err(format!(
+            "slice: elements {start}..{} of axis {axis} of {:?} do not exist",
+            start.saturating_add(len),
+            a.shape
+        ));
+    }
+    let mut data = Vec::with_capacity(outer * len * inner);
+    for o in 0..outer {
+        let base = (o * n + start) * inner;
+        data.extend_from_slice(&a.data[base..base + len * inner]);
+    }
+    let mut shape = a.shape.clone();
+    shape[axis] = len;
+    Arr::new(shape, data)
+}
+
+/// `y[t] = x[t - by]` along `axis` for `t >= by`; for `t < by`, `fill[t]` (`fill` has `x`'s
+/// shape with extent `by` on `axis`) or zero without a fill.
+pub(crate) fn shift<T: Elem>(
+    x: &Arr<T>,
+    fill: Option<&Arr<T>>,
+    axis: usize,
+    by: usize,
+) -> Result<Arr<T>, String> {
+    let (outer, n, inner) = split_at_axis(&x.shape, axis, "shift")?;
+    if let Some(f) = fill {
+        let mut want = x.shape.clone();
+        want[axis] = by;
+        if f.shape != want {
+            return Err(format!(
+                "shift: the fill must be {want:?}, got {:?}",
+                f.shape
+            ));
+        }
+    }
+    let mut data = Vec::with_capacity(x.data.len());
+    for o in 0..outer {
+        for t in 0..n {
+            if t >= by {
+                let from = (o * n + t - by) * inner;
+                data.extend_from_slice(&x.data[from..from + inner]);
+            } else if let Some(f) = fill {
+                let from = (o * by + t) * inner;
+                data.extend_from_slice(&f.data[from..from + inner]);
+            } else {
+                data.extend(std::iter::repeat_n(T::ZERO, inner));
+            }
+        }
+    }
+    Arr::new(x.shape.clone(), data)
+}

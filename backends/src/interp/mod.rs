@@ -496,6 +496,13 @@ impl<'g> Plan<'g> {
             Op::Mix => kernels::mix(arr(0)?, arr(1)?).map_err(inv)?,
             Op::MixOuter => kernels::mix_outer(arr(0)?, arr(1)?, arr(2)?).map_err(inv)?,
             Op::Transpose => kernels::transpose(arr(0)?).map_err(inv)?,
+            Op::Slice { axis, start, len } => {
+                kernels::slice(arr(0)?, *axis, *start, *len).map_err(inv)?
+            }
+            Op::Shift { axis, by } => {
+                let fill = if args.len() > 1 { Some(arr(1)?) } else { None };
+                kernels::shift(arr(0)?, fill, *axis, *by).map_err(inv)?
+            }
             Op::Reduce { fun, axis } => kernels::reduce(*fun, *axis, arr(0)?).map_err(inv)?,
             Op::Expand { shape } => {
                 kernels::expand(arr(0)?, &self.known_shape(id, shape)?).map_err(inv)?

@@ -1332,3 +1332,38 @@ fn ttt_scan_with_bad_gradient_graph_is_an_error() {
         assert!(err.to_string().contains(expect), "{err}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// slice and shift
+
+#[test]
+fn slice_and_shift_kernels_by_hand() {
+    use super::value::Arr;
+    // x[t, c] = 10 t + c, shape [3, 2].
+    let x = Arr::new(vec![3, 2], vec![0.0, 1.0, 10.0, 11.0, 20.0, 21.0]).unwrap();
+    let s = kernels::slice(&x, 0, 1, 2).unwrap();
+    assert_eq!(
+        (s.shape.clone(), s.data.clone()),
+        (vec![2, 2], vec![10.0, 11.0, 20.0, 21.0])
+    );
+    let s = kernels::slice(&x, 1, 1, 1).unwrap();
+    assert_eq!(
+        (s.shape.clone(), s.data.clone()),
+        (vec![3, 1], vec![1.0, 11.0, 21.0])
+    );
+    let y = kernels::shift(&x, None, 0, 1).unwrap();
+    assert_eq!(y.data, vec![0.0, 0.0, 0.0, 1.0, 10.0, 11.0]);
+    let y = kernels::shift(&x, None, 1, 1).unwrap();
+    assert_eq!(y.data, vec![0.0, 0.0, 0.0, 10.0, 0.0, 20.0]);
+    let fill = Arr::new(vec![2, 2], vec![-1.0, -2.0, -3.0, -4.0]).unwrap();
+    let y = kernels::shift(&x, Some(&fill), 0, 2).unwrap();
+    assert_eq!(y.data, vec![-1.0, -2.0, -3.0, -4.0, 0.0, 1.0]);
+    let y = kernels::shift(&x, None, 0, 7).unwrap();
+    assert_eq!(y.data, vec![0.0; 6]);
+    // Bad operands are errors, not panics.
+    assert!(kernels::slice(&x, 0, 2, 2).is_err());
+    assert!(kernels::slice(&x, 2, 0, 1).is_err());
+    assert!(kernels::slice(&x, 0, usize::MAX, 2).is_err());
+    assert!(kernels::shift(&x, Some(&fill), 0, 1).is_err());
+    assert!(kernels::shift(&x, None, 2, 1).is_err());
+}

@@ -38,11 +38,30 @@ pub struct ParamAst {
     pub shape: Option<ShapeAst>,
 }
 
-/// `let` bindings followed by a result expression.
+/// A statement of a function body.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BodyStmt {
+    /// `let x = expr`
+    Let(Ident, Expr),
+    /// `for VAR in START..END { let ... }`: unrolled when compiling; the body shares the
+    /// function's scope, so `let y = y + ...` accumulates.
+    For {
+        /// The loop variable.
+        var: Ident,
+        /// The first value (a compile-time integer).
+        start: Expr,
+        /// One past the last value.
+        end: Expr,
+        /// The statements repeated.
+        body: Vec<BodyStmt>,
+    },
+}
+
+/// Statements (`let`, `for`) followed by a result expression.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Body {
-    /// Local bindings, in order.
-    pub lets: Vec<(Ident, Expr)>,
+    /// Local bindings and loops, in order.
+    pub lets: Vec<BodyStmt>,
     /// The value of the body.
     pub result: Expr,
 }
@@ -89,11 +108,22 @@ pub struct InnerDecl {
     pub span: Span,
 }
 
+/// `int` in an input declaration: the tensor holds integers (safetensors I64 or I32), read
+/// exactly into the run's floating-point type; optionally `in START..END` bounds every value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntInputAst {
+    /// The `int` keyword.
+    pub span: Span,
+    /// `in START..END`: the inclusive start (an integer) and the exclusive end (a dimension).
+    pub range: Option<(i64, DimAst)>,
+}
+
 /// A statement of the `main` block.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MainStmt {
-    /// `input A, B: [dims]`
-    Input(Vec<Ident>, ShapeAst),
+    /// `input A, B: [dims]` or `input ids: int[dims] in 0..V`. Names may interpolate
+    /// compile-time values: `model.layers.{i}.mlp.up_proj.weight`.
+    Input(Vec<Ident>, ShapeAst, Option<IntInputAst>),
     /// `let x = expr`
     Let(Ident, Expr),
     /// `output NAME = expr`
@@ -102,6 +132,26 @@ pub enum MainStmt {
     Intermediate(Ident, Expr),
     /// `dim NAME = expr`: a dimension computed from others (`*`, `/` exact).
     Dim(Ident, Expr),
+    /// `for VAR in START..END { statements }`: unrolled when the program is compiled, with
+    /// `VAR` bound to each integer in turn. The body shares the enclosing scope.
+    For {
+        /// The loop variable.
+        var: Ident,
+        /// The first value (a compile-time integer).
+        start: Expr,
+        /// One past the last value (a compile-time integer).
+        end: Expr,
+        /// The statements repeated.
+        body: Vec<MainStmt>,
+    },
+    /// `if COND { ... } else if COND { ... } else { ... }` on compile-time values: only the
+    /// chosen branch is compiled. Branches share the enclosing scope.
+    If {
+        /// Conditions with their statements, in order.
+        branches: Vec<(Expr, Vec<MainStmt>)>,
+        /// The `else` statements.
+        otherwise: Vec<MainStmt>,
+    },
 }
 
 /// `main { ... }`
@@ -113,22 +163,29 @@ pub struct MainDecl {
     pub span: Span,
 }
 
-/// The default of a config: an integer (usable as a dimension) or a real.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// The default of a config: an integer (usable as a dimension), a real, a boolean or a string.
+#[derive(Clone, Debug, PartialEq)]
 pub enum ConfigLit {
     /// An integer.
     Int(usize),
     /// A real number.
     Float(f64),
+    /// `true` or `false`.
+    Bool(bool),
+    /// A double-quoted string.
+    Str(String),
 }
 
-/// `config NAME = VALUE`
+/// `config NAME = VALUE`, or for a string config `config NAME = "a" | "b" | ...` (the first
+/// is the default; only the listed strings may be set).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConfigDecl {
     /// Its name.
     pub name: Ident,
     /// Its default.
     pub value: ConfigLit,
+    /// For a string config: every allowed value (the default first); empty allows any.
+    pub choices: Vec<String>,
 }
 
 /// A top-level item.
@@ -177,6 +234,59 @@ pub enum BinOp {
     MatMul,
     /// `^`
     Pow,
+    /// `==` (compile-time values only, as are the comparisons and logic below)
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `&&`
+    And,
+    /// `||`
+    Or,
+}
+
+impl BinOp {
+    /// Whether the operator compares or combines compile-time values (never tensors).
+    pub fn is_compile_time(self) -> bool {
+        matches!(
+            self,
+            BinOp::Eq
+                | BinOp::Ne
+                | BinOp::Lt
+                | BinOp::Le
+                | BinOp::Gt
+                | BinOp::Ge
+                | BinOp::And
+                | BinOp::Or
+        )
+    }
+
+    /// The operator as written.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::MatMul => "@",
+            BinOp::Pow => "^",
+            BinOp::Eq => "==",
+            BinOp::Ne => "!=",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::And => "&&",
+            BinOp::Or => "||",
+        }
+    }
 }
 
 /// `ttt MODEL(bindings) per (dims) update RULE(args)`
@@ -201,6 +311,14 @@ pub enum ExprKind {
     Int(u64),
     /// A real literal.
     Float(f64),
+    /// A string literal (compile-time only: compared with string configs).
+    Str(String),
+    /// `true` or `false` (compile-time only).
+    Bool(bool),
+    /// `!e` (compile-time only).
+    Not(Box<Expr>),
+    /// `if COND { body } else { body }`: the branch chosen by a compile-time condition.
+    If(Box<Expr>, Box<Body>, Box<Body>),
     /// A name.
     Name(String),
     /// `-e`

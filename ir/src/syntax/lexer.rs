@@ -31,9 +31,14 @@ pub struct Token {
     pub line_start: bool,
 }
 
-const PUNCT: [&str; 18] = [
-    "->", "(", ")", "[", "]", "{", "}", ",", ":", "=", "+", "-", "*", "/", "@", "^", ".", ";",
+/// Punctuation, longest first where one is a prefix of another.
+const PUNCT: [&str; 28] = [
+    "->", "==", "!=", "<=", ">=", "&&", "||", "..", "(", ")", "[", "]", "{", "}", ",", ":", "=",
+    "+", "-", "*", "/", "@", "^", ".", ";", "<", ">", "|",
 ];
+
+/// `!` on its own (after `!=` was tried).
+const NOT: &str = "!";
 
 /// Splits `text` into tokens.
 pub fn lex(text: &str) -> Result<Vec<Token>, Diagnostic> {
@@ -80,6 +85,9 @@ pub fn lex(text: &str) -> Result<Vec<Token>, Diagnostic> {
         } else if let Some(p) = PUNCT.iter().find(|p| text[i..].starts_with(**p)) {
             i += p.len();
             Tok::Punct(p)
+        } else if text[i..].starts_with(NOT) {
+            i += 1;
+            Tok::Punct(NOT)
         } else {
             let ch = text[i..].chars().next().unwrap_or('?');
             return Err(Diagnostic::new(

@@ -21,6 +21,13 @@ struct Parser<'a> {
 
 type PResult<T> = Result<T, Diagnostic>;
 
+/// Precedence levels of binary operators, loosest first.
+const LEVEL_OR: usize = 0;
+const LEVEL_AND: usize = 1;
+const LEVEL_CMP: usize = 2;
+const LEVEL_ADD: usize = 3;
+const LEVEL_MUL: usize = 4;
+
 fn describe(tok: &Tok) -> String {
     match tok {
         Tok::Ident(s) => format!("`{s}`"),
@@ -116,14 +123,47 @@ impl<'a> Parser<'a> {
                 self.bump();
                 let name = self.ident("a config name")?;
                 self.expect_punct("=")?;
-                let value = match self.peek().tok {
+                let value = match &self.peek().tok {
                     Tok::Float(x) => {
+                        let x = *x;
                         self.bump();
                         ConfigLit::Float(x)
                     }
-                    _ => ConfigLit::Int(self.usize_lit("a number")?),
+                    Tok::Str(text) => {
+                        let text = text.clone();
+                        self.bump();
+                        let mut choices = Vec::new();
+                        if self.is_punct("|") {
+                            choices.push(text.clone());
+                            while self.eat_punct("|") {
+                                match &self.peek().tok {
+                                    Tok::Str(other) => {
+                                        choices.push(other.clone());
+                                        self.bump();
+                                    }
+                                    _ => return self.error("a string after `|`"),
+                                }
+                            }
+                        }
+                        return Ok(Item::Config(ConfigDecl {
+                            name,
+                            value: ConfigLit::Str(text),
+                            choices,
+                        }));
+                    }
+                    Tok::Ident(b) if b == "true" || b == "false" => {
+                        let b = b == "true";
+                        self.bump();
+                        ConfigLit::Bool(b)
+                    }
+                    Tok::Int(_) => ConfigLit::Int(self.usize_lit("a number")?),
+                    _ => return self.error("a number, `true`, `false` or a string"),
                 };
-                Ok(Item::Config(ConfigDecl { name, value }))
+                Ok(Item::Config(ConfigDecl {
+                    name,
+                    value,
+                    choices: Vec::new(),
+                }))
             }
             Tok::Ident(k) if k == "fn" => Ok(Item::Fn(self.fn_decl()?)),
             Tok::Ident(k) if k == "inner" => Ok(Item::Inner(Box::new(self.inner()?))),
@@ -228,18 +268,44 @@ impl<'a> Parser<'a> {
 
     fn body(&mut self) -> PResult<Body> {
         self.expect_punct("{")?;
-        let mut lets = Vec::new();
-        while self.is_keyword("let") {
-            self.bump();
-            let name = self.ident("a name")?;
-            self.expect_punct("=")?;
-            lets.push((name, self.expr()?));
-            self.eat_punct(";");
-        }
+        let lets = self.body_stmts()?;
         let result = self.expr()?;
         self.eat_punct(";");
         self.expect_punct("}")?;
         Ok(Body { lets, result })
+    }
+
+    /// `let` and `for` statements of a function body, up to its result expression (or the `}`
+    /// closing a loop).
+    fn body_stmts(&mut self) -> PResult<Vec<BodyStmt>> {
+        let mut stmts = Vec::new();
+        loop {
+            if self.is_keyword("let") {
+                self.bump();
+                let name = self.ident("a name")?;
+                self.expect_punct("=")?;
+                stmts.push(BodyStmt::Let(name, self.expr()?));
+            } else if self.is_keyword("for") {
+                self.bump();
+                let var = self.ident("a loop variable")?;
+                self.expect_keyword("in")?;
+                let start = self.binary_level(LEVEL_ADD)?;
+                self.expect_punct("..")?;
+                let end = self.binary_level(LEVEL_ADD)?;
+                self.expect_punct("{")?;
+                let body = self.body_stmts()?;
+                self.expect_punct("}")?;
+                stmts.push(BodyStmt::For {
+                    var,
+                    start,
+                    end,
+                    body,
+                });
+            } else {
+                return Ok(stmts);
+            }
+            self.eat_punct(";");
+        }
     }
 
     /// A name that may contain dots, such as `q_proj.weight`.
@@ -255,18 +321,49 @@ impl<'a> Parser<'a> {
             }
             _ => return self.error(what),
         };
-        while self.is_punct(".") {
+        loop {
+            // `{NAME}` or a name written right against the previous part: `layer_{i}`.
+            let adjacent = self.peek().span.start == id.span.end;
+            if adjacent
+                && (self.is_punct("{") || matches!(self.peek().tok, Tok::Ident(_) | Tok::Int(_)))
+            {
+                if let Some((part, end)) = self.name_part()? {
+                    id.name.push_str(&part);
+                    id.span = id.span.start..end;
+                    continue;
+                }
+            }
+            if !self.is_punct(".") {
+                break;
+            }
             self.bump();
-            let part = match &self.peek().tok {
-                Tok::Ident(s) => s.clone(),
-                Tok::Int(n) => n.to_string(),
-                _ => return self.error("a name after `.`"),
+            let (part, end) = match self.name_part()? {
+                Some(p) => p,
+                None => return self.error("a name, an integer or `{NAME}` after `.`"),
             };
-            let end = self.bump().span.end;
             id.name = format!("{}.{part}", id.name);
             id.span = id.span.start..end;
         }
         Ok(id)
+    }
+
+    /// One part of a dotted tensor name after a `.`: a name (keywords allowed), an integer, or
+    /// `{NAME}` (interpolated when the program is compiled; kept with its braces). Returns the
+    /// text and where it ends, or `None` when the next token is none of those.
+    fn name_part(&mut self) -> PResult<Option<(String, usize)>> {
+        let part = match &self.peek().tok {
+            Tok::Ident(s) => s.clone(),
+            Tok::Int(n) => n.to_string(),
+            Tok::Punct("{") => {
+                self.bump();
+                let var = self.ident("a name to interpolate")?;
+                let end = self.expect_punct("}")?.end;
+                return Ok(Some((format!("{{{}}}", var.name), end)));
+            }
+            _ => return Ok(None),
+        };
+        let end = self.bump().span.end;
+        Ok(Some((part, end)))
     }
 
     fn names(&mut self, what: &str) -> PResult<Vec<Ident>> {
@@ -345,83 +442,181 @@ impl<'a> Parser<'a> {
 
     fn main(&mut self) -> PResult<MainDecl> {
         let span = self.expect_keyword("main")?;
+        let stmts = self.stmt_block()?;
+        Ok(MainDecl { stmts, span })
+    }
+
+    /// `{ statement* }` of `main`, a `for` or an `if`.
+    fn stmt_block(&mut self) -> PResult<Vec<MainStmt>> {
         self.expect_punct("{")?;
         let mut stmts = Vec::new();
         while !self.is_punct("}") {
-            match &self.peek().tok {
-                Tok::Ident(k) if k == "input" => {
-                    self.bump();
-                    let mut names = vec![self.dotted("an input name")?];
-                    while self.eat_punct(",") {
-                        names.push(self.dotted("an input name")?);
-                    }
-                    self.expect_punct(":")?;
-                    stmts.push(MainStmt::Input(names, self.shape()?));
-                }
-                Tok::Ident(k) if k == "let" => {
-                    self.bump();
-                    let name = self.ident("a name")?;
-                    self.expect_punct("=")?;
-                    stmts.push(MainStmt::Let(name, self.expr()?));
-                }
-                Tok::Ident(k) if k == "output" || k == "intermediate" => {
-                    let debug = k == "intermediate";
-                    self.bump();
-                    let name = self.dotted("an output name")?;
-                    self.expect_punct("=")?;
-                    let value = self.expr()?;
-                    stmts.push(if debug {
-                        MainStmt::Intermediate(name, value)
-                    } else {
-                        MainStmt::Output(name, value)
-                    });
-                }
-                Tok::Ident(k) if k == "dim" => {
-                    self.bump();
-                    let name = self.ident("a dimension name")?;
-                    self.expect_punct("=")?;
-                    stmts.push(MainStmt::Dim(name, self.expr()?));
-                }
-                _ => return self.error("`input`, `dim`, `let`, `output`, `intermediate` or `}`"),
-            }
+            stmts.push(self.main_stmt()?);
             self.eat_punct(";");
         }
         self.expect_punct("}")?;
-        Ok(MainDecl { stmts, span })
+        Ok(stmts)
+    }
+
+    fn main_stmt(&mut self) -> PResult<MainStmt> {
+        match &self.peek().tok {
+            Tok::Ident(k) if k == "input" => {
+                self.bump();
+                let mut names = vec![self.dotted("an input name")?];
+                while self.eat_punct(",") {
+                    names.push(self.dotted("an input name")?);
+                }
+                self.expect_punct(":")?;
+                let int = if self.is_keyword("int") {
+                    Some(self.bump().span.clone())
+                } else {
+                    None
+                };
+                let shape = self.shape()?;
+                let int = match int {
+                    None => None,
+                    Some(span) => {
+                        let range = if self.is_keyword("in") && !self.peek().line_start {
+                            self.bump();
+                            let start = self.int_bound()?;
+                            self.expect_punct("..")?;
+                            let end = match &self.peek().tok {
+                                Tok::Int(_) => {
+                                    let span = self.peek().span.clone();
+                                    DimAst::Int(self.usize_lit("an integer")?, span)
+                                }
+                                _ => DimAst::Sym(self.ident("a dimension name or an integer")?),
+                            };
+                            Some((start, end))
+                        } else {
+                            None
+                        };
+                        Some(IntInputAst { span, range })
+                    }
+                };
+                Ok(MainStmt::Input(names, shape, int))
+            }
+            Tok::Ident(k) if k == "let" => {
+                self.bump();
+                let name = self.ident("a name")?;
+                self.expect_punct("=")?;
+                Ok(MainStmt::Let(name, self.expr()?))
+            }
+            Tok::Ident(k) if k == "output" || k == "intermediate" => {
+                let debug = k == "intermediate";
+                self.bump();
+                let name = self.dotted("an output name")?;
+                self.expect_punct("=")?;
+                let value = self.expr()?;
+                Ok(if debug {
+                    MainStmt::Intermediate(name, value)
+                } else {
+                    MainStmt::Output(name, value)
+                })
+            }
+            Tok::Ident(k) if k == "dim" => {
+                self.bump();
+                let name = self.ident("a dimension name")?;
+                self.expect_punct("=")?;
+                Ok(MainStmt::Dim(name, self.expr()?))
+            }
+            Tok::Ident(k) if k == "for" => {
+                self.bump();
+                let var = self.ident("a loop variable")?;
+                self.expect_keyword("in")?;
+                let start = self.binary_level(LEVEL_ADD)?;
+                self.expect_punct("..")?;
+                let end = self.binary_level(LEVEL_ADD)?;
+                let body = self.stmt_block()?;
+                Ok(MainStmt::For {
+                    var,
+                    start,
+                    end,
+                    body,
+                })
+            }
+            Tok::Ident(k) if k == "if" => {
+                let mut branches = Vec::new();
+                let mut otherwise = Vec::new();
+                loop {
+                    self.expect_keyword("if")?;
+                    let cond = self.expr()?;
+                    branches.push((cond, self.stmt_block()?));
+                    if !self.is_keyword("else") {
+                        break;
+                    }
+                    self.bump();
+                    if !self.is_keyword("if") {
+                        otherwise = self.stmt_block()?;
+                        break;
+                    }
+                }
+                Ok(MainStmt::If {
+                    branches,
+                    otherwise,
+                })
+            }
+            _ => self.error("`input`, `dim`, `let`, `output`, `intermediate`, `for`, `if` or `}`"),
+        }
+    }
+
+    /// A possibly negative integer literal.
+    fn int_bound(&mut self) -> PResult<i64> {
+        let negative = self.eat_punct("-");
+        let span = self.peek().span.clone();
+        let n = self.usize_lit("an integer")?;
+        let n = i64::try_from(n).map_err(|_| Diagnostic::new(format!("{n} is too large"), span))?;
+        Ok(if negative { -n } else { n })
     }
 
     // ---- expressions -------------------------------------------------------------------
 
     fn expr(&mut self) -> PResult<Expr> {
-        self.binary_level(0)
+        self.binary_level(LEVEL_OR)
     }
 
-    /// Levels: 0 = `+ -`, 1 = `* / @`.
+    /// Binary operators by precedence level, loosest first: `||`, `&&`, comparisons (not
+    /// chained), `+ -`, then `* / @` (whose operands are unary expressions).
     fn binary_level(&mut self, level: usize) -> PResult<Expr> {
-        let mut lhs = if level == 0 {
-            self.binary_level(1)?
-        } else {
-            self.unary()?
+        let next = |p: &mut Self| {
+            if level == LEVEL_MUL {
+                p.unary()
+            } else {
+                p.binary_level(level + 1)
+            }
         };
+        let mut lhs = next(self)?;
         loop {
             let t = self.peek();
             let op = match (&t.tok, level) {
-                (Tok::Punct("+"), 0) => BinOp::Add,
-                (Tok::Punct("-"), 0) => BinOp::Sub,
-                (Tok::Punct("*"), 1) => BinOp::Mul,
-                (Tok::Punct("/"), 1) => BinOp::Div,
-                (Tok::Punct("@"), 1) => BinOp::MatMul,
+                (Tok::Punct("||"), LEVEL_OR) => BinOp::Or,
+                (Tok::Punct("&&"), LEVEL_AND) => BinOp::And,
+                (Tok::Punct("=="), LEVEL_CMP) => BinOp::Eq,
+                (Tok::Punct("!="), LEVEL_CMP) => BinOp::Ne,
+                (Tok::Punct("<"), LEVEL_CMP) => BinOp::Lt,
+                (Tok::Punct("<="), LEVEL_CMP) => BinOp::Le,
+                (Tok::Punct(">"), LEVEL_CMP) => BinOp::Gt,
+                (Tok::Punct(">="), LEVEL_CMP) => BinOp::Ge,
+                (Tok::Punct("+"), LEVEL_ADD) => BinOp::Add,
+                (Tok::Punct("-"), LEVEL_ADD) => BinOp::Sub,
+                (Tok::Punct("*"), LEVEL_MUL) => BinOp::Mul,
+                (Tok::Punct("/"), LEVEL_MUL) => BinOp::Div,
+                (Tok::Punct("@"), LEVEL_MUL) => BinOp::MatMul,
                 _ => break,
             };
             if t.line_start {
                 break;
             }
+            if level == LEVEL_CMP
+                && matches!(&lhs.kind, ExprKind::Binary(o, ..) if o.is_compile_time())
+            {
+                return Err(Diagnostic::new(
+                    "comparisons do not chain: write `a < b && b < c`",
+                    t.span.clone(),
+                ));
+            }
             self.bump();
-            let rhs = if level == 0 {
-                self.binary_level(1)?
-            } else {
-                self.unary()?
-            };
+            let rhs = next(self)?;
             let span = lhs.span.start..rhs.span.end;
             lhs = Expr {
                 kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
@@ -432,6 +627,15 @@ impl<'a> Parser<'a> {
     }
 
     fn unary(&mut self) -> PResult<Expr> {
+        if self.is_punct("!") {
+            let start = self.bump().span.start;
+            let inner = self.unary()?;
+            let span = start..inner.span.end;
+            return Ok(Expr {
+                kind: ExprKind::Not(Box::new(inner)),
+                span,
+            });
+        }
         if self.is_punct("-") {
             let start = self.bump().span.start;
             let inner = self.unary()?;
@@ -458,7 +662,14 @@ impl<'a> Parser<'a> {
         let mut e = self.primary()?;
         while self.is_punct(".") && !self.peek().line_start {
             self.bump();
-            let field = self.ident("a field name")?;
+            let start = self.peek().span.start;
+            let field = match self.name_part()? {
+                Some((name, end)) => Ident {
+                    name,
+                    span: start..end,
+                },
+                None => return self.error("a field name"),
+            };
             let span = e.span.start..field.span.end;
             e = Expr {
                 kind: ExprKind::Field(Box::new(e), field),
@@ -522,6 +733,42 @@ impl<'a> Parser<'a> {
                 Ok(e)
             }
             Tok::Ident(k) if k == "ttt" => self.ttt(),
+            Tok::Ident(k) if k == "true" || k == "false" => {
+                let b = k == "true";
+                self.bump();
+                Ok(Expr {
+                    kind: ExprKind::Bool(b),
+                    span,
+                })
+            }
+            Tok::Str(text) => {
+                let text = text.clone();
+                self.bump();
+                Ok(Expr {
+                    kind: ExprKind::Str(text),
+                    span,
+                })
+            }
+            Tok::Ident(k) if k == "if" => {
+                self.bump();
+                let cond = self.expr()?;
+                let then = self.body()?;
+                self.expect_keyword("else")?;
+                let otherwise = if self.is_keyword("if") {
+                    // `else if`: a nested `if` expression as the whole `else` body.
+                    let nested = self.primary()?;
+                    Body {
+                        lets: Vec::new(),
+                        result: nested,
+                    }
+                } else {
+                    self.body()?
+                };
+                Ok(Expr {
+                    kind: ExprKind::If(Box::new(cond), Box::new(then), Box::new(otherwise)),
+                    span: span.start..self.prev_end(),
+                })
+            }
             Tok::Punct("[") => {
                 let shape = self.shape()?;
                 Ok(Expr {
@@ -596,5 +843,11 @@ pub fn is_reserved(s: &str) -> bool {
             | "dim"
             | "import"
             | "ttt"
+            | "for"
+            | "in"
+            | "if"
+            | "else"
+            | "true"
+            | "false"
     )
 }

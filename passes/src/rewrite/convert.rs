@@ -52,7 +52,11 @@ impl Loaded {
 
 fn is_verbatim(graph: &Graph, id: NodeId) -> bool {
     let node = graph.node(id);
-    matches!(node.op, Op::Ttt(_) | Op::Get { .. }) || node.ty.tensor().is_none()
+    // Slices and shifts have no e-node: the rules never look through them.
+    matches!(
+        node.op,
+        Op::Ttt(_) | Op::Get { .. } | Op::Slice { .. } | Op::Shift { .. }
+    ) || node.ty.tensor().is_none()
 }
 
 /// Loads the live part of `graph` into a fresh e-graph.
@@ -144,7 +148,7 @@ pub fn load(graph: &Graph, label: &str) -> Result<Loaded, RewriteError> {
             }
             Op::Mix => TensorLang::Mix([arg(0)?, arg(1)?]),
             Op::MixOuter => TensorLang::MixOuter([arg(0)?, arg(1)?, arg(2)?]),
-            Op::Ttt(_) | Op::Get { .. } => {
+            Op::Ttt(_) | Op::Get { .. } | Op::Slice { .. } | Op::Shift { .. } => {
                 return Err(fail(format!("%{} should be verbatim", id.index())))
             }
         };

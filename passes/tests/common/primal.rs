@@ -18,8 +18,10 @@ pub fn repo_root() -> PathBuf {
 pub fn compile_example(file: &str, settings: &[(&str, f64)]) -> Program {
     let path = repo_root().join("examples").join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    let settings: BTreeMap<String, f64> =
-        settings.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let settings: tttc_ir::Settings = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), (*v).into()))
+        .collect();
     let mut p = tttc_ir::syntax::compile(file, &text, DType::F64, &settings)
         .unwrap_or_else(|e| panic!("{file}: {e:?}"));
     tttc_passes::run_pipeline(&mut p, &[&tttc_passes::Autodiff]).expect("autodiff");

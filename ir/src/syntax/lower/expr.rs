@@ -1,5 +1,6 @@
 //! Expressions: names, operators, calls (inlined), built-in operations.
 
+use super::consteval::{condition, const_eval, const_int, interpolate, ConstVal};
 use super::{Ctx, PRELUDE_SOURCE};
 use crate::graph::{Graph, GraphError, NodeId};
 use crate::op::{BinaryOp, Op, ReduceOp, UnaryOp};
@@ -12,7 +13,9 @@ use std::collections::HashMap;
 const MAX_CALL_DEPTH: usize = 64;
 
 /// Built-in operations other than the unary functions.
-const BUILTINS: [&str; 11] = [
+const BUILTINS: [&str; 13] = [
+    "slice",
+    "shift",
     "sum",
     "mean",
     "var",
@@ -40,6 +43,8 @@ pub(super) fn diag(src: usize, message: impl Into<String>, span: Span) -> Diagno
 #[derive(Clone, Debug)]
 pub(super) enum Val {
     Tensor(NodeId),
+    /// A compile-time value.
+    Const(ConstVal),
     /// A scan's tuple result with its field names.
     Scan {
         node: NodeId,
@@ -60,6 +65,8 @@ pub(super) struct Env<'a> {
     pub dims: HashMap<String, Dim>,
     /// The source the body is written in.
     pub src: usize,
+    /// Inside an inner model (its loss, output or helpers, and what they call).
+    pub in_inner: bool,
     depth: usize,
 }
 
@@ -72,12 +79,13 @@ impl Env<'_> {
             local_fns: HashMap::new(),
             dims: HashMap::new(),
             src,
+            in_inner: false,
             depth: 0,
         }
     }
 
     /// The dimension `name` means here, if any.
-    fn dim(&self, ctx: &Ctx, name: &str) -> Option<Dim> {
+    pub(super) fn dim(&self, ctx: &Ctx, name: &str) -> Option<Dim> {
         self.dims.get(name).cloned().or_else(|| {
             ctx.global_dims
                 .contains(name)
@@ -167,6 +175,16 @@ fn leaf(ctx: &Ctx, g: &mut Graph, op: Op, span: &Span, src: usize) -> Result<Nod
 pub(super) fn tensor(ctx: &Ctx, g: &mut Graph, env: &Env, e: &Expr) -> Result<NodeId, Diagnostic> {
     match lower_expr(ctx, g, env, e)? {
         Val::Tensor(id) => Ok(id),
+        Val::Const(ConstVal::Int(n)) => Ok(g.add_const(n as f64, ctx.dtype)),
+        Val::Const(ConstVal::Float(x)) => Ok(g.add_const(x, ctx.dtype)),
+        Val::Const(c) => Err(diag(
+            env.src,
+            format!(
+                "this is {} ({c}), known when compiling, not a tensor: use it in an `if` condition",
+                c.kind()
+            ),
+            e.span.clone(),
+        )),
         Val::Scan { fields, .. } => Err(diag(
             env.src,
             format!(
@@ -212,8 +230,13 @@ fn lookup(
     if let Some(v) = env.vars.get(n).or_else(|| env.base.get(n)) {
         return Ok(Some(v.clone()));
     }
-    if let Some(crate::ConfigValue::Float(x)) = ctx.configs.get(n) {
-        return Ok(Some(Val::Tensor(g.add_const(*x, ctx.dtype))));
+    match ctx.configs.get(n) {
+        Some(crate::ConfigValue::Float(x)) => {
+            return Ok(Some(Val::Tensor(g.add_const(*x, ctx.dtype))))
+        }
+        Some(crate::ConfigValue::Bool(b)) => return Ok(Some(Val::Const(ConstVal::Bool(*b)))),
+        Some(crate::ConfigValue::Str(s)) => return Ok(Some(Val::Const(ConstVal::Str(s.clone())))),
+        _ => {}
     }
     if let Some(dim) = env.dim(ctx, n) {
         return Ok(Some(Val::Tensor(leaf(
@@ -234,6 +257,21 @@ pub(super) fn lower_expr(ctx: &Ctx, g: &mut Graph, env: &Env, e: &Expr) -> Resul
     match &e.kind {
         ExprKind::Int(n) => t(g.add_const(*n as f64, ctx.dtype)),
         ExprKind::Float(x) => t(g.add_const(*x, ctx.dtype)),
+        ExprKind::Str(_) | ExprKind::Bool(_) | ExprKind::Not(_) => {
+            Ok(Val::Const(const_eval(ctx, g, env, e)?))
+        }
+        ExprKind::Binary(op, ..) if op.is_compile_time() => {
+            Ok(Val::Const(const_eval(ctx, g, env, e)?))
+        }
+        ExprKind::If(cond, then, otherwise) => {
+            let body = if condition(ctx, g, env, cond)? {
+                then
+            } else {
+                otherwise
+            };
+            let mut scope = env.clone();
+            lower_body(ctx, g, &mut scope, body, None, "if")
+        }
         ExprKind::Name(n) => match lookup(ctx, g, env, n, &e.span)? {
             Some(v) => Ok(v),
             None => {
@@ -273,20 +311,46 @@ pub(super) fn lower_expr(ctx: &Ctx, g: &mut Graph, env: &Env, e: &Expr) -> Resul
                 BinOp::Div => Op::Binary { fun: BinaryOp::Div },
                 BinOp::Pow => Op::Binary { fun: BinaryOp::Pow },
                 BinOp::MatMul => Op::MatMul,
+                // Handled above: compile-time values only.
+                BinOp::Eq
+                | BinOp::Ne
+                | BinOp::Lt
+                | BinOp::Le
+                | BinOp::Gt
+                | BinOp::Ge
+                | BinOp::And
+                | BinOp::Or => return Ok(Val::Const(const_eval(ctx, g, env, e)?)),
             };
             t(add(g, op, &[lhs, rhs], &e.span, src)?)
         }
         ExprKind::Field(x, field) => {
             // A dotted name such as `q_proj.weight` is one variable.
             if let Some(path) = dotted_path(e) {
+                let path = interpolate(ctx, g, env, &path, &e.span)?;
                 if let Some(v) = env.vars.get(&path).or_else(|| env.base.get(&path)) {
                     return Ok(v.clone());
                 }
+            }
+            if field.name.starts_with('{') {
+                return Err(diag(
+                    src,
+                    format!(
+                        "unknown name `{}`",
+                        interpolate(ctx, g, env, &dotted_path(e).unwrap_or_default(), &e.span)?
+                    ),
+                    e.span.clone(),
+                )
+                .with_label("no input or variable has this name"));
             }
             match lower_expr(ctx, g, env, x)? {
                 Val::Tensor(id) if field.name == "T" => {
                     t(add(g, Op::Transpose, &[id], &e.span, src)?)
                 }
+                Val::Const(c) => Err(diag(
+                    src,
+                    format!("{} ({c}) has no field `{}`", c.kind(), field.name),
+                    field.span.clone(),
+                )),
                 Val::Tensor(_) => Err(diag(
                     src,
                     format!(
@@ -450,6 +514,45 @@ fn lower_call(
             };
             return tensor_result(leaf(ctx, g, Op::Iota { len }, span, src)?);
         }
+        "slice" | "shift" => {
+            if env.in_inner {
+                return Err(diag(
+                    src,
+                    format!("`{n}` cannot be used inside an inner model: tttc has no gradient for it yet"),
+                    name.span.clone(),
+                )
+                .with_label("use it outside the `ttt` scan, in `main`"));
+            }
+            let (min, max) = if n == "slice" { (4, 4) } else { (3, 4) };
+            let a = positional(src, name, args, min, max, &[])?;
+            let x = tensor(ctx, g, env, a[0])?;
+            let rank = g.tensor_type(x).map_or(0, |t| t.shape.rank());
+            let axis = axis_arg(src, a[1], rank)?;
+            let count = |e: &Expr| -> Result<usize, Diagnostic> {
+                match const_eval(ctx, g, env, e)? {
+                    ConstVal::Int(v) if v >= 0 => Ok(v as usize),
+                    other => Err(diag(
+                        src,
+                        format!(
+                            "expected a non-negative integer known when compiling, got {other}"
+                        ),
+                        e.span.clone(),
+                    )),
+                }
+            };
+            let (op, operands) = if n == "slice" {
+                let (start, len) = (count(a[2])?, count(a[3])?);
+                (Op::Slice { axis, start, len }, vec![x])
+            } else {
+                let by = count(a[2])?;
+                let mut operands = vec![x];
+                if let Some(fill) = a.get(3) {
+                    operands.push(tensor(ctx, g, env, fill)?);
+                }
+                (Op::Shift { axis, by }, operands)
+            };
+            return tensor_result(add(g, op, &operands, span, src)?);
+        }
         "sum" | "mean" | "var" => {
             let a = positional(src, name, args, 1, 2, &["axis"])?;
             let x = tensor(ctx, g, env, a[0])?;
@@ -480,6 +583,26 @@ fn lower_call(
         _ => {}
     }
     inline_call(ctx, g, env, name, args, span)
+}
+
+/// An axis argument: an integer literal, negative counting from the end.
+fn axis_arg(src: usize, e: &Expr, rank: usize) -> Result<usize, Diagnostic> {
+    let Some(v) = int_literal(e) else {
+        return Err(diag(
+            src,
+            "the axis must be an integer literal such as -1",
+            e.span.clone(),
+        ));
+    };
+    let r = rank as i64;
+    if v < -r || v >= r {
+        return Err(diag(
+            src,
+            format!("axis {v} is out of range for a tensor with {rank} axes"),
+            e.span.clone(),
+        ));
+    }
+    Ok(v.rem_euclid(r.max(1)) as usize)
 }
 
 /// Inlines a call of a user or prelude function.
@@ -556,6 +679,7 @@ fn inline_call(
     }
     let mut callee = Env::new(callee_src);
     callee.depth = env.depth + 1;
+    callee.in_inner = env.in_inner;
     if local {
         // A function of an inner model sees the model's states, parameters and dimensions.
         callee.local_fns = env.local_fns.clone();
@@ -597,6 +721,56 @@ fn inline_call(
     }
 }
 
+/// Lowers the `let`s and unrolls the `for`s of a body.
+fn lower_body_stmts(
+    ctx: &Ctx,
+    g: &mut Graph,
+    env: &mut Env,
+    stmts: &[BodyStmt],
+) -> Result<(), Diagnostic> {
+    for stmt in stmts {
+        match stmt {
+            BodyStmt::Let(n, e) => {
+                let v = lower_expr(ctx, g, env, e)?;
+                env.vars.insert(n.name.clone(), v);
+            }
+            BodyStmt::For {
+                var,
+                start,
+                end,
+                body,
+            } => {
+                let (from, to) = (const_int(ctx, g, env, start)?, const_int(ctx, g, env, end)?);
+                if to - from > MAX_LOOP {
+                    return Err(diag(
+                        env.src,
+                        format!(
+                            "this loop would unroll to {} iterations (at most {MAX_LOOP})",
+                            to - from
+                        ),
+                        var.span.clone(),
+                    ));
+                }
+                let saved = env.vars.get(&var.name).cloned();
+                for i in from..to {
+                    env.vars
+                        .insert(var.name.clone(), Val::Const(ConstVal::Int(i)));
+                    lower_body_stmts(ctx, g, env, body)
+                        .map_err(|d| super::consteval::in_iteration(d, &var.name, i))?;
+                }
+                match saved {
+                    Some(v) => env.vars.insert(var.name.clone(), v),
+                    None => env.vars.remove(&var.name),
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Iterations one `for` in a function may unroll to.
+const MAX_LOOP: i64 = 100_000;
+
 /// Lowers `let`s and the result of a body; checks the declared result shape.
 pub(super) fn lower_body(
     ctx: &Ctx,
@@ -606,10 +780,7 @@ pub(super) fn lower_body(
     ret: Option<&ShapeAst>,
     what: &str,
 ) -> Result<Val, Diagnostic> {
-    for (n, e) in &body.lets {
-        let v = lower_expr(ctx, g, env, e)?;
-        env.vars.insert(n.name.clone(), v);
-    }
+    lower_body_stmts(ctx, g, env, &body.lets)?;
     let v = lower_expr(ctx, g, env, &body.result)?;
     if let (Some(ret), Val::Tensor(id)) = (ret, &v) {
         if let Some(ty) = g.tensor_type(*id) {

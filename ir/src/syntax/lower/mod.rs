@@ -3,8 +3,10 @@
 //!
 //! - this module: sources and imports, top-level items, configs, the `main` block;
 //! - [`expr`]: expressions, calls and built-in operations;
+//! - [`consteval`]: compile-time values (`for` bounds, `if` conditions, `{NAME}` in names);
 //! - [`ttt`]: inner models and the `ttt` scan.
 
+mod consteval;
 mod expr;
 mod ttt;
 
@@ -12,8 +14,11 @@ use super::ast::*;
 use super::diagnostic::{CompileError, Diagnostic, SourceFile, Span};
 use super::{lexer, parser, PRELUDE, PRELUDE_NAME};
 use crate::graph::Graph;
-use crate::program::{ConfigParam, ConfigValue, DerivedDim, DimExpr, Program};
+use crate::program::{
+    ConfigParam, ConfigValue, DerivedDim, DimExpr, IntegerInput, Program, Setting, Settings,
+};
 use crate::shape::{DType, Dim, TensorType};
+use consteval::{condition, interpolate, ConstVal};
 use expr::{shape_of, tensor, Env, Val};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,7 +36,7 @@ pub fn compile_bytes(
     file: &str,
     bytes: &[u8],
     dtype: DType,
-    settings: &BTreeMap<String, f64>,
+    settings: &Settings,
 ) -> Result<Program, CompileError> {
     let fail = |text: String, message: String, at: usize| CompileError {
         sources: vec![SourceFile {
@@ -69,7 +74,7 @@ pub fn compile(
     file: &str,
     text: &str,
     dtype: DType,
-    settings: &BTreeMap<String, f64>,
+    settings: &Settings,
 ) -> Result<Program, CompileError> {
     let mut sources = vec![
         SourceFile {
@@ -91,7 +96,7 @@ pub fn compile(
 fn compile_sources(
     sources: &mut Vec<SourceFile>,
     dtype: DType,
-    settings: &BTreeMap<String, f64>,
+    settings: &Settings,
 ) -> Result<Program, Diagnostic> {
     if sources[USER].text.trim().is_empty() {
         return Err(Diagnostic::new(
@@ -190,7 +195,7 @@ fn lower_items(
     name: &str,
     items: &[(usize, &Item)],
     dtype: DType,
-    settings: &BTreeMap<String, f64>,
+    settings: &Settings,
 ) -> Result<Program, Diagnostic> {
     let mut ctx = Ctx {
         dtype,
@@ -219,7 +224,7 @@ fn lower_items(
                     }
                     continue;
                 }
-                ctx.configs.insert(param.name.clone(), param.value);
+                ctx.configs.insert(param.name.clone(), param.value.clone());
                 if let ConfigValue::Int(_) = param.value {
                     ctx.global_dims.insert(param.name.clone());
                 }
@@ -269,22 +274,8 @@ fn lower_items(
             0..0,
         ));
     };
-    // Dimension names declared in `main`, visible to every function.
-    for stmt in &main.stmts {
-        match stmt {
-            MainStmt::Input(_, shape) => {
-                for d in &shape.dims {
-                    if let DimAst::Sym(s) = d {
-                        ctx.global_dims.insert(s.name.clone());
-                    }
-                }
-            }
-            MainStmt::Dim(n, _) => {
-                ctx.global_dims.insert(n.name.clone());
-            }
-            _ => {}
-        }
-    }
+    // Dimension names declared in `main` (in any branch or loop), visible to every function.
+    collect_dims(&main.stmts, &mut ctx.global_dims);
     // Check every inner model on its own (with its declared dimension names), so that its
     // errors are reported even where `main` does not use it.
     for (inner, src) in ctx.inners.values() {
@@ -292,44 +283,91 @@ fn lower_items(
             ttt::inner_graph(&ctx, inner, *src, which, &HashMap::new())?;
         }
     }
-    let (graph, derived_dims, intermediates) = lower_main(&ctx, main)?;
+    let main = lower_main(&ctx, main)?;
     Ok(Program {
         name: name.to_string(),
         configs,
-        derived_dims,
-        intermediates,
-        graph,
+        derived_dims: main.derived,
+        intermediates: main.intermediates,
+        integer_inputs: main.integer_inputs,
+        graph: main.graph,
     })
 }
 
-fn config_param(
-    c: &ConfigDecl,
-    settings: &BTreeMap<String, f64>,
-) -> Result<ConfigParam, Diagnostic> {
+/// Dimension names that `main`'s input shapes and `dim`s declare, in every branch and loop.
+fn collect_dims(stmts: &[MainStmt], dims: &mut BTreeSet<String>) {
+    for stmt in stmts {
+        match stmt {
+            MainStmt::Input(_, shape, _) => {
+                for d in &shape.dims {
+                    if let DimAst::Sym(s) = d {
+                        dims.insert(s.name.clone());
+                    }
+                }
+            }
+            MainStmt::Dim(n, _) => {
+                dims.insert(n.name.clone());
+            }
+            MainStmt::For { body, .. } => collect_dims(body, dims),
+            MainStmt::If {
+                branches,
+                otherwise,
+            } => {
+                for (_, b) in branches {
+                    collect_dims(b, dims);
+                }
+                collect_dims(otherwise, dims);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn config_param(c: &ConfigDecl, settings: &Settings) -> Result<ConfigParam, Diagnostic> {
     let name = c.name.name.clone();
-    let default = match c.value {
+    let default = match &c.value {
         ConfigLit::Int(0) => {
             return Err(Diagnostic::new(
                 format!("config `{name}` must be at least 1"),
                 c.name.span.clone(),
             ))
         }
-        ConfigLit::Int(n) => ConfigValue::Int(n),
-        ConfigLit::Float(x) => ConfigValue::Float(x),
+        ConfigLit::Int(n) => ConfigValue::Int(*n),
+        ConfigLit::Float(x) => ConfigValue::Float(*x),
+        ConfigLit::Bool(b) => ConfigValue::Bool(*b),
+        ConfigLit::Str(s) => ConfigValue::Str(s.clone()),
     };
-    let value = match (default, settings.get(&name)) {
-        (_, None) => default,
-        (ConfigValue::Float(_), Some(&x)) => ConfigValue::Float(x),
-        (ConfigValue::Int(_), Some(&x)) => {
-            if x.fract() != 0.0 || !(1.0..=1e15).contains(&x) {
-                return Err(Diagnostic::new(
-                    format!("setting `{name}` = {x}: `{name}` is an integer config (at least 1)"),
-                    c.name.span.clone(),
-                )
-                .with_label("declared as an integer here"));
+    let bad = |want: &str, x: &Setting| {
+        Err(Diagnostic::new(
+            format!("setting `{name}` = {x}: `{name}` is {want}"),
+            c.name.span.clone(),
+        )
+        .with_label("declared here"))
+    };
+    let value = match (&default, settings.get(&name)) {
+        (_, None) => default.clone(),
+        (ConfigValue::Float(_), Some(Setting::Number(x))) => ConfigValue::Float(*x),
+        (ConfigValue::Float(_), Some(x)) => return bad("a real config", x),
+        (ConfigValue::Int(_), Some(Setting::Number(x))) => {
+            if x.fract() != 0.0 || !(1.0..=1e15).contains(x) {
+                return bad("an integer config (at least 1)", &Setting::Number(*x));
             }
-            ConfigValue::Int(x as usize)
+            ConfigValue::Int(*x as usize)
         }
+        (ConfigValue::Int(_), Some(x)) => return bad("an integer config (at least 1)", x),
+        (ConfigValue::Bool(_), Some(Setting::Bool(b))) => ConfigValue::Bool(*b),
+        (ConfigValue::Bool(_), Some(x)) => return bad("a boolean config (true or false)", x),
+        (ConfigValue::Str(_), Some(Setting::Text(t))) => {
+            if !c.choices.is_empty() && !c.choices.contains(t) {
+                let allowed: Vec<String> = c.choices.iter().map(|s| format!("{s:?}")).collect();
+                return bad(
+                    &format!("one of {}", allowed.join(", ")),
+                    &Setting::Text(t.clone()),
+                );
+            }
+            ConfigValue::Str(t.clone())
+        }
+        (ConfigValue::Str(_), Some(x)) => return bad("a string config", x),
     };
     Ok(ConfigParam {
         name,
@@ -338,60 +376,156 @@ fn config_param(
     })
 }
 
-type MainParts = (Graph, Vec<DerivedDim>, Vec<String>);
+/// What lowering `main` produces.
+struct MainParts {
+    graph: Graph,
+    derived: Vec<DerivedDim>,
+    intermediates: Vec<String>,
+    integer_inputs: Vec<IntegerInput>,
+}
+
+/// The state of lowering `main`'s statements.
+struct MainState<'a> {
+    g: Graph,
+    env: Env<'a>,
+    names: HashMap<String, Span>,
+    parts: MainParts,
+}
+
+/// Iterations a `for` may unroll to, all loops together (a guard against typos such as
+/// `0..100000`).
+const MAX_UNROLLED: i64 = 100_000;
 
 fn lower_main(ctx: &Ctx, main: &MainDecl) -> Result<MainParts, Diagnostic> {
-    let mut g = Graph::new();
-    let mut env = Env::new(USER);
-    let mut names: HashMap<String, Span> = HashMap::new();
-    let mut derived = Vec::new();
-    let mut intermediates = Vec::new();
-    for stmt in &main.stmts {
-        match stmt {
-            MainStmt::Input(inputs, shape) => {
-                let ty = TensorType::new(ctx.dtype, shape_of(shape, &HashMap::new()));
-                for n in inputs {
-                    let id = g.add_input(&n.name, ty.clone()).map_err(|_| {
-                        Diagnostic::new(
-                            format!("input `{}` is declared twice", n.name),
-                            n.span.clone(),
-                        )
-                    })?;
-                    env.vars.insert(n.name.clone(), Val::Tensor(id));
-                }
-            }
-            MainStmt::Dim(n, e) => {
-                derived.push(DerivedDim {
-                    name: n.name.clone(),
-                    expr: dim_expr(ctx, e)?,
-                });
-            }
-            MainStmt::Let(n, e) => {
-                let v = expr::lower_expr(ctx, &mut g, &env, e)?;
-                env.vars.insert(n.name.clone(), v);
-            }
-            MainStmt::Output(n, e) | MainStmt::Intermediate(n, e) => {
-                let id = tensor(ctx, &mut g, &env, e)?;
-                if names.insert(n.name.clone(), n.span.clone()).is_some() {
-                    return Err(Diagnostic::new(
-                        format!("output `{}` is declared twice", n.name),
-                        n.span.clone(),
-                    ));
-                }
-                g.add_output(&n.name, id);
-                if matches!(stmt, MainStmt::Intermediate(..)) {
-                    intermediates.push(n.name.clone());
-                }
-            }
-        }
-    }
-    if g.outputs().len() == intermediates.len() {
+    let mut st = MainState {
+        g: Graph::new(),
+        env: Env::new(USER),
+        names: HashMap::new(),
+        parts: MainParts {
+            graph: Graph::new(),
+            derived: Vec::new(),
+            intermediates: Vec::new(),
+            integer_inputs: Vec::new(),
+        },
+    };
+    let mut budget = MAX_UNROLLED;
+    lower_stmts(ctx, &mut st, &main.stmts, &mut budget)?;
+    if st.g.outputs().len() == st.parts.intermediates.len() {
         return Err(Diagnostic::new(
             "`main` declares no `output`",
             main.span.clone(),
         ));
     }
-    Ok((g, derived, intermediates))
+    st.parts.graph = st.g;
+    Ok(st.parts)
+}
+
+fn lower_stmts(
+    ctx: &Ctx,
+    st: &mut MainState,
+    stmts: &[MainStmt],
+    budget: &mut i64,
+) -> Result<(), Diagnostic> {
+    for stmt in stmts {
+        match stmt {
+            MainStmt::Input(inputs, shape, int) => {
+                let ty = TensorType::new(ctx.dtype, shape_of(shape, &HashMap::new()));
+                for n in inputs {
+                    let name = interpolate(ctx, &st.g, &st.env, &n.name, &n.span)?;
+                    let id = st.g.add_input(&name, ty.clone()).map_err(|_| {
+                        Diagnostic::new(format!("input `{name}` is declared twice"), n.span.clone())
+                    })?;
+                    st.env.vars.insert(name.clone(), Val::Tensor(id));
+                    if let Some(int) = int {
+                        let range = int.range.as_ref().map(|(start, end)| {
+                            let end = match end {
+                                DimAst::Int(k, _) => Dim::Known(*k),
+                                DimAst::Sym(s) => Dim::Sym(s.name.clone()),
+                            };
+                            (*start, end)
+                        });
+                        st.parts.integer_inputs.push(IntegerInput { name, range });
+                    }
+                }
+            }
+            MainStmt::Dim(n, e) => {
+                let expr = dim_expr(ctx, e)?;
+                if !st
+                    .parts
+                    .derived
+                    .iter()
+                    .any(|d| d.name == n.name && d.expr == expr)
+                {
+                    st.parts.derived.push(DerivedDim {
+                        name: n.name.clone(),
+                        expr,
+                    });
+                }
+            }
+            MainStmt::Let(n, e) => {
+                let v = expr::lower_expr(ctx, &mut st.g, &st.env, e)?;
+                st.env.vars.insert(n.name.clone(), v);
+            }
+            MainStmt::Output(n, e) | MainStmt::Intermediate(n, e) => {
+                let id = tensor(ctx, &mut st.g, &st.env, e)?;
+                let name = interpolate(ctx, &st.g, &st.env, &n.name, &n.span)?;
+                if st.names.insert(name.clone(), n.span.clone()).is_some() {
+                    return Err(Diagnostic::new(
+                        format!("output `{name}` is declared twice"),
+                        n.span.clone(),
+                    ));
+                }
+                st.g.add_output(&name, id);
+                if matches!(stmt, MainStmt::Intermediate(..)) {
+                    st.parts.intermediates.push(name);
+                }
+            }
+            MainStmt::For {
+                var,
+                start,
+                end,
+                body,
+            } => {
+                let (from, to) = (
+                    consteval::const_int(ctx, &st.g, &st.env, start)?,
+                    consteval::const_int(ctx, &st.g, &st.env, end)?,
+                );
+                *budget -= (to - from).max(0);
+                if *budget < 0 {
+                    return Err(Diagnostic::new(
+                        format!("`for` loops would unroll to more than {MAX_UNROLLED} iterations"),
+                        var.span.clone(),
+                    ));
+                }
+                let saved = st.env.vars.get(&var.name).cloned();
+                for i in from..to {
+                    st.env
+                        .vars
+                        .insert(var.name.clone(), Val::Const(ConstVal::Int(i)));
+                    lower_stmts(ctx, st, body, budget)
+                        .map_err(|d| consteval::in_iteration(d, &var.name, i))?;
+                }
+                match saved {
+                    Some(v) => st.env.vars.insert(var.name.clone(), v),
+                    None => st.env.vars.remove(&var.name),
+                };
+            }
+            MainStmt::If {
+                branches,
+                otherwise,
+            } => {
+                let mut chosen = otherwise;
+                for (cond, body) in branches {
+                    if condition(ctx, &st.g, &st.env, cond)? {
+                        chosen = body;
+                        break;
+                    }
+                }
+                lower_stmts(ctx, st, chosen, budget)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A `dim` definition: integers, dimension names, `*` and `/`.

@@ -405,6 +405,7 @@ pub(super) fn inner_graph(
     })?;
     let mut sub = Graph::new();
     let mut e = Env::new(src);
+    e.in_inner = true;
     e.local_fns = inner
         .fns
         .iter()
