@@ -435,3 +435,71 @@ fn the_cli_saves_and_resumes_a_stream_mid_mini_batch() {
         );
     }
 }
+
+/// The whole-model goldens (tests/golden/model_*: both backbones, so the Mamba backbone's
+/// causal convolutions carry their history across chunks) through `tttc run --chunks`.
+/// LLVM compiles every stage once per chunk length, so it gets one chunking, in f64.
+#[test]
+fn model_goldens_stream_in_chunks_on_every_backend() {
+    let mut stems: Vec<String> = std::fs::read_dir(root().join("tests/golden"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".config.json")?;
+            stem.starts_with("model_").then(|| stem.to_string())
+        })
+        .collect();
+    stems.sort();
+    assert!(stems.len() >= 2);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    for stem in &stems {
+        let file = |suffix: &str| root().join(format!("tests/golden/{stem}{suffix}"));
+        for backend in backends() {
+            for precision in ["f64", "f32"] {
+                if backend == "llvm" && precision == "f32" {
+                    continue;
+                }
+                let chunks = if backend == "llvm" {
+                    "1,2,16,5,16".to_string()
+                } else {
+                    let sizes = chunking(40, stem.len() as u64 + precision.len() as u64);
+                    sizes
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                let r = tttc(&[
+                    "run",
+                    "examples/ttt_lm.ttt",
+                    "--config",
+                    file(".config.json").to_str().unwrap(),
+                    "--inputs",
+                    file(".inputs.safetensors").to_str().unwrap(),
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--precision",
+                    precision,
+                    "--backend",
+                    backend,
+                    "--chunks",
+                    &chunks,
+                ]);
+                assert!(r.status.success(), "{stem} {backend}: {}", text(&r));
+                let got = load(&out);
+                let (reference, tol) = if precision == "f64" {
+                    ("logits_exact_rope", 1e-9)
+                } else {
+                    ("logits", 2e-5)
+                };
+                let expected = load(&file(&format!(".expected_{precision}.safetensors")));
+                let err = rel_error(&got["logits"], &expected[reference]);
+                assert!(
+                    err <= tol,
+                    "{stem} {backend} {precision} --chunks {chunks}: {err:e} > {tol:e}"
+                );
+            }
+        }
+    }
+}

@@ -54,6 +54,26 @@ pub struct Stage {
     pub exports: Vec<(String, NodeId)>,
     /// Whether it takes the position of the chunk's first token ([`POSITION_INPUT`]).
     pub uses_position: bool,
+    /// Its shifts along the sequence, each continued from the chunks before.
+    pub shifts: Vec<ShiftSite>,
+}
+
+/// A shift along the sequence (`y[t] = x[t − by]`): in a chunk, its first `by` rows come from
+/// the end of the chunks before (zeros before the first), which the session keeps.
+#[derive(Clone, Debug)]
+pub struct ShiftSite {
+    /// The shift node.
+    pub node: NodeId,
+    /// The shifted value (its last `by` rows are the next chunk's history).
+    pub source: NodeId,
+    /// The sequence axis.
+    pub axis: usize,
+    /// How far it shifts.
+    pub by: usize,
+    /// The stage input holding the history: the source's type with `by` rows on `axis`.
+    pub input: String,
+    /// The history's shape, with symbolic dimensions.
+    pub shape: Shape,
 }
 
 /// A program output.
@@ -171,7 +191,9 @@ pub fn plan(program: &Program) -> Result<StreamPlan, StreamError> {
         stages.push(if members.is_empty() {
             None
         } else {
-            Some(build_stage(program, &members, &outputs, &seq_dim)?)
+            Some(build_stage(
+                program, &members, &outputs, &classes, &seq_dim,
+            )?)
         });
     }
     Ok(StreamPlan {
@@ -449,6 +471,18 @@ fn classify(
                 _ => None,
             },
         },
+        Op::Slice { axis, .. } => match ins[0] {
+            Class::Token(x) if x == *axis => return fail("it slices the sequence".into()),
+            Class::Token(x) => Some(x),
+            _ => None,
+        },
+        Op::Shift { axis, .. } => match (ins[0], ins.get(1)) {
+            (Class::Token(x), Some(_)) if x == *axis => {
+                return fail("a shift along the sequence with an explicit history".into())
+            }
+            (Class::Token(x), _) => Some(x),
+            _ => return fail("a shift of a value with no sequence axis along a token".into()),
+        },
         Op::Reshape { shape } => {
             let Class::Token(x) = ins[0] else {
                 return Ok(Class::Constant);
@@ -480,8 +514,10 @@ fn build_stage(
     program: &Program,
     members: &[NodeId],
     outputs: &[OutputSite],
+    classes: &BTreeMap<NodeId, Class>,
     seq: &str,
 ) -> Result<Stage, StreamError> {
+    let mut shifts = Vec::new();
     let g = &program.graph;
     let in_stage: BTreeSet<NodeId> = members.iter().copied().collect();
     let mut sg = Graph::new();
@@ -530,6 +566,24 @@ fn build_stage(
                 sg.add(Op::Binary { fun: BinaryOp::Add }, &[iota, pos])
                     .map_err(ir)?
             }
+            Op::Shift { axis, by } if args.len() == 1 && is_seq_shift(g, id, *axis, classes) => {
+                let source = g.operands(id)[0];
+                let mut shape = tensor_type(g, source)?.shape.clone();
+                shape.0[*axis] = Dim::Known(*by);
+                let name = format!("$history{}", id.index());
+                let fill = sg
+                    .add_input(&name, TensorType::new(dtype, shape.clone()))
+                    .map_err(ir)?;
+                shifts.push(ShiftSite {
+                    node: id,
+                    source,
+                    axis: *axis,
+                    by: *by,
+                    input: name,
+                    shape,
+                });
+                sg.add(node.op.clone(), &[args[0], fill]).map_err(ir)?
+            }
             op if op.leaf_shape().is_some() => sg.add_leaf(op.clone(), dtype).map_err(ir)?,
             op => sg.add(op.clone(), &args).map_err(ir)?,
         };
@@ -539,7 +593,8 @@ fn build_stage(
     let mut exports = Vec::new();
     for &id in members {
         let used_outside = g.users(id).iter().any(|u| !in_stage.contains(u))
-            || outputs.iter().any(|o| o.node == id);
+            || outputs.iter().any(|o| o.node == id)
+            || shifts.iter().any(|s| s.source == id);
         if used_outside {
             let name = value_name(id);
             sg.add_output(&name, map[&id]);
@@ -558,5 +613,14 @@ fn build_stage(
         imports,
         exports,
         uses_position: position.is_some(),
+        shifts,
     })
+}
+
+/// Whether node `id`, a one-operand shift along `axis`, shifts along the sequence.
+fn is_seq_shift(g: &Graph, id: NodeId, axis: usize, classes: &BTreeMap<NodeId, Class>) -> bool {
+    g.operands(id)
+        .first()
+        .and_then(|o| classes.get(o))
+        .is_some_and(|c| *c == Class::Token(axis))
 }

@@ -1,5 +1,6 @@
 //! The streaming session: chunks in, the same outputs as one pass over the whole sequence out.
 
+use super::layout::{concat_axis, slice_axis};
 use super::plan::{plan, Class, StreamPlan, POSITION_INPUT};
 use super::scan::ScanRuntime;
 use super::{state_file, StreamError};
@@ -38,6 +39,8 @@ pub struct Session {
     final_outputs: bool,
     /// Per scan: whether a stage reads its states (then they are computed for every chunk).
     states_feed_stages: Vec<bool>,
+    /// Per shift along the sequence: the last rows of its input so far.
+    histories: BTreeMap<NodeId, Tensor>,
     warnings: Vec<String>,
 }
 
@@ -93,6 +96,7 @@ impl Session {
             pending: None,
             final_outputs: true,
             states_feed_stages,
+            histories: BTreeMap::new(),
             warnings: Vec::new(),
         })
     }
@@ -323,6 +327,18 @@ impl Session {
             }
             inputs.insert(name.clone(), self.value(*id, chunk, values)?.clone());
         }
+        for shift in &stage.shifts {
+            let history = match self.histories.get(&shift.node) {
+                Some(h) => h.clone(),
+                None => {
+                    let shape = shift.shape.substitute(dims).to_known().ok_or_else(|| {
+                        StreamError::internal("a shift history's shape is unbound")
+                    })?;
+                    Tensor::zeros(shape, self.elem)
+                }
+            };
+            inputs.insert(shift.input.clone(), history);
+        }
         if stage.uses_position {
             let p = self.position as f64;
             let t = match self.elem {
@@ -351,6 +367,17 @@ impl Session {
                 .remove(name)
                 .ok_or_else(|| StreamError::internal(format!("stage output `{name}` missing")))?;
             values.insert(*id, v);
+        }
+        // Each shift's history moves on: the last `by` rows of history and chunk together.
+        for shift in &stage.shifts {
+            let source = self.value(shift.source, chunk, values)?;
+            let old = inputs
+                .remove(&shift.input)
+                .ok_or_else(|| StreamError::internal("shift history"))?;
+            let joined = concat_axis(vec![old, source.clone()], shift.axis)?;
+            let total = joined.shape()[shift.axis];
+            let next = slice_axis(&joined, shift.axis, total - shift.by, shift.by)?;
+            self.histories.insert(shift.node, next);
         }
         self.stages[level].inputs = inputs;
         Ok(())
@@ -417,6 +444,9 @@ impl Session {
                 tensors.insert(state_file::partial_name(i, name), reshaped(partial)?);
             }
         }
+        for (node, history) in &self.histories {
+            tensors.insert(state_file::history_name(node.index()), history.clone());
+        }
         state_file::write(path, &self.program.name, self.position, tensors)
     }
 
@@ -476,6 +506,30 @@ impl Session {
                 scan.set_carried(name, theta, partial)?;
             }
             scan.started = true;
+        }
+        self.histories.clear();
+        for stage in self.plan.stages.iter().flatten() {
+            for shift in &stage.shifts {
+                let key = state_file::history_name(shift.node.index());
+                let Some(t) = tensors.remove(&key) else {
+                    if self.position == 0 {
+                        continue;
+                    }
+                    return Err(bad(format!("`{key}` is missing")));
+                };
+                let dims = self.dims.clone().unwrap_or_default();
+                let want = shift.shape.substitute(&dims).to_known();
+                if want.as_deref() != Some(t.shape()) || t.elem_type() != self.elem {
+                    return Err(bad(format!(
+                        "`{key}` is {} {:?}, this session needs {} {:?}",
+                        t.elem_type(),
+                        t.shape(),
+                        self.elem,
+                        want.unwrap_or_default()
+                    )));
+                }
+                self.histories.insert(shift.node, t);
+            }
         }
         if let Some(extra) = tensors.keys().next() {
             return Err(bad(format!("`{extra}` belongs to no scan of this program")));

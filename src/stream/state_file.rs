@@ -22,6 +22,11 @@ pub(super) fn partial_name(i: usize, s: &str) -> String {
     format!("scan{i}.{s}.partial_sum")
 }
 
+/// Name of the history of the shift at main-graph node `node`.
+pub(super) fn history_name(node: usize) -> String {
+    format!("shift{node}.history")
+}
+
 /// Writes a state.
 pub(super) fn write(
     path: &Path,
