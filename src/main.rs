@@ -3,7 +3,7 @@
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, check, compile, cost, inspect, run, Failure};
+use commands::{bench, check, compile, cost, generate, inspect, run, Failure};
 use std::process::ExitCode;
 
 /// tttc: a compiler for Test-Time-Training layers.
@@ -32,6 +32,9 @@ enum Command {
     Bench(bench::Args),
     /// Write an ahead-of-time shared library with a C ABI and a C header.
     Compile(compile::Args),
+    /// Generate text with a language model program: prefill a prompt, then decode token by
+    /// token through a streaming session.
+    Generate(generate::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Cost(args) => cost::main(&args),
         Command::Bench(args) => bench::main(&args),
         Command::Compile(args) => compile::main(&args),
+        Command::Generate(args) => generate::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

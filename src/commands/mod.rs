@@ -6,6 +6,7 @@ pub mod check;
 pub mod compile;
 mod compile_ptx;
 pub mod cost;
+pub mod generate;
 mod gpu_bench;
 pub mod inspect;
 pub mod run;

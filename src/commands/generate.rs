@@ -1,0 +1,249 @@
+//! `tttc generate`: a language model program prefilled with a prompt, then decoded token by
+//! token through one streaming session, printing tokens as they come.
+
+use super::run::{default_backend, BackendArg};
+use super::{compile, Failure, PrecisionArg, SettingArgs};
+use rand::{RngExt, SeedableRng};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+use tttc::runtime::Tensor;
+use tttc::stream::{Class, Session, StreamError};
+use tttc::Precision;
+
+/// Arguments of `tttc generate`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The .ttt language model program (e.g. examples/ttt_lm.ttt): one per-token input of
+    /// token ids `[1, L]` and a per-token output of logits `[1, L, vocab]`.
+    file: PathBuf,
+    /// Safetensors file with the model's weights under the program's input names.
+    #[arg(long)]
+    weights: PathBuf,
+    /// The prompt as token ids, comma-separated (e.g. 1,2,3).
+    #[arg(
+        long,
+        value_name = "ID,ID,...",
+        value_delimiter = ',',
+        conflicts_with = "prompt",
+        required_unless_present = "prompt"
+    )]
+    prompt_ids: Option<Vec<u64>>,
+    /// The prompt as text, byte-level: every UTF-8 byte is a token id (for models with a
+    /// vocabulary of 256 byte tokens). The output is printed as text too.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// How many tokens to generate after the prompt.
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 picks the most likely token (greedy, the default).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Seed of the sampler (with a temperature above 0).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The program output holding the logits (default: `logits`, else its only per-token
+    /// output).
+    #[arg(long, value_name = "NAME")]
+    output: Option<String>,
+    /// Execution backend (default: llvm when built in, else cranelift, else interp).
+    #[arg(long, value_enum, default_value_t = default_backend())]
+    backend: BackendArg,
+    /// Precision of the computation.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
+    #[command(flatten)]
+    settings: SettingArgs,
+}
+
+fn stream_failure(e: StreamError) -> Failure {
+    if e.is_user_error() {
+        Failure::user(e)
+    } else {
+        Failure::internal(e)
+    }
+}
+
+/// Runs `tttc generate`.
+pub fn main(args: &Args) -> Result<(), Failure> {
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        return Err(Failure::user(format!(
+            "--temperature must be 0 or more, got {}",
+            args.temperature
+        )));
+    }
+    let precision: Precision = args.precision.into();
+    let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
+    let program = compiled.program;
+    let plan = tttc::stream::plan::plan(&program).map_err(stream_failure)?;
+    let (ids_name, ids_axis) = match plan.token_inputs.iter().collect::<Vec<_>>().as_slice() {
+        [(name, axis)] => ((*name).clone(), **axis),
+        other => {
+            return Err(Failure::user(format!(
+                "generate needs a program with exactly one per-token input (the token ids); \
+                 this one has {}",
+                other.len()
+            )))
+        }
+    };
+    let logits_name = logits_output(&plan, args.output.as_deref())?;
+
+    let mut weights =
+        tttc::read_inputs(&program, &args.weights, precision.elem()).map_err(Failure::user)?;
+    if weights.remove(&ids_name).is_some() {
+        eprintln!(
+            "note: {} also holds `{ids_name}`; the prompt is used instead",
+            args.weights.display()
+        );
+    }
+    let text_mode = args.prompt.is_some();
+    let prompt: Vec<u64> = match (&args.prompt_ids, &args.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => text.bytes().map(u64::from).collect(),
+        (None, None) => return Err(Failure::user("give --prompt-ids or --prompt")),
+    };
+    if prompt.is_empty() {
+        return Err(Failure::user("the prompt is empty"));
+    }
+
+    let backend: tttc::Backend = args.backend.into();
+    let mut session =
+        Session::new(backend, program, weights, settings, precision).map_err(stream_failure)?;
+    session.set_final_outputs(false);
+    let ids_tensor = |ids: &[u64]| -> Result<BTreeMap<String, Tensor>, Failure> {
+        let values: Vec<f64> = ids.iter().map(|&i| i as f64).collect();
+        let mut shape = vec![1usize; ids_axis + 1];
+        shape[ids_axis] = ids.len();
+        let t = Tensor::from_f64(shape, values)
+            .map_err(Failure::internal)?
+            .cast(precision.elem());
+        Ok(BTreeMap::from([(ids_name.clone(), t)]))
+    };
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut out = std::io::stdout().lock();
+    let start = Instant::now();
+    let logits = session
+        .feed(&ids_tensor(&prompt)?)
+        .map_err(stream_failure)?;
+    let prefill = start.elapsed();
+    let mut next = pick(
+        &last_row(&logits, &logits_name)?,
+        args.temperature,
+        &mut rng,
+    );
+    let decode_start = Instant::now();
+    let mut generated = Vec::with_capacity(args.max_new_tokens);
+    for i in 0..args.max_new_tokens {
+        generated.push(next);
+        print_token(&mut out, next, text_mode, i == 0).map_err(Failure::internal)?;
+        if i + 1 == args.max_new_tokens {
+            break;
+        }
+        let logits = session
+            .feed(&ids_tensor(&[next])?)
+            .map_err(stream_failure)?;
+        next = pick(
+            &last_row(&logits, &logits_name)?,
+            args.temperature,
+            &mut rng,
+        );
+    }
+    writeln!(out).map_err(Failure::internal)?;
+    let decode = decode_start.elapsed().as_secs_f64();
+    let steps = generated.len().saturating_sub(1);
+    eprintln!(
+        "prefill: {} token(s) in {:.1} ms; decode: {} token(s) in {:.1} ms ({:.1} tokens/s)",
+        prompt.len(),
+        prefill.as_secs_f64() * 1e3,
+        steps,
+        decode * 1e3,
+        if decode > 0.0 {
+            steps as f64 / decode
+        } else {
+            0.0
+        }
+    );
+    Ok(())
+}
+
+/// The output holding the logits: `name` if given, else `logits`, else the only per-token
+/// output.
+fn logits_output(plan: &tttc::stream::StreamPlan, name: Option<&str>) -> Result<String, Failure> {
+    let per_token: Vec<&str> = plan
+        .outputs
+        .iter()
+        .filter(|o| matches!(o.class, Class::Token(_)))
+        .map(|o| o.name.as_str())
+        .collect();
+    let chosen = match name {
+        Some(n) => per_token.iter().find(|&&o| o == n).copied(),
+        None => per_token
+            .iter()
+            .find(|&&o| o == "logits")
+            .or_else(|| (per_token.len() == 1).then(|| &per_token[0]))
+            .copied(),
+    };
+    chosen.map(str::to_string).ok_or_else(|| {
+        Failure::user(format!(
+            "cannot tell which output holds the logits; give --output (per-token outputs: {})",
+            per_token.join(", ")
+        ))
+    })
+}
+
+/// The logits of the last token: the last row of `[1, L, vocab]`.
+fn last_row(outputs: &BTreeMap<String, Tensor>, name: &str) -> Result<Vec<f64>, Failure> {
+    let t = outputs
+        .get(name)
+        .ok_or_else(|| Failure::internal(format!("no output `{name}`")))?;
+    let vocab = *t
+        .shape()
+        .last()
+        .ok_or_else(|| Failure::user(format!("output `{name}` is a scalar, not logits")))?;
+    let values = t.to_f64_vec();
+    Ok(values[values.len().saturating_sub(vocab)..].to_vec())
+}
+
+/// The next token: the most likely one at temperature 0 (the lowest id on ties), else a sample
+/// of softmax(logits / temperature).
+fn pick(logits: &[f64], temperature: f64, rng: &mut rand::rngs::StdRng) -> u64 {
+    let best = logits
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, &x)| if x > logits[b] { i } else { b });
+    if temperature == 0.0 {
+        return best as u64;
+    }
+    let top = logits[best];
+    let weights: Vec<f64> = logits
+        .iter()
+        .map(|&x| ((x - top) / temperature).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut r = rng.random::<f64>() * total;
+    for (i, w) in weights.iter().enumerate() {
+        if r < *w {
+            return i as u64;
+        }
+        r -= w;
+    }
+    best as u64
+}
+
+/// Prints one generated token: its byte in text mode, else its id (space-separated).
+fn print_token(out: &mut impl Write, id: u64, text: bool, first: bool) -> std::io::Result<()> {
+    if text {
+        match u8::try_from(id) {
+            Ok(b) => out.write_all(&[b])?,
+            Err(_) => write!(out, "<{id}>")?,
+        }
+    } else {
+        if !first {
+            write!(out, " ")?;
+        }
+        write!(out, "{id}")?;
+    }
+    out.flush()
+}
