@@ -25,8 +25,11 @@
 //! `tttc_host_barrier(barrier)`. Everything else — loops, guards, indices, arithmetic, the math
 //! library — is the very code the NVPTX flavor emits.
 
+mod mma;
+
 use super::math::{self, MathFn};
 use super::PtxError;
+use crate::tensor_core::{recognize, TensorCores};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::{Builder, BuilderError};
@@ -39,6 +42,7 @@ use inkwell::values::{
     PointerValue,
 };
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+use std::cell::Cell;
 use std::collections::HashMap;
 use tttc_ir::kernel::{BufId, Index, KernelProgram, MemorySpace, Schedule, Stmt, Value, VarId};
 use tttc_ir::{BinaryOp, DType, UnaryOp};
@@ -75,9 +79,13 @@ pub(crate) struct GenLaunch {
     pub params: Vec<BufId>,
     /// The shared buffers it uses (host flavor: passed in, in this order).
     pub shared: Vec<BufId>,
+    /// How many of its loops run on tensor cores.
+    pub mma_loops: usize,
 }
 
-/// Builds every launch of `p` into `module`.
+/// Builds every launch of `p` into `module`; with `tensor_cores` (NVPTX flavor only), the
+/// matmul loops [`recognize`] accepts run as warp-level `mma` (see [`mma`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build<'ctx>(
     ctx: &'ctx Context,
     module: &Module<'ctx>,
@@ -86,7 +94,11 @@ pub(crate) fn build<'ctx>(
     threads: u32,
     prefix: &str,
     flavor: Flavor,
+    tensor_cores: Option<TensorCores>,
 ) -> Result<Vec<GenLaunch>, PtxError> {
+    if tensor_cores.is_some() && (flavor != Flavor::Nvptx || p.dtype != DType::F32) {
+        return internal("tensor cores need the NVPTX flavor and an f32 program");
+    }
     let ft = match p.dtype {
         DType::F32 => ctx.f32_type(),
         DType::F64 => ctx.f64_type(),
@@ -101,6 +113,8 @@ pub(crate) fn build<'ctx>(
         threads: u64::from(threads),
         shared: HashMap::new(),
         flavor,
+        tensor_cores,
+        mma_loops: Cell::new(0),
     };
     g.launches(prefix)
 }
@@ -115,6 +129,10 @@ struct Gen<'a, 'ctx> {
     threads: u64,
     shared: HashMap<BufId, PointerValue<'ctx>>,
     flavor: Flavor,
+    /// Run recognized matmul loops on tensor cores in this format.
+    tensor_cores: Option<TensorCores>,
+    /// Loops emitted with tensor cores in the current kernel.
+    mma_loops: Cell<usize>,
 }
 
 struct Fn<'ctx> {
@@ -172,6 +190,7 @@ impl<'ctx> Gen<'_, 'ctx> {
                 grid: *extent,
                 params,
                 shared,
+                mma_loops: self.mma_loops.replace(0),
             });
         }
         Ok(out)
@@ -420,16 +439,12 @@ impl<'ctx> Gen<'_, 'ctx> {
                         f.b.build_call(bar, &[ctx.into()], "")?;
                     }
                 }
-                Stmt::Barrier => {
-                    let Some(i) = Intrinsic::find("llvm.nvvm.barrier0") else {
-                        return internal("no llvm.nvvm.barrier0");
-                    };
-                    let Some(bar) = i.get_declaration(self.module, &[]) else {
-                        return internal("cannot declare llvm.nvvm.barrier0");
-                    };
-                    f.b.build_call(bar, &[], "")?;
-                }
+                Stmt::Barrier => self.barrier(f)?,
                 Stmt::Loop { extent: 0, .. } => {}
+                Stmt::Loop {
+                    schedule: Schedule::GpuThread,
+                    ..
+                } if self.tensor_core_loop(f, s)? => {}
                 Stmt::Loop {
                     var,
                     extent,
@@ -464,6 +479,40 @@ impl<'ctx> Gen<'_, 'ctx> {
             }
         }
         Ok(())
+    }
+
+    /// `bar.sync 0` (NVPTX flavor).
+    fn barrier(&self, f: &Fn<'ctx>) -> Result<(), PtxError> {
+        let Some(i) = Intrinsic::find("llvm.nvvm.barrier0") else {
+            return internal("no llvm.nvvm.barrier0");
+        };
+        let Some(bar) = i.get_declaration(self.module, &[]) else {
+            return internal("cannot declare llvm.nvvm.barrier0");
+        };
+        f.b.build_call(bar, &[], "")?;
+        Ok(())
+    }
+
+    /// Emits `s` on tensor cores when they are enabled and it is a matmul loop they tile;
+    /// returns whether it did.
+    ///
+    /// On tensor cores an output element belongs to a different thread than the mapping gave
+    /// it, and the mapping omits barriers between thread loops that give each element to the
+    /// same thread (a matmul's zeroing and accumulation): so the loop is fenced by a barrier on
+    /// each side. Legal: a thread loop is a collective statement, reached by every thread of
+    /// the block.
+    fn tensor_core_loop(&self, f: &mut Fn<'ctx>, s: &Stmt) -> Result<bool, PtxError> {
+        let Some(tc) = self.tensor_cores else {
+            return Ok(false);
+        };
+        let Some(m) = recognize(s, tc) else {
+            return Ok(false);
+        };
+        self.barrier(f)?;
+        self.mma_loop(f, &m, tc)?;
+        self.barrier(f)?;
+        self.mma_loops.set(self.mma_loops.get() + 1);
+        Ok(true)
     }
 
     /// `for (var = from; var < to; var += step) body`, guarded for `from >= to`.

@@ -60,6 +60,7 @@ pub fn run_on_host(
         threads,
         "host",
         Flavor::Host,
+        None,
     )?;
     module
         .verify()
