@@ -71,6 +71,22 @@ pub(crate) enum Flavor {
 
 /// The host function a barrier calls in the host flavor.
 pub(crate) const HOST_BARRIER: &str = "tttc_host_barrier";
+/// Host flavor: `i32 tttc_host_tf32(float)`, `cvt.rna.tf32.f32`.
+pub(crate) const HOST_TF32: &str = "tttc_host_tf32";
+/// Host flavor: `i32 tttc_host_bf16x2(float hi, float lo)`, `cvt.rn.bf16x2.f32`.
+pub(crate) const HOST_BF16X2: &str = "tttc_host_bf16x2";
+/// Host flavor: `void tttc_host_mma(ptr ctx, i64 tid, i64 format, ptr regs)`: one lane's part of
+/// an `mma.sync`; `regs` holds `a` (4 × i32), `b` (2 × i32), `c` (4 × f32), and gets `d` in
+/// place of `c`. The format is [`mma_format`]'s.
+pub(crate) const HOST_MMA: &str = "tttc_host_mma";
+
+/// The format argument of [`HOST_MMA`] for `tc`.
+pub(crate) fn mma_format(tc: TensorCores) -> u64 {
+    match tc {
+        TensorCores::Tf32 => 0,
+        TensorCores::Bf16 => 1,
+    }
+}
 
 /// A launch as generated: its kernel's name and the buffers it takes.
 pub(crate) struct GenLaunch {
@@ -83,8 +99,10 @@ pub(crate) struct GenLaunch {
     pub mma_loops: usize,
 }
 
-/// Builds every launch of `p` into `module`; with `tensor_cores` (NVPTX flavor only), the
-/// matmul loops [`recognize`] accepts run as warp-level `mma` (see [`mma`]).
+/// Builds every launch of `p` into `module`; with `tensor_cores`, the matmul loops
+/// [`recognize`] accepts run as warp-level `mma` (see [`mma`]; in the host flavor the `mma` and
+/// the operand conversions are calls into the host runner, which exchanges the fragments of a
+/// warp's lanes like the hardware).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn build<'ctx>(
     ctx: &'ctx Context,
@@ -96,8 +114,8 @@ pub(crate) fn build<'ctx>(
     flavor: Flavor,
     tensor_cores: Option<TensorCores>,
 ) -> Result<Vec<GenLaunch>, PtxError> {
-    if tensor_cores.is_some() && (flavor != Flavor::Nvptx || p.dtype != DType::F32) {
-        return internal("tensor cores need the NVPTX flavor and an f32 program");
+    if tensor_cores.is_some() && p.dtype != DType::F32 {
+        return internal("tensor cores need an f32 program");
     }
     let ft = match p.dtype {
         DType::F32 => ctx.f32_type(),
@@ -425,20 +443,6 @@ impl<'ctx> Gen<'_, 'ctx> {
                     let ptr = self.element(f, *buf, index)?;
                     f.b.build_store(ptr, v)?;
                 }
-                Stmt::Barrier if f.barrier.is_some() => {
-                    let ptr = self.ctx.ptr_type(AddressSpace::default());
-                    let bar = match self.module.get_function(HOST_BARRIER) {
-                        Some(b) => b,
-                        None => self.module.add_function(
-                            HOST_BARRIER,
-                            self.ctx.void_type().fn_type(&[ptr.into()], false),
-                            Some(Linkage::External),
-                        ),
-                    };
-                    if let Some(ctx) = f.barrier {
-                        f.b.build_call(bar, &[ctx.into()], "")?;
-                    }
-                }
                 Stmt::Barrier => self.barrier(f)?,
                 Stmt::Loop { extent: 0, .. } => {}
                 Stmt::Loop {
@@ -481,8 +485,21 @@ impl<'ctx> Gen<'_, 'ctx> {
         Ok(())
     }
 
-    /// `bar.sync 0` (NVPTX flavor).
+    /// `bar.sync 0` (host flavor: a call to [`HOST_BARRIER`] with the block's context).
     fn barrier(&self, f: &Fn<'ctx>) -> Result<(), PtxError> {
+        if let Some(ctx) = f.barrier {
+            let ptr = self.ctx.ptr_type(AddressSpace::default());
+            let bar = match self.module.get_function(HOST_BARRIER) {
+                Some(b) => b,
+                None => self.module.add_function(
+                    HOST_BARRIER,
+                    self.ctx.void_type().fn_type(&[ptr.into()], false),
+                    Some(Linkage::External),
+                ),
+            };
+            f.b.build_call(bar, &[ctx.into()], "")?;
+            return Ok(());
+        }
         let Some(i) = Intrinsic::find("llvm.nvvm.barrier0") else {
             return internal("no llvm.nvvm.barrier0");
         };

@@ -163,20 +163,7 @@ pub fn emit_ptx_with(
     options: PtxOptions,
 ) -> Result<PtxModule, PtxError> {
     let analysis = check(p, threads)?;
-    if let Some(tc) = options.tensor_cores {
-        if p.dtype != DType::F32 {
-            return Err(PtxError::Unsupported(format!(
-                "tensor cores ({}) are an f32 opt-in; this program is {}",
-                tc.name(),
-                p.dtype
-            )));
-        }
-        if !threads.is_multiple_of(32) {
-            return Err(PtxError::Invalid(format!(
-                "tensor cores need whole warps, not {threads} threads per block"
-            )));
-        }
-    }
+    check_options(p, threads, options)?;
 
     Target::initialize_nvptx(&InitializationConfig::default());
     let triple = TargetTriple::create("nvptx64-nvidia-cuda");
@@ -284,6 +271,27 @@ fn check(p: &KernelProgram, threads: u32) -> Result<crate::bounds::Analysis, Ptx
         }
     }
     Ok(analysis)
+}
+
+/// Checks that `options` apply to `p` run with `threads` threads per block: tensor cores are an
+/// f32 opt-in ([`PtxError::Unsupported`] otherwise) and need whole warps.
+fn check_options(p: &KernelProgram, threads: u32, options: PtxOptions) -> Result<(), PtxError> {
+    let Some(tc) = options.tensor_cores else {
+        return Ok(());
+    };
+    if p.dtype != DType::F32 {
+        return Err(PtxError::Unsupported(format!(
+            "tensor cores ({}) are an f32 opt-in; this program is {}",
+            tc.name(),
+            p.dtype
+        )));
+    }
+    if !threads.is_multiple_of(32) {
+        return Err(PtxError::Invalid(format!(
+            "tensor cores need whole warps, not {threads} threads per block"
+        )));
+    }
+    Ok(())
 }
 
 /// Bytes of shared memory each launch uses.

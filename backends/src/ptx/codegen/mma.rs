@@ -17,12 +17,14 @@
 //! `row * N + col` and contraction index `p`. The tile loop's bounds are the same for all lanes
 //! of a warp, so each `mma.sync` is reached by the whole warp, as it must be.
 
-use super::{internal, Fn, Gen};
+use super::{internal, Flavor, Fn, Gen, HOST_BF16X2, HOST_MMA, HOST_TF32};
 use crate::ptx::PtxError;
 use crate::tensor_core::{MatmulLoop, TensorCores, TILE_M, TILE_N};
 use inkwell::intrinsics::Intrinsic;
+use inkwell::module::Linkage;
+use inkwell::types::FunctionType;
 use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, FloatValue, IntValue};
-use inkwell::IntPredicate;
+use inkwell::{AddressSpace, IntPredicate};
 use tttc_ir::kernel::{BufId, Index};
 
 /// Lanes of a warp.
@@ -216,7 +218,7 @@ impl<'ctx> Gen<'_, 'ctx> {
     ) -> Result<(Vec<IntValue<'ctx>>, Vec<IntValue<'ctx>>), PtxError> {
         let k_lo = f.b.build_int_nuw_add(kk, lane.quad, "k.lo")?;
         let k_hi = self.add(f, k_lo, 4)?;
-        let cvt = |g: &Self, f: &mut Fn<'ctx>, x| g.call_int(f, "llvm.nvvm.f2tf32.rna", &[x]);
+        let cvt = |g: &Self, f: &mut Fn<'ctx>, x| g.to_tf32(f, x);
         let mut a = Vec::with_capacity(4);
         for (t, p) in [
             (a_rows[0], k_lo),
@@ -243,7 +245,97 @@ impl<'ctx> Gen<'_, 'ctx> {
         hi: FloatValue<'ctx>,
     ) -> Result<IntValue<'ctx>, PtxError> {
         // `cvt.rn.bf16x2.f32 d, a, b` puts `a` in the upper half.
-        self.call_int(f, "llvm.nvvm.ff2bf16x2.rn", &[hi, lo])
+        match self.flavor {
+            Flavor::Nvptx => self.call_int(f, "llvm.nvvm.ff2bf16x2.rn", &[hi, lo]),
+            Flavor::Host => {
+                let ty = self
+                    .ctx
+                    .i32_type()
+                    .fn_type(&[self.ft.into(), self.ft.into()], false);
+                let func = self.host_fn(HOST_BF16X2, ty);
+                self.call_host_int(f, func, &[hi.into(), lo.into()])
+            }
+        }
+    }
+
+    /// An operand converted to tf32 (`cvt.rna.tf32.f32`).
+    fn to_tf32(&self, f: &Fn<'ctx>, x: FloatValue<'ctx>) -> Result<IntValue<'ctx>, PtxError> {
+        match self.flavor {
+            Flavor::Nvptx => self.call_int(f, "llvm.nvvm.f2tf32.rna", &[x]),
+            Flavor::Host => {
+                let ty = self.ctx.i32_type().fn_type(&[self.ft.into()], false);
+                let func = self.host_fn(HOST_TF32, ty);
+                self.call_host_int(f, func, &[x.into()])
+            }
+        }
+    }
+
+    /// The host runner's function `name` (declared on first use).
+    fn host_fn(&self, name: &str, ty: FunctionType<'ctx>) -> inkwell::values::FunctionValue<'ctx> {
+        self.module
+            .get_function(name)
+            .unwrap_or_else(|| self.module.add_function(name, ty, Some(Linkage::External)))
+    }
+
+    fn call_host_int(
+        &self,
+        f: &Fn<'ctx>,
+        func: inkwell::values::FunctionValue<'ctx>,
+        args: &[BasicMetadataValueEnum<'ctx>],
+    ) -> Result<IntValue<'ctx>, PtxError> {
+        match f
+            .b
+            .build_call(func, args, "host")?
+            .try_as_basic_value()
+            .basic()
+        {
+            Some(BasicValueEnum::IntValue(x)) => Ok(x),
+            _ => internal("host conversion returned no integer"),
+        }
+    }
+
+    /// The host flavor's `mma`: the lane's registers through memory to the host runner.
+    fn host_mma(
+        &self,
+        f: &Fn<'ctx>,
+        tc: TensorCores,
+        a: &[IntValue<'ctx>],
+        b: &[IntValue<'ctx>],
+        acc: &[FloatValue<'ctx>],
+    ) -> Result<Vec<FloatValue<'ctx>>, PtxError> {
+        let Some(ctx) = f.barrier else {
+            return internal("host mma without the block context");
+        };
+        let i32t = self.ctx.i32_type();
+        let regs = f.entry.build_array_alloca(i32t, self.k(10), "mma.regs")?;
+        let slot = |i: u64| {
+            // SAFETY: `regs` has 10 elements.
+            unsafe { f.b.build_in_bounds_gep(i32t, regs, &[self.k(i)], "reg") }
+        };
+        for (i, x) in a.iter().chain(b).enumerate() {
+            f.b.build_store(slot(i as u64)?, *x)?;
+        }
+        for (i, x) in acc.iter().enumerate() {
+            f.b.build_store(slot(6 + i as u64)?, *x)?;
+        }
+        let ptr = self.ctx.ptr_type(AddressSpace::default());
+        let ty = self.ctx.void_type().fn_type(
+            &[ptr.into(), self.i64t.into(), self.i64t.into(), ptr.into()],
+            false,
+        );
+        let func = self.host_fn(HOST_MMA, ty);
+        let format = super::mma_format(tc);
+        f.b.build_call(
+            func,
+            &[ctx.into(), f.tid.into(), self.k(format).into(), regs.into()],
+            "",
+        )?;
+        let mut out = Vec::with_capacity(4);
+        for i in 0..4 {
+            let p = slot(6 + i)?;
+            out.push(f.b.build_load(self.ft, p, "d")?.into_float_value());
+        }
+        Ok(out)
     }
 
     /// bf16 fragments of the `k`-slice starting at `kk`: `A` (4 registers), `B` (2).
@@ -290,6 +382,9 @@ impl<'ctx> Gen<'_, 'ctx> {
         b: &[IntValue<'ctx>],
         acc: &[FloatValue<'ctx>],
     ) -> Result<Vec<FloatValue<'ctx>>, PtxError> {
+        if self.flavor == Flavor::Host {
+            return self.host_mma(f, tc, a, b, acc);
+        }
         let name = match tc {
             TensorCores::Tf32 => "llvm.nvvm.mma.m16n8k8.row.col.tf32",
             TensorCores::Bf16 => "llvm.nvvm.mma.m16n8k16.row.col.bf16",
