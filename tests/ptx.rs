@@ -3,7 +3,9 @@
 //! TTT-Linear/TTT-MLP shapes), each assembled by NVIDIA's `ptxas` when it is installed
 //! (`scripts/install-ptxas.sh`, or `$TTTC_PTXAS`). Without ptxas the assembly is skipped with a
 //! message — except under CI (`CI=true`), where a missing ptxas fails the test. Also insta
-//! snapshots of the PTX of TTT-Linear and TTT-MLP at small shapes, and the clean error of
+//! snapshots of the PTX of TTT-Linear and TTT-MLP at small shapes (and of TTT-Linear with
+//! `--tensor-cores tf32`), the tensor-core PTX of both (it must contain the `mma.sync` of its
+//! format, fenced by barriers, and assemble), the refusals of the option, and the clean error of
 //! `--backend ptx` on a machine without a CUDA driver.
 //!
 //! Nothing here runs on a GPU: what the PTX computes is checked by the GPU emulation of the

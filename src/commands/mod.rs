@@ -94,9 +94,11 @@ impl From<PrecisionArg> for Precision {
 /// `--tensor-cores`: matmuls on NVIDIA tensor cores with this input format (f32 accumulation).
 #[derive(Clone, Copy, ValueEnum)]
 pub enum TensorCoresArg {
-    /// TensorFloat-32 operands (10 mantissa bits): about 1e-3 relative error.
+    /// TensorFloat-32 operands (10 mantissa bits): stated tolerance 2e-3 relative (measured
+    /// ≤ 5.7e-4 on the goldens, in emulation).
     Tf32,
-    /// bfloat16 operands (7 mantissa bits): about 1e-2 relative error.
+    /// bfloat16 operands (7 mantissa bits): stated tolerance 1.5e-2 relative (measured ≤ 4.4e-3
+    /// on the goldens, in emulation).
     Bf16,
 }
 

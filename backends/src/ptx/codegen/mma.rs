@@ -14,7 +14,8 @@
 //!   `2q + 8`, column `g` (the lower index in the lower half of each register).
 //!
 //! Every element's address is the loop's own index expression evaluated at thread iteration
-//! `row * N + col` and contraction index `p`. The tile loop's bounds are the same for all lanes
+//! `row * N + col` and contraction index `p`. In the host flavor the conversions and the `mma`
+//! are calls into the host runner (`super::super::host`), which exchanges a warp's registers. The tile loop's bounds are the same for all lanes
 //! of a warp, so each `mma.sync` is reached by the whole warp, as it must be.
 
 use super::{internal, Flavor, Fn, Gen, HOST_BF16X2, HOST_MMA, HOST_TF32};
