@@ -74,7 +74,10 @@ impl ExecError {
     pub fn is_user_error(&self) -> bool {
         matches!(
             self,
-            ExecError::NotBuilt(_) | ExecError::Gpu(crate::gpu::GpuError::NoDriver)
+            ExecError::NotBuilt(_)
+                | ExecError::Gpu(
+                    crate::gpu::GpuError::NoDriver | crate::gpu::GpuError::Unsupported(_)
+                )
         )
     }
 }
@@ -139,13 +142,36 @@ fn cranelift(_: &Program) -> Result<Inner, ExecError> {
     Err(ExecError::NotBuilt("cranelift"))
 }
 
-#[cfg(feature = "cuda")]
+/// Compiles a bound program for the ptx backend with matmuls on tensor cores in format
+/// `tensor_cores` (an f32 opt-in; `None` is [`prepare`] with [`Backend::Ptx`]).
+pub fn prepare_ptx(
+    program: &Program,
+    tensor_cores: Option<crate::gpu::TensorCores>,
+) -> Result<Prepared, ExecError> {
+    let start = Instant::now();
+    let inner = ptx_with(program, tensor_cores)?;
+    Ok(Prepared {
+        inner,
+        compile_time: start.elapsed(),
+    })
+}
+
 fn ptx(program: &Program) -> Result<Inner, ExecError> {
-    Ok(Inner::Ptx(Box::new(crate::gpu::PtxRunner::new(program)?)))
+    ptx_with(program, None)
+}
+
+#[cfg(feature = "cuda")]
+fn ptx_with(
+    program: &Program,
+    tensor_cores: Option<crate::gpu::TensorCores>,
+) -> Result<Inner, ExecError> {
+    Ok(Inner::Ptx(Box::new(
+        crate::gpu::PtxRunner::with_tensor_cores(program, tensor_cores)?,
+    )))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn ptx(_: &Program) -> Result<Inner, ExecError> {
+fn ptx_with(_: &Program, _: Option<crate::gpu::TensorCores>) -> Result<Inner, ExecError> {
     Err(ExecError::NotBuilt("cuda"))
 }
 

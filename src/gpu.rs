@@ -6,6 +6,7 @@ use tttc_ir::Program;
 
 #[cfg(feature = "llvm")]
 pub use tttc_backends::ptx::{PtxArch, PtxModule};
+pub use tttc_backends::tensor_core::TensorCores;
 
 /// Why a program could not be made into PTX or run on a GPU.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,9 @@ pub enum GpuError {
     /// PTX generation failed (a compiler bug).
     #[error("PTX generation failed: {0}")]
     Codegen(String),
+    /// An option that does not apply to the program (tensor cores for f64): the user's to fix.
+    #[error("{0}")]
+    Unsupported(String),
     /// No CUDA driver on this machine (a user-facing condition, not a bug).
     #[error("no CUDA driver found: the ptx backend runs on a machine with an NVIDIA GPU and its driver (libcuda.so)")]
     NoDriver,
@@ -38,10 +42,26 @@ pub fn gpu_kernels(program: &Program) -> Result<tttc_ir::kernel::KernelProgram, 
 /// PTX for `program` (bound: every dimension known) on `arch`.
 #[cfg(feature = "llvm")]
 pub fn emit_ptx(program: &Program, arch: PtxArch) -> Result<PtxModule, GpuError> {
+    emit_ptx_with(program, arch, None)
+}
+
+/// [`emit_ptx`], with matmuls on tensor cores in format `tensor_cores` when given (an f32
+/// opt-in: [`GpuError::Unsupported`] for f64 programs).
+#[cfg(feature = "llvm")]
+pub fn emit_ptx_with(
+    program: &Program,
+    arch: PtxArch,
+    tensor_cores: Option<TensorCores>,
+) -> Result<PtxModule, GpuError> {
+    use tttc_backends::ptx::{PtxError, PtxOptions};
     let mapped = gpu_kernels(program)?;
     let threads = tttc_passes::gpu_schedule::DEFAULT_THREADS as u32;
-    tttc_backends::ptx::emit_ptx(&mapped, threads, arch)
-        .map_err(|e| GpuError::Codegen(e.to_string()))
+    tttc_backends::ptx::emit_ptx_with(&mapped, threads, arch, PtxOptions { tensor_cores }).map_err(
+        |e| match e {
+            PtxError::Unsupported(m) => GpuError::Unsupported(m),
+            e => GpuError::Codegen(e.to_string()),
+        },
+    )
 }
 
 /// How to launch a [`PtxModule`] by hand, as JSON: the kernels in order (grid and block size,
@@ -81,6 +101,8 @@ pub fn launch_manifest(program_name: &str, m: &PtxModule) -> serde_json::Value {
         "dtype": m.dtype.to_string(),
         "note": "temporaries must be filled with NaN (all bits set) before the first launch; launch in order on one stream",
         "shared_bytes": m.shared_bytes,
+        "tensor_cores": m.tensor_cores.map(|t| t.name()),
+        "tensor_core_loops": m.tensor_core_loops,
         "buffers": buffers,
         "launches": launches,
     })
@@ -97,9 +119,17 @@ impl PtxRunner {
     /// Compiles `program` (bound) for the first GPU and loads it. Without a CUDA driver:
     /// [`GpuError::NoDriver`], before anything is compiled.
     pub fn new(program: &Program) -> Result<PtxRunner, GpuError> {
+        Self::with_tensor_cores(program, None)
+    }
+
+    /// [`PtxRunner::new`] with matmuls on tensor cores in format `tensor_cores` when given.
+    pub fn with_tensor_cores(
+        program: &Program,
+        tensor_cores: Option<TensorCores>,
+    ) -> Result<PtxRunner, GpuError> {
         use tttc_backends::ptx::cuda;
         let (_, arch) = cuda::device().map_err(cuda_error)?;
-        let m = emit_ptx(program, arch)?;
+        let m = emit_ptx_with(program, arch, tensor_cores)?;
         let program = cuda::CudaProgram::load(&m).map_err(cuda_error)?;
         Ok(PtxRunner { program })
     }

@@ -48,3 +48,38 @@ fn inner_goldens_f64() {
 fn inner_goldens_f32() {
     check("f32");
 }
+
+/// `--backend ptx --tensor-cores tf32|bf16` at the tolerances docs/backends.md states (tf32
+/// 2e-3, bf16 1.5e-2, relative to max |expected|). Needs a GPU: runs only when the ptx backend
+/// is tested (`TTTC_TEST_PTX`, as `scripts/gpu_check.sh` sets it).
+#[test]
+fn inner_goldens_tensor_cores() {
+    if !backends().contains(&"ptx") {
+        eprintln!("TTTC_TEST_PTX is not set: tensor cores need a GPU, skipped");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (tc, tol) in [("tf32", 2e-3), ("bf16", 1.5e-2)] {
+        for case in inner_cases() {
+            let out = tmp.path().join(format!("{}.{tc}.safetensors", case.stem));
+            let mut args = vec![
+                "run".to_string(),
+                case.program.into(),
+                "--inputs".into(),
+                case.file(".inputs.safetensors").display().to_string(),
+                "--out".into(),
+                out.display().to_string(),
+                "--backend".into(),
+                "ptx".into(),
+                "--tensor-cores".into(),
+                tc.into(),
+            ];
+            args.extend(case.set_args());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let run = tttc(&args);
+            let what = format!("{} ptx --tensor-cores {tc}", case.stem);
+            assert!(run.status.success(), "{what}: {}", text(&run));
+            case.check_within("f32", &load(&out), &what, tol);
+        }
+    }
+}

@@ -282,3 +282,62 @@ fn ttt_linear_mapping_and_missing_barriers() {
         "only {caught} of {barriers} barriers were needed"
     );
 }
+
+/// The largest error of `got` against `case`'s f32 expected outputs (relative to max |expected|,
+/// over the outputs [`GoldenCase::check`] judges).
+fn golden_error(case: &GoldenCase, got: &BTreeMap<String, Tensor>) -> f64 {
+    let expected = case.expected("f32");
+    expected
+        .iter()
+        .filter(|(n, _)| {
+            if case.layer {
+                *n == "output"
+            } else {
+                *n == "Z" || n.ends_with("_last")
+            }
+        })
+        .map(|(n, e)| rel_error(&got[n], e))
+        .fold(0.0, f64::max)
+}
+
+/// The numerics of the tensor-core opt-in, emulated on the CPU on every golden case: the
+/// mapped program run with the operands of exactly the loops the PTX backend puts on tensor
+/// cores rounded to tf32 (bf16), products exact, f32 accumulation. The measured error against
+/// the goldens must stay within the tolerance docs/backends.md states — and be larger than the
+/// exact path's, so the emulation is not silently the identity.
+#[test]
+fn tensor_core_numerics_on_the_goldens() {
+    use tttc::backends::kernel_interp::run_kernel_program_gpu_tensor_cores;
+    use tttc::backends::tensor_core::{matmul_loops, TensorCores};
+    let cfg = GpuConfig::default();
+    let emu = GpuEmulation {
+        threads: cfg.threads,
+    };
+    // The tolerances docs/backends.md states (relative to max |expected|).
+    for (tc, bound) in [(TensorCores::Tf32, 2e-3), (TensorCores::Bf16, 1.5e-2)] {
+        let mut worst: f64 = 0.0;
+        for case in inner_cases().into_iter().chain(layer_cases()) {
+            let what = format!("{} {}", case.stem, tc.name());
+            let (k, inputs) = kernels(case.program, &case.settings, &case.inputs(), Precision::F32);
+            let g = gpu_schedule(&k, &cfg).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let loops = matmul_loops(&g.body, tc).len();
+            let got = run_kernel_program_gpu_tensor_cores(&g, &inputs, emu, tc)
+                .unwrap_or_else(|e| panic!("{what}: emulation: {e}"));
+            let exact = run_kernel_program_gpu(&g, &inputs, emu)
+                .unwrap_or_else(|e| panic!("{what}: exact: {e}"));
+            let (err, err_exact) = (golden_error(&case, &got), golden_error(&case, &exact));
+            eprintln!(
+                "{what}: {loops} tensor-core loop(s), error {err:.3e} (exact f32 path {err_exact:.3e})"
+            );
+            assert!(err <= bound, "{what}: error {err:e} > {bound:e}");
+            if loops > 0 {
+                assert!(
+                    err > 4.0 * err_exact,
+                    "{what}: the emulated rounding changed nothing ({err:e} vs {err_exact:e})"
+                );
+            }
+            worst = worst.max(err);
+        }
+        eprintln!("{}: worst error over the goldens {worst:.3e}", tc.name());
+    }
+}

@@ -3,7 +3,9 @@
 //! TTT-Linear/TTT-MLP shapes), each assembled by NVIDIA's `ptxas` when it is installed
 //! (`scripts/install-ptxas.sh`, or `$TTTC_PTXAS`). Without ptxas the assembly is skipped with a
 //! message — except under CI (`CI=true`), where a missing ptxas fails the test. Also insta
-//! snapshots of the PTX of TTT-Linear and TTT-MLP at small shapes, and the clean error of
+//! snapshots of the PTX of TTT-Linear and TTT-MLP at small shapes (and of TTT-Linear with
+//! `--tensor-cores tf32`), the tensor-core PTX of both (it must contain the `mma.sync` of its
+//! format, fenced by barriers, and assemble), the refusals of the option, and the clean error of
 //! `--backend ptx` on a machine without a CUDA driver.
 //!
 //! Nothing here runs on a GPU: what the PTX computes is checked by the GPU emulation of the
@@ -100,7 +102,20 @@ const CASES: &[Case] = &[
 
 /// `tttc compile --target <arch>` of `file`; returns the PTX path.
 fn compile(dir: &Path, case: &Case, arch: &str, precision: &str, tag: usize) -> PathBuf {
-    let out = dir.join(format!("case{tag}.{arch}.{precision}.ptx"));
+    compile_with(dir, case, arch, precision, tag, None)
+}
+
+/// [`compile`], with `--tensor-cores <tc>` when given.
+fn compile_with(
+    dir: &Path,
+    case: &Case,
+    arch: &str,
+    precision: &str,
+    tag: usize,
+    tensor_cores: Option<&str>,
+) -> PathBuf {
+    let tc = tensor_cores.unwrap_or("exact");
+    let out = dir.join(format!("case{tag}.{arch}.{precision}.{tc}.ptx"));
     let mut args: Vec<String> = vec![
         "compile".into(),
         case.file.into(),
@@ -113,6 +128,9 @@ fn compile(dir: &Path, case: &Case, arch: &str, precision: &str, tag: usize) -> 
     ];
     for s in case.set {
         args.extend(["--set".to_string(), s.to_string()]);
+    }
+    if let Some(tc) = tensor_cores {
+        args.extend(["--tensor-cores".to_string(), tc.to_string()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = tttc(&args);
@@ -175,6 +193,137 @@ fn every_example_assembles_for_sm80_and_sm90() {
     }
 }
 
+/// Assembles `ptx` for `arch` with ptxas.
+fn assemble(ptxas: &Path, arch: &str, ptx: &Path, what: &str) {
+    let run = Command::new(ptxas)
+        .args(["-arch", arch])
+        .arg(ptx)
+        .args(["-o", "/dev/null"])
+        .output()
+        .expect("ptxas runs");
+    assert!(
+        run.status.success(),
+        "ptxas -arch={arch} rejects the PTX of {what}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+/// `--tensor-cores tf32|bf16` on TTT-Linear and TTT-MLP (small and benchmark shapes): the PTX
+/// really contains the warp-level `mma.sync` of the format with its operand conversion (the
+/// opt-in is not silently ignored), the manifest counts the loops on tensor cores, and ptxas
+/// assembles it for sm_80 and sm_90.
+#[test]
+fn tensor_core_ptx_uses_mma_and_assembles() {
+    let ptxas = ptxas_or_skip();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let formats = [
+        (
+            "tf32",
+            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32",
+            "cvt.rna.tf32.f32",
+        ),
+        (
+            "bf16",
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+            "cvt.rn.bf16x2.f32",
+        ),
+    ];
+    for i in [0, 1, 6, 7] {
+        let case = &CASES[i];
+        // Without the option: no tensor cores.
+        let ptx = compile(dir.path(), case, "sm_80", "f32", i);
+        let exact = std::fs::read_to_string(&ptx).expect("ptx written");
+        assert!(
+            !exact.contains("mma.sync"),
+            "{}: mma without the opt-in",
+            case.file
+        );
+        let exact_barriers = exact.matches("bar.sync").count();
+        for (tc, mma, cvt) in formats {
+            for arch in ["sm_80", "sm_90"] {
+                let what = format!("{} ({:?}) {arch} {tc}", case.file, case.set);
+                let ptx = compile_with(dir.path(), case, arch, "f32", i, Some(tc));
+                let text = std::fs::read_to_string(&ptx).expect("ptx written");
+                assert!(text.contains(mma), "{what}: no `{mma}`");
+                assert!(text.contains(cvt), "{what}: no `{cvt}`");
+                let manifest = std::fs::read_to_string(ptx.with_extension("ptx.json"))
+                    .expect("manifest written");
+                let m: serde_json::Value = serde_json::from_str(&manifest).expect("json");
+                assert_eq!(m["tensor_cores"], tc, "{what}");
+                let loops = m["tensor_core_loops"].as_u64().unwrap_or(0) as usize;
+                assert!(loops > 0, "{what}: no loop on tensor cores");
+                // Each such loop is fenced by a barrier on both sides (its outputs change
+                // threads).
+                if arch == "sm_80" {
+                    let barriers = text.matches("bar.sync").count();
+                    assert!(
+                        barriers >= exact_barriers + 2 * loops,
+                        "{what}: {barriers} barriers, {exact_barriers} without tensor cores"
+                    );
+                }
+                if let Some(ptxas) = &ptxas {
+                    assemble(ptxas, arch, &ptx, &what);
+                }
+            }
+        }
+    }
+}
+
+/// The opt-in is refused, as a user error (exit 2), for f64 programs and CPU targets, and for
+/// backends other than ptx.
+#[test]
+fn tensor_cores_are_refused_where_they_do_not_apply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("x.ptx").display().to_string();
+    let base = [
+        "compile",
+        "examples/ttt_linear.ttt",
+        "--set",
+        "B=1",
+        "--set",
+        "H=2",
+        "--set",
+        "L=40",
+        "--set",
+        "f=16",
+        "-o",
+        out.as_str(),
+        "--tensor-cores",
+        "tf32",
+    ];
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["--target", "sm_80", "--precision", "f64"],
+            "--precision f64",
+        ),
+        (&["--target", "x86_64"], "GPU targets"),
+    ];
+    for (extra, message) in cases {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let r = tttc(&args);
+        let t = text(&r);
+        assert_eq!(r.status.code(), Some(2), "{extra:?}: {t}");
+        assert!(t.contains(message), "{extra:?}: {t}");
+    }
+    let o = dir.path().join("out.safetensors").display().to_string();
+    let r = tttc(&[
+        "run",
+        "examples/ttt_linear.ttt",
+        "--inputs",
+        "examples/data/ttt_linear_sample.safetensors",
+        "--out",
+        o.as_str(),
+        "--backend",
+        "interp",
+        "--tensor-cores",
+        "bf16",
+    ]);
+    let t = text(&r);
+    assert_eq!(r.status.code(), Some(2), "{t}");
+    assert!(t.contains("--backend ptx only"), "{t}");
+}
+
 /// Snapshots of the emitted PTX (sm_80, f32, small shapes). A change in the mapping or the
 /// code generator shows here as a diff to review (`cargo insta review`).
 #[test]
@@ -185,6 +334,10 @@ fn ptx_snapshots() {
         let text = std::fs::read_to_string(&ptx).expect("ptx written");
         insta::assert_snapshot!(format!("ptx_{name}_sm80_f32"), text);
     }
+    // One tensor-core kernel program: TTT-Linear with tf32 operands.
+    let ptx = compile_with(dir.path(), &CASES[0], "sm_80", "f32", 0, Some("tf32"));
+    let text = std::fs::read_to_string(&ptx).expect("ptx written");
+    insta::assert_snapshot!("ptx_ttt_linear_sm80_f32_tf32", text);
 }
 
 /// Without a CUDA driver, `--backend ptx` is a user error with a clear message, not a panic.

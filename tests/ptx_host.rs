@@ -85,3 +85,70 @@ fn inner_goldens_with_256_threads() {
         .collect();
     check(cases, Precision::F32, "f32", 256);
 }
+
+/// The warp-level tensor-core code itself, run on the CPU: every golden case with
+/// `--tensor-cores tf32` and `bf16`, generated in the host flavor (each `mma.sync` a call in
+/// which a warp's 32 threads exchange their fragment registers, read back by the PTX ISA's
+/// layouts) at 256 threads per block (the PTX's), and the TTT-MLP cases also at 64 (fewer warps
+/// than tiles). It must agree with the kernel executor's
+/// emulation of the same rounding (which knows nothing of fragments, warps or tiles) within
+/// 2e-5 — a misplaced fragment element, tile or index gives errors of order 1 — and meet the
+/// stated tolerance against the goldens.
+#[test]
+fn tensor_core_code_matches_the_emulation() {
+    use tttc::backends::kernel_interp::{run_kernel_program_gpu_tensor_cores, GpuEmulation};
+    use tttc::backends::ptx::host::run_on_host_with;
+    use tttc::backends::ptx::PtxOptions;
+    use tttc::backends::tensor_core::{matmul_loops, TensorCores};
+    for (tc, bound) in [(TensorCores::Tf32, 2e-3), (TensorCores::Bf16, 1.5e-2)] {
+        for threads in [256, 64] {
+            let cases = inner_cases().into_iter().chain(layer_cases());
+            for case in cases.filter(|c| threads == 256 || c.program.contains("mlp")) {
+                let what = format!("{} {} ({threads} threads)", case.stem, tc.name());
+                let lowered =
+                    tttc::lower_file(&root().join(case.program), Precision::F32, &case.settings)
+                        .expect("lower");
+                let compiled = tttc::optimize(lowered, None, false)
+                    .expect("optimize")
+                    .program;
+                let bound_program = tttc::bind(
+                    &compiled,
+                    &case.inputs(),
+                    &case.settings,
+                    Precision::F32.elem(),
+                )
+                .expect("bind");
+                let k = lower_program(&bound_program.program).expect("lower_kernel");
+                let cfg = GpuConfig {
+                    threads,
+                    ..GpuConfig::default()
+                };
+                let g = gpu_schedule(&k, &cfg).expect("gpu_schedule");
+                assert!(!matmul_loops(&g.body, tc).is_empty(), "{what}: no mma loop");
+                let options = PtxOptions {
+                    tensor_cores: Some(tc),
+                };
+                let got = run_on_host_with(&g, threads as u32, &bound_program.inputs, options)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let emulated = run_kernel_program_gpu_tensor_cores(
+                    &g,
+                    &bound_program.inputs,
+                    GpuEmulation { threads },
+                    tc,
+                )
+                .unwrap_or_else(|e| panic!("{what}: emulation: {e}"));
+                for (name, e) in &emulated {
+                    let err = rel_error(&got[name], e);
+                    assert!(err <= 2e-5, "{what}: {name}: host mma vs emulation {err:e}");
+                }
+                let expected = case.expected("f32");
+                let reference = if case.layer { "output" } else { "Z" };
+                let err = rel_error(&got[reference], &expected[reference]);
+                assert!(
+                    err <= bound,
+                    "{what}: {reference} vs golden {err:e} > {bound:e}"
+                );
+            }
+        }
+    }
+}

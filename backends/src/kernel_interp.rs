@@ -21,8 +21,9 @@
 //! that reading an element before writing it shows in the results.
 
 use crate::interp::kernels::{binary_scalar, unary_scalar};
+use crate::tensor_core::{recognize, TensorCores};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use tttc_ir::kernel::{
     BufferKind, Index, KernelProgram, Layout, MemorySpace, Schedule, Stmt, Value,
 };
@@ -120,8 +121,8 @@ pub fn run_kernel_program(
 ) -> Result<BTreeMap<String, Tensor>, KernelInterpError> {
     let checked = check(p)?;
     match p.dtype {
-        DType::F32 => Machine::<f32>::run(p, &checked, inputs, None),
-        DType::F64 => Machine::<f64>::run(p, &checked, inputs, None),
+        DType::F32 => Machine::<f32>::run(p, &checked, inputs, None, None),
+        DType::F64 => Machine::<f64>::run(p, &checked, inputs, None, None),
     }
 }
 
@@ -156,8 +157,60 @@ pub fn run_kernel_program_gpu(
     let checked = check(p)?;
     check_gpu(p, emu)?;
     match p.dtype {
-        DType::F32 => Machine::<f32>::run(p, &checked, inputs, Some(emu)),
-        DType::F64 => Machine::<f64>::run(p, &checked, inputs, Some(emu)),
+        DType::F32 => Machine::<f32>::run(p, &checked, inputs, Some(emu), None),
+        DType::F64 => Machine::<f64>::run(p, &checked, inputs, Some(emu), None),
+    }
+}
+
+/// Runs a GPU-scheduled `p` like [`run_kernel_program_gpu`], with the numerics of tensor cores
+/// in format `tc` in the loops the PTX backend runs on them
+/// ([`crate::tensor_core::matmul_loops`]): their operands rounded to `tc` before an exact
+/// product, accumulated in f32 in the loop's order. An emulation of the opt-in's *rounding*,
+/// not of the hardware's order of additions inside one `mma`, nor of its warp mapping (threads
+/// are emulated as the mapping assigns them). `p` must be f32.
+pub fn run_kernel_program_gpu_tensor_cores(
+    p: &KernelProgram,
+    inputs: &BTreeMap<String, Tensor>,
+    emu: GpuEmulation,
+    tc: TensorCores,
+) -> Result<BTreeMap<String, Tensor>, KernelInterpError> {
+    let checked = check(p)?;
+    check_gpu(p, emu)?;
+    if p.dtype != DType::F32 {
+        return Err(KernelInterpError::Invalid(format!(
+            "tensor cores ({}) need an f32 program, not {}",
+            tc.name(),
+            p.dtype
+        )));
+    }
+    let stores = tensor_core_stores(p, tc);
+    Machine::<f32>::run(p, &checked, inputs, Some(emu), Some((tc, stores)))
+}
+
+/// The addresses of the accumulating stores of `p`'s tensor-core loops.
+fn tensor_core_stores(p: &KernelProgram, tc: TensorCores) -> HashSet<usize> {
+    let mut out = HashSet::new();
+    for s in &p.body {
+        collect_tensor_core_stores(s, tc, &mut out);
+    }
+    out
+}
+
+fn collect_tensor_core_stores(s: &Stmt, tc: TensorCores, out: &mut HashSet<usize>) {
+    let Stmt::Loop { body, .. } = s else {
+        return;
+    };
+    if recognize(s, tc).is_some() {
+        // Recognized: one loop around one store.
+        if let [Stmt::Loop { body: inner, .. }] = body.as_slice() {
+            if let [st @ Stmt::Store { .. }] = inner.as_slice() {
+                out.insert(st as *const Stmt as usize);
+            }
+        }
+        return;
+    }
+    for s in body {
+        collect_tensor_core_stores(s, tc, out);
     }
 }
 
@@ -241,6 +294,9 @@ trait Num: Copy + 'static {
     fn binary(f: BinaryOp, a: Self, b: Self) -> Self;
     fn data(t: &Tensor) -> Option<&[Self]>;
     fn tensor(shape: Vec<usize>, data: Vec<Self>) -> Result<Tensor, RuntimeError>;
+    /// A tensor-core operand rounded to `tc`'s input format (only f32 programs use tensor
+    /// cores; f64 values are left alone).
+    fn tensor_core_operand(x: Self, tc: TensorCores) -> Self;
 }
 
 impl Num for f32 {
@@ -261,6 +317,9 @@ impl Num for f32 {
     fn tensor(shape: Vec<usize>, data: Vec<Self>) -> Result<Tensor, RuntimeError> {
         Tensor::from_f32(shape, data)
     }
+    fn tensor_core_operand(x: Self, tc: TensorCores) -> Self {
+        tc.round(x)
+    }
 }
 
 impl Num for f64 {
@@ -280,6 +339,9 @@ impl Num for f64 {
     }
     fn tensor(shape: Vec<usize>, data: Vec<Self>) -> Result<Tensor, RuntimeError> {
         Tensor::from_f64(shape, data)
+    }
+    fn tensor_core_operand(x: Self, _: TensorCores) -> Self {
+        x
     }
 }
 
@@ -486,6 +548,9 @@ struct Machine<'p, T> {
     vars: Vec<i64>,
     /// GPU emulation state, when emulating.
     gpu: Option<Gpu>,
+    /// The accumulating stores of the loops run on tensor cores (by address), and the input
+    /// format their operands are rounded to.
+    tensor_cores: Option<(TensorCores, HashSet<usize>)>,
 }
 
 /// Who touched an element, as far as race detection cares.
@@ -545,6 +610,7 @@ impl<'p, T: Num> Machine<'p, T> {
         checked: &'p Checked,
         inputs: &BTreeMap<String, Tensor>,
         emu: Option<GpuEmulation>,
+        tensor_cores: Option<(TensorCores, HashSet<usize>)>,
     ) -> Res<BTreeMap<String, Tensor>> {
         let mut bufs = Vec::with_capacity(p.buffers.len());
         for (b, &len) in p.buffers.iter().zip(&checked.lens) {
@@ -598,6 +664,7 @@ impl<'p, T: Num> Machine<'p, T> {
             bufs,
             vars: vec![0; p.vars as usize],
             gpu,
+            tensor_cores,
         };
         if m.gpu.is_some() {
             m.exec_launches(&p.body)?;
@@ -637,7 +704,12 @@ impl<'p, T: Num> Machine<'p, T> {
                 }
                 Stmt::Barrier => {}
                 Stmt::Store { buf, index, value } => {
-                    let x = self.value(value)?;
+                    let x = match &self.tensor_cores {
+                        Some((tc, stores)) if stores.contains(&(s as *const Stmt as usize)) => {
+                            self.tensor_core_value(value, *tc)?
+                        }
+                        _ => self.value(value)?,
+                    };
                     let i = self.index(index)?;
                     let b = buf.0 as usize;
                     self.touch(b, i, true)?;
@@ -672,6 +744,20 @@ impl<'p, T: Num> Machine<'p, T> {
             index,
             len,
         }
+    }
+
+    /// `acc + a * b` (a recognized accumulation) with `a` and `b` rounded to `tc`.
+    fn tensor_core_value(&self, v: &Value, tc: TensorCores) -> Res<T> {
+        let Value::Binary(BinaryOp::Add, acc, prod) = v else {
+            return self.value(v);
+        };
+        let Value::Binary(BinaryOp::Mul, a, b) = &**prod else {
+            return self.value(v);
+        };
+        let a = T::tensor_core_operand(self.value(a)?, tc);
+        let b = T::tensor_core_operand(self.value(b)?, tc);
+        let product = T::binary(BinaryOp::Mul, a, b);
+        Ok(T::binary(BinaryOp::Add, self.value(acc)?, product))
     }
 
     fn index(&self, i: &Index) -> Res<i64> {

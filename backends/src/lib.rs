@@ -16,3 +16,4 @@ pub mod llvm;
 mod native;
 #[cfg(feature = "llvm")]
 pub mod ptx;
+pub mod tensor_core;

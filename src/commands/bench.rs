@@ -1,7 +1,9 @@
 //! `tttc bench`: compile once, then time execution only.
 
-use super::run::{default_backend, prepare, BackendArg};
-use super::{compile, load_inputs, Failure, PrecisionArg, SettingArgs};
+use super::run::{default_backend, prepare_with, BackendArg};
+use super::{
+    compile, load_inputs, tensor_cores, Failure, PrecisionArg, SettingArgs, TensorCoresArg,
+};
 use std::path::PathBuf;
 use std::time::Instant;
 use tttc::Precision;
@@ -31,6 +33,10 @@ pub struct Args {
     /// through a streaming session, --iters times; reports the median time per token.
     #[arg(long)]
     decode: bool,
+    /// With --backend ptx: run matmuls that fit whole tiles on tensor cores with these input
+    /// operands and f32 accumulation (f32 only; default: exact f32). See docs/backends.md.
+    #[arg(long, value_enum)]
+    tensor_cores: Option<TensorCoresArg>,
     #[command(flatten)]
     settings: SettingArgs,
 }
@@ -38,13 +44,19 @@ pub struct Args {
 /// Runs `tttc bench`.
 pub fn main(args: &Args) -> Result<(), Failure> {
     let precision: Precision = args.precision.into();
+    let tc = tensor_cores(args.tensor_cores, precision)?;
     let start = Instant::now();
     let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
     let (bound, _) = load_inputs(&compiled.program, &args.inputs, &settings, precision)?;
     if args.decode {
+        if tc.is_some() {
+            return Err(Failure::user(
+                "--tensor-cores is not available with --decode",
+            ));
+        }
         return decode(args, &compiled.program, bound.inputs, &settings, precision);
     }
-    let prepared = prepare(args.backend, &bound.program)?;
+    let prepared = prepare_with(args.backend, &bound.program, tc)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let flops = tttc::passes::cost::program_cost(&bound.program)
         .map(|c| c.flops as f64)

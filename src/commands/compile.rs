@@ -1,6 +1,8 @@
 //! `tttc compile`: an ahead-of-time shared library with a C ABI and a generated C header.
 
-use super::{compile, load_inputs, Failure, PrecisionArg, SettingArgs};
+use super::{
+    compile, load_inputs, tensor_cores, Failure, PrecisionArg, SettingArgs, TensorCoresArg,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tttc::ir::{Dim, Program};
@@ -40,6 +42,11 @@ pub struct Args {
     /// Element type of the library's tensors.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
+    /// GPU targets: run matmuls that fit whole tiles on tensor cores (`mma.sync`) with these
+    /// input operands and f32 accumulation (f32 only; default: exact f32). See
+    /// docs/backends.md for the tolerance.
+    #[arg(long, value_enum)]
+    tensor_cores: Option<TensorCoresArg>,
     #[command(flatten)]
     settings: SettingArgs,
 }
@@ -80,6 +87,12 @@ fn shapes_from_settings(
 /// Runs `tttc compile`.
 pub fn main(args: &Args) -> Result<(), Failure> {
     let precision: Precision = args.precision.into();
+    let tc = tensor_cores(args.tensor_cores, precision)?;
+    if tc.is_some() && matches!(args.target, Target::X86_64) {
+        return Err(Failure::user(
+            "--tensor-cores applies to GPU targets (--target sm_80 or sm_90) only",
+        ));
+    }
     let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
     let program = &compiled.program;
     let specialized = match &args.inputs {
@@ -94,10 +107,10 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     match args.target {
         Target::X86_64 => build_library(&specialized, args.output.as_deref()),
         Target::Sm80 => {
-            super::compile_ptx::write_ptx(&specialized, "sm_80", args.output.as_deref())
+            super::compile_ptx::write_ptx(&specialized, "sm_80", tc, args.output.as_deref())
         }
         Target::Sm90 => {
-            super::compile_ptx::write_ptx(&specialized, "sm_90", args.output.as_deref())
+            super::compile_ptx::write_ptx(&specialized, "sm_90", tc, args.output.as_deref())
         }
     }
 }

@@ -5,13 +5,29 @@ use super::Failure;
 use std::path::Path;
 use tttc::ir::Program;
 
-/// Writes the PTX of `program` (bound) for `arch` (`sm_80`, `sm_90`) to `output` (default
-/// `<program>.<arch>.ptx`) and its manifest to `<output>.json`.
+/// Writes the PTX of `program` (bound) for `arch` (`sm_80`, `sm_90`), with matmuls on tensor
+/// cores in format `tc` when given, to `output` (default `<program>.<arch>.ptx`) and its
+/// manifest to `<output>.json`.
 #[cfg(feature = "llvm")]
-pub fn write_ptx(program: &Program, arch: &str, output: Option<&Path>) -> Result<(), Failure> {
+pub fn write_ptx(
+    program: &Program,
+    arch: &str,
+    tc: Option<tttc::gpu::TensorCores>,
+    output: Option<&Path>,
+) -> Result<(), Failure> {
     let arch = tttc::gpu::PtxArch::parse(arch)
         .ok_or_else(|| Failure::internal(format!("unknown GPU architecture {arch}")))?;
-    let m = tttc::gpu::emit_ptx(program, arch).map_err(Failure::internal)?;
+    let m = tttc::gpu::emit_ptx_with(program, arch, tc).map_err(|e| match e {
+        tttc::gpu::GpuError::Unsupported(_) => Failure::user(e),
+        e => Failure::internal(e),
+    })?;
+    if let Some(tc) = tc {
+        eprintln!(
+            "tensor cores ({}): {} matmul loop(s) on mma.sync, the rest exact f32",
+            tc.name(),
+            m.tensor_core_loops
+        );
+    }
     let name = tttc::backends::aot::c_identifier(&program.name);
     let path = output
         .map(Path::to_path_buf)
@@ -39,6 +55,11 @@ pub fn write_ptx(program: &Program, arch: &str, output: Option<&Path>) -> Result
 }
 
 #[cfg(not(feature = "llvm"))]
-pub fn write_ptx(_: &Program, _: &str, _: Option<&Path>) -> Result<(), Failure> {
+pub fn write_ptx(
+    _: &Program,
+    _: &str,
+    _: Option<tttc::gpu::TensorCores>,
+    _: Option<&Path>,
+) -> Result<(), Failure> {
     Err(Failure::user(tttc::ExecError::NotBuilt("llvm")))
 }

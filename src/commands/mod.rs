@@ -92,6 +92,39 @@ impl From<PrecisionArg> for Precision {
     }
 }
 
+/// `--tensor-cores`: matmuls on NVIDIA tensor cores with this input format (f32 accumulation).
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TensorCoresArg {
+    /// TensorFloat-32 operands (10 mantissa bits): stated tolerance 2e-3 relative (measured
+    /// ≤ 5.7e-4 on the goldens, in emulation).
+    Tf32,
+    /// bfloat16 operands (7 mantissa bits): stated tolerance 1.5e-2 relative (measured ≤ 4.4e-3
+    /// on the goldens, in emulation).
+    Bf16,
+}
+
+/// The tensor-core opt-in for `precision`: `None` when not asked for; a user error for f64
+/// (tensor cores are an f32 opt-in).
+pub fn tensor_cores(
+    arg: Option<TensorCoresArg>,
+    precision: Precision,
+) -> Result<Option<tttc::gpu::TensorCores>, Failure> {
+    let Some(arg) = arg else {
+        return Ok(None);
+    };
+    let tc = match arg {
+        TensorCoresArg::Tf32 => tttc::gpu::TensorCores::Tf32,
+        TensorCoresArg::Bf16 => tttc::gpu::TensorCores::Bf16,
+    };
+    if precision == Precision::F64 {
+        return Err(Failure::user(format!(
+            "--tensor-cores {} lowers the precision of f32 matmuls; it cannot be used with --precision f64",
+            tc.name()
+        )));
+    }
+    Ok(Some(tc))
+}
+
 /// `NAME=VALUE`: a positive number, `true`/`false`, or (for string configs) any other text.
 fn parse_setting(s: &str) -> Result<(String, Setting), String> {
     let (name, value) = s

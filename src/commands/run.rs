@@ -1,6 +1,9 @@
 //! `tttc run`: compile, bind the inputs, execute, write the outputs.
 
-use super::{check_stage, compile, load_inputs, Failure, PrecisionArg, SettingArgs};
+use super::{
+    check_stage, compile, load_inputs, tensor_cores, Failure, PrecisionArg, SettingArgs,
+    TensorCoresArg,
+};
 use clap::ValueEnum;
 use std::path::PathBuf;
 use tttc::Precision;
@@ -59,6 +62,36 @@ pub fn prepare(
     })
 }
 
+/// [`prepare`], with matmuls on tensor cores when `tc` is given (`--backend ptx` only: a user
+/// error for any other backend).
+pub fn prepare_with(
+    backend: BackendArg,
+    program: &tttc::ir::Program,
+    tc: Option<tttc::gpu::TensorCores>,
+) -> Result<tttc::Prepared, Failure> {
+    let Some(tc) = tc else {
+        return prepare(backend, program);
+    };
+    if !matches!(backend, BackendArg::Ptx) {
+        return Err(Failure::user(format!(
+            "--tensor-cores {} applies to --backend ptx only",
+            tc.name()
+        )));
+    }
+    if !tttc::Backend::Ptx.is_built() {
+        return Err(Failure::user(tttc::ExecError::NotBuilt(
+            tttc::Backend::Ptx.feature(),
+        )));
+    }
+    tttc::execute::prepare_ptx(program, Some(tc)).map_err(|e| {
+        if e.is_user_error() {
+            Failure::user(e)
+        } else {
+            Failure::internal(e)
+        }
+    })
+}
+
 /// Arguments of `tttc run`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -76,6 +109,10 @@ pub struct Args {
     /// Precision of the whole computation; outputs are written in it.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
+    /// With --backend ptx: run matmuls that fit whole tiles on tensor cores with these input
+    /// operands and f32 accumulation (f32 only; default: exact f32). See docs/backends.md.
+    #[arg(long, value_enum)]
+    tensor_cores: Option<TensorCoresArg>,
     /// Also write the program's intermediates (its `intermediate` outputs, e.g. `aux.*`).
     #[arg(long)]
     dump_intermediates: bool,
@@ -111,6 +148,7 @@ fn parse_chunk(s: &str) -> Result<usize, String> {
 /// Runs `tttc run`.
 pub fn main(args: &Args) -> Result<(), Failure> {
     let precision: Precision = args.precision.into();
+    let tc = tensor_cores(args.tensor_cores, precision)?;
     if let Some(stage) = &args.stop_after {
         check_stage(stage)?;
         if stage == "parse" {
@@ -129,6 +167,11 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     let program = &compiled.program;
     let (bound, _) = load_inputs(program, &args.inputs, &settings, precision)?;
     let streaming = args.chunks.is_some() || args.load_state.is_some() || args.save_state.is_some();
+    if streaming && tc.is_some() {
+        return Err(Failure::user(
+            "--tensor-cores is not available when streaming (--chunks, --load-state, --save-state)",
+        ));
+    }
     let mut outputs = match streaming {
         true => {
             let backend: tttc::Backend = args.backend.into();
@@ -155,7 +198,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             })?
         }
         false => {
-            let prepared = prepare(args.backend, &bound.program)?;
+            let prepared = prepare_with(args.backend, &bound.program, tc)?;
             prepared.run(&bound.inputs).map_err(Failure::internal)?
         }
     };

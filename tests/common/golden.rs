@@ -56,8 +56,13 @@ impl GoldenCase {
     /// Checks `got` against the expected outputs in precision `tag` at the standard tolerance:
     /// `Z` and every `*_last` for inner cases, `output` for layers. `what` names the run.
     pub fn check(&self, tag: &str, got: &BTreeMap<String, Tensor>, what: &str) {
-        let expected = self.expected(tag);
         let tol = if tag == "f64" { TOL_F64 } else { TOL_F32 };
+        self.check_within(tag, got, what, tol);
+    }
+
+    /// [`GoldenCase::check`] at tolerance `tol` (an opt-in precision's stated one).
+    pub fn check_within(&self, tag: &str, got: &BTreeMap<String, Tensor>, what: &str, tol: f64) {
+        let expected = self.expected(tag);
         if self.layer {
             let reference = if tag == "f64" {
                 "output_exact_rope"

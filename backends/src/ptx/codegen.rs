@@ -25,8 +25,11 @@
 //! `tttc_host_barrier(barrier)`. Everything else — loops, guards, indices, arithmetic, the math
 //! library — is the very code the NVPTX flavor emits.
 
+mod mma;
+
 use super::math::{self, MathFn};
 use super::PtxError;
+use crate::tensor_core::{recognize, TensorCores};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::{Builder, BuilderError};
@@ -39,6 +42,7 @@ use inkwell::values::{
     PointerValue,
 };
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+use std::cell::Cell;
 use std::collections::HashMap;
 use tttc_ir::kernel::{BufId, Index, KernelProgram, MemorySpace, Schedule, Stmt, Value, VarId};
 use tttc_ir::{BinaryOp, DType, UnaryOp};
@@ -67,6 +71,22 @@ pub(crate) enum Flavor {
 
 /// The host function a barrier calls in the host flavor.
 pub(crate) const HOST_BARRIER: &str = "tttc_host_barrier";
+/// Host flavor: `i32 tttc_host_tf32(float)`, `cvt.rna.tf32.f32`.
+pub(crate) const HOST_TF32: &str = "tttc_host_tf32";
+/// Host flavor: `i32 tttc_host_bf16x2(float hi, float lo)`, `cvt.rn.bf16x2.f32`.
+pub(crate) const HOST_BF16X2: &str = "tttc_host_bf16x2";
+/// Host flavor: `void tttc_host_mma(ptr ctx, i64 tid, i64 format, ptr regs)`: one lane's part of
+/// an `mma.sync`; `regs` holds `a` (4 × i32), `b` (2 × i32), `c` (4 × f32), and gets `d` in
+/// place of `c`. The format is [`mma_format`]'s.
+pub(crate) const HOST_MMA: &str = "tttc_host_mma";
+
+/// The format argument of [`HOST_MMA`] for `tc`.
+pub(crate) fn mma_format(tc: TensorCores) -> u64 {
+    match tc {
+        TensorCores::Tf32 => 0,
+        TensorCores::Bf16 => 1,
+    }
+}
 
 /// A launch as generated: its kernel's name and the buffers it takes.
 pub(crate) struct GenLaunch {
@@ -75,9 +95,15 @@ pub(crate) struct GenLaunch {
     pub params: Vec<BufId>,
     /// The shared buffers it uses (host flavor: passed in, in this order).
     pub shared: Vec<BufId>,
+    /// How many of its loops run on tensor cores.
+    pub mma_loops: usize,
 }
 
-/// Builds every launch of `p` into `module`.
+/// Builds every launch of `p` into `module`; with `tensor_cores`, the matmul loops
+/// [`recognize`] accepts run as warp-level `mma` (see [`mma`]; in the host flavor the `mma` and
+/// the operand conversions are calls into the host runner, which exchanges the fragments of a
+/// warp's lanes like the hardware).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build<'ctx>(
     ctx: &'ctx Context,
     module: &Module<'ctx>,
@@ -86,7 +112,11 @@ pub(crate) fn build<'ctx>(
     threads: u32,
     prefix: &str,
     flavor: Flavor,
+    tensor_cores: Option<TensorCores>,
 ) -> Result<Vec<GenLaunch>, PtxError> {
+    if tensor_cores.is_some() && p.dtype != DType::F32 {
+        return internal("tensor cores need an f32 program");
+    }
     let ft = match p.dtype {
         DType::F32 => ctx.f32_type(),
         DType::F64 => ctx.f64_type(),
@@ -101,6 +131,8 @@ pub(crate) fn build<'ctx>(
         threads: u64::from(threads),
         shared: HashMap::new(),
         flavor,
+        tensor_cores,
+        mma_loops: Cell::new(0),
     };
     g.launches(prefix)
 }
@@ -115,6 +147,10 @@ struct Gen<'a, 'ctx> {
     threads: u64,
     shared: HashMap<BufId, PointerValue<'ctx>>,
     flavor: Flavor,
+    /// Run recognized matmul loops on tensor cores in this format.
+    tensor_cores: Option<TensorCores>,
+    /// Loops emitted with tensor cores in the current kernel.
+    mma_loops: Cell<usize>,
 }
 
 struct Fn<'ctx> {
@@ -172,6 +208,7 @@ impl<'ctx> Gen<'_, 'ctx> {
                 grid: *extent,
                 params,
                 shared,
+                mma_loops: self.mma_loops.replace(0),
             });
         }
         Ok(out)
@@ -406,30 +443,12 @@ impl<'ctx> Gen<'_, 'ctx> {
                     let ptr = self.element(f, *buf, index)?;
                     f.b.build_store(ptr, v)?;
                 }
-                Stmt::Barrier if f.barrier.is_some() => {
-                    let ptr = self.ctx.ptr_type(AddressSpace::default());
-                    let bar = match self.module.get_function(HOST_BARRIER) {
-                        Some(b) => b,
-                        None => self.module.add_function(
-                            HOST_BARRIER,
-                            self.ctx.void_type().fn_type(&[ptr.into()], false),
-                            Some(Linkage::External),
-                        ),
-                    };
-                    if let Some(ctx) = f.barrier {
-                        f.b.build_call(bar, &[ctx.into()], "")?;
-                    }
-                }
-                Stmt::Barrier => {
-                    let Some(i) = Intrinsic::find("llvm.nvvm.barrier0") else {
-                        return internal("no llvm.nvvm.barrier0");
-                    };
-                    let Some(bar) = i.get_declaration(self.module, &[]) else {
-                        return internal("cannot declare llvm.nvvm.barrier0");
-                    };
-                    f.b.build_call(bar, &[], "")?;
-                }
+                Stmt::Barrier => self.barrier(f)?,
                 Stmt::Loop { extent: 0, .. } => {}
+                Stmt::Loop {
+                    schedule: Schedule::GpuThread,
+                    ..
+                } if self.tensor_core_loop(f, s)? => {}
                 Stmt::Loop {
                     var,
                     extent,
@@ -464,6 +483,53 @@ impl<'ctx> Gen<'_, 'ctx> {
             }
         }
         Ok(())
+    }
+
+    /// `bar.sync 0` (host flavor: a call to [`HOST_BARRIER`] with the block's context).
+    fn barrier(&self, f: &Fn<'ctx>) -> Result<(), PtxError> {
+        if let Some(ctx) = f.barrier {
+            let ptr = self.ctx.ptr_type(AddressSpace::default());
+            let bar = match self.module.get_function(HOST_BARRIER) {
+                Some(b) => b,
+                None => self.module.add_function(
+                    HOST_BARRIER,
+                    self.ctx.void_type().fn_type(&[ptr.into()], false),
+                    Some(Linkage::External),
+                ),
+            };
+            f.b.build_call(bar, &[ctx.into()], "")?;
+            return Ok(());
+        }
+        let Some(i) = Intrinsic::find("llvm.nvvm.barrier0") else {
+            return internal("no llvm.nvvm.barrier0");
+        };
+        let Some(bar) = i.get_declaration(self.module, &[]) else {
+            return internal("cannot declare llvm.nvvm.barrier0");
+        };
+        f.b.build_call(bar, &[], "")?;
+        Ok(())
+    }
+
+    /// Emits `s` on tensor cores when they are enabled and it is a matmul loop they tile;
+    /// returns whether it did.
+    ///
+    /// On tensor cores an output element belongs to a different thread than the mapping gave
+    /// it, and the mapping omits barriers between thread loops that give each element to the
+    /// same thread (a matmul's zeroing and accumulation): so the loop is fenced by a barrier on
+    /// each side. Legal: a thread loop is a collective statement, reached by every thread of
+    /// the block.
+    fn tensor_core_loop(&self, f: &mut Fn<'ctx>, s: &Stmt) -> Result<bool, PtxError> {
+        let Some(tc) = self.tensor_cores else {
+            return Ok(false);
+        };
+        let Some(m) = recognize(s, tc) else {
+            return Ok(false);
+        };
+        self.barrier(f)?;
+        self.mma_loop(f, &m, tc)?;
+        self.barrier(f)?;
+        self.mma_loops.set(self.mma_loops.get() + 1);
+        Ok(true)
     }
 
     /// `for (var = from; var < to; var += step) body`, guarded for `from >= to`.

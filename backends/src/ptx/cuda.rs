@@ -334,6 +334,8 @@ mod tests {
             launches: Vec::new(),
             buffers: Vec::new(),
             shared_bytes: 0,
+            tensor_cores: None,
+            tensor_core_loops: 0,
         };
         let e = CudaProgram::load(&m).expect_err("no driver here");
         assert!(matches!(e, CudaError::NoDriver));

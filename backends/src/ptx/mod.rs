@@ -10,6 +10,10 @@
 //!
 //! Targets: `sm_80` (PTX ISA 7.0, CUDA 11.0 drivers and later) and `sm_90` (PTX ISA 7.8, CUDA
 //! 11.8 and later); the module goes through LLVM's `default<O3>` pipeline for the target.
+//!
+//! Tensor cores are an opt-in precision ([`PtxOptions::tensor_cores`], f32 programs only): the
+//! matmul loops that fit whole `mma` tiles ([`crate::tensor_core`]) then run as warp-level
+//! `mma.sync` with tf32 or bf16 operands and f32 accumulation; everything else stays exact.
 
 mod codegen;
 #[cfg(feature = "cuda")]
@@ -18,6 +22,7 @@ pub mod host;
 pub mod math;
 
 use crate::kernel_interp::{check_gpu_program, GpuEmulation};
+use crate::tensor_core::TensorCores;
 use inkwell::context::Context;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{
@@ -78,6 +83,9 @@ pub enum PtxError {
     /// outside a buffer.
     #[error("invalid GPU kernel program: {0}")]
     Invalid(String),
+    /// The options do not apply to this program (tensor cores for an f64 program).
+    #[error("{0}")]
+    Unsupported(String),
     /// LLVM refused something.
     #[error("LLVM (NVPTX): {0}")]
     Llvm(String),
@@ -127,11 +135,35 @@ pub struct PtxModule {
     pub buffers: Vec<DeviceBuffer>,
     /// Static shared memory of the largest kernel, in bytes.
     pub shared_bytes: usize,
+    /// The tensor-core format, when enabled.
+    pub tensor_cores: Option<TensorCores>,
+    /// How many loops run on tensor cores (0 without them).
+    pub tensor_core_loops: usize,
+}
+
+/// Code-generation choices of [`emit_ptx_with`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PtxOptions {
+    /// Run matmul loops that fit whole tiles on tensor cores with this input format
+    /// (f32 programs only); `None` (the default) keeps every product exact f32.
+    pub tensor_cores: Option<TensorCores>,
 }
 
 /// Emits PTX for the GPU-scheduled program `p`, run with `threads` threads per block.
 pub fn emit_ptx(p: &KernelProgram, threads: u32, arch: PtxArch) -> Result<PtxModule, PtxError> {
+    emit_ptx_with(p, threads, arch, PtxOptions::default())
+}
+
+/// [`emit_ptx`] with code-generation options. Tensor cores are refused for f64 programs
+/// ([`PtxError::Unsupported`]) and need whole warps (`threads` a multiple of 32).
+pub fn emit_ptx_with(
+    p: &KernelProgram,
+    threads: u32,
+    arch: PtxArch,
+    options: PtxOptions,
+) -> Result<PtxModule, PtxError> {
     let analysis = check(p, threads)?;
+    check_options(p, threads, options)?;
 
     Target::initialize_nvptx(&InitializationConfig::default());
     let triple = TargetTriple::create("nvptx64-nvidia-cuda");
@@ -159,6 +191,7 @@ pub fn emit_ptx(p: &KernelProgram, threads: u32, arch: PtxArch) -> Result<PtxMod
         threads,
         &prefix,
         codegen::Flavor::Nvptx,
+        options.tensor_cores,
     )?;
     module
         .verify()
@@ -177,6 +210,7 @@ pub fn emit_ptx(p: &KernelProgram, threads: u32, arch: PtxArch) -> Result<PtxMod
         )));
     }
 
+    let tensor_core_loops = generated.iter().map(|g| g.mma_loops).sum();
     let mut launches = Vec::with_capacity(generated.len());
     for g in generated {
         launches.push(Launch {
@@ -209,6 +243,8 @@ pub fn emit_ptx(p: &KernelProgram, threads: u32, arch: PtxArch) -> Result<PtxMod
         launches,
         buffers,
         shared_bytes,
+        tensor_cores: options.tensor_cores,
+        tensor_core_loops,
     })
 }
 
@@ -235,6 +271,27 @@ fn check(p: &KernelProgram, threads: u32) -> Result<crate::bounds::Analysis, Ptx
         }
     }
     Ok(analysis)
+}
+
+/// Checks that `options` apply to `p` run with `threads` threads per block: tensor cores are an
+/// f32 opt-in ([`PtxError::Unsupported`] otherwise) and need whole warps.
+fn check_options(p: &KernelProgram, threads: u32, options: PtxOptions) -> Result<(), PtxError> {
+    let Some(tc) = options.tensor_cores else {
+        return Ok(());
+    };
+    if p.dtype != DType::F32 {
+        return Err(PtxError::Unsupported(format!(
+            "tensor cores ({}) are an f32 opt-in; this program is {}",
+            tc.name(),
+            p.dtype
+        )));
+    }
+    if !threads.is_multiple_of(32) {
+        return Err(PtxError::Invalid(format!(
+            "tensor cores need whole warps, not {threads} threads per block"
+        )));
+    }
+    Ok(())
 }
 
 /// Bytes of shared memory each launch uses.
