@@ -225,4 +225,47 @@ impl Prepared {
                 .map_err(|e| ExecError::Run(e.to_string())),
         }
     }
+
+    /// Names and element counts of the inputs, then outputs, in program order, for a native
+    /// backend that can run on caller-provided storage ([`Prepared::run_raw`]); `None` for the
+    /// others.
+    pub fn raw_buffers(&self) -> Option<(Vec<(String, usize)>, Vec<(String, usize)>)> {
+        match &self.inner {
+            #[cfg(feature = "llvm")]
+            Inner::Llvm(jit) => Some(jit.buffers()),
+            #[cfg(feature = "cranelift")]
+            Inner::Cranelift(jit) => Some(jit.buffers()),
+            _ => None,
+        }
+    }
+
+    /// Runs a native program on caller-provided storage, one pointer per buffer in the order of
+    /// [`Prepared::raw_buffers`].
+    ///
+    /// # Safety
+    ///
+    /// Every pointer must be valid for its buffer's number of elements of the program's element
+    /// type; outputs must not overlap each other or any input, and nothing else may access them
+    /// during the call.
+    pub unsafe fn run_raw(
+        &self,
+        inputs: &[*const u8],
+        outputs: &[*mut u8],
+    ) -> Result<(), ExecError> {
+        match &self.inner {
+            #[cfg(feature = "llvm")]
+            // SAFETY: the caller's contract.
+            Inner::Llvm(jit) => {
+                unsafe { jit.run_raw(inputs, outputs) }.map_err(|e| ExecError::Run(e.to_string()))
+            }
+            #[cfg(feature = "cranelift")]
+            // SAFETY: the caller's contract.
+            Inner::Cranelift(jit) => {
+                unsafe { jit.run_raw(inputs, outputs) }.map_err(|e| ExecError::Run(e.to_string()))
+            }
+            _ => Err(ExecError::Run(
+                "this backend cannot run on raw storage".into(),
+            )),
+        }
+    }
 }

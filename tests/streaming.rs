@@ -503,3 +503,57 @@ fn model_goldens_stream_in_chunks_on_every_backend() {
         }
     }
 }
+
+/// The token step split over threads (`TTTC_DECODE_SPLIT_MIN=0` forces it for the small golden
+/// states; by default only large states split) streams exactly like the whole step.
+#[test]
+fn token_steps_split_over_threads_stream_like_one_shot() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    for case in inner_cases().iter().chain(&layer_cases()) {
+        for backend in backends() {
+            if backend == "interp" {
+                continue;
+            }
+            let inputs = case.file(".inputs.safetensors");
+            let mut args: Vec<String> = [
+                "run",
+                case.program,
+                "--inputs",
+                inputs.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--precision",
+                "f64",
+                "--backend",
+                backend,
+                "--chunks",
+                "3,1,1,16,19",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            if case.layer {
+                args.pop();
+                args.push("3,1,1,16,27".into());
+            } else if case.stem.contains("L64") {
+                args.pop();
+                args.push("3,1,1,16,43".into());
+            }
+            args.extend(case.set_args());
+            let r = std::process::Command::new(env!("CARGO_BIN_EXE_tttc"))
+                .args(&args)
+                .current_dir(root())
+                .env("TTTC_DECODE_SPLIT_MIN", "0")
+                .env("TTTC_NUM_THREADS", "2")
+                .output()
+                .unwrap();
+            assert!(r.status.success(), "{} {backend}: {}", case.stem, text(&r));
+            case.check(
+                "f64",
+                &load(&out),
+                &format!("{} {backend} split", case.stem),
+            );
+        }
+    }
+}

@@ -80,6 +80,41 @@ impl Signature {
         unsafe { self.run_reusing(entry, inputs, &mut BTreeMap::new()) }
     }
 
+    /// Calls `entry` on caller-provided storage: `inputs[i]` and `outputs[i]` point at the
+    /// program's `i`-th input and output buffer (program order, [`Signature::inputs`] and
+    /// [`Signature::outputs`]). Only the counts are checked.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Signature::run`]; besides, every pointer must be valid for the buffer's number
+    /// of elements of the program's type, outputs must not overlap each other or any input,
+    /// and nothing else may access the outputs during the call.
+    pub(crate) unsafe fn run_raw(
+        &self,
+        entry: EntryFn,
+        inputs: &[*const u8],
+        outputs: &[*mut u8],
+    ) -> Result<(), RunError> {
+        if inputs.len() != self.inputs.len() || outputs.len() != self.outputs.len() {
+            return Err(RunError::Internal(format!(
+                "{} input and {} output pointer(s) for a program of {} and {}",
+                inputs.len(),
+                outputs.len(),
+                self.inputs.len(),
+                self.outputs.len()
+            )));
+        }
+        // SAFETY: the caller's contract.
+        unsafe { entry(inputs.as_ptr(), outputs.as_ptr()) };
+        Ok(())
+    }
+
+    /// Names and element counts of the inputs, then of the outputs, in program order.
+    pub(crate) fn buffers(&self) -> (Vec<(String, usize)>, Vec<(String, usize)>) {
+        let list = |b: &[BufSig]| b.iter().map(|s| (s.name.clone(), s.len)).collect();
+        (list(&self.inputs), list(&self.outputs))
+    }
+
     /// Like [`Signature::run`], but an output whose name is in `spare` with the program's
     /// element type and size is written into that tensor's storage (taken out of `spare`)
     /// instead of a fresh allocation.

@@ -11,6 +11,7 @@
 //! (see [`plan`]), so every backend streams. The state saves to and loads from safetensors.
 
 mod chunked;
+mod grouped;
 mod layout;
 pub mod plan;
 mod scan;

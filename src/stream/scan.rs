@@ -24,6 +24,11 @@ struct Sized {
     state_shapes: Vec<Vec<usize>>,
 }
 
+/// The carried state (elements, all slices) from which the token step is split over threads
+/// (below it, waking the threads costs more than they save); `TTTC_DECODE_SPLIT_MIN`
+/// overrides it.
+const GROUPED_MIN_STATE: usize = 1 << 18;
+
 /// Input names of the token step's token arguments, made once.
 #[derive(Default)]
 struct ArgNames {
@@ -46,6 +51,8 @@ pub(super) struct ScanRuntime {
     /// The token step's token-argument input names.
     names: ArgNames,
     token_step: Option<Prepared>,
+    /// The token step split over parallel groups of slices, when that pays.
+    grouped: Option<super::grouped::GroupedStep>,
     /// Output storage for the next token step (the previous step's inputs it replaced).
     spare: BTreeMap<String, Tensor>,
     /// The whole-mini-batch program, by number of mini-batches.
@@ -62,6 +69,7 @@ impl ScanRuntime {
             token_eta: None,
             names: ArgNames::default(),
             token_step: None,
+            grouped: None,
             spare: BTreeMap::new(),
             blocks: HashMap::new(),
         }
@@ -261,12 +269,12 @@ impl ScanRuntime {
                 .insert(names::LR.into(), column(&r[nl + no], t)?);
             self.inputs
                 .insert(names::ETA.into(), column(token_eta, position)?);
-            self.compile_token_step(backend, scan, n)?;
-            let step = self
-                .token_step
-                .as_ref()
-                .ok_or_else(|| StreamError::internal("token step"))?;
-            let mut out = step.run_reusing(&self.inputs, &mut self.spare)?;
+            self.compile_token_step(backend, scan, n, &z.state_shapes)?;
+            let mut out = match (&self.grouped, &self.token_step) {
+                (Some(g), _) => g.run(&self.inputs, &mut self.spare, token_eta.elem_type())?,
+                (None, Some(step)) => step.run_reusing(&self.inputs, &mut self.spare)?,
+                (None, None) => return Err(StreamError::internal("token step")),
+            };
             let z = out
                 .remove(names::Z)
                 .ok_or_else(|| StreamError::internal("the token step has no output `z`"))?;
@@ -371,8 +379,40 @@ impl ScanRuntime {
         backend: Backend,
         scan: &TttScan,
         n: usize,
+        state_shapes: &[Vec<usize>],
     ) -> Result<(), StreamError> {
-        if self.token_step.is_none() {
+        if self.token_step.is_some() || self.grouped.is_some() {
+            return Ok(());
+        }
+        // Slices split over threads when the carried state is large enough to pay for the
+        // hand-off (a native backend only).
+        let state: usize = state_shapes
+            .iter()
+            .map(|s| s.iter().product::<usize>())
+            .sum::<usize>()
+            * n;
+        let groups = super::grouped::worker_threads().min(n);
+        let native = matches!(backend, Backend::Llvm | Backend::Cranelift);
+        let min_state = std::env::var("TTTC_DECODE_SPLIT_MIN")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(GROUPED_MIN_STATE);
+        if native && groups > 1 && n % groups == 0 && state >= min_state {
+            let graph = token_step_graph(scan, n / groups)
+                .map_err(|e| StreamError::internal(e.to_string()))?;
+            let (graph, _) = tttc_passes::rewrite::simplify_graph(
+                &graph,
+                &tttc_passes::rewrite::RewriteConfig::default(),
+                "token_step",
+            )
+            .map_err(|e| StreamError::internal(e.to_string()))?;
+            let program = piece_program(&scan.model, "token_step", graph);
+            self.grouped = super::grouped::GroupedStep::new(backend, &program, groups, n)?;
+            if self.grouped.is_some() {
+                return Ok(());
+            }
+        }
+        {
             let graph =
                 token_step_graph(scan, n).map_err(|e| StreamError::internal(e.to_string()))?;
             let (graph, _) = tttc_passes::rewrite::simplify_graph(

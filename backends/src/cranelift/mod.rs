@@ -287,6 +287,29 @@ impl CraneliftJit {
         // entry's calling convention; every access it makes was proven in bounds.
         Ok(unsafe { self.sig.run_reusing(self.entry, inputs, spare) }?)
     }
+
+    /// Names and element counts of the program's inputs, then outputs, in program order: the
+    /// buffers [`Self::run_raw`] takes.
+    pub fn buffers(&self) -> (Vec<(String, usize)>, Vec<(String, usize)>) {
+        self.sig.buffers()
+    }
+
+    /// Runs the kernel on caller-provided storage, one pointer per input and output buffer in
+    /// the order of [`Self::buffers`] (only the counts are checked).
+    ///
+    /// # Safety
+    ///
+    /// Every pointer must be valid for its buffer's number of elements of the program's type;
+    /// outputs must not overlap each other or any input, and nothing else may access them
+    /// during the call.
+    pub unsafe fn run_raw(
+        &self,
+        inputs: &[*const u8],
+        outputs: &[*mut u8],
+    ) -> Result<(), CraneliftError> {
+        // SAFETY: the caller's contract; the entry was compiled from the signature's program.
+        Ok(unsafe { self.sig.run_raw(self.entry, inputs, outputs) }?)
+    }
 }
 
 impl From<crate::bounds::AnalysisError> for CraneliftError {
