@@ -82,6 +82,9 @@ impl ExecError {
     }
 }
 
+/// Names and element counts of a compiled program's buffers, in program order.
+pub type BufferList = Vec<(String, usize)>;
+
 /// A program ready to run on one backend (compiled once, run many times).
 pub struct Prepared {
     inner: Inner,
@@ -206,6 +209,7 @@ impl Prepared {
     /// Like [`Prepared::run`], but the native backends write an output into the storage of the
     /// same-named tensor of `spare` when it has the output's element type and size (taken out
     /// of `spare`; no allocation and no zeroing). For repeated runs such as decode steps.
+    #[cfg_attr(not(any(feature = "llvm", feature = "cranelift")), allow(unused_variables))]
     pub fn run_reusing(
         &self,
         inputs: &BTreeMap<String, Tensor>,
@@ -229,7 +233,7 @@ impl Prepared {
     /// Names and element counts of the inputs, then outputs, in program order, for a native
     /// backend that can run on caller-provided storage ([`Prepared::run_raw`]); `None` for the
     /// others.
-    pub fn raw_buffers(&self) -> Option<(Vec<(String, usize)>, Vec<(String, usize)>)> {
+    pub fn raw_buffers(&self) -> Option<(BufferList, BufferList)> {
         match &self.inner {
             #[cfg(feature = "llvm")]
             Inner::Llvm(jit) => Some(jit.buffers()),
@@ -247,6 +251,7 @@ impl Prepared {
     /// Every pointer must be valid for its buffer's number of elements of the program's element
     /// type; outputs must not overlap each other or any input, and nothing else may access them
     /// during the call.
+    #[cfg_attr(not(any(feature = "llvm", feature = "cranelift")), allow(unused_variables))]
     pub unsafe fn run_raw(
         &self,
         inputs: &[*const u8],

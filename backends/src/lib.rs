@@ -14,6 +14,8 @@ pub mod kernel_interp;
 pub mod llvm;
 #[cfg(any(feature = "llvm", feature = "cranelift"))]
 mod native;
+#[cfg(any(feature = "llvm", feature = "cranelift"))]
+pub use native::BufferList;
 #[cfg(feature = "llvm")]
 pub mod ptx;
 pub mod tensor_core;

@@ -13,6 +13,9 @@ use tttc_runtime::{ElemType, Tensor, TensorData};
 /// The native entry: one pointer per program input, one per output, in program order.
 pub(crate) type EntryFn = unsafe extern "C" fn(*const *const u8, *const *mut u8);
 
+/// Names and element counts of a program's buffers, in program order.
+pub type BufferList = Vec<(String, usize)>;
+
 /// What a run checks a buffer against.
 #[derive(Clone, Debug)]
 pub(crate) struct BufSig {
@@ -110,7 +113,7 @@ impl Signature {
     }
 
     /// Names and element counts of the inputs, then of the outputs, in program order.
-    pub(crate) fn buffers(&self) -> (Vec<(String, usize)>, Vec<(String, usize)>) {
+    pub(crate) fn buffers(&self) -> (BufferList, BufferList) {
         let list = |b: &[BufSig]| b.iter().map(|s| (s.name.clone(), s.len)).collect();
         (list(&self.inputs), list(&self.outputs))
     }

@@ -397,7 +397,7 @@ impl ScanRuntime {
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(GROUPED_MIN_STATE);
-        if native && groups > 1 && n % groups == 0 && state >= min_state {
+        if native && groups > 1 && n.is_multiple_of(groups) && state >= min_state {
             let graph = token_step_graph(scan, n / groups)
                 .map_err(|e| StreamError::internal(e.to_string()))?;
             let (graph, _) = tttc_passes::rewrite::simplify_graph(

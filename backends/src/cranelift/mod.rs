@@ -290,7 +290,7 @@ impl CraneliftJit {
 
     /// Names and element counts of the program's inputs, then outputs, in program order: the
     /// buffers [`Self::run_raw`] takes.
-    pub fn buffers(&self) -> (Vec<(String, usize)>, Vec<(String, usize)>) {
+    pub fn buffers(&self) -> (crate::BufferList, crate::BufferList) {
         self.sig.buffers()
     }
 
