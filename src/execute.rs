@@ -209,7 +209,10 @@ impl Prepared {
     /// Like [`Prepared::run`], but the native backends write an output into the storage of the
     /// same-named tensor of `spare` when it has the output's element type and size (taken out
     /// of `spare`; no allocation and no zeroing). For repeated runs such as decode steps.
-    #[cfg_attr(not(any(feature = "llvm", feature = "cranelift")), allow(unused_variables))]
+    #[cfg_attr(
+        not(any(feature = "llvm", feature = "cranelift")),
+        allow(unused_variables)
+    )]
     pub fn run_reusing(
         &self,
         inputs: &BTreeMap<String, Tensor>,
@@ -251,7 +254,10 @@ impl Prepared {
     /// Every pointer must be valid for its buffer's number of elements of the program's element
     /// type; outputs must not overlap each other or any input, and nothing else may access them
     /// during the call.
-    #[cfg_attr(not(any(feature = "llvm", feature = "cranelift")), allow(unused_variables))]
+    #[cfg_attr(
+        not(any(feature = "llvm", feature = "cranelift")),
+        allow(unused_variables)
+    )]
     pub unsafe fn run_raw(
         &self,
         inputs: &[*const u8],
