@@ -557,3 +557,29 @@ fn token_steps_split_over_threads_stream_like_one_shot() {
         }
     }
 }
+
+#[test]
+fn bench_decode_reports_a_time_per_token() {
+    let case = &inner_cases()[0];
+    let inputs = case.file(".inputs.safetensors");
+    for backend in backends() {
+        let r = tttc(&[
+            "bench",
+            case.program,
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--decode",
+            "--iters",
+            "1",
+            "--json",
+            "--backend",
+            backend,
+        ]);
+        assert!(r.status.success(), "{backend}: {}", text(&r));
+        let json: serde_json::Value =
+            serde_json::from_slice(&r.stdout).expect("one JSON object on stdout");
+        assert_eq!(json["tokens"], 64, "{json}");
+        let us = json["median_us_per_token"].as_f64().expect("a number");
+        assert!(us > 0.0 && us.is_finite(), "{json}");
+    }
+}

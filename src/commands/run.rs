@@ -130,8 +130,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     load_state: Option<PathBuf>,
     /// Stream the inputs and save the session's state after them (safetensors: the fast
-    /// weights at the start of the unfinished mini-batch, its partial gradient sums, the
-    /// position), to continue later with --load-state.
+    /// weights at the start of the unfinished mini-batch, its partial gradient sums, the last
+    /// inputs of every causal shift, the position), to continue later with --load-state.
     #[arg(long, value_name = "FILE")]
     save_state: Option<PathBuf>,
     #[command(flatten)]
