@@ -8,7 +8,11 @@
 //!   within 1e-10 and f32 within 1e-5 relative to max |output|. The two differ only in how a
 //!   mini-batch's tokens are grouped (the dual-form step over whole mini-batches vs the primal
 //!   token step with partial gradient sums), i.e. in rounding; 1e-10 / 1e-5 leave room for
-//!   that carried through a few gradient steps and for nothing else.
+//!   that carried through a few gradient steps and for nothing else. Where a random model is so
+//!   ill-conditioned that its one-shot f32 result is itself further than 1e-5 from the exact
+//!   (f64) one, the f32 bound is twice that distance: streaming adds no more than f32 rounding
+//!   already makes (e.g. a 2-wide LayerNorm: one-shot f32 1.8e-4 off, streamed 7e-5 from it,
+//!   while in f64 streamed and one-shot agree to 5e-14).
 //! - A session saved in the middle of a mini-batch and loaded into a new one continues
 //!   exactly (the same values as the uninterrupted session, bit for bit on the interpreter).
 
@@ -145,11 +149,28 @@ proptest! {
         m in model(), b in 1..3usize, h in 1..3usize, l in 1..40usize, k in 1..6usize,
         seed in any::<u64>(), split in any::<u64>(), f32_run in any::<bool>(),
     ) {
-        let (precision, tol) = if f32_run { (Precision::F32, 1e-5) } else { (Precision::F64, 1e-10) };
+        let (precision, tol): (Precision, f64) = if f32_run { (Precision::F32, 1e-5) } else { (Precision::F64, 1e-10) };
         let (program, tensors, settings) = random_program(&m, precision.dtype(), (b, h, l, k), seed)?;
         let bound = bind(&program, &tensors, &settings, precision.elem())
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let sizes = chunking(l, split);
+        // In f32 a random model can be ill-conditioned (a LayerNorm over 2 features, several
+        // gradient steps): its one-shot f32 result itself may be further than 1e-5 from the
+        // exact one. Streaming must then add no more error than f32 rounding already makes.
+        let tol = if f32_run {
+            let (p64, t64, s64) = random_program(&m, DType::F64, (b, h, l, k), seed)?;
+            let b64 = bind(&p64, &t64, &s64, Precision::F64.elem())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let exact = prepare(Backend::Interp, &b64.program)
+                .and_then(|p| p.run(&b64.inputs))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let one_shot = prepare(Backend::Interp, &bound.program)
+                .and_then(|p| p.run(&bound.inputs))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            tol.max(2.0 * max_rel(&one_shot, &exact))
+        } else {
+            tol
+        };
         for backend in [Backend::Interp, Backend::Cranelift] {
             if !backend.is_built() {
                 continue;
