@@ -108,14 +108,6 @@ fn median_min(times: &mut [f64]) -> (f64, f64) {
     (median, times[0])
 }
 
-fn stream_failure(e: tttc::stream::StreamError) -> Failure {
-    if e.is_user_error() {
-        Failure::user(e)
-    } else {
-        Failure::internal(e)
-    }
-}
-
 /// `tttc bench --decode`: every token fed on its own through one session.
 fn decode(
     args: &Args,
@@ -124,7 +116,7 @@ fn decode(
     settings: &tttc::Settings,
     precision: Precision,
 ) -> Result<(), Failure> {
-    let plan = tttc::stream::plan::plan(program).map_err(stream_failure)?;
+    let plan = tttc::stream::plan::plan(program)?;
     let (tokens, weights): (std::collections::BTreeMap<_, _>, _) = inputs
         .into_iter()
         .partition(|(k, _)| plan.token_inputs.contains_key(k));
@@ -135,8 +127,7 @@ fn decode(
         .and_then(|(name, &axis)| tokens.get(name).and_then(|t| t.shape().get(axis)))
         .copied()
         .unwrap_or(0);
-    let singles = tttc::stream::split_chunks(&tokens, &plan.token_inputs, &vec![1; len])
-        .map_err(stream_failure)?;
+    let singles = tttc::stream::split_chunks(&tokens, &plan.token_inputs, &vec![1; len])?;
     let backend: tttc::Backend = args.backend.into();
     let start = Instant::now();
     let mut session = tttc::stream::Session::new(
@@ -145,12 +136,11 @@ fn decode(
         weights,
         settings.clone(),
         precision,
-    )
-    .map_err(stream_failure)?;
+    )?;
     session.set_final_outputs(false);
     // Warm-up: one token (compiles the pieces a token needs).
     if let Some(first) = singles.first() {
-        session.feed(first).map_err(stream_failure)?;
+        session.feed(first)?;
     }
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let mut times = Vec::with_capacity(len * args.iters as usize);
@@ -159,7 +149,7 @@ fn decode(
         let pass = Instant::now();
         for chunk in &singles {
             let t0 = Instant::now();
-            session.feed(chunk).map_err(stream_failure)?;
+            session.feed(chunk)?;
             times.push(t0.elapsed().as_secs_f64() * 1e6);
         }
         totals.push(pass.elapsed().as_secs_f64() * 1e6 / len.max(1) as f64);

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 use tttc::runtime::Tensor;
-use tttc::stream::{Class, Session, StreamError};
+use tttc::stream::{Class, Session};
 use tttc::Precision;
 
 /// Arguments of `tttc generate`.
@@ -57,14 +57,6 @@ pub struct Args {
     settings: SettingArgs,
 }
 
-fn stream_failure(e: StreamError) -> Failure {
-    if e.is_user_error() {
-        Failure::user(e)
-    } else {
-        Failure::internal(e)
-    }
-}
-
 /// Runs `tttc generate`.
 pub fn main(args: &Args) -> Result<(), Failure> {
     if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
@@ -76,7 +68,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     let precision: Precision = args.precision.into();
     let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
     let program = compiled.program;
-    let plan = tttc::stream::plan::plan(&program).map_err(stream_failure)?;
+    let plan = tttc::stream::plan::plan(&program)?;
     let (ids_name, ids_axis) = match plan.token_inputs.iter().collect::<Vec<_>>().as_slice() {
         [(name, axis)] => ((*name).clone(), **axis),
         other => {
@@ -108,8 +100,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     }
 
     let backend: tttc::Backend = args.backend.into();
-    let mut session =
-        Session::new(backend, program, weights, settings, precision).map_err(stream_failure)?;
+    let mut session = Session::new(backend, program, weights, settings, precision)?;
     session.set_final_outputs(false);
     let ids_tensor = |ids: &[u64]| -> Result<BTreeMap<String, Tensor>, Failure> {
         let values: Vec<f64> = ids.iter().map(|&i| i as f64).collect();
@@ -124,9 +115,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut out = std::io::stdout().lock();
     let start = Instant::now();
-    let logits = session
-        .feed(&ids_tensor(&prompt)?)
-        .map_err(stream_failure)?;
+    let logits = session.feed(&ids_tensor(&prompt)?)?;
     let prefill = start.elapsed();
     let mut next = pick(
         &last_row(&logits, &logits_name)?,
@@ -142,9 +131,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             break;
         }
         let step = Instant::now();
-        let logits = session
-            .feed(&ids_tensor(&[next])?)
-            .map_err(stream_failure)?;
+        let logits = session.feed(&ids_tensor(&[next])?)?;
         next = pick(
             &last_row(&logits, &logits_name)?,
             args.temperature,

@@ -61,6 +61,26 @@ impl From<DriverError> for Failure {
     }
 }
 
+impl From<tttc::stream::StreamError> for Failure {
+    fn from(e: tttc::stream::StreamError) -> Self {
+        if e.is_user_error() {
+            Failure::user(e)
+        } else {
+            Failure::internal(e)
+        }
+    }
+}
+
+impl From<tttc::ExecError> for Failure {
+    fn from(e: tttc::ExecError) -> Self {
+        if e.is_user_error() {
+            Failure::user(e)
+        } else {
+            Failure::internal(e)
+        }
+    }
+}
+
 /// `--set` and `--config`.
 #[derive(clap::Args)]
 pub struct SettingArgs {

@@ -53,13 +53,7 @@ pub fn prepare(
     if !backend.is_built() {
         return Err(Failure::user(tttc::ExecError::NotBuilt(backend.feature())));
     }
-    tttc::prepare(backend, program).map_err(|e| {
-        if e.is_user_error() {
-            Failure::user(e)
-        } else {
-            Failure::internal(e)
-        }
-    })
+    tttc::prepare(backend, program).map_err(Failure::from)
 }
 
 /// [`prepare`], with matmuls on tensor cores when `tc` is given (`--backend ptx` only: a user
@@ -83,13 +77,7 @@ pub fn prepare_with(
             tttc::Backend::Ptx.feature(),
         )));
     }
-    tttc::execute::prepare_ptx(program, Some(tc)).map_err(|e| {
-        if e.is_user_error() {
-            Failure::user(e)
-        } else {
-            Failure::internal(e)
-        }
-    })
+    tttc::execute::prepare_ptx(program, Some(tc)).map_err(Failure::from)
 }
 
 /// Arguments of `tttc run`.
@@ -188,14 +176,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
                 &sizes,
                 args.load_state.as_deref(),
                 args.save_state.as_deref(),
-            )
-            .map_err(|e| {
-                if e.is_user_error() {
-                    Failure::user(e)
-                } else {
-                    Failure::internal(e)
-                }
-            })?
+            )?
         }
         false => {
             let prepared = prepare_with(args.backend, &bound.program, tc)?;
