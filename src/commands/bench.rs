@@ -120,13 +120,7 @@ fn decode(
     let (tokens, weights): (std::collections::BTreeMap<_, _>, _) = inputs
         .into_iter()
         .partition(|(k, _)| plan.token_inputs.contains_key(k));
-    let len = plan
-        .token_inputs
-        .iter()
-        .next()
-        .and_then(|(name, &axis)| tokens.get(name).and_then(|t| t.shape().get(axis)))
-        .copied()
-        .unwrap_or(0);
+    let len = plan.sequence_length(&tokens).unwrap_or(0);
     let singles = tttc::stream::split_chunks(&tokens, &plan.token_inputs, &vec![1; len])?;
     let backend: tttc::Backend = args.backend.into();
     let start = Instant::now();

@@ -201,8 +201,6 @@ fn sequence_length(
     inputs: &std::collections::BTreeMap<String, tttc::runtime::Tensor>,
 ) -> Result<usize, Failure> {
     let plan = tttc::stream::plan::plan(program).map_err(Failure::user)?;
-    plan.token_inputs
-        .iter()
-        .find_map(|(name, &axis)| inputs.get(name).and_then(|t| t.shape().get(axis)).copied())
+    plan.sequence_length(inputs)
         .ok_or_else(|| Failure::user("the program has no per-token input to stream"))
 }

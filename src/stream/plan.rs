@@ -105,6 +105,19 @@ pub struct StreamPlan {
     pub outputs: Vec<OutputSite>,
 }
 
+impl StreamPlan {
+    /// The number of tokens `inputs` hold along the sequence (read from the first per-token
+    /// input present), if any.
+    pub fn sequence_length(
+        &self,
+        inputs: &BTreeMap<String, tttc_runtime::Tensor>,
+    ) -> Option<usize> {
+        self.token_inputs
+            .iter()
+            .find_map(|(name, &axis)| inputs.get(name).and_then(|t| t.shape().get(axis)).copied())
+    }
+}
+
 /// The name of a main-graph value passed between stages and scans.
 fn value_name(id: NodeId) -> String {
     format!("$n{}", id.index())
