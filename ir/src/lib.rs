@@ -9,6 +9,7 @@
 //! - [`verify`], [`printer`], [`dot`] and serde JSON (via `Serialize`/`Deserialize` on
 //!   [`Program`]).
 
+pub mod composite;
 pub mod dot;
 pub mod graph;
 mod json;
