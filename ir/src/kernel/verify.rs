@@ -1,0 +1,369 @@
+//! The kernel IR's verifier: the structural rules every kernel program must keep, checked in one
+//! place. Lowering and every kernel-level pass call it on what they produce; the executor and the
+//! native backends call it before anything else, and add only what is theirs (bounds proofs,
+//! memory limits, the GPU form).
+//!
+//! The rules:
+//! - every buffer's layout has one stride per axis and a number of elements that fits in `u64`;
+//!   program inputs and outputs are row-major, live in `Global` memory, and have distinct names;
+//! - every [`BufId`] names a buffer and every [`VarId`] is below [`KernelProgram::vars`];
+//! - a loop variable is used only inside its loop, and is not bound again inside it; extents fit
+//!   in `i64`; divisors and moduli of indices are positive;
+//! - nothing stores into a program input;
+//! - a `Shared` buffer is used only inside a [`Schedule::GpuBlock`] loop (GPU shared memory
+//!   exists per block); a [`Stmt::Barrier`] sits inside a `GpuBlock` loop and outside every
+//!   [`Schedule::GpuThread`] loop (where every thread of the block reaches it);
+//! - loops nest at most [`MAX_LOOP_DEPTH`] deep and expressions at most [`MAX_EXPR_DEPTH`]
+//!   (so that recursive walkers cannot overflow the stack).
+//!
+//! Every buffer holds the program's one element type ([`KernelProgram::dtype`]) and every
+//! [`Value`] is of that type, so element types cannot disagree within a program.
+//!
+//! Nothing inside a loop of extent 0 ever runs, so nothing inside one is checked.
+
+use super::{BufId, BufferKind, Index, KernelProgram, Layout, MemorySpace, Schedule, Stmt, Value};
+use std::collections::BTreeSet;
+
+/// Deepest nesting of expressions ([`Value`] and [`Index`] trees) accepted.
+pub const MAX_EXPR_DEPTH: usize = 1000;
+/// Deepest nesting of loops accepted.
+pub const MAX_LOOP_DEPTH: usize = 256;
+
+/// Why a kernel program is ill-formed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// A buffer's strides do not match its shape's rank.
+    #[error("buffer b{buf} ({name}) has {strides} stride(s) for {axes} axes")]
+    StrideRank {
+        /// The buffer.
+        buf: u32,
+        /// Its name.
+        name: String,
+        /// Number of strides.
+        strides: usize,
+        /// Number of axes.
+        axes: usize,
+    },
+    /// A buffer's number of elements overflows `u64`.
+    #[error("buffer b{buf} ({name}) with shape {shape:?} is too large")]
+    TooLarge {
+        /// The buffer.
+        buf: u32,
+        /// Its name.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// More buffers than a [`BufId`] can name.
+    #[error("too many buffers ({0})")]
+    TooManyBuffers(usize),
+    /// A program input or output is not row-major.
+    #[error("input/output buffer b{buf} ({name}) is not row-major")]
+    NotRowMajor {
+        /// The buffer.
+        buf: u32,
+        /// Its name.
+        name: String,
+    },
+    /// A program input or output outside global memory.
+    #[error("buffer b{buf} ({name}) is a program input or output but lives in {space:?} memory")]
+    IoNotGlobal {
+        /// The buffer.
+        buf: u32,
+        /// Its name.
+        name: String,
+        /// Where it lives.
+        space: MemorySpace,
+    },
+    /// Two inputs (or two outputs) with one name.
+    #[error("two program {what}s are named {name:?}")]
+    DuplicateName {
+        /// `input` or `output`.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A statement names a buffer that does not exist.
+    #[error("{access} unknown buffer b{buf} (the program has {buffers} buffer(s))")]
+    UnknownBuffer {
+        /// `store to` or `load from`.
+        access: &'static str,
+        /// The buffer id.
+        buf: u32,
+        /// How many buffers there are.
+        buffers: usize,
+    },
+    /// A loop binds a variable beyond [`KernelProgram::vars`].
+    #[error("loop variable i{var} is not below the program's {vars} variable(s)")]
+    VarOutOfRange {
+        /// The variable.
+        var: u32,
+        /// The program's count.
+        vars: u32,
+    },
+    /// A loop binds a variable that an enclosing loop already binds.
+    #[error("loop variable i{0} is bound again inside its own loop")]
+    Rebound(u32),
+    /// An index mentions a variable no enclosing loop binds.
+    #[error("loop variable i{0} used outside its loop")]
+    Unbound(u32),
+    /// A loop's extent does not fit in `i64`.
+    #[error("loop i{var} has extent {extent}, beyond i64")]
+    ExtentTooLarge {
+        /// The loop variable.
+        var: u32,
+        /// The extent.
+        extent: usize,
+    },
+    /// An index divides (or takes a remainder) by a non-positive constant.
+    #[error("index {index} divides by {divisor}")]
+    NonPositiveDivisor {
+        /// The offending index, printed.
+        index: String,
+        /// The divisor.
+        divisor: i64,
+    },
+    /// A store into a program input.
+    #[error("store into program input b{buf} ({name})")]
+    StoreToInput {
+        /// The buffer.
+        buf: u32,
+        /// The input's name.
+        name: String,
+    },
+    /// A `Shared` buffer used outside any GPU block.
+    #[error("shared-memory buffer b{buf} ({name}) is used outside any GpuBlock loop")]
+    SharedOutsideBlock {
+        /// The buffer.
+        buf: u32,
+        /// Its name.
+        name: String,
+    },
+    /// A barrier where not every thread of a block reaches it, or outside any block.
+    #[error("a barrier {0}")]
+    MisplacedBarrier(&'static str),
+    /// Loops nested too deep.
+    #[error("loops nested deeper than {MAX_LOOP_DEPTH}")]
+    LoopsTooDeep,
+    /// An expression or index nested too deep.
+    #[error("expression nested deeper than {MAX_EXPR_DEPTH}")]
+    ExprTooDeep,
+}
+
+type Res = Result<(), VerifyError>;
+
+/// Checks that `p` keeps every rule of the kernel IR (see the module documentation).
+pub fn verify(p: &KernelProgram) -> Res {
+    buffers(p)?;
+    let mut v = Verifier {
+        p,
+        bound: vec![false; p.vars as usize],
+        depth: 0,
+        in_block: 0,
+        in_thread: 0,
+    };
+    v.stmts(&p.body)
+}
+
+/// The buffer declarations' rules.
+fn buffers(p: &KernelProgram) -> Res {
+    if p.buffers.len() > u32::MAX as usize {
+        return Err(VerifyError::TooManyBuffers(p.buffers.len()));
+    }
+    for (i, b) in p.buffers.iter().enumerate() {
+        let (buf, name) = (i as u32, || b.name.clone());
+        let Layout { shape, strides } = &b.layout;
+        if strides.len() != shape.len() {
+            return Err(VerifyError::StrideRank {
+                buf,
+                name: name(),
+                strides: strides.len(),
+                axes: shape.len(),
+            });
+        }
+        if shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .is_none()
+        {
+            return Err(VerifyError::TooLarge {
+                buf,
+                name: name(),
+                shape: shape.clone(),
+            });
+        }
+        if matches!(b.kind, BufferKind::Input(_) | BufferKind::Output(_)) {
+            if b.layout != Layout::row_major(shape) {
+                return Err(VerifyError::NotRowMajor { buf, name: name() });
+            }
+            if b.space != MemorySpace::Global {
+                return Err(VerifyError::IoNotGlobal {
+                    buf,
+                    name: name(),
+                    space: b.space,
+                });
+            }
+        }
+    }
+    for (what, list) in [("input", p.inputs()), ("output", p.outputs())] {
+        let mut seen = BTreeSet::new();
+        for (_, name) in list {
+            if !seen.insert(name) {
+                return Err(VerifyError::DuplicateName {
+                    what,
+                    name: name.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Verifier<'p> {
+    p: &'p KernelProgram,
+    /// Which variables enclosing loops bind.
+    bound: Vec<bool>,
+    /// Number of enclosing loops.
+    depth: usize,
+    /// Number of enclosing `GpuBlock` loops.
+    in_block: usize,
+    /// Number of enclosing `GpuThread` loops.
+    in_thread: usize,
+}
+
+impl Verifier<'_> {
+    fn stmts(&mut self, body: &[Stmt]) -> Res {
+        body.iter().try_for_each(|s| self.stmt(s))
+    }
+
+    fn stmt(&mut self, s: &Stmt) -> Res {
+        match s {
+            Stmt::Loop {
+                var,
+                extent,
+                schedule,
+                body,
+            } => {
+                if self.depth >= MAX_LOOP_DEPTH {
+                    return Err(VerifyError::LoopsTooDeep);
+                }
+                match self.bound.get(var.0 as usize) {
+                    None => {
+                        return Err(VerifyError::VarOutOfRange {
+                            var: var.0,
+                            vars: self.p.vars,
+                        })
+                    }
+                    Some(true) => return Err(VerifyError::Rebound(var.0)),
+                    Some(false) => {}
+                }
+                if i64::try_from(*extent).is_err() {
+                    return Err(VerifyError::ExtentTooLarge {
+                        var: var.0,
+                        extent: *extent,
+                    });
+                }
+                if *extent == 0 {
+                    // Never runs: nothing in it is executed.
+                    return Ok(());
+                }
+                let block = usize::from(*schedule == Schedule::GpuBlock);
+                let thread = usize::from(*schedule == Schedule::GpuThread);
+                self.bound[var.0 as usize] = true;
+                self.depth += 1;
+                self.in_block += block;
+                self.in_thread += thread;
+                let r = self.stmts(body);
+                self.in_thread -= thread;
+                self.in_block -= block;
+                self.depth -= 1;
+                self.bound[var.0 as usize] = false;
+                r
+            }
+            Stmt::Store { buf, index, value } => {
+                self.access(*buf, index, "store to")?;
+                if let BufferKind::Input(name) = &self.p.buffers[buf.0 as usize].kind {
+                    return Err(VerifyError::StoreToInput {
+                        buf: buf.0,
+                        name: name.clone(),
+                    });
+                }
+                self.value(value, 0)
+            }
+            Stmt::Barrier => {
+                if self.in_block == 0 {
+                    Err(VerifyError::MisplacedBarrier("outside any GpuBlock loop"))
+                } else if self.in_thread > 0 {
+                    Err(VerifyError::MisplacedBarrier(
+                        "inside a GpuThread loop (not every thread reaches it)",
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn access(&self, buf: BufId, index: &Index, access: &'static str) -> Res {
+        let Some(b) = self.p.buffer(buf) else {
+            return Err(VerifyError::UnknownBuffer {
+                access,
+                buf: buf.0,
+                buffers: self.p.buffers.len(),
+            });
+        };
+        if b.space == MemorySpace::Shared && self.in_block == 0 {
+            return Err(VerifyError::SharedOutsideBlock {
+                buf: buf.0,
+                name: b.name.clone(),
+            });
+        }
+        self.index(index, 0)
+    }
+
+    fn value(&self, v: &Value, depth: usize) -> Res {
+        if depth > MAX_EXPR_DEPTH {
+            return Err(VerifyError::ExprTooDeep);
+        }
+        match v {
+            Value::Load { buf, index } => self.access(*buf, index, "load from"),
+            Value::Const(_) => Ok(()),
+            Value::FromIndex(i) => self.index(i, 0),
+            Value::Unary(_, x) => self.value(x, depth + 1),
+            Value::Binary(_, a, b) => {
+                self.value(a, depth + 1)?;
+                self.value(b, depth + 1)
+            }
+        }
+    }
+
+    fn index(&self, i: &Index, depth: usize) -> Res {
+        if depth > MAX_EXPR_DEPTH {
+            return Err(VerifyError::ExprTooDeep);
+        }
+        match i {
+            Index::Const(_) => Ok(()),
+            Index::Var(v) => match self.bound.get(v.0 as usize) {
+                Some(true) => Ok(()),
+                _ => Err(VerifyError::Unbound(v.0)),
+            },
+            Index::Add(a, b) => {
+                self.index(a, depth + 1)?;
+                self.index(b, depth + 1)
+            }
+            Index::Mul(a, _) => self.index(a, depth + 1),
+            Index::Div(a, c) | Index::Rem(a, c) => {
+                if *c <= 0 {
+                    return Err(VerifyError::NonPositiveDivisor {
+                        index: i.to_string(),
+                        divisor: *c,
+                    });
+                }
+                self.index(a, depth + 1)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

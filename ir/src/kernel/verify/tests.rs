@@ -1,0 +1,293 @@
+//! The verifier rejects each kind of malformed program (built by hand) and accepts well-formed
+//! ones, including the GPU form. Programs lowered from `examples/*.ttt` are checked in
+//! `tttc-passes` (lowering calls the verifier on every program it makes).
+
+use super::*;
+use crate::kernel::{Buffer, VarId};
+use crate::{BinaryOp, DType};
+
+fn buffer(name: &str, kind: BufferKind, space: MemorySpace, shape: &[usize]) -> Buffer {
+    Buffer {
+        name: name.into(),
+        kind,
+        space,
+        layout: Layout::row_major(shape),
+    }
+}
+
+fn v(i: u32) -> Index {
+    Index::Var(VarId(i))
+}
+
+fn lp(var: u32, extent: usize, schedule: Schedule, body: Vec<Stmt>) -> Stmt {
+    Stmt::Loop {
+        var: VarId(var),
+        extent,
+        schedule,
+        body,
+    }
+}
+
+fn st(buf: u32, index: Index, value: Value) -> Stmt {
+    Stmt::Store {
+        buf: BufId(buf),
+        index,
+        value,
+    }
+}
+
+fn ld(buf: u32, index: Index) -> Value {
+    Value::Load {
+        buf: BufId(buf),
+        index,
+    }
+}
+
+/// `y[i] = x[i] * 2` over 4 elements, with a local scratch b2 and a shared one b3 (unused).
+fn good() -> KernelProgram {
+    KernelProgram {
+        name: "good".into(),
+        dtype: DType::F32,
+        buffers: vec![
+            buffer(
+                "x",
+                BufferKind::Input("x".into()),
+                MemorySpace::Global,
+                &[4],
+            ),
+            buffer(
+                "y",
+                BufferKind::Output("y".into()),
+                MemorySpace::Global,
+                &[4],
+            ),
+            buffer("s", BufferKind::Temp, MemorySpace::Local, &[4]),
+            buffer("sh", BufferKind::Temp, MemorySpace::Shared, &[4]),
+        ],
+        vars: 3,
+        body: vec![lp(
+            0,
+            4,
+            Schedule::Serial,
+            vec![st(
+                1,
+                v(0),
+                Value::Binary(
+                    BinaryOp::Mul,
+                    Box::new(ld(0, v(0))),
+                    Box::new(Value::Const(2.0)),
+                ),
+            )],
+        )],
+    }
+}
+
+fn with_body(body: Vec<Stmt>) -> KernelProgram {
+    KernelProgram { body, ..good() }
+}
+
+fn rejects(p: &KernelProgram, what: &str, expected: impl Fn(&VerifyError) -> bool) {
+    match verify(p) {
+        Err(e) if expected(&e) => {}
+        other => panic!("{what}: got {other:?}"),
+    }
+}
+
+#[test]
+fn well_formed_programs_pass() {
+    verify(&good()).expect("good");
+    // The GPU form: a block loop with a barrier between thread loops, shared scratch inside.
+    let gpu = with_body(vec![lp(
+        0,
+        2,
+        Schedule::GpuBlock,
+        vec![
+            lp(1, 4, Schedule::GpuThread, vec![st(3, v(1), ld(0, v(1)))]),
+            Stmt::Barrier,
+            lp(2, 4, Schedule::GpuThread, vec![st(1, v(2), ld(3, v(2)))]),
+        ],
+    )]);
+    verify(&gpu).expect("gpu form");
+    // Sibling loops may reuse a variable; loops that never run are not checked.
+    let reuse = with_body(vec![
+        lp(0, 4, Schedule::Serial, vec![st(2, v(0), Value::Const(0.0))]),
+        lp(0, 4, Schedule::Parallel, vec![st(1, v(0), ld(2, v(0)))]),
+        lp(1, 0, Schedule::Serial, vec![st(9, v(7), ld(8, v(6)))]),
+    ]);
+    verify(&reuse).expect("reuse");
+}
+
+#[test]
+fn unknown_buffers_and_variables_are_rejected() {
+    rejects(
+        &with_body(vec![st(9, Index::Const(0), Value::Const(0.0))]),
+        "store to an unknown buffer",
+        |e| matches!(e, VerifyError::UnknownBuffer { buf: 9, .. }),
+    );
+    rejects(
+        &with_body(vec![st(1, Index::Const(0), ld(5, Index::Const(0)))]),
+        "load from an unknown buffer",
+        |e| {
+            matches!(
+                e,
+                VerifyError::UnknownBuffer {
+                    buf: 5,
+                    access: "load from",
+                    ..
+                }
+            )
+        },
+    );
+    rejects(
+        &with_body(vec![lp(3, 4, Schedule::Serial, vec![])]),
+        "a variable beyond `vars`",
+        |e| matches!(e, VerifyError::VarOutOfRange { var: 3, vars: 3 }),
+    );
+}
+
+#[test]
+fn loop_variables_must_be_bound_and_not_rebound() {
+    rejects(
+        &with_body(vec![
+            lp(0, 4, Schedule::Serial, vec![]),
+            st(1, v(0), Value::Const(0.0)),
+        ]),
+        "a variable used after its loop",
+        |e| *e == VerifyError::Unbound(0),
+    );
+    rejects(
+        &with_body(vec![lp(
+            0,
+            4,
+            Schedule::Serial,
+            vec![st(1, v(0), Value::FromIndex(v(1)))],
+        )]),
+        "an unbound variable in float(index)",
+        |e| *e == VerifyError::Unbound(1),
+    );
+    rejects(
+        &with_body(vec![lp(
+            0,
+            4,
+            Schedule::Serial,
+            vec![lp(0, 4, Schedule::Serial, vec![])],
+        )]),
+        "a variable bound again inside its loop",
+        |e| *e == VerifyError::Rebound(0),
+    );
+    rejects(
+        &with_body(vec![lp(0, usize::MAX, Schedule::Serial, vec![])]),
+        "an extent beyond i64",
+        |e| matches!(e, VerifyError::ExtentTooLarge { var: 0, .. }),
+    );
+}
+
+#[test]
+fn divisors_must_be_positive() {
+    for bad in [
+        Index::Div(Box::new(Index::Const(4)), 0),
+        Index::Rem(Box::new(Index::Const(4)), -2),
+    ] {
+        rejects(
+            &with_body(vec![st(1, bad, Value::Const(0.0))]),
+            "a non-positive divisor",
+            |e| matches!(e, VerifyError::NonPositiveDivisor { .. }),
+        );
+    }
+}
+
+#[test]
+fn inputs_are_never_stored_to() {
+    rejects(
+        &with_body(vec![st(0, Index::Const(0), Value::Const(0.0))]),
+        "a store into an input",
+        |e| matches!(e, VerifyError::StoreToInput { buf: 0, .. }),
+    );
+}
+
+#[test]
+fn buffer_declarations_are_checked() {
+    let mut p = good();
+    p.buffers[1].layout.strides = vec![1, 2];
+    rejects(&p, "strides of the wrong rank", |e| {
+        matches!(e, VerifyError::StrideRank { buf: 1, .. })
+    });
+    let mut p = good();
+    p.buffers[1].layout = Layout {
+        shape: vec![2, 2],
+        strides: vec![1, 2],
+    };
+    rejects(&p, "a column-major output", |e| {
+        matches!(e, VerifyError::NotRowMajor { buf: 1, .. })
+    });
+    let mut p = good();
+    p.buffers[0].space = MemorySpace::Local;
+    rejects(&p, "an input in local memory", |e| {
+        matches!(e, VerifyError::IoNotGlobal { buf: 0, .. })
+    });
+    let mut p = good();
+    p.buffers[2].layout = Layout::row_major(&[usize::MAX, 4]);
+    rejects(&p, "an absurd size", |e| {
+        matches!(e, VerifyError::TooLarge { buf: 2, .. })
+    });
+    let mut p = good();
+    p.buffers.push(buffer(
+        "x2",
+        BufferKind::Input("x".into()),
+        MemorySpace::Global,
+        &[1],
+    ));
+    rejects(&p, "two inputs named x", |e| {
+        matches!(e, VerifyError::DuplicateName { what: "input", .. })
+    });
+}
+
+#[test]
+fn shared_memory_and_barriers_only_inside_blocks() {
+    rejects(
+        &with_body(vec![lp(
+            0,
+            4,
+            Schedule::Parallel,
+            vec![st(3, v(0), Value::Const(0.0))],
+        )]),
+        "shared memory outside a block",
+        |e| matches!(e, VerifyError::SharedOutsideBlock { buf: 3, .. }),
+    );
+    rejects(
+        &with_body(vec![lp(0, 4, Schedule::Parallel, vec![Stmt::Barrier])]),
+        "a barrier outside a block",
+        |e| matches!(e, VerifyError::MisplacedBarrier(_)),
+    );
+    rejects(
+        &with_body(vec![lp(
+            0,
+            2,
+            Schedule::GpuBlock,
+            vec![lp(1, 4, Schedule::GpuThread, vec![Stmt::Barrier])],
+        )]),
+        "a barrier inside a thread loop",
+        |e| matches!(e, VerifyError::MisplacedBarrier(_)),
+    );
+}
+
+#[test]
+fn nesting_is_bounded() {
+    let mut deep = Value::Const(1.0);
+    for _ in 0..=MAX_EXPR_DEPTH {
+        deep = Value::Unary(crate::UnaryOp::Neg, Box::new(deep));
+    }
+    rejects(
+        &with_body(vec![st(1, Index::Const(0), deep)]),
+        "a too deep expression",
+        |e| *e == VerifyError::ExprTooDeep,
+    );
+    let mut p = good();
+    p.vars = MAX_LOOP_DEPTH as u32 + 1;
+    let mut body = vec![];
+    for var in (0..=MAX_LOOP_DEPTH as u32).rev() {
+        body = vec![lp(var, 1, Schedule::Serial, body)];
+    }
+    p.body = body;
+    rejects(&p, "too deep loops", |e| *e == VerifyError::LoopsTooDeep);
+}
