@@ -3,9 +3,10 @@
 //! `f64`), with the reference interpreter's scalar functions. It is the oracle for kernel-level
 //! passes and native backends, so it checks everything and never panics:
 //!
-//! - before running, that every buffer and loop variable a statement names exists, that every
-//!   variable is bound by an enclosing loop (and not rebound inside it), that divisors are
-//!   positive, that inputs are never stored to, and that inputs and outputs are row-major;
+//! - before running, every rule of the kernel IR ([`tttc_ir::kernel::verify`]: every buffer and
+//!   loop variable a statement names exists, every variable is bound by an enclosing loop and
+//!   not rebound inside it, divisors are positive, inputs are never stored to, inputs and
+//!   outputs are row-major...), and that the buffers fit in memory;
 //! - while running, that every load and store is within its buffer (index arithmetic is checked
 //!   for overflow too).
 //!
@@ -25,7 +26,8 @@ use crate::tensor_core::{recognize, TensorCores};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tttc_ir::kernel::{
-    BufferKind, Index, KernelProgram, Layout, MemorySpace, Schedule, Stmt, Value,
+    verify, BufId, BufferKind, Index, KernelProgram, MemorySpace, Schedule, Stmt, Value,
+    VerifyError,
 };
 use tttc_ir::{BinaryOp, DType, UnaryOp};
 use tttc_runtime::{ElemType, RuntimeError, Tensor};
@@ -73,8 +75,12 @@ pub enum KernelInterpError {
         /// The buffer's number of elements.
         len: usize,
     },
-    /// The program is ill-formed: an unknown buffer or variable, an unbound or rebound loop
-    /// variable, a non-positive divisor, a store to an input, a bad layout...
+    /// The program breaks a rule of the kernel IR (see [`tttc_ir::kernel::verify`]): an unknown
+    /// buffer or variable, an unbound or rebound loop variable, a non-positive divisor, a store
+    /// to an input, a bad layout...
+    #[error("ill-formed kernel program")]
+    Malformed(#[from] VerifyError),
+    /// The program cannot be run here (its buffers are too large) or its inputs do not fit.
     #[error("ill-formed kernel program: {0}")]
     Invalid(String),
     /// Under GPU emulation, two threads of a block touched the same element between two
@@ -191,27 +197,22 @@ pub fn run_kernel_program_gpu_tensor_cores(
 fn tensor_core_stores(p: &KernelProgram, tc: TensorCores) -> HashSet<usize> {
     let mut out = HashSet::new();
     for s in &p.body {
-        collect_tensor_core_stores(s, tc, &mut out);
+        s.walk(&mut |s| {
+            if !matches!(s, Stmt::Loop { .. }) || recognize(s, tc).is_none() {
+                return true;
+            }
+            // Recognized: one loop around one store.
+            if let Stmt::Loop { body, .. } = s {
+                if let [Stmt::Loop { body: inner, .. }] = body.as_slice() {
+                    if let [st @ Stmt::Store { .. }] = inner.as_slice() {
+                        out.insert(st as *const Stmt as usize);
+                    }
+                }
+            }
+            false
+        });
     }
     out
-}
-
-fn collect_tensor_core_stores(s: &Stmt, tc: TensorCores, out: &mut HashSet<usize>) {
-    let Stmt::Loop { body, .. } = s else {
-        return;
-    };
-    if recognize(s, tc).is_some() {
-        // Recognized: one loop around one store.
-        if let [Stmt::Loop { body: inner, .. }] = body.as_slice() {
-            if let [st @ Stmt::Store { .. }] = inner.as_slice() {
-                out.insert(st as *const Stmt as usize);
-            }
-        }
-        return;
-    }
-    for s in body {
-        collect_tensor_core_stores(s, tc, out);
-    }
 }
 
 /// Checks statically that `p` is well formed and in the GPU form described in
@@ -357,187 +358,79 @@ fn body_key(body: &Vec<Stmt>) -> usize {
     body as *const Vec<Stmt> as usize
 }
 
-/// Checks `p` statically (see the module documentation).
+/// Checks `p` statically (see the module documentation): the kernel IR's verifier, then the
+/// executor's own memory limit.
 fn check(p: &KernelProgram) -> Res<Checked> {
-    let invalid = |m: String| KernelInterpError::Invalid(m);
+    verify(p)?;
     let mut lens = Vec::with_capacity(p.buffers.len());
     let mut total = 0usize;
     for (i, b) in p.buffers.iter().enumerate() {
-        let Layout { shape, strides } = &b.layout;
-        if strides.len() != shape.len() {
-            return Err(invalid(format!(
-                "buffer b{i} (`{}`) has {} stride(s) for {} axes",
-                b.name,
-                strides.len(),
-                shape.len()
-            )));
-        }
-        let len = shape
+        let len = b
+            .layout
+            .shape
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d))
             .and_then(|n| {
                 total = total.checked_add(n)?;
                 (total <= MAX_ELEMENTS).then_some(n)
             })
-            .ok_or_else(|| invalid(format!("buffer b{i} (`{}`) is too large", b.name)))?;
-        let io = matches!(b.kind, BufferKind::Input(_) | BufferKind::Output(_));
-        if io && b.layout != Layout::row_major(shape) {
-            return Err(invalid(format!(
-                "input/output buffer b{i} (`{}`) is not row-major",
-                b.name
-            )));
-        }
+            .ok_or_else(|| {
+                KernelInterpError::Invalid(format!("buffer b{i} (`{}`) is too large", b.name))
+            })?;
         lens.push(len);
     }
-    let mut c = Checker {
-        p,
-        bound: vec![false; p.vars as usize],
-        fresh: HashMap::new(),
-    };
-    c.stmts(&p.body)?;
-    Ok(Checked {
-        lens,
-        fresh: c.fresh,
-    })
+    let mut fresh = HashMap::new();
+    fresh_scratch(p, &p.body, &mut fresh);
+    Ok(Checked { lens, fresh })
 }
 
-struct Checker<'p> {
-    p: &'p KernelProgram,
-    bound: Vec<bool>,
-    fresh: HashMap<usize, Vec<usize>>,
-}
-
-impl Checker<'_> {
-    /// Checks `body`; returns the `Local` and `Shared` buffers it uses.
-    fn stmts(&mut self, body: &[Stmt]) -> Res<Vec<usize>> {
-        let mut used = Vec::new();
-        for s in body {
-            match s {
-                Stmt::Loop {
-                    var,
-                    extent,
-                    schedule,
-                    body,
-                } => {
-                    let v = var.0 as usize;
-                    match self.bound.get(v) {
-                        None => {
-                            return Err(KernelInterpError::Invalid(format!(
-                                "loop variable i{v} is not below the program's {} variable(s)",
-                                self.p.vars
-                            )))
-                        }
-                        Some(true) => {
-                            return Err(KernelInterpError::Invalid(format!(
-                                "loop variable i{v} is bound again inside its own loop"
-                            )))
-                        }
-                        Some(false) => {}
-                    }
-                    if i64::try_from(*extent).is_err() {
-                        return Err(KernelInterpError::Invalid(format!(
-                            "loop i{v} has extent {extent}"
-                        )));
-                    }
-                    self.bound[v] = true;
-                    let inner = self.stmts(body)?;
-                    self.bound[v] = false;
-                    let space = |b: &usize| self.p.buffers.get(*b).map(|b| b.space);
-                    let fresh: Vec<usize> = match schedule {
-                        Schedule::Parallel | Schedule::GpuThread => inner
-                            .iter()
-                            .copied()
-                            .filter(|b| space(b) == Some(MemorySpace::Local))
-                            .collect(),
-                        Schedule::GpuBlock => inner.clone(),
-                        _ => Vec::new(),
-                    };
-                    if !fresh.is_empty() {
-                        self.fresh.insert(body_key(body), fresh);
-                    }
-                    used.extend(inner);
-                }
-                Stmt::Store { buf, index, value } => {
-                    let b = self.buffer(buf.0)?;
-                    if let BufferKind::Input(name) = &self.p.buffers[b].kind {
-                        return Err(KernelInterpError::Invalid(format!(
-                            "a store to input buffer b{b} (`{name}`)"
-                        )));
-                    }
-                    self.note(b, &mut used);
-                    self.index(index)?;
-                    self.value(value, &mut used)?;
-                }
-                Stmt::Barrier => {}
-            }
-        }
-        used.sort_unstable();
-        used.dedup();
-        Ok(used)
-    }
-
-    fn buffer(&self, b: u32) -> Res<usize> {
-        let b = b as usize;
-        match self.p.buffers.get(b) {
-            Some(_) => Ok(b),
-            None => Err(KernelInterpError::Invalid(format!(
-                "buffer b{b} does not exist ({} buffer(s))",
-                self.p.buffers.len()
-            ))),
-        }
-    }
-
-    fn note(&self, b: usize, used: &mut Vec<usize>) {
+/// Records in `fresh`, for every loop in `body` whose iterations refresh scratch buffers, the
+/// `Local` and `Shared` buffers they get fresh; returns the scratch buffers `body` uses (loops
+/// that never run are skipped).
+fn fresh_scratch(
+    p: &KernelProgram,
+    body: &[Stmt],
+    fresh: &mut HashMap<usize, Vec<usize>>,
+) -> Vec<usize> {
+    let space = |b: usize| p.buffers.get(b).map(|b| b.space);
+    let mut used = Vec::new();
+    let note = |b: BufId, used: &mut Vec<usize>| {
         if matches!(
-            self.p.buffers.get(b).map(|b| b.space),
+            space(b.0 as usize),
             Some(MemorySpace::Local | MemorySpace::Shared)
         ) {
-            used.push(b);
+            used.push(b.0 as usize);
         }
-    }
-
-    fn index(&self, i: &Index) -> Res<()> {
-        match i {
-            Index::Const(_) => Ok(()),
-            Index::Var(v) => match self.bound.get(v.0 as usize) {
-                Some(true) => Ok(()),
-                _ => Err(KernelInterpError::Invalid(format!(
-                    "i{} is used outside a loop binding it",
-                    v.0
-                ))),
-            },
-            Index::Add(a, b) => {
-                self.index(a)?;
-                self.index(b)
-            }
-            Index::Mul(a, _) => self.index(a),
-            Index::Div(a, c) | Index::Rem(a, c) => {
-                if *c <= 0 {
-                    return Err(KernelInterpError::Invalid(format!(
-                        "division by {c} in index {i}"
-                    )));
+    };
+    for s in body {
+        match s {
+            Stmt::Loop { extent: 0, .. } => {}
+            Stmt::Loop { schedule, body, .. } => {
+                let inner = fresh_scratch(p, body, fresh);
+                let refreshed: Vec<usize> = match schedule {
+                    Schedule::Parallel | Schedule::GpuThread => inner
+                        .iter()
+                        .copied()
+                        .filter(|&b| space(b) == Some(MemorySpace::Local))
+                        .collect(),
+                    Schedule::GpuBlock => inner.clone(),
+                    _ => Vec::new(),
+                };
+                if !refreshed.is_empty() {
+                    fresh.insert(body_key(body), refreshed);
                 }
-                self.index(a)
+                used.extend(inner);
             }
+            Stmt::Store { buf, value, .. } => {
+                note(*buf, &mut used);
+                value.for_each_load(&mut |b, _| note(b, &mut used));
+            }
+            Stmt::Barrier => {}
         }
     }
-
-    fn value(&self, v: &Value, used: &mut Vec<usize>) -> Res<()> {
-        match v {
-            Value::Load { buf, index } => {
-                let b = self.buffer(buf.0)?;
-                self.note(b, used);
-                self.index(index)
-            }
-            Value::Const(_) => Ok(()),
-            Value::FromIndex(i) => self.index(i),
-            Value::Unary(_, x) => self.value(x, used),
-            Value::Binary(_, a, b) => {
-                self.value(a, used)?;
-                self.value(b, used)
-            }
-        }
-    }
+    used.sort_unstable();
+    used.dedup();
+    used
 }
 
 /// The running program.
@@ -966,9 +859,5 @@ impl<T: Num> Machine<'_, T> {
 
 /// Whether `body` holds a barrier (at any depth).
 fn has_barrier(body: &[Stmt]) -> bool {
-    body.iter().any(|s| match s {
-        Stmt::Barrier => true,
-        Stmt::Loop { body, .. } => has_barrier(body),
-        Stmt::Store { .. } => false,
-    })
+    body.iter().any(Stmt::has_barrier)
 }

@@ -18,4 +18,6 @@ mod native;
 pub use native::BufferList;
 #[cfg(feature = "llvm")]
 pub mod ptx;
+#[cfg(any(feature = "llvm", feature = "cranelift"))]
+mod scratch;
 pub mod tensor_core;

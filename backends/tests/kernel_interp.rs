@@ -293,7 +293,7 @@ fn bad_inputs_are_errors() {
 #[test]
 fn ill_formed_programs_are_errors() {
     let invalid = |p: &KernelProgram, what: &str| match run_kernel_program(p, &x64()) {
-        Err(KernelInterpError::Invalid(m)) => eprintln!("{what}: {m}"),
+        Err(KernelInterpError::Malformed(m)) => eprintln!("{what}: {m}"),
         other => panic!("{what}: expected an ill-formed-program error, got {other:?}"),
     };
     let base = || transpose_program(DType::F64);

@@ -89,6 +89,9 @@ pub enum LowerKernelError {
         /// What is wrong.
         message: String,
     },
+    /// A bug: the kernel program made breaks a rule of the kernel IR.
+    #[error("lowering made an ill-formed kernel program")]
+    Malformed(#[from] tttc_ir::kernel::VerifyError),
 }
 
 type Res<T> = Result<T, LowerKernelError>;
@@ -102,7 +105,8 @@ pub fn lower_program(program: &Program) -> Result<KernelProgram, LowerKernelErro
     lower_graph(&program.name, &program.graph)
 }
 
-/// Lowers a specialized graph to a kernel program called `name` (see [`lower_program`]).
+/// Lowers a specialized graph to a kernel program called `name` (see [`lower_program`]); the
+/// result is checked with the kernel IR's verifier ([`tttc_ir::kernel::verify`]).
 pub fn lower_graph(name: &str, graph: &Graph) -> Result<KernelProgram, LowerKernelError> {
     let main = "main".to_string();
     let dtype = graph_dtype(graph).ok_or_else(|| LowerKernelError::Invalid {
@@ -170,13 +174,15 @@ pub fn lower_graph(name: &str, graph: &Graph) -> Result<KernelProgram, LowerKern
         },
         &mut body,
     )?;
-    Ok(KernelProgram {
+    let p = KernelProgram {
         name: name.to_string(),
         dtype,
         buffers: l.buffers,
         vars: l.vars,
         body,
-    })
+    };
+    tttc_ir::kernel::verify(&p)?;
+    Ok(p)
 }
 
 /// The element type of the graph's first tensor-typed node.

@@ -21,7 +21,7 @@
 //! while a function's stack buffers stay within [`MAX_FRAME_BYTES`] (stack probes are inline),
 //! larger ones are `malloc`ed (a failed `malloc` traps) and `free`d at the end.
 
-use super::plan::{jammable, mentions, plan_inner, rows_independent, InnerPlan};
+use super::plan::{jammable, plan_inner, rows_independent, InnerPlan};
 use super::runtime::{MathFn, PARALLEL_FOR};
 use super::CraneliftError;
 use crate::bounds::{buffers_used, cpu_schedule, loop_key, vars_used, Analysis, CpuSchedule};
@@ -983,7 +983,7 @@ impl<'a> Gen<'a> {
             let mut terms = Vec::new();
             flatten_sum(index, &mut terms);
             let (varying, fixed): (Vec<&Index>, Vec<&Index>) =
-                terms.into_iter().partition(|t| mentions(t, var));
+                terms.into_iter().partition(|t| t.mentions(var));
             if !varying.is_empty() && !fixed.is_empty() {
                 let f = self.index_sum(st, &fixed)?;
                 let f = st.b.ins().ishl_imm_s(f, self.shift);

@@ -49,16 +49,6 @@ pub(crate) struct InnerPlan<'p> {
     pub vector: bool,
 }
 
-/// Whether `index` mentions `v`.
-pub(crate) fn mentions(index: &Index, v: VarId) -> bool {
-    match index {
-        Index::Const(_) => false,
-        Index::Var(w) => *w == v,
-        Index::Add(a, b) => mentions(a, v) || mentions(b, v),
-        Index::Mul(a, _) | Index::Div(a, _) | Index::Rem(a, _) => mentions(a, v),
-    }
-}
-
 /// The coefficient of `v` in `index` when `index` is affine in `v` (`None` when `v` appears
 /// under a division or remainder, or the coefficient overflows).
 pub(crate) fn coefficient(index: &Index, v: VarId) -> Option<i64> {
@@ -68,7 +58,7 @@ pub(crate) fn coefficient(index: &Index, v: VarId) -> Option<i64> {
         Index::Add(a, b) => coefficient(a, v)?.checked_add(coefficient(b, v)?),
         Index::Mul(a, k) => coefficient(a, v)?.checked_mul(*k),
         Index::Div(a, _) | Index::Rem(a, _) => {
-            if mentions(a, v) {
+            if a.mentions(v) {
                 None
             } else {
                 Some(0)
@@ -80,29 +70,27 @@ pub(crate) fn coefficient(index: &Index, v: VarId) -> Option<i64> {
 /// Whether `value` is the same in every iteration of the loop over `v` that stores to
 /// `written` (it neither mentions `v` nor loads from a written buffer).
 fn invariant(value: &Value, v: VarId, written: &BTreeSet<BufId>) -> bool {
-    match value {
-        Value::Load { buf, index } => !written.contains(buf) && !mentions(index, v),
-        Value::Const(_) => true,
-        Value::FromIndex(i) => !mentions(i, v),
-        Value::Unary(_, x) => invariant(x, v, written),
-        Value::Binary(_, a, b) => invariant(a, v, written) && invariant(b, v, written),
-    }
+    let mut same = true;
+    value.walk(&mut |x| {
+        match x {
+            Value::Load { buf, index } => same &= !written.contains(buf) && !index.mentions(v),
+            Value::FromIndex(i) => same &= !i.mentions(v),
+            Value::Const(_) | Value::Unary(..) | Value::Binary(..) => {}
+        }
+        same
+    });
+    same
 }
 
 /// Collects the largest invariant subexpressions of `value` into `out`.
 fn hoist<'p>(value: &'p Value, v: VarId, written: &BTreeSet<BufId>, out: &mut Vec<&'p Value>) {
-    if invariant(value, v, written) {
-        out.push(value);
-        return;
-    }
-    match value {
-        Value::Load { .. } | Value::Const(_) | Value::FromIndex(_) => {}
-        Value::Unary(_, x) => hoist(x, v, written, out),
-        Value::Binary(_, a, b) => {
-            hoist(a, v, written, out);
-            hoist(b, v, written, out);
+    value.walk(&mut |x| {
+        let hoisted = invariant(x, v, written);
+        if hoisted {
+            out.push(x);
         }
-    }
+        !hoisted
+    });
 }
 
 /// Every load in `value` outside the hoisted subexpressions, as `(buffer, index)`.
@@ -112,18 +100,15 @@ fn loads<'p>(
     written: &BTreeSet<BufId>,
     out: &mut Vec<(BufId, &'p Index)>,
 ) {
-    if invariant(value, v, written) {
-        return;
-    }
-    match value {
-        Value::Load { buf, index } => out.push((*buf, index)),
-        Value::Const(_) | Value::FromIndex(_) => {}
-        Value::Unary(_, x) => loads(x, v, written, out),
-        Value::Binary(_, a, b) => {
-            loads(a, v, written, out);
-            loads(b, v, written, out);
+    value.walk(&mut |x| {
+        if invariant(x, v, written) {
+            return false;
         }
-    }
+        if let Value::Load { buf, index } = x {
+            out.push((*buf, index));
+        }
+        true
+    });
 }
 
 /// The plan for the loop over `v` with `body`, if `body` is only stores (else `None`: the
@@ -164,7 +149,7 @@ pub(crate) fn plan_inner(v: VarId, body: &[Stmt]) -> Option<InnerPlan<'_>> {
     }
     for (&buf, index) in &single {
         if let Some(index) = index {
-            if mentions(index, v) {
+            if index.mentions(v) {
                 plan.forwarded.push((buf, index));
             } else {
                 plan.promoted.push((buf, index));
@@ -186,20 +171,12 @@ pub(crate) fn plan_inner(v: VarId, body: &[Stmt]) -> Option<InnerPlan<'_>> {
 pub(crate) fn jammable(plan: &InnerPlan<'_>, p: VarId) -> bool {
     plan.vector
         && plan.promoted.is_empty()
-        && plan.forwarded.iter().all(|(_, index)| !mentions(index, p))
+        && plan.forwarded.iter().all(|(_, index)| !index.mentions(p))
 }
 
 /// Every access in `value`, as `(buffer, index)`.
 fn all_loads<'p>(value: &'p Value, out: &mut Vec<(BufId, &'p Index)>) {
-    match value {
-        Value::Load { buf, index } => out.push((*buf, index)),
-        Value::Const(_) | Value::FromIndex(_) => {}
-        Value::Unary(_, x) => all_loads(x, out),
-        Value::Binary(_, a, b) => {
-            all_loads(a, out);
-            all_loads(b, out);
-        }
-    }
+    value.for_each_load(&mut |buf, index| out.push((buf, index)));
 }
 
 /// Whether the iterations of a loop over `i` with `body` — stores and one innermost loop over
@@ -254,7 +231,7 @@ pub(crate) fn rows_independent(i: VarId, j: VarId, body: &[Stmt]) -> bool {
     }
     single
         .values()
-        .all(|index| !mentions(index, j) && !matches!(coefficient(index, i), None | Some(0)))
+        .all(|index| !index.mentions(j) && !matches!(coefficient(index, i), None | Some(0)))
 }
 
 #[cfg(test)]

@@ -17,54 +17,23 @@
 //! The test is sufficient, not necessary: it may refuse a nest that is in fact parallel.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use tttc_ir::kernel::{BufId, Index, Stmt, Value, VarId};
+use tttc_ir::kernel::{Access, BufId, Index, Stmt, VarId};
 
-/// One element access of a nest.
-pub(crate) struct Access<'a> {
-    pub buf: BufId,
-    pub index: &'a Index,
-    pub write: bool,
-}
-
-/// Every access in `body`, with the extents of the loops it binds.
+/// Every access in `body` (see [`Stmt::for_each_access`]), with the extents of the loops it
+/// binds.
 pub(crate) fn accesses<'a>(
     body: &'a [Stmt],
     out: &mut Vec<Access<'a>>,
     extents: &mut HashMap<VarId, usize>,
 ) {
-    fn loads<'a>(v: &'a Value, out: &mut Vec<Access<'a>>) {
-        match v {
-            Value::Load { buf, index } => out.push(Access {
-                buf: *buf,
-                index,
-                write: false,
-            }),
-            Value::Const(_) | Value::FromIndex(_) => {}
-            Value::Unary(_, x) => loads(x, out),
-            Value::Binary(_, a, b) => {
-                loads(a, out);
-                loads(b, out);
-            }
-        }
-    }
     for s in body {
-        match s {
-            Stmt::Loop {
-                var, extent, body, ..
-            } => {
+        s.walk(&mut |s| {
+            if let Stmt::Loop { var, extent, .. } = s {
                 extents.insert(*var, *extent);
-                accesses(body, out, extents);
             }
-            Stmt::Store { buf, index, value } => {
-                loads(value, out);
-                out.push(Access {
-                    buf: *buf,
-                    index,
-                    write: true,
-                });
-            }
-            Stmt::Barrier => {}
-        }
+            true
+        });
+        s.for_each_access(&mut |a| out.push(a));
     }
 }
 
@@ -104,21 +73,6 @@ fn decompose<'a>(ix: &'a Index, scale: i64, a: &mut Affine<'a>) -> Option<()> {
         }
     }
     Some(())
-}
-
-/// The variables an index mentions.
-pub(crate) fn vars_of(ix: &Index, out: &mut BTreeSet<VarId>) {
-    match ix {
-        Index::Const(_) => {}
-        Index::Var(v) => {
-            out.insert(*v);
-        }
-        Index::Add(a, b) => {
-            vars_of(a, out);
-            vars_of(b, out);
-        }
-        Index::Mul(a, _) | Index::Div(a, _) | Index::Rem(a, _) => vars_of(a, out),
-    }
 }
 
 /// The range of `ix` when every variable `v` ranges over `0..extents[v]` (fixed variables,
@@ -191,9 +145,7 @@ fn split(
             Atom::Var(v) => (BTreeSet::from([*v]), None),
             Atom::Opaque(k) => {
                 let sub = *a.opaque.get(k)?;
-                let mut vs = BTreeSet::new();
-                vars_of(sub, &mut vs);
-                (vs, Some(sub))
+                (sub.vars(), Some(sub))
             }
         };
         if let (Atom::Var(v), true) = (&atom, par.contains(&atom_var(&atom))) {

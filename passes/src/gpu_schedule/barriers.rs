@@ -16,9 +16,8 @@
 //! accumulation loops over rows × columns). Otherwise buffer granularity is conservative; the
 //! kernel emulator checks element by element that no barrier is missing.
 
-use super::affine::vars_of;
 use std::collections::{BTreeMap, BTreeSet};
-use tttc_ir::kernel::{BufId, Index, Schedule, Stmt, Value, VarId};
+use tttc_ir::kernel::{BufId, Index, Schedule, Stmt, VarId};
 
 /// Which thread owns each element of a buffer: a thread loop's extent and the (canonical)
 /// index expression of every access; `None` when unknown.
@@ -66,12 +65,13 @@ impl Accesses {
         } = s
         {
             let mut all: Vec<(BufId, &Index)> = Vec::new();
-            indices(body, &mut all);
+            for s in body {
+                s.for_each_access(&mut |a| all.push((a.buf, a.index)));
+            }
             let mut owner: BTreeMap<BufId, Owner> = BTreeMap::new();
             for (b, ix) in all {
-                let mut vs = BTreeSet::new();
-                vars_of(ix, &mut vs);
-                let o = vs
+                let o = ix
+                    .vars()
                     .iter()
                     .all(|v| v == var || block.contains(v))
                     .then(|| (*extent, rename(ix, *var).to_string()));
@@ -84,33 +84,16 @@ impl Accesses {
     }
 
     fn of(body: &[Stmt]) -> Accesses {
-        fn loads(v: &Value, out: &mut BTreeSet<BufId>) {
-            match v {
-                Value::Load { buf, .. } => {
-                    out.insert(*buf);
-                }
-                Value::Const(_) | Value::FromIndex(_) => {}
-                Value::Unary(_, x) => loads(x, out),
-                Value::Binary(_, a, b) => {
-                    loads(a, out);
-                    loads(b, out);
-                }
-            }
-        }
-        fn walk(body: &[Stmt], a: &mut Accesses) {
-            for s in body {
-                match s {
-                    Stmt::Loop { body, .. } => walk(body, a),
-                    Stmt::Store { buf, value, .. } => {
-                        a.writes.insert(*buf);
-                        loads(value, &mut a.reads);
-                    }
-                    Stmt::Barrier => {}
-                }
-            }
-        }
         let mut a = Accesses::default();
-        walk(body, &mut a);
+        for s in body {
+            s.for_each_access(&mut |x| {
+                if x.write {
+                    a.writes.insert(x.buf);
+                } else {
+                    a.reads.insert(x.buf);
+                }
+            });
+        }
         for b in a.reads.iter().chain(&a.writes) {
             a.owner.insert(*b, None);
         }
@@ -145,31 +128,6 @@ impl Accesses {
 
     fn is_empty(&self) -> bool {
         self.reads.is_empty() && self.writes.is_empty()
-    }
-}
-
-/// Every (buffer, index) accessed in `body`.
-fn indices<'a>(body: &'a [Stmt], out: &mut Vec<(BufId, &'a Index)>) {
-    fn loads<'a>(v: &'a Value, out: &mut Vec<(BufId, &'a Index)>) {
-        match v {
-            Value::Load { buf, index } => out.push((*buf, index)),
-            Value::Const(_) | Value::FromIndex(_) => {}
-            Value::Unary(_, x) => loads(x, out),
-            Value::Binary(_, a, b) => {
-                loads(a, out);
-                loads(b, out);
-            }
-        }
-    }
-    for s in body {
-        match s {
-            Stmt::Loop { body, .. } => indices(body, out),
-            Stmt::Store { buf, index, value } => {
-                out.push((*buf, index));
-                loads(value, out);
-            }
-            Stmt::Barrier => {}
-        }
     }
 }
 

@@ -34,10 +34,11 @@
 mod affine;
 mod barriers;
 
-use affine::{accesses, independent, Access};
+use affine::{accesses, independent};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tttc_ir::kernel::{
-    BufId, BufferKind, Index, KernelProgram, Layout, MemorySpace, Schedule, Stmt, Value, VarId,
+    verify, Access, BufId, BufferKind, Index, KernelProgram, Layout, MemorySpace, Schedule, Stmt,
+    VarId, VerifyError,
 };
 
 /// Threads per block used unless configured otherwise.
@@ -73,9 +74,13 @@ pub enum GpuScheduleError {
     /// The program is not a plain kernel program (already GPU-scheduled, or ill-formed).
     #[error("cannot map this kernel program to a GPU: {0}")]
     Unsupported(String),
+    /// The program given, or (a bug) the mapped program, breaks a rule of the kernel IR.
+    #[error("ill-formed kernel program")]
+    Malformed(#[from] VerifyError),
 }
 
-/// Maps `p` onto a GPU (see the module documentation).
+/// Maps `p` onto a GPU (see the module documentation). Both `p` and the result are checked with
+/// the kernel IR's verifier ([`tttc_ir::kernel::verify`]).
 pub fn gpu_schedule(p: &KernelProgram, cfg: &GpuConfig) -> Result<KernelProgram, GpuScheduleError> {
     if cfg.threads == 0 || cfg.threads > 1024 || !cfg.threads.is_multiple_of(32) {
         return Err(GpuScheduleError::Config(format!(
@@ -83,6 +88,7 @@ pub fn gpu_schedule(p: &KernelProgram, cfg: &GpuConfig) -> Result<KernelProgram,
             cfg.threads
         )));
     }
+    verify(p)?;
     if has_gpu_schedule(&p.body) {
         return Err(GpuScheduleError::Unsupported(
             "it already has GPU schedules or barriers".into(),
@@ -113,17 +119,25 @@ pub fn gpu_schedule(p: &KernelProgram, cfg: &GpuConfig) -> Result<KernelProgram,
             *body = b;
         }
     }
+    verify(&out)?;
     Ok(out)
 }
 
 fn has_gpu_schedule(body: &[Stmt]) -> bool {
-    body.iter().any(|s| match s {
-        Stmt::Barrier => true,
-        Stmt::Loop { schedule, body, .. } => {
-            matches!(schedule, Schedule::GpuBlock | Schedule::GpuThread) || has_gpu_schedule(body)
-        }
-        Stmt::Store { .. } => false,
-    })
+    let mut found = false;
+    for s in body {
+        s.walk(&mut |s| {
+            found |= match s {
+                Stmt::Barrier => true,
+                Stmt::Loop { schedule, .. } => {
+                    matches!(schedule, Schedule::GpuBlock | Schedule::GpuThread)
+                }
+                Stmt::Store { .. } => false,
+            };
+            !found
+        });
+    }
+    found
 }
 
 struct Mapper {
@@ -376,69 +390,13 @@ fn rebuild(n: &Nest<'_>, par: &[(VarId, usize)], subst: &HashMap<VarId, Index>) 
     body
 }
 
-fn subst_index(ix: &Index, m: &HashMap<VarId, Index>) -> Index {
-    match ix {
-        Index::Const(c) => Index::Const(*c),
-        Index::Var(v) => m.get(v).cloned().unwrap_or(Index::Var(*v)),
-        Index::Add(a, b) => Index::sum(subst_index(a, m), subst_index(b, m)),
-        Index::Mul(a, c) => Index::scaled(subst_index(a, m), *c),
-        Index::Div(a, c) => Index::Div(Box::new(subst_index(a, m)), *c),
-        Index::Rem(a, c) => Index::Rem(Box::new(subst_index(a, m)), *c),
-    }
-}
-
-fn subst_value(v: &Value, m: &HashMap<VarId, Index>) -> Value {
-    match v {
-        Value::Load { buf, index } => Value::Load {
-            buf: *buf,
-            index: subst_index(index, m),
-        },
-        Value::Const(c) => Value::Const(*c),
-        Value::FromIndex(i) => Value::FromIndex(subst_index(i, m)),
-        Value::Unary(op, x) => Value::Unary(*op, Box::new(subst_value(x, m))),
-        Value::Binary(op, a, b) => Value::Binary(
-            *op,
-            Box::new(subst_value(a, m)),
-            Box::new(subst_value(b, m)),
-        ),
-    }
-}
-
+/// `s` with every variable in `m` replaced by its index.
 fn subst_stmt(s: &Stmt, m: &HashMap<VarId, Index>) -> Stmt {
-    match s {
-        Stmt::Loop {
-            var,
-            extent,
-            schedule,
-            body,
-        } => Stmt::Loop {
-            var: *var,
-            extent: *extent,
-            schedule: *schedule,
-            body: body.iter().map(|s| subst_stmt(s, m)).collect(),
-        },
-        Stmt::Store { buf, index, value } => Stmt::Store {
-            buf: *buf,
-            index: subst_index(index, m),
-            value: subst_value(value, m),
-        },
-        Stmt::Barrier => Stmt::Barrier,
-    }
+    s.map_indices(&|ix| ix.substitute(&|v| m.get(&v).cloned()))
 }
 
 /// Trip-weighted access counts of every buffer in `body`.
 fn weights(body: &[Stmt], trips: f64, out: &mut BTreeMap<BufId, f64>) {
-    fn loads(v: &Value, trips: f64, out: &mut BTreeMap<BufId, f64>) {
-        match v {
-            Value::Load { buf, .. } => *out.entry(*buf).or_default() += trips,
-            Value::Const(_) | Value::FromIndex(_) => {}
-            Value::Unary(_, x) => loads(x, trips, out),
-            Value::Binary(_, a, b) => {
-                loads(a, trips, out);
-                loads(b, trips, out);
-            }
-        }
-    }
     for s in body {
         match s {
             Stmt::Loop {
@@ -457,7 +415,7 @@ fn weights(body: &[Stmt], trips: f64, out: &mut BTreeMap<BufId, f64>) {
             }
             Stmt::Store { buf, value, .. } => {
                 *out.entry(*buf).or_default() += trips;
-                loads(value, trips, out);
+                value.for_each_load(&mut |b, _| *out.entry(b).or_default() += trips);
             }
             Stmt::Barrier => {}
         }
@@ -547,37 +505,22 @@ fn place_scratch(
 
 /// Adds `offset` to every index of buffer `b` in `s`.
 fn offset_buffer(s: &mut Stmt, b: BufId, offset: &Index) {
-    fn value(v: &mut Value, b: BufId, offset: &Index) {
-        match v {
-            Value::Load { buf, index } if *buf == b => {
-                *index = Index::sum(offset.clone(), std::mem::replace(index, Index::Const(0)));
-            }
-            Value::Load { .. } | Value::Const(_) | Value::FromIndex(_) => {}
-            Value::Unary(_, x) => value(x, b, offset),
-            Value::Binary(_, x, y) => {
-                value(x, b, offset);
-                value(y, b, offset);
-            }
-        }
-    }
-    match s {
-        Stmt::Loop { body, .. } => {
-            for s in body {
-                offset_buffer(s, b, offset);
-            }
-        }
-        Stmt::Store {
-            buf,
-            index,
-            value: v,
-        } => {
+    let shift = |index: &mut Index| {
+        *index = Index::sum(offset.clone(), std::mem::replace(index, Index::Const(0)));
+    };
+    s.walk_mut(&mut |s| {
+        if let Stmt::Store { buf, index, value } = s {
             if *buf == b {
-                *index = Index::sum(offset.clone(), std::mem::replace(index, Index::Const(0)));
+                shift(index);
             }
-            value(v, b, offset);
+            value.for_each_load_mut(&mut |buf, index| {
+                if *buf == b {
+                    shift(index);
+                }
+            });
         }
-        Stmt::Barrier => {}
-    }
+        true
+    });
 }
 
 #[cfg(test)]
