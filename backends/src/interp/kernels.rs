@@ -5,6 +5,8 @@
 
 use super::value::{numel, Arr, Elem};
 use ndarray::{ArrayViewD, IxDyn};
+use std::convert::Infallible;
+use tttc_ir::composite::{build_unary, PrimitiveBuilder};
 use tttc_ir::{BinaryOp, ReduceOp, UnaryOp};
 
 /// A view of `a` for broadcasting.
@@ -41,22 +43,44 @@ pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     Some(out)
 }
 
-/// `1 / (1 + e^-x)`.
-fn sigmoid<T: Elem>(x: T) -> T {
-    T::ONE / (T::ONE + (-x).exp())
+/// Scalar evaluation in `T`, for [`build_unary`]: composites expand to these primitives.
+struct Scalar<T>(std::marker::PhantomData<T>);
+
+impl<T: Elem> PrimitiveBuilder for Scalar<T> {
+    type Value = T;
+    type Error = Infallible;
+
+    fn constant(&mut self, c: f64) -> Result<T, Infallible> {
+        Ok(T::from_f64(c))
+    }
+
+    fn primitive_unary(&mut self, op: UnaryOp, x: T) -> Result<T, Infallible> {
+        Ok(primitive_unary(op, x))
+    }
+
+    fn binary(&mut self, op: BinaryOp, a: T, b: T) -> Result<T, Infallible> {
+        Ok(binary_scalar(op, a, b))
+    }
 }
 
-/// One unary function on one element.
+/// One unary function on one element: primitives directly, composites (`rsqrt`, `sigmoid`,
+/// `silu`, `gelu_tanh`) as their one definition in [`tttc_ir::composite`].
 pub(crate) fn unary_scalar<T: Elem>(fun: UnaryOp, x: T) -> T {
+    if fun.is_primitive() {
+        return primitive_unary(fun, x);
+    }
+    let Ok(y) = build_unary(&mut Scalar(std::marker::PhantomData), fun, x);
+    y
+}
+
+/// One primitive unary function ([`UnaryOp::is_primitive`]) on one element.
+fn primitive_unary<T: Elem>(fun: UnaryOp, x: T) -> T {
     match fun {
         UnaryOp::Neg => -x,
         UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Rsqrt => T::ONE / x.sqrt(),
         UnaryOp::Exp => x.exp(),
         UnaryOp::Log => x.ln(),
         UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Sigmoid => sigmoid(x),
-        UnaryOp::Silu => x * sigmoid(x),
         // NaN propagates (`NaN < 0` is false).
         UnaryOp::Relu => {
             if x < T::ZERO {
@@ -64,12 +88,6 @@ pub(crate) fn unary_scalar<T: Elem>(fun: UnaryOp, x: T) -> T {
             } else {
                 x
             }
-        }
-        UnaryOp::GeluTanh => {
-            let half = T::from_f64(0.5);
-            let c = T::from_f64((2.0 / std::f64::consts::PI).sqrt());
-            let a = T::from_f64(0.044715);
-            half * x * (T::ONE + (c * (x + a * (x * x * x))).tanh())
         }
         UnaryOp::Step => {
             if x > T::ZERO {
@@ -81,6 +99,11 @@ pub(crate) fn unary_scalar<T: Elem>(fun: UnaryOp, x: T) -> T {
         UnaryOp::Floor => x.floor(),
         UnaryOp::Sin => x.sin(),
         UnaryOp::Cos => x.cos(),
+        // Composites are expanded by `unary_scalar` and never reach here; as a safe answer,
+        // the expansion.
+        UnaryOp::Rsqrt | UnaryOp::Sigmoid | UnaryOp::Silu | UnaryOp::GeluTanh => {
+            unary_scalar(fun, x)
+        }
     }
 }
 

@@ -1,0 +1,174 @@
+//! Matrix products: broadcast products for a contraction over one element, a single row
+//! times a lazy right operand, and the general zero-init + accumulation nest.
+
+use super::*;
+
+impl Lowerer {
+    /// `a @ b` for node `id` of `shape`: batched over the leading axes (broadcast), the
+    /// contraction in the interpreter's order.
+    pub(super) fn matmul(
+        &mut self,
+        sc: &Scope,
+        id: NodeId,
+        a: Val,
+        b: Val,
+        shape: &[usize],
+        body: &mut Vec<Stmt>,
+    ) -> Res<Val> {
+        let (ra, rb, r) = (a.shape.len(), b.shape.len(), shape.len());
+        let bad = || sc.invalid_at(id, format!("{:?} @ {:?} -> {shape:?}", a.shape, b.shape));
+        if ra < 2 || rb < 2 || r < 2 {
+            return Err(bad());
+        }
+        let (m, k, k2, n) = (
+            a.shape[ra - 2],
+            a.shape[ra - 1],
+            b.shape[rb - 2],
+            b.shape[rb - 1],
+        );
+        let lead = &shape[..r - 2];
+        if k != k2
+            || shape[r - 2] != m
+            || shape[r - 1] != n
+            || !broadcasts(&a.shape[..ra - 2], lead)
+            || !broadcasts(&b.shape[..rb - 2], lead)
+        {
+            return Err(bad());
+        }
+        if k == 1 {
+            return Ok(self.outer_product(sc, id, a, b, shape, body));
+        }
+        // A single row times an unmaterialized right operand that is not broadcast reads each of
+        // its elements once: compute them inside the product instead of into a buffer.
+        if m == 1 && b.as_view().is_none() && b.shape[..rb - 2] == *lead {
+            let a = self.view_of(sc, a, &format!("%{} lhs", id.index()), body);
+            return Ok(self.matmul_nest(sc, id, a, &b, [m, k, n], shape, body));
+        }
+        let a = self.view_of(sc, a, &format!("%{} lhs", id.index()), body);
+        let (bv, bshape) = self.view_of(sc, b, &format!("%{} rhs", id.index()), body);
+        let b = self.contiguous_rows(sc, id, bv, bshape, n, body);
+        Ok(self.matmul_nest(sc, id, a, &b, [m, k, n], shape, body))
+    }
+
+    /// A contraction over a single element is a broadcast product: no accumulator and no
+    /// buffer, an expression its consumer inlines (an outer product `uᵀ d` added into a sum
+    /// becomes one loop).
+    fn outer_product(
+        &mut self,
+        sc: &Scope,
+        id: NodeId,
+        a: Val,
+        b: Val,
+        shape: &[usize],
+        body: &mut Vec<Stmt>,
+    ) -> Val {
+        let what = |side: &str| format!("%{} {side}", id.index());
+        let n_out = numel(shape).unwrap_or(0);
+        let a = self.cheap_operand(sc, a, n_out, &what("lhs"), body);
+        let b = self.cheap_operand(sc, b, n_out, &what("rhs"), body);
+        Val {
+            shape: shape.to_vec(),
+            lazy: Lazy::Binary(
+                BinaryOp::Mul,
+                Box::new(expand(a, shape)),
+                Box::new(expand(b, shape)),
+            ),
+        }
+    }
+
+    /// The right operand `b` (a view of shape `bshape`) with contiguous rows: the innermost loop
+    /// runs along them (a transposed weight is copied once instead of gathered k times per row;
+    /// with a single row the copy still pays: the accumulation then vectorizes along the row,
+    /// which a dot product along the columns cannot without reassociating).
+    fn contiguous_rows(
+        &mut self,
+        sc: &Scope,
+        id: NodeId,
+        b: View,
+        bshape: Vec<usize>,
+        n: usize,
+        body: &mut Vec<Stmt>,
+    ) -> Val {
+        let strided = Val {
+            shape: bshape,
+            lazy: Lazy::View(b),
+        };
+        if n <= 1
+            || strided
+                .as_view()
+                .is_some_and(|v| v.strides.last() == Some(&1))
+        {
+            return strided;
+        }
+        let dest = self.temp(
+            sc,
+            format!("%{} rhs, contiguous", id.index()),
+            &strided.shape,
+        );
+        self.materialize(&strided, &dest, body);
+        let shape = strided.shape;
+        Val {
+            lazy: Lazy::View(View {
+                buf: dest.buf,
+                offset: dest.offset,
+                strides: row_major(&shape),
+            }),
+            shape,
+        }
+    }
+
+    /// `a @ b` into node `id`'s destination: per leading index and row `i`, the row zeroed, then
+    /// for each `p` in order `out[i, j] += a[i, p] * b[p, j]` along the row (`j` innermost).
+    /// `b` is read once per element it is used for, so it may be lazy.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_nest(
+        &mut self,
+        sc: &Scope,
+        id: NodeId,
+        (av, ashape): (View, Vec<usize>),
+        b: &Val,
+        [m, k, n]: [usize; 3],
+        shape: &[usize],
+        body: &mut Vec<Stmt>,
+    ) -> Val {
+        let (ra, rb, r) = (ashape.len(), b.shape.len(), shape.len());
+        let lead = &shape[..r - 2];
+        let dest = self.dest_for(sc, id, shape);
+        let (lidx, lloops) = self.loops(lead);
+        let (iidx, iloops) = self.loops(&[m]);
+        let (j0, j0loops) = self.loops(&[n]);
+        let (pidx, ploops) = self.loops(&[k]);
+        let (j1, j1loops) = self.loops(&[n]);
+        let out_at = |j: &Index| {
+            let mut idx = lidx.clone();
+            idx.extend([iidx[0].clone(), j.clone()]);
+            dest.at(shape, &idx)
+        };
+        let mut a_idx = bcast_idx(&ashape[..ra - 2], &lidx);
+        a_idx.extend([iidx[0].clone(), pidx[0].clone()]);
+        let mut b_idx = bcast_idx(&b.shape[..rb - 2], &lidx);
+        b_idx.extend([pidx[0].clone(), j1[0].clone()]);
+        let mut inner = wrap(
+            j0loops,
+            vec![store(dest.buf, out_at(&j0[0]), Value::Const(0.0))],
+        );
+        let acc_at = out_at(&j1[0]);
+        inner.extend(wrap(
+            ploops,
+            wrap(
+                j1loops,
+                vec![store(
+                    dest.buf,
+                    acc_at.clone(),
+                    bin(
+                        BinaryOp::Add,
+                        load(dest.buf, acc_at),
+                        bin(BinaryOp::Mul, av.load(&a_idx), b.emit(&b_idx)),
+                    ),
+                )],
+            ),
+        ));
+        body.extend(wrap(lloops, wrap(iloops, inner)));
+        dest.val(shape)
+    }
+}

@@ -1,0 +1,261 @@
+//! Lowering of a specialized program to the kernel IR ([`tttc_ir::kernel`]): loops over flat
+//! buffers.
+//!
+//! Every dimension must be known (bind the program first); every `ttt` scan must have its step
+//! graph (the scan-lowering pass fills it in). The result computes what the graph interpreter
+//! computes, accumulating in the same order where that is cheap (matmuls, reductions, `mix`,
+//! `mix_outer` and `sum_to` bitwise like `tttc_backends::interp`).
+//!
+//! How values are represented:
+//!
+//! - program inputs are `Input` buffers (row-major, in graph input order), graph outputs are
+//!   `Output` buffers (row-major, in output order), everything else is a temporary;
+//! - a node's value is a *view* where possible: a buffer, a base offset and one stride per axis.
+//!   `reshape` (when the strides allow it), `transpose`, `permute` and `expand` (stride 0 on
+//!   broadcast axes) are free: they only change the view, and binary broadcasting is stride 0;
+//! - elementwise nodes (`unary`, `binary`, `const`, `extent`, `iota`) stay expressions and are
+//!   inlined into their consumer's loop when they have exactly one user (constants and iotas
+//!   always); with more users, or when a consumer reads them more than once per element
+//!   (matmul operands, broadcasts), they are materialized into a buffer with a loop nest;
+//! - `matmul` is a zero-initialisation and an accumulation over the contraction, with loops
+//!   ordered batch, m, k, n (n innermost, contiguous); `sum`/`mean`, `sum_to`, `mix` and
+//!   `mix_outer` are an initialisation and an accumulation (the mean divides afterwards);
+//! - a `ttt` scan is a [`Schedule::Parallel`] loop over its slices (the product of the mapped
+//!   extents; an operand's slice is found by decomposing the slice index with `/` and `%`).
+//!   Inside it, `Local` state buffers are initialised from the initial states' slices; a serial
+//!   loop over the full mini-batches runs the step graph specialized to `$k = K` on views of the
+//!   operands at the mini-batch's first token (no copies), then the remainder (`$k = L mod K`,
+//!   with `token_eta[0..r]`) runs once if there is one. The step's `out` rows are written
+//!   straight into the output sequence; its `next_<state>` values go to `Local` temporaries
+//!   that are then copied into the state buffers; at the end the states are copied into the
+//!   final-state results. Every temporary inside the slice loop is `Local`.
+//!
+//! Every loop is [`Schedule::Serial`] except the slice loops; scheduling is a later pass's job.
+
+mod elementwise;
+mod graph;
+mod indexing;
+mod matmul;
+mod reduce;
+mod scan;
+mod slice_shift;
+mod value;
+
+use graph::*;
+use indexing::*;
+use value::*;
+
+use std::collections::{BTreeMap, HashMap};
+use tttc_ir::kernel::{
+    BufId, Buffer, BufferKind, Index, KernelProgram, Layout, MemorySpace, Schedule, Stmt, Value,
+    VarId,
+};
+use tttc_ir::program::specialize_graph;
+use tttc_ir::scan::OperandKind;
+use tttc_ir::{
+    BinaryOp, DType, Graph, NodeId, NodeType, Op, Program, ReduceOp, TttScan, UnaryOp,
+    MINI_BATCH_DIM,
+};
+
+/// Why a program could not be lowered to the kernel IR.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LowerKernelError {
+    /// A node's type (or a shape in its op) still has a symbolic dimension.
+    #[error(
+        "graph `{graph}`, {node}: dimension `{symbol}` is unbound; specialize the program \
+         (bind every dimension) before lowering it to kernels"
+    )]
+    UnboundDim {
+        /// Which graph (`main`, `main/ttt%9/step[$k=16]`, ...).
+        graph: String,
+        /// The node, as `%id (op)`.
+        node: String,
+        /// The symbol.
+        symbol: String,
+    },
+    /// A scan has no step graph.
+    #[error(
+        "graph `{graph}`, {node}: the ttt scan has no step graph; run the scan-lowering pass \
+         (`primal`) first"
+    )]
+    MissingStep {
+        /// Which graph.
+        graph: String,
+        /// The scan node.
+        node: String,
+    },
+    /// Something this lowering does not handle (a scan inside a scan, mixed element types).
+    #[error("graph `{graph}`, {node}: unsupported: {message}")]
+    Unsupported {
+        /// Which graph.
+        graph: String,
+        /// The node.
+        node: String,
+        /// What is not supported.
+        message: String,
+    },
+    /// The graph is ill-formed (operands that do not fit their op, a cycle, a missing node...).
+    #[error("ill-formed graph `{graph}`: {message}")]
+    Invalid {
+        /// Which graph.
+        graph: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A bug: the kernel program made breaks a rule of the kernel IR.
+    #[error("lowering made an ill-formed kernel program")]
+    Malformed(#[from] tttc_ir::kernel::VerifyError),
+}
+
+type Res<T> = Result<T, LowerKernelError>;
+
+/// Largest number of elements one value may have (keeps every offset well within `i64`).
+const MAX_ELEMENTS: usize = 1 << 48;
+
+/// Lowers a specialized program (every dimension known, every scan with its step graph) to the
+/// kernel IR. See the module documentation for what the result looks like.
+pub fn lower_program(program: &Program) -> Result<KernelProgram, LowerKernelError> {
+    lower_graph(&program.name, &program.graph)
+}
+
+/// Lowers a specialized graph to a kernel program called `name` (see [`lower_program`]); the
+/// result is checked with the kernel IR's verifier ([`tttc_ir::kernel::verify`]).
+pub fn lower_graph(name: &str, graph: &Graph) -> Result<KernelProgram, LowerKernelError> {
+    let main = "main".to_string();
+    let dtype = graph_dtype(graph).ok_or_else(|| LowerKernelError::Invalid {
+        graph: main.clone(),
+        message: "the graph has no tensor-typed node".into(),
+    })?;
+    let mut l = Lowerer {
+        dtype,
+        buffers: Vec::new(),
+        vars: 0,
+    };
+    let mut inputs = Vec::with_capacity(graph.inputs().len());
+    for &id in graph.inputs() {
+        let input_name = graph
+            .input_name(id)
+            .ok_or_else(|| LowerKernelError::Invalid {
+                graph: main.clone(),
+                message: format!("%{} is listed as an input", id.index()),
+            })?;
+        let shape = known_shape(graph, id, &main)?;
+        let buf = l.buffer(
+            input_name.to_string(),
+            BufferKind::Input(input_name.to_string()),
+            MemorySpace::Global,
+            &shape,
+        );
+        inputs.push(Val::view(shape, buf, Index::Const(0)));
+    }
+    let mut dests = Vec::with_capacity(graph.outputs().len());
+    let mut seen = std::collections::BTreeSet::new();
+    for o in graph.outputs() {
+        if !seen.insert(o.name.as_str()) {
+            return Err(LowerKernelError::Invalid {
+                graph: main,
+                message: format!("two outputs are named `{}`", o.name),
+            });
+        }
+        if graph.get(o.node).is_none() {
+            return Err(LowerKernelError::Invalid {
+                graph: main,
+                message: format!("output `{}` names a missing node", o.name),
+            });
+        }
+        let shape = known_shape(graph, o.node, &main)?;
+        let buf = l.buffer(
+            o.name.clone(),
+            BufferKind::Output(o.name.clone()),
+            MemorySpace::Global,
+            &shape,
+        );
+        dests.push(Some(Dest {
+            buf,
+            offset: Index::Const(0),
+        }));
+    }
+    let mut body = Vec::new();
+    l.lower_graph(
+        GraphJob {
+            graph,
+            path: main,
+            prefix: String::new(),
+            space: MemorySpace::Global,
+            inputs,
+            dests,
+        },
+        &mut body,
+    )?;
+    let p = KernelProgram {
+        name: name.to_string(),
+        dtype,
+        buffers: l.buffers,
+        vars: l.vars,
+        body,
+    };
+    tttc_ir::kernel::verify(&p)?;
+    Ok(p)
+}
+
+/// The element type of the graph's first tensor-typed node.
+fn graph_dtype(graph: &Graph) -> Option<DType> {
+    graph
+        .inputs()
+        .iter()
+        .chain(&graph.node_ids())
+        .find_map(|&id| {
+            graph.get(id).and_then(|n| match &n.ty {
+                NodeType::Tensor(t) => Some(t.dtype),
+                NodeType::Tuple(ts) => ts.first().map(|t| t.dtype),
+            })
+        })
+}
+
+/// `%id (op)`.
+fn describe(graph: &Graph, id: NodeId) -> String {
+    match graph.get(id) {
+        Some(n) => format!("%{} ({})", id.index(), n.op.name()),
+        None => format!("%{}", id.index()),
+    }
+}
+
+/// The known extents of tensor node `id`.
+fn known_shape(graph: &Graph, id: NodeId, path: &str) -> Res<Vec<usize>> {
+    let Some(t) = graph.get(id).and_then(|n| n.ty.tensor()) else {
+        return Err(LowerKernelError::Invalid {
+            graph: path.to_string(),
+            message: format!("{} is not a tensor", describe(graph, id)),
+        });
+    };
+    known_dims(&t.shape, graph, id, path)
+}
+
+fn known_dims(shape: &tttc_ir::Shape, graph: &Graph, id: NodeId, path: &str) -> Res<Vec<usize>> {
+    let dims = shape
+        .0
+        .iter()
+        .map(|d| {
+            d.known().ok_or_else(|| LowerKernelError::UnboundDim {
+                graph: path.to_string(),
+                node: describe(graph, id),
+                symbol: d.to_string(),
+            })
+        })
+        .collect::<Res<Vec<usize>>>()?;
+    if numel(&dims).is_none() {
+        return Err(LowerKernelError::Invalid {
+            graph: path.to_string(),
+            message: format!("{}: shape {dims:?} is too large", describe(graph, id)),
+        });
+    }
+    Ok(dims)
+}
+
+/// Number of elements, if not absurdly large.
+fn numel(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+}
