@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tttc_backends::kernel_interp::{
     run_kernel_program, run_kernel_program_gpu, GpuEmulation, KernelInterpError,
 };
-use tttc_ir::kernel::Buffer;
+use tttc_ir::kernel::{Buffer, Value};
 use tttc_ir::{BinaryOp, DType};
 use tttc_runtime::Tensor;
 

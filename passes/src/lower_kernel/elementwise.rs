@@ -5,7 +5,8 @@
 use super::*;
 
 impl Lowerer {
-    /// The value of node `id` when its op is elementwise or a view (`None` for other ops).
+    /// The value of node `id` when its op is elementwise or only changes the view (`None` for
+    /// other ops).
     pub(super) fn lower_elementwise(
         &mut self,
         sc: &Scope,
@@ -56,23 +57,6 @@ impl Lowerer {
                 let b = self.cheap_operand(sc, b, n, &format!("%{} rhs", id.index()), body);
                 lazy(Lazy::Binary(*fun, Box::new(a), Box::new(b)))
             }
-            _ => return self.lower_view(sc, id, shape, body),
-        }))
-    }
-
-    /// The value of node `id` when its op only changes the view (`None` for other ops).
-    fn lower_view(
-        &mut self,
-        sc: &Scope,
-        id: NodeId,
-        shape: &[usize],
-        body: &mut Vec<Stmt>,
-    ) -> Res<Option<Val>> {
-        let graph = sc.graph;
-        let operands = graph.operands(id);
-        let n = numel(shape).unwrap_or(0);
-        let arg = |i: usize| sc.tensor(operands[i], id);
-        Ok(Some(match &graph.node(id).op {
             Op::Transpose => {
                 let x = arg(0)?;
                 let r = x.shape.len();

@@ -28,7 +28,7 @@ mod parallel;
 use super::plan::{jammable, plan_inner, rows_independent, InnerPlan};
 use super::runtime::{MathFn, PARALLEL_FOR};
 use super::CraneliftError;
-use crate::bounds::{buffers_used, cpu_schedule, loop_key, vars_used, Analysis, CpuSchedule};
+use crate::scratch::{cpu_schedule, loop_key, Analysis, CpuSchedule};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     types, AbiParam, BlockArg, Endianness, FuncRef, Function, InstBuilder, MemFlagsData, Signature,
@@ -38,9 +38,9 @@ use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::JITModule;
 use cranelift_module::{FuncId, Linkage, Module};
-use loops::Jam;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use tttc_ir::kernel::{buffers_used, vars_used};
 use tttc_ir::kernel::{BufId, Index, KernelProgram, Stmt, Value, VarId};
 use tttc_ir::{BinaryOp, DType, UnaryOp};
 
