@@ -12,6 +12,7 @@ mod common;
 use common::*;
 use std::collections::BTreeMap;
 use tttc::ir::kernel::verify;
+use tttc::ir::{Dim, Program};
 use tttc::passes::gpu_schedule::{gpu_schedule, GpuConfig};
 use tttc::passes::lower_kernel::lower_program;
 use tttc::{Precision, Settings};
@@ -69,8 +70,32 @@ const SHAPES: &[(&str, &[(&str, f64)])] = &[
     ),
 ];
 
+/// Every input's shape with the dimensions `dims` (and the program's integer configs).
+fn input_shapes(program: &Program, dims: &[(&str, f64)]) -> BTreeMap<String, Vec<usize>> {
+    let mut known = program.int_configs();
+    known.extend(dims.iter().map(|&(name, n)| (name.to_string(), n as usize)));
+    let g = &program.graph;
+    let mut out = BTreeMap::new();
+    for &id in g.inputs() {
+        let (Some(name), Some(ty)) = (g.input_name(id), g.tensor_type(id)) else {
+            continue;
+        };
+        let shape = ty
+            .shape
+            .0
+            .iter()
+            .map(|d| match d.substitute(&known) {
+                Dim::Known(n) => n,
+                Dim::Sym(s) => panic!("input `{name}` needs dimension `{s}`"),
+            })
+            .collect();
+        out.insert(name.to_string(), shape);
+    }
+    out
+}
+
 /// Lowers `program` (bound) to kernels, maps it to a GPU, and verifies both.
-fn lower_and_verify(program: &tttc::ir::Program, what: &str) {
+fn lower_and_verify(program: &Program, what: &str) {
     let kernels = lower_program(program).unwrap_or_else(|e| panic!("{what}: lower_kernel: {e}"));
     verify(&kernels).unwrap_or_else(|e| panic!("{what}: kernels: {e}"));
     let mapped = gpu_schedule(&kernels, &GpuConfig::default())
@@ -106,8 +131,9 @@ fn every_example_lowers_to_verified_kernels() {
             let what = format!("{file} {precision:?}");
             let compiled = tttc::compile_file(&path, precision, &settings)
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
-            let (bound, _) = tttc::bind_shapes(&compiled, &BTreeMap::new(), &settings)
-                .unwrap_or_else(|e| panic!("{what}: bind: {e}"));
+            let (bound, _) =
+                tttc::bind_shapes(&compiled, &input_shapes(&compiled, dims), &settings)
+                    .unwrap_or_else(|e| panic!("{what}: bind: {e}"));
             lower_and_verify(&bound, &what);
         }
     }

@@ -10,8 +10,10 @@
 //! - a loop variable is used only inside its loop, and is not bound again inside it; extents fit
 //!   in `i64`; divisors and moduli of indices are positive;
 //! - nothing stores into a program input;
-//! - a `Shared` buffer is used only inside a [`Schedule::GpuBlock`] loop (GPU shared memory
-//!   exists per block); a [`Stmt::Barrier`] sits inside a `GpuBlock` loop and outside every
+//! - `Local` and `Shared` buffers are temporaries (inputs and outputs are `Global`, above); where
+//!   they may be used is not restricted: outside the loops that refresh them they live as long
+//!   as the program (see [`MemorySpace`]);
+//! - a [`Stmt::Barrier`] sits inside a [`Schedule::GpuBlock`] loop and outside every
 //!   [`Schedule::GpuThread`] loop (where every thread of the block reaches it);
 //! - loops nest at most [`MAX_LOOP_DEPTH`] deep and expressions at most [`MAX_EXPR_DEPTH`]
 //!   (so that recursive walkers cannot overflow the stack).
@@ -129,14 +131,6 @@ pub enum VerifyError {
         /// The buffer.
         buf: u32,
         /// The input's name.
-        name: String,
-    },
-    /// A `Shared` buffer used outside any GPU block.
-    #[error("shared-memory buffer b{buf} ({name}) is used outside any GpuBlock loop")]
-    SharedOutsideBlock {
-        /// The buffer.
-        buf: u32,
-        /// Its name.
         name: String,
     },
     /// A barrier where not every thread of a block reaches it, or outside any block.
@@ -305,17 +299,11 @@ impl Verifier<'_> {
     }
 
     fn access(&self, buf: BufId, index: &Index, access: &'static str) -> Res {
-        let Some(b) = self.p.buffer(buf) else {
+        if self.p.buffer(buf).is_none() {
             return Err(VerifyError::UnknownBuffer {
                 access,
                 buf: buf.0,
                 buffers: self.p.buffers.len(),
-            });
-        };
-        if b.space == MemorySpace::Shared && self.in_block == 0 {
-            return Err(VerifyError::SharedOutsideBlock {
-                buf: buf.0,
-                name: b.name.clone(),
             });
         }
         self.index(index, 0)
