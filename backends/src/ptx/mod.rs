@@ -86,6 +86,9 @@ pub enum PtxError {
     /// The options do not apply to this program (tensor cores for an f64 program).
     #[error("{0}")]
     Unsupported(String),
+    /// The inputs given to the host runner ([`host::run_on_host`]) do not fit the program.
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
     /// LLVM refused something.
     #[error("LLVM (NVPTX): {0}")]
     Llvm(String),
