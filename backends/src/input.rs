@@ -122,3 +122,78 @@ pub(crate) fn check_inputs<'t, 'a>(
     }
     Ok(tensors)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(pairs: &[(&str, Tensor)]) -> BTreeMap<String, Tensor> {
+        pairs
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect()
+    }
+
+    /// Inputs `x` (4 elements, shape [2, 2]) and `y` (3 elements).
+    fn check(inputs: &BTreeMap<String, Tensor>) -> Result<Vec<&Tensor>, InputError> {
+        let expected = [
+            ExpectedInput {
+                name: "x",
+                len: 4,
+                shape: &[2, 2],
+            },
+            ExpectedInput {
+                name: "y",
+                len: 3,
+                shape: &[3],
+            },
+        ];
+        check_inputs(inputs, DType::F32, expected)
+    }
+
+    #[test]
+    fn fitting_inputs_come_back_in_program_order() {
+        let x = Tensor::from_f32([4], vec![1.0; 4]).unwrap();
+        let y = Tensor::from_f32([3], vec![2.0; 3]).unwrap();
+        let ins = named(&[("y", y.clone()), ("x", x.clone())]);
+        let got = check(&ins).unwrap();
+        assert_eq!(got, vec![&x, &y]);
+    }
+
+    #[test]
+    fn every_misfit_names_its_tensor() {
+        let x = Tensor::from_f32([2, 2], vec![1.0; 4]).unwrap();
+        let y = Tensor::from_f32([3], vec![2.0; 3]).unwrap();
+        let cases = [
+            (named(&[("x", x.clone())]), "y", "missing"),
+            (
+                named(&[("x", x.clone()), ("y", y.clone()), ("z", y.clone())]),
+                "z",
+                "no such input",
+            ),
+            (
+                named(&[
+                    ("x", Tensor::from_f64([4], vec![1.0; 4]).unwrap()),
+                    ("y", y.clone()),
+                ]),
+                "x",
+                "element type f64 but the program computes in f32",
+            ),
+            (
+                named(&[
+                    ("x", x.clone()),
+                    ("y", Tensor::from_f32([2, 2], vec![0.0; 4]).unwrap()),
+                ]),
+                "y",
+                "4 element(s) (shape [2, 2]) but the program's buffer has 3 (shape [3])",
+            ),
+        ];
+        for (ins, name, what) in cases {
+            let e = check(&ins).expect_err(what);
+            assert_eq!(e.name(), name);
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("input {name:?}: ")), "{msg}");
+            assert!(msg.contains(what), "{msg}");
+        }
+    }
+}

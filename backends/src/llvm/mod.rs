@@ -200,8 +200,9 @@ fn build_optimized<'ctx>(
     Ok(module)
 }
 
-/// A printable version of a program name (for module names only).
-fn sanitize(name: &str) -> String {
+/// A printable version of a program name, for module and symbol names (`[A-Za-z0-9_]`, at
+/// most 64 characters).
+pub(crate) fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' {

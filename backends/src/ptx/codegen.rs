@@ -164,6 +164,8 @@ struct KernelFn<'ctx> {
     b: Builder<'ctx>,
     /// Builder at the end of the entry block's allocas.
     entry: Builder<'ctx>,
+    /// Where the code starts (the entry block branches here when the kernel is finished).
+    start: BasicBlock<'ctx>,
     bufs: HashMap<BufId, PointerValue<'ctx>>,
     vars: Vec<(VarId, IntValue<'ctx>)>,
     tid: IntValue<'ctx>,
@@ -256,23 +258,11 @@ impl<'ctx> Gen<'_, 'ctx> {
         }
         self.annotate(func)?;
 
-        let entry_bb = self.ctx.append_basic_block(func, "entry");
-        let start_bb = self.ctx.append_basic_block(func, "start");
-        let entry = self.ctx.create_builder();
-        entry.position_at_end(entry_bb);
-        let b = self.ctx.create_builder();
-        b.position_at_end(start_bb);
-        let ctaid = self.sreg(&b, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
-        let tid = self.sreg(&b, "llvm.nvvm.read.ptx.sreg.tid.x")?;
-        let mut f = KernelFn {
-            func,
-            b,
-            entry,
-            bufs: HashMap::new(),
-            vars: vec![(block_var, ctaid)],
-            tid,
-            barrier: None,
-        };
+        let mut f = KernelFn::open(self.ctx, func, block_var, None, |b| {
+            let ctaid = self.sreg(b, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
+            let tid = self.sreg(b, "llvm.nvvm.read.ptx.sreg.tid.x")?;
+            Ok((ctaid, tid))
+        })?;
         for (i, id) in params.iter().enumerate() {
             let Some(BasicValueEnum::PointerValue(ptr)) = func.get_nth_param(i as u32) else {
                 return internal("missing kernel parameter");
@@ -280,27 +270,12 @@ impl<'ctx> Gen<'_, 'ctx> {
             f.bufs.insert(*id, ptr);
         }
         for id in crate::bounds::buffers_used(body) {
-            match self.p.buffer(id).map(|b| b.space) {
-                Some(MemorySpace::Shared) => {
-                    let ptr = self.shared_buffer(id)?;
-                    f.bufs.insert(id, ptr);
-                }
-                Some(MemorySpace::Local) => {
-                    let len = self.len(id)?;
-                    let ptr = f.entry.build_array_alloca(
-                        self.lower.ft,
-                        self.lower.i64t.const_int(len, false),
-                        "local",
-                    )?;
-                    f.bufs.insert(id, ptr);
-                }
-                _ => {}
+            if self.p.buffer(id).map(|b| b.space) == Some(MemorySpace::Shared) {
+                let ptr = self.shared_buffer(id)?;
+                f.bufs.insert(id, ptr);
             }
         }
-        self.stmts(&mut f, body)?;
-        f.b.build_return(None)?;
-        f.entry.build_unconditional_branch(start_bb)?;
-        Ok(())
+        self.close(&mut f, body)
     }
 
     /// The host flavor of a kernel: `void name(T** globals, T** shared, i64 tid, i64 ctaid,
@@ -328,12 +303,6 @@ impl<'ctx> Gen<'_, 'ctx> {
             ),
             Some(Linkage::External),
         );
-        let entry_bb = self.ctx.append_basic_block(func, "entry");
-        let start_bb = self.ctx.append_basic_block(func, "start");
-        let entry = self.ctx.create_builder();
-        entry.position_at_end(entry_bb);
-        let b = self.ctx.create_builder();
-        b.position_at_end(start_bb);
         let param = |i: u32| {
             func.get_nth_param(i)
                 .ok_or_else(|| PtxError::Internal("missing host kernel parameter".into()))
@@ -344,15 +313,9 @@ impl<'ctx> Gen<'_, 'ctx> {
         );
         let (tid, ctaid) = (param(2)?.into_int_value(), param(3)?.into_int_value());
         let barrier = param(4)?.into_pointer_value();
-        let mut f = KernelFn {
-            func,
-            b,
-            entry,
-            bufs: HashMap::new(),
-            vars: vec![(block_var, ctaid)],
-            tid,
-            barrier: Some(barrier),
-        };
+        let mut f = KernelFn::open(self.ctx, func, block_var, Some(barrier), |_| {
+            Ok((ctaid, tid))
+        })?;
         for (arr, ids) in [(globals, params), (shared_arr, shared)] {
             for (i, id) in ids.iter().enumerate() {
                 // SAFETY: the runner passes arrays with one pointer per buffer, in this order.
@@ -368,6 +331,12 @@ impl<'ctx> Gen<'_, 'ctx> {
                 f.bufs.insert(*id, p);
             }
         }
+        self.close(&mut f, body)
+    }
+
+    /// Gives each `Local` buffer of `body` a per-thread alloca, emits `body` into `f` and
+    /// returns.
+    fn close(&self, f: &mut KernelFn<'ctx>, body: &[Stmt]) -> Result<(), PtxError> {
         for id in crate::bounds::buffers_used(body) {
             if self.p.buffer(id).map(|b| b.space) == Some(MemorySpace::Local) {
                 let len = self.len(id)?;
@@ -379,9 +348,9 @@ impl<'ctx> Gen<'_, 'ctx> {
                 f.bufs.insert(id, p);
             }
         }
-        self.stmts(&mut f, body)?;
+        self.stmts(f, body)?;
         f.b.build_return(None)?;
-        f.entry.build_unconditional_branch(start_bb)?;
+        f.entry.build_unconditional_branch(f.start)?;
         Ok(())
     }
 
@@ -592,6 +561,35 @@ impl<'ctx> Gen<'_, 'ctx> {
 }
 
 impl<'ctx> KernelFn<'ctx> {
+    /// The state of kernel `func`: an `entry` block for allocas and a `start` block for the
+    /// code; `indices` gives the block and thread index (built at `start`), the block index
+    /// bound to `block_var`.
+    fn open(
+        ctx: &'ctx Context,
+        func: FunctionValue<'ctx>,
+        block_var: VarId,
+        barrier: Option<PointerValue<'ctx>>,
+        indices: impl FnOnce(&Builder<'ctx>) -> Result<(IntValue<'ctx>, IntValue<'ctx>), PtxError>,
+    ) -> Result<Self, PtxError> {
+        let entry_bb = ctx.append_basic_block(func, "entry");
+        let start = ctx.append_basic_block(func, "start");
+        let entry = ctx.create_builder();
+        entry.position_at_end(entry_bb);
+        let b = ctx.create_builder();
+        b.position_at_end(start);
+        let (ctaid, tid) = indices(&b)?;
+        Ok(KernelFn {
+            func,
+            b,
+            entry,
+            start,
+            bufs: HashMap::new(),
+            vars: vec![(block_var, ctaid)],
+            tid,
+            barrier,
+        })
+    }
+
     /// What expressions see here: the builder, the buffers and the loop variables.
     fn scope(&self) -> Scope<'_, 'ctx> {
         Scope {

@@ -22,6 +22,7 @@ pub mod host;
 pub mod math;
 
 use crate::kernel_interp::{check_gpu_program, GpuEmulation};
+use crate::llvm::sanitize;
 use crate::tensor_core::TensorCores;
 use inkwell::context::Context;
 use inkwell::passes::PassBuilderOptions;
@@ -310,19 +311,5 @@ fn shared_per_launch(p: &KernelProgram) -> Vec<usize> {
                 .map(|b| b.len() * elem)
                 .sum()
         })
-        .collect()
-}
-
-/// A printable version of a program name (for symbol names).
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
         .collect()
 }
