@@ -1,9 +1,13 @@
-//! Running a bound program on a backend: the interpreter, or native code through LLVM or
-//! Cranelift.
+//! Running a bound program on a backend: the interpreter, native code through LLVM or
+//! Cranelift, or PTX on a GPU — each behind `tttc_backends`' [`CompiledProgram`] trait, so
+//! [`Prepared`] never matches on the backend once it is compiled.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+pub use tttc_backends::BufferList;
+use tttc_backends::{BackendError, CompiledProgram, Interpreted};
 use tttc_ir::Program;
+use tttc_passes::lower_kernel::LowerKernelError;
 use tttc_runtime::Tensor;
 
 /// An execution backend.
@@ -49,7 +53,7 @@ impl Backend {
     }
 }
 
-/// Why a program could not be prepared or run.
+/// Why a program could not be prepared or run. Each cause is kept whole as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     /// The backend was not compiled into this binary.
@@ -57,13 +61,13 @@ pub enum ExecError {
     NotBuilt(&'static str),
     /// Lowering to kernel IR failed (a compiler bug).
     #[error("lowering to kernel IR failed: {0}")]
-    Lower(String),
+    Lower(#[source] LowerKernelError),
     /// Code generation failed (a compiler bug).
     #[error("code generation failed: {0}")]
-    Codegen(String),
+    Codegen(#[source] BackendError),
     /// Execution failed.
     #[error("execution failed: {0}")]
-    Run(String),
+    Run(#[source] BackendError),
     /// The GPU path failed ([`crate::gpu::GpuError::NoDriver`] is the user's, not a bug).
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
@@ -72,44 +76,34 @@ pub enum ExecError {
 impl ExecError {
     /// Whether the user can fix it (a backend not built in, no GPU driver) rather than a bug.
     pub fn is_user_error(&self) -> bool {
-        matches!(
-            self,
-            ExecError::NotBuilt(_)
-                | ExecError::Gpu(
-                    crate::gpu::GpuError::NoDriver | crate::gpu::GpuError::Unsupported(_)
-                )
-        )
+        match self {
+            ExecError::NotBuilt(_) => true,
+            ExecError::Gpu(e) => e.is_user_error(),
+            ExecError::Lower(_) | ExecError::Codegen(_) | ExecError::Run(_) => false,
+        }
     }
 }
 
-/// Names and element counts of a compiled program's buffers, in program order.
-pub type BufferList = Vec<(String, usize)>;
-
-/// A program ready to run on one backend (compiled once, run many times).
+/// A program ready to run on one backend (compiled once, run many times): whatever the
+/// backend, a [`CompiledProgram`].
 pub struct Prepared {
-    inner: Inner,
-    /// Time spent compiling (zero for the interpreter).
+    inner: Box<dyn CompiledProgram>,
+    /// Time spent compiling, lowering to kernel IR included (zero for the interpreter).
     pub compile_time: Duration,
-}
-
-enum Inner {
-    Interp(Box<Program>),
-    #[cfg(feature = "llvm")]
-    Llvm(Box<tttc_backends::llvm::LlvmJit>),
-    #[cfg(feature = "cranelift")]
-    Cranelift(Box<tttc_backends::cranelift::CraneliftJit>),
-    #[cfg(feature = "cuda")]
-    Ptx(Box<crate::gpu::PtxRunner>),
 }
 
 /// Compiles a bound (fully specialized) program for `backend`.
 pub fn prepare(backend: Backend, program: &Program) -> Result<Prepared, ExecError> {
     let start = Instant::now();
-    let inner = match backend {
-        Backend::Interp => Inner::Interp(Box::new(program.clone())),
-        Backend::Llvm => llvm(program)?,
-        Backend::Cranelift => cranelift(program)?,
-        Backend::Ptx => ptx(program)?,
+    let inner: Box<dyn CompiledProgram> = match backend {
+        Backend::Interp => Box::new(Interpreted::new(program.clone())),
+        #[cfg(feature = "llvm")]
+        Backend::Llvm => compile_kernels(&tttc_backends::llvm::Llvm, program)?,
+        #[cfg(feature = "cranelift")]
+        Backend::Cranelift => compile_kernels(&tttc_backends::cranelift::Cranelift, program)?,
+        Backend::Ptx => return prepare_ptx(program, None),
+        #[allow(unreachable_patterns)]
+        other => return Err(ExecError::NotBuilt(other.feature())),
     };
     Ok(Prepared {
         inner,
@@ -117,32 +111,18 @@ pub fn prepare(backend: Backend, program: &Program) -> Result<Prepared, ExecErro
     })
 }
 
-#[cfg(feature = "llvm")]
-fn llvm(program: &Program) -> Result<Inner, ExecError> {
-    let kernels = tttc_passes::lower_kernel::lower_program(program)
-        .map_err(|e| ExecError::Lower(e.to_string()))?;
-    let jit = tttc_backends::llvm::LlvmJit::compile(&kernels)
-        .map_err(|e| ExecError::Codegen(e.to_string()))?;
-    Ok(Inner::Llvm(Box::new(jit)))
-}
-
-#[cfg(not(feature = "llvm"))]
-fn llvm(_: &Program) -> Result<Inner, ExecError> {
-    Err(ExecError::NotBuilt("llvm"))
-}
-
-#[cfg(feature = "cranelift")]
-fn cranelift(program: &Program) -> Result<Inner, ExecError> {
-    let kernels = tttc_passes::lower_kernel::lower_program(program)
-        .map_err(|e| ExecError::Lower(e.to_string()))?;
-    let jit = tttc_backends::cranelift::CraneliftJit::compile(&kernels)
-        .map_err(|e| ExecError::Codegen(e.to_string()))?;
-    Ok(Inner::Cranelift(Box::new(jit)))
-}
-
-#[cfg(not(feature = "cranelift"))]
-fn cranelift(_: &Program) -> Result<Inner, ExecError> {
-    Err(ExecError::NotBuilt("cranelift"))
+/// Lowers `program` to kernel IR and compiles that with `generator`.
+#[cfg(any(feature = "llvm", feature = "cranelift"))]
+fn compile_kernels<G: tttc_backends::Backend>(
+    generator: &G,
+    program: &Program,
+) -> Result<Box<dyn CompiledProgram>, ExecError>
+where
+    G::Compiled: 'static,
+{
+    let kernels = tttc_passes::lower_kernel::lower_program(program).map_err(ExecError::Lower)?;
+    let compiled = generator.compile(&kernels).map_err(ExecError::Codegen)?;
+    Ok(Box::new(compiled))
 }
 
 /// Compiles a bound program for the ptx backend with matmuls on tensor cores in format
@@ -159,22 +139,19 @@ pub fn prepare_ptx(
     })
 }
 
-fn ptx(program: &Program) -> Result<Inner, ExecError> {
-    ptx_with(program, None)
-}
-
 #[cfg(feature = "cuda")]
 fn ptx_with(
     program: &Program,
     tensor_cores: Option<crate::gpu::TensorCores>,
-) -> Result<Inner, ExecError> {
-    Ok(Inner::Ptx(Box::new(
-        crate::gpu::PtxRunner::with_tensor_cores(program, tensor_cores)?,
-    )))
+) -> Result<Box<dyn CompiledProgram>, ExecError> {
+    Ok(Box::new(crate::gpu::load(program, tensor_cores)?))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn ptx_with(_: &Program, _: Option<crate::gpu::TensorCores>) -> Result<Inner, ExecError> {
+fn ptx_with(
+    _: &Program,
+    _: Option<crate::gpu::TensorCores>,
+) -> Result<Box<dyn CompiledProgram>, ExecError> {
     Err(ExecError::NotBuilt("cuda"))
 }
 
@@ -182,11 +159,7 @@ impl Prepared {
     /// Device time of the last run's kernels in milliseconds (GPU backends only; host↔device
     /// copies excluded).
     pub fn last_device_ms(&self) -> Option<f64> {
-        match &self.inner {
-            #[cfg(feature = "cuda")]
-            Inner::Ptx(r) => r.last_kernel_ms(),
-            _ => None,
-        }
+        self.inner.last_device_ms()
     }
 
     /// Runs on inputs already checked by [`crate::bind`].
@@ -194,56 +167,27 @@ impl Prepared {
         &self,
         inputs: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, ExecError> {
-        match &self.inner {
-            Inner::Interp(p) => tttc_backends::interp::run_program(p, inputs)
-                .map_err(|e| ExecError::Run(e.to_string())),
-            #[cfg(feature = "llvm")]
-            Inner::Llvm(jit) => jit.run(inputs).map_err(|e| ExecError::Run(e.to_string())),
-            #[cfg(feature = "cranelift")]
-            Inner::Cranelift(jit) => jit.run(inputs).map_err(|e| ExecError::Run(e.to_string())),
-            #[cfg(feature = "cuda")]
-            Inner::Ptx(r) => r.run(inputs).map_err(ExecError::from),
-        }
+        self.inner.run(inputs).map_err(ExecError::Run)
     }
 
     /// Like [`Prepared::run`], but the native backends write an output into the storage of the
     /// same-named tensor of `spare` when it has the output's element type and size (taken out
     /// of `spare`; no allocation and no zeroing). For repeated runs such as decode steps.
-    #[cfg_attr(
-        not(any(feature = "llvm", feature = "cranelift")),
-        allow(unused_variables)
-    )]
     pub fn run_reusing(
         &self,
         inputs: &BTreeMap<String, Tensor>,
         spare: &mut BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, ExecError> {
-        match &self.inner {
-            Inner::Interp(_) => self.run(inputs),
-            #[cfg(feature = "cuda")]
-            Inner::Ptx(_) => self.run(inputs),
-            #[cfg(feature = "llvm")]
-            Inner::Llvm(jit) => jit
-                .run_reusing(inputs, spare)
-                .map_err(|e| ExecError::Run(e.to_string())),
-            #[cfg(feature = "cranelift")]
-            Inner::Cranelift(jit) => jit
-                .run_reusing(inputs, spare)
-                .map_err(|e| ExecError::Run(e.to_string())),
-        }
+        self.inner
+            .run_reusing(inputs, spare)
+            .map_err(ExecError::Run)
     }
 
     /// Names and element counts of the inputs, then outputs, in program order, for a native
     /// backend that can run on caller-provided storage ([`Prepared::run_raw`]); `None` for the
     /// others.
     pub fn raw_buffers(&self) -> Option<(BufferList, BufferList)> {
-        match &self.inner {
-            #[cfg(feature = "llvm")]
-            Inner::Llvm(jit) => Some(jit.buffers()),
-            #[cfg(feature = "cranelift")]
-            Inner::Cranelift(jit) => Some(jit.buffers()),
-            _ => None,
-        }
+        self.inner.buffers()
     }
 
     /// Runs a native program on caller-provided storage, one pointer per buffer in the order of
@@ -254,29 +198,12 @@ impl Prepared {
     /// Every pointer must be valid for its buffer's number of elements of the program's element
     /// type; outputs must not overlap each other or any input, and nothing else may access them
     /// during the call.
-    #[cfg_attr(
-        not(any(feature = "llvm", feature = "cranelift")),
-        allow(unused_variables)
-    )]
     pub unsafe fn run_raw(
         &self,
         inputs: &[*const u8],
         outputs: &[*mut u8],
     ) -> Result<(), ExecError> {
-        match &self.inner {
-            #[cfg(feature = "llvm")]
-            // SAFETY: the caller's contract.
-            Inner::Llvm(jit) => {
-                unsafe { jit.run_raw(inputs, outputs) }.map_err(|e| ExecError::Run(e.to_string()))
-            }
-            #[cfg(feature = "cranelift")]
-            // SAFETY: the caller's contract.
-            Inner::Cranelift(jit) => {
-                unsafe { jit.run_raw(inputs, outputs) }.map_err(|e| ExecError::Run(e.to_string()))
-            }
-            _ => Err(ExecError::Run(
-                "this backend cannot run on raw storage".into(),
-            )),
-        }
+        // SAFETY: the caller's contract.
+        unsafe { self.inner.run_raw(inputs, outputs) }.map_err(ExecError::Run)
     }
 }

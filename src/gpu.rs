@@ -8,35 +8,45 @@ use tttc_ir::Program;
 pub use tttc_backends::ptx::{PtxArch, PtxModule};
 pub use tttc_backends::tensor_core::TensorCores;
 
-/// Why a program could not be made into PTX or run on a GPU.
+/// Why a program could not be made into PTX or run on a GPU. Each cause is kept whole as the
+/// source.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
     /// Lowering to kernel IR failed (a compiler bug).
     #[error("lowering to kernel IR failed: {0}")]
-    Lower(String),
+    Lower(#[source] tttc_passes::lower_kernel::LowerKernelError),
     /// The GPU mapping failed (a compiler bug).
     #[error("GPU mapping failed: {0}")]
-    Schedule(String),
+    Schedule(#[source] tttc_passes::gpu_schedule::GpuScheduleError),
     /// PTX generation failed (a compiler bug).
+    #[cfg(feature = "llvm")]
     #[error("PTX generation failed: {0}")]
-    Codegen(String),
+    Codegen(#[source] tttc_backends::ptx::PtxError),
     /// An option that does not apply to the program (tensor cores for f64): the user's to fix.
     #[error("{0}")]
     Unsupported(String),
     /// No CUDA driver on this machine (a user-facing condition, not a bug).
     #[error("no CUDA driver found: the ptx backend runs on a machine with an NVIDIA GPU and its driver (libcuda.so)")]
     NoDriver,
-    /// The CUDA driver failed.
-    #[error("CUDA: {0}")]
-    Cuda(String),
+    /// The CUDA driver failed (or the inputs did not fit the loaded program).
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(tttc_backends::ptx::cuda::CudaError),
+}
+
+impl GpuError {
+    /// Whether the user can fix it (no GPU driver, an option that does not apply) rather than a
+    /// bug.
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, GpuError::NoDriver | GpuError::Unsupported(_))
+    }
 }
 
 /// The kernel program of `program` (bound) mapped onto a GPU with the default configuration.
 pub fn gpu_kernels(program: &Program) -> Result<tttc_ir::kernel::KernelProgram, GpuError> {
-    let kernels = tttc_passes::lower_kernel::lower_program(program)
-        .map_err(|e| GpuError::Lower(e.to_string()))?;
+    let kernels = tttc_passes::lower_kernel::lower_program(program).map_err(GpuError::Lower)?;
     tttc_passes::gpu_schedule::gpu_schedule(&kernels, &Default::default())
-        .map_err(|e| GpuError::Schedule(e.to_string()))
+        .map_err(GpuError::Schedule)
 }
 
 /// PTX for `program` (bound: every dimension known) on `arch`.
@@ -53,15 +63,20 @@ pub fn emit_ptx_with(
     arch: PtxArch,
     tensor_cores: Option<TensorCores>,
 ) -> Result<PtxModule, GpuError> {
-    use tttc_backends::ptx::{PtxError, PtxOptions};
+    use tttc_backends::ptx::PtxOptions;
     let mapped = gpu_kernels(program)?;
     let threads = tttc_passes::gpu_schedule::DEFAULT_THREADS as u32;
-    tttc_backends::ptx::emit_ptx_with(&mapped, threads, arch, PtxOptions { tensor_cores }).map_err(
-        |e| match e {
-            PtxError::Unsupported(m) => GpuError::Unsupported(m),
-            e => GpuError::Codegen(e.to_string()),
-        },
-    )
+    tttc_backends::ptx::emit_ptx_with(&mapped, threads, arch, PtxOptions { tensor_cores })
+        .map_err(ptx_error)
+}
+
+/// A PTX generation error as the GPU path's: the user's when an option does not apply.
+#[cfg(feature = "llvm")]
+fn ptx_error(e: tttc_backends::ptx::PtxError) -> GpuError {
+    match e {
+        tttc_backends::ptx::PtxError::Unsupported(m) => GpuError::Unsupported(m),
+        e => GpuError::Codegen(e),
+    }
 }
 
 /// How to launch a [`PtxModule`] by hand, as JSON: the kernels in order (grid and block size,
@@ -108,50 +123,34 @@ pub fn launch_manifest(program_name: &str, m: &PtxModule) -> serde_json::Value {
     })
 }
 
-/// A program compiled to PTX and loaded on the GPU.
+/// Compiles `program` (bound) to PTX for the first GPU, with matmuls on tensor cores in
+/// format `tensor_cores` when given, and loads it there (the [`tttc_backends::ptx::cuda::Cuda`]
+/// backend). Without a CUDA driver: [`GpuError::NoDriver`], before anything is compiled.
 #[cfg(feature = "cuda")]
-pub struct PtxRunner {
-    program: tttc_backends::ptx::cuda::CudaProgram,
-}
-
-#[cfg(feature = "cuda")]
-impl PtxRunner {
-    /// Compiles `program` (bound) for the first GPU and loads it. Without a CUDA driver:
-    /// [`GpuError::NoDriver`], before anything is compiled.
-    pub fn new(program: &Program) -> Result<PtxRunner, GpuError> {
-        Self::with_tensor_cores(program, None)
-    }
-
-    /// [`PtxRunner::new`] with matmuls on tensor cores in format `tensor_cores` when given.
-    pub fn with_tensor_cores(
-        program: &Program,
-        tensor_cores: Option<TensorCores>,
-    ) -> Result<PtxRunner, GpuError> {
-        use tttc_backends::ptx::cuda;
-        let (_, arch) = cuda::device().map_err(cuda_error)?;
-        let m = emit_ptx_with(program, arch, tensor_cores)?;
-        let program = cuda::CudaProgram::load(&m).map_err(cuda_error)?;
-        Ok(PtxRunner { program })
-    }
-
-    /// Runs on `inputs` (by name, in the program's element type).
-    pub fn run(
-        &self,
-        inputs: &std::collections::BTreeMap<String, tttc_runtime::Tensor>,
-    ) -> Result<std::collections::BTreeMap<String, tttc_runtime::Tensor>, GpuError> {
-        self.program.run(inputs).map_err(cuda_error)
-    }
-
-    /// Device time of the last run's kernels, in milliseconds.
-    pub fn last_kernel_ms(&self) -> Option<f64> {
-        self.program.last_kernel_ms()
-    }
+pub fn load(
+    program: &Program,
+    tensor_cores: Option<TensorCores>,
+) -> Result<tttc_backends::ptx::cuda::CudaProgram, GpuError> {
+    use tttc_backends::ptx::cuda::Cuda;
+    use tttc_backends::ptx::PtxOptions;
+    use tttc_backends::{Backend, BackendError};
+    let threads = tttc_passes::gpu_schedule::DEFAULT_THREADS as u32;
+    let gpu = Cuda::first_device(threads, PtxOptions { tensor_cores }).map_err(cuda_error)?;
+    let mapped = gpu_kernels(program)?;
+    gpu.compile(&mapped).map_err(|e| match e {
+        BackendError::Ptx(e) => ptx_error(e),
+        BackendError::Cuda(e) => cuda_error(e),
+        // The CUDA backend makes no other errors; should one appear, it is reported, not lost.
+        other => GpuError::Cuda(tttc_backends::ptx::cuda::CudaError::Driver(
+            other.to_string(),
+        )),
+    })
 }
 
 #[cfg(feature = "cuda")]
 fn cuda_error(e: tttc_backends::ptx::cuda::CudaError) -> GpuError {
     match e {
         tttc_backends::ptx::cuda::CudaError::NoDriver => GpuError::NoDriver,
-        other => GpuError::Cuda(other.to_string()),
+        other => GpuError::Cuda(other),
     }
 }

@@ -152,3 +152,37 @@ fn tensor_core_code_matches_the_emulation() {
         }
     }
 }
+
+/// The host runner checks its inputs like every other runner: a missing or misfit tensor is an
+/// `InputError` naming it, before any kernel runs.
+#[test]
+fn inputs_that_do_not_fit_are_named() {
+    use tttc::backends::ptx::PtxError;
+    use tttc::backends::InputError;
+    let case = inner_cases().into_iter().next().expect("a golden case");
+    let precision = Precision::F32;
+    let lowered =
+        tttc::lower_file(&root().join(case.program), precision, &case.settings).expect("lower");
+    let compiled = tttc::optimize(lowered, None, false)
+        .expect("optimize")
+        .program;
+    let bound =
+        tttc::bind(&compiled, &case.inputs(), &case.settings, precision.elem()).expect("bind");
+    let k = lower_program(&bound.program).expect("lower_kernel");
+    let g = gpu_schedule(&k, &GpuConfig::default()).expect("gpu_schedule");
+
+    let mut missing = bound.inputs.clone();
+    let (name, tensor) = missing.pop_first().expect("an input");
+    match run_on_host(&g, 256, &missing) {
+        Err(PtxError::Input(InputError::Missing { name: n })) => assert_eq!(n, name),
+        other => panic!("expected {name:?} missing, got {other:?}"),
+    }
+    let mut short = bound.inputs.clone();
+    let values = tensor.as_f32().expect("f32 input");
+    let cut = tttc::runtime::Tensor::from_f32([values.len() - 1], values[1..].to_vec()).unwrap();
+    short.insert(name.clone(), cut);
+    match run_on_host(&g, 256, &short) {
+        Err(PtxError::Input(e @ InputError::Size { .. })) => assert_eq!(e.name(), name),
+        other => panic!("expected {name:?} of the wrong size, got {other:?}"),
+    }
+}

@@ -30,8 +30,9 @@ macro_rules! error_tests {
 
             fn input_error(r: Result<impl std::fmt::Debug, Error>, name: &str, what: &str) {
                 match r {
-                    Err(Error::Input { name: n, msg }) => {
-                        assert_eq!(n, name);
+                    Err(Error::Input(e)) => {
+                        assert_eq!(e.name(), name);
+                        let msg = e.to_string();
                         assert!(msg.contains(what), "{msg}");
                     }
                     other => panic!("expected an input error about {name}, got {other:?}"),

@@ -71,13 +71,13 @@ mod runtime;
 pub use codegen::Stats;
 pub use runtime::{thread_count, tttc_parallel_for, WorkerFn};
 
-use crate::native::{EntryFn, RunError, Signature};
+use crate::backend::{Backend, BackendError};
+use crate::input::InputError;
+use crate::native::{EntryFn, Jit, JitCode};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_jit::{JITBuilder, JITModule};
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tttc_ir::kernel::KernelProgram;
-use tttc_runtime::Tensor;
 
 /// Why a kernel program could not be compiled or run.
 #[derive(Debug, thiserror::Error)]
@@ -89,19 +89,15 @@ pub enum CraneliftError {
     #[error("Cranelift: {0}")]
     Cranelift(String),
     /// The inputs given to [`CraneliftJit::run`] do not match the program.
-    #[error("input {name:?}: {msg}")]
-    Input {
-        /// The input's name.
-        name: String,
-        /// What is wrong.
-        msg: String,
-    },
+    #[error(transparent)]
+    Input(#[from] InputError),
     /// A bug in this backend.
     #[error("internal error in the Cranelift backend: {0}")]
     Internal(String),
 }
 
-/// A kernel program compiled to native code in memory by Cranelift, ready to run.
+/// A kernel program compiled to native code in memory by Cranelift, ready to run: a
+/// [`Jit`](crate::Jit) over Cranelift's machine code ([`CraneliftCode`]).
 ///
 /// ```no_run
 /// # use std::collections::BTreeMap;
@@ -111,44 +107,64 @@ pub enum CraneliftError {
 /// let outputs = jit.run(inputs)?;
 /// # Ok(()) }
 /// ```
-pub struct CraneliftJit {
-    entry: EntryFn,
-    sig: Signature,
-    compile_time: Duration,
+pub type CraneliftJit = Jit<CraneliftCode>;
+
+/// The Cranelift backend as a [`Backend`]: [`CraneliftJit::compile`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cranelift;
+
+impl Backend for Cranelift {
+    type Compiled = CraneliftJit;
+
+    fn name(&self) -> &'static str {
+        "cranelift"
+    }
+
+    fn compile(&self, p: &KernelProgram) -> Result<CraneliftJit, BackendError> {
+        Ok(CraneliftJit::compile(p)?)
+    }
+}
+
+/// What owns a [`CraneliftJit`]'s machine code (the JIT module, freed on drop), and what the
+/// code generator reported.
+pub struct CraneliftCode {
     codegen_time: Duration,
     stats: Stats,
-    /// Owns the machine code; freed on drop.
     module: Option<JITModule>,
 }
 
-// SAFETY: the JIT module (code memory and symbol tables) is owned by the `CraneliftJit` alone
-// and moves with it; `run` only calls the finished code, which touches nothing but its
+// SAFETY: the JIT module (code memory and symbol tables) is owned by the `CraneliftCode` alone
+// and moves with it; running only calls the finished code, which touches nothing but its
 // arguments, its own stack and heap allocations, and thread-safe runtime functions.
-unsafe impl Send for CraneliftJit {}
-// SAFETY: `run` takes `&self` and only reads plain data and calls the finished code, which
+unsafe impl Send for CraneliftCode {}
+// SAFETY: running takes `&self` and only reads plain data and calls the finished code, which
 // keeps no state between calls; nothing is mutated through a shared reference.
-unsafe impl Sync for CraneliftJit {}
+unsafe impl Sync for CraneliftCode {}
 
-impl std::fmt::Debug for CraneliftJit {
+impl std::fmt::Debug for CraneliftCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CraneliftJit")
-            .field("dtype", &self.sig.dtype)
-            .field("inputs", &self.sig.inputs)
-            .field("outputs", &self.sig.outputs)
-            .field("compile_time", &self.compile_time)
+        f.debug_struct("CraneliftCode")
             .field("codegen_time", &self.codegen_time)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
 
-impl Drop for CraneliftJit {
+impl Drop for CraneliftCode {
     fn drop(&mut self) {
         if let Some(m) = self.module.take() {
-            // SAFETY: no function of the module is running (`run` borrows `self`) and the
-            // entry pointer dies with `self`.
+            // SAFETY: no function of the module is running (running borrows the `Jit` that
+            // owns this) and the entry pointer dies with it.
             unsafe { m.free_memory() };
         }
+    }
+}
+
+impl JitCode for CraneliftCode {
+    type Error = CraneliftError;
+
+    fn internal(msg: String) -> CraneliftError {
+        CraneliftError::Internal(msg)
     }
 }
 
@@ -233,82 +249,27 @@ impl CraneliftJit {
         // SAFETY: the entry was defined by `codegen::build` with exactly this signature (two
         // pointers, no result, the host's C calling convention).
         let entry: EntryFn = unsafe { std::mem::transmute::<*const u8, EntryFn>(addr) };
-        Ok(CraneliftJit {
-            entry,
-            sig: Signature::of(p),
-            compile_time: start.elapsed(),
+        let code = CraneliftCode {
             codegen_time,
             stats: built.stats,
             module: Some(module),
-        })
-    }
-
-    /// How long [`compile`](Self::compile) took in all: checks, IR generation, Cranelift's
-    /// compilation and linking.
-    pub fn compile_time(&self) -> Duration {
-        self.compile_time
+        };
+        // SAFETY: `entry` was compiled from `p` with the entry's calling convention, every
+        // access it makes was proven in bounds (`bounds::analyze`), and it lives in `code`'s
+        // module.
+        Ok(unsafe { Jit::new(p, entry, code, start.elapsed()) })
     }
 
     /// The Cranelift part of [`compile_time`](Self::compile_time): building the Cranelift IR
     /// of every function, compiling it to machine code and linking (everything after the
     /// checks and the JIT's setup).
     pub fn codegen_time(&self) -> Duration {
-        self.codegen_time
+        self.code().codegen_time
     }
 
     /// What the code generator did (functions, SIMD loops, register accumulators).
     pub fn stats(&self) -> Stats {
-        self.stats
-    }
-
-    /// Runs the kernel on `inputs` (by name) and returns the outputs (by name, shaped like
-    /// their buffers).
-    ///
-    /// Every program input must be given, with the program's element type and exactly its
-    /// buffer's number of elements (the shape itself is not compared); names the program does
-    /// not have are errors too. All of this is checked before native code runs.
-    pub fn run(
-        &self,
-        inputs: &BTreeMap<String, Tensor>,
-    ) -> Result<BTreeMap<String, Tensor>, CraneliftError> {
-        // SAFETY: `entry` was compiled from the program `sig` was taken from, with the
-        // entry's calling convention; every access it makes was proven in bounds.
-        Ok(unsafe { self.sig.run(self.entry, inputs) }?)
-    }
-
-    /// Like `run`, writing outputs into the storage of same-named, same-sized tensors taken
-    /// from `spare` where there are any (no allocation, no zeroing).
-    pub fn run_reusing(
-        &self,
-        inputs: &BTreeMap<String, Tensor>,
-        spare: &mut BTreeMap<String, Tensor>,
-    ) -> Result<BTreeMap<String, Tensor>, CraneliftError> {
-        // SAFETY: `entry` was compiled from the program `sig` was taken from, with the
-        // entry's calling convention; every access it makes was proven in bounds.
-        Ok(unsafe { self.sig.run_reusing(self.entry, inputs, spare) }?)
-    }
-
-    /// Names and element counts of the program's inputs, then outputs, in program order: the
-    /// buffers [`Self::run_raw`] takes.
-    pub fn buffers(&self) -> (crate::BufferList, crate::BufferList) {
-        self.sig.buffers()
-    }
-
-    /// Runs the kernel on caller-provided storage, one pointer per input and output buffer in
-    /// the order of [`Self::buffers`] (only the counts are checked).
-    ///
-    /// # Safety
-    ///
-    /// Every pointer must be valid for its buffer's number of elements of the program's type;
-    /// outputs must not overlap each other or any input, and nothing else may access them
-    /// during the call.
-    pub unsafe fn run_raw(
-        &self,
-        inputs: &[*const u8],
-        outputs: &[*mut u8],
-    ) -> Result<(), CraneliftError> {
-        // SAFETY: the caller's contract; the entry was compiled from the signature's program.
-        Ok(unsafe { self.sig.run_raw(self.entry, inputs, outputs) }?)
+        self.code().stats
     }
 }
 
@@ -317,15 +278,6 @@ impl From<crate::bounds::AnalysisError> for CraneliftError {
         match e {
             crate::bounds::AnalysisError::Invalid(m) => CraneliftError::Invalid(m),
             crate::bounds::AnalysisError::Internal(m) => CraneliftError::Internal(m),
-        }
-    }
-}
-
-impl From<RunError> for CraneliftError {
-    fn from(e: RunError) -> Self {
-        match e {
-            RunError::Input { name, msg } => CraneliftError::Input { name, msg },
-            RunError::Internal(m) => CraneliftError::Internal(m),
         }
     }
 }

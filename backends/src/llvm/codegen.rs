@@ -21,25 +21,22 @@
 //! the analysis), so reading an element before writing it shows in the results, and the results
 //! never depend on how iterations are split over threads.
 
+use super::math::CpuMath;
 use super::LlvmError;
 use crate::bounds::{buffers_used, cpu_schedule, loop_key, vars_used, Analysis, CpuSchedule};
+use crate::llvm_expr::{ExprError, Lowering, Scope};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::{Builder, BuilderError};
 use inkwell::context::Context;
-use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
-use inkwell::types::{
-    BasicMetadataTypeEnum, BasicType, BasicTypeEnum, FloatType, IntType, PointerType,
-};
+use inkwell::types::{BasicMetadataTypeEnum, BasicType, BasicTypeEnum, PointerType};
 use inkwell::values::{
-    BasicMetadataValueEnum, BasicValueEnum, FastMathFlags, FloatValue, FunctionValue, IntValue,
-    PointerValue,
+    BasicMetadataValueEnum, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue,
 };
-use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+use inkwell::{AddressSpace, IntPredicate};
 use std::collections::HashMap;
 use tttc_ir::kernel::{BufId, Index, KernelProgram, Stmt, Value, VarId};
-use tttc_ir::{BinaryOp, DType, UnaryOp};
 
 /// Largest buffer put on the stack, in bytes.
 pub(crate) const MAX_ALLOCA_BYTES: u64 = 16 << 10;
@@ -55,6 +52,15 @@ impl From<BuilderError> for LlvmError {
     }
 }
 
+impl From<ExprError> for LlvmError {
+    fn from(e: ExprError) -> Self {
+        match e {
+            ExprError::Builder(e) => e.into(),
+            ExprError::Internal(m) => LlvmError::Internal(m),
+        }
+    }
+}
+
 fn internal<T>(msg: impl Into<String>) -> Result<T, LlvmError> {
     Err(LlvmError::Internal(msg.into()))
 }
@@ -65,8 +71,8 @@ struct Gen<'a, 'ctx> {
     module: &'a Module<'ctx>,
     p: &'a KernelProgram,
     a: &'a Analysis,
-    ft: FloatType<'ctx>,
-    i64t: IntType<'ctx>,
+    /// Expressions, element type, `i64`.
+    lower: Lowering<'a, 'ctx>,
     ptrt: PointerType<'ctx>,
     /// Attributes every defined function carries (target CPU and features, nounwind).
     fn_attrs: Vec<Attribute>,
@@ -100,10 +106,6 @@ pub(crate) fn build<'ctx>(
     cpu: &str,
     features: &str,
 ) -> Result<(), LlvmError> {
-    let ft = match p.dtype {
-        DType::F32 => ctx.f32_type(),
-        DType::F64 => ctx.f64_type(),
-    };
     let kind = |name: &str| {
         let id = Attribute::get_named_enum_kind_id(name);
         if id == 0 {
@@ -123,8 +125,7 @@ pub(crate) fn build<'ctx>(
         module,
         p,
         a,
-        ft,
-        i64t: ctx.i64_type(),
+        lower: Lowering::new(ctx, module, p.dtype, &CpuMath),
         ptrt: ctx.ptr_type(AddressSpace::default()),
         fn_attrs,
         noalias,
@@ -200,19 +201,6 @@ impl<'ctx> Gen<'_, 'ctx> {
         self.module.add_function(name, ty, Some(Linkage::External))
     }
 
-    fn intrinsic(&self, name: &str) -> Result<FunctionValue<'ctx>, LlvmError> {
-        let Some(i) = Intrinsic::find(name) else {
-            return internal(format!("no intrinsic {name}"));
-        };
-        let tys: Vec<BasicTypeEnum> = if i.is_overloaded() {
-            vec![self.ft.into()]
-        } else {
-            Vec::new()
-        };
-        i.get_declaration(self.module, &tys)
-            .ok_or_else(|| LlvmError::Internal(format!("cannot declare {name}")))
-    }
-
     fn elem_bytes(&self) -> u64 {
         self.p.dtype.size_bytes() as u64
     }
@@ -239,7 +227,7 @@ impl<'ctx> Gen<'_, 'ctx> {
                 ptr,
                 align,
                 self.ctx.i8_type().const_int(0xff, false),
-                self.i64t.const_int(bytes, false),
+                self.lower.i64t.const_int(bytes, false),
             )?;
         }
         Ok(())
@@ -252,17 +240,18 @@ impl<'ctx> Gen<'_, 'ctx> {
         let name = format!("b{}", id.0);
         let ptr = if bytes <= MAX_ALLOCA_BYTES && st.frame_bytes + bytes <= MAX_FRAME_BYTES {
             st.frame_bytes += bytes;
-            let ty = self.ft.array_type(len as u32);
+            let ty = self.lower.ft.array_type(len as u32);
             let ptr = st.ab.build_alloca(ty, &name)?;
             if let Some(i) = ptr.as_instruction() {
                 let _ = i.set_alignment(64);
             }
             ptr
         } else {
-            let malloc = self.extern_fn("malloc", Some(self.ptrt.into()), &[self.i64t.into()]);
+            let malloc =
+                self.extern_fn("malloc", Some(self.ptrt.into()), &[self.lower.i64t.into()]);
             let call = st.b.build_call(
                 malloc,
-                &[self.i64t.const_int(bytes.max(1), false).into()],
+                &[self.lower.i64t.const_int(bytes.max(1), false).into()],
                 &name,
             )?;
             let Some(BasicValueEnum::PointerValue(ptr)) = call.try_as_basic_value().basic() else {
@@ -273,7 +262,7 @@ impl<'ctx> Gen<'_, 'ctx> {
             let ok_bb = self.ctx.append_basic_block(st.func, "allocated");
             st.b.build_conditional_branch(is_null, trap_bb, ok_bb)?;
             st.b.position_at_end(trap_bb);
-            let trap = self.intrinsic("llvm.trap")?;
+            let trap = self.lower.intrinsic("llvm.trap")?;
             st.b.build_call(trap, &[], "")?;
             st.b.build_unreachable()?;
             st.b.position_at_end(ok_bb);
@@ -340,7 +329,7 @@ impl<'ctx> Gen<'_, 'ctx> {
                     b.build_in_bounds_gep(
                         self.ptrt,
                         arr,
-                        &[self.i64t.const_int(i as u64, false)],
+                        &[self.lower.i64t.const_int(i as u64, false)],
                         &format!("slot{}", id.0),
                     )?
                 };
@@ -418,7 +407,7 @@ impl<'ctx> Gen<'_, 'ctx> {
             st.b.build_unconditional_branch(header)?;
         }
         st.b.position_at_end(header);
-        let phi = st.b.build_phi(self.i64t, &format!("i{}", var.0))?;
+        let phi = st.b.build_phi(self.lower.i64t, &format!("i{}", var.0))?;
         let i = phi.as_basic_value().into_int_value();
         st.vars.push((var, i));
         let r = self
@@ -427,7 +416,7 @@ impl<'ctx> Gen<'_, 'ctx> {
         st.vars.pop();
         r?;
         let next =
-            st.b.build_int_nsw_add(i, self.i64t.const_int(1, false), "next")?;
+            st.b.build_int_nsw_add(i, self.lower.i64t.const_int(1, false), "next")?;
         let more =
             st.b.build_int_compare(IntPredicate::SLT, next, to, "more")?;
         let Some(latch) = st.b.get_insert_block() else {
@@ -447,8 +436,8 @@ impl<'ctx> Gen<'_, 'ctx> {
         extent: u64,
         body: &[Stmt],
     ) -> Result<(), LlvmError> {
-        let from = self.i64t.const_zero();
-        let to = self.i64t.const_int(extent, false);
+        let from = self.lower.i64t.const_zero();
+        let to = self.lower.i64t.const_int(extent, false);
         self.counted_loop(st, s, var, from, to, false, body)
     }
 
@@ -490,10 +479,13 @@ impl<'ctx> Gen<'_, 'ctx> {
         // tttc.wbody.k(T* noalias bufs..., i64 vars..., i64 begin, i64 end)
         let mut params: Vec<BasicMetadataTypeEnum> =
             bufs.iter().map(|_| self.ptrt.into()).collect();
-        params.extend(vars.iter().map(|_| BasicMetadataTypeEnum::from(self.i64t)));
+        params.extend(
+            vars.iter()
+                .map(|_| BasicMetadataTypeEnum::from(self.lower.i64t)),
+        );
         params.extend([
-            BasicMetadataTypeEnum::from(self.i64t),
-            BasicMetadataTypeEnum::from(self.i64t),
+            BasicMetadataTypeEnum::from(self.lower.i64t),
+            BasicMetadataTypeEnum::from(self.lower.i64t),
         ]);
         let wbody = self.define(&format!("tttc.wbody.{k}"), &params, Linkage::Internal);
         for i in 0..bufs.len() {
@@ -529,13 +521,17 @@ impl<'ctx> Gen<'_, 'ctx> {
 
         // The context: { ptr x bufs, i64 x vars }.
         let mut fields: Vec<BasicTypeEnum> = bufs.iter().map(|_| self.ptrt.into()).collect();
-        fields.extend(vars.iter().map(|_| BasicTypeEnum::from(self.i64t)));
+        fields.extend(vars.iter().map(|_| BasicTypeEnum::from(self.lower.i64t)));
         let ctx_ty = self.ctx.struct_type(&fields, false);
 
         // tttc.worker.k(i8* ctx, i64 begin, i64 end)
         let worker = self.define(
             &format!("tttc.worker.{k}"),
-            &[self.ptrt.into(), self.i64t.into(), self.i64t.into()],
+            &[
+                self.ptrt.into(),
+                self.lower.i64t.into(),
+                self.lower.i64t.into(),
+            ],
             Linkage::Internal,
         );
         {
@@ -577,7 +573,7 @@ impl<'ctx> Gen<'_, 'ctx> {
         let pfor = self.extern_fn(
             PARALLEL_FOR,
             None,
-            &[self.ptrt.into(), self.ptrt.into(), self.i64t.into()],
+            &[self.ptrt.into(), self.ptrt.into(), self.lower.i64t.into()],
         );
         let worker_ptr = worker.as_global_value().as_pointer_value();
         st.b.build_call(
@@ -585,334 +581,36 @@ impl<'ctx> Gen<'_, 'ctx> {
             &[
                 worker_ptr.into(),
                 ctx.into(),
-                self.i64t.const_int(extent, false).into(),
+                self.lower.i64t.const_int(extent, false).into(),
             ],
             "",
         )?;
         Ok(())
     }
 
-    /// The address of `buf[index]` (bounds proven by the analysis).
+    /// `v` at the position of `st` (the shared lowering, [`crate::llvm_expr`]).
+    fn value(&self, st: &FnState<'ctx>, v: &Value) -> Result<FloatValue<'ctx>, LlvmError> {
+        Ok(self.lower.value(&st.scope(), v)?)
+    }
+
+    /// The address of `buf[index]` at the position of `st`.
     fn element(
         &self,
         st: &FnState<'ctx>,
         buf: BufId,
         index: &Index,
     ) -> Result<PointerValue<'ctx>, LlvmError> {
-        let Some(&base) = st.bufs.get(&buf) else {
-            return internal(format!("buffer b{} not available here", buf.0));
-        };
-        let i = self.index(st, index)?;
-        // SAFETY: the analysis proved 0 <= index < len for every iteration.
-        Ok(unsafe { st.b.build_in_bounds_gep(self.ft, base, &[i], "elt")? })
+        Ok(self.lower.element(&st.scope(), buf, index)?)
     }
+}
 
-    fn index(&self, st: &FnState<'ctx>, index: &Index) -> Result<IntValue<'ctx>, LlvmError> {
-        let c = |x: i64| self.i64t.const_int(x as u64, true);
-        Ok(match index {
-            Index::Const(x) => c(*x),
-            Index::Var(v) => match st.vars.iter().rev().find(|(w, _)| w == v) {
-                Some(&(_, x)) => x,
-                None => return internal(format!("loop variable i{} not in scope", v.0)),
-            },
-            Index::Add(a, b) => {
-                let (a, b) = (self.index(st, a)?, self.index(st, b)?);
-                st.b.build_int_nsw_add(a, b, "add")?
-            }
-            Index::Mul(a, k) => {
-                let a = self.index(st, a)?;
-                st.b.build_int_nsw_mul(a, c(*k), "mul")?
-            }
-            Index::Div(a, k) => {
-                let a = self.index(st, a)?;
-                st.b.build_int_signed_div(a, c(*k), "div")?
-            }
-            Index::Rem(a, k) => {
-                let a = self.index(st, a)?;
-                st.b.build_int_signed_rem(a, c(*k), "rem")?
-            }
-        })
-    }
-
-    /// A constant of the element type (rounded like `as f32` for `f32` programs).
-    fn fconst(&self, x: f64) -> FloatValue<'ctx> {
-        match self.p.dtype {
-            DType::F32 => self.ft.const_float(f64::from(x as f32)),
-            DType::F64 => self.ft.const_float(x),
+impl<'ctx> FnState<'ctx> {
+    /// What expressions see here: the builder, the buffers and the loop variables.
+    fn scope(&self) -> Scope<'_, 'ctx> {
+        Scope {
+            b: &self.b,
+            bufs: &self.bufs,
+            vars: &self.vars,
         }
-    }
-
-    /// Marks a floating-point instruction `contract` (the only fast-math flag used).
-    fn contract(&self, v: FloatValue<'ctx>) -> FloatValue<'ctx> {
-        if let Some(i) = v.as_instruction() {
-            let _ = i.set_fast_math_flags(FastMathFlags::AllowContract);
-        }
-        v
-    }
-
-    fn fadd(
-        &self,
-        st: &FnState<'ctx>,
-        a: FloatValue<'ctx>,
-        b: FloatValue<'ctx>,
-    ) -> Result<FloatValue<'ctx>, LlvmError> {
-        Ok(self.contract(st.b.build_float_add(a, b, "add")?))
-    }
-
-    fn fsub(
-        &self,
-        st: &FnState<'ctx>,
-        a: FloatValue<'ctx>,
-        b: FloatValue<'ctx>,
-    ) -> Result<FloatValue<'ctx>, LlvmError> {
-        Ok(self.contract(st.b.build_float_sub(a, b, "sub")?))
-    }
-
-    fn fmul(
-        &self,
-        st: &FnState<'ctx>,
-        a: FloatValue<'ctx>,
-        b: FloatValue<'ctx>,
-    ) -> Result<FloatValue<'ctx>, LlvmError> {
-        Ok(self.contract(st.b.build_float_mul(a, b, "mul")?))
-    }
-
-    fn fdiv(
-        &self,
-        st: &FnState<'ctx>,
-        a: FloatValue<'ctx>,
-        b: FloatValue<'ctx>,
-    ) -> Result<FloatValue<'ctx>, LlvmError> {
-        Ok(self.contract(st.b.build_float_div(a, b, "div")?))
-    }
-
-    fn call(
-        &self,
-        st: &FnState<'ctx>,
-        f: FunctionValue<'ctx>,
-        args: &[FloatValue<'ctx>],
-    ) -> Result<FloatValue<'ctx>, LlvmError> {
-        let args: Vec<BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
-        let call = st.b.build_call(f, &args, "call")?;
-        match call.try_as_basic_value().basic() {
-            Some(BasicValueEnum::FloatValue(v)) => Ok(v),
-            _ => internal("call returned no float"),
-        }
-    }
-
-    fn intr(
-        &self,
-        st: &FnState<'ctx>,
-        name: &str,
-        args: &[FloatValue<'ctx>],
-    ) -> Result<FloatValue<'ctx>, LlvmError> {
-        let f = self.intrinsic(name)?;
-        self.call(st, f, args)
-    }
-
-    /// tanh: in f32 an inline rational approximation that vectorizes (a 13/6 odd/even
-    /// minimax fit on |x| <= 7.9053, beyond which tanh rounds to ±1 in f32; error ≤ 1e-6
-    /// relative and 4e-7 absolute, measured in `tests/llvm_elementwise.rs`), in f64 libm's `tanh` (exact to the
-    /// reference). libm's scalar `tanhf` was a third of TTT-MLP's run time.
-    fn tanh(&self, st: &FnState<'ctx>, x: FloatValue<'ctx>) -> Result<FloatValue<'ctx>, LlvmError> {
-        if self.p.dtype == DType::F32 {
-            return self.tanh_rational(st, x);
-        }
-        let name = match self.p.dtype {
-            DType::F32 => "tanhf",
-            DType::F64 => "tanh",
-        };
-        let fresh = self.module.get_function(name).is_none();
-        let f = self.extern_fn(name, Some(self.ft.into()), &[self.ft.into()]);
-        if fresh {
-            // glibc's tanh neither sets errno nor touches memory.
-            for (attr, val) in [("nounwind", 0), ("willreturn", 0), ("memory", 0)] {
-                let id = Attribute::get_named_enum_kind_id(attr);
-                if id != 0 {
-                    f.add_attribute(
-                        AttributeLoc::Function,
-                        self.ctx.create_enum_attribute(id, val),
-                    );
-                }
-            }
-        }
-        self.call(st, f, &[x])
-    }
-
-    fn tanh_rational(
-        &self,
-        st: &FnState<'ctx>,
-        x: FloatValue<'ctx>,
-    ) -> Result<FloatValue<'ctx>, LlvmError> {
-        const CLAMP: f64 = 7.905_311_107_635_498;
-        const ALPHA: [f64; 7] = [
-            4.893_524_558_917_86e-3,
-            6.372_619_288_754_36e-4,
-            1.485_722_357_179_79e-5,
-            5.122_297_090_371_14e-8,
-            -8.604_671_522_137_35e-11,
-            2.000_187_904_824_77e-13,
-            -2.760_768_477_423_55e-16,
-        ];
-        const BETA: [f64; 4] = [
-            4.893_525_185_543_85e-3,
-            2.268_434_632_439_00e-3,
-            1.185_347_056_866_54e-4,
-            1.198_258_394_667_02e-6,
-        ];
-        // Clamp (NaN passes: both comparisons are false).
-        let hi = self.fconst(CLAMP);
-        let lo = self.fconst(-CLAMP);
-        let above =
-            st.b.build_float_compare(FloatPredicate::OGT, x, hi, "above")?;
-        let xc = st.b.build_select(above, hi, x, "xc")?.into_float_value();
-        let below =
-            st.b.build_float_compare(FloatPredicate::OLT, xc, lo, "below")?;
-        let xc = st.b.build_select(below, lo, xc, "xc")?.into_float_value();
-        let x2 = self.fmul(st, xc, xc)?;
-        let horner = |coeffs: &[f64]| -> Result<FloatValue<'ctx>, LlvmError> {
-            let mut acc = self.fconst(coeffs[coeffs.len() - 1]);
-            for &c in coeffs[..coeffs.len() - 1].iter().rev() {
-                let m = self.fmul(st, acc, x2)?;
-                acc = self.fadd(st, m, self.fconst(c))?;
-            }
-            Ok(acc)
-        };
-        let p = horner(&ALPHA)?;
-        let p = self.fmul(st, xc, p)?;
-        let q = horner(&BETA)?;
-        let t = self.fdiv(st, p, q)?;
-        // tanh(x) = x to f32 precision for tiny |x|, and exactly ±1 from the clamp on (as
-        // libm rounds it).
-        let ax = self.intr(st, "llvm.fabs", &[x])?;
-        let tiny =
-            st.b.build_float_compare(FloatPredicate::OLT, ax, self.fconst(4e-4), "tiny")?;
-        let t = st.b.build_select(tiny, x, t, "tanh")?.into_float_value();
-        let big =
-            st.b.build_float_compare(FloatPredicate::OGE, ax, hi, "big")?;
-        let unit = self.intr(st, "llvm.copysign", &[self.fconst(1.0), x])?;
-        Ok(st.b.build_select(big, unit, t, "tanh")?.into_float_value())
-    }
-
-    fn sigmoid(
-        &self,
-        st: &FnState<'ctx>,
-        x: FloatValue<'ctx>,
-    ) -> Result<FloatValue<'ctx>, LlvmError> {
-        let one = self.fconst(1.0);
-        let neg = self.contract(st.b.build_float_neg(x, "neg")?);
-        let e = self.intr(st, "llvm.exp", &[neg])?;
-        let d = self.fadd(st, one, e)?;
-        self.fdiv(st, one, d)
-    }
-
-    fn unary(
-        &self,
-        st: &FnState<'ctx>,
-        op: UnaryOp,
-        x: FloatValue<'ctx>,
-    ) -> Result<FloatValue<'ctx>, LlvmError> {
-        let zero = self.fconst(0.0);
-        let one = self.fconst(1.0);
-        Ok(match op {
-            UnaryOp::Neg => self.contract(st.b.build_float_neg(x, "neg")?),
-            UnaryOp::Sqrt => self.intr(st, "llvm.sqrt", &[x])?,
-            UnaryOp::Rsqrt => {
-                let s = self.intr(st, "llvm.sqrt", &[x])?;
-                self.fdiv(st, one, s)?
-            }
-            UnaryOp::Exp => self.intr(st, "llvm.exp", &[x])?,
-            UnaryOp::Log => self.intr(st, "llvm.log", &[x])?,
-            UnaryOp::Tanh => self.tanh(st, x)?,
-            UnaryOp::Sigmoid => self.sigmoid(st, x)?,
-            UnaryOp::Silu => {
-                let s = self.sigmoid(st, x)?;
-                self.fmul(st, x, s)?
-            }
-            UnaryOp::Relu => {
-                // `x < 0 ? 0 : x`: NaN passes through.
-                let neg =
-                    st.b.build_float_compare(FloatPredicate::OLT, x, zero, "isneg")?;
-                st.b.build_select(neg, zero, x, "relu")?.into_float_value()
-            }
-            UnaryOp::GeluTanh => {
-                // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), in the reference's order.
-                let half = self.fconst(0.5);
-                let c = self.fconst((2.0 / std::f64::consts::PI).sqrt());
-                let a = self.fconst(0.044715);
-                let x2 = self.fmul(st, x, x)?;
-                let x3 = self.fmul(st, x2, x)?;
-                let ax3 = self.fmul(st, a, x3)?;
-                let inner = self.fadd(st, x, ax3)?;
-                let arg = self.fmul(st, c, inner)?;
-                let t = self.tanh(st, arg)?;
-                let onep = self.fadd(st, one, t)?;
-                let hx = self.fmul(st, half, x)?;
-                self.fmul(st, hx, onep)?
-            }
-            UnaryOp::Step => {
-                let pos =
-                    st.b.build_float_compare(FloatPredicate::OGT, x, zero, "ispos")?;
-                st.b.build_select(pos, one, zero, "step")?
-                    .into_float_value()
-            }
-            UnaryOp::Floor => self.intr(st, "llvm.floor", &[x])?,
-            UnaryOp::Sin => self.intr(st, "llvm.sin", &[x])?,
-            UnaryOp::Cos => self.intr(st, "llvm.cos", &[x])?,
-        })
-    }
-
-    fn binary(
-        &self,
-        st: &FnState<'ctx>,
-        op: BinaryOp,
-        a: FloatValue<'ctx>,
-        b: FloatValue<'ctx>,
-    ) -> Result<FloatValue<'ctx>, LlvmError> {
-        Ok(match op {
-            BinaryOp::Add => self.fadd(st, a, b)?,
-            BinaryOp::Sub => self.fsub(st, a, b)?,
-            BinaryOp::Mul => self.fmul(st, a, b)?,
-            BinaryOp::Div => self.fdiv(st, a, b)?,
-            BinaryOp::Pow => self.intr(st, "llvm.pow", &[a, b])?,
-            BinaryOp::Max | BinaryOp::Min => {
-                // NaN in, NaN out (`a + b`); otherwise `a >= b ? a : b` (`<=` for min), which
-                // also fixes which zero wins, like the reference.
-                let pred = if op == BinaryOp::Max {
-                    FloatPredicate::OGE
-                } else {
-                    FloatPredicate::OLE
-                };
-                let nan = st.b.build_float_compare(FloatPredicate::UNO, a, b, "nan")?;
-                let pick = st.b.build_float_compare(pred, a, b, "pick")?;
-                let m = st.b.build_select(pick, a, b, "m")?.into_float_value();
-                let sum = self.fadd(st, a, b)?;
-                st.b.build_select(nan, sum, m, op.name())?
-                    .into_float_value()
-            }
-        })
-    }
-
-    fn value(&self, st: &FnState<'ctx>, v: &Value) -> Result<FloatValue<'ctx>, LlvmError> {
-        Ok(match v {
-            Value::Load { buf, index } => {
-                let ptr = self.element(st, *buf, index)?;
-                st.b.build_load(self.ft, ptr, "ld")?.into_float_value()
-            }
-            Value::Const(x) => self.fconst(*x),
-            Value::FromIndex(i) => {
-                let i = self.index(st, i)?;
-                st.b.build_signed_int_to_float(i, self.ft, "fromidx")?
-            }
-            Value::Unary(op, x) => {
-                let x = self.value(st, x)?;
-                self.unary(st, *op, x)?
-            }
-            Value::Binary(op, a, b) => {
-                let a = self.value(st, a)?;
-                let b = self.value(st, b)?;
-                self.binary(st, *op, a, b)?
-            }
-        })
     }
 }

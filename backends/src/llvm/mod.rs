@@ -27,11 +27,14 @@
 //!   parallel loops nested inside another run serially within its worker. `Vector`, `Unroll`
 //!   and `GpuThread` loops are emitted as serial loops and left to LLVM's vectorizer and
 //!   unroller.
-//! - Scalar semantics are exactly the reference interpreter's: `max`/`min` propagate NaN
-//!   (`fcmp` + `select`, not `llvm.maxnum`), `relu(NaN) = NaN`, `step(x) = x > 0`,
-//!   `rsqrt = 1 / sqrt`, `sigmoid = 1 / (1 + exp(-x))`, `pow = powf`, `tanh` calls libm's
-//!   `tanh`/`tanhf`, and `sqrt`, `exp`, `log`, `floor`, `sin`, `cos`, `pow` use the LLVM
-//!   intrinsics (lowered to instructions or to the same libm functions Rust calls).
+//! - Expressions are lowered by [`crate::llvm_expr`], shared with the PTX backend, so scalar
+//!   semantics are exactly the reference interpreter's: `max`/`min` propagate NaN
+//!   (`fcmp` + `select`, not `llvm.maxnum`), `relu(NaN) = NaN`, `step(x) = x > 0`, the
+//!   composites (`rsqrt = 1 / sqrt`, `sigmoid = 1 / (1 + exp(-x))`, ...) expanded by
+//!   [`tttc_ir::composite`]. The math library is the host's (`math.rs`): `sqrt`, `exp`, `log`,
+//!   `floor`, `sin`, `cos`, `pow` use the LLVM intrinsics (lowered to instructions or to the
+//!   same libm functions Rust calls); `tanh` is libm's `tanh` in f64 and an inline rational
+//!   approximation that vectorizes in f32 (error ≤ 1e-6 relative).
 //! - **Fast-math: only `contract`.** Every floating-point add, subtract, multiply and divide
 //!   carries the `contract` flag and nothing else, so LLVM may fuse a multiply and an add into
 //!   one FMA (one rounding instead of two) but never reassociates, assumes away NaN/inf/signed
@@ -51,12 +54,15 @@
 //! optimization; no JIT is created if anything fails.
 
 mod codegen;
+mod math;
 mod runtime;
 
 pub use codegen::PARALLEL_FOR;
 pub use runtime::{thread_count, tttc_parallel_for, WorkerFn};
 
-use crate::native::{EntryFn, RunError, Signature};
+use crate::backend::{Backend, BackendError};
+use crate::input::InputError;
+use crate::native::{EntryFn, Jit, JitCode};
 use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
 use inkwell::module::{Linkage, Module};
@@ -67,11 +73,9 @@ use inkwell::targets::{
 use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::{AddressSpace, OptimizationLevel};
 use runtime::Sig;
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tttc_ir::kernel::KernelProgram;
-use tttc_runtime::Tensor;
 
 /// Why a kernel program could not be compiled or run.
 #[derive(Debug, thiserror::Error)]
@@ -83,13 +87,8 @@ pub enum LlvmError {
     #[error("LLVM: {0}")]
     Llvm(String),
     /// The inputs given to [`LlvmJit::run`] do not match the program.
-    #[error("input {name:?}: {msg}")]
-    Input {
-        /// The input's name.
-        name: String,
-        /// What is wrong.
-        msg: String,
-    },
+    #[error(transparent)]
+    Input(#[from] InputError),
     /// An entry name for [`emit_object`] that is not a usable C identifier.
     #[error("bad entry name {0:?}: {1}")]
     EntryName(String, String),
@@ -201,8 +200,9 @@ fn build_optimized<'ctx>(
     Ok(module)
 }
 
-/// A printable version of a program name (for module names only).
-fn sanitize(name: &str) -> String {
+/// A printable version of a program name, for module and symbol names (`[A-Za-z0-9_]`, at
+/// most 64 characters).
+pub(crate) fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' {
@@ -215,7 +215,8 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// A kernel program compiled to native code in memory (LLVM MCJIT), ready to run.
+/// A kernel program compiled to native code in memory (LLVM MCJIT), ready to run: a
+/// [`Jit`](crate::Jit) over LLVM's machine code ([`LlvmCode`]).
 ///
 /// ```no_run
 /// # use std::collections::BTreeMap;
@@ -225,10 +226,26 @@ fn sanitize(name: &str) -> String {
 /// let outputs = jit.run(inputs)?;
 /// # Ok(()) }
 /// ```
-pub struct LlvmJit {
-    entry: EntryFn,
-    sig: Signature,
-    compile_time: Duration,
+pub type LlvmJit = Jit<LlvmCode>;
+
+/// The LLVM backend as a [`Backend`]: [`LlvmJit::compile`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Llvm;
+
+impl Backend for Llvm {
+    type Compiled = LlvmJit;
+
+    fn name(&self) -> &'static str {
+        "llvm"
+    }
+
+    fn compile(&self, p: &KernelProgram) -> Result<LlvmJit, BackendError> {
+        Ok(LlvmJit::compile(p)?)
+    }
+}
+
+/// What owns an [`LlvmJit`]'s machine code: the MCJIT engine, its module and their context.
+pub struct LlvmCode {
     // Drop order (declaration order) matters: the module handle, then the engine that owns the
     // module and the machine code, then the context they both live in.
     _module: Module<'static>,
@@ -236,19 +253,22 @@ pub struct LlvmJit {
     _context: Box<Context>,
 }
 
-// SAFETY: every LLVM object reachable from an `LlvmJit` (context, module, engine, including
+// SAFETY: every LLVM object reachable from an `LlvmCode` (context, module, engine, including
 // inkwell's reference-counted handles to them) is owned by it alone and moves with it; LLVM has
-// no thread affinity for these objects. `run` only uses the entry pointer and plain data.
-unsafe impl Send for LlvmJit {}
+// no thread affinity for these objects. Running only uses the entry pointer and plain data.
+unsafe impl Send for LlvmCode {}
 
-impl std::fmt::Debug for LlvmJit {
+impl std::fmt::Debug for LlvmCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LlvmJit")
-            .field("dtype", &self.sig.dtype)
-            .field("inputs", &self.sig.inputs)
-            .field("outputs", &self.sig.outputs)
-            .field("compile_time", &self.compile_time)
-            .finish_non_exhaustive()
+        f.debug_struct("LlvmCode").finish_non_exhaustive()
+    }
+}
+
+impl JitCode for LlvmCode {
+    type Error = LlvmError;
+
+    fn internal(msg: String) -> LlvmError {
+        LlvmError::Internal(msg)
     }
 }
 
@@ -260,7 +280,7 @@ impl LlvmJit {
         let context = Box::new(Context::create());
         // SAFETY: the context is boxed (it never moves) and is dropped after everything made
         // from it: on error paths `module` and `engine`, declared later, drop first; in the
-        // `LlvmJit` the field order does the same.
+        // `LlvmCode` the field order does the same.
         let ctx: &'static Context = unsafe { &*(&*context as *const Context) };
         let module = build_optimized(ctx, p, JIT_ENTRY, &host)?;
 
@@ -288,69 +308,15 @@ impl LlvmJit {
         }
         // SAFETY: `JIT_ENTRY` was defined by `codegen::build` with exactly this signature.
         let entry: EntryFn = unsafe { std::mem::transmute::<usize, EntryFn>(addr) };
-        Ok(LlvmJit {
-            entry,
-            sig: Signature::of(p),
-            compile_time: start.elapsed(),
+        let code = LlvmCode {
             _module: module,
             _engine: engine,
             _context: context,
-        })
-    }
-
-    /// How long [`compile`](Self::compile) took (checks, codegen, O3 and machine code).
-    pub fn compile_time(&self) -> Duration {
-        self.compile_time
-    }
-
-    /// Runs the kernel on `inputs` (by name) and returns the outputs (by name, shaped like
-    /// their buffers).
-    ///
-    /// Every program input must be given, with the program's element type and exactly its
-    /// buffer's number of elements (the shape itself is not compared); names the program does
-    /// not have are errors too. All of this is checked before native code runs.
-    pub fn run(
-        &self,
-        inputs: &BTreeMap<String, Tensor>,
-    ) -> Result<BTreeMap<String, Tensor>, LlvmError> {
-        // SAFETY: `entry` was compiled from the program `sig` was taken from, with the
-        // entry's calling convention; every access it makes was proven in bounds.
-        Ok(unsafe { self.sig.run(self.entry, inputs) }?)
-    }
-
-    /// Like `run`, writing outputs into the storage of same-named, same-sized tensors taken
-    /// from `spare` where there are any (no allocation, no zeroing).
-    pub fn run_reusing(
-        &self,
-        inputs: &BTreeMap<String, Tensor>,
-        spare: &mut BTreeMap<String, Tensor>,
-    ) -> Result<BTreeMap<String, Tensor>, LlvmError> {
-        // SAFETY: `entry` was compiled from the program `sig` was taken from, with the
-        // entry's calling convention; every access it makes was proven in bounds.
-        Ok(unsafe { self.sig.run_reusing(self.entry, inputs, spare) }?)
-    }
-
-    /// Names and element counts of the program's inputs, then outputs, in program order: the
-    /// buffers [`Self::run_raw`] takes.
-    pub fn buffers(&self) -> (crate::BufferList, crate::BufferList) {
-        self.sig.buffers()
-    }
-
-    /// Runs the kernel on caller-provided storage, one pointer per input and output buffer in
-    /// the order of [`Self::buffers`] (only the counts are checked).
-    ///
-    /// # Safety
-    ///
-    /// Every pointer must be valid for its buffer's number of elements of the program's type;
-    /// outputs must not overlap each other or any input, and nothing else may access them
-    /// during the call.
-    pub unsafe fn run_raw(
-        &self,
-        inputs: &[*const u8],
-        outputs: &[*mut u8],
-    ) -> Result<(), LlvmError> {
-        // SAFETY: the caller's contract; the entry was compiled from the signature's program.
-        Ok(unsafe { self.sig.run_raw(self.entry, inputs, outputs) }?)
+        };
+        // SAFETY: `entry` was compiled from `p` with the entry's calling convention, every
+        // access it makes was proven in bounds (`build_optimized`), and it lives in `code`'s
+        // engine.
+        Ok(unsafe { Jit::new(p, entry, code, start.elapsed()) })
     }
 }
 
@@ -461,15 +427,6 @@ impl From<crate::bounds::AnalysisError> for LlvmError {
         match e {
             crate::bounds::AnalysisError::Invalid(m) => LlvmError::Invalid(m),
             crate::bounds::AnalysisError::Internal(m) => LlvmError::Internal(m),
-        }
-    }
-}
-
-impl From<RunError> for LlvmError {
-    fn from(e: RunError) -> Self {
-        match e {
-            RunError::Input { name, msg } => LlvmError::Input { name, msg },
-            RunError::Internal(m) => LlvmError::Internal(m),
         }
     }
 }

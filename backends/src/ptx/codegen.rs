@@ -10,10 +10,11 @@
 //! - [`Stmt::Barrier`] is `llvm.nvvm.barrier0` (`bar.sync 0`);
 //! - `Shared` buffers are module-level arrays in address space 3, `Local` ones per-thread
 //!   allocas, `Global` ones the kernel's parameters (address space 1);
-//! - scalar semantics follow the CPU backends (NaN-propagating `max`/`min`, `relu`, `step`,
-//!   `rsqrt = 1 / sqrt`, `sigmoid = 1 / (1 + exp(-x))`, only the `contract` fast-math flag);
-//!   `sqrt` and division are IEEE (`sqrt.rn`, `div.rn`); `exp`, `log`, `sin`, `cos`, `tanh`,
-//!   `pow` come from [`super::math`], computed in f64.
+//! - expressions are lowered by [`crate::llvm_expr`], the very code the CPU backend uses, so
+//!   scalar semantics are the CPU's (NaN-propagating `max`/`min`, `relu`, `step`, composites
+//!   expanded by [`tttc_ir::composite`], only the `contract` fast-math flag); `sqrt` and
+//!   division are IEEE (`sqrt.rn`, `div.rn`); the math library differs: `exp`, `log`, `sin`,
+//!   `cos`, `tanh`, `pow` come from [`super::math`], computed in f64.
 //!
 //! Unlike the CPU backends, scratch buffers are not filled with NaN when they become fresh:
 //! reading before writing is the GPU emulator's job to catch.
@@ -27,8 +28,9 @@
 
 mod mma;
 
-use super::math::{self, MathFn};
+use super::math::DeviceMath;
 use super::PtxError;
+use crate::llvm_expr::{ExprError, Lowering, Scope};
 use crate::tensor_core::{recognize, TensorCores};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
@@ -36,16 +38,15 @@ use inkwell::builder::{Builder, BuilderError};
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
-use inkwell::types::{BasicMetadataTypeEnum, BasicTypeEnum, FloatType, IntType};
+use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::{
-    BasicMetadataValueEnum, BasicValueEnum, FastMathFlags, FloatValue, FunctionValue, IntValue,
-    PointerValue,
+    BasicMetadataValueEnum, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue,
 };
-use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+use inkwell::{AddressSpace, IntPredicate};
 use std::cell::Cell;
 use std::collections::HashMap;
 use tttc_ir::kernel::{BufId, Index, KernelProgram, MemorySpace, Schedule, Stmt, Value, VarId};
-use tttc_ir::{BinaryOp, DType, UnaryOp};
+use tttc_ir::DType;
 
 /// The `ptx_kernel` calling convention.
 const PTX_KERNEL_CC: u32 = 71;
@@ -53,6 +54,15 @@ const PTX_KERNEL_CC: u32 = 71;
 impl From<BuilderError> for PtxError {
     fn from(e: BuilderError) -> Self {
         PtxError::Llvm(format!("IR builder: {e}"))
+    }
+}
+
+impl From<ExprError> for PtxError {
+    fn from(e: ExprError) -> Self {
+        match e {
+            ExprError::Builder(e) => e.into(),
+            ExprError::Internal(m) => PtxError::Internal(m),
+        }
     }
 }
 
@@ -117,17 +127,12 @@ pub(crate) fn build<'ctx>(
     if tensor_cores.is_some() && p.dtype != DType::F32 {
         return internal("tensor cores need an f32 program");
     }
-    let ft = match p.dtype {
-        DType::F32 => ctx.f32_type(),
-        DType::F64 => ctx.f64_type(),
-    };
     let g = Gen {
         ctx,
         module,
         p,
         lens,
-        ft,
-        i64t: ctx.i64_type(),
+        lower: Lowering::new(ctx, module, p.dtype, &DeviceMath),
         threads: u64::from(threads),
         shared: HashMap::new(),
         flavor,
@@ -142,8 +147,8 @@ struct Gen<'a, 'ctx> {
     module: &'a Module<'ctx>,
     p: &'a KernelProgram,
     lens: &'a [u64],
-    ft: FloatType<'ctx>,
-    i64t: IntType<'ctx>,
+    /// Expressions, element type, `i64`.
+    lower: Lowering<'a, 'ctx>,
     threads: u64,
     shared: HashMap<BufId, PointerValue<'ctx>>,
     flavor: Flavor,
@@ -153,11 +158,14 @@ struct Gen<'a, 'ctx> {
     mma_loops: Cell<usize>,
 }
 
-struct Fn<'ctx> {
+/// The kernel function being generated: where the builders are and what is in scope.
+struct KernelFn<'ctx> {
     func: FunctionValue<'ctx>,
     b: Builder<'ctx>,
     /// Builder at the end of the entry block's allocas.
     entry: Builder<'ctx>,
+    /// Where the code starts (the entry block branches here when the kernel is finished).
+    start: BasicBlock<'ctx>,
     bufs: HashMap<BufId, PointerValue<'ctx>>,
     vars: Vec<(VarId, IntValue<'ctx>)>,
     tid: IntValue<'ctx>,
@@ -250,23 +258,11 @@ impl<'ctx> Gen<'_, 'ctx> {
         }
         self.annotate(func)?;
 
-        let entry_bb = self.ctx.append_basic_block(func, "entry");
-        let start_bb = self.ctx.append_basic_block(func, "start");
-        let entry = self.ctx.create_builder();
-        entry.position_at_end(entry_bb);
-        let b = self.ctx.create_builder();
-        b.position_at_end(start_bb);
-        let ctaid = self.sreg(&b, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
-        let tid = self.sreg(&b, "llvm.nvvm.read.ptx.sreg.tid.x")?;
-        let mut f = Fn {
-            func,
-            b,
-            entry,
-            bufs: HashMap::new(),
-            vars: vec![(block_var, ctaid)],
-            tid,
-            barrier: None,
-        };
+        let mut f = KernelFn::open(self.ctx, func, block_var, None, |b| {
+            let ctaid = self.sreg(b, "llvm.nvvm.read.ptx.sreg.ctaid.x")?;
+            let tid = self.sreg(b, "llvm.nvvm.read.ptx.sreg.tid.x")?;
+            Ok((ctaid, tid))
+        })?;
         for (i, id) in params.iter().enumerate() {
             let Some(BasicValueEnum::PointerValue(ptr)) = func.get_nth_param(i as u32) else {
                 return internal("missing kernel parameter");
@@ -274,27 +270,12 @@ impl<'ctx> Gen<'_, 'ctx> {
             f.bufs.insert(*id, ptr);
         }
         for id in crate::bounds::buffers_used(body) {
-            match self.p.buffer(id).map(|b| b.space) {
-                Some(MemorySpace::Shared) => {
-                    let ptr = self.shared_buffer(id)?;
-                    f.bufs.insert(id, ptr);
-                }
-                Some(MemorySpace::Local) => {
-                    let len = self.len(id)?;
-                    let ptr = f.entry.build_array_alloca(
-                        self.ft,
-                        self.i64t.const_int(len, false),
-                        "local",
-                    )?;
-                    f.bufs.insert(id, ptr);
-                }
-                _ => {}
+            if self.p.buffer(id).map(|b| b.space) == Some(MemorySpace::Shared) {
+                let ptr = self.shared_buffer(id)?;
+                f.bufs.insert(id, ptr);
             }
         }
-        self.stmts(&mut f, body)?;
-        f.b.build_return(None)?;
-        f.entry.build_unconditional_branch(start_bb)?;
-        Ok(())
+        self.close(&mut f, body)
     }
 
     /// The host flavor of a kernel: `void name(T** globals, T** shared, i64 tid, i64 ctaid,
@@ -314,20 +295,14 @@ impl<'ctx> Gen<'_, 'ctx> {
                 &[
                     ptr.into(),
                     ptr.into(),
-                    self.i64t.into(),
-                    self.i64t.into(),
+                    self.lower.i64t.into(),
+                    self.lower.i64t.into(),
                     ptr.into(),
                 ],
                 false,
             ),
             Some(Linkage::External),
         );
-        let entry_bb = self.ctx.append_basic_block(func, "entry");
-        let start_bb = self.ctx.append_basic_block(func, "start");
-        let entry = self.ctx.create_builder();
-        entry.position_at_end(entry_bb);
-        let b = self.ctx.create_builder();
-        b.position_at_end(start_bb);
         let param = |i: u32| {
             func.get_nth_param(i)
                 .ok_or_else(|| PtxError::Internal("missing host kernel parameter".into()))
@@ -338,15 +313,9 @@ impl<'ctx> Gen<'_, 'ctx> {
         );
         let (tid, ctaid) = (param(2)?.into_int_value(), param(3)?.into_int_value());
         let barrier = param(4)?.into_pointer_value();
-        let mut f = Fn {
-            func,
-            b,
-            entry,
-            bufs: HashMap::new(),
-            vars: vec![(block_var, ctaid)],
-            tid,
-            barrier: Some(barrier),
-        };
+        let mut f = KernelFn::open(self.ctx, func, block_var, Some(barrier), |_| {
+            Ok((ctaid, tid))
+        })?;
         for (arr, ids) in [(globals, params), (shared_arr, shared)] {
             for (i, id) in ids.iter().enumerate() {
                 // SAFETY: the runner passes arrays with one pointer per buffer, in this order.
@@ -354,7 +323,7 @@ impl<'ctx> Gen<'_, 'ctx> {
                     f.entry.build_in_bounds_gep(
                         ptr,
                         arr,
-                        &[self.i64t.const_int(i as u64, false)],
+                        &[self.lower.i64t.const_int(i as u64, false)],
                         "slot",
                     )?
                 };
@@ -362,20 +331,26 @@ impl<'ctx> Gen<'_, 'ctx> {
                 f.bufs.insert(*id, p);
             }
         }
+        self.close(&mut f, body)
+    }
+
+    /// Gives each `Local` buffer of `body` a per-thread alloca, emits `body` into `f` and
+    /// returns.
+    fn close(&self, f: &mut KernelFn<'ctx>, body: &[Stmt]) -> Result<(), PtxError> {
         for id in crate::bounds::buffers_used(body) {
             if self.p.buffer(id).map(|b| b.space) == Some(MemorySpace::Local) {
                 let len = self.len(id)?;
                 let p = f.entry.build_array_alloca(
-                    self.ft,
-                    self.i64t.const_int(len, false),
+                    self.lower.ft,
+                    self.lower.i64t.const_int(len, false),
                     "local",
                 )?;
                 f.bufs.insert(id, p);
             }
         }
-        self.stmts(&mut f, body)?;
+        self.stmts(f, body)?;
         f.b.build_return(None)?;
-        f.entry.build_unconditional_branch(start_bb)?;
+        f.entry.build_unconditional_branch(f.start)?;
         Ok(())
     }
 
@@ -407,7 +382,7 @@ impl<'ctx> Gen<'_, 'ctx> {
         let Some(BasicValueEnum::IntValue(x)) = v.try_as_basic_value().basic() else {
             return internal(format!("{name} returned no integer"));
         };
-        Ok(b.build_int_z_extend(x, self.i64t, "sreg64")?)
+        Ok(b.build_int_z_extend(x, self.lower.i64t, "sreg64")?)
     }
 
     fn len(&self, id: BufId) -> Result<u64, PtxError> {
@@ -423,7 +398,7 @@ impl<'ctx> Gen<'_, 'ctx> {
         }
         let len = u32::try_from(self.len(id)?)
             .map_err(|_| PtxError::Invalid(format!("shared buffer b{} is too large", id.0)))?;
-        let ty = self.ft.array_type(len.max(1));
+        let ty = self.lower.ft.array_type(len.max(1));
         let g = self
             .module
             .add_global(ty, Some(shared_space()), &format!("shared_b{}", id.0));
@@ -435,7 +410,7 @@ impl<'ctx> Gen<'_, 'ctx> {
         Ok(ptr)
     }
 
-    fn stmts(&self, f: &mut Fn<'ctx>, body: &[Stmt]) -> Result<(), PtxError> {
+    fn stmts(&self, f: &mut KernelFn<'ctx>, body: &[Stmt]) -> Result<(), PtxError> {
         for s in body {
             match s {
                 Stmt::Store { buf, index, value } => {
@@ -455,7 +430,7 @@ impl<'ctx> Gen<'_, 'ctx> {
                     schedule: Schedule::GpuThread,
                     body,
                 } => {
-                    let n = self.i64t.const_int(*extent as u64, false);
+                    let n = self.lower.i64t.const_int(*extent as u64, false);
                     if *extent as u64 <= self.threads {
                         let then_bb = self.ctx.append_basic_block(f.func, "thread");
                         let done_bb = self.ctx.append_basic_block(f.func, "thread.done");
@@ -468,16 +443,16 @@ impl<'ctx> Gen<'_, 'ctx> {
                         f.b.build_unconditional_branch(done_bb)?;
                         f.b.position_at_end(done_bb);
                     } else {
-                        let step = self.i64t.const_int(self.threads, false);
+                        let step = self.lower.i64t.const_int(self.threads, false);
                         self.counted(f, *var, f.tid, n, step, body)?;
                     }
                 }
                 Stmt::Loop {
                     var, extent, body, ..
                 } => {
-                    let zero = self.i64t.const_int(0, false);
-                    let n = self.i64t.const_int(*extent as u64, false);
-                    let one = self.i64t.const_int(1, false);
+                    let zero = self.lower.i64t.const_int(0, false);
+                    let n = self.lower.i64t.const_int(*extent as u64, false);
+                    let one = self.lower.i64t.const_int(1, false);
                     self.counted(f, *var, zero, n, one, body)?;
                 }
             }
@@ -486,7 +461,7 @@ impl<'ctx> Gen<'_, 'ctx> {
     }
 
     /// `bar.sync 0` (host flavor: a call to [`HOST_BARRIER`] with the block's context).
-    fn barrier(&self, f: &Fn<'ctx>) -> Result<(), PtxError> {
+    fn barrier(&self, f: &KernelFn<'ctx>) -> Result<(), PtxError> {
         if let Some(ctx) = f.barrier {
             let ptr = self.ctx.ptr_type(AddressSpace::default());
             let bar = match self.module.get_function(HOST_BARRIER) {
@@ -518,7 +493,7 @@ impl<'ctx> Gen<'_, 'ctx> {
     /// same thread (a matmul's zeroing and accumulation): so the loop is fenced by a barrier on
     /// each side. Legal: a thread loop is a collective statement, reached by every thread of
     /// the block.
-    fn tensor_core_loop(&self, f: &mut Fn<'ctx>, s: &Stmt) -> Result<bool, PtxError> {
+    fn tensor_core_loop(&self, f: &mut KernelFn<'ctx>, s: &Stmt) -> Result<bool, PtxError> {
         let Some(tc) = self.tensor_cores else {
             return Ok(false);
         };
@@ -535,7 +510,7 @@ impl<'ctx> Gen<'_, 'ctx> {
     /// `for (var = from; var < to; var += step) body`, guarded for `from >= to`.
     fn counted(
         &self,
-        f: &mut Fn<'ctx>,
+        f: &mut KernelFn<'ctx>,
         var: VarId,
         from: IntValue<'ctx>,
         to: IntValue<'ctx>,
@@ -552,7 +527,7 @@ impl<'ctx> Gen<'_, 'ctx> {
             f.b.build_int_compare(IntPredicate::ULT, from, to, "enter")?;
         f.b.build_conditional_branch(enter, header, exit)?;
         f.b.position_at_end(header);
-        let phi = f.b.build_phi(self.i64t, "i")?;
+        let phi = f.b.build_phi(self.lower.i64t, "i")?;
         let i = phi.as_basic_value().into_int_value();
         f.vars.push((var, i));
         self.stmts(f, body)?;
@@ -569,254 +544,58 @@ impl<'ctx> Gen<'_, 'ctx> {
         Ok(())
     }
 
+    /// `v` at the position of `f` (the shared lowering, [`crate::llvm_expr`]).
+    fn value(&self, f: &KernelFn<'ctx>, v: &Value) -> Result<FloatValue<'ctx>, PtxError> {
+        Ok(self.lower.value(&f.scope(), v)?)
+    }
+
+    /// The address of `buf[index]` at the position of `f`.
     fn element(
         &self,
-        f: &Fn<'ctx>,
+        f: &KernelFn<'ctx>,
         buf: BufId,
         index: &Index,
     ) -> Result<PointerValue<'ctx>, PtxError> {
-        let Some(&base) = f.bufs.get(&buf) else {
-            return internal(format!("buffer b{} not available in this kernel", buf.0));
-        };
-        let i = self.index(f, index)?;
-        // SAFETY: the bounds analysis proved 0 <= index < len for every iteration.
-        Ok(unsafe { f.b.build_in_bounds_gep(self.ft, base, &[i], "elt")? })
+        Ok(self.lower.element(&f.scope(), buf, index)?)
     }
+}
 
-    fn index(&self, f: &Fn<'ctx>, index: &Index) -> Result<IntValue<'ctx>, PtxError> {
-        let c = |x: i64| self.i64t.const_int(x as u64, true);
-        Ok(match index {
-            Index::Const(x) => c(*x),
-            Index::Var(v) => match f.vars.iter().rev().find(|(w, _)| w == v) {
-                Some(&(_, x)) => x,
-                None => return internal(format!("loop variable i{} not in scope", v.0)),
-            },
-            Index::Add(a, b) => {
-                let (a, b) = (self.index(f, a)?, self.index(f, b)?);
-                f.b.build_int_nsw_add(a, b, "add")?
-            }
-            Index::Mul(a, k) => {
-                let a = self.index(f, a)?;
-                f.b.build_int_nsw_mul(a, c(*k), "mul")?
-            }
-            Index::Div(a, k) => {
-                let a = self.index(f, a)?;
-                f.b.build_int_signed_div(a, c(*k), "div")?
-            }
-            Index::Rem(a, k) => {
-                let a = self.index(f, a)?;
-                f.b.build_int_signed_rem(a, c(*k), "rem")?
-            }
-        })
-    }
-
-    fn fconst(&self, x: f64) -> FloatValue<'ctx> {
-        match self.p.dtype {
-            DType::F32 => self.ft.const_float(f64::from(x as f32)),
-            DType::F64 => self.ft.const_float(x),
-        }
-    }
-
-    fn contract(&self, v: FloatValue<'ctx>) -> FloatValue<'ctx> {
-        if let Some(i) = v.as_instruction() {
-            let _ = i.set_fast_math_flags(FastMathFlags::AllowContract);
-        }
-        v
-    }
-
-    fn arith(
-        &self,
-        f: &Fn<'ctx>,
-        op: BinaryOp,
-        a: FloatValue<'ctx>,
-        b: FloatValue<'ctx>,
-    ) -> Result<FloatValue<'ctx>, PtxError> {
-        Ok(self.contract(match op {
-            BinaryOp::Add => f.b.build_float_add(a, b, "add")?,
-            BinaryOp::Sub => f.b.build_float_sub(a, b, "sub")?,
-            BinaryOp::Mul => f.b.build_float_mul(a, b, "mul")?,
-            _ => f.b.build_float_div(a, b, "div")?,
-        }))
-    }
-
-    fn intr(
-        &self,
-        f: &Fn<'ctx>,
-        name: &str,
-        args: &[FloatValue<'ctx>],
-    ) -> Result<FloatValue<'ctx>, PtxError> {
-        let Some(i) = Intrinsic::find(name) else {
-            return internal(format!("no intrinsic {name}"));
-        };
-        let tys: Vec<BasicTypeEnum> = vec![self.ft.into()];
-        let Some(func) = i.get_declaration(self.module, &tys) else {
-            return internal(format!("cannot declare {name}"));
-        };
-        self.call(f, func, args)
-    }
-
-    fn call(
-        &self,
-        f: &Fn<'ctx>,
+impl<'ctx> KernelFn<'ctx> {
+    /// The state of kernel `func`: an `entry` block for allocas and a `start` block for the
+    /// code; `indices` gives the block and thread index (built at `start`), the block index
+    /// bound to `block_var`.
+    fn open(
+        ctx: &'ctx Context,
         func: FunctionValue<'ctx>,
-        args: &[FloatValue<'ctx>],
-    ) -> Result<FloatValue<'ctx>, PtxError> {
-        let args: Vec<BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
-        match f
-            .b
-            .build_call(func, &args, "call")?
-            .try_as_basic_value()
-            .basic()
-        {
-            Some(BasicValueEnum::FloatValue(v)) => Ok(v),
-            _ => internal("call returned no float"),
+        block_var: VarId,
+        barrier: Option<PointerValue<'ctx>>,
+        indices: impl FnOnce(&Builder<'ctx>) -> Result<(IntValue<'ctx>, IntValue<'ctx>), PtxError>,
+    ) -> Result<Self, PtxError> {
+        let entry_bb = ctx.append_basic_block(func, "entry");
+        let start = ctx.append_basic_block(func, "start");
+        let entry = ctx.create_builder();
+        entry.position_at_end(entry_bb);
+        let b = ctx.create_builder();
+        b.position_at_end(start);
+        let (ctaid, tid) = indices(&b)?;
+        Ok(KernelFn {
+            func,
+            b,
+            entry,
+            start,
+            bufs: HashMap::new(),
+            vars: vec![(block_var, ctaid)],
+            tid,
+            barrier,
+        })
+    }
+
+    /// What expressions see here: the builder, the buffers and the loop variables.
+    fn scope(&self) -> Scope<'_, 'ctx> {
+        Scope {
+            b: &self.b,
+            bufs: &self.bufs,
+            vars: &self.vars,
         }
-    }
-
-    /// A device math function applied in f64 to values of the element type.
-    fn math(
-        &self,
-        f: &Fn<'ctx>,
-        which: MathFn,
-        args: &[FloatValue<'ctx>],
-    ) -> Result<FloatValue<'ctx>, PtxError> {
-        let func = math::function(self.ctx, self.module, which).map_err(PtxError::Internal)?;
-        let d = self.ctx.f64_type();
-        let wide = self.p.dtype == DType::F32;
-        let mut xs = Vec::with_capacity(args.len());
-        for &a in args {
-            xs.push(if wide {
-                f.b.build_float_ext(a, d, "wide")?
-            } else {
-                a
-            });
-        }
-        let r = self.call(f, func, &xs)?;
-        Ok(if wide {
-            f.b.build_float_trunc(r, self.ft, "narrow")?
-        } else {
-            r
-        })
-    }
-
-    fn select(
-        &self,
-        f: &Fn<'ctx>,
-        c: IntValue<'ctx>,
-        a: FloatValue<'ctx>,
-        b: FloatValue<'ctx>,
-    ) -> Result<FloatValue<'ctx>, PtxError> {
-        Ok(f.b.build_select(c, a, b, "sel")?.into_float_value())
-    }
-
-    fn sigmoid(&self, f: &Fn<'ctx>, x: FloatValue<'ctx>) -> Result<FloatValue<'ctx>, PtxError> {
-        let one = self.fconst(1.0);
-        let neg = self.contract(f.b.build_float_neg(x, "neg")?);
-        let e = self.math(f, MathFn::Exp, &[neg])?;
-        let d = self.arith(f, BinaryOp::Add, one, e)?;
-        self.arith(f, BinaryOp::Div, one, d)
-    }
-
-    fn unary(
-        &self,
-        f: &Fn<'ctx>,
-        op: UnaryOp,
-        x: FloatValue<'ctx>,
-    ) -> Result<FloatValue<'ctx>, PtxError> {
-        let zero = self.fconst(0.0);
-        let one = self.fconst(1.0);
-        let mul = |a, b| self.arith(f, BinaryOp::Mul, a, b);
-        let add = |a, b| self.arith(f, BinaryOp::Add, a, b);
-        Ok(match op {
-            UnaryOp::Neg => self.contract(f.b.build_float_neg(x, "neg")?),
-            UnaryOp::Sqrt => self.intr(f, "llvm.sqrt", &[x])?,
-            UnaryOp::Rsqrt => {
-                let s = self.intr(f, "llvm.sqrt", &[x])?;
-                self.arith(f, BinaryOp::Div, one, s)?
-            }
-            UnaryOp::Exp => self.math(f, MathFn::Exp, &[x])?,
-            UnaryOp::Log => self.math(f, MathFn::Log, &[x])?,
-            UnaryOp::Tanh => self.math(f, MathFn::Tanh, &[x])?,
-            UnaryOp::Sigmoid => self.sigmoid(f, x)?,
-            UnaryOp::Silu => {
-                let s = self.sigmoid(f, x)?;
-                mul(x, s)?
-            }
-            UnaryOp::Relu => {
-                let neg =
-                    f.b.build_float_compare(FloatPredicate::OLT, x, zero, "isneg")?;
-                self.select(f, neg, zero, x)?
-            }
-            UnaryOp::GeluTanh => {
-                let c = self.fconst((2.0 / std::f64::consts::PI).sqrt());
-                let x2 = mul(x, x)?;
-                let x3 = mul(x2, x)?;
-                let ax3 = mul(self.fconst(0.044715), x3)?;
-                let inner = add(x, ax3)?;
-                let arg = mul(c, inner)?;
-                let t = self.math(f, MathFn::Tanh, &[arg])?;
-                let onep = add(one, t)?;
-                let hx = mul(self.fconst(0.5), x)?;
-                mul(hx, onep)?
-            }
-            UnaryOp::Step => {
-                let pos =
-                    f.b.build_float_compare(FloatPredicate::OGT, x, zero, "ispos")?;
-                self.select(f, pos, one, zero)?
-            }
-            UnaryOp::Floor => self.intr(f, "llvm.floor", &[x])?,
-            UnaryOp::Sin => self.math(f, MathFn::Sin, &[x])?,
-            UnaryOp::Cos => self.math(f, MathFn::Cos, &[x])?,
-        })
-    }
-
-    fn binary(
-        &self,
-        f: &Fn<'ctx>,
-        op: BinaryOp,
-        a: FloatValue<'ctx>,
-        b: FloatValue<'ctx>,
-    ) -> Result<FloatValue<'ctx>, PtxError> {
-        Ok(match op {
-            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div => {
-                self.arith(f, op, a, b)?
-            }
-            BinaryOp::Pow => self.math(f, MathFn::Pow, &[a, b])?,
-            BinaryOp::Max | BinaryOp::Min => {
-                let pred = if op == BinaryOp::Max {
-                    FloatPredicate::OGE
-                } else {
-                    FloatPredicate::OLE
-                };
-                let nan = f.b.build_float_compare(FloatPredicate::UNO, a, b, "nan")?;
-                let pick = f.b.build_float_compare(pred, a, b, "pick")?;
-                let m = self.select(f, pick, a, b)?;
-                let sum = self.arith(f, BinaryOp::Add, a, b)?;
-                self.select(f, nan, sum, m)?
-            }
-        })
-    }
-
-    fn value(&self, f: &Fn<'ctx>, v: &Value) -> Result<FloatValue<'ctx>, PtxError> {
-        Ok(match v {
-            Value::Load { buf, index } => {
-                let ptr = self.element(f, *buf, index)?;
-                f.b.build_load(self.ft, ptr, "ld")?.into_float_value()
-            }
-            Value::Const(x) => self.fconst(*x),
-            Value::FromIndex(i) => {
-                let i = self.index(f, i)?;
-                f.b.build_signed_int_to_float(i, self.ft, "fromidx")?
-            }
-            Value::Unary(op, x) => {
-                let x = self.value(f, x)?;
-                self.unary(f, *op, x)?
-            }
-            Value::Binary(op, a, b) => {
-                let a = self.value(f, a)?;
-                let b = self.value(f, b)?;
-                self.binary(f, *op, a, b)?
-            }
-        })
     }
 }

@@ -12,7 +12,9 @@
 //! kernel in order on one stream, and copies the outputs back; it also times the launches alone
 //! with CUDA events ([`CudaProgram::last_kernel_ms`]).
 
-use super::PtxModule;
+use super::{PtxArch, PtxModule, PtxOptions};
+use crate::backend::{Backend, BackendError, CompiledProgram};
+use crate::input::{check_inputs, ExpectedInput, InputError};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, LaunchConfig,
     PushKernelArg,
@@ -20,6 +22,7 @@ use cudarc::driver::{
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tttc_ir::kernel::{BufId, BufferKind};
 use tttc_ir::DType;
 use tttc_runtime::Tensor;
@@ -34,13 +37,8 @@ pub enum CudaError {
     #[error("CUDA: {0}")]
     Driver(String),
     /// The inputs do not fit the program.
-    #[error("input {name:?}: {msg}")]
-    Input {
-        /// The input.
-        name: String,
-        /// What is wrong.
-        msg: String,
-    },
+    #[error(transparent)]
+    Input(#[from] InputError),
 }
 
 /// Whether the CUDA driver library can be loaded here.
@@ -106,7 +104,9 @@ pub struct CudaProgram {
     /// Per global buffer (in `module.buffers` order): kind, length, shape.
     layout: Vec<(BufferKind, usize, Vec<usize>)>,
     bufs: Mutex<Buffers>,
+    dtype: DType,
     last_kernel_ms: Mutex<Option<f64>>,
+    compile_time: Duration,
 }
 
 impl std::fmt::Debug for CudaProgram {
@@ -121,6 +121,7 @@ impl std::fmt::Debug for CudaProgram {
 impl CudaProgram {
     /// Loads `m` on device 0 and allocates its buffers.
     pub fn load(m: &PtxModule) -> Result<CudaProgram, CudaError> {
+        let start = Instant::now();
         guarded(|| {
             let ctx = CudaContext::new(0).map_err(driver)?;
             let stream = ctx.default_stream();
@@ -167,18 +168,32 @@ impl CudaProgram {
                     .map(|b| (b.kind.clone(), b.len, b.shape.clone()))
                     .collect(),
                 bufs: Mutex::new(bufs),
+                dtype: m.dtype,
                 last_kernel_ms: Mutex::new(None),
+                compile_time: start.elapsed(),
             })
         })
     }
 
     /// Runs the program on `inputs` (by name; each with exactly its buffer's number of
-    /// elements, in the program's element type) and returns the outputs by name, shaped like
-    /// their buffers.
+    /// elements, in the program's element type, checked first: [`InputError`]) and returns the
+    /// outputs by name, shaped like their buffers.
     pub fn run(
         &self,
         inputs: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, CudaError> {
+        let expected = self
+            .layout
+            .iter()
+            .filter_map(|(kind, len, shape)| match kind {
+                BufferKind::Input(name) => Some(ExpectedInput {
+                    name,
+                    len: *len,
+                    shape,
+                }),
+                _ => None,
+            });
+        check_inputs(inputs, self.dtype, expected)?;
         guarded(|| {
             let mut bufs = self
                 .bufs
@@ -217,17 +232,16 @@ impl CudaProgram {
         for ((kind, len, _), buf) in self.layout.iter().zip(bufs.iter_mut()) {
             match kind {
                 BufferKind::Input(name) => {
-                    let t = inputs.get(name).ok_or_else(|| CudaError::Input {
-                        name: name.clone(),
-                        msg: "missing".into(),
-                    })?;
-                    let data =
-                        host(t)
-                            .filter(|d| d.len() == *len)
-                            .ok_or_else(|| CudaError::Input {
-                                name: name.clone(),
-                                msg: format!("expected {len} elements of the program's type"),
-                            })?;
+                    // Checked by `run`: present, of this type and size.
+                    let data = inputs
+                        .get(name)
+                        .and_then(&host)
+                        .filter(|d| d.len() == *len)
+                        .ok_or_else(|| {
+                            CudaError::Driver(format!(
+                                "input {name:?} does not fit after its check"
+                            ))
+                        })?;
                     if !data.is_empty() {
                         s.memcpy_htod(data, buf).map_err(driver)?;
                     }
@@ -279,6 +293,62 @@ impl CudaProgram {
             }
         }
         Ok(out)
+    }
+}
+
+impl CompiledProgram for CudaProgram {
+    fn run(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, BackendError> {
+        Ok(CudaProgram::run(self, inputs)?)
+    }
+
+    fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+
+    fn last_device_ms(&self) -> Option<f64> {
+        self.last_kernel_ms()
+    }
+}
+
+/// The CUDA backend as a [`Backend`]: a GPU-mapped kernel program (`tttc_passes::gpu_schedule`)
+/// to PTX for one device's architecture ([`super::emit_ptx_with`]), loaded on it
+/// ([`CudaProgram::load`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Cuda {
+    arch: PtxArch,
+    threads: u32,
+    options: PtxOptions,
+}
+
+impl Cuda {
+    /// The backend for the first device ([`device`]), with `threads` threads per block and
+    /// code-generation `options`. Without a driver: [`CudaError::NoDriver`].
+    pub fn first_device(threads: u32, options: PtxOptions) -> Result<Cuda, CudaError> {
+        let (_, arch) = device()?;
+        Ok(Cuda {
+            arch,
+            threads,
+            options,
+        })
+    }
+}
+
+impl Backend for Cuda {
+    type Compiled = CudaProgram;
+
+    fn name(&self) -> &'static str {
+        "ptx"
+    }
+
+    fn compile(&self, p: &tttc_ir::kernel::KernelProgram) -> Result<CudaProgram, BackendError> {
+        let start = Instant::now();
+        let m = super::emit_ptx_with(p, self.threads, self.arch, self.options)?;
+        let mut program = CudaProgram::load(&m)?;
+        program.compile_time = start.elapsed();
+        Ok(program)
     }
 }
 

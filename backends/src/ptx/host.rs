@@ -22,6 +22,7 @@
 
 use super::codegen::{self, Flavor, HOST_BARRIER, HOST_BF16X2, HOST_MMA, HOST_TF32};
 use super::{PtxError, PtxOptions};
+use crate::input::{check_inputs, ExpectedInput};
 use crate::tensor_core::{round_bf16, round_tf32, TensorCores, TILE_M, TILE_N};
 use inkwell::context::Context;
 use inkwell::module::Linkage;
@@ -31,7 +32,7 @@ use std::collections::BTreeMap;
 use std::sync::{Barrier, Mutex};
 use tttc_ir::kernel::{BufferKind, KernelProgram, MemorySpace};
 use tttc_ir::DType;
-use tttc_runtime::Tensor;
+use tttc_runtime::{Tensor, TensorData};
 
 /// One block's synchronization: its barrier, and per warp what an `mma` exchanges.
 struct BlockCtx {
@@ -216,27 +217,32 @@ pub fn run_on_host_with(
 
     let elem = p.dtype.size_bytes();
     let nan = |len: usize| -> Vec<u8> { vec![0xff; len.max(1) * elem] };
+    let expected: Vec<ExpectedInput> = p
+        .buffers
+        .iter()
+        .zip(&analysis.lens)
+        .filter_map(|(b, &len)| match &b.kind {
+            BufferKind::Input(name) => Some(ExpectedInput {
+                name,
+                len: len as usize,
+                shape: &b.layout.shape,
+            }),
+            _ => None,
+        })
+        .collect();
+    let mut given = check_inputs(inputs, p.dtype, expected.iter().copied())?.into_iter();
     let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(p.buffers.len());
     for (b, &len) in p.buffers.iter().zip(&analysis.lens) {
         let len = len as usize;
         let data = match (&b.kind, b.space) {
-            (BufferKind::Input(name), _) => {
-                let t = inputs
-                    .get(name)
-                    .ok_or_else(|| PtxError::Invalid(format!("missing input `{name}`")))?;
-                let bytes: Vec<u8> = match p.dtype {
-                    DType::F32 => t
-                        .as_f32()
-                        .map(|d| d.iter().flat_map(|x| x.to_ne_bytes()).collect()),
-                    DType::F64 => t
-                        .as_f64()
-                        .map(|d| d.iter().flat_map(|x| x.to_ne_bytes()).collect()),
+            (BufferKind::Input(_), _) => {
+                let t = given
+                    .next()
+                    .ok_or_else(|| PtxError::Internal("fewer inputs than input buffers".into()))?;
+                match t.data() {
+                    TensorData::F32(d) => d.iter().flat_map(|x| x.to_ne_bytes()).collect(),
+                    TensorData::F64(d) => d.iter().flat_map(|x| x.to_ne_bytes()).collect(),
                 }
-                .filter(|v: &Vec<u8>| v.len() == len * elem)
-                .ok_or_else(|| {
-                    PtxError::Invalid(format!("input `{name}`: wrong element type or size"))
-                })?;
-                bytes
             }
             (_, MemorySpace::Global) => nan(len),
             _ => Vec::new(), // shared and local: per block / per thread

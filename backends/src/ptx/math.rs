@@ -19,34 +19,56 @@
 //!   negative `a` and fractional `b`, `pow(a, 0) = pow(1, b) = 1`; its relative error grows
 //!   with |b · log a| (≈ 1e-16 · |b log a|).
 
+use crate::llvm_expr::{ExprError, Lowering, MathFn, MathLibrary, Scope};
 use inkwell::builder::Builder;
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
 use inkwell::values::{FloatValue, FunctionValue, IntValue};
 use inkwell::{FloatPredicate, IntPredicate};
+use tttc_ir::DType;
 
-/// A device math function (each `f64 -> f64`, or `(f64, f64) -> f64` for `pow`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum MathFn {
-    Exp,
-    Log,
-    Sin,
-    Cos,
-    Tanh,
-    Pow,
+/// The device symbol of a math function (each `f64 -> f64`, or `(f64, f64) -> f64` for `pow`).
+fn symbol(f: MathFn) -> &'static str {
+    match f {
+        MathFn::Exp => "tttc.exp",
+        MathFn::Log => "tttc.log",
+        MathFn::Sin => "tttc.sin",
+        MathFn::Cos => "tttc.cos",
+        MathFn::Tanh => "tttc.tanh",
+        MathFn::Pow => "tttc.pow",
+    }
 }
 
-impl MathFn {
-    fn name(self) -> &'static str {
-        match self {
-            MathFn::Exp => "tttc.exp",
-            MathFn::Log => "tttc.log",
-            MathFn::Sin => "tttc.sin",
-            MathFn::Cos => "tttc.cos",
-            MathFn::Tanh => "tttc.tanh",
-            MathFn::Pow => "tttc.pow",
+/// The GPU's math library for the shared expression lowering: the functions of this module,
+/// applied in f64 to values of the element type (f32 arguments widened, the result rounded once).
+pub(crate) struct DeviceMath;
+
+impl<'ctx> MathLibrary<'ctx> for DeviceMath {
+    fn call(
+        &self,
+        l: &Lowering<'_, 'ctx>,
+        s: &Scope<'_, 'ctx>,
+        f: MathFn,
+        args: &[FloatValue<'ctx>],
+    ) -> Result<FloatValue<'ctx>, ExprError> {
+        let func = function(l.ctx, l.module, f).map_err(ExprError::Internal)?;
+        let d = l.ctx.f64_type();
+        let wide = l.dtype == DType::F32;
+        let mut xs = Vec::with_capacity(args.len());
+        for &a in args {
+            xs.push(if wide {
+                s.b.build_float_ext(a, d, "wide")?
+            } else {
+                a
+            });
         }
+        let r = l.call(s, func, &xs)?;
+        Ok(if wide {
+            s.b.build_float_trunc(r, l.ft, "narrow")?
+        } else {
+            r
+        })
     }
 }
 
@@ -71,7 +93,7 @@ pub(crate) fn function<'ctx>(
     module: &Module<'ctx>,
     f: MathFn,
 ) -> R<FunctionValue<'ctx>> {
-    if let Some(existing) = module.get_function(f.name()) {
+    if let Some(existing) = module.get_function(symbol(f)) {
         return Ok(existing);
     }
     let d = ctx.f64_type();
@@ -80,7 +102,11 @@ pub(crate) fn function<'ctx>(
     } else {
         vec![d.into()]
     };
-    let func = module.add_function(f.name(), d.fn_type(&params, false), Some(Linkage::Internal));
+    let func = module.add_function(
+        symbol(f),
+        d.fn_type(&params, false),
+        Some(Linkage::Internal),
+    );
     // Dependencies first (they add their own blocks to their own functions).
     let exp = match f {
         MathFn::Tanh | MathFn::Pow => Some(function(ctx, module, MathFn::Exp)?),
@@ -478,7 +504,7 @@ mod tests {
             .create_jit_execution_engine(OptimizationLevel::Default)
             .expect("jit");
         // SAFETY: the function was defined above with this signature.
-        let jf: JitFunction<F1> = unsafe { ee.get_function(f.name()) }.expect("function");
+        let jf: JitFunction<F1> = unsafe { ee.get_function(symbol(f)) }.expect("function");
         let mut worst = 0.0f64;
         for &x in xs {
             // SAFETY: a pure function of a double.
@@ -573,7 +599,7 @@ mod tests {
             .create_jit_execution_engine(OptimizationLevel::Default)
             .expect("jit");
         // SAFETY: defined above with this signature.
-        let jf: JitFunction<F2> = unsafe { ee.get_function(MathFn::Pow.name()) }.expect("fn");
+        let jf: JitFunction<F2> = unsafe { ee.get_function(symbol(MathFn::Pow)) }.expect("fn");
         let bases = [0.0, 0.5, 1.0, 2.0, 10000.0, 3.7, -2.0, -0.5, f64::NAN];
         let exps = [0.0, 1.0, 2.0, 3.0, -1.0, 0.5, -0.03125, 1.5, -7.0, f64::NAN];
         for &a in &bases {

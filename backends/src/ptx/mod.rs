@@ -22,6 +22,7 @@ pub mod host;
 pub mod math;
 
 use crate::kernel_interp::{check_gpu_program, GpuEmulation};
+use crate::llvm::sanitize;
 use crate::tensor_core::TensorCores;
 use inkwell::context::Context;
 use inkwell::passes::PassBuilderOptions;
@@ -86,6 +87,9 @@ pub enum PtxError {
     /// The options do not apply to this program (tensor cores for an f64 program).
     #[error("{0}")]
     Unsupported(String),
+    /// The inputs given to the host runner ([`host::run_on_host`]) do not fit the program.
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
     /// LLVM refused something.
     #[error("LLVM (NVPTX): {0}")]
     Llvm(String),
@@ -307,19 +311,5 @@ fn shared_per_launch(p: &KernelProgram) -> Vec<usize> {
                 .map(|b| b.len() * elem)
                 .sum()
         })
-        .collect()
-}
-
-/// A printable version of a program name (for symbol names).
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
         .collect()
 }

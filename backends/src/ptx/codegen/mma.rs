@@ -18,7 +18,7 @@
 //! are calls into the host runner (`super::super::host`), which exchanges a warp's registers. The tile loop's bounds are the same for all lanes
 //! of a warp, so each `mma.sync` is reached by the whole warp, as it must be.
 
-use super::{internal, Flavor, Fn, Gen, HOST_BF16X2, HOST_MMA, HOST_TF32};
+use super::{internal, Flavor, Gen, KernelFn, HOST_BF16X2, HOST_MMA, HOST_TF32};
 use crate::ptx::PtxError;
 use crate::tensor_core::{MatmulLoop, TensorCores, TILE_M, TILE_N};
 use inkwell::intrinsics::Intrinsic;
@@ -41,21 +41,31 @@ struct Lane<'ctx> {
 
 impl<'ctx> Gen<'_, 'ctx> {
     fn k(&self, x: u64) -> IntValue<'ctx> {
-        self.i64t.const_int(x, false)
+        self.lower.i64t.const_int(x, false)
     }
 
-    fn add(&self, f: &Fn<'ctx>, a: IntValue<'ctx>, x: u64) -> Result<IntValue<'ctx>, PtxError> {
+    fn add(
+        &self,
+        f: &KernelFn<'ctx>,
+        a: IntValue<'ctx>,
+        x: u64,
+    ) -> Result<IntValue<'ctx>, PtxError> {
         Ok(f.b.build_int_nuw_add(a, self.k(x), "add")?)
     }
 
-    fn mul(&self, f: &Fn<'ctx>, a: IntValue<'ctx>, x: u64) -> Result<IntValue<'ctx>, PtxError> {
+    fn mul(
+        &self,
+        f: &KernelFn<'ctx>,
+        a: IntValue<'ctx>,
+        x: u64,
+    ) -> Result<IntValue<'ctx>, PtxError> {
         Ok(f.b.build_int_nuw_mul(a, self.k(x), "mul")?)
     }
 
     /// Emits the recognized matmul loop `m` with tensor cores of format `tc`.
     pub(super) fn mma_loop(
         &self,
-        f: &mut Fn<'ctx>,
+        f: &mut KernelFn<'ctx>,
         m: &MatmulLoop<'_>,
         tc: TensorCores,
     ) -> Result<(), PtxError> {
@@ -87,7 +97,7 @@ impl<'ctx> Gen<'_, 'ctx> {
     /// One 16 × 8 tile with top-left output `(r0, c0)`.
     fn mma_tile(
         &self,
-        f: &mut Fn<'ctx>,
+        f: &mut KernelFn<'ctx>,
         m: &MatmulLoop<'_>,
         tc: TensorCores,
         lane: &Lane<'ctx>,
@@ -115,7 +125,7 @@ impl<'ctx> Gen<'_, 'ctx> {
         }
         let mut init = Vec::with_capacity(4);
         for &p in &dest {
-            init.push(f.b.build_load(self.ft, p, "acc")?.into_float_value());
+            init.push(f.b.build_load(self.lower.ft, p, "acc")?.into_float_value());
         }
         // A rows (at column 0), B columns (at row r0).
         let a_lo = self.mul(f, row_lo, n)?;
@@ -147,7 +157,7 @@ impl<'ctx> Gen<'_, 'ctx> {
     /// The address of `buf[index]` at thread iteration `t` and contraction index `p`.
     fn operand_ptr(
         &self,
-        f: &mut Fn<'ctx>,
+        f: &mut KernelFn<'ctx>,
         m: &MatmulLoop<'_>,
         buf: BufId,
         index: &Index,
@@ -165,14 +175,14 @@ impl<'ctx> Gen<'_, 'ctx> {
     /// `A[t][p]` or `B[t][p]` as f32.
     fn operand(
         &self,
-        f: &mut Fn<'ctx>,
+        f: &mut KernelFn<'ctx>,
         m: &MatmulLoop<'_>,
         (buf, index): (BufId, &Index),
         t: IntValue<'ctx>,
         p: IntValue<'ctx>,
     ) -> Result<FloatValue<'ctx>, PtxError> {
         let ptr = self.operand_ptr(f, m, buf, index, t, p)?;
-        Ok(f.b.build_load(self.ft, ptr, "op")?.into_float_value())
+        Ok(f.b.build_load(self.lower.ft, ptr, "op")?.into_float_value())
     }
 
     fn intrinsic(&self, name: &str) -> Result<inkwell::values::FunctionValue<'ctx>, PtxError> {
@@ -187,7 +197,7 @@ impl<'ctx> Gen<'_, 'ctx> {
 
     fn call_int(
         &self,
-        f: &Fn<'ctx>,
+        f: &KernelFn<'ctx>,
         name: &str,
         args: &[FloatValue<'ctx>],
     ) -> Result<IntValue<'ctx>, PtxError> {
@@ -210,7 +220,7 @@ impl<'ctx> Gen<'_, 'ctx> {
     /// tf32 fragments of the `k`-slice starting at `kk`: `A` (4 registers), `B` (2).
     fn tf32_fragments(
         &self,
-        f: &mut Fn<'ctx>,
+        f: &mut KernelFn<'ctx>,
         m: &MatmulLoop<'_>,
         lane: &Lane<'ctx>,
         kk: IntValue<'ctx>,
@@ -219,7 +229,7 @@ impl<'ctx> Gen<'_, 'ctx> {
     ) -> Result<(Vec<IntValue<'ctx>>, Vec<IntValue<'ctx>>), PtxError> {
         let k_lo = f.b.build_int_nuw_add(kk, lane.quad, "k.lo")?;
         let k_hi = self.add(f, k_lo, 4)?;
-        let cvt = |g: &Self, f: &mut Fn<'ctx>, x| g.to_tf32(f, x);
+        let cvt = |g: &Self, f: &mut KernelFn<'ctx>, x| g.to_tf32(f, x);
         let mut a = Vec::with_capacity(4);
         for (t, p) in [
             (a_rows[0], k_lo),
@@ -241,7 +251,7 @@ impl<'ctx> Gen<'_, 'ctx> {
     /// Two operands packed as bf16 into one register, `lo` in the lower half.
     fn bf16_pair(
         &self,
-        f: &Fn<'ctx>,
+        f: &KernelFn<'ctx>,
         lo: FloatValue<'ctx>,
         hi: FloatValue<'ctx>,
     ) -> Result<IntValue<'ctx>, PtxError> {
@@ -252,7 +262,7 @@ impl<'ctx> Gen<'_, 'ctx> {
                 let ty = self
                     .ctx
                     .i32_type()
-                    .fn_type(&[self.ft.into(), self.ft.into()], false);
+                    .fn_type(&[self.lower.ft.into(), self.lower.ft.into()], false);
                 let func = self.host_fn(HOST_BF16X2, ty);
                 self.call_host_int(f, func, &[hi.into(), lo.into()])
             }
@@ -260,11 +270,11 @@ impl<'ctx> Gen<'_, 'ctx> {
     }
 
     /// An operand converted to tf32 (`cvt.rna.tf32.f32`).
-    fn to_tf32(&self, f: &Fn<'ctx>, x: FloatValue<'ctx>) -> Result<IntValue<'ctx>, PtxError> {
+    fn to_tf32(&self, f: &KernelFn<'ctx>, x: FloatValue<'ctx>) -> Result<IntValue<'ctx>, PtxError> {
         match self.flavor {
             Flavor::Nvptx => self.call_int(f, "llvm.nvvm.f2tf32.rna", &[x]),
             Flavor::Host => {
-                let ty = self.ctx.i32_type().fn_type(&[self.ft.into()], false);
+                let ty = self.ctx.i32_type().fn_type(&[self.lower.ft.into()], false);
                 let func = self.host_fn(HOST_TF32, ty);
                 self.call_host_int(f, func, &[x.into()])
             }
@@ -280,7 +290,7 @@ impl<'ctx> Gen<'_, 'ctx> {
 
     fn call_host_int(
         &self,
-        f: &Fn<'ctx>,
+        f: &KernelFn<'ctx>,
         func: inkwell::values::FunctionValue<'ctx>,
         args: &[BasicMetadataValueEnum<'ctx>],
     ) -> Result<IntValue<'ctx>, PtxError> {
@@ -298,7 +308,7 @@ impl<'ctx> Gen<'_, 'ctx> {
     /// The host flavor's `mma`: the lane's registers through memory to the host runner.
     fn host_mma(
         &self,
-        f: &Fn<'ctx>,
+        f: &KernelFn<'ctx>,
         tc: TensorCores,
         a: &[IntValue<'ctx>],
         b: &[IntValue<'ctx>],
@@ -321,7 +331,12 @@ impl<'ctx> Gen<'_, 'ctx> {
         }
         let ptr = self.ctx.ptr_type(AddressSpace::default());
         let ty = self.ctx.void_type().fn_type(
-            &[ptr.into(), self.i64t.into(), self.i64t.into(), ptr.into()],
+            &[
+                ptr.into(),
+                self.lower.i64t.into(),
+                self.lower.i64t.into(),
+                ptr.into(),
+            ],
             false,
         );
         let func = self.host_fn(HOST_MMA, ty);
@@ -334,7 +349,7 @@ impl<'ctx> Gen<'_, 'ctx> {
         let mut out = Vec::with_capacity(4);
         for i in 0..4 {
             let p = slot(6 + i)?;
-            out.push(f.b.build_load(self.ft, p, "d")?.into_float_value());
+            out.push(f.b.build_load(self.lower.ft, p, "d")?.into_float_value());
         }
         Ok(out)
     }
@@ -342,7 +357,7 @@ impl<'ctx> Gen<'_, 'ctx> {
     /// bf16 fragments of the `k`-slice starting at `kk`: `A` (4 registers), `B` (2).
     fn bf16_fragments(
         &self,
-        f: &mut Fn<'ctx>,
+        f: &mut KernelFn<'ctx>,
         m: &MatmulLoop<'_>,
         lane: &Lane<'ctx>,
         kk: IntValue<'ctx>,
@@ -377,7 +392,7 @@ impl<'ctx> Gen<'_, 'ctx> {
     /// One `mma.sync`: `acc + A B`.
     fn mma(
         &self,
-        f: &Fn<'ctx>,
+        f: &KernelFn<'ctx>,
         tc: TensorCores,
         a: &[IntValue<'ctx>],
         b: &[IntValue<'ctx>],
@@ -412,13 +427,13 @@ impl<'ctx> Gen<'_, 'ctx> {
     /// returns their next values; returns their final values (`init` if it never ran).
     fn acc_loop(
         &self,
-        f: &mut Fn<'ctx>,
+        f: &mut KernelFn<'ctx>,
         from: IntValue<'ctx>,
         to: IntValue<'ctx>,
         step: IntValue<'ctx>,
         init: &[FloatValue<'ctx>],
         mut body: impl FnMut(
-            &mut Fn<'ctx>,
+            &mut KernelFn<'ctx>,
             IntValue<'ctx>,
             &[FloatValue<'ctx>],
         ) -> Result<Vec<FloatValue<'ctx>>, PtxError>,
@@ -432,10 +447,10 @@ impl<'ctx> Gen<'_, 'ctx> {
             f.b.build_int_compare(IntPredicate::ULT, from, to, "enter")?;
         f.b.build_conditional_branch(enter, header, exit)?;
         f.b.position_at_end(header);
-        let phi = f.b.build_phi(self.i64t, "i")?;
+        let phi = f.b.build_phi(self.lower.i64t, "i")?;
         let mut phis = Vec::with_capacity(init.len());
         for _ in init {
-            phis.push(f.b.build_phi(self.ft, "acc")?);
+            phis.push(f.b.build_phi(self.lower.ft, "acc")?);
         }
         let cur: Vec<FloatValue<'ctx>> = phis
             .iter()
@@ -459,7 +474,7 @@ impl<'ctx> Gen<'_, 'ctx> {
         f.b.position_at_end(exit);
         let mut out = Vec::with_capacity(init.len());
         for (x0, x1) in init.iter().zip(&next_vals) {
-            let p = f.b.build_phi(self.ft, "final")?;
+            let p = f.b.build_phi(self.lower.ft, "final")?;
             p.add_incoming(&[(x0, pre), (x1, latch)]);
             out.push(p.as_basic_value().into_float_value());
         }
