@@ -119,10 +119,11 @@ pub fn prepare(backend: Backend, program: &Program) -> Result<Prepared, ExecErro
 
 #[cfg(feature = "llvm")]
 fn llvm(program: &Program) -> Result<Inner, ExecError> {
-    let kernels = tttc_passes::lower_kernel::lower_program(program)
-        .map_err(|e| ExecError::Lower(e.to_string()))?;
-    let jit = tttc_backends::llvm::LlvmJit::compile(&kernels)
-        .map_err(|e| ExecError::Codegen(e.to_string()))?;
+    let jit = crate::driver::generate_code(program, tttc_passes::pipeline::Target::Cpu, &|k| {
+        tttc_backends::llvm::LlvmJit::compile(k)
+    })
+    .map_err(|e| ExecError::Lower(e.to_string()))?
+    .map_err(|e| ExecError::Codegen(e.to_string()))?;
     Ok(Inner::Llvm(Box::new(jit)))
 }
 
@@ -133,10 +134,11 @@ fn llvm(_: &Program) -> Result<Inner, ExecError> {
 
 #[cfg(feature = "cranelift")]
 fn cranelift(program: &Program) -> Result<Inner, ExecError> {
-    let kernels = tttc_passes::lower_kernel::lower_program(program)
-        .map_err(|e| ExecError::Lower(e.to_string()))?;
-    let jit = tttc_backends::cranelift::CraneliftJit::compile(&kernels)
-        .map_err(|e| ExecError::Codegen(e.to_string()))?;
+    let jit = crate::driver::generate_code(program, tttc_passes::pipeline::Target::Cpu, &|k| {
+        tttc_backends::cranelift::CraneliftJit::compile(k)
+    })
+    .map_err(|e| ExecError::Lower(e.to_string()))?
+    .map_err(|e| ExecError::Codegen(e.to_string()))?;
     Ok(Inner::Cranelift(Box::new(jit)))
 }
 

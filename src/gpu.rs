@@ -33,10 +33,14 @@ pub enum GpuError {
 
 /// The kernel program of `program` (bound) mapped onto a GPU with the default configuration.
 pub fn gpu_kernels(program: &Program) -> Result<tttc_ir::kernel::KernelProgram, GpuError> {
-    let kernels = tttc_passes::lower_kernel::lower_program(program)
-        .map_err(|e| GpuError::Lower(e.to_string()))?;
-    tttc_passes::gpu_schedule::gpu_schedule(&kernels, &Default::default())
-        .map_err(|e| GpuError::Schedule(e.to_string()))
+    let target = tttc_passes::pipeline::Target::Gpu(Default::default());
+    crate::driver::kernel_program(program, target).map_err(|e| match e {
+        tttc_passes::PassError::Failed {
+            pass: "gpu_schedule",
+            ..
+        } => GpuError::Schedule(e.to_string()),
+        e => GpuError::Lower(e.to_string()),
+    })
 }
 
 /// PTX for `program` (bound: every dimension known) on `arch`.
