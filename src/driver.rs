@@ -303,8 +303,8 @@ pub fn lower(
 ) -> Result<Lowered, DriverError> {
     let pipeline = Pipeline::new(target);
     let span = Span {
-        after: pipeline.last_graph_stage(),
         until,
+        ..Span::after_graph(&pipeline)
     };
     let (ir, stages) = run_instrumented(&pipeline, Ir::Graph(bound), span, snapshots, extra)?;
     match ir {
@@ -323,10 +323,7 @@ pub fn kernel_program(bound: &Program, target: Target) -> Result<KernelProgram, 
     let pipeline = Pipeline::new(target);
     let ir = pipeline.run(
         Ir::Graph(bound.clone()),
-        Span {
-            after: pipeline.last_graph_stage(),
-            until: None,
-        },
+        Span::after_graph(&pipeline),
         &mut [],
     )?;
     match ir {
