@@ -9,7 +9,7 @@ use tttc_ir::kernel::KernelProgram;
 use tttc_ir::syntax::CompileError;
 use tttc_ir::{DType, Program, Setting};
 use tttc_passes::pipeline::{
-    Codegen, Instrument, Ir, Pipeline, Snapshots, Span, Target, Timer, CODEGEN,
+    Codegen, Instrument, Ir, IrForm, Pipeline, Snapshots, Span, Target, Timer, CODEGEN,
 };
 use tttc_passes::PassError;
 use tttc_runtime::ElemType;
@@ -230,14 +230,15 @@ pub fn optimize_with(
 ) -> Result<Compiled, DriverError> {
     let pipeline = Pipeline::new(Target::Cpu);
     let graph_stages = pipeline.graph_stage_names();
-    let until = match until {
-        Some(u) if !graph_stages.contains(&u) => {
-            return Err(DriverError::Pass(PassError::UnknownStage {
+    let until: &'static str = match until {
+        Some(u) => graph_stages
+            .iter()
+            .copied()
+            .find(|s| *s == u)
+            .ok_or_else(|| PassError::UnknownStage {
                 name: u.to_string(),
                 stages: graph_stages.join(", "),
-            }))
-        }
-        Some(u) => u,
+            })?,
         None => graph_stages.last().copied().unwrap_or_default(),
     };
     let parsed = snapshots.then(|| program.clone());
@@ -249,7 +250,11 @@ pub fn optimize_with(
         extra,
     )?;
     let Ir::Graph(program) = ir else {
-        unreachable!("the graph stages end in graph IR");
+        return Err(DriverError::Pass(PassError::WrongIr {
+            stage: until,
+            expected: IrForm::Graph,
+            found: IrForm::Kernel,
+        }));
     };
     Ok(Compiled {
         parsed,
@@ -311,8 +316,8 @@ pub fn lower(
         Ir::Kernel(program) => Ok(Lowered { program, stages }),
         Ir::Graph(_) => Err(DriverError::Pass(PassError::WrongIr {
             stage: "lower_kernel",
-            expected: tttc_passes::pipeline::IrForm::Kernel,
-            found: tttc_passes::pipeline::IrForm::Graph,
+            expected: IrForm::Kernel,
+            found: IrForm::Graph,
         })),
     }
 }
@@ -330,8 +335,8 @@ pub fn kernel_program(bound: &Program, target: Target) -> Result<KernelProgram, 
         Ir::Kernel(k) => Ok(k),
         Ir::Graph(_) => Err(PassError::WrongIr {
             stage: "lower_kernel",
-            expected: tttc_passes::pipeline::IrForm::Kernel,
-            found: tttc_passes::pipeline::IrForm::Graph,
+            expected: IrForm::Kernel,
+            found: IrForm::Graph,
         }),
     }
 }

@@ -127,7 +127,8 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             .iter()
             .any(|st| st.name == s && st.output() == IrForm::Kernel)
     });
-    let run_kernel_stages = kernel_stage || (after.is_none() && args.inputs.is_some());
+    let run_kernel_stages =
+        kernel_stage || ((args.all || args.timings) && after.is_none() && args.inputs.is_some());
     let graph_until = match after {
         Some("parse") | None => None,
         Some(_) if kernel_stage => None,
