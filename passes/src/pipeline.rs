@@ -30,7 +30,8 @@
 //! `Ok(Err(codegen error))`, or `Err(PassError)` when a stage before it failed.
 //!
 //! **Instruments** ([`Instrument`]): [`Verifier`] (always on, outermost: the graph verifier on
-//! the input and after every graph stage, the kernel-IR verifier after every kernel stage),
+//! the input and after every graph stage, the kernel-IR check after every kernel stage — a
+//! call site still waiting for the kernel-IR verifier, see `verify_kernel`),
 //! [`Timer`] (wall time of each stage), [`Snapshots`] (a copy of the IR after each stage) and
 //! [`Dump`] (the IR's text after each stage, one file per stage). `before` hooks run in the
 //! order given, `after` hooks in reverse, so the last instrument given is the innermost: give
