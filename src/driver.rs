@@ -1,8 +1,17 @@
-//! From source to a program ready to run: parse, lower, derive the inner gradients, verify.
+//! From source to machine code through the one pipeline (`tttc_passes::pipeline`): parse and
+//! lower the `.ttt` file, run the graph stages ([`optimize`]), and — once the caller has bound
+//! the program to its tensors' shapes ([`crate::bind`]) — the kernel stages ([`lower`],
+//! [`kernel_program`]) and code generation ([`generate_code`]).
 
 use std::path::Path;
+use std::time::Duration;
+use tttc_ir::kernel::KernelProgram;
 use tttc_ir::syntax::CompileError;
 use tttc_ir::{DType, Program, Setting};
+use tttc_passes::pipeline::{
+    Codegen, Instrument, Ir, IrForm, Pipeline, Snapshots, Span, Target, Timer, CODEGEN,
+};
+use tttc_passes::PassError;
 use tttc_runtime::ElemType;
 
 /// Floating-point precision of a whole run.
@@ -81,9 +90,9 @@ impl DriverError {
 /// dimensions.
 pub type Settings = tttc_ir::Settings;
 
-/// Compiles a `.ttt` file: parse, lower (with `settings` applied to configs), then the whole
-/// standard pipeline (autodiff, primal form, dual form, simplification, fusion), verifying
-/// after every pass.
+/// Compiles a `.ttt` file: parse, lower (with `settings` applied to configs), then every graph
+/// stage of the pipeline (autodiff, primal form, dual form, simplification), verifying after
+/// every stage.
 pub fn compile_file(
     path: &Path,
     precision: Precision,
@@ -165,32 +174,192 @@ fn finish(program: Program) -> Result<Program, DriverError> {
     Ok(optimize(program, None, false)?.program)
 }
 
-/// A program after (part of) the pipeline, with what each pass did.
+/// What one stage did.
 #[derive(Debug, Clone)]
-pub struct Compiled {
-    /// The program as lowered from the source, before any pass (kept with snapshots).
-    pub parsed: Option<Program>,
-    /// The program after the last pass run.
-    pub program: Program,
-    /// One report per pass run.
-    pub stages: Vec<tttc_passes::pipeline::StageReport>,
+pub struct StageReport {
+    /// The stage's name.
+    pub name: &'static str,
+    /// Its wall time (the verifier and the other instruments excluded).
+    pub elapsed: Duration,
+    /// The IR after it, when snapshots were requested.
+    pub snapshot: Option<Ir>,
 }
 
-/// Runs the standard pipeline on a lowered program, up to and including the pass `until`
-/// (all passes when `None`); `snapshots` keeps the program after every pass.
+/// Pairs the [`Timer`]'s times with the [`Snapshots`] (taken of the same stages, in order).
+fn reports(timer: Timer, snapshots: Option<Snapshots>) -> Vec<StageReport> {
+    let mut taken = snapshots.map(|s| s.after.into_iter());
+    timer
+        .times
+        .into_iter()
+        .map(|(name, elapsed)| StageReport {
+            name,
+            elapsed,
+            snapshot: taken.as_mut().and_then(Iterator::next).map(|(_, ir)| ir),
+        })
+        .collect()
+}
+
+/// A program after (some of) the graph stages, with what each stage did.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The program as lowered from the source, before any stage (kept with snapshots).
+    pub parsed: Option<Program>,
+    /// The program after the last stage run.
+    pub program: Program,
+    /// One report per stage run.
+    pub stages: Vec<StageReport>,
+}
+
+/// Runs the graph stages of the pipeline on a lowered program, up to and including `until`
+/// (all of them when `None`); `snapshots` keeps the program after every stage.
 pub fn optimize(
-    mut program: Program,
+    program: Program,
     until: Option<&str>,
     snapshots: bool,
 ) -> Result<Compiled, DriverError> {
+    optimize_with(program, until, snapshots, &mut [])
+}
+
+/// [`optimize`] with more instruments around every stage (such as
+/// [`tttc_passes::pipeline::Dump`]).
+pub fn optimize_with(
+    program: Program,
+    until: Option<&str>,
+    snapshots: bool,
+    extra: &mut [&mut dyn Instrument],
+) -> Result<Compiled, DriverError> {
+    let pipeline = Pipeline::new(Target::Cpu);
+    let graph_stages = pipeline.graph_stage_names();
+    let until: &'static str = match until {
+        Some(u) => graph_stages
+            .iter()
+            .copied()
+            .find(|s| *s == u)
+            .ok_or_else(|| PassError::UnknownStage {
+                name: u.to_string(),
+                stages: graph_stages.join(", "),
+            })?,
+        None => graph_stages.last().copied().unwrap_or_default(),
+    };
     let parsed = snapshots.then(|| program.clone());
-    let passes = tttc_passes::pipeline::standard();
-    let stages = tttc_passes::pipeline::run_stages(&mut program, &passes, until, snapshots)?;
+    let (ir, stages) = run_instrumented(
+        &pipeline,
+        Ir::Graph(program),
+        Span::until(until),
+        snapshots,
+        extra,
+    )?;
+    let Ir::Graph(program) = ir else {
+        return Err(DriverError::Pass(PassError::WrongIr {
+            stage: until,
+            expected: IrForm::Graph,
+            found: IrForm::Kernel,
+        }));
+    };
     Ok(Compiled {
         parsed,
         program,
         stages,
     })
+}
+
+/// Runs `span` of `pipeline` under a [`Timer`] (innermost), optional [`Snapshots`], and `extra`.
+fn run_instrumented(
+    pipeline: &Pipeline,
+    ir: Ir,
+    span: Span<'_>,
+    snapshots: bool,
+    extra: &mut [&mut dyn Instrument],
+) -> Result<(Ir, Vec<StageReport>), PassError> {
+    let mut timer = Timer::default();
+    let mut snaps = snapshots.then(Snapshots::default);
+    let ir = {
+        let mut instruments: Vec<&mut dyn Instrument> = Vec::with_capacity(extra.len() + 2);
+        for i in extra.iter_mut() {
+            instruments.push(&mut **i);
+        }
+        if let Some(s) = snaps.as_mut() {
+            instruments.push(s);
+        }
+        instruments.push(&mut timer);
+        pipeline.run(ir, span, &mut instruments)?
+    };
+    Ok((ir, reports(timer, snaps)))
+}
+
+/// A bound program after (some of) the kernel stages, with what each stage did.
+#[derive(Debug, Clone)]
+pub struct Lowered {
+    /// The kernel program after the last stage run.
+    pub program: KernelProgram,
+    /// One report per stage run.
+    pub stages: Vec<StageReport>,
+}
+
+/// Runs the kernel stages for `target` (`lower_kernel`, then `gpu_schedule` for GPUs) on a
+/// bound program (every dimension known: see [`crate::bind`]) that went through every graph
+/// stage, up to and including `until` (all when `None`).
+pub fn lower(
+    bound: Program,
+    target: Target,
+    until: Option<&str>,
+    snapshots: bool,
+    extra: &mut [&mut dyn Instrument],
+) -> Result<Lowered, DriverError> {
+    let pipeline = Pipeline::new(target);
+    let span = Span {
+        until,
+        ..Span::after_graph(&pipeline)
+    };
+    let (ir, stages) = run_instrumented(&pipeline, Ir::Graph(bound), span, snapshots, extra)?;
+    match ir {
+        Ir::Kernel(program) => Ok(Lowered { program, stages }),
+        Ir::Graph(_) => Err(DriverError::Pass(PassError::WrongIr {
+            stage: "lower_kernel",
+            expected: IrForm::Kernel,
+            found: IrForm::Graph,
+        })),
+    }
+}
+
+/// The kernel program of a bound, optimized program for `target`: the kernel stages of the
+/// pipeline, verified after each.
+pub fn kernel_program(bound: &Program, target: Target) -> Result<KernelProgram, PassError> {
+    let pipeline = Pipeline::new(target);
+    let ir = pipeline.run(
+        Ir::Graph(bound.clone()),
+        Span::after_graph(&pipeline),
+        &mut [],
+    )?;
+    match ir {
+        Ir::Kernel(k) => Ok(k),
+        Ir::Graph(_) => Err(PassError::WrongIr {
+            stage: "lower_kernel",
+            expected: IrForm::Kernel,
+            found: IrForm::Graph,
+        }),
+    }
+}
+
+/// Machine code for a bound, optimized program: the kernel stages for `target`, then
+/// `generate` as the pipeline's last stage ([`CODEGEN`]). The outer error is a stage's (a
+/// compiler bug), the inner the code generator's.
+pub fn generate_code<C, E>(
+    bound: &Program,
+    target: Target,
+    generate: &dyn Fn(&KernelProgram) -> Result<C, E>,
+) -> Result<Result<C, E>, PassError> {
+    let pipeline = Pipeline::new(target);
+    let codegen = Codegen {
+        name: CODEGEN,
+        generate,
+    };
+    pipeline.generate(
+        Ir::Graph(bound.clone()),
+        pipeline.last_graph_stage(),
+        &codegen,
+        &mut [],
+    )
 }
 
 /// Parses and lowers a `.ttt` file without running any pass.

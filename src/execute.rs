@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 pub use tttc_backends::BufferList;
 use tttc_backends::{BackendError, CompiledProgram, Interpreted};
 use tttc_ir::Program;
-use tttc_passes::lower_kernel::LowerKernelError;
 use tttc_runtime::Tensor;
 
 /// An execution backend.
@@ -59,9 +58,9 @@ pub enum ExecError {
     /// The backend was not compiled into this binary.
     #[error("the {0} backend is not built into this tttc; rebuild with `--features {0}`")]
     NotBuilt(&'static str),
-    /// Lowering to kernel IR failed (a compiler bug).
-    #[error("lowering to kernel IR failed: {0}")]
-    Lower(#[source] LowerKernelError),
+    /// A stage of the pipeline below the graph IR failed (a compiler bug).
+    #[error("compiling to kernel IR failed: {0}")]
+    Lower(#[source] tttc_passes::PassError),
     /// Code generation failed (a compiler bug).
     #[error("code generation failed: {0}")]
     Codegen(#[source] BackendError),
@@ -111,7 +110,8 @@ pub fn prepare(backend: Backend, program: &Program) -> Result<Prepared, ExecErro
     })
 }
 
-/// Lowers `program` to kernel IR and compiles that with `generator`.
+/// Lowers `program` through the pipeline's kernel stages and compiles it with `generator` as the
+/// pipeline's last stage.
 #[cfg(any(feature = "llvm", feature = "cranelift"))]
 fn compile_kernels<G: tttc_backends::Backend>(
     generator: &G,
@@ -120,8 +120,11 @@ fn compile_kernels<G: tttc_backends::Backend>(
 where
     G::Compiled: 'static,
 {
-    let kernels = tttc_passes::lower_kernel::lower_program(program).map_err(ExecError::Lower)?;
-    let compiled = generator.compile(&kernels).map_err(ExecError::Codegen)?;
+    let compiled = crate::driver::generate_code(program, tttc_passes::pipeline::Target::Cpu, &|k| {
+        generator.compile(k)
+    })
+    .map_err(ExecError::Lower)?
+    .map_err(ExecError::Codegen)?;
     Ok(Box::new(compiled))
 }
 

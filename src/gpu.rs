@@ -12,12 +12,10 @@ pub use tttc_backends::tensor_core::TensorCores;
 /// source.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
-    /// Lowering to kernel IR failed (a compiler bug).
-    #[error("lowering to kernel IR failed: {0}")]
-    Lower(#[source] tttc_passes::lower_kernel::LowerKernelError),
-    /// The GPU mapping failed (a compiler bug).
-    #[error("GPU mapping failed: {0}")]
-    Schedule(#[source] tttc_passes::gpu_schedule::GpuScheduleError),
+    /// Lowering to kernel IR or the GPU mapping failed (a compiler bug); the error names the
+    /// stage.
+    #[error("compiling to GPU kernels failed: {0}")]
+    Kernel(#[source] tttc_passes::PassError),
     /// PTX generation failed (a compiler bug).
     #[cfg(feature = "llvm")]
     #[error("PTX generation failed: {0}")]
@@ -44,9 +42,8 @@ impl GpuError {
 
 /// The kernel program of `program` (bound) mapped onto a GPU with the default configuration.
 pub fn gpu_kernels(program: &Program) -> Result<tttc_ir::kernel::KernelProgram, GpuError> {
-    let kernels = tttc_passes::lower_kernel::lower_program(program).map_err(GpuError::Lower)?;
-    tttc_passes::gpu_schedule::gpu_schedule(&kernels, &Default::default())
-        .map_err(GpuError::Schedule)
+    let target = tttc_passes::pipeline::Target::Gpu(Default::default());
+    crate::driver::kernel_program(program, target).map_err(GpuError::Kernel)
 }
 
 /// PTX for `program` (bound: every dimension known) on `arch`.

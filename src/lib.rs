@@ -1,10 +1,19 @@
 //! tttc: a compiler for Test-Time-Training layers.
 //!
-//! This crate holds the `tttc` command-line tool and re-exports the workspace's crates:
-//! [`ir`] (the DSL and the graph IR), [`passes`] (autodiff and later optimizations),
-//! [`backends`] (the reference interpreter) and [`runtime`] (tensors and safetensors I/O).
-//! [`compile_file`] and [`bind`] connect them: source text to a differentiated program, and a
-//! program plus named tensors to a program specialized for those shapes.
+//! This crate holds the `tttc` command-line tool and the library behind it, and re-exports the
+//! workspace's crates: [`ir`] (the `.ttt` language, the graph IR and the kernel IR),
+//! [`passes`] (the pipeline: autodiff, the primal and dual forms, simplification, the lowering
+//! to kernel IR, the GPU mapping; the cost model), [`backends`] (the reference interpreter and
+//! the LLVM, Cranelift and PTX code generators) and [`runtime`] (tensors and safetensors I/O).
+//!
+//! The library connects them: [`driver`] runs the pipeline ([`compile_file`]: source to an
+//! optimized program; [`driver::kernel_program`] and [`driver::generate_code`]: a bound
+//! program to kernel IR and machine code), [`bind`] specializes a program to named tensors'
+//! shapes, [`execute`] runs a bound program on a backend, [`gpu`] is the NVIDIA path,
+//! [`stream`] runs a program over a sequence in chunks (prefill, then decode) and [`inputs`]
+//! reads a program's input tensors.
+
+#![warn(missing_docs)]
 
 pub mod bind;
 pub mod driver;
@@ -21,7 +30,7 @@ pub use tttc_runtime as runtime;
 pub use bind::{bind, bind_shapes, unused_tensors, BindError, Bound};
 pub use driver::{
     compile_file, compile_source, lower_file, merge_settings, optimize, read_config_file, Compiled,
-    DriverError, Precision, Settings,
+    DriverError, Lowered, Precision, Settings, StageReport,
 };
 pub use execute::{prepare, Backend, ExecError, Prepared};
 pub use inputs::{read_inputs, InputError};

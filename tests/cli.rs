@@ -68,7 +68,15 @@ fn inspect_every_stage() {
         .collect();
     assert_eq!(
         names,
-        ["autodiff", "primal", "dual_form", "simplify", "fuse"]
+        [
+            "autodiff",
+            "primal",
+            "dual_form",
+            "simplify",
+            "lower_kernel",
+            "gpu_schedule",
+            "codegen"
+        ]
     );
 
     let after = |stage: &str| {
@@ -87,10 +95,7 @@ fn inspect_every_stage() {
     );
     let dual = after("dual_form");
     assert!(dual.contains("step {") && !dual.contains("= mix"), "{dual}");
-    assert!(
-        after("fuse").contains("# kernel"),
-        "kernel boundaries are visible"
-    );
+    assert!(after("simplify").contains("step {"), "the last graph stage");
 
     let bad = tttc(&["inspect", "examples/ttt_linear.ttt", "--after", "magic"]);
     assert_eq!(bad.status.code(), Some(2));
@@ -101,14 +106,7 @@ fn inspect_every_stage() {
 
     let all = tttc(&["inspect", "examples/ttt_mlp.ttt", "--all"]);
     let all = String::from_utf8_lossy(&all.stdout).into_owned();
-    for stage in [
-        "parse",
-        "autodiff",
-        "primal",
-        "dual_form",
-        "simplify",
-        "fuse",
-    ] {
+    for stage in ["parse", "autodiff", "primal", "dual_form", "simplify"] {
         assert!(all.contains(&format!("== after {stage} ==")), "{stage}");
     }
     let json = tttc(&[
@@ -119,7 +117,7 @@ fn inspect_every_stage() {
         "json",
     ]);
     let stages: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
-    assert_eq!(stages.as_array().map(Vec::len), Some(6));
+    assert_eq!(stages.as_array().map(Vec::len), Some(5));
     let dot = tttc(&[
         "inspect",
         "examples/ttt_mlp.ttt",
@@ -132,14 +130,7 @@ fn inspect_every_stage() {
 
     let timings = tttc(&["inspect", "examples/ttt_mlp.ttt", "--timings"]);
     let timings = String::from_utf8_lossy(&timings.stdout).into_owned();
-    for stage in [
-        "autodiff",
-        "primal",
-        "dual_form",
-        "simplify",
-        "fuse",
-        "total",
-    ] {
+    for stage in ["autodiff", "primal", "dual_form", "simplify", "total"] {
         assert!(timings.lines().any(|l| l.starts_with(stage)), "{timings}");
     }
 }
@@ -221,5 +212,158 @@ fn cost_meets_the_dual_form_targets() {
         let shrink = bytes("primal") / bytes("optimized");
         assert!(shrink >= 4.0, "{program}: only {shrink:.2}x fewer bytes");
         assert!(flops("primal") > flops("optimized"));
+    }
+}
+
+/// `--after lower_kernel` prints the kernel IR of the given program for the given shapes: its
+/// buffers, one loop per axis with the bound extents, and the fused elementwise expression
+/// stored once per element (the product is inlined into the exponential, not materialized).
+#[test]
+fn inspect_after_lower_kernel_prints_the_loops_of_the_program() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("scaled.ttt");
+    std::fs::write(
+        &file,
+        "main {\n  input X: [N, M]\n  input w: [M]\n  output Y = exp(X * w) + 3\n}\n",
+    )
+    .expect("write");
+    let file = file.to_str().expect("utf-8");
+    let inputs = zeros_file(dir.path(), &[("X", vec![5, 7]), ("w", vec![7])]);
+    let inputs = inputs.to_str().expect("utf-8");
+    for args in [
+        vec![
+            "inspect",
+            file,
+            "--after",
+            "lower_kernel",
+            "--inputs",
+            inputs,
+        ],
+        vec![
+            "inspect",
+            file,
+            "--after",
+            "lower_kernel",
+            "--set",
+            "N=5",
+            "--set",
+            "M=7",
+        ],
+    ] {
+        let out = tttc(&args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(printed.starts_with("kernel program scaled"), "{printed}");
+        assert!(printed.contains("output Y Global [5, 7]"), "{printed}");
+        assert!(printed.contains("in 0..5 (Serial)"), "{printed}");
+        assert!(printed.contains("in 0..7 (Serial)"), "{printed}");
+        let stores: Vec<&str> = printed.lines().filter(|l| l.contains("] = ")).collect();
+        assert_eq!(stores.len(), 1, "one fused store:\n{printed}");
+        assert!(
+            stores[0].trim_start().starts_with("b2[")
+                && stores[0].contains("= add(exp(mul(b0[")
+                && stores[0].ends_with(", 3)"),
+            "{printed}"
+        );
+    }
+
+    // The GPU mapping of the same program: the loops become one block of threads.
+    let gpu = tttc(&[
+        "inspect",
+        file,
+        "--after",
+        "gpu_schedule",
+        "--inputs",
+        inputs,
+    ]);
+    assert!(gpu.status.success(), "{}", text(&gpu));
+    let gpu = String::from_utf8_lossy(&gpu.stdout).into_owned();
+    assert!(
+        gpu.contains("(GpuBlock)") && gpu.contains("(GpuThread)"),
+        "{gpu}"
+    );
+
+    // --all and --timings run the kernel stages when the shapes are given.
+    let all = tttc(&["inspect", file, "--all", "--inputs", inputs]);
+    let all = String::from_utf8_lossy(&all.stdout).into_owned();
+    assert!(all.contains("== after simplify ==\n"), "{all}");
+    assert!(
+        all.contains("== after lower_kernel ==\nkernel program scaled"),
+        "{all}"
+    );
+    let timings = tttc(&["inspect", file, "--timings", "--inputs", inputs]);
+    let timings = String::from_utf8_lossy(&timings.stdout).into_owned();
+    assert!(
+        timings.lines().any(|l| l.starts_with("lower_kernel ")),
+        "{timings}"
+    );
+
+    // --dump writes one file per stage run, numbered in order.
+    let dump = dir.path().join("dump");
+    let out = tttc(&[
+        "inspect",
+        file,
+        "--after",
+        "lower_kernel",
+        "--inputs",
+        inputs,
+        "--dump",
+        dump.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut files: Vec<String> = std::fs::read_dir(&dump)
+        .expect("dump dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "01-autodiff.txt",
+            "02-primal.txt",
+            "03-dual_form.txt",
+            "04-simplify.txt",
+            "05-lower_kernel.txt"
+        ]
+    );
+
+    // Without shapes a kernel stage is a user error naming what to give; so is codegen.
+    let missing = tttc(&["inspect", file, "--after", "lower_kernel"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(text(&missing).contains("--inputs"), "{}", text(&missing));
+    let codegen = tttc(&["inspect", file, "--after", "codegen"]);
+    assert_eq!(codegen.status.code(), Some(2), "{}", text(&codegen));
+}
+
+/// `--passes` lists every stage to machine code, and `--help` and docs/pipeline.md name the
+/// same stages.
+#[test]
+fn passes_lists_every_stage_to_machine_code() {
+    let out = tttc(&["inspect", "examples/ttt_mlp.ttt", "--passes"]);
+    assert!(out.status.success());
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let names: Vec<String> = listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect();
+    let pipeline = tttc::passes::pipeline::Pipeline::new(tttc::passes::pipeline::Target::Gpu(
+        Default::default(),
+    ));
+    let mut expected: Vec<&str> = pipeline.stage_names();
+    expected.push(tttc::passes::pipeline::CODEGEN);
+    assert_eq!(names, expected);
+    let help = String::from_utf8_lossy(&tttc(&["inspect", "--help"]).stdout).into_owned();
+    let doc = std::fs::read_to_string(common::root().join("docs/pipeline.md")).expect("doc");
+    for name in &names {
+        assert!(
+            doc.contains(&format!("| `{name}` |")),
+            "docs/pipeline.md has no row for `{name}`"
+        );
+        if name != "codegen" {
+            assert!(
+                help.contains(name.as_str()),
+                "inspect --help names `{name}`"
+            );
+        }
     }
 }

@@ -35,8 +35,6 @@ pub struct Graph {
     graph: StableDiGraph<Node, usize>,
     inputs: Vec<NodeId>,
     outputs: Vec<GraphOutput>,
-    /// Fusion: the kernel each node belongs to (set by the fusion pass; empty before).
-    kernels: BTreeMap<NodeId, u32>,
 }
 
 /// An error building a graph.
@@ -261,21 +259,6 @@ impl Graph {
         };
         self.live_order()
             .is_some_and(|order| order.contains(&input))
-    }
-
-    /// Places node `id` in kernel `kernel` (fusion).
-    pub fn set_kernel(&mut self, id: NodeId, kernel: u32) {
-        self.kernels.insert(id, kernel);
-    }
-
-    /// The kernel node `id` was fused into, if the graph is fused.
-    pub fn kernel_of(&self, id: NodeId) -> Option<u32> {
-        self.kernels.get(&id).copied()
-    }
-
-    /// Whether fusion has assigned kernels.
-    pub fn is_fused(&self) -> bool {
-        !self.kernels.is_empty()
     }
 
     /// Mutable access to a node's op and type (for passes that rewrite in place, such as

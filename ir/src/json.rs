@@ -20,8 +20,10 @@ struct NodeDoc {
     operands: Vec<usize>,
     #[serde(rename = "type")]
     ty: NodeType,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    kernel: Option<u32>,
+    /// Files written before fusion moved into the kernel lowering carry a fusion group here;
+    /// it is read and ignored.
+    #[serde(default, skip_serializing, rename = "kernel")]
+    _fusion_group: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -41,7 +43,7 @@ impl Serialize for Graph {
                 op: self.node(id).op.clone(),
                 operands: self.operands(id).iter().map(|o| num[o]).collect(),
                 ty: self.node(id).ty.clone(),
-                kernel: self.kernel_of(id),
+                _fusion_group: None,
             })
             .collect();
         let outputs = self
@@ -70,9 +72,6 @@ impl<'de> Deserialize<'de> for Graph {
                 })?);
             }
             let id = graph.add_unchecked(Node { op: n.op, ty: n.ty }, &operands);
-            if let Some(k) = n.kernel {
-                graph.set_kernel(id, k);
-            }
             if ids.insert(n.id, id).is_some() {
                 return Err(D::Error::custom(format!("duplicate node id {}", n.id)));
             }

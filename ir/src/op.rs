@@ -574,7 +574,7 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Op::Input { name } => write!(f, "input {name}"),
-            Op::Const { value } => write!(f, "const {}", crate::printer::format_float(*value)),
+            Op::Const { value } => write!(f, "const {}", crate::float_text::format_float(*value)),
             Op::Reduce { fun, axis } => write!(f, "{} axis={axis}", fun.name()),
             Op::Expand { shape } | Op::SumTo { shape } | Op::Reshape { shape } => {
                 write!(f, "{} {shape}", self.name())

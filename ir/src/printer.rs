@@ -6,15 +6,9 @@ use crate::program::Program;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-/// Formats a float so that it reads back to the same value and integers stay short (`2`,
-/// `0.5`, `1e-6`).
-pub fn format_float(v: f64) -> String {
-    if v.is_finite() && v == v.trunc() && v.abs() < 1e15 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:?}")
-    }
-}
+/// Re-exported: the float spelling lives in [`crate::float_text`] (the op and kernel-IR
+/// printers use it without depending on this module).
+pub use crate::float_text::format_float;
 
 /// Stable numbering of a graph's nodes: position in the topological order.
 pub fn numbering(graph: &Graph) -> BTreeMap<NodeId, usize> {
@@ -79,14 +73,7 @@ fn print_graph_into(s: &mut String, graph: &Graph, depth: usize) {
         } else {
             format!(" {}", operands.join(", "))
         };
-        let kernel = graph
-            .kernel_of(id)
-            .map_or_else(String::new, |k| format!("  # kernel {k}"));
-        let _ = writeln!(
-            s,
-            "{pad}%{} = {}{args} : {}{kernel}",
-            num[&id], node.op, node.ty
-        );
+        let _ = writeln!(s, "{pad}%{} = {}{args} : {}", num[&id], node.op, node.ty);
         if let Op::Ttt(scan) = &node.op {
             let mut sub = |name: &str, g: &Graph| {
                 let _ = writeln!(s, "{pad}  {name} {{");

@@ -1,6 +1,19 @@
-//! The cost model shared by `tttc cost` and reports: FLOPs (a multiply-add counts 2) and bytes
-//! (the summed size of every materialized intermediate) of graphs whose shapes are known.
+//! The cost of a bound program, for `tttc cost` and `tttc bench`: FLOPs (a multiply-add
+//! counts 2) from the graph, and bytes from the kernel program the lowering really makes.
+//!
+//! FLOPs count the graph's arithmetic ([`op_flops`] per op; a scan's step graph once per
+//! mini-batch and slice). Bytes are what the lowered loops write ([`kernel_bytes`]): every
+//! executed store of a materialized value, to a temporary or an output, except the updates of
+//! an accumulator in place (`acc[i] = acc[i] + ...`, which a compiled loop keeps in a
+//! register). Fusion is decided by `lower_kernel` alone (an elementwise value used once is
+//! inlined into its consumer's loop and never stored), so the bytes follow that decision.
+//!
+//! Not to be confused with the extraction cost of the rewriter
+//! ([`crate::rewrite::estimate_graph_cost`]): that one estimates FLOPs + bytes of a graph with
+//! symbolic shapes (size hints) before anything is lowered, to choose between equivalent
+//! graphs; this one measures a bound program for reporting.
 
+use tttc_ir::kernel::{BufferKind, KernelProgram, Stmt, Value};
 use tttc_ir::{
     Graph, NodeType, Op, OperandKind, Program, Shape, TensorType, TttScan, MINI_BATCH_DIM,
 };
@@ -10,7 +23,7 @@ use tttc_ir::{
 pub struct Cost {
     /// Floating-point operations; a multiply-add counts 2.
     pub flops: u128,
-    /// Bytes of materialized intermediates.
+    /// Bytes the lowered program writes (see the module doc).
     pub bytes: u128,
 }
 
@@ -82,27 +95,12 @@ pub fn op_flops(op: &Op, operands: &[&TensorType], result: &TensorType) -> Resul
     })
 }
 
-/// Whether an op's result is a view of its operand or a leaf (costs no bytes).
-fn is_view_or_leaf(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Input { .. }
-            | Op::Const { .. }
-            | Op::Extent { .. }
-            | Op::Reshape { .. }
-            | Op::Get { .. }
-    )
-}
-
-/// Cost of one evaluation of `graph` (dimensions known; nested scans counted in full).
-/// When the graph is fused (it has kernels), only nodes used outside their kernel or as outputs
-/// are materialized.
-pub fn graph_cost(graph: &Graph) -> Result<Cost, CostError> {
-    let mut total = Cost::default();
+/// FLOPs of one evaluation of `graph` (dimensions known; nested scans counted in full).
+pub fn graph_flops(graph: &Graph) -> Result<u128, CostError> {
+    let mut total = 0;
     let order = graph
         .topo_order()
         .ok_or_else(|| CostError("the graph has a cycle".into()))?;
-    let outputs: Vec<_> = graph.outputs().iter().map(|o| o.node).collect();
     for id in order {
         let node = graph.node(id);
         let operands: Vec<&TensorType> = graph
@@ -111,29 +109,17 @@ pub fn graph_cost(graph: &Graph) -> Result<Cost, CostError> {
             .filter_map(|&o| graph.tensor_type(o))
             .collect();
         match (&node.op, &node.ty) {
-            (Op::Ttt(scan), _) => total = total + scan_cost(scan, &operands)?,
-            (op, NodeType::Tensor(t)) => {
-                total.flops += op_flops(op, &operands, t)?;
-                let materialized = !is_view_or_leaf(op)
-                    && (graph.kernel_of(id).is_none()
-                        || outputs.contains(&id)
-                        || graph
-                            .users(id)
-                            .iter()
-                            .any(|&u| graph.kernel_of(u) != graph.kernel_of(id)));
-                if materialized {
-                    total.bytes += elements(&t.shape)? * t.dtype.size_bytes() as u128;
-                }
-            }
+            (Op::Ttt(scan), _) => total += scan_flops(scan, &operands)?,
+            (op, NodeType::Tensor(t)) => total += op_flops(op, &operands, t)?,
             _ => {}
         }
     }
     Ok(total)
 }
 
-/// Cost of a whole scan: its step graph once per mini-batch and mapped slice (the token-by-token
-/// graphs when it has no step graph).
-fn scan_cost(scan: &TttScan, operands: &[&TensorType]) -> Result<Cost, CostError> {
+/// FLOPs of a whole scan: its step graph once per mini-batch and mapped slice (the
+/// token-by-token graphs when it has no step graph).
+fn scan_flops(scan: &TttScan, operands: &[&TensorType]) -> Result<u128, CostError> {
     let mut slices: u128 = 1;
     let mut seq_len: Option<usize> = None;
     let mut counted = vec![false; scan.per.len()];
@@ -165,22 +151,65 @@ fn scan_cost(scan: &TttScan, operands: &[&TensorType]) -> Result<Cost, CostError
             .grad
             .as_ref()
             .ok_or_else(|| CostError("the scan has no gradient graph".into()))?;
-        let per_token = graph_cost(grad)? + graph_cost(&scan.out)?;
+        let per_token = graph_flops(grad)? + graph_flops(&scan.out)?;
         return Ok(per_token * (l as u128 * slices));
     };
-    let mut total = Cost::default();
+    let mut total = 0;
     for (len, count) in [(k, l / k), (l % k, 1)] {
         if len == 0 || count == 0 {
             continue;
         }
         let bound = [(MINI_BATCH_DIM.to_string(), len)].into_iter().collect();
         let g = tttc_ir::program::specialize_graph(step, &bound);
-        total = total + graph_cost(&g)? * count as u128;
+        total += graph_flops(&g)? * count as u128;
     }
     Ok(total * slices)
 }
 
-/// Cost of a specialized program's main graph.
+/// Bytes the kernel program writes in one run: every executed store to a temporary or an
+/// output, times the element size, except in-place accumulator updates (a store whose value
+/// reads the same element of the same buffer).
+pub fn kernel_bytes(program: &KernelProgram) -> u128 {
+    fn stores(p: &KernelProgram, body: &[Stmt], times: u128) -> u128 {
+        body.iter()
+            .map(|s| match s {
+                Stmt::Loop { extent, body, .. } => stores(p, body, times * *extent as u128),
+                Stmt::Store { buf, index, value } => {
+                    let written = p
+                        .buffer(*buf)
+                        .is_some_and(|b| !matches!(b.kind, BufferKind::Input(_)));
+                    let accumulates = match value {
+                        Value::Binary(_, a, b) => [a, b].iter().any(|v| {
+                            matches!(&***v, Value::Load { buf: lb, index: li } if lb == buf && li == index)
+                        }),
+                        _ => false,
+                    };
+                    if written && !accumulates {
+                        times
+                    } else {
+                        0
+                    }
+                }
+                Stmt::Barrier => 0,
+            })
+            .sum()
+    }
+    stores(program, &program.body, 1) * program.dtype.size_bytes() as u128
+}
+
+/// The cost of a bound program whose lowering is `kernels` (FLOPs from the graph, bytes from
+/// the kernel program).
+pub fn cost_of(program: &Program, kernels: &KernelProgram) -> Result<Cost, CostError> {
+    Ok(Cost {
+        flops: graph_flops(&program.graph)?,
+        bytes: kernel_bytes(kernels),
+    })
+}
+
+/// The cost of a bound program (every dimension known, every scan with its step graph),
+/// lowering it to the kernel IR for the bytes.
 pub fn program_cost(program: &Program) -> Result<Cost, CostError> {
-    graph_cost(&program.graph)
+    let kernels = crate::lower_kernel::lower_program(program)
+        .map_err(|e| CostError(format!("lowering to kernel IR: {e}")))?;
+    cost_of(program, &kernels)
 }

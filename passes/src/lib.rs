@@ -1,19 +1,24 @@
-//! Graph-to-graph passes over the tttc IR, and a small pipeline to run them.
+//! The compiler's passes over the tttc IR, and the pipeline that runs them to machine code.
 //!
-//! A [`Pass`] rewrites a [`Program`] in place; [`run_pipeline`] runs a list of passes in order
-//! and checks the IR with [`tttc_ir::verify::verify_program`] after each one, so that a pass that
-//! breaks an invariant is named at once.
+//! [`pipeline`] names every stage in order — the graph passes [`Autodiff`] (`autodiff`),
+//! [`lower_scan`] (`primal`, the vectorized primal form, using [`batch`]),
+//! [`rewrite`] (`dual_form` and `simplify`, equality saturation with egg), then
+//! [`lower_kernel`] (graph IR to kernel IR; it decides fusion) and, for GPU targets,
+//! [`gpu_schedule`] — and runs them with instruments around each stage: the IR verifier,
+//! timings, snapshots and dumps. Code generation, the last stage, is supplied by the caller
+//! (the code generators live in `tttc-backends`).
 //!
-//! Passes so far:
-//! - [`Autodiff`] (module [`autodiff`]): reverse-mode differentiation of every `ttt` scan's
-//!   loss with respect to its states.
+//! Beside the pipeline: [`cost`] (FLOPs and bytes of a bound program, for `tttc cost`),
+//! [`token_step`] (the one-token step graphs of decoding).
+//!
+//! A [`Pass`] rewrites a graph [`Program`] in place; a pass that breaks an invariant is named
+//! at once by the verifier that runs after it.
 
 #![warn(missing_docs)]
 
 pub mod autodiff;
 pub mod batch;
 pub mod cost;
-pub mod fuse;
 pub mod gpu_schedule;
 pub mod lower_kernel;
 pub mod lower_scan;
@@ -21,7 +26,7 @@ pub mod pipeline;
 pub mod rewrite;
 pub mod token_step;
 
-use tttc_ir::verify::{verify_program, VerifyError};
+use tttc_ir::verify::VerifyError;
 use tttc_ir::Program;
 
 pub use autodiff::{derive_gradients, gradient_graph, AutodiffError};
@@ -41,7 +46,7 @@ pub enum PassError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The program did not verify after a pass (a compiler bug in that pass), or before the
+    /// The program did not verify after a stage (a compiler bug in that stage), or before the
     /// first one (`pass` is then `"input"`).
     #[error("IR verification failed after pass `{pass}`: {source}")]
     Verify {
@@ -50,6 +55,42 @@ pub enum PassError {
         /// The verifier's report.
         #[source]
         source: VerifyError,
+    },
+    /// A kernel program did not verify after a kernel stage (a compiler bug in that stage).
+    #[error("kernel IR verification failed after stage `{stage}`: {source}")]
+    KernelVerify {
+        /// The stage that ran last.
+        stage: &'static str,
+        /// The kernel IR verifier's report.
+        #[source]
+        source: tttc_ir::kernel::VerifyError,
+    },
+    /// A stage name the pipeline does not have.
+    #[error("unknown stage `{name}`; the stages are: {stages}")]
+    UnknownStage {
+        /// The name asked for.
+        name: String,
+        /// The pipeline's stages, comma-separated.
+        stages: String,
+    },
+    /// A stage was given the other IR (graph IR where it reads kernel IR, or the reverse).
+    #[error("stage `{stage}` reads {expected}, but was given {found}")]
+    WrongIr {
+        /// The stage.
+        stage: &'static str,
+        /// What it reads.
+        expected: pipeline::IrForm,
+        /// What it was given.
+        found: pipeline::IrForm,
+    },
+    /// The dump instrument could not write a stage's text.
+    #[error("cannot write the IR dump {path}: {source}")]
+    Dump {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -74,21 +115,4 @@ impl Pass for Autodiff {
     fn run(&self, program: &mut Program) -> Result<(), PassError> {
         Ok(derive_gradients(program)?)
     }
-}
-
-/// Runs `passes` in order on `program`, verifying the IR before the first pass and after every
-/// pass.
-pub fn run_pipeline(program: &mut Program, passes: &[&dyn Pass]) -> Result<(), PassError> {
-    verify_program(program).map_err(|source| PassError::Verify {
-        pass: "input",
-        source,
-    })?;
-    for pass in passes {
-        pass.run(program)?;
-        verify_program(program).map_err(|source| PassError::Verify {
-            pass: pass.name(),
-            source,
-        })?;
-    }
-    Ok(())
 }

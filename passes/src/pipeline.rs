@@ -1,94 +1,804 @@
-//! The pass pipeline: a named, ordered list of passes, the IR verifier after every pass, the
-//! time each pass took, and (on request) a snapshot of the program after each one — what
-//! `tttc inspect --after/--all/--timings` shows.
+//! The pipeline to machine code: one named, ordered list of stages, and one runner that calls
+//! *instruments* before and after every stage (in the spirit of TVM's pass instruments).
+//!
+//! The stages, in order ([`Pipeline::new`]; `tttc inspect --passes` prints them):
+//!
+//! | stage | IR in → out | what it does |
+//! | --- | --- | --- |
+//! | `autodiff` | graph → graph | the gradient of every scan's loss w.r.t. its states |
+//! | `primal` | graph → graph | every scan lowered to one vectorized mini-batch step |
+//! | `dual_form` | graph → graph | equality saturation: the dual form |
+//! | `simplify` | graph → graph | CSE, DCE, constant folding, cancellations |
+//! | `lower_kernel` | graph → kernel IR | loops over buffers; decides fusion (what is inlined) |
+//! | `gpu_schedule` | kernel IR → kernel IR | GPU targets only: blocks, threads, shared memory |
+//! | `codegen` | kernel IR → machine code | supplied by the caller ([`Codegen`]) |
+//!
+//! The graph stages run on the generic program (symbolic dimensions). `lower_kernel` needs
+//! every dimension known: between the two, the caller binds the program to the shapes of the
+//! run's tensors (`tttc::bind`, which needs the tensors and the user's settings, so it is not
+//! a stage here). [`Pipeline::run`] therefore runs any contiguous [`Span`] of stages on the IR
+//! that the stage before the span produced.
+//!
+//! **Why code generation is supplied by the caller.** The code generators live in
+//! `tttc-backends`, which depends on this crate, and each makes something different (an
+//! in-process JIT module, an object file, PTX text) with its own typed error. A `Stage` trait
+//! here that backends implement would have to erase those types (a `Box<dyn Any>` of code to
+//! downcast again) and make every backend depend on the pipeline's shape. Instead the stage
+//! list ends at the last IR-to-IR stage and [`Pipeline::generate`] takes a [`Codegen`] — a
+//! name and a function from kernel IR to code — and runs it as the last named stage under the
+//! same instruments. The result keeps the code generator's own types: `Ok(Ok(code))`,
+//! `Ok(Err(codegen error))`, or `Err(PassError)` when a stage before it failed.
+//!
+//! **Instruments** ([`Instrument`]): [`Verifier`] (always on, outermost: the graph verifier on
+//! the input and after every graph stage, the kernel-IR check after every kernel stage — a
+//! call site still waiting for the kernel-IR verifier, see `verify_kernel`),
+//! [`Timer`] (wall time of each stage), [`Snapshots`] (a copy of the IR after each stage) and
+//! [`Dump`] (the IR's text after each stage, one file per stage). `before` hooks run in the
+//! order given, `after` hooks in reverse, so the last instrument given is the innermost: give
+//! the [`Timer`] last to time the stage alone.
 
 use crate::{Pass, PassError};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tttc_ir::kernel::KernelProgram;
 use tttc_ir::verify::verify_program;
 use tttc_ir::Program;
 
-/// One pass of the standard pipeline with a line describing it.
-pub struct PassInfo {
-    /// The pass.
-    pub pass: Box<dyn Pass>,
-    /// What it does, for `tttc inspect --passes`.
-    pub about: &'static str,
-}
-
-/// What one pass did.
+/// The program between two stages: graph IR before `lower_kernel`, kernel IR after.
 #[derive(Clone, Debug)]
-pub struct StageReport {
-    /// The pass's name.
-    pub name: &'static str,
-    /// Wall time of the pass (verification excluded).
-    pub elapsed: Duration,
-    /// The program after the pass, when snapshots were requested.
-    pub snapshot: Option<Program>,
+pub enum Ir {
+    /// A graph program.
+    Graph(Program),
+    /// A kernel program: loops over buffers.
+    Kernel(KernelProgram),
 }
 
-/// Runs `passes` in order on `program`, verifying after each; `snapshots` keeps a copy of the
-/// program after every pass. Stops after the pass named `until` when given.
-pub fn run_stages(
-    program: &mut Program,
-    passes: &[PassInfo],
-    until: Option<&str>,
-    snapshots: bool,
-) -> Result<Vec<StageReport>, PassError> {
-    verify_program(program).map_err(|source| PassError::Verify {
-        pass: "input",
-        source,
-    })?;
-    let mut reports = Vec::with_capacity(passes.len());
-    for info in passes {
-        let start = Instant::now();
-        info.pass.run(program)?;
-        let elapsed = start.elapsed();
-        verify_program(program).map_err(|source| PassError::Verify {
-            pass: info.pass.name(),
-            source,
-        })?;
-        reports.push(StageReport {
-            name: info.pass.name(),
-            elapsed,
-            snapshot: snapshots.then(|| program.clone()),
-        });
-        if until == Some(info.pass.name()) {
-            break;
+impl Ir {
+    /// The graph program, if this is one.
+    pub fn graph(&self) -> Option<&Program> {
+        match self {
+            Ir::Graph(p) => Some(p),
+            Ir::Kernel(_) => None,
         }
     }
-    Ok(reports)
+
+    /// The kernel program, if this is one.
+    pub fn kernel(&self) -> Option<&KernelProgram> {
+        match self {
+            Ir::Kernel(k) => Some(k),
+            Ir::Graph(_) => None,
+        }
+    }
+
+    /// Which of the two IRs this is.
+    pub fn form(&self) -> IrForm {
+        match self {
+            Ir::Graph(_) => IrForm::Graph,
+            Ir::Kernel(_) => IrForm::Kernel,
+        }
+    }
+
+    /// The stable text form: the graph printer, or the kernel-IR printer.
+    pub fn to_text(&self) -> String {
+        match self {
+            Ir::Graph(p) => tttc_ir::printer::print_program(p),
+            Ir::Kernel(k) => tttc_ir::kernel::print_kernel_program(k),
+        }
+    }
 }
 
-/// The standard pipeline, in order: autodiff, the primal form, the dual form by equality
-/// saturation, simplification, fusion.
-pub fn standard() -> Vec<PassInfo> {
-    vec![
-        PassInfo {
-            pass: Box::new(crate::Autodiff),
-            about: "derive the gradient of every scan's loss w.r.t. its states (reverse mode)",
-        },
-        PassInfo {
-            pass: Box::new(crate::lower_scan::LowerScan),
-            about: "lower every scan to one mini-batch step, vectorized; per-token states materialized (primal form)",
-        },
-        PassInfo {
-            pass: Box::new(crate::rewrite::DualForm::default()),
-            about: "equality saturation (egg) on every step: linearity, outer products, the dual form",
-        },
-        PassInfo {
-            pass: Box::new(crate::rewrite::Simplify::default()),
-            about: "CSE, DCE, constant folding, cancelling transposes and reshapes",
-        },
-        PassInfo {
-            pass: Box::new(crate::fuse::Fuse),
-            about: "group the ops of every step into kernels (elementwise chains join their producers)",
-        },
-    ]
+/// Graph IR or kernel IR: what a stage reads or writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrForm {
+    /// The graph IR.
+    Graph,
+    /// The kernel IR.
+    Kernel,
 }
 
-/// Names of the stages `tttc inspect --after` accepts: `parse`, then every pass.
-pub fn stage_names() -> Vec<&'static str> {
+impl std::fmt::Display for IrForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IrForm::Graph => "graph IR",
+            IrForm::Kernel => "kernel IR",
+        })
+    }
+}
+
+/// A transformation of a kernel program into another (such as the GPU mapping).
+pub trait KernelPass {
+    /// A short, stable name.
+    fn name(&self) -> &'static str;
+    /// The transformed program.
+    fn run(&self, program: &KernelProgram) -> Result<KernelProgram, PassError>;
+}
+
+/// The GPU mapping ([`crate::gpu_schedule`]) as a kernel pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GpuSchedule(pub crate::gpu_schedule::GpuConfig);
+
+impl KernelPass for GpuSchedule {
+    fn name(&self) -> &'static str {
+        "gpu_schedule"
+    }
+
+    fn run(&self, program: &KernelProgram) -> Result<KernelProgram, PassError> {
+        crate::gpu_schedule::gpu_schedule(program, &self.0).map_err(|e| PassError::Failed {
+            pass: "gpu_schedule",
+            source: Box::new(e),
+        })
+    }
+}
+
+/// What a stage does.
+pub enum StageKind {
+    /// Graph IR to graph IR.
+    Graph(Box<dyn Pass>),
+    /// Graph IR to kernel IR ([`crate::lower_kernel::lower_program`]); the program must be
+    /// bound (every dimension known).
+    LowerKernel,
+    /// Kernel IR to kernel IR.
+    Kernel(Box<dyn KernelPass>),
+}
+
+/// One stage of the pipeline, with a line describing it.
+pub struct Stage {
+    /// The stage's name (`tttc inspect --after NAME`).
+    pub name: &'static str,
+    /// What it does, for `tttc inspect --passes`.
+    pub about: &'static str,
+    /// How it runs.
+    pub kind: StageKind,
+}
+
+impl Stage {
+    /// A graph pass as a stage named after the pass.
+    pub fn graph(pass: Box<dyn Pass>, about: &'static str) -> Stage {
+        Stage {
+            name: pass.name(),
+            about,
+            kind: StageKind::Graph(pass),
+        }
+    }
+
+    /// A kernel pass as a stage named after the pass.
+    pub fn kernel(pass: Box<dyn KernelPass>, about: &'static str) -> Stage {
+        Stage {
+            name: pass.name(),
+            about,
+            kind: StageKind::Kernel(pass),
+        }
+    }
+
+    /// The IR the stage reads.
+    pub fn input(&self) -> IrForm {
+        match self.kind {
+            StageKind::Graph(_) | StageKind::LowerKernel => IrForm::Graph,
+            StageKind::Kernel(_) => IrForm::Kernel,
+        }
+    }
+
+    /// The IR the stage writes.
+    pub fn output(&self) -> IrForm {
+        match self.kind {
+            StageKind::Graph(_) => IrForm::Graph,
+            StageKind::LowerKernel | StageKind::Kernel(_) => IrForm::Kernel,
+        }
+    }
+
+    fn run(&self, ir: Ir) -> Result<Ir, PassError> {
+        match (&self.kind, ir) {
+            (StageKind::Graph(pass), Ir::Graph(mut p)) => {
+                pass.run(&mut p)?;
+                Ok(Ir::Graph(p))
+            }
+            (StageKind::LowerKernel, Ir::Graph(p)) => crate::lower_kernel::lower_program(&p)
+                .map(Ir::Kernel)
+                .map_err(|e| PassError::Failed {
+                    pass: self.name,
+                    source: Box::new(e),
+                }),
+            (StageKind::Kernel(pass), Ir::Kernel(k)) => pass.run(&k).map(Ir::Kernel),
+            (_, ir) => Err(PassError::WrongIr {
+                stage: self.name,
+                expected: self.input(),
+                found: ir.form(),
+            }),
+        }
+    }
+}
+
+/// The name of the code-generation stage (`tttc inspect --passes` lists it last).
+pub const CODEGEN: &str = "codegen";
+
+/// The last stage, supplied by the caller: kernel IR to machine code (see the module doc for
+/// why it is not in the stage list).
+pub struct Codegen<'a, C, E> {
+    /// The stage's name in instruments' reports (normally [`CODEGEN`]).
+    pub name: &'static str,
+    /// Makes the code.
+    pub generate: &'a dyn Fn(&KernelProgram) -> Result<C, E>,
+}
+
+/// Where the pipeline is aimed: which stages follow `lower_kernel`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Target {
+    /// CPUs (LLVM, Cranelift, the AOT library): the kernel IR goes to code generation as is.
+    #[default]
+    Cpu,
+    /// NVIDIA GPUs: the kernel IR is mapped onto blocks and threads first (`gpu_schedule`).
+    Gpu(crate::gpu_schedule::GpuConfig),
+}
+
+/// A contiguous span of stages: from the one after `after` (the first when `None`: the IR is
+/// the parsed program) through `until` (the last when `None`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Span<'a> {
+    /// The stage that produced the IR given to the runner (`None`: the parsed program).
+    pub after: Option<&'a str>,
+    /// The last stage to run (`None`: the last of the pipeline).
+    pub until: Option<&'a str>,
+}
+
+impl<'a> Span<'a> {
+    /// Every stage.
+    pub fn all() -> Span<'a> {
+        Span::default()
+    }
+
+    /// From the first stage through `until`.
+    pub fn until(until: &'a str) -> Span<'a> {
+        Span {
+            after: None,
+            until: Some(until),
+        }
+    }
+
+    /// Every stage after the graph stages of `pipeline` (for a bound program).
+    pub fn after_graph(pipeline: &Pipeline) -> Span<'static> {
+        Span {
+            after: pipeline.last_graph_stage(),
+            until: None,
+        }
+    }
+}
+
+/// What a stage produced, as instruments see it.
+#[derive(Clone, Copy, Debug)]
+pub enum StageOutput<'a> {
+    /// A graph or kernel program.
+    Ir(&'a Ir),
+    /// Machine code (in the code generator's own type: instruments only see that it was made).
+    Code,
+}
+
+/// Hooks the runner calls around every stage. A hook that fails stops the pipeline.
+pub trait Instrument {
+    /// Called before `stage` runs on `ir`.
+    fn before(&mut self, stage: &'static str, ir: &Ir) -> Result<(), PassError> {
+        let _ = (stage, ir);
+        Ok(())
+    }
+
+    /// Called after `stage` produced `output`.
+    fn after(&mut self, stage: &'static str, output: StageOutput<'_>) -> Result<(), PassError> {
+        let _ = (stage, output);
+        Ok(())
+    }
+}
+
+/// Checks the IR: the graph verifier ([`tttc_ir::verify::verify_program`]) on the input and
+/// after every graph stage, the kernel-IR check after every kernel stage. The runner always
+/// runs it, outermost.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    checked_input: bool,
+}
+
+impl Verifier {
+    fn check(stage: &'static str, ir: &Ir) -> Result<(), PassError> {
+        match ir {
+            Ir::Graph(p) => verify_program(p).map_err(|source| PassError::Verify {
+                pass: stage,
+                source,
+            }),
+            Ir::Kernel(k) => verify_kernel(stage, k),
+        }
+    }
+}
+
+/// The kernel-IR check after a kernel stage: [`tttc_ir::kernel::verify`], its error naming
+/// `stage`.
+fn verify_kernel(stage: &'static str, program: &KernelProgram) -> Result<(), PassError> {
+    tttc_ir::kernel::verify(program).map_err(|source| PassError::KernelVerify { stage, source })
+}
+
+impl Instrument for Verifier {
+    fn before(&mut self, _: &'static str, ir: &Ir) -> Result<(), PassError> {
+        if !self.checked_input {
+            self.checked_input = true;
+            Self::check("input", ir)?;
+        }
+        Ok(())
+    }
+
+    fn after(&mut self, stage: &'static str, output: StageOutput<'_>) -> Result<(), PassError> {
+        match output {
+            StageOutput::Ir(ir) => Self::check(stage, ir),
+            StageOutput::Code => Ok(()),
+        }
+    }
+}
+
+/// Records the wall time of every stage.
+#[derive(Debug, Default)]
+pub struct Timer {
+    started: Option<Instant>,
+    /// Each stage run, with its time, in order.
+    pub times: Vec<(&'static str, Duration)>,
+}
+
+impl Instrument for Timer {
+    fn before(&mut self, _: &'static str, _: &Ir) -> Result<(), PassError> {
+        self.started = Some(Instant::now());
+        Ok(())
+    }
+
+    fn after(&mut self, stage: &'static str, _: StageOutput<'_>) -> Result<(), PassError> {
+        let elapsed = self.started.take().map_or(Duration::ZERO, |t| t.elapsed());
+        self.times.push((stage, elapsed));
+        Ok(())
+    }
+}
+
+/// Keeps a copy of the IR after every stage that produces IR.
+#[derive(Debug, Default)]
+pub struct Snapshots {
+    /// Each stage's result, in order.
+    pub after: Vec<(&'static str, Ir)>,
+}
+
+impl Instrument for Snapshots {
+    fn after(&mut self, stage: &'static str, output: StageOutput<'_>) -> Result<(), PassError> {
+        if let StageOutput::Ir(ir) = output {
+            self.after.push((stage, ir.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// Writes the IR's text after every stage into a directory, as `NN-STAGE.txt` numbered from 1
+/// in the order run (code generation writes nothing: its output is the backend's).
+#[derive(Debug)]
+pub struct Dump {
+    dir: PathBuf,
+    written: Vec<PathBuf>,
+}
+
+impl Dump {
+    /// Dumps into `dir` (created when missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Dump {
+        Dump {
+            dir: dir.into(),
+            written: Vec::new(),
+        }
+    }
+
+    /// The files written so far, in order.
+    pub fn written(&self) -> &[PathBuf] {
+        &self.written
+    }
+}
+
+impl Instrument for Dump {
+    fn after(&mut self, stage: &'static str, output: StageOutput<'_>) -> Result<(), PassError> {
+        let StageOutput::Ir(ir) = output else {
+            return Ok(());
+        };
+        let path = self
+            .dir
+            .join(format!("{:02}-{stage}.txt", self.written.len() + 1));
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&path, ir.to_text()))
+            .map_err(|source| PassError::Dump {
+                path: path.display().to_string(),
+                source,
+            })?;
+        self.written.push(path);
+        Ok(())
+    }
+}
+
+/// An ordered list of stages, and the runner.
+pub struct Pipeline {
+    stages: Vec<Stage>,
+}
+
+impl Pipeline {
+    /// The whole pipeline for `target`, up to code generation (see the module doc).
+    pub fn new(target: Target) -> Pipeline {
+        let mut stages = vec![
+            Stage::graph(
+                Box::new(crate::Autodiff),
+                "derive the gradient of every scan's loss w.r.t. its states (reverse mode)",
+            ),
+            Stage::graph(
+                Box::new(crate::lower_scan::LowerScan),
+                "lower every scan to one mini-batch step, vectorized; per-token states materialized (primal form)",
+            ),
+            Stage::graph(
+                Box::new(crate::rewrite::DualForm::default()),
+                "equality saturation (egg) on every step: linearity, outer products, the dual form",
+            ),
+            Stage::graph(
+                Box::new(crate::rewrite::Simplify::default()),
+                "CSE, DCE, constant folding, cancelling transposes and reshapes",
+            ),
+            Stage {
+                name: "lower_kernel",
+                about: "loops over buffers for the bound shapes; fusion: a single-use elementwise value is inlined into its consumer's loop",
+                kind: StageKind::LowerKernel,
+            },
+        ];
+        if let Target::Gpu(config) = target {
+            stages.push(Stage::kernel(
+                Box::new(GpuSchedule(config)),
+                "GPU targets: loops onto blocks and threads, scratch into shared memory, barriers",
+            ));
+        }
+        Pipeline { stages }
+    }
+
+    /// A pipeline of the given stages (for tests and tools that run a few passes).
+    pub fn from_stages(stages: Vec<Stage>) -> Pipeline {
+        Pipeline { stages }
+    }
+
+    /// A pipeline of graph passes, each a stage named after the pass.
+    pub fn of_passes(passes: Vec<Box<dyn Pass>>) -> Pipeline {
+        Pipeline {
+            stages: passes.into_iter().map(|p| Stage::graph(p, "")).collect(),
+        }
+    }
+
+    /// The stages, in order.
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    /// The stages' names, in order.
+    pub fn stage_names(&self) -> Vec<&'static str> {
+        self.stages.iter().map(|s| s.name).collect()
+    }
+
+    /// The names of the stages whose result is graph IR, in order.
+    pub fn graph_stage_names(&self) -> Vec<&'static str> {
+        self.stages
+            .iter()
+            .filter(|s| s.output() == IrForm::Graph)
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// The last stage whose result is graph IR: where the caller binds shapes before
+    /// `lower_kernel`.
+    pub fn last_graph_stage(&self) -> Option<&'static str> {
+        self.graph_stage_names().last().copied()
+    }
+
+    fn position(&self, name: &str) -> Result<usize, PassError> {
+        self.stages
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| PassError::UnknownStage {
+                name: name.to_string(),
+                stages: self.stage_names().join(", "),
+            })
+    }
+
+    /// The stages of `span`, in order.
+    fn span(&self, span: Span<'_>) -> Result<&[Stage], PassError> {
+        let start = match span.after {
+            Some(a) => self.position(a)? + 1,
+            None => 0,
+        };
+        let end = match span.until {
+            Some(u) => self.position(u)? + 1,
+            None => self.stages.len(),
+        };
+        Ok(self.stages.get(start..end).unwrap_or(&[]))
+    }
+
+    /// Runs the stages of `span` on `ir` (what the stage before the span produced) with the
+    /// [`Verifier`] and then `instruments` around each; returns the IR after the last one.
+    pub fn run(
+        &self,
+        ir: Ir,
+        span: Span<'_>,
+        instruments: &mut [&mut dyn Instrument],
+    ) -> Result<Ir, PassError> {
+        self.run_span(ir, span, &mut Verifier::default(), instruments)
+    }
+
+    /// Runs a graph program through every stage in place (graph stages only; for pipelines of
+    /// graph passes such as [`Pipeline::of_passes`]), verifying it before and after each.
+    pub fn run_graph(&self, program: &mut Program) -> Result<(), PassError> {
+        let ir = Ir::Graph(program.clone());
+        match self.run(ir, Span::all(), &mut [])? {
+            Ir::Graph(p) => {
+                *program = p;
+                Ok(())
+            }
+            Ir::Kernel(_) => Err(PassError::WrongIr {
+                stage: "run_graph",
+                expected: IrForm::Graph,
+                found: IrForm::Kernel,
+            }),
+        }
+    }
+
+    /// Runs every stage after `after` (see [`Span`]), then `codegen` as the last stage, all under
+    /// the [`Verifier`] and `instruments`. The outer error is a stage's, the inner the code
+    /// generator's.
+    pub fn generate<C, E>(
+        &self,
+        ir: Ir,
+        after: Option<&str>,
+        codegen: &Codegen<'_, C, E>,
+        instruments: &mut [&mut dyn Instrument],
+    ) -> Result<Result<C, E>, PassError> {
+        let mut verifier = Verifier::default();
+        let span = Span { after, until: None };
+        let ir = self.run_span(ir, span, &mut verifier, instruments)?;
+        let Ir::Kernel(kernels) = &ir else {
+            return Err(PassError::WrongIr {
+                stage: codegen.name,
+                expected: IrForm::Kernel,
+                found: ir.form(),
+            });
+        };
+        before_stage(&mut verifier, instruments, codegen.name, &ir)?;
+        let code = (codegen.generate)(kernels);
+        after_stage(&mut verifier, instruments, codegen.name, StageOutput::Code)?;
+        Ok(code)
+    }
+
+    fn run_span(
+        &self,
+        mut ir: Ir,
+        span: Span<'_>,
+        verifier: &mut Verifier,
+        instruments: &mut [&mut dyn Instrument],
+    ) -> Result<Ir, PassError> {
+        for stage in self.span(span)? {
+            before_stage(verifier, instruments, stage.name, &ir)?;
+            ir = stage.run(ir)?;
+            after_stage(verifier, instruments, stage.name, StageOutput::Ir(&ir))?;
+        }
+        Ok(ir)
+    }
+}
+
+fn before_stage(
+    verifier: &mut Verifier,
+    instruments: &mut [&mut dyn Instrument],
+    stage: &'static str,
+    ir: &Ir,
+) -> Result<(), PassError> {
+    verifier.before(stage, ir)?;
+    for i in instruments.iter_mut() {
+        i.before(stage, ir)?;
+    }
+    Ok(())
+}
+
+fn after_stage(
+    verifier: &mut Verifier,
+    instruments: &mut [&mut dyn Instrument],
+    stage: &'static str,
+    output: StageOutput<'_>,
+) -> Result<(), PassError> {
+    for i in instruments.iter_mut().rev() {
+        i.after(stage, output)?;
+    }
+    verifier.after(stage, output)
+}
+
+/// The stages `tttc run --stop-after` accepts: `parse`, then every graph stage (the
+/// interpreter runs graph IR).
+pub fn graph_stage_names() -> Vec<&'static str> {
     std::iter::once("parse")
-        .chain(standard().iter().map(|p| p.pass.name()))
+        .chain(Pipeline::new(Target::Cpu).graph_stage_names())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// A program with no scan: `Y = exp(X * w) + 3` over `[N, M]`, bound to 2 × 3 when `bound`.
+    fn program(bound: bool) -> Program {
+        let src = "main {\n  input X: [N, M]\n  input w: [M]\n  output Y = exp(X * w) + 3\n}\n";
+        let settings = tttc_ir::Settings::new();
+        let p = tttc_ir::syntax::compile("t.ttt", src, tttc_ir::DType::F64, &settings)
+            .expect("compiles");
+        if bound {
+            let dims = [("N".to_string(), 2), ("M".to_string(), 3)].into();
+            p.specialize(&dims)
+        } else {
+            p
+        }
+    }
+
+    /// Logs every hook call as `before:STAGE` / `after:STAGE` with its own tag.
+    struct Log(&'static str, Rc<RefCell<Vec<String>>>);
+
+    impl Instrument for Log {
+        fn before(&mut self, stage: &'static str, _: &Ir) -> Result<(), PassError> {
+            self.1
+                .borrow_mut()
+                .push(format!("{} before {stage}", self.0));
+            Ok(())
+        }
+        fn after(&mut self, stage: &'static str, _: StageOutput<'_>) -> Result<(), PassError> {
+            self.1
+                .borrow_mut()
+                .push(format!("{} after {stage}", self.0));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn instruments_nest_around_every_stage_of_the_span() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let (mut outer, mut inner) = (Log("outer", log.clone()), Log("inner", log.clone()));
+        let pipeline = Pipeline::new(Target::Cpu);
+        let span = Span {
+            after: Some("primal"),
+            until: Some("simplify"),
+        };
+        let ir = pipeline
+            .run(
+                Ir::Graph(program(false)),
+                span,
+                &mut [&mut outer, &mut inner],
+            )
+            .expect("runs");
+        assert_eq!(ir.form(), IrForm::Graph);
+        assert_eq!(
+            *log.borrow(),
+            [
+                "outer before dual_form",
+                "inner before dual_form",
+                "inner after dual_form",
+                "outer after dual_form",
+                "outer before simplify",
+                "inner before simplify",
+                "inner after simplify",
+                "outer after simplify",
+            ]
+        );
+    }
+
+    #[test]
+    fn kernel_stages_then_codegen_run_under_the_same_instruments() {
+        let pipeline = Pipeline::new(Target::Gpu(Default::default()));
+        let mut timer = Timer::default();
+        let mut snapshots = Snapshots::default();
+        let codegen = Codegen {
+            name: CODEGEN,
+            generate: &|k: &KernelProgram| Ok::<_, String>(k.buffers.len()),
+        };
+        let code = pipeline
+            .generate(
+                Ir::Graph(program(true)),
+                pipeline.last_graph_stage(),
+                &codegen,
+                &mut [&mut snapshots, &mut timer],
+            )
+            .expect("stages run");
+        assert_eq!(code, Ok(3), "X, w and Y");
+        let timed: Vec<&str> = timer.times.iter().map(|(n, _)| *n).collect();
+        assert_eq!(timed, ["lower_kernel", "gpu_schedule", CODEGEN]);
+        let snapped: Vec<(&str, IrForm)> = snapshots
+            .after
+            .iter()
+            .map(|(n, ir)| (*n, ir.form()))
+            .collect();
+        assert_eq!(
+            snapped,
+            [
+                ("lower_kernel", IrForm::Kernel),
+                ("gpu_schedule", IrForm::Kernel)
+            ]
+        );
+        // The code generator's error comes back as it is, inside a successful pipeline.
+        let failing = Codegen {
+            name: CODEGEN,
+            generate: &|_: &KernelProgram| Err::<(), _>("no target".to_string()),
+        };
+        let out = pipeline.generate(
+            Ir::Graph(program(true)),
+            Some("simplify"),
+            &failing,
+            &mut [],
+        );
+        assert_eq!(out.expect("stages run"), Err("no target".to_string()));
+    }
+
+    #[test]
+    fn stage_errors_name_the_stage() {
+        let pipeline = Pipeline::new(Target::Cpu);
+        // Unbound dimensions: the lowering fails, naming itself.
+        let err = pipeline
+            .run(
+                Ir::Graph(program(false)),
+                Span::after_graph(&pipeline),
+                &mut [],
+            )
+            .expect_err("unbound");
+        assert!(
+            matches!(
+                err,
+                PassError::Failed {
+                    pass: "lower_kernel",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = pipeline
+            .run(Ir::Graph(program(false)), Span::until("magic"), &mut [])
+            .expect_err("no such stage");
+        assert!(err.to_string().contains("dual_form"), "{err}");
+        // Kernel IR given to a graph stage.
+        let kernels = crate::lower_kernel::lower_program(&program(true)).expect("lowers");
+        let err = pipeline
+            .run(Ir::Kernel(kernels), Span::until("autodiff"), &mut [])
+            .expect_err("wrong IR");
+        assert!(
+            matches!(
+                err,
+                PassError::WrongIr {
+                    stage: "autodiff",
+                    expected: IrForm::Graph,
+                    found: IrForm::Kernel
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dump_writes_one_numbered_file_per_stage() {
+        let dir = std::env::temp_dir().join(format!("tttc-dump-test-{}", std::process::id()));
+        let mut dump = Dump::new(&dir);
+        let pipeline = Pipeline::new(Target::Cpu);
+        pipeline
+            .run(Ir::Graph(program(true)), Span::all(), &mut [&mut dump])
+            .expect("runs");
+        let names: Vec<String> = dump
+            .written()
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "01-autodiff.txt",
+                "02-primal.txt",
+                "03-dual_form.txt",
+                "04-simplify.txt",
+                "05-lower_kernel.txt"
+            ]
+        );
+        let kernel_text = std::fs::read_to_string(&dump.written()[4]).expect("written");
+        assert!(
+            kernel_text.starts_with("kernel program t (f64)"),
+            "{kernel_text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

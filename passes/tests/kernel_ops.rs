@@ -504,15 +504,23 @@ fn mlp_inputs(b: usize, h: usize, l: usize, k: usize) -> Inputs {
 fn check_scan(file: &str, k: usize, ins: &Inputs, what: &str) {
     let p = primal::compile_example(file, &[("mini_batch_size", k as f64)]);
     let primal_form = primal::lowered(&p);
-    let mut full = tttc_ir::syntax::compile(
+    let full = tttc_ir::syntax::compile(
         file,
         &std::fs::read_to_string(primal::repo_root().join("examples").join(file)).expect("file"),
         DType::F64,
         &BTreeMap::from([("mini_batch_size".to_string(), (k as f64).into())]),
     )
     .expect("compile");
-    tttc_passes::pipeline::run_stages(&mut full, &tttc_passes::pipeline::standard(), None, false)
-        .expect("pipeline");
+    let pipeline = tttc_passes::pipeline::Pipeline::new(tttc_passes::pipeline::Target::Cpu);
+    let graph_stages = tttc_passes::pipeline::Span::until("simplify");
+    let full = match pipeline.run(
+        tttc_passes::pipeline::Ir::Graph(full),
+        graph_stages,
+        &mut [],
+    ) {
+        Ok(tttc_passes::pipeline::Ir::Graph(p)) => p,
+        other => panic!("the graph stages: {other:?}"),
+    };
     for (stage, prog) in [("primal", &primal_form), ("optimized", &full)] {
         let s = prog.specialize(&primal::bind_dims(prog, ins));
         let what = format!("{what} ({stage})");

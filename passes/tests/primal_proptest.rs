@@ -518,7 +518,9 @@ fn build(seed: u64, l: usize, k: usize) -> Case {
         integer_inputs: Vec::new(),
         graph: main,
     };
-    tttc_passes::run_pipeline(&mut program, &[&tttc_passes::Autodiff]).expect("autodiff");
+    tttc_passes::pipeline::Pipeline::of_passes(vec![Box::new(tttc_passes::Autodiff)])
+        .run_graph(&mut program)
+        .expect("autodiff");
     Case { program, inputs }
 }
 

@@ -222,8 +222,11 @@ fn lowering_needs_the_gradient() {
         &Default::default(),
     )
     .expect("compiles");
-    let err = tttc_passes::run_pipeline(&mut p, &[&tttc_passes::lower_scan::LowerScan])
-        .expect_err("no gradient yet");
+    let err = tttc_passes::pipeline::Pipeline::of_passes(vec![Box::new(
+        tttc_passes::lower_scan::LowerScan,
+    )])
+    .run_graph(&mut p)
+    .expect_err("no gradient yet");
     let msg = err.to_string();
     assert!(msg.contains("primal") && msg.contains("autodiff"), "{msg}");
 }

@@ -16,10 +16,11 @@ use tttc_ir::verify::{verify_graph, verify_program};
 use tttc_ir::{
     BinaryOp, DType, Dim, Graph, NodeId, Op, Program, Shape, TensorType, UnaryOp, MINI_BATCH_DIM,
 };
+use tttc_passes::pipeline::Pipeline;
 use tttc_passes::rewrite::{
-    dual_form_graph, graph_cost, simplify_graph, DualForm, Limits, RewriteConfig, Simplify,
+    dual_form_graph, estimate_graph_cost, simplify_graph, DualForm, Limits, RewriteConfig, Simplify,
 };
-use tttc_passes::{run_pipeline, Pass};
+use tttc_passes::Pass;
 
 const TOL: f64 = 1e-10;
 
@@ -173,7 +174,10 @@ fn ttt_linear_primal_step_becomes_the_dual_form() {
         assert_eq!(count(&r, "mix"), 0, "{form:?}:\n{p}");
         // Q Kᵀ is the only [k, k] matmul of queries and keys; there is no [k, m, n] matmul.
         let hints = RewriteConfig::default().hints;
-        let (before, after) = (graph_cost(&g, &hints), graph_cost(&r, &hints));
+        let (before, after) = (
+            estimate_graph_cost(&g, &hints),
+            estimate_graph_cost(&r, &hints),
+        );
         assert!(after.flops < before.flops, "{form:?}: {after} vs {before}");
         assert!(after.total() < before.total());
         for seed in 0..4 {
@@ -268,7 +272,7 @@ fn limits_stop_the_runner_and_the_result_is_still_valid() {
         verify_graph(&r, "limited").unwrap();
         assert_same_results(&g, &r, &ins, TOL);
         let hints = RewriteConfig::default().hints;
-        assert!(graph_cost(&r, &hints).total() <= graph_cost(&g, &hints).total());
+        assert!(estimate_graph_cost(&r, &hints).total() <= estimate_graph_cost(&g, &hints).total());
     }
     // The tiny node limit stops the first stage after its first iteration.
     let (_, report) = dual_form_graph(
@@ -301,7 +305,9 @@ fn compile_example(file: &str, settings: &[(&str, f64)]) -> Program {
         .collect();
     let mut p = tttc_ir::syntax::compile(file, &text, DType::F64, &settings)
         .unwrap_or_else(|e| panic!("{file}: {e:?}"));
-    run_pipeline(&mut p, &[&tttc_passes::Autodiff]).unwrap_or_else(|e| panic!("{e}"));
+    Pipeline::of_passes(vec![Box::new(tttc_passes::Autodiff)])
+        .run_graph(&mut p)
+        .unwrap_or_else(|e| panic!("{e}"));
     p
 }
 
@@ -340,13 +346,16 @@ fn the_example_models_get_their_dual_form() {
         "delta_rule.ttt",
     ] {
         let mut p = compile_example(file, &[]);
-        run_pipeline(&mut p, &[&tttc_passes::lower_scan::LowerScan])
+        Pipeline::of_passes(vec![Box::new(tttc_passes::lower_scan::LowerScan)])
+            .run_graph(&mut p)
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         let primal = p.clone();
         let pass = DualForm::default();
         let handle = pass.report_handle();
         let boxed: Box<dyn Pass> = Box::new(pass);
-        run_pipeline(&mut p, &[boxed.as_ref()]).unwrap_or_else(|e| panic!("{file}: {e}"));
+        Pipeline::of_passes(vec![boxed])
+            .run_graph(&mut p)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
         let reports = handle.reports();
         assert_eq!(reports.len(), scans(&p).len());
         for r in &reports {
@@ -377,7 +386,10 @@ fn the_example_models_get_their_dual_form() {
             );
             assert_eq!(count(after, "mix_outer"), 0, "{file}");
             let hints = RewriteConfig::default().hints;
-            assert!(graph_cost(after, &hints).flops < graph_cost(before, &hints).flops);
+            assert!(
+                estimate_graph_cost(after, &hints).flops
+                    < estimate_graph_cost(before, &hints).flops
+            );
             let (gb, rb) = (
                 specialize_graph(before, &dims),
                 specialize_graph(after, &dims),
@@ -400,16 +412,22 @@ fn programs_without_step_graphs_are_left_valid() {
     // DualForm: nothing to do.
     let mut q = p.clone();
     let dual_form = DualForm::default();
-    run_pipeline(&mut q, &[&dual_form]).unwrap();
+    let dual_form_reports = dual_form.report_handle();
+    Pipeline::of_passes(vec![Box::new(dual_form)])
+        .run_graph(&mut q)
+        .unwrap();
     assert_eq!(p, q);
-    assert!(dual_form.reports().is_empty());
+    assert!(dual_form_reports.reports().is_empty());
     // Simplify: the main graph around the scan is rebuilt; the program means the same.
     let simplify = Simplify::default();
-    let mut s = p.clone();
-    run_pipeline(&mut s, &[&simplify]).unwrap_or_else(|e| panic!("{e}"));
-    verify_program(&s).unwrap();
     assert_eq!(simplify.name(), "simplify");
-    let reports = simplify.reports();
+    let handle = simplify.report_handle();
+    let mut s = p.clone();
+    Pipeline::of_passes(vec![Box::new(simplify)])
+        .run_graph(&mut s)
+        .unwrap_or_else(|e| panic!("{e}"));
+    verify_program(&s).unwrap();
+    let reports = handle.reports();
     assert_eq!(reports.last().map(|r| r.graph.as_str()), Some("main"));
     // Same inputs and outputs, same values (the interpreter runs the scan token by token).
     let names = |p: &Program| input_names(&p.graph);
@@ -446,11 +464,16 @@ fn programs_without_step_graphs_are_left_valid() {
 #[test]
 fn simplify_pass_rewrites_step_graphs_and_main() {
     let mut p = compile_example("ttt_linear.ttt", &[]);
-    run_pipeline(&mut p, &[&tttc_passes::lower_scan::LowerScan]).unwrap();
+    Pipeline::of_passes(vec![Box::new(tttc_passes::lower_scan::LowerScan)])
+        .run_graph(&mut p)
+        .unwrap();
     let before = p.clone();
     let simplify = Simplify::default();
-    run_pipeline(&mut p, &[&simplify]).unwrap_or_else(|e| panic!("{e}"));
-    let reports = simplify.reports();
+    let handle = simplify.report_handle();
+    Pipeline::of_passes(vec![Box::new(simplify)])
+        .run_graph(&mut p)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reports = handle.reports();
     assert_eq!(reports.len(), scans(&p).len() + 1);
     assert!(reports[0].graph.ends_with("/step"));
     let dims: BTreeMap<String, usize> =

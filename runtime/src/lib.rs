@@ -6,6 +6,8 @@
 //!   [`read_safetensors_with_ints`] also reads I64 and I32 tensors (token ids).
 //! - [`RuntimeError`]: every failure, naming the file and/or the tensor involved.
 
+#![warn(missing_docs)]
+
 mod error;
 mod safetensors_io;
 mod tensor;

@@ -84,6 +84,25 @@ fn shapes_from_settings(
     Ok(out)
 }
 
+/// `program` bound to the shapes of the tensors in `inputs`, or else to the dimensions given
+/// with `--set` (a user error naming the first one missing).
+pub(super) fn bind_program(
+    program: &Program,
+    inputs: Option<&Path>,
+    settings: &tttc::Settings,
+    precision: Precision,
+) -> Result<Program, Failure> {
+    Ok(match inputs {
+        Some(path) => load_inputs(program, path, settings, precision)?.0.program,
+        None => {
+            let shapes = shapes_from_settings(program, settings)?;
+            tttc::bind_shapes(program, &shapes, settings)
+                .map_err(Failure::user)?
+                .0
+        }
+    })
+}
+
 /// Runs `tttc compile`.
 pub fn main(args: &Args) -> Result<(), Failure> {
     let precision: Precision = args.precision.into();
@@ -94,16 +113,12 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         ));
     }
     let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
-    let program = &compiled.program;
-    let specialized = match &args.inputs {
-        Some(path) => load_inputs(program, path, &settings, precision)?.0.program,
-        None => {
-            let shapes = shapes_from_settings(program, &settings)?;
-            tttc::bind_shapes(program, &shapes, &settings)
-                .map_err(Failure::user)?
-                .0
-        }
-    };
+    let specialized = bind_program(
+        &compiled.program,
+        args.inputs.as_deref(),
+        &settings,
+        precision,
+    )?;
     match args.target {
         Target::X86_64 => build_library(&specialized, args.output.as_deref()),
         Target::Sm80 => {
@@ -118,7 +133,6 @@ pub fn main(args: &Args) -> Result<(), Failure> {
 #[cfg(feature = "llvm")]
 fn build_library(program: &Program, output: Option<&Path>) -> Result<(), Failure> {
     use tttc::backends::aot;
-    let kernels = tttc::passes::lower_kernel::lower_program(program).map_err(Failure::internal)?;
     let name = aot::c_identifier(&program.name);
     let library = output
         .map(Path::to_path_buf)
@@ -132,14 +146,21 @@ fn build_library(program: &Program, output: Option<&Path>) -> Result<(), Failure
     let work = tempfile_dir(&dir)?;
     let object = work.join(format!("{name}.o"));
     let shim = work.join(format!("{name}_entry.c"));
-    tttc::backends::llvm::emit_object(&kernels, &object, &aot::kernel_symbol(&kernels))
+    // Code generation is the pipeline's last stage: the object file, and the C header and
+    // entry shim of the same kernel program.
+    let (header_text, shim_text) =
+        tttc::driver::generate_code(program, tttc::passes::pipeline::Target::Cpu, &|kernels| {
+            tttc::backends::llvm::emit_object(kernels, &object, &aot::kernel_symbol(kernels))
+                .map(|()| (aot::header(kernels), aot::shim(kernels, &header_name)))
+        })
+        .map_err(Failure::internal)?
         .map_err(Failure::internal)?;
     let write = |path: &Path, text: String| {
         std::fs::write(path, text)
             .map_err(|e| Failure::user(format!("cannot write {}: {e}", path.display())))
     };
-    write(&header, aot::header(&kernels))?;
-    write(&shim, aot::shim(&kernels, &header_name))?;
+    write(&header, header_text)?;
+    write(&shim, shim_text)?;
     let status = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args(["-shared", "-fPIC", "-O2", "-I"])
         .arg(&dir)

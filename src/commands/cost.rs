@@ -1,8 +1,12 @@
 //! `tttc cost`: FLOPs and bytes of the primal and the optimized program for given inputs.
+//!
+//! FLOPs are counted on the graph, bytes on the kernel program the pipeline's `lower_kernel`
+//! stage makes of it (see `tttc_passes::cost`).
 
 use super::{compile, load_inputs, Failure, PrecisionArg, SettingArgs};
 use std::path::PathBuf;
-use tttc::passes::cost::{program_cost, Cost};
+use tttc::passes::cost::{cost_of, Cost};
+use tttc::passes::pipeline::Target;
 use tttc::Precision;
 
 /// Arguments of `tttc cost`.
@@ -32,10 +36,13 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         .iter()
         .find(|s| s.name == "primal")
         .and_then(|s| s.snapshot.as_ref())
+        .and_then(|ir| ir.graph())
         .ok_or_else(|| Failure::internal("the pipeline has no `primal` stage"))?;
     let cost_of = |program: &tttc::ir::Program| -> Result<Cost, Failure> {
         let (bound, _) = load_inputs(program, &args.inputs, &settings, precision)?;
-        program_cost(&bound.program).map_err(Failure::internal)
+        let kernels =
+            tttc::driver::kernel_program(&bound.program, Target::Cpu).map_err(Failure::internal)?;
+        cost_of(&bound.program, &kernels).map_err(Failure::internal)
     };
     let primal_cost = cost_of(primal)?;
     let optimized_cost = cost_of(&compiled.program)?;

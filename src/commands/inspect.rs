@@ -1,19 +1,30 @@
-//! `tttc inspect`: the IR at any stage, the list of passes, and their timings.
+//! `tttc inspect`: the IR after any stage of the pipeline (graph IR, then kernel IR), the list
+//! of stages, and their timings.
 
-use super::{check_stage, compile, load_inputs, Failure, PrecisionArg, SettingArgs};
+use super::{compile_with, Failure, PrecisionArg, SettingArgs};
 use clap::ValueEnum;
 use std::path::PathBuf;
-use tttc::ir::Program;
+use tttc::passes::pipeline::{Dump, Instrument, Ir, IrForm, Pipeline, Target, CODEGEN};
+use tttc::StageReport;
 
 /// How to print a program.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Format {
-    /// One op per line.
+    /// One op (graph IR) or statement (kernel IR) per line.
     Text,
     /// serde JSON (round-trips).
     Json,
-    /// Graphviz DOT.
+    /// Graphviz DOT (graph IR only).
     Dot,
+}
+
+/// Which stages follow `lower_kernel`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetArg {
+    /// CPU targets: code generation follows `lower_kernel`.
+    Cpu,
+    /// GPU targets: `gpu_schedule` follows `lower_kernel`.
+    Gpu,
 }
 
 /// Arguments of `tttc inspect`.
@@ -21,25 +32,33 @@ pub enum Format {
 pub struct Args {
     /// The .ttt program.
     file: PathBuf,
-    /// List the passes of the pipeline, in order, and stop.
+    /// List every stage of the pipeline to machine code, in order, and stop.
     #[arg(long)]
     passes: bool,
-    /// Print the program after this stage (`parse` or a pass name; default: the last pass).
+    /// Print the program after this stage: `parse`, a graph stage (autodiff, primal,
+    /// dual_form, simplify; default: simplify), or a kernel stage (lower_kernel,
+    /// gpu_schedule), which needs the shapes (--inputs, or every dimension with --set).
     #[arg(long, value_name = "STAGE", conflicts_with = "all")]
     after: Option<String>,
-    /// Print the program after every stage.
+    /// Print the program after every stage (the kernel stages too when --inputs is given).
     #[arg(long)]
     all: bool,
-    /// Print the time each pass took.
+    /// Print the time each stage took (the kernel stages too when --inputs is given).
     #[arg(long)]
     timings: bool,
-    /// Print the kernel IR (loops over buffers) the native backends compile, for the shapes of
-    /// the tensors in --inputs.
-    #[arg(long, requires = "inputs")]
+    /// Same as --after lower_kernel.
+    #[arg(long, conflicts_with_all = ["after", "all"])]
     kernel_ir: bool,
-    /// Safetensors file whose tensors' shapes specialize the program (for --kernel-ir).
+    /// Safetensors file whose tensors' shapes specialize the program for the kernel stages.
     #[arg(long)]
     inputs: Option<PathBuf>,
+    /// The kernel stages of this target (--after gpu_schedule implies gpu).
+    #[arg(long, value_enum, default_value_t = TargetArg::Cpu)]
+    target: TargetArg,
+    /// Also write the IR after every stage run into this directory, one file per stage
+    /// (`01-autodiff.txt`, ...).
+    #[arg(long, value_name = "DIR")]
+    dump: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -50,70 +69,155 @@ pub struct Args {
     settings: SettingArgs,
 }
 
-fn render(program: &Program, format: Format) -> Result<String, Failure> {
-    Ok(match format {
-        Format::Text => tttc::ir::printer::print_program(program),
-        Format::Json => serde_json::to_string_pretty(program).map_err(Failure::internal)?,
-        Format::Dot => tttc::ir::dot::program_to_dot(program),
+fn render(ir: &Ir, format: Format) -> Result<String, Failure> {
+    Ok(match (format, ir) {
+        (Format::Text, ir) => ir.to_text(),
+        (Format::Json, Ir::Graph(p)) => {
+            serde_json::to_string_pretty(p).map_err(Failure::internal)?
+        }
+        (Format::Json, Ir::Kernel(k)) => {
+            serde_json::to_string_pretty(k).map_err(Failure::internal)?
+        }
+        (Format::Dot, Ir::Graph(p)) => tttc::ir::dot::program_to_dot(p),
+        (Format::Dot, Ir::Kernel(_)) => {
+            return Err(Failure::user(
+                "--format dot prints graph IR; the kernel stages print as text or json",
+            ))
+        }
     })
+}
+
+/// Prints every stage of the pipeline to machine code (GPU targets' stages included).
+fn list_stages() {
+    let pipeline = Pipeline::new(Target::Gpu(Default::default()));
+    let mut n = 0;
+    for stage in pipeline.stages() {
+        n += 1;
+        println!("{n:>2}. {:<13} {}", stage.name, stage.about);
+    }
+    println!(
+        "{:>2}. {CODEGEN:<13} machine code from the kernel IR: LLVM (CPU JIT, AOT library), Cranelift (CPU JIT) or PTX (GPU)",
+        n + 1
+    );
 }
 
 /// Runs `tttc inspect`.
 pub fn main(args: &Args) -> Result<(), Failure> {
     if args.passes {
-        for (i, info) in tttc::passes::pipeline::standard().iter().enumerate() {
-            println!("{:>2}. {:<10} {}", i + 1, info.pass.name(), info.about);
-        }
+        list_stages();
         return Ok(());
     }
-    if args.kernel_ir {
-        let precision = args.precision.into();
-        let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
-        let inputs = args
-            .inputs
-            .as_deref()
-            .ok_or_else(|| Failure::user("--kernel-ir needs --inputs"))?;
-        let (bound, _) = load_inputs(&compiled.program, inputs, &settings, precision)?;
-        let kernels =
-            tttc::passes::lower_kernel::lower_program(&bound.program).map_err(Failure::internal)?;
-        let text = match args.format {
-            Format::Json => serde_json::to_string_pretty(&kernels).map_err(Failure::internal)?,
-            _ => tttc::ir::kernel::print_kernel_program(&kernels),
-        };
-        println!("{}", text.trim_end());
-        return Ok(());
+    let after = match (args.kernel_ir, args.after.as_deref()) {
+        (true, _) => Some("lower_kernel"),
+        (false, after) => after,
+    };
+    let gpu = args.target == TargetArg::Gpu || after == Some("gpu_schedule");
+    let target = if gpu {
+        Target::Gpu(Default::default())
+    } else {
+        Target::Cpu
+    };
+    let pipeline = Pipeline::new(target);
+    if let Some(stage) = after {
+        check_inspect_stage(stage)?;
     }
-    if let Some(stage) = &args.after {
-        check_stage(stage)?;
+    let kernel_stage = after.is_some_and(|s| {
+        pipeline
+            .stages()
+            .iter()
+            .any(|st| st.name == s && st.output() == IrForm::Kernel)
+    });
+    let run_kernel_stages =
+        kernel_stage || ((args.all || args.timings) && after.is_none() && args.inputs.is_some());
+    let graph_until = match after {
+        Some("parse") | None => None,
+        Some(_) if kernel_stage => None,
+        Some(stage) => Some(stage),
+    };
+    let snapshots = args.all || after == Some("parse");
+    let precision = args.precision.into();
+    let mut dump = args.dump.as_ref().map(Dump::new);
+    let mut extra: Vec<&mut dyn Instrument> = Vec::new();
+    if let Some(d) = dump.as_mut() {
+        extra.push(d);
     }
-    let until = args.after.as_deref().filter(|s| *s != "parse");
-    let snapshots = args.all || args.after.as_deref() == Some("parse");
-    let (compiled, _) = compile(
+    let (compiled, settings) = compile_with(
         &args.file,
-        args.precision.into(),
+        precision,
         &args.settings,
-        until,
+        graph_until,
         snapshots,
+        &mut extra,
     )?;
+    let mut stages: Vec<StageReport> = compiled.stages.clone();
+    let mut last = Ir::Graph(compiled.program.clone());
+    if run_kernel_stages {
+        let bound = super::compile::bind_program(
+            &compiled.program,
+            args.inputs.as_deref(),
+            &settings,
+            precision,
+        )?;
+        let until = if kernel_stage { after } else { None };
+        let lowered = tttc::driver::lower(bound, target, until, args.all, &mut extra)?;
+        stages.extend(lowered.stages);
+        last = Ir::Kernel(lowered.program);
+    }
     let mut printed: Vec<(String, String)> = Vec::new();
     if args.all {
         if let Some(parsed) = &compiled.parsed {
-            printed.push(("parse".into(), render(parsed, args.format)?));
+            printed.push((
+                "parse".into(),
+                render(&Ir::Graph(parsed.clone()), args.format)?,
+            ));
         }
-        for stage in &compiled.stages {
-            if let Some(p) = &stage.snapshot {
-                printed.push((stage.name.to_string(), render(p, args.format)?));
+        for stage in &stages {
+            if let Some(ir) = &stage.snapshot {
+                printed.push((stage.name.to_string(), render(ir, args.format)?));
             }
         }
-    } else if args.after.as_deref() == Some("parse") {
+    } else if after == Some("parse") {
         if let Some(parsed) = &compiled.parsed {
-            printed.push(("parse".into(), render(parsed, args.format)?));
+            printed.push((
+                "parse".into(),
+                render(&Ir::Graph(parsed.clone()), args.format)?,
+            ));
         }
-    } else if !args.timings || args.after.is_some() {
-        let last = compiled.stages.last().map_or("parse", |s| s.name);
-        printed.push((last.to_string(), render(&compiled.program, args.format)?));
+    } else if !args.timings || after.is_some() {
+        let name = stages.last().map_or("parse", |s| s.name);
+        printed.push((name.to_string(), render(&last, args.format)?));
     }
-    match (args.format, args.all) {
+    print_stages(&printed, args.format, args.all)?;
+    if args.timings {
+        print_timings(&stages);
+    }
+    Ok(())
+}
+
+/// Checks a stage name given to `--after`: `parse` or a stage of the pipeline (code generation
+/// makes machine code, which `inspect` does not print).
+fn check_inspect_stage(name: &str) -> Result<(), Failure> {
+    let names: Vec<&str> = std::iter::once("parse")
+        .chain(Pipeline::new(Target::Gpu(Default::default())).stage_names())
+        .collect();
+    if name == CODEGEN {
+        return Err(Failure::user(
+            "`codegen` makes machine code, which inspect does not print; see `tttc compile` \
+             (and --after lower_kernel or gpu_schedule for the kernel IR it compiles)",
+        ));
+    }
+    if names.contains(&name) {
+        Ok(())
+    } else {
+        Err(Failure::user(format!(
+            "unknown stage `{name}`; the stages are: {}",
+            names.join(", ")
+        )))
+    }
+}
+
+fn print_stages(printed: &[(String, String)], format: Format, all: bool) -> Result<(), Failure> {
+    match (format, all) {
         (Format::Json, true) => {
             let stages: Vec<serde_json::Value> = printed
                 .iter()
@@ -128,31 +232,28 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             );
         }
         (_, true) => {
-            for (name, text) in &printed {
+            for (name, text) in printed {
                 println!("== after {name} ==\n{}", text.trim_end());
             }
         }
         _ => {
-            for (_, text) in &printed {
+            for (_, text) in printed {
                 println!("{}", text.trim_end());
             }
         }
     }
-    if args.timings {
-        let total: f64 = compiled
-            .stages
-            .iter()
-            .map(|s| s.elapsed.as_secs_f64())
-            .sum();
-        println!("pass        time (ms)");
-        for stage in &compiled.stages {
-            println!(
-                "{:<10} {:>10.3}",
-                stage.name,
-                stage.elapsed.as_secs_f64() * 1e3
-            );
-        }
-        println!("{:<10} {:>10.3}", "total", total * 1e3);
-    }
     Ok(())
+}
+
+fn print_timings(stages: &[StageReport]) {
+    let total: f64 = stages.iter().map(|s| s.elapsed.as_secs_f64()).sum();
+    println!("stage          time (ms)");
+    for stage in stages {
+        println!(
+            "{:<13} {:>10.3}",
+            stage.name,
+            stage.elapsed.as_secs_f64() * 1e3
+        );
+    }
+    println!("{:<13} {:>10.3}", "total", total * 1e3);
 }

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use tttc::ir::{Program, Setting};
 use tttc::runtime::Tensor;
 use tttc::{
-    bind, lower_file, merge_settings, optimize, read_config_file, Bound, Compiled, DriverError,
-    Precision, Settings,
+    bind, lower_file, merge_settings, read_config_file, Bound, Compiled, DriverError, Precision,
+    Settings,
 };
 
 /// A failure with its exit code: 2 for user errors, 1 for internal ones.
@@ -186,6 +186,18 @@ pub fn compile(
     until: Option<&str>,
     snapshots: bool,
 ) -> Result<(Compiled, Settings), Failure> {
+    compile_with(file, precision, args, until, snapshots, &mut [])
+}
+
+/// [`compile`] with more instruments around every stage (`tttc inspect --dump`).
+pub fn compile_with(
+    file: &Path,
+    precision: Precision,
+    args: &SettingArgs,
+    until: Option<&str>,
+    snapshots: bool,
+    extra: &mut [&mut dyn tttc::passes::pipeline::Instrument],
+) -> Result<(Compiled, Settings), Failure> {
     let set: Settings = args.set.iter().cloned().collect();
     let mut lowered = lower_file(file, precision, &set)?;
     let mut settings = set.clone();
@@ -196,7 +208,10 @@ pub fn compile(
         settings = merge_settings(&set, &from_file)?;
         lowered = lower_file(file, precision, &settings)?;
     }
-    Ok((optimize(lowered, until, snapshots)?, settings))
+    Ok((
+        tttc::driver::optimize_with(lowered, until, snapshots, extra)?,
+        settings,
+    ))
 }
 
 /// Reads the inputs file, warns about tensors the program does not take, and binds the rest.
@@ -222,9 +237,10 @@ pub fn load_inputs(
     Ok((bound, tensors))
 }
 
-/// Checks a stage name given to `--after` / `--stop-after`.
+/// Checks a stage name given to `--stop-after`: `parse` or a graph stage (what the interpreter
+/// runs).
 pub fn check_stage(name: &str) -> Result<(), Failure> {
-    let names = tttc::passes::pipeline::stage_names();
+    let names = tttc::passes::pipeline::graph_stage_names();
     if names.contains(&name) {
         Ok(())
     } else {

@@ -23,7 +23,7 @@ impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::Load { buf, index } => write!(f, "b{}[{index}]", buf.0),
-            Value::Const(c) => write!(f, "{}", crate::printer::format_float(*c)),
+            Value::Const(c) => write!(f, "{}", crate::float_text::format_float(*c)),
             Value::FromIndex(i) => write!(f, "float({i})"),
             Value::Unary(op, x) => write!(f, "{}({x})", op.name()),
             Value::Binary(op, a, b) => write!(f, "{}({a}, {b})", op.name()),

@@ -1,4 +1,4 @@
-//! The cost model: FLOPs plus bytes moved, evaluated on (possibly symbolic) shapes with size
+//! The extraction cost model of the rewriter: FLOPs plus bytes moved, estimated on (possibly symbolic) shapes with size
 //! hints ([`SizeHints`]: `$k` = 16 and 64 for other symbols by default).
 //!
 //! Per node, with `elems` the result's element count and `bytes` its size:
@@ -181,9 +181,11 @@ pub fn ir_node_cost(
     node_cost(work_of_ir(op, operands), result, hints)
 }
 
-/// The cost of a graph: the sum over its live nodes (each counted once; nested scan graphs are
-/// not included).
-pub fn graph_cost(graph: &Graph, hints: &SizeHints) -> GraphCost {
+/// The extraction cost of a graph, estimated with size hints for symbolic dimensions: the sum
+/// over its live nodes (each counted once; nested scan graphs are not included). What the
+/// rewriter minimizes to choose between equivalent graphs; the cost of a bound program as
+/// lowered (for `tttc cost`) is [`crate::cost::program_cost`].
+pub fn estimate_graph_cost(graph: &Graph, hints: &SizeHints) -> GraphCost {
     let Some(order) = graph.live_order() else {
         return GraphCost {
             flops: f64::INFINITY,

@@ -9,7 +9,7 @@
 //!   form win in a two-layer model: the second layer's query `gelu(Ẑ1)` appears twice in its
 //!   dual form and would be counted twice by a tree cost.
 //!
-//! The caller builds a graph from each choice and keeps the cheaper (by [`super::graph_cost`]).
+//! The caller builds a graph from each choice and keeps the cheaper (by [`super::estimate_graph_cost`]).
 
 use super::analysis::TensorGraph;
 use super::cost::{CostModel, SizeHints};

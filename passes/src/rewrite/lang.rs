@@ -353,7 +353,7 @@ impl fmt::Display for TensorLang {
                 write!(
                     f,
                     "const:{}",
-                    tttc_ir::printer::format_float(f64::from_bits(*bits))
+                    tttc_ir::float_text::format_float(f64::from_bits(*bits))
                 )
             }
             TensorLang::Extent { dim, .. } => write!(f, "extent:{dim}"),

@@ -10,9 +10,9 @@
 //! rebuilt from the choice (CSE and DCE for free).
 //!
 //! Two choices are built: a greedy DAG extraction refined by local search on the true DAG cost,
-//! and egg's tree-cost extraction; the graph with the lower [`graph_cost`] wins, and the
+//! and egg's tree-cost extraction; the graph with the lower [`estimate_graph_cost`] wins, and the
 //! original graph is kept when neither is cheaper, so these passes never increase
-//! [`graph_cost`].
+//! [`estimate_graph_cost`].
 //!
 //! Rewriting rebuilds the graph: run it before fusion (kernel assignments are not carried
 //! over).
@@ -34,7 +34,7 @@ pub mod lang;
 pub mod rules;
 
 pub use analysis::{ClassData, ShapeAnalysis, TensorGraph};
-pub use cost::{graph_cost, CostModel, GraphCost, SizeHints};
+pub use cost::{estimate_graph_cost, CostModel, GraphCost, SizeHints};
 pub use lang::TensorLang;
 pub use rules::{dual_form_stages, simplify_stages, Rule, Stage};
 
@@ -248,7 +248,7 @@ pub fn rewrite_graph(
     label: &str,
 ) -> Result<(Graph, RewriteReport), RewriteError> {
     let start = Instant::now();
-    let cost_before = graph_cost(graph, &config.hints);
+    let cost_before = estimate_graph_cost(graph, &config.hints);
     let loaded = convert::load(graph, label)?;
     let (egraph, stage_reports) = run_stages(loaded.egraph, stages, &config.limits);
     let loaded = convert::Loaded { egraph, ..loaded };
@@ -266,7 +266,7 @@ pub fn rewrite_graph(
         match convert::extract(graph, &loaded, choice, label) {
             Ok(g) => {
                 verify_graph(&g, label)?;
-                let cost = graph_cost(&g, &config.hints);
+                let cost = estimate_graph_cost(&g, &config.hints);
                 if best.as_ref().is_none_or(|(_, c)| cost.total() < c.total()) {
                     best = Some((g, cost));
                 }
@@ -296,7 +296,7 @@ pub fn rewrite_graph(
         graph: label.to_string(),
         stages: stage_reports,
         cost_before,
-        cost_after: graph_cost(&rebuilt, &config.hints),
+        cost_after: estimate_graph_cost(&rebuilt, &config.hints),
         nodes_before: graph.node_count(),
         nodes_after: rebuilt.node_count(),
         kept_original,

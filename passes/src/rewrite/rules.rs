@@ -273,7 +273,7 @@ pub fn outer_rules() -> Result<Vec<Rule>, String> {
     ])
 }
 
-/// The dual form (DESIGN.md §2): products with a `mix_outer` become matmuls of `[k, k]` and
+/// The dual form (docs/pipeline.md, "The dual form by equality saturation"): products with a `mix_outer` become matmuls of `[k, k]` and
 /// `[k, n]` blocks.
 ///
 /// - `dual-form-query`: `matmul(q [p,1,m], mix_outer(w [p,k], u [k,m], d [k,n])) →

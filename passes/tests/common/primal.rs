@@ -24,14 +24,17 @@ pub fn compile_example(file: &str, settings: &[(&str, f64)]) -> Program {
         .collect();
     let mut p = tttc_ir::syntax::compile(file, &text, DType::F64, &settings)
         .unwrap_or_else(|e| panic!("{file}: {e:?}"));
-    tttc_passes::run_pipeline(&mut p, &[&tttc_passes::Autodiff]).expect("autodiff");
+    tttc_passes::pipeline::Pipeline::of_passes(vec![Box::new(tttc_passes::Autodiff)])
+        .run_graph(&mut p)
+        .expect("autodiff");
     p
 }
 
 /// A copy of `p` with the scan-lowering pass applied (every scan gets its step graph).
 pub fn lowered(p: &Program) -> Program {
     let mut q = p.clone();
-    tttc_passes::run_pipeline(&mut q, &[&tttc_passes::lower_scan::LowerScan])
+    tttc_passes::pipeline::Pipeline::of_passes(vec![Box::new(tttc_passes::lower_scan::LowerScan)])
+        .run_graph(&mut q)
         .unwrap_or_else(|e| panic!("lower_scan: {e}"));
     q
 }
