@@ -60,10 +60,10 @@ pub fn fuse_graph(graph: &mut Graph) {
         return;
     };
     let mut next = 0u32;
-    let mut assigned: Vec<(NodeId, u32)> = Vec::new();
-    let kernel_of = |assigned: &[(NodeId, u32)], id: NodeId| {
-        assigned.iter().find(|(n, _)| *n == id).map(|(_, k)| *k)
-    };
+    // A map, not a list searched per node: fusing must stay linear in the graph's size.
+    let mut assigned: std::collections::BTreeMap<NodeId, u32> = std::collections::BTreeMap::new();
+    let kernel_of =
+        |assigned: &std::collections::BTreeMap<NodeId, u32>, id: NodeId| assigned.get(&id).copied();
     for id in order {
         let op = &graph.node(id).op;
         if is_leaf(op) || matches!(op, Op::Ttt(_) | Op::Get { .. }) {
@@ -83,7 +83,7 @@ pub fn fuse_graph(graph: &mut Graph) {
             next += 1;
             next - 1
         });
-        assigned.push((id, k));
+        assigned.insert(id, k);
     }
     for (id, k) in assigned {
         graph.set_kernel(id, k);
