@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::golden::{inner_cases, layer_cases, GoldenCase};
+use common::golden::{all_cases, inner_cases, layer_cases, GoldenCase};
 use common::*;
 use std::collections::BTreeMap;
 use tttc::backends::kernel_interp::{
@@ -307,7 +307,7 @@ fn tensor_core_numerics_on_the_goldens() {
     // The tolerances docs/backends.md states (relative to max |expected|).
     for (tc, bound) in [(TensorCores::Tf32, 2e-3), (TensorCores::Bf16, 1.5e-2)] {
         let mut worst: f64 = 0.0;
-        for case in inner_cases().into_iter().chain(layer_cases()) {
+        for case in all_cases() {
             let what = format!("{} {}", case.stem, tc.name());
             let (k, inputs) = kernels(case.program, &case.settings, &case.inputs(), Precision::F32);
             let g = gpu_schedule(&k, &cfg).unwrap_or_else(|e| panic!("{what}: {e}"));

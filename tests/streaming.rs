@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::golden::{inner_cases, layer_cases, GoldenCase};
+use common::golden::{all_cases, inner_cases, GoldenCase};
 use common::random_model::{inputs, model};
 use common::*;
 use proptest::prelude::*;
@@ -92,7 +92,7 @@ fn run_golden_chunked(case: &GoldenCase, backend: &str, precision: &str, sizes: 
 
 #[test]
 fn golden_cases_stream_in_random_chunks_on_every_backend() {
-    for (i, case) in inner_cases().iter().chain(&layer_cases()).enumerate() {
+    for (i, case) in all_cases().iter().enumerate() {
         let inputs = case.inputs();
         let len = if case.layer {
             inputs["hidden_states"].shape()[1]
@@ -520,7 +520,7 @@ fn model_goldens_stream_in_chunks_on_every_backend() {
 fn token_steps_split_over_threads_stream_like_one_shot() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.safetensors");
-    for case in inner_cases().iter().chain(&layer_cases()) {
+    for case in all_cases().iter() {
         for backend in backends() {
             if backend == "interp" {
                 continue;
