@@ -33,6 +33,10 @@ pub enum BindError {
     /// A dimension is not determined by any input.
     #[error("dimension `{0}` is not determined by any input; give it with --set {0}=N")]
     Unbound(String),
+    /// With the dimensions bound, the program would build a tensor of more than
+    /// [`MAX_ELEMENTS`] elements.
+    #[error("{0}")]
+    TooLarge(String),
     /// The specialized program failed verification (e.g. a reshape of the wrong size).
     #[error("the input shapes are inconsistent with the program: {0}")]
     Inconsistent(String),
@@ -51,8 +55,10 @@ pub struct Bound {
     pub warnings: Vec<String>,
 }
 
-/// The most elements one tensor may have (2^40: 4 TiB of f32).
-const MAX_ELEMENTS: usize = 1 << 40;
+/// The most elements one tensor may have, input or intermediate (2^31: 8 GiB of f32, 16 GiB
+/// of f64). A larger tensor is a user error before anything is allocated, instead of an
+/// allocation failure or the machine running out of memory half-way through a run.
+pub const MAX_ELEMENTS: usize = 1 << 31;
 
 /// Where a dimension's value came from, for messages.
 type Origins = BTreeMap<String, String>;
@@ -183,9 +189,42 @@ pub fn bind_shapes(
     if let Some(sym) = first_unbound(&specialized.graph) {
         return Err(BindError::Unbound(sym));
     }
+    if let Some(problem) = oversized_tensor(&specialized.graph) {
+        return Err(BindError::TooLarge(problem));
+    }
     tttc_ir::verify::verify_program(&specialized)
         .map_err(|e| BindError::Inconsistent(e.message))?;
     Ok((specialized, dims))
+}
+
+/// The first tensor of `graph` (every dimension known) with more than [`MAX_ELEMENTS`]
+/// elements, zero extents counted as one, described for a message.
+fn oversized_tensor(graph: &tttc_ir::Graph) -> Option<String> {
+    graph.node_ids().into_iter().find_map(|id| {
+        let node = graph.get(id)?;
+        let types = match &node.ty {
+            NodeType::Tensor(t) => std::slice::from_ref(t),
+            NodeType::Tuple(ts) => ts.as_slice(),
+        };
+        types.iter().find_map(|t| {
+            let dims = t.shape.to_known()?;
+            // Zero extents aside: a `[0, n, n]` state holds nothing, but each of its (absent)
+            // slices would be `[n, n]`, which the scan's step graph still describes.
+            let elements = dims
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d.max(1)));
+            elements.is_none_or(|n| n > MAX_ELEMENTS).then(|| {
+                let what = match graph.input_name(id) {
+                    Some(name) => format!("input `{name}`"),
+                    None => format!("`{}`", node.op.name()),
+                };
+                format!(
+                    "with these dimensions the program would build a tensor of shape {dims:?} \
+                     ({what}), more than {MAX_ELEMENTS} elements (zero extents counted as 1)"
+                )
+            })
+        })
+    })
 }
 
 /// Names of tensors that no input of `program` takes (a misspelled parameter, a file meant for

@@ -127,14 +127,12 @@ pub fn read_config_file(path: &Path, program: &Program) -> Result<Settings, Driv
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
-    let object = json
-        .as_object()
-        .ok_or_else(|| fail("expected a JSON object".into()))?;
+    // Duplicate keys are an error naming the key (a JSON map would keep the last silently).
+    let object = tttc_runtime::parse_json_object(&text)
+        .map_err(|e| fail(format!("not a valid JSON object: {e}")))?;
     let names = program.setting_names();
     let mut settings = Settings::new();
-    for (key, value) in object {
+    for (key, value) in &object.0 {
         if !names.contains(key) {
             continue;
         }
@@ -368,7 +366,7 @@ pub fn lower_file(
     precision: Precision,
     settings: &Settings,
 ) -> Result<Program, DriverError> {
-    let bytes = std::fs::read(path).map_err(|source| DriverError::Read {
+    let bytes = tttc_ir::syntax::read_source(path).map_err(|source| DriverError::Read {
         path: path.display().to_string(),
         source,
     })?;

@@ -37,7 +37,30 @@ enum Command {
     Generate(generate::Args),
 }
 
+/// Stack of the thread that runs the command. Parsing and lowering a program are recursive;
+/// their depth is bounded (see `MAX_NESTING` and `MAX_LOWERING_DEPTH` in `tttc-ir`), and this
+/// stack holds the deepest program those bounds allow, in debug builds too. Untouched stack
+/// pages cost no memory.
+const STACK_BYTES: usize = 256 << 20;
+
 fn main() -> ExitCode {
+    let worker = std::thread::Builder::new()
+        .name("tttc".into())
+        .stack_size(STACK_BYTES)
+        .spawn(run_command);
+    match worker.map(|w| w.join()) {
+        Ok(Ok(code)) => code,
+        // A panic has printed its message already.
+        Ok(Err(_)) => ExitCode::from(101),
+        Err(e) => {
+            eprintln!("internal error (please report): cannot start the main thread: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Parses the command line and runs the command.
+fn run_command() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), Failure> = match cli.command {
         Command::Check(args) => check::main(&args),

@@ -382,3 +382,354 @@ fn layer_settings_are_checked() {
         assert!(!out.contains("panicked"), "{out}");
     }
 }
+
+// ---- issue 18: hostile inputs (R1, R5, R7, R8, R9, R10) -----------------------------------
+
+/// `examples/ttt_linear.ttt` with the output expression replaced by `out`.
+fn linear_with_out(out: &str) -> String {
+    let base = linear_source();
+    let from = "out(q: [1, f]) = q + g(q)";
+    assert!(base.contains(from));
+    base.replacen(from, &format!("out(q: [1, f]) = {out}"), 1)
+}
+
+/// The exit code is 2 and the output has an `error: FILE:LINE:` location and `fragment`.
+fn assert_located(code: i32, out: &str, file: &str, fragment: &str, what: &str) {
+    assert_eq!(code, 2, "{what}: {out}");
+    assert!(out.contains("error: "), "{what}: {out}");
+    assert!(
+        out.lines().any(|l| l.contains(file) && l.contains(':')),
+        "{what}: no location: {out}"
+    );
+    assert!(out.contains(fragment), "{what}: {out}");
+}
+
+/// R1: deep nesting (parentheses, calls, chained operators and fields, `else if`s, and
+/// function calls stacking bodies up) is a located error, never a stack overflow.
+#[test]
+fn deep_nesting_is_a_located_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let too_deep = "this nests deeper than 256 levels";
+    let cases = [
+        (
+            "parens",
+            linear_with_out(&format!("{}g(q){}", "(".repeat(3000), ")".repeat(3000))),
+            too_deep,
+        ),
+        (
+            "calls",
+            linear_with_out(&format!("{}g(q){}", "tanh(".repeat(3000), ")".repeat(3000))),
+            too_deep,
+        ),
+        (
+            "chain",
+            linear_with_out(&vec!["g(q)"; 8000].join(" + ")),
+            too_deep,
+        ),
+        (
+            "negations",
+            linear_with_out(&format!("{}g(q)", "-".repeat(3000))),
+            too_deep,
+        ),
+        (
+            "fields",
+            linear_with_out(&format!("g(q){}", ".T".repeat(3000))),
+            too_deep,
+        ),
+        (
+            "else-if",
+            linear_with_out(&format!(
+                "{}g(q){}",
+                "if true { g(q) } else ".repeat(3000),
+                ""
+            )),
+            too_deep,
+        ),
+        (
+            // Five functions, each nesting 250 calls around the previous one: every body is
+            // within the parser's limit, the inlined whole is not.
+            "inlined",
+            {
+                let mut fns = format!("fn f0(x) = {}x{}\n", "tanh(".repeat(250), ")".repeat(250));
+                for i in 1..5 {
+                    fns += &format!(
+                        "fn f{i}(x) = {}f{}(x){}\n",
+                        "tanh(".repeat(249),
+                        i - 1,
+                        ")".repeat(249)
+                    );
+                }
+                fns + &linear_with_out("f4(g(q))")
+            },
+            "expressions nest deeper than 1024 levels once function calls are inlined",
+        ),
+    ];
+    for (name, text, fragment) in cases {
+        let (code, out) = check_program(dir.path(), &format!("{name}.ttt"), text.as_bytes());
+        assert_located(code, &out, &format!("{name}.ttt"), fragment, name);
+    }
+    // Within the limits, deep programs compile.
+    let text = linear_with_out(&format!("{}g(q){}", "(".repeat(200), ")".repeat(200)));
+    let (code, out) = check_program(dir.path(), "fine.ttt", text.as_bytes());
+    assert_eq!(code, 0, "{out}");
+}
+
+/// R5: a literal that overflows to infinity is rejected where it is written, like a `--set`
+/// value (and a real config's value that overflows f32 in an f32 run).
+#[test]
+fn overflowing_literals_are_located_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lit = linear_with_out("q + g(q) * 1e999");
+    let (code, out) = check_program(dir.path(), "lit.ttt", lit.as_bytes());
+    assert_located(
+        code,
+        &out,
+        "lit.ttt:19:",
+        "the number `1e999` is too large",
+        "1e999",
+    );
+    let cfg = format!("config big = 1e999\n{}", linear_source());
+    let (code, out) = check_program(dir.path(), "cfg.ttt", cfg.as_bytes());
+    assert_located(code, &out, "cfg.ttt:1:", "too large", "config 1e999");
+    // Finite in f64, infinite in f32.
+    let source = linear_with_out("q + g(q) * 1e39");
+    let path = dir.path().join("f32.ttt");
+    std::fs::write(&path, source).unwrap();
+    let inputs = dir.path().join("in.safetensors");
+    write_safetensors(&inputs, &golden_inputs()).unwrap();
+    let out_file = dir.path().join("out.safetensors");
+    let args = |p: &'static str| {
+        vec![
+            "run".to_string(),
+            path.display().to_string(),
+            "--inputs".into(),
+            inputs.display().to_string(),
+            "--out".into(),
+            out_file.display().to_string(),
+            "--backend".into(),
+            "interp".into(),
+            "--precision".into(),
+            p.into(),
+        ]
+    };
+    let run = |p| {
+        let a = args(p);
+        let r = tttc(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        (r.status.code().unwrap_or(-1), text(&r))
+    };
+    let (code, out) = run("f32");
+    assert_located(
+        code,
+        &out,
+        "f32.ttt:19:",
+        "too large for f32",
+        "1e39 in f32",
+    );
+    let (code, out) = run("f64");
+    assert_eq!(code, 0, "1e39 is finite in f64: {out}");
+}
+
+/// R7: a tensor past the element limit is a user error before anything is allocated, and an
+/// endless file is not read to the end.
+#[test]
+fn huge_tensors_and_files_are_user_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = dir.path().join("iota.ttt");
+    std::fs::write(
+        &program,
+        "config n = 4\nmain {\n  input x: [1]\n  output y = sum(iota(n)) * x\n}\n",
+    )
+    .unwrap();
+    let inputs = dir.path().join("x.safetensors");
+    let x = Tensor::from_f64(vec![1], vec![1.0]).unwrap();
+    write_safetensors(&inputs, &BTreeMap::from([("x".to_string(), x)])).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let run = |n: &str| {
+        tttc(&[
+            "run",
+            program.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--backend",
+            "interp",
+            "--set",
+            &format!("n={n}"),
+        ])
+    };
+    let r = run("1e14");
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(
+        text(&r).contains("[100000000000000]") && text(&r).contains("more than 2147483648"),
+        "{}",
+        text(&r)
+    );
+    let r = run("5");
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(load(&out)["y"].to_f64_vec(), vec![10.0]);
+
+    if std::path::Path::new("/dev/zero").exists() {
+        let text_ = format!("import \"/dev/zero\"\n{}", linear_source());
+        let (code, out) = check_program(dir.path(), "zero.ttt", text_.as_bytes());
+        assert_located(
+            code,
+            &out,
+            "zero.ttt:1:",
+            "larger than 16 MiB",
+            "import /dev/zero",
+        );
+        let r = tttc(&["check", "/dev/zero"]);
+        assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+        assert!(text(&r).contains("larger than 16 MiB"), "{}", text(&r));
+    }
+}
+
+/// R8: compile time grows linearly with the length of a `let` chain (it was quadratic: 4000
+/// `let`s took 2.4 s, 50 000 more than a minute). A complexity check, not a timing bound:
+/// doubling the chain must less than triple the time (the best of two runs each; a quadratic
+/// pass quadruples it).
+#[test]
+fn long_let_chains_compile_in_linear_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = |n: usize, step: &str| {
+        let mut s = String::from("main {\n  input x: [4, 4]\n  let a0 = x\n");
+        for i in 1..=n {
+            s += &format!("  let a{i} = a{}{step}\n", i - 1);
+        }
+        s + &format!("  output y = a{n}\n}}\n")
+    };
+    let time = |name: &str, source: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, source).unwrap();
+        (0..2)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                let r = tttc(&["check", path.to_str().unwrap()]);
+                assert!(r.status.success(), "{name}: {}", text(&r));
+                start.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    for (what, step) in [("lets", " + 1"), ("transposes", ".T")] {
+        let t1 = time(&format!("{what}1.ttt"), &chain(3000, step));
+        let t2 = time(&format!("{what}2.ttt"), &chain(6000, step));
+        assert!(
+            t2 / t1 < 3.0,
+            "{what}: 3000 take {t1:.2} s, 6000 take {t2:.2} s: not linear"
+        );
+    }
+}
+
+/// R9: a state that reaches the loss only through zero-gradient terms is never trained: a
+/// warning names it.
+#[test]
+fn a_state_with_zero_gradient_is_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = linear_source();
+    let loss = "0.5 * sum((g(k) - (v - k)) ^ 2)";
+    assert!(base.contains(loss));
+    for (name, extra) in [
+        ("times_zero", "0 * sum(b1)"),
+        ("step", "sum(step(b1))"),
+        ("floor", "sum(floor(b1))"),
+    ] {
+        // W1 alone in the model, b1 only in the extra term.
+        let text = base.replacen(
+            loss,
+            &format!("0.5 * sum((k @ W1 - (v - k)) ^ 2) + {extra}"),
+            1,
+        );
+        let (code, out) = check_program(dir.path(), &format!("{name}.ttt"), text.as_bytes());
+        assert_eq!(code, 0, "{name}: {out}");
+        assert!(
+            out.contains("warning: state `b1` of inner model `TTTLinear` is never trained"),
+            "{name}: {out}"
+        );
+        assert!(!out.contains("state `W1`"), "{name}: {out}");
+    }
+    let (code, out) = check_program(dir.path(), "plain.ttt", base.as_bytes());
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("warning"), "{out}");
+}
+
+/// R10: an output file is never one of the inputs; a config file with a key given twice is an
+/// error naming it; `compile -o DIR/x.ptx` creates DIR as the x86_64 target does.
+#[test]
+fn outputs_never_overwrite_inputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inputs = dir.path().join("in.safetensors");
+    write_safetensors(&inputs, &golden_inputs()).unwrap();
+    let before = std::fs::read(&inputs).unwrap();
+    let program = root().join("examples/ttt_linear.ttt");
+    let same = dir.path().join(".").join("in.safetensors");
+    let r = tttc(&[
+        "run",
+        program.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        same.to_str().unwrap(),
+        "--set",
+        "mini_batch_size=16",
+    ]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(text(&r).contains("would overwrite it"), "{}", text(&r));
+    assert_eq!(
+        std::fs::read(&inputs).unwrap(),
+        before,
+        "the input was changed"
+    );
+    let r = tttc(&[
+        "run",
+        program.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        inputs.to_str().unwrap(),
+        "--save-state",
+        program.to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"mini_batch_size": 16, "other": 1, "mini_batch_size": 8}"#,
+    )
+    .unwrap();
+    let r = tttc(&[
+        "check",
+        program.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(
+        text(&r).contains("key `mini_batch_size` is given twice"),
+        "{}",
+        text(&r)
+    );
+
+    if cfg!(feature = "llvm") {
+        let ptx = dir.path().join("newdir/x.ptx");
+        let r = tttc(&[
+            "compile",
+            program.to_str().unwrap(),
+            "--target",
+            "sm_80",
+            "--set",
+            "B=1",
+            "--set",
+            "H=2",
+            "--set",
+            "L=16",
+            "--set",
+            "f=4",
+            "-o",
+            ptx.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", text(&r));
+        assert!(ptx.exists() && dir.path().join("newdir/x.ptx.json").exists());
+    }
+}

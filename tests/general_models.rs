@@ -7,25 +7,10 @@
 
 mod common;
 
+use common::random::Lcg;
 use common::*;
 use std::collections::BTreeMap;
 use tttc::runtime::{write_safetensors, Tensor};
-
-/// Deterministic pseudo-random values in [-1, 1).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| self.next() * scale).collect()
-    }
-}
 
 /// Row-major matrix helpers on flat slices.
 fn matvec_row(x: &[f64], w: &[f64], cols: usize) -> Vec<f64> {

@@ -172,6 +172,86 @@ fn sampling_is_reproducible_by_seed_and_bad_prompts_are_user_errors() {
     assert!(text(&r).contains("input_ids"), "{}", text(&r));
     let r = run(&["--prompt-ids", "1,x"]);
     assert_eq!(r.status.code(), Some(2), "{}", text(&r));
-    let r = run(&["--prompt-ids", "1", "--temperature", "-1"]);
+    // `=`: with a space clap would reject `-1` as an unknown option before the validator runs.
+    let r = run(&["--prompt-ids", "1", "--temperature=-1"]);
     assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(
+        text(&r).contains("--temperature must be 0 or more, got -1"),
+        "{}",
+        text(&r)
+    );
+}
+
+/// A tiny language model for the logits checks: one `ttt` scan over the token ids scaled,
+/// logits `out * head` with `head: [1, V]` a weight (so V = 0 and NaN weights are easy).
+const TINY_LM: &str = "config mini_batch_size = 2
+inner M {
+  state W: [1, 1]
+  loss(k: [1, 1], v: [1, 1]) = 0.5 * sum((k @ W - v) ^ 2)
+  out(q: [1, 1]) = q @ W
+}
+main {
+  input input_ids: int[B, L]
+  input W: [H, 1, 1]
+  input eta: [mini_batch_size]
+  input head: [1, V]
+  let t = reshape(input_ids, [B, L, 1]) * 0.01
+  let x = permute(reshape(t, [B, L, H, 1]), [0, 2, 1, 3])
+  let lr = permute(reshape(t, [B, L, H]), [0, 2, 1]) * 0 + 0.1
+  let r = ttt M(W = W, k = x, v = x, q = x) per (B, H)
+    update minibatch_gd(size = mini_batch_size, token_eta = eta, lr = lr)
+  output logits = reshape(permute(r.out, [0, 2, 1, 3]), [B, L, 1]) * head
+}
+";
+
+/// `tttc generate` of [`TINY_LM`] with `head` as the logits weight, at `temperature`.
+fn generate_tiny(head: Vec<f64>, temperature: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("tiny.ttt");
+    std::fs::write(&program, TINY_LM).unwrap();
+    let t = |shape: Vec<usize>, v: Vec<f64>| tttc::runtime::Tensor::from_f64(shape, v).unwrap();
+    let weights = BTreeMap::from([
+        ("W".to_string(), t(vec![1, 1, 1], vec![0.5])),
+        ("eta".to_string(), t(vec![2], vec![1.0, 0.5])),
+        ("head".to_string(), t(vec![1, head.len()], head)),
+    ]);
+    let file = dir.path().join("w.safetensors");
+    tttc::runtime::write_safetensors(&file, &weights).unwrap();
+    tttc(&[
+        "generate",
+        program.to_str().unwrap(),
+        "--weights",
+        file.to_str().unwrap(),
+        "--prompt-ids",
+        "1,2",
+        "--max-new-tokens",
+        "3",
+        &format!("--temperature={temperature}"),
+        "--backend",
+        "interp",
+    ])
+}
+
+/// R3, R4: an empty logits row and NaN logits are user errors naming the decode step, not a
+/// panic or token 0 forever.
+#[test]
+fn empty_and_nan_logits_are_errors_naming_the_step() {
+    for temperature in ["0", "1"] {
+        let r = generate_tiny(vec![1.0, 3.0, 2.0], temperature);
+        assert!(r.status.success(), "{}", text(&r));
+        let r = generate_tiny(vec![], temperature);
+        assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+        assert!(
+            text(&r).contains("at decode step 0") && text(&r).contains("are empty"),
+            "{}",
+            text(&r)
+        );
+        let r = generate_tiny(vec![1.0, f64::NAN, 2.0], temperature);
+        assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+        assert!(
+            text(&r).contains("at decode step 0") && text(&r).contains("NaN at token id 1"),
+            "{}",
+            text(&r)
+        );
+    }
 }

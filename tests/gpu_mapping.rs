@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::golden::{inner_cases, layer_cases, GoldenCase};
+use common::golden::{all_cases, inner_cases, layer_cases, GoldenCase};
 use common::*;
 use std::collections::BTreeMap;
 use tttc::backends::kernel_interp::{
@@ -58,6 +58,7 @@ fn mapped(
         "{what}: output names"
     );
     for (name, w) in &want {
+        assert_eq!(got[name].shape(), w.shape(), "{what}: {name} shape");
         let (a, b) = (got[name].to_f64_vec(), w.to_f64_vec());
         let same = a
             .iter()
@@ -118,17 +119,7 @@ fn inner_goldens_with_few_threads_and_no_shared_memory() {
 
 /// Deterministic pseudo-random values in [lo, hi).
 fn random(seed: u64, shape: &[usize], lo: f64, hi: f64) -> Tensor {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let n: usize = shape.iter().product();
-    let data: Vec<f64> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            lo + (s >> 11) as f64 / (1u64 << 53) as f64 * (hi - lo)
-        })
-        .collect();
-    Tensor::from_f64(shape.to_vec(), data).expect("shape")
+    common::random::xorshift_tensor(seed, shape, lo, hi)
 }
 
 #[test]
@@ -316,7 +307,7 @@ fn tensor_core_numerics_on_the_goldens() {
     // The tolerances docs/backends.md states (relative to max |expected|).
     for (tc, bound) in [(TensorCores::Tf32, 2e-3), (TensorCores::Bf16, 1.5e-2)] {
         let mut worst: f64 = 0.0;
-        for case in inner_cases().into_iter().chain(layer_cases()) {
+        for case in all_cases() {
             let what = format!("{} {}", case.stem, tc.name());
             let (k, inputs) = kernels(case.program, &case.settings, &case.inputs(), Precision::F32);
             let g = gpu_schedule(&k, &cfg).unwrap_or_else(|e| panic!("{what}: {e}"));

@@ -97,17 +97,7 @@ fn layer_goldens_f32() {
 
 /// Deterministic pseudo-random values in [lo, hi).
 fn random(seed: u64, shape: &[usize], lo: f64, hi: f64) -> Tensor {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let n: usize = shape.iter().product();
-    let data: Vec<f64> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            lo + (s >> 11) as f64 / (1u64 << 53) as f64 * (hi - lo)
-        })
-        .collect();
-    Tensor::from_f64(shape.to_vec(), data).expect("shape")
+    common::random::xorshift_tensor(seed, shape, lo, hi)
 }
 
 /// `examples/delta_rule.ttt` on random inputs: full mini-batches and a remainder, only a

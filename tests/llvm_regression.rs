@@ -50,15 +50,8 @@ output W1_last = r.W1
 
 /// Deterministic values in `[-scale, scale)`.
 fn values(seed: u64, n: usize, scale: f64) -> Vec<f64> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-        .collect()
+    common::random::Lcg(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
+        .vec(n, scale)
 }
 
 fn tensor(shape: Vec<usize>, seed: u64, scale: f64) -> Tensor {

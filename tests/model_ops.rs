@@ -8,6 +8,9 @@
 //! results within 1e-14 relative to max |expected| (LLVM may contract a multiply-add into an
 //! FMA), f32 within 1e-6.
 
+mod common;
+
+use common::assert_close;
 use std::collections::BTreeMap;
 use tttc::runtime::Tensor;
 use tttc::{Backend, Precision, Settings};
@@ -167,7 +170,6 @@ main {
             }
         }
     }
-    let scale = y.iter().fold(0.0f64, |m, a| m.max(a.abs()));
     for precision in [Precision::F64, Precision::F32] {
         let tol = if precision == Precision::F64 {
             1e-14
@@ -176,15 +178,7 @@ main {
         };
         for (backend, out) in run_all(source, &Settings::new(), &inputs, precision) {
             let got = out["y"].to_f64_vec();
-            let err = got
-                .iter()
-                .zip(&y)
-                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()))
-                / scale;
-            assert!(
-                err <= tol,
-                "{backend} {precision:?} conv: {err:e} > {tol:e}"
-            );
+            assert_close(&format!("{backend} {precision:?} conv"), &got, &y, tol);
             exact(&out["e"], &e, &format!("{backend} {precision:?} embedding"));
         }
     }
@@ -282,11 +276,8 @@ main {
         };
         for (name, want) in [("first", pick(0, split)), ("second", pick(split, l))] {
             let got = out[name].to_f64_vec();
-            let err = got
-                .iter()
-                .zip(&want)
-                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err <= 1e-14, "{backend} {name}: {err:e}");
+            // 1e-14 relative to max |expected| (the outputs are at most ~7 here).
+            assert_close(&format!("{backend} {name}"), &got, &want, 1e-14);
         }
     }
 }

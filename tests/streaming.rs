@@ -8,17 +8,16 @@
 //!   within 1e-10 and f32 within 1e-5 relative to max |output|. The two differ only in how a
 //!   mini-batch's tokens are grouped (the dual-form step over whole mini-batches vs the primal
 //!   token step with partial gradient sums), i.e. in rounding; 1e-10 / 1e-5 leave room for
-//!   that carried through a few gradient steps and for nothing else. Where a random model is so
-//!   ill-conditioned that its one-shot f32 result is itself further than 1e-5 from the exact
-//!   (f64) one, the f32 bound is twice that distance: streaming adds no more than f32 rounding
-//!   already makes (e.g. a 2-wide LayerNorm: one-shot f32 1.8e-4 off, streamed 7e-5 from it,
-//!   while in f64 streamed and one-shot agree to 5e-14).
+//!   that carried through a few gradient steps and for nothing else. Models with a LayerNorm
+//!   over 2 features are ill-conditioned in f32 (one-shot f32 1.8e-4 off the exact result,
+//!   streamed 7e-5 from it, while in f64 the two agree to 5e-14): they run in f64 only, an
+//!   exclusion by a property of the model rather than a bound measured on the code under test.
 //! - A session saved in the middle of a mini-batch and loaded into a new one continues
 //!   exactly (the same values as the uninterrupted session, bit for bit on the interpreter).
 
 mod common;
 
-use common::golden::{inner_cases, layer_cases, GoldenCase};
+use common::golden::{all_cases, inner_cases, GoldenCase};
 use common::random_model::{inputs, model};
 use common::*;
 use proptest::prelude::*;
@@ -32,15 +31,12 @@ use tttc::{bind, optimize, prepare, Backend, Precision};
 /// A chunking of `len` tokens from `seed`: runs of single tokens, pieces shorter than a
 /// mini-batch and pieces spanning several, in a mixed order.
 fn chunking(len: usize, seed: u64) -> Vec<usize> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut rng = common::random::Lcg(seed);
+    rng.next_u64();
     let mut sizes = Vec::new();
     let mut left = len;
     while left > 0 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        let x = rng.next_u64();
         let pick = match (x >> 33) % 4 {
             0 => 1,
             1 => 1 + (x >> 40) as usize % 7,
@@ -96,7 +92,7 @@ fn run_golden_chunked(case: &GoldenCase, backend: &str, precision: &str, sizes: 
 
 #[test]
 fn golden_cases_stream_in_random_chunks_on_every_backend() {
-    for (i, case) in inner_cases().iter().chain(&layer_cases()).enumerate() {
+    for (i, case) in all_cases().iter().enumerate() {
         let inputs = case.inputs();
         let len = if case.layer {
             inputs["hidden_states"].shape()[1]
@@ -154,23 +150,16 @@ proptest! {
         let bound = bind(&program, &tensors, &settings, precision.elem())
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let sizes = chunking(l, split);
-        // In f32 a random model can be ill-conditioned (a LayerNorm over 2 features, several
-        // gradient steps): its one-shot f32 result itself may be further than 1e-5 from the
-        // exact one. Streaming must then add no more error than f32 rounding already makes.
-        let tol = if f32_run {
-            let (p64, t64, s64) = random_program(&m, DType::F64, (b, h, l, k), seed)?;
-            let b64 = bind(&p64, &t64, &s64, Precision::F64.elem())
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let exact = prepare(Backend::Interp, &b64.program)
-                .and_then(|p| p.run(&b64.inputs))
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let one_shot = prepare(Backend::Interp, &bound.program)
-                .and_then(|p| p.run(&bound.inputs))
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            tol.max(2.0 * max_rel(&one_shot, &exact))
-        } else {
-            tol
-        };
+        // f32: the stated fixed bound, 1e-5, for well-conditioned models. A LayerNorm over 2
+        // features is ill-conditioned (`x − mean(x)` of two numbers cancels, and its variance
+        // is one squared difference): its f32 result is off by up to ~2e-4 against the exact
+        // one whatever the grouping of the sums, so the streamed and one-shot f32 results may
+        // differ by that much. Those draws are excluded from f32 runs by that property of the
+        // model (they still run in f64), so the bound depends on nothing the code under test
+        // computes.
+        if f32_run {
+            prop_assume!(!(m.norm && m.d <= 2));
+        }
         for backend in [Backend::Interp, Backend::Cranelift] {
             if !backend.is_built() {
                 continue;
@@ -531,7 +520,7 @@ fn model_goldens_stream_in_chunks_on_every_backend() {
 fn token_steps_split_over_threads_stream_like_one_shot() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.safetensors");
-    for case in inner_cases().iter().chain(&layer_cases()) {
+    for case in all_cases().iter() {
         for backend in backends() {
             if backend == "interp" {
                 continue;
@@ -602,5 +591,150 @@ fn bench_decode_reports_a_time_per_token() {
         assert_eq!(json["tokens"], 64, "{json}");
         let us = json["median_us_per_token"].as_f64().expect("a number");
         assert!(us > 0.0 && us.is_finite(), "{json}");
+    }
+}
+
+// ---- issue 18: zero-size states and hostile chunk sizes (R2, R6) ---------------------------
+
+/// Inputs of `examples/ttt_{linear,mlp}.ttt` with batch `b`, heads `h`, `l` tokens and head
+/// dimension `f` (any of them may be 0), deterministic values.
+fn sized_inputs(mlp: bool, (b, h, l, f): (usize, usize, usize, usize)) -> BTreeMap<String, Tensor> {
+    let mut rng = common::random::Lcg(((b * 31 + h) * 31 + l) as u64 * 31 + f as u64);
+    let mut t = |shape: Vec<usize>, scale: f64| {
+        let n = shape.iter().product();
+        Tensor::from_f64(shape, rng.vec(n, scale)).unwrap()
+    };
+    let mut m = BTreeMap::new();
+    for x in ["XQ", "XK", "XV"] {
+        m.insert(x.to_string(), t(vec![b, h, l, f], 1.0));
+    }
+    m.insert("token_eta".to_string(), t(vec![16], 0.1));
+    m.insert("ttt_lr_eta".to_string(), t(vec![b, h, l], 0.1));
+    let states: Vec<(&str, Vec<usize>)> = if mlp {
+        vec![
+            ("W1", vec![h, f, 4 * f]),
+            ("b1", vec![h, 1, 4 * f]),
+            ("W2", vec![h, 4 * f, f]),
+            ("b2", vec![h, 1, f]),
+        ]
+    } else {
+        vec![("W1", vec![h, f, f]), ("b1", vec![h, 1, f])]
+    };
+    for (name, shape) in states {
+        m.insert(name.to_string(), t(shape, 0.3));
+    }
+    for name in ["ln_weight", "ln_bias"] {
+        m.insert(name.to_string(), t(vec![h, f], 1.0));
+    }
+    m
+}
+
+/// `tttc run` of `program` on `inputs` with `extra` arguments: (exit code, output, outputs).
+fn run_cli(
+    program: &str,
+    inputs: &BTreeMap<String, Tensor>,
+    extra: &[&str],
+) -> (i32, String, Option<BTreeMap<String, Tensor>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let input_file = dir.path().join("in.safetensors");
+    tttc::runtime::write_safetensors(&input_file, inputs).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let mut args = vec![
+        "run",
+        program,
+        "--inputs",
+        input_file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "interp",
+        "--precision",
+        "f64",
+    ];
+    args.extend(extra);
+    let r = tttc(&args);
+    let outputs = r.status.success().then(|| load(&out));
+    (r.status.code().unwrap_or(-1), text(&r), outputs)
+}
+
+/// R2, R6: states with no elements (f = 0, the MLP's width 4f = 0, no batch rows, no heads)
+/// stream like a one-shot run: the same (empty) outputs, no panic, no internal error.
+#[test]
+fn zero_size_states_stream_like_one_shot() {
+    for mlp in [false, true] {
+        let program = if mlp {
+            "examples/ttt_mlp.ttt"
+        } else {
+            "examples/ttt_linear.ttt"
+        };
+        for dims in [(1, 2, 8, 0), (0, 2, 8, 4), (1, 0, 8, 4)] {
+            let what = format!("{program} (B, H, L, f) = {dims:?}");
+            let inputs = sized_inputs(mlp, dims);
+            let (code, out, one_shot) = run_cli(program, &inputs, &[]);
+            assert_eq!(code, 0, "{what} one-shot: {out}");
+            let (code, out, chunked) = run_cli(program, &inputs, &["--chunks", "3,5"]);
+            assert_eq!(code, 0, "{what} --chunks: {out}");
+            let (one_shot, chunked) = (one_shot.unwrap(), chunked.unwrap());
+            assert_eq!(
+                one_shot.keys().collect::<Vec<_>>(),
+                chunked.keys().collect::<Vec<_>>()
+            );
+            for (name, want) in &one_shot {
+                assert_tensor_close(&format!("{what} {name}"), &chunked[name], want, 1e-12);
+            }
+        }
+    }
+    // bench --decode on a zero-size state.
+    let dir = tempfile::tempdir().unwrap();
+    let input_file = dir.path().join("in.safetensors");
+    tttc::runtime::write_safetensors(&input_file, &sized_inputs(false, (1, 2, 8, 0))).unwrap();
+    let r = tttc(&[
+        "bench",
+        "examples/ttt_linear.ttt",
+        "--inputs",
+        input_file.to_str().unwrap(),
+        "--decode",
+        "--iters",
+        "1",
+        "--backend",
+        "interp",
+    ]);
+    assert!(r.status.success(), "{}", text(&r));
+}
+
+/// R6: chunk sizes whose sum wraps around, and zero-element inputs with huge extents, are
+/// user errors (exit 2), not internal errors.
+#[test]
+fn hostile_chunk_sizes_and_extents_are_user_errors() {
+    let inputs = sized_inputs(false, (1, 2, 64, 4));
+    // 2^64 − 1 + 65 wraps to 64, the sequence length.
+    let (code, out, _) = run_cli(
+        "examples/ttt_linear.ttt",
+        &inputs,
+        &["--chunks", "18446744073709551615,65"],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("the chunks add up to more tokens"), "{out}");
+    // No heads, so every tensor is empty, but a head dimension of 2^40 makes each (absent)
+    // head's state [2^40, 2^40].
+    let f = 1usize << 40;
+    let empty = |shape: Vec<usize>| Tensor::from_f64(shape, Vec::new()).unwrap();
+    let mut huge = BTreeMap::new();
+    for x in ["XQ", "XK", "XV"] {
+        huge.insert(x.to_string(), empty(vec![1, 0, 8, f]));
+    }
+    huge.insert("token_eta".to_string(), inputs["token_eta"].clone());
+    huge.insert("ttt_lr_eta".to_string(), empty(vec![1, 0, 8]));
+    huge.insert("W1".to_string(), empty(vec![0, f, f]));
+    huge.insert("b1".to_string(), empty(vec![0, 1, f]));
+    huge.insert("ln_weight".to_string(), empty(vec![0, f]));
+    huge.insert("ln_bias".to_string(), empty(vec![0, f]));
+    for extra in [&[][..], &["--chunks", "8"][..]] {
+        let (code, out, _) = run_cli("examples/ttt_linear.ttt", &huge, extra);
+        assert_eq!(code, 2, "{extra:?}: {out}");
+        assert!(
+            out.contains("more than 2147483648 elements"),
+            "{extra:?}: {out}"
+        );
     }
 }

@@ -28,6 +28,8 @@
 //!
 //! A `wrt` input that the output does not depend on (or that only reaches it through `step` or
 //! `floor`, whose derivatives are zero) gets a zero gradient: `expand(0, shape)`.
+//! [`untrained_states`] finds the states of a program whose gradient is identically zero (that
+//! way, or through terms such as `0 * x`), which training would silently never change.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -196,6 +198,93 @@ pub fn derive_gradients(program: &mut Program) -> Result<(), AutodiffError> {
         }
     }
     Ok(())
+}
+
+/// A state of a `ttt` scan that training can never change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UntrainedState {
+    /// The inner model's name.
+    pub model: String,
+    /// The state's name.
+    pub state: String,
+}
+
+impl std::fmt::Display for UntrainedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "state `{}` of inner model `{}` is never trained: the gradient of `loss` with respect \
+             to it is identically zero (it reaches the loss only through terms whose derivative \
+             is zero, such as `0 * ...`, `step` or `floor`)",
+            self.state, self.model
+        )
+    }
+}
+
+/// The states of `program`'s `ttt` scans whose loss gradient is identically zero once zeros
+/// are propagated (`0 * x`, `x @ 0`, sums and reshapes of zeros...): gradient descent leaves
+/// them as they are, which is worth a warning. The gradients are derived here on their own
+/// (the program is not changed).
+pub fn untrained_states(program: &Program) -> Result<Vec<UntrainedState>, AutodiffError> {
+    let mut out = Vec::new();
+    for id in program.graph.node_ids() {
+        let Some(Op::Ttt(scan)) = program.graph.get(id).map(|n| &n.op) else {
+            continue;
+        };
+        let grad = gradient_graph(&scan.loss, "loss", &scan.states)?;
+        let zeros = zero_nodes(&grad)?;
+        for state in &scan.states {
+            let name = TttScan::grad_output_name(state);
+            if grad
+                .output_by_name(&name)
+                .is_some_and(|g| zeros.contains(&g))
+            {
+                out.push(UntrainedState {
+                    model: scan.model.clone(),
+                    state: state.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The nodes of `graph` that are zero whatever the inputs: constant zeros, and what ops that
+/// preserve zeros (products, sums, negation, reshaping, broadcasting...) make of them. One
+/// pass in topological order, so linear in the graph's size.
+fn zero_nodes(graph: &Graph) -> Result<BTreeSet<NodeId>, AutodiffError> {
+    let order = graph
+        .topo_order()
+        .ok_or_else(|| AutodiffError::Malformed("the graph has a cycle".into()))?;
+    let mut zeros = BTreeSet::new();
+    for id in order {
+        let Some(node) = graph.get(id) else { continue };
+        let operands = graph.operands(id);
+        let zero = |i: usize| operands.get(i).is_some_and(|o| zeros.contains(o));
+        let is_zero = match &node.op {
+            Op::Const { value } => *value == 0.0,
+            Op::Binary { fun: BinaryOp::Mul } | Op::MatMul | Op::Mix => zero(0) || zero(1),
+            Op::MixOuter => zero(0) || zero(1) || zero(2),
+            Op::Binary {
+                fun: BinaryOp::Add | BinaryOp::Sub,
+            } => zero(0) && zero(1),
+            Op::Binary { fun: BinaryOp::Div } => zero(0),
+            Op::Unary { fun: UnaryOp::Neg }
+            | Op::Transpose
+            | Op::Permute { .. }
+            | Op::Reduce { .. }
+            | Op::Expand { .. }
+            | Op::SumTo { .. }
+            | Op::Reshape { .. }
+            | Op::Slice { .. } => zero(0),
+            Op::Shift { .. } => zero(0) && (operands.len() < 2 || zero(1)),
+            _ => false,
+        };
+        if is_zero {
+            zeros.insert(id);
+        }
+    }
+    Ok(zeros)
 }
 
 /// The nodes on a path from one of `wrt` to `output`.

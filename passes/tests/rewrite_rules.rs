@@ -556,3 +556,31 @@ fn symbolic_shapes_are_rewritten_too() {
     verify_graph(&r4, "bound").unwrap();
     assert_same_results(&g4, &r4, &random_inputs(&g4, 5), TOL);
 }
+
+/// A graph past `DAG_EXTRACTION_MAX_NODES` (a chain of 1500 `(x + 1).T`, two nodes each) goes
+/// through the worklist tree extractor: the result verifies, keeps the inputs and outputs,
+/// evaluates the same (1e-12) and costs no more (all checked by `simplified`).
+#[test]
+fn long_chains_use_the_linear_extractor() {
+    use tttc_passes::rewrite::DAG_EXTRACTION_MAX_NODES;
+    let mut g = Graph::new();
+    let x = g
+        .add_input("x", TensorType::new(DType::F64, Shape::known(&[3, 3])))
+        .unwrap();
+    let one = g.add_const(1.0, DType::F64);
+    let mut v = x;
+    for _ in 0..1500 {
+        let s = g
+            .add(
+                Op::Binary {
+                    fun: tttc_ir::BinaryOp::Add,
+                },
+                &[v, one],
+            )
+            .unwrap();
+        v = g.add(Op::Transpose, &[s]).unwrap();
+    }
+    g.add_output("y", v);
+    assert!(g.node_count() > DAG_EXTRACTION_MAX_NODES);
+    simplified(&g);
+}

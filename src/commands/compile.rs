@@ -112,6 +112,12 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             "--tensor-cores applies to GPU targets (--target sm_80 or sm_90) only",
         ));
     }
+    if let Some(out) = &args.output {
+        let mut reads = vec![args.file.as_path()];
+        reads.extend(args.inputs.as_deref());
+        reads.extend(args.settings.config_file());
+        super::check_output_path(out, "-o", &reads)?;
+    }
     let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
     let specialized = bind_program(
         &compiled.program,

@@ -35,6 +35,11 @@ pub fn write_ptx(
     let mut manifest_name = path.clone().into_os_string();
     manifest_name.push(".json");
     let manifest = std::path::PathBuf::from(manifest_name);
+    // Like the x86_64 target, create the output's folder.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::user(format!("cannot create {}: {e}", dir.display())))?;
+    }
     let write = |p: &Path, text: &str| {
         std::fs::write(p, text)
             .map_err(|e| Failure::user(format!("cannot write {}: {e}", p.display())))

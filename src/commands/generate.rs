@@ -121,7 +121,8 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         &last_row(&logits, &logits_name)?,
         args.temperature,
         &mut rng,
-    );
+    )
+    .map_err(|why| bad_logits(&logits_name, "at decode step 0 (after the prompt)", &why))?;
     // The first one-token step also compiles the one-token pieces: timed on its own.
     let mut first_step = None;
     let mut decode = 0.0;
@@ -136,7 +137,8 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             &last_row(&logits, &logits_name)?,
             args.temperature,
             &mut rng,
-        );
+        )
+        .map_err(|why| bad_logits(&logits_name, &format!("at decode step {}", i + 1), &why))?;
         let took = step.elapsed().as_secs_f64();
         match first_step {
             None => first_step = Some(took),
@@ -199,17 +201,39 @@ fn last_row(outputs: &BTreeMap<String, Tensor>, name: &str) -> Result<Vec<f64>, 
     Ok(values[values.len().saturating_sub(vocab)..].to_vec())
 }
 
+/// The user error for logits no token can be picked from: `when` says which step (the
+/// prompt's, or decode step N), `why` what is wrong with them.
+fn bad_logits(name: &str, when: &str, why: &str) -> Failure {
+    Failure::user(format!(
+        "cannot pick the next token {when}: the logits (output `{name}`) {why}"
+    ))
+}
+
 /// The next token: the most likely one at temperature 0 (the lowest id on ties), else a sample
-/// of softmax(logits / temperature).
-fn pick(logits: &[f64], temperature: f64, rng: &mut rand::rngs::StdRng) -> u64 {
+/// of softmax(logits / temperature). An error (saying why) when there is no token to pick
+/// (an empty row), when a logit is NaN or +infinity (the model computed garbage: picking
+/// token 0 forever would hide it), or when every logit is -infinity.
+fn pick(logits: &[f64], temperature: f64, rng: &mut rand::rngs::StdRng) -> Result<u64, String> {
+    if logits.is_empty() {
+        return Err("are empty (a vocabulary of 0 tokens)".into());
+    }
+    if let Some(i) = logits
+        .iter()
+        .position(|x| x.is_nan() || *x == f64::INFINITY)
+    {
+        return Err(format!("hold {} at token id {i}", logits[i]));
+    }
     let best = logits
         .iter()
         .enumerate()
         .fold(0, |b, (i, &x)| if x > logits[b] { i } else { b });
-    if temperature == 0.0 {
-        return best as u64;
-    }
     let top = logits[best];
+    if top == f64::NEG_INFINITY {
+        return Err("are all -inf".into());
+    }
+    if temperature == 0.0 {
+        return Ok(best as u64);
+    }
     let weights: Vec<f64> = logits
         .iter()
         .map(|&x| ((x - top) / temperature).exp())
@@ -218,11 +242,11 @@ fn pick(logits: &[f64], temperature: f64, rng: &mut rand::rngs::StdRng) -> u64 {
     let mut r = rng.random::<f64>() * total;
     for (i, w) in weights.iter().enumerate() {
         if r < *w {
-            return i as u64;
+            return Ok(i as u64);
         }
         r -= w;
     }
-    best as u64
+    Ok(best as u64)
 }
 
 /// Prints one generated token: its byte in text mode, else its id (space-separated).

@@ -94,6 +94,13 @@ pub struct SettingArgs {
     config: Option<PathBuf>,
 }
 
+impl SettingArgs {
+    /// The `--config` file, if given.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+}
+
 /// Floating-point precision of a run.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum PrecisionArg {
@@ -208,6 +215,12 @@ pub fn compile_with(
         settings = merge_settings(&set, &from_file)?;
         lowered = lower_file(file, precision, &settings)?;
     }
+    // A failure here is reported by the pipeline's own autodiff pass just below.
+    if let Ok(untrained) = tttc::passes::autodiff::untrained_states(&lowered) {
+        for state in untrained {
+            eprintln!("warning: {state}");
+        }
+    }
     Ok((
         tttc::driver::optimize_with(lowered, until, snapshots, extra)?,
         settings,
@@ -235,6 +248,36 @@ pub fn load_inputs(
         eprintln!("warning: {w}");
     }
     Ok((bound, tensors))
+}
+
+/// Whether `a` and `b` name the same existing file (through links, `..` or hard links).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if (ma.dev(), ma.ino()) == (mb.dev(), mb.ino()) {
+            return true;
+        }
+    }
+    let _ = (ma, mb);
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
+/// A user error when the output file `out` (given with `option`) is one of the files the
+/// command reads: writing it would destroy that input.
+pub fn check_output_path(out: &Path, option: &str, reads: &[&Path]) -> Result<(), Failure> {
+    match reads.iter().find(|r| same_file(out, r)) {
+        Some(read) => Err(Failure::user(format!(
+            "{option} {} is {}, which this command reads: writing it would overwrite it; \
+             choose another output file",
+            out.display(),
+            read.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Checks a stage name given to `--stop-after`: `parse` or a graph stage (what the interpreter

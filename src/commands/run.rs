@@ -1,8 +1,8 @@
 //! `tttc run`: compile, bind the inputs, execute, write the outputs.
 
 use super::{
-    check_stage, compile, load_inputs, tensor_cores, Failure, PrecisionArg, SettingArgs,
-    TensorCoresArg,
+    check_output_path, check_stage, compile, load_inputs, tensor_cores, Failure, PrecisionArg,
+    SettingArgs, TensorCoresArg,
 };
 use clap::ValueEnum;
 use std::path::PathBuf;
@@ -135,6 +135,19 @@ fn parse_chunk(s: &str) -> Result<usize, String> {
 
 /// Runs `tttc run`.
 pub fn main(args: &Args) -> Result<(), Failure> {
+    // No output may overwrite an input. Saving the state over the state file it loads is
+    // allowed (it is read in full first).
+    let mut reads = vec![args.file.as_path(), args.inputs.as_path()];
+    reads.extend(args.settings.config_file());
+    if let Some(save) = &args.save_state {
+        check_output_path(
+            save,
+            "--save-state",
+            &[&reads[..], &[args.out.as_path()]].concat(),
+        )?;
+    }
+    reads.extend(args.load_state.as_deref());
+    check_output_path(&args.out, "--out", &reads)?;
     let precision: Precision = args.precision.into();
     let tc = tensor_cores(args.tensor_cores, precision)?;
     if let Some(stage) = &args.stop_after {

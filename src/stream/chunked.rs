@@ -102,7 +102,15 @@ pub fn split_chunks(
         len = Some(n);
     }
     let len = len.unwrap_or(0);
-    let total: usize = sizes.iter().sum();
+    // The sizes are the user's numbers: a plain sum could wrap around to the sequence length.
+    let total = sizes
+        .iter()
+        .try_fold(0usize, |sum, &s| sum.checked_add(s))
+        .ok_or_else(|| {
+            StreamError::Input(format!(
+                "the chunks add up to more tokens than can be counted, but the sequence has {len}"
+            ))
+        })?;
     if total != len {
         return Err(StreamError::Input(format!(
             "the chunks add up to {total} token(s) but the sequence has {len}"

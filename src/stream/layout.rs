@@ -183,9 +183,18 @@ pub fn column(t: &Tensor, c: usize) -> Result<Tensor, StreamError> {
 /// `theta − rate[i] · sum` for every slice `i` (leading axis), in the tensors' own precision.
 pub fn minus_scaled(theta: &Tensor, rate: &Tensor, sum: &Tensor) -> Result<Tensor, StreamError> {
     let n = rate.len();
-    if theta.shape() != sum.shape() || n == 0 || !theta.len().is_multiple_of(n) {
+    if theta.shape() != sum.shape() {
         return Err(StreamError::internal(
             "state and partial sum differ in shape",
+        ));
+    }
+    // A state with no elements (zero slices, or a zero extent in every slice): nothing to do.
+    if theta.is_empty() {
+        return Ok(theta.clone());
+    }
+    if n == 0 || !theta.len().is_multiple_of(n) {
+        return Err(StreamError::internal(
+            "one rate per slice of the state expected",
         ));
     }
     let per = theta.len() / n;
@@ -250,6 +259,16 @@ mod tests {
             s.to_f64_vec(),
             vec![0., 10., 1., 11., 2., 12., 0., 10., 1., 11., 2., 12.]
         );
+    }
+
+    #[test]
+    fn minus_scaled_of_an_empty_state_is_the_empty_state() {
+        // Zero elements per slice (f = 0), and zero slices (B = 0).
+        for (shape, rates) in [(vec![2, 0], 2), (vec![0, 3], 0)] {
+            let w = t(&shape, vec![]);
+            let r = t(&[rates], vec![0.5; rates]);
+            assert_eq!(minus_scaled(&w, &r, &w).unwrap(), w);
+        }
     }
 
     #[test]

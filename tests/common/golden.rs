@@ -170,3 +170,10 @@ pub fn layer_cases() -> Vec<GoldenCase> {
     assert!(cases.len() >= 2, "expected the two layer golden cases");
     cases
 }
+
+/// Every golden case: the inner-loop cases, then the whole-layer cases.
+pub fn all_cases() -> Vec<GoldenCase> {
+    let mut cases = inner_cases();
+    cases.extend(layer_cases());
+    cases
+}

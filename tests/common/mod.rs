@@ -2,8 +2,14 @@
 
 #![allow(dead_code)]
 
+pub mod compare;
 pub mod golden;
+pub mod random;
 pub mod random_model;
+
+// Not every test file uses every helper.
+#[allow(unused_imports)]
+pub use compare::{assert_close, assert_tensor_close, max_rel_error};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,22 +44,13 @@ pub fn load(path: &Path) -> BTreeMap<String, Tensor> {
     read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// max |got − expected| / max |expected|, in f64. A NaN or infinity in either (which
-/// `f64::max` alone would skip) fails the calling test.
+/// max |got − expected| / max |expected|, in f64. A shape mismatch, or a NaN or an infinity
+/// not matched by the same value, fails the calling test (see [`compare`]).
 pub fn rel_error(got: &Tensor, expected: &Tensor) -> f64 {
     assert_eq!(got.shape(), expected.shape(), "shape mismatch");
-    let (g, e) = (got.to_f64_vec(), expected.to_f64_vec());
-    let scale = e.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let diff = g.iter().zip(&e).fold(0.0f64, |m, (a, b)| {
-        let d = (a - b).abs();
-        if m.is_nan() || d.is_nan() {
-            f64::NAN
-        } else {
-            m.max(d)
-        }
-    });
-    assert!(diff.is_finite(), "non-finite values");
-    diff / scale.max(f64::MIN_POSITIVE)
+    max_rel_error(&got.to_f64_vec(), &expected.to_f64_vec())
+        .unwrap_or_else(|why| panic!("{why}"))
+        .0
 }
 
 /// The backends this build of tttc has, by their `--backend` names. `ptx` needs a GPU, so it

@@ -130,17 +130,11 @@ impl Model {
 
 /// Deterministic values in [-scale, scale).
 pub fn values(seed: u64, n: usize, scale: f64) -> Vec<f64> {
-    let mut x = seed
-        .wrapping_mul(2862933555777941757)
-        .wrapping_add(3037000493);
-    (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-        .collect()
+    super::random::Lcg(
+        seed.wrapping_mul(2862933555777941757)
+            .wrapping_add(3037000493),
+    )
+    .vec(n, scale)
 }
 
 /// Inputs for `m` at batch `b`, heads `h`, length `l`, mini-batch `k`.

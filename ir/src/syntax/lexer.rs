@@ -140,7 +140,17 @@ fn lex_number(text: &str, i: &mut usize) -> Result<Tok, Diagnostic> {
     let s = &text[start..*i];
     let bad = || Diagnostic::new(format!("invalid number `{s}`"), start..*i);
     if is_float {
-        s.parse().map(Tok::Float).map_err(|_| bad())
+        match s.parse::<f64>() {
+            // Like a `--set` value, a literal must be a finite number: `1e999` would silently
+            // become infinity and every result NaN.
+            Ok(x) if !x.is_finite() => Err(Diagnostic::new(
+                format!("the number `{s}` is too large for a floating-point value"),
+                start..*i,
+            )
+            .with_label("overflows to infinity")),
+            Ok(x) => Ok(Tok::Float(x)),
+            Err(_) => Err(bad()),
+        }
     } else {
         s.parse().map(Tok::Int).map_err(|_| bad())
     }

@@ -10,7 +10,7 @@ pub mod parser;
 
 pub use diagnostic::SourceFile;
 pub use diagnostic::{CompileError, Diagnostic, Span};
-pub use lower::{compile, compile_bytes};
+pub use lower::{compile, compile_bytes, read_source, MAX_SOURCE_BYTES};
 
 /// File name of the prelude in diagnostics.
 pub const PRELUDE_NAME: &str = "<prelude>";

@@ -4,9 +4,19 @@ use super::ast::*;
 use super::diagnostic::{Diagnostic, Span};
 use super::lexer::{Tok, Token};
 
+/// How deep expressions and blocks may nest in the syntax tree: parentheses, calls, unary
+/// operators, blocks, and each operator of a chain such as `a + b + c` (which builds a tree as
+/// deep as it is long) count one level. Deeper text is rejected with a located error instead
+/// of overflowing the stack of the recursive parser and of lowering.
+pub const MAX_NESTING: usize = 256;
+
 /// Parses a token stream (from [`super::lexer::lex`]) into a file.
 pub fn parse(tokens: &[Token]) -> Result<File, Diagnostic> {
-    let mut p = Parser { tokens, pos: 0 };
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        depth: 0,
+    };
     let mut file = File::default();
     while !p.at_eof() {
         file.items.push(p.item()?);
@@ -17,6 +27,8 @@ pub fn parse(tokens: &[Token]) -> Result<File, Diagnostic> {
 struct Parser<'a> {
     tokens: &'a [Token],
     pos: usize,
+    /// Current nesting depth (see [`MAX_NESTING`]).
+    depth: usize,
 }
 
 type PResult<T> = Result<T, Diagnostic>;
@@ -69,6 +81,28 @@ impl<'a> Parser<'a> {
             t.span.clone(),
         )
         .with_label(format!("expected {expected}")))
+    }
+
+    /// Enters one more level of nesting at the current token; an error past [`MAX_NESTING`].
+    /// Every `enter` is paired with a [`Parser::leave`] on success (an error ends the parse).
+    fn enter(&mut self) -> PResult<()> {
+        self.depth += 1;
+        if self.depth > MAX_NESTING {
+            return Err(Diagnostic::new(
+                format!(
+                    "this nests deeper than {MAX_NESTING} levels (parentheses, calls, blocks and \
+                     chained operators each count one): split it with `let`"
+                ),
+                self.peek().span.clone(),
+            )
+            .with_label("too deep"));
+        }
+        Ok(())
+    }
+
+    /// Leaves `levels` levels of nesting entered with [`Parser::enter`].
+    fn leave(&mut self, levels: usize) {
+        self.depth -= levels;
     }
 
     fn is_punct(&self, p: &str) -> bool {
@@ -293,8 +327,10 @@ impl<'a> Parser<'a> {
                 self.expect_punct("..")?;
                 let end = self.binary_level(LEVEL_ADD)?;
                 self.expect_punct("{")?;
+                self.enter()?;
                 let body = self.body_stmts()?;
                 self.expect_punct("}")?;
+                self.leave(1);
                 stmts.push(BodyStmt::For {
                     var,
                     start,
@@ -449,12 +485,14 @@ impl<'a> Parser<'a> {
     /// `{ statement* }` of `main`, a `for` or an `if`.
     fn stmt_block(&mut self) -> PResult<Vec<MainStmt>> {
         self.expect_punct("{")?;
+        self.enter()?;
         let mut stmts = Vec::new();
         while !self.is_punct("}") {
             stmts.push(self.main_stmt()?);
             self.eat_punct(";");
         }
         self.expect_punct("}")?;
+        self.leave(1);
         Ok(stmts)
     }
 
@@ -572,7 +610,10 @@ impl<'a> Parser<'a> {
     // ---- expressions -------------------------------------------------------------------
 
     fn expr(&mut self) -> PResult<Expr> {
-        self.binary_level(LEVEL_OR)
+        self.enter()?;
+        let e = self.binary_level(LEVEL_OR)?;
+        self.leave(1);
+        Ok(e)
     }
 
     /// Binary operators by precedence level, loosest first: `||`, `&&`, comparisons (not
@@ -586,6 +627,8 @@ impl<'a> Parser<'a> {
             }
         };
         let mut lhs = next(self)?;
+        // Each operator of a chain deepens the (left-leaning) tree by one.
+        let mut chained = 0;
         loop {
             let t = self.peek();
             let op = match (&t.tok, level) {
@@ -615,6 +658,8 @@ impl<'a> Parser<'a> {
                     t.span.clone(),
                 ));
             }
+            self.enter()?;
+            chained += 1;
             self.bump();
             let rhs = next(self)?;
             let span = lhs.span.start..rhs.span.end;
@@ -623,13 +668,17 @@ impl<'a> Parser<'a> {
                 span,
             };
         }
+        self.leave(chained);
         Ok(lhs)
     }
 
+    /// A unary expression; each prefix operator and `^` nests one level.
     fn unary(&mut self) -> PResult<Expr> {
         if self.is_punct("!") {
             let start = self.bump().span.start;
+            self.enter()?;
             let inner = self.unary()?;
+            self.leave(1);
             let span = start..inner.span.end;
             return Ok(Expr {
                 kind: ExprKind::Not(Box::new(inner)),
@@ -638,7 +687,9 @@ impl<'a> Parser<'a> {
         }
         if self.is_punct("-") {
             let start = self.bump().span.start;
+            self.enter()?;
             let inner = self.unary()?;
+            self.leave(1);
             let span = start..inner.span.end;
             return Ok(Expr {
                 kind: ExprKind::Neg(Box::new(inner)),
@@ -648,7 +699,9 @@ impl<'a> Parser<'a> {
         let base = self.postfix()?;
         if self.is_punct("^") && !self.peek().line_start {
             self.bump();
+            self.enter()?;
             let exp = self.unary()?;
+            self.leave(1);
             let span = base.span.start..exp.span.end;
             return Ok(Expr {
                 kind: ExprKind::Binary(BinOp::Pow, Box::new(base), Box::new(exp)),
@@ -660,7 +713,11 @@ impl<'a> Parser<'a> {
 
     fn postfix(&mut self) -> PResult<Expr> {
         let mut e = self.primary()?;
+        // Each field of a chain (`x.T.T`) deepens the tree by one.
+        let mut chained = 0;
         while self.is_punct(".") && !self.peek().line_start {
+            self.enter()?;
+            chained += 1;
             self.bump();
             let start = self.peek().span.start;
             let field = match self.name_part()? {
@@ -676,6 +733,7 @@ impl<'a> Parser<'a> {
                 span,
             };
         }
+        self.leave(chained);
         Ok(e)
     }
 
@@ -750,6 +808,8 @@ impl<'a> Parser<'a> {
                 })
             }
             Tok::Ident(k) if k == "if" => {
+                // `else if` chains nest: one level per `if`.
+                self.enter()?;
                 self.bump();
                 let cond = self.expr()?;
                 let then = self.body()?;
@@ -764,6 +824,7 @@ impl<'a> Parser<'a> {
                 } else {
                     self.body()?
                 };
+                self.leave(1);
                 Ok(Expr {
                     kind: ExprKind::If(Box::new(cond), Box::new(then), Box::new(otherwise)),
                     span: span.start..self.prev_end(),

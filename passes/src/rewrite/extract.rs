@@ -31,6 +31,93 @@ pub fn tree_choice(egraph: &TensorGraph, hints: &SizeHints) -> Choice {
         .collect()
 }
 
+/// The same tree-cost extraction as [`tree_choice`] (each e-class's cheapest term, an e-node
+/// costing its own cost plus its children's), computed in O(E log E) for E e-nodes by Knuth's
+/// generalization of Dijkstra's algorithm: an e-class's cost is final when it is the cheapest
+/// one pending, and an e-node is costed once all its children are final. (egg's extractor
+/// sweeps all e-classes until nothing changes, which takes as many sweeps as the graph is
+/// deep: quadratic on a chain of thousands of `let`s.) Ties go to the lower e-class id and
+/// the first e-node, so the result is deterministic.
+pub fn tree_choice_worklist(egraph: &TensorGraph, hints: &SizeHints) -> Choice {
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, HashMap};
+    /// A cost ordered by `f64::total_cmp`.
+    #[derive(PartialEq)]
+    struct Cost(f64);
+    impl Eq for Cost {}
+    impl PartialOrd for Cost {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Cost {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            self.0.total_cmp(&other.0)
+        }
+    }
+
+    let model = CostModel::new(egraph, hints);
+    let mut ids: Vec<Id> = egraph.classes().map(|c| c.id).collect();
+    ids.sort_unstable();
+    // Every e-node with its e-class, canonical children and own cost; the e-nodes using each
+    // e-class; how many distinct children of each e-node are not final yet.
+    let mut nodes: Vec<(Id, TensorLang, f64)> = Vec::new();
+    let mut users: HashMap<Id, Vec<usize>> = HashMap::new();
+    let mut waiting: Vec<usize> = Vec::new();
+    for &id in &ids {
+        for n in &egraph[id].nodes {
+            let n = n.clone().map_children(|c| egraph.find(c));
+            let mut distinct = n.children().to_vec();
+            distinct.sort_unstable();
+            distinct.dedup();
+            for &c in &distinct {
+                users.entry(c).or_default().push(nodes.len());
+            }
+            waiting.push(distinct.len());
+            let own = model.own_cost(&n);
+            nodes.push((id, n, own));
+        }
+    }
+    let mut best: HashMap<Id, (f64, usize)> = HashMap::new();
+    let mut heap: BinaryHeap<Reverse<(Cost, Id)>> = BinaryHeap::new();
+    let propose = |best: &mut HashMap<Id, (f64, usize)>,
+                   heap: &mut BinaryHeap<Reverse<(Cost, Id)>>,
+                   class: Id,
+                   cost: f64,
+                   node: usize| {
+        let cost = if cost.is_nan() { f64::INFINITY } else { cost };
+        if best.get(&class).is_none_or(|&(c, _)| cost < c) {
+            best.insert(class, (cost, node));
+            heap.push(Reverse((Cost(cost), class)));
+        }
+    };
+    for (i, (class, _, own)) in nodes.iter().enumerate() {
+        if waiting[i] == 0 {
+            propose(&mut best, &mut heap, *class, *own, i);
+        }
+    }
+    let mut fixed: HashMap<Id, f64> = HashMap::new();
+    while let Some(Reverse((Cost(cost), class))) = heap.pop() {
+        if fixed.contains_key(&class) || best.get(&class).is_some_and(|&(c, _)| c != cost) {
+            continue;
+        }
+        fixed.insert(class, cost);
+        for &user in users.get(&class).map_or(&[][..], Vec::as_slice) {
+            waiting[user] -= 1;
+            if waiting[user] == 0 {
+                let (parent, node, own) = &nodes[user];
+                let total = node.children().iter().fold(*own, |acc, c| {
+                    acc + fixed.get(c).copied().unwrap_or(f64::INFINITY)
+                });
+                propose(&mut best, &mut heap, *parent, total, user);
+            }
+        }
+    }
+    best.into_iter()
+        .map(|(id, (_, i))| (id, nodes[i].1.clone()))
+        .collect()
+}
+
 struct Best {
     node: TensorLang,
     cost: f64,

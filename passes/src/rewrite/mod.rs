@@ -88,6 +88,14 @@ const DAG_PASSES: usize = 64;
 /// Sweeps of local improvement of the DAG extraction.
 const IMPROVE_SWEEPS: usize = 4;
 
+/// The largest graph (in nodes) that gets the greedy DAG extraction and its local improvement,
+/// whose costs grow with the square of the graph's depth (every e-class carries the set of
+/// e-classes below it; every tried alternative re-costs the whole DAG), and that gets egg's
+/// tree extraction, which sweeps the e-graph as many times as it is deep. Larger graphs (a
+/// program of thousands of `let`s) get [`extract::tree_choice_worklist`] only: the same tree
+/// cost in O(E log E). Step graphs of TTT models have hundreds of nodes.
+pub const DAG_EXTRACTION_MAX_NODES: usize = 2_000;
+
 /// Limits of each equality-saturation run: the node and iteration limits apply to every
 /// stage, the time limit to all the stages of one graph together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,11 +263,22 @@ pub fn rewrite_graph(
     // Two extractions (greedy DAG, then egg's tree cost); the cheaper graph that verifies wins,
     // and the original graph unless one is cheaper than it.
     let roots = loaded.roots(graph);
-    let dag = extract::dag_choice(&loaded.egraph, &config.hints, DAG_PASSES);
-    let choices = [
-        extract::improve(&loaded.egraph, &config.hints, &dag, &roots, IMPROVE_SWEEPS),
-        extract::tree_choice(&loaded.egraph, &config.hints),
-    ];
+    let mut choices = Vec::with_capacity(2);
+    if graph.node_count() <= DAG_EXTRACTION_MAX_NODES {
+        let dag = extract::dag_choice(&loaded.egraph, &config.hints, DAG_PASSES);
+        choices.push(extract::improve(
+            &loaded.egraph,
+            &config.hints,
+            &dag,
+            &roots,
+            IMPROVE_SWEEPS,
+        ));
+    }
+    choices.push(if graph.node_count() <= DAG_EXTRACTION_MAX_NODES {
+        extract::tree_choice(&loaded.egraph, &config.hints)
+    } else {
+        extract::tree_choice_worklist(&loaded.egraph, &config.hints)
+    });
     let mut best: Option<(Graph, GraphCost)> = None;
     let mut failures = Vec::new();
     for choice in &choices {

@@ -12,6 +12,45 @@ use std::collections::HashMap;
 /// Maximum depth of nested function calls (catches recursion).
 const MAX_CALL_DEPTH: usize = 64;
 
+/// How deep expressions may nest once function calls are inlined: each function body is
+/// bounded by the parser's [`crate::syntax::parser::MAX_NESTING`], but calls stack them up.
+/// Lowering is recursive, so deeper programs are rejected with a located error instead of
+/// overflowing the stack.
+pub const MAX_LOWERING_DEPTH: usize = 1024;
+
+/// How many operations a program may lower to (function calls are inlined, so calls nested
+/// in calls multiply): a guard against programs that would take hours to compile.
+pub const MAX_LOWERED_NODES: usize = 1_000_000;
+
+/// One level of [`lower_expr`]'s nesting, left when dropped.
+struct Nesting<'c, 'a>(&'c Ctx<'a>);
+
+impl<'c, 'a> Nesting<'c, 'a> {
+    /// Enters one level for `e`; an error located at `e` past [`MAX_LOWERING_DEPTH`].
+    fn enter(ctx: &'c Ctx<'a>, e: &Expr, src: usize) -> Result<Self, Diagnostic> {
+        let depth = ctx.expr_depth.get() + 1;
+        if depth > MAX_LOWERING_DEPTH {
+            return Err(diag(
+                src,
+                format!(
+                    "expressions nest deeper than {MAX_LOWERING_DEPTH} levels once function \
+                     calls are inlined: split them with `let`"
+                ),
+                e.span.clone(),
+            )
+            .with_label("too deep"));
+        }
+        ctx.expr_depth.set(depth);
+        Ok(Nesting(ctx))
+    }
+}
+
+impl Drop for Nesting<'_, '_> {
+    fn drop(&mut self) {
+        self.0.expr_depth.set(self.0.expr_depth.get() - 1);
+    }
+}
+
 /// Built-in operations other than the unary functions.
 const BUILTINS: [&str; 13] = [
     "slice",
@@ -218,6 +257,24 @@ fn dotted_path(e: &Expr) -> Option<String> {
     }
 }
 
+/// A constant `x` in the program's element type; an error located at `span` when `x` is not
+/// finite there (`1e39` overflows f32 to infinity, which would make every result NaN).
+fn number(ctx: &Ctx, g: &mut Graph, x: f64, span: &Span, src: usize) -> Result<NodeId, Diagnostic> {
+    let finite = match ctx.dtype {
+        crate::shape::DType::F32 => (x as f32).is_finite(),
+        crate::shape::DType::F64 => x.is_finite(),
+    };
+    if !finite {
+        return Err(diag(
+            src,
+            format!("{x:e} is too large for {}: it would be infinity", ctx.dtype),
+            span.clone(),
+        )
+        .with_label("overflows"));
+    }
+    Ok(g.add_const(x, ctx.dtype))
+}
+
 /// Looks up a name: variables, then the inner model's states and parameters, then dimensions
 /// (their extent as a scalar) and configs.
 fn lookup(
@@ -232,7 +289,7 @@ fn lookup(
     }
     match ctx.configs.get(n) {
         Some(crate::ConfigValue::Float(x)) => {
-            return Ok(Some(Val::Tensor(g.add_const(*x, ctx.dtype))))
+            return Ok(Some(Val::Tensor(number(ctx, g, *x, span, env.src)?)))
         }
         Some(crate::ConfigValue::Bool(b)) => return Ok(Some(Val::Const(ConstVal::Bool(*b)))),
         Some(crate::ConfigValue::Str(s)) => return Ok(Some(Val::Const(ConstVal::Str(s.clone())))),
@@ -252,11 +309,28 @@ fn lookup(
 
 /// Lowers one expression.
 pub(super) fn lower_expr(ctx: &Ctx, g: &mut Graph, env: &Env, e: &Expr) -> Result<Val, Diagnostic> {
+    let _nesting = Nesting::enter(ctx, e, env.src)?;
+    if g.node_count() > MAX_LOWERED_NODES {
+        return Err(diag(
+            env.src,
+            format!(
+                "the program grows past {MAX_LOWERED_NODES} operations once function calls are \
+                 inlined and loops unrolled"
+            ),
+            e.span.clone(),
+        )
+        .with_label("while lowering this"));
+    }
+    lower_expr_at_depth(ctx, g, env, e)
+}
+
+/// [`lower_expr`] once its nesting is counted.
+fn lower_expr_at_depth(ctx: &Ctx, g: &mut Graph, env: &Env, e: &Expr) -> Result<Val, Diagnostic> {
     let src = env.src;
     let t = |id| Ok(Val::Tensor(id));
     match &e.kind {
-        ExprKind::Int(n) => t(g.add_const(*n as f64, ctx.dtype)),
-        ExprKind::Float(x) => t(g.add_const(*x, ctx.dtype)),
+        ExprKind::Int(n) => t(number(ctx, g, *n as f64, &e.span, src)?),
+        ExprKind::Float(x) => t(number(ctx, g, *x, &e.span, src)?),
         ExprKind::Str(_) | ExprKind::Bool(_) | ExprKind::Not(_) => {
             Ok(Val::Const(const_eval(ctx, g, env, e)?))
         }

@@ -20,6 +20,7 @@ use crate::program::{
 use crate::shape::{DType, Dim, TensorType};
 use consteval::{condition, interpolate, ConstVal};
 use expr::{shape_of, tensor, Env, Val};
+pub use expr::{MAX_LOWERED_NODES, MAX_LOWERING_DEPTH};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,30 @@ const USER: usize = 0;
 const PRELUDE_SOURCE: usize = 1;
 /// How deep imports may nest.
 const MAX_IMPORT_DEPTH: usize = 16;
+
+/// The largest program or imported file read, in bytes: far more than any program needs, and
+/// a guard against `import "/dev/zero"` or a huge file given by mistake.
+pub const MAX_SOURCE_BYTES: u64 = 16 << 20;
+
+/// Reads a program file of at most [`MAX_SOURCE_BYTES`] bytes (a larger one, or an endless one
+/// such as `/dev/zero`, is an [`std::io::ErrorKind::InvalidData`] error saying so).
+pub fn read_source(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_SOURCE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_SOURCE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the file is larger than {} MiB, the limit for a program",
+                MAX_SOURCE_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(bytes)
+}
 
 /// Compiles a program from raw file bytes: rejects empty, binary and non-UTF-8 files with a
 /// located error, then calls [`compile`].
@@ -162,13 +187,19 @@ fn load_imports(
         if !seen.insert(key) {
             continue;
         }
-        let text = std::fs::read_to_string(&target).map_err(|e| {
+        let cannot = |why: String| {
             Diagnostic::new(
-                format!("cannot import {}: {e}", target.display()),
+                format!("cannot import {}: {why}", target.display()),
                 span.clone(),
             )
             .in_source(src)
-        })?;
+        };
+        let bytes = read_source(&target).map_err(|e| cannot(e.to_string()))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| cannot(format!("not a text file (invalid UTF-8: {e})")))?;
+        if let Some(at) = text.find('\0') {
+            return Err(cannot(format!("a binary file (NUL byte at byte {at})")));
+        }
         let index = sources.len();
         sources.push(SourceFile {
             name: target.display().to_string(),
@@ -189,6 +220,8 @@ pub(super) struct Ctx<'a> {
     configs: BTreeMap<String, ConfigValue>,
     /// Dimension names of the program (integer configs, input shapes, `dim`s).
     global_dims: BTreeSet<String>,
+    /// How deep [`expr::lower_expr`] is nested right now, function calls inlined.
+    expr_depth: std::cell::Cell<usize>,
 }
 
 fn lower_items(
@@ -203,6 +236,7 @@ fn lower_items(
         inners: HashMap::new(),
         configs: BTreeMap::new(),
         global_dims: BTreeSet::new(),
+        expr_depth: std::cell::Cell::new(0),
     };
     let mut configs: Vec<ConfigParam> = Vec::new();
     let mut main: Option<&MainDecl> = None;
