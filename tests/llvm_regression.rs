@@ -3,12 +3,15 @@
 //! `token_step_matches_interpreter`: the streaming token step of a small two-layer inner model
 //! (batched matmuls over `N` slices, elementwise ops, mean/sum_to reductions), whose loops all
 //! have tiny extents, so LLVM's `default<O3>` unrolls them fully and leaves one long
-//! straight-line block. LLVM 19's SLP vectorizer miscompiled that block on AVX-512 hosts
-//! (N = 2, 3, 4, 6 gave relative errors of 1e-2..1e-1: it built a 4-lane vector holding one
-//! value twice, `a + d` and the commuted `d + a`, and broadcast the wrong lane to the users of
-//! `a + d`), while Cranelift and the kernel-IR executor were exact. The backend now turns the
-//! SLP vectorizer off (`disable_slp_vectorizer` in `backends/src/llvm/mod.rs`); LLVM must agree
-//! with the interpreter to 1e-12 (only `contract` FMA fusion differs) for every `N`.
+//! straight-line block. LLVM 19.1's SLP vectorizer miscompiles that block on AVX-512 hosts
+//! (N = 2, 3, 4 give relative errors up to 0.9: it builds vectors with the wrong scalar in a
+//! lane), while the kernel-IR executor, which checks every access, is exact. That is LLVM's bug,
+//! not UB in our IR: `tests/llvm/slp_poison_lane.ll` is the module reduced with LLVM's tools,
+//! and `tests/llvm/main.rs` watches it (`docs/backends.md`, "The SLP vectorizer"). The backend
+//! turns the SLP vectorizer off (`disable_slp_vectorizer` in `backends/src/llvm/mod.rs`); LLVM
+//! must agree with the interpreter to 1e-12 (only `contract` FMA fusion differs) for every `N`.
+//! `TTTC_LLVM_SLP=1 cargo test --test llvm_regression` keeps SLP on and shows the failure (or,
+//! on a fixed LLVM, that SLP can come back).
 #![cfg(feature = "llvm")]
 
 mod common;

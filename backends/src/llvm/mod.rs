@@ -43,9 +43,9 @@
 //! - Every function carries the host's `target-cpu` and `target-features` (on x86-64 with
 //!   `-prefer-256-bit` appended, so AVX-512 hosts get 512-bit vectors), and the module goes
 //!   through LLVM's `default<O3>` pipeline **without the SLP vectorizer** (loops are still
-//!   vectorized by the loop vectorizer): LLVM 19's SLP vectorizer miscompiles the long
-//!   straight-line blocks that fully unrolled small loops leave (see
-//!   [`disable_slp_vectorizer`]).
+//!   vectorized by the loop vectorizer): LLVM 19.1's SLP vectorizer miscompiles the long
+//!   straight-line blocks that fully unrolled small loops leave, an LLVM bug reduced to
+//!   `tests/llvm/slp_poison_lane.ll` (see [`disable_slp_vectorizer`]).
 //!
 //! Before any IR is built the program is checked: unknown buffers, unknown, unbound or rebound
 //! loop variables, stores into inputs, inputs/outputs outside global memory or not row-major,
@@ -144,17 +144,23 @@ impl Host {
 }
 
 /// Turns LLVM's SLP (straight-line) vectorizer off for this process, once, before any module
-/// is optimized.
+/// is optimized, unless `TTTC_LLVM_SLP` is set (a debugging switch that brings the miscompile
+/// back, for checking a new LLVM: `TTTC_LLVM_SLP=1 cargo test --test llvm_regression`).
 ///
-/// LLVM 19's SLP vectorizer produces wrong code for our kernels: with tiny loop extents
+/// LLVM 19.1's SLP vectorizer produces wrong code for our kernels: with tiny loop extents
 /// `default<O3>` unrolls every loop nest of a program fully, and in the resulting straight-line
-/// block SLP built a 4-lane vector holding one scalar twice (`a + d` and, commuted, `d + a`)
-/// and then broadcast a different lane to the users of `a + d` (a wrong shuffle mask). The
-/// token step of a small TTT-MLP gave relative errors of 1e-1 on an AVX-512 host (see
-/// `tests/llvm_regression.rs`); `opt-19 -passes=slp-vectorizer` on the IR before that pass
-/// reproduces it, and many such SLP shuffle miscompiles were reported against LLVM 19 (e.g.
-/// llvm/llvm-project#117170). Nothing in the kernel IR can rule the pattern out, so the pass
-/// goes; the loop vectorizer, unrolling, FMA contraction and 512-bit vectors stay.
+/// block SLP builds vectors with the wrong scalar in a lane (the token step of a small TTT-MLP
+/// gave relative errors of 1e-1 on an AVX-512 host, `tests/llvm_regression.rs`). It is LLVM's
+/// bug, not undefined behaviour in our IR: the kernel interpreter runs the same kernel program
+/// with every access bounds-checked and agrees with the reference, every buffer is a separate
+/// allocation (so the `noalias` facts hold; without them, or without AVX-512, SLP forms other
+/// bundles and the bug hides), dropping `inbounds`, `nsw`, `contract` or the alignments one at
+/// a time leaves the miscompile, and the module `llvm-reduce` made of it
+/// (`tests/llvm/slp_poison_lane.ll`, no flags, no alias facts, no undef) shows
+/// `opt -passes=slp-vectorizer` replacing a defined scalar by `poison`; `tests/llvm/main.rs`
+/// watches for an LLVM that fixes it. No cheap test on the kernel IR rules the pattern out,
+/// so the pass goes everywhere; the loop vectorizer, unrolling, FMA contraction and 512-bit
+/// vectors stay.
 ///
 /// `default<O3>` forces `PipelineTuningOptions::SLPVectorization` on whatever
 /// `PassBuilderOptions` say, so the pass is switched off through its own command-line option
@@ -163,6 +169,10 @@ impl Host {
 fn disable_slp_vectorizer() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        // Debugging only: keep the (miscompiling) SLP vectorizer on.
+        if std::env::var_os("TTTC_LLVM_SLP").is_some() {
+            return;
+        }
         let args: [&std::ffi::CStr; 2] = [c"tttc", c"-vectorize-slp=false"];
         let argv: Vec<*const std::ffi::c_char> = args.iter().map(|a| a.as_ptr()).collect();
         // SAFETY: `argv` holds `argv.len()` pointers to NUL-terminated strings that outlive the
@@ -186,6 +196,20 @@ fn build_optimized<'ctx>(
     entry: &str,
     host: &Host,
 ) -> Result<Module<'ctx>, LlvmError> {
+    let module = build_unoptimized(ctx, p, entry, host)?;
+    module
+        .run_passes("default<O3>", &host.tm, PassBuilderOptions::create())
+        .map_err(|e| LlvmError::Llvm(format!("optimization: {e}")))?;
+    Ok(module)
+}
+
+/// Checks `p`, generates its module with entry `entry` and verifies it.
+fn build_unoptimized<'ctx>(
+    ctx: &'ctx Context,
+    p: &KernelProgram,
+    entry: &str,
+    host: &Host,
+) -> Result<Module<'ctx>, LlvmError> {
     let a = crate::bounds::analyze(p)?;
     let module = ctx.create_module(&format!("tttc.{}", sanitize(&p.name)));
     module.set_triple(&host.tm.get_triple());
@@ -194,9 +218,6 @@ fn build_optimized<'ctx>(
     module
         .verify()
         .map_err(|e| LlvmError::Internal(format!("generated module does not verify: {e}")))?;
-    module
-        .run_passes("default<O3>", &host.tm, PassBuilderOptions::create())
-        .map_err(|e| LlvmError::Llvm(format!("optimization: {e}")))?;
     Ok(module)
 }
 
@@ -407,6 +428,15 @@ pub fn optimized_ir(p: &KernelProgram) -> Result<String, LlvmError> {
     let host = Host::new(RelocMode::Default, CodeModel::JITDefault)?;
     let ctx = Context::create();
     let module = build_optimized(&ctx, p, JIT_ENTRY, &host)?;
+    Ok(module.print_to_string().to_string())
+}
+
+/// The LLVM IR of `p` as generated, before any optimization (entry `tttc_kernel_entry`), for
+/// inspection and for reducing LLVM bugs with LLVM's own tools (`opt`, `llvm-reduce`).
+pub fn unoptimized_ir(p: &KernelProgram) -> Result<String, LlvmError> {
+    let host = Host::new(RelocMode::Default, CodeModel::JITDefault)?;
+    let ctx = Context::create();
+    let module = build_unoptimized(&ctx, p, JIT_ENTRY, &host)?;
     Ok(module.print_to_string().to_string())
 }
 
