@@ -74,7 +74,10 @@ fn differential_findings_agree_everywhere() {
         replay(&file, |bytes| {
             let text = String::from_utf8(bytes).expect("a case is text");
             let case = checks::DiffCase::from_text(&text).expect("a well-formed case");
-            assert_eq!(checks::DiffCase::from_text(&case.to_text()), Ok(case.clone()));
+            assert_eq!(
+                checks::DiffCase::from_text(&case.to_text()),
+                Ok(case.clone())
+            );
             assert!(
                 checks::differential(&case),
                 "the case must be compared, not skipped\n{text}"

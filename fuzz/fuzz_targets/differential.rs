@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
         false => &SKIPPED,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    let (c, s) = (COMPARED.load(Ordering::Relaxed), SKIPPED.load(Ordering::Relaxed));
+    let (c, s) = (
+        COMPARED.load(Ordering::Relaxed),
+        SKIPPED.load(Ordering::Relaxed),
+    );
     if (c + s) % 500 == 0 {
         eprintln!("differential: {c} cases compared, {s} skipped (diverging reference)");
     }

@@ -101,7 +101,8 @@ pub fn safetensors_bind(root: &Path, bytes: &[u8]) {
             if !backend.is_built() {
                 continue;
             }
-            if let Err(e) = tttc::prepare(backend, &bound.program).and_then(|p| p.run(&bound.inputs))
+            if let Err(e) =
+                tttc::prepare(backend, &bound.program).and_then(|p| p.run(&bound.inputs))
             {
                 panic!("{} failed on bound inputs: {e}", backend.name());
             }
@@ -242,8 +243,9 @@ fn values(seed: u64, n: usize, scale: f64) -> Vec<f64> {
 
 /// A salt per input name, so that inputs of the same shape differ.
 fn salt(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Inputs for every input of `program`, with `B`, `H`, `L`, `mini_batch_size` from `case`;
@@ -282,16 +284,25 @@ fn case_inputs(program: &Program, case: &DiffCase) -> BTreeMap<String, Tensor> {
 
 /// max |got − want| / max |want| over every output of `want`; `got` must have the same
 /// outputs and shapes.
-fn max_rel_error(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Tensor>) -> Result<f64, String> {
+fn max_rel_error(
+    got: &BTreeMap<String, Tensor>,
+    want: &BTreeMap<String, Tensor>,
+) -> Result<f64, String> {
     let scale = want
         .values()
         .flat_map(|t| t.to_f64_vec())
         .fold(0.0f64, |m, x| m.max(x.abs()));
     let mut worst = 0.0f64;
     for (name, w) in want {
-        let g = got.get(name).ok_or_else(|| format!("output `{name}` missing"))?;
+        let g = got
+            .get(name)
+            .ok_or_else(|| format!("output `{name}` missing"))?;
         if g.shape() != w.shape() {
-            return Err(format!("output `{name}`: shape {:?}, expected {:?}", g.shape(), w.shape()));
+            return Err(format!(
+                "output `{name}`: shape {:?}, expected {:?}",
+                g.shape(),
+                w.shape()
+            ));
         }
         for (a, b) in g.to_f64_vec().iter().zip(w.to_f64_vec()) {
             let d = (a - b).abs();
@@ -322,8 +333,14 @@ pub fn differential(case: &DiffCase) -> bool {
     )]
     .into_iter()
     .collect();
-    let lowered = tttc::ir::syntax::compile("differential.ttt", &case.source, DType::F64, &settings)
-        .unwrap_or_else(|e| fail(format!("the generated program does not compile:\n{}", e.render(false))));
+    let lowered =
+        tttc::ir::syntax::compile("differential.ttt", &case.source, DType::F64, &settings)
+            .unwrap_or_else(|e| {
+                fail(format!(
+                    "the generated program does not compile:\n{}",
+                    e.render(false)
+                ))
+            });
     let compiled = tttc::optimize(lowered, None, true)
         .unwrap_or_else(|e| fail(format!("the pipeline failed: {e}")));
     let program = &compiled.program;
@@ -340,13 +357,21 @@ pub fn differential(case: &DiffCase) -> bool {
     let magnitude = reference
         .values()
         .flat_map(|t| t.to_f64_vec())
-        .fold(0.0f64, |m, x| if x.is_finite() { m.max(x.abs()) } else { f64::INFINITY });
+        .fold(0.0f64, |m, x| {
+            if x.is_finite() {
+                m.max(x.abs())
+            } else {
+                f64::INFINITY
+            }
+        });
     if magnitude > LARGEST_COMPARED {
         return false;
     }
     let check = |what: &str, got: &BTreeMap<String, Tensor>| match max_rel_error(got, &reference) {
         Ok(err) if err <= TOLERANCE => {}
-        Ok(err) => fail(format!("{what} differs from the interpreter's one-shot result: {err:e} > {TOLERANCE:e}")),
+        Ok(err) => fail(format!(
+            "{what} differs from the interpreter's one-shot result: {err:e} > {TOLERANCE:e}"
+        )),
         Err(e) => fail(format!("{what}: {e}")),
     };
     for stage in &compiled.stages {

@@ -274,9 +274,8 @@ pub fn case(u: &mut Unstructured) -> Result<DiffCase> {
         _ => "(XQ + XK) * 0.5",
     };
     let update = "update minibatch_gd(size = mini_batch_size, token_eta = eta, lr = lr)";
-    let mut body = format!(
-        "  let r = ttt M({first}, k = XK, v = XV, q = {query}) per (B, H)\n    {update}\n"
-    );
+    let mut body =
+        format!("  let r = ttt M({first}, k = XK, v = XV, q = {query}) per (B, H)\n    {update}\n");
     let mut last = "r";
     if let Some(second) = second {
         body += &format!(
