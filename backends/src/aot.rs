@@ -8,8 +8,9 @@
 //!              char* error, size_t error_len);
 //! ```
 //!
-//! which checks every shape against the compiled one before touching any data, returns 0 on
-//! success and 2 with a message naming the tensor otherwise (never reading out of bounds), then
+//! which checks every pointer (none may be NULL) and every shape against the compiled one before
+//! touching any data, returns 0 on success and 2 with a message naming the tensor otherwise
+//! (never reading out of bounds or through a NULL pointer), then
 //! calls the native kernel `NAME_kernel(T** inputs, T** outputs)`. The shim also provides
 //! `tttc_parallel_for`, the thread pool the kernel's parallel loops call (pthreads).
 
@@ -105,7 +106,7 @@ pub fn header(p: &KernelProgram) -> String {
     }
     let _ = writeln!(
         s,
-        " *\n * Returns 0 on success; 2 if a shape does not match (then `error` holds a message naming\n * the tensor, truncated to error_len). Outputs are fully written on success. Thread safe:\n * calls share nothing but the read-only inputs.\n */"
+        " *\n * Returns 0 on success; 2 if a shape does not match or a pointer is NULL (then `error`\n * holds a message naming the tensor, truncated to error_len). Outputs are fully written on success. Thread safe:\n * calls share nothing but the read-only inputs.\n */"
     );
     let _ = writeln!(s, "{};\n", signature(p));
     let _ = writeln!(s, "#ifdef __cplusplus\n}}\n#endif\n\n#endif");
@@ -128,9 +129,9 @@ pub fn shim(p: &KernelProgram, header_name: &str) -> String {
     );
     let _ = writeln!(s, "void {kernel}({t}** inputs, {t}** outputs);\n");
     s.push_str(PARALLEL_FOR);
-    let _ = writeln!(s, "\nstatic int check(const char* name, const int64_t* got, const int64_t* want, int rank,\n                 char* error, size_t error_len) {{");
+    let _ = writeln!(s, "\nstatic int check(const char* name, const void* data, const int64_t* got, const int64_t* want,\n                 int rank, char* error, size_t error_len) {{");
     s.push_str(
-        "    for (int i = 0; i < rank; i++) {\n        if (got[i] != want[i]) {\n            if (error && error_len) {\n                int n = snprintf(error, error_len, \"%s: expected shape [\", name);\n                for (int j = 0; j < rank && n > 0 && (size_t)n < error_len; j++)\n                    n += snprintf(error + n, error_len - n, j ? \", %lld\" : \"%lld\", (long long)want[j]);\n                if (n > 0 && (size_t)n < error_len)\n                    n += snprintf(error + n, error_len - n, \"], axis %d is %lld\", i, (long long)got[i]);\n            }\n            return 2;\n        }\n    }\n    return 0;\n}\n\n",
+        "    if (!data || !got) {\n        if (error && error_len)\n            snprintf(error, error_len, \"%s: the %s pointer is NULL\", name, data ? \"shape\" : \"data\");\n        return 2;\n    }\n    for (int i = 0; i < rank; i++) {\n        if (got[i] != want[i]) {\n            if (error && error_len) {\n                int n = snprintf(error, error_len, \"%s: expected shape [\", name);\n                for (int j = 0; j < rank && n > 0 && (size_t)n < error_len; j++)\n                    n += snprintf(error + n, error_len - n, j ? \", %lld\" : \"%lld\", (long long)want[j]);\n                if (n > 0 && (size_t)n < error_len)\n                    n += snprintf(error + n, error_len - n, \"], axis %d is %lld\", i, (long long)got[i]);\n            }\n            return 2;\n        }\n    }\n    return 0;\n}\n\n",
     );
     let _ = writeln!(s, "{} {{", signature(p));
     let mut ins = Vec::new();
@@ -151,7 +152,7 @@ pub fn shim(p: &KernelProgram, header_name: &str) -> String {
             let _ = writeln!(s, "    static const int64_t {n}_want[] = {{{dims}}};");
             let _ = writeln!(
                 s,
-                "    if (check(\"{name}\", {n}_shape, {n}_want, {}, error, error_len)) return 2;",
+                "    if (check(\"{name}\", {n}, {n}_shape, {n}_want, {}, error, error_len)) return 2;",
                 shape.len()
             );
             names.push(n);

@@ -69,5 +69,7 @@ int main(int argc, char** argv) {
     write_f32(dir, "W1_last", w1_last, B * H * F * F);
     write_f32(dir, "b1_last", b1_last, B * H * F);
     printf("ok: Z[0..4] = %f %f %f %f\n", z[0], z[1], z[2], z[3]);
+    float* buffers[] = {xq, xk, xv, te, le, w1, b1, lw, lb, z, w1_last, b1_last};
+    for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) free(buffers[i]);
     return 0;
 }
