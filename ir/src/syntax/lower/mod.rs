@@ -162,7 +162,7 @@ fn load_imports(
         if !seen.insert(key) {
             continue;
         }
-        let text = std::fs::read_to_string(&target).map_err(|e| {
+        let text = read_import(&target).map_err(|e| {
             Diagnostic::new(
                 format!("cannot import {}: {e}", target.display()),
                 span.clone(),
@@ -179,6 +179,28 @@ fn load_imports(
         out.push((index, parsed));
     }
     Ok(out)
+}
+
+/// The largest file an `import` reads.
+const MAX_IMPORT_BYTES: u64 = 16 << 20;
+
+/// The text of an imported file: a regular file of at most [`MAX_IMPORT_BYTES`] (a device such
+/// as `/dev/zero` or a FIFO would otherwise be read without end).
+fn read_import(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_IMPORT_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_IMPORT_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("larger than {} MiB", MAX_IMPORT_BYTES >> 20),
+        ));
+    }
+    Ok(text)
 }
 
 /// What lowering knows about the whole program.
