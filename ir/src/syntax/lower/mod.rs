@@ -39,10 +39,16 @@ pub const MAX_SOURCE_BYTES: u64 = 16 << 20;
 /// such as `/dev/zero`, is an [`std::io::ErrorKind::InvalidData`] error saying so).
 pub fn read_source(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    // A device such as /dev/zero would be read to the limit, and a FIFO could block forever.
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_SOURCE_BYTES + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(MAX_SOURCE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_SOURCE_BYTES {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
