@@ -120,11 +120,12 @@ fn compile_kernels<G: tttc_backends::Backend>(
 where
     G::Compiled: 'static,
 {
-    let compiled = crate::driver::generate_code(program, tttc_passes::pipeline::Target::Cpu, &|k| {
-        generator.compile(k)
-    })
-    .map_err(ExecError::Lower)?
-    .map_err(ExecError::Codegen)?;
+    let compiled =
+        crate::driver::generate_code(program, tttc_passes::pipeline::Target::Cpu, &|k| {
+            generator.compile(k)
+        })
+        .map_err(ExecError::Lower)?
+        .map_err(ExecError::Codegen)?;
     Ok(Box::new(compiled))
 }
 

@@ -318,8 +318,11 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
                     s.b.build_float_compare(FloatPredicate::OGT, x, zero, "ispos")?;
                 self.select(s, pos, self.fconst(1.0), zero, "step")?
             }
-            UnaryOp::Rsqrt | UnaryOp::Sigmoid | UnaryOp::Silu | UnaryOp::GeluTanh => {
-                return internal(format!("{} is a composite", op.name()))
+            composite => {
+                return internal(format!(
+                    "{} is a composite (tttc_ir::composite expands it)",
+                    composite.name()
+                ))
             }
         })
     }

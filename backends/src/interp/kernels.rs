@@ -63,8 +63,8 @@ impl<T: Elem> PrimitiveBuilder for Scalar<T> {
     }
 }
 
-/// One unary function on one element: primitives directly, composites (`rsqrt`, `sigmoid`,
-/// `silu`, `gelu_tanh`) as their one definition in [`tttc_ir::composite`].
+/// One unary function on one element: primitives directly, composites as their one definition
+/// in [`tttc_ir::composite`].
 pub(crate) fn unary_scalar<T: Elem>(fun: UnaryOp, x: T) -> T {
     if fun.is_primitive() {
         return primitive_unary(fun, x);
@@ -101,9 +101,7 @@ fn primitive_unary<T: Elem>(fun: UnaryOp, x: T) -> T {
         UnaryOp::Cos => x.cos(),
         // Composites are expanded by `unary_scalar` and never reach here; as a safe answer,
         // the expansion.
-        UnaryOp::Rsqrt | UnaryOp::Sigmoid | UnaryOp::Silu | UnaryOp::GeluTanh => {
-            unary_scalar(fun, x)
-        }
+        composite => unary_scalar(composite, x),
     }
 }
 

@@ -253,8 +253,8 @@ impl<'a> Gen<'a> {
             UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sin | UnaryOp::Cos => {
                 return internal("math function not dispatched")
             }
-            UnaryOp::Rsqrt | UnaryOp::Sigmoid | UnaryOp::Silu | UnaryOp::GeluTanh => {
-                return internal(format!("composite {op:?} reached the primitives"))
+            composite => {
+                return internal(format!("composite {composite:?} reached the primitives"))
             }
         })
     }
