@@ -157,6 +157,23 @@ fn unary_ref<T: F>(op: UnaryOp, x: T) -> T {
         UnaryOp::Floor => x.floor(),
         UnaryOp::Sin => x.sin(),
         UnaryOp::Cos => x.cos(),
+        UnaryOp::Abs => {
+            if x < T::ZERO {
+                -x
+            } else if x > T::ZERO {
+                x
+            } else {
+                x.mul(x) // ±0 → +0, NaN → NaN
+            }
+        }
+        // log(1 + e^x), restated in the naive form where it does not overflow.
+        UnaryOp::Softplus => {
+            if x > T::c(30.0) {
+                x
+            } else {
+                T::ONE.add(x.exp()).ln()
+            }
+        }
     }
 }
 
@@ -206,7 +223,8 @@ fn unary_tol(op: UnaryOp) -> Tol {
         | UnaryOp::Step
         | UnaryOp::Floor => Tol::Exact,
         UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sin | UnaryOp::Cos => Tol::Libm,
-        UnaryOp::Sigmoid | UnaryOp::Silu | UnaryOp::GeluTanh => Tol::Composite,
+        UnaryOp::Abs => Tol::Exact,
+        UnaryOp::Sigmoid | UnaryOp::Silu | UnaryOp::GeluTanh | UnaryOp::Softplus => Tol::Composite,
     }
 }
 

@@ -43,7 +43,12 @@ impl UnaryOp {
     pub fn is_primitive(self) -> bool {
         !matches!(
             self,
-            UnaryOp::Rsqrt | UnaryOp::Sigmoid | UnaryOp::Silu | UnaryOp::GeluTanh
+            UnaryOp::Rsqrt
+                | UnaryOp::Sigmoid
+                | UnaryOp::Silu
+                | UnaryOp::GeluTanh
+                | UnaryOp::Abs
+                | UnaryOp::Softplus
         )
     }
 }
@@ -83,8 +88,32 @@ pub fn build_unary<B: PrimitiveBuilder + ?Sized>(
             let half_x = b.binary(BinaryOp::Mul, half, x)?;
             b.binary(BinaryOp::Mul, half_x, one_plus)
         }
+        UnaryOp::Abs => abs(b, x),
+        // relu(x) + log(1 + e^-|x|): never overflows. The log term is rounded after `1 + e^-|x|`,
+        // so its absolute error is at most about one unit in the last place of 1 (2.2e-16 in
+        // f64, 1.2e-7 in f32); where softplus itself is smaller than that (x below about -36 in
+        // f64, -16 in f32) the result is 0 rather than the tiny true value.
+        UnaryOp::Softplus => {
+            let positive = b.primitive_unary(UnaryOp::Relu, x.clone())?;
+            let magnitude = abs(b, x)?;
+            let neg = b.primitive_unary(UnaryOp::Neg, magnitude)?;
+            let e = b.primitive_unary(UnaryOp::Exp, neg)?;
+            let one = b.constant(1.0)?;
+            let one_plus = b.binary(BinaryOp::Add, one, e)?;
+            let log = b.primitive_unary(UnaryOp::Log, one_plus)?;
+            b.binary(BinaryOp::Add, positive, log)
+        }
         primitive => b.primitive_unary(primitive, x),
     }
+}
+
+/// `|x|` as `relu(x) + relu(-x)`: exact for every input (one term is an exact zero; `-0`
+/// gives `+0`; NaN stays NaN), with no primitive of its own.
+fn abs<B: PrimitiveBuilder + ?Sized>(b: &mut B, x: B::Value) -> Result<B::Value, B::Error> {
+    let positive = b.primitive_unary(UnaryOp::Relu, x.clone())?;
+    let neg = b.primitive_unary(UnaryOp::Neg, x)?;
+    let negative = b.primitive_unary(UnaryOp::Relu, neg)?;
+    b.binary(BinaryOp::Add, positive, negative)
 }
 
 /// `1 / (1 + e^-x)`.
@@ -120,6 +149,14 @@ mod tests {
                 UnaryOp::Sqrt => x.sqrt(),
                 UnaryOp::Exp => x.exp(),
                 UnaryOp::Tanh => x.tanh(),
+                UnaryOp::Log => x.ln(),
+                UnaryOp::Relu => {
+                    if x < 0.0 {
+                        0.0
+                    } else {
+                        x
+                    }
+                }
                 other => panic!("unexpected primitive {other:?}"),
             })
         }
@@ -153,6 +190,22 @@ mod tests {
     }
 
     #[test]
+    fn abs_is_exact_at_zeros_infinities_and_nan() {
+        let (y, _) = eval(UnaryOp::Abs, -0.0);
+        assert!(y == 0.0 && y.is_sign_positive(), "abs(-0) = {y:?}");
+        assert_eq!(eval(UnaryOp::Abs, f64::NEG_INFINITY).0, f64::INFINITY);
+        assert!(eval(UnaryOp::Abs, f64::NAN).0.is_nan());
+        assert_eq!(eval(UnaryOp::Abs, -1e308).0, 1e308);
+    }
+
+    #[test]
+    fn softplus_neither_overflows_nor_loses_the_nan() {
+        assert_eq!(eval(UnaryOp::Softplus, 1000.0).0, 1000.0);
+        assert_eq!(eval(UnaryOp::Softplus, f64::NEG_INFINITY).0, 0.0);
+        assert!(eval(UnaryOp::Softplus, f64::NAN).0.is_nan());
+    }
+
+    #[test]
     fn primitives_pass_through_unchanged() {
         let (y, used) = eval(UnaryOp::Exp, 0.5);
         assert_eq!(used, vec![UnaryOp::Exp]);
@@ -171,6 +224,12 @@ mod tests {
             // 0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x**3))) at x = 1.0 and -0.7
             (UnaryOp::GeluTanh, 1.0, 0.8411919906082768),
             (UnaryOp::GeluTanh, -0.7, -0.16942986529488321),
+            (UnaryOp::Abs, -2.5, 2.5),
+            (UnaryOp::Abs, 3.0, 3.0),
+            // math.log1p(math.exp(x)) at x = 0.3, -5 and 40
+            (UnaryOp::Softplus, 0.3, 0.8543552444685272),
+            (UnaryOp::Softplus, -5.0, 0.006715348489118068),
+            (UnaryOp::Softplus, 40.0, 40.0),
         ];
         for (op, x, expected) in cases {
             let (y, _) = eval(op, x);

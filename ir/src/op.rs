@@ -37,11 +37,15 @@ pub enum UnaryOp {
     Sin,
     /// Cosine (radians).
     Cos,
+    /// `|x|`
+    Abs,
+    /// `log(1 + e^x)`
+    Softplus,
 }
 
 impl UnaryOp {
     /// Every unary op, for tables and tests.
-    pub const ALL: [UnaryOp; 14] = [
+    pub const ALL: [UnaryOp; 16] = [
         UnaryOp::Neg,
         UnaryOp::Sqrt,
         UnaryOp::Rsqrt,
@@ -56,6 +60,8 @@ impl UnaryOp {
         UnaryOp::Floor,
         UnaryOp::Sin,
         UnaryOp::Cos,
+        UnaryOp::Abs,
+        UnaryOp::Softplus,
     ];
 
     /// The op's name in the DSL and the printer.
@@ -75,6 +81,8 @@ impl UnaryOp {
             UnaryOp::Floor => "floor",
             UnaryOp::Sin => "sin",
             UnaryOp::Cos => "cos",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Softplus => "softplus",
         }
     }
 

@@ -739,6 +739,21 @@ impl<'a> Builder<'a> {
                 let k = self.unary(UnaryOp::Neg, s)?;
                 self.mul(g, k)?
             }
+            UnaryOp::Abs => {
+                // sign(x) = step(x) - step(-x): 0 at 0, like torch.sign
+                let x = self.fwd(x_src)?;
+                let pos = self.unary(UnaryOp::Step, x)?;
+                let neg_x = self.unary(UnaryOp::Neg, x)?;
+                let neg = self.unary(UnaryOp::Step, neg_x)?;
+                let sign = self.binary(BinaryOp::Sub, pos, neg)?;
+                self.mul(g, sign)?
+            }
+            UnaryOp::Softplus => {
+                // sigmoid(x)
+                let x = self.fwd(x_src)?;
+                let k = self.unary(UnaryOp::Sigmoid, x)?;
+                self.mul(g, k)?
+            }
             // Piecewise constant: zero derivative wherever it exists.
             UnaryOp::Step | UnaryOp::Floor => return Ok(None),
         };

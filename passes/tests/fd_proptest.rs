@@ -29,7 +29,7 @@ const SHAPES: [&[usize]; 7] = [
     &[2, 1],
     &[2, 3, 2],
 ];
-const OPS: u8 = 25;
+const OPS: u8 = 27;
 
 #[derive(Clone, Debug)]
 struct Case {
@@ -154,6 +154,14 @@ fn step(b: &mut B, pool: &[NodeId], (op, ia, ib, extra): (u8, u16, u16, u8)) -> 
         }
         7 => b.un(UnaryOp::Silu, a),
         8 => b.un(UnaryOp::GeluTanh, a),
+        25 => b.un(UnaryOp::Softplus, a),
+        // |tanh(a) - 2|: abs away from its kink at 0 (the argument lies in (-3, -1)).
+        26 => {
+            let th = b.un(UnaryOp::Tanh, a);
+            let two = b.c(2.0);
+            let shifted = b.bin(BinaryOp::Sub, th, two);
+            b.un(UnaryOp::Abs, shifted)
+        }
         9..=11 => {
             let c = compatible(b, pool, a, ib);
             let fun = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul][(op - 9) as usize];

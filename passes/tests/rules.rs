@@ -86,6 +86,23 @@ fn unary_rules_match_closed_forms() {
         ),
         (UnaryOp::Sin, &anywhere, Box::new((|x: f64| x.cos()) as D)),
         (UnaryOp::Cos, &anywhere, Box::new((|x: f64| -x.sin()) as D)),
+        // abs'(0) = 0 by convention (torch.sign(0) = 0).
+        (
+            UnaryOp::Abs,
+            &anywhere,
+            Box::new(
+                (|x: f64| {
+                    if x > 0.0 {
+                        1.0
+                    } else if x < 0.0 {
+                        -1.0
+                    } else {
+                        0.0
+                    }
+                }) as D,
+            ),
+        ),
+        (UnaryOp::Softplus, &anywhere, Box::new(sig as D)),
     ];
     assert_eq!(cases.len(), UnaryOp::ALL.len(), "every unary op is covered");
     for (fun, xs, d) in cases {
