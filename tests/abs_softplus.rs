@@ -90,7 +90,11 @@ fn inner_model_with_abs_and_softplus_runs_on_every_backend() {
     let (b, h, l, f) = (1, 2, 20, 4);
     let mut tensor = |shape: &[usize], scale: f64| {
         let n = shape.iter().product();
-        Tensor::from_f64(shape.to_vec(), (0..n).map(|_| next(scale)).collect()).unwrap()
+        Tensor::from_f64(
+            shape.to_vec(),
+            (0..n).map(|_| next(scale)).collect::<Vec<_>>(),
+        )
+        .unwrap()
     };
     let inputs: BTreeMap<String, Tensor> = [
         ("XQ", tensor(&[b, h, l, f], 1.0)),
@@ -99,7 +103,11 @@ fn inner_model_with_abs_and_softplus_runs_on_every_backend() {
         ("W", tensor(&[h, f, f], 0.3)),
         (
             "token_eta",
-            Tensor::from_f64(vec![8], (0..8).map(|i| 1.0 / (i as f64 + 1.0)).collect()).unwrap(),
+            Tensor::from_f64(
+                vec![8],
+                (0..8).map(|i| 1.0 / (i as f64 + 1.0)).collect::<Vec<_>>(),
+            )
+            .unwrap(),
         ),
         (
             "lr",

@@ -35,20 +35,23 @@ const MAX_IMPORT_DEPTH: usize = 16;
 /// a guard against `import "/dev/zero"` or a huge file given by mistake.
 pub const MAX_SOURCE_BYTES: u64 = 16 << 20;
 
-/// Reads a program file of at most [`MAX_SOURCE_BYTES`] bytes (a larger one, or an endless one
-/// such as `/dev/zero`, is an [`std::io::ErrorKind::InvalidData`] error saying so).
+/// Reads a program file: a regular file of at most [`MAX_SOURCE_BYTES`] bytes. A larger one is
+/// an [`std::io::ErrorKind::InvalidData`] error, anything but a regular file (a device such as
+/// `/dev/zero`, a FIFO, a directory) an [`std::io::ErrorKind::InvalidInput`] one, each saying so.
 pub fn read_source(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    // A device such as /dev/zero would be read to the limit, and a FIFO could block forever.
-    if !file.metadata()?.is_file() {
+    // A device such as /dev/zero would be read to the limit, and opening a FIFO could block
+    // forever: look before opening.
+    if !std::fs::metadata(path)?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
     let mut bytes = Vec::new();
-    file.take(MAX_SOURCE_BYTES + 1).read_to_end(&mut bytes)?;
+    std::fs::File::open(path)?
+        .take(MAX_SOURCE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_SOURCE_BYTES {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
