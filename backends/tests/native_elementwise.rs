@@ -158,21 +158,15 @@ fn unary_ref<T: F>(op: UnaryOp, x: T) -> T {
         UnaryOp::Sin => x.sin(),
         UnaryOp::Cos => x.cos(),
         UnaryOp::Abs => {
-            if x < T::ZERO {
-                -x
-            } else if x > T::ZERO {
-                x
-            } else {
-                x.mul(x) // ±0 → +0, NaN → NaN
-            }
+            // relu(x) + relu(-x), as the composite: ±0 → +0, NaN → NaN.
+            let relu = |v: T| if v < T::ZERO { T::ZERO } else { v };
+            relu(x).add(relu(-x))
         }
-        // log(1 + e^x), restated in the naive form where it does not overflow.
+        // relu(x) + log(1 + e^-|x|), in the composite's order (Cranelift is bit-exact).
         UnaryOp::Softplus => {
-            if x > T::c(30.0) {
-                x
-            } else {
-                T::ONE.add(x.exp()).ln()
-            }
+            let relu = if x < T::ZERO { T::ZERO } else { x };
+            let abs = unary_ref(UnaryOp::Abs, x);
+            relu.add(T::ONE.add((-abs).exp()).ln())
         }
     }
 }
