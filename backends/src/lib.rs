@@ -17,6 +17,8 @@
 //! [`backend`] is what they have in common: the [`Backend`] and [`CompiledProgram`] traits and
 //! [`BackendError`]; [`input`] the one check of a run's input tensors ([`InputError`]).
 
+#![warn(missing_docs)]
+
 pub mod aot;
 pub mod backend;
 #[cfg(any(feature = "llvm", feature = "cranelift"))]
