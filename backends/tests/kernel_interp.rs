@@ -5,19 +5,13 @@
 use std::collections::BTreeMap;
 use tttc_backends::kernel_interp::{run_kernel_program, KernelInterpError};
 use tttc_ir::kernel::{
-    BufId, Buffer, BufferKind, Index, KernelProgram, Layout, MemorySpace, Schedule, Stmt, Value,
-    VarId,
+    BufId, Buffer, BufferKind, Index, KernelProgram, MemorySpace, Schedule, Stmt, Value, VarId,
 };
 use tttc_ir::{BinaryOp, DType, UnaryOp};
 use tttc_runtime::Tensor;
 
 fn buffer(name: &str, kind: BufferKind, space: MemorySpace, shape: &[usize]) -> Buffer {
-    Buffer {
-        name: name.into(),
-        kind,
-        space,
-        layout: Layout::row_major(shape),
-    }
+    Buffer::row_major(name, kind, space, shape)
 }
 
 fn input(name: &str, shape: &[usize]) -> Buffer {
@@ -38,36 +32,24 @@ fn output(name: &str, shape: &[usize]) -> Buffer {
     )
 }
 
-fn var(v: u32) -> Index {
-    Index::Var(VarId(v))
+fn var(i: u32) -> Index {
+    Index::Var(VarId(i))
 }
 
-fn lp(v: u32, extent: usize, schedule: Schedule, body: Vec<Stmt>) -> Stmt {
-    Stmt::Loop {
-        var: VarId(v),
-        extent,
-        schedule,
-        body,
-    }
+fn lp(var: u32, extent: usize, schedule: Schedule, body: Vec<Stmt>) -> Stmt {
+    Stmt::counted_loop(VarId(var), extent, schedule, body)
 }
 
 fn st(buf: u32, index: Index, value: Value) -> Stmt {
-    Stmt::Store {
-        buf: BufId(buf),
-        index,
-        value,
-    }
+    Stmt::store(BufId(buf), index, value)
 }
 
 fn ld(buf: u32, index: Index) -> Value {
-    Value::Load {
-        buf: BufId(buf),
-        index,
-    }
+    Value::load(BufId(buf), index)
 }
 
 fn bin(op: BinaryOp, a: Value, b: Value) -> Value {
-    Value::Binary(op, Box::new(a), Box::new(b))
+    Value::binary(op, a, b)
 }
 
 fn program(dtype: DType, buffers: Vec<Buffer>, vars: u32, body: Vec<Stmt>) -> KernelProgram {

@@ -104,6 +104,16 @@ pub struct Buffer {
 }
 
 impl Buffer {
+    /// A buffer of a row-major tensor of `shape`.
+    pub fn row_major(name: &str, kind: BufferKind, space: MemorySpace, shape: &[usize]) -> Buffer {
+        Buffer {
+            name: name.into(),
+            kind,
+            space,
+            layout: Layout::row_major(shape),
+        }
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.layout.len()
@@ -273,5 +283,34 @@ impl KernelProgram {
     /// The buffer `id`.
     pub fn buffer(&self, id: BufId) -> Option<&Buffer> {
         self.buffers.get(id.0 as usize)
+    }
+}
+
+impl Stmt {
+    /// `buf[index] = value`.
+    pub fn store(buf: BufId, index: Index, value: Value) -> Stmt {
+        Stmt::Store { buf, index, value }
+    }
+
+    /// `for var in 0..extent { body }`, run as `schedule`.
+    pub fn counted_loop(var: VarId, extent: usize, schedule: Schedule, body: Vec<Stmt>) -> Stmt {
+        Stmt::Loop {
+            var,
+            extent,
+            schedule,
+            body,
+        }
+    }
+}
+
+impl Value {
+    /// `buf[index]`.
+    pub fn load(buf: BufId, index: Index) -> Value {
+        Value::Load { buf, index }
+    }
+
+    /// `op(a, b)`.
+    pub fn binary(op: BinaryOp, a: Value, b: Value) -> Value {
+        Value::Binary(op, Box::new(a), Box::new(b))
     }
 }

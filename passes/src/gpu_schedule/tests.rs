@@ -11,12 +11,7 @@ use tttc_ir::{BinaryOp, DType};
 use tttc_runtime::Tensor;
 
 fn buffer(name: &str, kind: BufferKind, space: MemorySpace, shape: &[usize]) -> Buffer {
-    Buffer {
-        name: name.into(),
-        kind,
-        space,
-        layout: Layout::row_major(shape),
-    }
+    Buffer::row_major(name, kind, space, shape)
 }
 
 fn v(i: u32) -> Index {
@@ -28,22 +23,15 @@ fn lp(var: u32, extent: usize, schedule: Schedule, body: Vec<Stmt>) -> Stmt {
 }
 
 fn st(buf: u32, index: Index, value: Value) -> Stmt {
-    Stmt::Store {
-        buf: BufId(buf),
-        index,
-        value,
-    }
+    Stmt::store(BufId(buf), index, value)
 }
 
 fn ld(buf: u32, index: Index) -> Value {
-    Value::Load {
-        buf: BufId(buf),
-        index,
-    }
+    Value::load(BufId(buf), index)
 }
 
 fn bin(op: BinaryOp, a: Value, b: Value) -> Value {
-    Value::Binary(op, Box::new(a), Box::new(b))
+    Value::binary(op, a, b)
 }
 
 fn at(a: Index, c: i64, b: Index) -> Index {

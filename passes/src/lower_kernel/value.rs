@@ -174,15 +174,17 @@ pub(super) fn wrap(loops: Vec<(VarId, usize)>, body: Vec<Stmt>) -> Vec<Stmt> {
 
 /// `buf[index] = value`.
 pub(super) fn store(buf: BufId, index: Index, value: Value) -> Stmt {
-    Stmt::Store { buf, index, value }
+    Stmt::store(buf, index, value)
 }
 
+/// `buf[index]`.
 pub(super) fn load(buf: BufId, index: Index) -> Value {
-    Value::Load { buf, index }
+    Value::load(buf, index)
 }
 
+/// `op(a, b)`.
 pub(super) fn bin(op: BinaryOp, a: Value, b: Value) -> Value {
-    Value::Binary(op, Box::new(a), Box::new(b))
+    Value::binary(op, a, b)
 }
 
 /// Whether `op` broadcasts (numpy rules) to exactly `target`.

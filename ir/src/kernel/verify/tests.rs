@@ -7,12 +7,7 @@ use crate::kernel::{Buffer, VarId};
 use crate::{BinaryOp, DType};
 
 fn buffer(name: &str, kind: BufferKind, space: MemorySpace, shape: &[usize]) -> Buffer {
-    Buffer {
-        name: name.into(),
-        kind,
-        space,
-        layout: Layout::row_major(shape),
-    }
+    Buffer::row_major(name, kind, space, shape)
 }
 
 fn v(i: u32) -> Index {
@@ -20,27 +15,15 @@ fn v(i: u32) -> Index {
 }
 
 fn lp(var: u32, extent: usize, schedule: Schedule, body: Vec<Stmt>) -> Stmt {
-    Stmt::Loop {
-        var: VarId(var),
-        extent,
-        schedule,
-        body,
-    }
+    Stmt::counted_loop(VarId(var), extent, schedule, body)
 }
 
 fn st(buf: u32, index: Index, value: Value) -> Stmt {
-    Stmt::Store {
-        buf: BufId(buf),
-        index,
-        value,
-    }
+    Stmt::store(BufId(buf), index, value)
 }
 
 fn ld(buf: u32, index: Index) -> Value {
-    Value::Load {
-        buf: BufId(buf),
-        index,
-    }
+    Value::load(BufId(buf), index)
 }
 
 /// `y[i] = x[i] * 2` over 4 elements, with a local scratch b2 and a shared one b3 (unused).
