@@ -151,33 +151,19 @@ impl Lowerer {
             idx.extend_from_slice(s);
             dest.at(shape, &idx)
         };
-        let mut stmts = wrap(
-            s0loops,
-            vec![store(dest.buf, out_at(&s0), Value::Const(0.0))],
-        );
-        let at = out_at(&s1);
         let mut x_idx = vec![jidx[0].clone()];
         x_idx.extend(s1.iter().cloned());
-        stmts.extend(wrap(
-            jloops,
-            wrap(
-                s1loops,
-                vec![store(
-                    dest.buf,
-                    at.clone(),
-                    bin(
-                        BinaryOp::Add,
-                        load(dest.buf, at),
-                        bin(
-                            BinaryOp::Mul,
-                            wv.load(&[iidx[0].clone(), jidx[0].clone()]),
-                            xv.load(&x_idx),
-                        ),
-                    ),
-                )],
-            ),
-        ));
-        body.extend(wrap(iloops, stmts));
+        let term = bin(
+            BinaryOp::Mul,
+            wv.load(&[iidx[0].clone(), jidx[0].clone()]),
+            xv.load(&x_idx),
+        );
+        let sum = ZeroThenAccumulate {
+            buf: dest.buf,
+            zero: (s0loops, out_at(&s0)),
+            over: (jloops, s1loops, out_at(&s1)),
+        };
+        body.extend(wrap(iloops, sum.stmts(term)));
         Ok(dest.val(shape))
     }
 
@@ -215,32 +201,44 @@ impl Lowerer {
         let (s1, s1loops) = self.loops(&[m, n]);
         let (i, j) = (iidx[0].clone(), jidx[0].clone());
         let out_at = |s: &[Index]| dest.at(shape, &[i.clone(), s[0].clone(), s[1].clone()]);
-        let mut stmts = wrap(
-            s0loops,
-            vec![store(dest.buf, out_at(&s0), Value::Const(0.0))],
-        );
-        let at = out_at(&s1);
         let a = bin(
             BinaryOp::Mul,
             wv.load(&[i.clone(), j.clone()]),
             uv.load(&[j.clone(), s1[0].clone()]),
         );
-        stmts.extend(wrap(
-            jloops,
-            wrap(
-                s1loops,
-                vec![store(
-                    dest.buf,
-                    at.clone(),
-                    bin(
-                        BinaryOp::Add,
-                        load(dest.buf, at),
-                        bin(BinaryOp::Mul, a, dv.load(&[j, s1[1].clone()])),
-                    ),
-                )],
-            ),
-        ));
-        body.extend(wrap(iloops, stmts));
+        let term = bin(BinaryOp::Mul, a, dv.load(&[j, s1[1].clone()]));
+        let sum = ZeroThenAccumulate {
+            buf: dest.buf,
+            zero: (s0loops, out_at(&s0)),
+            over: (jloops, s1loops, out_at(&s1)),
+        };
+        body.extend(wrap(iloops, sum.stmts(term)));
         Ok(dest.val(shape))
+    }
+}
+
+/// A sum into `buf`, zero-initialised over `zero`'s loops at its index, then accumulated in loop
+/// order: `buf[at] += term` inside `over`'s outer (summed) and inner loops. `mix` and
+/// `mix_outer` are both this shape.
+struct ZeroThenAccumulate {
+    buf: BufId,
+    zero: (Loops, Index),
+    over: (Loops, Loops, Index),
+}
+
+/// Loop variables with their extents, outermost first (what [`wrap`] takes).
+type Loops = Vec<(VarId, usize)>;
+
+impl ZeroThenAccumulate {
+    fn stmts(self, term: Value) -> Vec<Stmt> {
+        let (zero_loops, zero_at) = self.zero;
+        let (outer, inner, at) = self.over;
+        let mut stmts = wrap(
+            zero_loops,
+            vec![store(self.buf, zero_at, Value::Const(0.0))],
+        );
+        let sum = bin(BinaryOp::Add, load(self.buf, at.clone()), term);
+        stmts.extend(wrap(outer, wrap(inner, vec![store(self.buf, at, sum)])));
+        stmts
     }
 }
