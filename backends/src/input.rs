@@ -48,6 +48,17 @@ pub enum InputError {
         /// The buffer's shape.
         expected_shape: Vec<usize>,
     },
+    /// The tensor does not have the input's shape (the interpreters compare shapes, not only
+    /// sizes).
+    #[error("input {name:?}: shape {got:?} but the program expects {expected:?}")]
+    Shape {
+        /// The input's name.
+        name: String,
+        /// The tensor's shape.
+        got: Vec<usize>,
+        /// The input's shape.
+        expected: Vec<usize>,
+    },
 }
 
 impl InputError {
@@ -57,7 +68,8 @@ impl InputError {
             InputError::Missing { name }
             | InputError::Unknown { name }
             | InputError::ElemType { name, .. }
-            | InputError::Size { name, .. } => name,
+            | InputError::Size { name, .. }
+            | InputError::Shape { name, .. } => name,
         }
     }
 }
@@ -79,6 +91,34 @@ pub(crate) fn elem_type(dtype: DType) -> ElemType {
         DType::F32 => ElemType::F32,
         DType::F64 => ElemType::F64,
     }
+}
+
+/// The tensor `name` of `inputs`, which must exist and have element type `elem` and exactly
+/// `shape` (the interpreters' check: one input at a time, shapes compared).
+pub(crate) fn exact_input<'t>(
+    inputs: &'t BTreeMap<String, Tensor>,
+    name: &str,
+    elem: ElemType,
+    shape: &[usize],
+) -> Result<&'t Tensor, InputError> {
+    let t = inputs.get(name).ok_or_else(|| InputError::Missing {
+        name: name.to_string(),
+    })?;
+    if t.elem_type() != elem {
+        return Err(InputError::ElemType {
+            name: name.to_string(),
+            got: t.elem_type(),
+            expected: elem,
+        });
+    }
+    if t.shape() != shape {
+        return Err(InputError::Shape {
+            name: name.to_string(),
+            got: t.shape().to_vec(),
+            expected: shape.to_vec(),
+        });
+    }
+    Ok(t)
 }
 
 /// Checks `inputs` against a program computing in `dtype` whose inputs are `expected` (program

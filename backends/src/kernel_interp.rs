@@ -35,32 +35,9 @@ use tttc_runtime::{ElemType, RuntimeError, Tensor};
 /// Why a kernel program could not be run.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelInterpError {
-    /// No tensor was given for an input buffer.
-    #[error("missing input `{name}`")]
-    MissingInput {
-        /// The input's name.
-        name: String,
-    },
-    /// An input tensor has the wrong shape.
-    #[error("input `{name}` has shape {got:?}, expected {expected:?}")]
-    InputShape {
-        /// The input's name.
-        name: String,
-        /// The shape of the input's buffer.
-        expected: Vec<usize>,
-        /// The shape of the given tensor.
-        got: Vec<usize>,
-    },
-    /// An input tensor has the wrong element type.
-    #[error("input `{name}` has element type {got}, expected {expected}")]
-    InputElemType {
-        /// The input's name.
-        name: String,
-        /// The program's element type.
-        expected: ElemType,
-        /// The element type of the given tensor.
-        got: ElemType,
-    },
+    /// An input tensor is missing or does not fit its buffer (named in the error).
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
     /// A load or store outside its buffer.
     #[error("{access} of element {index} of buffer b{buf} (`{name}`), which has {len} element(s)")]
     OutOfBounds {
@@ -509,23 +486,7 @@ impl<'p, T: Num> Machine<'p, T> {
         for (b, &len) in p.buffers.iter().zip(&checked.lens) {
             let data = match &b.kind {
                 BufferKind::Input(name) => {
-                    let t = inputs
-                        .get(name)
-                        .ok_or_else(|| KernelInterpError::MissingInput { name: name.clone() })?;
-                    if t.elem_type() != T::ELEM {
-                        return Err(KernelInterpError::InputElemType {
-                            name: name.clone(),
-                            expected: T::ELEM,
-                            got: t.elem_type(),
-                        });
-                    }
-                    if t.shape() != b.layout.shape.as_slice() {
-                        return Err(KernelInterpError::InputShape {
-                            name: name.clone(),
-                            expected: b.layout.shape.clone(),
-                            got: t.shape().to_vec(),
-                        });
-                    }
+                    let t = crate::input::exact_input(inputs, name, T::ELEM, &b.layout.shape)?;
                     let data = T::data(t).filter(|d| d.len() == len).ok_or_else(|| {
                         KernelInterpError::Invalid(format!("input `{name}` has the wrong size"))
                     })?;

@@ -3,6 +3,7 @@
 //! instead of panicking (out-of-bounds accesses, bad inputs, ill-formed programs).
 
 use std::collections::BTreeMap;
+use tttc_backends::input::InputError;
 use tttc_backends::kernel_interp::{run_kernel_program, KernelInterpError};
 use tttc_ir::kernel::{
     BufId, Buffer, BufferKind, Index, KernelProgram, MemorySpace, Schedule, Stmt, Value, VarId,
@@ -245,7 +246,7 @@ fn bad_inputs_are_errors() {
     let p = transpose_program(DType::F64);
     assert!(matches!(
         expect_err(&p, &BTreeMap::new()),
-        KernelInterpError::MissingInput { name } if name == "x"
+        KernelInterpError::Input(InputError::Missing { name }) if name == "x"
     ));
     let wrong_shape = BTreeMap::from([(
         "x".to_string(),
@@ -253,7 +254,7 @@ fn bad_inputs_are_errors() {
     )]);
     assert!(matches!(
         expect_err(&p, &wrong_shape),
-        KernelInterpError::InputShape { .. }
+        KernelInterpError::Input(InputError::Shape { .. })
     ));
     let wrong_type = BTreeMap::from([(
         "x".to_string(),
@@ -261,7 +262,7 @@ fn bad_inputs_are_errors() {
     )]);
     assert!(matches!(
         expect_err(&p, &wrong_type),
-        KernelInterpError::InputElemType { .. }
+        KernelInterpError::Input(InputError::ElemType { .. })
     ));
     // Extra inputs are ignored.
     let mut extra = x64();

@@ -30,32 +30,9 @@ use value::{numel, Arr, Elem, Value};
 /// Why a graph could not be evaluated.
 #[derive(Debug, thiserror::Error)]
 pub enum InterpError {
-    /// No tensor was given for a graph input.
-    #[error("missing input `{name}`")]
-    MissingInput {
-        /// The input's name.
-        name: String,
-    },
-    /// An input tensor has the wrong shape.
-    #[error("input `{name}` has shape {got:?}, expected {expected:?}")]
-    InputShape {
-        /// The input's name.
-        name: String,
-        /// The shape the graph declares.
-        expected: Vec<usize>,
-        /// The shape of the given tensor.
-        got: Vec<usize>,
-    },
-    /// An input tensor has the wrong element type.
-    #[error("input `{name}` has element type {got}, expected {expected}")]
-    InputElemType {
-        /// The input's name.
-        name: String,
-        /// The element type the graph declares.
-        expected: ElemType,
-        /// The element type of the given tensor.
-        got: ElemType,
-    },
+    /// An input tensor is missing or does not fit its input (named in the error).
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
     /// A node's type (or a shape in its op) still has a symbolic dimension.
     #[error(
         "graph `{graph}`, {node}: dimension `{symbol}` is unbound; specialize the program \
@@ -136,27 +113,10 @@ pub fn eval_graph(
         let name = graph
             .input_name(id)
             .ok_or_else(|| plan.invalid(format!("%{} is listed as an input", id.index())))?;
-        let tensor = inputs.get(name).ok_or_else(|| InterpError::MissingInput {
-            name: name.to_string(),
-        })?;
         let Some(KnownType::Tensor(dtype, shape)) = plan.types.get(&id) else {
             return Err(plan.invalid(format!("input `{name}` is not tensor-typed")));
         };
-        let expected = elem_type_of(*dtype);
-        if tensor.elem_type() != expected {
-            return Err(InterpError::InputElemType {
-                name: name.to_string(),
-                expected,
-                got: tensor.elem_type(),
-            });
-        }
-        if tensor.shape() != shape.as_slice() {
-            return Err(InterpError::InputShape {
-                name: name.to_string(),
-                expected: shape.clone(),
-                got: tensor.shape().to_vec(),
-            });
-        }
+        let tensor = crate::input::exact_input(inputs, name, elem_type_of(*dtype), shape)?;
         values.push(match dtype {
             DType::F32 => tensor_value::<f32>(tensor),
             DType::F64 => tensor_value::<f64>(tensor),

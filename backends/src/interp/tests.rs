@@ -1,6 +1,7 @@
 //! Tests of the interpreter against hand-computed values and independent plain-Rust loops.
 
 use super::*;
+use crate::input::InputError;
 use tttc_ir::{BinaryOp, Dim, OperandAxes, ReduceOp, TttScan, UnaryOp};
 
 // ---------------------------------------------------------------------------------------------
@@ -806,17 +807,17 @@ fn input_errors_are_reported() {
     let g = square_graph(Shape::known(&[2]));
     let err = eval_graph(&g, &BTreeMap::new()).unwrap_err();
     assert!(
-        matches!(&err, InterpError::MissingInput { name } if name == "x"),
+        matches!(&err, InterpError::Input(InputError::Missing { name }) if name == "x"),
         "{err}"
     );
 
     let err = eval_graph(&g, &named(vec![("x", t64(&[3], &[1.0, 2.0, 3.0]))])).unwrap_err();
     match &err {
-        InterpError::InputShape {
+        InterpError::Input(InputError::Shape {
             name,
             expected,
             got,
-        } => {
+        }) => {
             assert_eq!(name, "x");
             assert_eq!(expected, &[2]);
             assert_eq!(got, &[3]);
@@ -828,15 +829,15 @@ fn input_errors_are_reported() {
     assert!(
         matches!(
             &err,
-            InterpError::InputElemType {
+            InterpError::Input(InputError::ElemType {
                 expected: ElemType::F64,
                 got: ElemType::F32,
                 ..
-            }
+            })
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("`x`"));
+    assert!(err.to_string().contains("\"x\""), "{err}");
 
     // extra inputs are ignored
     let out = eval_graph(
