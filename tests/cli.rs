@@ -367,3 +367,65 @@ fn passes_lists_every_stage_to_machine_code() {
         }
     }
 }
+
+/// `bench --profile` times the kernel program's top-level statements: the table lists
+/// statements of the program (the scan's loop nest writes the scan's outputs), its shares add
+/// up to at most 100%, and other backends are refused with a user error.
+#[test]
+fn bench_profile_lists_the_costliest_statements() {
+    let (b, h, l, f, k) = (1usize, 2usize, 32usize, 8usize, 16usize);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seq = vec![b, h, l, f];
+    let path = zeros_file(
+        dir.path(),
+        &[
+            ("XQ", seq.clone()),
+            ("XK", seq.clone()),
+            ("XV", seq),
+            ("token_eta", vec![k]),
+            ("ttt_lr_eta", vec![b, h, l]),
+            ("ln_weight", vec![h, f]),
+            ("ln_bias", vec![h, f]),
+            ("W1", vec![h, f, f]),
+            ("b1", vec![h, 1, f]),
+        ],
+    );
+    let inputs = path.to_str().expect("utf-8");
+    let args = ["bench", "examples/ttt_linear.ttt", "--inputs", inputs];
+    let out = tttc(&[&args[..], &["--iters", "2", "--profile"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("top-level statements"), "{err}");
+    let rows: Vec<&str> = err.lines().filter(|l| l.contains(" #")).collect();
+    assert!(!rows.is_empty(), "{err}");
+    assert!(rows.iter().any(|r| r.contains("ttt")), "{err}");
+    let last_cumul: f64 = rows
+        .last()
+        .and_then(|r| r.split('%').nth(1))
+        .and_then(|c| c.trim().parse().ok())
+        .expect("a cumulative share");
+    assert!(last_cumul <= 100.0 + 1e-6, "{err}");
+    // TTTC_PERF_MAP=1 names the JIT's functions for perf in /tmp/perf-PID.map (the scan runs
+    // in the first parallel loop's worker).
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tttc"))
+        .args(&args)
+        .args(["--iters", "1"])
+        .env("TTTC_PERF_MAP", "1")
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tttc runs");
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", child.id()));
+    let status = child.wait_with_output().expect("tttc ends").status;
+    assert!(status.success());
+    let listed = std::fs::read_to_string(&map).expect("the perf map");
+    let _ = std::fs::remove_file(&map);
+    assert!(
+        listed.lines().any(|l| l.ends_with(" tttc.worker.0")),
+        "{listed}"
+    );
+    let refused = tttc(&[&args[..], &["--backend", "cranelift", "--profile"]].concat());
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("--profile needs --backend llvm"));
+}

@@ -37,6 +37,11 @@ pub struct Args {
     /// operands and f32 accumulation (f32 only; default: exact f32). See docs/backends.md.
     #[arg(long, value_enum)]
     tensor_cores: Option<TensorCoresArg>,
+    /// With --backend llvm: time every top-level statement of the kernel program (each loop
+    /// nest; self time) over the timed runs and print the costliest, with the buffers they
+    /// write. Adds two clock reads per statement, so the totals run a little slower.
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     settings: SettingArgs,
 }
@@ -56,12 +61,16 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         }
         return decode(args, &compiled.program, bound.inputs, &settings, precision);
     }
-    let prepared = prepare_with(args.backend, &bound.program, tc)?;
+    set_profile(args, true)?;
+    let prepared = prepare_with(args.backend, &bound.program, tc);
+    set_profile(args, false)?;
+    let prepared = prepared?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let flops = tttc::passes::cost::program_cost(&bound.program)
         .map(|c| c.flops as f64)
         .unwrap_or(f64::NAN);
     prepared.run(&bound.inputs).map_err(Failure::internal)?; // warm-up
+    take_profile();
     let mut times = Vec::with_capacity(args.iters as usize);
     let mut device_times = Vec::new();
     for i in 0..args.iters {
@@ -92,6 +101,69 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             flops / 1e9
         );
         super::gpu_bench::print_text(device);
+    }
+    if args.profile {
+        print_profile(&bound.program, args.iters)?;
+    }
+    Ok(())
+}
+
+/// Turns the statement profile on or off for the code about to be compiled, when `--profile`
+/// asks for it (LLVM only).
+fn set_profile(args: &Args, on: bool) -> Result<(), Failure> {
+    if !args.profile {
+        return Ok(());
+    }
+    #[cfg(feature = "llvm")]
+    if tttc::Backend::from(args.backend) == tttc::Backend::Llvm && !args.decode {
+        tttc::backends::llvm::profile::set_statement_profile(on);
+        return Ok(());
+    }
+    let _ = on;
+    Err(Failure::user(
+        "--profile needs --backend llvm and one-shot runs (not --decode)",
+    ))
+}
+
+/// The statement profile so far, clearing it (empty without LLVM).
+fn take_profile() -> Vec<(std::time::Duration, u64)> {
+    #[cfg(feature = "llvm")]
+    return tttc::backends::llvm::profile::take_statement_profile();
+    #[cfg(not(feature = "llvm"))]
+    Vec::new()
+}
+
+/// The costliest top-level statements of the timed runs (`--profile`), on stderr.
+fn print_profile(program: &tttc::ir::Program, runs: u32) -> Result<(), Failure> {
+    let totals = take_profile();
+    let kernel = tttc::driver::kernel_program(program, tttc::passes::pipeline::Target::Cpu)
+        .map_err(Failure::internal)?;
+    let all: f64 = totals.iter().map(|(d, _)| d.as_secs_f64()).sum();
+    let mut rows: Vec<(usize, f64)> = totals
+        .iter()
+        .enumerate()
+        .map(|(k, (d, _))| (k, d.as_secs_f64()))
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    eprintln!(
+        "profile: {} top-level statements, {:.1} ms per run in all; the costliest:",
+        kernel.body.len(),
+        all * 1e3 / f64::from(runs)
+    );
+    eprintln!("  ms/run  share  cumul  statement");
+    let mut cumul = 0.0;
+    for &(k, t) in rows.iter().take(25) {
+        cumul += t;
+        let what = kernel.body.get(k).map_or_else(
+            || "?".to_string(),
+            |s| tttc::ir::kernel::describe_stmt(&kernel, s),
+        );
+        eprintln!(
+            "{:8.2} {:5.1}% {:5.1}%  #{k} {what}",
+            t * 1e3 / f64::from(runs),
+            100.0 * t / all.max(f64::MIN_POSITIVE),
+            100.0 * cumul / all.max(f64::MIN_POSITIVE),
+        );
     }
     Ok(())
 }

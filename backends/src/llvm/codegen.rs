@@ -304,9 +304,26 @@ impl<'ctx> Gen<'_, 'ctx> {
             self.fill_nan(&st, id, ptr)?;
         }
         let p = self.p;
-        self.stmts(&mut st, &p.body)?;
+        if crate::native::profile::statement_profile_enabled() {
+            for (k, s) in p.body.iter().enumerate() {
+                self.profile_bracket(&st, "tttc_profile_enter", k)?;
+                self.stmts(&mut st, std::slice::from_ref(s))?;
+                self.profile_bracket(&st, "tttc_profile_exit", k)?;
+            }
+        } else {
+            self.stmts(&mut st, &p.body)?;
+        }
         self.finish(&st)?;
         Ok(f)
+    }
+
+    /// A call `which(k)` of the statement profile (`native::profile`) around top-level
+    /// statement `k`.
+    fn profile_bracket(&self, st: &FnState<'ctx>, which: &str, k: usize) -> Result<(), LlvmError> {
+        let f = self.extern_fn(which, None, &[self.lower.i64t.into()]);
+        let id = self.lower.i64t.const_int(k as u64, false);
+        st.b.build_call(f, &[id.into()], "")?;
+        Ok(())
     }
 
     /// The entry: loads the buffer pointers from the two arrays and calls the body.

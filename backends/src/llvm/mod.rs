@@ -55,8 +55,10 @@
 
 mod codegen;
 mod math;
+mod perf_map;
 mod runtime;
 
+pub use crate::native::profile;
 pub use codegen::PARALLEL_FOR;
 pub use runtime::{thread_count, tttc_parallel_for, WorkerFn};
 
@@ -321,6 +323,7 @@ impl LlvmJit {
         for (f, addr) in &decls {
             engine.add_global_mapping(f, *addr);
         }
+        perf_map::write(&module, &engine);
         let addr = engine
             .get_function_address(JIT_ENTRY)
             .map_err(|e| LlvmError::Llvm(format!("finding the entry: {e}")))?;
@@ -372,6 +375,7 @@ fn sig_type<'ctx>(ctx: &'ctx Context, sig: Sig) -> inkwell::types::FunctionType<
         Sig::Memset => p.fn_type(&m(&[p.into(), i.into(), l.into()]), false),
         Sig::Memcpy => p.fn_type(&m(&[p.into(), p.into(), l.into()]), false),
         Sig::ParallelFor => v.fn_type(&m(&[p.into(), p.into(), l.into()]), false),
+        Sig::VoidI64 => v.fn_type(&m(&[l.into()]), false),
     }
 }
 

@@ -76,6 +76,8 @@ pub(crate) enum Sig {
     Memcpy,
     /// `void f(worker, void*, int64_t)`.
     ParallelFor,
+    /// `void f(int64_t)`.
+    VoidI64,
 }
 
 /// Every external symbol compiled code may reference, with its address in this process: the
@@ -86,11 +88,23 @@ pub(crate) enum Sig {
 pub(crate) fn jit_symbols() -> Vec<(&'static str, Sig, usize)> {
     use Sig::*;
     let pfor: unsafe extern "C" fn(Option<WorkerFn>, *mut u8, i64) = tttc_parallel_for;
+    let profile_enter: extern "C" fn(i64) = crate::native::profile::tttc_profile_enter;
+    let profile_exit: extern "C" fn(i64) = crate::native::profile::tttc_profile_exit;
     let mut v: Vec<(&'static str, Sig, usize)> = vec![
         (
             super::codegen::PARALLEL_FOR,
             ParallelFor,
             pfor as *const () as usize,
+        ),
+        (
+            "tttc_profile_enter",
+            VoidI64,
+            profile_enter as *const () as usize,
+        ),
+        (
+            "tttc_profile_exit",
+            VoidI64,
+            profile_exit as *const () as usize,
         ),
         ("malloc", Malloc, malloc as *const () as usize),
         ("free", Free, free as *const () as usize),

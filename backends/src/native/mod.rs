@@ -10,6 +10,7 @@
 //! with exactly its buffer's number of elements.
 
 pub(crate) mod parallel;
+pub mod profile;
 
 pub use parallel::{thread_count, tttc_parallel_for, WorkerFn};
 

@@ -17,7 +17,7 @@ mod print;
 mod verify;
 mod walk;
 
-pub use print::print_kernel_program;
+pub use print::{describe_stmt, print_kernel_program};
 pub use verify::{verify, VerifyError, MAX_EXPR_DEPTH, MAX_LOOP_DEPTH};
 pub use walk::{buffers_used, vars_used, Access};
 

@@ -72,3 +72,54 @@ pub fn print_kernel_program(p: &KernelProgram) -> String {
     stmts(&mut s, &p.body, 0);
     s
 }
+
+/// A one-line summary of statement `s` of `p` for profiles: its outermost loop nest's extents
+/// and schedules down to the first statement that is not a lone loop, and the buffers it
+/// stores to, the first three of them (`loop 12×64 parallel·serial → b74 %96 matmul, b75 %96
+/// rhs`).
+pub fn describe_stmt(p: &KernelProgram, s: &Stmt) -> String {
+    let mut extents = Vec::new();
+    let mut schedules = Vec::new();
+    let mut cur = s;
+    while let Stmt::Loop {
+        extent,
+        schedule,
+        body,
+        ..
+    } = cur
+    {
+        extents.push(extent.to_string());
+        schedules.push(format!("{schedule:?}").to_lowercase());
+        match body.as_slice() {
+            [only] => cur = only,
+            _ => break,
+        }
+    }
+    let mut written = Vec::new();
+    s.walk(&mut |t| {
+        if let Stmt::Store { buf, .. } = t {
+            if !written.contains(buf) {
+                written.push(*buf);
+            }
+        }
+        true
+    });
+    const SHOWN: usize = 3;
+    let mut names: Vec<String> = written
+        .iter()
+        .take(SHOWN)
+        .map(|b| match p.buffer(*b) {
+            Some(buf) => format!("b{} {}", b.0, buf.name),
+            None => format!("b{}", b.0),
+        })
+        .collect();
+    if written.len() > SHOWN {
+        names.push(format!("… {} more", written.len() - SHOWN));
+    }
+    let nest = if extents.is_empty() {
+        "statement".to_string()
+    } else {
+        format!("loop {} {}", extents.join("×"), schedules.join("·"))
+    };
+    format!("{nest} → {}", names.join(", "))
+}
