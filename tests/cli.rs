@@ -74,6 +74,7 @@ fn inspect_every_stage() {
             "dual_form",
             "simplify",
             "lower_kernel",
+            "cpu_parallel",
             "gpu_schedule",
             "codegen"
         ]
@@ -267,6 +268,45 @@ fn inspect_after_lower_kernel_prints_the_loops_of_the_program() {
         );
     }
 
+    // cpu_parallel: the 5x7 nest is too small for the thread pool; at 512x512 its rows run in
+    // parallel (iterations write disjoint rows of Y), and it is no stage of GPU targets.
+    let cpu = |n: &str, m: &str| {
+        let n_set = format!("N={n}");
+        let m_set = format!("M={m}");
+        let args = [
+            "inspect",
+            file,
+            "--after",
+            "cpu_parallel",
+            "--set",
+            &n_set,
+            "--set",
+            &m_set,
+        ];
+        let out = tttc(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(cpu("5", "7").contains("in 0..5 (Serial)"));
+    let big = cpu("512", "512");
+    assert!(
+        big.contains("in 0..512 (Parallel)") && big.contains("in 0..512 (Serial)"),
+        "{big}"
+    );
+    let refused = tttc(&[
+        "inspect",
+        file,
+        "--after",
+        "cpu_parallel",
+        "--target",
+        "gpu",
+        "--set",
+        "N=5",
+        "--set",
+        "M=7",
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+
     // The GPU mapping of the same program: the loops become one block of threads.
     let gpu = tttc(&[
         "inspect",
@@ -346,10 +386,11 @@ fn passes_lists_every_stage_to_machine_code() {
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
         .collect();
-    let pipeline = tttc::passes::pipeline::Pipeline::new(tttc::passes::pipeline::Target::Gpu(
-        Default::default(),
-    ));
-    let mut expected: Vec<&str> = pipeline.stage_names();
+    let mut expected: Vec<&str> = tttc::passes::pipeline::Pipeline::every_stage()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert!(expected.contains(&"cpu_parallel") && expected.contains(&"gpu_schedule"));
     expected.push(tttc::passes::pipeline::CODEGEN);
     assert_eq!(names, expected);
     let help = String::from_utf8_lossy(&tttc(&["inspect", "--help"]).stdout).into_owned();
@@ -408,7 +449,7 @@ fn bench_profile_lists_the_costliest_statements() {
     // TTTC_PERF_MAP=1 names the JIT's functions for perf in /tmp/perf-PID.map (the scan runs
     // in the first parallel loop's worker).
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_tttc"))
-        .args(&args)
+        .args(args)
         .args(["--iters", "1"])
         .env("TTTC_PERF_MAP", "1")
         .current_dir(root())

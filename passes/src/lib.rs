@@ -19,6 +19,7 @@
 pub mod autodiff;
 pub mod batch;
 pub mod cost;
+pub mod cpu_parallel;
 pub mod gpu_schedule;
 pub mod lower_kernel;
 pub mod lower_scan;

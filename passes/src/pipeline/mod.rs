@@ -297,13 +297,33 @@ impl Pipeline {
                 kind: StageKind::LowerKernel,
             },
         ];
-        if let Target::Gpu(config) = target {
-            stages.push(Stage::kernel(
+        match target {
+            Target::Cpu => stages.push(Stage::kernel(
+                Box::new(crate::cpu_parallel::CpuParallel),
+                "CPU targets: top-level loop nests with independent iterations and enough work run on the thread pool",
+            )),
+            Target::Gpu(config) => stages.push(Stage::kernel(
                 Box::new(GpuSchedule(config)),
                 "GPU targets: loops onto blocks and threads, scratch into shared memory, barriers",
-            ));
+            )),
         }
         Pipeline { stages }
+    }
+
+    /// Every stage of the CPU and the GPU pipeline (name, what it does), in order: the shared
+    /// stages, then the CPU-only ones, then the GPU-only ones.
+    pub fn every_stage() -> Vec<(&'static str, &'static str)> {
+        let mut all: Vec<(&'static str, &'static str)> = Pipeline::new(Target::Cpu)
+            .stages
+            .iter()
+            .map(|s| (s.name, s.about))
+            .collect();
+        for s in Pipeline::new(Target::Gpu(Default::default())).stages {
+            if !all.iter().any(|(n, _)| *n == s.name) {
+                all.push((s.name, s.about));
+            }
+        }
+        all
     }
 
     /// A pipeline of the given stages (for tests and tools that run a few passes).
