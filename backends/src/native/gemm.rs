@@ -22,6 +22,12 @@ use super::parallel::{pool, thread_count};
 use gemm::Parallelism;
 use tttc_ir::kernel::Gemm;
 
+/// Below this many multiply-adds (all products of a statement together) the products run on
+/// the calling thread: handing work to the pool costs about 15 µs on the development machine,
+/// and a run that did so for every product caught up with the generated loop nest only at
+/// 128³ (`bench/GEMM.md`).
+const SERIAL_WORK: u128 = 1 << 21;
+
 /// Number of `i64` before the batch axes in a descriptor.
 pub const DESC_HEADER: usize = 14;
 
@@ -187,7 +193,11 @@ unsafe fn run<T: Copy + Send + Sync + 'static>(
         }
     };
     let threads = thread_count();
+    let work = (d.m as u128) * (d.n as u128) * (d.k as u128) * (count as u128);
     match pool() {
+        // Too little work to pay for handing it to the pool (waking its threads costs more
+        // than the product): on the calling thread.
+        _ if work < SERIAL_WORK => (0..count).for_each(|i| product(i, Parallelism::None)),
         Some(pool) if threads > 1 && count >= threads => {
             use rayon::prelude::*;
             pool.install(|| {

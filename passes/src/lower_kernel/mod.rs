@@ -116,16 +116,15 @@ type Res<T> = Result<T, LowerKernelError>;
 const MAX_ELEMENTS: usize = 1 << 48;
 
 /// Smallest `m·n·k` of one matrix product (per batch index) that [`LowerOptions::library`]
-/// lowers to a [`Stmt::Gemm`]: 64³.
+/// lowers to a [`Stmt::Gemm`]: 32³.
 ///
 /// How it was chosen: `bench/gemm.sh` times square products `[s, s] @ [s, s]` through
 /// `tttc bench` on llvm with the library forced on (`TTTC_GEMM_MIN_MNK=0`) and off
-/// (`TTTC_GEMM_MIN_MNK=off`). On the 2-vCPU development machine the library is about as fast
-/// as the loop nest at `s = 32` and clearly faster from `s = 64` on (see `bench/GEMM.md`);
-/// below that the call, the packing of the operands and the different rounding are not worth
-/// it, so small products (the per-mini-batch products of every scan among them, which are
-/// inside loops anyway) keep the loop nest.
-pub const GEMM_MIN_MNK: u64 = 64 * 64 * 64;
+/// (`TTTC_GEMM_MIN_MNK=off`). On the 2-vCPU development machine the library was at least as
+/// fast as the loop nest at every size, and faster in every run from `s = 32` on; at `s = 16`
+/// both take about a microsecond and the difference is noise (`bench/GEMM.md`). Products
+/// smaller than 32³ keep the loop nest, and with it the interpreter's exact summation order.
+pub const GEMM_MIN_MNK: u64 = 32 * 32 * 32;
 
 /// Choices of the lowering that depend on the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
