@@ -10,8 +10,10 @@
 //! - while running, that every load and store is within its buffer (index arithmetic is checked
 //!   for overflow too).
 //!
-//! [`run_kernel_program`] runs every schedule serially, in order, and treats
-//! [`Stmt::Barrier`] as a no-op. [`run_kernel_program_gpu`] instead *emulates* a GPU: see
+//! [`run_kernel_program`] runs every schedule serially, in order, treats
+//! [`Stmt::Barrier`] as a no-op, and runs a [`Stmt::Gemm`] as its reference loop nest (see
+//! [`tttc_ir::kernel::Gemm`]: the interpreter's summation order, so a gemm gives exactly what
+//! the loops lowering emits without it give). [`run_kernel_program_gpu`] instead *emulates* a GPU: see
 //! [`GpuEmulation`].
 //!
 //! In both modes `Local` buffers are fresh for every iteration of the
@@ -26,8 +28,8 @@ use crate::tensor_core::{recognize, TensorCores};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tttc_ir::kernel::{
-    verify, BufId, BufferKind, Index, KernelProgram, MemorySpace, Schedule, Stmt, Value,
-    VerifyError,
+    verify, BufId, BufferKind, Gemm, Index, KernelProgram, MatrixView, MemorySpace, Schedule, Stmt,
+    Value, VerifyError,
 };
 use tttc_ir::{BinaryOp, DType, UnaryOp};
 use tttc_runtime::{ElemType, RuntimeError, Tensor};
@@ -246,6 +248,7 @@ fn check_gpu(p: &KernelProgram, emu: GpuEmulation) -> Res<()> {
                     At::Block,
                 ) => walk(body, At::Thread)?,
                 (Stmt::Loop { body, .. }, at) => walk(body, at)?,
+                (Stmt::Gemm(_), _) => return bad("a gemm (GPUs run its loop nest instead)"),
             }
         }
         Ok(())
@@ -402,6 +405,11 @@ fn fresh_scratch(
                 note(*buf, &mut used);
                 value.for_each_load(&mut |b, _| note(b, &mut used));
             }
+            Stmt::Gemm(g) => {
+                for v in [&g.a, &g.b, &g.c] {
+                    note(v.buf, &mut used);
+                }
+            }
             Stmt::Barrier => {}
         }
     }
@@ -557,6 +565,7 @@ impl<'p, T: Num> Machine<'p, T> {
                     }
                 }
                 Stmt::Barrier => {}
+                Stmt::Gemm(g) => self.gemm(g)?,
                 Stmt::Store { buf, index, value } => {
                     let x = match &self.tensor_cores {
                         Some((tc, stores)) if stores.contains(&(s as *const Stmt as usize)) => {
@@ -577,6 +586,62 @@ impl<'p, T: Num> Machine<'p, T> {
             }
         }
         Ok(())
+    }
+
+    /// A [`Stmt::Gemm`] as its reference loop nest: per batch index and row, the row zeroed
+    /// unless accumulating, then for each `p` in order, for each `j`,
+    /// `c[i, j] = c[i, j] + a[i, p] * b[p, j]`.
+    fn gemm(&mut self, g: &Gemm) -> Res<()> {
+        let at = |v: &MatrixView, batch: &[usize], r: usize, c: usize| {
+            v.at(batch, r, c)
+                .ok_or_else(|| KernelInterpError::Overflow(format!("gemm operand {v}")))
+        };
+        let (a, b, c) = (g.a.buf.0 as usize, g.b.buf.0 as usize, g.c.buf.0 as usize);
+        for batch in g.batch_indices() {
+            for i in 0..g.m {
+                if !g.accumulate {
+                    for j in 0..g.n {
+                        self.store_elem(c, at(&g.c, &batch, i, j)?, T::from_f64(0.0))?;
+                    }
+                }
+                for p in 0..g.k {
+                    let x = self.load_elem(a, at(&g.a, &batch, i, p)?)?;
+                    for j in 0..g.n {
+                        let ci = at(&g.c, &batch, i, j)?;
+                        let y = self.load_elem(b, at(&g.b, &batch, p, j)?)?;
+                        let acc = self.load_elem(c, ci)?;
+                        let sum = T::binary(BinaryOp::Add, acc, T::binary(BinaryOp::Mul, x, y));
+                        self.store_elem(c, ci, sum)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Element `i` of buffer `b`, bounds-checked.
+    fn load_elem(&self, b: usize, i: i64) -> Res<T> {
+        self.touch(b, i, false)?;
+        let data = self.bufs.get(b);
+        let len = data.map_or(0, |d| d.len());
+        match (usize::try_from(i).ok(), data) {
+            (Some(j), Some(d)) if j < len => Ok(d[j]),
+            _ => Err(self.out_of_bounds("load", b, i, len)),
+        }
+    }
+
+    /// Stores `x` into element `i` of buffer `b`, bounds-checked.
+    fn store_elem(&mut self, b: usize, i: i64, x: T) -> Res<()> {
+        self.touch(b, i, true)?;
+        let data = self.bufs.get_mut(b);
+        let len = data.as_ref().map_or(0, |d| d.len());
+        match (usize::try_from(i).ok(), data) {
+            (Some(j), Some(d)) if j < len => {
+                d[j] = x;
+                Ok(())
+            }
+            _ => Err(self.out_of_bounds("store", b, i, len)),
+        }
     }
 
     fn out_of_bounds(

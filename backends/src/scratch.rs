@@ -180,6 +180,11 @@ impl Uses<'_> {
                     value.for_each_load(&mut |b, _| self.note(b));
                 }
                 Stmt::Barrier => {}
+                Stmt::Gemm(g) => {
+                    for v in [&g.a, &g.b, &g.c] {
+                        self.note(v.buf);
+                    }
+                }
             }
         }
     }

@@ -191,6 +191,12 @@ pub fn kernel_bytes(program: &KernelProgram) -> u128 {
                     }
                 }
                 Stmt::Barrier => 0,
+                // As its reference loop nest: the zeroing stores count, the accumulating ones
+                // do not.
+                Stmt::Gemm(g) if !g.accumulate => {
+                    times * g.batch_count() as u128 * (g.m as u128 * g.n as u128)
+                }
+                Stmt::Gemm(_) => 0,
             })
             .sum()
     }

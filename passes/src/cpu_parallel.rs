@@ -7,8 +7,9 @@
 //! or store) must have an affine index `C·v + r(inner variables)` with the same stride `C > 0`
 //! for the loop's variable `v` and `0 ≤ r < C` over the inner loops' ranges, so iteration `v`
 //! touches only elements `[C·v, C·v + C)` of that buffer: no two iterations share an element
-//! that one of them writes. Loops using scratch (`Local`/`Shared`) buffers, barriers, or
-//! already parallel loops are left alone. When a top-level loop has extent 1 and a single
+//! that one of them writes. Loops using scratch (`Local`/`Shared`) buffers, barriers, matrix
+//! products (`Stmt::Gemm`, which use the pool themselves) or already parallel loops are left
+//! alone. When a top-level loop has extent 1 and a single
 //! loop as its body, the inner loop is considered instead (a batch of one).
 //!
 //! Scheduling never changes results: each element is computed by the same expression in the
@@ -77,7 +78,7 @@ fn stores(body: &[Stmt]) -> u64 {
         .map(|s| match s {
             Stmt::Loop { extent, body, .. } => (*extent as u64).saturating_mul(stores(body)),
             Stmt::Store { .. } => 1,
-            Stmt::Barrier => 0,
+            Stmt::Barrier | Stmt::Gemm(_) => 0,
         })
         .fold(0u64, u64::saturating_add)
 }
@@ -140,7 +141,9 @@ fn independent(p: &KernelProgram, v: VarId, body: &[Stmt], outer: &[VarId]) -> b
                     ranges.insert(*var, i64::try_from(*extent).unwrap_or(i64::MAX));
                 }
                 Stmt::Store { buf, .. } => written.push(*buf),
-                Stmt::Barrier => ok = false,
+                // Barriers order threads; a matrix product runs on the pool itself (and only at
+                // the top level).
+                Stmt::Barrier | Stmt::Gemm(_) => ok = false,
             }
             ok
         });

@@ -194,7 +194,7 @@ impl MathFn {
 pub(crate) const PARALLEL_FOR: &str = "tttc_parallel_for";
 
 /// Every symbol compiled code may reference, with its address in this process: the
-/// parallel-for runtime, the allocator and memory functions (also what Cranelift's own libcalls
+/// parallel-for and matrix-product runtimes, the allocator and memory functions (also what Cranelift's own libcalls
 /// resolve to: `memset`, `floorf`, ...), and the math wrappers. Mapping them explicitly means
 /// the JIT never depends on what the dynamic linker happens to have loaded.
 pub(crate) fn jit_symbols() -> Vec<(&'static str, *const u8)> {
@@ -203,8 +203,14 @@ pub(crate) fn jit_symbols() -> Vec<(&'static str, *const u8)> {
     let f64u = |f: extern "C" fn(f64) -> f64| f as *const u8;
     let v32 = |f: unsafe extern "C" fn(*mut f32)| f as *const u8;
     let v64 = |f: unsafe extern "C" fn(*mut f64)| f as *const u8;
+    let gemm32: unsafe extern "C" fn(*const i64, *const f32, *const f32, *mut f32) =
+        crate::native::tttc_gemm_f32;
+    let gemm64: unsafe extern "C" fn(*const i64, *const f64, *const f64, *mut f64) =
+        crate::native::tttc_gemm_f64;
     vec![
         (PARALLEL_FOR, pfor as *const u8),
+        (crate::native::gemm::GEMM_F32, gemm32 as *const u8),
+        (crate::native::gemm::GEMM_F64, gemm64 as *const u8),
         ("malloc", malloc as *const u8),
         ("free", free as *const u8),
         ("memset", memset as *const u8),

@@ -36,7 +36,7 @@ use inkwell::values::{
 };
 use inkwell::{AddressSpace, IntPredicate};
 use std::collections::HashMap;
-use tttc_ir::kernel::{BufId, Index, KernelProgram, Stmt, Value, VarId};
+use tttc_ir::kernel::{BufId, Gemm, Index, KernelProgram, Stmt, Value, VarId};
 
 /// Largest buffer put on the stack, in bytes.
 pub(crate) const MAX_ALLOCA_BYTES: u64 = 16 << 10;
@@ -78,6 +78,8 @@ struct Gen<'a, 'ctx> {
     fn_attrs: Vec<Attribute>,
     noalias: Attribute,
     workers: usize,
+    /// Gemm descriptors emitted so far.
+    gemms: usize,
 }
 
 /// State of the function being generated.
@@ -130,6 +132,7 @@ pub(crate) fn build<'ctx>(
         fn_attrs,
         noalias,
         workers: 0,
+        gemms: 0,
     };
     let body = g.body_function()?;
     g.entry_function(entry, body)
@@ -367,6 +370,7 @@ impl<'ctx> Gen<'_, 'ctx> {
                     st.b.build_store(ptr, v)?;
                 }
                 Stmt::Loop { extent: 0, .. } | Stmt::Barrier => {}
+                Stmt::Gemm(g) => self.gemm(st, g)?,
                 Stmt::Loop {
                     var,
                     extent,
@@ -602,6 +606,44 @@ impl<'ctx> Gen<'_, 'ctx> {
             ],
             "",
         )?;
+        Ok(())
+    }
+
+    /// A call of the matrix-product runtime ([`crate::native::gemm`]) with a private constant
+    /// descriptor.
+    fn gemm(&mut self, st: &mut FnState<'ctx>, g: &Gemm) -> Result<(), LlvmError> {
+        let desc = crate::native::gemm::descriptor(g);
+        let i64t = self.lower.i64t;
+        let values: Vec<IntValue> = desc
+            .iter()
+            .map(|&x| i64t.const_int(x as u64, true))
+            .collect();
+        let init = i64t.const_array(&values);
+        let global = self.module.add_global(
+            i64t.array_type(desc.len() as u32),
+            None,
+            &format!("tttc.gemm.{}", self.gemms),
+        );
+        self.gemms += 1;
+        global.set_initializer(&init);
+        global.set_constant(true);
+        global.set_linkage(Linkage::Private);
+        let ptr = |id: BufId| match st.bufs.get(&id) {
+            Some(&p) => Ok(p),
+            None => internal(format!("gemm buffer b{} not allocated", id.0)),
+        };
+        let args = [
+            global.as_pointer_value().into(),
+            ptr(g.a.buf)?.into(),
+            ptr(g.b.buf)?.into(),
+            ptr(g.c.buf)?.into(),
+        ];
+        let f = self.extern_fn(
+            crate::native::gemm::symbol(self.p.dtype),
+            None,
+            &[self.ptrt.into(); 4],
+        );
+        st.b.build_call(f, &args, "")?;
         Ok(())
     }
 

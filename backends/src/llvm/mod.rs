@@ -24,7 +24,11 @@
 //! - `Schedule::Parallel` (and `GpuBlock`) loops are outlined into a worker
 //!   `void worker(i8* ctx, i64 begin, i64 end)` and run through
 //!   `void tttc_parallel_for(void (*)(i8*, i64, i64), i8* ctx, i64 n)` ([`tttc_parallel_for`]);
-//!   parallel loops nested inside another run serially within its worker. `Vector`, `Unroll`
+//!   parallel loops nested inside another run serially within its worker.
+//! - A [`Stmt::Gemm`](tttc_ir::kernel::Stmt::Gemm) (top level only) is a call
+//!   `tttc_gemm_f32(desc, a, b, c)` (or `_f64`) with a private constant descriptor
+//!   ([`crate::native::gemm`]), which runs a BLAS-like library on the parallel loops' threads;
+//!   [`emit_object`] expands gemms into loops instead. `Vector`, `Unroll`
 //!   and `GpuThread` loops are emitted as serial loops and left to LLVM's vectorizer and
 //!   unroller.
 //! - Expressions are lowered by [`crate::llvm_expr`], shared with the PTX backend, so scalar
@@ -60,7 +64,7 @@ mod runtime;
 
 pub use crate::native::profile;
 pub use codegen::PARALLEL_FOR;
-pub use runtime::{thread_count, tttc_parallel_for, WorkerFn};
+pub use runtime::{thread_count, tttc_gemm_f32, tttc_gemm_f64, tttc_parallel_for, WorkerFn};
 
 use crate::backend::{Backend, BackendError};
 use crate::input::InputError;
@@ -376,6 +380,7 @@ fn sig_type<'ctx>(ctx: &'ctx Context, sig: Sig) -> inkwell::types::FunctionType<
         Sig::Memcpy => p.fn_type(&m(&[p.into(), p.into(), l.into()]), false),
         Sig::ParallelFor => v.fn_type(&m(&[p.into(), p.into(), l.into()]), false),
         Sig::VoidI64 => v.fn_type(&m(&[l.into()]), false),
+        Sig::Gemm => v.fn_type(&m(&[p.into(), p.into(), p.into(), p.into()]), false),
     }
 }
 
@@ -410,9 +415,12 @@ fn check_entry_name(name: &str) -> Result<(), LlvmError> {
 /// The object references, and the final link must provide: `tttc_parallel_for` (see
 /// [`tttc_parallel_for`] for its C signature; the program or a C shim linked into the library
 /// defines it — only kernels with parallel loops call it), `malloc`/`free`/`memset` and libm
-/// (`-lm`).
+/// (`-lm`). Matrix products ([`tttc_ir::kernel::Stmt::Gemm`]) are expanded into their loop
+/// nests ([`tttc_ir::kernel::expand_gemm`]) first, so the object never calls the matrix
+/// library.
 pub fn emit_object(p: &KernelProgram, path: &Path, entry_name: &str) -> Result<(), LlvmError> {
     check_entry_name(entry_name)?;
+    let p = &tttc_ir::kernel::expand_gemm(p);
     let host = Host::new(RelocMode::PIC, CodeModel::Default)?;
     let ctx = Context::create();
     let module = build_optimized(&ctx, p, entry_name, &host)?;

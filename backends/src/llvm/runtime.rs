@@ -1,7 +1,7 @@
 //! What compiled kernels call: the parallel-for runtime and the C library functions the JIT
 //! maps by address.
 
-pub use crate::native::{thread_count, tttc_parallel_for, WorkerFn};
+pub use crate::native::{thread_count, tttc_gemm_f32, tttc_gemm_f64, tttc_parallel_for, WorkerFn};
 
 #[cfg_attr(target_os = "linux", link(name = "m"))]
 extern "C" {
@@ -78,6 +78,8 @@ pub(crate) enum Sig {
     ParallelFor,
     /// `void f(int64_t)`.
     VoidI64,
+    /// `void f(const int64_t*, const T*, const T*, T*)`.
+    Gemm,
 }
 
 /// Every external symbol compiled code may reference, with its address in this process: the
@@ -90,6 +92,8 @@ pub(crate) fn jit_symbols() -> Vec<(&'static str, Sig, usize)> {
     let pfor: unsafe extern "C" fn(Option<WorkerFn>, *mut u8, i64) = tttc_parallel_for;
     let profile_enter: extern "C" fn(i64) = crate::native::profile::tttc_profile_enter;
     let profile_exit: extern "C" fn(i64) = crate::native::profile::tttc_profile_exit;
+    let gemm32: unsafe extern "C" fn(*const i64, *const f32, *const f32, *mut f32) = tttc_gemm_f32;
+    let gemm64: unsafe extern "C" fn(*const i64, *const f64, *const f64, *mut f64) = tttc_gemm_f64;
     let mut v: Vec<(&'static str, Sig, usize)> = vec![
         (
             super::codegen::PARALLEL_FOR,
@@ -105,6 +109,16 @@ pub(crate) fn jit_symbols() -> Vec<(&'static str, Sig, usize)> {
             "tttc_profile_exit",
             VoidI64,
             profile_exit as *const () as usize,
+        ),
+        (
+            crate::native::gemm::GEMM_F32,
+            Gemm,
+            gemm32 as *const () as usize,
+        ),
+        (
+            crate::native::gemm::GEMM_F64,
+            Gemm,
+            gemm64 as *const () as usize,
         ),
         ("malloc", Malloc, malloc as *const () as usize),
         ("free", Free, free as *const () as usize),

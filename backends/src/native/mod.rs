@@ -1,17 +1,19 @@
 //! What the native backends (LLVM, Cranelift) share once their machine code exists: the
 //! entry's calling convention, the buffers a compiled program expects, the input checks before
 //! native code runs, the fresh output buffers and the result map — all of it in [`Jit`], which
-//! each backend instantiates with the part that owns its machine code ([`JitCode`]) — and the
-//! parallel-for runtime ([`parallel`]).
+//! each backend instantiates with the part that owns its machine code ([`JitCode`]) — the
+//! parallel-for runtime ([`parallel`]) and the matrix-product runtime ([`gemm`]).
 //!
 //! Both backends compile a program to one entry `void entry(T** inputs, T** outputs)` (`T` the
 //! program's element type): `inputs[i]` points to the `i`-th buffer of
 //! [`KernelProgram::inputs`], `outputs[i]` to the `i`-th of [`KernelProgram::outputs`], each
 //! with exactly its buffer's number of elements.
 
+pub mod gemm;
 pub(crate) mod parallel;
 pub mod profile;
 
+pub use gemm::{tttc_gemm_f32, tttc_gemm_f64};
 pub use parallel::{thread_count, tttc_parallel_for, WorkerFn};
 
 use crate::backend::{BackendError, BufferList, CompiledProgram};

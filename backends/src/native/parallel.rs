@@ -37,7 +37,7 @@ impl SendPtr {
 
 /// The worker pool of compiled kernels' parallel loops ([`thread_count`] threads, started on
 /// first use and kept for the process, so a loop costs a hand-off, not a thread start).
-fn pool() -> Option<&'static rayon::ThreadPool> {
+pub(crate) fn pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()

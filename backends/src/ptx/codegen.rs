@@ -419,6 +419,8 @@ impl<'ctx> Gen<'_, 'ctx> {
                     f.b.build_store(ptr, v)?;
                 }
                 Stmt::Barrier => self.barrier(f)?,
+                // The GPU mapping expands gemms into loops; none reaches here.
+                Stmt::Gemm(_) => return internal("a gemm in a GPU-scheduled program"),
                 Stmt::Loop { extent: 0, .. } => {}
                 Stmt::Loop {
                     schedule: Schedule::GpuThread,

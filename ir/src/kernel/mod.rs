@@ -13,10 +13,12 @@
 //! the innermost enclosing parallel loop (per thread: scratch of one scan slice); `Shared` is GPU
 //! shared memory. All extents are known: a kernel program is compiled for one set of shapes.
 
+mod expand;
 mod print;
 mod verify;
 mod walk;
 
+pub use expand::expand_gemm;
 pub use print::{describe_stmt, print_kernel_program};
 pub use verify::{verify, VerifyError, MAX_EXPR_DEPTH, MAX_LOOP_DEPTH};
 pub use walk::{buffers_used, vars_used, Access};
@@ -238,6 +240,101 @@ pub enum Stmt {
     /// [`Schedule::GpuThread`] loop (where every thread of the block reaches it); CPU backends
     /// and the plain kernel executor run statements in order and treat it as a no-op.
     Barrier,
+    /// A dense (batched) matrix product over strided views of buffers: `C (+)= A @ B` (see
+    /// [`Gemm`]). Only at the top level of a program, outside every loop (so CPU backends may
+    /// run it on all threads); GPU targets never see one ([`expand_gemm`] turns it into the
+    /// equivalent loop nest).
+    Gemm(Box<Gemm>),
+}
+
+/// One operand of a [`Gemm`]: a strided view of a buffer as a batch of matrices. Element
+/// `(b₀, …, r, c)` is `buf[offset + Σ bᵢ·batch_strides[i] + r·row_stride + c·col_stride]`.
+/// Strides may be zero (a broadcast) or negative.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatrixView {
+    /// The buffer.
+    pub buf: BufId,
+    /// Element offset of element `(0, …, 0, 0)`.
+    pub offset: i64,
+    /// One element stride per batch axis of the [`Gemm`].
+    pub batch_strides: Vec<i64>,
+    /// Element stride between rows.
+    pub row_stride: i64,
+    /// Element stride between columns.
+    pub col_stride: i64,
+}
+
+impl MatrixView {
+    /// The element index of `(batch, row, col)`, if it does not overflow `i64`.
+    pub fn at(&self, batch: &[usize], row: usize, col: usize) -> Option<i64> {
+        let mut i = self.offset;
+        for (&b, &s) in batch.iter().zip(&self.batch_strides) {
+            i = i.checked_add(i64::try_from(b).ok()?.checked_mul(s)?)?;
+        }
+        i = i.checked_add(i64::try_from(row).ok()?.checked_mul(self.row_stride)?)?;
+        i.checked_add(i64::try_from(col).ok()?.checked_mul(self.col_stride)?)
+    }
+}
+
+/// A dense matrix product `C[b] = A[b] @ B[b]` (or `C[b] += A[b] @ B[b]` when `accumulate`) for
+/// every batch index `b` in `batch` (row-major order), where `A[b]` is `m × k`, `B[b]` is
+/// `k × n` and `C[b]` is `m × n`, each a [`MatrixView`] with one batch stride per batch axis.
+///
+/// Its meaning is the reference loop nest (which the kernel interpreter runs and
+/// [`expand_gemm`] emits): per batch index and row `i`, the row is zeroed unless accumulating,
+/// then for `p` in `0..k` in order, for every `j`, `C[i, j] = C[i, j] + A[i, p] * B[p, j]`.
+/// A code generator may compute it in another summation order (a BLAS-like library); results
+/// then differ by rounding only.
+///
+/// The verifier checks every element of every view in bounds, `C` distinct from `A` and `B`,
+/// `C`'s elements distinct (no two batch/row/column triples share one) and `C` not an input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gemm {
+    /// The left operand, `m × k` per batch index.
+    pub a: MatrixView,
+    /// The right operand, `k × n` per batch index.
+    pub b: MatrixView,
+    /// The result, `m × n` per batch index.
+    pub c: MatrixView,
+    /// Rows of `A` and `C`.
+    pub m: usize,
+    /// Columns of `B` and `C`.
+    pub n: usize,
+    /// The contraction: columns of `A`, rows of `B`.
+    pub k: usize,
+    /// Extents of the batch axes (empty: one product).
+    pub batch: Vec<usize>,
+    /// Whether the product is added to `C` (else `C` is overwritten).
+    pub accumulate: bool,
+}
+
+impl Gemm {
+    /// Number of matrix products (the product of the batch extents).
+    pub fn batch_count(&self) -> usize {
+        self.batch.iter().product()
+    }
+
+    /// The batch indices in row-major order, `batch_count` of them.
+    pub fn batch_indices(&self) -> impl Iterator<Item = Vec<usize>> + '_ {
+        let count = self.batch_count();
+        (0..count).map(move |mut flat| {
+            let mut idx = vec![0; self.batch.len()];
+            for (slot, &e) in idx.iter_mut().zip(&self.batch).rev() {
+                *slot = flat % e;
+                flat /= e;
+            }
+            idx
+        })
+    }
+
+    /// The operands as `(name, view, rows, cols)`: `a`, `b`, then `c`.
+    pub fn operands(&self) -> [(&'static str, &MatrixView, usize, usize); 3] {
+        [
+            ("a", &self.a, self.m, self.k),
+            ("b", &self.b, self.k, self.n),
+            ("c", &self.c, self.m, self.n),
+        ]
+    }
 }
 
 /// A whole program at loop level.

@@ -1,6 +1,6 @@
 //! The kernel IR as text: `Display` for indices and values, and the whole-program printer.
 
-use super::{BufferKind, Index, KernelProgram, Stmt, Value};
+use super::{BufferKind, Gemm, Index, KernelProgram, MatrixView, Stmt, Value};
 use std::fmt::{self, Write};
 
 impl fmt::Display for Index {
@@ -28,6 +28,29 @@ impl fmt::Display for Value {
             Value::Unary(op, x) => write!(f, "{}({x})", op.name()),
             Value::Binary(op, a, b) => write!(f, "{}({a}, {b})", op.name()),
         }
+    }
+}
+
+impl fmt::Display for MatrixView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "b{}[{}", self.buf.0, self.offset)?;
+        for s in &self.batch_strides {
+            write!(f, "; {s}")?;
+        }
+        write!(f, "; {}, {}]", self.row_stride, self.col_stride)
+    }
+}
+
+/// One line: `gemm[batch] m×n×k: C (+)= A @ B`, each view as `b<buf>[offset; batch strides;
+/// row stride, column stride]`.
+impl fmt::Display for Gemm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = if self.accumulate { "+=" } else { "=" };
+        write!(
+            f,
+            "gemm{:?} {}x{}x{}: {} {op} {} @ {}",
+            self.batch, self.m, self.n, self.k, self.c, self.a, self.b
+        )
     }
 }
 
@@ -65,6 +88,9 @@ pub fn print_kernel_program(p: &KernelProgram) -> String {
                 }
                 Stmt::Barrier => {
                     let _ = writeln!(s, "{pad}barrier");
+                }
+                Stmt::Gemm(g) => {
+                    let _ = writeln!(s, "{pad}{g}");
                 }
             }
         }

@@ -15,6 +15,9 @@
 //!   as the program (see [`MemorySpace`]);
 //! - a [`Stmt::Barrier`] sits inside a [`Schedule::GpuBlock`] loop and outside every
 //!   [`Schedule::GpuThread`] loop (where every thread of the block reaches it);
+//! - a [`Stmt::Gemm`] sits at the top level (inside no loop); its views have one batch stride
+//!   per batch axis, every element of every view is inside its buffer, its result is not a
+//!   program input, not the buffer of either operand, and no two of its elements coincide;
 //! - loops nest at most [`MAX_LOOP_DEPTH`] deep and expressions at most [`MAX_EXPR_DEPTH`]
 //!   (so that recursive walkers cannot overflow the stack).
 //!
@@ -23,7 +26,10 @@
 //!
 //! Nothing inside a loop of extent 0 ever runs, so nothing inside one is checked.
 
-use super::{BufId, BufferKind, Index, KernelProgram, Layout, MemorySpace, Schedule, Stmt, Value};
+use super::{
+    BufId, BufferKind, Gemm, Index, KernelProgram, Layout, MatrixView, MemorySpace, Schedule, Stmt,
+    Value,
+};
 use std::collections::BTreeSet;
 
 /// Deepest nesting of expressions ([`Value`] and [`Index`] trees) accepted.
@@ -136,6 +142,58 @@ pub enum VerifyError {
     /// A barrier where not every thread of a block reaches it, or outside any block.
     #[error("a barrier {0}")]
     MisplacedBarrier(&'static str),
+    /// A matrix product inside a loop.
+    #[error("a gemm inside a loop (gemms run only at the top level)")]
+    NestedGemm,
+    /// A matrix product whose view has the wrong number of batch strides, or extents beyond
+    /// `i64`.
+    #[error("gemm operand {operand}: {message}")]
+    GemmShape {
+        /// `a`, `b` or `c`.
+        operand: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A matrix product reading or writing outside a buffer.
+    #[error(
+        "gemm operand {operand} on b{buf} ({name}) spans elements {lo}..={hi}, outside the \
+         buffer's {len} element(s)"
+    )]
+    GemmOutOfBounds {
+        /// `a`, `b` or `c`.
+        operand: &'static str,
+        /// The buffer.
+        buf: u32,
+        /// Its name.
+        name: String,
+        /// The lowest element index touched.
+        lo: i64,
+        /// The highest element index touched.
+        hi: i64,
+        /// The buffer's number of elements.
+        len: usize,
+    },
+    /// A matrix product whose result is the buffer of one of its operands.
+    #[error("gemm result b{buf} ({name}) is also operand {operand}")]
+    GemmAliased {
+        /// The buffer.
+        buf: u32,
+        /// Its name.
+        name: String,
+        /// `a` or `b`.
+        operand: &'static str,
+    },
+    /// A matrix product whose result view maps two elements to one (a zero stride, or strides
+    /// that interleave).
+    #[error("gemm result on b{buf} ({name}) may write one element twice (strides {strides:?})")]
+    GemmOverlap {
+        /// The buffer.
+        buf: u32,
+        /// Its name.
+        name: String,
+        /// The result's strides: batch axes, rows, columns.
+        strides: Vec<i64>,
+    },
     /// Loops nested too deep.
     #[error("loops nested deeper than {MAX_LOOP_DEPTH}")]
     LoopsTooDeep,
@@ -284,6 +342,12 @@ impl Verifier<'_> {
                 }
                 self.value(value, 0)
             }
+            Stmt::Gemm(g) => {
+                if self.depth > 0 {
+                    return Err(VerifyError::NestedGemm);
+                }
+                gemm(self.p, g)
+            }
             Stmt::Barrier => {
                 if self.in_block == 0 {
                     Err(VerifyError::MisplacedBarrier("outside any GpuBlock loop"))
@@ -351,6 +415,130 @@ impl Verifier<'_> {
             }
         }
     }
+}
+
+/// The rules of one [`Stmt::Gemm`] (its place is checked by the caller).
+fn gemm(p: &KernelProgram, g: &Gemm) -> Res {
+    let shape_err = |operand, message: String| VerifyError::GemmShape { operand, message };
+    for (name, v, _, _) in g.operands() {
+        if p.buffer(v.buf).is_none() {
+            return Err(VerifyError::UnknownBuffer {
+                access: if name == "c" { "store to" } else { "load from" },
+                buf: v.buf.0,
+                buffers: p.buffers.len(),
+            });
+        }
+        if v.batch_strides.len() != g.batch.len() {
+            return Err(shape_err(
+                name,
+                format!(
+                    "{} batch stride(s) for {} batch axes",
+                    v.batch_strides.len(),
+                    g.batch.len()
+                ),
+            ));
+        }
+    }
+    let extents = g.batch.iter().chain([&g.m, &g.n, &g.k]);
+    if let Some(e) = extents.into_iter().find(|&&e| i64::try_from(e).is_err()) {
+        return Err(shape_err("c", format!("extent {e} beyond i64")));
+    }
+    if let BufferKind::Input(name) = &p.buffers[g.c.buf.0 as usize].kind {
+        return Err(VerifyError::StoreToInput {
+            buf: g.c.buf.0,
+            name: name.clone(),
+        });
+    }
+    for (operand, v) in [("a", &g.a), ("b", &g.b)] {
+        if v.buf == g.c.buf {
+            return Err(VerifyError::GemmAliased {
+                buf: v.buf.0,
+                name: p.buffers[v.buf.0 as usize].name.clone(),
+                operand,
+            });
+        }
+    }
+    for (operand, v, rows, cols) in g.operands() {
+        let axes = view_axes(g, v, rows, cols);
+        if axes.iter().any(|&(e, _)| e == 0) {
+            // No element: nothing is touched.
+            continue;
+        }
+        let len = p.buffers[v.buf.0 as usize].len();
+        let buf = &p.buffers[v.buf.0 as usize];
+        let out = |lo: i64, hi: i64| VerifyError::GemmOutOfBounds {
+            operand,
+            buf: v.buf.0,
+            name: buf.name.clone(),
+            lo,
+            hi,
+            len,
+        };
+        let (lo, hi) = span(v.offset, &axes).ok_or_else(|| out(i64::MIN, i64::MAX))?;
+        if lo < 0 || usize::try_from(hi).map_or(true, |h| h >= len) {
+            return Err(out(lo, hi));
+        }
+    }
+    let c_axes = view_axes(g, &g.c, g.m, g.n);
+    if c_axes.iter().all(|&(e, _)| e > 0) && !injective(&c_axes) {
+        return Err(VerifyError::GemmOverlap {
+            buf: g.c.buf.0,
+            name: p.buffers[g.c.buf.0 as usize].name.clone(),
+            strides: c_axes.iter().map(|&(_, s)| s).collect(),
+        });
+    }
+    Ok(())
+}
+
+/// `(extent, stride)` of every axis of view `v` of `g`: the batch axes, rows, columns.
+fn view_axes(g: &Gemm, v: &MatrixView, rows: usize, cols: usize) -> Vec<(usize, i64)> {
+    g.batch
+        .iter()
+        .copied()
+        .zip(v.batch_strides.iter().copied())
+        .chain([(rows, v.row_stride), (cols, v.col_stride)])
+        .collect()
+}
+
+/// The lowest and highest element index of a view from `offset` with `axes` (every extent
+/// positive), or `None` on `i64` overflow.
+fn span(offset: i64, axes: &[(usize, i64)]) -> Option<(i64, i64)> {
+    let (mut lo, mut hi) = (offset, offset);
+    for &(e, s) in axes {
+        let far = i64::try_from(e - 1).ok()?.checked_mul(s)?;
+        if far < 0 {
+            lo = lo.checked_add(far)?;
+        } else {
+            hi = hi.checked_add(far)?;
+        }
+    }
+    Some((lo, hi))
+}
+
+/// Whether distinct indices of a view with `axes` (every extent positive) always address
+/// distinct elements. Sufficient condition: sorted by the size of their strides, each axis of
+/// extent above 1 strides past everything the smaller axes span.
+fn injective(axes: &[(usize, i64)]) -> bool {
+    let mut moving: Vec<(usize, u64)> = axes
+        .iter()
+        .filter(|&&(e, _)| e > 1)
+        .map(|&(e, s)| (e, s.unsigned_abs()))
+        .collect();
+    moving.sort_by_key(|&(_, s)| s);
+    let mut reach: u64 = 0;
+    for (e, s) in moving {
+        if s <= reach {
+            return false;
+        }
+        match (e as u64 - 1)
+            .checked_mul(s)
+            .and_then(|x| x.checked_add(reach))
+        {
+            Some(r) => reach = r,
+            None => return false,
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 use super::{BufId, Index, Stmt, Value, VarId};
 use std::collections::BTreeSet;
 
-/// One element access of a buffer: a load inside a [`Value`], or a [`Stmt::Store`].
+/// One element access of a buffer: a load inside a [`Value`], or a [`Stmt::Store`]. (A
+/// [`Stmt::Gemm`] reads and writes whole strided views, not elements at an [`Index`]: see
+/// [`Stmt::gemm_buffers`]; element-wise walkers skip it.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Access<'a> {
     /// The buffer.
@@ -226,6 +228,17 @@ impl Stmt {
                 value: value.map_indices(f),
             },
             Stmt::Barrier => Stmt::Barrier,
+            // Its offsets are constants: no index to map.
+            Stmt::Gemm(g) => Stmt::Gemm(g.clone()),
+        }
+    }
+
+    /// For a [`Stmt::Gemm`], the buffers it reads (`A`, then `B`) and the one it writes (`C`);
+    /// `None` for other statements.
+    pub fn gemm_buffers(&self) -> Option<([BufId; 2], BufId)> {
+        match self {
+            Stmt::Gemm(g) => Some(([g.a.buf, g.b.buf], g.c.buf)),
+            _ => None,
         }
     }
 
@@ -260,6 +273,10 @@ pub fn buffers_used(body: &[Stmt]) -> BTreeSet<BufId> {
             value.for_each_load(&mut |b, _| {
                 out.insert(b);
             });
+        }
+        if let Some((reads, write)) = s.gemm_buffers() {
+            out.extend(reads);
+            out.insert(write);
         }
     });
     out

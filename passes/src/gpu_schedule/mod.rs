@@ -89,6 +89,8 @@ pub fn gpu_schedule(p: &KernelProgram, cfg: &GpuConfig) -> Result<KernelProgram,
         )));
     }
     verify(p)?;
+    // GPUs run loops only: matrix products become their reference loop nests first.
+    let p = &tttc_ir::kernel::expand_gemm(p);
     if has_gpu_schedule(&p.body) {
         return Err(GpuScheduleError::Unsupported(
             "it already has GPU schedules or barriers".into(),
@@ -132,7 +134,7 @@ fn has_gpu_schedule(body: &[Stmt]) -> bool {
                 Stmt::Loop { schedule, .. } => {
                     matches!(schedule, Schedule::GpuBlock | Schedule::GpuThread)
                 }
-                Stmt::Store { .. } => false,
+                Stmt::Store { .. } | Stmt::Gemm(_) => false,
             };
             !found
         });
@@ -206,6 +208,9 @@ impl Mapper {
     fn launch(&mut self, s: &Stmt) -> Result<Option<(Stmt, bool)>, GpuScheduleError> {
         match s {
             Stmt::Barrier | Stmt::Loop { extent: 0, .. } => Ok(None),
+            Stmt::Gemm(_) => Err(GpuScheduleError::Unsupported(
+                "a gemm (expand it into loops first)".into(),
+            )),
             Stmt::Loop {
                 var,
                 extent,
@@ -257,6 +262,11 @@ impl Mapper {
         for s in body {
             match s {
                 Stmt::Barrier | Stmt::Loop { extent: 0, .. } => {}
+                Stmt::Gemm(_) => {
+                    return Err(GpuScheduleError::Unsupported(
+                        "a gemm (expand it into loops first)".into(),
+                    ))
+                }
                 Stmt::Store { .. } => {
                     let v = self.var()?;
                     out.push(gpu_loop(v, 1, Schedule::GpuThread, vec![s.clone()]));
@@ -418,6 +428,8 @@ fn weights(body: &[Stmt], trips: f64, out: &mut BTreeMap<BufId, f64>) {
                 value.for_each_load(&mut |b, _| *out.entry(b).or_default() += trips);
             }
             Stmt::Barrier => {}
+            // Expanded before anything is weighed.
+            Stmt::Gemm(_) => {}
         }
     }
 }

@@ -62,6 +62,7 @@ impl Scope<'_> {
 
 /// The program being built.
 pub(super) struct Lowerer {
+    pub(super) options: LowerOptions,
     pub(super) dtype: DType,
     pub(super) buffers: Vec<Buffer>,
     pub(super) vars: u32,

@@ -1,7 +1,9 @@
-//! Matrix products: broadcast products for a contraction over one element, a single row
-//! times a lazy right operand, and the general zero-init + accumulation nest.
+//! Matrix products: broadcast products for a contraction over one element, a library gemm
+//! ([`Stmt::Gemm`]) for large products of the main graph, a single row times a lazy right
+//! operand, and the general zero-init + accumulation nest.
 
 use super::*;
+use tttc_ir::kernel::{Gemm, MatrixView};
 
 impl Lowerer {
     /// `a @ b` for node `id` of `shape`: batched over the leading axes (broadcast), the
@@ -38,6 +40,17 @@ impl Lowerer {
         if k == 1 {
             return Ok(self.outer_product(sc, id, a, b, shape, body));
         }
+        if self.wants_gemm(sc, [m, k, n], &b) {
+            let a = self.view_of(sc, a, &format!("%{} lhs", id.index()), body);
+            let (bv, bshape) = self.view_of(sc, b, &format!("%{} rhs", id.index()), body);
+            let dest = self.dest_for(sc, id, shape);
+            if let Some(g) = gemm(&a, (&bv, &bshape), &dest, [m, k, n], shape) {
+                body.push(Stmt::Gemm(Box::new(g)));
+                return Ok(dest.val(shape));
+            }
+            let b = self.contiguous_rows(sc, id, bv, bshape, n, body);
+            return Ok(self.matmul_nest(sc, id, a, &b, [m, k, n], shape, body));
+        }
         // A single row times an unmaterialized right operand that is not broadcast reads each of
         // its elements once: compute them inside the product instead of into a buffer.
         if m == 1 && b.as_view().is_none() && b.shape[..rb - 2] == *lead {
@@ -48,6 +61,18 @@ impl Lowerer {
         let (bv, bshape) = self.view_of(sc, b, &format!("%{} rhs", id.index()), body);
         let b = self.contiguous_rows(sc, id, bv, bshape, n, body);
         Ok(self.matmul_nest(sc, id, a, &b, [m, k, n], shape, body))
+    }
+
+    /// Whether a product of `m·n·k` with right operand `b` becomes a [`Stmt::Gemm`]: the
+    /// options allow it, it is large enough, it is in the main graph (gemms run outside every
+    /// loop), and it does not pay for materializing a lazy right operand that a single row would
+    /// read once per element.
+    fn wants_gemm(&self, sc: &Scope, [m, k, n]: [usize; 3], b: &Val) -> bool {
+        let mnk = (m as u64).saturating_mul(k as u64).saturating_mul(n as u64);
+        self.options.library_gemm
+            && mnk >= self.options.gemm_min_mnk
+            && sc.space == MemorySpace::Global
+            && !(m == 1 && b.as_view().is_none())
     }
 
     /// A contraction over a single element is a broadcast product: no accumulator and no
@@ -170,5 +195,68 @@ impl Lowerer {
         ));
         body.extend(wrap(lloops, wrap(iloops, inner)));
         dest.val(shape)
+    }
+}
+
+/// The gemm computing `a @ b` into `dest` (row-major, of `shape`), batched over `shape`'s
+/// leading axes (broadcast operands get stride 0; axes of extent 1 are dropped). `None` when an
+/// offset is not a constant or the result would overwrite an operand's buffer (the caller then
+/// emits the loop nest).
+fn gemm(
+    (a, ashape): &(View, Vec<usize>),
+    (b, bshape): (&View, &[usize]),
+    dest: &Dest,
+    [m, k, n]: [usize; 3],
+    shape: &[usize],
+) -> Option<Gemm> {
+    if a.buf == dest.buf || b.buf == dest.buf {
+        return None;
+    }
+    let r = shape.len();
+    let c_strides = row_major(shape);
+    let lead: Vec<usize> = (0..r - 2).filter(|&t| shape[t] > 1).collect();
+    let batch_stride = |v: &View, vshape: &[usize], t: usize| -> i64 {
+        let skip = r - vshape.len();
+        match t.checked_sub(skip) {
+            Some(ax) if vshape[ax] > 1 => v.strides[ax],
+            _ => 0,
+        }
+    };
+    let view = |v: &View, vshape: &[usize], offset: &Index, rows: i64, cols: i64| {
+        Some(MatrixView {
+            buf: v.buf,
+            offset: constant(offset)?,
+            batch_strides: lead.iter().map(|&t| batch_stride(v, vshape, t)).collect(),
+            row_stride: rows,
+            col_stride: cols,
+        })
+    };
+    let (ra, rb) = (ashape.len(), bshape.len());
+    let c = View {
+        buf: dest.buf,
+        offset: dest.offset.clone(),
+        strides: c_strides.clone(),
+    };
+    Some(Gemm {
+        a: view(a, ashape, &a.offset, a.strides[ra - 2], a.strides[ra - 1])?,
+        b: view(b, bshape, &b.offset, b.strides[rb - 2], b.strides[rb - 1])?,
+        c: view(&c, shape, &c.offset, c_strides[r - 2], c_strides[r - 1])?,
+        m,
+        n,
+        k,
+        batch: lead.iter().map(|&t| shape[t]).collect(),
+        accumulate: false,
+    })
+}
+
+/// The value of an index without loop variables.
+fn constant(i: &Index) -> Option<i64> {
+    match i {
+        Index::Const(c) => Some(*c),
+        Index::Var(_) => None,
+        Index::Add(a, b) => constant(a)?.checked_add(constant(b)?),
+        Index::Mul(a, c) => constant(a)?.checked_mul(*c),
+        Index::Div(a, c) => constant(a)?.checked_div(*c),
+        Index::Rem(a, c) => constant(a)?.checked_rem(*c),
     }
 }

@@ -18,7 +18,10 @@
 //!   always); with more users, or when a consumer reads them more than once per element
 //!   (matmul operands, broadcasts), they are materialized into a buffer with a loop nest;
 //! - `matmul` is a zero-initialisation and an accumulation over the contraction, with loops
-//!   ordered batch, m, k, n (n innermost, contiguous); `sum`/`mean`, `sum_to`, `mix` and
+//!   ordered batch, m, k, n (n innermost, contiguous) — or, with
+//!   [`LowerOptions::library_gemm`], one [`Stmt::Gemm`] over views of its operands when it is
+//!   in the main graph (outside every scan) and `m·n·k` is at least
+//!   [`LowerOptions::gemm_min_mnk`]; `sum`/`mean`, `sum_to`, `mix` and
 //!   `mix_outer` are an initialisation and an accumulation (the mean divides afterwards);
 //! - a `ttt` scan is a [`Schedule::Parallel`] loop over its slices (the product of the mapped
 //!   extents; an operand's slice is found by decomposing the slice index with `/` and `%`).
@@ -112,21 +115,105 @@ type Res<T> = Result<T, LowerKernelError>;
 /// Largest number of elements one value may have (keeps every offset well within `i64`).
 const MAX_ELEMENTS: usize = 1 << 48;
 
+/// Smallest `m·n·k` of one matrix product (per batch index) that [`LowerOptions::library`]
+/// lowers to a [`Stmt::Gemm`]: 32³.
+///
+/// How it was chosen: `bench/gemm.sh` times square products `[s, s] @ [s, s]` through
+/// `tttc bench` on llvm with the library forced on (`TTTC_GEMM_MIN_MNK=0`) and off
+/// (`TTTC_GEMM_MIN_MNK=off`). On the 2-vCPU development machine the library was at least as
+/// fast as the loop nest at every size, and faster in every run from `s = 32` on; at `s = 16`
+/// both take about a microsecond and the difference is noise (`bench/GEMM.md`). Products
+/// smaller than 32³ keep the loop nest, and with it the interpreter's exact summation order.
+pub const GEMM_MIN_MNK: u64 = 32 * 32 * 32;
+
+/// Choices of the lowering that depend on the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LowerOptions {
+    /// Whether large matrix products in the main graph become [`Stmt::Gemm`] statements, which
+    /// the CPU JITs (LLVM, Cranelift) run with a BLAS-like library. Off for targets that run
+    /// loops only (GPUs); ahead-of-time libraries expand gemms back into loops
+    /// ([`tttc_ir::kernel::expand_gemm`]).
+    pub library_gemm: bool,
+    /// Smallest `m·n·k` of one matrix product lowered to a gemm (see [`GEMM_MIN_MNK`]).
+    pub gemm_min_mnk: u64,
+}
+
+impl Default for LowerOptions {
+    /// Loops only.
+    fn default() -> Self {
+        LowerOptions {
+            library_gemm: false,
+            gemm_min_mnk: GEMM_MIN_MNK,
+        }
+    }
+}
+
+impl LowerOptions {
+    /// Matrix products of at least [`GEMM_MIN_MNK`] as gemms.
+    pub fn library() -> Self {
+        LowerOptions {
+            library_gemm: true,
+            ..LowerOptions::default()
+        }
+    }
+
+    /// [`LowerOptions::library`] unless the environment variable `TTTC_GEMM_MIN_MNK` says
+    /// otherwise: `off` (loops only) or a number (the threshold; `0` makes every matrix product
+    /// of the main graph a gemm). For benchmarks and measurements of the threshold; anything
+    /// else is ignored.
+    pub fn library_from_env() -> Self {
+        let opts = LowerOptions::library();
+        match std::env::var("TTTC_GEMM_MIN_MNK") {
+            Ok(v) if v.trim() == "off" => LowerOptions {
+                library_gemm: false,
+                ..opts
+            },
+            Ok(v) => match v.trim().parse::<u64>() {
+                Ok(n) => LowerOptions {
+                    gemm_min_mnk: n,
+                    ..opts
+                },
+                Err(_) => opts,
+            },
+            Err(_) => opts,
+        }
+    }
+}
+
 /// Lowers a specialized program (every dimension known, every scan with its step graph) to the
-/// kernel IR. See the module documentation for what the result looks like.
+/// kernel IR with loops only ([`LowerOptions::default`]). See the module documentation for what
+/// the result looks like.
 pub fn lower_program(program: &Program) -> Result<KernelProgram, LowerKernelError> {
-    lower_graph(&program.name, &program.graph)
+    lower_program_with(program, &LowerOptions::default())
+}
+
+/// [`lower_program`] with `options`.
+pub fn lower_program_with(
+    program: &Program,
+    options: &LowerOptions,
+) -> Result<KernelProgram, LowerKernelError> {
+    lower_graph_with(&program.name, &program.graph, options)
 }
 
 /// Lowers a specialized graph to a kernel program called `name` (see [`lower_program`]); the
 /// result is checked with the kernel IR's verifier ([`tttc_ir::kernel::verify`]).
 pub fn lower_graph(name: &str, graph: &Graph) -> Result<KernelProgram, LowerKernelError> {
+    lower_graph_with(name, graph, &LowerOptions::default())
+}
+
+/// [`lower_graph`] with `options`.
+pub fn lower_graph_with(
+    name: &str,
+    graph: &Graph,
+    options: &LowerOptions,
+) -> Result<KernelProgram, LowerKernelError> {
     let main = "main".to_string();
     let dtype = graph_dtype(graph).ok_or_else(|| LowerKernelError::Invalid {
         graph: main.clone(),
         message: "the graph has no tensor-typed node".into(),
     })?;
     let mut l = Lowerer {
+        options: *options,
         dtype,
         buffers: Vec::new(),
         vars: 0,

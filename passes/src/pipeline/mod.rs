@@ -137,9 +137,9 @@ impl KernelPass for GpuSchedule {
 pub enum StageKind {
     /// Graph IR to graph IR.
     Graph(Box<dyn Pass>),
-    /// Graph IR to kernel IR ([`crate::lower_kernel::lower_program`]); the program must be
-    /// bound (every dimension known).
-    LowerKernel,
+    /// Graph IR to kernel IR ([`crate::lower_kernel::lower_program_with`] with these options);
+    /// the program must be bound (every dimension known).
+    LowerKernel(crate::lower_kernel::LowerOptions),
     /// Kernel IR to kernel IR.
     Kernel(Box<dyn KernelPass>),
 }
@@ -176,7 +176,7 @@ impl Stage {
     /// The IR the stage reads.
     pub fn input(&self) -> IrForm {
         match self.kind {
-            StageKind::Graph(_) | StageKind::LowerKernel => IrForm::Graph,
+            StageKind::Graph(_) | StageKind::LowerKernel(_) => IrForm::Graph,
             StageKind::Kernel(_) => IrForm::Kernel,
         }
     }
@@ -185,7 +185,7 @@ impl Stage {
     pub fn output(&self) -> IrForm {
         match self.kind {
             StageKind::Graph(_) => IrForm::Graph,
-            StageKind::LowerKernel | StageKind::Kernel(_) => IrForm::Kernel,
+            StageKind::LowerKernel(_) | StageKind::Kernel(_) => IrForm::Kernel,
         }
     }
 
@@ -195,12 +195,14 @@ impl Stage {
                 pass.run(&mut p)?;
                 Ok(Ir::Graph(p))
             }
-            (StageKind::LowerKernel, Ir::Graph(p)) => crate::lower_kernel::lower_program(&p)
-                .map(Ir::Kernel)
-                .map_err(|e| PassError::Failed {
-                    pass: self.name,
-                    source: Box::new(e),
-                }),
+            (StageKind::LowerKernel(options), Ir::Graph(p)) => {
+                crate::lower_kernel::lower_program_with(&p, options)
+                    .map(Ir::Kernel)
+                    .map_err(|e| PassError::Failed {
+                        pass: self.name,
+                        source: Box::new(e),
+                    })
+            }
             (StageKind::Kernel(pass), Ir::Kernel(k)) => pass.run(&k).map(Ir::Kernel),
             (_, ir) => Err(PassError::WrongIr {
                 stage: self.name,
@@ -226,10 +228,14 @@ pub struct Codegen<'a, C, E> {
 /// Where the pipeline is aimed: which stages follow `lower_kernel`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Target {
-    /// CPUs (LLVM, Cranelift, the AOT library): the kernel IR goes to code generation as is.
+    /// CPUs (LLVM, Cranelift, the AOT library): the kernel IR goes to code generation as is;
+    /// large matrix products of the main graph are [`tttc_ir::kernel::Stmt::Gemm`]s
+    /// ([`crate::lower_kernel::LowerOptions::library_from_env`]), which the JITs run with a
+    /// matrix library and an AOT object expands back into loops.
     #[default]
     Cpu,
-    /// NVIDIA GPUs: the kernel IR is mapped onto blocks and threads first (`gpu_schedule`).
+    /// NVIDIA GPUs: the kernel IR is mapped onto blocks and threads first (`gpu_schedule`);
+    /// matrix products stay loop nests.
     Gpu(crate::gpu_schedule::GpuConfig),
 }
 
@@ -294,7 +300,10 @@ impl Pipeline {
             Stage {
                 name: "lower_kernel",
                 about: "loops over buffers for the bound shapes; fusion: a single-use elementwise value is inlined into its consumer's loop",
-                kind: StageKind::LowerKernel,
+                kind: StageKind::LowerKernel(match target {
+                    Target::Cpu => crate::lower_kernel::LowerOptions::library_from_env(),
+                    Target::Gpu(_) => crate::lower_kernel::LowerOptions::default(),
+                }),
             },
         ];
         match target {

@@ -31,6 +31,7 @@ impl<'a> Gen<'a> {
                     st.b.ins().store(scalar_flags(), v, addr, 0);
                 }
                 Stmt::Loop { extent: 0, .. } | Stmt::Barrier => {}
+                Stmt::Gemm(g) => self.gemm(st, g)?,
                 Stmt::Loop {
                     var,
                     extent,

@@ -9,6 +9,8 @@
 //!   variables the loop body needs, 8 bytes each) that allocates the loop's scratch buffers once
 //!   per call and runs iterations `begin..end`; the loop itself becomes a call
 //!   `tttc_parallel_for(worker, ctx, extent)`.
+//! - A [`Stmt::Gemm`] (top level only) is a call `tttc_gemm_f32(desc, a, b, c)` (or `_f64`)
+//!   with the descriptor ([`crate::native::gemm`]) stored into a stack slot.
 //! - Loops are blocks with the loop variable as a block parameter; index arithmetic is `i64`.
 //!   Innermost loops (bodies of stores only) follow a [`plan`](super::plan): hoisted invariants,
 //!   register accumulators, forwarding, and a 128-bit SIMD body with a scalar remainder; their
@@ -22,6 +24,7 @@
 //! larger ones are `malloc`ed (a failed `malloc` traps) and `free`d at the end.
 
 mod expr;
+mod gemm;
 mod loops;
 mod parallel;
 

@@ -275,3 +275,168 @@ fn nesting_is_bounded() {
     p.body = body;
     rejects(&p, "too deep loops", |e| *e == VerifyError::LoopsTooDeep);
 }
+
+/// `c[2, 3] = a[2, 4] @ b[4, 3]` (b0 a, b1 b, b2 c, b3 a temp), all row-major.
+fn gemm_program() -> (KernelProgram, Gemm) {
+    let view = |buf: u32, cols: i64| MatrixView {
+        buf: BufId(buf),
+        offset: 0,
+        batch_strides: vec![],
+        row_stride: cols,
+        col_stride: 1,
+    };
+    let g = Gemm {
+        a: view(0, 4),
+        b: view(1, 3),
+        c: view(2, 3),
+        m: 2,
+        n: 3,
+        k: 4,
+        batch: vec![],
+        accumulate: false,
+    };
+    let p = KernelProgram {
+        name: "gemm".into(),
+        dtype: DType::F64,
+        buffers: vec![
+            buffer(
+                "a",
+                BufferKind::Input("a".into()),
+                MemorySpace::Global,
+                &[2, 4],
+            ),
+            buffer(
+                "b",
+                BufferKind::Input("b".into()),
+                MemorySpace::Global,
+                &[4, 3],
+            ),
+            buffer(
+                "c",
+                BufferKind::Output("c".into()),
+                MemorySpace::Global,
+                &[2, 3],
+            ),
+            buffer("t", BufferKind::Temp, MemorySpace::Global, &[6]),
+        ],
+        vars: 1,
+        body: vec![Stmt::Gemm(Box::new(g.clone()))],
+    };
+    (p, g)
+}
+
+fn with_gemm(edit: impl FnOnce(&mut Gemm)) -> KernelProgram {
+    let (mut p, mut g) = gemm_program();
+    edit(&mut g);
+    p.body = vec![Stmt::Gemm(Box::new(g))];
+    p
+}
+
+#[test]
+fn well_formed_gemms_pass() {
+    assert_eq!(verify(&gemm_program().0), Ok(()));
+    // The transposed right operand (column-major view of a [3, 4] buffer would not fit b's 12
+    // elements differently), a broadcast batch (stride 0 on an input) and accumulation.
+    let p = with_gemm(|g| {
+        g.b.row_stride = 1;
+        g.b.col_stride = 4;
+        g.accumulate = true;
+    });
+    assert_eq!(verify(&p), Ok(()));
+    let p = with_gemm(|g| {
+        g.batch = vec![1];
+        g.a.batch_strides = vec![0];
+        g.b.batch_strides = vec![0];
+        g.c.batch_strides = vec![6];
+    });
+    assert_eq!(verify(&p), Ok(()));
+    // Empty products touch nothing, so nothing is out of bounds.
+    let p = with_gemm(|g| {
+        g.m = 0;
+        g.a.offset = 1000;
+        g.c.offset = 1000;
+    });
+    assert_eq!(verify(&p), Ok(()));
+}
+
+#[test]
+fn malformed_gemms_are_rejected() {
+    let (mut p, g) = gemm_program();
+    p.body = vec![lp(0, 2, Schedule::Serial, vec![Stmt::Gemm(Box::new(g))])];
+    rejects(&p, "inside a loop", |e| *e == VerifyError::NestedGemm);
+
+    let p = with_gemm(|g| g.b.buf = BufId(9));
+    rejects(&p, "unknown buffer", |e| {
+        matches!(e, VerifyError::UnknownBuffer { buf: 9, .. })
+    });
+    let p = with_gemm(|g| g.a.batch_strides = vec![1]);
+    rejects(&p, "stride count", |e| {
+        matches!(e, VerifyError::GemmShape { operand: "a", .. })
+    });
+    let p = with_gemm(|g| g.c.buf = BufId(0));
+    rejects(&p, "result into an input", |e| {
+        matches!(e, VerifyError::StoreToInput { buf: 0, .. })
+    });
+    let p = with_gemm(|g| {
+        g.c.buf = BufId(3);
+        g.a.buf = BufId(3);
+        g.a.row_stride = 3;
+        g.k = 3;
+        g.b.row_stride = 3;
+    });
+    rejects(&p, "aliased", |e| {
+        matches!(e, VerifyError::GemmAliased { operand: "a", .. })
+    });
+    for (what, p) in [
+        ("a past its end", with_gemm(|g| g.k = 5)),
+        ("b past its end", with_gemm(|g| g.b.offset = 1)),
+        ("c before its start", with_gemm(|g| g.c.col_stride = -1)),
+        ("c rows too far apart", with_gemm(|g| g.c.row_stride = 4)),
+        (
+            "overflowing stride",
+            with_gemm(|g| g.a.row_stride = i64::MAX),
+        ),
+    ] {
+        rejects(&p, what, |e| {
+            matches!(e, VerifyError::GemmOutOfBounds { .. })
+        });
+    }
+    let p = with_gemm(|g| g.c.row_stride = 0);
+    rejects(&p, "rows written twice", |e| {
+        matches!(e, VerifyError::GemmOverlap { buf: 2, .. })
+    });
+    let p = with_gemm(|g| {
+        g.c.row_stride = 1;
+        g.c.col_stride = 1;
+    });
+    rejects(&p, "interleaved strides", |e| {
+        matches!(e, VerifyError::GemmOverlap { .. })
+    });
+    let p = with_gemm(|g| {
+        g.batch = vec![2];
+        g.a.batch_strides = vec![0];
+        g.b.batch_strides = vec![0];
+        g.c.batch_strides = vec![0];
+    });
+    rejects(&p, "a broadcast result", |e| {
+        matches!(e, VerifyError::GemmOverlap { .. })
+    });
+}
+
+#[test]
+fn expanding_a_gemm_gives_a_verified_loop_nest() {
+    let p = with_gemm(|g| {
+        g.batch = vec![1];
+        g.a.batch_strides = vec![0];
+        g.b.batch_strides = vec![0];
+        g.c.batch_strides = vec![6];
+    });
+    let e = crate::kernel::expand_gemm(&p);
+    assert_eq!(verify(&e), Ok(()));
+    assert!(!e.body.iter().any(|s| matches!(s, Stmt::Gemm(_))));
+    assert_eq!(e.vars, p.vars + 5);
+    let text = crate::kernel::print_kernel_program(&e);
+    let want =
+        "b2[i1*6 + i2*3 + i5] = add(b2[i1*6 + i2*3 + i5], mul(b0[i2*4 + i4], b1[i4*3 + i5]))";
+    assert!(text.contains(want), "{text}");
+}
