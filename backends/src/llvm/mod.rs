@@ -55,9 +55,11 @@
 
 mod codegen;
 mod math;
+pub mod object;
 mod runtime;
 
 pub use codegen::PARALLEL_FOR;
+pub use object::{compile_object, host_fingerprint, load_object, ObjectCode, ObjectJit};
 pub use runtime::{thread_count, tttc_parallel_for, WorkerFn};
 
 use crate::backend::{Backend, BackendError};
