@@ -108,7 +108,11 @@ fn a_second_run_loads_the_code_and_computes_the_same() {
     assert_eq!(loaded, 0, "{err1}");
     assert!(stored >= 1, "{err1}");
     let before = entries(&cache);
-    assert_eq!(before.len(), stored, "one file per entry, no temporary left");
+    assert_eq!(
+        before.len(),
+        stored,
+        "one file per entry, no temporary left"
+    );
 
     let (err2, second) = run_ok(&cache, &strs(&args), &tmp.path().join("2.safetensors"));
     assert_eq!(stats(&err2), (stored, 0, 0), "{err2}");
@@ -117,7 +121,9 @@ fn a_second_run_loads_the_code_and_computes_the_same() {
 
     // The cached code is right, not just repeatable: the golden logits at the f32 tolerance
     // of the golden tests (tests/common/golden.rs).
-    let expected = load(Path::new(&golden("model_linear_T.expected_f32.safetensors")));
+    let expected = load(Path::new(&golden(
+        "model_linear_T.expected_f32.safetensors",
+    )));
     assert_tensor_close("logits", &second["logits"], &expected["logits"], TOL_F32);
 
     // --no-cache neither reads nor writes it, and computes the same as the MCJIT path.
@@ -138,7 +144,10 @@ fn assert_recompiles(cache: &Path, args: &[String], tmp: &Path, what: &str) {
     let before = entries(cache).len();
     let (err, got) = run_ok(cache, &strs(args), &tmp.join(format!("{what}.safetensors")));
     let (loaded, stored, _) = stats(&err);
-    assert_eq!(loaded, 0, "{what}: nothing may come from another program's entry\n{err}");
+    assert_eq!(
+        loaded, 0,
+        "{what}: nothing may come from another program's entry\n{err}"
+    );
     assert!(stored >= 1, "{what}: {err}");
     assert_eq!(entries(cache).len(), before + stored, "{what}: new entries");
     let mut uncached = args.to_vec();
@@ -266,7 +275,11 @@ fn damaged_entries_are_reported_and_compiled_again() {
         );
         assert_eq!(stats(&err), (0, 1, 1), "{what}: {err}");
         assert_identical(&got, &want, what);
-        assert_eq!(std::fs::read(entry).expect("read"), good, "{what}: repaired");
+        assert_eq!(
+            std::fs::read(entry).expect("read"),
+            good,
+            "{what}: repaired"
+        );
     }
 }
 
@@ -325,7 +338,11 @@ fn concurrent_runs_share_a_cache_safely() {
         assert_identical(r, &results[0], "concurrent");
     }
     let files = entries(&cache);
-    assert_eq!(files.len(), 1, "one entry, no temporary file left: {files:?}");
+    assert_eq!(
+        files.len(),
+        1,
+        "one entry, no temporary file left: {files:?}"
+    );
     // And it is a good one.
     let (err, again) = run_ok(
         &cache,
