@@ -245,7 +245,8 @@ fn damaged_entries_are_reported_and_compiled_again() {
     let mut flipped = good.clone();
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x40;
-    let damages: [(&str, Box<dyn Fn()>); 4] = [
+    type Damage = Box<dyn Fn()>;
+    let damages: [(&str, Damage); 4] = [
         ("truncated", {
             let (e, g) = (entry.clone(), good.clone());
             Box::new(move || std::fs::write(&e, &g[..g.len() / 3]).expect("write"))
