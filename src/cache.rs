@@ -1,5 +1,6 @@
-//! The compile cache on disk: native code for a kernel program, kept between runs so that the
-//! second run of the same model skips code generation (see `docs/cache.md`).
+//! The compile cache on disk: native code for a kernel program and optimized programs, kept
+//! between runs so that the second run of the same model skips code generation and the graph
+//! stages (see `docs/cache.md`).
 //!
 //! An entry is keyed by a SHA-256 over everything that determines its machine code: the kernel
 //! program (an exact binary encoding: it holds the bound shapes, the element type, every
@@ -9,7 +10,13 @@
 //! the code, so an entry is never stale: a different config value, shape, program text,
 //! backend or precision gives a different kernel program or backend, hence a different key.
 //!
-//! Each entry is one file `<dir>/llvm-<key>.obj`: a header (magic, key, SHA-256 and length of
+//! A second kind of entry skips the graph stages (the dual form's equality saturation is the
+//! slowest part of a start once the code is cached): the optimized program, keyed by the
+//! lowered program (source, imports and settings folded in), `<dir>/graph-<key>.obj`. Every key
+//! also covers the running executable ([`build_id`]), so a rebuilt tttc never reads entries a
+//! different build wrote.
+//!
+//! Each entry is one file `<dir>/KIND-<key>.obj` (`llvm` or `graph`): a header (magic, key, SHA-256 and length of
 //! the payload) and the relocatable object. A file whose header or checksum does not match is
 //! reported (a warning) and recompiled over. Files are written to a temporary file in the same
 //! directory and renamed into place, so a reader sees a whole entry or none, and concurrent runs
@@ -24,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 use tttc_ir::kernel::KernelProgram;
+use tttc_ir::Program;
 
 /// Changes whenever the compiler's output for a kernel program may change without the program
 /// changing (a code generator change, the entry format): entries of another version are never
@@ -85,6 +93,8 @@ pub fn default_dir() -> Result<PathBuf, CacheError> {
 static DIRECTORY: RwLock<Option<PathBuf>> = RwLock::new(None);
 static LOADED: AtomicUsize = AtomicUsize::new(0);
 static STORED: AtomicUsize = AtomicUsize::new(0);
+static PROGRAMS_LOADED: AtomicUsize = AtomicUsize::new(0);
+static PROGRAMS_STORED: AtomicUsize = AtomicUsize::new(0);
 static REJECTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Turns the cache on for this process, in `dir` (created when the first entry is stored).
@@ -105,11 +115,15 @@ pub fn directory() -> Option<PathBuf> {
 /// What the cache did in this process so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Entries found and loaded (compilations skipped).
+    /// Machine code entries found and loaded (code generation skipped).
     pub loaded: usize,
-    /// Entries compiled and stored.
+    /// Machine code entries compiled and stored.
     pub stored: usize,
-    /// Entries found damaged (ignored, recompiled and stored again).
+    /// Optimized programs found and loaded (the graph stages skipped).
+    pub programs_loaded: usize,
+    /// Optimized programs computed and stored.
+    pub programs_stored: usize,
+    /// Entries of either kind found damaged (ignored, computed and stored again).
     pub rejected: usize,
 }
 
@@ -118,6 +132,8 @@ pub fn stats() -> Stats {
     Stats {
         loaded: LOADED.load(Ordering::Relaxed),
         stored: STORED.load(Ordering::Relaxed),
+        programs_loaded: PROGRAMS_LOADED.load(Ordering::Relaxed),
+        programs_stored: PROGRAMS_STORED.load(Ordering::Relaxed),
         rejected: REJECTED.load(Ordering::Relaxed),
     }
 }
@@ -128,21 +144,85 @@ pub fn key(
     fingerprint: &str,
     program: &KernelProgram,
 ) -> Result<String, CacheError> {
+    key_of(backend, fingerprint, program)
+}
+
+/// The key of the optimized program (every graph stage run) of the lowered program `lowered`:
+/// 64 hex digits. The lowered program holds everything the graph stages read (the source and
+/// its imports, the settings folded in, the precision).
+pub fn program_key(lowered: &Program) -> Result<String, CacheError> {
+    key_of("graph", "", lowered)
+}
+
+/// SHA-256 over this tttc's identity, `kind`, `fingerprint` and the CBOR encoding of `value`.
+fn key_of<T: serde::Serialize>(
+    kind: &str,
+    fingerprint: &str,
+    value: &T,
+) -> Result<String, CacheError> {
     let mut encoded = Vec::new();
-    ciborium::into_writer(program, &mut encoded).map_err(|e| CacheError::Encode(e.to_string()))?;
+    ciborium::into_writer(value, &mut encoded).map_err(|e| CacheError::Encode(e.to_string()))?;
     let mut h = Sha256::new();
+    let build = build_id();
     h.update(
         format!(
-            "tttc compile cache\nformat={FORMAT_VERSION}\ntttc={}\nbackend={backend}\n",
+            "tttc compile cache\nformat={FORMAT_VERSION}\ntttc={}\nkind={kind}\n",
             env!("CARGO_PKG_VERSION")
         )
         .as_bytes(),
     );
-    h.update((fingerprint.len() as u64).to_le_bytes());
-    h.update(fingerprint.as_bytes());
-    h.update((encoded.len() as u64).to_le_bytes());
-    h.update(&encoded);
+    for part in [build.as_bytes(), fingerprint.as_bytes(), &encoded] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
     Ok(hex(&h.finalize()))
+}
+
+/// The running executable's path, size and modification time: a rebuilt or replaced `tttc`
+/// (a changed pass or code generator, even at the same version) never reads an older build's
+/// entries. Empty when the executable cannot be found (then the versions alone separate).
+pub fn build_id() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let Ok(exe) = std::env::current_exe() else {
+            return String::new();
+        };
+        let Ok(meta) = std::fs::metadata(&exe) else {
+            return String::new();
+        };
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        format!("{}|{}|{mtime}", exe.display(), meta.len())
+    })
+    .clone()
+}
+
+/// The optimized program stored as entry `key` at `path`, when there is a usable one (a damaged
+/// one is reported, as by [`load`]).
+pub fn load_program(path: &Path, key: &str) -> Option<Program> {
+    let payload = load(path, key)?;
+    match ciborium::from_reader::<Program, _>(payload.as_slice()) {
+        Ok(p) => {
+            PROGRAMS_LOADED.fetch_add(1, Ordering::Relaxed);
+            Some(p)
+        }
+        Err(e) => {
+            reject(path, &format!("cannot decode the program: {e}"));
+            None
+        }
+    }
+}
+
+/// Stores the optimized `program` as entry `key` at `path` ([`store`]).
+pub fn store_program(path: &Path, key: &str, program: &Program) -> Result<(), CacheError> {
+    let mut encoded = Vec::new();
+    ciborium::into_writer(program, &mut encoded).map_err(|e| CacheError::Encode(e.to_string()))?;
+    write_entry(path, key, &encoded)?;
+    PROGRAMS_STORED.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -183,7 +263,7 @@ pub fn reject(path: &Path, why: &str) {
     );
 }
 
-/// Counts a loaded entry.
+/// Counts a loaded machine code entry.
 pub fn count_loaded() {
     LOADED.fetch_add(1, Ordering::Relaxed);
 }
@@ -222,9 +302,16 @@ pub fn create_dir(dir: &Path) -> Result<(), CacheError> {
     })
 }
 
-/// Stores `payload` as entry `key` at `path` atomically (a temporary file in the same
-/// directory, renamed into place), creating the directory if needed.
+/// Stores the machine code `payload` as entry `key` at `path` atomically (a temporary file in
+/// the same directory, renamed into place), creating the directory if needed.
 pub fn store(path: &Path, key: &str, payload: &[u8]) -> Result<(), CacheError> {
+    write_entry(path, key, payload)?;
+    STORED.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// [`store`] without counting.
+fn write_entry(path: &Path, key: &str, payload: &[u8]) -> Result<(), CacheError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let unwritable = |source| CacheError::Unwritable {
         path: dir.display().to_string(),
@@ -245,7 +332,6 @@ pub fn store(path: &Path, key: &str, payload: &[u8]) -> Result<(), CacheError> {
         .and_then(|()| file.sync_all())
         .map_err(unwritable)?;
     tmp.persist(path).map_err(|e| unwritable(e.error))?;
-    STORED.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! The compile cache on disk (docs/cache.md): a second run loads what the first stored and
 //! computes the same; anything that changes the machine code gives a new entry; damaged
 //! entries are recompiled; an unusable cache directory is a clear error. Each test has its own
-//! `TTTC_CACHE_DIR` in a temporary directory. Hits are told by `--cache-stats` and by the entry
+//! `TTTC_CACHE_DIR` in a temporary directory. Two kinds of entries: machine code (`llvm-*`) and
+//! optimized programs (`graph-*`). Hits are told by `--cache-stats` and by the entry
 //! files (their inode and modification time), never by timing.
 
 #![cfg(feature = "llvm")]
@@ -60,8 +61,9 @@ fn entries(cache: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
     .collect()
 }
 
-/// The `--cache-stats` line's counts: (loaded, stored, damaged).
-fn stats(stderr: &str) -> (usize, usize, usize) {
+/// The `--cache-stats` line's counts: machine code loaded and stored, optimized programs
+/// loaded and stored, damaged entries.
+fn stats(stderr: &str) -> [usize; 5] {
     let line = stderr
         .lines()
         .find_map(|l| l.strip_prefix("compile cache: "))
@@ -69,10 +71,22 @@ fn stats(stderr: &str) -> (usize, usize, usize) {
     let n: Vec<usize> = line
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
-        .take(3)
+        .take(5)
         .map(|s| s.parse().expect("a count"))
         .collect();
-    (n[0], n[1], n[2])
+    n.try_into().expect("five counts")
+}
+
+/// The machine code entries (`llvm-KEY.obj`) among `entries`.
+fn code_entries(cache: &Path) -> Vec<PathBuf> {
+    entries(cache)
+        .into_keys()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("llvm-"))
+        })
+        .collect()
 }
 
 /// Outputs equal bit for bit (the same machine code on the same inputs).
@@ -104,18 +118,19 @@ fn a_second_run_loads_the_code_and_computes_the_same() {
     let cache = tmp.path().join("cache");
     let args = lm_args();
     let (err1, first) = run_ok(&cache, &strs(&args), &tmp.path().join("1.safetensors"));
-    let (loaded, stored, _) = stats(&err1);
-    assert_eq!(loaded, 0, "{err1}");
+    let [loaded, stored, programs_loaded, programs_stored, _] = stats(&err1);
+    assert_eq!((loaded, programs_loaded), (0, 0), "{err1}");
     assert!(stored >= 1, "{err1}");
+    assert_eq!(programs_stored, 1, "{err1}");
     let before = entries(&cache);
     assert_eq!(
         before.len(),
-        stored,
+        stored + programs_stored,
         "one file per entry, no temporary left"
     );
 
     let (err2, second) = run_ok(&cache, &strs(&args), &tmp.path().join("2.safetensors"));
-    assert_eq!(stats(&err2), (stored, 0, 0), "{err2}");
+    assert_eq!(stats(&err2), [stored, 0, 1, 0, 0], "{err2}");
     assert_eq!(entries(&cache), before, "a hit rewrites nothing");
     assert_identical(&first, &second, "cached run");
 
@@ -143,13 +158,17 @@ fn a_second_run_loads_the_code_and_computes_the_same() {
 fn assert_recompiles(cache: &Path, args: &[String], tmp: &Path, what: &str) {
     let before = entries(cache).len();
     let (err, got) = run_ok(cache, &strs(args), &tmp.join(format!("{what}.safetensors")));
-    let (loaded, stored, _) = stats(&err);
+    let [loaded, stored, _, programs_stored, _] = stats(&err);
     assert_eq!(
         loaded, 0,
         "{what}: nothing may come from another program's entry\n{err}"
     );
     assert!(stored >= 1, "{what}: {err}");
-    assert_eq!(entries(cache).len(), before + stored, "{what}: new entries");
+    assert_eq!(
+        entries(cache).len(),
+        before + stored + programs_stored,
+        "{what}: new entries"
+    );
     let mut uncached = args.to_vec();
     uncached.push("--no-cache".into());
     let (_, want) = run_ok(
@@ -181,7 +200,9 @@ fn anything_that_changes_the_code_gives_a_new_entry() {
         .collect();
     assert_recompiles(&cache, &shapes, tmp.path(), "shapes");
 
-    // The program text: half the inner loss (another gradient, other code).
+    // The program text: half the inner loss (another gradient, other code). The optimized
+    // program is computed again too (the shapes above reused the base's).
+    let programs_before = entries(&cache).len() - code_entries(&cache).len();
     let source = std::fs::read_to_string(root().join(INNER)).expect("read");
     assert!(source.contains("0.5 * sum"));
     let changed = tmp.path().join("changed.ttt");
@@ -191,6 +212,10 @@ fn anything_that_changes_the_code_gives_a_new_entry() {
         .map(|s| s.to_string())
         .collect();
     assert_recompiles(&cache, &text, tmp.path(), "text");
+    assert_eq!(
+        entries(&cache).len() - code_entries(&cache).len(),
+        programs_before + 1
+    );
 
     // The precision.
     let mut f64 = base.clone();
@@ -219,7 +244,7 @@ fn anything_that_changes_the_code_gives_a_new_entry() {
         let mut cl = base.clone();
         cl.extend(["--backend".into(), "cranelift".into()]);
         let (err, _) = run_ok(&cache, &strs(&cl), &tmp.path().join("cl.safetensors"));
-        assert_eq!(stats(&err).0, 0, "{err}");
+        assert_eq!(stats(&err)[..2], [0, 0], "{err}");
         assert_eq!(entries(&cache), before);
     }
 }
@@ -231,7 +256,7 @@ fn damaged_entries_are_reported_and_compiled_again() {
     let inputs = golden("inner_linear_B1_nh2_f16_K16_L64.inputs.safetensors");
     let args = ["run", INNER, "--inputs", &inputs];
     let (_, want) = run_ok(&cache, &args, &tmp.path().join("want.safetensors"));
-    let files: Vec<PathBuf> = entries(&cache).into_keys().collect();
+    let files = code_entries(&cache);
     assert_eq!(files.len(), 1, "one kernel program, one entry");
     let entry = &files[0];
     let good = std::fs::read(entry).expect("read");
@@ -274,7 +299,7 @@ fn damaged_entries_are_reported_and_compiled_again() {
                 && err.contains(&entry.display().to_string()),
             "{what}: {err}"
         );
-        assert_eq!(stats(&err), (0, 1, 1), "{what}: {err}");
+        assert_eq!(stats(&err), [0, 1, 1, 0, 1], "{what}: {err}");
         assert_identical(&got, &want, what);
         assert_eq!(
             std::fs::read(entry).expect("read"),
@@ -282,6 +307,19 @@ fn damaged_entries_are_reported_and_compiled_again() {
             "{what}: repaired"
         );
     }
+
+    // A damaged optimized program: computed again.
+    let program_entry = entries(&cache)
+        .into_keys()
+        .find(|p| !files.contains(p))
+        .expect("the optimized program's entry");
+    let bytes = std::fs::read(&program_entry).expect("read");
+    std::fs::write(&program_entry, &bytes[..bytes.len() - 1]).expect("write");
+    let (err, got) = run_ok(&cache, &args, &tmp.path().join("got.safetensors"));
+    assert!(err.contains(&program_entry.display().to_string()), "{err}");
+    assert_eq!(stats(&err), [1, 0, 0, 1, 1], "{err}");
+    assert_identical(&got, &want, "damaged program");
+    assert_eq!(std::fs::read(&program_entry).expect("read"), bytes);
 }
 
 #[test]
@@ -341,8 +379,8 @@ fn concurrent_runs_share_a_cache_safely() {
     let files = entries(&cache);
     assert_eq!(
         files.len(),
-        1,
-        "one entry, no temporary file left: {files:?}"
+        2,
+        "one optimized program, one code entry, no temporary file left: {files:?}"
     );
     // And it is a good one.
     let (err, again) = run_ok(
@@ -350,6 +388,6 @@ fn concurrent_runs_share_a_cache_safely() {
         &["run", INNER, "--inputs", &inputs],
         &tmp.path().join("again.safetensors"),
     );
-    assert_eq!(stats(&err), (1, 0, 0), "{err}");
+    assert_eq!(stats(&err), [1, 0, 1, 0, 0], "{err}");
     assert_identical(&again, &results[0], "after concurrent runs");
 }

@@ -138,12 +138,13 @@ impl ModelArgs {
 /// `--no-cache` and `--cache-stats`: the compile cache (docs/cache.md).
 #[derive(clap::Args)]
 pub struct CacheArgs {
-    /// Compile without the compile cache (nothing read or written). By default native code is
-    /// kept between runs in TTTC_CACHE_DIR, else $XDG_CACHE_HOME/tttc, else ~/.cache/tttc; a
-    /// directory that cannot be written is an error. See docs/cache.md.
+    /// Compile without the compile cache (nothing read or written). By default the optimized
+    /// program and the LLVM backend's native code are kept between runs in TTTC_CACHE_DIR,
+    /// else $XDG_CACHE_HOME/tttc, else ~/.cache/tttc; a directory that cannot be written is an
+    /// error. See docs/cache.md.
     #[arg(long)]
     no_cache: bool,
-    /// Print on stderr what the compile cache did: entries loaded, compiled and stored,
+    /// Print on stderr what the compile cache did: entries of each kind loaded and stored,
     /// damaged ones replaced.
     #[arg(long)]
     cache_stats: bool,
@@ -170,9 +171,12 @@ impl CacheArgs {
             Some(dir) => {
                 let s = tttc::cache::stats();
                 eprintln!(
-                    "compile cache: {} loaded, {} compiled and stored, {} damaged replaced ({})",
+                    "compile cache: code {} loaded, {} compiled and stored; optimized programs \
+                     {} loaded, {} stored; {} damaged replaced ({})",
                     s.loaded,
                     s.stored,
+                    s.programs_loaded,
+                    s.programs_stored,
                     s.rejected,
                     dir.display()
                 );
@@ -301,10 +305,35 @@ pub fn compile_with(
             eprintln!("warning: {state}");
         }
     }
+    // Every graph stage, nothing watching them: the optimized program may come from the
+    // compile cache (when a command turned it on: docs/cache.md).
+    if let (None, false, true, Some(dir)) =
+        (until, snapshots, extra.is_empty(), tttc::cache::directory())
+    {
+        return Ok((optimize_cached(&dir, lowered)?, settings));
+    }
     Ok((
         tttc::driver::optimize_with(lowered, until, snapshots, extra)?,
         settings,
     ))
+}
+
+/// Every graph stage of `lowered`, or their result from the compile cache in `dir`.
+fn optimize_cached(dir: &Path, lowered: Program) -> Result<Compiled, Failure> {
+    use tttc::cache;
+    let key = cache::program_key(&lowered).map_err(Failure::internal)?;
+    let path = cache::entry_path(dir, "graph", &key);
+    if let Some(program) = cache::load_program(&path, &key) {
+        return Ok(Compiled {
+            parsed: None,
+            program,
+            stages: Vec::new(),
+        });
+    }
+    cache::create_dir(dir).map_err(Failure::user)?;
+    let compiled = tttc::driver::optimize(lowered, None, false)?;
+    cache::store_program(&path, &key, &compiled.program).map_err(Failure::user)?;
+    Ok(compiled)
 }
 
 /// Reads the inputs file, warns about tensors the program does not take, and binds the rest.
