@@ -70,6 +70,9 @@ pub enum ExecError {
     /// The GPU path failed ([`crate::gpu::GpuError::NoDriver`] is the user's, not a bug).
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
+    /// The compile cache cannot be used ([`crate::cache`]).
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 impl ExecError {
@@ -78,6 +81,7 @@ impl ExecError {
         match self {
             ExecError::NotBuilt(_) => true,
             ExecError::Gpu(e) => e.is_user_error(),
+            ExecError::Cache(e) => e.is_user_error(),
             ExecError::Lower(_) | ExecError::Codegen(_) | ExecError::Run(_) => false,
         }
     }
@@ -97,7 +101,10 @@ pub fn prepare(backend: Backend, program: &Program) -> Result<Prepared, ExecErro
     let inner: Box<dyn CompiledProgram> = match backend {
         Backend::Interp => Box::new(Interpreted::new(program.clone())),
         #[cfg(feature = "llvm")]
-        Backend::Llvm => compile_kernels(&tttc_backends::llvm::Llvm, program)?,
+        Backend::Llvm => match crate::cache::directory() {
+            Some(dir) => cached_llvm(&dir, program)?,
+            None => compile_kernels(&tttc_backends::llvm::Llvm, program)?,
+        },
         #[cfg(feature = "cranelift")]
         Backend::Cranelift => compile_kernels(&tttc_backends::cranelift::Cranelift, program)?,
         Backend::Ptx => return prepare_ptx(program, None),
@@ -127,6 +134,42 @@ where
         .map_err(ExecError::Lower)?
         .map_err(ExecError::Codegen)?;
     Ok(Box::new(compiled))
+}
+
+/// The LLVM backend through the compile cache in `dir` ([`crate::cache`]): the kernel program's
+/// object from the cache when there, else compiled, stored and loaded (the same path, so a run
+/// computes the same whether its code came from the cache or not).
+#[cfg(feature = "llvm")]
+fn cached_llvm(
+    dir: &std::path::Path,
+    program: &Program,
+) -> Result<Box<dyn CompiledProgram>, ExecError> {
+    use crate::cache;
+    use tttc_backends::llvm;
+    let codegen = |e: llvm::LlvmError| ExecError::Codegen(e.into());
+    let kernel = crate::driver::kernel_program(program, tttc_passes::pipeline::Target::Cpu)
+        .map_err(ExecError::Lower)?;
+    let fingerprint = llvm::host_fingerprint().map_err(codegen)?;
+    let key = cache::key("llvm", &fingerprint, &kernel)?;
+    let path = cache::entry_path(dir, "llvm", &key);
+    if let Some(object) = cache::load(&path, &key) {
+        // SAFETY: the entry's key covers the kernel program, the host fingerprint and this
+        // tttc, and its checksum matched: it is the object `compile_object` made from `kernel`.
+        match unsafe { llvm::load_object(&kernel, &object) } {
+            Ok(jit) => {
+                cache::count_loaded();
+                return Ok(Box::new(jit));
+            }
+            Err(e) => cache::reject(&path, &e.to_string()),
+        }
+    }
+    // An unusable directory is reported before the long compile, not after it.
+    cache::create_dir(dir)?;
+    let object = llvm::compile_object(&kernel).map_err(codegen)?;
+    cache::store(&path, &key, &object)?;
+    // SAFETY: compiled from `kernel` just now, in this process.
+    let jit = unsafe { llvm::load_object(&kernel, &object) }.map_err(codegen)?;
+    Ok(Box::new(jit))
 }
 
 /// Compiles a bound program for the ptx backend with matmuls on tensor cores in format

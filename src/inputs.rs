@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use tttc_ir::Program;
-use tttc_runtime::{ElemType, IntTensor, RuntimeError, Tensor, TensorData};
+use tttc_runtime::{ElemType, IntTensor, RuntimeError, Tensor, TensorData, TensorFile};
 
 /// Why the inputs could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,20 @@ pub fn read_inputs(
     path: &Path,
     elem: ElemType,
 ) -> Result<BTreeMap<String, Tensor>, InputError> {
-    let file = tttc_runtime::read_safetensors_with_ints(path)?;
+    convert_inputs(
+        program,
+        tttc_runtime::read_safetensors_with_ints(path)?,
+        elem,
+    )
+}
+
+/// [`read_inputs`] on tensors already read (from one file or several: see
+/// [`crate::model_dir`]).
+pub fn convert_inputs(
+    program: &Program,
+    file: TensorFile,
+    elem: ElemType,
+) -> Result<BTreeMap<String, Tensor>, InputError> {
     let is_int = |name: &str| program.integer_inputs.iter().any(|i| i.name == name);
     let mut problems = Vec::new();
     let mut tensors = BTreeMap::new();

@@ -10,16 +10,19 @@
 //! optimized program; [`driver::kernel_program`] and [`driver::generate_code`]: a bound
 //! program to kernel IR and machine code), [`bind`] specializes a program to named tensors'
 //! shapes, [`execute`] runs a bound program on a backend, [`gpu`] is the NVIDIA path,
-//! [`stream`] runs a program over a sequence in chunks (prefill, then decode) and [`inputs`]
-//! reads a program's input tensors.
+//! [`stream`] runs a program over a sequence in chunks (prefill, then decode), [`inputs`]
+//! reads a program's input tensors, [`model_dir`] a Hugging Face model folder, and [`cache`]
+//! keeps compiled code on disk between runs.
 
 #![warn(missing_docs)]
 
 pub mod bind;
+pub mod cache;
 pub mod driver;
 pub mod execute;
 pub mod gpu;
 pub mod inputs;
+pub mod model_dir;
 pub mod stream;
 
 pub use tttc_backends as backends;

@@ -450,7 +450,7 @@ fn bench_profile_lists_the_costliest_statements() {
     // in the first parallel loop's worker).
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_tttc"))
         .args(args)
-        .args(["--iters", "1"])
+        .args(["--iters", "1", "--no-cache"])
         .env("TTTC_PERF_MAP", "1")
         .current_dir(root())
         .stdout(std::process::Stdio::null())

@@ -551,9 +551,8 @@ fn token_steps_split_over_threads_stream_like_one_shot() {
                 args.push("3,1,1,16,43".into());
             }
             args.extend(case.set_args());
-            let r = std::process::Command::new(env!("CARGO_BIN_EXE_tttc"))
+            let r = common::tttc_command()
                 .args(&args)
-                .current_dir(root())
                 .env("TTTC_DECODE_SPLIT_MIN", "0")
                 .env("TTTC_NUM_THREADS", "2")
                 .output()

@@ -1,8 +1,10 @@
 //! `tttc bench`: compile once, then time execution only.
 
+use super::progress::Progress;
 use super::run::{default_backend, prepare_with, BackendArg};
 use super::{
-    compile, load_inputs, tensor_cores, Failure, PrecisionArg, SettingArgs, TensorCoresArg,
+    compile, load_tensors, tensor_cores, CacheArgs, Failure, ModelArgs, PrecisionArg, SettingArgs,
+    TensorCoresArg,
 };
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,9 +15,10 @@ use tttc::Precision;
 pub struct Args {
     /// The .ttt program.
     file: PathBuf,
-    /// Safetensors file with the program's inputs.
-    #[arg(long)]
-    inputs: PathBuf,
+    /// Safetensors file with the program's inputs; with --model, the inputs that are not among
+    /// the model's weights (e.g. input_ids).
+    #[arg(long, required_unless_present = "model")]
+    inputs: Option<PathBuf>,
     /// Execution backend (default: llvm when built in, else cranelift, else interp).
     #[arg(long, value_enum, default_value_t = default_backend())]
     backend: BackendArg,
@@ -44,15 +47,36 @@ pub struct Args {
     profile: bool,
     #[command(flatten)]
     settings: SettingArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 /// Runs `tttc bench`.
 pub fn main(args: &Args) -> Result<(), Failure> {
+    args.cache.apply()?;
+    let result = bench(args);
+    if result.is_ok() {
+        args.cache.report();
+    }
+    result
+}
+
+fn bench(args: &Args) -> Result<(), Failure> {
     let precision: Precision = args.precision.into();
     let tc = tensor_cores(args.tensor_cores, precision)?;
+    let model = args.model.open()?;
     let start = Instant::now();
-    let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
-    let (bound, _) = load_inputs(&compiled.program, &args.inputs, &settings, precision)?;
+    let settings_args = args.settings.with_model(model.as_ref());
+    let (compiled, settings) = compile(&args.file, precision, &settings_args, None, false)?;
+    let (bound, _) = load_tensors(
+        &compiled.program,
+        model.as_ref(),
+        args.inputs.as_deref(),
+        &settings,
+        precision,
+    )?;
     if args.decode {
         if tc.is_some() {
             return Err(Failure::user(
@@ -62,7 +86,9 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         return decode(args, &compiled.program, bound.inputs, &settings, precision);
     }
     set_profile(args, true)?;
+    let spinner = Progress::spinner("compiling");
     let prepared = prepare_with(args.backend, &bound.program, tc);
+    spinner.finish();
     set_profile(args, false)?;
     let prepared = prepared?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -117,6 +143,10 @@ fn set_profile(args: &Args, on: bool) -> Result<(), Failure> {
     #[cfg(feature = "llvm")]
     if tttc::Backend::from(args.backend) == tttc::Backend::Llvm && !args.decode {
         tttc::backends::llvm::profile::set_statement_profile(on);
+        if on {
+            // Bracketed code is never stored (its key differs too: `host_fingerprint`).
+            tttc::cache::disable();
+        }
         return Ok(());
     }
     let _ = on;

@@ -1,8 +1,11 @@
 //! `tttc generate`: a language model program prefilled with a prompt, then decoded token by
 //! token through one streaming session, printing tokens as they come.
 
+use super::progress::Progress;
 use super::run::{default_backend, BackendArg};
-use super::{compile, Failure, PrecisionArg, SettingArgs};
+use super::{
+    compile, read_model_weights, CacheArgs, Failure, ModelArgs, PrecisionArg, SettingArgs,
+};
 use rand::{RngExt, SeedableRng};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,9 +21,10 @@ pub struct Args {
     /// The .ttt language model program (e.g. examples/ttt_lm.ttt): one per-token input of
     /// token ids `[1, L]` and a per-token output of logits `[1, L, vocab]`.
     file: PathBuf,
-    /// Safetensors file with the model's weights under the program's input names.
-    #[arg(long)]
-    weights: PathBuf,
+    /// Safetensors file with the model's weights under the program's input names (or give
+    /// --model).
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    weights: Option<PathBuf>,
     /// The prompt as token ids, comma-separated (e.g. 1,2,3).
     #[arg(
         long,
@@ -30,10 +34,15 @@ pub struct Args {
         required_unless_present = "prompt"
     )]
     prompt_ids: Option<Vec<u64>>,
-    /// The prompt as text, byte-level: every UTF-8 byte is a token id (for models with a
+    /// The prompt as text, encoded with --tokenizer (or the model folder's tokenizer.json);
+    /// without a tokenizer byte-level: every UTF-8 byte is a token id (for models with a
     /// vocabulary of 256 byte tokens). The output is printed as text too.
     #[arg(long)]
     prompt: Option<String>,
+    /// A Hugging Face tokenizer.json: encodes --prompt and decodes the generated tokens
+    /// (default: DIR/tokenizer.json with --model DIR, when there is one).
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
     /// How many tokens to generate after the prompt.
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
@@ -55,10 +64,23 @@ pub struct Args {
     precision: PrecisionArg,
     #[command(flatten)]
     settings: SettingArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 /// Runs `tttc generate`.
 pub fn main(args: &Args) -> Result<(), Failure> {
+    args.cache.apply()?;
+    let result = generate(args);
+    if result.is_ok() {
+        args.cache.report();
+    }
+    result
+}
+
+fn generate(args: &Args) -> Result<(), Failure> {
     if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
         return Err(Failure::user(format!(
             "--temperature must be 0 or more, got {}",
@@ -66,7 +88,17 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         )));
     }
     let precision: Precision = args.precision.into();
-    let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
+    let model = args.model.open()?;
+    let tokenizer_file = args
+        .tokenizer
+        .clone()
+        .or_else(|| model.as_ref().and_then(|m| m.tokenizer.clone()));
+    let tokenizer = tokenizer_file
+        .as_deref()
+        .map(super::tokenizer::Tok::open)
+        .transpose()?;
+    let settings_args = args.settings.with_model(model.as_ref());
+    let (compiled, settings) = compile(&args.file, precision, &settings_args, None, false)?;
     let program = compiled.program;
     let plan = tttc::stream::plan::plan(&program)?;
     let (ids_name, ids_axis) = match plan.token_inputs.iter().collect::<Vec<_>>().as_slice() {
@@ -81,18 +113,27 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     };
     let logits_name = logits_output(&plan, args.output.as_deref())?;
 
-    let mut weights =
-        tttc::read_inputs(&program, &args.weights, precision.elem()).map_err(Failure::user)?;
+    let (mut weights, source) = match (&model, &args.weights) {
+        (Some(m), _) => (
+            read_model_weights(m, &program, precision)?,
+            m.dir.display().to_string(),
+        ),
+        (None, Some(w)) => (
+            tttc::read_inputs(&program, w, precision.elem()).map_err(Failure::user)?,
+            w.display().to_string(),
+        ),
+        (None, None) => return Err(Failure::user("give --weights or --model")),
+    };
     if weights.remove(&ids_name).is_some() {
-        eprintln!(
-            "note: {} also holds `{ids_name}`; the prompt is used instead",
-            args.weights.display()
-        );
+        eprintln!("note: {source} also holds `{ids_name}`; the prompt is used instead");
     }
     let text_mode = args.prompt.is_some();
     let prompt: Vec<u64> = match (&args.prompt_ids, &args.prompt) {
         (Some(ids), _) => ids.clone(),
-        (None, Some(text)) => text.bytes().map(u64::from).collect(),
+        (None, Some(text)) => match &tokenizer {
+            Some(t) => t.encode(text)?,
+            None => text.bytes().map(u64::from).collect(),
+        },
         (None, None) => return Err(Failure::user("give --prompt-ids or --prompt")),
     };
     if prompt.is_empty() {
@@ -115,8 +156,11 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut out = std::io::stdout().lock();
     let start = Instant::now();
+    let spinner = Progress::spinner("compiling and prefilling");
     let logits = session.feed(&ids_tensor(&prompt)?)?;
+    spinner.finish();
     let prefill = start.elapsed();
+    let mut printer = Printer::new(text_mode, tokenizer.as_ref());
     let mut next = pick(
         &last_row(&logits, &logits_name)?,
         args.temperature,
@@ -127,7 +171,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     let mut first_step = None;
     let mut decode = 0.0;
     for i in 0..args.max_new_tokens {
-        print_token(&mut out, next, text_mode, i == 0).map_err(Failure::internal)?;
+        printer.print(&mut out, next)?;
         if i + 1 == args.max_new_tokens {
             break;
         }
@@ -249,18 +293,49 @@ fn pick(logits: &[f64], temperature: f64, rng: &mut rand::rngs::StdRng) -> Resul
     Ok(best as u64)
 }
 
-/// Prints one generated token: its byte in text mode, else its id (space-separated).
-fn print_token(out: &mut impl Write, id: u64, text: bool, first: bool) -> std::io::Result<()> {
-    if text {
-        match u8::try_from(id) {
-            Ok(b) => out.write_all(&[b])?,
-            Err(_) => write!(out, "<{id}>")?,
+/// Prints generated tokens as they come: decoded text with a tokenizer (each time the text of
+/// all tokens so far grows, its new end), bytes in text mode without one, else ids.
+struct Printer<'a> {
+    text: bool,
+    tokenizer: Option<&'a super::tokenizer::Tok>,
+    ids: Vec<u64>,
+    printed: String,
+}
+
+impl<'a> Printer<'a> {
+    fn new(text: bool, tokenizer: Option<&'a super::tokenizer::Tok>) -> Self {
+        Printer {
+            text,
+            tokenizer,
+            ids: Vec::new(),
+            printed: String::new(),
         }
-    } else {
-        if !first {
-            write!(out, " ")?;
-        }
-        write!(out, "{id}")?;
     }
-    out.flush()
+
+    fn print(&mut self, out: &mut impl Write, id: u64) -> Result<(), Failure> {
+        let first = self.ids.is_empty();
+        self.ids.push(id);
+        match (self.text, self.tokenizer) {
+            (true, Some(t)) => {
+                let text = t.decode(&self.ids)?;
+                // A token may change how earlier ones decode (byte pieces completing a
+                // character): print only once the printed text is a prefix.
+                if let Some(new) = text.strip_prefix(self.printed.as_str()) {
+                    write!(out, "{new}").map_err(Failure::internal)?;
+                    self.printed = text;
+                }
+            }
+            (true, None) => match u8::try_from(id) {
+                Ok(b) => out.write_all(&[b]).map_err(Failure::internal)?,
+                Err(_) => write!(out, "<{id}>").map_err(Failure::internal)?,
+            },
+            (false, _) => {
+                if !first {
+                    write!(out, " ").map_err(Failure::internal)?;
+                }
+                write!(out, "{id}").map_err(Failure::internal)?;
+            }
+        }
+        out.flush().map_err(Failure::internal)
+    }
 }

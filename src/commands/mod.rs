@@ -9,13 +9,16 @@ pub mod cost;
 pub mod generate;
 mod gpu_bench;
 pub mod inspect;
+pub mod progress;
 pub mod run;
+pub mod tokenizer;
 
 use clap::ValueEnum;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use tttc::ir::{Program, Setting};
+use tttc::model_dir::ModelDir;
 use tttc::runtime::Tensor;
 use tttc::{
     bind, lower_file, merge_settings, read_config_file, Bound, Compiled, DriverError, Precision,
@@ -82,7 +85,7 @@ impl From<tttc::ExecError> for Failure {
 }
 
 /// `--set` and `--config`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct SettingArgs {
     /// Override a config value or fix a dimension: NAME=VALUE (repeatable), e.g.
     /// --set mini_batch_size=8 --set ttt_base_lr=0.1.
@@ -98,6 +101,87 @@ impl SettingArgs {
     /// The `--config` file, if given.
     pub fn config_file(&self) -> Option<&Path> {
         self.config.as_deref()
+    }
+
+    /// These settings with `model`'s `config.json` as the config file (clap rejects `--config`
+    /// with `--model`).
+    pub fn with_model(&self, model: Option<&ModelDir>) -> SettingArgs {
+        let mut args = self.clone();
+        if let Some(m) = model {
+            args.config = Some(m.config.clone());
+        }
+        args
+    }
+}
+
+/// `--model`: a Hugging Face model folder.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// A Hugging Face model folder: DIR/config.json (as with --config) and the weights from
+    /// DIR/model.safetensors or from the shards named by DIR/model.safetensors.index.json.
+    /// Composes with --inputs (extra tensors such as input_ids). See docs/models.md.
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    model: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The folder's files, checked to exist (a user error naming the missing one).
+    pub fn open(&self) -> Result<Option<ModelDir>, Failure> {
+        self.model
+            .as_deref()
+            .map(ModelDir::open)
+            .transpose()
+            .map_err(Failure::user)
+    }
+}
+
+/// `--no-cache` and `--cache-stats`: the compile cache (docs/cache.md).
+#[derive(clap::Args)]
+pub struct CacheArgs {
+    /// Compile without the compile cache (nothing read or written). By default the optimized
+    /// program and the LLVM backend's native code are kept between runs in TTTC_CACHE_DIR,
+    /// else $XDG_CACHE_HOME/tttc, else ~/.cache/tttc; a directory that cannot be written is an
+    /// error. See docs/cache.md.
+    #[arg(long)]
+    no_cache: bool,
+    /// Print on stderr what the compile cache did: entries of each kind loaded and stored,
+    /// damaged ones replaced.
+    #[arg(long)]
+    cache_stats: bool,
+}
+
+impl CacheArgs {
+    /// Turns the cache on (in its directory) or off for this process.
+    pub fn apply(&self) -> Result<(), Failure> {
+        if self.no_cache {
+            tttc::cache::disable();
+        } else {
+            tttc::cache::enable(tttc::cache::default_dir().map_err(Failure::user)?);
+        }
+        Ok(())
+    }
+
+    /// With `--cache-stats`, prints what the cache did.
+    pub fn report(&self) {
+        if !self.cache_stats {
+            return;
+        }
+        match tttc::cache::directory() {
+            None => eprintln!("compile cache: off"),
+            Some(dir) => {
+                let s = tttc::cache::stats();
+                eprintln!(
+                    "compile cache: code {} loaded, {} compiled and stored; optimized programs \
+                     {} loaded, {} stored; {} damaged replaced ({})",
+                    s.loaded,
+                    s.stored,
+                    s.programs_loaded,
+                    s.programs_stored,
+                    s.rejected,
+                    dir.display()
+                );
+            }
+        }
     }
 }
 
@@ -221,10 +305,35 @@ pub fn compile_with(
             eprintln!("warning: {state}");
         }
     }
+    // Every graph stage, nothing watching them: the optimized program may come from the
+    // compile cache (when a command turned it on: docs/cache.md).
+    if let (None, false, true, Some(dir)) =
+        (until, snapshots, extra.is_empty(), tttc::cache::directory())
+    {
+        return Ok((optimize_cached(&dir, lowered)?, settings));
+    }
     Ok((
         tttc::driver::optimize_with(lowered, until, snapshots, extra)?,
         settings,
     ))
+}
+
+/// Every graph stage of `lowered`, or their result from the compile cache in `dir`.
+fn optimize_cached(dir: &Path, lowered: Program) -> Result<Compiled, Failure> {
+    use tttc::cache;
+    let key = cache::program_key(&lowered).map_err(Failure::internal)?;
+    let path = cache::entry_path(dir, "graph", &key);
+    if let Some(program) = cache::load_program(&path, &key) {
+        return Ok(Compiled {
+            parsed: None,
+            program,
+            stages: Vec::new(),
+        });
+    }
+    cache::create_dir(dir).map_err(Failure::user)?;
+    let compiled = tttc::driver::optimize(lowered, None, false)?;
+    cache::store_program(&path, &key, &compiled.program).map_err(Failure::user)?;
+    Ok(compiled)
 }
 
 /// Reads the inputs file, warns about tensors the program does not take, and binds the rest.
@@ -234,12 +343,40 @@ pub fn load_inputs(
     settings: &Settings,
     precision: Precision,
 ) -> Result<(Bound, BTreeMap<String, Tensor>), Failure> {
-    let tensors = tttc::read_inputs(program, inputs, precision.elem()).map_err(Failure::user)?;
+    load_tensors(program, None, Some(inputs), settings, precision)
+}
+
+/// The tensors of a model folder's weights and of an inputs file (either may be absent; a
+/// tensor in both is an error), as [`load_inputs`] returns them.
+pub fn load_tensors(
+    program: &Program,
+    model: Option<&ModelDir>,
+    inputs: Option<&Path>,
+    settings: &Settings,
+    precision: Precision,
+) -> Result<(Bound, BTreeMap<String, Tensor>), Failure> {
+    let mut tensors = match model {
+        Some(m) => read_model_weights(m, program, precision)?,
+        None => BTreeMap::new(),
+    };
+    let mut sources: Vec<String> = model.iter().map(|m| m.dir.display().to_string()).collect();
+    if let Some(path) = inputs {
+        let extra = tttc::read_inputs(program, path, precision.elem()).map_err(Failure::user)?;
+        if let Some(both) = extra.keys().find(|k| tensors.contains_key(*k)) {
+            return Err(Failure::user(format!(
+                "`{both}` is both in the model folder's weights ({}) and in {}; remove it from one",
+                sources.join(""),
+                path.display()
+            )));
+        }
+        tensors.extend(extra);
+        sources.push(path.display().to_string());
+    }
     let unused = tttc::unused_tensors(program, &tensors);
     if !unused.is_empty() {
         eprintln!(
             "warning: {} has tensors this program does not use (ignored): {}",
-            inputs.display(),
+            sources.join(" and "),
             unused.join(", ")
         );
     }
@@ -248,6 +385,22 @@ pub fn load_inputs(
         eprintln!("warning: {w}");
     }
     Ok((bound, tensors))
+}
+
+/// A model folder's weights for `program`, with a progress bar over the files on a terminal.
+pub fn read_model_weights(
+    model: &ModelDir,
+    program: &Program,
+    precision: Precision,
+) -> Result<BTreeMap<String, Tensor>, Failure> {
+    let bar = progress::Progress::bar(&format!("loading {}", model.dir.display()));
+    let weights = model
+        .read_weights(program, precision.elem(), &mut |done, total| {
+            bar.set(done, total)
+        })
+        .map_err(Failure::user);
+    bar.finish();
+    weights
 }
 
 /// Whether `a` and `b` name the same existing file (through links, `..` or hard links).

@@ -1,8 +1,9 @@
 //! `tttc run`: compile, bind the inputs, execute, write the outputs.
 
+use super::progress::Progress;
 use super::{
-    check_output_path, check_stage, compile, load_inputs, tensor_cores, Failure, PrecisionArg,
-    SettingArgs, TensorCoresArg,
+    check_output_path, check_stage, compile, load_tensors, tensor_cores, CacheArgs, Failure,
+    ModelArgs, PrecisionArg, SettingArgs, TensorCoresArg,
 };
 use clap::ValueEnum;
 use std::path::PathBuf;
@@ -85,9 +86,10 @@ pub fn prepare_with(
 pub struct Args {
     /// The .ttt program.
     file: PathBuf,
-    /// Safetensors file holding every program input under its name (F32 or F64).
-    #[arg(long)]
-    inputs: PathBuf,
+    /// Safetensors file holding every program input under its name (F32 or F64); with
+    /// --model, the inputs that are not among the model's weights (e.g. input_ids).
+    #[arg(long, required_unless_present = "model")]
+    inputs: Option<PathBuf>,
     /// Where to write the outputs (safetensors, one tensor per program output).
     #[arg(long)]
     out: PathBuf,
@@ -124,6 +126,10 @@ pub struct Args {
     save_state: Option<PathBuf>,
     #[command(flatten)]
     settings: SettingArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 fn parse_chunk(s: &str) -> Result<usize, String> {
@@ -135,10 +141,19 @@ fn parse_chunk(s: &str) -> Result<usize, String> {
 
 /// Runs `tttc run`.
 pub fn main(args: &Args) -> Result<(), Failure> {
+    args.cache.apply()?;
+    let model = args.model.open()?;
+    let settings_args = args.settings.with_model(model.as_ref());
     // No output may overwrite an input. Saving the state over the state file it loads is
     // allowed (it is read in full first).
-    let mut reads = vec![args.file.as_path(), args.inputs.as_path()];
-    reads.extend(args.settings.config_file());
+    let weight_files = match &model {
+        Some(m) => m.weight_files().map_err(Failure::user)?,
+        None => Vec::new(),
+    };
+    let mut reads = vec![args.file.as_path()];
+    reads.extend(args.inputs.as_deref());
+    reads.extend(settings_args.config_file());
+    reads.extend(weight_files.iter().map(PathBuf::as_path));
     if let Some(save) = &args.save_state {
         check_output_path(
             save,
@@ -161,12 +176,18 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     let (compiled, settings) = compile(
         &args.file,
         precision,
-        &args.settings,
+        &settings_args,
         args.stop_after.as_deref(),
         false,
     )?;
     let program = &compiled.program;
-    let (bound, _) = load_inputs(program, &args.inputs, &settings, precision)?;
+    let (bound, _) = load_tensors(
+        program,
+        model.as_ref(),
+        args.inputs.as_deref(),
+        &settings,
+        precision,
+    )?;
     let streaming = args.chunks.is_some() || args.load_state.is_some() || args.save_state.is_some();
     if streaming && tc.is_some() {
         return Err(Failure::user(
@@ -192,7 +213,9 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             )?
         }
         false => {
+            let spinner = Progress::spinner("compiling");
             let prepared = prepare_with(args.backend, &bound.program, tc)?;
+            spinner.finish();
             prepared.run(&bound.inputs).map_err(Failure::internal)?
         }
     };
@@ -205,6 +228,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         .map(|(k, t)| format!("{k} {:?}", t.shape()))
         .collect();
     eprintln!("wrote {}: {}", args.out.display(), names.join(", "));
+    args.cache.report();
     Ok(())
 }
 

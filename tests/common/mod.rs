@@ -21,11 +21,25 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The compile cache the tests' `tttc` runs share (under cargo's scratch directory for
+/// integration tests, never the user's `~/.cache`): it is safe to share (entries are keyed by
+/// everything that determines them and written atomically), and sharing it exercises it.
+pub fn test_cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tttc-compile-cache")
+}
+
+/// The `tttc` binary as a command, run in the project root with the tests' compile cache.
+pub fn tttc_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tttc"));
+    c.current_dir(root())
+        .env("TTTC_CACHE_DIR", test_cache_dir());
+    c
+}
+
 /// Runs the `tttc` binary with `args`.
 pub fn tttc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tttc"))
+    tttc_command()
         .args(args)
-        .current_dir(root())
         .output()
         .expect("the tttc binary runs")
 }

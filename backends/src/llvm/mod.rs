@@ -59,11 +59,13 @@
 
 mod codegen;
 mod math;
+pub mod object;
 mod perf_map;
 mod runtime;
 
 pub use crate::native::profile;
 pub use codegen::PARALLEL_FOR;
+pub use object::{compile_object, host_fingerprint, load_object, ObjectCode, ObjectJit};
 pub use runtime::{thread_count, tttc_gemm_f32, tttc_gemm_f64, tttc_parallel_for, WorkerFn};
 
 use crate::backend::{Backend, BackendError};
