@@ -102,8 +102,16 @@ pub fn print_kernel_program(p: &KernelProgram) -> String {
 /// A one-line summary of statement `s` of `p` for profiles: its outermost loop nest's extents
 /// and schedules down to the first statement that is not a lone loop, and the buffers it
 /// stores to, the first three of them (`loop 12×64 parallel·serial → b74 %96 matmul, b75 %96
-/// rhs`).
+/// rhs`); a matrix product as `gemm [2048×768]·[768×768] → b74 %96 matmul`.
 pub fn describe_stmt(p: &KernelProgram, s: &Stmt) -> String {
+    if let Stmt::Gemm(g) = s {
+        let name = p.buffer(g.c.buf).map_or("", |b| b.name.as_str());
+        let batch: String = g.batch.iter().map(|e| format!("{e}×")).collect();
+        return format!(
+            "gemm {batch}[{}×{}]·[{}×{}] → b{} {name}",
+            g.m, g.k, g.k, g.n, g.c.buf.0
+        );
+    }
     let mut extents = Vec::new();
     let mut schedules = Vec::new();
     let mut cur = s;
@@ -148,4 +156,45 @@ pub fn describe_stmt(p: &KernelProgram, s: &Stmt) -> String {
         format!("loop {} {}", extents.join("×"), schedules.join("·"))
     };
     format!("{nest} → {}", names.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{BufId, Buffer, MemorySpace, Schedule, VarId};
+    use crate::shape::DType;
+
+    #[test]
+    fn statements_are_described_by_their_nest_and_the_buffers_they_write() {
+        let buffers = (0..5)
+            .map(|i| {
+                Buffer::row_major(
+                    &format!("%{i} t"),
+                    BufferKind::Temp,
+                    MemorySpace::Global,
+                    &[8, 8],
+                )
+            })
+            .collect();
+        let p = KernelProgram {
+            name: "p".into(),
+            dtype: DType::F32,
+            buffers,
+            vars: 2,
+            body: vec![],
+        };
+        let stores: Vec<Stmt> = (0..5)
+            .map(|b| Stmt::store(BufId(b), Index::Var(VarId(1)), Value::Const(0.0)))
+            .collect();
+        let nest = Stmt::counted_loop(
+            VarId(0),
+            8,
+            Schedule::Parallel,
+            vec![Stmt::counted_loop(VarId(1), 8, Schedule::Serial, stores)],
+        );
+        assert_eq!(
+            describe_stmt(&p, &nest),
+            "loop 8×8 parallel·serial → b0 %0 t, b1 %1 t, b2 %2 t, … 2 more"
+        );
+    }
 }
