@@ -412,7 +412,9 @@ fn first_unbound(graph: &tttc_ir::Graph) -> Option<String> {
             }
         }
         match &node.op {
-            tttc_ir::Op::Extent { dim: Dim::Sym(s) } | tttc_ir::Op::Iota { len: Dim::Sym(s) } => {
+            tttc_ir::Op::Extent { dim: Dim::Sym(s) }
+            | tttc_ir::Op::Iota { len: Dim::Sym(s) }
+            | tttc_ir::Op::ScatterAdd { rows: Dim::Sym(s) } => {
                 return Some(s.clone())
             }
             tttc_ir::Op::Ttt(scan) => {

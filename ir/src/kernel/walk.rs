@@ -31,7 +31,47 @@ impl Index {
                 b.for_each_var(f);
             }
             Index::Mul(a, _) | Index::Div(a, _) | Index::Rem(a, _) => a.for_each_var(f),
+            Index::Load { index, .. } => index.for_each_var(f),
         }
+    }
+
+    /// Calls `f` on every buffer element the index reads ([`Index::Load`]s), inner reads first.
+    pub fn for_each_load<'a>(&'a self, f: &mut impl FnMut(BufId, &'a Index)) {
+        match self {
+            Index::Const(_) | Index::Var(_) => {}
+            Index::Add(a, b) => {
+                a.for_each_load(f);
+                b.for_each_load(f);
+            }
+            Index::Mul(a, _) | Index::Div(a, _) | Index::Rem(a, _) => a.for_each_load(f),
+            Index::Load { buf, index, .. } => {
+                index.for_each_load(f);
+                f(*buf, index);
+            }
+        }
+    }
+
+    /// Calls `f` on the buffer and index of every [`Index::Load`], which it may rewrite.
+    pub fn for_each_load_mut(&mut self, f: &mut impl FnMut(&mut BufId, &mut Index)) {
+        match self {
+            Index::Const(_) | Index::Var(_) => {}
+            Index::Add(a, b) => {
+                a.for_each_load_mut(f);
+                b.for_each_load_mut(f);
+            }
+            Index::Mul(a, _) | Index::Div(a, _) | Index::Rem(a, _) => a.for_each_load_mut(f),
+            Index::Load { buf, index, .. } => {
+                index.for_each_load_mut(f);
+                f(buf, index);
+            }
+        }
+    }
+
+    /// Whether the index reads memory (contains an [`Index::Load`]).
+    pub fn has_load(&self) -> bool {
+        let mut found = false;
+        self.for_each_load(&mut |_, _| found = true);
+        found
     }
 
     /// The loop variables the index mentions.
@@ -50,6 +90,7 @@ impl Index {
             Index::Var(w) => *w == v,
             Index::Add(a, b) => a.mentions(v) || b.mentions(v),
             Index::Mul(a, _) | Index::Div(a, _) | Index::Rem(a, _) => a.mentions(v),
+            Index::Load { index, .. } => index.mentions(v),
         }
     }
 
@@ -63,6 +104,7 @@ impl Index {
             Index::Mul(a, c) => Index::scaled(a.substitute(f), *c),
             Index::Div(a, c) => Index::Div(Box::new(a.substitute(f)), *c),
             Index::Rem(a, c) => Index::Rem(Box::new(a.substitute(f)), *c),
+            Index::Load { buf, index, bound } => Index::load(*buf, index.substitute(f), *bound),
         }
     }
 }
@@ -84,17 +126,24 @@ impl Value {
         }
     }
 
-    /// Calls `f` on every load, left to right.
+    /// Calls `f` on every load, left to right: a [`Value::Load`] after the loads its index
+    /// makes ([`Index::Load`]s, which are included).
     pub fn for_each_load<'a>(&'a self, f: &mut impl FnMut(BufId, &'a Index)) {
         self.walk(&mut |v| {
-            if let Value::Load { buf, index } = v {
-                f(*buf, index);
+            match v {
+                Value::Load { buf, index } => {
+                    index.for_each_load(f);
+                    f(*buf, index);
+                }
+                Value::FromIndex(index) => index.for_each_load(f),
+                _ => {}
             }
             true
         });
     }
 
-    /// Calls `f` on every index in the expression (of loads and of [`Value::FromIndex`]).
+    /// Calls `f` on every index in the expression (of loads and of [`Value::FromIndex`]; not
+    /// the indices inside an [`Index::Load`], which are part of the index given).
     pub fn for_each_index<'a>(&'a self, f: &mut impl FnMut(&'a Index)) {
         self.walk(&mut |v| {
             match v {
@@ -105,11 +154,16 @@ impl Value {
         });
     }
 
-    /// Calls `f` on every load's buffer and index, which it may rewrite.
+    /// Calls `f` on every load's buffer and index (those of [`Index::Load`]s included, inner
+    /// first), which it may rewrite.
     pub fn for_each_load_mut(&mut self, f: &mut impl FnMut(&mut BufId, &mut Index)) {
         match self {
-            Value::Load { buf, index } => f(buf, index),
-            Value::Const(_) | Value::FromIndex(_) => {}
+            Value::Load { buf, index } => {
+                index.for_each_load_mut(f);
+                f(buf, index)
+            }
+            Value::FromIndex(index) => index.for_each_load_mut(f),
+            Value::Const(_) => {}
             Value::Unary(_, x) => x.for_each_load_mut(f),
             Value::Binary(_, a, b) => {
                 a.for_each_load_mut(f);
@@ -161,17 +215,20 @@ impl Stmt {
     }
 
     /// Calls `f` on every access in the statement (in a loop, in its whole body): for a store,
-    /// the loads of its value left to right, then the store.
+    /// the loads of its value left to right, the loads of its index ([`Index::Load`]), then the
+    /// store.
     pub fn for_each_access<'a>(&'a self, f: &mut impl FnMut(Access<'a>)) {
         self.walk(&mut |s| {
             if let Stmt::Store { buf, index, value } = s {
-                value.for_each_load(&mut |buf, index| {
+                let mut read = |buf, index| {
                     f(Access {
                         buf,
                         index,
                         write: false,
                     })
-                });
+                };
+                value.for_each_load(&mut read);
+                index.for_each_load(&mut read);
                 f(Access {
                     buf: *buf,
                     index,
@@ -255,9 +312,12 @@ fn walk_running<'a>(body: &'a [Stmt], f: &mut impl FnMut(&'a Stmt)) {
 pub fn buffers_used(body: &[Stmt]) -> BTreeSet<BufId> {
     let mut out = BTreeSet::new();
     walk_running(body, &mut |s| {
-        if let Stmt::Store { buf, value, .. } = s {
+        if let Stmt::Store { buf, index, value } = s {
             out.insert(*buf);
             value.for_each_load(&mut |b, _| {
+                out.insert(b);
+            });
+            index.for_each_load(&mut |b, _| {
                 out.insert(b);
             });
         }

@@ -20,6 +20,10 @@
 //! - `matmul` is a zero-initialisation and an accumulation over the contraction, with loops
 //!   ordered batch, m, k, n (n innermost, contiguous); `sum`/`mean`, `sum_to`, `mix` and
 //!   `mix_outer` are an initialisation and an accumulation (the mean divides afterwards);
+//! - `gather` stays lazy too: each element loads its table row through a data-dependent index
+//!   ([`Index::Load`] of the ids, clamped into the table's rows), so the rows are read where
+//!   they are consumed (the embedding feeds the first norm directly); `scatter_add`, its
+//!   adjoint, is a zeroed result and one serial accumulation over the operand's rows;
 //! - a `ttt` scan is a [`Schedule::Parallel`] loop over its slices (the product of the mapped
 //!   extents; an operand's slice is found by decomposing the slice index with `/` and `%`).
 //!   Inside it, `Local` state buffers are initialised from the initial states' slices; a serial
@@ -33,6 +37,7 @@
 //! Every loop is [`Schedule::Serial`] except the slice loops; scheduling is a later pass's job.
 
 mod elementwise;
+mod gather;
 mod graph;
 mod indexing;
 mod matmul;
