@@ -262,8 +262,15 @@ fn computed_bad_ids_are_an_interpreter_error_and_clamped_in_compiled_code() {
     let settings = Settings::new();
     let source = "main {\n  input x: [N]\n  input one: [N]\n  input table: [V, H]\n  \
                   output e = gather(table, x * one)\n}\n";
+    for precision in [Precision::F64, Precision::F32] {
+        computed_ids(source, precision, &settings);
+    }
+}
+
+fn computed_ids(source: &str, precision: Precision, settings: &Settings) {
     let program =
-        tttc::compile_source("c.ttt", source, Precision::F64, &settings).expect("compile");
+        tttc::compile_source("c.ttt", source, precision, settings).expect("compile");
+    // 1e300 is +inf in f32.
     let x = vec![0.0, 2.0, 9.0, -4.0, 1.7, f64::NAN, 1e300, -0.5];
     let table: Vec<f64> = (0..6).map(|i| i as f64 * 10.0).collect();
     let n = x.len();
@@ -280,7 +287,7 @@ fn computed_bad_ids_are_an_interpreter_error_and_clamped_in_compiled_code() {
     ]
     .into();
     // The ids are computed (`x * one`), so binding does not check them.
-    let bound = tttc::bind(&program, &tensors, &settings, Precision::F64.elem()).expect("bind");
+    let bound = tttc::bind(&program, &tensors, settings, precision.elem()).expect("bind");
     let err = tttc::prepare(Backend::Interp, &bound.program)
         .expect("prepare")
         .run(&bound.inputs)
@@ -304,6 +311,6 @@ fn computed_bad_ids_are_an_interpreter_error_and_clamped_in_compiled_code() {
         }
     }
     for (name, out) in runs {
-        same(&out["e"], &want, &name);
+        same(&out["e"], &want, &format!("{name} {precision:?}"));
     }
 }

@@ -418,6 +418,50 @@ mod tests {
     }
 
     #[test]
+    fn data_dependent_indices_are_accesses_and_mention_their_variables() {
+        // out[int(ids[i0]) * 2 + i1] = table[int(ids[i0], 3) * 2 + i1]
+        let row = Index::load(BufId(0), v(0), 3);
+        let at = Index::sum(Index::scaled(row, 2), v(1));
+        let s = lp(0, 4, vec![lp(1, 2, vec![st(2, at.clone(), ld(1, at.clone()))])]);
+        let mut seen = Vec::new();
+        s.for_each_access(&mut |a| seen.push((a.buf.0, a.write)));
+        assert_eq!(
+            seen,
+            vec![(0, false), (1, false), (0, false), (2, true)],
+            "the id reads of the load, then of the store, then the store"
+        );
+        assert_eq!(
+            buffers_used(std::slice::from_ref(&s)),
+            BTreeSet::from([BufId(0), BufId(1), BufId(2)])
+        );
+        assert!(at.mentions(VarId(0)) && at.has_load());
+        assert_eq!(at.vars(), BTreeSet::from([VarId(0), VarId(1)]));
+        let moved = at.substitute(&|w| (w == VarId(0)).then_some(Index::Const(5)));
+        assert_eq!(
+            moved,
+            Index::sum(
+                Index::scaled(Index::load(BufId(0), Index::Const(5), 3), 2),
+                v(1)
+            )
+        );
+        let mut value = ld(1, at);
+        value.for_each_load_mut(&mut |b, _| *b = BufId(b.0 + 10));
+        let mut bufs = Vec::new();
+        value.for_each_load(&mut |b, _| bufs.push(b.0));
+        assert_eq!(bufs, vec![10, 11]);
+    }
+
+    #[test]
+    fn the_clamp_of_a_loaded_index() {
+        let c = |x| Index::clamp_loaded(x, 5);
+        assert_eq!(
+            [c(0.0), c(3.0), c(4.0), c(2.7), c(-0.5), c(-7.0), c(5.0), c(1e300)],
+            [0, 3, 4, 2, 0, 0, 4, 4]
+        );
+        assert_eq!([c(f64::NAN), c(f64::INFINITY), c(f64::NEG_INFINITY)], [0, 4, 0]);
+    }
+
+    #[test]
     fn barriers_are_found_at_any_depth() {
         assert!(lp(0, 1, vec![lp(1, 1, vec![Stmt::Barrier])]).has_barrier());
         assert!(!lp(0, 1, vec![st(0, v(0), Value::Const(0.0))]).has_barrier());
