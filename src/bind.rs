@@ -482,9 +482,7 @@ fn first_unbound(graph: &tttc_ir::Graph) -> Option<String> {
         match &node.op {
             tttc_ir::Op::Extent { dim: Dim::Sym(s) }
             | tttc_ir::Op::Iota { len: Dim::Sym(s) }
-            | tttc_ir::Op::ScatterAdd { rows: Dim::Sym(s) } => {
-                return Some(s.clone())
-            }
+            | tttc_ir::Op::ScatterAdd { rows: Dim::Sym(s) } => return Some(s.clone()),
             tttc_ir::Op::Ttt(scan) => {
                 if let Dim::Sym(s) = &scan.mini_batch {
                     return Some(s.clone());

@@ -780,8 +780,14 @@ fn gather_misuse_is_located() {
         let (code, out) = check_program(dir.path(), "g.ttt", program.as_bytes());
         assert_eq!(code, 2, "{name}: exit code\n{out}");
         let location = format!("g.ttt:{line_col}:");
-        assert!(out.contains(&location), "{name}: expected {location} in\n{out}");
-        assert!(out.contains(fragment), "{name}: expected {fragment:?} in\n{out}");
+        assert!(
+            out.contains(&location),
+            "{name}: expected {location} in\n{out}"
+        );
+        assert!(
+            out.contains(fragment),
+            "{name}: expected {fragment:?} in\n{out}"
+        );
         assert!(!out.contains("panicked"), "{name}: panic\n{out}");
     }
 }

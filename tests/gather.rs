@@ -268,8 +268,7 @@ fn computed_bad_ids_are_an_interpreter_error_and_clamped_in_compiled_code() {
 }
 
 fn computed_ids(source: &str, precision: Precision, settings: &Settings) {
-    let program =
-        tttc::compile_source("c.ttt", source, precision, settings).expect("compile");
+    let program = tttc::compile_source("c.ttt", source, precision, settings).expect("compile");
     // 1e300 is +inf in f32.
     let x = vec![0.0, 2.0, 9.0, -4.0, 1.7, f64::NAN, 1e300, -0.5];
     let table: Vec<f64> = (0..6).map(|i| i as f64 * 10.0).collect();

@@ -267,19 +267,16 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
         let x = s.b.build_load(self.ft, ptr, "id")?.into_float_value();
         let zero = self.fconst(0.0);
         let top_f = self.fconst(top as f64);
-        let pos = s
-            .b
-            .build_float_compare(FloatPredicate::OGT, x, zero, "id.pos")?;
+        let pos =
+            s.b.build_float_compare(FloatPredicate::OGT, x, zero, "id.pos")?;
         let x = self.select(s, pos, x, zero, "id.lo")?;
-        let below = s
-            .b
-            .build_float_compare(FloatPredicate::OLT, x, top_f, "id.below")?;
+        let below =
+            s.b.build_float_compare(FloatPredicate::OLT, x, top_f, "id.below")?;
         let x = self.select(s, below, x, top_f, "id.hi")?;
         let i = s.b.build_float_to_signed_int(x, self.i64t, "id.int")?;
         let top_i = self.i64t.const_int(top as u64, true);
-        let over = s
-            .b
-            .build_int_compare(IntPredicate::SGT, i, top_i, "id.over")?;
+        let over =
+            s.b.build_int_compare(IntPredicate::SGT, i, top_i, "id.over")?;
         Ok(s.b.build_select(over, top_i, i, "id.row")?.into_int_value())
     }
 

@@ -339,11 +339,9 @@ impl Op {
             | Op::Get { .. } => Some(1),
             // `(x)` or `(x, fill)`.
             Op::Shift { .. } => None,
-            Op::Binary { .. }
-            | Op::MatMul
-            | Op::Mix
-            | Op::Gather
-            | Op::ScatterAdd { .. } => Some(2),
+            Op::Binary { .. } | Op::MatMul | Op::Mix | Op::Gather | Op::ScatterAdd { .. } => {
+                Some(2)
+            }
             Op::MixOuter => Some(3),
             Op::Ttt(scan) => Some(scan.operand_count()),
         }

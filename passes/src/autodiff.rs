@@ -648,7 +648,10 @@ impl<'a> Builder<'a> {
                 if is_active(table) {
                     let shape = src_tensor(src, *table)?.shape;
                     let rows = shape.0.first().cloned().ok_or_else(|| {
-                        AutodiffError::Malformed(format!("node %{}: a table without axes", id.index()))
+                        AutodiffError::Malformed(format!(
+                            "node %{}: a table without axes",
+                            id.index()
+                        ))
                     })?;
                     let ids = self.fwd(*ids)?;
                     out.push((*table, self.dst.add(Op::ScatterAdd { rows }, &[g, ids])?));

@@ -118,8 +118,8 @@ fn ids_get_no_gradient() {
     let rows = gather(&mut b, table, ids);
     let loss = b.sum_all(rows);
     let g = b.finish("loss", loss);
-    let grad = tttc_passes::autodiff::gradient_graph(&g, "loss", &["ids".to_string()])
-        .expect("gradient");
+    let grad =
+        tttc_passes::autodiff::gradient_graph(&g, "loss", &["ids".to_string()]).expect("gradient");
     let inputs = inputs_with_ids(&g, 3, &[8]);
     assert_eq!(output(&grad, &inputs, "grad_ids"), vec![0.0; 8]);
 }

@@ -422,7 +422,11 @@ mod tests {
         // out[int(ids[i0]) * 2 + i1] = table[int(ids[i0], 3) * 2 + i1]
         let row = Index::load(BufId(0), v(0), 3);
         let at = Index::sum(Index::scaled(row, 2), v(1));
-        let s = lp(0, 4, vec![lp(1, 2, vec![st(2, at.clone(), ld(1, at.clone()))])]);
+        let s = lp(
+            0,
+            4,
+            vec![lp(1, 2, vec![st(2, at.clone(), ld(1, at.clone()))])],
+        );
         let mut seen = Vec::new();
         s.for_each_access(&mut |a| seen.push((a.buf.0, a.write)));
         assert_eq!(
@@ -455,10 +459,22 @@ mod tests {
     fn the_clamp_of_a_loaded_index() {
         let c = |x| Index::clamp_loaded(x, 5);
         assert_eq!(
-            [c(0.0), c(3.0), c(4.0), c(2.7), c(-0.5), c(-7.0), c(5.0), c(1e300)],
+            [
+                c(0.0),
+                c(3.0),
+                c(4.0),
+                c(2.7),
+                c(-0.5),
+                c(-7.0),
+                c(5.0),
+                c(1e300)
+            ],
             [0, 3, 4, 2, 0, 0, 4, 4]
         );
-        assert_eq!([c(f64::NAN), c(f64::INFINITY), c(f64::NEG_INFINITY)], [0, 4, 0]);
+        assert_eq!(
+            [c(f64::NAN), c(f64::INFINITY), c(f64::NEG_INFINITY)],
+            [0, 4, 0]
+        );
     }
 
     #[test]

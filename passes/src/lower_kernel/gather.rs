@@ -24,7 +24,10 @@ impl Lowerer {
         if want != shape || rows == 0 && numel(shape) != Some(0) {
             return Err(sc.invalid_at(
                 id,
-                format!("table {:?} and ids {:?} for {shape:?}", table.shape, ids.shape),
+                format!(
+                    "table {:?} and ids {:?} for {shape:?}",
+                    table.shape, ids.shape
+                ),
             ));
         }
         let rank = ids.shape.len();
@@ -56,12 +59,15 @@ impl Lowerer {
         let rank = ids.shape.len();
         let fits = grad.shape.len() >= rank
             && grad.shape[..rank] == ids.shape[..]
-            && shape.first().is_some()
+            && !shape.is_empty()
             && shape[1..] == grad.shape[rank..];
         if !fits {
             return Err(sc.invalid_at(
                 id,
-                format!("rows {:?} and ids {:?} for {shape:?}", grad.shape, ids.shape),
+                format!(
+                    "rows {:?} and ids {:?} for {shape:?}",
+                    grad.shape, ids.shape
+                ),
             ));
         }
         let rows = shape[0];

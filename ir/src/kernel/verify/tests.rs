@@ -291,14 +291,16 @@ fn data_dependent_indices_are_checked() {
             "a data-dependent index inside another",
         ),
     ] {
-        rejects(
-            &with_body(vec![st(1, bad, Value::Const(0.0))]),
-            what,
-            |e| matches!(e, VerifyError::BadIndexLoad { .. }),
-        );
+        rejects(&with_body(vec![st(1, bad, Value::Const(0.0))]), what, |e| {
+            matches!(e, VerifyError::BadIndexLoad { .. })
+        });
     }
     rejects(
-        &with_body(vec![st(1, Index::load(BufId(9), Index::Const(0), 4), Value::Const(0.0))]),
+        &with_body(vec![st(
+            1,
+            Index::load(BufId(9), Index::Const(0), 4),
+            Value::Const(0.0),
+        )]),
         "an index read from an unknown buffer",
         |e| matches!(e, VerifyError::UnknownBuffer { buf: 9, .. }),
     );
