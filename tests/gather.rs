@@ -313,3 +313,40 @@ fn computed_ids(source: &str, precision: Precision, settings: &Settings) {
         same(&out["e"], &want, &format!("{name} {precision:?}"));
     }
 }
+
+/// Through the CLI, a computed id outside the table is a user error on the interpreter (exit 2,
+/// naming the gather and its ids) and a clamped read on the compiled backends (exit 0).
+#[test]
+fn computed_bad_ids_through_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = "main {\n  input x: [N]\n  input one: [N]\n  input table: [V, H]\n  \
+                   output e = gather(table, x * one)\n}\n";
+    let tensors: BTreeMap<String, Tensor> = [
+        (
+            "x".to_string(),
+            Tensor::from_f64(vec![2], vec![1.0, 7.0]).expect("x"),
+        ),
+        (
+            "one".to_string(),
+            Tensor::from_f64(vec![2], vec![1.0, 1.0]).expect("one"),
+        ),
+        (
+            "table".to_string(),
+            Tensor::from_f64(vec![3, 1], vec![1.0, 2.0, 3.0]).expect("table"),
+        ),
+    ]
+    .into();
+    for backend in backends() {
+        let (code, out) = run_cli(dir.path(), program, &tensors, &BTreeMap::new(), backend);
+        assert!(!out.contains("panicked"), "{backend}: {out}");
+        if backend == "interp" {
+            assert_eq!(code, 2, "{backend}: {out}");
+            assert!(
+                out.contains("bad id") && out.contains("gather") && out.contains("0..3"),
+                "{backend}: {out}"
+            );
+        } else {
+            assert_eq!(code, 0, "{backend}: {out}");
+        }
+    }
+}
