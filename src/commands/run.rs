@@ -193,7 +193,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         }
         false => {
             let prepared = prepare_with(args.backend, &bound.program, tc)?;
-            prepared.run(&bound.inputs).map_err(Failure::internal)?
+            prepared.run(&bound.inputs).map_err(Failure::from)?
         }
     };
     if !args.dump_intermediates {
