@@ -3,7 +3,9 @@
 //! and against rows copied here by hand, on the graph interpreter, every built native backend,
 //! the kernel executor and its GPU emulation (the mapped kernel IR), in f64 and f32; bad ids
 //! from inputs are user errors naming the tensor; bad ids computed inside a program are an
-//! interpreter error and a clamp in compiled code, never an out-of-bounds read.
+//! interpreter error and a clamp in compiled code, never an out-of-bounds read. Also the
+//! adjoint `scatter_add` on every backend and the GPU emulation, and the PTX of a gather (the
+//! id's clamp; assembled when `ptxas` is installed).
 //!
 //! Tolerance: none. A gather copies, and the one-hot product is exact too (`1 · x` plus exact
 //! zeros), so every backend must match bit for bit, consumers fused in included.
@@ -411,5 +413,64 @@ fn scatter_add_is_mapped_to_the_gpu_without_races() {
             "{dtype}: kernel executor"
         );
         assert_eq!(bits(&gpu["s"]), bits(&want["s"]), "{dtype}: GPU emulation");
+    }
+}
+
+/// The PTX of a gather (no GPU needed): the id is loaded, clamped as a float (`max`/`min`,
+/// NaN-safe) and converted towards zero, then clamped as an integer below the table's rows,
+/// before the row is read. With `ptxas` installed the PTX is assembled too.
+#[cfg(feature = "llvm")]
+#[test]
+fn gather_ptx_clamps_the_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prog = dir.path().join("e.ttt");
+    std::fs::write(
+        &prog,
+        "main {\n  input ids: int[B, L] in 0..V\n  input table: [V, H]\n  \
+         output e = rms_norm(embedding(ids, table), 1, 1e-6)\n}\n",
+    )
+    .expect("program");
+    for (precision, cvt) in [("f32", "cvt.rzi.s64.f32"), ("f64", "cvt.rzi.s64.f64")] {
+        let ptx = dir.path().join(format!("e.{precision}.ptx"));
+        let r = tttc(&[
+            "compile",
+            prog.to_str().expect("utf-8"),
+            "--target",
+            "sm_80",
+            "--precision",
+            precision,
+            "--set",
+            "B=2",
+            "--set",
+            "L=8",
+            "--set",
+            "V=100",
+            "--set",
+            "H=64",
+            "-o",
+            ptx.to_str().expect("utf-8"),
+        ]);
+        assert!(r.status.success(), "{precision}: {}", text(&r));
+        let text = std::fs::read_to_string(&ptx).expect("ptx");
+        assert!(text.contains(cvt), "{precision}: no {cvt} in\n{text}");
+        assert!(
+            text.contains("min.s64") || text.contains("selp.b64"),
+            "{precision}: no integer clamp below 100 in\n{text}"
+        );
+        if let Ok(ptxas) = std::process::Command::new("ptxas")
+            .arg("--version")
+            .output()
+        {
+            if ptxas.status.success() {
+                let out = dir.path().join("e.cubin");
+                let run = std::process::Command::new("ptxas")
+                    .args(["-arch=sm_80", "-o"])
+                    .arg(&out)
+                    .arg(&ptx)
+                    .output()
+                    .expect("ptxas");
+                assert!(run.status.success(), "{precision}: ptxas: {run:?}");
+            }
+        }
     }
 }

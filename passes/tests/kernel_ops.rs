@@ -693,3 +693,28 @@ fn gather_and_scatter_add() {
         );
     }
 }
+
+/// A gather with one use is fused: its consumer's loop reads the table through the id (no
+/// temporary holds the rows), and the result still matches the interpreter.
+#[test]
+fn a_gather_used_once_fuses_into_its_consumer() {
+    let mut b = B::new();
+    let table = b.input("table", &[5, 4]);
+    let ids = b.input("ids", &[3]);
+    let rows = op(&mut b, Op::Gather, &[table, ids]);
+    let y = b.un(UnaryOp::Tanh, rows);
+    let g = b.finish("y", y);
+    let mut inputs = inputs_for(&g, 5, -1.0, 1.0);
+    inputs.insert(
+        "ids".into(),
+        Tensor::from_f64(vec![3], vec![4.0, 0.0, 4.0]).expect("ids"),
+    );
+    let k = check_with(&g, &inputs, "fused gather");
+    let temps = k
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Temp)
+        .count();
+    assert_eq!(temps, 0, "{}", print_kernel_program(&k));
+    assert!(print_kernel_program(&k).contains("tanh(b0[int(b1["));
+}

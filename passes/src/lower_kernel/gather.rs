@@ -1,5 +1,5 @@
 //! `gather` (a lazy value: each element loads its table row through a data-dependent index,
-//! so it fuses into its consumer like an elementwise value) and `scatter_add` (its adjoint: a
+//! so with one use it fuses into its consumer like an elementwise value) and `scatter_add` (its adjoint: a
 //! zeroed result and one serial accumulation over the rows of the operand).
 
 use super::*;

@@ -21,8 +21,9 @@
 //!   ordered batch, m, k, n (n innermost, contiguous); `sum`/`mean`, `sum_to`, `mix` and
 //!   `mix_outer` are an initialisation and an accumulation (the mean divides afterwards);
 //! - `gather` stays lazy too: each element loads its table row through a data-dependent index
-//!   ([`Index::Load`] of the ids, clamped into the table's rows), so the rows are read where
-//!   they are consumed (the embedding feeds the first norm directly); `scatter_add`, its
+//!   ([`Index::Load`] of the ids, clamped into the table's rows), so with one use the rows are
+//!   read inside the consumer's loop (with more, it is materialized like any costly value,
+//!   a copy of the rows); `scatter_add`, its
 //!   adjoint, is a zeroed result and one serial accumulation over the operand's rows;
 //! - a `ttt` scan is a [`Schedule::Parallel`] loop over its slices (the product of the mapped
 //!   extents; an operand's slice is found by decomposing the slice index with `/` and `%`).
