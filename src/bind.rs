@@ -78,6 +78,7 @@ pub fn bind(
         .collect();
     let (specialized, dims) = bind_shapes(program, &shapes, settings)?;
     check_integer_inputs(program, tensors, &dims)?;
+    check_gather_ids(&specialized, tensors)?;
     let mut inputs = BTreeMap::new();
     let mut warnings = Vec::new();
     for &id in program.graph.inputs() {
@@ -294,6 +295,73 @@ fn check_integer_inputs(
     }
 }
 
+/// Checks the ids of every `gather` of the main graph that come straight from an input (through
+/// reshapes, transposes, permutes and broadcasts, which keep the set of values): each must be an
+/// integer row of the table (`0..V`). Compiled code would clamp a bad id; this says which
+/// tensor holds it instead. Ids computed inside the program are the program's business (the
+/// interpreter rejects bad ones, compiled code clamps them).
+fn check_gather_ids(
+    program: &Program,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<(), BindError> {
+    let g = &program.graph;
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for id in g.live_order().unwrap_or_default() {
+        if !matches!(g.node(id).op, tttc_ir::Op::Gather) {
+            continue;
+        }
+        let operands = g.operands(id);
+        let (Some(&table), Some(&ids)) = (operands.first(), operands.get(1)) else {
+            continue;
+        };
+        let Some(rows) = g
+            .tensor_type(table)
+            .and_then(|t| t.shape.0.first())
+            .and_then(Dim::known)
+        else {
+            continue;
+        };
+        let mut src = ids;
+        while matches!(
+            g.node(src).op,
+            tttc_ir::Op::Reshape { .. }
+                | tttc_ir::Op::Expand { .. }
+                | tttc_ir::Op::Permute { .. }
+                | tttc_ir::Op::Transpose
+        ) {
+            match g.operands(src).first() {
+                Some(&o) => src = o,
+                None => break,
+            }
+        }
+        let Some(name) = g.input_name(src) else {
+            continue;
+        };
+        let Some(t) = tensors.get(name) else { continue };
+        if !seen.insert((name.to_string(), rows)) {
+            continue;
+        }
+        let values = t.to_f64_vec();
+        if let Some((i, v)) = values
+            .iter()
+            .enumerate()
+            .find(|(_, &v)| !(v.fract() == 0.0 && v >= 0.0 && v < rows as f64))
+        {
+            problems.push(format!(
+                "`{name}`: value {v} at index {:?} is not a row of the table it gathers from \
+                 (an integer in 0..{rows})",
+                crate::inputs::position(t.shape(), i)
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(BindError::Inputs(problems))
+    }
+}
+
 /// Integer configs and `--set` dimensions; rejects unknown and invalid settings.
 fn dims_from_settings(
     program: &Program,
@@ -412,9 +480,9 @@ fn first_unbound(graph: &tttc_ir::Graph) -> Option<String> {
             }
         }
         match &node.op {
-            tttc_ir::Op::Extent { dim: Dim::Sym(s) } | tttc_ir::Op::Iota { len: Dim::Sym(s) } => {
-                return Some(s.clone())
-            }
+            tttc_ir::Op::Extent { dim: Dim::Sym(s) }
+            | tttc_ir::Op::Iota { len: Dim::Sym(s) }
+            | tttc_ir::Op::ScatterAdd { rows: Dim::Sym(s) } => return Some(s.clone()),
             tttc_ir::Op::Ttt(scan) => {
                 if let Dim::Sym(s) = &scan.mini_batch {
                     return Some(s.clone());

@@ -76,12 +76,17 @@ pub enum ExecError {
 }
 
 impl ExecError {
-    /// Whether the user can fix it (a backend not built in, no GPU driver) rather than a bug.
+    /// Whether the user can fix it (a backend not built in, no GPU driver, an id the interpreter
+    /// found outside its table) rather than a bug.
     pub fn is_user_error(&self) -> bool {
         match self {
             ExecError::NotBuilt(_) => true,
             ExecError::Gpu(e) => e.is_user_error(),
             ExecError::Cache(e) => e.is_user_error(),
+            // A computed id that is not a row of its table: the program's data, not a bug.
+            ExecError::Run(BackendError::Interp(tttc_backends::interp::InterpError::BadId {
+                ..
+            })) => true,
             ExecError::Lower(_) | ExecError::Codegen(_) | ExecError::Run(_) => false,
         }
     }

@@ -741,3 +741,53 @@ fn outputs_never_overwrite_inputs() {
         assert!(ptx.exists() && dir.path().join("newdir/x.ptx.json").exists());
     }
 }
+
+/// `gather` with the wrong number of arguments, a scalar table, or inside an inner model: a
+/// located error (exit 2) at the call or the argument.
+#[test]
+fn gather_misuse_is_located() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let main = |call: &str| {
+        format!("main {{\n  input t: [V, H]\n  input ids: [L]\n  output e = {call}\n}}\n")
+    };
+    let cases = [
+        (
+            "three arguments",
+            main("gather(t, ids, ids)"),
+            "4:14",
+            "`gather` takes 2 argument(s), got 3",
+        ),
+        (
+            "one argument",
+            main("gather(t)"),
+            "4:14",
+            "`gather` takes 2 argument(s), got 1",
+        ),
+        (
+            "scalar table",
+            main("gather(1.5, ids)"),
+            "4:21",
+            "a table with 1 or more axes",
+        ),
+        (
+            "inner model",
+            linear_with_out("q + gather(q, q)"),
+            "19:24",
+            "cannot be used inside an inner model",
+        ),
+    ];
+    for (name, program, line_col, fragment) in cases {
+        let (code, out) = check_program(dir.path(), "g.ttt", program.as_bytes());
+        assert_eq!(code, 2, "{name}: exit code\n{out}");
+        let location = format!("g.ttt:{line_col}:");
+        assert!(
+            out.contains(&location),
+            "{name}: expected {location} in\n{out}"
+        );
+        assert!(
+            out.contains(fragment),
+            "{name}: expected {fragment:?} in\n{out}"
+        );
+        assert!(!out.contains("panicked"), "{name}: panic\n{out}");
+    }
+}

@@ -3,7 +3,7 @@
 //! the whole pipeline and run on every built backend (interpreter, LLVM, Cranelift), against
 //! values computed here by plain loops.
 //!
-//! Tolerances: slices, shifts and the one-hot embedding only move numbers, so every backend
+//! Tolerances: slices, shifts and the embedding (a gather) only move numbers, so every backend
 //! must match exactly (bit for bit). The convolution sums `k` products in a fixed order: f64
 //! results within 1e-14 relative to max |expected| (LLVM may contract a multiply-add into an
 //! FMA), f32 within 1e-6.

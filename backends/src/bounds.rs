@@ -9,7 +9,9 @@
 //! inside its buffer. Bounds are proven by interval arithmetic over the loop extents (every loop
 //! variable `v` of a loop with extent `n` lies in `0..n`), with checked `i64` arithmetic. The
 //! analysis is conservative: an access whose interval leaves its buffer is rejected even if
-//! correlations between variables would keep it inside.
+//! correlations between variables would keep it inside. A data-dependent index
+//! ([`Index::Load`], a table row by an id) lies in `0..bound` because the code generators clamp
+//! it there; the element it reads is proven in bounds like any load.
 //!
 //! Where scratch buffers live on the CPU, and which loops run on several threads, is decided in
 //! [`crate::scratch`]; its names are re-exported here for the code generators that import them
@@ -189,6 +191,15 @@ impl Prover<'_> {
                 } else {
                     (-(c - 1), c - 1)
                 }
+            }
+            // The element read must be in bounds; the integer made from it is clamped into
+            // `0..bound` whatever the buffer holds.
+            Index::Load { buf, index, bound } => {
+                self.access(*buf, index, "index load from")?;
+                if *bound <= 0 {
+                    return invalid(format!("index {index} has a non-positive bound {bound}"));
+                }
+                (0, bound - 1)
             }
         })
     }

@@ -271,6 +271,7 @@ trait Num: Copy + 'static {
     const ELEM: ElemType;
     const NAN: Self;
     fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
     fn unary(f: UnaryOp, x: Self) -> Self;
     fn binary(f: BinaryOp, a: Self, b: Self) -> Self;
     fn data(t: &Tensor) -> Option<&[Self]>;
@@ -285,6 +286,9 @@ impl Num for f32 {
     const NAN: Self = f32::NAN;
     fn from_f64(v: f64) -> Self {
         v as f32
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
     }
     fn unary(f: UnaryOp, x: Self) -> Self {
         unary_scalar::<f32>(f, x)
@@ -308,6 +312,9 @@ impl Num for f64 {
     const NAN: Self = f64::NAN;
     fn from_f64(v: f64) -> Self {
         v
+    }
+    fn to_f64(self) -> f64 {
+        self
     }
     fn unary(f: UnaryOp, x: Self) -> Self {
         unary_scalar::<f64>(f, x)
@@ -401,9 +408,10 @@ fn fresh_scratch(
                 }
                 used.extend(inner);
             }
-            Stmt::Store { buf, value, .. } => {
+            Stmt::Store { buf, index, value } => {
                 note(*buf, &mut used);
                 value.for_each_load(&mut |b, _| note(b, &mut used));
+                index.for_each_load(&mut |b, _| note(b, &mut used));
             }
             Stmt::Gemm(g) => {
                 for v in [&g.a, &g.b, &g.c] {
@@ -691,22 +699,28 @@ impl<'p, T: Num> Machine<'p, T> {
             Index::Mul(a, c) => self.index(a)?.checked_mul(*c).ok_or_else(overflow)?,
             Index::Div(a, c) => self.index(a)?.checked_div(*c).ok_or_else(overflow)?,
             Index::Rem(a, c) => self.index(a)?.checked_rem(*c).ok_or_else(overflow)?,
+            Index::Load { buf, index, bound } => {
+                Index::clamp_loaded(self.load(*buf, index)?.to_f64(), *bound)
+            }
         })
+    }
+
+    /// `buf[index]`, checked.
+    fn load(&self, buf: BufId, index: &Index) -> Res<T> {
+        let i = self.index(index)?;
+        let b = buf.0 as usize;
+        self.touch(b, i, false)?;
+        let data = self.bufs.get(b);
+        let len = data.map_or(0, |d| d.len());
+        match (usize::try_from(i).ok(), data) {
+            (Some(j), Some(d)) if j < len => Ok(d[j]),
+            _ => Err(self.out_of_bounds("load", b, i, len)),
+        }
     }
 
     fn value(&self, v: &Value) -> Res<T> {
         Ok(match v {
-            Value::Load { buf, index } => {
-                let i = self.index(index)?;
-                let b = buf.0 as usize;
-                self.touch(b, i, false)?;
-                let data = self.bufs.get(b);
-                let len = data.map_or(0, |d| d.len());
-                match (usize::try_from(i).ok(), data) {
-                    (Some(j), Some(d)) if j < len => d[j],
-                    _ => return Err(self.out_of_bounds("load", b, i, len)),
-                }
-            }
+            Value::Load { buf, index } => self.load(*buf, index)?,
             Value::Const(c) => T::from_f64(*c),
             Value::FromIndex(i) => T::from_f64(self.index(i)? as f64),
             Value::Unary(f, x) => T::unary(*f, self.value(x)?),

@@ -28,7 +28,7 @@ use inkwell::values::{
     BasicMetadataValueEnum, BasicValueEnum, FastMathFlags, FloatValue, FunctionValue, IntValue,
     PointerValue,
 };
-use inkwell::FloatPredicate;
+use inkwell::{FloatPredicate, IntPredicate};
 use std::collections::HashMap;
 use tttc_ir::composite::{build_unary, PrimitiveBuilder};
 use tttc_ir::kernel::{BufId, Index, Value, VarId};
@@ -247,7 +247,37 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
                 let a = self.index(s, a)?;
                 s.b.build_int_signed_rem(a, c(*k), "rem")?
             }
+            Index::Load { buf, index, bound } => self.loaded_index(s, *buf, index, *bound)?,
         })
+    }
+
+    /// `buf[index]` truncated towards zero and clamped into `0..bound` (NaN gives 0), as
+    /// `Index::clamp_loaded` defines it. The float is clamped before `fptosi` (which is poison
+    /// outside the integer range) with ordered compares (false for NaN), and the integer again
+    /// (the float top may round up when `bound - 1` is not exact in it).
+    fn loaded_index(
+        &self,
+        s: &Scope<'_, 'ctx>,
+        buf: BufId,
+        index: &Index,
+        bound: i64,
+    ) -> Result<IntValue<'ctx>, ExprError> {
+        let top = bound.max(1) - 1;
+        let ptr = self.element(s, buf, index)?;
+        let x = s.b.build_load(self.ft, ptr, "id")?.into_float_value();
+        let zero = self.fconst(0.0);
+        let top_f = self.fconst(top as f64);
+        let pos =
+            s.b.build_float_compare(FloatPredicate::OGT, x, zero, "id.pos")?;
+        let x = self.select(s, pos, x, zero, "id.lo")?;
+        let below =
+            s.b.build_float_compare(FloatPredicate::OLT, x, top_f, "id.below")?;
+        let x = self.select(s, below, x, top_f, "id.hi")?;
+        let i = s.b.build_float_to_signed_int(x, self.i64t, "id.int")?;
+        let top_i = self.i64t.const_int(top as u64, true);
+        let over =
+            s.b.build_int_compare(IntPredicate::SGT, i, top_i, "id.over")?;
+        Ok(s.b.build_select(over, top_i, i, "id.row")?.into_int_value())
     }
 
     /// The address of `buf[index]` (bounds proven by the analysis before code generation).

@@ -175,9 +175,10 @@ impl Uses<'_> {
                     self.stmts(body);
                     self.loops.pop();
                 }
-                Stmt::Store { buf, value, .. } => {
+                Stmt::Store { buf, index, value } => {
                     self.note(*buf);
                     value.for_each_load(&mut |b, _| self.note(b));
+                    index.for_each_load(&mut |b, _| self.note(b));
                 }
                 Stmt::Barrier => {}
                 Stmt::Gemm(g) => {

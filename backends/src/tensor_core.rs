@@ -159,6 +159,11 @@ fn uses(ix: &Index, t: VarId, out: &mut Vec<Use>) {
             uses(b, t, out);
         }
         Index::Mul(a, _) | Index::Div(a, _) | Index::Rem(a, _) => uses(a, t, out),
+        Index::Load { index, .. } => {
+            if index.mentions(t) {
+                out.push(Use::Bare);
+            }
+        }
     }
 }
 

@@ -251,6 +251,18 @@ pub enum Op {
         /// How far elements move towards higher indices.
         by: usize,
     },
+    /// Rows of a table by integer ids: `table [V, h...]`, `ids [s...]` give `[s..., h...]` with
+    /// `out[s, h] = table[ids[s], h]`. The ids are floats holding integers in `0..V` (an `int`
+    /// input's values); the graph interpreter rejects any other id, compiled code clamps it
+    /// into `0..V` (see `docs/backends.md`).
+    Gather,
+    /// The adjoint of [`Op::Gather`] with respect to the table: `grad [s..., h...]`, `ids [s...]`
+    /// give `[rows, h...]` with `out[v, h] = Σ_{s: ids[s] = v} grad[s, h]` (rows with repeated
+    /// ids add up).
+    ScatterAdd {
+        /// The table's number of rows (`V`).
+        rows: Dim,
+    },
     /// The test-time-training scan over a sequence: see [`TttScan`].
     Ttt(Box<TttScan>),
     /// Element `index` of a tuple-valued operand.
@@ -305,6 +317,8 @@ impl Op {
             Op::Reshape { .. } => "reshape",
             Op::Slice { .. } => "slice",
             Op::Shift { .. } => "shift",
+            Op::Gather => "gather",
+            Op::ScatterAdd { .. } => "scatter_add",
             Op::Ttt(_) => "ttt",
             Op::Get { .. } => "get",
         }
@@ -325,7 +339,9 @@ impl Op {
             | Op::Get { .. } => Some(1),
             // `(x)` or `(x, fill)`.
             Op::Shift { .. } => None,
-            Op::Binary { .. } | Op::MatMul | Op::Mix => Some(2),
+            Op::Binary { .. } | Op::MatMul | Op::Mix | Op::Gather | Op::ScatterAdd { .. } => {
+                Some(2)
+            }
             Op::MixOuter => Some(3),
             Op::Ttt(scan) => Some(scan.operand_count()),
         }
@@ -519,6 +535,30 @@ impl Op {
                 }
                 a.clone()
             }
+            Op::Gather => {
+                let (table, ids) = (one("gather")?, tensor(operands[1], "gather")?);
+                same_dtype(table, ids, "gather")?;
+                let Some((_, row)) = table.shape.0.split_first() else {
+                    return err("gather: the table must have 1 or more axes (rows first), got []");
+                };
+                let mut dims = ids.shape.0.clone();
+                dims.extend(row.iter().cloned());
+                TensorType::new(table.dtype, Shape(dims))
+            }
+            Op::ScatterAdd { rows } => {
+                let (grad, ids) = (one("scatter_add")?, tensor(operands[1], "scatter_add")?);
+                same_dtype(grad, ids, "scatter_add")?;
+                let r = ids.shape.rank();
+                if grad.shape.rank() < r || grad.shape.0[..r] != ids.shape.0[..] {
+                    return err(format!(
+                        "scatter_add: rows {} must start with the ids' shape {}",
+                        grad.shape, ids.shape
+                    ));
+                }
+                let mut dims = vec![rows.clone()];
+                dims.extend(grad.shape.0[r..].iter().cloned());
+                TensorType::new(grad.dtype, Shape(dims))
+            }
             Op::Ttt(scan) => return scan.infer(operands),
             Op::Get { index } => match operands[0] {
                 NodeType::Tuple(ts) => match ts.get(*index) {
@@ -595,6 +635,7 @@ impl fmt::Display for Op {
                 write!(f, "slice axis={axis} start={start} len={len}")
             }
             Op::Shift { axis, by } => write!(f, "shift axis={axis} by={by}"),
+            Op::ScatterAdd { rows } => write!(f, "scatter_add rows={rows}"),
             Op::Ttt(scan) => write!(f, "ttt {}", scan.header()),
             _ => f.write_str(self.name()),
         }

@@ -250,6 +250,7 @@ pub fn specialize_graph(graph: &Graph, bindings: &BTreeMap<String, usize>) -> Gr
             }
             Op::Extent { dim } => *dim = dim.substitute(bindings),
             Op::Iota { len } => *len = len.substitute(bindings),
+            Op::ScatterAdd { rows } => *rows = rows.substitute(bindings),
             Op::Ttt(scan) => **scan = specialize_scan(scan, bindings),
             _ => {}
         }

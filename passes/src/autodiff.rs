@@ -276,7 +276,9 @@ fn zero_nodes(graph: &Graph) -> Result<BTreeSet<NodeId>, AutodiffError> {
             | Op::Expand { .. }
             | Op::SumTo { .. }
             | Op::Reshape { .. }
-            | Op::Slice { .. } => zero(0),
+            | Op::Slice { .. }
+            | Op::Gather
+            | Op::ScatterAdd { .. } => zero(0),
             Op::Shift { .. } => zero(0) && (operands.len() < 2 || zero(1)),
             _ => false,
         };
@@ -635,6 +637,34 @@ impl<'a> Builder<'a> {
                         self.dst.add(Op::Reshape { shape }, &[g])?
                     };
                     out.push((*x, d));
+                }
+            }
+            // Rows of the table: their adjoint sums the rows of `g` back by id (repeated ids
+            // add up). The ids are integers: no gradient.
+            Op::Gather => {
+                let [table, ids] = operands else {
+                    return Err(arity(id));
+                };
+                if is_active(table) {
+                    let shape = src_tensor(src, *table)?.shape;
+                    let rows = shape.0.first().cloned().ok_or_else(|| {
+                        AutodiffError::Malformed(format!(
+                            "node %{}: a table without axes",
+                            id.index()
+                        ))
+                    })?;
+                    let ids = self.fwd(*ids)?;
+                    out.push((*table, self.dst.add(Op::ScatterAdd { rows }, &[g, ids])?));
+                }
+            }
+            // Linear in the rows, and its adjoint is the gather by the same ids.
+            Op::ScatterAdd { .. } => {
+                let [rows, ids] = operands else {
+                    return Err(arity(id));
+                };
+                if is_active(rows) {
+                    let ids = self.fwd(*ids)?;
+                    out.push((*rows, self.dst.add(Op::Gather, &[g, ids])?));
                 }
             }
         }

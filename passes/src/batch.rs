@@ -352,7 +352,13 @@ impl Batcher<'_> {
                 },
                 &nodes,
             )?,
-            op @ (Op::Mix | Op::MixOuter | Op::Ttt(_) | Op::Get { .. } | Op::Shift { .. }) => {
+            op @ (Op::Mix
+            | Op::MixOuter
+            | Op::Ttt(_)
+            | Op::Get { .. }
+            | Op::Shift { .. }
+            | Op::Gather
+            | Op::ScatterAdd { .. }) => {
                 return Err(BatchError::Unsupported {
                     op: op.name(),
                     node: id.index(),

@@ -90,7 +90,8 @@ struct Affine {
     constant: i64,
 }
 
-/// `index` as an affine form, or `None` (division, remainder, overflow).
+/// `index` as an affine form, or `None` (division, remainder, an index read from memory,
+/// overflow).
 fn affine(index: &Index) -> Option<Affine> {
     match index {
         Index::Const(c) => Some(Affine {
@@ -118,7 +119,7 @@ fn affine(index: &Index) -> Option<Affine> {
             a.constant = a.constant.checked_mul(*k)?;
             Some(a)
         }
-        Index::Div(..) | Index::Rem(..) => None,
+        Index::Div(..) | Index::Rem(..) | Index::Load { .. } => None,
     }
 }
 
@@ -191,6 +192,7 @@ fn independent(p: &KernelProgram, v: VarId, body: &[Stmt], outer: &[VarId]) -> b
         s.walk(&mut |t| {
             if let Stmt::Store { buf, index, value } = t {
                 ok &= check(*buf, index);
+                index.for_each_load(&mut |b, i| ok &= check(b, i));
                 value.for_each_load(&mut |b, i| ok &= check(b, i));
             }
             ok

@@ -653,3 +653,69 @@ fn slices_and_shifts() {
         }
     }
 }
+
+/// `gather` (lazy: fused into a consumer, and materialized when used twice) and `scatter_add`
+/// (a zeroed result and a serial accumulation), with repeated ids and ids of rank 0, 1 and 2.
+#[test]
+fn gather_and_scatter_add() {
+    let ids_for = |n: usize| -> Vec<f64> { (0..n).map(|i| ((i * 7 + 3) % 4) as f64).collect() };
+    for ids_dims in [vec![], vec![6], vec![2, 3]] {
+        let n: usize = ids_dims.iter().product();
+        let mut b = B::new();
+        let table = b.input("table", &[4, 3, 2]);
+        let ids = b.input("ids", &ids_dims);
+        let rows = op(&mut b, Op::Gather, &[table, ids]);
+        // One use, fused into an elementwise consumer; the sum reads it again.
+        let fused = b.un(UnaryOp::Tanh, rows);
+        let twice = b.add(rows, rows);
+        let mut grad_dims = ids_dims.clone();
+        grad_dims.extend([3, 2]);
+        let grad = b.input("grad", &grad_dims);
+        let scattered = op(
+            &mut b,
+            Op::ScatterAdd {
+                rows: Dim::Known(4),
+            },
+            &[grad, ids],
+        );
+        let mut g = b.finish("rows", rows);
+        g.add_output("fused", fused);
+        g.add_output("twice", twice);
+        g.add_output("scattered", scattered);
+        let mut inputs = inputs_for(&g, 3, -1.0, 1.0);
+        inputs.insert(
+            "ids".into(),
+            Tensor::from_f64(ids_dims.clone(), ids_for(n)).expect("ids"),
+        );
+        let k = check_with(&g, &inputs, &format!("gather ids {ids_dims:?}"));
+        assert!(
+            print_kernel_program(&k).contains("int(b"),
+            "a data-dependent index"
+        );
+    }
+}
+
+/// A gather with one use is fused: its consumer's loop reads the table through the id (no
+/// temporary holds the rows), and the result still matches the interpreter.
+#[test]
+fn a_gather_used_once_fuses_into_its_consumer() {
+    let mut b = B::new();
+    let table = b.input("table", &[5, 4]);
+    let ids = b.input("ids", &[3]);
+    let rows = op(&mut b, Op::Gather, &[table, ids]);
+    let y = b.un(UnaryOp::Tanh, rows);
+    let g = b.finish("y", y);
+    let mut inputs = inputs_for(&g, 5, -1.0, 1.0);
+    inputs.insert(
+        "ids".into(),
+        Tensor::from_f64(vec![3], vec![4.0, 0.0, 4.0]).expect("ids"),
+    );
+    let k = check_with(&g, &inputs, "fused gather");
+    let temps = k
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Temp)
+        .count();
+    assert_eq!(temps, 0, "{}", print_kernel_program(&k));
+    assert!(print_kernel_program(&k).contains("tanh(b0[int(b1["));
+}

@@ -216,7 +216,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             let spinner = Progress::spinner("compiling");
             let prepared = prepare_with(args.backend, &bound.program, tc)?;
             spinner.finish();
-            prepared.run(&bound.inputs).map_err(Failure::internal)?
+            prepared.run(&bound.inputs).map_err(Failure::from)?
         }
     };
     if !args.dump_intermediates {

@@ -496,6 +496,11 @@ fn classify(
             (Class::Token(x), _) => Some(x),
             _ => return fail("a shift of a value with no sequence axis along a token".into()),
         },
+        // Rows of a fixed table by per-token ids: the ids' axes lead the result.
+        Op::Gather => match (ins[0], ins[1]) {
+            (Class::Constant, Class::Token(x)) => Some(x),
+            _ => return fail("it gathers from a table that changes along the sequence".into()),
+        },
         Op::Reshape { shape } => {
             let Class::Token(x) = ins[0] else {
                 return Ok(Class::Constant);

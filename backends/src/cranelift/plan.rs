@@ -57,7 +57,7 @@ pub(crate) fn coefficient(index: &Index, v: VarId) -> Option<i64> {
         Index::Var(w) => Some(i64::from(*w == v)),
         Index::Add(a, b) => coefficient(a, v)?.checked_add(coefficient(b, v)?),
         Index::Mul(a, k) => coefficient(a, v)?.checked_mul(*k),
-        Index::Div(a, _) | Index::Rem(a, _) => {
+        Index::Div(a, _) | Index::Rem(a, _) | Index::Load { index: a, .. } => {
             if a.mentions(v) {
                 None
             } else {
@@ -67,14 +67,32 @@ pub(crate) fn coefficient(index: &Index, v: VarId) -> Option<i64> {
     }
 }
 
+/// Whether some data-dependent index ([`Index::Load`]) in `body` reads a buffer in `written`
+/// (then nothing is planned: an id read would depend on the iteration's own stores).
+fn index_reads_written(body: &[Stmt], written: &BTreeSet<BufId>) -> bool {
+    let mut found = false;
+    for s in body {
+        s.for_each_index(&mut |i| {
+            i.for_each_load(&mut |b, _| found |= written.contains(&b));
+        });
+    }
+    found
+}
+
 /// Whether `value` is the same in every iteration of the loop over `v` that stores to
 /// `written` (it neither mentions `v` nor loads from a written buffer).
 fn invariant(value: &Value, v: VarId, written: &BTreeSet<BufId>) -> bool {
     let mut same = true;
     value.walk(&mut |x| {
         match x {
-            Value::Load { buf, index } => same &= !written.contains(buf) && !index.mentions(v),
-            Value::FromIndex(i) => same &= !i.mentions(v),
+            Value::Load { buf, index } => {
+                same &= !written.contains(buf) && !index.mentions(v);
+                index.for_each_load(&mut |b, _| same &= !written.contains(&b));
+            }
+            Value::FromIndex(i) => {
+                same &= !i.mentions(v);
+                i.for_each_load(&mut |b, _| same &= !written.contains(&b));
+            }
             Value::Const(_) | Value::Unary(..) | Value::Binary(..) => {}
         }
         same
@@ -125,6 +143,9 @@ pub(crate) fn plan_inner(v: VarId, body: &[Stmt]) -> Option<InnerPlan<'_>> {
         return None;
     }
     let written: BTreeSet<BufId> = stores.iter().map(|(b, _, _)| *b).collect();
+    if index_reads_written(body, &written) {
+        return None;
+    }
     let mut plan = InnerPlan::default();
     let mut accesses: Vec<(BufId, &Index)> = Vec::new();
     for (buf, index, value) in &stores {
@@ -219,6 +240,9 @@ pub(crate) fn rows_independent(i: VarId, j: VarId, body: &[Stmt]) -> bool {
         return false;
     }
     let written: BTreeSet<BufId> = stores.iter().map(|(b, _)| *b).collect();
+    if index_reads_written(body, &written) {
+        return false;
+    }
     accesses.extend(stores);
     let mut single: BTreeMap<BufId, &Index> = BTreeMap::new();
     for (buf, index) in accesses {

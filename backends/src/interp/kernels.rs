@@ -490,3 +490,77 @@ pub(crate) fn shift<T: Elem>(
     }
     Arr::new(x.shape.clone(), data)
 }
+
+/// Checks that `id` is an integer in `0..rows`, as the row index it stands for.
+fn row_of<T: Elem>(ids: &Arr<T>, i: usize, rows: usize) -> Result<usize, String> {
+    let x = ids.data[i].to_f64();
+    if x.fract() == 0.0 && x >= 0.0 && x < rows as f64 {
+        return Ok(x as usize);
+    }
+    let mut at = vec![0; ids.shape.len()];
+    let mut rest = i;
+    for (a, &n) in at.iter_mut().zip(&ids.shape).rev() {
+        *a = rest % n.max(1);
+        rest /= n.max(1);
+    }
+    Err(format!(
+        "id {x} at index {at:?} is not an integer in 0..{rows} (the table's rows)"
+    ))
+}
+
+/// Rows of `table [V, h...]` by `ids [s...]`: `[s..., h...]`. An id that is not an integer
+/// in `0..V` is an error.
+pub(crate) fn gather<T: Elem>(table: &Arr<T>, ids: &Arr<T>) -> Result<Arr<T>, BadId> {
+    let Some((&rows, row_shape)) = table.shape.split_first() else {
+        return Err(BadId::Shape("gather: the table has no axes".into()));
+    };
+    let row: usize = row_shape.iter().product();
+    let mut shape = ids.shape.clone();
+    shape.extend_from_slice(row_shape);
+    numel(&shape).map_err(BadId::Shape)?;
+    let mut data = Vec::with_capacity(ids.data.len() * row);
+    for i in 0..ids.data.len() {
+        let r = row_of(ids, i, rows).map_err(BadId::Id)?;
+        data.extend_from_slice(&table.data[r * row..(r + 1) * row]);
+    }
+    Arr::new(shape, data).map_err(BadId::Shape)
+}
+
+/// The adjoint of [`gather`] for the table: `grad [s..., h...]` summed into `[rows, h...]` by
+/// `ids [s...]`, in index order (repeated ids add up).
+pub(crate) fn scatter_add<T: Elem>(
+    grad: &Arr<T>,
+    ids: &Arr<T>,
+    rows: usize,
+) -> Result<Arr<T>, BadId> {
+    let r = ids.shape.len();
+    if grad.shape.len() < r || grad.shape[..r] != ids.shape[..] {
+        return Err(BadId::Shape(format!(
+            "scatter_add: rows {:?} do not start with the ids' shape {:?}",
+            grad.shape, ids.shape
+        )));
+    }
+    let row: usize = grad.shape[r..].iter().product();
+    let mut shape = vec![rows];
+    shape.extend_from_slice(&grad.shape[r..]);
+    let n = numel(&shape).map_err(BadId::Shape)?;
+    let mut data = vec![T::ZERO; n];
+    for i in 0..ids.data.len() {
+        let v = row_of(ids, i, rows).map_err(BadId::Id)?;
+        for (d, &g) in data[v * row..(v + 1) * row]
+            .iter_mut()
+            .zip(&grad.data[i * row..(i + 1) * row])
+        {
+            *d = *d + g;
+        }
+    }
+    Arr::new(shape, data).map_err(BadId::Shape)
+}
+
+/// Why a `gather` or `scatter_add` failed: ill-formed operands (a bug) or a bad id (the data's).
+pub(crate) enum BadId {
+    /// The operands' shapes do not fit.
+    Shape(String),
+    /// An id is not an integer in range.
+    Id(String),
+}

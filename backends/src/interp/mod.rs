@@ -77,6 +77,19 @@ pub enum InterpError {
         /// What is wrong, naming the node.
         message: String,
     },
+    /// A `gather` (or its adjoint) met an id that is not an integer row of its table: the data's
+    /// fault, not the graph's.
+    #[error("graph `{graph}`, {node}: bad id in `{ids}`: {message}")]
+    BadId {
+        /// Which graph.
+        graph: String,
+        /// The node, as `%id (op)`.
+        node: String,
+        /// The ids' tensor: an input's name, or the node computing them.
+        ids: String,
+        /// Which id and why.
+        message: String,
+    },
     /// A result could not be turned into a runtime tensor.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -473,6 +486,11 @@ impl<'g> Plan<'g> {
             Op::Reshape { shape } => {
                 kernels::reshape(arr(0)?, &self.known_shape(id, shape)?).map_err(inv)?
             }
+            Op::Gather => kernels::gather(arr(0)?, arr(1)?).map_err(|e| self.bad_id(id, e))?,
+            Op::ScatterAdd { rows } => {
+                let rows = self.known_dim(id, rows)?;
+                kernels::scatter_add(arr(0)?, arr(1)?, rows).map_err(|e| self.bad_id(id, e))?
+            }
             Op::Ttt(ttt) => {
                 let operands = (0..args.len()).map(arr).collect::<Result<Vec<_>, _>>()?;
                 return scan::eval_ttt(self, id, ttt, &operands);
@@ -482,6 +500,27 @@ impl<'g> Plan<'g> {
             }
         };
         Ok(T::wrap(result))
+    }
+}
+
+impl Plan<'_> {
+    /// The error of a failed `gather`/`scatter_add` at node `id`.
+    fn bad_id(&self, id: NodeId, e: kernels::BadId) -> InterpError {
+        match e {
+            kernels::BadId::Shape(m) => self.invalid_at(id, m),
+            kernels::BadId::Id(message) => {
+                let ids = self.graph.operands(id)[1];
+                InterpError::BadId {
+                    graph: self.path.clone(),
+                    node: self.describe(id),
+                    ids: match self.graph.input_name(ids) {
+                        Some(name) => name.to_string(),
+                        None => self.describe(ids),
+                    },
+                    message,
+                }
+            }
+        }
     }
 }
 

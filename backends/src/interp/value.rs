@@ -86,6 +86,8 @@ pub(crate) trait Elem:
     const ONE: Self;
     /// Conversion from `f64`, rounding to nearest.
     fn from_f64(v: f64) -> Self;
+    /// Conversion to `f64` (exact).
+    fn to_f64(self) -> f64;
     /// Square root.
     fn sqrt(self) -> Self;
     /// `e^x`.
@@ -122,6 +124,9 @@ macro_rules! impl_elem {
             const ONE: Self = 1.0;
             fn from_f64(v: f64) -> Self {
                 v as $t
+            }
+            fn to_f64(self) -> f64 {
+                f64::from(self)
             }
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)

@@ -143,6 +143,18 @@ pub enum Index {
     Div(Box<Index>, i64),
     /// Remainder by a positive constant.
     Rem(Box<Index>, i64),
+    /// A data-dependent index: the element `buf[index]` (a float holding an integer, such as a
+    /// token id) truncated towards zero and clamped into `0..bound` (NaN gives 0). Integers in
+    /// `0..bound` come out unchanged; anything else is clamped, so an access built on it can be
+    /// proven in bounds whatever the data holds (`gather` reads table rows with it).
+    Load {
+        /// The buffer read.
+        buf: BufId,
+        /// The element read (it may not itself contain a [`Index::Load`]).
+        index: Box<Index>,
+        /// The result lies in `0..bound` (positive).
+        bound: i64,
+    },
 }
 
 impl Index {
@@ -168,6 +180,29 @@ impl Index {
     /// The loop variable `v`.
     pub fn var(v: VarId) -> Index {
         Index::Var(v)
+    }
+
+    /// `buf[index]` read as an integer in `0..bound` (see [`Index::Load`]).
+    pub fn load(buf: BufId, index: Index, bound: i64) -> Index {
+        Index::Load {
+            buf,
+            index: Box::new(index),
+            bound,
+        }
+    }
+
+    /// The integer [`Index::Load`] computes from the element `x` it read: truncated towards
+    /// zero and clamped into `0..bound` (NaN gives 0). The one definition every evaluator and
+    /// code generator follows.
+    pub fn clamp_loaded(x: f64, bound: i64) -> i64 {
+        let top = (bound.max(1) - 1) as f64;
+        if x.is_nan() || x <= 0.0 {
+            0
+        } else if x >= top {
+            top as i64
+        } else {
+            x as i64
+        }
     }
 }
 

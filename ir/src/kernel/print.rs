@@ -15,6 +15,7 @@ impl fmt::Display for Index {
             },
             Index::Div(a, c) => write!(f, "({a})/{c}"),
             Index::Rem(a, c) => write!(f, "({a})%{c}"),
+            Index::Load { buf, index, bound } => write!(f, "int(b{}[{index}], {bound})", buf.0),
         }
     }
 }

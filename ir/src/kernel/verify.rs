@@ -9,6 +9,8 @@
 //! - every [`BufId`] names a buffer and every [`VarId`] is below [`KernelProgram::vars`];
 //! - a loop variable is used only inside its loop, and is not bound again inside it; extents fit
 //!   in `i64`; divisors and moduli of indices are positive;
+//! - an [`Index::Load`] has a positive bound, names a buffer, and its own index reads no memory
+//!   (one level of indirection);
 //! - nothing stores into a program input;
 //! - `Local` and `Shared` buffers are temporaries (inputs and outputs are `Global`, above); where
 //!   they may be used is not restricted: outside the loops that refresh them they live as long
@@ -130,6 +132,14 @@ pub enum VerifyError {
         index: String,
         /// The divisor.
         divisor: i64,
+    },
+    /// An [`Index::Load`] with a non-positive bound or with another one inside its index.
+    #[error("data-dependent index {index}: {reason}")]
+    BadIndexLoad {
+        /// The offending index, printed.
+        index: String,
+        /// What is wrong.
+        reason: &'static str,
     },
     /// A store into a program input.
     #[error("store into program input b{buf} ({name})")]
@@ -412,6 +422,28 @@ impl Verifier<'_> {
                     });
                 }
                 self.index(a, depth + 1)
+            }
+            Index::Load { buf, index, bound } => {
+                let bad = |reason| {
+                    Err(VerifyError::BadIndexLoad {
+                        index: i.to_string(),
+                        reason,
+                    })
+                };
+                if *bound <= 0 {
+                    return bad("its bound is not positive");
+                }
+                if index.has_load() {
+                    return bad("its index reads memory too (one level of indirection only)");
+                }
+                if self.p.buffer(*buf).is_none() {
+                    return Err(VerifyError::UnknownBuffer {
+                        access: "index load from",
+                        buf: buf.0,
+                        buffers: self.p.buffers.len(),
+                    });
+                }
+                self.index(index, depth + 1)
             }
         }
     }

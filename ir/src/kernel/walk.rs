@@ -33,7 +33,47 @@ impl Index {
                 b.for_each_var(f);
             }
             Index::Mul(a, _) | Index::Div(a, _) | Index::Rem(a, _) => a.for_each_var(f),
+            Index::Load { index, .. } => index.for_each_var(f),
         }
+    }
+
+    /// Calls `f` on every buffer element the index reads ([`Index::Load`]s), inner reads first.
+    pub fn for_each_load<'a>(&'a self, f: &mut impl FnMut(BufId, &'a Index)) {
+        match self {
+            Index::Const(_) | Index::Var(_) => {}
+            Index::Add(a, b) => {
+                a.for_each_load(f);
+                b.for_each_load(f);
+            }
+            Index::Mul(a, _) | Index::Div(a, _) | Index::Rem(a, _) => a.for_each_load(f),
+            Index::Load { buf, index, .. } => {
+                index.for_each_load(f);
+                f(*buf, index);
+            }
+        }
+    }
+
+    /// Calls `f` on the buffer and index of every [`Index::Load`], which it may rewrite.
+    pub fn for_each_load_mut(&mut self, f: &mut impl FnMut(&mut BufId, &mut Index)) {
+        match self {
+            Index::Const(_) | Index::Var(_) => {}
+            Index::Add(a, b) => {
+                a.for_each_load_mut(f);
+                b.for_each_load_mut(f);
+            }
+            Index::Mul(a, _) | Index::Div(a, _) | Index::Rem(a, _) => a.for_each_load_mut(f),
+            Index::Load { buf, index, .. } => {
+                index.for_each_load_mut(f);
+                f(buf, index);
+            }
+        }
+    }
+
+    /// Whether the index reads memory (contains an [`Index::Load`]).
+    pub fn has_load(&self) -> bool {
+        let mut found = false;
+        self.for_each_load(&mut |_, _| found = true);
+        found
     }
 
     /// The loop variables the index mentions.
@@ -52,6 +92,7 @@ impl Index {
             Index::Var(w) => *w == v,
             Index::Add(a, b) => a.mentions(v) || b.mentions(v),
             Index::Mul(a, _) | Index::Div(a, _) | Index::Rem(a, _) => a.mentions(v),
+            Index::Load { index, .. } => index.mentions(v),
         }
     }
 
@@ -65,6 +106,7 @@ impl Index {
             Index::Mul(a, c) => Index::scaled(a.substitute(f), *c),
             Index::Div(a, c) => Index::Div(Box::new(a.substitute(f)), *c),
             Index::Rem(a, c) => Index::Rem(Box::new(a.substitute(f)), *c),
+            Index::Load { buf, index, bound } => Index::load(*buf, index.substitute(f), *bound),
         }
     }
 }
@@ -86,17 +128,24 @@ impl Value {
         }
     }
 
-    /// Calls `f` on every load, left to right.
+    /// Calls `f` on every load, left to right: a [`Value::Load`] after the loads its index
+    /// makes ([`Index::Load`]s, which are included).
     pub fn for_each_load<'a>(&'a self, f: &mut impl FnMut(BufId, &'a Index)) {
         self.walk(&mut |v| {
-            if let Value::Load { buf, index } = v {
-                f(*buf, index);
+            match v {
+                Value::Load { buf, index } => {
+                    index.for_each_load(f);
+                    f(*buf, index);
+                }
+                Value::FromIndex(index) => index.for_each_load(f),
+                _ => {}
             }
             true
         });
     }
 
-    /// Calls `f` on every index in the expression (of loads and of [`Value::FromIndex`]).
+    /// Calls `f` on every index in the expression (of loads and of [`Value::FromIndex`]; not
+    /// the indices inside an [`Index::Load`], which are part of the index given).
     pub fn for_each_index<'a>(&'a self, f: &mut impl FnMut(&'a Index)) {
         self.walk(&mut |v| {
             match v {
@@ -107,11 +156,16 @@ impl Value {
         });
     }
 
-    /// Calls `f` on every load's buffer and index, which it may rewrite.
+    /// Calls `f` on every load's buffer and index (those of [`Index::Load`]s included, inner
+    /// first), which it may rewrite.
     pub fn for_each_load_mut(&mut self, f: &mut impl FnMut(&mut BufId, &mut Index)) {
         match self {
-            Value::Load { buf, index } => f(buf, index),
-            Value::Const(_) | Value::FromIndex(_) => {}
+            Value::Load { buf, index } => {
+                index.for_each_load_mut(f);
+                f(buf, index)
+            }
+            Value::FromIndex(index) => index.for_each_load_mut(f),
+            Value::Const(_) => {}
             Value::Unary(_, x) => x.for_each_load_mut(f),
             Value::Binary(_, a, b) => {
                 a.for_each_load_mut(f);
@@ -163,17 +217,20 @@ impl Stmt {
     }
 
     /// Calls `f` on every access in the statement (in a loop, in its whole body): for a store,
-    /// the loads of its value left to right, then the store.
+    /// the loads of its value left to right, the loads of its index ([`Index::Load`]), then the
+    /// store.
     pub fn for_each_access<'a>(&'a self, f: &mut impl FnMut(Access<'a>)) {
         self.walk(&mut |s| {
             if let Stmt::Store { buf, index, value } = s {
-                value.for_each_load(&mut |buf, index| {
+                let mut read = |buf, index| {
                     f(Access {
                         buf,
                         index,
                         write: false,
                     })
-                });
+                };
+                value.for_each_load(&mut read);
+                index.for_each_load(&mut read);
                 f(Access {
                     buf: *buf,
                     index,
@@ -268,9 +325,12 @@ fn walk_running<'a>(body: &'a [Stmt], f: &mut impl FnMut(&'a Stmt)) {
 pub fn buffers_used(body: &[Stmt]) -> BTreeSet<BufId> {
     let mut out = BTreeSet::new();
     walk_running(body, &mut |s| {
-        if let Stmt::Store { buf, value, .. } = s {
+        if let Stmt::Store { buf, index, value } = s {
             out.insert(*buf);
             value.for_each_load(&mut |b, _| {
+                out.insert(b);
+            });
+            index.for_each_load(&mut |b, _| {
                 out.insert(b);
             });
         }
@@ -372,6 +432,66 @@ mod tests {
         assert_eq!(zero, v(1));
         assert!(i.mentions(VarId(0)) && !zero.mentions(VarId(0)));
         assert_eq!(i.vars(), BTreeSet::from([VarId(0), VarId(1)]));
+    }
+
+    #[test]
+    fn data_dependent_indices_are_accesses_and_mention_their_variables() {
+        // out[int(ids[i0]) * 2 + i1] = table[int(ids[i0], 3) * 2 + i1]
+        let row = Index::load(BufId(0), v(0), 3);
+        let at = Index::sum(Index::scaled(row, 2), v(1));
+        let s = lp(
+            0,
+            4,
+            vec![lp(1, 2, vec![st(2, at.clone(), ld(1, at.clone()))])],
+        );
+        let mut seen = Vec::new();
+        s.for_each_access(&mut |a| seen.push((a.buf.0, a.write)));
+        assert_eq!(
+            seen,
+            vec![(0, false), (1, false), (0, false), (2, true)],
+            "the id reads of the load, then of the store, then the store"
+        );
+        assert_eq!(
+            buffers_used(std::slice::from_ref(&s)),
+            BTreeSet::from([BufId(0), BufId(1), BufId(2)])
+        );
+        assert!(at.mentions(VarId(0)) && at.has_load());
+        assert_eq!(at.vars(), BTreeSet::from([VarId(0), VarId(1)]));
+        let moved = at.substitute(&|w| (w == VarId(0)).then_some(Index::Const(5)));
+        assert_eq!(
+            moved,
+            Index::sum(
+                Index::scaled(Index::load(BufId(0), Index::Const(5), 3), 2),
+                v(1)
+            )
+        );
+        let mut value = ld(1, at);
+        value.for_each_load_mut(&mut |b, _| *b = BufId(b.0 + 10));
+        let mut bufs = Vec::new();
+        value.for_each_load(&mut |b, _| bufs.push(b.0));
+        assert_eq!(bufs, vec![10, 11]);
+    }
+
+    #[test]
+    fn the_clamp_of_a_loaded_index() {
+        let c = |x| Index::clamp_loaded(x, 5);
+        assert_eq!(
+            [
+                c(0.0),
+                c(3.0),
+                c(4.0),
+                c(2.7),
+                c(-0.5),
+                c(-7.0),
+                c(5.0),
+                c(1e300)
+            ],
+            [0, 3, 4, 2, 0, 0, 4, 4]
+        );
+        assert_eq!(
+            [c(f64::NAN), c(f64::INFINITY), c(f64::NEG_INFINITY)],
+            [0, 4, 0]
+        );
     }
 
     #[test]

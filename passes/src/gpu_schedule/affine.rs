@@ -14,7 +14,9 @@
 //! taken over all those accesses, lies in an interval `[lo, hi]` narrower than the smallest
 //! step of `P`, with each larger step exceeding the span of the smaller ones (a mixed-radix
 //! condition). Then two accesses from different values of `P` can never name the same element.
-//! The test is sufficient, not necessary: it may refuse a nest that is in fact parallel.
+//! The test is sufficient, not necessary: it may refuse a nest that is in fact parallel. A
+//! data-dependent index ([`Index::Load`]) has no decomposition, so a written buffer accessed
+//! through one (a `scatter_add`) keeps its nest serial.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tttc_ir::kernel::{Access, BufId, Index, Stmt, VarId};
@@ -71,6 +73,9 @@ fn decompose<'a>(ix: &'a Index, scale: i64, a: &mut Affine<'a>) -> Option<()> {
             let t = a.terms.entry(Atom::Opaque(key)).or_insert(0);
             *t = t.checked_add(scale)?;
         }
+        // A data-dependent index (a row by an id) has no affine form: an access through one
+        // to a written buffer keeps its nest serial.
+        Index::Load { .. } => return None,
     }
     Some(())
 }
@@ -109,6 +114,7 @@ fn interval(ix: &Index, extents: &HashMap<VarId, usize>) -> Option<(i64, i64)> {
             }
         }
         Index::Div(..) | Index::Rem(..) => return None,
+        Index::Load { bound, .. } => (0, bound.checked_sub(1)?),
     })
 }
 

@@ -42,6 +42,7 @@ fn rename(ix: &Index, from: VarId) -> Index {
         Index::Mul(a, c) => Index::Mul(Box::new(rename(a, from)), *c),
         Index::Div(a, c) => Index::Div(Box::new(rename(a, from)), *c),
         Index::Rem(a, c) => Index::Rem(Box::new(rename(a, from)), *c),
+        Index::Load { buf, index, bound } => Index::load(*buf, rename(index, from), *bound),
     }
 }
 

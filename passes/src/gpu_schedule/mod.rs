@@ -423,9 +423,10 @@ fn weights(body: &[Stmt], trips: f64, out: &mut BTreeMap<BufId, f64>) {
                 };
                 weights(body, t, out);
             }
-            Stmt::Store { buf, value, .. } => {
+            Stmt::Store { buf, index, value } => {
                 *out.entry(*buf).or_default() += trips;
                 value.for_each_load(&mut |b, _| *out.entry(b).or_default() += trips);
+                index.for_each_load(&mut |b, _| *out.entry(b).or_default() += trips);
             }
             Stmt::Barrier => {}
             // Expanded before anything is weighed.
@@ -522,6 +523,11 @@ fn offset_buffer(s: &mut Stmt, b: BufId, offset: &Index) {
     };
     s.walk_mut(&mut |s| {
         if let Stmt::Store { buf, index, value } = s {
+            index.for_each_load_mut(&mut |buf, index| {
+                if *buf == b {
+                    shift(index);
+                }
+            });
             if *buf == b {
                 shift(index);
             }

@@ -355,6 +355,8 @@ impl Lowerer {
             Op::SumTo { .. } => self.sum_to(sc, id, arg(0)?, shape, body)?,
             Op::Mix => self.mix(sc, id, arg(0)?, arg(1)?, shape, body)?,
             Op::MixOuter => self.mix_outer(sc, id, [arg(0)?, arg(1)?, arg(2)?], shape, body)?,
+            Op::Gather => self.gather(sc, id, arg(0)?, arg(1)?, shape, body)?,
+            Op::ScatterAdd { .. } => self.scatter_add(sc, id, arg(0)?, arg(1)?, shape, body)?,
             Op::Slice { axis, start, .. } => {
                 let x = arg(0)?;
                 self.slice(sc, id, x, *axis, *start, shape, body)?

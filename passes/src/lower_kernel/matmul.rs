@@ -258,5 +258,6 @@ fn constant(i: &Index) -> Option<i64> {
         Index::Mul(a, c) => constant(a)?.checked_mul(*c),
         Index::Div(a, c) => constant(a)?.checked_div(*c),
         Index::Rem(a, c) => constant(a)?.checked_rem(*c),
+        Index::Load { .. } => None,
     }
 }

@@ -23,6 +23,11 @@
 //!   in the main graph (outside every scan) and `m·n·k` is at least
 //!   [`LowerOptions::gemm_min_mnk`]; `sum`/`mean`, `sum_to`, `mix` and
 //!   `mix_outer` are an initialisation and an accumulation (the mean divides afterwards);
+//! - `gather` stays lazy too: each element loads its table row through a data-dependent index
+//!   ([`Index::Load`] of the ids, clamped into the table's rows), so with one use the rows are
+//!   read inside the consumer's loop (with more, it is materialized like any costly value,
+//!   a copy of the rows); `scatter_add`, its
+//!   adjoint, is a zeroed result and one serial accumulation over the operand's rows;
 //! - a `ttt` scan is a [`Schedule::Parallel`] loop over its slices (the product of the mapped
 //!   extents; an operand's slice is found by decomposing the slice index with `/` and `%`).
 //!   Inside it, `Local` state buffers are initialised from the initial states' slices; a serial
@@ -36,6 +41,7 @@
 //! Every loop is [`Schedule::Serial`] except the slice loops; scheduling is a later pass's job.
 
 mod elementwise;
+mod gather;
 mod graph;
 mod indexing;
 mod matmul;

@@ -44,6 +44,14 @@ pub(super) enum Lazy {
     Broadcast(Box<Val>),
     /// The operand's row-major elements with this shape.
     Reshape(Box<Val>),
+    /// Rows of `table` by `ids` (the first `rank` axes of this value index the ids, the rest
+    /// the row): `table[ids[s], h]`, with the id clamped into `0..rows`.
+    Gather {
+        table: View,
+        ids: View,
+        rank: usize,
+        rows: usize,
+    },
 }
 
 /// A tensor value: its shape and how it is computed.
@@ -90,6 +98,17 @@ impl Val {
             }
             Lazy::Broadcast(x) => x.emit(&bcast_idx(&x.shape, idx)),
             Lazy::Reshape(x) => x.emit(&reshape_idx(&self.shape, &x.shape, idx)),
+            Lazy::Gather {
+                table,
+                ids,
+                rank,
+                rows,
+            } => {
+                let (s, h) = idx.split_at((*rank).min(idx.len()));
+                let mut at = vec![Index::load(ids.buf, ids.at(s), *rows as i64)];
+                at.extend_from_slice(h);
+                table.load(&at)
+            }
         }
     }
 
@@ -104,6 +123,7 @@ impl Val {
             Lazy::Reshape(x) => x.is_costly() || !reshape_is_regrouping(&self.shape, &x.shape),
             Lazy::Unary(_, x) => !x.all_const(),
             Lazy::Binary(_, a, b) => !(a.all_const() && b.all_const()),
+            Lazy::Gather { .. } => true,
         }
     }
 
@@ -111,7 +131,7 @@ impl Val {
     pub(super) fn all_const(&self) -> bool {
         match &self.lazy {
             Lazy::Const(_) => true,
-            Lazy::View(_) | Lazy::Iota => false,
+            Lazy::View(_) | Lazy::Iota | Lazy::Gather { .. } => false,
             Lazy::Unary(_, x) | Lazy::Permute(x, _) | Lazy::Broadcast(x) | Lazy::Reshape(x) => {
                 x.all_const()
             }

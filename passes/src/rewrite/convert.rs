@@ -52,10 +52,15 @@ impl Loaded {
 
 fn is_verbatim(graph: &Graph, id: NodeId) -> bool {
     let node = graph.node(id);
-    // Slices and shifts have no e-node: the rules never look through them.
+    // Slices, shifts, gathers and scatters have no e-node: the rules never look through them.
     matches!(
         node.op,
-        Op::Ttt(_) | Op::Get { .. } | Op::Slice { .. } | Op::Shift { .. }
+        Op::Ttt(_)
+            | Op::Get { .. }
+            | Op::Slice { .. }
+            | Op::Shift { .. }
+            | Op::Gather
+            | Op::ScatterAdd { .. }
     ) || node.ty.tensor().is_none()
 }
 
@@ -148,7 +153,12 @@ pub fn load(graph: &Graph, label: &str) -> Result<Loaded, RewriteError> {
             }
             Op::Mix => TensorLang::Mix([arg(0)?, arg(1)?]),
             Op::MixOuter => TensorLang::MixOuter([arg(0)?, arg(1)?, arg(2)?]),
-            Op::Ttt(_) | Op::Get { .. } | Op::Slice { .. } | Op::Shift { .. } => {
+            Op::Ttt(_)
+            | Op::Get { .. }
+            | Op::Slice { .. }
+            | Op::Shift { .. }
+            | Op::Gather
+            | Op::ScatterAdd { .. } => {
                 return Err(fail(format!("%{} should be verbatim", id.index())))
             }
         };

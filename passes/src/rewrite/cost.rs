@@ -167,6 +167,7 @@ fn work_of_ir<'a>(op: &Op, operands: &[&'a TensorType]) -> Work<'a> {
             None => Work::PerResult,
         },
         (Op::MixOuter, Some(w)) => Work::MixOuter(w),
+        (Op::ScatterAdd { .. }, Some(a)) => Work::PerInput(a),
         _ => Work::PerResult,
     }
 }

@@ -110,6 +110,17 @@ impl<'a> Gen<'a> {
                 let a = self.index(st, a)?;
                 st.b.ins().srem_imm_s(a, *k)
             }
+            // `buf[index]` truncated towards zero (saturating, NaN to 0), clamped into
+            // `0..bound` like `Index::clamp_loaded`.
+            Index::Load { buf, index, bound } => {
+                let addr = self.element(st, *buf, index)?;
+                let x = st.b.ins().load(self.ft, scalar_flags(), addr, 0);
+                let i = st.b.ins().fcvt_to_sint_sat(types::I64, x);
+                let lo = st.b.ins().iconst(types::I64, 0);
+                let hi = st.b.ins().iconst(types::I64, (*bound).max(1) - 1);
+                let i = st.b.ins().smax(i, lo);
+                st.b.ins().smin(i, hi)
+            }
         })
     }
 

@@ -440,3 +440,33 @@ fn expanding_a_gemm_gives_a_verified_loop_nest() {
         "b2[i1*6 + i2*3 + i5] = add(b2[i1*6 + i2*3 + i5], mul(b0[i2*4 + i4], b1[i4*3 + i5]))";
     assert!(text.contains(want), "{text}");
 }
+
+#[test]
+fn data_dependent_indices_are_checked() {
+    let row = |bound| Index::load(BufId(0), Index::Const(0), bound);
+    assert_eq!(
+        verify(&with_body(vec![st(1, row(4), Value::Const(0.0))])),
+        Ok(())
+    );
+    for (bad, what) in [
+        (row(0), "a zero bound"),
+        (row(-3), "a negative bound"),
+        (
+            Index::load(BufId(0), row(4), 4),
+            "a data-dependent index inside another",
+        ),
+    ] {
+        rejects(&with_body(vec![st(1, bad, Value::Const(0.0))]), what, |e| {
+            matches!(e, VerifyError::BadIndexLoad { .. })
+        });
+    }
+    rejects(
+        &with_body(vec![st(
+            1,
+            Index::load(BufId(9), Index::Const(0), 4),
+            Value::Const(0.0),
+        )]),
+        "an index read from an unknown buffer",
+        |e| matches!(e, VerifyError::UnknownBuffer { buf: 9, .. }),
+    );
+}

@@ -52,7 +52,8 @@ impl Drop for Nesting<'_, '_> {
 }
 
 /// Built-in operations other than the unary functions.
-const BUILTINS: [&str; 13] = [
+const BUILTINS: [&str; 14] = [
+    "gather",
     "slice",
     "shift",
     "sum",
@@ -587,6 +588,28 @@ fn lower_call(
                 }
             };
             return tensor_result(leaf(ctx, g, Op::Iota { len }, span, src)?);
+        }
+        "gather" => {
+            if env.in_inner {
+                return Err(diag(
+                    src,
+                    "`gather` cannot be used inside an inner model: the mini-batch form has no \
+                     rule for it yet",
+                    name.span.clone(),
+                )
+                .with_label("use it outside the `ttt` scan, in `main`"));
+            }
+            let a = positional(src, name, args, 2, 2, &[])?;
+            let table = tensor(ctx, g, env, a[0])?;
+            let ids = tensor(ctx, g, env, a[1])?;
+            if g.tensor_type(table).is_some_and(|t| t.shape.rank() == 0) {
+                return Err(diag(
+                    src,
+                    "gather needs a table with 1 or more axes (its rows first), got a scalar",
+                    a[0].span.clone(),
+                ));
+            }
+            return tensor_result(add(g, Op::Gather, &[table, ids], span, src)?);
         }
         "slice" | "shift" => {
             if env.in_inner {
