@@ -346,9 +346,7 @@ fn passes_lists_every_stage_to_machine_code() {
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
         .collect();
-    let pipeline = tttc::passes::pipeline::Pipeline::new(tttc::passes::pipeline::Target::Gpu(
-        Default::default(),
-    ));
+    let pipeline = tttc::passes::pipeline::Pipeline::every_stage();
     let mut expected: Vec<&str> = pipeline.stage_names();
     expected.push(tttc::passes::pipeline::CODEGEN);
     assert_eq!(names, expected);

@@ -71,6 +71,11 @@ pub(crate) fn analyze(p: &KernelProgram) -> Result<Analysis, AnalysisError> {
         scratch: BTreeMap::new(),
         refresh: BTreeMap::new(),
     };
+    // Functions' bodies as if at the top level, where their calls are (their loops are keyed by
+    // address, so each is planned once for every call).
+    for f in &p.functions {
+        u.stmts(&f.body);
+    }
     u.stmts(&p.body);
     let mut a = Analysis {
         lens,
@@ -179,6 +184,7 @@ impl Uses<'_> {
                     self.note(*buf);
                     value.for_each_load(&mut |b, _| self.note(b));
                 }
+                Stmt::Call { args, .. } => args.iter().for_each(|&b| self.note(b)),
                 Stmt::Barrier => {}
             }
         }

@@ -191,6 +191,9 @@ pub fn kernel_bytes(program: &KernelProgram) -> u128 {
                     }
                 }
                 Stmt::Barrier => 0,
+                Stmt::Call { func, .. } => p
+                    .function(*func)
+                    .map_or(0, |f| stores(p, &f.body, times)),
             })
             .sum()
     }

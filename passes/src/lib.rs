@@ -22,6 +22,7 @@ pub mod cost;
 pub mod gpu_schedule;
 pub mod lower_kernel;
 pub mod lower_scan;
+pub mod outline;
 pub mod pipeline;
 pub mod rewrite;
 pub mod token_step;

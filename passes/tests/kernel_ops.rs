@@ -557,7 +557,7 @@ fn collect_stores(body: &[Stmt], out: &mut Vec<u32>) {
         match s {
             Stmt::Loop { body, .. } => collect_stores(body, out),
             Stmt::Store { buf, .. } => out.push(buf.0),
-            Stmt::Barrier => {}
+            Stmt::Barrier | Stmt::Call { .. } => {}
         }
     }
 }

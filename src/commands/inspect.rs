@@ -21,7 +21,7 @@ pub enum Format {
 /// Which stages follow `lower_kernel`.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TargetArg {
-    /// CPU targets: code generation follows `lower_kernel`.
+    /// CPU targets: `outline` follows `lower_kernel`.
     Cpu,
     /// GPU targets: `gpu_schedule` follows `lower_kernel`.
     Gpu,
@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long)]
     passes: bool,
     /// Print the program after this stage: `parse`, a graph stage (autodiff, primal,
-    /// dual_form, simplify; default: simplify), or a kernel stage (lower_kernel,
+    /// dual_form, simplify; default: simplify), or a kernel stage (lower_kernel, outline,
     /// gpu_schedule), which needs the shapes (--inputs, or every dimension with --set).
     #[arg(long, value_name = "STAGE", conflicts_with = "all")]
     after: Option<String>,
@@ -89,7 +89,7 @@ fn render(ir: &Ir, format: Format) -> Result<String, Failure> {
 
 /// Prints every stage of the pipeline to machine code (GPU targets' stages included).
 fn list_stages() {
-    let pipeline = Pipeline::new(Target::Gpu(Default::default()));
+    let pipeline = Pipeline::every_stage();
     let mut n = 0;
     for stage in pipeline.stages() {
         n += 1;
@@ -198,7 +198,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
 /// makes machine code, which `inspect` does not print).
 fn check_inspect_stage(name: &str) -> Result<(), Failure> {
     let names: Vec<&str> = std::iter::once("parse")
-        .chain(Pipeline::new(Target::Gpu(Default::default())).stage_names())
+        .chain(Pipeline::every_stage().stage_names())
         .collect();
     if name == CODEGEN {
         return Err(Failure::user(

@@ -118,7 +118,7 @@ pub(crate) fn plan_inner(v: VarId, body: &[Stmt]) -> Option<InnerPlan<'_>> {
     for s in body {
         match s {
             Stmt::Store { buf, index, value } => stores.push((*buf, index, value)),
-            Stmt::Loop { .. } | Stmt::Barrier => return None,
+            Stmt::Loop { .. } | Stmt::Barrier | Stmt::Call { .. } => return None,
         }
     }
     if stores.is_empty() {
@@ -208,11 +208,11 @@ pub(crate) fn rows_independent(i: VarId, j: VarId, body: &[Stmt]) -> bool {
                             stores.push((*buf, index));
                             all_loads(value, &mut accesses);
                         }
-                        Stmt::Loop { .. } | Stmt::Barrier => return false,
+                        Stmt::Loop { .. } | Stmt::Barrier | Stmt::Call { .. } => return false,
                     }
                 }
             }
-            Stmt::Barrier => return false,
+            Stmt::Barrier | Stmt::Call { .. } => return false,
         }
     }
     if loops != 1 {

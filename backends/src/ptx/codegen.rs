@@ -419,6 +419,11 @@ impl<'ctx> Gen<'_, 'ctx> {
                     f.b.build_store(ptr, v)?;
                 }
                 Stmt::Barrier => self.barrier(f)?,
+                Stmt::Call { .. } => {
+                    return Err(PtxError::Invalid(
+                        "a call (gpu_schedule inlines kernel functions)".into(),
+                    ))
+                }
                 Stmt::Loop { extent: 0, .. } => {}
                 Stmt::Loop {
                     schedule: Schedule::GpuThread,

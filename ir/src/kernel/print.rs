@@ -66,8 +66,20 @@ pub fn print_kernel_program(p: &KernelProgram) -> String {
                 Stmt::Barrier => {
                     let _ = writeln!(s, "{pad}barrier");
                 }
+                Stmt::Call { func, args } => {
+                    let _ = writeln!(s, "{pad}call f{}({})", func.0, buf_list(args));
+                }
             }
         }
+    }
+    fn buf_list(bufs: &[super::BufId]) -> String {
+        let names: Vec<String> = bufs.iter().map(|b| format!("b{}", b.0)).collect();
+        names.join(", ")
+    }
+    for (i, f) in p.functions.iter().enumerate() {
+        let _ = writeln!(s, "function f{i} {}({}) {{", f.name, buf_list(&f.params));
+        stmts(&mut s, &f.body, 1);
+        let _ = writeln!(s, "}}");
     }
     stmts(&mut s, &p.body, 0);
     s

@@ -226,6 +226,7 @@ impl Stmt {
                 value: value.map_indices(f),
             },
             Stmt::Barrier => Stmt::Barrier,
+            Stmt::Call { .. } => self.clone(),
         }
     }
 
@@ -251,16 +252,19 @@ fn walk_running<'a>(body: &'a [Stmt], f: &mut impl FnMut(&'a Stmt)) {
     }
 }
 
-/// Buffers read or written anywhere in `body` (outside loops that never run), in id order.
+/// Buffers read or written anywhere in `body` (outside loops that never run), in id order; a
+/// [`Stmt::Call`] uses its arguments.
 pub fn buffers_used(body: &[Stmt]) -> BTreeSet<BufId> {
     let mut out = BTreeSet::new();
-    walk_running(body, &mut |s| {
-        if let Stmt::Store { buf, value, .. } = s {
+    walk_running(body, &mut |s| match s {
+        Stmt::Store { buf, value, .. } => {
             out.insert(*buf);
             value.for_each_load(&mut |b, _| {
                 out.insert(b);
             });
         }
+        Stmt::Call { args, .. } => out.extend(args.iter().copied()),
+        Stmt::Loop { .. } | Stmt::Barrier => {}
     });
     out
 }

@@ -89,6 +89,10 @@ pub fn gpu_schedule(p: &KernelProgram, cfg: &GpuConfig) -> Result<KernelProgram,
         )));
     }
     verify(p)?;
+    // Kernel functions (CPU outlining) are not kept on the GPU: every statement is mapped at
+    // the top level.
+    let inlined = tttc_ir::kernel::inline_calls(p);
+    let p = &inlined;
     if has_gpu_schedule(&p.body) {
         return Err(GpuScheduleError::Unsupported(
             "it already has GPU schedules or barriers".into(),
@@ -132,7 +136,7 @@ fn has_gpu_schedule(body: &[Stmt]) -> bool {
                 Stmt::Loop { schedule, .. } => {
                     matches!(schedule, Schedule::GpuBlock | Schedule::GpuThread)
                 }
-                Stmt::Store { .. } => false,
+                Stmt::Store { .. } | Stmt::Call { .. } => false,
             };
             !found
         });
@@ -206,6 +210,9 @@ impl Mapper {
     fn launch(&mut self, s: &Stmt) -> Result<Option<(Stmt, bool)>, GpuScheduleError> {
         match s {
             Stmt::Barrier | Stmt::Loop { extent: 0, .. } => Ok(None),
+            Stmt::Call { .. } => Err(GpuScheduleError::Unsupported(
+                "a call (kernel functions are inlined first)".into(),
+            )),
             Stmt::Loop {
                 var,
                 extent,
@@ -257,6 +264,11 @@ impl Mapper {
         for s in body {
             match s {
                 Stmt::Barrier | Stmt::Loop { extent: 0, .. } => {}
+                Stmt::Call { .. } => {
+                    return Err(GpuScheduleError::Unsupported(
+                        "a call (kernel functions are inlined first)".into(),
+                    ))
+                }
                 Stmt::Store { .. } => {
                     let v = self.var()?;
                     out.push(gpu_loop(v, 1, Schedule::GpuThread, vec![s.clone()]));
@@ -417,7 +429,7 @@ fn weights(body: &[Stmt], trips: f64, out: &mut BTreeMap<BufId, f64>) {
                 *out.entry(*buf).or_default() += trips;
                 value.for_each_load(&mut |b, _| *out.entry(b).or_default() += trips);
             }
-            Stmt::Barrier => {}
+            Stmt::Barrier | Stmt::Call { .. } => {}
         }
     }
 }

@@ -193,6 +193,7 @@ pub fn lower_graph(name: &str, graph: &Graph) -> Result<KernelProgram, LowerKern
         buffers: l.buffers,
         vars: l.vars,
         body,
+        functions: Vec::new(),
     };
     tttc_ir::kernel::verify(&p)?;
     Ok(p)

@@ -31,6 +31,11 @@ impl<'a> Gen<'a> {
                     st.b.ins().store(scalar_flags(), v, addr, 0);
                 }
                 Stmt::Loop { extent: 0, .. } | Stmt::Barrier => {}
+                Stmt::Call { .. } => {
+                    return Err(CraneliftError::Internal(
+                        "a call left after inlining".into(),
+                    ))
+                }
                 Stmt::Loop {
                     var,
                     extent,
