@@ -56,7 +56,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 compile_ms() { # layers backend no_outline
   TTTC_NO_OUTLINE=$3 "$tttc" bench examples/ttt_lm.ttt --config "$tmp/l$1.config.json" \
     --inputs "$tmp/l$1.safetensors" --backend "$2" --iters 1 --json 2>/dev/null |
-    python3 -c "import json,sys; print(json.load(sys.stdin)['compile_ms'])"
+    python3 -c "import json,sys; print(round(json.load(sys.stdin)['compile_ms']))"
 }
 for _ in $(seq "$rounds"); do
   for layers in $depths; do

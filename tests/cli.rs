@@ -74,6 +74,7 @@ fn inspect_every_stage() {
             "dual_form",
             "simplify",
             "lower_kernel",
+            "outline",
             "gpu_schedule",
             "codegen"
         ]
