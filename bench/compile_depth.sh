@@ -58,7 +58,32 @@ compile_ms() { # layers backend no_outline
     --inputs "$tmp/l$1.safetensors" --backend "$2" --iters 1 --json 2>/dev/null |
     python3 -c "import json,sys; print(round(json.load(sys.stdin)['compile_ms']))"
 }
-for _ in $(seq "$rounds"); do
+write_table() { # rounds done
+  table=$(
+    echo "| layers | backend | inline (ms) | outlined (ms) | outlined / inline |"
+    echo "| --- | --- | --- | --- | --- |"
+    for backend in llvm cranelift; do
+      for layers in $depths; do
+        i=$(median <"$tmp/t_${layers}_${backend}_1"); o=$(median <"$tmp/t_${layers}_${backend}_0")
+        echo "| $layers | $backend | $i | $o | $(awk "BEGIN{printf \"%.2f\", $o/$i}") |"
+      done
+    done
+  )
+  {
+    echo "# Compile time against depth"
+    echo
+    echo "\`bash bench/compile_depth.sh\` ($(date -u +%Y-%m-%d), $(nproc) CPUs, medians of $1 rounds):"
+    echo "\`tttc bench\`'s compile_ms (kernel lowering + code generation) of examples/ttt_lm.ttt"
+    echo "with the model_linear_T config (hidden 64) at each depth; *inline* is \`TTTC_NO_OUTLINE=1\`"
+    echo "(every layer compiled on its own, as before the \`outline\` stage), *outlined* the default."
+    echo
+    echo "$table"
+  } >bench/COMPILE.md
+  echo "$table"
+}
+
+# The table is rewritten after every round, so an interrupted run leaves its medians so far.
+for round in $(seq "$rounds"); do
   for layers in $depths; do
     for backend in llvm cranelift; do
       for off in 1 0; do
@@ -66,26 +91,5 @@ for _ in $(seq "$rounds"); do
       done
     done
   done
+  write_table "$round"
 done
-
-table=$(
-  echo "| layers | backend | inline (ms) | outlined (ms) | outlined / inline |"
-  echo "| --- | --- | --- | --- | --- |"
-  for backend in llvm cranelift; do
-    for layers in $depths; do
-      i=$(median <"$tmp/t_${layers}_${backend}_1"); o=$(median <"$tmp/t_${layers}_${backend}_0")
-      echo "| $layers | $backend | $i | $o | $(awk "BEGIN{printf \"%.2f\", $o/$i}") |"
-    done
-  done
-)
-echo "$table"
-{
-  echo "# Compile time against depth"
-  echo
-  echo "\`bash bench/compile_depth.sh\` ($(date -u +%Y-%m-%d), $(nproc) CPUs, $rounds rounds, medians):"
-  echo "\`tttc bench\`'s compile_ms (kernel lowering + code generation) of examples/ttt_lm.ttt"
-  echo "with the model_linear_T config (hidden 64) at each depth; *inline* is \`TTTC_NO_OUTLINE=1\`"
-  echo "(every layer compiled on its own, as before the \`outline\` stage), *outlined* the default."
-  echo
-  echo "$table"
-} >bench/COMPILE.md

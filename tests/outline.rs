@@ -1,9 +1,11 @@
 //! Outlining repeated layers (`tttc_passes::outline`) on the language model,
 //! `examples/ttt_lm.ttt` (TTT-Linear, the `model_linear_T` golden's config) with 3 and 4 layers:
 //!
-//! - the pass finds the layers: one kernel function, called once per layer after the first
-//!   (the first layer is lowered differently — the RoPE tables every layer shares are computed
-//!   inside it, and its statements come in another order — so it stays inline);
+//! - the pass finds the layers: one kernel function, called N−1 times for N layers (the first
+//!   layer is lowered differently — the RoPE tables every layer shares are computed inside it,
+//!   and its first statements come in another order — so the repeats start inside it, each
+//!   call covering the tail of layer n and the head of layer n + 1, and about one layer's
+//!   statements stay inline);
 //! - outlined and not outlined (`TTTC_NO_OUTLINE=1`) give the same results on LLVM and
 //!   Cranelift as the graph interpreter (the oracle), and so does the kernel interpreter on the
 //!   outlined kernel program.
@@ -124,7 +126,8 @@ fn every_layer_after_the_first_is_one_function_called_per_layer() {
         let (k, _) = kernel_program(&case);
         assert_eq!(k.functions.len(), 1, "{layers} layers");
         assert_eq!(calls(&k), layers - 1, "{layers} layers");
-        // Every call passes that layer's own weights.
+        // Call n covers the tail of layer n and the head of layer n + 1: it passes layer
+        // n + 1's weights and none of layer n + 2's.
         for (n, s) in k
             .body
             .iter()
