@@ -78,6 +78,12 @@ write_table() { # rounds done
     echo "(every layer compiled on its own, as before the \`outline\` stage), *outlined* the default."
     echo
     echo "$table"
+    echo
+    echo "At 2 layers nothing is outlined (the first layer differs from the others: docs/pipeline.md,"
+    echo "\"Outlining repeated layers\"), so both columns compile the same program. Cranelift inlines"
+    echo "the calls, so its two columns compile the same code too: their differences are noise. The"
+    echo "machine's 2 CPUs were shared with other builds, so the absolute times vary between runs;"
+    echo "compare within a row."
   } >bench/COMPILE.md
   echo "$table"
 }
