@@ -370,6 +370,7 @@ mod tests {
             dtype: tttc_ir::DType::F32,
             buffers: vec![],
             vars: 0,
+            functions: Vec::new(),
             body: vec![],
         };
         let mut q = p.clone();

@@ -294,9 +294,9 @@ pub struct Lowered {
     pub stages: Vec<StageReport>,
 }
 
-/// Runs the kernel stages for `target` (`lower_kernel`, then `gpu_schedule` for GPUs) on a
-/// bound program (every dimension known: see [`crate::bind`]) that went through every graph
-/// stage, up to and including `until` (all when `None`).
+/// Runs the kernel stages for `target` (`lower_kernel`, then `outline` for CPUs or
+/// `gpu_schedule` for GPUs) on a bound program (every dimension known: see [`crate::bind`])
+/// that went through every graph stage, up to and including `until` (all when `None`).
 pub fn lower(
     bound: Program,
     target: Target,

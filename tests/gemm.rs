@@ -275,6 +275,7 @@ fn accumulate_program(dtype: DType) -> KernelProgram {
             buf("c", BufferKind::Output("c".into()), &[2, m, n]),
         ],
         vars: 3,
+        functions: Vec::new(),
         body: vec![fill, Stmt::Gemm(Box::new(g))],
     }
 }

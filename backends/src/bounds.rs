@@ -33,6 +33,19 @@ pub(crate) use tttc_ir::kernel::{buffers_used, vars_used};
 
 use tttc_ir::kernel::{verify, BufId, Index, KernelProgram, Stmt, Value, VarId};
 
+/// `p` with its calls inlined ([`tttc_ir::kernel::inline_calls`]) after verifying it, for the
+/// code generators without functions of their own (Cranelift); `p` itself when it has none.
+#[cfg_attr(not(feature = "cranelift"), allow(dead_code))]
+pub(crate) fn inlined(
+    p: &KernelProgram,
+) -> Result<std::borrow::Cow<'_, KernelProgram>, AnalysisError> {
+    if p.functions.is_empty() {
+        return Ok(std::borrow::Cow::Borrowed(p));
+    }
+    verify(p).map_err(|e| AnalysisError::Invalid(e.to_string()))?;
+    Ok(std::borrow::Cow::Owned(tttc_ir::kernel::inline_calls(p)))
+}
+
 /// Largest buffer accepted, in bytes (keeps every offset and byte count far inside `i64`).
 pub(crate) const MAX_BUFFER_BYTES: u64 = 1 << 40;
 
@@ -69,6 +82,12 @@ pub(crate) fn prove(p: &KernelProgram) -> Result<Vec<u64>, AnalysisError> {
         lens: &lens,
         scope: Vec::new(),
     };
+    // A function's body once, with no loop variable in scope (calls sit at the top level):
+    // the verifier checked that every argument has its parameter's layout, so what holds for
+    // the parameters holds for every call.
+    for f in &p.functions {
+        prover.stmts(&f.body)?;
+    }
     prover.stmts(&p.body)?;
     Ok(lens)
 }
@@ -116,6 +135,8 @@ impl Prover<'_> {
                 }
                 // No memory access.
                 Stmt::Barrier => {}
+                // A call's function is proven on its own (above).
+                Stmt::Call { .. } => {}
                 // Every element of its views was proven in bounds by the verifier (offsets and
                 // strides are constants, and it is never inside a loop).
                 Stmt::Gemm(_) => {}

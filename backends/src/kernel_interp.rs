@@ -16,6 +16,9 @@
 //! the loops lowering emits without it give). [`run_kernel_program_gpu`] instead *emulates* a GPU: see
 //! [`GpuEmulation`].
 //!
+//! A program with kernel functions runs as [`inline_calls`] makes it (each call replaced by its
+//! function's body over the call's arguments: the definition of a call).
+//!
 //! In both modes `Local` buffers are fresh for every iteration of the
 //! innermost enclosing parallel loop ([`Schedule::Parallel`], [`Schedule::GpuBlock`] or
 //! [`Schedule::GpuThread`]) that uses them, `Shared` buffers for every iteration of the
@@ -25,11 +28,12 @@
 
 use crate::interp::kernels::{binary_scalar, unary_scalar};
 use crate::tensor_core::{recognize, TensorCores};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tttc_ir::kernel::{
-    verify, BufId, BufferKind, Gemm, Index, KernelProgram, MatrixView, MemorySpace, Schedule, Stmt,
-    Value, VerifyError,
+    inline_calls, verify, BufId, BufferKind, Gemm, Index, KernelProgram, MatrixView, MemorySpace,
+    Schedule, Stmt, Value, VerifyError,
 };
 use tttc_ir::{BinaryOp, DType, UnaryOp};
 use tttc_runtime::{ElemType, RuntimeError, Tensor};
@@ -104,6 +108,7 @@ pub fn run_kernel_program(
     p: &KernelProgram,
     inputs: &BTreeMap<String, Tensor>,
 ) -> Result<BTreeMap<String, Tensor>, KernelInterpError> {
+    let p = &*inlined(p)?;
     let checked = check(p)?;
     match p.dtype {
         DType::F32 => Machine::<f32>::run(p, &checked, inputs, None, None),
@@ -139,6 +144,7 @@ pub fn run_kernel_program_gpu(
     inputs: &BTreeMap<String, Tensor>,
     emu: GpuEmulation,
 ) -> Result<BTreeMap<String, Tensor>, KernelInterpError> {
+    let p = &*inlined(p)?;
     let checked = check(p)?;
     check_gpu(p, emu)?;
     match p.dtype {
@@ -159,6 +165,7 @@ pub fn run_kernel_program_gpu_tensor_cores(
     emu: GpuEmulation,
     tc: TensorCores,
 ) -> Result<BTreeMap<String, Tensor>, KernelInterpError> {
+    let p = &*inlined(p)?;
     let checked = check(p)?;
     check_gpu(p, emu)?;
     if p.dtype != DType::F32 {
@@ -170,6 +177,16 @@ pub fn run_kernel_program_gpu_tensor_cores(
     }
     let stores = tensor_core_stores(p, tc);
     Machine::<f32>::run(p, &checked, inputs, Some(emu), Some((tc, stores)))
+}
+
+/// `p` with its calls inlined ([`inline_calls`], the definition of a call), after checking
+/// them; `p` itself when it has no functions.
+fn inlined(p: &KernelProgram) -> Res<Cow<'_, KernelProgram>> {
+    if p.functions.is_empty() {
+        return Ok(Cow::Borrowed(p));
+    }
+    verify(p)?;
+    Ok(Cow::Owned(inline_calls(p)))
 }
 
 /// The addresses of the accumulating stores of `p`'s tensor-core loops.
@@ -197,6 +214,7 @@ fn tensor_core_stores(p: &KernelProgram, tc: TensorCores) -> HashSet<usize> {
 /// Checks statically that `p` is well formed and in the GPU form described in
 /// [`GpuEmulation`] (what `tttc_backends::ptx` compiles), without running it.
 pub fn check_gpu_program(p: &KernelProgram, emu: GpuEmulation) -> Result<(), KernelInterpError> {
+    let p = &*inlined(p)?;
     check(p)?;
     check_gpu(p, emu)
 }
@@ -217,6 +235,7 @@ fn check_gpu(p: &KernelProgram, emu: GpuEmulation) -> Res<()> {
         let bad = |m: &str| Err(KernelInterpError::NotGpu(m.into()));
         for s in body {
             match (s, at) {
+                (Stmt::Call { .. }, _) => return bad("a call (not inlined)"),
                 (Stmt::Barrier, At::Block) => {}
                 (Stmt::Barrier, At::Thread) => {
                     return bad("a barrier inside a GpuThread loop (not every thread reaches it)")
@@ -418,7 +437,8 @@ fn fresh_scratch(
                     note(v.buf, &mut used);
                 }
             }
-            Stmt::Barrier => {}
+            // Inlined before this runs.
+            Stmt::Barrier | Stmt::Call { .. } => {}
         }
     }
     used.sort_unstable();
@@ -574,6 +594,11 @@ impl<'p, T: Num> Machine<'p, T> {
                 }
                 Stmt::Barrier => {}
                 Stmt::Gemm(g) => self.gemm(g)?,
+                Stmt::Call { .. } => {
+                    return Err(KernelInterpError::Invalid(
+                        "a call left after inlining".into(),
+                    ))
+                }
                 Stmt::Store { buf, index, value } => {
                     let x = match &self.tensor_cores {
                         Some((tc, stores)) if stores.contains(&(s as *const Stmt as usize)) => {

@@ -71,6 +71,11 @@ pub(crate) fn analyze(p: &KernelProgram) -> Result<Analysis, AnalysisError> {
         scratch: BTreeMap::new(),
         refresh: BTreeMap::new(),
     };
+    // Functions' bodies as if at the top level, where their calls are (their loops are keyed by
+    // address, so each is planned once for every call).
+    for f in &p.functions {
+        u.stmts(&f.body);
+    }
     u.stmts(&p.body);
     let mut a = Analysis {
         lens,
@@ -180,6 +185,7 @@ impl Uses<'_> {
                     value.for_each_load(&mut |b, _| self.note(b));
                     index.for_each_load(&mut |b, _| self.note(b));
                 }
+                Stmt::Call { args, .. } => args.iter().for_each(|&b| self.note(b)),
                 Stmt::Barrier => {}
                 Stmt::Gemm(g) => {
                     for v in [&g.a, &g.b, &g.c] {

@@ -60,6 +60,7 @@ fn program(dtype: DType, buffers: Vec<Buffer>, vars: u32, body: Vec<Stmt>) -> Ke
         buffers,
         vars,
         body,
+        functions: Vec::new(),
     }
 }
 

@@ -197,6 +197,9 @@ pub fn kernel_bytes(program: &KernelProgram) -> u128 {
                     times * g.batch_count() as u128 * (g.m as u128 * g.n as u128)
                 }
                 Stmt::Gemm(_) => 0,
+                Stmt::Call { func, .. } => p
+                    .function(*func)
+                    .map_or(0, |f| stores(p, &f.body, times)),
             })
             .sum()
     }

@@ -78,7 +78,7 @@ fn stores(body: &[Stmt]) -> u64 {
         .map(|s| match s {
             Stmt::Loop { extent, body, .. } => (*extent as u64).saturating_mul(stores(body)),
             Stmt::Store { .. } => 1,
-            Stmt::Barrier | Stmt::Gemm(_) => 0,
+            Stmt::Barrier | Stmt::Gemm(_) | Stmt::Call { .. } => 0,
         })
         .fold(0u64, u64::saturating_add)
 }
@@ -144,7 +144,7 @@ fn independent(p: &KernelProgram, v: VarId, body: &[Stmt], outer: &[VarId]) -> b
                 Stmt::Store { buf, .. } => written.push(*buf),
                 // Barriers order threads; a matrix product runs on the pool itself (and only at
                 // the top level).
-                Stmt::Barrier | Stmt::Gemm(_) => ok = false,
+                Stmt::Barrier | Stmt::Gemm(_) | Stmt::Call { .. } => ok = false,
             }
             ok
         });
@@ -233,6 +233,7 @@ mod tests {
             dtype: DType::F32,
             buffers,
             vars: 3,
+            functions: Vec::new(),
             body,
         }
     }

@@ -558,7 +558,7 @@ fn collect_stores(body: &[Stmt], out: &mut Vec<u32>) {
             Stmt::Loop { body, .. } => collect_stores(body, out),
             Stmt::Store { buf, .. } => out.push(buf.0),
             Stmt::Gemm(g) => out.push(g.c.buf.0),
-            Stmt::Barrier => {}
+            Stmt::Barrier | Stmt::Call { .. } => {}
         }
     }
 }

@@ -21,7 +21,7 @@ pub enum Format {
 /// Which stages follow `lower_kernel`.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TargetArg {
-    /// CPU targets: `cpu_parallel` follows `lower_kernel`.
+    /// CPU targets: `cpu_parallel` and `outline` follow `lower_kernel`.
     Cpu,
     /// GPU targets: `gpu_schedule` follows `lower_kernel`.
     Gpu,
@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long)]
     passes: bool,
     /// Print the program after this stage: `parse`, a graph stage (autodiff, primal,
-    /// dual_form, simplify; default: simplify), or a kernel stage (lower_kernel, cpu_parallel,
+    /// dual_form, simplify; default: simplify), or a kernel stage (lower_kernel, cpu_parallel, outline,
     /// gpu_schedule), which needs the shapes (--inputs, or every dimension with --set).
     #[arg(long, value_name = "STAGE", conflicts_with = "all")]
     after: Option<String>,
@@ -90,9 +90,9 @@ fn render(ir: &Ir, format: Format) -> Result<String, Failure> {
 /// Prints every stage of the pipeline to machine code (CPU and GPU targets' stages).
 fn list_stages() {
     let mut n = 0;
-    for (name, about) in Pipeline::every_stage() {
+    for stage in Pipeline::every_stage().stages() {
         n += 1;
-        println!("{n:>2}. {name:<13} {about}");
+        println!("{n:>2}. {:<13} {}", stage.name, stage.about);
     }
     println!(
         "{:>2}. {CODEGEN:<13} machine code from the kernel IR: LLVM (CPU JIT, AOT library), Cranelift (CPU JIT) or PTX (GPU)",
@@ -110,10 +110,13 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         (true, _) => Some("lower_kernel"),
         (false, after) => after,
     };
-    if args.target == TargetArg::Gpu && after == Some("cpu_parallel") {
-        return Err(Failure::user(
-            "`cpu_parallel` is a stage of CPU targets; drop --target gpu",
-        ));
+    if let (TargetArg::Gpu, Some(stage)) = (args.target, after) {
+        let on_gpu = Pipeline::new(Target::Gpu(Default::default())).stage_names();
+        if !on_gpu.contains(&stage) && Pipeline::new(Target::Cpu).stage_names().contains(&stage) {
+            return Err(Failure::user(format!(
+                "`{stage}` is a stage of CPU targets; drop --target gpu"
+            )));
+        }
     }
     let gpu = args.target == TargetArg::Gpu || after == Some("gpu_schedule");
     let target = if gpu {
@@ -202,7 +205,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
 /// makes machine code, which `inspect` does not print).
 fn check_inspect_stage(name: &str) -> Result<(), Failure> {
     let names: Vec<&str> = std::iter::once("parse")
-        .chain(Pipeline::every_stage().into_iter().map(|(name, _)| name))
+        .chain(Pipeline::every_stage().stage_names())
         .collect();
     if name == CODEGEN {
         return Err(Failure::user(

@@ -171,6 +171,7 @@ impl JitCode for CraneliftCode {
 /// The optimized Cranelift IR of every function of `p` (the entry `tttc_cl_entry` and the
 /// parallel workers), each with its machine code size, for inspection.
 pub fn optimized_clif(p: &KernelProgram) -> Result<String, CraneliftError> {
+    let p = &*crate::bounds::inlined(p)?;
     let a = crate::bounds::analyze(p)?;
     let mut module = host_module()?;
     let built = codegen::build(&mut module, p, &a, true);
@@ -221,6 +222,9 @@ impl CraneliftJit {
     /// Checks `p`, generates Cranelift IR for it and compiles it to machine code for the host.
     pub fn compile(p: &KernelProgram) -> Result<CraneliftJit, CraneliftError> {
         let start = Instant::now();
+        // Kernel functions are inlined: Cranelift compiles fast enough that compiling each
+        // layer on its own costs little, and one function keeps the code generator simple.
+        let p = &*crate::bounds::inlined(p)?;
         let a = crate::bounds::analyze(p)?;
         let mut module = host_module()?;
         let cg_start = Instant::now();

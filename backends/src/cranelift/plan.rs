@@ -136,7 +136,7 @@ pub(crate) fn plan_inner(v: VarId, body: &[Stmt]) -> Option<InnerPlan<'_>> {
     for s in body {
         match s {
             Stmt::Store { buf, index, value } => stores.push((*buf, index, value)),
-            Stmt::Loop { .. } | Stmt::Barrier | Stmt::Gemm(_) => return None,
+            Stmt::Loop { .. } | Stmt::Barrier | Stmt::Gemm(_) | Stmt::Call { .. } => return None,
         }
     }
     if stores.is_empty() {
@@ -229,11 +229,13 @@ pub(crate) fn rows_independent(i: VarId, j: VarId, body: &[Stmt]) -> bool {
                             stores.push((*buf, index));
                             all_loads(value, &mut accesses);
                         }
-                        Stmt::Loop { .. } | Stmt::Barrier | Stmt::Gemm(_) => return false,
+                        Stmt::Loop { .. } | Stmt::Barrier | Stmt::Gemm(_) | Stmt::Call { .. } => {
+                            return false
+                        }
                     }
                 }
             }
-            Stmt::Barrier | Stmt::Gemm(_) => return false,
+            Stmt::Barrier | Stmt::Gemm(_) | Stmt::Call { .. } => return false,
         }
     }
     if loops != 1 {

@@ -14,6 +14,13 @@
 //!   allocates the loop's scratch buffers once per call and runs iterations `begin..end`. The
 //!   parallel loop itself becomes a call `tttc_parallel_for(worker, ctx, extent)`.
 //!
+//! - for every kernel function `k` ([`tttc_ir::kernel::KernelFunction`], a repeated layer),
+//!   `tttc.fn.k(T* noalias params..., T* noalias scratch...)`, marked `noinline` so that
+//!   LLVM optimizes and compiles each layer once: it takes its parameters' buffers (a call's
+//!   arguments are pairwise distinct) and any program-wide scratch copies its body uses, and
+//!   its parallel loops are outlined into workers like the body's. A [`Stmt::Call`] is a call
+//!   of it with the arguments' pointers.
+//!
 //! Allocation: buffers of at most [`MAX_ALLOCA_BYTES`] go on the stack while a function's stack
 //! allocations stay within [`MAX_FRAME_BYTES`]; larger ones are `malloc`ed and `free`d (a failed
 //! `malloc` traps). Like the kernel interpreter, outputs and temporaries start out as NaN, and
@@ -77,9 +84,13 @@ struct Gen<'a, 'ctx> {
     /// Attributes every defined function carries (target CPU and features, nounwind).
     fn_attrs: Vec<Attribute>,
     noalias: Attribute,
+    noinline: Attribute,
     workers: usize,
     /// Gemm descriptors emitted so far.
     gemms: usize,
+    /// The LLVM function of each kernel function, with the buffers it takes in order (its
+    /// parameters, then the program-wide scratch its body uses).
+    funcs: Vec<(FunctionValue<'ctx>, Vec<BufId>)>,
 }
 
 /// State of the function being generated.
@@ -122,6 +133,7 @@ pub(crate) fn build<'ctx>(
         ctx.create_enum_attribute(kind("nounwind")?, 0),
     ];
     let noalias = ctx.create_enum_attribute(kind("noalias")?, 0);
+    let noinline = ctx.create_enum_attribute(kind("noinline")?, 0);
     let mut g = Gen {
         ctx,
         module,
@@ -131,9 +143,12 @@ pub(crate) fn build<'ctx>(
         ptrt: ctx.ptr_type(AddressSpace::default()),
         fn_attrs,
         noalias,
+        noinline,
         workers: 0,
         gemms: 0,
+        funcs: Vec::new(),
     };
+    g.kernel_functions()?;
     let body = g.body_function()?;
     g.entry_function(entry, body)
 }
@@ -329,6 +344,66 @@ impl<'ctx> Gen<'_, 'ctx> {
         Ok(())
     }
 
+    /// `tttc.fn.k(T* noalias ...)` for every kernel function `k`.
+    fn kernel_functions(&mut self) -> Result<(), LlvmError> {
+        let p = self.p;
+        let a = self.a;
+        for (k, kf) in p.functions.iter().enumerate() {
+            let mut takes = kf.params.clone();
+            takes.extend(
+                buffers_used(&kf.body)
+                    .into_iter()
+                    .filter(|id| !kf.params.contains(id) && a.program_allocs.contains(id)),
+            );
+            let params: Vec<BasicMetadataTypeEnum> =
+                takes.iter().map(|_| self.ptrt.into()).collect();
+            let f = self.define(&format!("tttc.fn.{k}"), &params, Linkage::Internal);
+            f.add_attribute(AttributeLoc::Function, self.noinline);
+            for i in 0..takes.len() {
+                f.add_attribute(AttributeLoc::Param(i as u32), self.noalias);
+            }
+            let mut st = self.state(f, false);
+            for (i, &id) in takes.iter().enumerate() {
+                let Some(BasicValueEnum::PointerValue(ptr)) = f.get_nth_param(i as u32) else {
+                    return internal("missing function parameter");
+                };
+                st.bufs.insert(id, ptr);
+            }
+            self.stmts(&mut st, &kf.body)?;
+            self.finish(&st)?;
+            self.funcs.push((f, takes));
+        }
+        Ok(())
+    }
+
+    /// A call of kernel function `func` with `args` in place of its parameters.
+    fn call(&self, st: &FnState<'ctx>, func: usize, args: &[BufId]) -> Result<(), LlvmError> {
+        let Some((f, takes)) = self.funcs.get(func) else {
+            return internal(format!("no LLVM function for f{func}"));
+        };
+        let Some(kf) = self.p.functions.get(func) else {
+            return internal(format!("no kernel function f{func}"));
+        };
+        let mut values: Vec<BasicMetadataValueEnum> = Vec::with_capacity(takes.len());
+        for (i, id) in takes.iter().enumerate() {
+            // Parameters take the call's arguments; scratch is passed as it is.
+            let id = if i < kf.params.len() {
+                match args.get(i) {
+                    Some(a) => a,
+                    None => return internal(format!("call of f{func} lacks argument {i}")),
+                }
+            } else {
+                id
+            };
+            match st.bufs.get(id) {
+                Some(&ptr) => values.push(ptr.into()),
+                None => return internal(format!("b{} is not allocated at a call", id.0)),
+            }
+        }
+        st.b.build_call(*f, &values, "")?;
+        Ok(())
+    }
+
     /// The entry: loads the buffer pointers from the two arrays and calls the body.
     fn entry_function(&self, name: &str, body: FunctionValue<'ctx>) -> Result<(), LlvmError> {
         let f = self.define(
@@ -371,6 +446,7 @@ impl<'ctx> Gen<'_, 'ctx> {
                 }
                 Stmt::Loop { extent: 0, .. } | Stmt::Barrier => {}
                 Stmt::Gemm(g) => self.gemm(st, g)?,
+                Stmt::Call { func, args } => self.call(st, func.0 as usize, args)?,
                 Stmt::Loop {
                     var,
                     extent,

@@ -421,6 +421,11 @@ impl<'ctx> Gen<'_, 'ctx> {
                 Stmt::Barrier => self.barrier(f)?,
                 // The GPU mapping expands gemms into loops; none reaches here.
                 Stmt::Gemm(_) => return internal("a gemm in a GPU-scheduled program"),
+                Stmt::Call { .. } => {
+                    return Err(PtxError::Invalid(
+                        "a call (gpu_schedule inlines kernel functions)".into(),
+                    ))
+                }
                 Stmt::Loop { extent: 0, .. } => {}
                 Stmt::Loop {
                     schedule: Schedule::GpuThread,

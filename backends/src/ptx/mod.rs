@@ -257,6 +257,11 @@ fn check(p: &KernelProgram, threads: u32) -> Result<crate::bounds::Analysis, Ptx
     if threads == 0 || threads > 1024 {
         return Err(PtxError::Invalid(format!("{threads} threads per block")));
     }
+    if !p.functions.is_empty() {
+        return Err(PtxError::Invalid(
+            "the program has kernel functions (gpu_schedule inlines them)".into(),
+        ));
+    }
     check_gpu_program(
         p,
         GpuEmulation {

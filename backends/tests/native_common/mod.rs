@@ -24,6 +24,7 @@ impl Prog {
                 buffers: Vec::new(),
                 vars: 0,
                 body: Vec::new(),
+                functions: Vec::new(),
             },
         }
     }

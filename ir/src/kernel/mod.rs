@@ -14,11 +14,13 @@
 //! shared memory. All extents are known: a kernel program is compiled for one set of shapes.
 
 mod expand;
+mod inline;
 mod print;
 mod verify;
 mod walk;
 
 pub use expand::expand_gemm;
+pub use inline::inline_calls;
 pub use print::{describe_stmt, print_kernel_program};
 pub use verify::{verify, VerifyError, MAX_EXPR_DEPTH, MAX_LOOP_DEPTH};
 pub use walk::{buffers_used, vars_used, Access};
@@ -34,6 +36,10 @@ pub struct BufId(pub u32);
 /// A loop variable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct VarId(pub u32);
+
+/// A kernel function's index in [`KernelProgram::functions`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FuncId(pub u32);
 
 /// Where a buffer lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,6 +286,17 @@ pub enum Stmt {
     /// run it on all threads); GPU targets never see one ([`expand_gemm`] turns it into the
     /// equivalent loop nest).
     Gemm(Box<Gemm>),
+    /// Runs the body of function `func` with every parameter buffer read as the argument in
+    /// its place (`args[i]` for [`KernelFunction::params`]`[i]`): exactly what inlining the
+    /// body with the buffers renamed would compute ([`inline_calls`] is the definition). Only
+    /// at the top level of [`KernelProgram::body`] (see [`verify`]).
+    Call {
+        /// The function.
+        func: FuncId,
+        /// One `Global` buffer per parameter, pairwise distinct, each with its parameter's
+        /// layout.
+        args: Vec<BufId>,
+    },
 }
 
 /// One operand of a [`Gemm`]: a strided view of a buffer as a batch of matrices. Element
@@ -372,6 +389,23 @@ impl Gemm {
     }
 }
 
+/// A piece of a kernel program run several times on different buffers (the layers of a model),
+/// compiled once by the native backends and called with [`Stmt::Call`].
+///
+/// The body is ordinary kernel IR over the program's own buffers and loop variables: its
+/// parameters are program buffers too (those of the first place it came from), each standing
+/// for the argument a call passes in its place. Every `Global` buffer the body touches is a
+/// parameter; `Local` and `Shared` buffers in it are its own scratch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelFunction {
+    /// A name for printing and for the generated code.
+    pub name: String,
+    /// The parameters: distinct `Global` buffers of the program.
+    pub params: Vec<BufId>,
+    /// The statements, in order (no calls inside).
+    pub body: Vec<Stmt>,
+}
+
 /// A whole program at loop level.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KernelProgram {
@@ -385,9 +419,18 @@ pub struct KernelProgram {
     pub vars: u32,
     /// The statements, in order.
     pub body: Vec<Stmt>,
+    /// Functions the body calls ([`Stmt::Call`]), indexed by [`FuncId`]; empty unless a pass
+    /// outlined repeated statements (absent in JSON means none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<KernelFunction>,
 }
 
 impl KernelProgram {
+    /// The function `id`.
+    pub fn function(&self, id: FuncId) -> Option<&KernelFunction> {
+        self.functions.get(id.0 as usize)
+    }
+
     /// The inputs' buffers in declaration order, with their names.
     pub fn inputs(&self) -> Vec<(BufId, &str)> {
         self.buffers

@@ -93,8 +93,20 @@ pub fn print_kernel_program(p: &KernelProgram) -> String {
                 Stmt::Gemm(g) => {
                     let _ = writeln!(s, "{pad}{g}");
                 }
+                Stmt::Call { func, args } => {
+                    let _ = writeln!(s, "{pad}call f{}({})", func.0, buf_list(args));
+                }
             }
         }
+    }
+    fn buf_list(bufs: &[super::BufId]) -> String {
+        let names: Vec<String> = bufs.iter().map(|b| format!("b{}", b.0)).collect();
+        names.join(", ")
+    }
+    for (i, f) in p.functions.iter().enumerate() {
+        let _ = writeln!(s, "function f{i} {}({}) {{", f.name, buf_list(&f.params));
+        stmts(&mut s, &f.body, 1);
+        let _ = writeln!(s, "}}");
     }
     stmts(&mut s, &p.body, 0);
     s
@@ -182,6 +194,7 @@ mod tests {
             dtype: DType::F32,
             buffers,
             vars: 2,
+            functions: Vec::new(),
             body: vec![],
         };
         let stores: Vec<Stmt> = (0..5)

@@ -20,6 +20,13 @@
 //! - a [`Stmt::Gemm`] sits at the top level (inside no loop); its views have one batch stride
 //!   per batch axis, every element of every view is inside its buffer, its result is not a
 //!   program input, not the buffer of either operand, and no two of its elements coincide;
+//! - a [`Stmt::Call`] sits at the top level of the program's body (not inside a loop, not in a
+//!   function), names an existing function, and passes one argument per parameter: pairwise
+//!   distinct `Global` buffers, each with its parameter's layout, and no program input where
+//!   the function stores to the parameter;
+//! - a [`KernelFunction`]'s parameters are distinct `Global` buffers, and every `Global`
+//!   buffer its body touches is one of them (its body is checked like the program's, with no
+//!   loop variable bound at its start);
 //! - loops nest at most [`MAX_LOOP_DEPTH`] deep and expressions at most [`MAX_EXPR_DEPTH`]
 //!   (so that recursive walkers cannot overflow the stack).
 //!
@@ -29,8 +36,8 @@
 //! Nothing inside a loop of extent 0 ever runs, so nothing inside one is checked.
 
 use super::{
-    BufId, BufferKind, Gemm, Index, KernelProgram, Layout, MatrixView, MemorySpace, Schedule, Stmt,
-    Value,
+    BufId, BufferKind, FuncId, Gemm, Index, KernelFunction, KernelProgram, Layout, MatrixView,
+    MemorySpace, Schedule, Stmt, Value,
 };
 use std::collections::BTreeSet;
 
@@ -204,6 +211,59 @@ pub enum VerifyError {
         /// The result's strides: batch axes, rows, columns.
         strides: Vec<i64>,
     },
+    /// A call to a function that does not exist.
+    #[error("call to unknown function f{func} (the program has {functions} function(s))")]
+    UnknownFunction {
+        /// The function id.
+        func: u32,
+        /// How many functions there are.
+        functions: usize,
+    },
+    /// A call with the wrong number of arguments.
+    #[error("call to f{func} passes {args} argument(s) for {params} parameter(s)")]
+    CallArity {
+        /// The function.
+        func: u32,
+        /// Its number of parameters.
+        params: usize,
+        /// The call's number of arguments.
+        args: usize,
+    },
+    /// A call's argument that cannot stand for its parameter.
+    #[error("argument {position} (b{buf}) of a call to f{func} {reason}")]
+    BadArgument {
+        /// The function.
+        func: u32,
+        /// The argument's position.
+        position: usize,
+        /// The argument buffer.
+        buf: u32,
+        /// What is wrong: another layout, not `Global`, passed twice, an input stored to.
+        reason: String,
+    },
+    /// A function's parameter that is not a distinct `Global` buffer.
+    #[error("parameter {position} (b{buf}) of function f{func} {reason}")]
+    BadParameter {
+        /// The function.
+        func: u32,
+        /// The parameter's position.
+        position: usize,
+        /// The parameter buffer.
+        buf: u32,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A function's body touches a `Global` buffer that is not one of its parameters.
+    #[error("function f{func} uses global buffer b{buf}, which is not one of its parameters")]
+    NotAParameter {
+        /// The function.
+        func: u32,
+        /// The buffer.
+        buf: u32,
+    },
+    /// A call inside a loop or inside a function.
+    #[error("a call {0}")]
+    MisplacedCall(&'static str),
     /// Loops nested too deep.
     #[error("loops nested deeper than {MAX_LOOP_DEPTH}")]
     LoopsTooDeep,
@@ -223,8 +283,51 @@ pub fn verify(p: &KernelProgram) -> Res {
         depth: 0,
         in_block: 0,
         in_thread: 0,
+        function: None,
     };
+    for (i, f) in p.functions.iter().enumerate() {
+        params(p, i as u32, f)?;
+        v.function = Some((i as u32, f));
+        v.stmts(&f.body)?;
+    }
+    v.function = None;
     v.stmts(&p.body)
+}
+
+/// A function's parameters: distinct `Global` buffers of the program.
+fn params(p: &KernelProgram, func: u32, f: &KernelFunction) -> Res {
+    let mut seen = BTreeSet::new();
+    for (position, &id) in f.params.iter().enumerate() {
+        let bad = |reason| {
+            Err(VerifyError::BadParameter {
+                func,
+                position,
+                buf: id.0,
+                reason,
+            })
+        };
+        match p.buffer(id) {
+            None => return bad("does not exist"),
+            Some(b) if b.space != MemorySpace::Global => return bad("is not a Global buffer"),
+            Some(_) => {}
+        }
+        if !seen.insert(id) {
+            return bad("is given twice");
+        }
+    }
+    Ok(())
+}
+
+/// Whether a function's body stores to `buf`.
+fn stores_to(f: &KernelFunction, buf: BufId) -> bool {
+    let mut found = false;
+    for s in &f.body {
+        s.walk(&mut |s| {
+            found |= matches!(s, Stmt::Store { buf: b, .. } if *b == buf);
+            !found
+        });
+    }
+    found
 }
 
 /// The buffer declarations' rules.
@@ -291,6 +394,8 @@ struct Verifier<'p> {
     in_block: usize,
     /// Number of enclosing `GpuThread` loops.
     in_thread: usize,
+    /// The function whose body is being checked, if any.
+    function: Option<(u32, &'p KernelFunction)>,
 }
 
 impl Verifier<'_> {
@@ -358,6 +463,7 @@ impl Verifier<'_> {
                 }
                 gemm(self.p, g)
             }
+            Stmt::Call { func, args } => self.call(*func, args),
             Stmt::Barrier => {
                 if self.in_block == 0 {
                     Err(VerifyError::MisplacedBarrier("outside any GpuBlock loop"))
@@ -372,13 +478,72 @@ impl Verifier<'_> {
         }
     }
 
+    fn call(&self, func: FuncId, args: &[BufId]) -> Res {
+        if self.function.is_some() {
+            return Err(VerifyError::MisplacedCall("inside a function"));
+        }
+        if self.depth > 0 {
+            return Err(VerifyError::MisplacedCall("inside a loop"));
+        }
+        let Some(f) = self.p.function(func) else {
+            return Err(VerifyError::UnknownFunction {
+                func: func.0,
+                functions: self.p.functions.len(),
+            });
+        };
+        if f.params.len() != args.len() {
+            return Err(VerifyError::CallArity {
+                func: func.0,
+                params: f.params.len(),
+                args: args.len(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for (position, (&param, &arg)) in f.params.iter().zip(args).enumerate() {
+            let bad = |reason: String| {
+                Err(VerifyError::BadArgument {
+                    func: func.0,
+                    position,
+                    buf: arg.0,
+                    reason,
+                })
+            };
+            let Some(b) = self.p.buffer(arg) else {
+                return bad("does not exist".into());
+            };
+            // The parameters were checked to exist.
+            let want = &self.p.buffers[param.0 as usize].layout;
+            if b.space != MemorySpace::Global {
+                return bad(format!("lives in {:?} memory, not Global", b.space));
+            }
+            if b.layout != *want {
+                return bad(format!(
+                    "has shape {:?} strides {:?}, the parameter b{} shape {:?} strides {:?}",
+                    b.layout.shape, b.layout.strides, param.0, want.shape, want.strides
+                ));
+            }
+            if !seen.insert(arg) {
+                return bad("is passed twice (arguments may not alias)".into());
+            }
+            if matches!(b.kind, BufferKind::Input(_)) && stores_to(f, param) {
+                return bad("is a program input, and the function stores to it".into());
+            }
+        }
+        Ok(())
+    }
+
     fn access(&self, buf: BufId, index: &Index, access: &'static str) -> Res {
-        if self.p.buffer(buf).is_none() {
+        let Some(b) = self.p.buffer(buf) else {
             return Err(VerifyError::UnknownBuffer {
                 access,
                 buf: buf.0,
                 buffers: self.p.buffers.len(),
             });
+        };
+        if let Some((func, f)) = self.function {
+            if b.space == MemorySpace::Global && !f.params.contains(&buf) {
+                return Err(VerifyError::NotAParameter { func, buf: buf.0 });
+            }
         }
         self.index(index, 0)
     }

@@ -287,6 +287,7 @@ impl Stmt {
             Stmt::Barrier => Stmt::Barrier,
             // Its offsets are constants: no index to map.
             Stmt::Gemm(g) => Stmt::Gemm(g.clone()),
+            Stmt::Call { .. } => self.clone(),
         }
     }
 
@@ -321,11 +322,12 @@ fn walk_running<'a>(body: &'a [Stmt], f: &mut impl FnMut(&'a Stmt)) {
     }
 }
 
-/// Buffers read or written anywhere in `body` (outside loops that never run), in id order.
+/// Buffers read or written anywhere in `body` (outside loops that never run), in id order; a
+/// [`Stmt::Call`] uses its arguments.
 pub fn buffers_used(body: &[Stmt]) -> BTreeSet<BufId> {
     let mut out = BTreeSet::new();
-    walk_running(body, &mut |s| {
-        if let Stmt::Store { buf, index, value } = s {
+    walk_running(body, &mut |s| match s {
+        Stmt::Store { buf, index, value } => {
             out.insert(*buf);
             value.for_each_load(&mut |b, _| {
                 out.insert(b);
@@ -334,10 +336,11 @@ pub fn buffers_used(body: &[Stmt]) -> BTreeSet<BufId> {
                 out.insert(b);
             });
         }
-        if let Some((reads, write)) = s.gemm_buffers() {
-            out.extend(reads);
-            out.insert(write);
+        Stmt::Gemm(g) => {
+            out.extend([g.a.buf, g.b.buf, g.c.buf]);
         }
+        Stmt::Call { args, .. } => out.extend(args.iter().copied()),
+        Stmt::Loop { .. } | Stmt::Barrier => {}
     });
     out
 }

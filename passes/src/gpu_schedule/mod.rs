@@ -89,8 +89,13 @@ pub fn gpu_schedule(p: &KernelProgram, cfg: &GpuConfig) -> Result<KernelProgram,
         )));
     }
     verify(p)?;
-    // GPUs run loops only: matrix products become their reference loop nests first.
-    let p = &tttc_ir::kernel::expand_gemm(p);
+    // Kernel functions (CPU outlining) are not kept on the GPU: every statement is mapped at
+    // the top level.
+    let inlined = tttc_ir::kernel::inline_calls(p);
+    let p = &inlined;
+    // GPUs run loops only: matrix products become their reference loop nests.
+    let expanded = tttc_ir::kernel::expand_gemm(p);
+    let p = &expanded;
     if has_gpu_schedule(&p.body) {
         return Err(GpuScheduleError::Unsupported(
             "it already has GPU schedules or barriers".into(),
@@ -134,7 +139,7 @@ fn has_gpu_schedule(body: &[Stmt]) -> bool {
                 Stmt::Loop { schedule, .. } => {
                     matches!(schedule, Schedule::GpuBlock | Schedule::GpuThread)
                 }
-                Stmt::Store { .. } | Stmt::Gemm(_) => false,
+                Stmt::Store { .. } | Stmt::Gemm(_) | Stmt::Call { .. } => false,
             };
             !found
         });
@@ -211,6 +216,9 @@ impl Mapper {
             Stmt::Gemm(_) => Err(GpuScheduleError::Unsupported(
                 "a gemm (expand it into loops first)".into(),
             )),
+            Stmt::Call { .. } => Err(GpuScheduleError::Unsupported(
+                "a call (kernel functions are inlined first)".into(),
+            )),
             Stmt::Loop {
                 var,
                 extent,
@@ -265,6 +273,11 @@ impl Mapper {
                 Stmt::Gemm(_) => {
                     return Err(GpuScheduleError::Unsupported(
                         "a gemm (expand it into loops first)".into(),
+                    ))
+                }
+                Stmt::Call { .. } => {
+                    return Err(GpuScheduleError::Unsupported(
+                        "a call (kernel functions are inlined first)".into(),
                     ))
                 }
                 Stmt::Store { .. } => {
@@ -431,6 +444,7 @@ fn weights(body: &[Stmt], trips: f64, out: &mut BTreeMap<BufId, f64>) {
             Stmt::Barrier => {}
             // Expanded before anything is weighed.
             Stmt::Gemm(_) => {}
+            Stmt::Call { .. } => {}
         }
     }
 }

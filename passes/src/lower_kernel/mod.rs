@@ -286,6 +286,7 @@ pub fn lower_graph_with(
         buffers: l.buffers,
         vars: l.vars,
         body,
+        functions: Vec::new(),
     };
     tttc_ir::kernel::verify(&p)?;
     Ok(p)

@@ -10,6 +10,7 @@
 //! | `dual_form` | graph → graph | equality saturation: the dual form |
 //! | `simplify` | graph → graph | CSE, DCE, constant folding, cancellations |
 //! | `lower_kernel` | graph → kernel IR | loops over buffers; decides fusion (what is inlined) |
+//! | `outline` | kernel IR → kernel IR | CPU targets only: repeated layers → one function, calls |
 //! | `gpu_schedule` | kernel IR → kernel IR | GPU targets only: blocks, threads, shared memory |
 //! | `codegen` | kernel IR → machine code | supplied by the caller ([`Codegen`]) |
 //!
@@ -228,10 +229,11 @@ pub struct Codegen<'a, C, E> {
 /// Where the pipeline is aimed: which stages follow `lower_kernel`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Target {
-    /// CPUs (LLVM, Cranelift, the AOT library): the kernel IR goes to code generation as is;
-    /// large matrix products of the main graph are [`tttc_ir::kernel::Stmt::Gemm`]s
-    /// ([`crate::lower_kernel::LowerOptions::library_from_env`]), which the JITs run with a
-    /// matrix library and an AOT object expands back into loops.
+    /// CPUs (LLVM, Cranelift, the AOT library): large matrix products of the main graph are
+    /// [`tttc_ir::kernel::Stmt::Gemm`]s ([`crate::lower_kernel::LowerOptions::library_from_env`]),
+    /// which the JITs run with a matrix library and an AOT object expands back into loops;
+    /// independent loop nests run on the thread pool (`cpu_parallel`); repeated layers are
+    /// outlined (`outline`); then the kernel IR goes to code generation.
     #[default]
     Cpu,
     /// NVIDIA GPUs: the kernel IR is mapped onto blocks and threads first (`gpu_schedule`);
@@ -307,10 +309,16 @@ impl Pipeline {
             },
         ];
         match target {
-            Target::Cpu => stages.push(Stage::kernel(
-                Box::new(crate::cpu_parallel::CpuParallel),
-                "CPU targets: top-level loop nests with independent iterations and enough work run on the thread pool",
-            )),
+            Target::Cpu => {
+                stages.push(Stage::kernel(
+                    Box::new(crate::cpu_parallel::CpuParallel),
+                    "CPU targets: top-level loop nests with independent iterations and enough work run on the thread pool",
+                ));
+                stages.push(Stage::kernel(
+                    Box::new(crate::outline::Outline::from_env()),
+                    "CPU targets: runs of statements repeated on other buffers (layers) → one kernel function and a call per repeat (off with TTTC_NO_OUTLINE=1)",
+                ));
+            }
             Target::Gpu(config) => stages.push(Stage::kernel(
                 Box::new(GpuSchedule(config)),
                 "GPU targets: loops onto blocks and threads, scratch into shared memory, barriers",
@@ -319,20 +327,21 @@ impl Pipeline {
         Pipeline { stages }
     }
 
-    /// Every stage of the CPU and the GPU pipeline (name, what it does), in order: the shared
-    /// stages, then the CPU-only ones, then the GPU-only ones.
-    pub fn every_stage() -> Vec<(&'static str, &'static str)> {
-        let mut all: Vec<(&'static str, &'static str)> = Pipeline::new(Target::Cpu)
+    /// Every stage of every target, in order (`outline` for CPUs, then `gpu_schedule` for
+    /// GPUs): what `tttc inspect --passes` lists and `--after` accepts. Not for running.
+    pub fn every_stage() -> Pipeline {
+        let mut p = Pipeline::new(Target::Gpu(Default::default()));
+        let cpu = Pipeline::new(Target::Cpu);
+        let mut extra: Vec<Stage> = cpu
             .stages
-            .iter()
-            .map(|s| (s.name, s.about))
+            .into_iter()
+            .filter(|s| !p.stages.iter().any(|t| t.name == s.name))
             .collect();
-        for s in Pipeline::new(Target::Gpu(Default::default())).stages {
-            if !all.iter().any(|(n, _)| *n == s.name) {
-                all.push((s.name, s.about));
-            }
-        }
-        all
+        let at = p.position("lower_kernel").map_or(p.stages.len(), |i| i + 1);
+        let tail = p.stages.split_off(at);
+        p.stages.append(&mut extra);
+        p.stages.extend(tail);
+        p
     }
 
     /// A pipeline of the given stages (for tests and tools that run a few passes).

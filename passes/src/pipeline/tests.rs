@@ -178,7 +178,8 @@ fn dump_writes_one_numbered_file_per_stage() {
             "02-primal.txt",
             "03-dual_form.txt",
             "04-simplify.txt",
-            "05-lower_kernel.txt"
+            "05-lower_kernel.txt",
+            "06-outline.txt"
         ]
     );
     let kernel_text = std::fs::read_to_string(&dump.written()[4]).expect("written");

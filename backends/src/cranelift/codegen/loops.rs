@@ -32,6 +32,11 @@ impl<'a> Gen<'a> {
                 }
                 Stmt::Loop { extent: 0, .. } | Stmt::Barrier => {}
                 Stmt::Gemm(g) => self.gemm(st, g)?,
+                Stmt::Call { .. } => {
+                    return Err(CraneliftError::Internal(
+                        "a call left after inlining".into(),
+                    ))
+                }
                 Stmt::Loop {
                     var,
                     extent,

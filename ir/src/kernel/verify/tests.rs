@@ -62,6 +62,7 @@ fn good() -> KernelProgram {
                 ),
             )],
         )],
+        functions: Vec::new(),
     }
 }
 
@@ -320,6 +321,7 @@ fn gemm_program() -> (KernelProgram, Gemm) {
             buffer("t", BufferKind::Temp, MemorySpace::Global, &[6]),
         ],
         vars: 1,
+        functions: Vec::new(),
         body: vec![Stmt::Gemm(Box::new(g.clone()))],
     };
     (p, g)
@@ -469,4 +471,173 @@ fn data_dependent_indices_are_checked() {
         "an index read from an unknown buffer",
         |e| matches!(e, VerifyError::UnknownBuffer { buf: 9, .. }),
     );
+}
+
+/// `good()` plus a temporary t like y, and function f0(p=y) doing `p[i] = x[i] * 2`... over
+/// parameters (b1: y, b0: x); calls given by the caller.
+fn with_function(calls: Vec<Stmt>) -> KernelProgram {
+    let mut p = good();
+    p.buffers
+        .push(buffer("t", BufferKind::Temp, MemorySpace::Global, &[4]));
+    p.buffers
+        .push(buffer("w", BufferKind::Temp, MemorySpace::Global, &[2, 2]));
+    p.functions.push(KernelFunction {
+        name: "layer".into(),
+        params: vec![BufId(0), BufId(1)],
+        body: good().body,
+    });
+    p.body = calls;
+    p
+}
+
+fn call(func: u32, args: &[u32]) -> Stmt {
+    Stmt::Call {
+        func: FuncId(func),
+        args: args.iter().map(|&b| BufId(b)).collect(),
+    }
+}
+
+#[test]
+fn well_formed_calls_pass() {
+    let p = with_function(vec![call(0, &[0, 1]), call(0, &[1, 4]), call(0, &[0, 4])]);
+    assert_eq!(verify(&p), Ok(()));
+    // Inlining renames the parameters to the arguments and drops the functions.
+    let inlined = crate::kernel::inline_calls(&p);
+    assert!(inlined.functions.is_empty());
+    assert_eq!(inlined.body.len(), 3);
+    assert_eq!(
+        crate::kernel::buffers_used(&inlined.body[1..2]),
+        [BufId(1), BufId(4)].into_iter().collect()
+    );
+    assert_eq!(verify(&inlined), Ok(()));
+}
+
+#[test]
+fn malformed_calls_are_rejected() {
+    rejects(
+        &with_function(vec![call(1, &[0, 1])]),
+        "unknown function",
+        |e| {
+            matches!(
+                e,
+                VerifyError::UnknownFunction {
+                    func: 1,
+                    functions: 1
+                }
+            )
+        },
+    );
+    rejects(
+        &with_function(vec![call(0, &[0])]),
+        "too few arguments",
+        |e| {
+            matches!(
+                e,
+                VerifyError::CallArity {
+                    params: 2,
+                    args: 1,
+                    ..
+                }
+            )
+        },
+    );
+    rejects(
+        &with_function(vec![call(0, &[0, 1, 4])]),
+        "too many arguments",
+        |e| {
+            matches!(
+                e,
+                VerifyError::CallArity {
+                    params: 2,
+                    args: 3,
+                    ..
+                }
+            )
+        },
+    );
+    rejects(
+        &with_function(vec![call(0, &[0, 5])]),
+        "another shape",
+        |e| {
+            matches!(
+                e,
+                VerifyError::BadArgument {
+                    position: 1,
+                    buf: 5,
+                    ..
+                }
+            )
+        },
+    );
+    rejects(
+        &with_function(vec![call(0, &[0, 2])]),
+        "a Local argument",
+        |e| {
+            matches!(
+                e,
+                VerifyError::BadArgument {
+                    position: 1,
+                    buf: 2,
+                    ..
+                }
+            )
+        },
+    );
+    rejects(
+        &with_function(vec![call(0, &[4, 4])]),
+        "aliased arguments",
+        |e| {
+            matches!(
+                e,
+                VerifyError::BadArgument {
+                    position: 1,
+                    buf: 4,
+                    ..
+                }
+            )
+        },
+    );
+    rejects(
+        &with_function(vec![call(0, &[4, 0])]),
+        "an input stored to",
+        |e| {
+            matches!(
+                e,
+                VerifyError::BadArgument {
+                    position: 1,
+                    buf: 0,
+                    ..
+                }
+            )
+        },
+    );
+    rejects(
+        &with_function(vec![call(0, &[0, 9])]),
+        "an unknown argument",
+        |e| matches!(e, VerifyError::BadArgument { buf: 9, .. }),
+    );
+    rejects(
+        &with_function(vec![lp(0, 2, Schedule::Serial, vec![call(0, &[0, 1])])]),
+        "a call in a loop",
+        |e| matches!(e, VerifyError::MisplacedCall(_)),
+    );
+    let mut nested = with_function(vec![]);
+    nested.functions[0].body.push(call(0, &[0, 1]));
+    rejects(&nested, "a call in a function", |e| {
+        matches!(e, VerifyError::MisplacedCall(_))
+    });
+    let mut not_param = with_function(vec![]);
+    not_param.functions[0].params = vec![BufId(0)];
+    rejects(&not_param, "a global buffer that is no parameter", |e| {
+        matches!(e, VerifyError::NotAParameter { func: 0, buf: 1 })
+    });
+    let mut bad_param = with_function(vec![]);
+    bad_param.functions[0].params.push(BufId(2));
+    rejects(&bad_param, "a Local parameter", |e| {
+        matches!(e, VerifyError::BadParameter { position: 2, .. })
+    });
+    bad_param.functions[0].params[2] = BufId(1);
+    rejects(&bad_param, "a parameter given twice", |e| {
+        matches!(e, VerifyError::BadParameter { position: 2, .. })
+    });
 }
