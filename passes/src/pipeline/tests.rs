@@ -179,7 +179,8 @@ fn dump_writes_one_numbered_file_per_stage() {
             "03-dual_form.txt",
             "04-simplify.txt",
             "05-lower_kernel.txt",
-            "06-outline.txt"
+            "06-cpu_parallel.txt",
+            "07-outline.txt"
         ]
     );
     let kernel_text = std::fs::read_to_string(&dump.written()[4]).expect("written");
