@@ -28,7 +28,11 @@ pub enum AnalysisError {
     Internal(String),
 }
 
-pub(crate) use crate::scratch::{analyze, cpu_schedule, loop_key, Analysis, CpuSchedule};
+pub(crate) use crate::scratch::analyze;
+// What the LLVM code generator reads from here.
+#[cfg(feature = "llvm")]
+pub(crate) use crate::scratch::{cpu_schedule, loop_key, Analysis, CpuSchedule};
+#[cfg(feature = "llvm")]
 pub(crate) use tttc_ir::kernel::{buffers_used, vars_used};
 
 use tttc_ir::kernel::{verify, BufId, Index, KernelProgram, Stmt, Value, VarId};

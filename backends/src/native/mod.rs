@@ -11,6 +11,7 @@
 
 pub mod gemm;
 pub(crate) mod parallel;
+#[cfg(feature = "llvm")]
 pub mod profile;
 
 pub use gemm::{tttc_gemm_f32, tttc_gemm_f64};
