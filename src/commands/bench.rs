@@ -176,18 +176,25 @@ fn print_profile(program: &tttc::ir::Program, runs: u32) -> Result<(), Failure> 
         .collect();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
     eprintln!(
-        "profile: {} top-level statements, {:.1} ms per run in all; the costliest:",
+        "profile: {} top-level statements and {} function(s), {:.1} ms per run in all (self \
+         time: a call counts only what its function's statements do not); the costliest:",
         kernel.body.len(),
+        kernel.functions.len(),
         all * 1e3 / f64::from(runs)
     );
     eprintln!("  ms/run  share  cumul  statement");
     let mut cumul = 0.0;
     for &(k, t) in rows.iter().take(25) {
         cumul += t;
-        let what = kernel.body.get(k).map_or_else(
-            || "?".to_string(),
-            |s| tttc::ir::kernel::describe_stmt(&kernel, s),
-        );
+        let what = match tttc::ir::kernel::statement_by_id(&kernel, k) {
+            Some((None, s)) => tttc::ir::kernel::describe_stmt(&kernel, s),
+            Some((Some(f), s)) => format!(
+                "in f{}: {}",
+                f.0,
+                tttc::ir::kernel::describe_stmt(&kernel, s)
+            ),
+            None => "?".to_string(),
+        };
         eprintln!(
             "{:8.2} {:5.1}% {:5.1}%  #{k} {what}",
             t * 1e3 / f64::from(runs),

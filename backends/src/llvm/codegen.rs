@@ -322,17 +322,29 @@ impl<'ctx> Gen<'_, 'ctx> {
             self.fill_nan(&st, id, ptr)?;
         }
         let p = self.p;
-        if crate::native::profile::statement_profile_enabled() {
-            for (k, s) in p.body.iter().enumerate() {
-                self.profile_bracket(&st, "tttc_profile_enter", k)?;
-                self.stmts(&mut st, std::slice::from_ref(s))?;
-                self.profile_bracket(&st, "tttc_profile_exit", k)?;
-            }
-        } else {
-            self.stmts(&mut st, &p.body)?;
-        }
+        self.top_level_stmts(&mut st, &p.body, 0)?;
         self.finish(&st)?;
         Ok(f)
+    }
+
+    /// The statements of a body (the program's or a function's), each bracketed for the
+    /// statement profile when it is on; the first gets profile id `first` (numbering:
+    /// `tttc_ir::kernel::first_statement_id`).
+    fn top_level_stmts(
+        &mut self,
+        st: &mut FnState<'ctx>,
+        body: &[Stmt],
+        first: usize,
+    ) -> Result<(), LlvmError> {
+        if !crate::native::profile::statement_profile_enabled() {
+            return self.stmts(st, body);
+        }
+        for (j, s) in body.iter().enumerate() {
+            self.profile_bracket(st, "tttc_profile_enter", first + j)?;
+            self.stmts(st, std::slice::from_ref(s))?;
+            self.profile_bracket(st, "tttc_profile_exit", first + j)?;
+        }
+        Ok(())
     }
 
     /// A call `which(k)` of the statement profile (`native::profile`) around top-level
@@ -369,7 +381,8 @@ impl<'ctx> Gen<'_, 'ctx> {
                 };
                 st.bufs.insert(id, ptr);
             }
-            self.stmts(&mut st, &kf.body)?;
+            let first = tttc_ir::kernel::first_statement_id(p, tttc_ir::kernel::FuncId(k as u32));
+            self.top_level_stmts(&mut st, &kf.body, first)?;
             self.finish(&st)?;
             self.funcs.push((f, takes));
         }

@@ -21,7 +21,7 @@ mod walk;
 
 pub use expand::expand_gemm;
 pub use inline::inline_calls;
-pub use print::{describe_stmt, print_kernel_program};
+pub use print::{describe_stmt, first_statement_id, print_kernel_program, statement_by_id};
 pub use verify::{verify, VerifyError, MAX_EXPR_DEPTH, MAX_LOOP_DEPTH};
 pub use walk::{buffers_used, vars_used, Access};
 

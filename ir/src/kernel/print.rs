@@ -112,11 +112,43 @@ pub fn print_kernel_program(p: &KernelProgram) -> String {
     s
 }
 
+/// The profile id of the first statement of function `func`: the program's top-level
+/// statements are numbered from 0, then each function's, in function order.
+pub fn first_statement_id(p: &KernelProgram, func: super::FuncId) -> usize {
+    p.body.len()
+        + p.functions
+            .iter()
+            .take(func.0 as usize)
+            .map(|f| f.body.len())
+            .sum::<usize>()
+}
+
+/// The statement with profile id `id` (numbering: [`first_statement_id`]) and the function it
+/// belongs to (`None`: the program's body).
+pub fn statement_by_id(p: &KernelProgram, id: usize) -> Option<(Option<super::FuncId>, &Stmt)> {
+    if let Some(s) = p.body.get(id) {
+        return Some((None, s));
+    }
+    let mut rest = id - p.body.len();
+    for (k, f) in p.functions.iter().enumerate() {
+        if let Some(s) = f.body.get(rest) {
+            return Some((Some(super::FuncId(k as u32)), s));
+        }
+        rest -= f.body.len();
+    }
+    None
+}
+
 /// A one-line summary of statement `s` of `p` for profiles: its outermost loop nest's extents
 /// and schedules down to the first statement that is not a lone loop, and the buffers it
 /// stores to, the first three of them (`loop 12×64 parallel·serial → b74 %96 matmul, b75 %96
-/// rhs`); a matrix product as `gemm [2048×768]·[768×768] → b74 %96 matmul`.
+/// rhs`); a matrix product as `gemm [2048×768]·[768×768] → b74 %96 matmul`, a call by its
+/// function (whose statements the profile counts as the call's).
 pub fn describe_stmt(p: &KernelProgram, s: &Stmt) -> String {
+    if let Stmt::Call { func, args } = s {
+        let name = p.function(*func).map_or("?", |f| f.name.as_str());
+        return format!("call f{} {name} ({} buffers)", func.0, args.len());
+    }
     if let Stmt::Gemm(g) = s {
         let name = p.buffer(g.c.buf).map_or("", |b| b.name.as_str());
         let batch: String = g.batch.iter().map(|e| format!("{e}×")).collect();
