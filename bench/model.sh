@@ -55,6 +55,7 @@ rows_prefill=() rows_decode=() rows_compile=()
 for layer in linear mlp; do
   dir=$tmp/$layer
   m make "$dir" --layer "$layer" --size "$size" >/dev/null
+  cp "$dir/config.json" "$tmp/depth"
   for L in $lengths; do
     m ids "$tmp/ids_$L.safetensors" --length "$L" --vocab "$vocab" >/dev/null
   done
@@ -83,8 +84,8 @@ print(','.join(map(str, load_file('$tmp/ids_$first.safetensors')['input_ids'][0,
     tp=$(m torch-prefill "$dir" "$ids" --iters "$iters")
     tb=$("$TTTC" bench examples/ttt_lm.ttt --model "$dir" --inputs "$ids" --iters "$iters" --json 2>/dev/null)
     tm=$(m run-peak "$TTTC" run examples/ttt_lm.ttt --model "$dir" --inputs "$ids" --out "$tmp/o.safetensors")
-    t_s=$(echo "$tp" | j '"%.2f" % d["median_s"]'); t_mb=$(echo "$tp" | j '"%.0f" % d["peak_mb"]')
-    c_s=$(echo "$tb" | j '"%.2f" % (d["median_ms"] / 1e3)'); c_mb=$(echo "$tm" | j '"%.0f" % d["peak_mb"]')
+    t_s=$(echo "$tp" | j '"%.4g" % d["median_s"]'); t_mb=$(echo "$tp" | j '"%.0f" % d["peak_mb"]')
+    c_s=$(echo "$tb" | j '"%.4g" % (d["median_ms"] / 1e3)'); c_mb=$(echo "$tm" | j '"%.0f" % d["peak_mb"]')
     rows_prefill+=("| $layer | $L | $t_s | $c_s | $($PY -c "print('%.2fx' % ($t_s / $c_s))") | $t_mb | $c_mb |")
   done
   # Compile: cold (no cache) at 12 and 24 layers; warm start = a cache hit, to the first token.
@@ -123,7 +124,7 @@ done
   echo
   echo "## Compile (seconds)"
   echo
-  echo "| layer | cold, 12 layers | cold, 24 layers | warm start to the first token (cache hit, whole process) |"
+  echo "| layer | cold, the model's $(grep -o '"num_hidden_layers": [0-9]*' "$tmp/depth" | grep -o '[0-9]*$') layers | cold, 24 layers | warm start to the first token (cache hit, whole process) |"
   echo "| --- | --- | --- | --- |"
   printf '%s\n' "${rows_compile[@]}"
 } | if [ "$size" = 125m ]; then tee bench/MODEL.md; else cat; fi
