@@ -412,6 +412,7 @@ fn passes_lists_every_stage_to_machine_code() {
 /// statements of the program (the scan's loop nest writes the scan's outputs), its shares add
 /// up to at most 100%, and other backends are refused with a user error.
 #[test]
+#[cfg(feature = "llvm")]
 fn bench_profile_lists_the_costliest_statements() {
     let (b, h, l, f, k) = (1usize, 2usize, 32usize, 8usize, 16usize);
     let dir = tempfile::tempdir().expect("tempdir");

@@ -242,6 +242,16 @@ mod tests {
         Index::sum(Index::scaled(Index::var(i), m as i64), Index::var(j))
     }
 
+    /// `for i in 0..n { for j in 0..m { store } }`, serial.
+    fn nest(n: usize, m: usize, store: Stmt) -> Stmt {
+        Stmt::counted_loop(
+            I,
+            n,
+            Schedule::Serial,
+            vec![Stmt::counted_loop(J, m, Schedule::Serial, vec![store])],
+        )
+    }
+
     fn schedule(p: &KernelProgram) -> Schedule {
         match &p.body[0] {
             Stmt::Loop { schedule, .. } => *schedule,
@@ -261,12 +271,7 @@ mod tests {
             idx.clone(),
             Value::binary(BinaryOp::Mul, Value::load(BufId(0), idx), Value::Const(2.0)),
         );
-        let body = vec![Stmt::counted_loop(
-            I,
-            n,
-            Schedule::Serial,
-            vec![Stmt::counted_loop(J, m, Schedule::Serial, vec![store])],
-        )];
+        let body = vec![nest(n, m, store)];
         let p = program(n, m, body, vec![]);
         assert_eq!(schedule(&CpuParallel.run(&p).unwrap()), Schedule::Parallel);
     }
@@ -276,12 +281,7 @@ mod tests {
         let (n, m) = (4, 8);
         let idx = row_major(I, J, m);
         let store = Stmt::store(BufId(1), idx.clone(), Value::load(BufId(0), idx));
-        let body = vec![Stmt::counted_loop(
-            I,
-            n,
-            Schedule::Serial,
-            vec![Stmt::counted_loop(J, m, Schedule::Serial, vec![store])],
-        )];
+        let body = vec![nest(n, m, store)];
         let p = program(n, m, body, vec![]);
         assert_eq!(schedule(&CpuParallel.run(&p).unwrap()), Schedule::Serial);
     }
@@ -331,12 +331,7 @@ mod tests {
             Index::sum(Index::var(I), Index::var(J)),
             Value::load(BufId(0), row_major(I, J, m)),
         );
-        let body = vec![Stmt::counted_loop(
-            I,
-            n,
-            Schedule::Serial,
-            vec![Stmt::counted_loop(J, m, Schedule::Serial, vec![store])],
-        )];
+        let body = vec![nest(n, m, store)];
         let p = program(n, m, body, vec![]);
         assert_eq!(schedule(&CpuParallel.run(&p).unwrap()), Schedule::Serial);
     }
@@ -350,12 +345,7 @@ mod tests {
             VarId(2),
             1,
             Schedule::Serial,
-            vec![Stmt::counted_loop(
-                I,
-                n,
-                Schedule::Serial,
-                vec![Stmt::counted_loop(J, m, Schedule::Serial, vec![store])],
-            )],
+            vec![nest(n, m, store)],
         )];
         let p = CpuParallel.run(&program(n, m, body, vec![])).unwrap();
         let Stmt::Loop { body, schedule, .. } = &p.body[0] else {
