@@ -144,18 +144,6 @@ struct Enclosing {
     schedule: Schedule,
 }
 
-/// Whether an iteration of a loop with `schedule` starts with a fresh buffer in `space`.
-fn refreshes(schedule: Schedule, space: MemorySpace) -> bool {
-    match space {
-        MemorySpace::Local => matches!(
-            schedule,
-            Schedule::Parallel | Schedule::GpuThread | Schedule::GpuBlock
-        ),
-        MemorySpace::Shared => schedule == Schedule::GpuBlock,
-        MemorySpace::Global => false,
-    }
-}
-
 /// The buffers' uses, by enclosing loops.
 struct Uses<'p> {
     p: &'p KernelProgram,
@@ -209,7 +197,7 @@ impl Uses<'_> {
             .iter()
             .position(|l| cpu_schedule(l.schedule) == CpuSchedule::Parallel);
         let refreshing: Vec<usize> = (0..self.loops.len())
-            .filter(|&i| refreshes(self.loops[i].schedule, space))
+            .filter(|&i| space.fresh_each_iteration_of(self.loops[i].schedule))
             .collect();
         for &i in &refreshing {
             self.refresh

@@ -272,25 +272,14 @@ fn candidates(keys: &[u32]) -> Vec<Run> {
     out
 }
 
-/// Whether `space` is fresh at every iteration of a loop with `schedule` (as the kernel
-/// executor defines it).
-fn refreshes(schedule: Schedule, space: MemorySpace) -> bool {
-    match space {
-        MemorySpace::Local => matches!(
-            schedule,
-            Schedule::Parallel | Schedule::GpuThread | Schedule::GpuBlock
-        ),
-        MemorySpace::Shared => schedule == Schedule::GpuBlock,
-        MemorySpace::Global => false,
-    }
-}
-
 /// Scratch (`Local`/`Shared`) buffers used in `stmts` outside every loop that refreshes them.
 fn unrefreshed_scratch(p: &KernelProgram, stmts: &[Stmt]) -> BTreeSet<BufId> {
     fn go(p: &KernelProgram, s: &Stmt, loops: &mut Vec<Schedule>, out: &mut BTreeSet<BufId>) {
         let mut note = |b: BufId, loops: &[Schedule]| {
             let space = p.buffers[b.0 as usize].space;
-            if space != MemorySpace::Global && !loops.iter().any(|&l| refreshes(l, space)) {
+            if space != MemorySpace::Global
+                && !loops.iter().any(|&l| space.fresh_each_iteration_of(l))
+            {
                 out.insert(b);
             }
         };

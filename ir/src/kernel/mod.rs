@@ -53,6 +53,22 @@ pub enum MemorySpace {
     Shared,
 }
 
+impl MemorySpace {
+    /// Whether a buffer in this space starts fresh at every iteration of a loop run as
+    /// `schedule` (the kernel executor's definition): `Local` at every `Parallel`, `GpuThread`
+    /// or `GpuBlock` iteration, `Shared` at every `GpuBlock` iteration, `Global` never.
+    pub fn fresh_each_iteration_of(self, schedule: Schedule) -> bool {
+        match self {
+            MemorySpace::Local => matches!(
+                schedule,
+                Schedule::Parallel | Schedule::GpuThread | Schedule::GpuBlock
+            ),
+            MemorySpace::Shared => schedule == Schedule::GpuBlock,
+            MemorySpace::Global => false,
+        }
+    }
+}
+
 /// What a buffer is for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
