@@ -101,6 +101,15 @@ fn program_cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "30:39",
             "binding `b1`",
         ),
+        (
+            "token_eta neither per position nor per token",
+            replace(
+                "input token_eta: [mini_batch_size]",
+                "input token_eta: [L, f]",
+            ),
+            "33:67",
+            "must be [mini_batch_size] (a step size per position in the mini-batch) or the shape of `lr`, [L]",
+        ),
     ]
 }
 

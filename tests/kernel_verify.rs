@@ -20,6 +20,10 @@ use tttc::{Precision, Settings};
 /// Small shapes for every example but the language model, as `--set` pairs.
 const SHAPES: &[(&str, &[(&str, f64)])] = &[
     (
+        "fla_ttt_linear.ttt",
+        &[("B", 2.0), ("H", 2.0), ("L", 40.0), ("f", 16.0)],
+    ),
+    (
         "ttt_linear.ttt",
         &[("B", 1.0), ("H", 2.0), ("L", 40.0), ("f", 16.0)],
     ),

@@ -2,21 +2,31 @@
 //! fast-weight state.
 //!
 //! Operands, in order: the initial value of every state tensor, every outer parameter, the
-//! loss's token arguments, the output's token arguments, the per-position scale `token_eta`
-//! and the per-token learning rate `lr`. Axes of an operand listed in `per` (batch, heads, ...)
+//! loss's token arguments, the output's token arguments, the step-size scale `token_eta` and
+//! the per-token learning rate `lr`. Axes of an operand listed in `per` (batch, heads, ...)
 //! are mapped: the scan runs independently for every index of them. After the mapped axes are
 //! removed, token arguments and `lr` have the sequence axis first; one token of a token argument
 //! is a row `[1, ...]`.
 //!
-//! Semantics of one mini-batch of `k` tokens (k = K, or the remainder `L mod K` for the last
-//! one, which uses `token_eta[0..k]`) starting from state `θ`:
+//! `token_eta` has one of two forms ([`TokenEtaForm`], decided from its shape when the
+//! program is lowered): `[K]`, a scale per *position in the mini-batch*, or the shape of `lr`
+//! (`[L]` after the mapped axes), a scale per *token*, like `lr` a sequence operand.
+//!
+//! Semantics of one mini-batch of `k` tokens `t0 .. t0 + k` (k = K, or the remainder `L mod K`
+//! for the last one) starting from state `θ`, with `e_i` the step size of its `i`-th token:
+//! `e_i = token_eta[i]` per position (the remainder uses `token_eta[0..k]`), `e_i =
+//! token_eta[t0 + i]` per token:
 //!
 //! ```text
-//! g_j  = ∇_θ loss(θ; token j)                   for j = 0..k-1, all at the same θ
-//! θ_i  = θ − token_eta[i] · Σ_{j<=i} lr[j] g_j
-//! z_i  = out(θ_i; token i)
+//! g_j  = ∇_θ loss(θ; token t0 + j)              for j = 0..k-1, all at the same θ
+//! θ_i  = θ − e_i · Σ_{j<=i} lr[t0 + j] g_j       i.e. eta[i, j] = e_i · lr[t0 + j]
+//! z_i  = out(θ_i; token t0 + i)
 //! θ'   = θ_{k−1}
 //! ```
+//!
+//! Either way the step graph ([`TttScan::step`]) receives the mini-batch's `k` step sizes as one
+//! `[k]` block, so the primal form, the dual-form rewrite and the kernels do not depend on the
+//! form; only the slicing of the operand does (interpreter, kernel lowering, streaming).
 //!
 //! The result is a tuple: the per-token outputs stacked along the sequence axis
 //! (`[per..., L, ...]`), then the final value of every state (`[per..., state shape]`).
@@ -67,6 +77,10 @@ pub struct TttScan {
     pub out_args: Vec<String>,
     /// Slicing of every operand (same order as the operands).
     pub axes: Vec<OperandAxes>,
+    /// Whether `token_eta` is per position in the mini-batch (`[K]`) or per token (the shape of
+    /// `lr`). Absent in programs serialized before it existed: per position.
+    #[serde(default)]
+    pub token_eta: TokenEtaForm,
     /// The self-supervised loss of one token: inputs `states ++ params ++ loss_args`, one scalar
     /// output `loss`.
     pub loss: Graph,
@@ -79,11 +93,24 @@ pub struct TttScan {
     /// One whole mini-batch step, filled in by the scan-lowering pass; when present it defines
     /// the scan (the per-token graphs stay for reference). Inputs, in order: the states at the
     /// mini-batch's start, the params, the loss's token-argument blocks `[k, ...]` (one row per
-    /// token), the output's token-argument blocks, `token_eta` `[k]` and `lr` `[k]`, where `k`
+    /// token), the output's token-argument blocks, `token_eta` `[k]` (the
+    /// mini-batch's step sizes `e_i`, either form) and `lr` `[k]`, where `k`
     /// is the symbolic dimension [`MINI_BATCH_DIM`] (K, or the remainder). Outputs: `out`
     /// `[k, ...]` (one row per token), then `next_<state>` for every state.
     #[serde(default)]
     pub step: Option<Graph>,
+}
+
+/// The two forms of a scan's `token_eta` operand (see the module doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenEtaForm {
+    /// `[K]`: token `t0 + i` of a mini-batch uses `token_eta[i]` (the remainder mini-batch
+    /// `token_eta[0 .. L mod K]`).
+    #[default]
+    PerPosition,
+    /// The shape of `lr` (`[L]` after the mapped axes): token `t` uses `token_eta[t]`. A
+    /// sequence operand like `lr`, sliced with it.
+    PerToken,
 }
 
 /// The symbolic length of one mini-batch inside a scan's step graph: bound to K for full
@@ -102,7 +129,7 @@ pub enum OperandKind {
     LossArg(usize),
     /// Token argument `i` of the output.
     OutArg(usize),
-    /// Per-position scale.
+    /// The step-size scale (per position or per token: [`TttScan::token_eta`]).
     TokenEta,
     /// Per-token learning rate.
     Lr,
@@ -134,6 +161,16 @@ impl TttScan {
             OperandKind::TokenEta
         } else {
             OperandKind::Lr
+        }
+    }
+
+    /// Whether operand `i` is a sequence operand (sliced along the tokens): the token
+    /// arguments, `lr`, and `token_eta` in its per-token form.
+    pub fn is_sequence_operand(&self, i: usize) -> bool {
+        match self.operand_kind(i) {
+            OperandKind::LossArg(_) | OperandKind::OutArg(_) | OperandKind::Lr => true,
+            OperandKind::TokenEta => self.token_eta == TokenEtaForm::PerToken,
+            OperandKind::State(_) | OperandKind::Param(_) => false,
         }
     }
 
@@ -230,8 +267,13 @@ impl TttScan {
                     .loss
                     .tensor_type(loss_inputs[self.states.len() + k])
                     .map(|t| t.shape.clone()),
-                OperandKind::TokenEta => Some(Shape(vec![self.mini_batch.clone()])),
-                OperandKind::LossArg(_) | OperandKind::OutArg(_) | OperandKind::Lr => {
+                OperandKind::TokenEta if self.token_eta == TokenEtaForm::PerPosition => {
+                    Some(Shape(vec![self.mini_batch.clone()]))
+                }
+                OperandKind::LossArg(_)
+                | OperandKind::OutArg(_)
+                | OperandKind::Lr
+                | OperandKind::TokenEta => {
                     let token = match kind {
                         OperandKind::LossArg(k) => self
                             .loss

@@ -8,12 +8,13 @@
 //!
 //! ```text
 //! S'  = S + lr · ∇θ loss(θ0; token)
-//! θ_p = θ0 − eta · S'                    (eta = token_eta[p])
+//! θ_p = θ0 − eta · S'                    (eta = token_eta[p], or token_eta[t] per token)
 //! z   = out(θ_p; token)
 //! ```
 //!
-//! which is row `p` of the mini-batch's primal form (see `tttc_ir::scan`). Closing a mini-batch
-//! (`θ0 ← θ0 − token_eta[K−1] · S`, `S ← 0`) is left to the caller. [`token_step_graph`] builds
+//! which is row `p` of the mini-batch's primal form (see `tttc_ir::scan`; `t` is the token's
+//! sequence position, for a per-token `token_eta`). Closing a mini-batch (`θ0 ← θ0 − eta_last ·
+//! S`, `S ← 0`, with the step size of its last token) is left to the caller. [`token_step_graph`] builds
 //! that graph from the scan's own gradient and output graphs and batches it over `n` slices,
 //! so nothing depends on the inner model.
 

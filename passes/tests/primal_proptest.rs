@@ -496,6 +496,7 @@ fn build(seed: u64, l: usize, k: usize) -> Case {
         loss_args: loss_args.iter().map(|(n, _)| n.clone()).collect(),
         out_args: out_args.iter().map(|(n, _)| n.clone()).collect(),
         axes,
+        token_eta: Default::default(),
         loss,
         out,
         grad: None,

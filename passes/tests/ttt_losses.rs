@@ -157,6 +157,7 @@ fn linear_program() -> Program {
                 per: vec![None; s.rank()],
             })
             .collect(),
+        token_eta: Default::default(),
         loss,
         out,
         grad: None,

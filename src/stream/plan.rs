@@ -266,10 +266,10 @@ fn sequence_dim(g: &Graph) -> Result<String, StreamError> {
     })
 }
 
-/// Whether scan operand `i` has one entry per token (token arguments and `lr`).
+/// Whether scan operand `i` has one entry per token (token arguments, `lr`, a per-token
+/// `token_eta`).
 pub fn is_token_operand(scan: &TttScan, i: usize) -> bool {
-    use tttc_ir::OperandKind::*;
-    matches!(scan.operand_kind(i), LossArg(_) | OutArg(_) | Lr)
+    scan.is_sequence_operand(i)
 }
 
 /// The sequence axis of scan operand `i` in its own layout: its first unmapped axis.

@@ -46,7 +46,10 @@ pub(super) struct ScanRuntime {
     /// the unfinished mini-batch) and `partial.<s>` (its partial gradient sums) are the carried
     /// state, `[n, state...]`; params and `eta` rows are filled once.
     inputs: BTreeMap<String, Tensor>,
-    /// `token_eta` per slice, `[n, K]`.
+    /// Whether the first chunk has set the params (and `token_eta`).
+    initialized: bool,
+    /// A per-position `token_eta`, per slice, `[n, K]` (`None` when it is per token: then it
+    /// comes with every chunk like `lr`).
     token_eta: Option<Tensor>,
     /// The token step's token-argument input names.
     names: ArgNames,
@@ -66,6 +69,7 @@ impl ScanRuntime {
             sized: None,
             started: false,
             inputs: BTreeMap::new(),
+            initialized: false,
             token_eta: None,
             names: ArgNames::default(),
             token_step: None,
@@ -205,15 +209,20 @@ impl ScanRuntime {
         if operands.len() != z.scan.operand_count() {
             return Err(StreamError::internal("wrong number of scan operands"));
         }
-        if self.token_eta.is_none() {
+        if !self.initialized {
             self.init(&z.scan, operands, &z.per_sizes)?;
         }
-        let token_eta = self
-            .token_eta
-            .take()
-            .ok_or_else(|| StreamError::internal("token_eta unset"))?;
-        let result = self.run_tokens(z, backend, operands, start, len, want_states, &token_eta);
-        self.token_eta = Some(token_eta);
+        let token_eta = self.token_eta.take();
+        let result = self.run_tokens(
+            z,
+            backend,
+            operands,
+            start,
+            len,
+            want_states,
+            token_eta.as_ref(),
+        );
+        self.token_eta = token_eta;
         result
     }
 
@@ -226,7 +235,7 @@ impl ScanRuntime {
         start: usize,
         len: usize,
         want_states: bool,
-        token_eta: &Tensor,
+        token_eta: Option<&Tensor>,
     ) -> Result<(Tensor, Vec<Tensor>), StreamError> {
         let (n, k) = (z.n, z.k);
         let scan = &z.scan;
@@ -237,6 +246,21 @@ impl ScanRuntime {
         let mut pieces: Vec<Tensor> = Vec::new();
         // Slice-major token data, made when the first token goes the token way.
         let mut rows: Option<Vec<Tensor>> = None;
+        // Step size of chunk token `t` at mini-batch position `position`: a column `[n]` of the
+        // per-position `token_eta`, or of the chunk's per-token rows.
+        let (nl, no) = (scan.loss_args.len(), scan.out_args.len());
+        let eta_of = |rows: &Option<Vec<Tensor>>, t: usize, position: usize| match token_eta {
+            Some(e) => column(e, position),
+            None => {
+                let r = rows
+                    .as_ref()
+                    .and_then(|r| r.get(nl + no))
+                    .ok_or_else(|| StreamError::internal("per-token token_eta rows"))?;
+                column(r, t)
+            }
+        };
+        // The step size of the last token that went the token way.
+        let mut last_eta: Option<Tensor> = None;
         let mut t = 0;
         while t < len {
             if position == 0 && len - t >= k {
@@ -256,7 +280,6 @@ impl ScanRuntime {
                 rows = Some(r);
             }
             let r = rows.as_ref().ok_or_else(|| StreamError::internal("rows"))?;
-            let (nl, no) = (scan.loss_args.len(), scan.out_args.len());
             for (i, rows) in r.iter().take(nl).enumerate() {
                 self.inputs
                     .insert(self.names.loss_args[i].clone(), slice_axis(rows, 1, t, 1)?);
@@ -265,13 +288,17 @@ impl ScanRuntime {
                 self.inputs
                     .insert(self.names.out_args[i].clone(), slice_axis(rows, 1, t, 1)?);
             }
-            self.inputs
-                .insert(names::LR.into(), column(&r[nl + no], t)?);
-            self.inputs
-                .insert(names::ETA.into(), column(token_eta, position)?);
+            let lr_row = r
+                .last()
+                .ok_or_else(|| StreamError::internal("no lr rows"))?;
+            self.inputs.insert(names::LR.into(), column(lr_row, t)?);
+            let eta = eta_of(&rows, t, position)?;
+            let elem = eta.elem_type();
+            self.inputs.insert(names::ETA.into(), eta.clone());
+            last_eta = Some(eta);
             self.compile_token_step(backend, scan, n, &z.state_shapes)?;
             let mut out = match (&self.grouped, &self.token_step) {
-                (Some(g), _) => g.run(&self.inputs, &mut self.spare, token_eta.elem_type())?,
+                (Some(g), _) => g.run(&self.inputs, &mut self.spare, elem)?,
                 (None, Some(step)) => step.run_reusing(&self.inputs, &mut self.spare)?,
                 (None, None) => return Err(StreamError::internal("token step")),
             };
@@ -291,7 +318,9 @@ impl ScanRuntime {
             position += 1;
             t += 1;
             if position == k {
-                let rate = column(token_eta, k - 1)?;
+                let rate = last_eta
+                    .clone()
+                    .ok_or_else(|| StreamError::internal("no step size"))?;
                 for s in &scan.states {
                     self.close(s, &rate)?;
                 }
@@ -303,10 +332,17 @@ impl ScanRuntime {
         let mut z_shape = per_sizes.clone();
         z_shape.extend(&zs.shape()[1..]);
         let zs = reshape(zs, z_shape)?;
-        // The states as the scan would end here.
-        let rate = (position > 0)
-            .then(|| column(token_eta, position - 1))
-            .transpose()?;
+        // The states as the scan would end here: the last token fed (in this chunk, which
+        // holds at least one token, and the token way, as whole mini-batches end at position 0)
+        // gives the step size.
+        let rate = match position {
+            0 => None,
+            _ => Some(
+                last_eta
+                    .clone()
+                    .ok_or_else(|| StreamError::internal("no step size"))?,
+            ),
+        };
         let mut states = Vec::with_capacity(scan.states.len());
         for (s, shape) in scan.states.iter().zip(state_shapes) {
             if !want_states {
@@ -352,11 +388,14 @@ impl ScanRuntime {
                     self.inputs
                         .insert(names::param(p), to_slices(op, per, per_sizes)?);
                 }
-                OperandKind::TokenEta => self.token_eta = Some(to_slices(op, per, per_sizes)?),
+                OperandKind::TokenEta if !scan.is_sequence_operand(i) => {
+                    self.token_eta = Some(to_slices(op, per, per_sizes)?)
+                }
                 _ => {}
             }
         }
         self.started = true;
+        self.initialized = true;
         Ok(())
     }
 

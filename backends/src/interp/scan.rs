@@ -15,7 +15,7 @@ use super::value::{numel, Arr, Elem, Value};
 use super::{InterpError, KnownType, Plan};
 use ndarray::{ArrayViewD, Axis, IxDyn};
 use tttc_ir::program::specialize_graph;
-use tttc_ir::{Graph, NodeId, OperandAxes, TttScan, MINI_BATCH_DIM};
+use tttc_ir::{Graph, NodeId, OperandAxes, TokenEtaForm, TttScan, MINI_BATCH_DIM};
 
 /// How one mini-batch is computed.
 enum Engine<'h> {
@@ -53,6 +53,8 @@ struct Seq<'p, 'g, 'h> {
     engine: Engine<'h>,
     /// Mini-batch size `K`.
     mini_batch: usize,
+    /// How `token_eta` is indexed.
+    eta_form: TokenEtaForm,
     /// Number of states, params, loss args and out args.
     counts: [usize; 4],
     /// Sequence length `L` (from the node's type).
@@ -81,9 +83,13 @@ impl Seq<'_, '_, '_> {
             return Err(self.invalid("wrong number of operands"));
         };
         let (k_max, l) = (self.mini_batch, self.seq_len);
-        if eta.shape != [k_max] {
+        let eta_len = match self.eta_form {
+            TokenEtaForm::PerPosition => k_max,
+            TokenEtaForm::PerToken => l,
+        };
+        if eta.shape != [eta_len] {
             return Err(self.invalid(format!(
-                "token_eta slices to {:?}, expected [{k_max}]",
+                "token_eta slices to {:?}, expected [{eta_len}]",
                 eta.shape
             )));
         }
@@ -124,8 +130,13 @@ impl Seq<'_, '_, '_> {
             // S_i = Σ_{j<=i} lr[j] g_j, and θ_i = θ − token_eta[i] S_i.
             let mut sums: Vec<Vec<T>> = theta.iter().map(|t| vec![T::ZERO; t.data.len()]).collect();
             let mut theta_i = theta.clone();
-            for (i, &eta_i) in eta.data.iter().enumerate().take(k) {
+            for i in 0..k {
                 let t = start + i;
+                let eta_i = eta
+                    .data
+                    .get(self.eta_start(start) + i)
+                    .copied()
+                    .ok_or_else(|| self.invalid("token_eta index"))?;
                 let lr_t = lr
                     .data
                     .get(t)
@@ -186,8 +197,17 @@ impl Seq<'_, '_, '_> {
         Ok((z_all, theta))
     }
 
+    /// Where the step sizes of the mini-batch starting at token `start` begin in `token_eta`.
+    fn eta_start(&self, start: usize) -> usize {
+        match self.eta_form {
+            TokenEtaForm::PerPosition => 0,
+            TokenEtaForm::PerToken => start,
+        }
+    }
+
     /// The scan over one slice with the step graph: one run per mini-batch of `k` tokens, on
-    /// the blocks of rows `start..start + k` of every token argument, `token_eta[0..k]` and
+    /// the blocks of rows `start..start + k` of every token argument, its `k` step sizes
+    /// (`token_eta[0..k]` per position, `token_eta[start..start + k]` per token) and
     /// `lr[start..start + k]`.
     #[allow(clippy::too_many_arguments)]
     fn run_steps<T: Elem>(
@@ -216,7 +236,7 @@ impl Seq<'_, '_, '_> {
             for a in loss_args.iter().chain(out_args) {
                 inputs.push(T::wrap(block(a, start, k).map_err(inv)?));
             }
-            inputs.push(T::wrap(block(eta, 0, k).map_err(inv)?));
+            inputs.push(T::wrap(block(eta, self.eta_start(start), k).map_err(inv)?));
             inputs.push(T::wrap(block(lr, start, k).map_err(inv)?));
             let outs = step.plan.run(inputs)?;
             if let Some(first) = z_block.first_mut() {
@@ -437,6 +457,7 @@ pub(super) fn eval_ttt<T: Elem>(
         id,
         engine,
         mini_batch,
+        eta_form: scan.token_eta,
         counts,
         seq_len,
         z_shape,

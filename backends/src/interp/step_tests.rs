@@ -214,6 +214,7 @@ fn main_graph(dtype: DType, d: Dims, grad: bool, step: Option<StepKind>) -> Grap
                 per: vec![Some(0), None],
             },
         ],
+        token_eta: Default::default(),
         loss: loss_graph(dtype, d),
         out: out_graph(dtype, d),
         grad: grad.then(|| grad_graph(dtype, d)),

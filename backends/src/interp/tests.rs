@@ -1017,6 +1017,7 @@ fn linear_scan(dtype: DType, d: Dims, with_grad: bool) -> TttScan {
                 per: vec![Some(0), None],
             }, // lr [B, L]
         ],
+        token_eta: Default::default(),
         loss,
         out,
         grad: with_grad.then_some(grad),

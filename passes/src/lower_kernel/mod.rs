@@ -33,7 +33,8 @@
 //!   Inside it, `Local` state buffers are initialised from the initial states' slices; a serial
 //!   loop over the full mini-batches runs the step graph specialized to `$k = K` on views of the
 //!   operands at the mini-batch's first token (no copies), then the remainder (`$k = L mod K`,
-//!   with `token_eta[0..r]`) runs once if there is one. The step's `out` rows are written
+//!   with `token_eta[0..r]` per position; a per-token `token_eta` is viewed like `lr`) runs once
+//!   if there is one. The step's `out` rows are written
 //!   straight into the output sequence; its `next_<state>` values go to `Local` temporaries
 //!   that are then copied into the state buffers; at the end the states are copied into the
 //!   final-state results. Every temporary inside the slice loop is `Local`.
@@ -60,7 +61,7 @@ use tttc_ir::kernel::{
     VarId,
 };
 use tttc_ir::program::specialize_graph;
-use tttc_ir::scan::OperandKind;
+use tttc_ir::scan::{OperandKind, TokenEtaForm};
 use tttc_ir::{
     BinaryOp, DType, Graph, NodeId, NodeType, Op, Program, ReduceOp, TttScan, UnaryOp,
     MINI_BATCH_DIM,

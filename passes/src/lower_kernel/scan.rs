@@ -258,7 +258,7 @@ impl Lowerer {
             let v = match cx.scan.operand_kind(i) {
                 OperandKind::State(s) => cx.states[s].val(&cx.state_shapes[s]),
                 OperandKind::Param(_) => view(sl.shape.clone(), sl.offset.clone()),
-                OperandKind::TokenEta => {
+                OperandKind::TokenEta if cx.scan.token_eta == TokenEtaForm::PerPosition => {
                     if sl.shape != [cx.k_max] {
                         return Err(sc.invalid_at(
                             id,
@@ -270,7 +270,10 @@ impl Lowerer {
                     }
                     view(vec![k], sl.offset.clone())
                 }
-                OperandKind::LossArg(_) | OperandKind::OutArg(_) | OperandKind::Lr => {
+                OperandKind::LossArg(_)
+                | OperandKind::OutArg(_)
+                | OperandKind::Lr
+                | OperandKind::TokenEta => {
                     let (Some(&l), Some(&s0)) = (sl.shape.first(), sl.strides.first()) else {
                         return Err(
                             sc.invalid_at(id, format!("sequence operand {i} has no sequence axis"))

@@ -6,7 +6,7 @@ use super::expr::{
 use super::Ctx;
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
-use crate::scan::{OperandAxes, TttScan};
+use crate::scan::{OperandAxes, TokenEtaForm, TttScan};
 use crate::shape::{Dim, Shape, TensorType};
 use crate::syntax::ast::*;
 use crate::syntax::diagnostic::{Diagnostic, Span};
@@ -340,15 +340,33 @@ pub(super) fn lower_ttt(
         )
     };
     let size = size.ok_or_else(|| missing("size"))?;
+    let mut slices = Vec::with_capacity(2);
     for e in [
         token_eta.ok_or_else(|| missing("token_eta"))?,
         lr.ok_or_else(|| missing("lr"))?,
     ] {
         let id = tensor(ctx, g, env, e)?;
-        let (ax, _) = axes_of(id, &e.span, g)?;
+        let (ax, slice) = axes_of(id, &e.span, g)?;
         operands.push(id);
         axes.push(ax);
+        slices.push((slice, e));
     }
+    let token_eta_form = match slices.as_slice() {
+        [(eta, _), _] if *eta == Shape(vec![size.clone()]) => TokenEtaForm::PerPosition,
+        [(eta, _), (lr, _)] if eta == lr => TokenEtaForm::PerToken,
+        [(eta, e), (lr, _)] => {
+            return Err(diag(
+                src,
+                format!(
+                    "after removing the `per` dims `token_eta` is {eta}: it must be [{size}] (a \
+                     step size per position in the mini-batch) or the shape of `lr`, {lr} (a step \
+                     size per token)"
+                ),
+                e.span.clone(),
+            ))
+        }
+        _ => return Err(missing("token_eta")),
+    };
     // The inner graphs, with the inner model's dimension names replaced by the bound ones.
     let loss_graph = inner_graph(ctx, inner, inner_src, InnerFn::Loss, &dims)?;
     let out_graph = inner_graph(ctx, inner, inner_src, InnerFn::Out, &dims)?;
@@ -367,6 +385,7 @@ pub(super) fn lower_ttt(
             .collect(),
         out_args: roles.out_args.iter().map(|s| s.name.name.clone()).collect(),
         axes,
+        token_eta: token_eta_form,
         loss: loss_graph,
         out: out_graph,
         grad: None,

@@ -1,0 +1,240 @@
+//! flash-linear-attention's TTT-Linear (`examples/fla_ttt_linear.ttt`: a step size per *token*,
+//! `update minibatch_gd(token_eta = e, lr = 1)` with `e` of the shape of `lr`) against vectors
+//! computed by fla's own naive code (`tools/fla_ttt_ref.py` runs it; tests/golden/fla/README.md).
+//!
+//! Tolerances, relative to max |expected| (tests/common/compare.rs): f64 1e-9 against fla run
+//! in float64 (measured ~3e-16: the same sums in another order); f32 2e-5 against fla's own
+//! float32 run (measured ~2e-7: two float32 computations, each a few ulps off, through two
+//! mini-batches of gradient steps), the goldens' tolerances. One-shot and streamed in random
+//! chunks (whole mini-batches by the step graph, the rest by the token step, so the per-token
+//! step sizes are sliced by both), on every built backend; a session saved in the middle of a
+//! mini-batch resumes as if uninterrupted.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tttc::runtime::Tensor;
+use tttc::stream::{split_chunks, Session};
+use tttc::{bind, Backend, Precision};
+
+const PROGRAM: &str = "examples/fla_ttt_linear.ttt";
+
+/// The vector sets: L = 40 (two full mini-batches of 16 and a remainder of 8) and L = 32.
+const CASES: [&str; 2] = [
+    "fla_ttt_linear_B2_H2_L40_f16_K16",
+    "fla_ttt_linear_B1_H2_L32_f16_K16",
+];
+
+fn file(stem: &str, suffix: &str) -> PathBuf {
+    root()
+        .join("tests/golden/fla")
+        .join(format!("{stem}{suffix}"))
+}
+
+fn tolerance(precision: &str) -> f64 {
+    if precision == "f64" {
+        1e-9
+    } else {
+        2e-5
+    }
+}
+
+/// Every tensor fla computed (a remainder case has no `hb`: see the README) against `got`.
+fn check(stem: &str, precision: &str, got: &BTreeMap<String, Tensor>, what: &str) {
+    let expected = load(&file(stem, &format!(".expected_{precision}.safetensors")));
+    assert!(expected.contains_key("o") && expected.contains_key("h"));
+    for (name, want) in &expected {
+        let got = got
+            .get(name)
+            .unwrap_or_else(|| panic!("{what}: no output `{name}`"));
+        assert_tensor_close(&format!("{what}: {name}"), got, want, tolerance(precision));
+    }
+}
+
+/// `tttc run` of the program on case `stem`; `extra` are more arguments.
+fn run(stem: &str, backend: &str, precision: &str, extra: &[&str]) -> BTreeMap<String, Tensor> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.safetensors");
+    let (inputs, out_s) = (
+        file(stem, ".inputs.safetensors").display().to_string(),
+        out.display().to_string(),
+    );
+    let mut args = vec![
+        "run",
+        PROGRAM,
+        "--inputs",
+        &inputs,
+        "--out",
+        &out_s,
+        "--precision",
+        precision,
+        "--backend",
+        backend,
+    ];
+    args.extend(extra);
+    let r = tttc(&args);
+    assert!(
+        r.status.success(),
+        "{stem} {backend} {precision} {extra:?}: {}",
+        text(&r)
+    );
+    load(&out)
+}
+
+#[test]
+fn fla_ttt_linear_matches_flash_linear_attention_on_every_backend() {
+    for stem in CASES {
+        for backend in backends() {
+            for precision in ["f64", "f32"] {
+                let got = run(stem, backend, precision, &[]);
+                check(
+                    stem,
+                    precision,
+                    &got,
+                    &format!("{stem} {backend} {precision}"),
+                );
+            }
+        }
+    }
+}
+
+/// The interpreter after `autodiff` runs the scan token by token (no step graph): the per-token
+/// step sizes indexed by the literal definition.
+#[test]
+fn fla_ttt_linear_token_by_token_matches() {
+    for stem in CASES {
+        let got = run(stem, "interp", "f64", &["--stop-after", "autodiff"]);
+        check(
+            stem,
+            "f64",
+            &got,
+            &format!("{stem} interp --stop-after autodiff"),
+        );
+    }
+}
+
+/// Chunkings mixing single tokens, pieces inside a mini-batch and pieces across mini-batch
+/// boundaries, a different one per (case, backend, precision).
+fn chunking(len: usize, seed: u64) -> Vec<usize> {
+    let mut rng = common::random::Lcg(seed);
+    rng.next_u64();
+    let mut sizes = Vec::new();
+    let mut left = len;
+    while left > 0 {
+        let x = rng.next_u64();
+        let n = match (x >> 33) % 3 {
+            0 => 1,
+            1 => 1 + (x >> 40) as usize % 7,
+            _ => 16 + (x >> 40) as usize % 20,
+        }
+        .min(left);
+        sizes.push(n);
+        left -= n;
+    }
+    sizes
+}
+
+#[test]
+fn fla_ttt_linear_streams_in_random_chunks_on_every_backend() {
+    for (i, stem) in CASES.iter().enumerate() {
+        let len = load(&file(stem, ".inputs.safetensors"))["q"].shape()[1];
+        for (j, backend) in backends().into_iter().enumerate() {
+            for (p, precision) in ["f64", "f32"].into_iter().enumerate() {
+                let sizes = chunking(len, (i * 11 + j * 3 + p) as u64 + 5);
+                let chunks = sizes
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let got = run(stem, backend, precision, &["--chunks", &chunks]);
+                check(
+                    stem,
+                    precision,
+                    &got,
+                    &format!("{stem} {backend} {precision} --chunks {chunks}"),
+                );
+            }
+        }
+    }
+}
+
+/// The backends of this build as execution backends.
+fn session_backends() -> Vec<Backend> {
+    backends()
+        .into_iter()
+        .filter_map(|b| match b {
+            "interp" => Some(Backend::Interp),
+            "llvm" => Some(Backend::Llvm),
+            "cranelift" => Some(Backend::Cranelift),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_fla_session_saved_mid_mini_batch_resumes_on_every_backend() {
+    let stem = CASES[0]; // L = 40: the save falls inside the second mini-batch
+    let settings = tttc::Settings::default();
+    let program = tttc::compile_file(&root().join(PROGRAM), Precision::F64, &settings).unwrap();
+    let inputs = load(&file(stem, ".inputs.safetensors"));
+    let bound = bind(&program, &inputs, &settings, Precision::F64.elem()).unwrap();
+    let plan = tttc::stream::plan::plan(&program).unwrap();
+    let (tokens, weights): (BTreeMap<_, _>, BTreeMap<_, _>) = bound
+        .inputs
+        .into_iter()
+        .partition(|(k, _)| plan.token_inputs.contains_key(k));
+    assert!(
+        plan.token_inputs.contains_key("eta"),
+        "the per-token step sizes stream with the tokens"
+    );
+    // 21 tokens (position 5 of the second mini-batch), save, then 3, 12 (across the boundary
+    // into the remainder) and 4.
+    let chunks = split_chunks(&tokens, &plan.token_inputs, &[17, 4, 3, 12, 4]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for backend in session_backends() {
+        let new_session = || {
+            Session::new(
+                backend,
+                program.clone(),
+                weights.clone(),
+                settings.clone(),
+                Precision::F64,
+            )
+            .unwrap()
+        };
+        let state = dir.path().join(format!("{}.state", backend.name()));
+        let (mut whole, mut first) = (new_session(), new_session());
+        for chunk in &chunks[..2] {
+            whole.feed(chunk).unwrap();
+            first.feed(chunk).unwrap();
+        }
+        first.save(&state).unwrap();
+        drop(first);
+        let mut resumed = new_session();
+        resumed.load(&state).unwrap();
+        assert_eq!(resumed.position(), 21);
+        let mut last = BTreeMap::new();
+        for chunk in &chunks[2..] {
+            let want = whole.feed(chunk).unwrap();
+            last = resumed.feed(chunk).unwrap();
+            for (name, w) in &want {
+                assert_tensor_close(
+                    &format!("{} resumed: {name}", backend.name()),
+                    &last[name],
+                    w,
+                    0.0,
+                );
+            }
+        }
+        // After the last chunk the final state is fla's.
+        let expected = load(&file(stem, ".expected_f64.safetensors"));
+        assert_tensor_close(
+            &format!("{} resumed: final h", backend.name()),
+            &last["h"],
+            &expected["h"],
+            1e-9,
+        );
+    }
+}
