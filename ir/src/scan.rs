@@ -184,13 +184,18 @@ impl TttScan {
         format!("grad_{state}")
     }
 
-    /// One-line description for the printer.
+    /// One-line description for the printer (a per-token `token_eta` is named; the
+    /// per-position form, the original one, is not).
     pub fn header(&self) -> String {
         format!(
-            "{} per ({}) minibatch={} states=({}) params=({}) loss_args=({}) out_args=({})",
+            "{} per ({}) minibatch={}{} states=({}) params=({}) loss_args=({}) out_args=({})",
             self.model,
             self.per.join(", "),
             self.mini_batch,
+            match self.token_eta {
+                TokenEtaForm::PerPosition => "",
+                TokenEtaForm::PerToken => " token_eta=per_token",
+            },
             self.states.join(", "),
             self.params.join(", "),
             self.loss_args.join(", "),
