@@ -767,10 +767,14 @@ main {
   output Z = s.out @ PQ
 }
 "#;
-    let lowered = tttc::ir::syntax::compile("consts.ttt", text, DType::F64, &BTreeMap::new()).unwrap();
+    let lowered =
+        tttc::ir::syntax::compile("consts.ttt", text, DType::F64, &BTreeMap::new()).unwrap();
     let program = optimize(lowered, None, false).unwrap().program;
     let plan = tttc::stream::plan::plan(&program).unwrap();
-    let constants = plan.constants.as_ref().expect("P @ Q is planned as a constant");
+    let constants = plan
+        .constants
+        .as_ref()
+        .expect("P @ Q is planned as a constant");
     assert!(!constants.exports.is_empty());
     let exported: Vec<_> = constants.exports.iter().map(|(_, id)| *id).collect();
     for stage in plan.stages.iter().flatten() {

@@ -227,9 +227,7 @@ pub fn plan(program: &Program) -> Result<StreamPlan, StreamError> {
         let own: BTreeSet<NodeId> = order
             .iter()
             .copied()
-            .filter(|&id| {
-                is_computed(id) && !is_constant(id) && levels.get(&id) == Some(&level)
-            })
+            .filter(|&id| is_computed(id) && !is_constant(id) && levels.get(&id) == Some(&level))
             .collect();
         let leaves: BTreeSet<NodeId> = own
             .iter()

@@ -653,7 +653,10 @@ fn lookup<'a>(
     chunk: &'a BTreeMap<String, Tensor>,
     values: &'a BTreeMap<NodeId, Tensor>,
 ) -> Result<&'a Tensor, StreamError> {
-    if let Some(v) = values.get(&id).or_else(|| constants.and_then(|c| c.get(&id))) {
+    if let Some(v) = values
+        .get(&id)
+        .or_else(|| constants.and_then(|c| c.get(&id)))
+    {
         return Ok(v);
     }
     if let Op::Input { name } = &program.graph.node(id).op {
