@@ -10,7 +10,8 @@
 #   bash bench/model.sh                 # the whole table (about an hour on 2 cores)
 #   MODEL_SIZE=small bash bench/model.sh  # a plumbing check in a minute
 #
-# Environment: MODEL_SIZE (125m | small), MODEL_LENGTHS (default "2048 8192"), MODEL_ITERS
+# Environment: MODEL_SIZE (125m | small), MODEL_PARTS (all | decode: the checks, decode and the
+# warm start only, printed and not written to bench/MODEL.md), MODEL_LENGTHS (default "2048 8192"), MODEL_ITERS
 # (default 3), MODEL_VENV (default bench/.venv; created with numpy, safetensors, torch and
 # transformers from PyPI when missing), TTT_OFFICIAL_PY (the authors' ttt.py; default
 # ../shared/peers/ttt-lm-pytorch/ttt.py, imported, never copied).
@@ -19,6 +20,7 @@ cd "$(dirname "$0")/.."
 size=${MODEL_SIZE:-125m}
 lengths=${MODEL_LENGTHS:-2048 8192}
 iters=${MODEL_ITERS:-3}
+parts=${MODEL_PARTS:-all}
 venv=${MODEL_VENV:-bench/.venv}
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
@@ -80,6 +82,7 @@ print(','.join(map(str, load_file('$tmp/ids_$first.safetensors')['input_ids'][0,
   torch_rate=$(echo "$torch_dec" | j '"%.1f" % d["tokens_per_s"]')
   rows_decode+=("| $layer | $torch_rate | $tttc_rate | $($PY -c "print('%.2fx' % ($tttc_rate / $torch_rate))") |")
   for L in $lengths; do
+    [ "$parts" = all ] || break
     ids=$tmp/ids_$L.safetensors
     tp=$(m torch-prefill "$dir" "$ids" --iters "$iters")
     tb=$("$TTTC" bench examples/ttt_lm.ttt --model "$dir" --inputs "$ids" --iters "$iters" --json 2>/dev/null)
@@ -91,11 +94,15 @@ print(','.join(map(str, load_file('$tmp/ids_$first.safetensors')['input_ids'][0,
   # Compile: cold (no cache) at 12 and 24 layers; warm start = a cache hit, to the first token.
   short=$tmp/ids_short.safetensors
   m ids "$short" --length 16 --vocab "$vocab" >/dev/null
+  cold=- cold24=-
+  if [ "$parts" = all ]; then
   cold=$("$TTTC" bench examples/ttt_lm.ttt --model "$dir" --inputs "$short" --iters 1 --json --no-cache 2>/dev/null | j '"%.2f" % (d["compile_ms"] / 1e3)')
   dir24=$tmp/${layer}24
   m make "$dir24" --layer "$layer" --size "$size" --layers 24 >/dev/null
   cold24=$("$TTTC" bench examples/ttt_lm.ttt --model "$dir24" --inputs "$short" --iters 1 --json --no-cache 2>/dev/null | j '"%.2f" % (d["compile_ms"] / 1e3)')
-  rm -rf "$dir24" "$TTTC_CACHE_DIR"
+  rm -rf "$dir24"
+  fi
+  rm -rf "$TTTC_CACHE_DIR"
   m run-peak "$TTTC" generate examples/ttt_lm.ttt --model "$dir" --prompt-ids "$prompt" --max-new-tokens 1 >/dev/null
   warm=$(m run-peak "$TTTC" generate examples/ttt_lm.ttt --model "$dir" --prompt-ids "$prompt" --max-new-tokens 1 | j '"%.2f" % d["wall_s"]')
   rows_compile+=("| $layer | $cold | $cold24 | $warm |")
@@ -127,4 +134,4 @@ done
   echo "| layer | cold, the model's $(grep -o '"num_hidden_layers": [0-9]*' "$tmp/depth" | grep -o '[0-9]*$') layers | cold, 24 layers | warm start to the first token (cache hit, whole process) |"
   echo "| --- | --- | --- | --- |"
   printf '%s\n' "${rows_compile[@]}"
-} | if [ "$size" = 125m ]; then tee bench/MODEL.md; else cat; fi
+} | if [ "$size" = 125m ] && [ "$parts" = all ]; then tee bench/MODEL.md; else cat; fi

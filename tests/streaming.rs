@@ -737,3 +737,91 @@ fn hostile_chunk_sizes_and_extents_are_user_errors() {
         );
     }
 }
+
+/// Work on the weights alone (here a product of two weights and a transpose) is planned once,
+/// in `StreamPlan::constants`, not in a stage that runs on every chunk; a chunked run that reads
+/// it in every stage still equals the one-shot run (interpreter, f64, 1e-12 relative: the same
+/// operations grouped the same way, only cut into programs differently).
+#[test]
+fn weight_only_work_runs_once_per_session_and_streams_exactly() {
+    let text = r#"
+config mini_batch_size = 4
+inner Lin {
+  state W: [f, f]
+  fn g(x: [1, f]) -> [1, f] = x @ W
+  loss(k: [1, f], v: [1, f]) = 0.5 * sum((g(k) - v) ^ 2)
+  out(q: [1, f]) = g(q)
+}
+main {
+  input X: [B, L, f]
+  input lr: [B, L]
+  input token_eta: [mini_batch_size]
+  input W: [f, f]
+  input P: [f, f]
+  input Q: [f, f]
+  let PQ = (P @ Q).T
+  let r = ttt Lin(W = W, k = X @ PQ, v = X, q = X) per (B)
+          update minibatch_gd(size = mini_batch_size, token_eta = token_eta, lr = lr)
+  let s = ttt Lin(W = W, k = r.out @ PQ, v = X, q = r.out) per (B)
+          update minibatch_gd(size = mini_batch_size, token_eta = token_eta, lr = lr)
+  output Z = s.out @ PQ
+}
+"#;
+    let lowered =
+        tttc::ir::syntax::compile("consts.ttt", text, DType::F64, &BTreeMap::new()).unwrap();
+    let program = optimize(lowered, None, false).unwrap().program;
+    let plan = tttc::stream::plan::plan(&program).unwrap();
+    let constants = plan
+        .constants
+        .as_ref()
+        .expect("P @ Q is planned as a constant");
+    assert!(!constants.exports.is_empty());
+    let exported: Vec<_> = constants.exports.iter().map(|(_, id)| *id).collect();
+    for stage in plan.stages.iter().flatten() {
+        for (_, id) in &stage.exports {
+            assert!(!exported.contains(id), "a stage recomputes a constant");
+        }
+    }
+    assert!(
+        plan.stages
+            .iter()
+            .flatten()
+            .any(|s| s.imports.iter().any(|(_, id)| exported.contains(id))),
+        "the stages read the constants"
+    );
+
+    let (b, l, f) = (2, 11, 3);
+    let value = |i: usize| ((i * 37 % 101) as f64 / 101.0 - 0.5) * 0.8;
+    let make = |shape: Vec<usize>, salt: usize, scale: f64, positive: bool| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n)
+            .map(|i| value(i + salt))
+            .map(|x| if positive { x.abs() * scale } else { x * scale })
+            .collect();
+        Tensor::from_f64(shape, v).unwrap()
+    };
+    let tensor = |shape: Vec<usize>, salt: usize| make(shape, salt, 1.0, false);
+    let mut tensors = BTreeMap::new();
+    tensors.insert("X".to_string(), tensor(vec![b, l, f], 0));
+    tensors.insert("lr".to_string(), make(vec![b, l], 7, 0.5, true));
+    tensors.insert("token_eta".to_string(), make(vec![4], 3, 1.0, true));
+    tensors.insert("W".to_string(), tensor(vec![f, f], 11));
+    tensors.insert("P".to_string(), tensor(vec![f, f], 19));
+    tensors.insert("Q".to_string(), tensor(vec![f, f], 23));
+    let settings = tttc::Settings::default();
+    let bound = bind(&program, &tensors, &settings, Precision::F64.elem()).unwrap();
+    let want = prepare(Backend::Interp, &bound.program)
+        .and_then(|p| p.run(&bound.inputs))
+        .unwrap();
+    let got = run_chunked(
+        Backend::Interp,
+        &program,
+        &bound.inputs,
+        &settings,
+        Precision::F64,
+        &[3, 1, 1, 6],
+    )
+    .unwrap();
+    let err = max_rel(&got, &want);
+    assert!(err <= 1e-12, "{err:e}");
+}

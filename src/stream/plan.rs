@@ -11,7 +11,9 @@
 //!
 //! Nodes get a level: the number of scans on their way from the inputs. Level `s` nodes form
 //! stage program `s`, an ordinary program run on each chunk by any backend; scans of level `s`
-//! run between stage `s` and stage `s + 1`, driven by the session.
+//! run between stage `s` and stage `s + 1`, driven by the session. Constant nodes are not in
+//! the stages: they form one more program, [`StreamPlan::constants`], run once per session
+//! (leaves such as literals are copied into every stage that reads them instead).
 
 use super::StreamError;
 use std::collections::{BTreeMap, BTreeSet};
@@ -97,6 +99,10 @@ pub struct StreamPlan {
     pub seq_dim: String,
     /// Per-token inputs: name and sequence axis.
     pub token_inputs: BTreeMap<String, usize>,
+    /// What is computed from the weights alone (constant along the sequence, not a leaf such as
+    /// a literal): one program, run once per session, whose exports later chunks read like
+    /// weights. `None` when there is nothing of that kind.
+    pub constants: Option<Stage>,
     /// Stages, by level (a stage with nothing to compute is `None`).
     pub stages: Vec<Option<Stage>>,
     /// Scans, by level then graph order.
@@ -193,25 +199,58 @@ pub fn plan(program: &Program) -> Result<StreamPlan, StreamError> {
             && !matches!(g.node(id).op, Op::Input { .. } | Op::Ttt(_))
             && !is_scan_result(g, id)
     };
+    // Constants computed once: every non-leaf constant node. Leaves (literals, `iota` over
+    // other dimensions, extents) cost nothing and are copied into each stage that reads them,
+    // where the kernels can fold them.
+    let is_leaf = |id: NodeId| g.operands(id).is_empty();
+    let is_constant = |id: NodeId| classes.get(&id) == Some(&Class::Constant);
+    let once: Vec<NodeId> = order
+        .iter()
+        .copied()
+        .filter(|&id| is_computed(id) && is_constant(id))
+        .collect();
+    let constants = if once.iter().all(|&id| is_leaf(id)) {
+        None
+    } else {
+        Some(build_stage(
+            program,
+            &once,
+            &BTreeSet::new(),
+            &outputs,
+            &classes,
+            &seq_dim,
+        )?)
+    };
     let max_level = levels.values().copied().max().unwrap_or(0);
     let mut stages = Vec::with_capacity(max_level + 1);
     for level in 0..=max_level {
+        let own: BTreeSet<NodeId> = order
+            .iter()
+            .copied()
+            .filter(|&id| is_computed(id) && !is_constant(id) && levels.get(&id) == Some(&level))
+            .collect();
+        let leaves: BTreeSet<NodeId> = own
+            .iter()
+            .flat_map(|&id| g.operands(id))
+            .filter(|&o| is_computed(o) && is_constant(o) && is_leaf(o))
+            .collect();
         let members: Vec<NodeId> = order
             .iter()
             .copied()
-            .filter(|&id| is_computed(id) && levels.get(&id) == Some(&level))
+            .filter(|id| own.contains(id) || leaves.contains(id))
             .collect();
-        stages.push(if members.is_empty() {
+        stages.push(if own.is_empty() {
             None
         } else {
             Some(build_stage(
-                program, &members, &outputs, &classes, &seq_dim,
+                program, &members, &leaves, &outputs, &classes, &seq_dim,
             )?)
         });
     }
     Ok(StreamPlan {
         seq_dim,
         token_inputs,
+        constants,
         stages,
         scans,
         outputs,
@@ -527,10 +566,12 @@ fn binary_name(fun: BinaryOp) -> &'static str {
     fun.name()
 }
 
-/// Builds the stage program computing `members` (in topological order).
+/// Builds the stage program computing `members` (in topological order); `copies` are members
+/// computed in other stages too (leaves), never exported from this one.
 fn build_stage(
     program: &Program,
     members: &[NodeId],
+    copies: &BTreeSet<NodeId>,
     outputs: &[OutputSite],
     classes: &BTreeMap<NodeId, Class>,
     seq: &str,
@@ -609,7 +650,7 @@ fn build_stage(
     }
     // Exports: members used outside the stage or as program outputs.
     let mut exports = Vec::new();
-    for &id in members {
+    for &id in members.iter().filter(|id| !copies.contains(id)) {
         let used_outside = g.users(id).iter().any(|u| !in_stage.contains(u))
             || outputs.iter().any(|o| o.node == id)
             || shifts.iter().any(|s| s.source == id);

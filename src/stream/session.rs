@@ -11,11 +11,10 @@ use std::path::Path;
 use tttc_ir::{NodeId, Op, Program};
 use tttc_runtime::{ElemType, Tensor};
 
-/// A compiled stage, by chunk length, and its inputs kept between chunks (the weights).
+/// A compiled stage, by chunk length.
 #[derive(Default)]
 struct StageRuntime {
     compiled: HashMap<usize, Prepared>,
-    inputs: BTreeMap<String, Tensor>,
 }
 
 /// A program fed in chunks (see the [module doc](super)).
@@ -27,6 +26,8 @@ pub struct Session {
     elem: ElemType,
     /// The inputs that do not run along the sequence (converted once the first chunk binds).
     weights: BTreeMap<String, Tensor>,
+    /// The values of [`StreamPlan::constants`]' exports, computed by the first chunk.
+    constants: Option<BTreeMap<NodeId, Tensor>>,
     /// Every dimension but the sequence's, once the first chunk is bound.
     dims: Option<BTreeMap<String, usize>>,
     /// Tokens fed so far.
@@ -89,6 +90,7 @@ impl Session {
             settings,
             elem: precision.elem(),
             weights,
+            constants: None,
             dims: None,
             position: 0,
             stages,
@@ -154,6 +156,9 @@ impl Session {
             .dims
             .clone()
             .ok_or_else(|| StreamError::internal("unbound session"))?;
+        if self.constants.is_none() {
+            self.constants = Some(self.compute_constants(&dims)?);
+        }
         let mut values: BTreeMap<NodeId, Tensor> = BTreeMap::new();
         let levels = self.plan.stages.len();
         for level in 0..levels {
@@ -304,7 +309,46 @@ impl Session {
         chunk: &'a BTreeMap<String, Tensor>,
         values: &'a BTreeMap<NodeId, Tensor>,
     ) -> Result<&'a Tensor, StreamError> {
-        lookup(&self.program, &self.weights, id, chunk, values)
+        lookup(
+            &self.program,
+            &self.weights,
+            self.constants.as_ref(),
+            id,
+            chunk,
+            values,
+        )
+    }
+
+    /// Runs [`StreamPlan::constants`] once: the values computed from the weights alone.
+    fn compute_constants(
+        &mut self,
+        dims: &BTreeMap<String, usize>,
+    ) -> Result<BTreeMap<NodeId, Tensor>, StreamError> {
+        let Some(stage) = &self.plan.constants else {
+            return Ok(BTreeMap::new());
+        };
+        let program = stage.program.specialize(dims);
+        tttc_ir::verify::verify_program(&program)
+            .map_err(|e| StreamError::internal(format!("constants: {e}")))?;
+        let prepared = prepare(self.backend, &program)?;
+        let mut constants = BTreeMap::new();
+        let mut out = run_lending(
+            &prepared,
+            &stage.imports,
+            &self.program,
+            &mut self.weights,
+            &mut constants,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &mut BTreeMap::new(),
+        )?;
+        for (name, id) in &stage.exports {
+            let v = out.remove(name).ok_or_else(|| {
+                StreamError::internal(format!("constant output `{name}` missing"))
+            })?;
+            constants.insert(*id, v);
+        }
+        Ok(constants)
     }
 
     fn run_stage(
@@ -318,15 +362,7 @@ impl Session {
         let Some(stage) = &self.plan.stages[level] else {
             return Ok(());
         };
-        let mut inputs = std::mem::take(&mut self.stages[level].inputs);
-        for (name, id) in &stage.imports {
-            let is_weight = self.weights.contains_key(name)
-                && matches!(self.program.graph.node(*id).op, Op::Input { .. });
-            if is_weight && inputs.contains_key(name) {
-                continue;
-            }
-            inputs.insert(name.clone(), self.value(*id, chunk, values)?.clone());
-        }
+        let mut inputs = BTreeMap::new();
         for shift in &stage.shifts {
             let history = match self.histories.get(&shift.node) {
                 Some(h) => h.clone(),
@@ -361,7 +397,19 @@ impl Session {
             .compiled
             .get(&len)
             .ok_or_else(|| StreamError::internal("stage not compiled"))?;
-        let mut out = prepared.run(&inputs)?;
+        let mut constants = self.constants.take().unwrap_or_default();
+        let out = run_lending(
+            prepared,
+            &stage.imports,
+            &self.program,
+            &mut self.weights,
+            &mut constants,
+            chunk,
+            values,
+            &mut inputs,
+        );
+        self.constants = Some(constants);
+        let mut out = out?;
         for (name, id) in &stage.exports {
             let v = out
                 .remove(name)
@@ -370,16 +418,22 @@ impl Session {
         }
         // Each shift's history moves on: the last `by` rows of history and chunk together.
         for shift in &stage.shifts {
-            let source = self.value(shift.source, chunk, values)?;
             let old = inputs
                 .remove(&shift.input)
                 .ok_or_else(|| StreamError::internal("shift history"))?;
+            let source = lookup(
+                &self.program,
+                &self.weights,
+                self.constants.as_ref(),
+                shift.source,
+                chunk,
+                values,
+            )?;
             let joined = concat_axis(vec![old, source.clone()], shift.axis)?;
             let total = joined.shape()[shift.axis];
             let next = slice_axis(&joined, shift.axis, total - shift.by, shift.by)?;
             self.histories.insert(shift.node, next);
         }
-        self.stages[level].inputs = inputs;
         Ok(())
     }
 
@@ -395,6 +449,7 @@ impl Session {
             let Session {
                 program,
                 weights,
+                constants,
                 scans,
                 backend,
                 position,
@@ -405,7 +460,7 @@ impl Session {
                 .site
                 .operands
                 .iter()
-                .map(|&o| lookup(program, weights, o, chunk, values))
+                .map(|&o| lookup(program, weights, constants.as_ref(), o, chunk, values))
                 .collect::<Result<Vec<&Tensor>, _>>()?;
             scan.run(*backend, &refs, *position, len, want_states)?
         };
@@ -538,15 +593,70 @@ impl Session {
     }
 }
 
-/// The value of main-graph node `id` in this chunk: computed, or an input.
+/// Runs a stage on `inputs` plus its imports: weights and constants are lent (moved into the
+/// input map for the run and back after it, so that nothing large is copied), every other
+/// import is copied from this chunk's values.
+#[allow(clippy::too_many_arguments)]
+fn run_lending(
+    prepared: &Prepared,
+    imports: &[(String, NodeId)],
+    program: &Program,
+    weights: &mut BTreeMap<String, Tensor>,
+    constants: &mut BTreeMap<NodeId, Tensor>,
+    chunk: &BTreeMap<String, Tensor>,
+    values: &BTreeMap<NodeId, Tensor>,
+    inputs: &mut BTreeMap<String, Tensor>,
+) -> Result<BTreeMap<String, Tensor>, StreamError> {
+    let mut lent_weights = Vec::new();
+    let mut lent_constants = Vec::new();
+    let mut copied = Ok(());
+    for (name, id) in imports {
+        let is_input = matches!(program.graph.node(*id).op, Op::Input { .. });
+        if let Some(t) = constants.remove(id) {
+            inputs.insert(name.clone(), t);
+            lent_constants.push((name, *id));
+        } else if let Some(t) = is_input.then(|| weights.remove(name)).flatten() {
+            inputs.insert(name.clone(), t);
+            lent_weights.push(name);
+        } else {
+            match lookup(program, weights, Some(constants), *id, chunk, values) {
+                Ok(t) => {
+                    inputs.insert(name.clone(), t.clone());
+                }
+                Err(e) => {
+                    copied = Err(e);
+                    break;
+                }
+            }
+        }
+    }
+    let out = copied.and_then(|()| prepared.run(inputs).map_err(StreamError::from));
+    for name in lent_weights {
+        if let Some(t) = inputs.remove(name) {
+            weights.insert(name.clone(), t);
+        }
+    }
+    for (name, id) in lent_constants {
+        if let Some(t) = inputs.remove(name) {
+            constants.insert(id, t);
+        }
+    }
+    out
+}
+
+/// The value of main-graph node `id` in this chunk: computed, a constant, or an input.
 fn lookup<'a>(
     program: &'a Program,
     weights: &'a BTreeMap<String, Tensor>,
+    constants: Option<&'a BTreeMap<NodeId, Tensor>>,
     id: NodeId,
     chunk: &'a BTreeMap<String, Tensor>,
     values: &'a BTreeMap<NodeId, Tensor>,
 ) -> Result<&'a Tensor, StreamError> {
-    if let Some(v) = values.get(&id) {
+    if let Some(v) = values
+        .get(&id)
+        .or_else(|| constants.and_then(|c| c.get(&id)))
+    {
         return Ok(v);
     }
     if let Op::Input { name } = &program.graph.node(id).op {
