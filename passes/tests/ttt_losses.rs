@@ -161,6 +161,7 @@ fn linear_program() -> Program {
         out,
         grad: None,
         step: None,
+        step_vjp: None,
     };
     let ttt = main.add(Op::Ttt(Box::new(scan)), &operands).unwrap();
     let z = main.add(Op::Get { index: 0 }, &[ttt]).unwrap();
