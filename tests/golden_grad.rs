@@ -168,3 +168,61 @@ fn checkpoint_groups_do_not_change_gradients() {
         }
     }
 }
+
+/// A cotangent under a name that is not an output, or of the wrong shape, is a user error
+/// (exit 2) naming it; a subset of the outputs is fine (the others have zero cotangents).
+#[test]
+fn bad_cotangents_are_user_errors_naming_them() {
+    let c = &case("grad_inner_linear")[0];
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cts = load(&dir().join(format!("{}.cotangents.safetensors", c.stem)));
+    let run = |cts: &BTreeMap<String, Tensor>| {
+        let path = tmp.path().join("ct.safetensors");
+        tttc::runtime::write_safetensors(&path, cts).expect("write");
+        let out = tmp.path().join("g.safetensors");
+        let mut args: Vec<String> = vec![
+            "grad".into(),
+            c.program.clone(),
+            "--inputs".into(),
+            dir()
+                .join(format!("{}.inputs.safetensors", c.stem))
+                .display()
+                .to_string(),
+            "--cotangents".into(),
+            path.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--backend".into(),
+            "interp".into(),
+            "--precision".into(),
+            "f64".into(),
+        ];
+        args.extend(c.settings.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        (tttc(&args), out)
+    };
+
+    let mut unknown = cts.clone();
+    unknown.insert("not_an_output".into(), cts["Z"].clone());
+    let (r, _) = run(&unknown);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(text(&r).contains("not_an_output"), "{}", text(&r));
+
+    let mut wrong = cts.clone();
+    wrong.insert(
+        "Z".into(),
+        Tensor::from_f64(vec![3], vec![0.0; 3]).expect("tensor"),
+    );
+    let (r, _) = run(&wrong);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(text(&r).contains("`Z`"), "{}", text(&r));
+
+    // Only Z: the final states' cotangents are zero, and every float input gets a gradient.
+    let only_z: BTreeMap<String, Tensor> = [("Z".to_string(), cts["Z"].clone())].into();
+    let (r, out) = run(&only_z);
+    assert!(r.status.success(), "{}", text(&r));
+    let got = load(&out);
+    for name in expected(c).keys() {
+        assert!(got.contains_key(name), "no gradient for {name}");
+    }
+}
