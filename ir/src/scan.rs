@@ -88,7 +88,7 @@ pub struct TttScan {
     /// differentiated (`passes/src/autodiff.rs`, `grad_program`). Inputs: the step's inputs, then
     /// the cotangent of `out` and of every `next_<state>`, in that order. Outputs: `d_<input>`
     /// for every input of the step, in the step's input order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_vjp: Option<Graph>,
 }
 
