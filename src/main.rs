@@ -3,7 +3,7 @@
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, check, compile, cost, generate, inspect, run, Failure};
+use commands::{bench, check, compile, cost, generate, grad, inspect, run, Failure};
 use std::process::ExitCode;
 
 /// tttc: a compiler for Test-Time-Training layers.
@@ -26,6 +26,9 @@ enum Command {
     Inspect(inspect::Args),
     /// Run a program on the tensors of a safetensors file and write its outputs.
     Run(run::Args),
+    /// Vector-Jacobian products of a program: gradients of every floating-point input given
+    /// cotangents of its outputs (reverse mode through every scan, with checkpointing).
+    Grad(grad::Args),
     /// FLOPs and bytes of the primal and the optimized program for given inputs' shapes.
     Cost(cost::Args),
     /// Compile once, then time execution only (compile time reported separately).
@@ -66,6 +69,7 @@ fn run_command() -> ExitCode {
         Command::Check(args) => check::main(&args),
         Command::Inspect(args) => inspect::main(&args),
         Command::Run(args) => run::main(&args),
+        Command::Grad(args) => grad::main(&args),
         Command::Cost(args) => cost::main(&args),
         Command::Bench(args) => bench::main(&args),
         Command::Compile(args) => compile::main(&args),

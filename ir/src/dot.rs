@@ -35,7 +35,7 @@ fn graph_into(s: &mut String, graph: &Graph, prefix: &str, depth: usize) {
                 num[o]
             );
         }
-        if let Op::Ttt(scan) = &node.op {
+        if let Op::Ttt(scan) | Op::TttVjp { scan, .. } = &node.op {
             let mut sub = |name: &str, g: &Graph| {
                 let sp = format!("{prefix}{n}{name}_");
                 let _ = writeln!(s, "{pad}subgraph cluster_{sp} {{\n{pad}  label=\"{name}\";");
@@ -49,6 +49,9 @@ fn graph_into(s: &mut String, graph: &Graph, prefix: &str, depth: usize) {
             sub("out", &scan.out);
             if let Some(g) = &scan.step {
                 sub("step", g);
+            }
+            if let Some(g) = &scan.step_vjp {
+                sub("step_vjp", g);
             }
         }
     }

@@ -265,6 +265,19 @@ pub enum Op {
     },
     /// The test-time-training scan over a sequence: see [`TttScan`].
     Ttt(Box<TttScan>),
+    /// The vector-Jacobian product of a `ttt` scan (reverse mode through the scan): operands
+    /// are the scan's operands, then the cotangents of its results (the stacked outputs, then
+    /// every final state); the result is a tuple with the cotangent of every scan operand (same
+    /// types as the operands). The scan must have its `step` and `step_vjp` graphs. The forward
+    /// keeps the state at the start of every `checkpoint_every`-th mini-batch; the backward
+    /// recomputes the states inside each group of mini-batches and runs `step_vjp` on the
+    /// mini-batches in reverse (`docs/gradients.md`).
+    TttVjp {
+        /// The scan being differentiated.
+        scan: Box<TttScan>,
+        /// Mini-batches per checkpoint group (at least 1).
+        checkpoint_every: usize,
+    },
     /// Element `index` of a tuple-valued operand.
     Get {
         /// The tuple index.
@@ -320,6 +333,7 @@ impl Op {
             Op::Gather => "gather",
             Op::ScatterAdd { .. } => "scatter_add",
             Op::Ttt(_) => "ttt",
+            Op::TttVjp { .. } => "ttt_vjp",
             Op::Get { .. } => "get",
         }
     }
@@ -344,6 +358,7 @@ impl Op {
             }
             Op::MixOuter => Some(3),
             Op::Ttt(scan) => Some(scan.operand_count()),
+            Op::TttVjp { scan, .. } => Some(scan.operand_count() + 1 + scan.states.len()),
         }
     }
 
@@ -560,6 +575,15 @@ impl Op {
                 TensorType::new(grad.dtype, Shape(dims))
             }
             Op::Ttt(scan) => return scan.infer(operands),
+            Op::TttVjp {
+                scan,
+                checkpoint_every,
+            } => {
+                if *checkpoint_every == 0 {
+                    return err("ttt_vjp: checkpoint_every must be at least 1");
+                }
+                return scan.infer_vjp(operands);
+            }
             Op::Get { index } => match operands[0] {
                 NodeType::Tuple(ts) => match ts.get(*index) {
                     Some(t) => t.clone(),
@@ -637,6 +661,14 @@ impl fmt::Display for Op {
             Op::Shift { axis, by } => write!(f, "shift axis={axis} by={by}"),
             Op::ScatterAdd { rows } => write!(f, "scatter_add rows={rows}"),
             Op::Ttt(scan) => write!(f, "ttt {}", scan.header()),
+            Op::TttVjp {
+                scan,
+                checkpoint_every,
+            } => write!(
+                f,
+                "ttt_vjp checkpoint_every={checkpoint_every} {}",
+                scan.header()
+            ),
             _ => f.write_str(self.name()),
         }
     }

@@ -74,7 +74,7 @@ fn print_graph_into(s: &mut String, graph: &Graph, depth: usize) {
             format!(" {}", operands.join(", "))
         };
         let _ = writeln!(s, "{pad}%{} = {}{args} : {}", num[&id], node.op, node.ty);
-        if let Op::Ttt(scan) = &node.op {
+        if let Op::Ttt(scan) | Op::TttVjp { scan, .. } = &node.op {
             let mut sub = |name: &str, g: &Graph| {
                 let _ = writeln!(s, "{pad}  {name} {{");
                 print_graph_into(s, g, depth + 2);
@@ -87,6 +87,9 @@ fn print_graph_into(s: &mut String, graph: &Graph, depth: usize) {
             sub("out", &scan.out);
             if let Some(g) = &scan.step {
                 sub("step", g);
+            }
+            if let Some(g) = &scan.step_vjp {
+                sub("step_vjp", g);
             }
         }
     }

@@ -251,7 +251,7 @@ pub fn specialize_graph(graph: &Graph, bindings: &BTreeMap<String, usize>) -> Gr
             Op::Extent { dim } => *dim = dim.substitute(bindings),
             Op::Iota { len } => *len = len.substitute(bindings),
             Op::ScatterAdd { rows } => *rows = rows.substitute(bindings),
-            Op::Ttt(scan) => **scan = specialize_scan(scan, bindings),
+            Op::Ttt(scan) | Op::TttVjp { scan, .. } => **scan = specialize_scan(scan, bindings),
             _ => {}
         }
     }
@@ -270,5 +270,9 @@ pub fn specialize_scan(
     scan.out = specialize_graph(&scan.out, bindings);
     scan.grad = scan.grad.as_ref().map(|g| specialize_graph(g, bindings));
     scan.step = scan.step.as_ref().map(|g| specialize_graph(g, bindings));
+    scan.step_vjp = scan
+        .step_vjp
+        .as_ref()
+        .map(|g| specialize_graph(g, bindings));
     scan
 }

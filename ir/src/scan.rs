@@ -99,6 +99,12 @@ pub struct TttScan {
     /// `[k, ...]` (one row per token), then `next_<state>` for every state.
     #[serde(default)]
     pub step: Option<Graph>,
+    /// The vector-Jacobian product of [`TttScan::step`], filled in when a program is
+    /// differentiated (`passes/src/autodiff.rs`, `grad_program`). Inputs: the step's inputs, then
+    /// the cotangent of `out` and of every `next_<state>`, in that order. Outputs: `d_<input>`
+    /// for every input of the step, in the step's input order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_vjp: Option<Graph>,
 }
 
 /// The two forms of a scan's `token_eta` operand (see the module doc).
@@ -177,6 +183,48 @@ impl TttScan {
     /// The name of the step graph's output carrying the next value of state `name`.
     pub fn next_output_name(state: &str) -> String {
         format!("next_{state}")
+    }
+
+    /// The name of the output of a vector-Jacobian product graph carrying the cotangent of
+    /// input `name`.
+    pub fn vjp_output_name(input: &str) -> String {
+        format!("d_{input}")
+    }
+
+    /// The types of the results of a scan's vector-Jacobian product (`Op::TttVjp`) for operands
+    /// of the given types: the scan's operands, then the cotangents of its results. The results
+    /// are the cotangents of the scan's operands (same types as the operands).
+    pub fn infer_vjp(&self, operands: &[&NodeType]) -> Result<NodeType, TypeError> {
+        let n = self.operand_count();
+        let ns = self.states.len();
+        if operands.len() != n + 1 + ns {
+            return Err(TypeError(format!(
+                "ttt_vjp: {} operands, expected {} (the scan's {n} operands and {} cotangents)",
+                operands.len(),
+                n + 1 + ns,
+                1 + ns
+            )));
+        }
+        let NodeType::Tuple(results) = self.infer(&operands[..n])? else {
+            return Err(TypeError(
+                "ttt_vjp: the scan's result is not a tuple".into(),
+            ));
+        };
+        for (i, (ct, want)) in operands[n..].iter().zip(&results).enumerate() {
+            if ct.tensor() != Some(want) {
+                return Err(TypeError(format!(
+                    "ttt_vjp: cotangent {i} is {ct}, expected {want} (the scan's result {i})"
+                )));
+            }
+        }
+        let mut tys = Vec::with_capacity(n);
+        for o in &operands[..n] {
+            match o.tensor() {
+                Some(t) => tys.push(t.clone()),
+                None => return Err(TypeError("ttt_vjp: a tuple operand".into())),
+            }
+        }
+        Ok(NodeType::Tuple(tys))
     }
 
     /// The name gradient output of state `name` carries.

@@ -63,7 +63,7 @@ pub fn verify_graph(graph: &Graph, path: &str) -> Result<(), VerifyError> {
                 }
             }
         }
-        if let Op::Ttt(scan) = &node.op {
+        if let Op::Ttt(scan) | Op::TttVjp { scan, .. } = &node.op {
             let base = format!("{path}/ttt%{}", id.index());
             verify_graph(&scan.loss, &format!("{base}/loss"))?;
             verify_graph(&scan.out, &format!("{base}/out"))?;
@@ -72,6 +72,9 @@ pub fn verify_graph(graph: &Graph, path: &str) -> Result<(), VerifyError> {
             }
             if let Some(g) = &scan.step {
                 verify_graph(g, &format!("{base}/step"))?;
+            }
+            if let Some(g) = &scan.step_vjp {
+                verify_graph(g, &format!("{base}/step_vjp"))?;
             }
         }
     }

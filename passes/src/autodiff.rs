@@ -74,6 +74,17 @@ pub enum AutodiffError {
     /// The source graph violates an IR invariant (a cycle, a tuple where a tensor is needed).
     #[error("malformed source graph: {0}")]
     Malformed(String),
+    /// A scan on the path to a differentiated output has no step graph (run `primal` first).
+    #[error(
+        "`ttt` node %{node} (inner model `{model}`) has no step graph; differentiate the \
+         program after the `primal` stage"
+    )]
+    ScanWithoutStep {
+        /// The `ttt` node's index.
+        node: usize,
+        /// The inner model's name.
+        model: String,
+    },
     /// Differentiating the loss of a `ttt` node of a program failed.
     #[error("in the loss of `ttt` node %{node} (inner model `{model}`): {source}")]
     InScan {
@@ -126,54 +137,101 @@ pub fn gradient_graph(graph: &Graph, output: &str, wrt: &[String]) -> Result<Gra
         wrt_nodes.push(id);
     }
 
+    let mut b = Builder::new(graph)?;
     let order = graph
         .topo_order()
         .ok_or_else(|| AutodiffError::Malformed("the graph has a cycle".into()))?;
-    let active = active_nodes(graph, &order, out_node, &wrt_nodes);
-
-    let mut b = Builder::new(graph)?;
-
-    // Seed: d output / d output = 1, in the output's (one-element) shape.
-    let mut adjoints: BTreeMap<NodeId, NodeId> = BTreeMap::new();
-    if active.contains(&out_node) {
+    let mut seeds = Vec::new();
+    if active_nodes(graph, &order, &[out_node], &wrt_nodes).contains(&out_node) {
         let one = b.dst.add_const(1.0, out_tensor.dtype);
-        let seed = b.expand_to(one, &out_tensor.shape)?;
-        adjoints.insert(out_node, seed);
+        seeds.push((out_node, b.expand_to(one, &out_tensor.shape)?));
     }
-
-    for &id in order.iter().rev() {
-        if !active.contains(&id) {
-            continue;
-        }
-        let Some(&g) = adjoints.get(&id) else {
-            continue;
-        };
-        let operands = graph.operands(id);
-        let contributions = b.backprop(id, &operands, g, &active)?;
-        for (operand, contrib) in contributions {
-            let acc = match adjoints.get(&operand) {
-                Some(&prev) => b.binary(BinaryOp::Add, prev, contrib)?,
-                None => contrib,
-            };
-            adjoints.insert(operand, acc);
-        }
-    }
-
-    let mut grads = Vec::with_capacity(wrt.len());
-    for (name, &src_id) in wrt.iter().zip(&wrt_nodes) {
-        let grad = match adjoints.get(&src_id) {
-            Some(&g) => g,
-            None => {
-                let ty = src_tensor(graph, src_id)?;
-                let zero = b.dst.add_const(0.0, ty.dtype);
-                b.expand_to(zero, &ty.shape)?
-            }
-        };
-        grads.push((TttScan::grad_output_name(name), grad));
-    }
+    let grads = b.reverse(&seeds, &wrt_nodes)?;
     let mut dst = b.dst;
-    for (name, node) in grads {
-        dst.add_output(&name, node);
+    for (name, node) in wrt.iter().zip(grads) {
+        dst.add_output(&TttScan::grad_output_name(name), node);
+    }
+    Ok(dst)
+}
+
+/// The vector-Jacobian product of `graph`: a new graph whose inputs are `graph`'s inputs (same
+/// names, types and order) followed by one cotangent per name in `outputs` (named
+/// `ct_<output>`, with `$` prefixes when that name is taken), and whose outputs are
+/// `d_<input>` ([`TttScan::vjp_output_name`]) for every input named in `wrt`, in that order:
+/// the gradient of `Σ_o ⟨ct_o, o⟩` with respect to that input.
+///
+/// Every op of the graph IR but `ttt_vjp` has a derivative rule (a `ttt` scan becomes a
+/// `ttt_vjp` node with [`DEFAULT_CHECKPOINT_EVERY`]), so a VJP graph can itself be
+/// differentiated again: autodiff is closed over the ops it emits.
+pub fn vjp_graph(
+    graph: &Graph,
+    outputs: &[String],
+    wrt: &[String],
+) -> Result<Graph, AutodiffError> {
+    let named_outputs: Vec<(String, String)> = {
+        let mut taken: BTreeSet<String> = graph
+            .inputs()
+            .iter()
+            .filter_map(|&i| graph.input_name(i).map(str::to_string))
+            .collect();
+        outputs
+            .iter()
+            .map(|o| {
+                let mut name = format!("ct_{o}");
+                while taken.contains(&name) {
+                    name.insert(0, '$');
+                }
+                taken.insert(name.clone());
+                (o.clone(), name)
+            })
+            .collect()
+    };
+    let named_wrt: Vec<(String, String)> = wrt
+        .iter()
+        .map(|w| (w.clone(), TttScan::vjp_output_name(w)))
+        .collect();
+    vjp_with(graph, &named_outputs, &named_wrt, DEFAULT_CHECKPOINT_EVERY)
+}
+
+/// Mini-batches per checkpoint group of a scan's backward when nothing else is asked
+/// (as ttt-lm-jax's `jax.remat` over groups of 4 mini-batches).
+pub const DEFAULT_CHECKPOINT_EVERY: usize = 4;
+
+/// [`vjp_graph`] with explicit names: `outputs` pairs each differentiated output with its
+/// cotangent input's name, `wrt` each input with its gradient output's name;
+/// `checkpoint_every` is the checkpoint group of every scan's backward.
+pub fn vjp_with(
+    graph: &Graph,
+    outputs: &[(String, String)],
+    wrt: &[(String, String)],
+    checkpoint_every: usize,
+) -> Result<Graph, AutodiffError> {
+    let mut wrt_nodes = Vec::with_capacity(wrt.len());
+    let mut seen = BTreeSet::new();
+    for (name, _) in wrt {
+        if !seen.insert(name.as_str()) {
+            return Err(AutodiffError::DuplicateWrt(name.clone()));
+        }
+        let id = graph
+            .input_by_name(name)
+            .ok_or_else(|| AutodiffError::UnknownWrt(name.clone()))?;
+        wrt_nodes.push(id);
+    }
+    let mut b = Builder::new(graph)?;
+    b.checkpoint_every = checkpoint_every.max(1);
+    let mut seeds = Vec::with_capacity(outputs.len());
+    for (output, ct_name) in outputs {
+        let node = graph
+            .output_by_name(output)
+            .ok_or_else(|| AutodiffError::OutputNotFound(output.clone()))?;
+        let ty = src_tensor(graph, node)?;
+        let ct = b.dst.add_input(ct_name, ty)?;
+        seeds.push((node, ct));
+    }
+    let grads = b.reverse(&seeds, &wrt_nodes)?;
+    let mut dst = b.dst;
+    for ((_, out_name), node) in wrt.iter().zip(grads) {
+        dst.add_output(out_name, node);
     }
     Ok(dst)
 }
@@ -289,15 +347,15 @@ fn zero_nodes(graph: &Graph) -> Result<BTreeSet<NodeId>, AutodiffError> {
     Ok(zeros)
 }
 
-/// The nodes on a path from one of `wrt` to `output`.
+/// The nodes on a path from one of `wrt` to one of `outputs`.
 fn active_nodes(
     graph: &Graph,
     order: &[NodeId],
-    output: NodeId,
+    outputs: &[NodeId],
     wrt: &[NodeId],
 ) -> BTreeSet<NodeId> {
     let mut ancestors = BTreeSet::new();
-    let mut stack = vec![output];
+    let mut stack = outputs.to_vec();
     while let Some(n) = stack.pop() {
         if ancestors.insert(n) {
             stack.extend(graph.operands(n));
@@ -328,6 +386,8 @@ struct Builder<'a> {
     src: &'a Graph,
     dst: Graph,
     copies: BTreeMap<NodeId, NodeId>,
+    /// Mini-batches per checkpoint group of the `ttt_vjp` nodes made for scans.
+    checkpoint_every: usize,
 }
 
 impl<'a> Builder<'a> {
@@ -342,7 +402,170 @@ impl<'a> Builder<'a> {
             let ty = src_tensor(src, id)?;
             copies.insert(id, dst.add_input(name, ty)?);
         }
-        Ok(Builder { src, dst, copies })
+        Ok(Builder {
+            src,
+            dst,
+            copies,
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+        })
+    }
+
+    /// Reverse mode from `seeds` (a source output node and its cotangent in the destination
+    /// graph; adjoints of one node add up): the adjoint of every node of `wrt` (a zero of its
+    /// shape when no seed reaches it), in order.
+    fn reverse(
+        &mut self,
+        seeds: &[(NodeId, NodeId)],
+        wrt: &[NodeId],
+    ) -> Result<Vec<NodeId>, AutodiffError> {
+        let graph = self.src;
+        let order = graph
+            .topo_order()
+            .ok_or_else(|| AutodiffError::Malformed("the graph has a cycle".into()))?;
+        let outputs: Vec<NodeId> = seeds.iter().map(|(o, _)| *o).collect();
+        let active = active_nodes(graph, &order, &outputs, wrt);
+        let mut adjoints: BTreeMap<NodeId, NodeId> = BTreeMap::new();
+        // Adjoints of the elements of tuple-valued nodes (a scan's results), by element.
+        let mut tuple_adjoints: BTreeMap<(NodeId, usize), NodeId> = BTreeMap::new();
+        for &(node, ct) in seeds {
+            if !active.contains(&node) {
+                continue;
+            }
+            let acc = match adjoints.get(&node) {
+                Some(&prev) => self.binary(BinaryOp::Add, prev, ct)?,
+                None => ct,
+            };
+            adjoints.insert(node, acc);
+        }
+        for &id in order.iter().rev() {
+            if !active.contains(&id) {
+                continue;
+            }
+            let operands = graph.operands(id);
+            let node = graph.get(id).ok_or_else(|| {
+                AutodiffError::Malformed(format!("node %{} is missing", id.index()))
+            })?;
+            let contributions = match &node.op {
+                Op::Get { index } => {
+                    let Some(&g) = adjoints.get(&id) else {
+                        continue;
+                    };
+                    let [tuple] = operands[..] else {
+                        return Err(arity(id));
+                    };
+                    let acc = match tuple_adjoints.get(&(tuple, *index)) {
+                        Some(&prev) => self.binary(BinaryOp::Add, prev, g)?,
+                        None => g,
+                    };
+                    tuple_adjoints.insert((tuple, *index), acc);
+                    continue;
+                }
+                Op::Ttt(scan) => {
+                    let cts: Vec<Option<NodeId>> = (0..=scan.states.len())
+                        .map(|i| tuple_adjoints.get(&(id, i)).copied())
+                        .collect();
+                    if cts.iter().all(Option::is_none) {
+                        continue;
+                    }
+                    self.scan_vjp(id, scan, &operands, &cts, &active)?
+                }
+                _ => {
+                    let Some(&g) = adjoints.get(&id) else {
+                        continue;
+                    };
+                    self.backprop(id, &operands, g, &active)?
+                }
+            };
+            for (operand, contrib) in contributions {
+                let acc = match adjoints.get(&operand) {
+                    Some(&prev) => self.binary(BinaryOp::Add, prev, contrib)?,
+                    None => contrib,
+                };
+                adjoints.insert(operand, acc);
+            }
+        }
+        let mut grads = Vec::with_capacity(wrt.len());
+        for &src_id in wrt {
+            let grad = match adjoints.get(&src_id) {
+                Some(&g) => g,
+                None => {
+                    let ty = src_tensor(graph, src_id)?;
+                    let zero = self.dst.add_const(0.0, ty.dtype);
+                    self.expand_to(zero, &ty.shape)?
+                }
+            };
+            grads.push(grad);
+        }
+        Ok(grads)
+    }
+
+    /// The contributions of the cotangents `cts` of the results of scan `id` (the stacked
+    /// outputs, then every final state; `None` is zero) to its active operands: one `ttt_vjp`
+    /// node whose scan carries the vector-Jacobian product of its step graph.
+    fn scan_vjp(
+        &mut self,
+        id: NodeId,
+        scan: &TttScan,
+        operands: &[NodeId],
+        cts: &[Option<NodeId>],
+        active: &BTreeSet<NodeId>,
+    ) -> Result<Vec<(NodeId, NodeId)>, AutodiffError> {
+        let in_scan = |e: AutodiffError| AutodiffError::InScan {
+            node: id.index(),
+            model: scan.model.clone(),
+            source: Box::new(e),
+        };
+        let step = scan.step.as_ref().ok_or(AutodiffError::ScanWithoutStep {
+            node: id.index(),
+            model: scan.model.clone(),
+        })?;
+        let mut outputs = vec!["out".to_string()];
+        outputs.extend(scan.states.iter().map(|s| TttScan::next_output_name(s)));
+        let inputs: Vec<String> = step
+            .inputs()
+            .iter()
+            .filter_map(|&i| step.input_name(i).map(str::to_string))
+            .collect();
+        let step_vjp = vjp_graph(step, &outputs, &inputs).map_err(in_scan)?;
+        let mut vjp_scan = scan.clone();
+        vjp_scan.step_vjp = Some(step_vjp);
+        let result_types = match &self.src.node(id).ty {
+            tttc_ir::NodeType::Tuple(ts) => ts.clone(),
+            tttc_ir::NodeType::Tensor(_) => {
+                return Err(AutodiffError::Malformed(format!(
+                    "scan %{} has a tensor type",
+                    id.index()
+                )))
+            }
+        };
+        let mut args = Vec::with_capacity(operands.len() + cts.len());
+        for &o in operands {
+            args.push(self.fwd(o)?);
+        }
+        for (ct, ty) in cts.iter().zip(&result_types) {
+            let ct = match ct {
+                Some(ct) => *ct,
+                None => {
+                    let zero = self.dst.add_const(0.0, ty.dtype);
+                    self.expand_to(zero, &ty.shape)?
+                }
+            };
+            args.push(ct);
+        }
+        let vjp = self.dst.add(
+            Op::TttVjp {
+                scan: Box::new(vjp_scan),
+                checkpoint_every: self.checkpoint_every,
+            },
+            &args,
+        )?;
+        let mut out = Vec::new();
+        for (i, &o) in operands.iter().enumerate() {
+            if active.contains(&o) {
+                out.push((o, self.dst.add(Op::Get { index: i }, &[vjp])?));
+            }
+        }
+        Ok(out)
     }
 
     /// The copy of source node `id` in the gradient graph (copying it, and whatever it depends
@@ -477,6 +700,82 @@ impl<'a> Builder<'a> {
         )?)
     }
 
+    /// `x` reshaped to `dims` (no node when it already has that shape).
+    fn reshape(&mut self, x: NodeId, dims: Vec<Dim>) -> Result<NodeId, AutodiffError> {
+        let shape = Shape(dims);
+        if self.ty(x)?.shape == shape {
+            return Ok(x);
+        }
+        Ok(self.dst.add(Op::Reshape { shape }, &[x])?)
+    }
+
+    /// `dw[i, j] = Σ_s g[i, s] x[j, s]` for `g [p, s...]`, `x [k, s...]`: the adjoint of the
+    /// weights of `mix`.
+    fn mix_weight_adjoint(&mut self, g: NodeId, x: NodeId) -> Result<NodeId, AutodiffError> {
+        let (gt, xt) = (self.ty(g)?, self.ty(x)?);
+        let (Some(p), Some(k)) = (gt.shape.0.first().cloned(), xt.shape.0.first().cloned()) else {
+            return Err(AutodiffError::Malformed("mix of scalars".into()));
+        };
+        let rest = &gt.shape.0[1..];
+        let mut gd = vec![p.clone(), Dim::Known(1)];
+        gd.extend(rest.iter().cloned());
+        let mut xd = vec![Dim::Known(1), k.clone()];
+        xd.extend(rest.iter().cloned());
+        let g3 = self.reshape(g, gd)?;
+        let x3 = self.reshape(x, xd)?;
+        let mut prod = self.mul(g3, x3)?;
+        for axis in 2..2 + rest.len() {
+            prod = self.dst.add(
+                Op::Reduce {
+                    fun: ReduceOp::Sum,
+                    axis,
+                },
+                &[prod],
+            )?;
+        }
+        self.reshape(prod, vec![p, k])
+    }
+
+    /// The 0/1 matrix `M [rows, cols]` with `M[r, c] = [sign (r − c) − offset = 0]`, built from
+    /// `iota`s (`step(v + ½) step(½ − v)` is 1 exactly where the integer `v` is 0).
+    fn selection(
+        &mut self,
+        rows: &Dim,
+        cols: &Dim,
+        sign: f64,
+        offset: f64,
+        dtype: DType,
+    ) -> Result<NodeId, AutodiffError> {
+        let r = self.dst.add_leaf(Op::Iota { len: rows.clone() }, dtype)?;
+        let r = self.reshape(r, vec![rows.clone(), Dim::Known(1)])?;
+        let c = self.dst.add_leaf(Op::Iota { len: cols.clone() }, dtype)?;
+        let c = self.reshape(c, vec![Dim::Known(1), cols.clone()])?;
+        let diff = self.binary(BinaryOp::Sub, r, c)?;
+        let v = self.scale(diff, sign)?;
+        let v = self.add_scalar(v, -offset)?;
+        let lo = self.add_scalar(v, 0.5)?;
+        let lo = self.unary(UnaryOp::Step, lo)?;
+        let hi = self.rsub(0.5, v)?;
+        let hi = self.unary(UnaryOp::Step, hi)?;
+        self.mul(lo, hi)
+    }
+
+    /// `y[.., r, ..] = Σ_c m[r, c] x[.., c, ..]` along `axis` of `x` (a `mix` with the axis
+    /// moved to the front and back).
+    fn along_axis(&mut self, m: NodeId, x: NodeId, axis: usize) -> Result<NodeId, AutodiffError> {
+        let rank = self.ty(x)?.shape.rank();
+        if axis == 0 {
+            return Ok(self.dst.add(Op::Mix, &[m, x])?);
+        }
+        let mut perm: Vec<usize> = vec![axis];
+        perm.extend((0..rank).filter(|&a| a != axis));
+        let inv = inverse_permutation(&perm)
+            .ok_or_else(|| AutodiffError::Malformed("bad axis".into()))?;
+        let xp = self.dst.add(Op::Permute { perm }, &[x])?;
+        let y = self.dst.add(Op::Mix, &[m, xp])?;
+        Ok(self.dst.add(Op::Permute { perm: inv }, &[y])?)
+    }
+
     /// The extent `dim` as a scalar: a constant when known, else an `extent` leaf (its value
     /// once dimensions are bound).
     fn extent(&mut self, dim: &Dim, dtype: DType) -> Result<NodeId, AutodiffError> {
@@ -503,18 +802,115 @@ impl<'a> Builder<'a> {
         let mut out = Vec::new();
         match &node.op {
             Op::Input { .. } | Op::Const { .. } | Op::Extent { .. } | Op::Iota { .. } => {}
-            // Slices and shifts build the causal convolutions outside the inner loop; no loss
-            // needs them yet.
-            Op::Ttt(_)
-            | Op::Get { .. }
-            | Op::Mix
-            | Op::MixOuter
-            | Op::Slice { .. }
-            | Op::Shift { .. } => {
+            // Handled by `reverse` (tuples), or not differentiable (a third order).
+            Op::Ttt(_) | Op::Get { .. } | Op::TttVjp { .. } => {
                 return Err(AutodiffError::NotDifferentiable {
                     op: node.op.name(),
                     node: id.index(),
                 })
+            }
+            // y = mix(w, x): dx = mix(wᵀ, g); dw[i, j] = Σ_s g[i, s] x[j, s].
+            Op::Mix => {
+                let [w, x] = operands else {
+                    return Err(arity(id));
+                };
+                if is_active(x) {
+                    let wf = self.fwd(*w)?;
+                    let wt = self.dst.add(Op::Transpose, &[wf])?;
+                    out.push((*x, self.dst.add(Op::Mix, &[wt, g])?));
+                }
+                if is_active(w) {
+                    let xf = self.fwd(*x)?;
+                    let dw = self.mix_weight_adjoint(g, xf)?;
+                    out.push((*w, dw));
+                }
+            }
+            // y[i] = Σ_j w[i, j] u[j]ᵀ d[j] with u [k, m], d [k, n]; H = mix(wᵀ, g) [k, m, n]:
+            // du[j] = H[j] d[j], dd[j] = u[j] H[j], dw[i, j] = Σ_m (g[i] d[j]ᵀ)[m] u[j, m].
+            Op::MixOuter => {
+                let [w, u, d] = operands else {
+                    return Err(arity(id));
+                };
+                let (wf, uf, df) = (self.fwd(*w)?, self.fwd(*u)?, self.fwd(*d)?);
+                let (ut, dt) = (self.ty(uf)?, self.ty(df)?);
+                let ([k, m], [_, n]) = (ut.shape.0.as_slice(), dt.shape.0.as_slice()) else {
+                    return Err(AutodiffError::Malformed(format!(
+                        "node %{}: mix_outer operands of the wrong rank",
+                        id.index()
+                    )));
+                };
+                let (k, m, n) = (k.clone(), m.clone(), n.clone());
+                if is_active(u) || is_active(d) {
+                    let wt = self.dst.add(Op::Transpose, &[wf])?;
+                    let h = self.dst.add(Op::Mix, &[wt, g])?;
+                    if is_active(u) {
+                        let dcol = self.reshape(df, vec![k.clone(), n.clone(), Dim::Known(1)])?;
+                        let p = self.dst.add(Op::MatMul, &[h, dcol])?;
+                        out.push((*u, self.reshape(p, vec![k.clone(), m.clone()])?));
+                    }
+                    if is_active(d) {
+                        let urow = self.reshape(uf, vec![k.clone(), Dim::Known(1), m.clone()])?;
+                        let p = self.dst.add(Op::MatMul, &[urow, h])?;
+                        out.push((*d, self.reshape(p, vec![k.clone(), n.clone()])?));
+                    }
+                }
+                if is_active(w) {
+                    let dtr = self.dst.add(Op::Transpose, &[df])?;
+                    let t = self.dst.add(Op::MatMul, &[g, dtr])?; // [p, m, k]
+                    let utr = self.dst.add(Op::Transpose, &[uf])?; // [m, k]
+                    let prod = self.mul(t, utr)?;
+                    let s = self.dst.add(
+                        Op::Reduce {
+                            fun: ReduceOp::Sum,
+                            axis: 1,
+                        },
+                        &[prod],
+                    )?;
+                    let p = src_tensor(src, *w)?.shape;
+                    out.push((*w, self.reshape(s, p.0)?));
+                }
+            }
+            // y = x[start .. start + len] along `axis`: dx = Sᵀ g with the selection matrix
+            // S[i, j] = [j = i + start], applied along the axis with `mix`.
+            Op::Slice { axis, start, .. } => {
+                let [x] = operands else {
+                    return Err(arity(id));
+                };
+                if is_active(x) {
+                    let xt = src_tensor(src, *x)?;
+                    let gt = self.ty(g)?;
+                    let (n, len) = (xt.shape.0[*axis].clone(), gt.shape.0[*axis].clone());
+                    // M[r, c] = [r - c - start = 0], r over x's extent, c over the slice's.
+                    let sel = self.selection(&n, &len, 1.0, *start as f64, xt.dtype)?;
+                    out.push((*x, self.along_axis(sel, g, *axis)?));
+                }
+            }
+            // y[t] = x[t - by] (t >= by), fill[t] (t < by): dx[s] = g[s + by] for s + by < n;
+            // dfill = g[0 .. by].
+            Op::Shift { axis, by } => {
+                let Some(x) = operands.first() else {
+                    return Err(arity(id));
+                };
+                if is_active(x) {
+                    let xt = src_tensor(src, *x)?;
+                    let n = xt.shape.0[*axis].clone();
+                    // M[s, t] = [t - s - by = 0].
+                    let sel = self.selection(&n, &n, -1.0, *by as f64, xt.dtype)?;
+                    out.push((*x, self.along_axis(sel, g, *axis)?));
+                }
+                if let Some(fill) = operands.get(1) {
+                    if is_active(fill) {
+                        let d = self.dst.add(
+                            Op::Slice {
+                                axis: *axis,
+                                start: 0,
+                                len: *by,
+                            },
+                            &[g],
+                        )?;
+                        out.push((*fill, d));
+                    }
+                }
             }
             Op::Unary { fun } => {
                 let [x] = operands else {
@@ -899,4 +1295,59 @@ fn arity(id: NodeId) -> AutodiffError {
         "node %{} has the wrong number of operands",
         id.index()
     ))
+}
+
+/// The gradient program of `program` (differentiated after the `primal` stage, so that every
+/// scan has its step graph): its inputs are `program`'s inputs followed by one cotangent per
+/// name in `outputs` (see [`cotangent_input_names`]), its outputs the vector-Jacobian product
+/// `d/d(input) Σ_o ⟨ct_o, o⟩` for every input that is not declared `int`, each under the
+/// input's own name. Scans become `ttt_vjp` nodes that keep a checkpoint every
+/// `checkpoint_every` mini-batches. Forward values are computed once and shared by everything
+/// that needs them.
+pub fn grad_program(
+    program: &Program,
+    outputs: &[String],
+    checkpoint_every: usize,
+) -> Result<Program, AutodiffError> {
+    let graph = &program.graph;
+    let cts = cotangent_input_names(program, outputs);
+    let named_outputs: Vec<(String, String)> = outputs.iter().cloned().zip(cts).collect();
+    let wrt: Vec<(String, String)> = graph
+        .inputs()
+        .iter()
+        .filter_map(|&i| graph.input_name(i))
+        .filter(|name| !program.integer_inputs.iter().any(|ii| ii.name == *name))
+        .map(|name| (name.to_string(), name.to_string()))
+        .collect();
+    let grad = vjp_with(graph, &named_outputs, &wrt, checkpoint_every)?;
+    Ok(Program {
+        name: format!("{}.grad", program.name),
+        configs: program.configs.clone(),
+        derived_dims: program.derived_dims.clone(),
+        intermediates: Vec::new(),
+        integer_inputs: program.integer_inputs.clone(),
+        graph: grad,
+    })
+}
+
+/// The names of the cotangent inputs [`grad_program`] gives the program outputs `outputs`:
+/// `ct_<output>`, with `$` prefixes while the name is taken by an input or another cotangent.
+pub fn cotangent_input_names(program: &Program, outputs: &[String]) -> Vec<String> {
+    let graph = &program.graph;
+    let mut taken: BTreeSet<String> = graph
+        .inputs()
+        .iter()
+        .filter_map(|&i| graph.input_name(i).map(str::to_string))
+        .collect();
+    outputs
+        .iter()
+        .map(|o| {
+            let mut name = format!("ct_{o}");
+            while taken.contains(&name) {
+                name.insert(0, '$');
+            }
+            taken.insert(name.clone());
+            name
+        })
+        .collect()
 }

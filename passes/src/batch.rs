@@ -355,6 +355,7 @@ impl Batcher<'_> {
             op @ (Op::Mix
             | Op::MixOuter
             | Op::Ttt(_)
+            | Op::TttVjp { .. }
             | Op::Get { .. }
             | Op::Shift { .. }
             | Op::Gather

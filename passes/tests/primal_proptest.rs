@@ -501,6 +501,7 @@ fn build(seed: u64, l: usize, k: usize) -> Case {
         out,
         grad: None,
         step: None,
+        step_vjp: None,
     };
     let r = main
         .add(Op::Ttt(Box::new(scan)), &operands)

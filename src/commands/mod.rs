@@ -8,6 +8,7 @@ mod compile_ptx;
 pub mod cost;
 pub mod generate;
 mod gpu_bench;
+pub mod grad;
 pub mod inspect;
 pub mod progress;
 pub mod run;

@@ -15,6 +15,7 @@
 
 pub(crate) mod kernels;
 mod scan;
+mod scan_vjp;
 mod value;
 
 #[cfg(test)]
@@ -494,6 +495,13 @@ impl<'g> Plan<'g> {
             Op::Ttt(ttt) => {
                 let operands = (0..args.len()).map(arr).collect::<Result<Vec<_>, _>>()?;
                 return scan::eval_ttt(self, id, ttt, &operands);
+            }
+            Op::TttVjp {
+                scan,
+                checkpoint_every,
+            } => {
+                let operands = (0..args.len()).map(arr).collect::<Result<Vec<_>, _>>()?;
+                return scan_vjp::eval_ttt_vjp(self, id, scan, *checkpoint_every, &operands);
             }
             Op::Input { .. } | Op::Get { .. } => {
                 return Err(inv("internal: evaluated out of place".into()))

@@ -271,7 +271,7 @@ impl Seq<'_, '_, '_> {
 }
 
 /// Rows `start..start + k` of `a` (`[n, ...]`), as a block `[k, ...]`.
-fn block<T: Elem>(a: &Arr<T>, start: usize, k: usize) -> Result<Arr<T>, String> {
+pub(super) fn block<T: Elem>(a: &Arr<T>, start: usize, k: usize) -> Result<Arr<T>, String> {
     let n = a.shape.first().copied().unwrap_or(0);
     let end = start.checked_add(k).filter(|&e| e <= n);
     let Some(end) = end else {
@@ -310,7 +310,11 @@ fn token<T: Elem>(a: &Arr<T>, t: usize) -> Result<Arr<T>, String> {
 }
 
 /// The slice of operand `a` at multi-index `index` over the mapped dims.
-fn slice<T: Elem>(a: &Arr<T>, axes: &OperandAxes, index: &[usize]) -> Result<Arr<T>, String> {
+pub(super) fn slice<T: Elem>(
+    a: &Arr<T>,
+    axes: &OperandAxes,
+    index: &[usize],
+) -> Result<Arr<T>, String> {
     let mut v =
         ArrayViewD::from_shape(IxDyn(&a.shape), &a.data).map_err(|e| format!("internal: {e}"))?;
     for (axis, p) in axes.per.iter().enumerate().rev() {
@@ -500,7 +504,7 @@ pub(super) fn eval_ttt<T: Elem>(
 
 /// The mini-batch lengths of a sequence of `seq_len` tokens cut into mini-batches of
 /// `mini_batch`: K if there is a full one, and the remainder `L mod K` if it is not zero.
-fn step_lengths(seq_len: usize, mini_batch: usize) -> Vec<usize> {
+pub(super) fn step_lengths(seq_len: usize, mini_batch: usize) -> Vec<usize> {
     if mini_batch == 0 {
         return Vec::new();
     }

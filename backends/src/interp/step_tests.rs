@@ -219,6 +219,7 @@ fn main_graph(dtype: DType, d: Dims, grad: bool, step: Option<StepKind>) -> Grap
         out: out_graph(dtype, d),
         grad: grad.then(|| grad_graph(dtype, d)),
         step: step.map(|kind| step_graph(dtype, d, kind)),
+        step_vjp: None,
     };
     let t = g
         .add(Op::Ttt(Box::new(scan)), &[w0, xs, ys, qs, te, lr])

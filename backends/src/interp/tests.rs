@@ -1022,6 +1022,7 @@ fn linear_scan(dtype: DType, d: Dims, with_grad: bool) -> TttScan {
         out,
         grad: with_grad.then_some(grad),
         step: None,
+        step_vjp: None,
     }
 }
 

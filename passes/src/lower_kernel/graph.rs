@@ -271,6 +271,15 @@ impl Lowerer {
                 sc.vals.insert(id, NodeVal::Tuple(vals));
                 return Ok(());
             }
+            Op::TttVjp { .. } => {
+                return Err(LowerKernelError::Unsupported {
+                    graph: sc.path.clone(),
+                    node: describe(graph, id),
+                    message: "the backward of a scan (`ttt_vjp`) runs on the interpreter only; \
+                              use --backend interp"
+                        .into(),
+                })
+            }
             Op::Get { index } => {
                 let v = match sc.vals.get(&operands[0]) {
                     Some(NodeVal::Tuple(vs)) => vs.get(*index).cloned(),

@@ -56,6 +56,7 @@ fn is_verbatim(graph: &Graph, id: NodeId) -> bool {
     matches!(
         node.op,
         Op::Ttt(_)
+            | Op::TttVjp { .. }
             | Op::Get { .. }
             | Op::Slice { .. }
             | Op::Shift { .. }
@@ -154,6 +155,7 @@ pub fn load(graph: &Graph, label: &str) -> Result<Loaded, RewriteError> {
             Op::Mix => TensorLang::Mix([arg(0)?, arg(1)?]),
             Op::MixOuter => TensorLang::MixOuter([arg(0)?, arg(1)?, arg(2)?]),
             Op::Ttt(_)
+            | Op::TttVjp { .. }
             | Op::Get { .. }
             | Op::Slice { .. }
             | Op::Shift { .. }

@@ -156,7 +156,7 @@ fn work_of_ir<'a>(op: &Op, operands: &[&'a TensorType]) -> Work<'a> {
     let first = operands.first().copied();
     match (op, first) {
         (Op::Input { .. } | Op::Const { .. } | Op::Extent { .. } | Op::Get { .. }, _) => Work::Free,
-        (Op::Ttt(_), _) => Work::Free,
+        (Op::Ttt(_) | Op::TttVjp { .. }, _) => Work::Free,
         (Op::Iota { .. } | Op::Unary { .. } | Op::Binary { .. }, _) => Work::PerResult,
         (Op::Transpose | Op::Permute { .. } | Op::Expand { .. }, _) => Work::View,
         (Op::Reshape { .. }, _) => Work::Reshape,

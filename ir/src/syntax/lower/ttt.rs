@@ -390,6 +390,7 @@ pub(super) fn lower_ttt(
         out: out_graph,
         grad: None,
         step: None,
+        step_vjp: None,
     };
     let node = add(g, Op::Ttt(Box::new(scan)), &operands, span, src)?;
     Ok(Val::Scan { node, fields })

@@ -1,0 +1,104 @@
+//! Gradients of random inner models written as `.ttt` source (common/random_model.rs: chains
+//! of layers with activations, biases, a scale state, LayerNorm, residual) through the whole
+//! pipeline and `grad_program`, against central finite differences of `Σ ⟨ct, output⟩` along
+//! a random direction per input, in f64 on the interpreter, with random batch, heads, sequence
+//! length (remainder mini-batches included), mini-batch size and checkpoint group.
+//!
+//! 100 cases (tiny widths, L ≤ 10: about a second each in a debug build is the budget).
+//! Tolerance `|ad − fd| ≤ 1e-6 · max(|fd|, Σ|∂ᵢ vᵢ|) + 1e-8 (1 + |f|)`, with `fd` the Richardson
+//! extrapolation of central differences at h = 1e-5 and h/2: its truncation error is O(h⁴)
+//! and its rounding noise ~1e-11 |f|; a wrong
+//! derivative rule or a wrong backward scan is off by O(0.1..1). Relu's kinks are met with
+//! probability ~1e-5 per case at that step. Models with a LayerNorm over 2 features are left
+//! out: it is nearly a sign function, and finite differences were off by 2e-5 relative there.
+
+mod common;
+
+use common::random_model::{inputs, model, values};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use tttc::ir::DType;
+use tttc::runtime::{ElemType, Tensor};
+use tttc::{bind, optimize};
+
+const H: f64 = 1e-5;
+
+fn pairing(
+    program: &tttc::ir::Program,
+    inputs: &BTreeMap<String, Tensor>,
+    cts: &BTreeMap<String, Tensor>,
+    settings: &tttc::Settings,
+) -> Result<f64, String> {
+    let bound = bind(program, inputs, settings, ElemType::F64).map_err(|e| e.to_string())?;
+    let outs = tttc::backends::interp::run_program(&bound.program, &bound.inputs)
+        .map_err(|e| e.to_string())?;
+    Ok(cts
+        .iter()
+        .map(|(name, ct)| {
+            let o = outs[name].to_f64_vec();
+            o.iter()
+                .zip(ct.to_f64_vec())
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        })
+        .sum())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, .. ProptestConfig::default() })]
+
+    #[test]
+    fn gradients_match_finite_differences(m in model(), b in 1..3usize, h in 1..3usize, l in 1..11usize, k in 1..5usize, every in 1..4usize, seed in any::<u64>()) {
+        // A LayerNorm over 2 features is nearly a sign function (x₁ − x₂ over its own absolute
+        // value): its derivatives reach 1/sqrt(eps) and finite differences cannot follow it.
+        prop_assume!(!(m.norm && m.d == 2));
+        let (text, states) = m.source();
+        let settings: tttc::Settings = [("mini_batch_size".to_string(), (k as f64).into())].into_iter().collect();
+        let lowered = tttc::ir::syntax::compile("random.ttt", &text, DType::F64, &settings)
+            .map_err(|e| TestCaseError::fail(format!("{}\n{text}", e.render(false))))?;
+        let program = optimize(lowered, None, false).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?.program;
+        let inputs = inputs(&m, &states, (b, h, l, k), seed);
+        // One random cotangent per output, in its shape.
+        let fwd = bind(&program, &inputs, &settings, ElemType::F64).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let outs = tttc::backends::interp::run_program(&fwd.program, &fwd.inputs)
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        let cts: BTreeMap<String, Tensor> = outs.iter().enumerate().map(|(i, (name, t))| {
+            let v = values(seed ^ (100 + i as u64), t.len(), 1.0);
+            (name.clone(), Tensor::from_f64(t.shape().to_vec(), v).expect("sizes"))
+        }).collect();
+        let names: Vec<String> = cts.keys().cloned().collect();
+        let grad = tttc::passes::autodiff::grad_program(&program, &names, every)
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        let ct_inputs = tttc::passes::autodiff::cotangent_input_names(&program, &names);
+        let mut all = inputs.clone();
+        for (name, input) in names.iter().zip(&ct_inputs) {
+            all.insert(input.clone(), cts[name].clone());
+        }
+        let bound = bind(&grad, &all, &settings, ElemType::F64).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let grads = tttc::backends::interp::run_program(&bound.program, &bound.inputs)
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        let f = pairing(&program, &inputs, &cts, &settings).map_err(TestCaseError::fail)?;
+        for (i, (name, x)) in inputs.iter().enumerate() {
+            let g = grads.get(name).ok_or_else(|| TestCaseError::fail(format!("no gradient for {name}")))?;
+            prop_assert_eq!(g.shape(), x.shape());
+            let v = values(seed ^ (1000 + i as u64), x.len(), 1.0);
+            let at = |s: f64| {
+                let data: Vec<f64> = x.to_f64_vec().iter().zip(&v).map(|(a, d)| a + s * d).collect();
+                let mut ins = inputs.clone();
+                ins.insert(name.clone(), Tensor::from_f64(x.shape().to_vec(), data).expect("sizes"));
+                pairing(&program, &ins, &cts, &settings)
+            };
+            let central = |h: f64| -> Result<f64, TestCaseError> {
+                Ok((at(h).map_err(TestCaseError::fail)? - at(-h).map_err(TestCaseError::fail)?) / (2.0 * h))
+            };
+            // Richardson extrapolation: the O(h²) truncation error cancels (a LayerNorm over 2
+            // features has large third derivatives).
+            let fd = (4.0 * central(H / 2.0)? - central(H)?) / 3.0;
+            let terms: Vec<f64> = g.to_f64_vec().iter().zip(&v).map(|(a, b)| a * b).collect();
+            let ad: f64 = terms.iter().sum();
+            let mag = fd.abs().max(terms.iter().map(|t| t.abs()).sum());
+            let tol = 1e-6 * mag + 1e-8 * (1.0 + f.abs());
+            prop_assert!((ad - fd).abs() <= tol, "d{name}: autodiff {ad:e}, finite differences {fd:e} (tol {tol:e}), G = {every}\n{text}");
+        }
+    }
+}
