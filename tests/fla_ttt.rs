@@ -238,3 +238,77 @@ fn an_fla_session_saved_mid_mini_batch_resumes_on_every_backend() {
         );
     }
 }
+
+/// Gradients through per-token step sizes (issue 16 on the form of issue 21): the gradient
+/// program of the fla example (its `token_eta` is per token, so the backward scan slices it
+/// and writes its cotangent per token like `lr`'s) against central finite differences along a
+/// random direction per input, on the interpreter in f64, with checkpoint groups of 1 and 4.
+/// Tolerance: 1e-6 of the pairing's scale (Richardson-extrapolated differences are accurate to
+/// ~1e-9 here; a per-position slicing of a per-token `token_eta` is off by O(1)).
+#[test]
+fn per_token_step_sizes_have_gradients_matching_finite_differences() {
+    let stem = CASES[0];
+    let text = std::fs::read_to_string(root().join(PROGRAM)).expect("example");
+    let settings = tttc::Settings::default();
+    let lowered = tttc::ir::syntax::compile(PROGRAM, &text, tttc::ir::DType::F64, &settings)
+        .unwrap_or_else(|e| panic!("{}", e.render(false)));
+    let program = tttc::optimize(lowered, None, false)
+        .expect("optimize")
+        .program;
+    let inputs: BTreeMap<String, Tensor> = load(&file(stem, ".inputs.safetensors"))
+        .into_iter()
+        .map(|(name, t)| {
+            let t64 = Tensor::from_f64(t.shape().to_vec(), t.to_f64_vec()).expect("sizes");
+            (name, t64)
+        })
+        .collect();
+    let expected = load(&file(stem, ".expected_f64.safetensors"));
+    let mut rng = common::random::Lcg(7);
+    let cts: BTreeMap<String, Tensor> = ["o", "h", "hb"]
+        .iter()
+        .map(|name| {
+            let shape = match expected.get(*name) {
+                Some(t) => t.shape().to_vec(),
+                // The remainder case stores no `hb` (see the README): [B, H, 1, f].
+                None => {
+                    let h0 = inputs["hb0"].shape();
+                    h0.to_vec()
+                }
+            };
+            let n = shape.iter().product();
+            let t = Tensor::from_f64(shape, rng.vec(n, 1.0)).expect("sizes");
+            (name.to_string(), t)
+        })
+        .collect();
+    let f = common::finite_diff::pairing(&program, &inputs, &cts, &settings).expect("forward");
+    let by_group: Vec<BTreeMap<String, Tensor>> = [1, 4]
+        .iter()
+        .map(|&g| {
+            common::finite_diff::gradients(&program, &inputs, &cts, &settings, g).expect("grad")
+        })
+        .collect();
+    for (name, g) in &by_group[0] {
+        assert_tensor_close(
+            &format!("d{name}, G = 4 vs G = 1"),
+            &by_group[1][name],
+            g,
+            1e-12,
+        );
+    }
+    for name in inputs.keys() {
+        let g = by_group[0]
+            .get(name)
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let v = rng.vec(g.len(), 1.0);
+        let check =
+            common::finite_diff::directional(&program, &inputs, &cts, &settings, name, g, &v)
+                .expect("finite differences");
+        let tol = 1e-6 * check.scale + 1e-8 * (1.0 + f.abs());
+        assert!(
+            (check.autodiff - check.finite_differences).abs() <= tol,
+            "d{name}: autodiff {:e}, finite differences {:e} (tol {tol:e})",
+            check.autodiff,
+            check.finite_differences
+        );
+    }
+}

@@ -14,35 +14,13 @@
 
 mod common;
 
+use common::finite_diff;
 use common::random_model::{inputs, model, values};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use tttc::ir::DType;
 use tttc::runtime::{ElemType, Tensor};
 use tttc::{bind, optimize};
-
-const H: f64 = 1e-5;
-
-fn pairing(
-    program: &tttc::ir::Program,
-    inputs: &BTreeMap<String, Tensor>,
-    cts: &BTreeMap<String, Tensor>,
-    settings: &tttc::Settings,
-) -> Result<f64, String> {
-    let bound = bind(program, inputs, settings, ElemType::F64).map_err(|e| e.to_string())?;
-    let outs = tttc::backends::interp::run_program(&bound.program, &bound.inputs)
-        .map_err(|e| e.to_string())?;
-    Ok(cts
-        .iter()
-        .map(|(name, ct)| {
-            let o = outs[name].to_f64_vec();
-            o.iter()
-                .zip(ct.to_f64_vec())
-                .map(|(a, b)| a * b)
-                .sum::<f64>()
-        })
-        .sum())
-}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 100, .. ProptestConfig::default() })]
@@ -66,38 +44,17 @@ proptest! {
             let v = values(seed ^ (100 + i as u64), t.len(), 1.0);
             (name.clone(), Tensor::from_f64(t.shape().to_vec(), v).expect("sizes"))
         }).collect();
-        let names: Vec<String> = cts.keys().cloned().collect();
-        let grad = tttc::passes::autodiff::grad_program(&program, &names, every)
+        let grads = finite_diff::gradients(&program, &inputs, &cts, &settings, every)
             .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
-        let ct_inputs = tttc::passes::autodiff::cotangent_input_names(&program, &names);
-        let mut all = inputs.clone();
-        for (name, input) in names.iter().zip(&ct_inputs) {
-            all.insert(input.clone(), cts[name].clone());
-        }
-        let bound = bind(&grad, &all, &settings, ElemType::F64).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let grads = tttc::backends::interp::run_program(&bound.program, &bound.inputs)
-            .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
-        let f = pairing(&program, &inputs, &cts, &settings).map_err(TestCaseError::fail)?;
+        let f = finite_diff::pairing(&program, &inputs, &cts, &settings).map_err(TestCaseError::fail)?;
         for (i, (name, x)) in inputs.iter().enumerate() {
             let g = grads.get(name).ok_or_else(|| TestCaseError::fail(format!("no gradient for {name}")))?;
             prop_assert_eq!(g.shape(), x.shape());
             let v = values(seed ^ (1000 + i as u64), x.len(), 1.0);
-            let at = |s: f64| {
-                let data: Vec<f64> = x.to_f64_vec().iter().zip(&v).map(|(a, d)| a + s * d).collect();
-                let mut ins = inputs.clone();
-                ins.insert(name.clone(), Tensor::from_f64(x.shape().to_vec(), data).expect("sizes"));
-                pairing(&program, &ins, &cts, &settings)
-            };
-            let central = |h: f64| -> Result<f64, TestCaseError> {
-                Ok((at(h).map_err(TestCaseError::fail)? - at(-h).map_err(TestCaseError::fail)?) / (2.0 * h))
-            };
-            // Richardson extrapolation: the O(h²) truncation error cancels (a LayerNorm over 2
-            // features has large third derivatives).
-            let fd = (4.0 * central(H / 2.0)? - central(H)?) / 3.0;
-            let terms: Vec<f64> = g.to_f64_vec().iter().zip(&v).map(|(a, b)| a * b).collect();
-            let ad: f64 = terms.iter().sum();
-            let mag = fd.abs().max(terms.iter().map(|t| t.abs()).sum());
-            let tol = 1e-6 * mag + 1e-8 * (1.0 + f.abs());
+            let check = finite_diff::directional(&program, &inputs, &cts, &settings, name, g, &v)
+                .map_err(TestCaseError::fail)?;
+            let (ad, fd) = (check.autodiff, check.finite_differences);
+            let tol = 1e-6 * check.scale + 1e-8 * (1.0 + f.abs());
             prop_assert!((ad - fd).abs() <= tol, "d{name}: autodiff {ad:e}, finite differences {fd:e} (tol {tol:e}), G = {every}\n{text}");
         }
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod compare;
+pub mod finite_diff;
 pub mod golden;
 pub mod random;
 pub mod random_model;

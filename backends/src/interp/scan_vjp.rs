@@ -8,7 +8,8 @@
 //! 2. the groups of `G` mini-batches in reverse: the group's states are recomputed from its
 //!    checkpoint, then its mini-batches run in reverse through `step_vjp`, carrying the
 //!    cotangent of the state (it starts as the cotangent of the final state), summing those of
-//!    the params and `token_eta`, and writing the rows of the token arguments' and `lr`'s.
+//!    the params and of a per-position `token_eta`, and writing the rows of the token
+//!    arguments', `lr`'s and a per-token `token_eta`'s.
 //!
 //! An operand without some mapped axis is shared by those slices: its cotangent is the sum
 //! of theirs.
@@ -20,7 +21,7 @@ use super::value::{numel, Arr, Elem, Value};
 use super::{InterpError, Plan};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 use tttc_ir::program::specialize_graph;
-use tttc_ir::{Graph, NodeId, TttScan, MINI_BATCH_DIM};
+use tttc_ir::{Graph, NodeId, TokenEtaForm, TttScan, MINI_BATCH_DIM};
 
 /// The step and step-VJP graphs specialized to one mini-batch length.
 struct Plans<'h> {
@@ -150,6 +151,7 @@ pub(super) fn eval_ttt_vjp<T: Elem>(
         mini_batch,
         seq_len,
         group,
+        eta_per_token: scan.token_eta == TokenEtaForm::PerToken,
     };
 
     let mut grads: Vec<ArrayD<T>> = operands
@@ -241,6 +243,8 @@ struct Backward<'p, 'g, 'h> {
     mini_batch: usize,
     seq_len: usize,
     group: usize,
+    /// Whether `token_eta` has a value per token (sliced like `lr`) rather than per position.
+    eta_per_token: bool,
 }
 
 impl Backward<'_, '_, '_> {
@@ -272,7 +276,8 @@ impl Backward<'_, '_, '_> {
             inputs.push(T::wrap(block(a, start, k).map_err(inv)?));
         }
         let (eta, lr) = (&slices[ns + np + nl + no], &slices[ns + np + nl + no + 1]);
-        inputs.push(T::wrap(block(eta, 0, k).map_err(inv)?));
+        let eta_start = if self.eta_per_token { start } else { 0 };
+        inputs.push(T::wrap(block(eta, eta_start, k).map_err(inv)?));
         inputs.push(T::wrap(block(lr, start, k).map_err(inv)?));
         Ok((k, inputs))
     }
@@ -373,7 +378,7 @@ impl Backward<'_, '_, '_> {
                 let eta = first_arg + nl + no;
                 add_into(
                     &mut grads[eta].data,
-                    0,
+                    if self.eta_per_token { start } else { 0 },
                     &get(eta)?.data,
                     self.invalid("eta"),
                 )?;
