@@ -371,6 +371,7 @@ mod tests {
             buffers: vec![],
             vars: 0,
             functions: Vec::new(),
+            memory: None,
             body: vec![],
         };
         let mut q = p.clone();

@@ -227,6 +227,7 @@ mod tests {
             buffers,
             vars: 2,
             functions: Vec::new(),
+            memory: None,
             body: vec![],
         };
         let stores: Vec<Stmt> = (0..5)
