@@ -10,6 +10,11 @@
 //!   Cranelift as the graph interpreter (the oracle), and so does the kernel interpreter on the
 //!   outlined kernel program.
 //!
+//! - the memory plan (`tttc_passes::memory_plan`, run after outlining) gives the outlined
+//!   program's global temporaries one arena smaller than their sum; the kernel interpreter,
+//!   which simulates the arena, computes exactly what it computes without the plan, and the
+//!   backend runs above (LLVM, Cranelift, plan on) match the graph interpreter.
+//!
 //! Inputs: the golden's weights for layers 0 and 1, and for each further layer `i` layer
 //! `i % 2`'s weights scaled by `1 - i/20` (so no two layers are alike). Tolerance: f64, 1e-9
 //! relative to max |expected| (the golden model tests' f64 tolerance; only summation order
@@ -21,7 +26,7 @@ use common::compare::assert_tensor_close;
 use common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tttc::ir::kernel::{KernelProgram, Stmt};
+use tttc::ir::kernel::{verify, BufferKind, KernelProgram, MemorySpace, Stmt};
 use tttc::passes::pipeline::Target;
 use tttc::runtime::{read_safetensors_with_ints, write_safetensors_with_ints, Tensor};
 use tttc::Precision;
@@ -186,4 +191,35 @@ fn outlined_and_inline_layers_compute_the_same_on_every_backend() {
             }
         }
     }
+}
+
+#[test]
+fn temporaries_share_an_arena_smaller_than_their_sum() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let case = case(tmp.path(), 3);
+    let (k, inputs) = kernel_program(&case);
+    assert_eq!(verify(&k), Ok(()));
+    let plan = k.memory.as_ref().expect("a memory plan");
+    let temps: Vec<u64> = k
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Temp && b.space == MemorySpace::Global)
+        .map(|b| b.len() as u64)
+        .collect();
+    let sum: u64 = temps.iter().sum();
+    assert_eq!(plan.placements.len(), temps.len());
+    // Three layers' temporaries, each layer's dead once the next begins: well under the sum.
+    assert!(
+        2 * plan.arena_len < sum,
+        "arena of {} elements for temporaries of {sum}",
+        plan.arena_len
+    );
+    let with = tttc::backends::kernel_interp::run_kernel_program(&k, &inputs)
+        .expect("kernel interpreter runs with the arena");
+    let mut unplanned = k.clone();
+    unplanned.memory = None;
+    let without = tttc::backends::kernel_interp::run_kernel_program(&unplanned, &inputs)
+        .expect("kernel interpreter runs without it");
+    // The same statements in the same order: exactly equal.
+    assert_eq!(with, without);
 }
