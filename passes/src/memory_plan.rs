@@ -1,10 +1,14 @@
 //! The memory plan: every `Global` temporary of a kernel program gets an offset in one arena,
-//! so that temporaries whose lifetimes do not overlap share memory — within a layer and across
-//! layers (the temporaries of an outlined layer are its calls' arguments, so each call's
-//! temporaries are alive only during that call's steps).
+//! so that temporaries whose lifetimes do not overlap share memory — across layers too: the
+//! temporaries of an outlined layer are its call's arguments, alive only at that call, so the
+//! next layer's call reuses them.
 //!
 //! Lifetimes are [`tttc_ir::kernel::lifetimes`] over the program's steps (a top-level
-//! statement, or one statement of a called function's body; a loop as a whole). Placement is
+//! statement; a loop or a call as a whole). A call's arguments are all alive at its step, so
+//! they never share memory with each other and a function's parameters stay pairwise disjoint
+//! (LLVM's code marks them `noalias`); the temporaries within one layer therefore do not reuse
+//! each other's memory — the arena holds about one layer's temporaries plus what lives across
+//! layers. Placement is
 //! greedy by size: the largest buffer first, each at the start of the smallest gap (best fit)
 //! between the already placed buffers whose lifetimes overlap its own, or after the last of
 //! them. Offsets and sizes are rounded up to [`ARENA_ALIGN_BYTES`]. The plan is recorded in the

@@ -2,10 +2,12 @@
 //! that temporaries whose lifetimes do not overlap share memory (across layers too).
 //!
 //! **Time.** A program runs as a sequence of *steps*: each top-level statement of the body is
-//! one step, except a [`Stmt::Call`], which is one step per top-level statement of its
-//! function's body (with the call's arguments in place of the parameters). This is exactly the
-//! sequence of top-level statements of [`super::inline_calls`]`(p)`; a loop is one step as a
-//! whole, whatever it does inside.
+//! one step — a loop as a whole, whatever it does inside, and a [`Stmt::Call`] as a whole,
+//! touching every argument (and whatever else its function's body touches). A call's arguments
+//! are therefore never placed over each other: code generators may keep treating a function's
+//! parameters as pairwise disjoint (LLVM's `noalias`). Since each statement of a function body
+//! touches a subset of what its call touches, a plan that holds for `p` also holds for
+//! [`super::inline_calls`]`(p)`.
 //!
 //! **Lifetimes.** A buffer's [`Lifetime`] is the first and last step that touches it (reads or
 //! writes it anywhere inside the step). Two buffers whose lifetimes are disjoint never hold a
@@ -66,37 +68,23 @@ impl Lifetime {
     }
 }
 
-/// The buffers each step of `p` touches, in order (see the module documentation). A call to
-/// a function that does not exist is one step touching its arguments.
+/// The buffers each step of `p` touches, in order (see the module documentation).
 pub fn steps(p: &KernelProgram) -> Vec<BTreeSet<BufId>> {
-    let per_function: Vec<Vec<BTreeSet<BufId>>> = p
-        .functions
-        .iter()
-        .map(|f| {
-            f.body
-                .iter()
-                .map(|s| buffers_used(std::slice::from_ref(s)))
-                .collect()
-        })
-        .collect();
+    let per_function: Vec<BTreeSet<BufId>> =
+        p.functions.iter().map(|f| buffers_used(&f.body)).collect();
     let mut out = Vec::with_capacity(p.body.len());
     for s in &p.body {
         match s {
             Stmt::Call { func, args } => {
-                let (Some(f), Some(used)) = (p.function(*func), per_function.get(func.0 as usize))
-                else {
-                    out.push(args.iter().copied().collect());
-                    continue;
-                };
-                let rename: BTreeMap<BufId, BufId> =
-                    f.params.iter().copied().zip(args.iter().copied()).collect();
-                for step in used {
-                    out.push(
-                        step.iter()
-                            .map(|b| rename.get(b).copied().unwrap_or(*b))
-                            .collect(),
-                    );
+                let mut step: BTreeSet<BufId> = args.iter().copied().collect();
+                if let (Some(f), Some(used)) =
+                    (p.function(*func), per_function.get(func.0 as usize))
+                {
+                    let rename: BTreeMap<BufId, BufId> =
+                        f.params.iter().copied().zip(args.iter().copied()).collect();
+                    step.extend(used.iter().map(|b| rename.get(b).copied().unwrap_or(*b)));
                 }
+                out.push(step);
             }
             s => out.push(buffers_used(std::slice::from_ref(s))),
         }
