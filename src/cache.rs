@@ -6,7 +6,8 @@
 //! program (an exact binary encoding: it holds the bound shapes, the element type, every
 //! constant), the backend, the host as the code generator sees it
 //! ([`tttc_backends::llvm::host_fingerprint`]: triple, CPU, features, LLVM version, runtime
-//! symbols) and this tttc ([`FORMAT_VERSION`] and the crate version). Nothing else can change
+//! symbols), whether the code poisons fresh memory ([`tttc_backends::poison`]) and this tttc
+//! ([`FORMAT_VERSION`] and the crate version). Nothing else can change
 //! the code, so an entry is never stale: a different config value, shape, program text,
 //! backend or precision gives a different kernel program or backend, hence a different key.
 //!
@@ -139,12 +140,14 @@ pub fn stats() -> Stats {
 }
 
 /// The key of `program`'s code from `backend` on a host with `fingerprint`: 64 hex digits.
+/// Whether the code poisons fresh memory ([`tttc_backends::poison`]) is part of it.
 pub fn key(
     backend: &str,
     fingerprint: &str,
     program: &KernelProgram,
 ) -> Result<String, CacheError> {
-    key_of(backend, fingerprint, program)
+    let poison = tttc_backends::poison::poison_enabled();
+    key_of(backend, &format!("{fingerprint}\npoison={poison}"), program)
 }
 
 /// The key of the optimized program (every graph stage run) of the lowered program `lowered`:
@@ -371,6 +374,7 @@ mod tests {
             buffers: vec![],
             vars: 0,
             functions: Vec::new(),
+            memory: None,
             body: vec![],
         };
         let mut q = p.clone();

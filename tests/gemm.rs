@@ -276,6 +276,7 @@ fn accumulate_program(dtype: DType) -> KernelProgram {
         ],
         vars: 3,
         functions: Vec::new(),
+        memory: None,
         body: vec![fill, Stmt::Gemm(Box::new(g))],
     }
 }

@@ -1,14 +1,17 @@
 //! Outlining repeated layers (`tttc_passes::outline`) on the language model,
 //! `examples/ttt_lm.ttt` (TTT-Linear, the `model_linear_T` golden's config) with 3 and 4 layers:
 //!
-//! - the pass finds the layers: one kernel function, called N−1 times for N layers (the first
-//!   layer is lowered differently — the RoPE tables every layer shares are computed inside it,
-//!   and its first statements come in another order — so the repeats start inside it, each
-//!   call covering the tail of layer n and the head of layer n + 1, and about one layer's
-//!   statements stay inline);
+//! - the pass finds the layers: one kernel function, called once per layer, each call exactly
+//!   one layer (the RoPE tables every layer shares, which the lowering computes inside the
+//!   first layer, are moved to the front of the program first);
 //! - outlined and not outlined (`TTTC_NO_OUTLINE=1`) give the same results on LLVM and
 //!   Cranelift as the graph interpreter (the oracle), and so does the kernel interpreter on the
 //!   outlined kernel program.
+//!
+//! - the memory plan (`tttc_passes::memory_plan`, run after outlining) gives the outlined
+//!   program's global temporaries one arena smaller than their sum; the kernel interpreter,
+//!   which simulates the arena, computes exactly what it computes without the plan, and the
+//!   backend runs above (LLVM, Cranelift, plan on) match the graph interpreter.
 //!
 //! Inputs: the golden's weights for layers 0 and 1, and for each further layer `i` layer
 //! `i % 2`'s weights scaled by `1 - i/20` (so no two layers are alike). Tolerance: f64, 1e-9
@@ -21,7 +24,7 @@ use common::compare::assert_tensor_close;
 use common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tttc::ir::kernel::{KernelProgram, Stmt};
+use tttc::ir::kernel::{verify, BufferKind, KernelProgram, MemorySpace, Stmt};
 use tttc::passes::pipeline::Target;
 use tttc::runtime::{read_safetensors_with_ints, write_safetensors_with_ints, Tensor};
 use tttc::Precision;
@@ -119,15 +122,14 @@ fn calls(k: &KernelProgram) -> usize {
 }
 
 #[test]
-fn every_layer_after_the_first_is_one_function_called_per_layer() {
+fn every_layer_is_one_function_called_per_layer() {
     let tmp = tempfile::tempdir().expect("tempdir");
     for layers in [3, 4] {
         let case = case(tmp.path(), layers);
         let (k, _) = kernel_program(&case);
         assert_eq!(k.functions.len(), 1, "{layers} layers");
-        assert_eq!(calls(&k), layers - 1, "{layers} layers");
-        // Call n covers the tail of layer n and the head of layer n + 1: it passes layer
-        // n + 1's weights and none of layer n + 2's.
+        assert_eq!(calls(&k), layers, "{layers} layers");
+        // Call n is layer n: it passes layer n's weights and no other layer's.
         for (n, s) in k
             .body
             .iter()
@@ -137,20 +139,36 @@ fn every_layer_after_the_first_is_one_function_called_per_layer() {
             let Stmt::Call { args, .. } = s else {
                 unreachable!()
             };
-            let layer = format!("model.layers.{}.", n + 1);
-            assert!(
+            let reads = |layer: usize| {
+                let prefix = format!("model.layers.{layer}.");
                 args.iter()
-                    .any(|b| k.buffers[b.0 as usize].name.starts_with(&layer)),
-                "call {n} of {layers} layers does not read {layer}*"
-            );
-            let other = format!("model.layers.{}.", n + 2);
+                    .any(|b| k.buffers[b.0 as usize].name.starts_with(&prefix))
+            };
             assert!(
-                !args
-                    .iter()
-                    .any(|b| k.buffers[b.0 as usize].name.starts_with(&other)),
-                "call {n} of {layers} layers reads {other}*"
+                reads(n),
+                "call {n} of {layers} layers does not read layer {n}"
             );
+            for other in (0..layers).filter(|&o| o != n) {
+                assert!(
+                    !reads(other),
+                    "call {n} of {layers} layers reads layer {other}"
+                );
+            }
         }
+        // No layer's weights are read outside the calls.
+        let outside = tttc::ir::kernel::buffers_used(
+            &k.body
+                .iter()
+                .filter(|s| !matches!(s, Stmt::Call { .. }))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        assert!(
+            !outside
+                .iter()
+                .any(|b| k.buffers[b.0 as usize].name.starts_with("model.layers.")),
+            "{layers} layers: a layer's weights are read outside the calls"
+        );
     }
 }
 
@@ -186,4 +204,35 @@ fn outlined_and_inline_layers_compute_the_same_on_every_backend() {
             }
         }
     }
+}
+
+#[test]
+fn temporaries_share_an_arena_smaller_than_their_sum() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let case = case(tmp.path(), 3);
+    let (k, inputs) = kernel_program(&case);
+    assert_eq!(verify(&k), Ok(()));
+    let plan = k.memory.as_ref().expect("a memory plan");
+    let temps: Vec<u64> = k
+        .buffers
+        .iter()
+        .filter(|b| b.kind == BufferKind::Temp && b.space == MemorySpace::Global)
+        .map(|b| b.len() as u64)
+        .collect();
+    let sum: u64 = temps.iter().sum();
+    assert_eq!(plan.placements.len(), temps.len());
+    // Three layers' temporaries, each layer's dead once the next begins: under the sum.
+    assert!(
+        plan.arena_len < sum,
+        "arena of {} elements for temporaries of {sum}",
+        plan.arena_len
+    );
+    let with = tttc::backends::kernel_interp::run_kernel_program(&k, &inputs)
+        .expect("kernel interpreter runs with the arena");
+    let mut unplanned = k.clone();
+    unplanned.memory = None;
+    let without = tttc::backends::kernel_interp::run_kernel_program(&unplanned, &inputs)
+        .expect("kernel interpreter runs without it");
+    // The same statements in the same order: exactly equal.
+    assert_eq!(with, without);
 }

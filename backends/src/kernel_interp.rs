@@ -24,7 +24,13 @@
 //! [`Schedule::GpuThread`]) that uses them, `Shared` buffers for every iteration of the
 //! enclosing [`Schedule::GpuBlock`] loop; outside any such loop they live as long as the
 //! program, like `Global` ones. Temporaries, outputs and fresh buffers start out as NaN, so
-//! that reading an element before writing it shows in the results.
+//! that reading an element before writing it shows in the results (always: the interpreter is
+//! the checking mode, whatever [`crate::poison`] says).
+//!
+//! A program with a memory plan ([`tttc_ir::kernel::MemoryPlan`]) runs (on the CPU path) with
+//! its arena simulated: the placed temporaries keep their contents in one shared array between
+//! top-level statements, each NaN-filled when its lifetime begins, so that a plan letting two
+//! live buffers share memory gives wrong results here too, not only in native code.
 
 use crate::interp::kernels::{binary_scalar, unary_scalar};
 use crate::tensor_core::{recognize, TensorCores};
@@ -32,8 +38,8 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tttc_ir::kernel::{
-    inline_calls, verify, BufId, BufferKind, Gemm, Index, KernelProgram, MatrixView, MemorySpace,
-    Schedule, Stmt, Value, VerifyError,
+    buffers_used, inline_calls, lifetimes, verify, BufId, BufferKind, Gemm, Index, KernelProgram,
+    MatrixView, MemoryPlan, MemorySpace, Schedule, Stmt, Value, VerifyError,
 };
 use tttc_ir::{BinaryOp, DType, UnaryOp};
 use tttc_runtime::{ElemType, RuntimeError, Tensor};
@@ -556,10 +562,10 @@ impl<'p, T: Num> Machine<'p, T> {
             gpu,
             tensor_cores,
         };
-        if m.gpu.is_some() {
-            m.exec_launches(&p.body)?;
-        } else {
-            m.exec(&p.body)?;
+        match (&m.gpu, &p.memory) {
+            (Some(_), _) => m.exec_launches(&p.body)?,
+            (None, Some(plan)) => m.exec_in_arena(plan)?,
+            (None, None) => m.exec(&p.body)?,
         }
         let mut out = BTreeMap::new();
         for (b, data) in p.buffers.iter().zip(m.bufs) {
@@ -568,6 +574,48 @@ impl<'p, T: Num> Machine<'p, T> {
             }
         }
         Ok(out)
+    }
+
+    /// Runs the body with the memory plan's arena simulated: between steps (top-level
+    /// statements), a placed buffer's contents live only in the arena, at its offset; each step
+    /// copies the placed buffers it touches in from the arena (NaN-filled first at the step
+    /// that begins the buffer's lifetime) and back out afterwards. So two buffers that share
+    /// arena memory while both alive clobber each other, and a wrong plan shows as a wrong
+    /// result.
+    fn exec_in_arena(&mut self, plan: &MemoryPlan) -> Res<()> {
+        let too_large = || KernelInterpError::Invalid("the arena is too large".into());
+        let len = usize::try_from(plan.arena_len).map_err(|_| too_large())?;
+        if len > MAX_ELEMENTS {
+            return Err(too_large());
+        }
+        let mut arena = vec![T::NAN; len];
+        let lives = lifetimes(self.p);
+        for (step, s) in self.p.body.iter().enumerate() {
+            let placed: Vec<(usize, std::ops::Range<usize>)> =
+                buffers_used(std::slice::from_ref(s))
+                    .into_iter()
+                    .filter_map(|b| {
+                        let offset = usize::try_from(plan.offset_of(b)?).ok()?;
+                        let n = self.bufs.get(b.0 as usize)?.len();
+                        Some((b.0 as usize, offset..offset + n))
+                    })
+                    .collect();
+            for (b, range) in &placed {
+                let cell = arena.get_mut(range.clone()).ok_or_else(too_large)?;
+                if lives
+                    .get(&BufId(*b as u32))
+                    .is_some_and(|l| l.first == step)
+                {
+                    cell.fill(T::NAN);
+                }
+                self.bufs[*b].copy_from_slice(cell);
+            }
+            self.exec(std::slice::from_ref(s))?;
+            for (b, range) in &placed {
+                arena[range.clone()].copy_from_slice(&self.bufs[*b]);
+            }
+        }
+        Ok(())
     }
 
     fn exec(&mut self, body: &[Stmt]) -> Res<()> {

@@ -34,6 +34,7 @@ pub mod llvm;
 mod llvm_expr;
 #[cfg(any(feature = "llvm", feature = "cranelift"))]
 mod native;
+pub mod poison;
 #[cfg(feature = "llvm")]
 pub mod ptx;
 #[cfg(any(feature = "llvm", feature = "cranelift"))]

@@ -50,9 +50,15 @@ pub(crate) fn loop_key(s: &Stmt) -> LoopKey {
 pub(crate) struct Analysis {
     /// Number of elements of every buffer.
     pub lens: Vec<u64>,
-    /// Buffers allocated once per call at the start of the program: global temporaries, and
-    /// program-wide copies of scratch buffers.
+    /// Buffers allocated once per call at the start of the program: global temporaries the
+    /// memory plan does not place, and program-wide copies of scratch buffers.
     pub program_allocs: Vec<BufId>,
+    /// Length of the memory plan's arena in elements (0: no arena), allocated once per call at
+    /// the start of the program.
+    pub arena_len: u64,
+    /// The global temporaries in the arena, with their element offsets
+    /// ([`tttc_ir::kernel::KernelProgram::memory`]).
+    pub arena: Vec<(BufId, u64)>,
     /// For each outermost parallel loop: the scratch buffers its worker allocates (one copy per
     /// worker call).
     pub region_allocs: HashMap<LoopKey, Vec<BufId>>,
@@ -85,7 +91,12 @@ pub(crate) fn analyze(p: &KernelProgram) -> Result<Analysis, AnalysisError> {
         let b = &p.buffers[id.0 as usize];
         match (&b.kind, b.space) {
             (BufferKind::Input(_) | BufferKind::Output(_), _) => {}
-            (BufferKind::Temp, MemorySpace::Global) => a.program_allocs.push(id),
+            (BufferKind::Temp, MemorySpace::Global) => {
+                match p.memory.as_ref().and_then(|m| m.offset_of(id)) {
+                    Some(offset) => a.arena.push((id, offset)),
+                    None => a.program_allocs.push(id),
+                }
+            }
             (BufferKind::Temp, MemorySpace::Local | MemorySpace::Shared) => {
                 let Some(s) = u.scratch.get(&id) else {
                     return Err(AnalysisError::Internal(format!(
@@ -115,6 +126,9 @@ pub(crate) fn analyze(p: &KernelProgram) -> Result<Analysis, AnalysisError> {
                 }
             }
         }
+    }
+    if !a.arena.is_empty() {
+        a.arena_len = p.memory.as_ref().map_or(0, |m| m.arena_len);
     }
     for (key, bufs) in u.refresh {
         a.iteration_locals.insert(key, bufs.into_iter().collect());

@@ -61,6 +61,7 @@ fn program(dtype: DType, buffers: Vec<Buffer>, vars: u32, body: Vec<Stmt>) -> Ke
         vars,
         body,
         functions: Vec::new(),
+        memory: None,
     }
 }
 

@@ -234,6 +234,7 @@ mod tests {
             buffers,
             vars: 3,
             functions: Vec::new(),
+            memory: None,
             body,
         }
     }

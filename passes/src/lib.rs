@@ -23,6 +23,7 @@ pub mod cpu_parallel;
 pub mod gpu_schedule;
 pub mod lower_kernel;
 pub mod lower_scan;
+pub mod memory_plan;
 pub mod outline;
 pub mod pipeline;
 pub mod rewrite;

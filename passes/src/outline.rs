@@ -20,8 +20,15 @@
 //! loop that refreshes them: a run with scratch used outside such a loop, or used outside the
 //! run, is not outlined.
 //!
+//! **Constants first.** Before the search, top-level statements that compute tables from
+//! nothing but constants (no program input; a model's RoPE angles) move to the front of the
+//! program, past statements that touch none of their buffers: the lowering builds such a table
+//! inside the first layer that needs it, which would make the first layer differ from the
+//! others and be compiled on its own.
+//!
 //! The pass changes no result: [`tttc_ir::kernel::inline_calls`] of its output is its input up
-//! to the names of buffers and loop variables of the later repeats. It runs for CPU targets
+//! to the names of buffers and loop variables of the later repeats and the constant statements
+//! moved to the front. It runs for CPU targets
 //! only (the GPU mapping wants every statement at the top level); `TTTC_NO_OUTLINE=1` in the
 //! environment turns it off ([`Outline::from_env`]) for comparisons.
 
@@ -82,13 +89,52 @@ pub fn outline(p: &KernelProgram) -> KernelProgram {
     if !p.functions.is_empty() {
         return out;
     }
+    let body = hoist_constants(p);
     let mut o = Outliner {
         p,
         functions: Vec::new(),
     };
-    out.body = o.segment(&p.body);
+    out.body = o.segment(&body);
     out.functions = o.functions;
     out
+}
+
+/// The program's body with its *constant* top-level statements moved to the front, keeping
+/// their order: a statement is constant when it reads no program input and every buffer it
+/// reads but does not write is written by constant statements before it (tables such as a
+/// model's RoPE angles, built from iotas). A statement moves only past statements that touch
+/// none of its buffers, so every buffer sees the same accesses in the same order.
+///
+/// The lowering computes a table shared by every layer where the first layer first needs it,
+/// inside that layer; moved out, the first layer repeats like the others and is outlined too.
+fn hoist_constants(p: &KernelProgram) -> Vec<Stmt> {
+    let mut constant: BTreeSet<BufId> = BTreeSet::new();
+    let mut touched: BTreeSet<BufId> = BTreeSet::new();
+    let (mut front, mut rest) = (Vec::new(), Vec::new());
+    for s in &p.body {
+        let used = buffers_used(std::slice::from_ref(s));
+        let written: BTreeSet<BufId> = s.stores().iter().map(|(b, _, _)| *b).collect();
+        let written: BTreeSet<BufId> = match s {
+            Stmt::Gemm(g) => written.into_iter().chain([g.c.buf]).collect(),
+            _ => written,
+        };
+        let hoist = !matches!(s, Stmt::Call { .. } | Stmt::Barrier)
+            && !used.is_empty()
+            && used.iter().all(|b| {
+                !touched.contains(b)
+                    && !matches!(p.buffers[b.0 as usize].kind, BufferKind::Input(_))
+                    && (written.contains(b) || constant.contains(b))
+            });
+        if hoist {
+            constant.extend(written);
+            front.push(s.clone());
+        } else {
+            touched.extend(used);
+            rest.push(s.clone());
+        }
+    }
+    front.extend(rest);
+    front
 }
 
 /// What a buffer slot keeps of its buffer in a canonical form.

@@ -37,7 +37,7 @@ pub struct Args {
     passes: bool,
     /// Print the program after this stage: `parse`, a graph stage (autodiff, primal,
     /// dual_form, simplify; default: simplify), or a kernel stage (lower_kernel, cpu_parallel, outline,
-    /// gpu_schedule), which needs the shapes (--inputs, or every dimension with --set).
+    /// memory_plan, gpu_schedule), which needs the shapes (--inputs, or every dimension with --set).
     #[arg(long, value_name = "STAGE", conflicts_with = "all")]
     after: Option<String>,
     /// Print the program after every stage (the kernel stages too when --inputs is given).

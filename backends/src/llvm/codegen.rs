@@ -6,8 +6,9 @@
 //! - `tttc.body(T* noalias ...)`: the program proper, taking every input and output buffer as a
 //!   `noalias` argument (the entry just loads the pointers and calls it; after inlining the
 //!   `noalias` facts survive as alias scopes, which lets LLVM keep accumulators in registers and
-//!   vectorize without run-time alias checks). It fills the outputs with NaN, allocates the
-//!   temporaries (also NaN), runs the statements and frees what it allocated.
+//!   vectorize without run-time alias checks). It fills the outputs with NaN (when poisoning),
+//!   allocates the arena and the other temporaries, runs the statements and frees what it
+//!   allocated.
 //! - for every outermost parallel loop `k`, `tttc.worker.k(i8* ctx, i64 begin, i64 end)` unpacks
 //!   the context (a struct of the buffer pointers and enclosing loop variables the loop body
 //!   needs) and calls `tttc.wbody.k(T* noalias ..., i64 ..., i64 begin, i64 end)`, which
@@ -21,12 +22,17 @@
 //!   its parallel loops are outlined into workers like the body's. A [`Stmt::Call`] is a call
 //!   of it with the arguments' pointers.
 //!
-//! Allocation: buffers of at most [`MAX_ALLOCA_BYTES`] go on the stack while a function's stack
-//! allocations stay within [`MAX_FRAME_BYTES`]; larger ones are `malloc`ed and `free`d (a failed
-//! `malloc` traps). Like the kernel interpreter, outputs and temporaries start out as NaN, and
-//! scratch buffers are refilled with NaN at the start of every iteration they are fresh for (see
-//! the analysis), so reading an element before writing it shows in the results, and the results
-//! never depend on how iterations are split over threads.
+//! Allocation: the global temporaries the memory plan places ([`KernelProgram::memory`]) live
+//! in one arena, `malloc`ed once per run of the entry and `free`d at its end (one allocation
+//! per run, so concurrent runs of one compiled program never share it). Other buffers of at
+//! most [`MAX_ALLOCA_BYTES`] go on the stack while a function's stack allocations stay within
+//! [`MAX_FRAME_BYTES`]; larger ones are `malloc`ed and `free`d (a failed `malloc` traps).
+//!
+//! Poison ([`crate::poison`], a checking mode: on in debug builds and tests): like the kernel
+//! interpreter, outputs and temporaries (the whole arena) start out as NaN, and scratch
+//! buffers are refilled with NaN at the start of every iteration they are fresh for (see the
+//! analysis), so reading an element before writing it shows in the results, and the results
+//! never depend on how iterations are split over threads. Without poison nothing is filled.
 
 use super::math::CpuMath;
 use super::LlvmError;
@@ -91,6 +97,8 @@ struct Gen<'a, 'ctx> {
     /// The LLVM function of each kernel function, with the buffers it takes in order (its
     /// parameters, then the program-wide scratch its body uses).
     funcs: Vec<(FunctionValue<'ctx>, Vec<BufId>)>,
+    /// Whether fresh memory is filled with NaN ([`crate::poison`]).
+    poison: bool,
 }
 
 /// State of the function being generated.
@@ -147,6 +155,7 @@ pub(crate) fn build<'ctx>(
         workers: 0,
         gemms: 0,
         funcs: Vec::new(),
+        poison: crate::poison::poison_enabled(),
     };
     g.kernel_functions()?;
     let body = g.body_function()?;
@@ -231,7 +240,8 @@ impl<'ctx> Gen<'_, 'ctx> {
     }
 
     /// Fills buffer `id` at `ptr` with NaN (all bits set: a NaN in `f32` and `f64`), at the
-    /// current position of `st`, like the kernel interpreter's fresh buffers.
+    /// current position of `st`, like the kernel interpreter's fresh buffers; nothing unless
+    /// poison is on ([`crate::poison`]).
     fn fill_nan(
         &self,
         st: &FnState<'ctx>,
@@ -239,7 +249,7 @@ impl<'ctx> Gen<'_, 'ctx> {
         ptr: PointerValue<'ctx>,
     ) -> Result<(), LlvmError> {
         let bytes = self.len(id)? * self.elem_bytes();
-        if bytes > 0 {
+        if self.poison && bytes > 0 {
             let align = self.elem_bytes() as u32;
             st.b.build_memset(
                 ptr,
@@ -265,30 +275,68 @@ impl<'ctx> Gen<'_, 'ctx> {
             }
             ptr
         } else {
-            let malloc =
-                self.extern_fn("malloc", Some(self.ptrt.into()), &[self.lower.i64t.into()]);
-            let call = st.b.build_call(
-                malloc,
-                &[self.lower.i64t.const_int(bytes.max(1), false).into()],
-                &name,
-            )?;
-            let Some(BasicValueEnum::PointerValue(ptr)) = call.try_as_basic_value().basic() else {
-                return internal("malloc returned no pointer");
-            };
-            let is_null = st.b.build_is_null(ptr, "oom")?;
-            let trap_bb = self.ctx.append_basic_block(st.func, "oom");
-            let ok_bb = self.ctx.append_basic_block(st.func, "allocated");
-            st.b.build_conditional_branch(is_null, trap_bb, ok_bb)?;
-            st.b.position_at_end(trap_bb);
-            let trap = self.lower.intrinsic("llvm.trap")?;
-            st.b.build_call(trap, &[], "")?;
-            st.b.build_unreachable()?;
-            st.b.position_at_end(ok_bb);
-            st.mallocs.push(ptr);
-            ptr
+            self.malloc(st, bytes, &name)?
         };
         st.bufs.insert(id, ptr);
         Ok(ptr)
+    }
+
+    /// `malloc(bytes)` at the current position of `st` (a null result traps), freed when the
+    /// function returns.
+    fn malloc(
+        &self,
+        st: &mut FnState<'ctx>,
+        bytes: u64,
+        name: &str,
+    ) -> Result<PointerValue<'ctx>, LlvmError> {
+        let malloc = self.extern_fn("malloc", Some(self.ptrt.into()), &[self.lower.i64t.into()]);
+        let call = st.b.build_call(
+            malloc,
+            &[self.lower.i64t.const_int(bytes.max(1), false).into()],
+            name,
+        )?;
+        let Some(BasicValueEnum::PointerValue(ptr)) = call.try_as_basic_value().basic() else {
+            return internal("malloc returned no pointer");
+        };
+        let is_null = st.b.build_is_null(ptr, "oom")?;
+        let trap_bb = self.ctx.append_basic_block(st.func, "oom");
+        let ok_bb = self.ctx.append_basic_block(st.func, "allocated");
+        st.b.build_conditional_branch(is_null, trap_bb, ok_bb)?;
+        st.b.position_at_end(trap_bb);
+        let trap = self.lower.intrinsic("llvm.trap")?;
+        st.b.build_call(trap, &[], "")?;
+        st.b.build_unreachable()?;
+        st.b.position_at_end(ok_bb);
+        st.mallocs.push(ptr);
+        Ok(ptr)
+    }
+
+    /// The memory plan's arena (one `malloc`, poisoned as a whole in checking mode) and a
+    /// pointer into it for every buffer it holds.
+    fn alloc_arena(&self, st: &mut FnState<'ctx>) -> Result<(), LlvmError> {
+        let a = self.a;
+        if a.arena.is_empty() {
+            return Ok(());
+        }
+        let bytes = a.arena_len * self.elem_bytes();
+        let arena = self.malloc(st, bytes, "arena")?;
+        if self.poison && bytes > 0 {
+            st.b.build_memset(
+                arena,
+                self.elem_bytes() as u32,
+                self.ctx.i8_type().const_int(0xff, false),
+                self.lower.i64t.const_int(bytes, false),
+            )?;
+        }
+        for &(id, offset) in &a.arena {
+            let at = self.lower.i64t.const_int(offset * self.elem_bytes(), false);
+            // SAFETY: the verifier checked that the buffer lies inside the arena.
+            let ptr = unsafe {
+                st.b.build_in_bounds_gep(self.ctx.i8_type(), arena, &[at], &format!("b{}", id.0))?
+            };
+            st.bufs.insert(id, ptr);
+        }
+        Ok(())
     }
 
     /// `tttc.body(T* noalias in..., T* noalias out...)`.
@@ -317,6 +365,7 @@ impl<'ctx> Gen<'_, 'ctx> {
             self.fill_nan(&st, id, st.bufs[&id])?;
         }
         let a = self.a;
+        self.alloc_arena(&mut st)?;
         for &id in &a.program_allocs {
             let ptr = self.alloc(&mut st, id)?;
             self.fill_nan(&st, id, ptr)?;

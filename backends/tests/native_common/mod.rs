@@ -25,6 +25,7 @@ impl Prog {
                 vars: 0,
                 body: Vec::new(),
                 functions: Vec::new(),
+                memory: None,
             },
         }
     }

@@ -12,15 +12,18 @@
 //! inputs, outputs and whole-program temporaries; `Local` buffers are private to one iteration of
 //! the innermost enclosing parallel loop (per thread: scratch of one scan slice); `Shared` is GPU
 //! shared memory. All extents are known: a kernel program is compiled for one set of shapes.
+//! An optional [`MemoryPlan`] places `Global` temporaries in one arena (see `memory.rs`).
 
 mod expand;
 mod inline;
+mod memory;
 mod print;
 mod verify;
 mod walk;
 
 pub use expand::expand_gemm;
 pub use inline::inline_calls;
+pub use memory::{lifetimes, steps, Lifetime, MemoryPlan, Placement};
 pub use print::{describe_stmt, first_statement_id, print_kernel_program, statement_by_id};
 pub use verify::{verify, VerifyError, MAX_EXPR_DEPTH, MAX_LOOP_DEPTH};
 pub use walk::{buffers_used, vars_used, Access};
@@ -439,6 +442,11 @@ pub struct KernelProgram {
     /// outlined repeated statements (absent in JSON means none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<KernelFunction>,
+    /// Where the `Global` temporaries live: offsets into one arena, so that temporaries with
+    /// disjoint lifetimes share memory (set by the CPU pipeline's `memory_plan` stage; absent
+    /// means each temporary is allocated on its own). See [`MemoryPlan`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryPlan>,
 }
 
 impl KernelProgram {

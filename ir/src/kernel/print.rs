@@ -55,7 +55,8 @@ impl fmt::Display for Gemm {
     }
 }
 
-/// Prints a kernel program: buffers, then one statement per line.
+/// Prints a kernel program: buffers (with their arena offsets when there is a memory plan),
+/// the arena's length, then one statement per line.
 pub fn print_kernel_program(p: &KernelProgram) -> String {
     let mut s = format!("kernel program {} ({})\n", p.name, p.dtype);
     for (i, b) in p.buffers.iter().enumerate() {
@@ -64,10 +65,23 @@ pub fn print_kernel_program(p: &KernelProgram) -> String {
             BufferKind::Output(n) => format!("output {n}"),
             BufferKind::Temp => "temp".to_string(),
         };
+        let placed = p
+            .memory
+            .as_ref()
+            .and_then(|m| m.offset_of(super::BufId(i as u32)))
+            .map_or(String::new(), |o| format!(" at arena+{o}"));
         let _ = writeln!(
             s,
-            "buffer b{i} {kind} {:?} {:?} strides {:?}  # {}",
+            "buffer b{i} {kind} {:?} {:?} strides {:?}{placed}  # {}",
             b.space, b.layout.shape, b.layout.strides, b.name
+        );
+    }
+    if let Some(m) = &p.memory {
+        let _ = writeln!(
+            s,
+            "arena {} elements for {} buffers",
+            m.arena_len,
+            m.placements.len()
         );
     }
     fn stmts(s: &mut String, body: &[Stmt], depth: usize) {
@@ -227,6 +241,7 @@ mod tests {
             buffers,
             vars: 2,
             functions: Vec::new(),
+            memory: None,
             body: vec![],
         };
         let stores: Vec<Stmt> = (0..5)

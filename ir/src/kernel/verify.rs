@@ -27,6 +27,9 @@
 //! - a [`KernelFunction`]'s parameters are distinct `Global` buffers, and every `Global`
 //!   buffer its body touches is one of them (its body is checked like the program's, with no
 //!   loop variable bound at its start);
+//! - a [`super::MemoryPlan`], when there is one, places distinct `Global` temporaries, each
+//!   inside the arena, and two buffers that overlap in the arena never have overlapping
+//!   [`super::Lifetime`]s (so a wrong plan cannot reach a code generator);
 //! - loops nest at most [`MAX_LOOP_DEPTH`] deep and expressions at most [`MAX_EXPR_DEPTH`]
 //!   (so that recursive walkers cannot overflow the stack).
 //!
@@ -261,6 +264,25 @@ pub enum VerifyError {
         /// The buffer.
         buf: u32,
     },
+    /// A memory-plan placement that cannot be: its buffer does not exist, is not a `Global`
+    /// temporary, is placed twice, or does not fit in the arena.
+    #[error("memory plan: b{buf} {reason}")]
+    BadPlacement {
+        /// The buffer.
+        buf: u32,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Two buffers that share arena memory are both alive at some step.
+    #[error("memory plan: b{a} and b{b} overlap in the arena but are both alive at step {step}")]
+    PlanOverlap {
+        /// One buffer.
+        a: u32,
+        /// The other.
+        b: u32,
+        /// A step at which both are alive.
+        step: usize,
+    },
     /// A call inside a loop or inside a function.
     #[error("a call {0}")]
     MisplacedCall(&'static str),
@@ -291,7 +313,64 @@ pub fn verify(p: &KernelProgram) -> Res {
         v.stmts(&f.body)?;
     }
     v.function = None;
-    v.stmts(&p.body)
+    v.stmts(&p.body)?;
+    memory_plan(p)
+}
+
+/// The memory plan, if any: every placement a distinct `Global` temporary inside the arena, and
+/// no two placements overlapping in the arena with overlapping lifetimes.
+fn memory_plan(p: &KernelProgram) -> Res {
+    let Some(plan) = &p.memory else {
+        return Ok(());
+    };
+    let mut spans = Vec::with_capacity(plan.placements.len());
+    let mut previous: Option<BufId> = None;
+    for pl in &plan.placements {
+        let bad = |reason| {
+            Err(VerifyError::BadPlacement {
+                buf: pl.buf.0,
+                reason,
+            })
+        };
+        let Some(b) = p.buffer(pl.buf) else {
+            return bad("does not exist");
+        };
+        if b.space != MemorySpace::Global || b.kind != BufferKind::Temp {
+            return bad("is not a Global temporary");
+        }
+        if previous.is_some_and(|q| q >= pl.buf) {
+            return bad("is placed twice or out of order");
+        }
+        previous = Some(pl.buf);
+        let end = pl.offset.checked_add(b.len() as u64);
+        match end {
+            Some(end) if end <= plan.arena_len => spans.push((pl.offset, end, pl.buf)),
+            _ => return bad("does not fit in the arena"),
+        }
+    }
+    let lives = super::lifetimes(p);
+    // Sweep by offset: each span against the earlier ones still open at its start.
+    spans.retain(|s| s.0 < s.1);
+    spans.sort();
+    let mut open: Vec<(u64, BufId)> = Vec::new();
+    for &(start, end, buf) in &spans {
+        open.retain(|&(e, _)| e > start);
+        if let Some(l) = lives.get(&buf) {
+            for &(_, other) in &open {
+                if let Some(m) = lives.get(&other) {
+                    if l.overlaps(m) {
+                        return Err(VerifyError::PlanOverlap {
+                            a: other.0,
+                            b: buf.0,
+                            step: l.first.max(m.first),
+                        });
+                    }
+                }
+            }
+        }
+        open.push((end, buf));
+    }
+    Ok(())
 }
 
 /// A function's parameters: distinct `Global` buffers of the program.

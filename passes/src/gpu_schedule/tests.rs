@@ -166,6 +166,7 @@ fn scan_like() -> KernelProgram {
         vars: 7,
         body: vec![lp(0, 3, Schedule::Parallel, body)],
         functions: Vec::new(),
+        memory: None,
     }
 }
 

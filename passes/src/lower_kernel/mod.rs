@@ -288,6 +288,7 @@ pub fn lower_graph_with(
         vars: l.vars,
         body,
         functions: Vec::new(),
+        memory: None,
     };
     tttc_ir::kernel::verify(&p)?;
     Ok(p)

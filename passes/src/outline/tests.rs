@@ -22,6 +22,7 @@ impl Builder {
                 vars: 0,
                 body: Vec::new(),
                 functions: Vec::new(),
+                memory: None,
             },
         }
     }

@@ -11,6 +11,7 @@
 //! | `simplify` | graph → graph | CSE, DCE, constant folding, cancellations |
 //! | `lower_kernel` | graph → kernel IR | loops over buffers; decides fusion (what is inlined) |
 //! | `outline` | kernel IR → kernel IR | CPU targets only: repeated layers → one function, calls |
+//! | `memory_plan` | kernel IR → kernel IR | CPU targets only: global temporaries → offsets in one arena |
 //! | `gpu_schedule` | kernel IR → kernel IR | GPU targets only: blocks, threads, shared memory |
 //! | `codegen` | kernel IR → machine code | supplied by the caller ([`Codegen`]) |
 //!
@@ -233,7 +234,8 @@ pub enum Target {
     /// [`tttc_ir::kernel::Stmt::Gemm`]s ([`crate::lower_kernel::LowerOptions::library_from_env`]),
     /// which the JITs run with a matrix library and an AOT object expands back into loops;
     /// independent loop nests run on the thread pool (`cpu_parallel`); repeated layers are
-    /// outlined (`outline`); then the kernel IR goes to code generation.
+    /// outlined (`outline`); global temporaries share one arena (`memory_plan`); then the
+    /// kernel IR goes to code generation.
     #[default]
     Cpu,
     /// NVIDIA GPUs: the kernel IR is mapped onto blocks and threads first (`gpu_schedule`);
@@ -317,6 +319,10 @@ impl Pipeline {
                 stages.push(Stage::kernel(
                     Box::new(crate::outline::Outline::from_env()),
                     "CPU targets: runs of statements repeated on other buffers (layers) → one kernel function and a call per repeat (off with TTTC_NO_OUTLINE=1)",
+                ));
+                stages.push(Stage::kernel(
+                    Box::new(crate::memory_plan::MemoryPlanner::from_env()),
+                    "CPU targets: global temporaries placed in one arena, sharing memory where lifetimes are disjoint (off with TTTC_NO_MEMORY_PLAN=1)",
                 ));
             }
             Target::Gpu(config) => stages.push(Stage::kernel(

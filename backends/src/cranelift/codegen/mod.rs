@@ -2,8 +2,9 @@
 //! it is complete.
 //!
 //! - The entry `void tttc_cl_entry(T** inputs, T** outputs)` loads the buffer pointers, fills
-//!   the outputs with NaN, allocates the program's temporaries (NaN too), runs the statements and
-//!   frees what it allocated.
+//!   the outputs with NaN (when poisoning, [`crate::poison`]), allocates the memory plan's arena
+//!   and the program's other temporaries (NaN too when poisoning), runs the statements and frees
+//!   what it allocated.
 //! - Every outermost parallel loop `k` becomes a worker `void tttc_cl_worker_k(i8* ctx, i64
 //!   begin, i64 end)` (its context is a stack array of the buffer pointers and enclosing loop
 //!   variables the loop body needs, 8 bytes each) that allocates the loop's scratch buffers once
@@ -21,7 +22,8 @@
 //!
 //! Allocation follows the LLVM backend: buffers of at most [`MAX_STACK_BYTES`] go on the stack
 //! while a function's stack buffers stay within [`MAX_FRAME_BYTES`] (stack probes are inline),
-//! larger ones are `malloc`ed (a failed `malloc` traps) and `free`d at the end.
+//! larger ones are `malloc`ed (a failed `malloc` traps) and `free`d at the end; the global
+//! temporaries the memory plan places live in one arena, `malloc`ed once per run.
 
 mod expr;
 mod gemm;
@@ -114,6 +116,8 @@ struct Gen<'a> {
     stats: Stats,
     /// Where the optimized IR of each function goes, when kept.
     clif: Option<String>,
+    /// Whether fresh memory is filled with NaN ([`crate::poison`]).
+    poison: bool,
 }
 
 /// An innermost loop being generated: its hoisted values and register accumulators.
@@ -181,6 +185,7 @@ pub(crate) fn build(
         compile: Duration::ZERO,
         stats: Stats::default(),
         clif: keep_clif.then(String::new),
+        poison: crate::poison::poison_enabled(),
     };
     let entry = g.entry_function()?;
     Ok(Built {
@@ -291,10 +296,20 @@ impl<'a> Gen<'a> {
     }
 
     /// Fills buffer `id` at `ptr` with NaN (all bits set: a NaN in `f32` and `f64`), like the
-    /// kernel interpreter's fresh buffers.
+    /// kernel interpreter's fresh buffers; nothing unless poison is on ([`crate::poison`]).
     fn fill_nan(&mut self, st: &mut FnState<'_>, id: BufId, ptr: Cv) -> Result<(), CraneliftError> {
         let bytes = self.len(id)? * self.elem_bytes();
-        if bytes == 0 {
+        self.fill_bytes(st, ptr, bytes)
+    }
+
+    /// Sets `bytes` bytes at `ptr` to `0xff` when poisoning.
+    fn fill_bytes(
+        &mut self,
+        st: &mut FnState<'_>,
+        ptr: Cv,
+        bytes: u64,
+    ) -> Result<(), CraneliftError> {
+        if !self.poison || bytes == 0 {
             return Ok(());
         }
         if bytes <= 256 && bytes.is_multiple_of(16) {
@@ -330,16 +345,40 @@ impl<'a> Gen<'a> {
             ));
             st.b.ins().stack_addr(self.ptr, slot, 0)
         } else {
-            let malloc = self.import(st, "malloc", &[self.ptr], Some(self.ptr))?;
-            let n = st.b.ins().iconst(self.ptr, bytes.max(1) as i64);
-            let call = st.b.ins().call(malloc, &[n]);
-            let ptr = st.b.inst_results(call)[0];
-            st.b.ins().trapz(ptr, TrapCode::HEAP_OUT_OF_BOUNDS);
-            st.mallocs.push(ptr);
-            ptr
+            self.malloc(st, bytes)?
         };
         st.bufs.insert(id, ptr);
         Ok(ptr)
+    }
+
+    /// `malloc(bytes)` (a null result traps), freed at the end of the function.
+    fn malloc(&mut self, st: &mut FnState<'_>, bytes: u64) -> Result<Cv, CraneliftError> {
+        let malloc = self.import(st, "malloc", &[self.ptr], Some(self.ptr))?;
+        let n = st.b.ins().iconst(self.ptr, bytes.max(1) as i64);
+        let call = st.b.ins().call(malloc, &[n]);
+        let ptr = st.b.inst_results(call)[0];
+        st.b.ins().trapz(ptr, TrapCode::HEAP_OUT_OF_BOUNDS);
+        st.mallocs.push(ptr);
+        Ok(ptr)
+    }
+
+    /// The memory plan's arena (one `malloc`, poisoned as a whole in checking mode) and a
+    /// pointer into it for every buffer it holds.
+    fn alloc_arena(&mut self, st: &mut FnState<'_>) -> Result<(), CraneliftError> {
+        let a = self.a;
+        if a.arena.is_empty() {
+            return Ok(());
+        }
+        let bytes = a.arena_len * self.elem_bytes();
+        let arena = self.malloc(st, bytes)?;
+        self.fill_bytes(st, arena, bytes)?;
+        for &(id, offset) in &a.arena {
+            let ptr =
+                st.b.ins()
+                    .iadd_imm_s(arena, (offset * self.elem_bytes()) as i64);
+            st.bufs.insert(id, ptr);
+        }
+        Ok(())
     }
 
     /// Frees what `st` allocated and returns.
@@ -405,6 +444,7 @@ impl<'a> Gen<'a> {
                 self.fill_nan(&mut st, id, ptr)?;
             }
             let a = self.a;
+            self.alloc_arena(&mut st)?;
             for &id in &a.program_allocs {
                 let ptr = self.alloc(&mut st, id)?;
                 self.fill_nan(&mut st, id, ptr)?;

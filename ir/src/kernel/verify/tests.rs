@@ -63,6 +63,7 @@ fn good() -> KernelProgram {
             )],
         )],
         functions: Vec::new(),
+        memory: None,
     }
 }
 
@@ -322,6 +323,7 @@ fn gemm_program() -> (KernelProgram, Gemm) {
         ],
         vars: 1,
         functions: Vec::new(),
+        memory: None,
         body: vec![Stmt::Gemm(Box::new(g.clone()))],
     };
     (p, g)
