@@ -180,7 +180,8 @@ fn dump_writes_one_numbered_file_per_stage() {
             "04-simplify.txt",
             "05-lower_kernel.txt",
             "06-cpu_parallel.txt",
-            "07-outline.txt"
+            "07-outline.txt",
+            "08-memory_plan.txt"
         ]
     );
     let kernel_text = std::fs::read_to_string(&dump.written()[4]).expect("written");
