@@ -168,24 +168,11 @@ pub fn vjp_graph(
     outputs: &[String],
     wrt: &[String],
 ) -> Result<Graph, AutodiffError> {
-    let named_outputs: Vec<(String, String)> = {
-        let mut taken: BTreeSet<String> = graph
-            .inputs()
-            .iter()
-            .filter_map(|&i| graph.input_name(i).map(str::to_string))
-            .collect();
-        outputs
-            .iter()
-            .map(|o| {
-                let mut name = format!("ct_{o}");
-                while taken.contains(&name) {
-                    name.insert(0, '$');
-                }
-                taken.insert(name.clone());
-                (o.clone(), name)
-            })
-            .collect()
-    };
+    let named_outputs: Vec<(String, String)> = outputs
+        .iter()
+        .cloned()
+        .zip(cotangent_names(graph, outputs))
+        .collect();
     let named_wrt: Vec<(String, String)> = wrt
         .iter()
         .map(|w| (w.clone(), TttScan::vjp_output_name(w)))
@@ -1333,7 +1320,12 @@ pub fn grad_program(
 /// The names of the cotangent inputs [`grad_program`] gives the program outputs `outputs`:
 /// `ct_<output>`, with `$` prefixes while the name is taken by an input or another cotangent.
 pub fn cotangent_input_names(program: &Program, outputs: &[String]) -> Vec<String> {
-    let graph = &program.graph;
+    cotangent_names(&program.graph, outputs)
+}
+
+/// `ct_<output>` for every output, with `$` prefixes while the name is taken by an input of
+/// `graph` or another cotangent.
+fn cotangent_names(graph: &Graph, outputs: &[String]) -> Vec<String> {
     let mut taken: BTreeSet<String> = graph
         .inputs()
         .iter()

@@ -270,6 +270,14 @@ impl Seq<'_, '_, '_> {
     }
 }
 
+/// The row-major multi-index of flat position `c` over `extents`, written into `index`.
+pub(super) fn unravel(mut c: usize, extents: &[usize], index: &mut [usize]) {
+    for p in (0..extents.len()).rev() {
+        index[p] = c % extents[p];
+        c /= extents[p];
+    }
+}
+
 /// Rows `start..start + k` of `a` (`[n, ...]`), as a block `[k, ...]`.
 pub(super) fn block<T: Elem>(a: &Arr<T>, start: usize, k: usize) -> Result<Arr<T>, String> {
     let n = a.shape.first().copied().unwrap_or(0);
@@ -474,11 +482,7 @@ pub(super) fn eval_ttt<T: Elem>(
     let mut state_data: Vec<Vec<T>> = vec![Vec::new(); ns];
     let mut index = vec![0usize; nper];
     for c in 0..count {
-        let mut rem = c;
-        for p in (0..nper).rev() {
-            index[p] = rem % per_ext[p];
-            rem /= per_ext[p];
-        }
+        unravel(c, &per_ext, &mut index);
         let slices = args
             .iter()
             .zip(&scan.axes)

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use super::scan::{block, slice, step_lengths};
+use super::scan::{block, slice, step_lengths, unravel};
 use super::value::{numel, Arr, Elem, Value};
 use super::{InterpError, Plan};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
@@ -160,11 +160,7 @@ pub(super) fn eval_ttt_vjp<T: Elem>(
         .collect();
     let mut index = vec![0usize; nper];
     for c in 0..count {
-        let mut rem = c;
-        for p in (0..nper).rev() {
-            index[p] = rem % per_ext[p];
-            rem /= per_ext[p];
-        }
+        unravel(c, &per_ext, &mut index);
         let slices = operands
             .iter()
             .zip(&scan.axes)
