@@ -176,7 +176,7 @@ fn bad_cotangents_are_user_errors_naming_them() {
     let c = &case("grad_inner_linear")[0];
     let tmp = tempfile::tempdir().expect("tempdir");
     let cts = load(&dir().join(format!("{}.cotangents.safetensors", c.stem)));
-    let run = |cts: &BTreeMap<String, Tensor>| {
+    let run = |cts: &BTreeMap<String, Tensor>, backend: &str| {
         let path = tmp.path().join("ct.safetensors");
         tttc::runtime::write_safetensors(&path, cts).expect("write");
         let out = tmp.path().join("g.safetensors");
@@ -193,7 +193,7 @@ fn bad_cotangents_are_user_errors_naming_them() {
             "--out".into(),
             out.display().to_string(),
             "--backend".into(),
-            "interp".into(),
+            backend.into(),
             "--precision".into(),
             "f64".into(),
         ];
@@ -202,9 +202,14 @@ fn bad_cotangents_are_user_errors_naming_them() {
         (tttc(&args), out)
     };
 
+    // A native backend cannot run a scan's backward yet: a user error saying so, not a crash.
+    let (r, _) = run(&cts, "cranelift");
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(text(&r).contains("--backend interp"), "{}", text(&r));
+
     let mut unknown = cts.clone();
     unknown.insert("not_an_output".into(), cts["Z"].clone());
-    let (r, _) = run(&unknown);
+    let (r, _) = run(&unknown, "interp");
     assert_eq!(r.status.code(), Some(2), "{}", text(&r));
     assert!(text(&r).contains("not_an_output"), "{}", text(&r));
 
@@ -213,13 +218,13 @@ fn bad_cotangents_are_user_errors_naming_them() {
         "Z".into(),
         Tensor::from_f64(vec![3], vec![0.0; 3]).expect("tensor"),
     );
-    let (r, _) = run(&wrong);
+    let (r, _) = run(&wrong, "interp");
     assert_eq!(r.status.code(), Some(2), "{}", text(&r));
     assert!(text(&r).contains("`Z`"), "{}", text(&r));
 
     // Only Z: the final states' cotangents are zero, and every float input gets a gradient.
     let only_z: BTreeMap<String, Tensor> = [("Z".to_string(), cts["Z"].clone())].into();
-    let (r, out) = run(&only_z);
+    let (r, out) = run(&only_z, "interp");
     assert!(r.status.success(), "{}", text(&r));
     let got = load(&out);
     for name in expected(c).keys() {
