@@ -125,17 +125,7 @@ pub fn gradient_graph(graph: &Graph, output: &str, wrt: &[String]) -> Result<Gra
         }
     };
 
-    let mut wrt_nodes = Vec::with_capacity(wrt.len());
-    let mut seen = BTreeSet::new();
-    for name in wrt {
-        if !seen.insert(name.as_str()) {
-            return Err(AutodiffError::DuplicateWrt(name.clone()));
-        }
-        let id = graph
-            .input_by_name(name)
-            .ok_or_else(|| AutodiffError::UnknownWrt(name.clone()))?;
-        wrt_nodes.push(id);
-    }
+    let wrt_nodes = wrt_input_nodes(graph, wrt.iter())?;
 
     let mut b = Builder::new(graph)?;
     let order = graph
@@ -193,17 +183,7 @@ pub fn vjp_with(
     wrt: &[(String, String)],
     checkpoint_every: usize,
 ) -> Result<Graph, AutodiffError> {
-    let mut wrt_nodes = Vec::with_capacity(wrt.len());
-    let mut seen = BTreeSet::new();
-    for (name, _) in wrt {
-        if !seen.insert(name.as_str()) {
-            return Err(AutodiffError::DuplicateWrt(name.clone()));
-        }
-        let id = graph
-            .input_by_name(name)
-            .ok_or_else(|| AutodiffError::UnknownWrt(name.clone()))?;
-        wrt_nodes.push(id);
-    }
+    let wrt_nodes = wrt_input_nodes(graph, wrt.iter().map(|(name, _)| name))?;
     let mut b = Builder::new(graph)?;
     b.checkpoint_every = checkpoint_every.max(1);
     let mut seeds = Vec::with_capacity(outputs.len());
@@ -1315,6 +1295,25 @@ pub fn grad_program(
         integer_inputs: program.integer_inputs.clone(),
         graph: grad,
     })
+}
+
+/// The input nodes of `graph` named `names`, in order: an unknown or repeated name is an error.
+fn wrt_input_nodes<'a>(
+    graph: &Graph,
+    names: impl Iterator<Item = &'a String>,
+) -> Result<Vec<NodeId>, AutodiffError> {
+    let mut nodes = Vec::new();
+    let mut seen = BTreeSet::new();
+    for name in names {
+        if !seen.insert(name.as_str()) {
+            return Err(AutodiffError::DuplicateWrt(name.clone()));
+        }
+        let id = graph
+            .input_by_name(name)
+            .ok_or_else(|| AutodiffError::UnknownWrt(name.clone()))?;
+        nodes.push(id);
+    }
+    Ok(nodes)
 }
 
 /// The names of the cotangent inputs [`grad_program`] gives the program outputs `outputs`:

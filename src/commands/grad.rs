@@ -126,11 +126,6 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     let bound = tttc::bind(&grad, &tensors, &settings, precision.elem()).map_err(Failure::user)?;
     let prepared = prepare(args.backend, &bound.program)?;
     let outputs = prepared.run(&bound.inputs).map_err(Failure::from)?;
-    tttc::runtime::write_safetensors(&args.out, &outputs).map_err(Failure::user)?;
-    let names: Vec<String> = outputs
-        .iter()
-        .map(|(k, t)| format!("{k} {:?}", t.shape()))
-        .collect();
-    eprintln!("wrote {}: {}", args.out.display(), names.join(", "));
+    super::write_outputs(&args.out, &outputs)?;
     Ok(())
 }

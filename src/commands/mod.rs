@@ -447,3 +447,17 @@ pub fn check_stage(name: &str) -> Result<(), Failure> {
         )))
     }
 }
+
+/// Writes `outputs` to the safetensors file `path` and says so on stderr (names and shapes).
+pub(crate) fn write_outputs(
+    path: &std::path::Path,
+    outputs: &std::collections::BTreeMap<String, tttc::runtime::Tensor>,
+) -> Result<(), Failure> {
+    tttc::runtime::write_safetensors(path, outputs).map_err(Failure::user)?;
+    let names: Vec<String> = outputs
+        .iter()
+        .map(|(k, t)| format!("{k} {:?}", t.shape()))
+        .collect();
+    eprintln!("wrote {}: {}", path.display(), names.join(", "));
+    Ok(())
+}

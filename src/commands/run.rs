@@ -222,12 +222,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     if !args.dump_intermediates {
         outputs.retain(|name, _| !program.intermediates.contains(name));
     }
-    tttc::runtime::write_safetensors(&args.out, &outputs).map_err(Failure::user)?;
-    let names: Vec<String> = outputs
-        .iter()
-        .map(|(k, t)| format!("{k} {:?}", t.shape()))
-        .collect();
-    eprintln!("wrote {}: {}", args.out.display(), names.join(", "));
+    super::write_outputs(&args.out, &outputs)?;
     args.cache.report();
     Ok(())
 }
