@@ -20,6 +20,14 @@ use tttc::{Precision, Settings};
 /// Small shapes for every example but the language model, as `--set` pairs.
 const SHAPES: &[(&str, &[(&str, f64)])] = &[
     (
+        "momentum_linear.ttt",
+        &[("B", 1.0), ("H", 2.0), ("L", 37.0), ("f", 8.0)],
+    ),
+    (
+        "momentum_mlp.ttt",
+        &[("B", 1.0), ("H", 2.0), ("L", 37.0), ("f", 4.0), ("h", 16.0)],
+    ),
+    (
         "fla_ttt_linear.ttt",
         &[("B", 2.0), ("H", 2.0), ("L", 40.0), ("f", 16.0)],
     ),

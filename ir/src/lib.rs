@@ -34,5 +34,5 @@ pub use op::{BinaryOp, Op, ReduceOp, TypeError, UnaryOp};
 pub use program::{
     ConfigParam, ConfigValue, DerivedDim, DimExpr, IntegerInput, Program, Setting, Settings,
 };
-pub use scan::{OperandAxes, OperandKind, TokenEtaForm, TttScan, MINI_BATCH_DIM};
+pub use scan::{OperandAxes, OperandKind, TokenEtaForm, TttScan, UpdateRule, MINI_BATCH_DIM};
 pub use shape::{DType, Dim, NodeType, Shape, TensorType};

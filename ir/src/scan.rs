@@ -28,8 +28,34 @@
 //! `[k]` block, so the primal form, the dual-form rewrite and the kernels do not depend on the
 //! form; only the slicing of the operand does (interpreter, kernel lowering, streaming).
 //!
+//! ## Momentum and forgetting ([`UpdateRule::MomentumGd`])
+//!
+//! `update momentum_gd(size = K, lr = ρ, momentum = η, decay = α)`: the rule carries, next to
+//! every state `W`, a momentum buffer `S` of the same shape (named [`TttScan::carry_name`]`(W)`)
+//! that starts at zero (the lowering passes a zero operand) and carries across mini-batches.
+//! The carries are *states of the scan* — they come after the inner model's states in
+//! [`TttScan::states`], their initial values are operands and their final values results — but
+//! not inputs of the inner model's graphs (those take [`TttScan::model_states`]). The operands
+//! are the states (model states, then carries), the params, the token arguments, then three
+//! per-token sequence operands of shape `[L]`: `momentum` (in the `token_eta` slot, always
+//! [`TokenEtaForm::PerToken`]), `lr`, and `decay` ([`OperandKind::Decay`]). Per token `t` of a
+//! mini-batch starting from `(W, S)`, all gradients at `W`:
+//!
+//! ```text
+//! g_t = ∇_W loss(W; token t)
+//! S_t = η_t S_{t−1} − ρ_t g_t           (S_{t0−1} = S)
+//! W_t = (1 − α_t) W_{t−1} + S_t         (W_{t0−1} = W)
+//! z_t = out(W_t; token t)
+//! ```
+//!
+//! and the next mini-batch starts from the last `(W_t, S_t)`. `momentum = 0, decay = 0` is
+//! `minibatch_gd` with `token_eta = 1`. The step graph computes it in chunked form (mixing
+//! weights of the per-token gradients and decay products for the carries, see
+//! `passes/src/lower_scan.rs`).
+//!
 //! The result is a tuple: the per-token outputs stacked along the sequence axis
-//! (`[per..., L, ...]`), then the final value of every state (`[per..., state shape]`).
+//! (`[per..., L, ...]`), then the final value of every state (`[per..., state shape]`),
+//! carries included.
 
 use crate::graph::Graph;
 use crate::op::TypeError;
@@ -81,6 +107,9 @@ pub struct TttScan {
     /// `lr`). Absent in programs serialized before it existed: per position.
     #[serde(default)]
     pub token_eta: TokenEtaForm,
+    /// The update rule. Absent in programs serialized before it existed: `minibatch_gd`.
+    #[serde(default)]
+    pub rule: UpdateRule,
     /// The self-supervised loss of one token: inputs `states ++ params ++ loss_args`, one scalar
     /// output `loss`.
     pub loss: Graph,
@@ -94,7 +123,8 @@ pub struct TttScan {
     /// the scan (the per-token graphs stay for reference). Inputs, in order: the states at the
     /// mini-batch's start, the params, the loss's token-argument blocks `[k, ...]` (one row per
     /// token), the output's token-argument blocks, `token_eta` `[k]` (the
-    /// mini-batch's step sizes `e_i`, either form) and `lr` `[k]`, where `k`
+    /// mini-batch's step sizes `e_i`, either form; `momentum` under `momentum_gd`), `lr` `[k]`
+    /// and, under `momentum_gd`, `decay` `[k]`, where `k`
     /// is the symbolic dimension [`MINI_BATCH_DIM`] (K, or the remainder). Outputs: `out`
     /// `[k, ...]` (one row per token), then `next_<state>` for every state.
     #[serde(default)]
@@ -119,6 +149,22 @@ pub enum TokenEtaForm {
     PerToken,
 }
 
+/// A scan's update rule (see the module doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateRule {
+    /// `minibatch_gd(size, token_eta, lr)`: mini-batch gradient descent.
+    #[default]
+    MinibatchGd,
+    /// `momentum_gd(size, lr, momentum, decay)`: momentum and forgetting; one momentum buffer
+    /// per state, carried as an extra scan state.
+    MomentumGd,
+}
+
+/// The largest mini-batch size `momentum_gd` runs with when the size is not known when the
+/// step graph is built (its segment products take a fixed number of doubling rounds); larger
+/// sizes are refused where the step runs.
+pub const MAX_MOMENTUM_MINI_BATCH: usize = 1 << 16;
+
 /// The symbolic length of one mini-batch inside a scan's step graph: bound to K for full
 /// mini-batches and to `L mod K` for the remainder, when the step runs. It cannot be written in
 /// the language.
@@ -139,12 +185,48 @@ pub enum OperandKind {
     TokenEta,
     /// Per-token learning rate.
     Lr,
+    /// Per-token decay `α` of `momentum_gd` (the last operand; absent under `minibatch_gd`).
+    Decay,
 }
 
 impl TttScan {
     /// Number of operands.
     pub fn operand_count(&self) -> usize {
-        self.states.len() + self.params.len() + self.loss_args.len() + self.out_args.len() + 2
+        self.states.len()
+            + self.params.len()
+            + self.loss_args.len()
+            + self.out_args.len()
+            + self.coefficient_count()
+    }
+
+    /// Number of per-token (or per-position) coefficient operands after the token arguments:
+    /// 2 (`token_eta`, `lr`) for `minibatch_gd`, 3 (`momentum`, `lr`, `decay`) for
+    /// `momentum_gd`.
+    pub fn coefficient_count(&self) -> usize {
+        match self.rule {
+            UpdateRule::MinibatchGd => 2,
+            UpdateRule::MomentumGd => 3,
+        }
+    }
+
+    /// Number of the inner model's states (the first entries of [`TttScan::states`]; the rest
+    /// are the rule's carries).
+    pub fn model_state_count(&self) -> usize {
+        match self.rule {
+            UpdateRule::MinibatchGd => self.states.len(),
+            UpdateRule::MomentumGd => self.states.len() / 2,
+        }
+    }
+
+    /// The inner model's states: the inputs its graphs take before the params.
+    pub fn model_states(&self) -> &[String] {
+        &self.states[..self.model_state_count()]
+    }
+
+    /// The name of the momentum buffer carried for state `state` under `momentum_gd` (also the
+    /// scan result's field: `r.W1_momentum`).
+    pub fn carry_name(state: &str) -> String {
+        format!("{state}_momentum")
     }
 
     /// The kind of operand `i`.
@@ -165,8 +247,10 @@ impl TttScan {
             OperandKind::OutArg(i - s - p - l)
         } else if i == s + p + l + o {
             OperandKind::TokenEta
-        } else {
+        } else if i == s + p + l + o + 1 {
             OperandKind::Lr
+        } else {
+            OperandKind::Decay
         }
     }
 
@@ -174,7 +258,10 @@ impl TttScan {
     /// arguments, `lr`, and `token_eta` in its per-token form.
     pub fn is_sequence_operand(&self, i: usize) -> bool {
         match self.operand_kind(i) {
-            OperandKind::LossArg(_) | OperandKind::OutArg(_) | OperandKind::Lr => true,
+            OperandKind::LossArg(_)
+            | OperandKind::OutArg(_)
+            | OperandKind::Lr
+            | OperandKind::Decay => true,
             OperandKind::TokenEta => self.token_eta == TokenEtaForm::PerToken,
             OperandKind::State(_) | OperandKind::Param(_) => false,
         }
@@ -240,9 +327,10 @@ impl TttScan {
             self.model,
             self.per.join(", "),
             self.mini_batch,
-            match self.token_eta {
-                TokenEtaForm::PerPosition => "",
-                TokenEtaForm::PerToken => " token_eta=per_token",
+            match (self.rule, self.token_eta) {
+                (UpdateRule::MomentumGd, _) => " rule=momentum_gd",
+                (UpdateRule::MinibatchGd, TokenEtaForm::PerPosition) => "",
+                (UpdateRule::MinibatchGd, TokenEtaForm::PerToken) => " token_eta=per_token",
             },
             self.states.join(", "),
             self.params.join(", "),
@@ -302,6 +390,15 @@ impl TttScan {
         let mut seq_len: Option<Dim> = None;
         let loss_inputs = self.loss.inputs();
         let out_inputs = self.out.inputs();
+        let nm = self.model_state_count();
+        if self.rule == UpdateRule::MomentumGd
+            && (self.states.len() != 2 * nm || self.token_eta != TokenEtaForm::PerToken)
+        {
+            return e(format!(
+                "ttt: momentum_gd needs one carry per state and a per-token momentum ({} states)",
+                self.states.len()
+            ));
+        }
         for (i, t) in tys.iter().enumerate() {
             if t.dtype != dtype {
                 return e(format!(
@@ -312,13 +409,13 @@ impl TttScan {
             let slice = self.axes[i].slice_shape(&t.shape);
             let kind = self.operand_kind(i);
             let expected: Option<Shape> = match kind {
-                OperandKind::State(k) => self
-                    .loss
-                    .tensor_type(loss_inputs[k])
+                OperandKind::State(k) => loss_inputs
+                    .get(if k < nm { k } else { k - nm })
+                    .and_then(|&i| self.loss.tensor_type(i))
                     .map(|t| t.shape.clone()),
                 OperandKind::Param(k) => self
                     .loss
-                    .tensor_type(loss_inputs[self.states.len() + k])
+                    .tensor_type(loss_inputs[nm + k])
                     .map(|t| t.shape.clone()),
                 OperandKind::TokenEta if self.token_eta == TokenEtaForm::PerPosition => {
                     Some(Shape(vec![self.mini_batch.clone()]))
@@ -326,15 +423,16 @@ impl TttScan {
                 OperandKind::LossArg(_)
                 | OperandKind::OutArg(_)
                 | OperandKind::Lr
+                | OperandKind::Decay
                 | OperandKind::TokenEta => {
                     let token = match kind {
                         OperandKind::LossArg(k) => self
                             .loss
-                            .tensor_type(loss_inputs[self.states.len() + self.params.len() + k])
+                            .tensor_type(loss_inputs[nm + self.params.len() + k])
                             .map(|t| t.shape.clone()),
                         OperandKind::OutArg(k) => self
                             .out
-                            .tensor_type(out_inputs[self.states.len() + self.params.len() + k])
+                            .tensor_type(out_inputs[nm + self.params.len() + k])
                             .map(|t| t.shape.clone()),
                         _ => Some(Shape(vec![Dim::Known(1)])),
                     };
@@ -387,7 +485,11 @@ impl TttScan {
         out_dims.push(seq_len);
         out_dims.extend(out_ty.shape.0[1..].iter().cloned());
         let mut result = vec![TensorType::new(dtype, Shape(out_dims))];
-        for &input in loss_inputs.iter().take(self.states.len()) {
+        let carried = loss_inputs.iter().take(nm).chain(match self.rule {
+            UpdateRule::MinibatchGd => loss_inputs[..0].iter(),
+            UpdateRule::MomentumGd => loss_inputs[..nm.min(loss_inputs.len())].iter(),
+        });
+        for &input in carried {
             let Some(st) = self.loss.tensor_type(input) else {
                 return e("ttt: the loss graph lacks a state input".into());
             };

@@ -203,15 +203,15 @@ pub fn vjp_with(
     Ok(dst)
 }
 
-/// Fills `scan.grad = gradient_graph(&scan.loss, "loss", &scan.states)` for every `ttt` node of
-/// `program.graph`.
+/// Fills `scan.grad = gradient_graph(&scan.loss, "loss", scan.model_states())` for every `ttt`
+/// node of `program.graph` (a rule's carries are not inputs of the loss).
 pub fn derive_gradients(program: &mut Program) -> Result<(), AutodiffError> {
     for id in program.graph.node_ids() {
         let Some(node) = program.graph.get(id) else {
             continue;
         };
         let Op::Ttt(scan) = &node.op else { continue };
-        let grad = gradient_graph(&scan.loss, "loss", &scan.states).map_err(|e| {
+        let grad = gradient_graph(&scan.loss, "loss", scan.model_states()).map_err(|e| {
             AutodiffError::InScan {
                 node: id.index(),
                 model: scan.model.clone(),
@@ -256,9 +256,9 @@ pub fn untrained_states(program: &Program) -> Result<Vec<UntrainedState>, Autodi
         let Some(Op::Ttt(scan)) = program.graph.get(id).map(|n| &n.op) else {
             continue;
         };
-        let grad = gradient_graph(&scan.loss, "loss", &scan.states)?;
+        let grad = gradient_graph(&scan.loss, "loss", scan.model_states())?;
         let zeros = zero_nodes(&grad)?;
-        for state in &scan.states {
+        for state in scan.model_states() {
             let name = TttScan::grad_output_name(state);
             if grad
                 .output_by_name(&name)

@@ -17,15 +17,36 @@
 //! Nothing depends on the inner model: any number of states, params and token arguments of any
 //! shapes.
 //!
+//! Under `momentum_gd` (see `tttc_ir::scan`) the step graph also takes the carries `S_s` (after
+//! the states) and `decay` (after `lr`), and computes the chunked form, with `a = 1 − decay`,
+//! `η` the momentum, `ρ` the learning rate and `Q^x[i, m] = Π_{m<l<=i} x_l` (lower-triangular,
+//! 1 on the diagonal) the segment products:
+//!
+//! ```text
+//! P^a[i]   = Q^a[i, 0] a_0,  P^η[i] = Q^η[i, 0] η_0         [k]   (products from the start)
+//! c        = Q^a @ P^η                                      [k]   (the carry's weight)
+//! M        = Q^a @ (Q^η ⊙ ρ[None, :])                       [k, k] (lower-triangular)
+//! θall_s   = P^a ⊙ θ_s + c ⊙ S_s − mix(M, G_s)
+//! next_s   = last rows of the same;  next S_s = P^η[k−1] S_s − mix((Q^η ⊙ ρ)[k−1, :], G_s)
+//! ```
+//!
+//! `M[i, j] = ρ_j Σ_{j<=m<=i} Π_{m<l<=i} a_l Π_{j<l<=m} η_l`: the sum over `m` is the matrix
+//! product of the two lower-triangular segment-product matrices. The segment products are
+//! running products by Hillis–Steele doubling (`⌈log2 K⌉` rounds of a shift and a multiply on
+//! `[k, k]`), never `exp(cumsum(log))`, so momentum and decay factors may be zero or negative.
+//! With `η = α = 0`: `Q^a` is the lower mask, `Q^η` the identity, `c = 0`, `M[i, j] = ρ_j`:
+//! `minibatch_gd` with `token_eta = 1`.
+//!
 //! The step graph's inputs are named after the scan's pieces: the states and params, the
 //! token arguments (a token `[1, rest...]` becomes a block `[k, rest...]`, reshaped to
 //! `[k, 1, rest...]` before the per-token graphs are batched), then `token_eta` and `lr` (a name
 //! already taken gets `$` prefixes; only positions matter to the step's users). Its outputs are
 //! `out` `[k, rest...]` and `next_<state>` for every state, as [`TttScan::step`] documents.
 
+use tttc_ir::scan::MAX_MOMENTUM_MINI_BATCH;
 use tttc_ir::{
     BinaryOp, DType, Dim, Graph, GraphError, NodeId, Op, Program, Shape, TensorType, TttScan,
-    UnaryOp, MINI_BATCH_DIM,
+    UnaryOp, UpdateRule, MINI_BATCH_DIM,
 };
 
 use crate::batch::{batch_graph, BatchError};
@@ -251,7 +272,7 @@ impl StepBuilder<'_> {
     fn build(&mut self, grad: &Graph) -> Result<(), LowerScanError> {
         let scan = self.scan;
         let (ns, np, nl, no) = (
-            scan.states.len(),
+            scan.model_state_count(),
             scan.params.len(),
             scan.loss_args.len(),
             scan.out_args.len(),
@@ -270,19 +291,31 @@ impl StepBuilder<'_> {
                 ns + np + no
             )));
         }
+        let momentum = scan.rule == UpdateRule::MomentumGd;
+        if momentum && scan.states.len() != 2 * ns {
+            return Err(self.malformed("momentum_gd needs one carry per state"));
+        }
         let k = self.k.clone();
 
-        // Inputs: states, params (their per-token types, as the gradient graph has them).
+        // Inputs: the model's states, the rule's carries, params (their per-token types, as the
+        // gradient graph has them).
         let mut states = Vec::with_capacity(ns);
         let mut state_types = Vec::with_capacity(ns);
         let mut params = Vec::with_capacity(np);
-        for (i, name) in scan.states.iter().chain(&scan.params).enumerate() {
+        let model_states = scan.model_states();
+        for (i, name) in model_states.iter().chain(&scan.params).enumerate() {
             let ty = self.input_type(grad, "gradient", i)?;
             let out_ty = self.input_type(&scan.out, "output", i)?;
             if ty != out_ty {
                 return Err(self.malformed(format!(
                     "`{name}` is {ty} in the gradient graph but {out_ty} in the output graph"
                 )));
+            }
+            if i == ns && momentum {
+                for (carry, ty) in scan.states[ns..].iter().zip(state_types.clone()) {
+                    let id = self.input(carry, ty)?;
+                    states.push(id);
+                }
             }
             let id = self.input(name, ty.clone())?;
             if i < ns {
@@ -292,6 +325,14 @@ impl StepBuilder<'_> {
                 params.push(id);
             }
         }
+        if momentum && np == 0 {
+            for (carry, ty) in scan.states[ns..].iter().zip(state_types.clone()) {
+                let id = self.input(carry, ty)?;
+                states.push(id);
+            }
+        }
+        let (states, carries) = states.split_at(ns);
+        let (states, carries) = (states.to_vec(), carries.to_vec());
         let dtype = match grad.inputs().first().and_then(|&i| grad.tensor_type(i)) {
             Some(t) => t.dtype,
             None => return Err(self.malformed("the gradient graph has no input")),
@@ -308,10 +349,16 @@ impl StepBuilder<'_> {
             out_rows.push(self.token_block(name, &token)?.1);
         }
         let rate = TensorType::new(dtype, Shape(vec![k.clone()]));
-        let name = self.free_name("token_eta");
+        let name = self.free_name(if momentum { "momentum" } else { "token_eta" });
         let token_eta = self.input(&name, rate.clone())?;
         let name = self.free_name("lr");
-        let lr = self.input(&name, rate)?;
+        let lr = self.input(&name, rate.clone())?;
+        let decay = if momentum {
+            let name = self.free_name("decay");
+            Some(self.input(&name, rate)?)
+        } else {
+            None
+        };
 
         // G_s: every state's gradient, one row per token, all at the same θ.
         let mut grad_inputs = states.clone();
@@ -322,7 +369,7 @@ impl StepBuilder<'_> {
         let grads_all = batch_graph(grad, &flags, &k, &mut self.g, &grad_inputs)
             .map_err(|e| self.batch_err("grad", e))?;
         let mut grads = Vec::with_capacity(ns);
-        for s in &scan.states {
+        for s in model_states {
             let name = TttScan::grad_output_name(s);
             let pos = grad
                 .outputs()
@@ -343,23 +390,28 @@ impl StepBuilder<'_> {
             grads.push(g);
         }
 
-        // eta[i, j] = token_eta[i] * lr[j] for j <= i, else 0.
-        let col = self.reshape(token_eta, vec![k.clone(), Dim::Known(1)])?;
-        let row = self.reshape(lr, vec![Dim::Known(1), k.clone()])?;
-        let rates = self.binary(BinaryOp::Mul, col, row)?;
         let iota = self.leaf(Op::Iota { len: k.clone() }, dtype)?;
-        let i_col = self.reshape(iota, vec![k.clone(), Dim::Known(1)])?;
-        let j_row = self.reshape(iota, vec![Dim::Known(1), k.clone()])?;
-        let diff = self.binary(BinaryOp::Sub, i_col, j_row)?;
-        let mask = self.step_plus(diff, 0.5, dtype)?;
-        let eta = self.binary(BinaryOp::Mul, rates, mask)?;
+        // The last row of a [k, n] matrix is taken without slicing, as onehot(k − 1) @ m with
+        // onehot[i] = step(i − (k − 1) + 0.5).
+        let extent = self.leaf(Op::Extent { dim: k.clone() }, dtype)?;
+        let from_last = self.binary(BinaryOp::Sub, iota, extent)?;
+        let onehot = self.step_plus(from_last, 1.5, dtype)?;
+        let onehot = self.reshape(onehot, vec![Dim::Known(1), k.clone()])?;
 
-        // θ_i for every token: θ − Σ_j eta[i, j] g_j.
-        let mut theta_all = Vec::with_capacity(ns);
-        for (&theta, &g) in states.iter().zip(&grads) {
-            let mixed = self.add(Op::Mix, &[eta, g])?;
-            theta_all.push(self.binary(BinaryOp::Sub, theta, mixed)?);
-        }
+        let (theta_all, nexts) = match decay {
+            None => self.gd_states(&states, &grads, &state_types, token_eta, lr, iota, onehot)?,
+            Some(decay) => {
+                let c = Coefficients {
+                    momentum: token_eta,
+                    lr,
+                    decay,
+                    iota,
+                    onehot,
+                    dtype,
+                };
+                self.momentum_states(&states, &carries, &grads, &state_types, c)?
+            }
+        };
 
         // z_i = out(θ_i; token i).
         let mut out_inputs = theta_all;
@@ -389,24 +441,206 @@ impl StepBuilder<'_> {
         dims.extend(z_ty.shape.0[2..].iter().cloned());
         let z = self.reshape(z, dims)?;
         self.g.add_output("out", z);
-
-        // The next state: θ − Σ_j eta[k−1, j] g_j, the last row taken as onehot(k−1) @ eta.
-        let extent = self.leaf(Op::Extent { dim: k.clone() }, dtype)?;
-        let from_last = self.binary(BinaryOp::Sub, iota, extent)?;
-        let onehot = self.step_plus(from_last, 1.5, dtype)?;
-        let onehot = self.reshape(onehot, vec![Dim::Known(1), k.clone()])?;
-        let last = self.add(Op::MatMul, &[onehot, eta])?;
-        for ((s, &theta), (&g, ty)) in scan
-            .states
-            .iter()
-            .zip(&states)
-            .zip(grads.iter().zip(&state_types))
-        {
-            let mixed = self.add(Op::Mix, &[last, g])?;
-            let mixed = self.reshape(mixed, ty.shape.0.clone())?;
-            let next = self.binary(BinaryOp::Sub, theta, mixed)?;
+        for (s, next) in scan.states.iter().zip(nexts) {
             self.g.add_output(&TttScan::next_output_name(s), next);
         }
         Ok(())
+    }
+
+    /// `minibatch_gd`: the per-token states `θ − mix(eta, G)` with `eta[i, j] = token_eta[i]
+    /// lr[j]` for `j <= i`, and the next states (the last row).
+    #[allow(clippy::too_many_arguments)]
+    fn gd_states(
+        &mut self,
+        states: &[NodeId],
+        grads: &[NodeId],
+        state_types: &[TensorType],
+        token_eta: NodeId,
+        lr: NodeId,
+        iota: NodeId,
+        onehot: NodeId,
+    ) -> Result<(Vec<NodeId>, Vec<NodeId>), LowerScanError> {
+        let k = self.k.clone();
+        let dtype = state_types
+            .first()
+            .map(|t| t.dtype)
+            .ok_or_else(|| self.malformed("no state"))?;
+        // eta[i, j] = token_eta[i] * lr[j] for j <= i, else 0.
+        let col = self.reshape(token_eta, vec![k.clone(), Dim::Known(1)])?;
+        let row = self.reshape(lr, vec![Dim::Known(1), k.clone()])?;
+        let rates = self.binary(BinaryOp::Mul, col, row)?;
+        let diff = self.index_diff(iota)?;
+        let mask = self.step_plus(diff, 0.5, dtype)?;
+        let eta = self.binary(BinaryOp::Mul, rates, mask)?;
+
+        // θ_i for every token: θ − Σ_j eta[i, j] g_j.
+        let mut theta_all = Vec::with_capacity(states.len());
+        for (&theta, &g) in states.iter().zip(grads) {
+            let mixed = self.add(Op::Mix, &[eta, g])?;
+            theta_all.push(self.binary(BinaryOp::Sub, theta, mixed)?);
+        }
+        // The next state: θ − Σ_j eta[k−1, j] g_j.
+        let last = self.add(Op::MatMul, &[onehot, eta])?;
+        let mut nexts = Vec::with_capacity(states.len());
+        for ((&theta, &g), ty) in states.iter().zip(grads).zip(state_types) {
+            let mixed = self.add(Op::Mix, &[last, g])?;
+            let mixed = self.reshape(mixed, ty.shape.0.clone())?;
+            nexts.push(self.binary(BinaryOp::Sub, theta, mixed)?);
+        }
+        Ok((theta_all, nexts))
+    }
+
+    /// `i − j` over `[k, k]` (exact small integers).
+    fn index_diff(&mut self, iota: NodeId) -> Result<NodeId, LowerScanError> {
+        let k = self.k.clone();
+        let i_col = self.reshape(iota, vec![k.clone(), Dim::Known(1)])?;
+        let j_row = self.reshape(iota, vec![Dim::Known(1), k])?;
+        self.binary(BinaryOp::Sub, i_col, j_row)
+    }
+
+    /// The segment products of `x [k]`: `Q[i, m] = Π_{m < l <= i} x_l` for `m <= i` (1 on the
+    /// diagonal), 0 above it, as running products: column `m` is the inclusive prefix product
+    /// over `i` of `y[i, m] = x_i` (`i > m`), `1` (`i <= m`), by Hillis–Steele doubling
+    /// (`y ← y ⊙ shift(y, by = 1, 2, 4, ...)`, the shifted-in rows 1). Only multiplications by
+    /// the factors and by exact 0/1 masks: zero and negative factors are fine (no `exp ∘ log`).
+    /// [`doubling_rounds`] rounds cover the mini-batch; a round whose shift is at least `k`
+    /// multiplies by 1.
+    fn segment_products(
+        &mut self,
+        x: NodeId,
+        iota: NodeId,
+        dtype: DType,
+    ) -> Result<NodeId, LowerScanError> {
+        let k = self.k.clone();
+        let diff = self.index_diff(iota)?;
+        let above = self.step_plus(diff, -0.5, dtype)?; // i > m
+        let lower = self.step_plus(diff, 0.5, dtype)?; // i >= m
+        let one = self.g.add_const(1.0, dtype);
+        let not_above = self.binary(BinaryOp::Sub, one, above)?;
+        let x_col = self.reshape(x, vec![k.clone(), Dim::Known(1)])?;
+        let picked = self.binary(BinaryOp::Mul, above, x_col)?;
+        let mut y = self.binary(BinaryOp::Add, picked, not_above)?;
+        let i_col = self.reshape(iota, vec![k.clone(), Dim::Known(1)])?;
+        for r in 0..doubling_rounds(&self.scan.mini_batch) {
+            let by = 1usize << r;
+            let shifted = self.add(Op::Shift { axis: 0, by }, &[y])?;
+            // Rows i < by are shifted in as 0; make them 1: shifted + (1 − [i >= by]).
+            let inside = self.step_plus(i_col, 0.5 - by as f64, dtype)?;
+            let outside = self.binary(BinaryOp::Sub, one, inside)?;
+            let shifted = self.binary(BinaryOp::Add, shifted, outside)?;
+            y = self.binary(BinaryOp::Mul, y, shifted)?;
+        }
+        self.binary(BinaryOp::Mul, y, lower)
+    }
+
+    /// `x [k]` as per-row scales of a per-token state: `[k, 1, ..., 1]` with the state's rank.
+    fn row_scale(&mut self, x: NodeId, ty: &TensorType) -> Result<NodeId, LowerScanError> {
+        let mut dims = vec![self.k.clone()];
+        dims.extend(std::iter::repeat_n(Dim::Known(1), ty.shape.rank()));
+        self.reshape(x, dims)
+    }
+
+    /// `onehot(k − 1) @ x` for `x [k, 1]`, as a scalar `[]`.
+    fn last_scalar(&mut self, onehot: NodeId, x: NodeId) -> Result<NodeId, LowerScanError> {
+        let last = self.add(Op::MatMul, &[onehot, x])?;
+        self.reshape(last, Vec::new())
+    }
+
+    /// `momentum_gd` in chunked form (see the module doc): the per-token states and the next
+    /// states and carries.
+    fn momentum_states(
+        &mut self,
+        states: &[NodeId],
+        carries: &[NodeId],
+        grads: &[NodeId],
+        state_types: &[TensorType],
+        c: Coefficients,
+    ) -> Result<(Vec<NodeId>, Vec<NodeId>), LowerScanError> {
+        let k = self.k.clone();
+        let dtype = c.dtype;
+        let one = self.g.add_const(1.0, dtype);
+        let keep = self.binary(BinaryOp::Sub, one, c.decay)?; // a = 1 − α
+        let qa = self.segment_products(keep, c.iota, dtype)?;
+        let qe = self.segment_products(c.momentum, c.iota, dtype)?;
+        // Column 0 times the first factor: P^x(0..i) = x_0 Q^x[i, 0].
+        let neg_iota = self.add(Op::Unary { fun: UnaryOp::Neg }, &[c.iota])?;
+        let first_only = self.step_plus(neg_iota, 0.5, dtype)?; // 1 at i = 0
+        let a0 = self.binary(BinaryOp::Mul, keep, first_only)?;
+        let a0 = self.reshape(a0, vec![k.clone(), Dim::Known(1)])?;
+        let pa = self.add(Op::MatMul, &[qa, a0])?; // [k, 1]: P^a(0..i)
+        let e0 = self.binary(BinaryOp::Mul, c.momentum, first_only)?;
+        let e0 = self.reshape(e0, vec![k.clone(), Dim::Known(1)])?;
+        let pe = self.add(Op::MatMul, &[qe, e0])?; // [k, 1]: P^η(0..i)
+        let carry = self.add(Op::MatMul, &[qa, pe])?; // [k, 1]: c_i
+        let lr_row = self.reshape(c.lr, vec![Dim::Known(1), k.clone()])?;
+        let qe_lr = self.binary(BinaryOp::Mul, qe, lr_row)?; // P^η(j+1..m) ρ_j
+        let mixing = self.add(Op::MatMul, &[qa, qe_lr])?; // M[i, j]
+
+        let mut theta_all = Vec::with_capacity(states.len());
+        for (((&w, &s), &g), ty) in states.iter().zip(carries).zip(grads).zip(state_types) {
+            let pa_rows = self.row_scale(pa, ty)?;
+            let c_rows = self.row_scale(carry, ty)?;
+            let decayed = self.binary(BinaryOp::Mul, pa_rows, w)?;
+            let carried = self.binary(BinaryOp::Mul, c_rows, s)?;
+            let start = self.binary(BinaryOp::Add, decayed, carried)?;
+            let mixed = self.add(Op::Mix, &[mixing, g])?;
+            theta_all.push(self.binary(BinaryOp::Sub, start, mixed)?);
+        }
+
+        // The last row: W' = P^a(0..k−1) W + c_{k−1} S − Σ_j M[k−1, j] g_j and
+        // S' = P^η(0..k−1) S − Σ_j P^η(j+1..k−1) ρ_j g_j.
+        let pa_last = self.last_scalar(c.onehot, pa)?;
+        let c_last = self.last_scalar(c.onehot, carry)?;
+        let pe_last = self.last_scalar(c.onehot, pe)?;
+        let m_last = self.add(Op::MatMul, &[c.onehot, mixing])?;
+        let s_last = self.add(Op::MatMul, &[c.onehot, qe_lr])?;
+        let mut next_w = Vec::with_capacity(states.len());
+        let mut next_s = Vec::with_capacity(states.len());
+        for (((&w, &s), &g), ty) in states.iter().zip(carries).zip(grads).zip(state_types) {
+            let decayed = self.binary(BinaryOp::Mul, pa_last, w)?;
+            let carried = self.binary(BinaryOp::Mul, c_last, s)?;
+            let start = self.binary(BinaryOp::Add, decayed, carried)?;
+            let mixed = self.add(Op::Mix, &[m_last, g])?;
+            let mixed = self.reshape(mixed, ty.shape.0.clone())?;
+            next_w.push(self.binary(BinaryOp::Sub, start, mixed)?);
+            let kept = self.binary(BinaryOp::Mul, pe_last, s)?;
+            let mixed = self.add(Op::Mix, &[s_last, g])?;
+            let mixed = self.reshape(mixed, ty.shape.0.clone())?;
+            next_s.push(self.binary(BinaryOp::Sub, kept, mixed)?);
+        }
+        next_w.extend(next_s);
+        Ok((theta_all, next_w))
+    }
+}
+
+/// The per-token coefficient blocks of `momentum_gd` in a step graph, and helpers.
+struct Coefficients {
+    /// `η [k]`.
+    momentum: NodeId,
+    /// `ρ [k]`.
+    lr: NodeId,
+    /// `α [k]`.
+    decay: NodeId,
+    /// `iota(k)`.
+    iota: NodeId,
+    /// `onehot(k − 1)` as `[1, k]`.
+    onehot: NodeId,
+    dtype: DType,
+}
+
+/// How many doubling rounds the segment products of `momentum_gd` take: enough for a mini-batch
+/// of `K` tokens (`2^rounds >= K`) when `K` is known when the step graph is built, else 16, for
+/// any `K <=` [`MAX_MOMENTUM_MINI_BATCH`] (a larger one is refused where the step runs: the
+/// interpreter and the kernel lowering). A round costs `K²` multiplications.
+pub fn doubling_rounds(mini_batch: &Dim) -> usize {
+    match mini_batch.known() {
+        Some(k) => {
+            let mut r = 0;
+            while (1usize << r) < k {
+                r += 1;
+            }
+            r
+        }
+        None => MAX_MOMENTUM_MINI_BATCH.trailing_zeros() as usize,
     }
 }

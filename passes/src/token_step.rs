@@ -17,9 +17,21 @@
 //! S`, `S ← 0`, with the step size of its last token) is left to the caller. [`token_step_graph`] builds
 //! that graph from the scan's own gradient and output graphs and batches it over `n` slices,
 //! so nothing depends on the inner model.
+//!
+//! Under `momentum_gd` the carried states include the momentum buffers, `θ0` holds the
+//! mini-batch's starting values and `partial` the *current* values `(W, S)` (equal to `θ0` at a
+//! mini-batch boundary); with `g = ∇θ loss(W0; token)`:
+//!
+//! ```text
+//! S' = η S − lr · g,   W' = (1 − α) W + S',   z = out(W'; token)
+//! ```
+//!
+//! and closing a mini-batch is `θ0 ← partial`.
 
 use crate::batch::{batch_graph, batch_outputs, BatchError};
-use tttc_ir::{BinaryOp, Dim, Graph, GraphError, NodeId, Op, Shape, TensorType, TttScan};
+use tttc_ir::{
+    BinaryOp, Dim, Graph, GraphError, NodeId, Op, Shape, TensorType, TttScan, UpdateRule,
+};
 
 /// Why a token-step graph could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -79,16 +91,19 @@ pub mod names {
     }
     /// The token's learning rate: `[n]`.
     pub const LR: &str = "lr";
-    /// `token_eta` at the token's position: `[n]`.
+    /// `token_eta` at the token's position (`momentum_gd`: the token's momentum): `[n]`.
     pub const ETA: &str = "eta";
+    /// `momentum_gd`'s decay of the token: `[n]`.
+    pub const DECAY: &str = "decay";
     /// The token's output: `[n, 1, rest...]`.
     pub const Z: &str = "z";
 }
 
 /// Builds the token step of `scan` (its graphs already specialized to concrete dimensions)
 /// batched over `n` slices. Inputs, in order: `theta.<s>` for every state, `partial.<s>` for
-/// every state, `param.<i>`, `loss.<i>`, `out.<i>`, `lr`, `eta` (see [`names`]); outputs `z`,
-/// then `partial.<s>` (the updated sums) for every state.
+/// every state, `param.<i>`, `loss.<i>`, `out.<i>`, `lr`, `eta`, and `decay` under
+/// `momentum_gd` (see [`names`]); outputs `z`, then `partial.<s>` (the updated sums, or the
+/// current values under `momentum_gd`) for every state.
 pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepError> {
     let model = scan.model.clone();
     let malformed = |message: String| TokenStepError::Malformed {
@@ -107,8 +122,9 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
         .grad
         .as_ref()
         .ok_or_else(|| TokenStepError::MissingGradient(model.clone()))?;
+    let momentum = scan.rule == UpdateRule::MomentumGd;
     let (ns, np, nl, no) = (
-        scan.states.len(),
+        scan.model_state_count(),
         scan.params.len(),
         scan.loss_args.len(),
         scan.out_args.len(),
@@ -131,15 +147,16 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
     let mut one = Graph::new();
     let mut theta = Vec::with_capacity(ns);
     let mut partial = Vec::with_capacity(ns);
+    // Every state of the scan (under momentum_gd the carries too, of their state's type).
     for (i, s) in scan.states.iter().enumerate() {
         theta.push(
-            one.add_input(&names::theta(s), input_type(grad, i)?)
+            one.add_input(&names::theta(s), input_type(grad, i % ns.max(1))?)
                 .map_err(ir)?,
         );
     }
     for (i, s) in scan.states.iter().enumerate() {
         partial.push(
-            one.add_input(&names::partial(s), input_type(grad, i)?)
+            one.add_input(&names::partial(s), input_type(grad, i % ns.max(1))?)
                 .map_err(ir)?,
         );
     }
@@ -166,10 +183,20 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
     }
     let scalar = TensorType::new(dtype, Shape::scalar());
     let lr = one.add_input(names::LR, scalar.clone()).map_err(ir)?;
-    let eta = one.add_input(names::ETA, scalar).map_err(ir)?;
+    let eta = one.add_input(names::ETA, scalar.clone()).map_err(ir)?;
+    let keep = if momentum {
+        let decay = one.add_input(names::DECAY, scalar).map_err(ir)?;
+        let one_c = one.add_const(1.0, dtype);
+        Some(
+            one.add(Op::Binary { fun: BinaryOp::Sub }, &[one_c, decay])
+                .map_err(ir)?,
+        )
+    } else {
+        None
+    };
 
     // g = ∇θ loss(θ0; token): the gradient graph inlined (nothing batched).
-    let mut grad_inputs = theta.clone();
+    let mut grad_inputs = theta[..ns].to_vec();
     grad_inputs.extend(&params);
     grad_inputs.extend(&loss_args);
     let flags = vec![false; grad_inputs.len()];
@@ -178,8 +205,9 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
     let mul =
         |g: &mut Graph, a: NodeId, b: NodeId| g.add(Op::Binary { fun: BinaryOp::Mul }, &[a, b]);
     let mut next_partial = Vec::with_capacity(ns);
+    let mut next_carry = Vec::with_capacity(ns);
     let mut theta_p = Vec::with_capacity(ns);
-    for (i, s) in scan.states.iter().enumerate() {
+    for (i, s) in scan.model_states().iter().enumerate() {
         let name = TttScan::grad_output_name(s);
         let pos = grad
             .outputs()
@@ -188,6 +216,25 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
             .ok_or_else(|| malformed(format!("the gradient graph has no `{name}`")))?;
         let g = grads[pos].node;
         let scaled = mul(&mut one, lr, g).map_err(ir)?;
+        if let Some(keep) = keep {
+            // S' = η S − ρ g, W' = (1 − α) W + S' on the current values.
+            let carry = partial
+                .get(ns + i)
+                .copied()
+                .ok_or_else(|| malformed("momentum_gd needs one carry per state".into()))?;
+            let kept = mul(&mut one, eta, carry).map_err(ir)?;
+            let s_next = one
+                .add(Op::Binary { fun: BinaryOp::Sub }, &[kept, scaled])
+                .map_err(ir)?;
+            let decayed = mul(&mut one, keep, partial[i]).map_err(ir)?;
+            let w_next = one
+                .add(Op::Binary { fun: BinaryOp::Add }, &[decayed, s_next])
+                .map_err(ir)?;
+            next_partial.push(w_next);
+            next_carry.push(s_next);
+            theta_p.push(w_next);
+            continue;
+        }
         let sum = one
             .add(Op::Binary { fun: BinaryOp::Add }, &[partial[i], scaled])
             .map_err(ir)?;
@@ -211,6 +258,7 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
         .ok_or_else(|| malformed("the output graph has no output".into()))?
         .node;
     one.add_output(names::Z, z);
+    next_partial.extend(next_carry);
     for (s, &p) in scan.states.iter().zip(&next_partial) {
         one.add_output(&names::partial(s), p);
     }

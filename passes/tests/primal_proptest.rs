@@ -497,6 +497,7 @@ fn build(seed: u64, l: usize, k: usize) -> Case {
         out_args: out_args.iter().map(|(n, _)| n.clone()).collect(),
         axes,
         token_eta: Default::default(),
+        rule: Default::default(),
         loss,
         out,
         grad: None,

@@ -158,6 +158,7 @@ fn linear_program() -> Program {
             })
             .collect(),
         token_eta: Default::default(),
+        rule: Default::default(),
         loss,
         out,
         grad: None,

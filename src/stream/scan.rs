@@ -7,7 +7,9 @@ use super::StreamError;
 use crate::execute::{prepare, Backend, Prepared};
 use std::collections::{BTreeMap, HashMap};
 use tttc_ir::program::specialize_scan;
-use tttc_ir::{Graph, Op, OperandAxes, OperandKind, Program, Shape, TensorType, TttScan};
+use tttc_ir::{
+    Graph, Op, OperandAxes, OperandKind, Program, Shape, TensorType, TttScan, UpdateRule,
+};
 use tttc_passes::token_step::{names, token_step_graph};
 use tttc_runtime::{ElemType, Tensor};
 
@@ -108,10 +110,12 @@ impl ScanRuntime {
             .as_ref()
             .ok_or_else(|| StreamError::internal("the scan has no gradient graph"))?;
         let mut state_shapes = Vec::new();
+        // A carry of `momentum_gd` has the shape of its state.
+        let nm = scan.model_state_count().max(1);
         for i in 0..scan.states.len() {
             let shape = grad
                 .inputs()
-                .get(i)
+                .get(i % nm)
                 .and_then(|&id| grad.tensor_type(id))
                 .and_then(|t| t.shape.to_known())
                 .ok_or_else(|| StreamError::internal("a state's shape is unknown"))?;
@@ -249,6 +253,7 @@ impl ScanRuntime {
         // Step size of chunk token `t` at mini-batch position `position`: a column `[n]` of the
         // per-position `token_eta`, or of the chunk's per-token rows.
         let (nl, no) = (scan.loss_args.len(), scan.out_args.len());
+        let momentum = scan.rule == UpdateRule::MomentumGd;
         let eta_of = |rows: &Option<Vec<Tensor>>, t: usize, position: usize| match token_eta {
             Some(e) => column(e, position),
             None => {
@@ -288,10 +293,16 @@ impl ScanRuntime {
                 self.inputs
                     .insert(self.names.out_args[i].clone(), slice_axis(rows, 1, t, 1)?);
             }
-            let lr_row = r
-                .last()
-                .ok_or_else(|| StreamError::internal("no lr rows"))?;
+            // The last rows are `lr`, then `decay` under momentum_gd.
+            let (lr_row, decay_row) = match (momentum, r.as_slice()) {
+                (true, [.., lr, decay]) => (lr, Some(decay)),
+                (false, [.., lr]) => (lr, None),
+                _ => return Err(StreamError::internal("no lr rows")),
+            };
             self.inputs.insert(names::LR.into(), column(lr_row, t)?);
+            if let Some(decay) = decay_row {
+                self.inputs.insert(names::DECAY.into(), column(decay, t)?);
+            }
             let eta = eta_of(&rows, t, position)?;
             let elem = eta.elem_type();
             self.inputs.insert(names::ETA.into(), eta.clone());
@@ -322,7 +333,11 @@ impl ScanRuntime {
                     .clone()
                     .ok_or_else(|| StreamError::internal("no step size"))?;
                 for s in &scan.states {
-                    self.close(s, &rate)?;
+                    if momentum {
+                        self.close_current(s)?;
+                    } else {
+                        self.close(s, &rate)?;
+                    }
                 }
                 position = 0;
             }
@@ -352,6 +367,8 @@ impl ScanRuntime {
                 .carried(s)
                 .ok_or_else(|| StreamError::internal("state unset"))?;
             let now = match &rate {
+                // momentum_gd: the current values (kept equal to θ0 at a boundary).
+                _ if momentum => partial.clone(),
                 Some(r) => minus_scaled(theta, r, partial)?,
                 None => theta.clone(),
             };
@@ -380,7 +397,11 @@ impl ScanRuntime {
                 OperandKind::State(s) if !self.started => {
                     let name = &scan.states[s];
                     let theta = to_slices(op, per, per_sizes)?;
-                    let partial = Tensor::zeros(theta.shape().to_vec(), elem);
+                    // momentum_gd's partial holds the current values, minibatch_gd's the sums.
+                    let partial = match scan.rule {
+                        UpdateRule::MomentumGd => theta.clone(),
+                        UpdateRule::MinibatchGd => Tensor::zeros(theta.shape().to_vec(), elem),
+                    };
                     self.inputs.insert(names::theta(name), theta);
                     self.inputs.insert(names::partial(name), partial);
                 }
@@ -409,6 +430,17 @@ impl ScanRuntime {
         if let Some(partial) = self.inputs.remove(&names::partial(s)) {
             self.inputs.insert(names::partial(s), zeroed(partial)?);
         }
+        Ok(())
+    }
+
+    /// Ends the mini-batch of state `s` under `momentum_gd`: `θ0 ← partial` (the current
+    /// values, which stay).
+    fn close_current(&mut self, s: &str) -> Result<(), StreamError> {
+        let (_, partial) = self
+            .carried(s)
+            .ok_or_else(|| StreamError::internal("state unset"))?;
+        let now = partial.clone();
+        self.inputs.insert(names::theta(s), now);
         Ok(())
     }
 
@@ -513,7 +545,12 @@ impl ScanRuntime {
                 .ok_or_else(|| StreamError::internal("the block has no next state"))?;
             let mut shape = vec![n];
             shape.extend(&next.shape()[per_sizes.len()..]);
-            self.inputs.insert(names::theta(s), reshape(next, shape)?);
+            let next = reshape(next, shape)?;
+            if scan.rule == UpdateRule::MomentumGd {
+                // The current values are the block's end too.
+                self.inputs.insert(names::partial(s), next.clone());
+            }
+            self.inputs.insert(names::theta(s), next);
         }
         let z = out
             .remove("z")

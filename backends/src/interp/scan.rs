@@ -15,7 +15,8 @@ use super::value::{numel, Arr, Elem, Value};
 use super::{InterpError, KnownType, Plan};
 use ndarray::{ArrayViewD, Axis, IxDyn};
 use tttc_ir::program::specialize_graph;
-use tttc_ir::{Graph, NodeId, OperandAxes, TokenEtaForm, TttScan, MINI_BATCH_DIM};
+use tttc_ir::scan::MAX_MOMENTUM_MINI_BATCH;
+use tttc_ir::{Graph, NodeId, OperandAxes, TokenEtaForm, TttScan, UpdateRule, MINI_BATCH_DIM};
 
 /// How one mini-batch is computed.
 enum Engine<'h> {
@@ -55,6 +56,10 @@ struct Seq<'p, 'g, 'h> {
     mini_batch: usize,
     /// How `token_eta` is indexed.
     eta_form: TokenEtaForm,
+    /// The update rule.
+    rule: UpdateRule,
+    /// Number of the inner model's states (the rest of the states are the rule's carries).
+    model_states: usize,
     /// Number of states, params, loss args and out args.
     counts: [usize; 4],
     /// Sequence length `L` (from the node's type).
@@ -79,9 +84,28 @@ impl Seq<'_, '_, '_> {
         let params: Vec<Arr<T>> = it.by_ref().take(np).collect();
         let loss_args: Vec<Arr<T>> = it.by_ref().take(nl).collect();
         let out_args: Vec<Arr<T>> = it.by_ref().take(no).collect();
-        let (Some(eta), Some(lr), None) = (it.next(), it.next(), it.next()) else {
-            return Err(self.invalid("wrong number of operands"));
+        let coefficients: Vec<Arr<T>> = it.collect();
+        let momentum = self.rule == UpdateRule::MomentumGd;
+        let (eta, lr, decay) = match (momentum, &coefficients[..]) {
+            (false, [eta, lr]) => (eta.clone(), lr.clone(), None),
+            (true, [eta, lr, decay]) => (eta.clone(), lr.clone(), Some(decay.clone())),
+            _ => return Err(self.invalid("wrong number of operands")),
         };
+        if let Some(decay) = &decay {
+            if decay.shape != [self.seq_len] {
+                return Err(self.invalid(format!(
+                    "decay slices to {:?}, expected [{}]",
+                    decay.shape, self.seq_len
+                )));
+            }
+            if self.mini_batch > MAX_MOMENTUM_MINI_BATCH {
+                return Err(self.invalid(format!(
+                    "momentum_gd runs mini-batches of at most {MAX_MOMENTUM_MINI_BATCH} tokens, \
+                     not {}",
+                    self.mini_batch
+                )));
+            }
+        }
         let (k_max, l) = (self.mini_batch, self.seq_len);
         let eta_len = match self.eta_form {
             TokenEtaForm::PerPosition => k_max,
@@ -119,9 +143,25 @@ impl Seq<'_, '_, '_> {
         let (grad_plan, out_plan, grad_index) = match &self.engine {
             Engine::Tokens(t) => (&t.grad, &t.out, &t.grad_index),
             Engine::Step(steps) => {
-                return self.run_steps(steps, theta0, &params, &loss_args, &out_args, &eta, &lr)
+                let coefficients = [Some(&eta), Some(&lr), decay.as_ref()];
+                return self.run_steps(steps, theta0, &params, &loss_args, &out_args, coefficients);
             }
         };
+        if let Some(decay) = &decay {
+            let args = TokenArgs {
+                params: &params,
+                loss_args: &loss_args,
+                out_args: &out_args,
+            };
+            return self.run_momentum_tokens(
+                grad_plan,
+                out_plan,
+                grad_index,
+                theta0,
+                args,
+                [&eta, &lr, decay],
+            );
+        }
         let mut theta = theta0;
         let mut z_all: Vec<T> = Vec::new();
         let mut start = 0;
@@ -197,6 +237,92 @@ impl Seq<'_, '_, '_> {
         Ok((z_all, theta))
     }
 
+    /// `momentum_gd` token by token, literally (see the module doc of `tttc_ir::scan`): the
+    /// gradients of a mini-batch at its starting weights `W0`; per token `S ← η S − ρ g`,
+    /// `W ← (1 − α) W + S`, then the token's output at `W`. `theta0` holds the model's states,
+    /// then their carries.
+    #[allow(clippy::too_many_arguments)]
+    fn run_momentum_tokens<T: Elem>(
+        &self,
+        grad_plan: &Plan<'_>,
+        out_plan: &Plan<'_>,
+        grad_index: &[usize],
+        theta0: Vec<Arr<T>>,
+        args: TokenArgs<'_, T>,
+        [eta, lr, decay]: [&Arr<T>; 3],
+    ) -> Result<(Vec<T>, Vec<Arr<T>>), InterpError> {
+        let nm = self.model_states;
+        let (k_max, l) = (self.mini_batch, self.seq_len);
+        let mut theta = theta0;
+        if theta.len() != 2 * nm {
+            return Err(self.invalid("momentum_gd needs one carry per state"));
+        }
+        let coefficient = |a: &Arr<T>, t: usize, what: &str| {
+            a.data
+                .get(t)
+                .copied()
+                .ok_or_else(|| self.invalid(format!("{what} index")))
+        };
+        let mut z_all: Vec<T> = Vec::new();
+        let mut start = 0;
+        while start < l {
+            let k = k_max.min(l - start);
+            let w0: Vec<Arr<T>> = theta[..nm].to_vec();
+            for t in start..start + k {
+                let (e, r, a) = (
+                    coefficient(eta, t, "momentum")?,
+                    coefficient(lr, t, "lr")?,
+                    T::ONE - coefficient(decay, t, "decay")?,
+                );
+                let mut inputs: Vec<Value> = w0.iter().cloned().map(T::wrap).collect();
+                inputs.extend(args.params.iter().cloned().map(T::wrap));
+                for a in args.loss_args {
+                    inputs.push(T::wrap(token(a, t).map_err(|m| self.invalid(m))?));
+                }
+                let grads = grad_plan.run(inputs)?;
+                let (w, s) = theta.split_at_mut(nm);
+                for (i, (w, s)) in w.iter_mut().zip(s.iter_mut()).enumerate() {
+                    let g = grad_index.get(i).and_then(|&p| grads.get(p));
+                    let g = g.and_then(T::unwrap).filter(|g| g.shape == w.shape);
+                    let Some(g) = g else {
+                        return Err(self.invalid(format!(
+                            "the gradient of state {i} is not a {}{:?} tensor",
+                            T::DTYPE,
+                            w.shape
+                        )));
+                    };
+                    if s.shape != w.shape {
+                        return Err(self.invalid(format!("carry {i} has the wrong shape")));
+                    }
+                    for ((wv, sv), &gv) in w.data.iter_mut().zip(&mut s.data).zip(&g.data) {
+                        *sv = e * *sv - r * gv;
+                        *wv = a * *wv + *sv;
+                    }
+                }
+                let mut inputs: Vec<Value> = theta[..nm].iter().cloned().map(T::wrap).collect();
+                inputs.extend(args.params.iter().cloned().map(T::wrap));
+                for a in args.out_args {
+                    inputs.push(T::wrap(token(a, t).map_err(|m| self.invalid(m))?));
+                }
+                let z = out_plan.run(inputs)?.into_iter().next();
+                let z = z
+                    .as_ref()
+                    .and_then(T::unwrap)
+                    .filter(|z| z.shape == self.z_shape);
+                let Some(z) = z else {
+                    return Err(self.invalid(format!(
+                        "the output graph does not produce a {}{:?} token",
+                        T::DTYPE,
+                        self.z_shape
+                    )));
+                };
+                z_all.extend_from_slice(&z.data);
+            }
+            start += k;
+        }
+        Ok((z_all, theta))
+    }
+
     /// Where the step sizes of the mini-batch starting at token `start` begin in `token_eta`.
     fn eta_start(&self, start: usize) -> usize {
         match self.eta_form {
@@ -207,8 +333,8 @@ impl Seq<'_, '_, '_> {
 
     /// The scan over one slice with the step graph: one run per mini-batch of `k` tokens, on
     /// the blocks of rows `start..start + k` of every token argument, its `k` step sizes
-    /// (`token_eta[0..k]` per position, `token_eta[start..start + k]` per token) and
-    /// `lr[start..start + k]`.
+    /// (`token_eta[0..k]` per position, `token_eta[start..start + k]` per token),
+    /// `lr[start..start + k]` and, under `momentum_gd`, `decay[start..start + k]`.
     #[allow(clippy::too_many_arguments)]
     fn run_steps<T: Elem>(
         &self,
@@ -217,9 +343,11 @@ impl Seq<'_, '_, '_> {
         params: &[Arr<T>],
         loss_args: &[Arr<T>],
         out_args: &[Arr<T>],
-        eta: &Arr<T>,
-        lr: &Arr<T>,
+        [eta, lr, decay]: [Option<&Arr<T>>; 3],
     ) -> Result<(Vec<T>, Vec<Arr<T>>), InterpError> {
+        let (Some(eta), Some(lr)) = (eta, lr) else {
+            return Err(self.invalid("no token_eta or lr"));
+        };
         let (k_max, l) = (self.mini_batch, self.seq_len);
         let mut theta = theta0;
         let mut z_all: Vec<T> = Vec::new();
@@ -238,6 +366,9 @@ impl Seq<'_, '_, '_> {
             }
             inputs.push(T::wrap(block(eta, self.eta_start(start), k).map_err(inv)?));
             inputs.push(T::wrap(block(lr, start, k).map_err(inv)?));
+            if let Some(decay) = decay {
+                inputs.push(T::wrap(block(decay, start, k).map_err(inv)?));
+            }
             let outs = step.plan.run(inputs)?;
             if let Some(first) = z_block.first_mut() {
                 *first = k;
@@ -268,6 +399,13 @@ impl Seq<'_, '_, '_> {
         }
         Ok((z_all, theta))
     }
+}
+
+/// The per-token operands of one slice the token-by-token engine reads.
+struct TokenArgs<'a, T> {
+    params: &'a [Arr<T>],
+    loss_args: &'a [Arr<T>],
+    out_args: &'a [Arr<T>],
 }
 
 /// The row-major multi-index of flat position `c` over `extents`, written into `index`.
@@ -470,6 +608,8 @@ pub(super) fn eval_ttt<T: Elem>(
         engine,
         mini_batch,
         eta_form: scan.token_eta,
+        rule: scan.rule,
+        model_states: scan.model_state_count(),
         counts,
         seq_len,
         z_shape,
@@ -532,7 +672,7 @@ fn token_engine<'h>(
 ) -> Result<Engine<'h>, InterpError> {
     let inv = |m: String| plan.invalid_at(id, m);
     let [ns, np, nl, no] = [
-        scan.states.len(),
+        scan.model_state_count(),
         scan.params.len(),
         scan.loss_args.len(),
         scan.out_args.len(),
@@ -561,7 +701,7 @@ fn token_engine<'h>(
         )));
     }
     let grad_index = scan
-        .states
+        .model_states()
         .iter()
         .map(|s| {
             let name = TttScan::grad_output_name(s);

@@ -9,7 +9,8 @@
 //!    checkpoint, then its mini-batches run in reverse through `step_vjp`, carrying the
 //!    cotangent of the state (it starts as the cotangent of the final state), summing those of
 //!    the params and of a per-position `token_eta`, and writing the rows of the token
-//!    arguments', `lr`'s and a per-token `token_eta`'s.
+//!    arguments', `lr`'s, a per-token `token_eta`'s and `momentum_gd`'s `decay`'s (its
+//!    momentum buffers are scan states, carried like the others).
 //!
 //! An operand without some mapped axis is shared by those slices: its cotangent is the sum
 //! of theirs.
@@ -21,7 +22,7 @@ use super::value::{numel, Arr, Elem, Value};
 use super::{InterpError, Plan};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 use tttc_ir::program::specialize_graph;
-use tttc_ir::{Graph, NodeId, TokenEtaForm, TttScan, MINI_BATCH_DIM};
+use tttc_ir::{Graph, NodeId, TokenEtaForm, TttScan, UpdateRule, MINI_BATCH_DIM};
 
 /// The step and step-VJP graphs specialized to one mini-batch length.
 struct Plans<'h> {
@@ -152,6 +153,7 @@ pub(super) fn eval_ttt_vjp<T: Elem>(
         seq_len,
         group,
         eta_per_token: scan.token_eta == TokenEtaForm::PerToken,
+        has_decay: scan.rule == UpdateRule::MomentumGd,
     };
 
     let mut grads: Vec<ArrayD<T>> = operands
@@ -241,6 +243,8 @@ struct Backward<'p, 'g, 'h> {
     group: usize,
     /// Whether `token_eta` has a value per token (sliced like `lr`) rather than per position.
     eta_per_token: bool,
+    /// Whether a per-token `decay` operand follows `lr` (`momentum_gd`).
+    has_decay: bool,
 }
 
 impl Backward<'_, '_, '_> {
@@ -275,6 +279,12 @@ impl Backward<'_, '_, '_> {
         let eta_start = if self.eta_per_token { start } else { 0 };
         inputs.push(T::wrap(block(eta, eta_start, k).map_err(inv)?));
         inputs.push(T::wrap(block(lr, start, k).map_err(inv)?));
+        if self.has_decay {
+            let decay = slices
+                .get(ns + np + nl + no + 2)
+                .ok_or_else(|| self.invalid("no decay operand"))?;
+            inputs.push(T::wrap(block(decay, start, k).map_err(inv)?));
+        }
         Ok((k, inputs))
     }
 
@@ -385,6 +395,15 @@ impl Backward<'_, '_, '_> {
                     &get(lr)?.data,
                     self.invalid("lr"),
                 )?;
+                if self.has_decay {
+                    let decay = lr + 1;
+                    add_into(
+                        &mut grads[decay].data,
+                        start,
+                        &get(decay)?.data,
+                        self.invalid("decay"),
+                    )?;
+                }
             }
         }
         for (grad, d) in grads.iter_mut().zip(d_theta) {

@@ -215,6 +215,7 @@ fn main_graph(dtype: DType, d: Dims, grad: bool, step: Option<StepKind>) -> Grap
             },
         ],
         token_eta: Default::default(),
+        rule: Default::default(),
         loss: loss_graph(dtype, d),
         out: out_graph(dtype, d),
         grad: grad.then(|| grad_graph(dtype, d)),

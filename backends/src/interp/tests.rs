@@ -1018,6 +1018,7 @@ fn linear_scan(dtype: DType, d: Dims, with_grad: bool) -> TttScan {
             }, // lr [B, L]
         ],
         token_eta: Default::default(),
+        rule: Default::default(),
         loss,
         out,
         grad: with_grad.then_some(grad),

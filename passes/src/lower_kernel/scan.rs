@@ -273,6 +273,7 @@ impl Lowerer {
                 OperandKind::LossArg(_)
                 | OperandKind::OutArg(_)
                 | OperandKind::Lr
+                | OperandKind::Decay
                 | OperandKind::TokenEta => {
                     let (Some(&l), Some(&s0)) = (sl.shape.first(), sl.strides.first()) else {
                         return Err(
@@ -422,6 +423,15 @@ fn check_scan<'s>(
             node: describe(graph, id),
             symbol: scan.mini_batch.to_string(),
         })?;
+    if scan.rule == UpdateRule::MomentumGd && k_max > MAX_MOMENTUM_MINI_BATCH {
+        return Err(sc.invalid_at(
+            id,
+            format!(
+                "momentum_gd runs mini-batches of at most {MAX_MOMENTUM_MINI_BATCH} tokens, not \
+                 {k_max}"
+            ),
+        ));
+    }
     Ok((step, k_max))
 }
 

@@ -6,7 +6,7 @@ use super::expr::{
 use super::Ctx;
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
-use crate::scan::{OperandAxes, TokenEtaForm, TttScan};
+use crate::scan::{OperandAxes, TokenEtaForm, TttScan, UpdateRule};
 use crate::shape::{Dim, Shape, TensorType};
 use crate::syntax::ast::*;
 use crate::syntax::diagnostic::{Diagnostic, Span};
@@ -284,24 +284,25 @@ pub(super) fn lower_ttt(
         }
     }
     // The update rule.
-    if ttt.rule.name != "minibatch_gd" {
-        return Err(diag(
-            src,
-            format!(
-                "unknown update rule `{}` (known: minibatch_gd)",
-                ttt.rule.name
-            ),
-            ttt.rule.span.clone(),
-        ));
-    }
+    let (rule, arg_names): (UpdateRule, &[&str]) = match ttt.rule.name.as_str() {
+        "minibatch_gd" => (UpdateRule::MinibatchGd, &["size", "token_eta", "lr"]),
+        "momentum_gd" => (UpdateRule::MomentumGd, &["size", "lr", "momentum", "decay"]),
+        other => {
+            return Err(diag(
+                src,
+                format!("unknown update rule `{other}` (known: minibatch_gd, momentum_gd)"),
+                ttt.rule.span.clone(),
+            ))
+        }
+    };
+    let rule_name = ttt.rule.name.as_str();
     let mut size: Option<Dim> = None;
-    let mut token_eta = None;
-    let mut lr = None;
+    let mut values: HashMap<&str, &Expr> = HashMap::new();
     for a in &ttt.rule_args {
         let Some(n) = &a.name else {
             return Err(diag(
                 src,
-                "update rule arguments are named: size, token_eta, lr",
+                format!("update rule arguments are named: {}", arg_names.join(", ")),
                 a.value.span.clone(),
             ));
         };
@@ -319,13 +320,21 @@ pub(super) fn lower_ttt(
                     }
                 })
             }
-            "token_eta" => token_eta = Some(&a.value),
-            "lr" => lr = Some(&a.value),
+            other if arg_names.contains(&other) => {
+                if values.insert(other, &a.value).is_some() {
+                    return Err(diag(
+                        src,
+                        format!("`{other}` is given twice"),
+                        n.span.clone(),
+                    ));
+                }
+            }
             other => {
                 return Err(diag(
                     src,
                     format!(
-                        "`minibatch_gd` has no argument `{other}` (it takes size, token_eta, lr)"
+                        "`{rule_name}` has no argument `{other}` (it takes {})",
+                        arg_names.join(", ")
                     ),
                     n.span.clone(),
                 ))
@@ -335,26 +344,31 @@ pub(super) fn lower_ttt(
     let missing = |what: &str| {
         diag(
             src,
-            format!("`minibatch_gd` needs `{what} = ...`"),
+            format!("`{rule_name}` needs `{what} = ...`"),
             ttt.rule.span.clone(),
         )
     };
     let size = size.ok_or_else(|| missing("size"))?;
-    let mut slices = Vec::with_capacity(2);
-    for e in [
-        token_eta.ok_or_else(|| missing("token_eta"))?,
-        lr.ok_or_else(|| missing("lr"))?,
-    ] {
+    // The coefficient operands, in operand order: `token_eta, lr` or `momentum, lr, decay`.
+    let order: &[&str] = match rule {
+        UpdateRule::MinibatchGd => &["token_eta", "lr"],
+        UpdateRule::MomentumGd => &["momentum", "lr", "decay"],
+    };
+    let mut slices = Vec::with_capacity(order.len());
+    let mut coefficients = Vec::with_capacity(order.len());
+    for &name in order {
+        let e = *values.get(name).ok_or_else(|| missing(name))?;
         let id = tensor(ctx, g, env, e)?;
         let (ax, slice) = axes_of(id, &e.span, g)?;
-        operands.push(id);
-        axes.push(ax);
+        coefficients.push((id, ax));
         slices.push((slice, e));
     }
-    let token_eta_form = match slices.as_slice() {
-        [(eta, _), _] if *eta == Shape(vec![size.clone()]) => TokenEtaForm::PerPosition,
-        [(eta, _), (lr, _)] if eta == lr => TokenEtaForm::PerToken,
-        [(eta, e), (lr, _)] => {
+    let token_eta_form = match (rule, slices.as_slice()) {
+        (UpdateRule::MinibatchGd, [(eta, _), _]) if *eta == Shape(vec![size.clone()]) => {
+            TokenEtaForm::PerPosition
+        }
+        (UpdateRule::MinibatchGd, [(eta, _), (lr, _)]) if eta == lr => TokenEtaForm::PerToken,
+        (UpdateRule::MinibatchGd, [(eta, e), (lr, _)]) => {
             return Err(diag(
                 src,
                 format!(
@@ -365,18 +379,97 @@ pub(super) fn lower_ttt(
                 e.span.clone(),
             ))
         }
-        _ => return Err(missing("token_eta")),
+        (UpdateRule::MomentumGd, [(m, me), (lr, le), (d, de)]) => {
+            if lr.rank() != 1 {
+                return Err(diag(
+                    src,
+                    format!(
+                        "after removing the `per` dims `lr` is {lr}: `momentum_gd` takes a \
+                         learning rate per token, [L]"
+                    ),
+                    le.span.clone(),
+                ));
+            }
+            for (name, shape, e) in [("momentum", m, me), ("decay", d, de)] {
+                if shape != lr {
+                    return Err(diag(
+                        src,
+                        format!(
+                            "after removing the `per` dims `{name}` is {shape}: it must have the \
+                             shape of `lr`, {lr} (a value per token)"
+                        ),
+                        e.span.clone(),
+                    ));
+                }
+            }
+            TokenEtaForm::PerToken
+        }
+        _ => return Err(missing(order[0])),
     };
+    // Under momentum_gd every state carries a momentum buffer, a scan state starting at zero:
+    // its initial operand is a zero of the state's bound shape, mapped like the state.
+    let n_model = roles.states.len();
+    let mut states: Vec<String> = roles.states.iter().map(|s| s.name.name.clone()).collect();
+    if rule == UpdateRule::MomentumGd {
+        let mut carries = Vec::with_capacity(n_model);
+        let mut carry_axes = Vec::with_capacity(n_model);
+        for s in 0..n_model {
+            let (init, ax): (NodeId, OperandAxes) = (operands[s], axes[s].clone());
+            let ty = g
+                .tensor_type(init)
+                .cloned()
+                .ok_or_else(|| diag(src, "expected a tensor", ttt.model.span.clone()))?;
+            let zero = g.add_const(0.0, ty.dtype);
+            let zero = add(
+                g,
+                Op::Expand {
+                    shape: ty.shape.clone(),
+                },
+                &[zero],
+                &ttt.rule.span,
+                src,
+            )?;
+            carries.push(zero);
+            carry_axes.push(ax);
+        }
+        let carry_names: Vec<String> = states.iter().map(|s| TttScan::carry_name(s)).collect();
+        if let Some(taken) = carry_names
+            .iter()
+            .find(|c| all_names.iter().any(|n| n.name == **c))
+        {
+            return Err(diag(
+                src,
+                format!(
+                    "`momentum_gd` carries a momentum buffer `{taken}` for a state, but `{}` \
+                     already has a state, parameter or token argument of that name",
+                    inner.name.name
+                ),
+                ttt.rule.span.clone(),
+            ));
+        }
+        // Insert after the model states.
+        let tail_ops = operands.split_off(n_model);
+        let tail_axes = axes.split_off(n_model);
+        operands.extend(carries);
+        operands.extend(tail_ops);
+        axes.extend(carry_axes);
+        axes.extend(tail_axes);
+        states.extend(carry_names);
+    }
+    for (id, ax) in coefficients {
+        operands.push(id);
+        axes.push(ax);
+    }
     // The inner graphs, with the inner model's dimension names replaced by the bound ones.
     let loss_graph = inner_graph(ctx, inner, inner_src, InnerFn::Loss, &dims)?;
     let out_graph = inner_graph(ctx, inner, inner_src, InnerFn::Out, &dims)?;
     let mut fields = vec!["out".to_string()];
-    fields.extend(roles.states.iter().map(|s| s.name.name.clone()));
+    fields.extend(states.iter().cloned());
     let scan = TttScan {
         model: inner.name.name.clone(),
         per,
         mini_batch: size,
-        states: roles.states.iter().map(|s| s.name.name.clone()).collect(),
+        states,
         params: roles.params.iter().map(|s| s.name.name.clone()).collect(),
         loss_args: roles
             .loss_args
@@ -386,6 +479,7 @@ pub(super) fn lower_ttt(
         out_args: roles.out_args.iter().map(|s| s.name.name.clone()).collect(),
         axes,
         token_eta: token_eta_form,
+        rule,
         loss: loss_graph,
         out: out_graph,
         grad: None,
