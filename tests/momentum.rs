@@ -96,7 +96,12 @@ fn momentum_gd_matches_the_numpy_loop_on_every_backend() {
         for backend in backends() {
             for precision in ["f64", "f32"] {
                 let got = run(program, &inputs, backend, precision, &[]);
-                check(stem, precision, &got, &format!("{stem} {backend} {precision}"));
+                check(
+                    stem,
+                    precision,
+                    &got,
+                    &format!("{stem} {backend} {precision}"),
+                );
             }
         }
     }
@@ -276,7 +281,12 @@ fn zero_momentum_and_decay_is_minibatch_gd() {
     let a = run(program, &mom_path, "interp", "f64", &[]);
     let b = run("examples/ttt_linear.ttt", &gd_path, "interp", "f64", &[]);
     for name in ["Z", "W1_last", "b1_last"] {
-        assert_tensor_close(&format!("{name}: momentum_gd(0, 0) vs minibatch_gd"), &a[name], &b[name], 1e-12);
+        assert_tensor_close(
+            &format!("{name}: momentum_gd(0, 0) vs minibatch_gd"),
+            &a[name],
+            &b[name],
+            1e-12,
+        );
     }
     // The momentum buffers stay the (negated) running sums of the last mini-batch's steps:
     // not zero, so the comparison above is not vacuous in what they feed.
@@ -311,7 +321,10 @@ fn momentum_gd_gradients_match_finite_differences() {
         .iter()
         .map(|(name, t)| {
             let v = rng.vec(t.len(), 1.0);
-            (name.clone(), Tensor::from_f64(t.shape().to_vec(), v).expect("sizes"))
+            (
+                name.clone(),
+                Tensor::from_f64(t.shape().to_vec(), v).expect("sizes"),
+            )
         })
         .collect();
     let f = common::finite_diff::pairing(&program, &inputs, &cts, &settings).expect("forward");

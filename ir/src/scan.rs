@@ -110,6 +110,11 @@ pub struct TttScan {
     /// The update rule. Absent in programs serialized before it existed: `minibatch_gd`.
     #[serde(default)]
     pub rule: UpdateRule,
+    /// `momentum_gd`: the doubling rounds `R` its step graph's segment products take (set with
+    /// the step graph; `None`: [`DEFAULT_DOUBLING_ROUNDS`]); the step is right for mini-batches
+    /// of up to `2^R` tokens ([`TttScan::max_mini_batch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doubling_rounds: Option<usize>,
     /// The self-supervised loss of one token: inputs `states ++ params ++ loss_args`, one scalar
     /// output `loss`.
     pub loss: Graph,
@@ -160,10 +165,9 @@ pub enum UpdateRule {
     MomentumGd,
 }
 
-/// The largest mini-batch size `momentum_gd` runs with when the size is not known when the
-/// step graph is built (its segment products take a fixed number of doubling rounds); larger
-/// sizes are refused where the step runs.
-pub const MAX_MOMENTUM_MINI_BATCH: usize = 1 << 16;
+/// The doubling rounds of `momentum_gd`'s segment products when the mini-batch size is not
+/// known when the step graph is built: mini-batches of up to `2^16` tokens.
+pub const DEFAULT_DOUBLING_ROUNDS: usize = 16;
 
 /// The symbolic length of one mini-batch inside a scan's step graph: bound to K for full
 /// mini-batches and to `L mod K` for the remainder, when the step runs. It cannot be written in
@@ -221,6 +225,19 @@ impl TttScan {
     /// The inner model's states: the inputs its graphs take before the params.
     pub fn model_states(&self) -> &[String] {
         &self.states[..self.model_state_count()]
+    }
+
+    /// The largest mini-batch the step graph is right for: `2^R` under `momentum_gd` (see
+    /// [`TttScan::doubling_rounds`]), unbounded under `minibatch_gd`. Checked where the step
+    /// runs (the interpreter, the kernel lowering).
+    pub fn max_mini_batch(&self) -> usize {
+        match self.rule {
+            UpdateRule::MinibatchGd => usize::MAX,
+            UpdateRule::MomentumGd => {
+                let r = self.doubling_rounds.unwrap_or(DEFAULT_DOUBLING_ROUNDS);
+                1usize.checked_shl(r as u32).unwrap_or(usize::MAX)
+            }
+        }
     }
 
     /// The name of the momentum buffer carried for state `state` under `momentum_gd` (also the

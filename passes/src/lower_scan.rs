@@ -43,7 +43,8 @@
 //! already taken gets `$` prefixes; only positions matter to the step's users). Its outputs are
 //! `out` `[k, rest...]` and `next_<state>` for every state, as [`TttScan::step`] documents.
 
-use tttc_ir::scan::MAX_MOMENTUM_MINI_BATCH;
+use std::collections::BTreeMap;
+use tttc_ir::scan::DEFAULT_DOUBLING_ROUNDS;
 use tttc_ir::{
     BinaryOp, DType, Dim, Graph, GraphError, NodeId, Op, Program, Shape, TensorType, TttScan,
     UnaryOp, UpdateRule, MINI_BATCH_DIM,
@@ -122,21 +123,28 @@ impl Pass for LowerScan {
 
 /// Fills [`TttScan::step`] of every `ttt` node of `program.graph` (see the module doc).
 pub fn lower_scans(program: &mut Program) -> Result<(), LowerScanError> {
+    let configs = program.int_configs();
     for id in program.graph.node_ids() {
         let Some(node) = program.graph.get(id) else {
             continue;
         };
         let Op::Ttt(scan) = &node.op else { continue };
-        let step = step_graph(scan, id.index())?;
+        let rounds = doubling_rounds(&scan.mini_batch, &configs);
+        let step = step_graph(scan, id.index(), rounds)?;
         if let Some(Op::Ttt(scan)) = program.graph.node_mut(id).map(|n| &mut n.op) {
             scan.step = Some(step);
+            if scan.rule == UpdateRule::MomentumGd {
+                scan.doubling_rounds = Some(rounds);
+            }
         }
     }
     Ok(())
 }
 
-/// Builds the step graph of one scan (`node` names the scan in errors).
-pub fn step_graph(scan: &TttScan, node: usize) -> Result<Graph, LowerScanError> {
+/// Builds the step graph of one scan (`node` names the scan in errors); `momentum_gd`'s
+/// segment products take `rounds` doubling rounds ([`doubling_rounds`]; the caller records
+/// them in [`TttScan::doubling_rounds`]).
+pub fn step_graph(scan: &TttScan, node: usize, rounds: usize) -> Result<Graph, LowerScanError> {
     let grad = scan
         .grad
         .as_ref()
@@ -149,6 +157,7 @@ pub fn step_graph(scan: &TttScan, node: usize) -> Result<Graph, LowerScanError> 
         node,
         g: Graph::new(),
         k: Dim::sym(MINI_BATCH_DIM),
+        rounds,
     };
     b.build(grad)?;
     Ok(b.g)
@@ -161,6 +170,8 @@ struct StepBuilder<'a> {
     node: usize,
     g: Graph,
     k: Dim,
+    /// Doubling rounds of the segment products.
+    rounds: usize,
 }
 
 impl StepBuilder<'_> {
@@ -503,7 +514,7 @@ impl StepBuilder<'_> {
     /// over `i` of `y[i, m] = x_i` (`i > m`), `1` (`i <= m`), by Hillis–Steele doubling
     /// (`y ← y ⊙ shift(y, by = 1, 2, 4, ...)`, the shifted-in rows 1). Only multiplications by
     /// the factors and by exact 0/1 masks: zero and negative factors are fine (no `exp ∘ log`).
-    /// [`doubling_rounds`] rounds cover the mini-batch; a round whose shift is at least `k`
+    /// `self.rounds` ([`doubling_rounds`]) cover the mini-batch; a round whose shift is at least `k`
     /// multiplies by 1.
     fn segment_products(
         &mut self,
@@ -521,7 +532,7 @@ impl StepBuilder<'_> {
         let picked = self.binary(BinaryOp::Mul, above, x_col)?;
         let mut y = self.binary(BinaryOp::Add, picked, not_above)?;
         let i_col = self.reshape(iota, vec![k.clone(), Dim::Known(1)])?;
-        for r in 0..doubling_rounds(&self.scan.mini_batch) {
+        for r in 0..self.rounds {
             let by = 1usize << r;
             let shifted = self.add(Op::Shift { axis: 0, by }, &[y])?;
             // Rows i < by are shifted in as 0; make them 1: shifted + (1 − [i >= by]).
@@ -629,11 +640,17 @@ struct Coefficients {
 }
 
 /// How many doubling rounds the segment products of `momentum_gd` take: enough for a mini-batch
-/// of `K` tokens (`2^rounds >= K`) when `K` is known when the step graph is built, else 16, for
-/// any `K <=` [`MAX_MOMENTUM_MINI_BATCH`] (a larger one is refused where the step runs: the
-/// interpreter and the kernel lowering). A round costs `K²` multiplications.
-pub fn doubling_rounds(mini_batch: &Dim) -> usize {
-    match mini_batch.known() {
+/// of `K` tokens (`2^rounds >= K`) when `K` is known when the step graph is built (a number, or
+/// an integer config of the program: `configs` holds their values), else
+/// [`DEFAULT_DOUBLING_ROUNDS`] (a larger `K` is refused where the step runs: the interpreter
+/// and the kernel lowering check [`TttScan::max_mini_batch`]). A round costs about `3K²`
+/// operations on `[K, K]`.
+pub fn doubling_rounds(mini_batch: &Dim, configs: &BTreeMap<String, usize>) -> usize {
+    let known = match mini_batch {
+        Dim::Sym(name) => configs.get(name).copied(),
+        d => d.known(),
+    };
+    match known {
         Some(k) => {
             let mut r = 0;
             while (1usize << r) < k {
@@ -641,6 +658,6 @@ pub fn doubling_rounds(mini_batch: &Dim) -> usize {
             }
             r
         }
-        None => MAX_MOMENTUM_MINI_BATCH.trailing_zeros() as usize,
+        None => DEFAULT_DOUBLING_ROUNDS,
     }
 }

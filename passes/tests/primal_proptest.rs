@@ -498,6 +498,7 @@ fn build(seed: u64, l: usize, k: usize) -> Case {
         axes,
         token_eta: Default::default(),
         rule: Default::default(),
+        doubling_rounds: None,
         loss,
         out,
         grad: None,

@@ -159,6 +159,7 @@ fn linear_program() -> Program {
             .collect(),
         token_eta: Default::default(),
         rule: Default::default(),
+        doubling_rounds: None,
         loss,
         out,
         grad: None,

@@ -15,7 +15,6 @@ use super::value::{numel, Arr, Elem, Value};
 use super::{InterpError, KnownType, Plan};
 use ndarray::{ArrayViewD, Axis, IxDyn};
 use tttc_ir::program::specialize_graph;
-use tttc_ir::scan::MAX_MOMENTUM_MINI_BATCH;
 use tttc_ir::{Graph, NodeId, OperandAxes, TokenEtaForm, TttScan, UpdateRule, MINI_BATCH_DIM};
 
 /// How one mini-batch is computed.
@@ -60,6 +59,8 @@ struct Seq<'p, 'g, 'h> {
     rule: UpdateRule,
     /// Number of the inner model's states (the rest of the states are the rule's carries).
     model_states: usize,
+    /// The largest mini-batch the step graph is right for ([`TttScan::max_mini_batch`]).
+    max_mini_batch: usize,
     /// Number of states, params, loss args and out args.
     counts: [usize; 4],
     /// Sequence length `L` (from the node's type).
@@ -98,11 +99,10 @@ impl Seq<'_, '_, '_> {
                     decay.shape, self.seq_len
                 )));
             }
-            if self.mini_batch > MAX_MOMENTUM_MINI_BATCH {
+            if matches!(self.engine, Engine::Step(_)) && self.mini_batch > self.max_mini_batch {
                 return Err(self.invalid(format!(
-                    "momentum_gd runs mini-batches of at most {MAX_MOMENTUM_MINI_BATCH} tokens, \
-                     not {}",
-                    self.mini_batch
+                    "this momentum_gd step runs mini-batches of at most {} tokens, not {}",
+                    self.max_mini_batch, self.mini_batch
                 )));
             }
         }
@@ -610,6 +610,7 @@ pub(super) fn eval_ttt<T: Elem>(
         eta_form: scan.token_eta,
         rule: scan.rule,
         model_states: scan.model_state_count(),
+        max_mini_batch: scan.max_mini_batch(),
         counts,
         seq_len,
         z_shape,

@@ -216,6 +216,7 @@ fn main_graph(dtype: DType, d: Dims, grad: bool, step: Option<StepKind>) -> Grap
         ],
         token_eta: Default::default(),
         rule: Default::default(),
+        doubling_rounds: None,
         loss: loss_graph(dtype, d),
         out: out_graph(dtype, d),
         grad: grad.then(|| grad_graph(dtype, d)),

@@ -1019,6 +1019,7 @@ fn linear_scan(dtype: DType, d: Dims, with_grad: bool) -> TttScan {
         ],
         token_eta: Default::default(),
         rule: Default::default(),
+        doubling_rounds: None,
         loss,
         out,
         grad: with_grad.then_some(grad),

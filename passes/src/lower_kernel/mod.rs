@@ -61,7 +61,7 @@ use tttc_ir::kernel::{
     VarId,
 };
 use tttc_ir::program::specialize_graph;
-use tttc_ir::scan::{OperandKind, TokenEtaForm, UpdateRule, MAX_MOMENTUM_MINI_BATCH};
+use tttc_ir::scan::{OperandKind, TokenEtaForm};
 use tttc_ir::{
     BinaryOp, DType, Graph, NodeId, NodeType, Op, Program, ReduceOp, TttScan, UnaryOp,
     MINI_BATCH_DIM,

@@ -423,12 +423,12 @@ fn check_scan<'s>(
             node: describe(graph, id),
             symbol: scan.mini_batch.to_string(),
         })?;
-    if scan.rule == UpdateRule::MomentumGd && k_max > MAX_MOMENTUM_MINI_BATCH {
+    if k_max > scan.max_mini_batch() {
         return Err(sc.invalid_at(
             id,
             format!(
-                "momentum_gd runs mini-batches of at most {MAX_MOMENTUM_MINI_BATCH} tokens, not \
-                 {k_max}"
+                "this momentum_gd step runs mini-batches of at most {} tokens, not {k_max}",
+                scan.max_mini_batch()
             ),
         ));
     }

@@ -171,6 +171,9 @@ pub fn layout_rules() -> Result<Vec<Rule>, String> {
 ///   `matmul(Q3, θ) − matmul(Q3, M)`, both `[k,1,n]`.
 /// - `matmul-neg-{right,left}`: `a @ (−x) → −(a @ x)`.
 /// - `matmul-scale-*`: `a @ (c * x) → c * (a @ x)` for a single-element `c`.
+/// - `matmul-batch-scale-*`: the same for a scale `c [..., 1, 1]` of the batch axes only (one
+///   scalar per matrix): `q_i (c_i W) = c_i (q_i W)`, the per-token decayed state of
+///   `momentum_gd` (`P^a ⊙ W` with `P^a [k, 1, 1]`) read without a `[k, m, n]` tensor.
 /// - `matmul-expand-{right,left}`: `a @ expand(x) → a @ x` where the result keeps its shape
 ///   (the expand only broadcast batch axes).
 /// - `mix-{sub,add}`: `mix(w, x ± y) → mix(w, x) ± mix(w, y)` when `x` and `y` both have the
@@ -188,6 +191,10 @@ pub fn linearity_rules() -> Result<Vec<Rule>, String> {
         var("?s1k"),
     );
     let scalar = move |m: &Match<'_>| accept(single_element(m.dims(c)?));
+    let batch_scale = move |m: &Match<'_>| {
+        let cd = m.dims(c)?;
+        accept(cd.len() >= 3 && single_element(&cd[cd.len() - 2..]) && !single_element(cd))
+    };
     let mix_scalar = move |m: &Match<'_>| {
         let (cd, xd) = (m.dims(c)?, m.dims(x)?);
         accept(single_element(cd) && cd.len() <= xd.len())
@@ -217,6 +224,10 @@ pub fn linearity_rules() -> Result<Vec<Rule>, String> {
         rw!("matmul-scale-right-r"; "(matmul ?a (mul ?x ?c))" => "(mul (matmul ?a ?x) ?c)", if scalar),
         rw!("matmul-scale-left-l"; "(matmul (mul ?c ?x) ?b)" => "(mul ?c (matmul ?x ?b))", if scalar),
         rw!("matmul-scale-left-r"; "(matmul (mul ?x ?c) ?b)" => "(mul (matmul ?x ?b) ?c)", if scalar),
+        rw!("matmul-batch-scale-right-l"; "(matmul ?a (mul ?c ?x))" => "(mul ?c (matmul ?a ?x))", if batch_scale),
+        rw!("matmul-batch-scale-right-r"; "(matmul ?a (mul ?x ?c))" => "(mul (matmul ?a ?x) ?c)", if batch_scale),
+        rw!("matmul-batch-scale-left-l"; "(matmul (mul ?c ?x) ?b)" => "(mul ?c (matmul ?x ?b))", if batch_scale),
+        rw!("matmul-batch-scale-left-r"; "(matmul (mul ?x ?c) ?b)" => "(mul (matmul ?x ?b) ?c)", if batch_scale),
         rw!("matmul-expand-right"; "(matmul ?a (expand ?s ?x))" => "(matmul ?a ?x)"),
         rw!("matmul-expand-left"; "(matmul (expand ?s ?x) ?b)" => "(matmul ?x ?b)"),
         rw!("mix-sub"; "(mix ?w (sub ?x ?y))" => "(sub (mix ?w ?x) (mix ?w ?y))", if rows_aligned),

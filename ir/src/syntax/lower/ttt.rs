@@ -480,6 +480,7 @@ pub(super) fn lower_ttt(
         axes,
         token_eta: token_eta_form,
         rule,
+        doubling_rounds: None,
         loss: loss_graph,
         out: out_graph,
         grad: None,
