@@ -110,7 +110,40 @@ fn program_cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "33:67",
             "must be [mini_batch_size] (a step size per position in the mini-batch) or the shape of `lr`, [L]",
         ),
+        (
+            "momentum_gd's momentum not per token",
+            replace(GD, &momentum(MOM_WRONG)),
+            "33:82",
+            "`momentum` is [mini_batch_size]: it must have the shape of `lr`, [L] (a value per token)",
+        ),
+        (
+            "momentum_gd without decay",
+            replace(GD, &momentum(MOM_MISSING)),
+            "33:18",
+            "`momentum_gd` needs `decay = ...`",
+        ),
+        (
+            "momentum_gd with minibatch_gd's argument",
+            replace(GD, &momentum(MOM_UNKNOWN)),
+            "33:114",
+            "`momentum_gd` has no argument `token_eta` (it takes size, lr, momentum, decay)",
+        ),
     ]
+}
+
+/// `examples/ttt_linear.ttt`'s update rule, replaced by the `momentum_gd` variants below.
+const GD: &str = "update minibatch_gd(size = mini_batch_size, token_eta = token_eta, lr = ttt_lr_eta)";
+/// `momentum` of the shape of `token_eta` ([K]), not of `lr`.
+const MOM_WRONG: &str =
+    "lr = ttt_lr_eta, momentum = token_eta, decay = ttt_lr_eta";
+/// No `decay`.
+const MOM_MISSING: &str = "lr = ttt_lr_eta, momentum = ttt_lr_eta";
+/// `token_eta`, an argument of `minibatch_gd` only.
+const MOM_UNKNOWN: &str =
+    "lr = ttt_lr_eta, momentum = ttt_lr_eta, decay = ttt_lr_eta, token_eta = token_eta";
+
+fn momentum(args: &str) -> String {
+    format!("update momentum_gd(size = mini_batch_size, {args})")
 }
 
 #[test]
