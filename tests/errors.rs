@@ -132,10 +132,10 @@ fn program_cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
 }
 
 /// `examples/ttt_linear.ttt`'s update rule, replaced by the `momentum_gd` variants below.
-const GD: &str = "update minibatch_gd(size = mini_batch_size, token_eta = token_eta, lr = ttt_lr_eta)";
+const GD: &str =
+    "update minibatch_gd(size = mini_batch_size, token_eta = token_eta, lr = ttt_lr_eta)";
 /// `momentum` of the shape of `token_eta` ([K]), not of `lr`.
-const MOM_WRONG: &str =
-    "lr = ttt_lr_eta, momentum = token_eta, decay = ttt_lr_eta";
+const MOM_WRONG: &str = "lr = ttt_lr_eta, momentum = token_eta, decay = ttt_lr_eta";
 /// No `decay`.
 const MOM_MISSING: &str = "lr = ttt_lr_eta, momentum = ttt_lr_eta";
 /// `token_eta`, an argument of `minibatch_gd` only.

@@ -35,7 +35,13 @@ fn scan(p: &Program) -> &TttScan {
 
 #[test]
 fn momentum_buffers_are_scan_states_after_the_models() {
-    let p = compile("m.ttt", &momentum_program(), DType::F64, &Default::default()).unwrap();
+    let p = compile(
+        "m.ttt",
+        &momentum_program(),
+        DType::F64,
+        &Default::default(),
+    )
+    .unwrap();
     let s = scan(&p);
     assert_eq!(s.rule, UpdateRule::MomentumGd);
     assert_eq!(s.states, ["W1", "b1", "W1_momentum", "b1_momentum"]);
@@ -74,15 +80,33 @@ fn momentum_buffers_are_scan_states_after_the_models() {
 #[test]
 fn a_state_named_like_a_momentum_buffer_is_an_error() {
     let text = momentum_program()
-        .replacen("param ln_bias: [f]", "param ln_bias: [f]\n  param W1_momentum: [f]", 1)
-        .replacen("ln_bias = ln_bias,", "ln_bias = ln_bias, W1_momentum = ln_bias,", 1);
+        .replacen(
+            "param ln_bias: [f]",
+            "param ln_bias: [f]\n  param W1_momentum: [f]",
+            1,
+        )
+        .replacen(
+            "ln_bias = ln_bias,",
+            "ln_bias = ln_bias, W1_momentum = ln_bias,",
+            1,
+        );
     let e = compile("m.ttt", &text, DType::F64, &Default::default()).unwrap_err();
-    assert!(e.render(false).contains("momentum buffer `W1_momentum`"), "{}", e.render(false));
+    assert!(
+        e.render(false).contains("momentum buffer `W1_momentum`"),
+        "{}",
+        e.render(false)
+    );
 }
 
 #[test]
 fn scans_serialized_without_the_rule_are_minibatch_gd() {
-    let p = compile("m.ttt", &momentum_program(), DType::F64, &Default::default()).unwrap();
+    let p = compile(
+        "m.ttt",
+        &momentum_program(),
+        DType::F64,
+        &Default::default(),
+    )
+    .unwrap();
     let mut json = serde_json::to_value(scan(&p)).unwrap();
     assert_eq!(json["rule"], "MomentumGd");
     let round = serde_json::from_value::<TttScan>(json.clone()).unwrap();

@@ -401,17 +401,17 @@ impl StepBuilder<'_> {
             grads.push(g);
         }
 
-        let iota = self.leaf(Op::Iota { len: k.clone() }, dtype)?;
-        // The last row of a [k, n] matrix is taken without slicing, as onehot(k − 1) @ m with
-        // onehot[i] = step(i − (k − 1) + 0.5).
-        let extent = self.leaf(Op::Extent { dim: k.clone() }, dtype)?;
-        let from_last = self.binary(BinaryOp::Sub, iota, extent)?;
-        let onehot = self.step_plus(from_last, 1.5, dtype)?;
-        let onehot = self.reshape(onehot, vec![Dim::Known(1), k.clone()])?;
-
-        let (theta_all, nexts) = match decay {
-            None => self.gd_states(&states, &grads, &state_types, token_eta, lr, iota, onehot)?,
+        // The per-token states; under minibatch_gd the next states are built after the
+        // outputs (the order of the step graph's nodes, as the snapshots show it).
+        let (theta_all, rule) = match decay {
+            None => {
+                let (theta_all, eta, iota) =
+                    self.gd_states(&states, &grads, token_eta, lr, dtype)?;
+                (theta_all, Pending::Gd { eta, iota })
+            }
             Some(decay) => {
+                let iota = self.leaf(Op::Iota { len: k.clone() }, dtype)?;
+                let onehot = self.last_row_selector(iota, dtype)?;
                 let c = Coefficients {
                     momentum: token_eta,
                     lr,
@@ -420,7 +420,9 @@ impl StepBuilder<'_> {
                     onehot,
                     dtype,
                 };
-                self.momentum_states(&states, &carries, &grads, &state_types, c)?
+                let (theta_all, nexts) =
+                    self.momentum_states(&states, &carries, &grads, &state_types, c)?;
+                (theta_all, Pending::Done(nexts))
             }
         };
 
@@ -452,6 +454,13 @@ impl StepBuilder<'_> {
         dims.extend(z_ty.shape.0[2..].iter().cloned());
         let z = self.reshape(z, dims)?;
         self.g.add_output("out", z);
+        let nexts = match rule {
+            Pending::Gd { eta, iota } => {
+                let onehot = self.last_row_selector(iota, dtype)?;
+                self.gd_next(&states, &grads, &state_types, eta, onehot)?
+            }
+            Pending::Done(nexts) => nexts,
+        };
         for (s, next) in scan.states.iter().zip(nexts) {
             self.g.add_output(&TttScan::next_output_name(s), next);
         }
@@ -459,27 +468,21 @@ impl StepBuilder<'_> {
     }
 
     /// `minibatch_gd`: the per-token states `θ − mix(eta, G)` with `eta[i, j] = token_eta[i]
-    /// lr[j]` for `j <= i`, and the next states (the last row).
-    #[allow(clippy::too_many_arguments)]
+    /// lr[j]` for `j <= i`, `eta` and `iota(k)`.
     fn gd_states(
         &mut self,
         states: &[NodeId],
         grads: &[NodeId],
-        state_types: &[TensorType],
         token_eta: NodeId,
         lr: NodeId,
-        iota: NodeId,
-        onehot: NodeId,
-    ) -> Result<(Vec<NodeId>, Vec<NodeId>), LowerScanError> {
+        dtype: DType,
+    ) -> Result<(Vec<NodeId>, NodeId, NodeId), LowerScanError> {
         let k = self.k.clone();
-        let dtype = state_types
-            .first()
-            .map(|t| t.dtype)
-            .ok_or_else(|| self.malformed("no state"))?;
         // eta[i, j] = token_eta[i] * lr[j] for j <= i, else 0.
         let col = self.reshape(token_eta, vec![k.clone(), Dim::Known(1)])?;
         let row = self.reshape(lr, vec![Dim::Known(1), k.clone()])?;
         let rates = self.binary(BinaryOp::Mul, col, row)?;
+        let iota = self.leaf(Op::Iota { len: k.clone() }, dtype)?;
         let diff = self.index_diff(iota)?;
         let mask = self.step_plus(diff, 0.5, dtype)?;
         let eta = self.binary(BinaryOp::Mul, rates, mask)?;
@@ -490,7 +493,18 @@ impl StepBuilder<'_> {
             let mixed = self.add(Op::Mix, &[eta, g])?;
             theta_all.push(self.binary(BinaryOp::Sub, theta, mixed)?);
         }
-        // The next state: θ − Σ_j eta[k−1, j] g_j.
+        Ok((theta_all, eta, iota))
+    }
+
+    /// `minibatch_gd`'s next states: `θ − Σ_j eta[k−1, j] g_j`.
+    fn gd_next(
+        &mut self,
+        states: &[NodeId],
+        grads: &[NodeId],
+        state_types: &[TensorType],
+        eta: NodeId,
+        onehot: NodeId,
+    ) -> Result<Vec<NodeId>, LowerScanError> {
         let last = self.add(Op::MatMul, &[onehot, eta])?;
         let mut nexts = Vec::with_capacity(states.len());
         for ((&theta, &g), ty) in states.iter().zip(grads).zip(state_types) {
@@ -498,7 +512,17 @@ impl StepBuilder<'_> {
             let mixed = self.reshape(mixed, ty.shape.0.clone())?;
             nexts.push(self.binary(BinaryOp::Sub, theta, mixed)?);
         }
-        Ok((theta_all, nexts))
+        Ok(nexts)
+    }
+
+    /// The last row of a `[k, n]` matrix is taken without slicing, as `onehot(k − 1) @ m` with
+    /// `onehot[i] = step(i − (k − 1) + 0.5)`: this `[1, k]` selector.
+    fn last_row_selector(&mut self, iota: NodeId, dtype: DType) -> Result<NodeId, LowerScanError> {
+        let k = self.k.clone();
+        let extent = self.leaf(Op::Extent { dim: k.clone() }, dtype)?;
+        let from_last = self.binary(BinaryOp::Sub, iota, extent)?;
+        let onehot = self.step_plus(from_last, 1.5, dtype)?;
+        self.reshape(onehot, vec![Dim::Known(1), k])
     }
 
     /// `i − j` over `[k, k]` (exact small integers).
@@ -622,6 +646,16 @@ impl StepBuilder<'_> {
         next_w.extend(next_s);
         Ok((theta_all, next_w))
     }
+}
+
+/// What is left to build after the outputs: `minibatch_gd`'s next states (from `eta`), or
+/// nothing (`momentum_gd`'s are built with its per-token states).
+enum Pending {
+    /// `minibatch_gd`: its step sizes `eta [k, k]`, whose last row gives the next states, and
+    /// `iota(k)`.
+    Gd { eta: NodeId, iota: NodeId },
+    /// `momentum_gd`: the next states and buffers, already built.
+    Done(Vec<NodeId>),
 }
 
 /// The per-token coefficient blocks of `momentum_gd` in a step graph, and helpers.
