@@ -483,7 +483,7 @@ fn first_unbound(graph: &tttc_ir::Graph) -> Option<String> {
             tttc_ir::Op::Extent { dim: Dim::Sym(s) }
             | tttc_ir::Op::Iota { len: Dim::Sym(s) }
             | tttc_ir::Op::ScatterAdd { rows: Dim::Sym(s) } => return Some(s.clone()),
-            tttc_ir::Op::Ttt(scan) => {
+            tttc_ir::Op::Ttt(scan) | tttc_ir::Op::TttVjp { scan, .. } => {
                 if let Dim::Sym(s) = &scan.mini_batch {
                     return Some(s.clone());
                 }

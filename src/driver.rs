@@ -59,6 +59,9 @@ pub enum DriverError {
     /// A pass failed (a compiler bug).
     #[error("internal compiler error: {0}")]
     Pass(#[from] tttc_passes::PassError),
+    /// The program's gradient program could not be built (`tttc grad`, [`gradient`]).
+    #[error("differentiating the program: {0}")]
+    Gradient(#[source] tttc_passes::autodiff::AutodiffError),
     /// A `--config` file cannot be used.
     #[error("config file {path}: {message}")]
     Config {
@@ -283,6 +286,57 @@ fn run_instrumented(
         pipeline.run(ir, span, &mut instruments)?
     };
     Ok((ir, reports(timer, snaps)))
+}
+
+/// The gradient program of `program` (which went through every graph stage): the
+/// vector-Jacobian product for cotangents of its `outputs` with respect to every
+/// floating-point input (`tttc_passes::autodiff::grad_program`, a checkpoint every
+/// `checkpoint_every` mini-batches), then the graph stages of the gradient pipeline
+/// ([`Pipeline::gradient`]: `dual_form` and `simplify` on every scan backward's `step_vjp`,
+/// `simplify` on the main graph) up to and including `until` (all when `None`). `parsed`
+/// holds the gradient program before those stages when `snapshots` is set.
+pub fn gradient(
+    program: &Program,
+    outputs: &[String],
+    checkpoint_every: usize,
+    until: Option<&str>,
+    snapshots: bool,
+) -> Result<Compiled, DriverError> {
+    let grad = tttc_passes::autodiff::grad_program(program, outputs, checkpoint_every)
+        .map_err(DriverError::Gradient)?;
+    let pipeline = Pipeline::gradient(Target::Cpu);
+    let graph_stages = pipeline.graph_stage_names();
+    let until: &'static str = match until {
+        Some(u) => graph_stages
+            .iter()
+            .copied()
+            .find(|s| *s == u)
+            .ok_or_else(|| PassError::UnknownStage {
+                name: u.to_string(),
+                stages: graph_stages.join(", "),
+            })?,
+        None => graph_stages.last().copied().unwrap_or_default(),
+    };
+    let parsed = snapshots.then(|| grad.clone());
+    let (ir, stages) = run_instrumented(
+        &pipeline,
+        Ir::Graph(grad),
+        Span::until(until),
+        snapshots,
+        &mut [],
+    )?;
+    let Ir::Graph(program) = ir else {
+        return Err(DriverError::Pass(PassError::WrongIr {
+            stage: until,
+            expected: IrForm::Graph,
+            found: IrForm::Kernel,
+        }));
+    };
+    Ok(Compiled {
+        parsed,
+        program,
+        stages,
+    })
 }
 
 /// A bound program after (some of) the kernel stages, with what each stage did.

@@ -10,7 +10,8 @@
 //! optimized program; [`driver::kernel_program`] and [`driver::generate_code`]: a bound
 //! program to kernel IR and machine code), [`bind`] specializes a program to named tensors'
 //! shapes, [`execute`] runs a bound program on a backend, [`gpu`] is the NVIDIA path,
-//! [`stream`] runs a program over a sequence in chunks (prefill, then decode), [`inputs`]
+//! [`stream`] runs a program over a sequence in chunks (prefill, then decode), [`grad`]
+//! computes vector-Jacobian products of a whole program ([`GradProgram`]), [`inputs`]
 //! reads a program's input tensors, [`model_dir`] a Hugging Face model folder, and [`cache`]
 //! keeps compiled code on disk between runs.
 
@@ -21,6 +22,7 @@ pub mod cache;
 pub mod driver;
 pub mod execute;
 pub mod gpu;
+pub mod grad;
 pub mod inputs;
 pub mod model_dir;
 pub mod stream;
@@ -36,4 +38,5 @@ pub use driver::{
     DriverError, Lowered, Precision, Settings, StageReport,
 };
 pub use execute::{prepare, Backend, ExecError, Prepared};
+pub use grad::{GradError, GradProgram};
 pub use inputs::{read_inputs, InputError};

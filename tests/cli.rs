@@ -453,7 +453,9 @@ fn passes_lists_every_stage_to_machine_code() {
 #[test]
 #[cfg(feature = "llvm")]
 fn bench_profile_lists_the_costliest_statements() {
-    let (b, h, l, f, k) = (1usize, 2usize, 32usize, 8usize, 16usize);
+    // Large enough (4 heads of a 64x64 state over 16 mini-batches) for the scan's slice loop
+    // to stay on the thread pool (cpu_parallel::MIN_PARALLEL_STORES), so a worker is named.
+    let (b, h, l, f, k) = (1usize, 4usize, 256usize, 64usize, 16usize);
     let dir = tempfile::tempdir().expect("tempdir");
     let seq = vec![b, h, l, f];
     let path = zeros_file(

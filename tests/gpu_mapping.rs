@@ -332,3 +332,51 @@ fn tensor_core_numerics_on_the_goldens() {
         eprintln!("{}: worst error over the goldens {worst:.3e}", tc.name());
     }
 }
+
+/// The backward of a scan (`ttt_vjp`) mapped to the GPU and emulated: the gradient programs of
+/// the inner-loop VJP goldens (`tests/golden/grad`, TTT-Linear and TTT-MLP, 3 mini-batches
+/// with a remainder), with checkpoint groups 1 (a loop over groups) and 4 (one group), equal
+/// bit for bit to the unmapped kernel program and to the VJP golden to 1e-8 (f64, the
+/// tolerance of `golden_grad.rs`).
+#[test]
+fn scan_backward_maps_to_the_gpu() {
+    let cfg = GpuConfig::default();
+    for stem in [
+        "grad_inner_linear_B1_nh2_f16_K16_L40",
+        "grad_inner_mlp_B1_nh2_f16_K16_L40",
+    ] {
+        let dir = root().join("tests/golden/grad");
+        let load = |suffix: &str| common::load(&dir.join(format!("{stem}{suffix}")));
+        let program = if stem.contains("linear") {
+            "examples/ttt_linear.ttt"
+        } else {
+            "examples/ttt_mlp.ttt"
+        };
+        let settings: Settings = [("mini_batch_size".to_string(), 16.0.into())]
+            .into_iter()
+            .collect();
+        let forward =
+            tttc::compile_file(&root().join(program), Precision::F64, &settings).expect("compile");
+        let cts = load(".cotangents.safetensors");
+        let names: Vec<String> = cts.keys().cloned().collect();
+        let ct_inputs = tttc::passes::autodiff::cotangent_input_names(&forward, &names);
+        let mut tensors = load(".inputs.safetensors");
+        for (name, input) in names.iter().zip(ct_inputs) {
+            tensors.insert(input, cts[name].clone());
+        }
+        for every in [1, 4] {
+            let grad = tttc::driver::gradient(&forward, &names, every, None, false)
+                .expect("gradient")
+                .program;
+            let bound =
+                tttc::bind(&grad, &tensors, &settings, Precision::F64.elem()).expect("bind");
+            let k = lower_program(&bound.program).expect("lower_kernel");
+            let what = format!("{stem} G={every}");
+            let got = mapped(&k, &bound.inputs, &cfg, cfg.threads, &what);
+            for (name, exp) in load(".expected_grad_f64.safetensors") {
+                let err = rel_error(&got[&name], &exp);
+                assert!(err <= 1e-8, "{what} d{name}: {err:e}");
+            }
+        }
+    }
+}

@@ -59,3 +59,54 @@ proptest! {
         }
     }
 }
+
+/// The gradients of the native backends (the backward scan lowered to kernels, after the
+/// gradient pipeline's `dual_form` and `simplify` of `step_vjp`) against the interpreter's
+/// (the unoptimized gradient program), f64, on 12 random models: relative error ≤ 1e-9 per
+/// tensor (only summation orders and the rewrites' algebra differ; a wrong index, group or
+/// accumulation in the lowering is off by O(1)). 12 cases: each compiles the gradient program
+/// with LLVM, which is what the CI budget allows.
+#[cfg(any(feature = "llvm", feature = "cranelift"))]
+mod native {
+    use super::common::compare::max_rel_error;
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+        #[test]
+        fn native_gradients_match_the_interpreter(m in model(), b in 1..3usize, h in 1..3usize, l in 1..11usize, k in 1..5usize, every in 1..4usize, seed in any::<u64>()) {
+            let (text, states) = m.source();
+            let settings: tttc::Settings = [("mini_batch_size".to_string(), (k as f64).into())].into_iter().collect();
+            let lowered = tttc::ir::syntax::compile("random.ttt", &text, DType::F64, &settings)
+                .map_err(|e| TestCaseError::fail(format!("{}\n{text}", e.render(false))))?;
+            let program = optimize(lowered, None, false).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?.program;
+            let inputs = inputs(&m, &states, (b, h, l, k), seed);
+            let fwd = bind(&program, &inputs, &settings, ElemType::F64).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let outs = tttc::backends::interp::run_program(&fwd.program, &fwd.inputs)
+                .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+            let cts: BTreeMap<String, Tensor> = outs.iter().enumerate().map(|(i, (name, t))| {
+                let v = values(seed ^ (100 + i as u64), t.len(), 1.0);
+                (name.clone(), Tensor::from_f64(t.shape().to_vec(), v).expect("sizes"))
+            }).collect();
+            let want = finite_diff::gradients(&program, &inputs, &cts, &settings, every)
+                .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+            let mut backends = Vec::new();
+            #[cfg(feature = "llvm")]
+            backends.push(tttc::Backend::Llvm);
+            #[cfg(feature = "cranelift")]
+            backends.push(tttc::Backend::Cranelift);
+            for backend in backends {
+                let g = tttc::GradProgram::new(program.clone(), tttc::Precision::F64, &settings, backend, every)
+                    .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+                let got = g.vjp(&inputs, &cts).map_err(|e| TestCaseError::fail(format!("{backend:?}: {e}\n{text}")))?;
+                prop_assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+                for (name, w) in &want {
+                    prop_assert_eq!(got[name].shape(), w.shape());
+                    let (err, at) = max_rel_error(&got[name].to_f64_vec(), &w.to_f64_vec()).map_err(TestCaseError::fail)?;
+                    prop_assert!(err <= 1e-9, "{backend:?} d{name}: relative error {err:e} at {at}, G = {every}\n{text}");
+                }
+            }
+        }
+    }
+}

@@ -193,6 +193,12 @@ impl Graph {
         &self.outputs
     }
 
+    /// Keeps only the outputs for which `keep` is true (in order); nodes only they used become
+    /// dead ([`Graph::live_order`] leaves them out).
+    pub fn retain_outputs(&mut self, keep: impl FnMut(&GraphOutput) -> bool) {
+        self.outputs.retain(keep);
+    }
+
     /// The output named `name`.
     pub fn output_by_name(&self, name: &str) -> Option<NodeId> {
         self.outputs.iter().find(|o| o.name == name).map(|o| o.node)

@@ -110,6 +110,13 @@ pub fn graph_flops(graph: &Graph) -> Result<u128, CostError> {
             .collect();
         match (&node.op, &node.ty) {
             (Op::Ttt(scan), _) => total += scan_flops(scan, &operands)?,
+            (
+                Op::TttVjp {
+                    scan,
+                    checkpoint_every,
+                },
+                _,
+            ) => total += scan_vjp_flops(scan, *checkpoint_every, &operands)?,
             (op, NodeType::Tensor(t)) => total += op_flops(op, &operands, t)?,
             _ => {}
         }
@@ -117,9 +124,12 @@ pub fn graph_flops(graph: &Graph) -> Result<u128, CostError> {
     Ok(total)
 }
 
-/// FLOPs of a whole scan: its step graph once per mini-batch and mapped slice (the
-/// token-by-token graphs when it has no step graph).
-fn scan_flops(scan: &TttScan, operands: &[&TensorType]) -> Result<u128, CostError> {
+/// The number of slices (the product of the mapped extents), the sequence length and the
+/// mini-batch size of a scan with operands of types `operands`.
+fn scan_extents(
+    scan: &TttScan,
+    operands: &[&TensorType],
+) -> Result<(u128, usize, usize), CostError> {
     let mut slices: u128 = 1;
     let mut seq_len: Option<usize> = None;
     let mut counted = vec![false; scan.per.len()];
@@ -145,6 +155,73 @@ fn scan_flops(scan: &TttScan, operands: &[&TensorType]) -> Result<u128, CostErro
         .mini_batch
         .known()
         .ok_or_else(|| CostError("unknown mini-batch size".into()))?;
+    Ok((slices, l, k))
+}
+
+/// FLOPs of one evaluation of the live part of `graph` (what its outputs need) with `$k` bound
+/// to `k`.
+fn step_flops(graph: &Graph, k: usize) -> Result<u128, CostError> {
+    let bound = [(MINI_BATCH_DIM.to_string(), k)].into_iter().collect();
+    let g = tttc_ir::program::specialize_graph(graph, &bound);
+    let mut total = 0;
+    let order = g
+        .live_order()
+        .ok_or_else(|| CostError("the graph has a cycle".into()))?;
+    for id in order {
+        let operands: Vec<&TensorType> = g
+            .operands(id)
+            .iter()
+            .filter_map(|&o| g.tensor_type(o))
+            .collect();
+        if let NodeType::Tensor(t) = &g.node(id).ty {
+            total += op_flops(&g.node(id).op, &operands, t)?;
+        }
+    }
+    Ok(total)
+}
+
+/// FLOPs of a scan's backward (`ttt_vjp`) as the kernels run it: per slice, the forward to the
+/// last checkpoint and the recomputation inside each group (the step's `next_<state>`
+/// outputs only), and `step_vjp` once per mini-batch.
+fn scan_vjp_flops(
+    scan: &TttScan,
+    checkpoint_every: usize,
+    operands: &[&TensorType],
+) -> Result<u128, CostError> {
+    let n = scan.operand_count().min(operands.len());
+    let (slices, l, k) = scan_extents(scan, &operands[..n])?;
+    let (Some(step), Some(step_vjp)) = (&scan.step, &scan.step_vjp) else {
+        return Err(CostError("the scan has no step or step_vjp graph".into()));
+    };
+    if k == 0 || l == 0 {
+        return Ok(0);
+    }
+    let (full, rem) = (l / k, l % k);
+    let nmb = full + usize::from(rem > 0);
+    let group = checkpoint_every.max(1);
+    let ngroups = nmb.div_ceil(group);
+    // Forward to the last group's start, then every mini-batch of a group but its last again.
+    let forward_steps = (ngroups - 1) * group;
+    let recomputed = nmb - ngroups;
+    let mut next_only = step.clone();
+    let names: Vec<String> = scan
+        .states
+        .iter()
+        .map(|s| TttScan::next_output_name(s))
+        .collect();
+    next_only.retain_outputs(|o| names.contains(&o.name));
+    let mut total = step_flops(&next_only, k)? * (forward_steps + recomputed) as u128;
+    total += step_flops(step_vjp, k)? * full as u128;
+    if rem > 0 {
+        total += step_flops(step_vjp, rem)?;
+    }
+    Ok(total * slices)
+}
+
+/// FLOPs of a whole scan: its step graph once per mini-batch and mapped slice (the
+/// token-by-token graphs when it has no step graph).
+fn scan_flops(scan: &TttScan, operands: &[&TensorType]) -> Result<u128, CostError> {
+    let (slices, l, k) = scan_extents(scan, operands)?;
     let Some(step) = &scan.step else {
         // Token by token: a gradient and an output per token.
         let grad = scan

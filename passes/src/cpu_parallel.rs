@@ -1,7 +1,8 @@
 //! `cpu_parallel`: the CPU schedule of top-level loop nests, decided once and recorded in the
 //! kernel IR. `lower_kernel` emits every loop `Serial` except the scans' loops over slices
 //! (`Parallel`); this pass marks a top-level loop `Parallel` when its iterations are provably
-//! independent and it has enough work to pay for handing it to the thread pool.
+//! independent and it has enough work to pay for handing it to the thread pool, and turns a
+//! scan's slice loop with too little work (a decode token step) back to `Serial`.
 //!
 //! Independence is proved per buffer the nest writes: every access to it inside the loop (load
 //! or store) must have an affine index `C·v + r(inner variables)` with the same stride `C > 0`
@@ -20,9 +21,12 @@ use crate::PassError;
 use std::collections::BTreeMap;
 use tttc_ir::kernel::{BufId, Index, KernelProgram, MemorySpace, Schedule, Stmt, VarId};
 
-/// Fewer element stores than this per loop nest stay on the calling thread: handing a loop to
-/// the pool costs a few microseconds, about what ~30k simple stores take.
-pub const MIN_PARALLEL_STORES: u64 = 1 << 15;
+/// Fewer element stores than this per loop nest stay on the calling thread. Handing a loop to
+/// the pool and waiting for it costs ~40 µs on a shared 2-vCPU machine (measured with
+/// `bench/compare_builds.sh`: a TTT-Linear decode token, 12 heads of f = 64, took 60 µs with
+/// its scan's slice loop on the pool and 20 µs on the calling thread), about what ~130k
+/// simple stores take.
+pub const MIN_PARALLEL_STORES: u64 = 1 << 17;
 
 /// The pass (see the module doc).
 #[derive(Clone, Copy, Debug, Default)]
@@ -54,6 +58,14 @@ fn mark(p: &KernelProgram, s: &mut Stmt, outer: &mut Vec<VarId>) {
     else {
         return;
     };
+    if *schedule == Schedule::Parallel {
+        // A scan's loop over slices (parallel from `lower_kernel`) with too little work, e.g.
+        // the token step of decode: its iterations stay independent, the hand-off is not paid.
+        if stores(body).saturating_mul(*extent as u64) < MIN_PARALLEL_STORES {
+            *schedule = Schedule::Serial;
+        }
+        return;
+    }
     if *schedule != Schedule::Serial {
         return;
     }
@@ -265,7 +277,7 @@ mod tests {
 
     #[test]
     fn an_elementwise_nest_runs_in_parallel() {
-        let (n, m) = (256, 256);
+        let (n, m) = (512, 512);
         let idx = row_major(I, J, m);
         let store = Stmt::store(
             BufId(1),
@@ -290,7 +302,7 @@ mod tests {
     #[test]
     fn a_buffer_shared_by_iterations_keeps_the_loop_serial() {
         // tmp[j] is written by every iteration i, then read: iterations are not independent.
-        let (n, m) = (256, 256);
+        let (n, m) = (512, 512);
         let tmp = buf("tmp", BufferKind::Temp, MemorySpace::Global, &[m]);
         let body = vec![Stmt::counted_loop(
             I,
@@ -326,7 +338,7 @@ mod tests {
     #[test]
     fn overlapping_rows_keep_the_loop_serial() {
         // out[i * 1 + j]: rows overlap (stride 1 < row length), so iterations collide.
-        let (n, m) = (256, 256);
+        let (n, m) = (512, 512);
         let store = Stmt::store(
             BufId(1),
             Index::sum(Index::var(I), Index::var(J)),
@@ -339,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_batch_of_one_parallelizes_the_loop_inside() {
-        let (n, m) = (256, 256);
+        let (n, m) = (512, 512);
         let idx = row_major(I, J, m);
         let store = Stmt::store(BufId(1), idx.clone(), Value::load(BufId(0), idx));
         let body = vec![Stmt::counted_loop(
@@ -360,5 +372,28 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// A loop already `Parallel` (a scan's slices from `lower_kernel`) over `[n, m]` rows.
+    fn parallel_rows(n: usize, m: usize) -> KernelProgram {
+        let idx = row_major(I, J, m);
+        let store = Stmt::store(BufId(1), idx.clone(), Value::load(BufId(0), idx));
+        let body = vec![Stmt::counted_loop(
+            I,
+            n,
+            Schedule::Parallel,
+            vec![Stmt::counted_loop(J, m, Schedule::Serial, vec![store])],
+        )];
+        program(n, m, body, vec![])
+    }
+
+    #[test]
+    fn a_scan_loop_with_little_work_runs_on_the_calling_thread() {
+        // 12 slices of a 64x64 state (a decode token step): below the pool's threshold.
+        let p = CpuParallel.run(&parallel_rows(12, 64 * 64)).unwrap();
+        assert_eq!(schedule(&p), Schedule::Serial);
+        // 12 slices of 256x64 each: enough work, stays on the pool.
+        let p = CpuParallel.run(&parallel_rows(12, 256 * 64)).unwrap();
+        assert_eq!(schedule(&p), Schedule::Parallel);
     }
 }

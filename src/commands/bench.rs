@@ -45,6 +45,15 @@ pub struct Args {
     /// write. Adds two clock reads per statement, so the totals run a little slower.
     #[arg(long)]
     profile: bool,
+    /// Also time the gradient program (forward and backward: the vector-Jacobian product for
+    /// cotangents of ones on every output, `tttc grad`'s) and report its ratio to the forward
+    /// and the peak resident memory of each (Linux: VmHWM, reset before each).
+    #[arg(long, conflicts_with_all = ["decode", "tensor_cores", "profile"])]
+    grad: bool,
+    /// With --grad: keep the scans' state every G mini-batches.
+    #[arg(long, value_name = "G", default_value_t = tttc::passes::autodiff::DEFAULT_CHECKPOINT_EVERY as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: u64,
     #[command(flatten)]
     settings: SettingArgs,
     #[command(flatten)]
@@ -84,6 +93,9 @@ fn bench(args: &Args) -> Result<(), Failure> {
             ));
         }
         return decode(args, &compiled.program, bound.inputs, &settings, precision);
+    }
+    if args.grad {
+        return bench_grad(args, &compiled.program, bound, &settings, precision);
     }
     set_profile(args, true)?;
     let spinner = Progress::spinner("compiling");
@@ -132,6 +144,109 @@ fn bench(args: &Args) -> Result<(), Failure> {
         print_profile(&bound.program, args.iters)?;
     }
     Ok(())
+}
+
+/// `tttc bench --grad`: the forward program and its gradient program (cotangents of ones on
+/// every output), each compiled once and timed `--iters` times after a warm-up run.
+fn bench_grad(
+    args: &Args,
+    program: &tttc::ir::Program,
+    bound: tttc::Bound,
+    settings: &tttc::Settings,
+    precision: Precision,
+) -> Result<(), Failure> {
+    let outputs: Vec<String> = program
+        .graph
+        .outputs()
+        .iter()
+        .map(|o| o.name.clone())
+        .collect();
+    let start = Instant::now();
+    let grad = tttc::driver::gradient(
+        program,
+        &outputs,
+        args.checkpoint_every as usize,
+        None,
+        false,
+    )?
+    .program;
+    let ct_names = tttc::passes::autodiff::cotangent_input_names(program, &outputs);
+    let mut tensors = bound.inputs.clone();
+    for (name, input) in outputs.iter().zip(&ct_names) {
+        let shape = bound
+            .program
+            .graph
+            .output_by_name(name)
+            .and_then(|id| bound.program.graph.tensor_type(id))
+            .and_then(|t| t.shape.to_known())
+            .ok_or_else(|| Failure::internal(format!("output `{name}` has no known shape")))?;
+        let n: usize = shape.iter().product();
+        let ones = tttc::runtime::Tensor::from_f64(shape, vec![1.0; n])
+            .map_err(Failure::internal)?
+            .cast(precision.elem());
+        tensors.insert(input.clone(), ones);
+    }
+    let gbound = tttc::bind(&grad, &tensors, settings, precision.elem()).map_err(Failure::user)?;
+    let spinner = Progress::spinner("compiling");
+    let forward = super::run::prepare(args.backend, &bound.program);
+    let backward = super::run::prepare(args.backend, &gbound.program);
+    spinner.finish();
+    let (forward, backward) = (forward?, backward?);
+    let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+    let time = |p: &tttc::Prepared, inputs| -> Result<(f64, f64, Option<f64>), Failure> {
+        p.run(inputs).map_err(Failure::internal)?; // warm-up
+        reset_peak_memory();
+        let mut times = Vec::with_capacity(args.iters as usize);
+        for _ in 0..args.iters {
+            let t0 = Instant::now();
+            p.run(inputs).map_err(Failure::internal)?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        let (median, min) = median_min(&mut times);
+        Ok((median, min, peak_memory_mb()))
+    };
+    let (fwd_median, fwd_min, fwd_peak) = time(&forward, &bound.inputs)?;
+    let (grad_median, grad_min, grad_peak) = time(&backward, &gbound.inputs)?;
+    let ratio = grad_median / fwd_median;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"compile_ms": compile_ms, "forward_median_ms": fwd_median,
+                "forward_min_ms": fwd_min, "grad_median_ms": grad_median, "grad_min_ms": grad_min,
+                "grad_over_forward": ratio, "forward_peak_mb": fwd_peak, "grad_peak_mb": grad_peak,
+                "checkpoint_every": args.checkpoint_every})
+        );
+    } else {
+        let mb = |m: Option<f64>| m.map_or("unknown".to_string(), |m| format!("{m:.0} MB"));
+        println!("backend   {}", tttc::Backend::from(args.backend).name());
+        println!("compile   {compile_ms:.1} ms (forward and gradient programs)");
+        println!(
+            "forward   {fwd_median:.3} ms median over {} runs (min {fwd_min:.3} ms), peak {}",
+            args.iters,
+            mb(fwd_peak)
+        );
+        println!(
+            "gradient  {grad_median:.3} ms median (forward + backward, G = {}; min {grad_min:.3} ms), peak {}",
+            args.checkpoint_every as usize,
+            mb(grad_peak)
+        );
+        println!("ratio     {ratio:.2}x the forward");
+    }
+    Ok(())
+}
+
+/// Resets the process's peak resident memory (Linux: `/proc/self/clear_refs`; elsewhere a
+/// no-op).
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident memory since the last reset, in MB (Linux `VmHWM`).
+fn peak_memory_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Turns the statement profile on or off for the code about to be compiled, when `--profile`

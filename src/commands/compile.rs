@@ -103,6 +103,45 @@ pub(super) fn bind_program(
     })
 }
 
+/// The gradient program `grad` of `forward` for cotangents of every output, specialized to the
+/// shapes of the tensors in `inputs` (the forward program's inputs; each cotangent has its
+/// output's shape), or to the dimensions given by `--set` when there is no file.
+pub(super) fn bind_gradient(
+    forward: &Program,
+    grad: &Program,
+    inputs: Option<&Path>,
+    settings: &tttc::Settings,
+) -> Result<Program, Failure> {
+    let mut shapes: BTreeMap<String, Vec<usize>> = match inputs {
+        Some(path) => tttc::runtime::read_safetensors(path)
+            .map_err(|e| Failure::user(format!("reading {}: {e}", path.display())))?
+            .iter()
+            .map(|(name, t)| (name.clone(), t.shape().to_vec()))
+            .collect(),
+        None => shapes_from_settings(forward, settings)?,
+    };
+    let (bound, _) = tttc::bind_shapes(forward, &shapes, settings).map_err(Failure::user)?;
+    let outputs: Vec<String> = forward
+        .graph
+        .outputs()
+        .iter()
+        .map(|o| o.name.clone())
+        .collect();
+    let cts = tttc::passes::autodiff::cotangent_input_names(forward, &outputs);
+    for (name, ct) in outputs.iter().zip(cts) {
+        let shape = bound
+            .graph
+            .output_by_name(name)
+            .and_then(|id| bound.graph.tensor_type(id))
+            .and_then(|t| t.shape.to_known())
+            .ok_or_else(|| Failure::internal(format!("output `{name}` has no known shape")))?;
+        shapes.insert(ct, shape);
+    }
+    Ok(tttc::bind_shapes(grad, &shapes, settings)
+        .map_err(Failure::user)?
+        .0)
+}
+
 /// Runs `tttc compile`.
 pub fn main(args: &Args) -> Result<(), Failure> {
     let precision: Precision = args.precision.into();

@@ -23,6 +23,15 @@ pub struct Args {
     /// Print `{"primal": {"flops": N, "bytes": N}, "optimized": {...}}`.
     #[arg(long)]
     json: bool,
+    /// Also count the gradient program (the vector-Jacobian product for cotangents of every
+    /// output, `tttc grad`'s: forward and backward): rows `forward` (the optimized program) and
+    /// `gradient`, and their ratio.
+    #[arg(long)]
+    grad: bool,
+    /// With --grad: keep the scans' state every G mini-batches.
+    #[arg(long, value_name = "G", default_value_t = tttc::passes::autodiff::DEFAULT_CHECKPOINT_EVERY as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: u64,
     #[command(flatten)]
     settings: SettingArgs,
 }
@@ -44,22 +53,84 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             tttc::driver::kernel_program(&bound.program, Target::Cpu).map_err(Failure::internal)?;
         cost_of(&bound.program, &kernels).map_err(Failure::internal)
     };
-    let primal_cost = cost_of(primal)?;
-    let optimized_cost = cost_of(&compiled.program)?;
-    if args.json {
-        let json = serde_json::json!({ "primal": primal_cost, "optimized": optimized_cost });
-        println!("{json}");
-    } else {
-        println!("{:<10} {:>16} {:>16}", "", "FLOPs", "bytes");
-        for (name, c) in [("primal", primal_cost), ("optimized", optimized_cost)] {
-            println!("{name:<10} {:>16} {:>16}", c.flops, c.bytes);
-        }
-        let ratio = |a: u128, b: u128| a as f64 / b.max(1) as f64;
-        println!(
-            "ratio      {:>15.2}x {:>15.2}x",
-            ratio(primal_cost.flops, optimized_cost.flops),
-            ratio(primal_cost.bytes, optimized_cost.bytes)
+    if args.grad {
+        let outputs: Vec<String> = compiled
+            .program
+            .graph
+            .outputs()
+            .iter()
+            .map(|o| o.name.clone())
+            .collect();
+        let grad = tttc::driver::gradient(
+            &compiled.program,
+            &outputs,
+            args.checkpoint_every as usize,
+            None,
+            false,
+        )?
+        .program;
+        let bound =
+            super::compile::bind_gradient(&compiled.program, &grad, Some(&args.inputs), &settings)?;
+        let kernels =
+            tttc::driver::kernel_program(&bound, Target::Cpu).map_err(Failure::internal)?;
+        let grad_cost = cost_of_bound(&bound, &kernels)?;
+        let forward_cost = cost_of(&compiled.program)?;
+        return print_costs(
+            args.json,
+            [("forward", forward_cost), ("gradient", grad_cost)],
+            "gradient/forward",
         );
     }
+    let primal_cost = cost_of(primal)?;
+    let optimized_cost = cost_of(&compiled.program)?;
+    print_costs(
+        args.json,
+        [("primal", primal_cost), ("optimized", optimized_cost)],
+        "ratio",
+    )
+}
+
+/// FLOPs and bytes of a bound program and its kernel program.
+fn cost_of_bound(
+    program: &tttc::ir::Program,
+    kernels: &tttc::ir::kernel::KernelProgram,
+) -> Result<Cost, Failure> {
+    cost_of(program, kernels).map_err(Failure::internal)
+}
+
+/// Two rows of costs and the ratio of the first to the second (`ratio` names that row), or
+/// `{"<first>": {"flops": N, "bytes": N}, "<second>": {...}}` with `json`.
+fn print_costs(json: bool, rows: [(&str, Cost); 2], ratio: &str) -> Result<(), Failure> {
+    let [(a, ca), (b, cb)] = rows;
+    if json {
+        let mut j = serde_json::Map::new();
+        j.insert(
+            a.to_string(),
+            serde_json::to_value(ca).map_err(Failure::internal)?,
+        );
+        j.insert(
+            b.to_string(),
+            serde_json::to_value(cb).map_err(Failure::internal)?,
+        );
+        println!("{}", serde_json::Value::Object(j));
+        return Ok(());
+    }
+    let width = ratio.len().max(10);
+    println!("{:<width$} {:>16} {:>16}", "", "FLOPs", "bytes");
+    for (name, c) in [(a, &ca), (b, &cb)] {
+        println!("{name:<width$} {:>16} {:>16}", c.flops, c.bytes);
+    }
+    let r = |x: u128, y: u128| x as f64 / y.max(1) as f64;
+    // The ratio as the larger over the smaller row's order: primal/optimized, gradient/forward.
+    let (num, den) = if ratio == "ratio" {
+        (&ca, &cb)
+    } else {
+        (&cb, &ca)
+    };
+    println!(
+        "{ratio:<width$} {:>15.2}x {:>15.2}x",
+        r(num.flops, den.flops),
+        r(num.bytes, den.bytes)
+    );
     Ok(())
 }

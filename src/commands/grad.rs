@@ -1,7 +1,7 @@
 //! `tttc grad`: the vector-Jacobian product of a program (reverse mode through the main graph
 //! and every scan, with mini-batch checkpointing; docs/gradients.md).
 
-use super::run::{prepare, BackendArg};
+use super::run::{default_backend, prepare, BackendArg};
 use super::{check_output_path, compile, Failure, PrecisionArg, SettingArgs};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,9 +23,8 @@ pub struct Args {
     /// product under the input's name.
     #[arg(long)]
     out: PathBuf,
-    /// Execution backend. The backward of a scan runs on `interp` only for now (the default
-    /// here); programs without a scan run on every backend.
-    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+    /// Execution backend (default: llvm when built in, else cranelift, else interp).
+    #[arg(long, value_enum, default_value_t = default_backend())]
     backend: BackendArg,
     /// Precision of the whole computation; gradients are written in it.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
@@ -69,9 +68,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         }
     }
     let given: Vec<String> = cts.keys().cloned().collect();
-    let grad = tttc::passes::autodiff::grad_program(program, &given, args.checkpoint_every)
-        .map_err(Failure::user)?;
-    tttc::ir::verify::verify_program(&grad).map_err(Failure::internal)?;
+    let grad = tttc::driver::gradient(program, &given, args.checkpoint_every, None, false)?.program;
     let ct_names = tttc::passes::autodiff::cotangent_input_names(program, &given);
 
     let mut tensors =
@@ -110,18 +107,6 @@ pub fn main(args: &Args) -> Result<(), Failure> {
                 )));
             }
         }
-    }
-    let has_scan_backward = grad
-        .graph
-        .node_ids()
-        .into_iter()
-        .any(|id| matches!(grad.graph.node(id).op, tttc::ir::Op::TttVjp { .. }));
-    if has_scan_backward && !matches!(args.backend, BackendArg::Interp) {
-        return Err(Failure::user(format!(
-            "{}: the backward of a `ttt` scan runs on `--backend interp` only so far \
-             (docs/gradients.md)",
-            args.file.display()
-        )));
     }
     let bound = tttc::bind(&grad, &tensors, &settings, precision.elem()).map_err(Failure::user)?;
     let prepared = prepare(args.backend, &bound.program)?;

@@ -65,6 +65,16 @@ pub struct Args {
     /// Element type of the printed IR.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
+    /// Print the gradient program instead (the vector-Jacobian product for cotangents of every
+    /// output, `tttc grad`'s): `--after parse` (or `autodiff`, `primal`) as differentiated,
+    /// `dual_form` and `simplify` after the gradient pipeline's stages, a kernel stage for the
+    /// shapes of --inputs (the forward program's inputs).
+    #[arg(long)]
+    grad: bool,
+    /// With --grad: keep the scans' state every G mini-batches.
+    #[arg(long, value_name = "G", default_value_t = tttc::passes::autodiff::DEFAULT_CHECKPOINT_EVERY as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: u64,
     #[command(flatten)]
     settings: SettingArgs,
 }
@@ -141,6 +151,9 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         Some(_) if kernel_stage => None,
         Some(stage) => Some(stage),
     };
+    if args.grad {
+        return inspect_gradient(args, after, kernel_stage, run_kernel_stages, target);
+    }
     let snapshots = args.all || after == Some("parse");
     let precision = args.precision.into();
     let mut dump = args.dump.as_ref().map(Dump::new);
@@ -192,6 +205,87 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         }
     } else if !args.timings || after.is_some() {
         let name = stages.last().map_or("parse", |s| s.name);
+        printed.push((name.to_string(), render(&last, args.format)?));
+    }
+    print_stages(&printed, args.format, args.all)?;
+    if args.timings {
+        print_timings(&stages);
+    }
+    Ok(())
+}
+
+/// `tttc inspect --grad`: the gradient program of every output after the stages of the
+/// gradient pipeline (`Pipeline::gradient`).
+fn inspect_gradient(
+    args: &Args,
+    after: Option<&str>,
+    kernel_stage: bool,
+    run_kernel_stages: bool,
+    target: Target,
+) -> Result<(), Failure> {
+    if args.dump.is_some() {
+        return Err(Failure::user("--dump is not available with --grad"));
+    }
+    let precision = args.precision.into();
+    let (compiled, settings) = super::compile(&args.file, precision, &args.settings, None, false)?;
+    let outputs: Vec<String> = compiled
+        .program
+        .graph
+        .outputs()
+        .iter()
+        .map(|o| o.name.clone())
+        .collect();
+    let grad = tttc::driver::gradient(
+        &compiled.program,
+        &outputs,
+        args.checkpoint_every as usize,
+        None,
+        true,
+    )?;
+    let differentiated = grad
+        .parsed
+        .clone()
+        .ok_or_else(|| Failure::internal("no snapshot of the gradient program"))?;
+    let mut stages: Vec<StageReport> = grad.stages.clone();
+    let mut last = Ir::Graph(grad.program.clone());
+    if run_kernel_stages {
+        let bound = super::compile::bind_gradient(
+            &compiled.program,
+            &grad.program,
+            args.inputs.as_deref(),
+            &settings,
+        )?;
+        let until = if kernel_stage { after } else { None };
+        let lowered = tttc::driver::lower(bound, target, until, args.all, &mut [])?;
+        stages.extend(lowered.stages);
+        last = Ir::Kernel(lowered.program);
+    }
+    let mut printed: Vec<(String, String)> = Vec::new();
+    let before_stages = matches!(after, Some("parse" | "autodiff" | "primal"));
+    if args.all {
+        printed.push((
+            "differentiation".into(),
+            render(&Ir::Graph(differentiated), args.format)?,
+        ));
+        for stage in &stages {
+            if let Some(ir) = &stage.snapshot {
+                printed.push((stage.name.to_string(), render(ir, args.format)?));
+            }
+        }
+    } else if before_stages {
+        printed.push((
+            "differentiation".into(),
+            render(&Ir::Graph(differentiated), args.format)?,
+        ));
+    } else if let Some(stage) = after.filter(|_| !kernel_stage) {
+        let ir = stages
+            .iter()
+            .find(|s| s.name == stage)
+            .and_then(|s| s.snapshot.as_ref())
+            .ok_or_else(|| Failure::internal(format!("no snapshot after `{stage}`")))?;
+        printed.push((stage.to_string(), render(ir, args.format)?));
+    } else if !args.timings || after.is_some() {
+        let name = stages.last().map_or("simplify", |s| s.name);
         printed.push((name.to_string(), render(&last, args.format)?));
     }
     print_stages(&printed, args.format, args.all)?;

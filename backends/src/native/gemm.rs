@@ -18,7 +18,7 @@
 //! parallel loops ([`super::parallel`]): one product at a time on every thread, or, for a batch
 //! of at least as many products as threads, whole products side by side.
 
-use super::parallel::{pool, thread_count};
+use super::parallel::{on_a_worker_thread, pool, thread_count};
 use gemm::Parallelism;
 use tttc_ir::kernel::Gemm;
 
@@ -197,7 +197,9 @@ unsafe fn run<T: Copy + Send + Sync + 'static>(
     match pool() {
         // Too little work to pay for handing it to the pool (waking its threads costs more
         // than the product): on the calling thread.
-        _ if work < SERIAL_WORK => (0..count).for_each(|i| product(i, Parallelism::None)),
+        _ if work < SERIAL_WORK || on_a_worker_thread() => {
+            (0..count).for_each(|i| product(i, Parallelism::None))
+        }
         Some(pool) if threads > 1 && count >= threads => {
             use rayon::prelude::*;
             pool.install(|| {

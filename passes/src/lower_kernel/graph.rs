@@ -271,14 +271,13 @@ impl Lowerer {
                 sc.vals.insert(id, NodeVal::Tuple(vals));
                 return Ok(());
             }
-            Op::TttVjp { .. } => {
-                return Err(LowerKernelError::Unsupported {
-                    graph: sc.path.clone(),
-                    node: describe(graph, id),
-                    message: "the backward of a scan (`ttt_vjp`) runs on the interpreter only; \
-                              use --backend interp"
-                        .into(),
-                })
+            Op::TttVjp {
+                scan,
+                checkpoint_every,
+            } => {
+                let vals = self.lower_ttt_vjp(sc, id, scan, *checkpoint_every, &operands, body)?;
+                sc.vals.insert(id, NodeVal::Tuple(vals));
+                return Ok(());
             }
             Op::Get { index } => {
                 let v = match sc.vals.get(&operands[0]) {

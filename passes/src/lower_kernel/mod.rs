@@ -37,7 +37,12 @@
 //!   if there is one. The step's `out` rows are written
 //!   straight into the output sequence; its `next_<state>` values go to `Local` temporaries
 //!   that are then copied into the state buffers; at the end the states are copied into the
-//!   final-state results. Every temporary inside the slice loop is `Local`.
+//!   final-state results. Every temporary inside the slice loop is `Local`;
+//! - a scan's backward (`ttt_vjp`) is a [`Schedule::Parallel`] loop over the slices too: the
+//!   forward keeps a checkpoint of the state every `G` mini-batches in a `Local` buffer
+//!   `[⌈nmb/G⌉, state]`, then the groups run in reverse, each recomputing its states into a
+//!   `Local` group buffer `[G, state]` and running `step_vjp` on its mini-batches in reverse
+//!   (`scan_vjp.rs`; the interpreter's algorithm, docs/gradients.md).
 //!
 //! Every loop is [`Schedule::Serial`] except the slice loops; scheduling is a later pass's job.
 
@@ -48,6 +53,7 @@ mod indexing;
 mod matmul;
 mod reduce;
 mod scan;
+mod scan_vjp;
 mod slice_shift;
 mod value;
 

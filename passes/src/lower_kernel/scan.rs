@@ -107,7 +107,7 @@ impl Lowerer {
 
     /// The scan's operands as views, and the extents of the mapped dims.
     #[allow(clippy::type_complexity)]
-    fn scan_operands(
+    pub(super) fn scan_operands(
         &mut self,
         sc: &Scope,
         id: NodeId,
@@ -153,7 +153,12 @@ impl Lowerer {
     }
 
     /// The result buffers: a graph output when a `get` of the element is one, else a temporary.
-    fn scan_results(&mut self, sc: &Scope, id: NodeId, result_ty: &[Vec<usize>]) -> Vec<Dest> {
+    pub(super) fn scan_results(
+        &mut self,
+        sc: &Scope,
+        id: NodeId,
+        result_ty: &[Vec<usize>],
+    ) -> Vec<Dest> {
         let graph = sc.graph;
         let mut results = Vec::with_capacity(result_ty.len());
         for (i, shape) in result_ty.iter().enumerate() {
@@ -175,7 +180,7 @@ impl Lowerer {
 
     /// The `Local` state buffers of one slice, initialised (statements appended to `cb`) from
     /// the initial states' slices.
-    fn load_states(
+    pub(super) fn load_states(
         &mut self,
         sc: &Scope,
         id: NodeId,
@@ -245,54 +250,13 @@ impl Lowerer {
         let specialized = specialize_graph(cx.step, &bind);
         let path = format!("{}/ttt%{}/step[$k={k}]", sc.path, id.index());
         let prefix = format!("ttt%{}/k{k}/", id.index());
-        let mut inputs = Vec::with_capacity(cx.slices.len());
-        for (i, sl) in cx.slices.iter().enumerate() {
-            let view = |shape: Vec<usize>, offset: Index| Val {
-                shape,
-                lazy: Lazy::View(View {
-                    buf: sl.buf,
-                    offset,
-                    strides: sl.strides.clone(),
-                }),
-            };
-            let v = match cx.scan.operand_kind(i) {
-                OperandKind::State(s) => cx.states[s].val(&cx.state_shapes[s]),
-                OperandKind::Param(_) => view(sl.shape.clone(), sl.offset.clone()),
-                OperandKind::TokenEta if cx.scan.token_eta == TokenEtaForm::PerPosition => {
-                    if sl.shape != [cx.k_max] {
-                        return Err(sc.invalid_at(
-                            id,
-                            format!(
-                                "token_eta slices to {:?}, expected [{}]",
-                                sl.shape, cx.k_max
-                            ),
-                        ));
-                    }
-                    view(vec![k], sl.offset.clone())
-                }
-                OperandKind::LossArg(_)
-                | OperandKind::OutArg(_)
-                | OperandKind::Lr
-                | OperandKind::Decay
-                | OperandKind::TokenEta => {
-                    let (Some(&l), Some(&s0)) = (sl.shape.first(), sl.strides.first()) else {
-                        return Err(
-                            sc.invalid_at(id, format!("sequence operand {i} has no sequence axis"))
-                        );
-                    };
-                    if l != cx.seq_len {
-                        return Err(sc.invalid_at(
-                            id,
-                            format!("operand {i} has {l} tokens, expected {}", cx.seq_len),
-                        ));
-                    }
-                    let mut shape = sl.shape.clone();
-                    shape[0] = k;
-                    view(shape, Index::sum(sl.offset.clone(), ix_mul(t0.clone(), s0)))
-                }
-            };
-            inputs.push(v);
-        }
+        let states = cx
+            .states
+            .iter()
+            .zip(&cx.state_shapes)
+            .map(|(d, shape)| d.val(shape))
+            .collect();
+        let inputs = cx.blocks().inputs(sc, states, k, &t0)?;
         let mut dests: Vec<Option<Dest>> = vec![None; specialized.outputs().len()];
         if let Some(d) = dests.get_mut(cx.out_index) {
             *d = Some(Dest {
@@ -337,6 +301,83 @@ impl Lowerer {
     }
 }
 
+/// What the inputs of a scan's step graphs are made of: the operands' slices, and the scan's
+/// sequence length and mini-batch size.
+pub(super) struct Blocks<'a> {
+    pub(super) id: NodeId,
+    pub(super) scan: &'a TttScan,
+    pub(super) slices: &'a [Slice],
+    pub(super) seq_len: usize,
+    pub(super) k_max: usize,
+}
+
+impl Blocks<'_> {
+    /// The step graph's inputs for the mini-batch of `k` tokens starting at token `t0` of the
+    /// slice: `states` for the states, the params' slices, and views of the blocks of the
+    /// sequence operands (`token_eta[0..k]` when it is per position).
+    pub(super) fn inputs(
+        &self,
+        sc: &Scope,
+        states: Vec<Val>,
+        k: usize,
+        t0: &Index,
+    ) -> Res<Vec<Val>> {
+        let id = self.id;
+        let mut states = states.into_iter();
+        let mut inputs = Vec::with_capacity(self.slices.len());
+        for (i, sl) in self.slices.iter().enumerate() {
+            let view = |shape: Vec<usize>, offset: Index| Val {
+                shape,
+                lazy: Lazy::View(View {
+                    buf: sl.buf,
+                    offset,
+                    strides: sl.strides.clone(),
+                }),
+            };
+            let v = match self.scan.operand_kind(i) {
+                OperandKind::State(s) => states
+                    .next()
+                    .ok_or_else(|| sc.invalid_at(id, format!("internal: no value of state {s}")))?,
+                OperandKind::Param(_) => view(sl.shape.clone(), sl.offset.clone()),
+                OperandKind::TokenEta if self.scan.token_eta == TokenEtaForm::PerPosition => {
+                    if sl.shape != [self.k_max] {
+                        return Err(sc.invalid_at(
+                            id,
+                            format!(
+                                "token_eta slices to {:?}, expected [{}]",
+                                sl.shape, self.k_max
+                            ),
+                        ));
+                    }
+                    view(vec![k], sl.offset.clone())
+                }
+                OperandKind::LossArg(_)
+                | OperandKind::OutArg(_)
+                | OperandKind::Lr
+                | OperandKind::Decay
+                | OperandKind::TokenEta => {
+                    let (Some(&l), Some(&s0)) = (sl.shape.first(), sl.strides.first()) else {
+                        return Err(
+                            sc.invalid_at(id, format!("sequence operand {i} has no sequence axis"))
+                        );
+                    };
+                    if l != self.seq_len {
+                        return Err(sc.invalid_at(
+                            id,
+                            format!("operand {i} has {l} tokens, expected {}", self.seq_len),
+                        ));
+                    }
+                    let mut shape = sl.shape.clone();
+                    shape[0] = k;
+                    view(shape, Index::sum(sl.offset.clone(), ix_mul(t0.clone(), s0)))
+                }
+            };
+            inputs.push(v);
+        }
+        Ok(inputs)
+    }
+}
+
 /// One scan operand's slice: the operand's buffer, the slice's offset (depending on the slice
 /// loop's variable), and the remaining axes.
 #[derive(Clone, Debug)]
@@ -368,13 +409,25 @@ pub(super) struct StepCx<'s> {
     pub(super) next_index: Vec<usize>,
 }
 
+impl StepCx<'_> {
+    pub(super) fn blocks(&self) -> Blocks<'_> {
+        Blocks {
+            id: self.id,
+            scan: self.scan,
+            slices: &self.slices,
+            seq_len: self.seq_len,
+            k_max: self.k_max,
+        }
+    }
+}
+
 /// Position of the step graph's output `name`.
 pub(super) fn step_output(step: &Graph, name: &str) -> Option<usize> {
     step.outputs().iter().position(|o| o.name == name)
 }
 
 /// Checks scan node `id` against its operands; returns its step graph and mini-batch size.
-fn check_scan<'s>(
+pub(super) fn check_scan<'s>(
     sc: &Scope,
     id: NodeId,
     scan: &'s TttScan,
@@ -467,7 +520,7 @@ fn scan_result_types(
 }
 
 /// The index of every mapped dim in slice `c` (the slice index decomposed with `/` and `%`).
-fn slice_indices(c: &Index, per_ext: &[usize]) -> Vec<Index> {
+pub(super) fn slice_indices(c: &Index, per_ext: &[usize]) -> Vec<Index> {
     (0..per_ext.len())
         .map(|p| {
             let inner: usize = per_ext[p + 1..].iter().product();
@@ -482,37 +535,55 @@ fn slice_indices(c: &Index, per_ext: &[usize]) -> Vec<Index> {
 }
 
 /// Every operand's slice at the mapped dims' indices `per_idx`.
-fn slice_operands(views: &[(View, Vec<usize>)], scan: &TttScan, per_idx: &[Index]) -> Vec<Slice> {
+pub(super) fn slice_operands(
+    views: &[(View, Vec<usize>)],
+    scan: &TttScan,
+    per_idx: &[Index],
+) -> Vec<Slice> {
     views
         .iter()
         .zip(&scan.axes)
-        .map(|((v, shape), axes)| {
-            let mut offset = v.offset.clone();
-            let (mut s, mut st) = (Vec::new(), Vec::new());
-            for ((&d, &stride), p) in shape.iter().zip(&v.strides).zip(&axes.per) {
-                match p {
-                    Some(p) => {
-                        let i = per_idx.get(*p).cloned().unwrap_or(Index::Const(0));
-                        offset = Index::sum(offset, ix_mul(i, stride));
-                    }
-                    None => {
-                        s.push(d);
-                        st.push(stride);
-                    }
-                }
-            }
-            Slice {
-                buf: v.buf,
-                offset,
-                shape: s,
-                strides: st,
-            }
-        })
+        .map(|((v, shape), axes)| slice_of(v, shape, &axes.per, per_idx))
         .collect()
 }
 
+/// The slice of view `v` (of shape `shape`) whose axes mapped by `per` (`Some(p)`: mapped dim
+/// `p`) are at the indices `per_idx`.
+pub(super) fn slice_of(
+    v: &View,
+    shape: &[usize],
+    per: &[Option<usize>],
+    per_idx: &[Index],
+) -> Slice {
+    let mut offset = v.offset.clone();
+    let (mut s, mut st) = (Vec::new(), Vec::new());
+    for ((&d, &stride), p) in shape.iter().zip(&v.strides).zip(per) {
+        match p {
+            Some(p) => {
+                let i = per_idx.get(*p).cloned().unwrap_or(Index::Const(0));
+                offset = Index::sum(offset, ix_mul(i, stride));
+            }
+            None => {
+                s.push(d);
+                st.push(stride);
+            }
+        }
+    }
+    Slice {
+        buf: v.buf,
+        offset,
+        shape: s,
+        strides: st,
+    }
+}
+
 /// Positions of `out` and of every `next_<state>` among the step graph's outputs.
-fn step_outputs(sc: &Scope, id: NodeId, scan: &TttScan, step: &Graph) -> Res<(usize, Vec<usize>)> {
+pub(super) fn step_outputs(
+    sc: &Scope,
+    id: NodeId,
+    scan: &TttScan,
+    step: &Graph,
+) -> Res<(usize, Vec<usize>)> {
     let out_index = step_output(step, "out")
         .ok_or_else(|| sc.invalid_at(id, "the step graph has no output `out`"))?;
     let next_index = scan

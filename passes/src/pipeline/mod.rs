@@ -333,6 +333,30 @@ impl Pipeline {
         Pipeline { stages }
     }
 
+    /// The pipeline of a gradient program (`crate::autodiff::grad_program` of a program that
+    /// went through the graph stages): no `autodiff` or `primal` (its scans have their steps),
+    /// `dual_form` and `simplify` on every scan backward's `step_vjp` (and `simplify` on the
+    /// main graph) but not again on the forward steps, then the kernel stages for `target`.
+    pub fn gradient(target: Target) -> Pipeline {
+        let mut p = Pipeline::new(target);
+        p.stages
+            .retain(|s| s.name != "autodiff" && s.name != "primal");
+        for stage in &mut p.stages {
+            match stage.name {
+                "dual_form" => {
+                    stage.kind = StageKind::Graph(Box::new(crate::rewrite::DualForm::backward()));
+                    stage.about = "equality saturation (egg) on every scan backward's step_vjp";
+                }
+                "simplify" => {
+                    stage.kind = StageKind::Graph(Box::new(crate::rewrite::Simplify::backward()));
+                    stage.about = "CSE, DCE, constant folding, cancellations on every step_vjp and the main graph";
+                }
+                _ => {}
+            }
+        }
+        p
+    }
+
     /// Every stage of every target, in order (`outline` for CPUs, then `gpu_schedule` for
     /// GPUs): what `tttc inspect --passes` lists and `--after` accepts. Not for running.
     pub fn every_stage() -> Pipeline {

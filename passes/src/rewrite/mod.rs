@@ -378,50 +378,89 @@ pub fn simplify_graph(
     rewrite_graph(graph, &stages, config, label)
 }
 
-/// Rewrites the step graph of every scan of `graph` in place with `stages`.
+/// Which of the scans' graphs a rewrite stage works on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScanGraphs {
+    /// Every forward scan's `step` and every backward scan's `step_vjp` (the pipeline from
+    /// source).
+    #[default]
+    All,
+    /// Only the backward scans' `step_vjp` graphs: the gradient pipeline
+    /// ([`crate::pipeline::Pipeline::gradient`]), whose forward scans were optimized already.
+    Backward,
+}
+
+/// Rewrites the step graph of every scan of `graph` (with [`ScanGraphs::All`]) and the
+/// `step_vjp` graph of every scan's backward (`ttt_vjp`) in place with `stages`.
 fn rewrite_steps(
     graph: &mut Graph,
     stages: &[Stage],
     config: &RewriteConfig,
     path: &str,
+    which: ScanGraphs,
 ) -> Result<Vec<RewriteReport>, RewriteError> {
     let mut reports = Vec::new();
     for id in graph.node_ids() {
         let Some(node) = graph.node_mut(id) else {
             continue;
         };
-        let Op::Ttt(scan) = &mut node.op else {
+        let (slot, label) = match &mut node.op {
+            Op::Ttt(scan) if which == ScanGraphs::All => {
+                (&mut scan.step, format!("{path}/ttt%{}/step", id.index()))
+            }
+            Op::TttVjp { scan, .. } => (
+                &mut scan.step_vjp,
+                format!("{path}/ttt_vjp%{}/step_vjp", id.index()),
+            ),
+            _ => continue,
+        };
+        let Some(step) = slot.as_ref() else {
             continue;
         };
-        let Some(step) = &scan.step else {
-            continue;
-        };
-        let label = format!("{path}/ttt%{}/step", id.index());
         let (new_step, report) = rewrite_graph(step, stages, config, &label)?;
-        scan.step = Some(new_step);
+        *slot = Some(new_step);
         reports.push(report);
     }
     Ok(reports)
 }
 
 /// Runs the dual-form rewrite on every scan's step graph of `program` (scans without a step
-/// graph, and the rest of the program, are left alone). Returns one report per step graph.
+/// graph, and the rest of the program, are left alone) and on every `step_vjp` graph.
+/// Returns one report per graph rewritten.
 pub fn dual_form_program(
     program: &mut Program,
     config: &RewriteConfig,
 ) -> Result<Vec<RewriteReport>, RewriteError> {
-    let stages = dual_form_stages().map_err(RewriteError::Rules)?;
-    rewrite_steps(&mut program.graph, &stages, config, "main")
+    dual_form_program_of(program, config, ScanGraphs::All)
 }
 
-/// Simplifies every scan's step graph, then the main graph around its scans. Returns one
-/// report per graph rewritten (the main graph's last).
+/// [`dual_form_program`] on the scans' graphs `which`.
+pub fn dual_form_program_of(
+    program: &mut Program,
+    config: &RewriteConfig,
+    which: ScanGraphs,
+) -> Result<Vec<RewriteReport>, RewriteError> {
+    let stages = dual_form_stages().map_err(RewriteError::Rules)?;
+    rewrite_steps(&mut program.graph, &stages, config, "main", which)
+}
+
+/// Simplifies every scan's step graph (and every `step_vjp`), then the main graph around its
+/// scans. Returns one report per graph rewritten (the main graph's last).
 pub fn simplify_program(
     program: &mut Program,
     config: &RewriteConfig,
 ) -> Result<Vec<RewriteReport>, RewriteError> {
+    simplify_program_of(program, config, ScanGraphs::All)
+}
+
+/// [`simplify_program`] on the scans' graphs `which` (and the main graph).
+pub fn simplify_program_of(
+    program: &mut Program,
+    config: &RewriteConfig,
+    which: ScanGraphs,
+) -> Result<Vec<RewriteReport>, RewriteError> {
     let stages = simplify_stages().map_err(RewriteError::Rules)?;
-    let mut reports = rewrite_steps(&mut program.graph, &stages, config, "main")?;
+    let mut reports = rewrite_steps(&mut program.graph, &stages, config, "main", which)?;
     let (graph, report) = rewrite_graph(&program.graph, &stages, config, "main")?;
     program.graph = graph;
     reports.push(report);
@@ -450,6 +489,8 @@ impl ReportHandle {
 pub struct DualForm {
     /// Limits and size hints.
     pub config: RewriteConfig,
+    /// Which of the scans' graphs it rewrites.
+    pub graphs: ScanGraphs,
     reports: ReportHandle,
 }
 
@@ -458,7 +499,16 @@ impl DualForm {
     pub fn new(config: RewriteConfig) -> Self {
         DualForm {
             config,
+            graphs: ScanGraphs::All,
             reports: ReportHandle::default(),
+        }
+    }
+
+    /// The pass of the gradient pipeline: the `step_vjp` graphs only ([`ScanGraphs::Backward`]).
+    pub fn backward() -> Self {
+        DualForm {
+            graphs: ScanGraphs::Backward,
+            ..DualForm::default()
         }
     }
 
@@ -479,9 +529,11 @@ impl Pass for DualForm {
     }
 
     fn run(&self, program: &mut Program) -> Result<(), PassError> {
-        let reports = dual_form_program(program, &self.config).map_err(|e| PassError::Failed {
-            pass: "dual_form",
-            source: Box::new(e),
+        let reports = dual_form_program_of(program, &self.config, self.graphs).map_err(|e| {
+            PassError::Failed {
+                pass: "dual_form",
+                source: Box::new(e),
+            }
         })?;
         self.reports.store(reports);
         Ok(())
@@ -494,6 +546,8 @@ impl Pass for DualForm {
 pub struct Simplify {
     /// Limits and size hints.
     pub config: RewriteConfig,
+    /// Which of the scans' graphs it rewrites.
+    pub graphs: ScanGraphs,
     reports: ReportHandle,
 }
 
@@ -502,7 +556,16 @@ impl Simplify {
     pub fn new(config: RewriteConfig) -> Self {
         Simplify {
             config,
+            graphs: ScanGraphs::All,
             reports: ReportHandle::default(),
+        }
+    }
+
+    /// The pass of the gradient pipeline: the `step_vjp` graphs only ([`ScanGraphs::Backward`]).
+    pub fn backward() -> Self {
+        Simplify {
+            graphs: ScanGraphs::Backward,
+            ..Simplify::default()
         }
     }
 
@@ -523,9 +586,11 @@ impl Pass for Simplify {
     }
 
     fn run(&self, program: &mut Program) -> Result<(), PassError> {
-        let reports = simplify_program(program, &self.config).map_err(|e| PassError::Failed {
-            pass: "simplify",
-            source: Box::new(e),
+        let reports = simplify_program_of(program, &self.config, self.graphs).map_err(|e| {
+            PassError::Failed {
+                pass: "simplify",
+                source: Box::new(e),
+            }
         })?;
         self.reports.store(reports);
         Ok(())

@@ -1,0 +1,178 @@
+//! The gradient interfaces besides `tttc grad` (docs/gradients.md): `tttc inspect --grad`,
+//! `tttc cost --grad`, `tttc bench --grad`, and the library entry point `tttc::GradProgram`
+//! (against the TTT-Linear inner-loop VJP golden, f64 ≤ 1e-8 as in `golden_grad.rs`, and its
+//! typed errors). Small: the golden's 2 heads, 40 tokens, f = 16.
+
+mod common;
+
+use common::compare::assert_tensor_close;
+use common::*;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tttc::runtime::Tensor;
+
+const STEM: &str = "grad_inner_linear_B1_nh2_f16_K16_L40";
+
+fn file(suffix: &str) -> PathBuf {
+    root().join(format!("tests/golden/grad/{STEM}{suffix}"))
+}
+
+fn program() -> String {
+    root().join("examples/ttt_linear.ttt").display().to_string()
+}
+
+fn inputs() -> String {
+    file(".inputs.safetensors").display().to_string()
+}
+
+#[test]
+fn inspect_grad_prints_the_backward_at_every_stage() {
+    let (p, i) = (program(), inputs());
+    let base = ["inspect", &p, "--grad", "--set", "mini_batch_size=16"];
+    let run = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let out = tttc(&args);
+        assert!(out.status.success(), "{extra:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let last = run(&[]);
+    assert!(last.contains("ttt_vjp"), "{last}");
+    assert!(last.contains("step_vjp"), "{last}");
+    assert!(run(&["--after", "parse"]).contains("ttt_vjp"));
+    assert!(run(&["--after", "dual_form"]).contains("step_vjp"));
+    let kernels = run(&["--after", "lower_kernel", "--inputs", &i]);
+    assert!(kernels.contains("checkpoints_W1"), "{kernels}");
+    assert!(kernels.contains("group_W1"), "{kernels}");
+    let all = run(&["--all", "--inputs", &i]);
+    for stage in [
+        "differentiation",
+        "dual_form",
+        "simplify",
+        "lower_kernel",
+        "memory_plan",
+    ] {
+        assert!(all.contains(&format!("== after {stage} ==")), "{stage}");
+    }
+}
+
+#[test]
+fn cost_grad_counts_forward_and_backward() {
+    let (p, i) = (program(), inputs());
+    let out = tttc(&[
+        "cost",
+        &p,
+        "--grad",
+        "--inputs",
+        &i,
+        "--set",
+        "mini_batch_size=16",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let flops = |row: &str| j[row]["flops"].as_f64().expect("flops");
+    let bytes = |row: &str| j[row]["bytes"].as_f64().expect("bytes");
+    // The backward recomputes the forward and differentiates it: more than twice the work,
+    // and not absurdly more (a step's VJP costs a small multiple of the step).
+    let ratio = flops("gradient") / flops("forward");
+    assert!(
+        (2.0..10.0).contains(&ratio),
+        "gradient/forward FLOPs {ratio}"
+    );
+    assert!(bytes("gradient") > bytes("forward"));
+}
+
+#[test]
+fn bench_grad_times_forward_and_gradient() {
+    let (p, i) = (program(), inputs());
+    let backend = backends().into_iter().find(|b| *b != "ptx" && *b != "llvm");
+    let backend = backend.unwrap_or("interp");
+    let out = tttc(&[
+        "bench",
+        &p,
+        "--grad",
+        "--inputs",
+        &i,
+        "--set",
+        "mini_batch_size=16",
+        "--iters",
+        "2",
+        "--json",
+        "--backend",
+        backend,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for key in ["forward_median_ms", "grad_median_ms", "grad_over_forward"] {
+        assert!(j[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {j}");
+    }
+    if cfg!(target_os = "linux") {
+        assert!(j["grad_peak_mb"].as_f64().is_some_and(|x| x > 0.0), "{j}");
+    }
+}
+
+/// `GradProgram`: names in, names out, on every backend this build has.
+#[test]
+fn library_entry_point_matches_the_golden() {
+    let settings: tttc::Settings = [("mini_batch_size".to_string(), 16.0.into())]
+        .into_iter()
+        .collect();
+    let inputs = load(&file(".inputs.safetensors"));
+    let cts = load(&file(".cotangents.safetensors"));
+    let expected = load(&file(".expected_grad_f64.safetensors"));
+    let mut built = vec![tttc::Backend::Interp];
+    if cfg!(feature = "cranelift") {
+        built.push(tttc::Backend::Cranelift);
+    }
+    for backend in built {
+        let g = tttc::GradProgram::from_file(
+            &root().join("examples/ttt_linear.ttt"),
+            tttc::Precision::F64,
+            &settings,
+            backend,
+            4,
+        )
+        .expect("compile");
+        assert!(g.outputs().contains(&"Z"));
+        assert!(g.differentiable_inputs().contains(&"W1"));
+        // Twice: the second call reuses the compiled code.
+        for _ in 0..2 {
+            let got = g.vjp(&inputs, &cts).expect("vjp");
+            for (name, exp) in &expected {
+                assert_tensor_close(&format!("{backend:?} d{name}"), &got[name], exp, 1e-8);
+            }
+        }
+
+        let mut unknown = cts.clone();
+        unknown.insert("nope".into(), cts["Z"].clone());
+        let e = g.vjp(&inputs, &unknown).expect_err("unknown cotangent");
+        assert!(e.is_user_error() && e.to_string().contains("`nope`"), "{e}");
+
+        let wrong: BTreeMap<String, Tensor> = [(
+            "Z".to_string(),
+            Tensor::from_f64(vec![3], vec![0.0; 3]).expect("tensor"),
+        )]
+        .into();
+        let e = g.vjp(&inputs, &wrong).expect_err("wrong shape");
+        assert!(
+            matches!(e, tttc::GradError::CotangentShape { ref name, .. } if name == "Z"),
+            "{e}"
+        );
+
+        let mut missing = inputs.clone();
+        missing.remove("XK");
+        let e = g.vjp(&missing, &cts).expect_err("missing input");
+        assert!(e.is_user_error() && e.to_string().contains("XK"), "{e}");
+    }
+    let e = tttc::GradProgram::from_file(
+        &root().join("examples/ttt_linear.ttt"),
+        tttc::Precision::F64,
+        &settings,
+        tttc::Backend::Interp,
+        0,
+    )
+    .err()
+    .expect("G = 0");
+    assert!(e.is_user_error(), "{e}");
+}
