@@ -72,6 +72,52 @@ pub fn bind(
     settings: &Settings,
     elem: ElemType,
 ) -> Result<Bound, BindError> {
+    let (specialized, dims) = check(program, tensors, settings)?;
+    // Only the program's inputs are copied (converted on the way when their type differs).
+    let mut taken = BTreeMap::new();
+    let mut warnings = Vec::new();
+    for &id in program.graph.inputs() {
+        let Some(name) = program.graph.input_name(id) else {
+            continue;
+        };
+        let Some(t) = tensors.get(name) else { continue };
+        warn_rounding(name, t, elem, &mut warnings);
+        taken.insert(name.to_string(), t.cast(elem));
+    }
+    Ok(Bound {
+        program: specialized,
+        inputs: taken,
+        dims,
+        warnings,
+    })
+}
+
+/// [`bind`] taking the tensors: those already of element type `elem` move into
+/// [`Bound::inputs`] without a copy (a model's weights are hundreds of megabytes); tensors the
+/// program does not take are dropped.
+pub fn bind_owned(
+    program: &Program,
+    tensors: BTreeMap<String, Tensor>,
+    settings: &Settings,
+    elem: ElemType,
+) -> Result<Bound, BindError> {
+    let (specialized, dims) = check(program, &tensors, settings)?;
+    let (inputs, warnings) = take_inputs(program, tensors, elem);
+    Ok(Bound {
+        program: specialized,
+        inputs,
+        dims,
+        warnings,
+    })
+}
+
+/// Every check of [`bind`] on `tensors`, borrowed: the program specialized to them and every
+/// dimension's value. [`take_inputs`] then converts them.
+pub fn check(
+    program: &Program,
+    tensors: &BTreeMap<String, Tensor>,
+    settings: &Settings,
+) -> Result<(Program, BTreeMap<String, usize>), BindError> {
     let shapes: BTreeMap<String, Vec<usize>> = tensors
         .iter()
         .map(|(n, t)| (n.clone(), t.shape().to_vec()))
@@ -79,26 +125,39 @@ pub fn bind(
     let (specialized, dims) = bind_shapes(program, &shapes, settings)?;
     check_integer_inputs(program, tensors, &dims)?;
     check_gather_ids(&specialized, tensors)?;
+    Ok((specialized, dims))
+}
+
+/// The program's inputs among `tensors` (checked by [`check`]), moved out and converted to
+/// `elem` (no copy when they have it already; tensors the program does not take are dropped),
+/// with a warning for each rounded from f64 to f32.
+pub fn take_inputs(
+    program: &Program,
+    mut tensors: BTreeMap<String, Tensor>,
+    elem: ElemType,
+) -> (BTreeMap<String, Tensor>, Vec<String>) {
     let mut inputs = BTreeMap::new();
     let mut warnings = Vec::new();
     for &id in program.graph.inputs() {
         let Some(name) = program.graph.input_name(id) else {
             continue;
         };
-        let Some(t) = tensors.get(name) else { continue };
-        if t.elem_type() == ElemType::F64 && elem == ElemType::F32 {
-            warnings.push(format!(
-                "input `{name}` is f64 and is rounded to f32 for this f32 run"
-            ));
-        }
-        inputs.insert(name.to_string(), t.cast(elem));
+        let Some(t) = tensors.remove(name) else {
+            continue;
+        };
+        warn_rounding(name, &t, elem, &mut warnings);
+        inputs.insert(name.to_string(), t.into_elem(elem));
     }
-    Ok(Bound {
-        program: specialized,
-        inputs,
-        dims,
-        warnings,
-    })
+    (inputs, warnings)
+}
+
+/// The warning for input `name` when converting it to `elem` rounds it.
+fn warn_rounding(name: &str, t: &Tensor, elem: ElemType, warnings: &mut Vec<String>) {
+    if t.elem_type() == ElemType::F64 && elem == ElemType::F32 {
+        warnings.push(format!(
+            "input `{name}` is f64 and is rounded to f32 for this f32 run"
+        ));
+    }
 }
 
 /// The shape checks of [`bind`] on shapes alone (no data): the program specialized to them and
@@ -500,4 +559,69 @@ fn first_unbound(graph: &tttc_ir::Graph) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn program() -> Program {
+        let text = "main {\n  input x: [n, f]\n  input w: [f, f]\n  output y = x @ w\n}\n";
+        tttc_ir::syntax::compile("t.ttt", text, tttc_ir::DType::F32, &BTreeMap::new())
+            .expect("compiles")
+    }
+
+    fn tensors() -> BTreeMap<String, Tensor> {
+        BTreeMap::from([
+            (
+                "x".to_string(),
+                Tensor::from_f32([2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap(),
+            ),
+            (
+                "w".to_string(),
+                Tensor::from_f64([3, 3], vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+                    .unwrap(),
+            ),
+            (
+                "unused".to_string(),
+                Tensor::from_f32([1], vec![7.0]).unwrap(),
+            ),
+        ])
+    }
+
+    /// `bind_owned` binds exactly as `bind` does, and moves the tensors that already have the
+    /// run's element type (the same storage, not a copy).
+    #[test]
+    fn bind_owned_moves_what_it_need_not_convert() {
+        let p = program();
+        let settings = Settings::default();
+        let by_ref = bind(&p, &tensors(), &settings, ElemType::F32).unwrap();
+        let owned = tensors();
+        let x_storage = owned["x"].as_f32().unwrap().as_ptr();
+        let moved = bind_owned(&p, owned, &settings, ElemType::F32).unwrap();
+        assert_eq!(moved.inputs, by_ref.inputs);
+        assert_eq!(moved.dims, by_ref.dims);
+        assert_eq!(moved.warnings, by_ref.warnings);
+        assert_eq!(
+            moved.warnings.len(),
+            1,
+            "w is rounded: {:?}",
+            moved.warnings
+        );
+        assert!(!moved.inputs.contains_key("unused"));
+        assert_eq!(moved.inputs["x"].as_f32().unwrap().as_ptr(), x_storage);
+        assert_eq!(moved.inputs["w"].elem_type(), ElemType::F32);
+    }
+
+    /// A tensor that does not fit is the same error either way.
+    #[test]
+    fn bind_owned_reports_what_bind_reports() {
+        let p = program();
+        let mut bad = tensors();
+        bad.insert("w".into(), Tensor::from_f32([2, 2], vec![0.0; 4]).unwrap());
+        let settings = Settings::default();
+        let e1 = bind(&p, &bad, &settings, ElemType::F32).unwrap_err();
+        let e2 = bind_owned(&p, bad, &settings, ElemType::F32).unwrap_err();
+        assert_eq!(e1, e2);
+    }
 }

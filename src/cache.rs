@@ -97,6 +97,8 @@ static STORED: AtomicUsize = AtomicUsize::new(0);
 static PROGRAMS_LOADED: AtomicUsize = AtomicUsize::new(0);
 static PROGRAMS_STORED: AtomicUsize = AtomicUsize::new(0);
 static REJECTED: AtomicUsize = AtomicUsize::new(0);
+static KERNELS_LOADED: AtomicUsize = AtomicUsize::new(0);
+static KERNELS_STORED: AtomicUsize = AtomicUsize::new(0);
 
 /// Turns the cache on for this process, in `dir` (created when the first entry is stored).
 pub fn enable(dir: PathBuf) {
@@ -124,7 +126,11 @@ pub struct Stats {
     pub programs_loaded: usize,
     /// Optimized programs computed and stored.
     pub programs_stored: usize,
-    /// Entries of either kind found damaged (ignored, computed and stored again).
+    /// Kernel programs found and loaded (the kernel stages skipped).
+    pub kernels_loaded: usize,
+    /// Kernel programs computed and stored.
+    pub kernels_stored: usize,
+    /// Entries of any kind found damaged (ignored, computed and stored again).
     pub rejected: usize,
 }
 
@@ -135,6 +141,8 @@ pub fn stats() -> Stats {
         stored: STORED.load(Ordering::Relaxed),
         programs_loaded: PROGRAMS_LOADED.load(Ordering::Relaxed),
         programs_stored: PROGRAMS_STORED.load(Ordering::Relaxed),
+        kernels_loaded: KERNELS_LOADED.load(Ordering::Relaxed),
+        kernels_stored: KERNELS_STORED.load(Ordering::Relaxed),
         rejected: REJECTED.load(Ordering::Relaxed),
     }
 }
@@ -201,6 +209,43 @@ pub fn build_id() -> String {
         format!("{}|{}|{mtime}", exe.display(), meta.len())
     })
     .clone()
+}
+
+/// The key of the kernel program of the bound (fully specialized), optimized program `bound`
+/// for CPU targets: 64 hex digits. The kernel stages are a function of the bound program, the
+/// settings they read from the environment
+/// ([`tttc_passes::pipeline::kernel_stage_settings`]) and this tttc.
+pub fn kernel_key(bound: &Program) -> Result<String, CacheError> {
+    key_of(
+        "kernel",
+        &tttc_passes::pipeline::kernel_stage_settings(),
+        bound,
+    )
+}
+
+/// The kernel program stored as entry `key` at `path`, when there is a usable one (a damaged
+/// one is reported, as by [`load`]).
+pub fn load_kernel(path: &Path, key: &str) -> Option<KernelProgram> {
+    let payload = load(path, key)?;
+    match ciborium::from_reader::<KernelProgram, _>(payload.as_slice()) {
+        Ok(k) => {
+            KERNELS_LOADED.fetch_add(1, Ordering::Relaxed);
+            Some(k)
+        }
+        Err(e) => {
+            reject(path, &format!("cannot decode the kernel program: {e}"));
+            None
+        }
+    }
+}
+
+/// Stores the kernel program `kernel` as entry `key` at `path` ([`store`]).
+pub fn store_kernel(path: &Path, key: &str, kernel: &KernelProgram) -> Result<(), CacheError> {
+    let mut encoded = Vec::new();
+    ciborium::into_writer(kernel, &mut encoded).map_err(|e| CacheError::Encode(e.to_string()))?;
+    write_entry(path, key, &encoded)?;
+    KERNELS_STORED.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// The optimized program stored as entry `key` at `path`, when there is a usable one (a damaged

@@ -3,6 +3,7 @@
 //! [`Prepared`] never matches on the backend once it is compiled.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 pub use tttc_backends::BufferList;
 use tttc_backends::{BackendError, CompiledProgram, Interpreted};
@@ -93,9 +94,12 @@ impl ExecError {
 }
 
 /// A program ready to run on one backend (compiled once, run many times): whatever the
-/// backend, a [`CompiledProgram`].
+/// backend, a [`CompiledProgram`]. A clone shares the compiled program (a streaming session
+/// runs one compiled piece for every layer whose piece is the same program); runs of clones
+/// take turns (a compiled program is run by one thread at a time).
+#[derive(Clone)]
 pub struct Prepared {
-    inner: Box<dyn CompiledProgram>,
+    inner: Arc<Mutex<Box<dyn CompiledProgram>>>,
     /// Time spent compiling, lowering to kernel IR included (zero for the interpreter).
     pub compile_time: Duration,
 }
@@ -116,10 +120,7 @@ pub fn prepare(backend: Backend, program: &Program) -> Result<Prepared, ExecErro
         #[allow(unreachable_patterns)]
         other => return Err(ExecError::NotBuilt(other.feature())),
     };
-    Ok(Prepared {
-        inner,
-        compile_time: start.elapsed(),
-    })
+    Ok(Prepared::new(inner, start.elapsed()))
 }
 
 /// Lowers `program` through the pipeline's kernel stages and compiles it with `generator` as the
@@ -152,8 +153,7 @@ fn cached_llvm(
     use crate::cache;
     use tttc_backends::llvm;
     let codegen = |e: llvm::LlvmError| ExecError::Codegen(e.into());
-    let kernel = crate::driver::kernel_program(program, tttc_passes::pipeline::Target::Cpu)
-        .map_err(ExecError::Lower)?;
+    let kernel = cached_kernel_program(dir, program)?;
     let fingerprint = llvm::host_fingerprint().map_err(codegen)?;
     let key = cache::key("llvm", &fingerprint, &kernel)?;
     let path = cache::entry_path(dir, "llvm", &key);
@@ -177,6 +177,28 @@ fn cached_llvm(
     Ok(Box::new(jit))
 }
 
+/// The CPU kernel program of `program` from the compile cache in `dir` when there, else the
+/// kernel stages' result, stored. A warm start of a model loads a few dozen pieces (the stages
+/// and scan steps of a streaming session): their kernel stages would otherwise run on every
+/// start although the machine code is cached.
+#[cfg(feature = "llvm")]
+fn cached_kernel_program(
+    dir: &std::path::Path,
+    program: &Program,
+) -> Result<tttc_ir::kernel::KernelProgram, ExecError> {
+    use crate::cache;
+    let key = cache::kernel_key(program)?;
+    let path = cache::entry_path(dir, "kernel", &key);
+    if let Some(kernel) = cache::load_kernel(&path, &key) {
+        return Ok(kernel);
+    }
+    let kernel = crate::driver::kernel_program(program, tttc_passes::pipeline::Target::Cpu)
+        .map_err(ExecError::Lower)?;
+    cache::create_dir(dir)?;
+    cache::store_kernel(&path, &key, &kernel)?;
+    Ok(kernel)
+}
+
 /// Compiles a bound program for the ptx backend with matmuls on tensor cores in format
 /// `tensor_cores` (an f32 opt-in; `None` is [`prepare`] with [`Backend::Ptx`]).
 pub fn prepare_ptx(
@@ -185,10 +207,7 @@ pub fn prepare_ptx(
 ) -> Result<Prepared, ExecError> {
     let start = Instant::now();
     let inner = ptx_with(program, tensor_cores)?;
-    Ok(Prepared {
-        inner,
-        compile_time: start.elapsed(),
-    })
+    Ok(Prepared::new(inner, start.elapsed()))
 }
 
 #[cfg(feature = "cuda")]
@@ -208,10 +227,23 @@ fn ptx_with(
 }
 
 impl Prepared {
+    fn new(inner: Box<dyn CompiledProgram>, compile_time: Duration) -> Prepared {
+        Prepared {
+            inner: Arc::new(Mutex::new(inner)),
+            compile_time,
+        }
+    }
+
+    /// The compiled program, for one run (a run that panicked left nothing half-done that a
+    /// later run depends on: every run sets up its own buffers).
+    fn program(&self) -> MutexGuard<'_, Box<dyn CompiledProgram>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Device time of the last run's kernels in milliseconds (GPU backends only; host↔device
     /// copies excluded).
     pub fn last_device_ms(&self) -> Option<f64> {
-        self.inner.last_device_ms()
+        self.program().last_device_ms()
     }
 
     /// Runs on inputs already checked by [`crate::bind`].
@@ -219,7 +251,7 @@ impl Prepared {
         &self,
         inputs: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, ExecError> {
-        self.inner.run(inputs).map_err(ExecError::Run)
+        self.program().run(inputs).map_err(ExecError::Run)
     }
 
     /// Like [`Prepared::run`], but the native backends write an output into the storage of the
@@ -230,7 +262,7 @@ impl Prepared {
         inputs: &BTreeMap<String, Tensor>,
         spare: &mut BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, ExecError> {
-        self.inner
+        self.program()
             .run_reusing(inputs, spare)
             .map_err(ExecError::Run)
     }
@@ -239,7 +271,7 @@ impl Prepared {
     /// backend that can run on caller-provided storage ([`Prepared::run_raw`]); `None` for the
     /// others.
     pub fn raw_buffers(&self) -> Option<(BufferList, BufferList)> {
-        self.inner.buffers()
+        self.program().buffers()
     }
 
     /// Runs a native program on caller-provided storage, one pointer per buffer in the order of
@@ -256,6 +288,6 @@ impl Prepared {
         outputs: &[*mut u8],
     ) -> Result<(), ExecError> {
         // SAFETY: the caller's contract.
-        unsafe { self.inner.run_raw(inputs, outputs) }.map_err(ExecError::Run)
+        unsafe { self.program().run_raw(inputs, outputs) }.map_err(ExecError::Run)
     }
 }

@@ -1,9 +1,9 @@
 //! The compile cache on disk (docs/cache.md): a second run loads what the first stored and
 //! computes the same; anything that changes the machine code gives a new entry; damaged
 //! entries are recompiled; an unusable cache directory is a clear error. Each test has its own
-//! `TTTC_CACHE_DIR` in a temporary directory. Two kinds of entries: machine code (`llvm-*`) and
-//! optimized programs (`graph-*`). Hits are told by `--cache-stats` and by the entry
-//! files (their inode and modification time), never by timing.
+//! `TTTC_CACHE_DIR` in a temporary directory. Three kinds of entries: machine code (`llvm-*`),
+//! optimized programs (`graph-*`) and kernel programs (`kernel-*`). Hits are told by
+//! `--cache-stats` and by the entry files (their inode and modification time), never by timing.
 
 #![cfg(feature = "llvm")]
 
@@ -29,8 +29,14 @@ fn golden(name: &str) -> String {
 
 /// `tttc ARGS --out OUT --cache-stats` with the cache in `cache`.
 fn run(cache: &Path, args: &[&str], out: &Path) -> Output {
+    run_env(cache, args, out, &[])
+}
+
+/// [`run`] with environment variables `env` set.
+fn run_env(cache: &Path, args: &[&str], out: &Path, env: &[(&str, &str)]) -> Output {
     common::tttc_command()
         .env("TTTC_CACHE_DIR", cache)
+        .envs(env.iter().copied())
         .args(args)
         .args(["--out", out.to_str().expect("utf-8"), "--cache-stats"])
         .output()
@@ -62,8 +68,8 @@ fn entries(cache: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
 }
 
 /// The `--cache-stats` line's counts: machine code loaded and stored, optimized programs
-/// loaded and stored, damaged entries.
-fn stats(stderr: &str) -> [usize; 5] {
+/// loaded and stored, damaged entries, kernel programs loaded and stored.
+fn stats(stderr: &str) -> [usize; 7] {
     let line = stderr
         .lines()
         .find_map(|l| l.strip_prefix("compile cache: "))
@@ -71,20 +77,25 @@ fn stats(stderr: &str) -> [usize; 5] {
     let n: Vec<usize> = line
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
-        .take(5)
+        .take(7)
         .map(|s| s.parse().expect("a count"))
         .collect();
-    n.try_into().expect("five counts")
+    n.try_into().expect("seven counts")
 }
 
 /// The machine code entries (`llvm-KEY.obj`) among `entries`.
 fn code_entries(cache: &Path) -> Vec<PathBuf> {
+    kind_entries(cache, "llvm-")
+}
+
+/// The entries whose file name starts with `prefix` (`llvm-`, `graph-`, `kernel-`).
+fn kind_entries(cache: &Path, prefix: &str) -> Vec<PathBuf> {
     entries(cache)
         .into_keys()
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("llvm-"))
+                .is_some_and(|n| n.starts_with(prefix))
         })
         .collect()
 }
@@ -118,19 +129,29 @@ fn a_second_run_loads_the_code_and_computes_the_same() {
     let cache = tmp.path().join("cache");
     let args = lm_args();
     let (err1, first) = run_ok(&cache, &strs(&args), &tmp.path().join("1.safetensors"));
-    let [loaded, stored, programs_loaded, programs_stored, _] = stats(&err1);
-    assert_eq!((loaded, programs_loaded), (0, 0), "{err1}");
+    let [loaded, stored, programs_loaded, programs_stored, _, kernels_loaded, kernels_stored] =
+        stats(&err1);
+    assert_eq!(
+        (loaded, programs_loaded, kernels_loaded),
+        (0, 0, 0),
+        "{err1}"
+    );
     assert!(stored >= 1, "{err1}");
     assert_eq!(programs_stored, 1, "{err1}");
+    assert_eq!(
+        kernels_stored, stored,
+        "one kernel program per code entry: {err1}"
+    );
     let before = entries(&cache);
     assert_eq!(
         before.len(),
-        stored + programs_stored,
+        stored + programs_stored + kernels_stored,
         "one file per entry, no temporary left"
     );
 
+    // The second run skips the graph stages, the kernel stages and code generation.
     let (err2, second) = run_ok(&cache, &strs(&args), &tmp.path().join("2.safetensors"));
-    assert_eq!(stats(&err2), [stored, 0, 1, 0, 0], "{err2}");
+    assert_eq!(stats(&err2), [stored, 0, 1, 0, 0, stored, 0], "{err2}");
     assert_eq!(entries(&cache), before, "a hit rewrites nothing");
     assert_identical(&first, &second, "cached run");
 
@@ -158,15 +179,16 @@ fn a_second_run_loads_the_code_and_computes_the_same() {
 fn assert_recompiles(cache: &Path, args: &[String], tmp: &Path, what: &str) {
     let before = entries(cache).len();
     let (err, got) = run_ok(cache, &strs(args), &tmp.join(format!("{what}.safetensors")));
-    let [loaded, stored, _, programs_stored, _] = stats(&err);
+    let [loaded, stored, _, programs_stored, _, kernels_loaded, kernels_stored] = stats(&err);
     assert_eq!(
-        loaded, 0,
+        (loaded, kernels_loaded),
+        (0, 0),
         "{what}: nothing may come from another program's entry\n{err}"
     );
     assert!(stored >= 1, "{what}: {err}");
     assert_eq!(
         entries(cache).len(),
-        before + stored + programs_stored,
+        before + stored + programs_stored + kernels_stored,
         "{what}: new entries"
     );
     let mut uncached = args.to_vec();
@@ -202,7 +224,7 @@ fn anything_that_changes_the_code_gives_a_new_entry() {
 
     // The program text: half the inner loss (another gradient, other code). The optimized
     // program is computed again too (the shapes above reused the base's).
-    let programs_before = entries(&cache).len() - code_entries(&cache).len();
+    let programs_before = kind_entries(&cache, "graph-").len();
     let source = std::fs::read_to_string(root().join(INNER)).expect("read");
     assert!(source.contains("0.5 * sum"));
     let changed = tmp.path().join("changed.ttt");
@@ -212,10 +234,7 @@ fn anything_that_changes_the_code_gives_a_new_entry() {
         .map(|s| s.to_string())
         .collect();
     assert_recompiles(&cache, &text, tmp.path(), "text");
-    assert_eq!(
-        entries(&cache).len() - code_entries(&cache).len(),
-        programs_before + 1
-    );
+    assert_eq!(kind_entries(&cache, "graph-").len(), programs_before + 1);
 
     // The precision.
     let mut f64 = base.clone();
@@ -236,6 +255,31 @@ fn anything_that_changes_the_code_gives_a_new_entry() {
     std::fs::write(&config_file, changed_config.to_string()).expect("write");
     lm[3] = config_file.to_string_lossy().into_owned();
     assert_recompiles(&cache, &lm, tmp.path(), "config_file");
+
+    // A setting of the kernel stages from the environment (no matrix library: loops only):
+    // the same optimized program, another kernel program, so neither the kernel program's nor
+    // the code's entry is reused.
+    let before = entries(&cache).len();
+    let r = run_env(
+        &cache,
+        &strs(&lm),
+        &tmp.path().join("gemm.safetensors"),
+        &[("TTTC_GEMM_MIN_MNK", "off")],
+    );
+    assert!(r.status.success(), "{}", common::text(&r));
+    let err = String::from_utf8_lossy(&r.stderr);
+    let [loaded, stored, programs_loaded, _, _, kernels_loaded, kernels_stored] = stats(&err);
+    assert_eq!(
+        (loaded, programs_loaded, kernels_loaded, kernels_stored),
+        (0, 1, 0, 1),
+        "{err}"
+    );
+    assert!(stored >= 1, "{err}");
+    assert_eq!(
+        entries(&cache).len(),
+        before + kernels_stored + stored,
+        "{err}"
+    );
 
     // Another backend takes nothing from the LLVM entries (Cranelift compiles in
     // milliseconds and is not cached).
@@ -299,7 +343,7 @@ fn damaged_entries_are_reported_and_compiled_again() {
                 && err.contains(&entry.display().to_string()),
             "{what}: {err}"
         );
-        assert_eq!(stats(&err), [0, 1, 1, 0, 1], "{what}: {err}");
+        assert_eq!(stats(&err), [0, 1, 1, 0, 1, 1, 0], "{what}: {err}");
         assert_identical(&got, &want, what);
         assert_eq!(
             std::fs::read(entry).expect("read"),
@@ -309,17 +353,54 @@ fn damaged_entries_are_reported_and_compiled_again() {
     }
 
     // A damaged optimized program: computed again.
-    let program_entry = entries(&cache)
-        .into_keys()
-        .find(|p| !files.contains(p))
+    let program_entry = kind_entries(&cache, "graph-")
+        .pop()
         .expect("the optimized program's entry");
     let bytes = std::fs::read(&program_entry).expect("read");
     std::fs::write(&program_entry, &bytes[..bytes.len() - 1]).expect("write");
     let (err, got) = run_ok(&cache, &args, &tmp.path().join("got.safetensors"));
     assert!(err.contains(&program_entry.display().to_string()), "{err}");
-    assert_eq!(stats(&err), [1, 0, 0, 1, 1], "{err}");
+    assert_eq!(stats(&err), [1, 0, 0, 1, 1, 1, 0], "{err}");
     assert_identical(&got, &want, "damaged program");
     assert_eq!(std::fs::read(&program_entry).expect("read"), bytes);
+
+    // A damaged kernel program (truncated, or a well-formed entry that does not decode):
+    // computed again, the same bytes; the machine code still loads.
+    let kernel_entry = kind_entries(&cache, "kernel-")
+        .pop()
+        .expect("the kernel program's entry");
+    let bytes = std::fs::read(&kernel_entry).expect("read");
+    let kernel_key = kernel_entry
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.strip_prefix("kernel-"))
+        .expect("kernel-KEY.obj")
+        .to_string();
+    let damages: [(&str, Damage); 2] = [
+        ("truncated", {
+            let (e, b) = (kernel_entry.clone(), bytes.clone());
+            Box::new(move || std::fs::write(&e, &b[..b.len() / 2]).expect("write"))
+        }),
+        ("not a kernel program", {
+            let e = kernel_entry.clone();
+            Box::new(move || tttc::cache::store(&e, &kernel_key, b"\xff\x00").expect("store"))
+        }),
+    ];
+    for (what, damage) in &damages {
+        damage();
+        let (err, got) = run_ok(&cache, &args, &tmp.path().join("got.safetensors"));
+        assert!(
+            err.contains(&kernel_entry.display().to_string()),
+            "{what}: {err}"
+        );
+        assert_eq!(stats(&err), [1, 0, 1, 0, 1, 0, 1], "{what}: {err}");
+        assert_identical(&got, &want, what);
+        assert_eq!(
+            std::fs::read(&kernel_entry).expect("read"),
+            bytes,
+            "{what}: repaired"
+        );
+    }
 }
 
 #[test]
@@ -379,8 +460,9 @@ fn concurrent_runs_share_a_cache_safely() {
     let files = entries(&cache);
     assert_eq!(
         files.len(),
-        2,
-        "one optimized program, one code entry, no temporary file left: {files:?}"
+        3,
+        "one optimized program, one kernel program, one code entry, no temporary file left: \
+         {files:?}"
     );
     // And it is a good one.
     let (err, again) = run_ok(
@@ -388,6 +470,6 @@ fn concurrent_runs_share_a_cache_safely() {
         &["run", INNER, "--inputs", &inputs],
         &tmp.path().join("again.safetensors"),
     );
-    assert_eq!(stats(&err), [1, 0, 1, 0, 0], "{err}");
+    assert_eq!(stats(&err), [1, 0, 1, 0, 0, 1, 0], "{err}");
     assert_identical(&again, &results[0], "after concurrent runs");
 }

@@ -1,6 +1,7 @@
 //! Large matrix products through the library gemm ([`Stmt::Gemm`]): `.ttt` programs with
 //! products above the threshold (plain, a transposed weight `x @ w.T`, batched, broadcast
-//! batches, a rank-2 weight under a batched input, a lazy operand) compiled through the whole
+//! batches, a rank-2 weight under a batched input, a lazy operand, a few rows against a large
+//! weight, which the runtime splits by columns over the threads) compiled through the whole
 //! CPU pipeline and run on LLVM and Cranelift in f32 and f64, against the graph interpreter
 //! (the oracle); the kernel IR is checked to really hold gemms for the CPU (and none for the
 //! GPU or below the threshold). Hand-built kernel programs check what the lowering does not
@@ -80,6 +81,22 @@ const CASES: &[Case] = &[
         inputs: &[("x", &[2, 48, 80]), ("w", &[80, 72]), ("v", &[72, 80])],
         k: 80,
         gemms: 2,
+    },
+    // A few rows against a large weight (one token's projection): split by columns over the
+    // worker threads; 520 columns leave a ragged last block.
+    Case {
+        name: "one row, large weight",
+        source: "main {\n input x: [1, 512]\n input w: [512, 520]\n output y = x @ w\n}\n",
+        inputs: &[("x", &[1, 512]), ("w", &[512, 520])],
+        k: 512,
+        gemms: 1,
+    },
+    Case {
+        name: "three rows, large transposed weight",
+        source: "main {\n input x: [3, 512]\n input w: [520, 512]\n output y = x @ w.T\n}\n",
+        inputs: &[("x", &[3, 512]), ("w", &[520, 512])],
+        k: 512,
+        gemms: 1,
     },
 ];
 

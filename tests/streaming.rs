@@ -825,3 +825,109 @@ main {
     let err = max_rel(&got, &want);
     assert!(err <= 1e-12, "{err:e}");
 }
+
+/// A session compiles one piece for all the layers whose piece is the same program (the stage
+/// between two layers, the token step, the mini-batch step), so the number of compiled pieces
+/// does not grow with the depth; and the deeper model still streams like its one-shot run.
+#[test]
+fn layers_share_their_compiled_pieces() {
+    let program_of = |layers: usize| {
+        let mut text = String::from(
+            r#"
+config mini_batch_size = 4
+inner Lin {
+  state W: [f, f]
+  fn g(x: [1, f]) -> [1, f] = x @ W
+  loss(k: [1, f], v: [1, f]) = 0.5 * sum((g(k) - v) ^ 2)
+  out(q: [1, f]) = g(q)
+}
+main {
+  input X: [B, L, f]
+  input lr: [B, L]
+  input token_eta: [mini_batch_size]
+  input W: [f, f]
+  input P: [f, f]
+  let h0 = X
+"#,
+        );
+        for i in 0..layers {
+            text.push_str(&format!(
+                "  let r{i} = ttt Lin(W = W, k = h{i} @ P, v = X, q = h{i}) per (B)\n          \
+                 update minibatch_gd(size = mini_batch_size, token_eta = token_eta, lr = lr)\n  \
+                 let h{} = tanh(r{i}.out @ P)\n",
+                i + 1
+            ));
+        }
+        text.push_str(&format!("  output Z = h{layers}\n}}\n"));
+        let lowered =
+            tttc::ir::syntax::compile("layers.ttt", &text, DType::F64, &BTreeMap::new()).unwrap();
+        optimize(lowered, None, false).unwrap().program
+    };
+    let (b, l, f) = (2, 11, 3);
+    let tensor = |shape: Vec<usize>, salt: usize, positive: bool| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n)
+            .map(|i| ((i * 37 + salt) % 101) as f64 / 101.0 - 0.5)
+            .map(|x| if positive { x.abs() * 0.5 } else { x * 0.8 })
+            .collect();
+        Tensor::from_f64(shape, v).unwrap()
+    };
+    let mut tensors = BTreeMap::new();
+    tensors.insert("X".to_string(), tensor(vec![b, l, f], 0, false));
+    tensors.insert("lr".to_string(), tensor(vec![b, l], 7, true));
+    tensors.insert("token_eta".to_string(), tensor(vec![4], 3, true));
+    tensors.insert("W".to_string(), tensor(vec![f, f], 11, false));
+    tensors.insert("P".to_string(), tensor(vec![f, f], 19, false));
+    let settings = tttc::Settings::default();
+    let mut counts = Vec::new();
+    for layers in [2, 3, 5] {
+        let program = program_of(layers);
+        let plan = tttc::stream::plan::plan(&program).unwrap();
+        let (tokens, weights): (BTreeMap<_, _>, BTreeMap<_, _>) = tensors
+            .clone()
+            .into_iter()
+            .partition(|(k, _)| plan.token_inputs.contains_key(k));
+        let mut session = Session::new(
+            Backend::Interp,
+            program.clone(),
+            weights,
+            settings.clone(),
+            Precision::F64,
+        )
+        .unwrap();
+        // A chunk of whole mini-batches and a partial one, then single tokens.
+        let chunks = split_chunks(&tokens, &plan.token_inputs, &[8, 2, 1]).unwrap();
+        let mut last = BTreeMap::new();
+        for chunk in &chunks {
+            last = session.feed(chunk).unwrap();
+        }
+        counts.push(session.compiled_programs());
+        // The last token's output equals the one-shot run's (the pieces are shared, not
+        // mixed up): the interpreter on the whole sequence.
+        let bound = bind(&program, &tensors, &settings, Precision::F64.elem()).unwrap();
+        let want = prepare(Backend::Interp, &bound.program)
+            .and_then(|p| p.run(&bound.inputs))
+            .unwrap();
+        let want_last: Vec<f64> = want["Z"]
+            .to_f64_vec()
+            .chunks(f)
+            .enumerate()
+            .filter(|(i, _)| i % l == l - 1)
+            .flat_map(|(_, row)| row.to_vec())
+            .collect();
+        let got_last = last["Z"].to_f64_vec();
+        assert_eq!(got_last.len(), want_last.len(), "{layers} layers");
+        for (g, w) in got_last.iter().zip(&want_last) {
+            assert!((g - w).abs() <= 1e-10, "{layers} layers: {g} vs {w}");
+        }
+    }
+    assert!(counts[0] > 0);
+    assert_eq!(
+        counts[0], counts[1],
+        "compiled pieces by depth 2, 3, 5: {counts:?}"
+    );
+    assert_eq!(
+        counts[0], counts[2],
+        "compiled pieces by depth 2, 3, 5: {counts:?}"
+    );
+}

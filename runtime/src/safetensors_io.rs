@@ -15,11 +15,8 @@ use std::path::Path;
 /// that is not a valid safetensors file (bad header, truncated, inconsistent offsets) is
 /// [`RuntimeError::Malformed`]. No input makes this function panic.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
-    let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let (floats, ints) = parse_safetensors(&bytes, path, false)?;
+    let bytes = FileBytes::open(path)?;
+    let (floats, ints) = parse_safetensors(bytes.as_slice(), path, false)?;
     debug_assert!(ints.is_empty());
     Ok(floats)
 }
@@ -28,12 +25,64 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, Runtime
 /// the integer ones (I64, I32: token ids) separately. Other element types are
 /// [`RuntimeError::UnsupportedDType`], naming the tensor.
 pub fn read_safetensors_with_ints(path: &Path) -> Result<TensorFile, RuntimeError> {
-    let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let (floats, ints) = parse_safetensors(&bytes, path, true)?;
+    let bytes = FileBytes::open(path)?;
+    let (floats, ints) = parse_safetensors(bytes.as_slice(), path, true)?;
     Ok(TensorFile { floats, ints })
+}
+
+/// A file's bytes: memory-mapped, or read into memory where it cannot be mapped (an empty
+/// file, a pipe).
+///
+/// Mapping saves reading the whole file into a buffer before the tensors are copied out of it
+/// (for a 500 MB model, a 500 MB allocation filled once and then copied again): each tensor's
+/// bytes go from the page cache straight into its own storage ([`le_elements`]). The tensors
+/// still own their elements — a [`Tensor`] is a `Vec` that the backends read, lend and write
+/// in place — so the map is dropped as soon as the file is parsed.
+enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl FileBytes {
+    fn open(path: &Path) -> Result<FileBytes, RuntimeError> {
+        let io = |source| RuntimeError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len > 0 {
+            // SAFETY: the map is only read, and only while the file is parsed. Another process
+            // truncating or rewriting the file meanwhile could change or remove the mapped
+            // bytes under us (as it would change what a plain read sees); tttc never writes
+            // a file it is reading, and model folders are not written by it at all.
+            if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
+                return Ok(FileBytes::Mapped(map));
+            }
+        }
+        // Not mappable (empty, a pipe, a special file): read it.
+        std::fs::read(path).map(FileBytes::Read).map_err(io)
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Read(v) => v,
+        }
+    }
+}
+
+/// The little-endian elements stored in `raw` (whose length is a multiple of the element's
+/// size), copied in one pass: on a little-endian host a plain copy of the bytes into the
+/// vector (`bytemuck`: the stored bytes need not be aligned), else each element decoded.
+fn le_elements<T: bytemuck::Pod>(raw: &[u8], decode: impl Fn(&[u8]) -> T) -> Vec<T> {
+    if cfg!(target_endian = "little") {
+        bytemuck::pod_collect_to_vec(raw)
+    } else {
+        raw.chunks_exact(std::mem::size_of::<T>())
+            .map(decode)
+            .collect()
+    }
 }
 
 /// The tensors of one file by element kind (see [`read_safetensors_with_ints`]).
@@ -112,16 +161,12 @@ fn parse_safetensors(bytes: &[u8], path: &Path, ints: bool) -> Result<Parsed, Ru
             continue;
         }
         let data = match view.dtype() {
-            Dtype::F32 => TensorData::F32(
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            Dtype::F64 => TensorData::F64(
-                raw.chunks_exact(8)
-                    .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                    .collect(),
-            ),
+            Dtype::F32 => TensorData::F32(le_elements(raw, |c| {
+                f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+            })),
+            Dtype::F64 => TensorData::F64(le_elements(raw, |c| {
+                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+            })),
             other => {
                 return Err(RuntimeError::UnsupportedDType {
                     tensor: name,
@@ -386,6 +431,43 @@ mod tests {
                 }
             };
             assert_eq!(bits(b), bits(t), "{name}");
+        }
+    }
+
+    #[test]
+    fn unaligned_tensor_data_reads_exactly() {
+        // Data starting at every offset modulo 8 from the file's start (the map is
+        // page-aligned, so the tensors' bytes are not aligned for f32 or f64): the copy into
+        // the tensor's storage must not assume alignment.
+        let f32s = [1.5f32, -0.0, f32::MIN_POSITIVE];
+        let f64s = [std::f64::consts::E, -1e-300];
+        for pad in 0..8 {
+            let header = format!(
+                "{{\"a\":{{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}},\
+                 \"b\":{{\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[12,28]}}}}{}",
+                " ".repeat(pad)
+            );
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend(header.as_bytes());
+            bytes.extend(f32s.iter().flat_map(|x| x.to_le_bytes()));
+            bytes.extend(f64s.iter().flat_map(|x| x.to_le_bytes()));
+            let p = TempPath::new(&format!("unaligned{pad}"));
+            std::fs::write(&p.0, &bytes).unwrap();
+            let back = read_safetensors(&p.0).unwrap();
+            let a: Vec<u32> = back["a"]
+                .as_f32()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            assert_eq!(a, f32s.map(f32::to_bits), "pad {pad}");
+            match back["b"].data() {
+                TensorData::F64(v) => {
+                    let b: Vec<u64> = v.iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(b, f64s.map(f64::to_bits), "pad {pad}");
+                }
+                other => panic!("pad {pad}: {other:?}"),
+            }
         }
     }
 

@@ -186,6 +186,16 @@ impl Tensor {
         }
     }
 
+    /// This tensor with elements of type `elem`: itself when it has them (no copy), else
+    /// converted as [`Tensor::cast`] does.
+    pub fn into_elem(self, elem: ElemType) -> Tensor {
+        if self.data.elem_type() == elem {
+            self
+        } else {
+            self.cast(elem)
+        }
+    }
+
     /// A copy with element type `elem`. `f32 -> f64` is exact; `f64 -> f32` rounds to nearest
     /// (ties to even; out-of-range values become infinities), the only lossy direction.
     pub fn cast(&self, elem: ElemType) -> Tensor {

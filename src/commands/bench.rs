@@ -79,7 +79,7 @@ fn bench(args: &Args) -> Result<(), Failure> {
     let start = Instant::now();
     let settings_args = args.settings.with_model(model.as_ref());
     let (compiled, settings) = compile(&args.file, precision, &settings_args, None, false)?;
-    let (bound, _) = load_tensors(
+    let bound = load_tensors(
         &compiled.program,
         model.as_ref(),
         args.inputs.as_deref(),

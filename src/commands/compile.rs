@@ -93,7 +93,7 @@ pub(super) fn bind_program(
     precision: Precision,
 ) -> Result<Program, Failure> {
     Ok(match inputs {
-        Some(path) => load_inputs(program, path, settings, precision)?.0.program,
+        Some(path) => load_inputs(program, path, settings, precision)?.program,
         None => {
             let shapes = shapes_from_settings(program, settings)?;
             tttc::bind_shapes(program, &shapes, settings)

@@ -48,7 +48,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         .and_then(|ir| ir.graph())
         .ok_or_else(|| Failure::internal("the pipeline has no `primal` stage"))?;
     let cost_of = |program: &tttc::ir::Program| -> Result<Cost, Failure> {
-        let (bound, _) = load_inputs(program, &args.inputs, &settings, precision)?;
+        let bound = load_inputs(program, &args.inputs, &settings, precision)?;
         let kernels =
             tttc::driver::kernel_program(&bound.program, Target::Cpu).map_err(Failure::internal)?;
         cost_of(&bound.program, &kernels).map_err(Failure::internal)

@@ -22,8 +22,8 @@ use tttc::ir::{Program, Setting};
 use tttc::model_dir::ModelDir;
 use tttc::runtime::Tensor;
 use tttc::{
-    bind, lower_file, merge_settings, read_config_file, Bound, Compiled, DriverError, Precision,
-    Settings,
+    bind_owned, lower_file, merge_settings, read_config_file, Bound, Compiled, DriverError,
+    Precision, Settings,
 };
 
 /// A failure with its exit code: 2 for user errors, 1 for internal ones.
@@ -173,12 +173,15 @@ impl CacheArgs {
                 let s = tttc::cache::stats();
                 eprintln!(
                     "compile cache: code {} loaded, {} compiled and stored; optimized programs \
-                     {} loaded, {} stored; {} damaged replaced ({})",
+                     {} loaded, {} stored; {} damaged replaced; kernel programs {} loaded, {} \
+                     stored ({})",
                     s.loaded,
                     s.stored,
                     s.programs_loaded,
                     s.programs_stored,
                     s.rejected,
+                    s.kernels_loaded,
+                    s.kernels_stored,
                     dir.display()
                 );
             }
@@ -343,19 +346,20 @@ pub fn load_inputs(
     inputs: &Path,
     settings: &Settings,
     precision: Precision,
-) -> Result<(Bound, BTreeMap<String, Tensor>), Failure> {
+) -> Result<Bound, Failure> {
     load_tensors(program, None, Some(inputs), settings, precision)
 }
 
 /// The tensors of a model folder's weights and of an inputs file (either may be absent; a
-/// tensor in both is an error), as [`load_inputs`] returns them.
+/// tensor in both is an error), bound as [`load_inputs`] binds them. The tensors move into
+/// the binding (a model's weights are never held twice).
 pub fn load_tensors(
     program: &Program,
     model: Option<&ModelDir>,
     inputs: Option<&Path>,
     settings: &Settings,
     precision: Precision,
-) -> Result<(Bound, BTreeMap<String, Tensor>), Failure> {
+) -> Result<Bound, Failure> {
     let mut tensors = match model {
         Some(m) => read_model_weights(m, program, precision)?,
         None => BTreeMap::new(),
@@ -381,11 +385,11 @@ pub fn load_tensors(
             unused.join(", ")
         );
     }
-    let bound = bind(program, &tensors, settings, precision.elem()).map_err(Failure::user)?;
+    let bound = bind_owned(program, tensors, settings, precision.elem()).map_err(Failure::user)?;
     for w in &bound.warnings {
         eprintln!("warning: {w}");
     }
-    Ok((bound, tensors))
+    Ok(bound)
 }
 
 /// A model folder's weights for `program`, with a progress bar over the files on a terminal.

@@ -181,7 +181,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         false,
     )?;
     let program = &compiled.program;
-    let (bound, _) = load_tensors(
+    let bound = load_tensors(
         program,
         model.as_ref(),
         args.inputs.as_deref(),

@@ -13,6 +13,7 @@
 mod chunked;
 mod grouped;
 mod layout;
+mod pieces;
 pub mod plan;
 mod scan;
 mod session;

@@ -124,9 +124,12 @@ impl StreamPlan {
     }
 }
 
-/// The name of a main-graph value passed between stages and scans.
-fn value_name(id: NodeId) -> String {
-    format!("$n{}", id.index())
+/// The name of a stage program's `i`-th input. Stage inputs and outputs (`$out<i>`, and
+/// `$history<i>` for shifts) are named by position, not after the main graph's nodes or
+/// inputs, so that the stages of a model's layers are one program (compiled once by a
+/// session); [`Stage::imports`] and [`Stage::exports`] say which values they are.
+fn import_name(i: usize) -> String {
+    format!("$in{i}")
 }
 
 /// Cuts `program` (after the pipeline) for streaming, or says why it cannot stream.
@@ -199,26 +202,64 @@ pub fn plan(program: &Program) -> Result<StreamPlan, StreamError> {
             && !matches!(g.node(id).op, Op::Input { .. } | Op::Ttt(_))
             && !is_scan_result(g, id)
     };
-    // Constants computed once: every non-leaf constant node. Leaves (literals, `iota` over
-    // other dimensions, extents) cost nothing and are copied into each stage that reads them,
-    // where the kernels can fold them.
+    // Constants computed once: every constant node but the free ones. Free nodes cost nothing
+    // where they are read, and are copied into each stage (and the constants program) that
+    // reads them: leaves (literals, `iota` over other dimensions, extents), which the kernels
+    // fold, and views of weights (a transpose, permute, reshape or expand of an input or of
+    // another free node), which the kernels read through (a projection's `x @ W.T` reads `W`
+    // in place; computed once, every such transpose of a model's weights would be a copy of
+    // them, made on every start).
     let is_leaf = |id: NodeId| g.operands(id).is_empty();
     let is_constant = |id: NodeId| classes.get(&id) == Some(&Class::Constant);
-    let once: Vec<NodeId> = order
+    let is_view = |id: NodeId| {
+        matches!(
+            g.node(id).op,
+            Op::Transpose | Op::Permute { .. } | Op::Reshape { .. } | Op::Expand { .. }
+        )
+    };
+    let is_output = |id: NodeId| outputs.iter().any(|o| o.node == id);
+    let mut free: BTreeSet<NodeId> = BTreeSet::new();
+    for &id in &order {
+        if !(is_computed(id) && is_constant(id)) {
+            continue;
+        }
+        // Read by computed nodes only: a scan operand or an output needs its value.
+        let read_in_stages = !is_output(id) && g.users(id).iter().all(|&u| is_computed(u));
+        let view_of_free = is_view(id)
+            && g.operands(id)
+                .iter()
+                .all(|o| free.contains(o) || matches!(g.node(*o).op, Op::Input { .. }));
+        if read_in_stages && (is_leaf(id) || view_of_free) {
+            free.insert(id);
+        }
+    }
+    // The free nodes `ids` read, directly or through other free nodes.
+    let free_operands = |ids: &BTreeSet<NodeId>| -> BTreeSet<NodeId> {
+        let mut found = BTreeSet::new();
+        let mut stack: Vec<NodeId> = ids.iter().flat_map(|&id| g.operands(id)).collect();
+        while let Some(o) = stack.pop() {
+            if free.contains(&o) && found.insert(o) {
+                stack.extend(g.operands(o));
+            }
+        }
+        found
+    };
+    let once_own: BTreeSet<NodeId> = order
         .iter()
         .copied()
-        .filter(|&id| is_computed(id) && is_constant(id))
+        .filter(|&id| is_computed(id) && is_constant(id) && !free.contains(&id))
         .collect();
-    let constants = if once.iter().all(|&id| is_leaf(id)) {
+    let constants = if once_own.is_empty() {
         None
     } else {
+        let copies = free_operands(&once_own);
+        let members: Vec<NodeId> = order
+            .iter()
+            .copied()
+            .filter(|id| once_own.contains(id) || copies.contains(id))
+            .collect();
         Some(build_stage(
-            program,
-            &once,
-            &BTreeSet::new(),
-            &outputs,
-            &classes,
-            &seq_dim,
+            program, &members, &copies, &outputs, &classes, &seq_dim,
         )?)
     };
     let max_level = levels.values().copied().max().unwrap_or(0);
@@ -229,11 +270,7 @@ pub fn plan(program: &Program) -> Result<StreamPlan, StreamError> {
             .copied()
             .filter(|&id| is_computed(id) && !is_constant(id) && levels.get(&id) == Some(&level))
             .collect();
-        let leaves: BTreeSet<NodeId> = own
-            .iter()
-            .flat_map(|&id| g.operands(id))
-            .filter(|&o| is_computed(o) && is_constant(o) && is_leaf(o))
-            .collect();
+        let leaves = free_operands(&own);
         let members: Vec<NodeId> = order
             .iter()
             .copied()
@@ -592,10 +629,7 @@ fn build_stage(
                 args.push(m);
                 continue;
             }
-            let name = match &g.node(o).op {
-                Op::Input { name } => name.clone(),
-                _ => value_name(o),
-            };
+            let name = import_name(imports.len());
             let ty = tensor_type(g, o)?.clone();
             let input = sg.add_input(&name, ty).map_err(ir)?;
             imports.push((name, o));
@@ -629,7 +663,7 @@ fn build_stage(
                 let source = g.operands(id)[0];
                 let mut shape = tensor_type(g, source)?.shape.clone();
                 shape.0[*axis] = Dim::Known(*by);
-                let name = format!("$history{}", id.index());
+                let name = format!("$history{}", shifts.len());
                 let fill = sg
                     .add_input(&name, TensorType::new(dtype, shape.clone()))
                     .map_err(ir)?;
@@ -655,7 +689,7 @@ fn build_stage(
             || outputs.iter().any(|o| o.node == id)
             || shifts.iter().any(|s| s.source == id);
         if used_outside {
-            let name = value_name(id);
+            let name = format!("$out{}", exports.len());
             sg.add_output(&name, map[&id]);
             exports.push((name, id));
         }

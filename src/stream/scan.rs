@@ -2,9 +2,10 @@
 //! through it (whole mini-batches by the scan's step, the rest token by token).
 
 use super::layout::{column, concat_axis, minus_scaled, reshape, slice_axis, to_slices, zeroed};
+use super::pieces::Pieces;
 use super::plan::{token_axis, ScanSite};
 use super::StreamError;
-use crate::execute::{prepare, Backend, Prepared};
+use crate::execute::{Backend, Prepared};
 use std::collections::{BTreeMap, HashMap};
 use tttc_ir::program::specialize_scan;
 use tttc_ir::{
@@ -186,7 +187,7 @@ impl ScanRuntime {
     /// The states are computed only when `want_states`.
     pub(super) fn run(
         &mut self,
-        backend: Backend,
+        pieces: &mut Pieces,
         operands: &[&Tensor],
         start: usize,
         len: usize,
@@ -196,7 +197,7 @@ impl ScanRuntime {
             .sized
             .take()
             .ok_or_else(|| StreamError::internal("the scan is used before its sizes are known"))?;
-        let result = self.run_sized(&sized, backend, operands, start, len, want_states);
+        let result = self.run_sized(&sized, pieces, operands, start, len, want_states);
         self.sized = Some(sized);
         result
     }
@@ -204,7 +205,7 @@ impl ScanRuntime {
     fn run_sized(
         &mut self,
         z: &Sized,
-        backend: Backend,
+        pieces: &mut Pieces,
         operands: &[&Tensor],
         start: usize,
         len: usize,
@@ -219,7 +220,7 @@ impl ScanRuntime {
         let token_eta = self.token_eta.take();
         let result = self.run_tokens(
             z,
-            backend,
+            pieces,
             operands,
             start,
             len,
@@ -234,7 +235,7 @@ impl ScanRuntime {
     fn run_tokens(
         &mut self,
         z: &Sized,
-        backend: Backend,
+        pieces: &mut Pieces,
         operands: &[&Tensor],
         start: usize,
         len: usize,
@@ -247,7 +248,7 @@ impl ScanRuntime {
         let state_shapes = &z.state_shapes;
         let axes = |i: usize| -> &[Option<usize>] { &scan.axes[i].per };
         let mut position = start % k;
-        let mut pieces: Vec<Tensor> = Vec::new();
+        let mut zs: Vec<Tensor> = Vec::new();
         // Slice-major token data, made when the first token goes the token way.
         let mut rows: Option<Vec<Tensor>> = None;
         // Step size of chunk token `t` at mini-batch position `position`: a column `[n]` of the
@@ -270,8 +271,8 @@ impl ScanRuntime {
         while t < len {
             if position == 0 && len - t >= k {
                 let m = (len - t) / k;
-                let z = self.run_blocks(backend, scan, operands, t, m * k, per_sizes)?;
-                pieces.push(z);
+                let z = self.run_blocks(pieces, scan, operands, t, m * k, per_sizes)?;
+                zs.push(z);
                 t += m * k;
                 continue;
             }
@@ -307,7 +308,7 @@ impl ScanRuntime {
             let elem = eta.elem_type();
             self.inputs.insert(names::ETA.into(), eta.clone());
             last_eta = Some(eta);
-            self.compile_token_step(backend, scan, n, &z.state_shapes)?;
+            self.compile_token_step(pieces, scan, n, &z.state_shapes)?;
             let mut out = match (&self.grouped, &self.token_step) {
                 (Some(g), _) => g.run(&self.inputs, &mut self.spare, elem)?,
                 (None, Some(step)) => step.run_reusing(&self.inputs, &mut self.spare)?,
@@ -316,7 +317,7 @@ impl ScanRuntime {
             let z = out
                 .remove(names::Z)
                 .ok_or_else(|| StreamError::internal("the token step has no output `z`"))?;
-            pieces.push(z);
+            zs.push(z);
             for s in &scan.states {
                 let p = out.remove(&names::partial(s)).ok_or_else(|| {
                     StreamError::internal(format!("the token step has no output for `{s}`"))
@@ -343,7 +344,7 @@ impl ScanRuntime {
             }
         }
         // Per-token outputs: every piece is [n, len, rest...].
-        let zs = concat_axis(pieces, 1)?;
+        let zs = concat_axis(zs, 1)?;
         let mut z_shape = per_sizes.clone();
         z_shape.extend(&zs.shape()[1..]);
         let zs = reshape(zs, z_shape)?;
@@ -447,7 +448,7 @@ impl ScanRuntime {
     /// Compiles the token step, once.
     fn compile_token_step(
         &mut self,
-        backend: Backend,
+        pieces: &mut Pieces,
         scan: &TttScan,
         n: usize,
         state_shapes: &[Vec<usize>],
@@ -463,7 +464,7 @@ impl ScanRuntime {
             .sum::<usize>()
             * n;
         let groups = super::grouped::worker_threads().min(n);
-        let native = matches!(backend, Backend::Llvm | Backend::Cranelift);
+        let native = matches!(pieces.backend(), Backend::Llvm | Backend::Cranelift);
         let min_state = std::env::var("TTTC_DECODE_SPLIT_MIN")
             .ok()
             .and_then(|v| v.trim().parse().ok())
@@ -478,7 +479,7 @@ impl ScanRuntime {
             )
             .map_err(|e| StreamError::internal(e.to_string()))?;
             let program = piece_program(&scan.model, "token_step", graph);
-            self.grouped = super::grouped::GroupedStep::new(backend, &program, groups, n)?;
+            self.grouped = super::grouped::GroupedStep::new(pieces.backend(), &program, groups, n)?;
             if self.grouped.is_some() {
                 return Ok(());
             }
@@ -493,7 +494,7 @@ impl ScanRuntime {
             )
             .map_err(|e| StreamError::internal(e.to_string()))?;
             let program = piece_program(&scan.model, "token_step", graph);
-            self.token_step = Some(prepare(backend, &program)?);
+            self.token_step = Some(pieces.prepare(&program)?);
         }
         Ok(())
     }
@@ -503,7 +504,7 @@ impl ScanRuntime {
     /// Returns the outputs `[n, count, rest...]`.
     fn run_blocks(
         &mut self,
-        backend: Backend,
+        pieces: &mut Pieces,
         scan: &TttScan,
         operands: &[&Tensor],
         t: usize,
@@ -535,7 +536,7 @@ impl ScanRuntime {
         let block = match self.blocks.entry(count) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(prepare(backend, &block_program(scan, &inputs)?)?)
+                e.insert(pieces.prepare(&block_program(scan, &inputs)?)?)
             }
         };
         let mut out = block.run(&inputs)?;

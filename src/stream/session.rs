@@ -1,11 +1,12 @@
 //! The streaming session: chunks in, the same outputs as one pass over the whole sequence out.
 
 use super::layout::{concat_axis, slice_axis};
+use super::pieces::Pieces;
 use super::plan::{plan, Class, StreamPlan, POSITION_INPUT};
 use super::scan::ScanRuntime;
 use super::{state_file, StreamError};
 use crate::driver::{Precision, Settings};
-use crate::execute::{prepare, Backend, Prepared};
+use crate::execute::{Backend, Prepared};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use tttc_ir::{NodeId, Op, Program};
@@ -19,7 +20,8 @@ struct StageRuntime {
 
 /// A program fed in chunks (see the [module doc](super)).
 pub struct Session {
-    backend: Backend,
+    /// The backend and every compiled piece (stages, scan steps), shared between equal ones.
+    pieces: Pieces,
     program: Program,
     plan: StreamPlan,
     settings: Settings,
@@ -84,7 +86,7 @@ impl Session {
             })
             .collect();
         Ok(Session {
-            backend,
+            pieces: Pieces::new(backend),
             program,
             plan,
             settings,
@@ -131,6 +133,12 @@ impl Session {
                 Class::Token(a) => Some(a),
                 _ => None,
             })
+    }
+
+    /// How many distinct programs the session has compiled so far (stages, scan steps, the
+    /// constants): pieces that are the same program — a model's layers — are compiled once.
+    pub fn compiled_programs(&self) -> usize {
+        self.pieces.len()
     }
 
     /// Tokens fed so far.
@@ -243,13 +251,21 @@ impl Session {
         len: usize,
     ) -> Result<BTreeMap<String, Tensor>, StreamError> {
         if self.dims.is_none() {
-            let mut all = self.weights.clone();
+            // The weights move through the binding, never copied (a model's are hundreds of
+            // megabytes); a chunk that does not fit leaves the session as it was.
+            let mut all = std::mem::take(&mut self.weights);
             all.extend(chunk.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let bound = crate::bind(&self.program, &all, &self.settings, self.elem)?;
-            self.warnings.extend(bound.warnings);
-            let mut dims = bound.dims;
+            let mut dims = match crate::bind::check(&self.program, &all, &self.settings) {
+                Ok((_, dims)) => dims,
+                Err(e) => {
+                    all.retain(|name, _| !chunk.contains_key(name));
+                    self.weights = all;
+                    return Err(e.into());
+                }
+            };
+            let (mut inputs, warnings) = crate::bind::take_inputs(&self.program, all, self.elem);
+            self.warnings.extend(warnings);
             dims.remove(&self.plan.seq_dim);
-            let mut inputs = bound.inputs;
             let chunk: BTreeMap<String, Tensor> = self
                 .plan
                 .token_inputs
@@ -330,7 +346,7 @@ impl Session {
         let program = stage.program.specialize(dims);
         tttc_ir::verify::verify_program(&program)
             .map_err(|e| StreamError::internal(format!("constants: {e}")))?;
-        let prepared = prepare(self.backend, &program)?;
+        let prepared = self.pieces.prepare(&program)?;
         let mut constants = BTreeMap::new();
         let mut out = run_lending(
             &prepared,
@@ -390,7 +406,7 @@ impl Session {
             let program = stage.program.specialize(&bindings);
             tttc_ir::verify::verify_program(&program)
                 .map_err(|e| StreamError::internal(format!("stage {level}: {e}")))?;
-            let prepared = prepare(self.backend, &program)?;
+            let prepared = self.pieces.prepare(&program)?;
             self.stages[level].compiled.insert(len, prepared);
         }
         let prepared = self.stages[level]
@@ -451,7 +467,7 @@ impl Session {
                 weights,
                 constants,
                 scans,
-                backend,
+                pieces,
                 position,
                 ..
             } = self;
@@ -462,7 +478,7 @@ impl Session {
                 .iter()
                 .map(|&o| lookup(program, weights, constants.as_ref(), o, chunk, values))
                 .collect::<Result<Vec<&Tensor>, _>>()?;
-            scan.run(*backend, &refs, *position, len, want_states)?
+            scan.run(pieces, &refs, *position, len, want_states)?
         };
         let mut states = states.into_iter().map(Some).collect::<Vec<_>>();
         for &(get, index) in &self.scans[i].site.gets {
@@ -611,13 +627,18 @@ fn run_lending(
     let mut lent_constants = Vec::new();
     let mut copied = Ok(());
     for (name, id) in imports {
-        let is_input = matches!(program.graph.node(*id).op, Op::Input { .. });
+        // A weight is the main graph's input of that name (the stage's input is named by its
+        // position, so that the stages of different layers are the same program).
+        let weight = match &program.graph.node(*id).op {
+            Op::Input { name } => Some(name),
+            _ => None,
+        };
         if let Some(t) = constants.remove(id) {
             inputs.insert(name.clone(), t);
             lent_constants.push((name, *id));
-        } else if let Some(t) = is_input.then(|| weights.remove(name)).flatten() {
+        } else if let Some((w, t)) = weight.and_then(|w| weights.remove(w).map(|t| (w, t))) {
             inputs.insert(name.clone(), t);
-            lent_weights.push(name);
+            lent_weights.push((name, w));
         } else {
             match lookup(program, weights, Some(constants), *id, chunk, values) {
                 Ok(t) => {
@@ -631,9 +652,9 @@ fn run_lending(
         }
     }
     let out = copied.and_then(|()| prepared.run(inputs).map_err(StreamError::from));
-    for name in lent_weights {
+    for (name, weight) in lent_weights {
         if let Some(t) = inputs.remove(name) {
-            weights.insert(name.clone(), t);
+            weights.insert(weight.clone(), t);
         }
     }
     for (name, id) in lent_constants {

@@ -28,6 +28,18 @@ use tttc_ir::kernel::Gemm;
 /// 128³ (`bench/GEMM.md`).
 const SERIAL_WORK: u128 = 1 << 21;
 
+/// Products of at most this many rows (one token's, a few tokens') whose right operand has at
+/// least [`SPLIT_MIN_B`] elements are split by columns over the threads, whatever their work:
+/// they read each element of `b` once, and one thread reads memory at a fraction of what two do.
+const NARROW_ROWS: usize = 8;
+
+/// See [`NARROW_ROWS`]: 2^18 elements (1 MiB of f32), where reading `b` takes longer than
+/// handing work to the pool.
+const SPLIT_MIN_B: u128 = 1 << 18;
+
+/// Columns per thread are a multiple of this (whole SIMD vectors of `c`'s row).
+const COLUMN_BLOCK: usize = 16;
+
 /// Number of `i64` before the batch axes in a descriptor.
 pub const DESC_HEADER: usize = 14;
 
@@ -158,11 +170,15 @@ unsafe fn run<T: Copy + Send + Sync + 'static>(
         base(b as *mut T, d.views[1]),
         base(c, d.views[2]),
     ];
-    let product = |flat: usize, par: Parallelism| {
+    // Columns `j0 .. j0 + width` of batch `flat`'s product (columns of `b` and `c`).
+    let columns = |flat: usize, j0: usize, width: usize, par: Parallelism| {
         let offsets = d.batch_offsets(flat);
+        // `a` starts at its first element, `b` and `c` at column `j0`.
+        let column = [0, j0 as isize, j0 as isize];
         let [a, b, c] = [0, 1, 2].map(|i| Operand {
-            // SAFETY: the offset of this batch's first element, proven inside the buffer.
-            ptr: unsafe { bases[i].ptr.offset(offsets[i]) },
+            // SAFETY: the offset of an element of this batch's view (column `j0 < n`), proven
+            // inside the buffer.
+            ptr: unsafe { bases[i].ptr.offset(offsets[i] + column[i] * bases[i].cs) },
             ..bases[i]
         });
         // SAFETY: every element of every view was proven inside its buffer, `c` is distinct
@@ -171,7 +187,7 @@ unsafe fn run<T: Copy + Send + Sync + 'static>(
         unsafe {
             gemm::gemm(
                 d.m,
-                d.n,
+                width,
                 d.k,
                 c.ptr,
                 c.cs,
@@ -192,9 +208,29 @@ unsafe fn run<T: Copy + Send + Sync + 'static>(
             )
         }
     };
+    let product = |flat: usize, par: Parallelism| columns(flat, 0, d.n, par);
     let threads = thread_count();
     let work = (d.m as u128) * (d.n as u128) * (d.k as u128) * (count as u128);
     match pool() {
+        // A product of a few rows with a large right operand (a decode step's projections):
+        // bound by reading `b` once, which one thread does at a fraction of the machine's
+        // memory bandwidth; each thread takes a block of columns.
+        Some(pool)
+            if threads > 1
+                && count == 1
+                && d.m <= NARROW_ROWS
+                && (d.k as u128) * (d.n as u128) >= SPLIT_MIN_B
+                && d.n >= threads * COLUMN_BLOCK =>
+        {
+            use rayon::prelude::*;
+            let width = d.n.div_ceil(threads).next_multiple_of(COLUMN_BLOCK);
+            pool.install(|| {
+                (0..d.n.div_ceil(width)).into_par_iter().for_each(|p| {
+                    let j0 = p * width;
+                    columns(0, j0, width.min(d.n - j0), Parallelism::None)
+                })
+            });
+        }
         // Too little work to pay for handing it to the pool (waking its threads costs more
         // than the product): on the calling thread.
         _ if work < SERIAL_WORK || on_a_worker_thread() => {

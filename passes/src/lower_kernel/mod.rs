@@ -139,6 +139,10 @@ const MAX_ELEMENTS: usize = 1 << 48;
 /// smaller than 32³ keep the loop nest, and with it the interpreter's exact summation order.
 pub const GEMM_MIN_MNK: u64 = 32 * 32 * 32;
 
+/// The environment variable overriding the CPU's matrix-library threshold
+/// ([`LowerOptions::library_from_env`]).
+pub const GEMM_MIN_MNK_ENV: &str = "TTTC_GEMM_MIN_MNK";
+
 /// Choices of the lowering that depend on the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LowerOptions {
@@ -176,7 +180,7 @@ impl LowerOptions {
     /// else is ignored.
     pub fn library_from_env() -> Self {
         let opts = LowerOptions::library();
-        match std::env::var("TTTC_GEMM_MIN_MNK") {
+        match std::env::var(GEMM_MIN_MNK_ENV) {
             Ok(v) if v.trim() == "off" => LowerOptions {
                 library_gemm: false,
                 ..opts

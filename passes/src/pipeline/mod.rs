@@ -227,6 +227,21 @@ pub struct Codegen<'a, C, E> {
     pub generate: &'a dyn Fn(&KernelProgram) -> Result<C, E>,
 }
 
+/// The settings the kernel stages read from the environment, as `NAME=value` lines (unset
+/// ones included): with the bound program and the build, everything that decides a kernel
+/// program, for the keys of caches of it. A kernel stage that reads another variable must add
+/// it here.
+pub fn kernel_stage_settings() -> String {
+    [
+        crate::lower_kernel::GEMM_MIN_MNK_ENV,
+        crate::outline::DISABLE_ENV,
+        crate::memory_plan::DISABLE_ENV,
+    ]
+    .iter()
+    .map(|name| format!("{name}={:?}\n", std::env::var_os(name)))
+    .collect()
+}
+
 /// Where the pipeline is aimed: which stages follow `lower_kernel`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Target {
