@@ -123,7 +123,6 @@ impl Arg {
 /// dtype, `ValueError` for another layout); `int` inputs must hold int64 or int32 values, which
 /// are converted exactly to `elem` (`ValueError` naming the value that would round).
 pub fn read_input(
-    py: Python<'_>,
     program: &Program,
     name: &str,
     obj: &Bound<'_, PyAny>,
@@ -132,7 +131,6 @@ pub fn read_input(
     if program.integer_inputs.iter().any(|i| i.name == name) {
         return read_int(program, name, obj, elem).map(Arg::Converted);
     }
-    let _ = py;
     borrow_float(&format!("input `{name}`"), obj, elem)
 }
 
@@ -199,8 +197,7 @@ fn read_int(
         floats: BTreeMap::new(),
         ints,
     };
-    let mut converted =
-        tttc::inputs::convert_inputs(program, file, elem).map_err(errors::value)?;
+    let mut converted = tttc::inputs::convert_inputs(program, file, elem).map_err(errors::value)?;
     converted
         .remove(name)
         .ok_or_else(|| errors::internal(format!("input `{name}` was not converted")))
@@ -209,7 +206,6 @@ fn read_int(
 /// Reads every entry of `tensors` as an input of `program` (see [`read_input`]); a name that is
 /// not an input is a `TypeError` listing the inputs.
 pub fn read_inputs(
-    py: Python<'_>,
     program: &Program,
     tensors: &BTreeMap<String, Bound<'_, PyAny>>,
     elem: ElemType,
@@ -222,7 +218,7 @@ pub fn read_inputs(
                 input_names(program).join(", ")
             )));
         }
-        args.insert(name.clone(), read_input(py, program, name, obj, elem)?);
+        args.insert(name.clone(), read_input(program, name, obj, elem)?);
     }
     Ok(args)
 }
@@ -300,7 +296,7 @@ pub fn to_tensors(
     tensors: &BTreeMap<String, Bound<'_, PyAny>>,
     elem: ElemType,
 ) -> PyResult<BTreeMap<String, Tensor>> {
-    read_inputs(py, program, tensors, elem)?
+    read_inputs(program, tensors, elem)?
         .into_iter()
         .map(|(name, arg)| Ok((name, arg.to_tensor(py)?)))
         .collect()

@@ -59,10 +59,9 @@ fn compile_error(py: Python<'_>, e: &tttc::ir::syntax::CompileError) -> PyErr {
 pub fn driver(py: Python<'_>, e: DriverError) -> PyErr {
     match &e {
         DriverError::Compile(c) => compile_error(py, c),
-        DriverError::Read { source, .. } => PyOSError::new_err((
-            source.raw_os_error().unwrap_or(0),
-            e.to_string(),
-        )),
+        DriverError::Read { source, .. } => {
+            PyOSError::new_err((source.raw_os_error().unwrap_or(0), e.to_string()))
+        }
         other if other.is_user_error() => value(other),
         other => internal(other),
     }

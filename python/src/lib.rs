@@ -33,7 +33,11 @@ fn load_safetensors<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, 
         let np = py.import("numpy")?;
         // 0-d tensors are made as one element, then reshaped (the buffer protocol has no
         // shape array for 0-d buffers).
-        let alloc = if t.shape.is_empty() { vec![1] } else { t.shape.clone() };
+        let alloc = if t.shape.is_empty() {
+            vec![1]
+        } else {
+            t.shape.clone()
+        };
         let array = if t.dtype == "I32" {
             let values: Vec<i32> = t.values.iter().map(|&v| v as i32).collect();
             let a = np.getattr("empty")?.call1((alloc.clone(), "int32"))?;
@@ -69,11 +73,25 @@ fn save_safetensors(py: Python<'_>, path: PathBuf, tensors: &Bound<'_, PyDict>) 
             floats.insert(name, t);
         } else if let Ok(b) = PyBuffer::<i64>::get(&v) {
             let (shape, values) = (shape_of(b.shape()), b.to_vec(py)?);
-            ints.insert(name, IntTensor { shape, values, dtype: "I64" });
+            ints.insert(
+                name,
+                IntTensor {
+                    shape,
+                    values,
+                    dtype: "I64",
+                },
+            );
         } else if let Ok(b) = PyBuffer::<i32>::get(&v) {
             let shape = shape_of(b.shape());
             let values = b.to_vec(py)?.into_iter().map(i64::from).collect();
-            ints.insert(name, IntTensor { shape, values, dtype: "I32" });
+            ints.insert(
+                name,
+                IntTensor {
+                    shape,
+                    values,
+                    dtype: "I32",
+                },
+            );
         } else {
             return Err(errors::type_error(format!(
                 "`{name}`: expected a float32, float64, int64 or int32 array"

@@ -154,11 +154,7 @@ impl Program {
 
     /// The entry for `shapes` (every input's), binding and compiling it on first use with the
     /// GIL released.
-    fn entry(
-        &self,
-        py: Python<'_>,
-        shapes: &BTreeMap<String, Vec<usize>>,
-    ) -> PyResult<Arc<Entry>> {
+    fn entry(&self, py: Python<'_>, shapes: &BTreeMap<String, Vec<usize>>) -> PyResult<Arc<Entry>> {
         let key: Vec<Vec<usize>> = shapes.values().cloned().collect();
         if let Some(e) = lock(&self.compiled).get(&key) {
             return Ok(e.clone());
@@ -191,13 +187,9 @@ impl Program {
     }
 
     /// Reads the call's tensors: every input present, each of the right kind.
-    fn arguments(
-        &self,
-        py: Python<'_>,
-        tensors: &Bound<'_, PyDict>,
-    ) -> PyResult<BTreeMap<String, Arg>> {
+    fn arguments(&self, tensors: &Bound<'_, PyDict>) -> PyResult<BTreeMap<String, Arg>> {
         let objects: BTreeMap<String, Bound<'_, PyAny>> = tensors.extract()?;
-        let args = arrays::read_inputs(py, &self.program, &objects, self.elem())?;
+        let args = arrays::read_inputs(&self.program, &objects, self.elem())?;
         let missing: Vec<String> = arrays::input_names(&self.program)
             .into_iter()
             .filter(|n| !args.contains_key(n))
@@ -360,10 +352,7 @@ impl Program {
 
     /// The shape of every output for inputs of `shapes` (name → shape), without running or
     /// compiling anything.
-    fn output_shapes(
-        &self,
-        shapes: &Bound<'_, PyDict>,
-    ) -> PyResult<BTreeMap<String, Vec<usize>>> {
+    fn output_shapes(&self, shapes: &Bound<'_, PyDict>) -> PyResult<BTreeMap<String, Vec<usize>>> {
         let shapes = shapes_of(shapes)?;
         let (specialized, _) =
             tttc::bind_shapes(&self.program, &shapes, &self.settings).map_err(errors::bind)?;
@@ -391,7 +380,7 @@ impl Program {
         tensors: &Bound<'py, PyDict>,
         intermediates: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let args = self.arguments(py, tensors)?;
+        let args = self.arguments(tensors)?;
         let shapes: BTreeMap<String, Vec<usize>> = args
             .iter()
             .map(|(n, a)| (n.clone(), a.shape().to_vec()))
@@ -543,12 +532,12 @@ impl Program {
         let primal = self.after_graph_stage(py, "primal")?;
         let result = PyDict::new(py);
         for (label, program) in [("primal", &primal), ("optimized", &self.program)] {
-            let (bound, _) = tttc::bind_shapes(program, &shapes, &self.settings)
-                .map_err(errors::bind)?;
-            let kernels = tttc::driver::kernel_program(&bound, Target::Cpu)
-                .map_err(errors::internal)?;
-            let cost = tttc::passes::cost::cost_of(&bound, &kernels)
-                .map_err(|e| errors::internal(e.0))?;
+            let (bound, _) =
+                tttc::bind_shapes(program, &shapes, &self.settings).map_err(errors::bind)?;
+            let kernels =
+                tttc::driver::kernel_program(&bound, Target::Cpu).map_err(errors::internal)?;
+            let cost =
+                tttc::passes::cost::cost_of(&bound, &kernels).map_err(|e| errors::internal(e.0))?;
             let d = PyDict::new(py);
             d.set_item("flops", cost.flops)?;
             d.set_item("bytes", cost.bytes)?;

@@ -29,14 +29,9 @@ impl Session {
         settings: Settings,
         precision: Precision,
     ) -> PyResult<Session> {
-        let inner = tttc::stream::Session::new(
-            backend,
-            program.clone(),
-            weights,
-            settings,
-            precision,
-        )
-        .map_err(errors::stream)?;
+        let inner =
+            tttc::stream::Session::new(backend, program.clone(), weights, settings, precision)
+                .map_err(errors::stream)?;
         Ok(Session {
             program,
             elem: precision.elem(),

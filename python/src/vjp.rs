@@ -43,11 +43,17 @@ pub fn gradient_program(
     Ok(grad)
 }
 
+/// A gradient program's key: the outputs given cotangents and the checkpoint group.
+type GradKey = (Vec<String>, usize);
+
+/// A compiled gradient program's key: [`GradKey`] and every input's shape.
+type CompiledKey = (Vec<String>, usize, Vec<Vec<usize>>);
+
 /// Gradient programs and their compiled forms, kept between calls.
 #[derive(Default)]
 pub struct VjpCache {
-    grads: Mutex<HashMap<(Vec<String>, usize), Arc<Program>>>,
-    compiled: Mutex<HashMap<(Vec<String>, usize, Vec<Vec<usize>>), Arc<Mutex<Prepared>>>>,
+    grads: Mutex<HashMap<GradKey, Arc<Program>>>,
+    compiled: Mutex<HashMap<CompiledKey, Arc<Mutex<Prepared>>>>,
 }
 
 impl VjpCache {
@@ -98,7 +104,9 @@ pub fn vjp(
     let program = setup.program;
     let elem = setup.precision.elem();
     if setup.checkpoint_every == 0 {
-        return Err(VjpError::Input("checkpoint_every must be at least 1".into()));
+        return Err(VjpError::Input(
+            "checkpoint_every must be at least 1".into(),
+        ));
     }
     let outputs: Vec<String> = program
         .graph
