@@ -160,6 +160,21 @@ fn warn_rounding(name: &str, t: &Tensor, elem: ElemType, warnings: &mut Vec<Stri
     }
 }
 
+/// The checks of [`bind`] that read values, for a caller that bound with [`bind_shapes`] and
+/// runs on the tensors' own storage (the Python package): every `int` input of `program` in
+/// `tensors` holds integers in its declared range, and the ids that a `gather` of `specialized`
+/// (the program [`bind_shapes`] returned) reads straight from an input in `tensors` are rows of
+/// its table. Inputs absent from `tensors` are not checked.
+pub fn check_values(
+    program: &Program,
+    specialized: &Program,
+    tensors: &BTreeMap<String, Tensor>,
+    dims: &BTreeMap<String, usize>,
+) -> Result<(), BindError> {
+    check_integer_inputs(program, tensors, dims)?;
+    check_gather_ids(specialized, tensors)
+}
+
 /// The shape checks of [`bind`] on shapes alone (no data): the program specialized to them and
 /// every dimension's value. `tttc compile` uses it to build for shapes given with `--set`.
 pub fn bind_shapes(

@@ -32,7 +32,7 @@ pub use tttc_ir as ir;
 pub use tttc_passes as passes;
 pub use tttc_runtime as runtime;
 
-pub use bind::{bind, bind_owned, bind_shapes, unused_tensors, BindError, Bound};
+pub use bind::{bind, bind_owned, bind_shapes, check_values, unused_tensors, BindError, Bound};
 pub use driver::{
     compile_file, compile_source, lower_file, merge_settings, optimize, read_config_file, Compiled,
     DriverError, Lowered, Precision, Settings, StageReport,
