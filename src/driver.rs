@@ -229,7 +229,25 @@ pub fn optimize_with(
     snapshots: bool,
     extra: &mut [&mut dyn Instrument],
 ) -> Result<Compiled, DriverError> {
-    let pipeline = Pipeline::new(Target::Cpu);
+    run_graph_stages(
+        &Pipeline::new(Target::Cpu),
+        program,
+        until,
+        snapshots,
+        extra,
+    )
+}
+
+/// Runs the graph stages of `pipeline` on `program` up to and including `until` (all when
+/// `None`; an unknown name is an error listing the stages), keeping the program before them in
+/// `parsed` when `snapshots` is set.
+fn run_graph_stages(
+    pipeline: &Pipeline,
+    program: Program,
+    until: Option<&str>,
+    snapshots: bool,
+    extra: &mut [&mut dyn Instrument],
+) -> Result<Compiled, DriverError> {
     let graph_stages = pipeline.graph_stage_names();
     let until: &'static str = match until {
         Some(u) => graph_stages
@@ -244,7 +262,7 @@ pub fn optimize_with(
     };
     let parsed = snapshots.then(|| program.clone());
     let (ir, stages) = run_instrumented(
-        &pipeline,
+        pipeline,
         Ir::Graph(program),
         Span::until(until),
         snapshots,
@@ -304,39 +322,13 @@ pub fn gradient(
 ) -> Result<Compiled, DriverError> {
     let grad = tttc_passes::autodiff::grad_program(program, outputs, checkpoint_every)
         .map_err(DriverError::Gradient)?;
-    let pipeline = Pipeline::gradient(Target::Cpu);
-    let graph_stages = pipeline.graph_stage_names();
-    let until: &'static str = match until {
-        Some(u) => graph_stages
-            .iter()
-            .copied()
-            .find(|s| *s == u)
-            .ok_or_else(|| PassError::UnknownStage {
-                name: u.to_string(),
-                stages: graph_stages.join(", "),
-            })?,
-        None => graph_stages.last().copied().unwrap_or_default(),
-    };
-    let parsed = snapshots.then(|| grad.clone());
-    let (ir, stages) = run_instrumented(
-        &pipeline,
-        Ir::Graph(grad),
-        Span::until(until),
+    run_graph_stages(
+        &Pipeline::gradient(Target::Cpu),
+        grad,
+        until,
         snapshots,
         &mut [],
-    )?;
-    let Ir::Graph(program) = ir else {
-        return Err(DriverError::Pass(PassError::WrongIr {
-            stage: until,
-            expected: IrForm::Graph,
-            found: IrForm::Kernel,
-        }));
-    };
-    Ok(Compiled {
-        parsed,
-        program,
-        stages,
-    })
+    )
 }
 
 /// A bound program after (some of) the kernel stages, with what each stage did.

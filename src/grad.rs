@@ -127,12 +127,7 @@ impl GradProgram {
         if !backend.is_built() {
             return Err(ExecError::NotBuilt(backend.feature()).into());
         }
-        let names: Vec<String> = program
-            .graph
-            .outputs()
-            .iter()
-            .map(|o| o.name.clone())
-            .collect();
+        let names = program.graph.output_names();
         let gradient =
             crate::driver::gradient(&program, &names, checkpoint_every, None, false)?.program;
         let cts = tttc_passes::autodiff::cotangent_input_names(&program, &names);

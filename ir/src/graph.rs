@@ -193,6 +193,11 @@ impl Graph {
         &self.outputs
     }
 
+    /// The names of the graph's outputs, in order.
+    pub fn output_names(&self) -> Vec<String> {
+        self.outputs().iter().map(|o| o.name.clone()).collect()
+    }
+
     /// Keeps only the outputs for which `keep` is true (in order); nodes only they used become
     /// dead ([`Graph::live_order`] leaves them out).
     pub fn retain_outputs(&mut self, keep: impl FnMut(&GraphOutput) -> bool) {

@@ -108,12 +108,7 @@ pub fn vjp(
             "checkpoint_every must be at least 1".into(),
         ));
     }
-    let outputs: Vec<String> = program
-        .graph
-        .outputs()
-        .iter()
-        .map(|o| o.name.clone())
-        .collect();
+    let outputs = program.graph.output_names();
     if let Some(name) = cotangents.keys().find(|n| !outputs.contains(n)) {
         return Err(VjpError::Input(format!(
             "cotangent `{name}`: not an output of the program (its outputs: {})",

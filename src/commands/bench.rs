@@ -155,12 +155,7 @@ fn bench_grad(
     settings: &tttc::Settings,
     precision: Precision,
 ) -> Result<(), Failure> {
-    let outputs: Vec<String> = program
-        .graph
-        .outputs()
-        .iter()
-        .map(|o| o.name.clone())
-        .collect();
+    let outputs = program.graph.output_names();
     let start = Instant::now();
     let grad = tttc::driver::gradient(
         program,

@@ -54,13 +54,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         cost_of(&bound.program, &kernels).map_err(Failure::internal)
     };
     if args.grad {
-        let outputs: Vec<String> = compiled
-            .program
-            .graph
-            .outputs()
-            .iter()
-            .map(|o| o.name.clone())
-            .collect();
+        let outputs = compiled.program.graph.output_names();
         let grad = tttc::driver::gradient(
             &compiled.program,
             &outputs,

@@ -51,12 +51,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     let program = &compiled.program;
     let cts = tttc::runtime::read_safetensors(&args.cotangents)
         .map_err(|e| Failure::user(format!("reading {}: {e}", args.cotangents.display())))?;
-    let outputs: Vec<String> = program
-        .graph
-        .outputs()
-        .iter()
-        .map(|o| o.name.clone())
-        .collect();
+    let outputs = program.graph.output_names();
     for name in cts.keys() {
         if !outputs.contains(name) {
             return Err(Failure::user(format!(

@@ -228,13 +228,7 @@ fn inspect_gradient(
     }
     let precision = args.precision.into();
     let (compiled, settings) = super::compile(&args.file, precision, &args.settings, None, false)?;
-    let outputs: Vec<String> = compiled
-        .program
-        .graph
-        .outputs()
-        .iter()
-        .map(|o| o.name.clone())
-        .collect();
+    let outputs = compiled.program.graph.output_names();
     let grad = tttc::driver::gradient(
         &compiled.program,
         &outputs,
