@@ -212,24 +212,7 @@ impl Seq<'_, '_, '_> {
                     }
                 }
                 // z_t = out(θ_i; token t).
-                let mut inputs: Vec<Value> = theta_i.iter().cloned().map(T::wrap).collect();
-                inputs.extend(params.iter().cloned().map(T::wrap));
-                for a in &out_args {
-                    inputs.push(T::wrap(token(a, t).map_err(|m| self.invalid(m))?));
-                }
-                let z = out_plan.run(inputs)?.into_iter().next();
-                let z = z
-                    .as_ref()
-                    .and_then(T::unwrap)
-                    .filter(|z| z.shape == self.z_shape);
-                let Some(z) = z else {
-                    return Err(self.invalid(format!(
-                        "the output graph does not produce a {}{:?} token",
-                        T::DTYPE,
-                        self.z_shape
-                    )));
-                };
-                z_all.extend_from_slice(&z.data);
+                self.push_output_token(out_plan, &theta_i, &params, &out_args, t, &mut z_all)?;
             }
             theta = theta_i;
             start += k;
@@ -299,28 +282,51 @@ impl Seq<'_, '_, '_> {
                         *wv = a * *wv + *sv;
                     }
                 }
-                let mut inputs: Vec<Value> = theta[..nm].iter().cloned().map(T::wrap).collect();
-                inputs.extend(args.params.iter().cloned().map(T::wrap));
-                for a in args.out_args {
-                    inputs.push(T::wrap(token(a, t).map_err(|m| self.invalid(m))?));
-                }
-                let z = out_plan.run(inputs)?.into_iter().next();
-                let z = z
-                    .as_ref()
-                    .and_then(T::unwrap)
-                    .filter(|z| z.shape == self.z_shape);
-                let Some(z) = z else {
-                    return Err(self.invalid(format!(
-                        "the output graph does not produce a {}{:?} token",
-                        T::DTYPE,
-                        self.z_shape
-                    )));
-                };
-                z_all.extend_from_slice(&z.data);
+                let states = &theta[..nm];
+                self.push_output_token(
+                    out_plan,
+                    states,
+                    args.params,
+                    args.out_args,
+                    t,
+                    &mut z_all,
+                )?;
             }
             start += k;
         }
         Ok((z_all, theta))
+    }
+
+    /// Appends to `z_all` token `t`'s output `out(states; params, token t of out_args)`,
+    /// checked to be a `z_shape` tensor.
+    fn push_output_token<T: Elem>(
+        &self,
+        out_plan: &Plan<'_>,
+        states: &[Arr<T>],
+        params: &[Arr<T>],
+        out_args: &[Arr<T>],
+        t: usize,
+        z_all: &mut Vec<T>,
+    ) -> Result<(), InterpError> {
+        let mut inputs: Vec<Value> = states.iter().cloned().map(T::wrap).collect();
+        inputs.extend(params.iter().cloned().map(T::wrap));
+        for a in out_args {
+            inputs.push(T::wrap(token(a, t).map_err(|m| self.invalid(m))?));
+        }
+        let z = out_plan.run(inputs)?.into_iter().next();
+        let z = z
+            .as_ref()
+            .and_then(T::unwrap)
+            .filter(|z| z.shape == self.z_shape);
+        let Some(z) = z else {
+            return Err(self.invalid(format!(
+                "the output graph does not produce a {}{:?} token",
+                T::DTYPE,
+                self.z_shape
+            )));
+        };
+        z_all.extend_from_slice(&z.data);
+        Ok(())
     }
 
     /// Where the step sizes of the mini-batch starting at token `start` begin in `token_eta`.
