@@ -66,12 +66,7 @@ impl Lowerer {
             let mb = self.var();
             let t0 = Index::scaled(Index::Var(mb), k_max as i64);
             let sb = self.lower_step(sc, &cx, k_max, t0)?;
-            cb.push(Stmt::Loop {
-                var: mb,
-                extent: full,
-                schedule: Schedule::Serial,
-                body: sb,
-            });
+            cb.push(Stmt::counted_loop(mb, full, Schedule::Serial, sb));
         }
         if rem > 0 {
             let t0 = Index::Const((full * k_max) as i64);
@@ -91,12 +86,7 @@ impl Lowerer {
             self.materialize(&state.val(&cx.state_shapes[s]), &dest, &mut cb);
         }
         if count > 0 {
-            body.push(Stmt::Loop {
-                var: c,
-                extent: count,
-                schedule: Schedule::Parallel,
-                body: cb,
-            });
+            body.push(Stmt::counted_loop(c, count, Schedule::Parallel, cb));
         }
         Ok(results
             .iter()

@@ -290,12 +290,7 @@ impl Lowerer {
             self.materialize(&from.val(shape), &slice_dest(g), &mut cb);
         }
         if count > 0 {
-            body.push(Stmt::Loop {
-                var: c,
-                extent: count,
-                schedule: Schedule::Parallel,
-                body: cb,
-            });
+            body.push(Stmt::counted_loop(c, count, Schedule::Parallel, cb));
         }
 
         // Staged cotangents: the slices' parts summed into the result, in slice order.
@@ -456,18 +451,8 @@ impl Lowerer {
                 &Index::Const(0),
                 &mut jb,
             );
-            gb.push(Stmt::Loop {
-                var: j,
-                extent: group,
-                schedule: Schedule::Serial,
-                body: jb,
-            });
-            cb.push(Stmt::Loop {
-                var: g,
-                extent: ngroups - 1,
-                schedule: Schedule::Serial,
-                body: gb,
-            });
+            gb.push(Stmt::counted_loop(j, group, Schedule::Serial, jb));
+            cb.push(Stmt::counted_loop(g, ngroups - 1, Schedule::Serial, gb));
         }
         copy_states(
             self,
@@ -504,12 +489,7 @@ impl Lowerer {
             let j = reversed(jr, full_in_last);
             let m = Index::sum(Index::Const(m0 as i64), j.clone());
             let jb = self.lower_vjp_step(sc, cx, &held_states, &j, &m, k_max)?;
-            cb.push(Stmt::Loop {
-                var: jr,
-                extent: full_in_last,
-                schedule: Schedule::Serial,
-                body: jb,
-            });
+            cb.push(Stmt::counted_loop(jr, full_in_last, Schedule::Serial, jb));
         }
         // 3. The full groups before it, in reverse.
         if ngroups > 1 {
@@ -529,18 +509,8 @@ impl Lowerer {
             let j = reversed(jr, group);
             let m = Index::sum(ix_mul(g.clone(), group as i64), j.clone());
             let jb = self.lower_vjp_step(sc, cx, &held_states, &j, &m, k_max)?;
-            gb.push(Stmt::Loop {
-                var: jr,
-                extent: group,
-                schedule: Schedule::Serial,
-                body: jb,
-            });
-            cb.push(Stmt::Loop {
-                var: gi,
-                extent: ngroups - 1,
-                schedule: Schedule::Serial,
-                body: gb,
-            });
+            gb.push(Stmt::counted_loop(jr, group, Schedule::Serial, jb));
+            cb.push(Stmt::counted_loop(gi, ngroups - 1, Schedule::Serial, gb));
         }
 
         Ok(())
@@ -584,12 +554,7 @@ impl Lowerer {
             .map(|(s, shape)| state_at(held[s], shape, Index::sum(Index::Var(j), Index::Const(1))))
             .collect();
         let jb = self.lower_next(sc, cx, next_only, cx.k_max, &t0, states, &dests, "re")?;
-        out.push(Stmt::Loop {
-            var: j,
-            extent: len - 1,
-            schedule: Schedule::Serial,
-            body: jb,
-        });
+        out.push(Stmt::counted_loop(j, len - 1, Schedule::Serial, jb));
         Ok(())
     }
 
