@@ -5,6 +5,7 @@ after 3 steps: DDP averages the two halves' gradients, which equals the whole ba
 rounding)."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -22,6 +23,12 @@ def text_file(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text("the quick brown fox jumps over the lazy dog. " * 100)
     return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run(args, env=None):
@@ -56,7 +63,7 @@ def test_ddp_two_halves_equal_one_whole_batch(tmp_path):
               *TINY]
     run([sys.executable, str(SCRIPT), *common, "--out", str(tmp_path / "one")])
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", "29517", str(SCRIPT), *common,
+         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(SCRIPT), *common,
          "--out", str(tmp_path / "two")], env={"OMP_NUM_THREADS": "1"})
     one = tttc.load_safetensors(tmp_path / "one" / "model.safetensors")
     two = tttc.load_safetensors(tmp_path / "two" / "model.safetensors")
