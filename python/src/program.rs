@@ -243,24 +243,50 @@ impl Program {
         };
         let mut settings = set.clone();
         if let Some(config) = config {
-            let from_config = match config.cast::<PyDict>() {
-                Ok(dict) => {
-                    let names = lowered.setting_names();
-                    let all = settings_of(Some(dict))?;
-                    all.into_iter().filter(|(k, _)| names.contains(k)).collect()
-                }
-                Err(_) => {
-                    let file: PathBuf = config.extract().map_err(|_| {
-                        errors::type_error("config: expected a path to a config.json or a dict")
-                    })?;
-                    tttc::read_config_file(&file, &lowered).map_err(driver)?
-                }
+            enum Source<'a> {
+                Dict(Bound<'a, PyDict>),
+                File(PathBuf),
+            }
+            let source = match config.cast::<PyDict>() {
+                Ok(dict) => Source::Dict(dict.clone()),
+                Err(_) => Source::File(config.extract().map_err(|_| {
+                    errors::type_error("config: expected a path to a config.json or a dict")
+                })?),
             };
-            settings = tttc::merge_settings(&set, &from_config).map_err(driver)?;
-            let (p, s) = (path.clone(), settings.clone());
-            lowered = py
-                .detach(move || tttc::lower_file(&p, precision, &s))
-                .map_err(driver)?;
+            // The config's keys are matched against the names of the program lowered so far;
+            // lowering again with them applied can bring new names (`ttt_layer_type = "mlp"`
+            // brings the dimension `mlp_width`): repeat until nothing changes (an `if` per
+            // setting at most, so a few rounds).
+            for _ in 0..8 {
+                let from_config = match &source {
+                    Source::Dict(dict) => {
+                        // Keys that name no setting are ignored whatever their value (a
+                        // Hugging Face config holds lists such as `architectures`).
+                        let names = lowered.setting_names();
+                        let mut used = Settings::new();
+                        for (k, v) in dict.iter() {
+                            let name: String = k
+                                .extract()
+                                .map_err(|_| errors::type_error("config keys must be str"))?;
+                            if names.contains(&name) {
+                                let s = setting(&name, &v)?;
+                                used.insert(name, s);
+                            }
+                        }
+                        used
+                    }
+                    Source::File(file) => tttc::read_config_file(file, &lowered).map_err(driver)?,
+                };
+                let merged = tttc::merge_settings(&set, &from_config).map_err(driver)?;
+                if merged == settings {
+                    break;
+                }
+                settings = merged;
+                let (p, s) = (path.clone(), settings.clone());
+                lowered = py
+                    .detach(move || tttc::lower_file(&p, precision, &s))
+                    .map_err(driver)?;
+            }
         }
         if let Ok(untrained) = tttc::passes::autodiff::untrained_states(&lowered) {
             for state in untrained {
@@ -323,6 +349,32 @@ impl Program {
             out.push((name.to_string(), shape_list(py, &ty.shape.0)?, dtype.into()));
         }
         Ok(out)
+    }
+
+    /// The dimensions known before any input is seen: integer configs (given or default),
+    /// dimensions given as settings, and the derived dimensions these determine.
+    fn known_dims(&self) -> BTreeMap<String, usize> {
+        let mut dims = self.program.int_configs();
+        for (name, value) in &self.settings {
+            let n = value.number().filter(|v| v.fract() == 0.0 && *v >= 1.0);
+            if let Some(n) = n {
+                dims.entry(name.clone()).or_insert(n as usize);
+            }
+        }
+        // A derived dimension may use another: evaluate until nothing new is found.
+        loop {
+            let before = dims.len();
+            for derived in &self.program.derived_dims {
+                if !dims.contains_key(&derived.name) {
+                    if let Ok(n) = derived.expr.eval(&dims) {
+                        dims.insert(derived.name.clone(), n);
+                    }
+                }
+            }
+            if dims.len() == before {
+                return dims;
+            }
+        }
     }
 
     /// `(name, shape, dtype)` of every output (intermediates too when asked), in order.
@@ -503,6 +555,9 @@ impl Program {
             let arg = arrays::borrow_float(&format!("cotangent `{name}`"), obj, self.elem())?;
             cts.insert(name.clone(), arg.to_tensor(py)?);
         }
+        if checkpoint_every == 0 {
+            return Err(errors::value("checkpoint_every must be at least 1"));
+        }
         let setup = VjpSetup {
             program: &self.program,
             settings: &self.settings,
@@ -513,12 +568,7 @@ impl Program {
         let cache = &self.vjps;
         let grads = py
             .detach(|| vjp::vjp(&setup, cache, &tensors, &cts))
-            .map_err(|e| match e {
-                vjp::VjpError::Input(m) => errors::value(m),
-                vjp::VjpError::Bind(b) => errors::bind(b),
-                vjp::VjpError::Exec(x) => errors::exec(x),
-                other @ vjp::VjpError::Grad(_) => errors::internal(other),
-            })?;
+            .map_err(|e| errors::grad(py, e))?;
         arrays::to_dict(py, &grads)
     }
 

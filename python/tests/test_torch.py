@@ -70,7 +70,7 @@ def test_gradcheck_through_a_scan():
 
 def test_backward_equals_prog_vjp_on_the_model():
     stem = "grad_model_linear_T"
-    prog = tttc.Program.load(ROOT / "examples/ttt_lm.ttt", precision="float64",
+    prog = tttc.Program.load(ROOT / "examples/ttt_lm.ttt", precision="float64", backend="cranelift",
                              config=GOLDEN / "grad" / f"{stem}.config.json")
     raw = tttc.load_safetensors(GOLDEN / "grad" / f"{stem}.inputs.safetensors")
     t = {

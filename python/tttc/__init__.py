@@ -191,9 +191,9 @@ class Program:
     ) -> Dict[str, Any]:
         """The vector-Jacobian product, as ``tttc grad`` computes it: for every floating-point
         input, the gradient of ``sum_o <cotangents[o], o>`` (outputs without a cotangent count as
-        zero). ``checkpoint_every``: the checkpoint group of every scan's backward. Gradients of
-        programs with a ``ttt`` scan run on the interpreter (the native backward of a scan is
-        not there yet); others on the program's backend."""
+        zero). ``checkpoint_every``: the checkpoint group of every scan's backward. The
+        gradient program (``tttc::GradProgram``) is compiled for the program's backend once per
+        checkpoint group and input shapes, scans included."""
         arrays, as_torch = _as_arrays(inputs)
         cts, ct_torch = _as_arrays(cotangents)
         return _wrap(self._native.vjp(arrays, cts, checkpoint_every), as_torch or ct_torch)
@@ -203,6 +203,12 @@ class Program:
         running anything."""
         given = {name: _shape_of(name, v) for name, v in shapes.items()}
         return {k: tuple(v) for k, v in self._native.output_shapes(given).items()}
+
+    def known_dims(self) -> Dict[str, int]:
+        """The dimensions known before any input is seen: integer configs (given or default),
+        dimensions given in ``set`` or ``config``, and the derived dimensions they determine
+        (``dim f = hidden_size / num_attention_heads``)."""
+        return dict(self._native.known_dims())
 
     def cost(self, **shapes: Any) -> Dict[str, Dict[str, int]]:
         """FLOPs and bytes of the primal and the optimized program for inputs of these shapes
