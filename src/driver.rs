@@ -171,6 +171,43 @@ pub fn merge_settings(set: &Settings, file: &Settings) -> Result<Settings, Drive
     Ok(merged)
 }
 
+/// Most rounds of [`lower_with_config`]: each round can only bring the names that one more
+/// applied setting unlocks (an `if` on a config), so a handful is plenty; more means the
+/// program's settings never settle.
+const CONFIG_ROUNDS: usize = 8;
+
+/// Lowers `path` with the `--set` values `set` and the settings a config supplies.
+///
+/// `read_config` returns the config's values for the names the program has (it is given the
+/// program lowered so far, as [`read_config_file`] takes it). Lowering again with them applied can
+/// bring new names — `ttt_layer_type = "mlp"` brings the dimension `mlp_width` — so this repeats
+/// until the settings stop changing, and returns the program lowered with them and the settings.
+pub fn lower_with_config<E: From<DriverError>>(
+    path: &Path,
+    precision: Precision,
+    set: &Settings,
+    mut read_config: impl FnMut(&Program) -> Result<Settings, E>,
+) -> Result<(Program, Settings), E> {
+    let mut settings = set.clone();
+    let mut lowered = lower_file(path, precision, &settings)?;
+    for _ in 0..CONFIG_ROUNDS {
+        let merged = merge_settings(set, &read_config(&lowered)?)?;
+        if merged == settings {
+            return Ok((lowered, settings));
+        }
+        settings = merged;
+        lowered = lower_file(path, precision, &settings)?;
+    }
+    Err(DriverError::Config {
+        path: path.display().to_string(),
+        message: format!(
+            "the program's settings did not settle after {CONFIG_ROUNDS} rounds of applying the \
+             config (each round's settings name new ones)"
+        ),
+    }
+    .into())
+}
+
 fn finish(program: Program) -> Result<Program, DriverError> {
     Ok(optimize(program, None, false)?.program)
 }

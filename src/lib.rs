@@ -34,8 +34,8 @@ pub use tttc_runtime as runtime;
 
 pub use bind::{bind, bind_owned, bind_shapes, check_values, unused_tensors, BindError, Bound};
 pub use driver::{
-    compile_file, compile_source, lower_file, merge_settings, optimize, read_config_file, Compiled,
-    DriverError, Lowered, Precision, Settings, StageReport,
+    compile_file, compile_source, lower_file, lower_with_config, merge_settings, optimize,
+    read_config_file, Compiled, DriverError, Lowered, Precision, Settings, StageReport,
 };
 pub use execute::{prepare, Backend, ExecError, Prepared};
 pub use grad::{GradError, GradProgram};

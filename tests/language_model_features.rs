@@ -423,3 +423,50 @@ fn integer_inputs_are_checked_by_name() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("`model.norm.weight`: stored as I64"), "{out}");
 }
+
+/// A config key that names a setting only once another of the config's keys is applied
+/// (`g` exists only when `kind` is "b") is applied too, by the CLI and the library alike.
+#[test]
+fn config_keys_unlocked_by_other_keys_are_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = dir.path().join("t.ttt");
+    std::fs::write(
+        &program,
+        "config kind = \"a\" | \"b\"\nmain {\n  input x: [f]\n  if kind == \"b\" {\n    input w: [g]\n    let x = x * sum(w)\n  }\n  output y = x\n}\n",
+    )
+    .expect("write program");
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, r#"{"kind": "b", "g": 3, "unrelated": [1, 2]}"#).expect("config");
+    let (_, settings) = tttc::lower_with_config(&program, Precision::F64, &Settings::new(), |p| {
+        tttc::read_config_file(&config, p)
+    })
+    .expect("lowers");
+    assert_eq!(settings.get("kind"), Some(&Setting::Text("b".into())));
+    assert_eq!(settings.get("g"), Some(&Setting::Number(3.0)));
+    // Through the CLI: `w` of 4 elements contradicts the config's g = 3.
+    let inputs = dir.path().join("in.safetensors");
+    let tensors: BTreeMap<String, Tensor> = [
+        ("x".to_string(), vec3(1.0, 2.0, 3.0)),
+        (
+            "w".to_string(),
+            Tensor::from_f64(vec![4], vec![1.0; 4]).expect("tensor"),
+        ),
+    ]
+    .into();
+    tttc::runtime::write_safetensors(&inputs, &tensors).expect("write inputs");
+    let out = dir.path().join("out.safetensors");
+    let o = tttc(&[
+        "run",
+        program.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--inputs",
+        inputs.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--backend",
+        "interp",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains('w'), "{}", text(&o));
+}

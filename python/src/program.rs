@@ -236,58 +236,35 @@ impl Program {
         let precision = parse_precision(precision)?;
         let set = settings_of(set)?;
         let driver = |e| errors::driver(py, e);
-        let mut lowered = {
-            let (p, s) = (path.clone(), set.clone());
-            py.detach(move || tttc::lower_file(&p, precision, &s))
-                .map_err(driver)?
-        };
-        let mut settings = set.clone();
-        if let Some(config) = config {
-            enum Source<'a> {
-                Dict(Bound<'a, PyDict>),
-                File(PathBuf),
-            }
-            let source = match config.cast::<PyDict>() {
-                Ok(dict) => Source::Dict(dict.clone()),
-                Err(_) => Source::File(config.extract().map_err(|_| {
-                    errors::type_error("config: expected a path to a config.json or a dict")
-                })?),
-            };
-            // The config's keys are matched against the names of the program lowered so far;
-            // lowering again with them applied can bring new names (`ttt_layer_type = "mlp"`
-            // brings the dimension `mlp_width`): repeat until nothing changes (an `if` per
-            // setting at most, so a few rounds).
-            for _ in 0..8 {
-                let from_config = match &source {
-                    Source::Dict(dict) => {
-                        // Keys that name no setting are ignored whatever their value (a
-                        // Hugging Face config holds lists such as `architectures`).
-                        let names = lowered.setting_names();
-                        let mut used = Settings::new();
-                        for (k, v) in dict.iter() {
-                            let name: String = k
-                                .extract()
-                                .map_err(|_| errors::type_error("config keys must be str"))?;
-                            if names.contains(&name) {
-                                let s = setting(&name, &v)?;
-                                used.insert(name, s);
-                            }
-                        }
-                        used
-                    }
-                    Source::File(file) => tttc::read_config_file(file, &lowered).map_err(driver)?,
-                };
-                let merged = tttc::merge_settings(&set, &from_config).map_err(driver)?;
-                if merged == settings {
-                    break;
-                }
-                settings = merged;
-                let (p, s) = (path.clone(), settings.clone());
-                lowered = py
+        let (lowered, settings) = match config {
+            None => {
+                let (p, s) = (path.clone(), set.clone());
+                let lowered = py
                     .detach(move || tttc::lower_file(&p, precision, &s))
                     .map_err(driver)?;
+                (lowered, set)
             }
-        }
+            Some(config) => {
+                let dict = config.cast::<PyDict>().ok();
+                let file: Option<PathBuf> = match dict {
+                    Some(_) => None,
+                    None => Some(config.extract().map_err(|_| {
+                        errors::type_error("config: expected a path to a config.json or a dict")
+                    })?),
+                };
+                // The config's keys are matched against the program's names until applying
+                // them brings no new ones (the library's rule, as `tttc --config` applies it).
+                let read = |lowered: &IrProgram| match (&dict, &file) {
+                    (Some(dict), _) => config_dict_settings(dict, lowered).map_err(LoadError::Py),
+                    (None, Some(file)) => Ok(tttc::read_config_file(file, lowered)?),
+                    (None, None) => Ok(Settings::new()),
+                };
+                tttc::lower_with_config(&path, precision, &set, read).map_err(|e| match e {
+                    LoadError::Driver(e) => driver(e),
+                    LoadError::Py(e) => e,
+                })?
+            }
+        };
         if let Ok(untrained) = tttc::passes::autodiff::untrained_states(&lowered) {
             for state in untrained {
                 let warning = py.get_type::<pyo3::exceptions::PyUserWarning>();
@@ -684,4 +661,34 @@ impl Program {
             arrays::dtype_name(self.elem())
         )
     }
+}
+
+/// Why [`Program::load`] could not settle a config: the library's error or a Python one (a
+/// config dict value of the wrong kind).
+enum LoadError {
+    Driver(tttc::DriverError),
+    Py(PyErr),
+}
+
+impl From<tttc::DriverError> for LoadError {
+    fn from(e: tttc::DriverError) -> Self {
+        LoadError::Driver(e)
+    }
+}
+
+/// The values of a config dict's keys that name one of `program`'s settings. Other keys are
+/// ignored whatever their value (a Hugging Face config holds lists such as `architectures`).
+fn config_dict_settings(dict: &Bound<'_, PyDict>, program: &IrProgram) -> PyResult<Settings> {
+    let names = program.setting_names();
+    let mut used = Settings::new();
+    for (k, v) in dict.iter() {
+        let name: String = k
+            .extract()
+            .map_err(|_| errors::type_error("config keys must be str"))?;
+        if names.contains(&name) {
+            let s = setting(&name, &v)?;
+            used.insert(name, s);
+        }
+    }
+    Ok(used)
 }

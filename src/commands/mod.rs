@@ -22,8 +22,7 @@ use tttc::ir::{Program, Setting};
 use tttc::model_dir::ModelDir;
 use tttc::runtime::Tensor;
 use tttc::{
-    bind_owned, lower_file, merge_settings, read_config_file, Bound, Compiled, DriverError,
-    Precision, Settings,
+    bind_owned, lower_file, read_config_file, Bound, Compiled, DriverError, Precision, Settings,
 };
 
 /// A failure with its exit code: 2 for user errors, 1 for internal ones.
@@ -294,15 +293,14 @@ pub fn compile_with(
     extra: &mut [&mut dyn tttc::passes::pipeline::Instrument],
 ) -> Result<(Compiled, Settings), Failure> {
     let set: Settings = args.set.iter().cloned().collect();
-    let mut lowered = lower_file(file, precision, &set)?;
-    let mut settings = set.clone();
-    if let Some(config) = &args.config {
-        // The config file's keys are matched against the program's names; lower again with
-        // them applied.
-        let from_file = read_config_file(config, &lowered)?;
-        settings = merge_settings(&set, &from_file)?;
-        lowered = lower_file(file, precision, &settings)?;
-    }
+    let (lowered, settings) = match &args.config {
+        // The config file's keys are matched against the program's names, until applying them
+        // brings no new ones.
+        Some(config) => tttc::lower_with_config(file, precision, &set, |program| {
+            read_config_file(config, program)
+        })?,
+        None => (lower_file(file, precision, &set)?, set),
+    };
     // A failure here is reported by the pipeline's own autodiff pass just below.
     if let Ok(untrained) = tttc::passes::autodiff::untrained_states(&lowered) {
         for state in untrained {
