@@ -103,10 +103,13 @@ fn inspect_every_stage() {
 
     // register_tile: the scan step's small products (no library gemm inside a scan) become
     // register tiles: a vectorized column loop with the tile's rows jammed into it.
-    for example in ["examples/ttt_linear.ttt", "examples/ttt_mlp.ttt"] {
+    for (example, h) in [
+        ("examples/ttt_linear.ttt", None),
+        ("examples/ttt_mlp.ttt", Some("h=64")),
+    ] {
         let before = |stage: &str| {
             let mut args = vec!["inspect", example, "--after", stage];
-            for d in ["B=1", "H=2", "L=32", "f=16"] {
+            for d in ["B=1", "H=2", "L=32", "f=16"].into_iter().chain(h) {
                 args.extend(["--set", d]);
             }
             let out = tttc(&args);
@@ -116,7 +119,10 @@ fn inspect_every_stage() {
         let lowered = before("cpu_parallel");
         let tiled = before("register_tile");
         assert!(!lowered.contains("(Vector("), "{lowered}");
-        assert!(tiled.contains("(Vector("), "{example}: no register tile\n{tiled}");
+        assert!(
+            tiled.contains("(Vector("),
+            "{example}: no register tile\n{tiled}"
+        );
     }
 
     let bad = tttc(&["inspect", "examples/ttt_linear.ttt", "--after", "magic"]);

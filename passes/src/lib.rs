@@ -25,8 +25,8 @@ pub mod lower_kernel;
 pub mod lower_scan;
 pub mod memory_plan;
 pub mod outline;
-pub mod register_tile;
 pub mod pipeline;
+pub mod register_tile;
 pub mod rewrite;
 pub mod token_step;
 

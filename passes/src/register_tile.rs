@@ -222,7 +222,11 @@ impl Nest {
         else {
             return None;
         };
-        let Value::Load { buf: lc, index: lat } = sum.as_ref() else {
+        let Value::Load {
+            buf: lc,
+            index: lat,
+        } = sum.as_ref()
+        else {
             return None;
         };
         let Value::Binary(BinaryOp::Mul, _, _) = term.as_ref() else {
@@ -276,7 +280,12 @@ impl Nest {
         };
         let (tiles_i, tiles_j) = (self.m / rows, self.n / cols);
         let it = self.i;
-        let row = |r: usize| Index::sum(Index::scaled(Index::Var(it), rows as i64), Index::Const(r as i64));
+        let row = |r: usize| {
+            Index::sum(
+                Index::scaled(Index::Var(it), rows as i64),
+                Index::Const(r as i64),
+            )
+        };
         // One accumulation `C[c(i, j)] += term(i, p, j)` per row of the tile, at column `col`
         // and contraction index `p`.
         let jam = |col: &Index, p: VarId| -> Vec<Stmt> {
@@ -327,7 +336,12 @@ impl Nest {
             let col = Index::sum(Index::scaled(Index::Var(jt), cols as i64), Index::Var(jj));
             let inner = Stmt::counted_loop(jj, cols, vector, jam(&col, self.p));
             let ploop = Stmt::counted_loop(self.p, self.k, Schedule::Serial, vec![inner]);
-            tile_body.push(Stmt::counted_loop(jt, tiles_j, Schedule::Serial, vec![ploop]));
+            tile_body.push(Stmt::counted_loop(
+                jt,
+                tiles_j,
+                Schedule::Serial,
+                vec![ploop],
+            ));
         }
         let rest = self.n - tiles_j * cols;
         if rest > 0 {
@@ -389,7 +403,12 @@ impl Nest {
                 .collect();
             Stmt::counted_loop(var, extent, schedule, body)
         };
-        Stmt::counted_loop(i, count, Schedule::Serial, body.into_iter().map(rename).collect())
+        Stmt::counted_loop(
+            i,
+            count,
+            Schedule::Serial,
+            body.into_iter().map(rename).collect(),
+        )
     }
 }
 
@@ -438,4 +457,3 @@ fn coefficient(i: &Index, v: VarId) -> Option<i64> {
         Index::Div(..) | Index::Rem(..) | Index::Load { .. } => (!i.mentions(v)).then_some(0),
     }
 }
-

@@ -88,9 +88,7 @@ fn tiled_products_compute_bitwise_the_same() {
                 let t = RegisterTile { tile: Some(tile) }
                     .run(&k)
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
-                verify(&t).unwrap_or_else(|e| {
-                    panic!("{what}: {e}\n{}", print_kernel_program(&t))
-                });
+                verify(&t).unwrap_or_else(|e| panic!("{what}: {e}\n{}", print_kernel_program(&t)));
                 assert!(
                     count_vector_loops(&t.body) > 0,
                     "{what}: not tiled\n{}",
