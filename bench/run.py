@@ -179,7 +179,7 @@ def main():
         lines.append(
             f"| {name} | {L} | {ms:.2f} | {ums:.2f} | {ums / ms:.2f}x | {tms:.2f} | {jms:.2f} | {B * L / (ms * 1e-3):.0f} | {g:.1f} | {sgemm:.0f} | "
             f"{100 * g / sgemm:.0f}% | {100 * gu / sgemm:.0f}% | {tms / ms:.2f}x | {jms / ms:.2f}x | {cms:.0f} |"
-            .replace("nan", "-"))
+            .replace("nanx", "-").replace("nan", "-"))
     L, ms, ums, flops, sgemm = mlp3
     g, gu = flops / (ms * 1e-3) / 1e9, flops / (ums * 1e-3) / 1e9
     lines += [
