@@ -82,12 +82,13 @@ def check(torch):
     print("peers agree with the goldens")
 
 
-def tttc_bench(program, path, tiles=True):
+def tttc_bench(program, path, tiles=True, precision="f32"):
     env = dict(os.environ)
     if not tiles:
         env["TTTC_NO_REGISTER_TILE"] = "1"
     out = subprocess.run(
-        [TTTC, "bench", program, "--inputs", path, "--backend", BACKEND, "--iters", str(ITERS), "--json"],
+        [TTTC, "bench", program, "--inputs", path, "--backend", BACKEND, "--iters", str(ITERS), "--json",
+         "--precision", precision],
         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout)
 
@@ -148,6 +149,20 @@ def main():
                 sg = sgemm_rate()
                 rows.append((name, L, r["median_ms"], u["median_ms"], torch_ms, jax_ms, flops, r["compile_ms"], sg))
                 print(name, L, r, u, torch_ms, jax_ms, flush=True)
+        # f64 at L = 2048 against dgemm measured beside each row
+        d = a.astype(np.float64)
+        f64_rows = []
+        for mlp in [False, True]:
+            name = "TTT-MLP" if mlp else "TTT-Linear"
+            program = os.path.join(ROOT, "examples", "ttt_mlp.ttt" if mlp else "ttt_linear.ttt")
+            path = os.path.join(tmp, f"{name}_2048.safetensors")
+            if not os.path.exists(path):
+                save_file(inputs(2048, mlp), path)
+            r = tttc_bench(program, path, precision="f64")
+            u = tttc_bench(program, path, tiles=False, precision="f64")
+            dg = 2 * 2048 ** 3 / (median_ms(lambda: d @ d, 5) * 1e-3) / 1e9
+            f64_rows.append((name, 2048, r["median_ms"], u["median_ms"], flops_per_token(mlp) * B * H * 2048, dg))
+            print(name, "f64", r, u, dg, flush=True)
         L = 2048
         path = os.path.join(tmp, "mlp3.safetensors")
         save_file(mlp3_inputs(L), path)
@@ -180,6 +195,17 @@ def main():
             f"| {name} | {L} | {ms:.2f} | {ums:.2f} | {ums / ms:.2f}x | {tms:.2f} | {jms:.2f} | {B * L / (ms * 1e-3):.0f} | {g:.1f} | {sgemm:.0f} | "
             f"{100 * g / sgemm:.0f}% | {100 * gu / sgemm:.0f}% | {tms / ms:.2f}x | {jms / ms:.2f}x | {cms:.0f} |"
             .replace("nanx", "-").replace("nan", "-"))
+    lines += [
+        "",
+        "f64 (`--precision f64`, same inputs, L = 2048) against numpy's dgemm (2048², f64) measured beside each row:",
+        "",
+        "| model | L | tttc ms | untiled ms | tiles speedup | tttc GFLOP/s | dgemm GFLOP/s | % of dgemm | untiled % of dgemm |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, L, ms, ums, flops, dg in f64_rows:
+        g, gu = flops / (ms * 1e-3) / 1e9, flops / (ums * 1e-3) / 1e9
+        lines.append(f"| {name} | {L} | {ms:.2f} | {ums:.2f} | {ums / ms:.2f}x | {g:.1f} | {dg:.0f} | "
+                     f"{100 * g / dg:.0f}% | {100 * gu / dg:.0f}% |")
     L, ms, ums, flops, sgemm = mlp3
     g, gu = flops / (ms * 1e-3) / 1e9, flops / (ums * 1e-3) / 1e9
     lines += [
