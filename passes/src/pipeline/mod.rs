@@ -231,7 +231,8 @@ pub struct Codegen<'a, C, E> {
 /// The settings the kernel stages read from the environment, as `NAME=value` lines (unset
 /// ones included): with the bound program and the build, everything that decides a kernel
 /// program, for the keys of caches of it. A kernel stage that reads another variable must add
-/// it here.
+/// it here. The last line is the host's register tile (`register_tile` picks it from the host's
+/// vector registers, so the kernel program depends on it too).
 pub fn kernel_stage_settings() -> String {
     [
         crate::lower_kernel::GEMM_MIN_MNK_ENV,
