@@ -75,6 +75,7 @@ fn inspect_every_stage() {
             "simplify",
             "lower_kernel",
             "cpu_parallel",
+            "register_tile",
             "outline",
             "memory_plan",
             "gpu_schedule",
@@ -99,6 +100,30 @@ fn inspect_every_stage() {
     let dual = after("dual_form");
     assert!(dual.contains("step {") && !dual.contains("= mix"), "{dual}");
     assert!(after("simplify").contains("step {"), "the last graph stage");
+
+    // register_tile: the scan step's small products (no library gemm inside a scan) become
+    // register tiles: a vectorized column loop with the tile's rows jammed into it.
+    for (example, h) in [
+        ("examples/ttt_linear.ttt", None),
+        ("examples/ttt_mlp.ttt", Some("h=64")),
+    ] {
+        let before = |stage: &str| {
+            let mut args = vec!["inspect", example, "--after", stage];
+            for d in ["B=1", "H=2", "L=32", "f=16"].into_iter().chain(h) {
+                args.extend(["--set", d]);
+            }
+            let out = tttc(&args);
+            assert!(out.status.success(), "{example} {stage}: {}", text(&out));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let lowered = before("cpu_parallel");
+        let tiled = before("register_tile");
+        assert!(!lowered.contains("(Vector("), "{lowered}");
+        assert!(
+            tiled.contains("(Vector("),
+            "{example}: no register tile\n{tiled}"
+        );
+    }
 
     let bad = tttc(&["inspect", "examples/ttt_linear.ttt", "--after", "magic"]);
     assert_eq!(bad.status.code(), Some(2));

@@ -21,7 +21,8 @@ pub enum Format {
 /// Which stages follow `lower_kernel`.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TargetArg {
-    /// CPU targets: `cpu_parallel` and `outline` follow `lower_kernel`.
+    /// CPU targets: `cpu_parallel`, `register_tile`, `outline` and `memory_plan` follow
+    /// `lower_kernel`.
     Cpu,
     /// GPU targets: `gpu_schedule` follows `lower_kernel`.
     Gpu,
@@ -36,8 +37,8 @@ pub struct Args {
     #[arg(long)]
     passes: bool,
     /// Print the program after this stage: `parse`, a graph stage (autodiff, primal,
-    /// dual_form, simplify; default: simplify), or a kernel stage (lower_kernel, cpu_parallel, outline,
-    /// memory_plan, gpu_schedule), which needs the shapes (--inputs, or every dimension with --set).
+    /// dual_form, simplify; default: simplify), or a kernel stage (lower_kernel, cpu_parallel,
+    /// register_tile, outline, memory_plan, gpu_schedule), which needs the shapes (--inputs, or every dimension with --set).
     #[arg(long, value_name = "STAGE", conflicts_with = "all")]
     after: Option<String>,
     /// Print the program after every stage (the kernel stages too when --inputs is given).

@@ -10,6 +10,7 @@
 //! | `dual_form` | graph → graph | equality saturation: the dual form |
 //! | `simplify` | graph → graph | CSE, DCE, constant folding, cancellations |
 //! | `lower_kernel` | graph → kernel IR | loops over buffers; decides fusion (what is inlined) |
+//! | `register_tile` | kernel IR → kernel IR | CPU targets only: small matrix products → register tiles |
 //! | `outline` | kernel IR → kernel IR | CPU targets only: repeated layers → one function, calls |
 //! | `memory_plan` | kernel IR → kernel IR | CPU targets only: global temporaries → offsets in one arena |
 //! | `gpu_schedule` | kernel IR → kernel IR | GPU targets only: blocks, threads, shared memory |
@@ -230,15 +231,18 @@ pub struct Codegen<'a, C, E> {
 /// The settings the kernel stages read from the environment, as `NAME=value` lines (unset
 /// ones included): with the bound program and the build, everything that decides a kernel
 /// program, for the keys of caches of it. A kernel stage that reads another variable must add
-/// it here.
+/// it here. The last line is the host's register tile (`register_tile` picks it from the host's
+/// vector registers, so the kernel program depends on it too).
 pub fn kernel_stage_settings() -> String {
     [
         crate::lower_kernel::GEMM_MIN_MNK_ENV,
         crate::outline::DISABLE_ENV,
         crate::memory_plan::DISABLE_ENV,
+        crate::register_tile::DISABLE_ENV,
     ]
     .iter()
     .map(|name| format!("{name}={:?}\n", std::env::var_os(name)))
+    .chain([crate::register_tile::host_setting() + "\n"])
     .collect()
 }
 
@@ -330,6 +334,10 @@ impl Pipeline {
                 stages.push(Stage::kernel(
                     Box::new(crate::cpu_parallel::CpuParallel),
                     "CPU targets: top-level loop nests with independent iterations and enough work run on the thread pool",
+                ));
+                stages.push(Stage::kernel(
+                    Box::new(crate::register_tile::RegisterTile::from_env()),
+                    "CPU targets: small matrix products → register tiles, the contraction outside a vectorized column loop with the tile's rows jammed into it (off with TTTC_NO_REGISTER_TILE=1)",
                 ));
                 stages.push(Stage::kernel(
                     Box::new(crate::outline::Outline::from_env()),

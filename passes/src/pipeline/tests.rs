@@ -180,8 +180,9 @@ fn dump_writes_one_numbered_file_per_stage() {
             "04-simplify.txt",
             "05-lower_kernel.txt",
             "06-cpu_parallel.txt",
-            "07-outline.txt",
-            "08-memory_plan.txt"
+            "07-register_tile.txt",
+            "08-outline.txt",
+            "09-memory_plan.txt"
         ]
     );
     let kernel_text = std::fs::read_to_string(&dump.written()[4]).expect("written");
