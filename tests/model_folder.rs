@@ -234,7 +234,7 @@ fn pad_header(file: &Path, pad: usize) {
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     let mut out = ((n + pad) as u64).to_le_bytes().to_vec();
     out.extend_from_slice(&bytes[8..8 + n]);
-    out.extend(std::iter::repeat(b' ').take(pad));
+    out.resize(out.len() + pad, b' ');
     out.extend_from_slice(&bytes[8 + n..]);
     std::fs::write(file, out).expect("write");
 }
