@@ -129,12 +129,16 @@ impl ModelDir {
 
     /// Reads every weight for `program` (integer tensors converted to `elem`, as
     /// [`crate::read_inputs`] does), calling `progress(done, total)` after each file.
+    ///
+    /// The floating-point weights view the memory-mapped files in place (nothing is copied;
+    /// the files are only read). Also returns the names of the weights that had to be copied
+    /// instead (their bytes are not aligned for their element type in the file), in order.
     pub fn read_weights(
         &self,
         program: &Program,
         elem: ElemType,
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<BTreeMap<String, Tensor>, ModelDirError> {
+    ) -> Result<(BTreeMap<String, Tensor>, Vec<String>), ModelDirError> {
         let file = match &self.weights {
             Weights::Single(path) => {
                 let file = tttc_runtime::read_safetensors_with_ints(path)
@@ -144,7 +148,8 @@ impl ModelDir {
             }
             Weights::Sharded(index) => self.read_shards(index, progress)?,
         };
-        Ok(convert_inputs(program, file, elem)?)
+        let copied = file.copied.clone();
+        Ok((convert_inputs(program, file, elem)?, copied))
     }
 
     /// The tensors of every shard `index` names, each checked to hold what the index says.
@@ -170,6 +175,8 @@ impl ModelDir {
             let path = self.dir.join(&shard);
             let mut file = tttc_runtime::read_safetensors_with_ints(&path)
                 .map_err(|e| ModelDirError::Weights(e.into()))?;
+            all.copied
+                .extend(file.copied.iter().filter(|n| tensors.contains(n)).cloned());
             for tensor in tensors {
                 if let Some(t) = file.floats.remove(&tensor) {
                     all.floats.insert(tensor, t);

@@ -227,6 +227,87 @@ fn broken_folders_exit_2_naming_the_file_and_stay_untouched() {
     }
 }
 
+/// `file` rewritten with `pad` spaces after its JSON header (still a valid safetensors file
+/// with the same tensors): with `pad` not a multiple of 4 no f32 tensor's bytes are aligned.
+fn pad_header(file: &Path, pad: usize) {
+    let bytes = std::fs::read(file).expect("read");
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let mut out = ((n + pad) as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&bytes[8..8 + n]);
+    out.resize(out.len() + pad, b' ');
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(file, out).expect("write");
+}
+
+/// Every file in `dir` with its contents.
+fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    listing(dir)
+        .into_keys()
+        .map(|p| {
+            let c = std::fs::read(&p).expect("read");
+            (p, c)
+        })
+        .collect()
+}
+
+#[test]
+fn weights_read_in_place_compute_the_bits_of_weights_copied_and_leave_the_files_alone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mapped = tmp.path().join("mapped");
+    let ids = write_folder(&mapped, 1);
+    let copied = tmp.path().join("copied");
+    write_folder(&copied, 1);
+    pad_header(&copied.join("model.safetensors"), 2);
+
+    // In process: the aligned file's tensors view the mapping, the padded file's are copies
+    // (every one named), and the elements are the same.
+    let a = read_safetensors_with_ints(&mapped.join("model.safetensors")).expect("mapped");
+    let b = read_safetensors_with_ints(&copied.join("model.safetensors")).expect("copied");
+    assert!(a.copied.is_empty(), "{:?}", a.copied);
+    assert!(a.floats.values().all(|t| t.data().is_mapped()));
+    assert_eq!(b.copied, b.floats.keys().cloned().collect::<Vec<_>>());
+    assert!(b.floats.values().all(|t| !t.data().is_mapped()));
+    assert_eq!(a.floats, b.floats);
+    drop((a, b));
+
+    let before = [contents(&mapped), contents(&copied)];
+    let times = [listing(&mapped), listing(&copied)];
+    let run = |dir: &Path, tag: &str| {
+        let out = tmp.path().join(format!("{tag}.safetensors"));
+        let args = [
+            "run",
+            LM,
+            "--model",
+            s(dir),
+            "--inputs",
+            s(&ids),
+            "--out",
+            s(&out),
+        ];
+        let r = tttc(&args);
+        assert!(r.status.success(), "{tag}: {}", text(&r));
+        (load(&out), String::from_utf8_lossy(&r.stderr).into_owned())
+    };
+    let (got, quiet) = run(&mapped, "mapped");
+    let (want, note) = run(&copied, "copied");
+    assert_identical(&got, &want, "mapped against copied weights");
+    assert!(!quiet.contains("not aligned"), "{quiet}");
+    assert!(
+        note.contains("not aligned") && note.contains(&copied.display().to_string()),
+        "the copies are reported:\n{note}"
+    );
+    assert_eq!(
+        [contents(&mapped), contents(&copied)],
+        before,
+        "files unchanged"
+    );
+    assert_eq!(
+        [listing(&mapped), listing(&copied)],
+        times,
+        "mtimes unchanged"
+    );
+}
+
 /// A word-level tokenizer over the golden model's vocabulary: token id n is the word `wN`.
 fn write_tokenizer(path: &Path, vocab: usize) {
     use tokenizers::models::wordlevel::WordLevel;

@@ -485,3 +485,60 @@ fn simplify_pass_rewrites_step_graphs_and_main() {
     assert!(b.node_count() <= a.node_count());
     assert_same_results(&a, &b, &random_inputs(&a, 4), TOL);
 }
+
+#[test]
+fn the_layers_equal_step_graphs_are_rewritten_once_to_what_each_alone_gives() {
+    // Three unrolled layers: three scans whose step graphs are equal.
+    let settings = [
+        ("num_hidden_layers", 3.0),
+        ("hidden_size", 8.0),
+        ("num_attention_heads", 2.0),
+        ("intermediate_size", 16.0),
+        ("vocab_size", 11.0),
+    ];
+    // The full path: it locates the model's imports.
+    let path = format!("{}/../examples/ttt_lm.ttt", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let settings: tttc_ir::Settings = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), (*v).into()))
+        .collect();
+    let mut p = tttc_ir::syntax::compile(&path, &text, DType::F64, &settings)
+        .unwrap_or_else(|e| panic!("{path}: {e:?}"));
+    Pipeline::of_passes(vec![
+        Box::new(tttc_passes::Autodiff) as Box<dyn Pass>,
+        Box::new(tttc_passes::lower_scan::LowerScan),
+    ])
+    .run_graph(&mut p)
+    .unwrap_or_else(|e| panic!("{e}"));
+    let primal = p.clone();
+    let ids = scans(&p);
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|&id| step(&p, id) == step(&p, ids[0])));
+    let pass = DualForm::default();
+    let handle = pass.report_handle();
+    Pipeline::of_passes(vec![Box::new(pass) as Box<dyn Pass>])
+        .run_graph(&mut p)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reports = handle.reports();
+    assert_eq!(reports.len(), 3);
+    for (id, r) in ids.iter().zip(&reports) {
+        // Each repeat's result is what rewriting it alone gives, under its own label.
+        let (alone, _) =
+            dual_form_graph(step(&primal, *id), &RewriteConfig::default(), "alone").unwrap();
+        assert!(step(&p, *id) == &alone, "scan {id:?}");
+        assert!(
+            r.graph.ends_with(&format!("ttt%{}/step", id.index())),
+            "{}",
+            r.graph
+        );
+        assert_eq!(
+            (r.nodes_before, r.nodes_after, &r.cost_after),
+            (
+                reports[0].nodes_before,
+                reports[0].nodes_after,
+                &reports[0].cost_after
+            )
+        );
+    }
+}

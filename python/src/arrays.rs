@@ -68,8 +68,8 @@ impl FloatBuffer {
     /// A copy as a tensor of `shape`.
     fn to_tensor(&self, py: Python<'_>, shape: &[usize]) -> PyResult<Tensor> {
         let data = match self {
-            FloatBuffer::F32(b) => TensorData::F32(b.to_vec(py)?),
-            FloatBuffer::F64(b) => TensorData::F64(b.to_vec(py)?),
+            FloatBuffer::F32(b) => TensorData::F32(b.to_vec(py)?.into()),
+            FloatBuffer::F64(b) => TensorData::F64(b.to_vec(py)?.into()),
         };
         Tensor::new(shape.to_vec(), data).map_err(errors::value)
     }
@@ -196,6 +196,7 @@ fn read_int(
     let file = TensorFile {
         floats: BTreeMap::new(),
         ints,
+        copied: Vec::new(),
     };
     let mut converted = tttc::inputs::convert_inputs(program, file, elem).map_err(errors::value)?;
     converted

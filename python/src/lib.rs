@@ -64,11 +64,11 @@ fn save_safetensors(py: Python<'_>, path: PathBuf, tensors: &Bound<'_, PyDict>) 
         let (v, scalar) = arrays::with_shape(&v)?;
         let shape_of = |s: &[usize]| if scalar { Vec::new() } else { s.to_vec() };
         if let Ok(b) = PyBuffer::<f32>::get(&v) {
-            let t = Tensor::new(shape_of(b.shape()), TensorData::F32(b.to_vec(py)?))
+            let t = Tensor::new(shape_of(b.shape()), TensorData::F32(b.to_vec(py)?.into()))
                 .map_err(errors::value)?;
             floats.insert(name, t);
         } else if let Ok(b) = PyBuffer::<f64>::get(&v) {
-            let t = Tensor::new(shape_of(b.shape()), TensorData::F64(b.to_vec(py)?))
+            let t = Tensor::new(shape_of(b.shape()), TensorData::F64(b.to_vec(py)?.into()))
                 .map_err(errors::value)?;
             floats.insert(name, t);
         } else if let Ok(b) = PyBuffer::<i64>::get(&v) {

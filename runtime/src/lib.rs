@@ -9,11 +9,13 @@
 
 #![warn(missing_docs)]
 
+mod elements;
 mod error;
 mod json_object;
 mod safetensors_io;
 mod tensor;
 
+pub use elements::Elements;
 pub use error::RuntimeError;
 pub use json_object::{parse_json_object, JsonObject};
 pub use safetensors_io::{

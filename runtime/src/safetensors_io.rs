@@ -1,5 +1,6 @@
 //! Reading and writing named tensors in the safetensors format.
 
+use crate::elements::{Elements, MappedBytes};
 use crate::error::RuntimeError;
 use crate::tensor::{Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensorError, View};
@@ -7,6 +8,7 @@ use safetensors::SafeTensors;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Reads every tensor of the safetensors file at `path`.
 ///
@@ -14,32 +16,40 @@ use std::path::Path;
 /// [`RuntimeError::UnsupportedDType`]. A file that cannot be read is [`RuntimeError::Io`]; one
 /// that is not a valid safetensors file (bad header, truncated, inconsistent offsets) is
 /// [`RuntimeError::Malformed`]. No input makes this function panic.
+///
+/// The tensors view the file in place where they can (see [`read_safetensors_with_ints`]).
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, RuntimeError> {
     let bytes = FileBytes::open(path)?;
-    let (floats, ints) = parse_safetensors(bytes.as_slice(), path, false)?;
-    debug_assert!(ints.is_empty());
-    Ok(floats)
+    let file = parse_safetensors(&bytes, path, false)?;
+    debug_assert!(file.ints.is_empty());
+    Ok(file.floats)
 }
 
 /// Reads every tensor of the safetensors file at `path`, the floating-point ones (F32, F64) and
 /// the integer ones (I64, I32: token ids) separately. Other element types are
 /// [`RuntimeError::UnsupportedDType`], naming the tensor.
+///
+/// The file is memory-mapped, and each F32/F64 tensor whose bytes are aligned for its element
+/// type views the mapping in place ([`Elements`]): nothing is copied, and the mapping lives as
+/// long as any tensor views it. A tensor whose bytes are not aligned (the safetensors format
+/// does not require it) is copied and named in [`TensorFile::copied`]; so is every tensor of a
+/// file that cannot be mapped (a pipe), and every tensor on a big-endian host. The file is
+/// only ever read: a tensor written later copies its view first.
+///
+/// [`Elements`]: crate::Elements
 pub fn read_safetensors_with_ints(path: &Path) -> Result<TensorFile, RuntimeError> {
     let bytes = FileBytes::open(path)?;
-    let (floats, ints) = parse_safetensors(bytes.as_slice(), path, true)?;
-    Ok(TensorFile { floats, ints })
+    parse_safetensors(&bytes, path, true)
 }
 
 /// A file's bytes: memory-mapped, or read into memory where it cannot be mapped (an empty
 /// file, a pipe).
 ///
-/// Mapping saves reading the whole file into a buffer before the tensors are copied out of it
-/// (for a 500 MB model, a 500 MB allocation filled once and then copied again): each tensor's
-/// bytes go from the page cache straight into its own storage ([`le_elements`]). The tensors
-/// still own their elements — a [`Tensor`] is a `Vec` that the backends read, lend and write
-/// in place — so the map is dropped as soon as the file is parsed.
+/// The tensors of a mapped file view it in place ([`Elements`]), sharing the map.
+///
+/// [`Elements`]: crate::Elements
 enum FileBytes {
-    Mapped(memmap2::Mmap),
+    Mapped(MappedBytes),
     Read(Vec<u8>),
 }
 
@@ -52,12 +62,13 @@ impl FileBytes {
         let file = std::fs::File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len > 0 {
-            // SAFETY: the map is only read, and only while the file is parsed. Another process
-            // truncating or rewriting the file meanwhile could change or remove the mapped
-            // bytes under us (as it would change what a plain read sees); tttc never writes
-            // a file it is reading, and model folders are not written by it at all.
+            // SAFETY: the map is read-only and tttc never writes a file it reads (model folders
+            // are not written by it at all). Another process truncating or rewriting the file
+            // while tensors still view it would change their elements or fault on read, as it
+            // would for any program that maps its weights (PyTorch's and safetensors' `mmap`
+            // loaders included); the map is private to this process.
             if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
-                return Ok(FileBytes::Mapped(map));
+                return Ok(FileBytes::Mapped(Arc::new(map)));
             }
         }
         // Not mappable (empty, a pipe, a special file): read it.
@@ -69,6 +80,16 @@ impl FileBytes {
             FileBytes::Mapped(m) => m,
             FileBytes::Read(v) => v,
         }
+    }
+
+    /// The elements at `raw` (a sub-slice of [`FileBytes::as_slice`]) viewed in place, or
+    /// `None` where they must be copied (not mapped, unaligned, big-endian host).
+    fn view<T: bytemuck::Pod>(&self, raw: &[u8]) -> Option<Elements<T>> {
+        let FileBytes::Mapped(map) = self else {
+            return None;
+        };
+        let start = (raw.as_ptr() as usize).checked_sub(map.as_ptr() as usize)?;
+        Elements::mapped(map, start..start + raw.len())
     }
 }
 
@@ -92,6 +113,10 @@ pub struct TensorFile {
     pub floats: BTreeMap<String, Tensor>,
     /// I64 and I32 tensors.
     pub ints: BTreeMap<String, IntTensor>,
+    /// The F32/F64 tensors copied out of the file instead of viewing it in place, in order:
+    /// those whose bytes are not aligned for their element type, or every one where the file
+    /// could not be mapped or the host is big-endian.
+    pub copied: Vec<String>,
 }
 
 /// An integer tensor as stored (I64, or I32 widened exactly to `i64`).
@@ -105,11 +130,14 @@ pub struct IntTensor {
     pub dtype: &'static str,
 }
 
-type Parsed = (BTreeMap<String, Tensor>, BTreeMap<String, IntTensor>);
-
-/// Parses the bytes of a safetensors file; `path` is only used in errors. Integer tensors are
-/// returned separately when `ints` is set, else rejected like any unsupported type.
-fn parse_safetensors(bytes: &[u8], path: &Path, ints: bool) -> Result<Parsed, RuntimeError> {
+/// Parses a safetensors file; `path` is only used in errors. Integer tensors are returned
+/// separately when `ints` is set, else rejected like any unsupported type.
+fn parse_safetensors(
+    file: &FileBytes,
+    path: &Path,
+    ints: bool,
+) -> Result<TensorFile, RuntimeError> {
+    let bytes = file.as_slice();
     let malformed = |message: String| RuntimeError::Malformed {
         path: path.to_path_buf(),
         message,
@@ -124,6 +152,7 @@ fn parse_safetensors(bytes: &[u8], path: &Path, ints: bool) -> Result<Parsed, Ru
     views.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = BTreeMap::new();
     let mut int_out = BTreeMap::new();
+    let mut copied = Vec::new();
     for (name, view) in views {
         let shape = view.shape().to_vec();
         let raw = view.data();
@@ -161,11 +190,16 @@ fn parse_safetensors(bytes: &[u8], path: &Path, ints: bool) -> Result<Parsed, Ru
             continue;
         }
         let data = match view.dtype() {
-            Dtype::F32 => TensorData::F32(le_elements(raw, |c| {
-                f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+            Dtype::F32 => TensorData::F32(file.view(raw).unwrap_or_else(|| {
+                copied.push(name.clone());
+                le_elements(raw, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).into()
             })),
-            Dtype::F64 => TensorData::F64(le_elements(raw, |c| {
-                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+            Dtype::F64 => TensorData::F64(file.view(raw).unwrap_or_else(|| {
+                copied.push(name.clone());
+                le_elements(raw, |c| {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+                })
+                .into()
             })),
             other => {
                 return Err(RuntimeError::UnsupportedDType {
@@ -178,7 +212,11 @@ fn parse_safetensors(bytes: &[u8], path: &Path, ints: bool) -> Result<Parsed, Ru
             Tensor::new(shape, data).map_err(|e| malformed(format!("tensor `{name}`: {e}")))?;
         out.insert(name, tensor);
     }
-    Ok((out, int_out))
+    Ok(TensorFile {
+        floats: out,
+        ints: int_out,
+        copied,
+    })
 }
 
 /// Rejects headers whose data offsets point past the end of the file before the safetensors
@@ -250,14 +288,25 @@ fn describe(e: &SafeTensorError) -> String {
     }
 }
 
-/// One tensor prepared for serialization.
-struct RawTensor {
+/// One tensor prepared for serialization: its little-endian bytes, borrowed from the tensor
+/// where they are its elements as they lie (a little-endian host).
+struct RawTensor<'a> {
     dtype: Dtype,
     shape: Vec<usize>,
-    bytes: Vec<u8>,
+    bytes: Cow<'a, [u8]>,
 }
 
-impl View for &RawTensor {
+/// The little-endian bytes of `v`: the elements themselves on a little-endian host (no copy;
+/// a model's logits are a gigabyte), else each element encoded.
+fn le_bytes<T: bytemuck::Pod, const N: usize>(v: &[T], encode: fn(&T) -> [u8; N]) -> Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        Cow::Borrowed(bytemuck::cast_slice(v))
+    } else {
+        Cow::Owned(v.iter().flat_map(encode).collect())
+    }
+}
+
+impl View for &RawTensor<'_> {
     fn dtype(&self) -> Dtype {
         self.dtype
     }
@@ -265,7 +314,7 @@ impl View for &RawTensor {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
+        Cow::Borrowed(self.bytes.as_ref())
     }
     fn data_len(&self) -> usize {
         self.bytes.len()
@@ -307,12 +356,9 @@ pub fn write_safetensors_with_ints(
                         .map_err(|_| write_error(name, format!("{v} does not fit in I32")))?;
                     bytes.extend(v.to_le_bytes());
                 }
-                (Dtype::I32, bytes)
+                (Dtype::I32, Cow::Owned(bytes))
             }
-            _ => (
-                Dtype::I64,
-                t.values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ),
+            _ => (Dtype::I64, le_bytes(&t.values, |x| x.to_le_bytes())),
         };
         raw.push((
             name.as_str(),
@@ -332,8 +378,8 @@ pub fn write_safetensors_with_ints(
             });
         }
         let (dtype, bytes) = match t.data() {
-            TensorData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            TensorData::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::F32(v) => (Dtype::F32, le_bytes(v, |x| x.to_le_bytes())),
+            TensorData::F64(v) => (Dtype::F64, le_bytes(v, |x| x.to_le_bytes())),
         };
         raw.push((
             name.as_str(),
@@ -344,16 +390,20 @@ pub fn write_safetensors_with_ints(
             },
         ));
     }
-    let buffer = safetensors::serialize(raw.iter().map(|(n, r)| (*n, r)), &None).map_err(|e| {
-        RuntimeError::Write {
-            path: path.to_path_buf(),
-            tensor: String::new(),
-            message: describe(&e),
+    // Streamed to the file tensor by tensor: no buffer of the whole file (a model's logits
+    // alone are a gigabyte at L = 8192).
+    safetensors::serialize_to_file(raw.iter().map(|(n, r)| (*n, r)), &None, path).map_err(|e| {
+        match e {
+            SafeTensorError::IoError(source) => RuntimeError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            e => RuntimeError::Write {
+                path: path.to_path_buf(),
+                tensor: String::new(),
+                message: describe(&e),
+            },
         }
-    })?;
-    std::fs::write(path, buffer).map_err(|source| RuntimeError::Io {
-        path: path.to_path_buf(),
-        source,
     })
 }
 
@@ -383,6 +433,15 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.0);
         }
+    }
+
+    /// Parses `bytes` as a file that could not be mapped (every tensor copied).
+    fn parse_safetensors(
+        bytes: &[u8],
+        path: &Path,
+        ints: bool,
+    ) -> Result<TensorFile, RuntimeError> {
+        super::parse_safetensors(&FileBytes::Read(bytes.to_vec()), path, ints)
     }
 
     fn sample() -> BTreeMap<String, Tensor> {
@@ -431,7 +490,16 @@ mod tests {
                 }
             };
             assert_eq!(bits(b), bits(t), "{name}");
+            // The writer pads the header to 8 bytes: every tensor is read in place.
+            assert!(b.data().is_mapped(), "{name}");
         }
+        let file = read_safetensors_with_ints(&p.0).unwrap();
+        assert!(file.copied.is_empty(), "{:?}", file.copied);
+        // Read as bytes that are not mapped, the same tensors are copied, every one named.
+        let copied = parse_safetensors(&std::fs::read(&p.0).unwrap(), &p.0, true).unwrap();
+        assert_eq!(copied.floats, back);
+        assert_eq!(copied.copied, back.keys().cloned().collect::<Vec<_>>());
+        assert!(copied.floats.values().all(|t| !t.data().is_mapped()));
     }
 
     #[test]
@@ -482,7 +550,7 @@ mod tests {
         let bytes = safetensors::serialize([("x", view)], &None).unwrap();
         let m = parse_safetensors(&bytes, Path::new("mem"), false)
             .unwrap()
-            .0;
+            .floats;
         assert_eq!(m["x"].shape(), &[1, 2]);
         assert_eq!(m["x"].as_f32().unwrap(), &[1.5, -2.0]);
     }

@@ -1,5 +1,6 @@
 //! Dense row-major tensors of `f32` or `f64`.
 
+use crate::elements::Elements;
 use crate::error::RuntimeError;
 use std::fmt;
 
@@ -31,13 +32,14 @@ impl fmt::Display for ElemType {
     }
 }
 
-/// The elements of a [`Tensor`], in row-major order.
+/// The elements of a [`Tensor`], in row-major order: owned, or read in place from a mapped
+/// weights file (see [`Elements`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum TensorData {
     /// Single-precision elements.
-    F32(Vec<f32>),
+    F32(Elements<f32>),
     /// Double-precision elements.
-    F64(Vec<f64>),
+    F64(Elements<f64>),
 }
 
 impl TensorData {
@@ -60,6 +62,26 @@ impl TensorData {
             TensorData::F32(_) => ElemType::F32,
             TensorData::F64(_) => ElemType::F64,
         }
+    }
+
+    /// Whether the elements are read in place from a mapped file (see [`Elements`]).
+    pub fn is_mapped(&self) -> bool {
+        match self {
+            TensorData::F32(v) => v.is_mapped(),
+            TensorData::F64(v) => v.is_mapped(),
+        }
+    }
+}
+
+impl From<Vec<f32>> for TensorData {
+    fn from(v: Vec<f32>) -> TensorData {
+        TensorData::F32(v.into())
+    }
+}
+
+impl From<Vec<f64>> for TensorData {
+    fn from(v: Vec<f64>) -> TensorData {
+        TensorData::F64(v.into())
     }
 }
 
@@ -102,7 +124,7 @@ impl Tensor {
         shape: impl Into<Vec<usize>>,
         data: impl Into<Vec<f32>>,
     ) -> Result<Tensor, RuntimeError> {
-        Tensor::new(shape, TensorData::F32(data.into()))
+        Tensor::new(shape, TensorData::F32(Elements::from(data.into())))
     }
 
     /// An `f64` tensor; fails if `data.len()` is not the product of `shape`.
@@ -110,7 +132,7 @@ impl Tensor {
         shape: impl Into<Vec<usize>>,
         data: impl Into<Vec<f64>>,
     ) -> Result<Tensor, RuntimeError> {
-        Tensor::new(shape, TensorData::F64(data.into()))
+        Tensor::new(shape, TensorData::F64(Elements::from(data.into())))
     }
 
     /// A tensor of zeros.
@@ -126,8 +148,8 @@ impl Tensor {
             .try_fold(1usize, |n, &d| n.checked_mul(d))
             .unwrap_or_else(|| panic!("Tensor::zeros: shape {shape:?} has too many elements"));
         let data = match elem {
-            ElemType::F32 => TensorData::F32(vec![0.0; n]),
-            ElemType::F64 => TensorData::F64(vec![0.0; n]),
+            ElemType::F32 => TensorData::F32(vec![0.0; n].into()),
+            ElemType::F64 => TensorData::F64(vec![0.0; n].into()),
         };
         Tensor { shape, data }
     }
@@ -145,6 +167,20 @@ impl Tensor {
     /// The elements, in row-major order.
     pub fn data(&self) -> &TensorData {
         &self.data
+    }
+
+    /// This tensor with elements it owns: a view of a mapped file ([`Elements`]) is copied,
+    /// so that the file may be rewritten while the tensor lives.
+    pub fn into_owned(mut self) -> Tensor {
+        match &mut self.data {
+            TensorData::F32(v) => {
+                v.make_owned();
+            }
+            TensorData::F64(v) => {
+                v.make_owned();
+            }
+        }
+        self
     }
 
     /// The shape and the elements.
@@ -165,7 +201,7 @@ impl Tensor {
     /// The elements, if this is an `f32` tensor.
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.data {
-            TensorData::F32(v) => Some(v),
+            TensorData::F32(v) => Some(v.as_slice()),
             TensorData::F64(_) => None,
         }
     }
@@ -173,7 +209,7 @@ impl Tensor {
     /// The elements, if this is an `f64` tensor.
     pub fn as_f64(&self) -> Option<&[f64]> {
         match &self.data {
-            TensorData::F64(v) => Some(v),
+            TensorData::F64(v) => Some(v.as_slice()),
             TensorData::F32(_) => None,
         }
     }
@@ -182,7 +218,7 @@ impl Tensor {
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match &self.data {
             TensorData::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-            TensorData::F64(v) => v.clone(),
+            TensorData::F64(v) => v.to_vec(),
         }
     }
 
@@ -203,11 +239,11 @@ impl Tensor {
             (TensorData::F32(v), ElemType::F32) => TensorData::F32(v.clone()),
             (TensorData::F64(v), ElemType::F64) => TensorData::F64(v.clone()),
             (TensorData::F32(v), ElemType::F64) => {
-                TensorData::F64(v.iter().map(|&x| f64::from(x)).collect())
+                TensorData::F64(v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>().into())
             }
             // `as` rounds to nearest, ties to even.
             (TensorData::F64(v), ElemType::F32) => {
-                TensorData::F32(v.iter().map(|&x| x as f32).collect())
+                TensorData::F32(v.iter().map(|&x| x as f32).collect::<Vec<_>>().into())
             }
         };
         Tensor {

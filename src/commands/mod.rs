@@ -397,13 +397,22 @@ pub fn read_model_weights(
     precision: Precision,
 ) -> Result<BTreeMap<String, Tensor>, Failure> {
     let bar = progress::Progress::bar(&format!("loading {}", model.dir.display()));
-    let weights = model
-        .read_weights(program, precision.elem(), &mut |done, total| {
-            bar.set(done, total)
-        })
-        .map_err(Failure::user);
+    let read = model.read_weights(program, precision.elem(), &mut |done, total| {
+        bar.set(done, total)
+    });
     bar.finish();
-    weights
+    let (weights, copied) = read.map_err(Failure::user)?;
+    if let Some(first) = copied.first() {
+        // Weights are read in place from the mapped files; unaligned ones cannot be.
+        eprintln!(
+            "note: {} of {}'s {} weight tensor(s) are not aligned in their file and were copied \
+             into memory instead of read in place (the first: `{first}`)",
+            copied.len(),
+            model.dir.display(),
+            weights.len(),
+        );
+    }
+    Ok(weights)
 }
 
 /// Whether `a` and `b` name the same existing file (through links, `..` or hard links).

@@ -50,8 +50,8 @@ pub fn slice_axis(
     if outer == 1 {
         let range = start * inner..(start + len) * inner;
         let data = match t.data() {
-            TensorData::F32(v) => TensorData::F32(v[range].to_vec()),
-            TensorData::F64(v) => TensorData::F64(v[range].to_vec()),
+            TensorData::F32(v) => TensorData::F32(v[range].to_vec().into()),
+            TensorData::F64(v) => TensorData::F64(v[range].to_vec().into()),
         };
         let mut out = shape.to_vec();
         out[axis] = len;
@@ -95,7 +95,7 @@ pub fn concat_axis(mut parts: Vec<Tensor>, axis: usize) -> Result<Tensor, Stream
                     out.extend_from_slice(&v[o * n..(o + 1) * n]);
                 }
             }
-            TensorData::$variant(out)
+            TensorData::$variant(out.into())
         }};
     }
     let data = match first.data() {
@@ -209,7 +209,7 @@ pub fn minus_scaled(theta: &Tensor, rate: &Tensor, sum: &Tensor) -> Result<Tenso
             for ((w, s), &r) in w.chunks_exact(per).zip(s.chunks_exact(per)).zip(r) {
                 out.extend(w.iter().zip(s).map(|(&w, &s)| w - r * s));
             }
-            TensorData::$variant(out)
+            TensorData::$variant(out.into())
         }};
     }
     let data = match theta.data() {

@@ -56,7 +56,12 @@ pub(super) fn read(
         path: path.display().to_string(),
         message,
     };
-    let mut tensors = read_safetensors(path)?;
+    // Copied out of the file (a state is small): `--save-state` may rewrite the file it was
+    // loaded from while the session still holds these tensors.
+    let mut tensors: BTreeMap<String, Tensor> = read_safetensors(path)?
+        .into_iter()
+        .map(|(name, t)| (name, t.into_owned()))
+        .collect();
     let name = tensors
         .remove(PROGRAM)
         .ok_or_else(|| bad(format!("`{PROGRAM}` is missing; not a tttc session state")))?;

@@ -177,8 +177,8 @@ impl<C: JitCode> Jit<C> {
                     .map(|t| t.into_parts().1)
                     .filter(|d| d.len() == s.len && d.elem_type() == want);
                 reused.unwrap_or_else(|| match self.sig.dtype {
-                    DType::F32 => TensorData::F32(vec![0.0; s.len]),
-                    DType::F64 => TensorData::F64(vec![0.0; s.len]),
+                    DType::F32 => TensorData::F32(vec![0.0; s.len].into()),
+                    DType::F64 => TensorData::F64(vec![0.0; s.len].into()),
                 })
             })
             .collect();

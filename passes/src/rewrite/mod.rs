@@ -392,6 +392,12 @@ pub enum ScanGraphs {
 
 /// Rewrites the step graph of every scan of `graph` (with [`ScanGraphs::All`]) and the
 /// `step_vjp` graph of every scan's backward (`ttt_vjp`) in place with `stages`.
+///
+/// Each distinct graph is rewritten once: a model's layers unroll into one scan per layer
+/// whose step graphs are equal (their serialized forms; the layers differ only
+/// in the weights the scans read), and equality saturation on each again would make the
+/// compile time grow with depth for nothing. A repeat gets the first one's result (a copy of
+/// its report, under the repeat's label, with the time the lookup took).
 fn rewrite_steps(
     graph: &mut Graph,
     stages: &[Stage],
@@ -400,6 +406,10 @@ fn rewrite_steps(
     which: ScanGraphs,
 ) -> Result<Vec<RewriteReport>, RewriteError> {
     let mut reports = Vec::new();
+    // Every distinct graph rewritten so far, by its serialized form (the one `Graph`'s
+    // `PartialEq` compares): the graph after and the report.
+    let mut done: std::collections::HashMap<String, (Graph, RewriteReport)> =
+        std::collections::HashMap::new();
     for id in graph.node_ids() {
         let Some(node) = graph.node_mut(id) else {
             continue;
@@ -417,7 +427,20 @@ fn rewrite_steps(
         let Some(step) = slot.as_ref() else {
             continue;
         };
+        let start = std::time::Instant::now();
+        let key = serde_json::to_string(step).ok();
+        if let Some((after, report)) = key.as_ref().and_then(|k| done.get(k)) {
+            let mut report = report.clone();
+            report.graph = label;
+            report.time = start.elapsed();
+            *slot = Some(after.clone());
+            reports.push(report);
+            continue;
+        }
         let (new_step, report) = rewrite_graph(step, stages, config, &label)?;
+        if let Some(key) = key {
+            done.insert(key, (new_step.clone(), report.clone()));
+        }
         *slot = Some(new_step);
         reports.push(report);
     }
