@@ -450,10 +450,7 @@ fn long_worker_bodies_are_split_into_parts() {
     let mut round = Vec::new();
     for _ in 0..reps {
         let i = g.var();
-        let term = add(
-            ld(x, affine(v(b), n as i64, v(i))),
-            Value::FromIndex(v(r)),
-        );
+        let term = add(ld(x, affine(v(b), n as i64, v(i))), Value::FromIndex(v(r)));
         round.push(serial(i, n, vec![store(s, v(i), add(ld(s, v(i)), term))]));
     }
     g.push(parallel(
@@ -470,7 +467,10 @@ fn long_worker_bodies_are_split_into_parts() {
         ],
     ));
     let ir = tttc_backends::llvm::optimized_ir(&g.p).unwrap();
-    assert!(ir.contains("@tttc.part.2("), "expected at least 3 parts:\n{ir}");
+    assert!(
+        ir.contains("@tttc.part.2("),
+        "expected at least 3 parts:\n{ir}"
+    );
     let xv: Vec<f32> = rand_vec(bn * n, 5, -2.0, 2.0)
         .iter()
         .map(|&a| a as f32)

@@ -608,8 +608,7 @@ impl<'ctx> Gen<'_, 'ctx> {
             ps.bufs.insert(*id, p);
         }
         for (n, (v, _)) in vars.iter().enumerate() {
-            let Some(BasicValueEnum::IntValue(x)) = f.get_nth_param((bufs.len() + n) as u32)
-            else {
+            let Some(BasicValueEnum::IntValue(x)) = f.get_nth_param((bufs.len() + n) as u32) else {
                 return internal("missing part variable parameter");
             };
             ps.vars.push((*v, x));
