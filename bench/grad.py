@@ -210,6 +210,7 @@ def run(_args):
     ttt = official()
     a = np.random.default_rng(1).standard_normal((2048, 2048)).astype(np.float32)
     sgemm = 2 * 2048 ** 3 / (median_ms(lambda: a @ a, 5) * 1e-3) / 1e9
+    print("sgemm", sgemm, flush=True)
     rows, checks = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for scope in SCOPES:
@@ -326,7 +327,7 @@ def write(rows, checks, peak, sgemm, torch, jax):
         f"{os.getloadavg()[0]:.1f} at the end (shared machine: timings are noisy; ratios are from "
         f"one run)  ",
         f"Python {platform.python_version()}, torch {torch.__version__}, jax {jax.__version__}; "
-        f"numpy sgemm (2048², f32) {sgemm:.0f} GFLOP/s  ",
+        f"numpy sgemm (2048², f32) {sgemm:.0f} GFLOP/s  " if sgemm else "",
         f"tttc: `{os.path.relpath(TTTC, ROOT)}`, `tttc bench --grad --backend llvm --iters {ITERS}` "
         f"(f32, checkpoint every 4 mini-batches); JAX: medians of {ITERS} runs after one warm-up "
         f"(compilation); PyTorch: median of {TORCH_ITERS} run(s), no warm-up.  ",
@@ -338,17 +339,22 @@ def write(rows, checks, peak, sgemm, torch, jax):
         "that many checkpointed segments). jax: the same dual-form math (bench/peers.py) under "
         "`jax.grad`, groups of 4 mini-batches under `jax.checkpoint`.",
         "",
-        "| case | L | tttc fwd ms | tttc f+b ms | f+b / fwd | torch fwd ms | torch f+b ms (G=0) | "
-        "torch f+b ms (G=4) | jax fwd ms | jax f+b ms (remat 4) | torch G=0 / tttc f+b | jax / tttc f+b |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| case | L | tttc fwd ms | tttc f+b ms | f+b / fwd | same, min / min | torch fwd ms | "
+        "torch f+b ms (G=0) | torch f+b ms (G=4) | jax fwd ms | jax f+b ms (remat 4) | "
+        "torch G=0 / tttc f+b | jax / tttc f+b |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    def ms(x):
+        return "—" if x is None else f"{x:.1f}"
+
+    def ratio(x, y):
+        return "—" if x is None or y is None else f"{x / y:.2f}x"
+
     for name, L, r, tf0, tb0, tf4, tb4, jf, jb in rows:
         f, g = r["forward_median_ms"], r["grad_median_ms"]
-        js = "—" if jf is None else f"{jf:.1f}"
-        jbs = "—" if jb is None else f"{jb:.1f}"
-        jr = "—" if jb is None else f"{jb / g:.2f}x"
-        lines.append(f"| {name} | {L} | {f:.1f} | {g:.1f} | {g / f:.2f}x | {tf0:.1f} | {tb0:.1f} | "
-                     f"{tb4:.1f} | {js} | {jbs} | {tb0 / g:.2f}x | {jr} |")
+        mn = ratio(r["grad_min_ms"], r["forward_min_ms"])
+        lines.append(f"| {name} | {L} | {f:.1f} | {g:.1f} | {g / f:.2f}x | {mn} | {ms(tf0)} | {ms(tb0)} | "
+                     f"{ms(tb4)} | {ms(jf)} | {ms(jb)} | {ratio(tb0, g)} | {ratio(jb, g)} |")
     if checks:
         lines += ["", "Gradients checked before timing, for random cotangents (max |tttc − torch| / "
                   "max |torch|, f32 both):", "",
@@ -372,12 +378,43 @@ def write(rows, checks, peak, sgemm, torch, jax):
     print(text)
 
 
+def cmd_from_log(a):
+    """Rebuilds bench/GRAD.md from the printed results of a run (its stdout)."""
+    import ast
+    import jax
+    import torch
+    rows, checks, sgemm, cur = [], [], None, None
+    with open(a.log) as fh:
+        for line in fh:
+            head, _, rest = line.strip().partition(" ")
+            if head == "sgemm":
+                sgemm = float(rest)
+            elif head == "check":
+                checks.append(ast.literal_eval(rest))
+            elif head == "torch" and cur:
+                cur += [float(x) for x in rest.split()]
+            elif head == "jax" and cur:
+                cur += [float(x) for x in rest.split()]
+            elif line.startswith("TTT-"):
+                if cur:
+                    rows.append(tuple(cur + [None] * (9 - len(cur))))
+                i = line.index(" {")
+                words = line[:i].split()
+                cur = [" ".join(words[:-1]), int(words[-1]), ast.literal_eval(line[i + 1:].strip())]
+    if cur:
+        rows.append(tuple(cur + [None] * (9 - len(cur))))
+    write(rows, checks, [], sgemm, torch, jax)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="sub")
     p = sub.add_parser("peak")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p.set_defaults(fn=lambda a: cmd_peak(argparse.Namespace(cmd=[c for c in a.cmd if c != "--"])))
+    p = sub.add_parser("from-log")
+    p.add_argument("log")
+    p.set_defaults(fn=cmd_from_log)
     p = sub.add_parser("torch-grad")
     p.add_argument("inputs")
     p.add_argument("group", type=int)
