@@ -16,6 +16,7 @@ runs of tttc and JAX, default 5), BENCH_TORCH_ITERS (PyTorch's, default 1), BENC
 the memory runs), BENCH_SCOPES (default inner,layer), TTT_OFFICIAL_PY.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -316,16 +317,16 @@ def cmd_torch_grad(a):
     grads()
 
 
-def write(rows, checks, peak, sgemm, torch, jax):
+def write(rows, checks, peak, sgemm, torch, jax, load=None):
     """Writes bench/GRAD.md; with no timing rows (BENCH_SCOPES empty: the memory runs alone),
     bench/GRAD_memory.md."""
     lines = [] if not rows else [
         "# Gradients: tttc against PyTorch autograd and jax.grad",
         "",
         f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}  ",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f} at the end (shared machine: timings are noisy; ratios are from "
-        f"one run)  ",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{load or f'load average {os.getloadavg()[0]:.1f} at the end'} (shared machine: timings "
+        f"are noisy; ratios are from one run)  ",
         f"Python {platform.python_version()}, torch {torch.__version__}, jax {jax.__version__}; "
         f"numpy sgemm (2048², f32) {sgemm:.0f} GFLOP/s  " if sgemm else "",
         f"tttc: `{os.path.relpath(TTTC, ROOT)}`, `tttc bench --grad --backend llvm --iters {ITERS}` "
@@ -379,16 +380,23 @@ def write(rows, checks, peak, sgemm, torch, jax):
 
 
 def cmd_from_log(a):
-    """Rebuilds bench/GRAD.md from the printed results of a run (its stdout)."""
+    """Rebuilds bench/GRAD.md from the printed results of runs (their stdout, in order): what
+    a run that was stopped early had measured, and the memory runs' lines."""
     import ast
+    import itertools
     import jax
     import torch
-    rows, checks, sgemm, cur = [], [], None, None
-    with open(a.log) as fh:
-        for line in fh:
+    rows, checks, peak, sgemm, cur, loads = [], [], [], None, None, []
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(p)) for p in a.logs]
+        for line in itertools.chain(*files):
             head, _, rest = line.strip().partition(" ")
+            if "load average:" in line:
+                loads.append(line.split("load average:")[1].strip())
             if head == "sgemm":
                 sgemm = float(rest)
+            elif head == "peak":
+                peak.append(ast.literal_eval(rest))
             elif head == "check":
                 checks.append(ast.literal_eval(rest))
             elif head == "torch" and cur:
@@ -403,7 +411,8 @@ def cmd_from_log(a):
                 cur = [" ".join(words[:-1]), int(words[-1]), ast.literal_eval(line[i + 1:].strip())]
     if cur:
         rows.append(tuple(cur + [None] * (9 - len(cur))))
-    write(rows, checks, [], sgemm, torch, jax)
+    write(rows, checks, peak, sgemm, torch, jax,
+          load=f"load averages (1, 5, 15 min) {' → '.join(loads)}" if loads else None)
 
 
 def main():
@@ -413,7 +422,7 @@ def main():
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p.set_defaults(fn=lambda a: cmd_peak(argparse.Namespace(cmd=[c for c in a.cmd if c != "--"])))
     p = sub.add_parser("from-log")
-    p.add_argument("log")
+    p.add_argument("logs", nargs="+")
     p.set_defaults(fn=cmd_from_log)
     p = sub.add_parser("torch-grad")
     p.add_argument("inputs")
