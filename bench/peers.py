@@ -93,6 +93,17 @@ def torch_forward(t, mlp):
 
 # ----------------------------------------------------------------------------- JAX
 def jax_forward_fn(mlp):
+    """The jitted forward (`jax_forward`)."""
+    import jax
+
+    return jax.jit(jax_forward(mlp))
+
+
+def jax_forward(mlp, remat_group=0):
+    """The forward as a plain function of a dict of arrays. With `remat_group` G > 0 the scan
+    runs over groups of G mini-batches, each group under `jax.checkpoint` (ttt-lm-jax's remat:
+    the backward keeps the state at group boundaries and recomputes inside a group); the number
+    of mini-batches must then be a multiple of G."""
     import jax
     import jax.numpy as jnp
 
@@ -161,11 +172,18 @@ def jax_forward_fn(mlp):
             b2 = b2 - (last * g2).sum(-2, keepdims=True)
             return (W1, b1, W2, b2), q + ln_fwd(z2_bar, lw, lb)
 
-        state, zs = jax.lax.scan(step, state, xs)
+        if remat_group:
+            G = remat_group
+            grouped = jax.tree_util.tree_map(lambda x: x.reshape((n // G, G) + x.shape[1:]), xs)
+            group = jax.checkpoint(lambda s, x: jax.lax.scan(step, s, x), prevent_cse=False)
+            state, zs = jax.lax.scan(group, state, grouped)
+            zs = zs.reshape((n,) + zs.shape[2:])
+        else:
+            state, zs = jax.lax.scan(step, state, xs)
         Z = jnp.moveaxis(zs, 0, 2).reshape(B, H, L, f)
         res = {"Z": Z, "W1_last": state[0], "b1_last": state[1]}
         if mlp:
             res.update(W2_last=state[2], b2_last=state[3])
         return res
 
-    return jax.jit(forward)
+    return forward

@@ -432,3 +432,61 @@ macro_rules! parallel_tests {
 parallel_tests!(llvm, LlvmJit, calls_parallel_for: llvm_calls_parallel_for);
 #[cfg(feature = "cranelift")]
 parallel_tests!(cranelift, CraneliftJit, calls_parallel_for: cranelift_calls_parallel_for);
+
+/// LLVM: a worker whose statement list holds more loops than one part may is split into
+/// `noinline` parts (`tttc.part.*`) taking the buffers and the enclosing loop variables they use
+/// (here the slice `b` and the round `r`); the results are plain Rust loops', bit for bit (only
+/// additions, so no FMA contraction can differ).
+#[cfg(feature = "llvm")]
+#[test]
+fn long_worker_bodies_are_split_into_parts() {
+    use tttc_backends::llvm::LlvmJit;
+    let (bn, n, reps, rounds) = (5usize, 8usize, 130usize, 3usize);
+    let mut g = Prog::new("parts", DType::F32);
+    let x = g.input("x", &[bn, n]);
+    let out = g.output("out", &[bn, n]);
+    let s = g.local("s", &[n]);
+    let (b, r, i0, o) = (g.var(), g.var(), g.var(), g.var());
+    let mut round = Vec::new();
+    for _ in 0..reps {
+        let i = g.var();
+        let term = add(ld(x, affine(v(b), n as i64, v(i))), Value::FromIndex(v(r)));
+        round.push(serial(i, n, vec![store(s, v(i), add(ld(s, v(i)), term))]));
+    }
+    g.push(parallel(
+        b,
+        bn,
+        vec![
+            serial(i0, n, vec![store(s, v(i0), k(0.0))]),
+            serial(r, rounds, round),
+            serial(
+                o,
+                n,
+                vec![store(out, affine(v(b), n as i64, v(o)), ld(s, v(o)))],
+            ),
+        ],
+    ));
+    let ir = tttc_backends::llvm::optimized_ir(&g.p).unwrap();
+    assert!(
+        ir.contains("@tttc.part.2("),
+        "expected at least 3 parts:\n{ir}"
+    );
+    let xv: Vec<f32> = rand_vec(bn * n, 5, -2.0, 2.0)
+        .iter()
+        .map(|&a| a as f32)
+        .collect();
+    let ins = inputs(&[("x", Tensor::from_f32([bn, n], xv.clone()).unwrap())]);
+    let o = LlvmJit::compile(&g.p).unwrap().run(&ins).unwrap();
+    let got = o["out"].as_f32().unwrap();
+    for bi in 0..bn {
+        for q in 0..n {
+            let mut acc = 0.0f32;
+            for ri in 0..rounds {
+                for _ in 0..reps {
+                    acc += xv[bi * n + q] + ri as f32;
+                }
+            }
+            assert_eq!(got[bi * n + q], acc, "out[{bi}, {q}]");
+        }
+    }
+}

@@ -703,6 +703,35 @@ impl<'a> Builder<'a> {
         self.reshape(prod, vec![p, k])
     }
 
+    /// `v` (extent `len` on `axis`) placed at `start .. start + len` of a tensor of shape
+    /// `shape` (extent `n` on `axis`), zeros elsewhere: `shift` with `v` as the fill of a zero
+    /// tensor puts it at `0 .. len`, a second `shift` moves it to `start`. Linear in the size,
+    /// unlike a selection matrix.
+    fn pad_along(
+        &mut self,
+        v: NodeId,
+        shape: &Shape,
+        axis: usize,
+        start: usize,
+        len: usize,
+        n: usize,
+    ) -> Result<NodeId, AutodiffError> {
+        if start == 0 && len == n {
+            return Ok(v);
+        }
+        let zero = self.constant(0.0, v)?;
+        let zeros = self.expand_to(zero, shape)?;
+        let mut d = if len == 0 {
+            zeros
+        } else {
+            self.dst.add(Op::Shift { axis, by: len }, &[zeros, v])?
+        };
+        if start > 0 {
+            d = self.dst.add(Op::Shift { axis, by: start }, &[d])?;
+        }
+        Ok(d)
+    }
+
     /// The 0/1 matrix `M [rows, cols]` with `M[r, c] = [sign (r − c) − offset = 0]`, built from
     /// `iota`s (`step(v + ½) step(½ − v)` is 1 exactly where the integer `v` is 0).
     fn selection(
@@ -837,19 +866,27 @@ impl<'a> Builder<'a> {
                     out.push((*w, self.reshape(s, p.0)?));
                 }
             }
-            // y = x[start .. start + len] along `axis`: dx = Sᵀ g with the selection matrix
-            // S[i, j] = [j = i + start], applied along the axis with `mix`.
-            Op::Slice { axis, start, .. } => {
+            // y = x[start .. start + len] along `axis`: dx = g padded with zeros to x's extent
+            // (linear, two shifts) when that extent is known; else Sᵀ g with the selection
+            // matrix S[i, j] = [j = i + start], applied along the axis with `mix`.
+            Op::Slice { axis, start, len } => {
                 let [x] = operands else {
                     return Err(arity(id));
                 };
                 if is_active(x) {
                     let xt = src_tensor(src, *x)?;
-                    let gt = self.ty(g)?;
-                    let (n, len) = (xt.shape.0[*axis].clone(), gt.shape.0[*axis].clone());
-                    // M[r, c] = [r - c - start = 0], r over x's extent, c over the slice's.
-                    let sel = self.selection(&n, &len, 1.0, *start as f64, xt.dtype)?;
-                    out.push((*x, self.along_axis(sel, g, *axis)?));
+                    let d = match xt.shape.0[*axis] {
+                        Dim::Known(n) => self.pad_along(g, &xt.shape, *axis, *start, *len, n)?,
+                        ref n => {
+                            let gt = self.ty(g)?;
+                            let len = gt.shape.0[*axis].clone();
+                            // M[r, c] = [r - c - start = 0], r over x's extent, c over the
+                            // slice's.
+                            let sel = self.selection(n, &len, 1.0, *start as f64, xt.dtype)?;
+                            self.along_axis(sel, g, *axis)?
+                        }
+                    };
+                    out.push((*x, d));
                 }
             }
             // y[t] = x[t - by] (t >= by), fill[t] (t < by): dx[s] = g[s + by] for s + by < n;
@@ -860,10 +897,30 @@ impl<'a> Builder<'a> {
                 };
                 if is_active(x) {
                     let xt = src_tensor(src, *x)?;
-                    let n = xt.shape.0[*axis].clone();
-                    // M[s, t] = [t - s - by = 0].
-                    let sel = self.selection(&n, &n, -1.0, *by as f64, xt.dtype)?;
-                    out.push((*x, self.along_axis(sel, g, *axis)?));
+                    let d = match xt.shape.0[*axis] {
+                        // dx = g[by .. n] followed by `by` zeros (linear).
+                        Dim::Known(n) if *by >= n => {
+                            let zero = self.constant(0.0, g)?;
+                            self.expand_to(zero, &xt.shape)?
+                        }
+                        Dim::Known(n) => {
+                            let tail = self.dst.add(
+                                Op::Slice {
+                                    axis: *axis,
+                                    start: *by,
+                                    len: n - by,
+                                },
+                                &[g],
+                            )?;
+                            self.pad_along(tail, &xt.shape, *axis, 0, n - by, n)?
+                        }
+                        ref n => {
+                            // M[s, t] = [t - s - by = 0].
+                            let sel = self.selection(n, n, -1.0, *by as f64, xt.dtype)?;
+                            self.along_axis(sel, g, *axis)?
+                        }
+                    };
+                    out.push((*x, d));
                 }
                 if let Some(fill) = operands.get(1) {
                     if is_active(fill) {

@@ -81,6 +81,35 @@ fn slices_and_shifts_match_finite_differences() {
     }
 }
 
+/// With known extents, the cotangents of `slice` and `shift` are zero padding by shifts
+/// (linear in the size), not products with a 0/1 selection matrix built from `iota`s (quadratic
+/// in the axis' extent); `slices_and_shifts_match_finite_differences` checks their values.
+#[test]
+fn slice_and_shift_cotangents_are_linear_when_extents_are_known() {
+    let ops = [
+        Op::Slice {
+            axis: 1,
+            start: 2,
+            len: 3,
+        },
+        Op::Shift { axis: 1, by: 2 },
+    ];
+    for op in ops {
+        let mut b = B::new();
+        let x = b.input("x", &[2, 6, 3]);
+        let y = b.op(op, &[x]);
+        let g = b.finish("y", y);
+        let v = vjp_graph(&g, &["y".to_string()], &["x".to_string()]).expect("vjp");
+        for id in v.node_ids() {
+            let op = &v.node(id).op;
+            assert!(
+                !matches!(op, Op::Iota { .. } | Op::Mix),
+                "selection matrix in the VJP: {op:?}"
+            );
+        }
+    }
+}
+
 /// A graph with two outputs: its VJP with cotangents `ct_y`, `ct_z` equals the gradient of
 /// `⟨ct_y, y⟩ + ⟨ct_z, z⟩`, which finite differences check.
 #[test]

@@ -14,6 +14,10 @@
 //!   needs) and calls `tttc.wbody.k(T* noalias ..., i64 ..., i64 begin, i64 end)`, which
 //!   allocates the loop's scratch buffers once per call and runs iterations `begin..end`. The
 //!   parallel loop itself becomes a call `tttc_parallel_for(worker, ctx, extent)`.
+//!   Inside a worker, a statement list of more than [`MAX_LOOPS_PER_PART`] loops is cut into
+//!   runs of at most that many, each outlined into `tttc.part.k(T* noalias ..., i64 ...)`
+//!   (`noinline`; the buffers and enclosing loop variables it uses), which keeps LLVM's
+//!   optimization time linear in the length of long scan bodies.
 //!
 //! - for every kernel function `k` ([`tttc_ir::kernel::KernelFunction`], a repeated layer),
 //!   `tttc.fn.k(T* noalias params..., T* noalias scratch...)`, marked `noinline` so that
@@ -56,6 +60,25 @@ pub(crate) const MAX_ALLOCA_BYTES: u64 = 16 << 10;
 /// Largest total of stack buffers in one function, in bytes.
 pub(crate) const MAX_FRAME_BYTES: u64 = 64 << 10;
 
+/// Most loops one statement list of a parallel worker's generated code holds; longer lists
+/// are split into `noinline` parts ([`Gen::stmts_in_parts`]). LLVM's loop passes (scalar
+/// evolution's guard search walks the dominator chain of a block, MemorySSA) take time
+/// quadratic in the number of loops one after another in a function: the scan backward's
+/// slice body, the forward and the backward step of a mini-batch one after the other, held
+/// about a thousand loops and took minutes to optimize. In parts of this size it is linear,
+/// and each part is still large enough for the loops inside it to be optimized together.
+const MAX_LOOPS_PER_PART: usize = 48;
+
+/// Number of loops in `body`, nested ones included.
+fn loop_count(body: &[Stmt]) -> usize {
+    body.iter()
+        .map(|s| match s {
+            Stmt::Loop { body, .. } => 1 + loop_count(body),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Name of the external parallel-for runtime function.
 pub const PARALLEL_FOR: &str = "tttc_parallel_for";
 
@@ -92,6 +115,8 @@ struct Gen<'a, 'ctx> {
     noalias: Attribute,
     noinline: Attribute,
     workers: usize,
+    /// Parts outlined so far ([`Gen::part`]).
+    parts: usize,
     /// Gemm descriptors emitted so far.
     gemms: usize,
     /// The LLVM function of each kernel function, with the buffers it takes in order (its
@@ -153,6 +178,7 @@ pub(crate) fn build<'ctx>(
         noalias,
         noinline,
         workers: 0,
+        parts: 0,
         gemms: 0,
         funcs: Vec::new(),
         poison: crate::poison::poison_enabled(),
@@ -498,7 +524,107 @@ impl<'ctx> Gen<'_, 'ctx> {
         Ok(())
     }
 
+    /// The statements of `body` at the position of `st`. Inside a parallel worker, a
+    /// statement list holding more than [`MAX_LOOPS_PER_PART`] loops is split into parts
+    /// ([`Gen::stmts_in_parts`]).
     fn stmts(&mut self, st: &mut FnState<'ctx>, body: &[Stmt]) -> Result<(), LlvmError> {
+        if st.in_worker && loop_count(body) > MAX_LOOPS_PER_PART {
+            return self.stmts_in_parts(st, body);
+        }
+        self.stmts_inline(st, body)
+    }
+
+    /// `body` as consecutive runs of statements of at most [`MAX_LOOPS_PER_PART`] loops, each
+    /// run outlined into a function of its own ([`Gen::part`]); a statement holding more loops
+    /// than that stays here (its body is split in turn).
+    fn stmts_in_parts(&mut self, st: &mut FnState<'ctx>, body: &[Stmt]) -> Result<(), LlvmError> {
+        let mut i = 0;
+        while i < body.len() {
+            let first = loop_count(&body[i..=i]);
+            if first > MAX_LOOPS_PER_PART {
+                self.stmts_inline(st, &body[i..=i])?;
+                i += 1;
+                continue;
+            }
+            let (mut j, mut loops) = (i, 0);
+            while j < body.len() {
+                let n = loop_count(&body[j..=j]);
+                if loops + n > MAX_LOOPS_PER_PART {
+                    break;
+                }
+                loops += n;
+                j += 1;
+            }
+            if loops == 0 {
+                self.stmts_inline(st, &body[i..j])?;
+            } else {
+                self.part(st, &body[i..j])?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Outlines `run` (statements inside a parallel worker) into
+    /// `tttc.part.k(T* noalias bufs..., i64 vars...)`, `noinline`, taking the buffers and the
+    /// enclosing loop variables it uses, and calls it here. The buffers are the worker's own
+    /// allocations or its (`noalias`) parameters, distinct objects, so `noalias` holds.
+    fn part(&mut self, st: &mut FnState<'ctx>, run: &[Stmt]) -> Result<(), LlvmError> {
+        let k = self.parts;
+        self.parts += 1;
+        let mut bufs: Vec<(BufId, PointerValue<'ctx>)> = Vec::new();
+        for id in buffers_used(run) {
+            match st.bufs.get(&id) {
+                Some(&p) => bufs.push((id, p)),
+                None => return internal(format!("b{} is not allocated in a worker", id.0)),
+            }
+        }
+        let vars: Vec<(VarId, IntValue<'ctx>)> = vars_used(run)
+            .into_iter()
+            .filter_map(|v| {
+                st.vars
+                    .iter()
+                    .rev()
+                    .find(|(w, _)| *w == v)
+                    .map(|&(_, x)| (v, x))
+            })
+            .collect();
+        let mut params: Vec<BasicMetadataTypeEnum> =
+            bufs.iter().map(|_| self.ptrt.into()).collect();
+        params.extend(
+            vars.iter()
+                .map(|_| BasicMetadataTypeEnum::from(self.lower.i64t)),
+        );
+        let f = self.define(&format!("tttc.part.{k}"), &params, Linkage::Internal);
+        f.add_attribute(AttributeLoc::Function, self.noinline);
+        for i in 0..bufs.len() {
+            f.add_attribute(AttributeLoc::Param(i as u32), self.noalias);
+        }
+        let mut ps = self.state(f, true);
+        for (n, (id, _)) in bufs.iter().enumerate() {
+            let Some(BasicValueEnum::PointerValue(p)) = f.get_nth_param(n as u32) else {
+                return internal("missing part buffer parameter");
+            };
+            ps.bufs.insert(*id, p);
+        }
+        for (n, (v, _)) in vars.iter().enumerate() {
+            let Some(BasicValueEnum::IntValue(x)) = f.get_nth_param((bufs.len() + n) as u32) else {
+                return internal("missing part variable parameter");
+            };
+            ps.vars.push((*v, x));
+        }
+        self.stmts_inline(&mut ps, run)?;
+        self.finish(&ps)?;
+        let args: Vec<BasicMetadataValueEnum> = bufs
+            .iter()
+            .map(|(_, p)| BasicMetadataValueEnum::from(*p))
+            .chain(vars.iter().map(|(_, x)| BasicMetadataValueEnum::from(*x)))
+            .collect();
+        st.b.build_call(f, &args, "")?;
+        Ok(())
+    }
+
+    fn stmts_inline(&mut self, st: &mut FnState<'ctx>, body: &[Stmt]) -> Result<(), LlvmError> {
         for s in body {
             match s {
                 Stmt::Store { buf, index, value } => {
