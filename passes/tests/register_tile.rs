@@ -172,3 +172,58 @@ fn transposed_right_operand_is_copied_exactly() {
         }
     }
 }
+
+/// A top-level product whose rows `cpu_parallel` spreads over threads: the tiles of rows are
+/// spread instead (the loop over them is `Parallel`) and the result is bitwise the untiled one.
+#[test]
+fn parallel_rows_are_tiled_in_parallel() {
+    let (sa, sb) = (&[67usize, 64][..], &[64usize, 40][..]);
+    let (_, k) = product(DType::F32, sa, sb);
+    let k = tttc_passes::cpu_parallel::CpuParallel
+        .run(&k)
+        .expect("cpu_parallel");
+    let parallel = |p: &KernelProgram| {
+        p.body
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s,
+                    Stmt::Loop {
+                        schedule: Schedule::Parallel,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(
+        parallel(&k),
+        1,
+        "rows not parallel\n{}",
+        print_kernel_program(&k)
+    );
+    let inputs: BTreeMap<String, Tensor> = [
+        ("a".to_string(), tensor(sa, 1, DType::F32)),
+        ("b".to_string(), tensor(sb, 2, DType::F32)),
+    ]
+    .into();
+    let want = run_kernel_program(&k, &inputs).expect("untiled")["c"].to_f64_vec();
+    let t = RegisterTile {
+        tile: Some(TileShape { rows: 8, lanes: 16 }),
+    }
+    .run(&k)
+    .expect("tile");
+    verify(&t).expect("verify");
+    let text = print_kernel_program(&t);
+    assert!(count_vector_loops(&t.body) > 0, "not tiled\n{text}");
+    assert!(
+        text.contains("in 0..8 (Parallel)"),
+        "tiles of rows not parallel\n{text}"
+    );
+    let got = run_kernel_program(&t, &inputs).expect("tiled")["c"].to_f64_vec();
+    assert_eq!(want.len(), got.len());
+    for (x, y) in want.iter().zip(&got) {
+        assert!(!x.is_nan(), "NaN");
+        assert_eq!(x.to_bits(), y.to_bits(), "{x} vs {y}");
+    }
+}
