@@ -179,7 +179,7 @@ impl Lowerer {
         // (first column, columns per block, number of blocks)
         let whole = n / TRANSPOSE_BLOCK;
         let mut parts = vec![(0, TRANSPOSE_BLOCK, whole)];
-        if n % TRANSPOSE_BLOCK > 0 {
+        if !n.is_multiple_of(TRANSPOSE_BLOCK) {
             parts.push((whole * TRANSPOSE_BLOCK, n % TRANSPOSE_BLOCK, 1));
         }
         for (first, width, count) in parts {
