@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use tttc_backends::kernel_interp::run_kernel_program;
 use tttc_ir::kernel::{print_kernel_program, verify, KernelProgram, Schedule, Stmt};
 use tttc_ir::{DType, Graph, Op, Shape, TensorType};
-use tttc_passes::lower_kernel::lower_graph;
+use tttc_passes::lower_kernel::{lower_graph, lower_graph_with, LowerOptions};
 use tttc_passes::pipeline::KernelPass;
 use tttc_passes::register_tile::{RegisterTile, TileShape};
 use tttc_runtime::{ElemType, Tensor};
@@ -130,7 +130,11 @@ fn transposed_right_operand_is_copied_exactly() {
     let bt = g.add(Op::Transpose, &[b]).expect("transpose");
     let c = g.add(Op::MatMul, &[a, bt]).expect("matmul");
     g.add_output("c", c);
-    let transposed = lower_graph("transposed", &g).expect("lower");
+    let cpu = LowerOptions {
+        blocked_transposes: true,
+        ..LowerOptions::default()
+    };
+    let transposed = lower_graph_with("transposed", &g, &cpu).expect("lower");
     let text = print_kernel_program(&transposed);
     assert!(
         text.contains("in 0..2 (Serial)") && text.contains("in 0..32 (Serial)"),

@@ -153,7 +153,8 @@ impl Lowerer {
     /// generator gathers), but a block reads only `TRANSPOSE_BLOCK` source rows, whose cache
     /// lines serve the next rows too, where a whole destination row at a time would read every
     /// source row (a 256×64 f32 weight is 64 KiB, more than a level-1 cache) for each
-    /// destination row. The copy writes the same values in any order.
+    /// destination row. The copy writes the same values in any order. Only with
+    /// [`LowerOptions::blocked_transposes`] (CPU targets).
     fn materialize_in_source_order(
         &mut self,
         b: &View,
@@ -170,7 +171,7 @@ impl Lowerer {
             shape: shape.to_vec(),
             lazy: Lazy::View(b.clone()),
         };
-        if !transposed || n <= TRANSPOSE_BLOCK {
+        if !self.options.blocked_transposes || !transposed || n <= TRANSPOSE_BLOCK {
             self.materialize(&src, dest, body);
             return;
         }
