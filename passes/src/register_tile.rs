@@ -35,6 +35,10 @@
 //! loops scalar). [`TileShape::for_host`] picks the tile from the host's vector registers
 //! (AVX-512: 8 × 32 f32, AVX2: 4 × 16 f32, else a portable 4 × 8).
 //!
+//! The row loop may be `Parallel` (`cpu_parallel` spreads a top-level product's rows over
+//! threads): the loop over tiles of rows is then `Parallel` instead, each tile writing its own
+//! rows of `C` (the row remainder runs on the calling thread).
+//!
 //! **Results do not change**: every element of `C` is zeroed, then receives the same terms in
 //! the same order `p = 0, 1, …, k-1`; only the interleaving between different elements changes.
 //! The rewrite applies only when that is safe: `C` is not read by `a` or `b`, and `c(i, j)` is
@@ -167,9 +171,11 @@ fn tile_all(body: &mut Vec<Stmt>, tile: TileShape, vars: &mut u32) {
 /// A recognized product nest (see the module doc).
 #[derive(Clone, Debug)]
 struct Nest {
-    /// The row loop's variable and extent.
+    /// The row loop's variable, extent and schedule (`Parallel` when `cpu_parallel` spread a
+    /// top-level product's rows over threads: the tiles of rows are then spread instead).
     i: VarId,
     m: usize,
+    schedule: Schedule,
     /// The zeroing column loop's variable.
     j0: VarId,
     /// The contraction's variable and extent.
@@ -193,7 +199,7 @@ impl Nest {
         let Stmt::Loop {
             var: i,
             extent: m,
-            schedule: Schedule::Serial,
+            schedule: row_schedule @ (Schedule::Serial | Schedule::Parallel),
             body,
         } = s
         else {
@@ -250,6 +256,7 @@ impl Nest {
         Some(Nest {
             i: *i,
             m: *m,
+            schedule: *row_schedule,
             j0,
             p,
             k,
@@ -350,7 +357,8 @@ impl Nest {
             let inner = Stmt::counted_loop(jj, rest, vector, jam(&col, p));
             tile_body.push(Stmt::counted_loop(p, self.k, Schedule::Serial, vec![inner]));
         }
-        let mut out = vec![Stmt::counted_loop(it, tiles_i, Schedule::Serial, tile_body)];
+        // Tiles of rows are as independent as the rows were (each writes its own rows of C).
+        let mut out = vec![Stmt::counted_loop(it, tiles_i, self.schedule, tile_body)];
         let rest_rows = self.m - tiles_i * rows;
         if rest_rows > 0 {
             out.push(self.rest_rows(tiles_i * rows, rest_rows, &mut fresh));

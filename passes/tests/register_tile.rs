@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use tttc_backends::kernel_interp::run_kernel_program;
 use tttc_ir::kernel::{print_kernel_program, verify, KernelProgram, Schedule, Stmt};
 use tttc_ir::{DType, Graph, Op, Shape, TensorType};
-use tttc_passes::lower_kernel::lower_graph;
+use tttc_passes::lower_kernel::{lower_graph, lower_graph_with, LowerOptions};
 use tttc_passes::pipeline::KernelPass;
 use tttc_passes::register_tile::{RegisterTile, TileShape};
 use tttc_runtime::{ElemType, Tensor};
@@ -114,4 +114,120 @@ fn off_leaves_the_program_alone() {
     let (_, k) = product(DType::F32, &[16, 12], &[12, 40]);
     let t = RegisterTile { tile: None }.run(&k).expect("run");
     assert_eq!(t, k);
+}
+
+/// `a @ transpose(b)` for `b` of shape `[…, n, k]`: the right operand's rows are strided, so
+/// lowering copies it into a contiguous temporary in blocks of columns (with a remainder
+/// block here: n = 70). The copy moves values only: the product must equal bitwise the
+/// product of `a` with the same matrix given already transposed, tiled or not.
+#[test]
+fn transposed_right_operand_is_copied_exactly() {
+    let (m, k, n) = (5, 9, 70);
+    let tt = |d: &[usize]| TensorType::new(DType::F32, Shape::known(d));
+    let mut g = Graph::new();
+    let a = g.add_input("a", tt(&[2, m, k])).expect("a");
+    let b = g.add_input("b", tt(&[2, n, k])).expect("b");
+    let bt = g.add(Op::Transpose, &[b]).expect("transpose");
+    let c = g.add(Op::MatMul, &[a, bt]).expect("matmul");
+    g.add_output("c", c);
+    let cpu = LowerOptions {
+        blocked_transposes: true,
+        ..LowerOptions::default()
+    };
+    let transposed = lower_graph_with("transposed", &g, &cpu).expect("lower");
+    let text = print_kernel_program(&transposed);
+    assert!(
+        text.contains("in 0..2 (Serial)") && text.contains("in 0..32 (Serial)"),
+        "no blocked copy:\n{text}"
+    );
+    let (_, plain) = product(DType::F32, &[2, m, k], &[2, k, n]);
+
+    let at = tensor(&[2, m, k], 1, DType::F32);
+    let bv = tensor(&[2, n, k], 2, DType::F32).to_f64_vec();
+    // the same matrices, transposed on the host
+    let mut btv = vec![0.0; bv.len()];
+    for z in 0..2 {
+        for j in 0..n {
+            for p in 0..k {
+                btv[(z * k + p) * n + j] = bv[(z * n + j) * k + p];
+            }
+        }
+    }
+    let b_plain = Tensor::from_f64(vec![2, k, n], btv)
+        .expect("bt")
+        .cast(ElemType::F32);
+    let b_strided = tensor(&[2, n, k], 2, DType::F32);
+    let want = run_kernel_program(
+        &plain,
+        &[("a".to_string(), at.clone()), ("b".to_string(), b_plain)].into(),
+    )
+    .expect("plain")["c"]
+        .to_f64_vec();
+    let inputs: BTreeMap<String, Tensor> =
+        [("a".to_string(), at), ("b".to_string(), b_strided)].into();
+    for tile in [None, Some(TileShape { rows: 4, lanes: 8 })] {
+        let t = RegisterTile { tile }.run(&transposed).expect("tile");
+        verify(&t).expect("verify");
+        let got = run_kernel_program(&t, &inputs).expect("transposed")["c"].to_f64_vec();
+        assert_eq!(want.len(), got.len());
+        for (x, y) in want.iter().zip(&got) {
+            assert!(!x.is_nan(), "NaN");
+            assert_eq!(x.to_bits(), y.to_bits(), "tile {tile:?}: {x} vs {y}");
+        }
+    }
+}
+
+/// A top-level product whose rows `cpu_parallel` spreads over threads: the tiles of rows are
+/// spread instead (the loop over them is `Parallel`) and the result is bitwise the untiled one.
+#[test]
+fn parallel_rows_are_tiled_in_parallel() {
+    let (sa, sb) = (&[67usize, 64][..], &[64usize, 40][..]);
+    let (_, k) = product(DType::F32, sa, sb);
+    let k = tttc_passes::cpu_parallel::CpuParallel
+        .run(&k)
+        .expect("cpu_parallel");
+    let parallel = |p: &KernelProgram| {
+        p.body
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s,
+                    Stmt::Loop {
+                        schedule: Schedule::Parallel,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(
+        parallel(&k),
+        1,
+        "rows not parallel\n{}",
+        print_kernel_program(&k)
+    );
+    let inputs: BTreeMap<String, Tensor> = [
+        ("a".to_string(), tensor(sa, 1, DType::F32)),
+        ("b".to_string(), tensor(sb, 2, DType::F32)),
+    ]
+    .into();
+    let want = run_kernel_program(&k, &inputs).expect("untiled")["c"].to_f64_vec();
+    let t = RegisterTile {
+        tile: Some(TileShape { rows: 8, lanes: 16 }),
+    }
+    .run(&k)
+    .expect("tile");
+    verify(&t).expect("verify");
+    let text = print_kernel_program(&t);
+    assert!(count_vector_loops(&t.body) > 0, "not tiled\n{text}");
+    assert!(
+        text.contains("in 0..8 (Parallel)"),
+        "tiles of rows not parallel\n{text}"
+    );
+    let got = run_kernel_program(&t, &inputs).expect("tiled")["c"].to_f64_vec();
+    assert_eq!(want.len(), got.len());
+    for (x, y) in want.iter().zip(&got) {
+        assert!(!x.is_nan(), "NaN");
+        assert_eq!(x.to_bits(), y.to_bits(), "{x} vs {y}");
+    }
 }

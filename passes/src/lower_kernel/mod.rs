@@ -153,6 +153,10 @@ pub struct LowerOptions {
     pub library_gemm: bool,
     /// Smallest `m·n·k` of one matrix product lowered to a gemm (see [`GEMM_MIN_MNK`]).
     pub gemm_min_mnk: u64,
+    /// Whether a transposed right operand of a matrix product is copied to contiguous rows in
+    /// blocks of columns, which keeps a CPU's gathers in its level-1 cache (on for CPU targets;
+    /// GPU targets keep the plain row-by-row copy that their schedule maps onto threads).
+    pub blocked_transposes: bool,
 }
 
 impl Default for LowerOptions {
@@ -161,15 +165,18 @@ impl Default for LowerOptions {
         LowerOptions {
             library_gemm: false,
             gemm_min_mnk: GEMM_MIN_MNK,
+            blocked_transposes: false,
         }
     }
 }
 
 impl LowerOptions {
-    /// Matrix products of at least [`GEMM_MIN_MNK`] as gemms.
+    /// Matrix products of at least [`GEMM_MIN_MNK`] as gemms, transposes copied in blocks: the
+    /// CPU targets.
     pub fn library() -> Self {
         LowerOptions {
             library_gemm: true,
+            blocked_transposes: true,
             ..LowerOptions::default()
         }
     }
