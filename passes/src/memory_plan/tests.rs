@@ -185,7 +185,10 @@ fn outlined_layers_share_their_temporaries() {
     let aliased = aliased_params(&q);
     assert_eq!(aliased.len(), 1);
     assert!(aliased[0].len() >= 2, "{aliased:?}");
-    assert!(aliased_params(&o).iter().all(Vec::is_empty), "no plan, no aliasing");
+    assert!(
+        aliased_params(&o).iter().all(Vec::is_empty),
+        "no plan, no aliasing"
+    );
     // The steps are the inlined program's statements: the plan holds there too.
     inlined.memory = q.memory.clone();
     assert_eq!(verify(&inlined), Ok(()));
