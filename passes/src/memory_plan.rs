@@ -4,11 +4,10 @@
 //! next layer's call reuses them.
 //!
 //! Lifetimes are [`tttc_ir::kernel::lifetimes`] over the program's steps (a top-level
-//! statement; a loop or a call as a whole). A call's arguments are all alive at its step, so
-//! they never share memory with each other and a function's parameters stay pairwise disjoint
-//! (LLVM's code marks them `noalias`); the temporaries within one layer therefore do not reuse
-//! each other's memory — the arena holds about one layer's temporaries plus what lives across
-//! layers. Placement is
+//! statement, a loop as a whole; a call is one step per statement of its function's body). So
+//! the temporaries within one layer share memory where their lifetimes inside the layer are
+//! disjoint, and two arguments of one call may overlap in the arena (LLVM then leaves
+//! `noalias` off those parameters: [`tttc_ir::kernel::aliased_params`]). Placement is
 //! greedy by size: the largest buffer first, each at the start of the smallest gap (best fit)
 //! between the already placed buffers whose lifetimes overlap its own, or after the last of
 //! them. Offsets and sizes are rounded up to [`ARENA_ALIGN_BYTES`]. The plan is recorded in the

@@ -21,8 +21,9 @@
 //! run, is not outlined.
 //!
 //! **Constants first.** Before the search, top-level statements that compute tables from
-//! nothing but constants (no program input; a model's RoPE angles) move to the front of the
-//! program, past statements that touch none of their buffers: the lowering builds such a table
+//! nothing but constants (no program input; a model's RoPE angles) into buffers no other
+//! statement writes move to the front of the program, past statements that touch none of
+//! their buffers: the lowering builds such a table
 //! inside the first layer that needs it, which would make the first layer differ from the
 //! others and be compiled on its own.
 //!
@@ -100,41 +101,58 @@ pub fn outline(p: &KernelProgram) -> KernelProgram {
 }
 
 /// The program's body with its *constant* top-level statements moved to the front, keeping
-/// their order: a statement is constant when it reads no program input and every buffer it
+/// their order: a statement is constant when it reads no program input, every buffer it
 /// reads but does not write is written by constant statements before it (tables such as a
-/// model's RoPE angles, built from iotas). A statement moves only past statements that touch
-/// none of its buffers, so every buffer sees the same accesses in the same order.
+/// model's RoPE angles, built from iotas), and no statement that stays in place writes a
+/// buffer it writes (so filling the padding rows of a layer's activation with zeros stays in
+/// its layer: hoisted, the activation would live from the program's start, and every layer's
+/// at once). A statement moves only past statements that touch none of its buffers, so every
+/// buffer sees the same accesses in the same order.
 ///
 /// The lowering computes a table shared by every layer where the first layer first needs it,
 /// inside that layer; moved out, the first layer repeats like the others and is outlined too.
 fn hoist_constants(p: &KernelProgram) -> Vec<Stmt> {
-    let mut constant: BTreeSet<BufId> = BTreeSet::new();
-    let mut touched: BTreeSet<BufId> = BTreeSet::new();
-    let (mut front, mut rest) = (Vec::new(), Vec::new());
-    for s in &p.body {
-        let used = buffers_used(std::slice::from_ref(s));
-        let written: BTreeSet<BufId> = s.stores().iter().map(|(b, _, _)| *b).collect();
-        let written: BTreeSet<BufId> = match s {
-            Stmt::Gemm(g) => written.into_iter().chain([g.c.buf]).collect(),
-            _ => written,
-        };
-        let hoist = !matches!(s, Stmt::Call { .. } | Stmt::Barrier)
-            && !used.is_empty()
-            && used.iter().all(|b| {
-                !touched.contains(b)
-                    && !matches!(p.buffers[b.0 as usize].kind, BufferKind::Input(_))
-                    && (written.contains(b) || constant.contains(b))
-            });
-        if hoist {
-            constant.extend(written);
-            front.push(s.clone());
-        } else {
-            touched.extend(used);
-            rest.push(s.clone());
+    let written_by = |s: &Stmt| -> BTreeSet<BufId> {
+        let written = s.stores().into_iter().map(|(b, _, _)| b);
+        match s {
+            Stmt::Gemm(g) => written.chain([g.c.buf]).collect(),
+            _ => written.collect(),
         }
+    };
+    // Buffers that statements staying in place write: grows until no hoisted statement
+    // writes one (each round keeps at least one more statement in place, or stops).
+    let mut kept_writes: BTreeSet<BufId> = BTreeSet::new();
+    loop {
+        let mut constant: BTreeSet<BufId> = BTreeSet::new();
+        let mut touched: BTreeSet<BufId> = BTreeSet::new();
+        let (mut front, mut rest) = (Vec::new(), Vec::new());
+        let mut rest_writes: BTreeSet<BufId> = BTreeSet::new();
+        for s in &p.body {
+            let used = buffers_used(std::slice::from_ref(s));
+            let written = written_by(s);
+            let hoist = !matches!(s, Stmt::Call { .. } | Stmt::Barrier)
+                && !used.is_empty()
+                && written.is_disjoint(&kept_writes)
+                && used.iter().all(|b| {
+                    !touched.contains(b)
+                        && !matches!(p.buffers[b.0 as usize].kind, BufferKind::Input(_))
+                        && (written.contains(b) || constant.contains(b))
+                });
+            if hoist {
+                constant.extend(written);
+                front.push(s.clone());
+            } else {
+                touched.extend(used);
+                rest_writes.extend(written);
+                rest.push(s.clone());
+            }
+        }
+        if constant.is_disjoint(&rest_writes) {
+            front.extend(rest);
+            return front;
+        }
+        kept_writes.extend(rest_writes);
     }
-    front.extend(rest);
-    front
 }
 
 /// What a buffer slot keeps of its buffer in a canonical form.

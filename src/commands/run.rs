@@ -213,8 +213,17 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             )?
         }
         false => {
+            // Intermediates not asked for are dropped from the program before it is lowered:
+            // nothing computes or stores what only they need (their memory counts in the peak).
+            let mut run_program = std::borrow::Cow::Borrowed(&bound.program);
+            if !args.dump_intermediates && !program.intermediates.is_empty() {
+                run_program
+                    .to_mut()
+                    .graph
+                    .retain_outputs(|o| !program.intermediates.contains(&o.name));
+            }
             let spinner = Progress::spinner("compiling");
-            let prepared = prepare_with(args.backend, &bound.program, tc)?;
+            let prepared = prepare_with(args.backend, &run_program, tc)?;
             spinner.finish();
             prepared.run(&bound.inputs).map_err(Failure::from)?
         }

@@ -12,9 +12,10 @@
 //!   the same in every iteration, and the loop runs at least once where it is computed).
 //! - **Register accumulators.** A buffer the loop stores to, whose every access in the loop is
 //!   at one and the same index that does not mention the loop variable, is loaded once before
-//!   the loop, kept in a register, and stored once after it. Distinct buffers never overlap
-//!   (each is its own allocation or caller tensor), so no other access can see the element in
-//!   between.
+//!   the loop, kept in a register, and stored once after it. Distinct buffers a loop touches
+//!   never overlap (each is its own allocation, a caller tensor, or a memory-plan arena region
+//!   that no buffer alive in the same top-level statement overlaps), so no other access can
+//!   see the element in between.
 //! - **SIMD.** The loop gets a vector body (`f32x4` / `f64x2`) followed by a scalar remainder
 //!   when every store's index is `base + v` (coefficient 1 in the loop variable `v`), every load
 //!   that is not hoisted is too, and every access of a buffer the loop stores to uses exactly

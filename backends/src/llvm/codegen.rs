@@ -22,7 +22,8 @@
 //! - for every kernel function `k` ([`tttc_ir::kernel::KernelFunction`], a repeated layer),
 //!   `tttc.fn.k(T* noalias params..., T* noalias scratch...)`, marked `noinline` so that
 //!   LLVM optimizes and compiles each layer once: it takes its parameters' buffers (a call's
-//!   arguments are pairwise distinct) and any program-wide scratch copies its body uses, and
+//!   arguments are pairwise distinct buffers; those the memory plan lets overlap in the arena,
+//!   [`tttc_ir::kernel::aliased_params`], are not `noalias`) and any program-wide scratch copies its body uses, and
 //!   its parallel loops are outlined into workers like the body's. A [`Stmt::Call`] is a call
 //!   of it with the arguments' pointers.
 //!
@@ -435,6 +436,9 @@ impl<'ctx> Gen<'_, 'ctx> {
     fn kernel_functions(&mut self) -> Result<(), LlvmError> {
         let p = self.p;
         let a = self.a;
+        // Parameters that share arena memory with another in some call (the memory plan lets
+        // a layer's temporaries with disjoint lifetimes inside it overlap) are not `noalias`.
+        let aliased = tttc_ir::kernel::aliased_params(p);
         for (k, kf) in p.functions.iter().enumerate() {
             let mut takes = kf.params.clone();
             takes.extend(
@@ -446,8 +450,11 @@ impl<'ctx> Gen<'_, 'ctx> {
                 takes.iter().map(|_| self.ptrt.into()).collect();
             let f = self.define(&format!("tttc.fn.{k}"), &params, Linkage::Internal);
             f.add_attribute(AttributeLoc::Function, self.noinline);
+            let shared = aliased.get(k).map_or(&[][..], Vec::as_slice);
             for i in 0..takes.len() {
-                f.add_attribute(AttributeLoc::Param(i as u32), self.noalias);
+                if shared.binary_search(&i).is_err() {
+                    f.add_attribute(AttributeLoc::Param(i as u32), self.noalias);
+                }
             }
             let mut st = self.state(f, false);
             for (i, &id) in takes.iter().enumerate() {

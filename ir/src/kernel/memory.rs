@@ -2,12 +2,14 @@
 //! that temporaries whose lifetimes do not overlap share memory (across layers too).
 //!
 //! **Time.** A program runs as a sequence of *steps*: each top-level statement of the body is
-//! one step — a loop as a whole, whatever it does inside, and a [`Stmt::Call`] as a whole,
-//! touching every argument (and whatever else its function's body touches). A call's arguments
-//! are therefore never placed over each other: code generators may keep treating a function's
-//! parameters as pairwise disjoint (LLVM's `noalias`). Since each statement of a function body
-//! touches a subset of what its call touches, a plan that holds for `p` also holds for
-//! [`super::inline_calls`]`(p)`.
+//! one step — a loop as a whole, whatever it does inside — and a [`Stmt::Call`] is one step per
+//! top-level statement of its function's body, each touching what that statement touches with
+//! the parameters renamed to the call's arguments. The steps of `p` are therefore exactly the
+//! top-level statements of [`super::inline_calls`]`(p)`, so a plan that holds for `p` holds for
+//! it, and the temporaries of one layer (a call's arguments) share memory where their lifetimes
+//! inside the layer are disjoint. Two arguments of one call may thus overlap in the arena: a
+//! code generator that treats a function's parameters as pairwise disjoint (LLVM's `noalias`)
+//! must drop that for the parameters [`aliased_params`] names.
 //!
 //! **Lifetimes.** A buffer's [`Lifetime`] is the first and last step that touches it (reads or
 //! writes it anywhere inside the step). Two buffers whose lifetimes are disjoint never hold a
@@ -70,21 +72,26 @@ impl Lifetime {
 
 /// The buffers each step of `p` touches, in order (see the module documentation).
 pub fn steps(p: &KernelProgram) -> Vec<BTreeSet<BufId>> {
-    let per_function: Vec<BTreeSet<BufId>> =
-        p.functions.iter().map(|f| buffers_used(&f.body)).collect();
     let mut out = Vec::with_capacity(p.body.len());
     for s in &p.body {
         match s {
             Stmt::Call { func, args } => {
-                let mut step: BTreeSet<BufId> = args.iter().copied().collect();
-                if let (Some(f), Some(used)) =
-                    (p.function(*func), per_function.get(func.0 as usize))
-                {
-                    let rename: BTreeMap<BufId, BufId> =
-                        f.params.iter().copied().zip(args.iter().copied()).collect();
-                    step.extend(used.iter().map(|b| rename.get(b).copied().unwrap_or(*b)));
+                let Some(f) = p.function(*func) else {
+                    // A call of no function (the verifier rejects it): one step touching its
+                    // arguments.
+                    out.push(args.iter().copied().collect());
+                    continue;
+                };
+                let rename: BTreeMap<BufId, BufId> =
+                    f.params.iter().copied().zip(args.iter().copied()).collect();
+                for t in &f.body {
+                    out.push(
+                        buffers_used(std::slice::from_ref(t))
+                            .into_iter()
+                            .map(|b| rename.get(&b).copied().unwrap_or(b))
+                            .collect(),
+                    );
                 }
-                out.push(step);
             }
             s => out.push(buffers_used(std::slice::from_ref(s))),
         }
@@ -106,4 +113,42 @@ pub fn lifetimes(p: &KernelProgram) -> BTreeMap<BufId, Lifetime> {
         }
     }
     out
+}
+
+/// For each function of `p`, the indices of its parameters that share arena memory with
+/// another parameter in some call (their elements overlap in [`KernelProgram::memory`]'s
+/// arena), sorted; all empty without a plan. The other parameters are disjoint from every other
+/// parameter in every call.
+pub fn aliased_params(p: &KernelProgram) -> Vec<Vec<usize>> {
+    let mut out: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); p.functions.len()];
+    let Some(plan) = &p.memory else {
+        return vec![Vec::new(); p.functions.len()];
+    };
+    for s in &p.body {
+        let Stmt::Call { func, args } = s else {
+            continue;
+        };
+        let Some(marks) = out.get_mut(func.0 as usize) else {
+            continue;
+        };
+        // (start, end, parameter index) of the placed arguments.
+        let spans: Vec<(u64, u64, usize)> = args
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &b)| {
+                let start = plan.offset_of(b)?;
+                let len = p.buffer(b)?.len() as u64;
+                (len > 0).then_some((start, start + len, i))
+            })
+            .collect();
+        for (x, &(start, end, i)) in spans.iter().enumerate() {
+            for &(s2, e2, j) in &spans[x + 1..] {
+                if start < e2 && s2 < end {
+                    marks.insert(i);
+                    marks.insert(j);
+                }
+            }
+        }
+    }
+    out.into_iter().map(|m| m.into_iter().collect()).collect()
 }

@@ -23,7 +23,7 @@ mod walk;
 
 pub use expand::expand_gemm;
 pub use inline::inline_calls;
-pub use memory::{lifetimes, steps, Lifetime, MemoryPlan, Placement};
+pub use memory::{aliased_params, lifetimes, steps, Lifetime, MemoryPlan, Placement};
 pub use print::{describe_stmt, first_statement_id, print_kernel_program, statement_by_id};
 pub use verify::{verify, VerifyError, MAX_EXPR_DEPTH, MAX_LOOP_DEPTH};
 pub use walk::{buffers_used, vars_used, Access};

@@ -245,3 +245,37 @@ fn runs_are_found_apart() {
     );
     assert!(same_program(&inline_calls(&o), &p));
 }
+
+#[test]
+fn only_constant_tables_move_to_the_front() {
+    // h = x; pad = 0 (then overwritten from x: a padded activation, not a table); k = 1 (a
+    // table); y = pad + k.
+    let mut b = Builder::new();
+    let x = b.buf("x", BufferKind::Input("x".into()), MemorySpace::Global);
+    let h = b.temp("h");
+    let pad = b.temp("pad");
+    let k = b.temp("k");
+    let y = b.buf("y", BufferKind::Output("y".into()), MemorySpace::Global);
+    b.elementwise(Schedule::Serial, h, |i| Value::load(x, i));
+    b.elementwise(Schedule::Serial, pad, |_| Value::Const(0.0));
+    b.elementwise(Schedule::Serial, pad, |i| Value::load(x, i));
+    b.elementwise(Schedule::Serial, k, |_| Value::Const(1.0));
+    b.elementwise(Schedule::Serial, y, |i| {
+        Value::binary(
+            BinaryOp::Add,
+            Value::load(pad, i.clone()),
+            Value::load(k, i),
+        )
+    });
+    let s = &b.p.body;
+    // The table moves to the front; the zeroing of `pad` stays where it was, so `pad` does not
+    // live from the program's start.
+    let expected = vec![
+        s[3].clone(),
+        s[0].clone(),
+        s[1].clone(),
+        s[2].clone(),
+        s[4].clone(),
+    ];
+    assert_eq!(hoist_constants(&b.p), expected);
+}
