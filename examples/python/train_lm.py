@@ -60,8 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--val-batches", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    # Cranelift by default: it compiles the gradient program in seconds where LLVM takes
-    # minutes, and its training step was the faster one at hidden 256 (bench/TRAIN.md).
+    # Cranelift by default: it compiles the gradient program in about a second where LLVM
+    # takes tens of seconds to minutes on 2 cores; LLVM's steps are faster once compiled
+    # (bench/TRAIN.md), which pays off for long runs.
     p.add_argument("--backend", default="cranelift", choices=["llvm", "cranelift"])
     p.add_argument("--precision", default="float32", choices=["float32", "float64"])
     p.add_argument("--checkpoint-every", type=int, default=4,
