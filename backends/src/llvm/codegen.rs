@@ -572,6 +572,22 @@ impl<'ctx> Gen<'_, 'ctx> {
         Ok(())
     }
 
+    /// Parameter types of an outlined function taking the captured buffers (pointers) and then
+    /// the captured loop variables (`i64`).
+    fn capture_params(
+        &self,
+        bufs: &[(BufId, PointerValue<'ctx>)],
+        vars: &[(VarId, IntValue<'ctx>)],
+    ) -> Vec<BasicMetadataTypeEnum<'ctx>> {
+        let mut params: Vec<BasicMetadataTypeEnum> =
+            bufs.iter().map(|_| self.ptrt.into()).collect();
+        params.extend(
+            vars.iter()
+                .map(|_| BasicMetadataTypeEnum::from(self.lower.i64t)),
+        );
+        params
+    }
+
     /// Outlines `run` (statements inside a parallel worker) into
     /// `tttc.part.k(T* noalias bufs..., i64 vars...)`, `noinline`, taking the buffers and the
     /// enclosing loop variables it uses, and calls it here. The buffers are the worker's own
@@ -586,40 +602,15 @@ impl<'ctx> Gen<'_, 'ctx> {
                 None => return internal(format!("b{} is not allocated in a worker", id.0)),
             }
         }
-        let vars: Vec<(VarId, IntValue<'ctx>)> = vars_used(run)
-            .into_iter()
-            .filter_map(|v| {
-                st.vars
-                    .iter()
-                    .rev()
-                    .find(|(w, _)| *w == v)
-                    .map(|&(_, x)| (v, x))
-            })
-            .collect();
-        let mut params: Vec<BasicMetadataTypeEnum> =
-            bufs.iter().map(|_| self.ptrt.into()).collect();
-        params.extend(
-            vars.iter()
-                .map(|_| BasicMetadataTypeEnum::from(self.lower.i64t)),
-        );
+        let vars = captured_vars(st, run, None);
+        let params = self.capture_params(&bufs, &vars);
         let f = self.define(&format!("tttc.part.{k}"), &params, Linkage::Internal);
         f.add_attribute(AttributeLoc::Function, self.noinline);
         for i in 0..bufs.len() {
             f.add_attribute(AttributeLoc::Param(i as u32), self.noalias);
         }
         let mut ps = self.state(f, true);
-        for (n, (id, _)) in bufs.iter().enumerate() {
-            let Some(BasicValueEnum::PointerValue(p)) = f.get_nth_param(n as u32) else {
-                return internal("missing part buffer parameter");
-            };
-            ps.bufs.insert(*id, p);
-        }
-        for (n, (v, _)) in vars.iter().enumerate() {
-            let Some(BasicValueEnum::IntValue(x)) = f.get_nth_param((bufs.len() + n) as u32) else {
-                return internal("missing part variable parameter");
-            };
-            ps.vars.push((*v, x));
-        }
+        bind_captures(&mut ps, f, &bufs, &vars)?;
         self.stmts_inline(&mut ps, run)?;
         self.finish(&ps)?;
         let args: Vec<BasicMetadataValueEnum> = bufs
@@ -756,25 +747,10 @@ impl<'ctx> Gen<'_, 'ctx> {
             .filter(|id| !own.contains(id))
             .filter_map(|id| st.bufs.get(&id).map(|&p| (id, p)))
             .collect();
-        let vars: Vec<(VarId, IntValue<'ctx>)> = vars_used(body)
-            .into_iter()
-            .filter(|v| *v != var)
-            .filter_map(|v| {
-                st.vars
-                    .iter()
-                    .rev()
-                    .find(|(w, _)| *w == v)
-                    .map(|&(_, x)| (v, x))
-            })
-            .collect();
+        let vars = captured_vars(st, body, Some(var));
 
         // tttc.wbody.k(T* noalias bufs..., i64 vars..., i64 begin, i64 end)
-        let mut params: Vec<BasicMetadataTypeEnum> =
-            bufs.iter().map(|_| self.ptrt.into()).collect();
-        params.extend(
-            vars.iter()
-                .map(|_| BasicMetadataTypeEnum::from(self.lower.i64t)),
-        );
+        let mut params = self.capture_params(&bufs, &vars);
         params.extend([
             BasicMetadataTypeEnum::from(self.lower.i64t),
             BasicMetadataTypeEnum::from(self.lower.i64t),
@@ -786,18 +762,7 @@ impl<'ctx> Gen<'_, 'ctx> {
         {
             let mut ws = self.state(wbody, true);
             let param = |n: usize| wbody.get_nth_param(n as u32);
-            for (n, (id, _)) in bufs.iter().enumerate() {
-                let Some(BasicValueEnum::PointerValue(p)) = param(n) else {
-                    return internal("missing worker buffer parameter");
-                };
-                ws.bufs.insert(*id, p);
-            }
-            for (n, (v, _)) in vars.iter().enumerate() {
-                let Some(BasicValueEnum::IntValue(x)) = param(bufs.len() + n) else {
-                    return internal("missing worker variable parameter");
-                };
-                ws.vars.push((*v, x));
-            }
+            bind_captures(&mut ws, wbody, &bufs, &vars)?;
             let n = bufs.len() + vars.len();
             let (Some(BasicValueEnum::IntValue(begin)), Some(BasicValueEnum::IntValue(end))) =
                 (param(n), param(n + 1))
@@ -943,4 +908,47 @@ impl<'ctx> FnState<'ctx> {
             vars: &self.vars,
         }
     }
+}
+
+/// The enclosing loop variables `stmts` use (all but `except`) with their values in `st`, the
+/// innermost binding of each: what an outlined function of `stmts` takes as parameters.
+fn captured_vars<'ctx>(
+    st: &FnState<'ctx>,
+    stmts: &[Stmt],
+    except: Option<VarId>,
+) -> Vec<(VarId, IntValue<'ctx>)> {
+    vars_used(stmts)
+        .into_iter()
+        .filter(|v| Some(*v) != except)
+        .filter_map(|v| {
+            st.vars
+                .iter()
+                .rev()
+                .find(|(w, _)| *w == v)
+                .map(|&(_, x)| (v, x))
+        })
+        .collect()
+}
+
+/// Binds an outlined function's leading parameters — the captured buffers, then the captured
+/// loop variables, as [`Gen::capture_params`] lays them out — in its state `fs`.
+fn bind_captures<'ctx>(
+    fs: &mut FnState<'ctx>,
+    f: FunctionValue<'ctx>,
+    bufs: &[(BufId, PointerValue<'ctx>)],
+    vars: &[(VarId, IntValue<'ctx>)],
+) -> Result<(), LlvmError> {
+    for (n, (id, _)) in bufs.iter().enumerate() {
+        let Some(BasicValueEnum::PointerValue(p)) = f.get_nth_param(n as u32) else {
+            return internal("missing buffer parameter of an outlined function");
+        };
+        fs.bufs.insert(*id, p);
+    }
+    for (n, (v, _)) in vars.iter().enumerate() {
+        let Some(BasicValueEnum::IntValue(x)) = f.get_nth_param((bufs.len() + n) as u32) else {
+            return internal("missing loop-variable parameter of an outlined function");
+        };
+        fs.vars.push((*v, x));
+    }
+    Ok(())
 }
