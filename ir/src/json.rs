@@ -87,10 +87,19 @@ impl<'de> Deserialize<'de> for Graph {
     }
 }
 
-/// Structural equality: two graphs are equal when their serialized forms (nodes renumbered in
-/// topological order) are equal.
+impl Graph {
+    /// The graph's structural identity: its serialized form (nodes renumbered in topological
+    /// order; the serialization holds no hash maps, so it is deterministic). Structurally equal
+    /// graphs have equal keys, so the key can index a map of graphs already processed. `None`
+    /// when the graph cannot be serialized.
+    pub fn structural_key(&self) -> Option<String> {
+        serde_json::to_string(self).ok()
+    }
+}
+
+/// Structural equality: two graphs are equal when their [`Graph::structural_key`]s are.
 impl PartialEq for Graph {
     fn eq(&self, other: &Self) -> bool {
-        serde_json::to_value(self).ok() == serde_json::to_value(other).ok()
+        self.structural_key() == other.structural_key()
     }
 }

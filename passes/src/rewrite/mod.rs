@@ -394,7 +394,7 @@ pub enum ScanGraphs {
 /// `step_vjp` graph of every scan's backward (`ttt_vjp`) in place with `stages`.
 ///
 /// Each distinct graph is rewritten once: a model's layers unroll into one scan per layer
-/// whose step graphs are equal (their serialized forms; the layers differ only
+/// whose step graphs are equal ([`Graph::structural_key`]; the layers differ only
 /// in the weights the scans read), and equality saturation on each again would make the
 /// compile time grow with depth for nothing. A repeat gets the first one's result (a copy of
 /// its report, under the repeat's label, with the time the lookup took).
@@ -406,8 +406,8 @@ fn rewrite_steps(
     which: ScanGraphs,
 ) -> Result<Vec<RewriteReport>, RewriteError> {
     let mut reports = Vec::new();
-    // Every distinct graph rewritten so far, by its serialized form (the one `Graph`'s
-    // `PartialEq` compares): the graph after and the report.
+    // Every distinct graph rewritten so far, by its structural key: the graph after and the
+    // report.
     let mut done: std::collections::HashMap<String, (Graph, RewriteReport)> =
         std::collections::HashMap::new();
     for id in graph.node_ids() {
@@ -428,7 +428,7 @@ fn rewrite_steps(
             continue;
         };
         let start = std::time::Instant::now();
-        let key = serde_json::to_string(step).ok();
+        let key = step.structural_key();
         if let Some((after, report)) = key.as_ref().and_then(|k| done.get(k)) {
             let mut report = report.clone();
             report.graph = label;
