@@ -128,7 +128,50 @@ fn program_cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "33:114",
             "`momentum_gd` has no argument `token_eta` (it takes size, lr, momentum, decay)",
         ),
+        (
+            "a rule that is not linear",
+            user_rule(
+                &base,
+                "S = m * S - lr * (grad + wd * state * S)",
+                "m = ttt_lr_eta",
+            ),
+            "41:28",
+            "rule `mwd` is not linear in (state, carries, grad): this multiplies two of them",
+        ),
+        (
+            "a rule with an unknown coefficient",
+            user_rule(&base, "S = mu * S - lr * grad", "m = ttt_lr_eta"),
+            "41:7",
+            "rule `mwd` has no coefficient, carry or `state`/`grad` named `mu`",
+        ),
+        (
+            "a rule with a constant term",
+            user_rule(&base, "S = m * S - lr * grad + wd", "m = ttt_lr_eta"),
+            "41:7",
+            "this adds a term without any of them",
+        ),
+        (
+            "a rule's coefficient of the wrong shape",
+            user_rule(&base, "S = m * S - lr * (grad + wd * state)", "m = token_eta"),
+            "33:67",
+            "`m` is [mini_batch_size]: it must have the shape of `lr`, [L] (a value per token)",
+        ),
     ]
+}
+
+/// `examples/ttt_linear.ttt` with a rule `mwd(lr, m, wd)` appended (line 39 on; its carry's
+/// update `carry_update` on line 41) and used by the scan (`m = ...` as given).
+fn user_rule(base: &str, carry_update: &str, m: &str) -> String {
+    let rule = format!(
+        "rule mwd(lr, m, wd) {{\n  carry S = 0\n  {carry_update}\n  state = state + S\n  read state\n}}\n"
+    );
+    assert_eq!(base.lines().count(), 38, "the example's length");
+    let text = base.replacen(
+        GD,
+        &format!("update mwd(size = mini_batch_size, lr = ttt_lr_eta, {m}, wd = ttt_lr_eta)"),
+        1,
+    );
+    format!("{text}{rule}")
 }
 
 /// `examples/ttt_linear.ttt`'s update rule, replaced by the `momentum_gd` variants below.

@@ -24,6 +24,7 @@ pub mod kernel;
 pub mod op;
 pub mod printer;
 pub mod program;
+pub mod rule;
 pub mod scan;
 pub mod shape;
 pub mod syntax;
@@ -34,5 +35,6 @@ pub use op::{BinaryOp, Op, ReduceOp, TypeError, UnaryOp};
 pub use program::{
     ConfigParam, ConfigValue, DerivedDim, DimExpr, IntegerInput, Program, Setting, Settings,
 };
+pub use rule::{LinearRule, Poly};
 pub use scan::{OperandAxes, OperandKind, TokenEtaForm, TttScan, UpdateRule, MINI_BATCH_DIM};
 pub use shape::{DType, Dim, NodeType, Shape, TensorType};

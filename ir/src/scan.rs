@@ -59,6 +59,7 @@
 
 use crate::graph::Graph;
 use crate::op::TypeError;
+use crate::rule::LinearRule;
 use crate::shape::{Dim, NodeType, Shape, TensorType};
 use serde::{Deserialize, Serialize};
 
@@ -155,7 +156,7 @@ pub enum TokenEtaForm {
 }
 
 /// A scan's update rule (see the module doc).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub enum UpdateRule {
     /// `minibatch_gd(size, token_eta, lr)`: mini-batch gradient descent.
     #[default]
@@ -163,6 +164,26 @@ pub enum UpdateRule {
     /// `momentum_gd(size, lr, momentum, decay)`: momentum and forgetting; one momentum buffer
     /// per state, carried as an extra scan state.
     MomentumGd,
+    /// A rule written in the language ([`LinearRule`]): its carry as an extra scan state per
+    /// state, laid out as `momentum_gd`'s (one carry; three per-token coefficient operands, the
+    /// ones the rule does not use zero).
+    Linear(Box<LinearRule>),
+}
+
+impl UpdateRule {
+    /// Whether the rule carries buffers across mini-batches as extra scan states (one per
+    /// state, after the model's states): `momentum_gd` and the rules written as code.
+    pub fn has_carries(&self) -> bool {
+        !matches!(self, UpdateRule::MinibatchGd)
+    }
+
+    /// The rule written as code, if it is one.
+    pub fn linear(&self) -> Option<&LinearRule> {
+        match self {
+            UpdateRule::Linear(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 /// The doubling rounds of `momentum_gd`'s segment products when the mini-batch size is not
@@ -207,18 +228,20 @@ impl TttScan {
     /// 2 (`token_eta`, `lr`) for `minibatch_gd`, 3 (`momentum`, `lr`, `decay`) for
     /// `momentum_gd`.
     pub fn coefficient_count(&self) -> usize {
-        match self.rule {
-            UpdateRule::MinibatchGd => 2,
-            UpdateRule::MomentumGd => 3,
+        if self.rule.has_carries() {
+            3
+        } else {
+            2
         }
     }
 
     /// Number of the inner model's states (the first entries of [`TttScan::states`]; the rest
     /// are the rule's carries).
     pub fn model_state_count(&self) -> usize {
-        match self.rule {
-            UpdateRule::MinibatchGd => self.states.len(),
-            UpdateRule::MomentumGd => self.states.len() / 2,
+        if self.rule.has_carries() {
+            self.states.len() / 2
+        } else {
+            self.states.len()
         }
     }
 
@@ -231,12 +254,11 @@ impl TttScan {
     /// [`TttScan::doubling_rounds`]), unbounded under `minibatch_gd`. Checked where the step
     /// runs (the interpreter, the kernel lowering).
     pub fn max_mini_batch(&self) -> usize {
-        match self.rule {
-            UpdateRule::MinibatchGd => usize::MAX,
-            UpdateRule::MomentumGd => {
-                let r = self.doubling_rounds.unwrap_or(DEFAULT_DOUBLING_ROUNDS);
-                1usize.checked_shl(r as u32).unwrap_or(usize::MAX)
-            }
+        if self.rule.has_carries() {
+            let r = self.doubling_rounds.unwrap_or(DEFAULT_DOUBLING_ROUNDS);
+            1usize.checked_shl(r as u32).unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
         }
     }
 
@@ -344,10 +366,11 @@ impl TttScan {
             self.model,
             self.per.join(", "),
             self.mini_batch,
-            match (self.rule, self.token_eta) {
-                (UpdateRule::MomentumGd, _) => " rule=momentum_gd",
-                (UpdateRule::MinibatchGd, TokenEtaForm::PerPosition) => "",
-                (UpdateRule::MinibatchGd, TokenEtaForm::PerToken) => " token_eta=per_token",
+            match (&self.rule, self.token_eta) {
+                (UpdateRule::MomentumGd, _) => " rule=momentum_gd".to_string(),
+                (UpdateRule::Linear(r), _) => format!(" rule={}", r.name),
+                (UpdateRule::MinibatchGd, TokenEtaForm::PerPosition) => String::new(),
+                (UpdateRule::MinibatchGd, TokenEtaForm::PerToken) => " token_eta=per_token".into(),
             },
             self.states.join(", "),
             self.params.join(", "),
@@ -408,13 +431,25 @@ impl TttScan {
         let loss_inputs = self.loss.inputs();
         let out_inputs = self.out.inputs();
         let nm = self.model_state_count();
-        if self.rule == UpdateRule::MomentumGd
+        if self.rule.has_carries()
             && (self.states.len() != 2 * nm || self.token_eta != TokenEtaForm::PerToken)
         {
             return e(format!(
-                "ttt: momentum_gd needs one carry per state and a per-token momentum ({} states)",
+                "ttt: a rule with carries needs one carry per state and per-token coefficients ({} states)",
                 self.states.len()
             ));
+        }
+        if let UpdateRule::Linear(r) = &self.rule {
+            r.check().map_err(TypeError)?;
+            if r.carries.len() != 1 || r.coefficients.len() > 3 {
+                return e(format!(
+                    "ttt: rule `{}` has {} carries and {} coefficients; a scan runs rules of one \
+                     carry and at most 3 coefficients",
+                    r.name,
+                    r.carries.len(),
+                    r.coefficients.len()
+                ));
+            }
         }
         for (i, t) in tys.iter().enumerate() {
             if t.dtype != dtype {
@@ -502,10 +537,14 @@ impl TttScan {
         out_dims.push(seq_len);
         out_dims.extend(out_ty.shape.0[1..].iter().cloned());
         let mut result = vec![TensorType::new(dtype, Shape(out_dims))];
-        let carried = loss_inputs.iter().take(nm).chain(match self.rule {
-            UpdateRule::MinibatchGd => loss_inputs[..0].iter(),
-            UpdateRule::MomentumGd => loss_inputs[..nm.min(loss_inputs.len())].iter(),
-        });
+        let carried = loss_inputs
+            .iter()
+            .take(nm)
+            .chain(if self.rule.has_carries() {
+                loss_inputs[..nm.min(loss_inputs.len())].iter()
+            } else {
+                loss_inputs[..0].iter()
+            });
         for &input in carried {
             let Some(st) = self.loss.tensor_type(input) else {
                 return e("ttt: the loss graph lacks a state input".into());

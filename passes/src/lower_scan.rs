@@ -43,11 +43,13 @@
 //! already taken gets `$` prefixes; only positions matter to the step's users). Its outputs are
 //! `out` `[k, rest...]` and `next_<state>` for every state, as [`TttScan::step`] documents.
 
+mod rule;
+
 use std::collections::BTreeMap;
 use tttc_ir::scan::DEFAULT_DOUBLING_ROUNDS;
 use tttc_ir::{
     BinaryOp, DType, Dim, Graph, GraphError, NodeId, Op, Program, Shape, TensorType, TttScan,
-    UnaryOp, UpdateRule, MINI_BATCH_DIM,
+    UnaryOp, MINI_BATCH_DIM,
 };
 
 use crate::batch::{batch_graph, BatchError};
@@ -133,7 +135,7 @@ pub fn lower_scans(program: &mut Program) -> Result<(), LowerScanError> {
         let step = step_graph(scan, id.index(), rounds)?;
         if let Some(Op::Ttt(scan)) = program.graph.node_mut(id).map(|n| &mut n.op) {
             scan.step = Some(step);
-            if scan.rule == UpdateRule::MomentumGd {
+            if scan.rule.has_carries() {
                 scan.doubling_rounds = Some(rounds);
             }
         }
@@ -302,9 +304,9 @@ impl StepBuilder<'_> {
                 ns + np + no
             )));
         }
-        let momentum = scan.rule == UpdateRule::MomentumGd;
+        let momentum = scan.rule.has_carries();
         if momentum && scan.states.len() != 2 * ns {
-            return Err(self.malformed("momentum_gd needs one carry per state"));
+            return Err(self.malformed("a rule with carries needs one carry per state"));
         }
         let k = self.k.clone();
 
@@ -403,13 +405,25 @@ impl StepBuilder<'_> {
 
         // The per-token states; under minibatch_gd the next states are built after the
         // outputs (the order of the step graph's nodes, as the snapshots show it).
-        let (theta_all, rule) = match decay {
-            None => {
+        let (theta_all, rule) = match (decay, scan.rule.linear()) {
+            (None, _) => {
                 let (theta_all, eta, iota) =
                     self.gd_states(&states, &grads, token_eta, lr, dtype)?;
                 (theta_all, Pending::Gd { eta, iota })
             }
-            Some(decay) => {
+            (Some(decay), Some(rule)) => {
+                let (theta_all, nexts) = self.rule_states(
+                    rule,
+                    &states,
+                    &carries,
+                    &grads,
+                    &state_types,
+                    &[token_eta, lr, decay],
+                    dtype,
+                )?;
+                (theta_all, Pending::Done(nexts))
+            }
+            (Some(decay), None) => {
                 let iota = self.leaf(Op::Iota { len: k.clone() }, dtype)?;
                 let onehot = self.last_row_selector(iota, dtype)?;
                 let c = Coefficients {

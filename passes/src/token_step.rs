@@ -29,9 +29,7 @@
 //! and closing a mini-batch is `θ0 ← partial`.
 
 use crate::batch::{batch_graph, batch_outputs, BatchError};
-use tttc_ir::{
-    BinaryOp, Dim, Graph, GraphError, NodeId, Op, Shape, TensorType, TttScan, UpdateRule,
-};
+use tttc_ir::{BinaryOp, Dim, Graph, GraphError, NodeId, Op, Shape, TensorType, TttScan};
 
 /// Why a token-step graph could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +97,24 @@ pub mod names {
     pub const Z: &str = "z";
 }
 
+/// `Σ terms`, or `0 · like` when there is none.
+fn sum_nodes(
+    g: &mut Graph,
+    terms: Vec<NodeId>,
+    like: NodeId,
+    dtype: tttc_ir::DType,
+) -> Result<NodeId, GraphError> {
+    let mut it = terms.into_iter();
+    let Some(mut sum) = it.next() else {
+        let zero = g.add_const(0.0, dtype);
+        return g.add(Op::Binary { fun: BinaryOp::Mul }, &[like, zero]);
+    };
+    for t in it {
+        sum = g.add(Op::Binary { fun: BinaryOp::Add }, &[sum, t])?;
+    }
+    Ok(sum)
+}
+
 /// Builds the token step of `scan` (its graphs already specialized to concrete dimensions)
 /// batched over `n` slices. Inputs, in order: `theta.<s>` for every state, `partial.<s>` for
 /// every state, `param.<i>`, `loss.<i>`, `out.<i>`, `lr`, `eta`, and `decay` under
@@ -122,7 +138,7 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
         .grad
         .as_ref()
         .ok_or_else(|| TokenStepError::MissingGradient(model.clone()))?;
-    let momentum = scan.rule == UpdateRule::MomentumGd;
+    let momentum = scan.rule.has_carries();
     let (ns, np, nl, no) = (
         scan.model_state_count(),
         scan.params.len(),
@@ -184,15 +200,64 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
     let scalar = TensorType::new(dtype, Shape::scalar());
     let lr = one.add_input(names::LR, scalar.clone()).map_err(ir)?;
     let eta = one.add_input(names::ETA, scalar.clone()).map_err(ir)?;
-    let keep = if momentum {
+    let (keep, decay) = if momentum {
         let decay = one.add_input(names::DECAY, scalar).map_err(ir)?;
         let one_c = one.add_const(1.0, dtype);
-        Some(
-            one.add(Op::Binary { fun: BinaryOp::Sub }, &[one_c, decay])
-                .map_err(ir)?,
-        )
+        let keep = one
+            .add(Op::Binary { fun: BinaryOp::Sub }, &[one_c, decay])
+            .map_err(ir)?;
+        (Some(keep), Some(decay))
     } else {
-        None
+        (None, None)
+    };
+    // A rule written as code: its recurrence's entries over the coefficients (eta, lr, decay
+    // slots), each a scalar node (None: zero).
+    let linear = match (scan.rule.linear(), decay) {
+        (Some(rule), Some(decay)) => {
+            let coefs = [eta, lr, decay];
+            let mut poly = |p: &tttc_ir::Poly| -> Result<Option<NodeId>, TokenStepError> {
+                let mut sum: Option<NodeId> = None;
+                for (c, m) in &p.0 {
+                    let mut term = one.add_const(*c, dtype);
+                    for &i in m {
+                        let x = *coefs
+                            .get(i)
+                            .ok_or_else(|| malformed(format!("the rule uses coefficient #{i}")))?;
+                        term = one
+                            .add(Op::Binary { fun: BinaryOp::Mul }, &[term, x])
+                            .map_err(ir)?;
+                    }
+                    sum = Some(match sum {
+                        None => term,
+                        Some(s) => one
+                            .add(Op::Binary { fun: BinaryOp::Add }, &[s, term])
+                            .map_err(ir)?,
+                    });
+                }
+                Ok(sum)
+            };
+            let mut t = Vec::new();
+            for row in &rule.transition {
+                let mut r = Vec::new();
+                for p in row {
+                    r.push(poly(p)?);
+                }
+                t.push(r);
+            }
+            let mut b = Vec::new();
+            for p in &rule.gradient {
+                b.push(poly(p)?);
+            }
+            let mut u = Vec::new();
+            for p in &rule.read {
+                u.push(poly(p)?);
+            }
+            if t.len() != 2 {
+                return Err(malformed("a scan runs rules of one carry".into()));
+            }
+            Some((t, b, u))
+        }
+        _ => None,
     };
 
     // g = ∇θ loss(θ0; token): the gradient graph inlined (nothing batched).
@@ -215,6 +280,40 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
             .position(|o| o.name == name)
             .ok_or_else(|| malformed(format!("the gradient graph has no `{name}`")))?;
         let g = grads[pos].node;
+        if let Some((t, b, u)) = &linear {
+            // x' = T x + b g on the current values; the token reads u · x'.
+            let x = [
+                partial[i],
+                partial
+                    .get(ns + i)
+                    .copied()
+                    .ok_or_else(|| malformed("a rule needs one carry per state".into()))?,
+            ];
+            let mut new = Vec::with_capacity(2);
+            for (row, bp) in t.iter().zip(b) {
+                let mut terms: Vec<NodeId> = Vec::new();
+                for (w, &xq) in row.iter().zip(&x) {
+                    if let Some(w) = *w {
+                        terms.push(mul(&mut one, w, xq).map_err(ir)?);
+                    }
+                }
+                if let Some(bp) = *bp {
+                    terms.push(mul(&mut one, bp, g).map_err(ir)?);
+                }
+                new.push(sum_nodes(&mut one, terms, x[0], dtype).map_err(ir)?);
+            }
+            let mut terms: Vec<NodeId> = Vec::new();
+            for (w, &xn) in u.iter().zip(&new) {
+                if let Some(w) = *w {
+                    terms.push(mul(&mut one, w, xn).map_err(ir)?);
+                }
+            }
+            let read = sum_nodes(&mut one, terms, x[0], dtype).map_err(ir)?;
+            next_partial.push(new[0]);
+            next_carry.push(new[1]);
+            theta_p.push(read);
+            continue;
+        }
         let scaled = mul(&mut one, lr, g).map_err(ir)?;
         if let Some(keep) = keep {
             // S' = η S − ρ g, W' = (1 − α) W + S' on the current values.

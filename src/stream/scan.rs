@@ -8,9 +8,7 @@ use super::StreamError;
 use crate::execute::{Backend, Prepared};
 use std::collections::{BTreeMap, HashMap};
 use tttc_ir::program::specialize_scan;
-use tttc_ir::{
-    Graph, Op, OperandAxes, OperandKind, Program, Shape, TensorType, TttScan, UpdateRule,
-};
+use tttc_ir::{Graph, Op, OperandAxes, OperandKind, Program, Shape, TensorType, TttScan};
 use tttc_passes::token_step::{names, token_step_graph};
 use tttc_runtime::{ElemType, Tensor};
 
@@ -254,7 +252,7 @@ impl ScanRuntime {
         // Step size of chunk token `t` at mini-batch position `position`: a column `[n]` of the
         // per-position `token_eta`, or of the chunk's per-token rows.
         let (nl, no) = (scan.loss_args.len(), scan.out_args.len());
-        let momentum = scan.rule == UpdateRule::MomentumGd;
+        let momentum = scan.rule.has_carries();
         let eta_of = |rows: &Option<Vec<Tensor>>, t: usize, position: usize| match token_eta {
             Some(e) => column(e, position),
             None => {
@@ -399,9 +397,10 @@ impl ScanRuntime {
                     let name = &scan.states[s];
                     let theta = to_slices(op, per, per_sizes)?;
                     // momentum_gd's partial holds the current values, minibatch_gd's the sums.
-                    let partial = match scan.rule {
-                        UpdateRule::MomentumGd => theta.clone(),
-                        UpdateRule::MinibatchGd => Tensor::zeros(theta.shape().to_vec(), elem),
+                    let partial = if scan.rule.has_carries() {
+                        theta.clone()
+                    } else {
+                        Tensor::zeros(theta.shape().to_vec(), elem)
                     };
                     self.inputs.insert(names::theta(name), theta);
                     self.inputs.insert(names::partial(name), partial);
@@ -547,7 +546,7 @@ impl ScanRuntime {
             let mut shape = vec![n];
             shape.extend(&next.shape()[per_sizes.len()..]);
             let next = reshape(next, shape)?;
-            if scan.rule == UpdateRule::MomentumGd {
+            if scan.rule.has_carries() {
                 // The current values are the block's end too.
                 self.inputs.insert(names::partial(s), next.clone());
             }

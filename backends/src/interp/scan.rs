@@ -86,7 +86,7 @@ impl Seq<'_, '_, '_> {
         let loss_args: Vec<Arr<T>> = it.by_ref().take(nl).collect();
         let out_args: Vec<Arr<T>> = it.by_ref().take(no).collect();
         let coefficients: Vec<Arr<T>> = it.collect();
-        let momentum = self.rule == UpdateRule::MomentumGd;
+        let momentum = self.rule.has_carries();
         let (eta, lr, decay) = match (momentum, &coefficients[..]) {
             (false, [eta, lr]) => (eta.clone(), lr.clone(), None),
             (true, [eta, lr, decay]) => (eta.clone(), lr.clone(), Some(decay.clone())),
@@ -252,17 +252,32 @@ impl Seq<'_, '_, '_> {
             let k = k_max.min(l - start);
             let w0: Vec<Arr<T>> = theta[..nm].to_vec();
             for t in start..start + k {
-                let (e, r, a) = (
+                let (e, r, d) = (
                     coefficient(eta, t, "momentum")?,
                     coefficient(lr, t, "lr")?,
-                    T::ONE - coefficient(decay, t, "decay")?,
+                    coefficient(decay, t, "decay")?,
                 );
+                let a = T::ONE - d;
+                // A rule written as code: its T_t, b_t, u_t at this token.
+                let linear = self.rule.linear().map(|rule| {
+                    let values = [e.to_f64(), r.to_f64(), d.to_f64()];
+                    let at = |p: &tttc_ir::Poly| T::from_f64(p.eval(&values));
+                    let t: Vec<Vec<T>> = rule
+                        .transition
+                        .iter()
+                        .map(|row| row.iter().map(at).collect())
+                        .collect();
+                    let b: Vec<T> = rule.gradient.iter().map(at).collect();
+                    let u: Vec<T> = rule.read.iter().map(at).collect();
+                    (t, b, u)
+                });
                 let mut inputs: Vec<Value> = w0.iter().cloned().map(T::wrap).collect();
                 inputs.extend(args.params.iter().cloned().map(T::wrap));
                 for a in args.loss_args {
                     inputs.push(T::wrap(token(a, t).map_err(|m| self.invalid(m))?));
                 }
                 let grads = grad_plan.run(inputs)?;
+                let mut reads: Vec<Arr<T>> = Vec::new();
                 let (w, s) = theta.split_at_mut(nm);
                 for (i, (w, s)) in w.iter_mut().zip(s.iter_mut()).enumerate() {
                     let g = grad_index.get(i).and_then(|&p| grads.get(p));
@@ -277,12 +292,37 @@ impl Seq<'_, '_, '_> {
                     if s.shape != w.shape {
                         return Err(self.invalid(format!("carry {i} has the wrong shape")));
                     }
+                    if let Some((tm, b, u)) = &linear {
+                        // x_t = T_t x_{t−1} + b_t g_t; the token reads u_t · x_t.
+                        if tm.len() != 2 || b.len() != 2 || u.len() != 2 {
+                            return Err(self.invalid("a scan runs rules of one carry"));
+                        }
+                        let mut read = w.clone();
+                        for (((wv, sv), &gv), rv) in w
+                            .data
+                            .iter_mut()
+                            .zip(&mut s.data)
+                            .zip(&g.data)
+                            .zip(&mut read.data)
+                        {
+                            let (w0, s0) = (*wv, *sv);
+                            *wv = tm[0][0] * w0 + tm[0][1] * s0 + b[0] * gv;
+                            *sv = tm[1][0] * w0 + tm[1][1] * s0 + b[1] * gv;
+                            *rv = u[0] * *wv + u[1] * *sv;
+                        }
+                        reads.push(read);
+                        continue;
+                    }
                     for ((wv, sv), &gv) in w.data.iter_mut().zip(&mut s.data).zip(&g.data) {
                         *sv = e * *sv - r * gv;
                         *wv = a * *wv + *sv;
                     }
                 }
-                let states = &theta[..nm];
+                let states = if linear.is_some() {
+                    &reads[..]
+                } else {
+                    &theta[..nm]
+                };
                 self.push_output_token(
                     out_plan,
                     states,
@@ -614,7 +654,7 @@ pub(super) fn eval_ttt<T: Elem>(
         engine,
         mini_batch,
         eta_form: scan.token_eta,
-        rule: scan.rule,
+        rule: scan.rule.clone(),
         model_states: scan.model_state_count(),
         max_mini_batch: scan.max_mini_batch(),
         counts,

@@ -22,7 +22,7 @@ use super::value::{numel, Arr, Elem, Value};
 use super::{InterpError, Plan};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 use tttc_ir::program::specialize_graph;
-use tttc_ir::{Graph, NodeId, TokenEtaForm, TttScan, UpdateRule, MINI_BATCH_DIM};
+use tttc_ir::{Graph, NodeId, TokenEtaForm, TttScan, MINI_BATCH_DIM};
 
 /// The step and step-VJP graphs specialized to one mini-batch length.
 struct Plans<'h> {
@@ -153,7 +153,7 @@ pub(super) fn eval_ttt_vjp<T: Elem>(
         seq_len,
         group,
         eta_per_token: scan.token_eta == TokenEtaForm::PerToken,
-        has_decay: scan.rule == UpdateRule::MomentumGd,
+        has_decay: scan.rule.has_carries(),
     };
 
     let mut grads: Vec<ArrayD<T>> = operands

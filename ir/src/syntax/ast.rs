@@ -199,8 +199,34 @@ pub enum Item {
     Inner(Box<InnerDecl>),
     /// The program's entry point.
     Main(MainDecl),
+    /// An update rule written as code.
+    Rule(Box<RuleDecl>),
     /// `import "path.ttt"`: the configs, functions and inner models of another file.
     Import(String, Span),
+}
+
+/// One statement of a `rule`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RuleStmt {
+    /// `carry NAME = 0`: a carry of the state's shape, starting at zero.
+    Carry(Ident, Expr),
+    /// `NAME = expr`: the new value of `state` or of a carry.
+    Assign(Ident, Expr),
+    /// `read expr`: what a token's output reads.
+    Read(Expr, Span),
+}
+
+/// `rule NAME(coefficients) { statements }`: an update rule written as code.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleDecl {
+    /// The rule's name (used in `update NAME(...)`).
+    pub name: Ident,
+    /// Its per-token coefficients, the arguments of `update NAME(...)` besides `size`.
+    pub params: Vec<Ident>,
+    /// The statements, in order.
+    pub stmts: Vec<RuleStmt>,
+    /// The whole declaration.
+    pub span: Span,
 }
 
 /// A parsed file.

@@ -16,6 +16,7 @@ pub fn parse(tokens: &[Token]) -> Result<File, Diagnostic> {
         tokens,
         pos: 0,
         depth: 0,
+        in_rule: false,
     };
     let mut file = File::default();
     while !p.at_eof() {
@@ -29,6 +30,8 @@ struct Parser<'a> {
     pos: usize,
     /// Current nesting depth (see [`MAX_NESTING`]).
     depth: usize,
+    /// Inside a `rule`, where `state` names the rule's state.
+    in_rule: bool,
 }
 
 type PResult<T> = Result<T, Diagnostic>;
@@ -202,6 +205,7 @@ impl<'a> Parser<'a> {
             Tok::Ident(k) if k == "fn" => Ok(Item::Fn(self.fn_decl()?)),
             Tok::Ident(k) if k == "inner" => Ok(Item::Inner(Box::new(self.inner()?))),
             Tok::Ident(k) if k == "main" => Ok(Item::Main(self.main()?)),
+            Tok::Ident(k) if k == "rule" => Ok(Item::Rule(Box::new(self.rule()?))),
             Tok::Ident(k) if k == "import" => {
                 self.bump();
                 match &self.peek().tok {
@@ -212,7 +216,7 @@ impl<'a> Parser<'a> {
                     _ => self.error("a file name in double quotes"),
                 }
             }
-            _ => self.error("`import`, `config`, `fn`, `inner` or `main`"),
+            _ => self.error("`import`, `config`, `fn`, `inner`, `rule` or `main`"),
         }
     }
 
@@ -474,6 +478,70 @@ impl<'a> Parser<'a> {
         let end = self.expect_punct("}")?.end;
         decl.span = start..end;
         Ok(decl)
+    }
+
+    /// `rule NAME(a, b, ...) { carry S = 0; S = ...; state = ...; read ... }`.
+    fn rule(&mut self) -> PResult<RuleDecl> {
+        let start = self.expect_keyword("rule")?.start;
+        let name = self.ident("the rule's name")?;
+        self.expect_punct("(")?;
+        let mut params = Vec::new();
+        while !self.is_punct(")") {
+            params.push(self.ident("a coefficient name")?);
+            if !self.eat_punct(",") {
+                break;
+            }
+        }
+        self.expect_punct(")")?;
+        self.expect_punct("{")?;
+        self.in_rule = true;
+        let stmts = self.rule_stmts();
+        self.in_rule = false;
+        let stmts = stmts?;
+        let end = self.expect_punct("}")?.end;
+        Ok(RuleDecl {
+            name,
+            params,
+            stmts,
+            span: start..end,
+        })
+    }
+
+    /// The statements of a `rule`, up to its `}`.
+    fn rule_stmts(&mut self) -> PResult<Vec<RuleStmt>> {
+        let mut stmts = Vec::new();
+        while !self.is_punct("}") {
+            let t = self.peek();
+            let stmt = match &t.tok {
+                Tok::Ident(k) if k == "carry" => {
+                    self.bump();
+                    let name = self.ident("a carry name")?;
+                    self.expect_punct("=")?;
+                    RuleStmt::Carry(name, self.expr()?)
+                }
+                Tok::Ident(k) if k == "read" => {
+                    let span = self.bump().span.clone();
+                    RuleStmt::Read(self.expr()?, span)
+                }
+                Tok::Ident(k) if k == "state" => {
+                    let target = Ident {
+                        name: k.clone(),
+                        span: self.bump().span.clone(),
+                    };
+                    self.expect_punct("=")?;
+                    RuleStmt::Assign(target, self.expr()?)
+                }
+                Tok::Ident(_) => {
+                    let target = self.ident("`state` or a carry")?;
+                    self.expect_punct("=")?;
+                    RuleStmt::Assign(target, self.expr()?)
+                }
+                _ => return self.error("`carry`, `state = ...`, `NAME = ...`, `read` or `}`"),
+            };
+            stmts.push(stmt);
+            self.eat_punct(";");
+        }
+        Ok(stmts)
     }
 
     fn main(&mut self) -> PResult<MainDecl> {
@@ -791,6 +859,13 @@ impl<'a> Parser<'a> {
                 Ok(e)
             }
             Tok::Ident(k) if k == "ttt" => self.ttt(),
+            Tok::Ident(k) if k == "state" && self.in_rule => {
+                self.bump();
+                Ok(Expr {
+                    kind: ExprKind::Name(k.clone()),
+                    span,
+                })
+            }
             Tok::Ident(k) if k == "true" || k == "false" => {
                 let b = k == "true";
                 self.bump();

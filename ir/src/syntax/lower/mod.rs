@@ -8,6 +8,7 @@
 
 mod consteval;
 mod expr;
+mod rule;
 mod ttt;
 
 use super::ast::*;
@@ -226,6 +227,8 @@ pub(super) struct Ctx<'a> {
     dtype: DType,
     fns: HashMap<&'a str, (&'a FnDecl, usize)>,
     inners: HashMap<&'a str, (&'a InnerDecl, usize)>,
+    /// The update rules written as code, checked, with the declaration's name.
+    rules: HashMap<&'a str, (crate::rule::LinearRule, &'a Ident)>,
     configs: BTreeMap<String, ConfigValue>,
     /// Dimension names of the program (integer configs, input shapes, `dim`s).
     global_dims: BTreeSet<String>,
@@ -243,6 +246,7 @@ fn lower_items(
         dtype,
         fns: HashMap::new(),
         inners: HashMap::new(),
+        rules: HashMap::new(),
         configs: BTreeMap::new(),
         global_dims: BTreeSet::new(),
         expr_depth: std::cell::Cell::new(0),
@@ -299,6 +303,24 @@ fn lower_items(
                     .in_source(src));
                 }
                 ttt::check_inner(i).map_err(|d| d.in_source(src))?;
+            }
+            Item::Rule(r) => {
+                let name = r.name.name.as_str();
+                if matches!(name, "minibatch_gd" | "momentum_gd") {
+                    return Err(Diagnostic::new(
+                        format!("`{name}` is a built-in update rule and cannot be redefined"),
+                        r.name.span.clone(),
+                    )
+                    .in_source(src));
+                }
+                let derived = rule::derive_rule(r, src)?;
+                if ctx.rules.insert(name, (derived, &r.name)).is_some() {
+                    return Err(Diagnostic::new(
+                        format!("update rule `{name}` is defined twice"),
+                        r.name.span.clone(),
+                    )
+                    .in_source(src));
+                }
             }
             Item::Main(m) => {
                 if main.is_some() {

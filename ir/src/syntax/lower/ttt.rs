@@ -283,17 +283,46 @@ pub(super) fn lower_ttt(
             bind(g, &mut dims, &p.name, shape, true)?;
         }
     }
-    // The update rule.
-    let (rule, arg_names): (UpdateRule, &[&str]) = match ttt.rule.name.as_str() {
-        "minibatch_gd" => (UpdateRule::MinibatchGd, &["size", "token_eta", "lr"]),
-        "momentum_gd" => (UpdateRule::MomentumGd, &["size", "lr", "momentum", "decay"]),
-        other => {
-            return Err(diag(
-                src,
-                format!("unknown update rule `{other}` (known: minibatch_gd, momentum_gd)"),
-                ttt.rule.span.clone(),
-            ))
-        }
+    // The update rule: a built-in, or one written as code (`rule NAME(...) { ... }`).
+    let (rule, arg_names): (UpdateRule, Vec<&str>) = match ttt.rule.name.as_str() {
+        "minibatch_gd" => (UpdateRule::MinibatchGd, vec!["size", "token_eta", "lr"]),
+        "momentum_gd" => (
+            UpdateRule::MomentumGd,
+            vec!["size", "lr", "momentum", "decay"],
+        ),
+        other => match ctx.rules.get(other) {
+            Some((r, _)) => {
+                if r.carries.len() != 1 || r.coefficients.len() > 3 {
+                    return Err(diag(
+                        src,
+                        format!(
+                            "update rule `{other}` has {} carries and {} coefficients; a scan runs \
+                             rules of one carry and at most 3 coefficients for now",
+                            r.carries.len(),
+                            r.coefficients.len()
+                        ),
+                        ttt.rule.span.clone(),
+                    ));
+                }
+                let mut names = vec!["size"];
+                names.extend(r.coefficients.iter().map(String::as_str));
+                (UpdateRule::Linear(Box::new(r.clone())), names)
+            }
+            None => {
+                let mut known: Vec<&str> = vec!["minibatch_gd", "momentum_gd"];
+                let mut user: Vec<&str> = ctx.rules.keys().copied().collect();
+                user.sort_unstable();
+                known.extend(user);
+                return Err(diag(
+                    src,
+                    format!(
+                        "unknown update rule `{other}` (known: {})",
+                        known.join(", ")
+                    ),
+                    ttt.rule.span.clone(),
+                ));
+            }
+        },
     };
     let rule_name = ttt.rule.name.as_str();
     let mut size: Option<Dim> = None;
@@ -349,21 +378,23 @@ pub(super) fn lower_ttt(
         )
     };
     let size = size.ok_or_else(|| missing("size"))?;
-    // The coefficient operands, in operand order: `token_eta, lr` or `momentum, lr, decay`.
-    let order: &[&str] = match rule {
-        UpdateRule::MinibatchGd => &["token_eta", "lr"],
-        UpdateRule::MomentumGd => &["momentum", "lr", "decay"],
+    // The coefficient operands, in operand order: `token_eta, lr`, `momentum, lr, decay`, or
+    // a rule's coefficients in its order (padded with zeros to three below).
+    let order: Vec<&str> = match &rule {
+        UpdateRule::MinibatchGd => vec!["token_eta", "lr"],
+        UpdateRule::MomentumGd => vec!["momentum", "lr", "decay"],
+        UpdateRule::Linear(_) => arg_names[1..].to_vec(),
     };
     let mut slices = Vec::with_capacity(order.len());
     let mut coefficients = Vec::with_capacity(order.len());
-    for &name in order {
+    for &name in &order {
         let e = *values.get(name).ok_or_else(|| missing(name))?;
         let id = tensor(ctx, g, env, e)?;
         let (ax, slice) = axes_of(id, &e.span, g)?;
         coefficients.push((id, ax));
         slices.push((slice, e));
     }
-    let token_eta_form = match (rule, slices.as_slice()) {
+    let token_eta_form = match (&rule, slices.as_slice()) {
         (UpdateRule::MinibatchGd, [(eta, _), _]) if *eta == Shape(vec![size.clone()]) => {
             TokenEtaForm::PerPosition
         }
@@ -404,13 +435,60 @@ pub(super) fn lower_ttt(
             }
             TokenEtaForm::PerToken
         }
-        _ => return Err(missing(order[0])),
+        (UpdateRule::Linear(_), [(first, fe), rest @ ..]) => {
+            if first.rank() != 1 {
+                return Err(diag(
+                    src,
+                    format!(
+                        "after removing the `per` dims `{}` is {first}: the coefficients of `{rule_name}` \
+                         are per-token values, [L]",
+                        order[0]
+                    ),
+                    fe.span.clone(),
+                ));
+            }
+            for ((shape, e), name) in rest.iter().zip(&order[1..]) {
+                if shape != first {
+                    return Err(diag(
+                        src,
+                        format!(
+                            "after removing the `per` dims `{name}` is {shape}: it must have the \
+                             shape of `{}`, {first} (a value per token)",
+                            order[0]
+                        ),
+                        e.span.clone(),
+                    ));
+                }
+            }
+            TokenEtaForm::PerToken
+        }
+        _ => return Err(missing(order.first().copied().unwrap_or("size"))),
     };
+    // A rule with fewer than three coefficients gets zero operands for the rest (the scan's
+    // operand layout is `momentum_gd`'s).
+    if let UpdateRule::Linear(_) = &rule {
+        let (first, ax) = coefficients[0].clone();
+        while coefficients.len() < 3 {
+            let ty = g
+                .tensor_type(first)
+                .cloned()
+                .ok_or_else(|| diag(src, "expected a tensor", ttt.rule.span.clone()))?;
+            let zero = g.add_const(0.0, ty.dtype);
+            let zero = add(
+                g,
+                Op::Expand { shape: ty.shape },
+                &[zero],
+                &ttt.rule.span,
+                src,
+            )?;
+            coefficients.push((zero, ax.clone()));
+        }
+    }
     // Under momentum_gd every state carries a momentum buffer, a scan state starting at zero:
     // its initial operand is a zero of the state's bound shape, mapped like the state.
     let n_model = roles.states.len();
     let mut states: Vec<String> = roles.states.iter().map(|s| s.name.name.clone()).collect();
-    if rule == UpdateRule::MomentumGd {
+    if rule.has_carries() {
         let mut carries = Vec::with_capacity(n_model);
         let mut carry_axes = Vec::with_capacity(n_model);
         for s in 0..n_model {
@@ -432,7 +510,13 @@ pub(super) fn lower_ttt(
             carries.push(zero);
             carry_axes.push(ax);
         }
-        let carry_names: Vec<String> = states.iter().map(|s| TttScan::carry_name(s)).collect();
+        let carry_names: Vec<String> = match &rule {
+            UpdateRule::Linear(r) => states
+                .iter()
+                .map(|s| format!("{s}_{}", r.carries[0]))
+                .collect(),
+            _ => states.iter().map(|s| TttScan::carry_name(s)).collect(),
+        };
         if let Some(taken) = carry_names
             .iter()
             .find(|c| all_names.iter().any(|n| n.name == **c))
@@ -440,8 +524,13 @@ pub(super) fn lower_ttt(
             return Err(diag(
                 src,
                 format!(
-                    "`momentum_gd` carries a momentum buffer `{taken}` for a state, but `{}` \
+                    "`{rule_name}` carries a {} `{taken}` for a state, but `{}` \
                      already has a state, parameter or token argument of that name",
+                    if rule == UpdateRule::MomentumGd {
+                        "momentum buffer"
+                    } else {
+                        "buffer"
+                    },
                     inner.name.name
                 ),
                 ttt.rule.span.clone(),

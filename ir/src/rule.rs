@@ -1,0 +1,158 @@
+//! Update rules written in the language (`rule NAME(coefficients) { ... }`): a linear
+//! recurrence over the per-token gradient, as the compiler keeps it after checking the rule.
+//!
+//! The rule's vector is `x = [state; carries]` (one entry per tensor of the state's shape).
+//! Per token `t` of a mini-batch, with `g_t` the gradient at the mini-batch's starting state:
+//!
+//! ```text
+//! x_t   = T_t x_{t−1} + b_t g_t          T_t: n×n, b_t: n  (n = 1 + carries)
+//! read_t = u_t · x_t                      what token t's output reads
+//! ```
+//!
+//! and the mini-batch hands on its last `x`. Every entry of `T_t`, `b_t` and `u_t` is a
+//! polynomial ([`Poly`]) in the rule's per-token coefficients at token `t`. The chunked form
+//! of a mini-batch (mixing weights `u_i T_i ⋯ T_{j+1} b_j`, carry weights `u_i T_i ⋯ T_0`) is
+//! derived from them by the scan lowering (`passes/src/lower_scan/rule.rs`).
+
+use serde::{Deserialize, Serialize};
+
+/// A polynomial in the rule's coefficients: `Σ c · Π coef[i]` over its monomials, each a
+/// constant and the (sorted) indices of the coefficients it multiplies.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Poly(pub Vec<(f64, Vec<usize>)>);
+
+impl Poly {
+    /// The zero polynomial.
+    pub fn zero() -> Poly {
+        Poly(Vec::new())
+    }
+
+    /// A constant.
+    pub fn constant(c: f64) -> Poly {
+        Poly(vec![(c, Vec::new())]).normalized()
+    }
+
+    /// Coefficient `i`.
+    pub fn coefficient(i: usize) -> Poly {
+        Poly(vec![(1.0, vec![i])])
+    }
+
+    /// Whether it is identically zero.
+    pub fn is_zero(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Like monomials merged, zero ones dropped, in a canonical order.
+    pub fn normalized(mut self) -> Poly {
+        for (_, m) in &mut self.0 {
+            m.sort_unstable();
+        }
+        self.0.sort_by(|a, b| a.1.cmp(&b.1));
+        let mut out: Vec<(f64, Vec<usize>)> = Vec::with_capacity(self.0.len());
+        for (c, m) in self.0 {
+            match out.last_mut() {
+                Some(last) if last.1 == m => last.0 += c,
+                _ => out.push((c, m)),
+            }
+        }
+        out.retain(|(c, _)| *c != 0.0);
+        Poly(out)
+    }
+
+    /// `self + other`.
+    pub fn add(&self, other: &Poly) -> Poly {
+        Poly(self.0.iter().chain(&other.0).cloned().collect()).normalized()
+    }
+
+    /// `c · self`.
+    pub fn scale(&self, c: f64) -> Poly {
+        Poly(self.0.iter().map(|(k, m)| (k * c, m.clone())).collect()).normalized()
+    }
+
+    /// `self · other`.
+    pub fn mul(&self, other: &Poly) -> Poly {
+        let mut out = Vec::with_capacity(self.0.len() * other.0.len());
+        for (a, ma) in &self.0 {
+            for (b, mb) in &other.0 {
+                let mut m = ma.clone();
+                m.extend(mb);
+                out.push((a * b, m));
+            }
+        }
+        Poly(out).normalized()
+    }
+
+    /// Its value for the coefficients' values `values` (missing ones read as 0).
+    pub fn eval(&self, values: &[f64]) -> f64 {
+        self.0
+            .iter()
+            .map(|(c, m)| {
+                m.iter()
+                    .fold(*c, |acc, &i| acc * values.get(i).copied().unwrap_or(0.0))
+            })
+            .sum()
+    }
+
+    /// The highest coefficient index it uses, if any.
+    pub fn max_coefficient(&self) -> Option<usize> {
+        self.0.iter().flat_map(|(_, m)| m.iter().copied()).max()
+    }
+}
+
+/// A checked update rule: the recurrence of the module doc.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinearRule {
+    /// The rule's name (for display only).
+    pub name: String,
+    /// The rule's coefficients, in the order of the scan's coefficient operands.
+    pub coefficients: Vec<String>,
+    /// The carries' names, in order (entries `1..` of `x`).
+    pub carries: Vec<String>,
+    /// `T_t`, row-major `n × n`: row `p` says how entry `p` of `x_t` is made of `x_{t−1}`.
+    pub transition: Vec<Vec<Poly>>,
+    /// `b_t`: the gradient's weight in every entry of `x_t`.
+    pub gradient: Vec<Poly>,
+    /// `u_t`: what token `t` reads, `u_t · x_t`.
+    pub read: Vec<Poly>,
+}
+
+impl LinearRule {
+    /// `n = 1 + carries`: the entries of the rule's vector.
+    pub fn size(&self) -> usize {
+        1 + self.carries.len()
+    }
+
+    /// Whether the rule has the documented shape (`n × n`, `n`, `n`) and uses no coefficient
+    /// beyond its list.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.size();
+        if self.transition.len() != n
+            || self.transition.iter().any(|r| r.len() != n)
+            || self.gradient.len() != n
+            || self.read.len() != n
+        {
+            return Err(format!(
+                "rule `{}`: the transition must be {n}x{n} and the gradient and read weights {n} long",
+                self.name
+            ));
+        }
+        let used = self
+            .transition
+            .iter()
+            .flatten()
+            .chain(&self.gradient)
+            .chain(&self.read)
+            .filter_map(Poly::max_coefficient)
+            .max();
+        if let Some(i) = used {
+            if i >= self.coefficients.len() {
+                return Err(format!(
+                    "rule `{}` uses coefficient #{i} but has {}",
+                    self.name,
+                    self.coefficients.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}

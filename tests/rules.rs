@@ -1,0 +1,317 @@
+//! Update rules written in the language (issue 21 item 3): `examples/momentum_weight_decay.ttt`
+//! (momentum without forgetting plus a per-head weight decay, a rule neither built-in covers)
+//! against vectors of an independent hand-derived NumPy per-token loop (`tools/rule_ref.py`,
+//! `tests/golden/rules`): L = 37 tokens in mini-batches of 16 (a remainder of 5), momentum
+//! values with exact zeros and a negative one. And `momentum_gd` written as a rule against
+//! `momentum_gd`'s own vectors (`tests/golden/momentum`): the derived chunked form is the
+//! built-in's.
+//!
+//! Tolerances, relative to max |expected| (tests/common/compare.rs): f64 1e-9 (measured
+//! ~1e-15: the chunked form's sums in another order than the loop's); f32 2e-5 against the
+//! float64 loop (measured ~4e-7). One-shot, token by token (the interpreter's literal
+//! recurrence), streamed in random chunks and saved/resumed mid-mini-batch, on every built
+//! backend; gradients through the scan against central finite differences. The diagnostics of
+//! malformed rules: tests/errors.rs.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tttc::runtime::Tensor;
+use tttc::stream::{split_chunks, Session};
+use tttc::{bind, Backend, Precision};
+
+const PROGRAM: &str = "examples/momentum_weight_decay.ttt";
+const STEM: &str = "momentum_weight_decay_B1_H2_L37_f8_K16";
+
+fn file(dir: &str, stem: &str, suffix: &str) -> PathBuf {
+    root()
+        .join("tests/golden")
+        .join(dir)
+        .join(format!("{stem}{suffix}"))
+}
+
+fn tolerance(precision: &str) -> f64 {
+    if precision == "f64" {
+        1e-9
+    } else {
+        2e-5
+    }
+}
+
+/// Every tensor of the reference `expected` in `got`.
+fn check(expected: &Path, precision: &str, got: &BTreeMap<String, Tensor>, what: &str) {
+    let expected = load(expected);
+    assert!(expected.contains_key("Z") && expected.len() >= 5);
+    for (name, want) in &expected {
+        let got = got
+            .get(name)
+            .unwrap_or_else(|| panic!("{what}: no output `{name}`"));
+        assert_tensor_close(&format!("{what}: {name}"), got, want, tolerance(precision));
+    }
+}
+
+/// `tttc run PROGRAM` on `inputs`; `extra` are more arguments.
+fn run(
+    program: &Path,
+    inputs: &Path,
+    backend: &str,
+    precision: &str,
+    extra: &[&str],
+) -> BTreeMap<String, Tensor> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.safetensors");
+    let (program_s, inputs_s, out_s) = (
+        program.display().to_string(),
+        inputs.display().to_string(),
+        out.display().to_string(),
+    );
+    let mut args = vec![
+        "run",
+        &program_s,
+        "--inputs",
+        &inputs_s,
+        "--out",
+        &out_s,
+        "--precision",
+        precision,
+        "--backend",
+        backend,
+    ];
+    args.extend(extra);
+    let r = tttc(&args);
+    assert!(
+        r.status.success(),
+        "{program_s} {backend} {precision} {extra:?}: {}",
+        text(&r)
+    );
+    load(&out)
+}
+
+#[test]
+fn a_rule_as_code_matches_the_numpy_loop_on_every_backend() {
+    let inputs = file("rules", STEM, ".inputs.safetensors");
+    let expected = file("rules", STEM, ".expected.safetensors");
+    for backend in backends() {
+        for precision in ["f64", "f32"] {
+            let got = run(&root().join(PROGRAM), &inputs, backend, precision, &[]);
+            check(
+                &expected,
+                precision,
+                &got,
+                &format!("{STEM} {backend} {precision}"),
+            );
+        }
+    }
+    // Token by token: the interpreter after `autodiff` runs the literal recurrence (no step
+    // graph, no chunked form).
+    let got = run(
+        &root().join(PROGRAM),
+        &inputs,
+        "interp",
+        "f64",
+        &["--stop-after", "autodiff"],
+    );
+    check(&expected, "f64", &got, "token by token");
+}
+
+/// Random chunkings (single tokens, pieces inside and across mini-batches): whole mini-batches
+/// by the step graph, the rest by the token step.
+#[test]
+fn a_rule_as_code_streams_in_random_chunks_on_every_backend() {
+    let inputs = file("rules", STEM, ".inputs.safetensors");
+    let expected = file("rules", STEM, ".expected.safetensors");
+    let len = load(&inputs)["XQ"].shape()[2];
+    for (j, backend) in backends().into_iter().enumerate() {
+        let mut rng = common::random::Lcg(j as u64 + 5);
+        let mut sizes = Vec::new();
+        let mut left = len;
+        while left > 0 {
+            let x = rng.next_u64();
+            let n = match (x >> 33) % 3 {
+                0 => 1,
+                1 => 1 + (x >> 40) as usize % 7,
+                _ => 16 + (x >> 40) as usize % 20,
+            }
+            .min(left);
+            sizes.push(n.to_string());
+            left -= n;
+        }
+        let chunks = sizes.join(",");
+        let got = run(
+            &root().join(PROGRAM),
+            &inputs,
+            backend,
+            "f64",
+            &["--chunks", &chunks],
+        );
+        check(
+            &expected,
+            "f64",
+            &got,
+            &format!("{backend} --chunks {chunks}"),
+        );
+    }
+}
+
+/// A session saved in the middle of a mini-batch (the carries and the mini-batch start in the
+/// state file) resumes exactly as if uninterrupted and ends at the reference.
+#[test]
+fn a_rule_session_saved_mid_mini_batch_resumes_on_every_backend() {
+    let settings = tttc::Settings::default();
+    let program = tttc::compile_file(&root().join(PROGRAM), Precision::F64, &settings).unwrap();
+    let inputs = load(&file("rules", STEM, ".inputs.safetensors"));
+    let bound = bind(&program, &inputs, &settings, Precision::F64.elem()).unwrap();
+    let plan = tttc::stream::plan::plan(&program).unwrap();
+    let (tokens, weights): (BTreeMap<_, _>, BTreeMap<_, _>) = bound
+        .inputs
+        .into_iter()
+        .partition(|(k, _)| plan.token_inputs.contains_key(k));
+    // 21 tokens (position 5 of the second mini-batch), save, then across the boundary.
+    let chunks = split_chunks(&tokens, &plan.token_inputs, &[17, 4, 3, 9, 4]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let backends: Vec<Backend> = backends()
+        .into_iter()
+        .filter_map(|b| match b {
+            "interp" => Some(Backend::Interp),
+            "llvm" => Some(Backend::Llvm),
+            "cranelift" => Some(Backend::Cranelift),
+            _ => None,
+        })
+        .collect();
+    for backend in backends {
+        let new_session = || {
+            Session::new(
+                backend,
+                program.clone(),
+                weights.clone(),
+                settings.clone(),
+                Precision::F64,
+            )
+            .unwrap()
+        };
+        let what = backend.name();
+        let state = dir.path().join(format!("{what}.state"));
+        let (mut whole, mut first) = (new_session(), new_session());
+        for chunk in &chunks[..2] {
+            whole.feed(chunk).unwrap();
+            first.feed(chunk).unwrap();
+        }
+        first.save(&state).unwrap();
+        drop(first);
+        let mut resumed = new_session();
+        resumed.load(&state).unwrap();
+        assert_eq!(resumed.position(), 21);
+        let mut last = BTreeMap::new();
+        for chunk in &chunks[2..] {
+            let want = whole.feed(chunk).unwrap();
+            last = resumed.feed(chunk).unwrap();
+            for (name, w) in &want {
+                assert_tensor_close(&format!("{what} resumed: {name}"), &last[name], w, 0.0);
+            }
+        }
+        let expected = load(&file("rules", STEM, ".expected.safetensors"));
+        for name in ["W1_last", "W1_S", "b1_S"] {
+            assert_tensor_close(
+                &format!("{what} resumed: final {name}"),
+                &last[name],
+                &expected[name],
+                1e-9,
+            );
+        }
+    }
+}
+
+/// `momentum_gd` written as a rule (`examples/momentum_linear.ttt` with its `update` replaced)
+/// reproduces `momentum_gd`'s reference vectors on every backend, one-shot and token by token.
+#[test]
+fn momentum_gd_written_as_a_rule_matches_its_vectors() {
+    let text = std::fs::read_to_string(root().join("examples/momentum_linear.ttt")).unwrap();
+    let builtin =
+        "update momentum_gd(size = mini_batch_size, lr = lr, momentum = momentum, decay = decay)";
+    assert!(text.contains(builtin));
+    let text = text.replacen(
+        builtin,
+        "update titans(size = mini_batch_size, lr = lr, eta = momentum, decay = decay)",
+        1,
+    ) + "\nrule titans(lr, eta, decay) {\n  carry momentum = 0\n  \
+         momentum = eta * momentum - lr * grad\n  state = (1 - decay) * state + momentum\n  \
+         read state\n}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("titans.ttt");
+    std::fs::write(&program, text).unwrap();
+    std::fs::copy(
+        root().join("examples/ttt_linear.ttt"),
+        dir.path().join("ttt_linear.ttt"),
+    )
+    .unwrap();
+    let stem = "momentum_linear_B1_H2_L37_f8_K16";
+    let inputs = file("momentum", stem, ".inputs.safetensors");
+    let expected = file("momentum", stem, ".expected.safetensors");
+    for backend in backends() {
+        let got = run(&program, &inputs, backend, "f64", &[]);
+        check(&expected, "f64", &got, &format!("titans {backend}"));
+    }
+    let got = run(
+        &program,
+        &inputs,
+        "interp",
+        "f64",
+        &["--stop-after", "autodiff"],
+    );
+    check(&expected, "f64", &got, "titans token by token");
+}
+
+/// Gradients through a rule written as code: the gradient program of the example against
+/// central finite differences along a random direction per input (weights, tokens, the
+/// per-token `lr` and `momentum`, the per-head `wd`), on the interpreter in f64. Tolerance:
+/// 1e-6 of the pairing's scale.
+#[test]
+fn a_rule_as_code_gradients_match_finite_differences() {
+    let text = std::fs::read_to_string(root().join(PROGRAM)).expect("example");
+    let settings = tttc::Settings::default();
+    let lowered = tttc::ir::syntax::compile(PROGRAM, &text, tttc::ir::DType::F64, &settings)
+        .unwrap_or_else(|e| panic!("{}", e.render(false)));
+    let program = tttc::optimize(lowered, None, false)
+        .expect("optimize")
+        .program;
+    let inputs: BTreeMap<String, Tensor> = load(&file("rules", STEM, ".inputs.safetensors"))
+        .into_iter()
+        .map(|(name, t)| {
+            let t64 = Tensor::from_f64(t.shape().to_vec(), t.to_f64_vec()).expect("sizes");
+            (name, t64)
+        })
+        .collect();
+    let expected = load(&file("rules", STEM, ".expected.safetensors"));
+    let mut rng = common::random::Lcg(23);
+    let cts: BTreeMap<String, Tensor> = expected
+        .iter()
+        .map(|(name, t)| {
+            let v = rng.vec(t.len(), 1.0);
+            (
+                name.clone(),
+                Tensor::from_f64(t.shape().to_vec(), v).expect("sizes"),
+            )
+        })
+        .collect();
+    let f = common::finite_diff::pairing(&program, &inputs, &cts, &settings).expect("forward");
+    let grads =
+        common::finite_diff::gradients(&program, &inputs, &cts, &settings, 1).expect("grad");
+    for name in inputs.keys() {
+        let g = grads
+            .get(name)
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let v = rng.vec(g.len(), 1.0);
+        let check =
+            common::finite_diff::directional(&program, &inputs, &cts, &settings, name, g, &v)
+                .expect("finite differences");
+        let tol = 1e-6 * check.scale + 1e-8 * (1.0 + f.abs());
+        assert!(
+            (check.autodiff - check.finite_differences).abs() <= tol,
+            "d{name}: autodiff {:e}, finite differences {:e} (tol {tol:e})",
+            check.autodiff,
+            check.finite_differences
+        );
+    }
+}
