@@ -4,7 +4,9 @@ weights, through `tttc bench` (llvm, f32), the two programs interleaved, medians
 programs' `tttc cost` (FLOPs and bytes of the optimized program and of the per-token primal
 form) and the hand-derived counts of the chunked forms (docs/language.md): per token and head
 minibatch_gd 6f^2 + 6Kf, momentum_gd 10f^2 + 6Kf + 2K^2 + 6RK (R = ceil(log2 K) doubling
-rounds). Run through bench/momentum.sh.
+rounds). `momentum_gd` is also run written as a rule (`rule titans`, below): the chunked form
+derived generically from the rule's recurrence (passes/src/lower_scan/rule.rs) against the
+built-in's hand-built one. Run through bench/momentum.sh.
 
 Environment: TTTC (default target/release/tttc), BENCH_ITERS (timed runs per `tttc bench`,
 default 10), BENCH_REPEATS (interleaved repeats, default 3), BENCH_SHAPE (B,H,L,f; default
@@ -48,6 +50,31 @@ def inputs(d):
     return paths
 
 
+RULE = """
+rule titans(lr, eta, decay) {
+  carry momentum = 0
+  momentum = eta * momentum - lr * grad
+  state = (1 - decay) * state + momentum
+  read state
+}
+"""
+
+
+def rule_program(d):
+    """examples/momentum_linear.ttt with momentum_gd written as a rule (the generic chunked
+    form derived from the rule's recurrence instead of the built-in's hand-built one)."""
+    import shutil
+    text = open(os.path.join(ROOT, "examples", "momentum_linear.ttt")).read()
+    builtin = "update momentum_gd(size = mini_batch_size, lr = lr, momentum = momentum, decay = decay)"
+    assert builtin in text
+    text = text.replace(builtin, "update titans(size = mini_batch_size, lr = lr, eta = momentum, decay = decay)") + RULE
+    shutil.copy(os.path.join(ROOT, "examples", "ttt_linear.ttt"), d)
+    path = os.path.join(d, "momentum_rule.ttt")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def tttc(*args):
     out = subprocess.run([TTTC, *args], check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
@@ -57,10 +84,12 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         mom_in, gd_in = inputs(d)
         cases = [("momentum_gd", "examples/momentum_linear.ttt", mom_in),
+                 ("momentum rule", rule_program(d), mom_in),
                  ("minibatch_gd", "examples/ttt_linear.ttt", gd_in)]
         rounds = math.ceil(math.log2(K))
         hand = {"momentum_gd": 10 * F * F + 6 * K * F + 2 * K * K + 6 * rounds * K,
                 "minibatch_gd": 6 * F * F + 6 * K * F}
+        hand["momentum rule"] = hand["momentum_gd"]
         print(f"TTT-Linear B={B} H={H} L={L} f={F} K={K}, llvm f32, {TTTC}")
         for name, prog, inp in cases:
             c = tttc("cost", prog, "--inputs", inp, "--json")
@@ -78,6 +107,8 @@ def main():
         for n, t in times.items():
             print(f"{n:>13}: prefill median {med[n]:.2f} ms (per repeat: {', '.join(f'{x:.2f}' for x in t)})")
         print(f"momentum_gd / minibatch_gd prefill: {med['momentum_gd'] / med['minibatch_gd']:.2f}x")
+        print(f"momentum rule / momentum_gd prefill: {med['momentum rule'] / med['momentum_gd']:.2f}x")
+        print(f"momentum rule / minibatch_gd prefill: {med['momentum rule'] / med['minibatch_gd']:.2f}x")
 
 
 if __name__ == "__main__":
