@@ -96,6 +96,9 @@ impl StepBuilder<'_> {
     ) -> Result<Vec<Vec<Entry>>, LowerScanError> {
         let k = self.k.clone();
         let n = t.len();
+        if let Some(q) = self.triangular_segment_products(t, iota, dtype)? {
+            return Ok(q);
+        }
         let diff = self.index_diff(iota)?;
         let above = self.step_plus(diff, -0.5, dtype)?; // i > m
         let lower = self.step_plus(diff, 0.5, dtype)?; // i >= m
@@ -162,6 +165,49 @@ impl StepBuilder<'_> {
             }
         }
         Ok(y)
+    }
+
+    /// `Q` of a 2×2 triangular transition (one off-diagonal entry structurally zero), without
+    /// doubling matrices: the diagonal entries are scalar segment products, and the
+    /// off-diagonal one a matrix product of them — for `T` upper triangular
+    /// `Q01[i, j] = Σ_{j<m≤i} Q00[i, m] T01_m Q11[m−1, j]`, i.e.
+    /// `Q00 @ (T01[:, None] ⊙ shift(Q11, 1))` (the shift puts row `m−1` at `m`; its zero first
+    /// row and the zeros above the diagonal give the range of `m`); lower triangular the
+    /// mirror. `None` if `T` is not of that form.
+    fn triangular_segment_products(
+        &mut self,
+        t: &[Vec<Entry>],
+        iota: NodeId,
+        dtype: DType,
+    ) -> Result<Option<Vec<Vec<Entry>>>, LowerScanError> {
+        let [r0, r1] = t else { return Ok(None) };
+        let (&[Some(t00), t01], &[t10, Some(t11)]) = (r0.as_slice(), r1.as_slice()) else {
+            return Ok(None);
+        };
+        let (upper, off) = match (t01, t10) {
+            (off, None) => (true, off),
+            (None, off) => (false, off),
+            _ => return Ok(None),
+        };
+        let k = self.k.clone();
+        let q00 = self.segment_products(t00, iota, dtype)?;
+        let q11 = self.segment_products(t11, iota, dtype)?;
+        let off = match off {
+            None => None,
+            Some(x) => {
+                // Upper: Q00 @ (x ⊙ shift(Q11)); lower: Q11 @ (x ⊙ shift(Q00)).
+                let (left, right) = if upper { (q00, q11) } else { (q11, q00) };
+                let shifted = self.add(Op::Shift { axis: 0, by: 1 }, &[right])?;
+                let col = self.reshape(x, vec![k.clone(), Dim::Known(1)])?;
+                let scaled = self.binary(BinaryOp::Mul, col, shifted)?;
+                Some(self.add(Op::MatMul, &[left, scaled])?)
+            }
+        };
+        Ok(Some(if upper {
+            vec![vec![Some(q00), off], vec![None, Some(q11)]]
+        } else {
+            vec![vec![Some(q00), None], vec![off, Some(q11)]]
+        }))
     }
 
     /// The per-token reads and the next states and carries of a rule written as code, in
