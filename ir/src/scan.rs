@@ -53,6 +53,16 @@
 //! weights of the per-token gradients and decay products for the carries, see
 //! `passes/src/lower_scan.rs`).
 //!
+//! ## Rules written as code ([`UpdateRule::Linear`])
+//!
+//! `rule NAME(c0, c1, c2) { carry S = 0; ...; read ... }` (see [`crate::rule`]): the scan has
+//! `momentum_gd`'s layout — one carry per state after the model's states (named `<state>_S`),
+//! and three per-token coefficient operands in the `token_eta` (per token), `lr` and `decay`
+//! slots holding the rule's coefficients in order (zeros for the ones it does not have). Per
+//! token, with `x = [W; S]` and the gradient at the mini-batch's starting `W`:
+//! `x_t = T_t x_{t−1} + b_t g_t`, `z_t = out(u_t · x_t; token t)`; the next mini-batch starts
+//! from the last `x_t`.
+//!
 //! The result is a tuple: the per-token outputs stacked along the sequence axis
 //! (`[per..., L, ...]`), then the final value of every state (`[per..., state shape]`),
 //! carries included.
