@@ -17,6 +17,9 @@
 //! states then have `momentum_gd`'s shape — `Σ_c C_c ⊙ x_c − mix(M, G)` — and go through the
 //! same dual-form rewrite.
 
+// Matrix products over entry indices read as the formulas above.
+#![allow(clippy::needless_range_loop)]
+
 use super::{LowerScanError, StepBuilder};
 use tttc_ir::{BinaryOp, DType, Dim, LinearRule, NodeId, Op, Poly, TensorType};
 
