@@ -315,3 +315,60 @@ fn a_rule_as_code_gradients_match_finite_differences() {
         );
     }
 }
+
+/// Plain mini-batch GD written as a rule (a carry that stays zero, `state = state − lr · grad`)
+/// is `minibatch_gd` with `token_eta = 1`: `examples/ttt_linear.ttt` both ways on the same
+/// tokens, weights and learning rates (interp, f64; 1e-12: the same update up to the order of
+/// sums). `minibatch_gd`'s per-position `token_eta` has no rule form (language.md, limits).
+#[test]
+fn minibatch_gd_with_unit_token_eta_written_as_a_rule_is_the_builtin() {
+    let text = std::fs::read_to_string(root().join("examples/ttt_linear.ttt")).unwrap();
+    let builtin =
+        "update minibatch_gd(size = mini_batch_size, token_eta = token_eta, lr = ttt_lr_eta)";
+    assert!(text.contains(builtin));
+    let rule_text = text
+        .replacen(builtin, "update sgd(size = mini_batch_size, lr = ttt_lr_eta)", 1)
+        .replacen("  input token_eta: [mini_batch_size]\n", "", 1)
+        + "\nrule sgd(lr) {\n  carry unused = 0\n  state = state - lr * grad\n  read state\n}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let rule_program = dir.path().join("sgd.ttt");
+    std::fs::write(&rule_program, rule_text).unwrap();
+    let inputs = load(&file(
+        "momentum",
+        "momentum_linear_B1_H2_L37_f8_K16",
+        ".inputs.safetensors",
+    ));
+    let mut rule_inputs: BTreeMap<String, Tensor> = inputs
+        .iter()
+        .filter(|(k, _)| !["lr", "momentum", "decay"].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    rule_inputs.insert("ttt_lr_eta".into(), inputs["lr"].clone());
+    let mut gd_inputs = rule_inputs.clone();
+    gd_inputs.insert(
+        "token_eta".into(),
+        Tensor::from_f64(vec![16], vec![1.0; 16]).unwrap(),
+    );
+    let (rule_path, gd_path) = (
+        dir.path().join("rule.safetensors"),
+        dir.path().join("gd.safetensors"),
+    );
+    tttc::runtime::write_safetensors(&rule_path, &rule_inputs).unwrap();
+    tttc::runtime::write_safetensors(&gd_path, &gd_inputs).unwrap();
+    let a = run(&rule_program, &rule_path, "interp", "f64", &[]);
+    let b = run(
+        &root().join("examples/ttt_linear.ttt"),
+        &gd_path,
+        "interp",
+        "f64",
+        &[],
+    );
+    for name in ["Z", "W1_last", "b1_last"] {
+        assert_tensor_close(
+            &format!("{name}: sgd rule vs minibatch_gd"),
+            &a[name],
+            &b[name],
+            1e-12,
+        );
+    }
+}
