@@ -50,11 +50,14 @@ def inputs(d):
     return paths
 
 
+# momentum_gd written with `keep = 1 − decay` as its coefficient: the same recurrence, but not
+# of `momentum_gd`'s literal form, so the compiler derives its chunked form generically instead
+# of building the built-in's (ir/src/syntax/lower/ttt.rs, momentum_structure).
 RULE = """
-rule titans(lr, eta, decay) {
+rule titans(lr, eta, keep) {
   carry momentum = 0
   momentum = eta * momentum - lr * grad
-  state = (1 - decay) * state + momentum
+  state = keep * state + momentum
   read state
 }
 """
@@ -67,7 +70,7 @@ def rule_program(d):
     text = open(os.path.join(ROOT, "examples", "momentum_linear.ttt")).read()
     builtin = "update momentum_gd(size = mini_batch_size, lr = lr, momentum = momentum, decay = decay)"
     assert builtin in text
-    text = text.replace(builtin, "update titans(size = mini_batch_size, lr = lr, eta = momentum, decay = decay)") + RULE
+    text = text.replace(builtin, "update titans(size = mini_batch_size, lr = lr, eta = momentum, keep = 1 - decay)") + RULE
     shutil.copy(os.path.join(ROOT, "examples", "ttt_linear.ttt"), d)
     path = os.path.join(d, "momentum_rule.ttt")
     with open(path, "w") as f:

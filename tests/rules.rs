@@ -225,6 +225,9 @@ fn a_rule_session_saved_mid_mini_batch_resumes_on_every_backend() {
 
 /// `momentum_gd` written as a rule (`examples/momentum_linear.ttt` with its `update` replaced)
 /// reproduces `momentum_gd`'s reference vectors on every backend, one-shot and token by token.
+/// Its coefficient is `keep = 1 − decay`, so the rule is not of `momentum_gd`'s literal form
+/// and the compiler derives its chunked form (the triangular path) instead of building the
+/// built-in's.
 #[test]
 fn momentum_gd_written_as_a_rule_matches_its_vectors() {
     let text = std::fs::read_to_string(root().join("examples/momentum_linear.ttt")).unwrap();
@@ -233,10 +236,10 @@ fn momentum_gd_written_as_a_rule_matches_its_vectors() {
     assert!(text.contains(builtin));
     let text = text.replacen(
         builtin,
-        "update titans(size = mini_batch_size, lr = lr, eta = momentum, decay = decay)",
+        "update titans(size = mini_batch_size, lr = lr, eta = momentum, keep = 1 - decay)",
         1,
-    ) + "\nrule titans(lr, eta, decay) {\n  carry momentum = 0\n  \
-         momentum = eta * momentum - lr * grad\n  state = (1 - decay) * state + momentum\n  \
+    ) + "\nrule titans(lr, eta, keep) {\n  carry momentum = 0\n  \
+         momentum = eta * momentum - lr * grad\n  state = keep * state + momentum\n  \
          read state\n}\n";
     let dir = tempfile::tempdir().unwrap();
     let program = dir.path().join("titans.ttt");
@@ -261,6 +264,55 @@ fn momentum_gd_written_as_a_rule_matches_its_vectors() {
         &["--stop-after", "autodiff"],
     );
     check(&expected, "f64", &got, "titans token by token");
+}
+
+/// The prelude's `momentum_gd` is a rule; a user rule of its literal form (any names) builds
+/// the same program — the built-in's hand-built chunked form — while the same recurrence with
+/// `keep = 1 − decay` as a coefficient goes the derived way (the test above).
+#[test]
+fn a_rule_of_momentum_gds_form_builds_the_builtin_program() {
+    let text = std::fs::read_to_string(root().join("examples/momentum_linear.ttt")).unwrap();
+    let builtin =
+        "update momentum_gd(size = mini_batch_size, lr = lr, momentum = momentum, decay = decay)";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("examples/ttt_linear.ttt"),
+        dir.path().join("ttt_linear.ttt"),
+    )
+    .unwrap();
+    let settings = tttc::Settings::default();
+    let compile = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        tttc::compile_file(&path, Precision::F64, &settings).unwrap()
+    };
+    let reference = compile("builtin.ttt", text.clone());
+    let literal = compile(
+        "literal.ttt",
+        text.replacen(
+            builtin,
+            "update mine(size = mini_batch_size, rho = lr, m = momentum, a = decay)",
+            1,
+        ) + "\nrule mine(rho, m, a) {\n  carry momentum = 0\n  \
+             momentum = m * momentum - rho * grad\n  state = (1 - a) * state + momentum\n  \
+             read state\n}\n",
+    );
+    // The programs differ in their names only.
+    assert!(
+        reference.graph == literal.graph,
+        "a rule of momentum_gd's form builds another program"
+    );
+    let derived = compile(
+        "derived.ttt",
+        text.replacen(
+            builtin,
+            "update mine(size = mini_batch_size, rho = lr, m = momentum, keep = 1 - decay)",
+            1,
+        ) + "\nrule mine(rho, m, keep) {\n  carry momentum = 0\n  \
+             momentum = m * momentum - rho * grad\n  state = keep * state + momentum\n  \
+             read state\n}\n",
+    );
+    assert!(reference.graph != derived.graph);
 }
 
 /// Gradients through a rule written as code: the gradient program of the example against
@@ -327,7 +379,11 @@ fn minibatch_gd_with_unit_token_eta_written_as_a_rule_is_the_builtin() {
         "update minibatch_gd(size = mini_batch_size, token_eta = token_eta, lr = ttt_lr_eta)";
     assert!(text.contains(builtin));
     let rule_text = text
-        .replacen(builtin, "update sgd(size = mini_batch_size, lr = ttt_lr_eta)", 1)
+        .replacen(
+            builtin,
+            "update sgd(size = mini_batch_size, lr = ttt_lr_eta)",
+            1,
+        )
         .replacen("  input token_eta: [mini_batch_size]\n", "", 1)
         + "\nrule sgd(lr) {\n  carry unused = 0\n  state = state - lr * grad\n  read state\n}\n";
     let dir = tempfile::tempdir().unwrap();

@@ -216,13 +216,30 @@ pub enum RuleStmt {
     Read(Expr, Span),
 }
 
+/// A coefficient of a `rule`: `NAME`, or `NAME as LOCAL` (bound by `NAME` in `update`, called
+/// `LOCAL` in the rule's body, so that a carry may take the argument's name).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleParam {
+    /// The argument's name in `update NAME(...)`.
+    pub name: Ident,
+    /// The name in the body, if not `name`.
+    pub local: Option<Ident>,
+}
+
+impl RuleParam {
+    /// The name the rule's body uses.
+    pub fn body_name(&self) -> &Ident {
+        self.local.as_ref().unwrap_or(&self.name)
+    }
+}
+
 /// `rule NAME(coefficients) { statements }`: an update rule written as code.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuleDecl {
     /// The rule's name (used in `update NAME(...)`).
     pub name: Ident,
     /// Its per-token coefficients, the arguments of `update NAME(...)` besides `size`.
-    pub params: Vec<Ident>,
+    pub params: Vec<RuleParam>,
     /// The statements, in order.
     pub stmts: Vec<RuleStmt>,
     /// The whole declaration.

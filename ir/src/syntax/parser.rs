@@ -487,7 +487,14 @@ impl<'a> Parser<'a> {
         self.expect_punct("(")?;
         let mut params = Vec::new();
         while !self.is_punct(")") {
-            params.push(self.ident("a coefficient name")?);
+            let name = self.ident("a coefficient name")?;
+            let local = if self.is_keyword("as") {
+                self.bump();
+                Some(self.ident("the coefficient's name in the rule")?)
+            } else {
+                None
+            };
+            params.push(RuleParam { name, local });
             if !self.eat_punct(",") {
                 break;
             }

@@ -227,8 +227,8 @@ pub(super) struct Ctx<'a> {
     dtype: DType,
     fns: HashMap<&'a str, (&'a FnDecl, usize)>,
     inners: HashMap<&'a str, (&'a InnerDecl, usize)>,
-    /// The update rules written as code, checked, with the declaration's name.
-    rules: HashMap<&'a str, (crate::rule::LinearRule, &'a Ident)>,
+    /// The update rules written as code, checked, with their source file.
+    rules: HashMap<&'a str, (crate::rule::LinearRule, usize)>,
     configs: BTreeMap<String, ConfigValue>,
     /// Dimension names of the program (integer configs, input shapes, `dim`s).
     global_dims: BTreeSet<String>,
@@ -306,7 +306,7 @@ fn lower_items(
             }
             Item::Rule(r) => {
                 let name = r.name.name.as_str();
-                if matches!(name, "minibatch_gd" | "momentum_gd") {
+                if name == "minibatch_gd" {
                     return Err(Diagnostic::new(
                         format!("`{name}` is a built-in update rule and cannot be redefined"),
                         r.name.span.clone(),
@@ -314,7 +314,9 @@ fn lower_items(
                     .in_source(src));
                 }
                 let derived = rule::derive_rule(r, src)?;
-                if ctx.rules.insert(name, (derived, &r.name)).is_some() {
+                // A rule of the prelude may be replaced, like a function of the prelude.
+                let prev = ctx.rules.insert(name, (derived, src));
+                if prev.is_some_and(|(_, s)| s != PRELUDE_SOURCE) {
                     return Err(Diagnostic::new(
                         format!("update rule `{name}` is defined twice"),
                         r.name.span.clone(),

@@ -20,18 +20,26 @@ enum RVal {
 pub(super) fn derive_rule(decl: &RuleDecl, src: usize) -> Result<LinearRule, Diagnostic> {
     let err = |m: String, span: &crate::syntax::diagnostic::Span| diag(src, m, span.clone());
     let rule = &decl.name.name;
+    // The body's names of the coefficients, and the arguments' names.
     let mut coefficients: Vec<String> = Vec::new();
-    for p in &decl.params {
-        if coefficients.contains(&p.name) || p.name == "size" || p.name == "grad" {
+    let mut arguments: Vec<String> = Vec::new();
+    for param in &decl.params {
+        let p = param.body_name();
+        let taken = coefficients.contains(&p.name)
+            || arguments.contains(&param.name.name)
+            || param.name.name == "size"
+            || ["grad", "state"].contains(&p.name.as_str());
+        if taken {
             return Err(err(
                 format!(
-                    "rule `{rule}`: `{}` cannot be a coefficient (listed twice, or `size`/`grad`, which the rule has already)",
+                    "rule `{rule}`: `{}` cannot be a coefficient (listed twice, or `size`, `grad` or `state`, which the rule has already)",
                     p.name
                 ),
                 &p.span,
             ));
         }
         coefficients.push(p.name.clone());
+        arguments.push(param.name.name.clone());
     }
     // The vector's entries: `state`, then the carries in order of declaration.
     let mut entries: Vec<String> = vec!["state".to_string()];
@@ -165,7 +173,7 @@ pub(super) fn derive_rule(decl: &RuleDecl, src: usize) -> Result<LinearRule, Dia
     }
     let out = LinearRule {
         name: rule.clone(),
-        coefficients,
+        coefficients: arguments,
         carries: entries[1..].to_vec(),
         transition,
         gradient,

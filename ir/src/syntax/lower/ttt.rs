@@ -6,6 +6,7 @@ use super::expr::{
 use super::Ctx;
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
+use crate::rule::{LinearRule, Poly};
 use crate::scan::{OperandAxes, TokenEtaForm, TttScan, UpdateRule};
 use crate::shape::{Dim, Shape, TensorType};
 use crate::syntax::ast::*;
@@ -283,13 +284,12 @@ pub(super) fn lower_ttt(
             bind(g, &mut dims, &p.name, shape, true)?;
         }
     }
-    // The update rule: a built-in, or one written as code (`rule NAME(...) { ... }`).
+    // The update rule: `minibatch_gd`, or one written as code (`rule NAME(...) { ... }`, the
+    // prelude's `momentum_gd` too). A rule of `momentum_gd`'s form gets its operand order
+    // (momentum, lr, decay) and the rule's carry name.
+    let mut recognized: Option<(Vec<&str>, String)> = None;
     let (rule, arg_names): (UpdateRule, Vec<&str>) = match ttt.rule.name.as_str() {
         "minibatch_gd" => (UpdateRule::MinibatchGd, vec!["size", "token_eta", "lr"]),
-        "momentum_gd" => (
-            UpdateRule::MomentumGd,
-            vec!["size", "lr", "momentum", "decay"],
-        ),
         other => match ctx.rules.get(other) {
             Some((r, _)) => {
                 if r.carries.len() != 1 || r.coefficients.len() > 3 {
@@ -306,7 +306,16 @@ pub(super) fn lower_ttt(
                 }
                 let mut names = vec!["size"];
                 names.extend(r.coefficients.iter().map(String::as_str));
-                (UpdateRule::Linear(Box::new(r.clone())), names)
+                match momentum_structure(r) {
+                    // `momentum_gd`'s recurrence: its hand-built chunked form (the derived one
+                    // costs a little more, docs/language.md), the same graph.
+                    Some([l, m, d]) => {
+                        let c = |i: usize| r.coefficients[i].as_str();
+                        recognized = Some((vec![c(m), c(l), c(d)], r.carries[0].clone()));
+                        (UpdateRule::MomentumGd, names)
+                    }
+                    None => (UpdateRule::Linear(Box::new(r.clone())), names),
+                }
             }
             None => {
                 let mut known: Vec<&str> = vec!["minibatch_gd", "momentum_gd"];
@@ -380,10 +389,10 @@ pub(super) fn lower_ttt(
     let size = size.ok_or_else(|| missing("size"))?;
     // The coefficient operands, in operand order: `token_eta, lr`, `momentum, lr, decay`, or
     // a rule's coefficients in its order (padded with zeros to three below).
-    let order: Vec<&str> = match &rule {
-        UpdateRule::MinibatchGd => vec!["token_eta", "lr"],
-        UpdateRule::MomentumGd => vec!["momentum", "lr", "decay"],
-        UpdateRule::Linear(_) => arg_names[1..].to_vec(),
+    let order: Vec<&str> = match (&rule, &recognized) {
+        (UpdateRule::MinibatchGd, _) => vec!["token_eta", "lr"],
+        (_, Some((order, _))) => order.clone(),
+        _ => arg_names[1..].to_vec(),
     };
     let mut slices = Vec::with_capacity(order.len());
     let mut coefficients = Vec::with_capacity(order.len());
@@ -411,23 +420,24 @@ pub(super) fn lower_ttt(
             ))
         }
         (UpdateRule::MomentumGd, [(m, me), (lr, le), (d, de)]) => {
+            let lr_name = order[1];
             if lr.rank() != 1 {
                 return Err(diag(
                     src,
                     format!(
-                        "after removing the `per` dims `lr` is {lr}: `momentum_gd` takes a \
+                        "after removing the `per` dims `{lr_name}` is {lr}: `{rule_name}` takes a \
                          learning rate per token, [L]"
                     ),
                     le.span.clone(),
                 ));
             }
-            for (name, shape, e) in [("momentum", m, me), ("decay", d, de)] {
+            for (name, shape, e) in [(order[0], m, me), (order[2], d, de)] {
                 if shape != lr {
                     return Err(diag(
                         src,
                         format!(
                             "after removing the `per` dims `{name}` is {shape}: it must have the \
-                             shape of `lr`, {lr} (a value per token)"
+                             shape of `{lr_name}`, {lr} (a value per token)"
                         ),
                         e.span.clone(),
                     ));
@@ -510,11 +520,12 @@ pub(super) fn lower_ttt(
             carries.push(zero);
             carry_axes.push(ax);
         }
-        let carry_names: Vec<String> = match &rule {
-            UpdateRule::Linear(r) => states
+        let carry_names: Vec<String> = match (&rule, &recognized) {
+            (UpdateRule::Linear(r), _) => states
                 .iter()
                 .map(|s| format!("{s}_{}", r.carries[0]))
                 .collect(),
+            (_, Some((_, carry))) => states.iter().map(|s| format!("{s}_{carry}")).collect(),
             _ => states.iter().map(|s| TttScan::carry_name(s)).collect(),
         };
         if let Some(taken) = carry_names
@@ -677,4 +688,32 @@ pub(super) fn inner_graph(
         }
     }
     Ok(sub)
+}
+
+/// The coefficient indices `[ρ, η, α]` if `r` is `momentum_gd`'s recurrence (language.md):
+/// `T = [[1 − α, η], [0, η]]`, `b = [−ρ, −ρ]`, `u = [1, 0]`, three distinct coefficients.
+fn momentum_structure(r: &LinearRule) -> Option<[usize; 3]> {
+    if r.coefficients.len() != 3 || r.size() != 2 {
+        return None;
+    }
+    let c = |i: usize| Poly::coefficient(i);
+    let one = Poly::constant(1.0);
+    for l in 0..3 {
+        for m in 0..3 {
+            if l == m {
+                continue;
+            }
+            let d = 3 - l - m; // the third index (l + m ≤ 3 for distinct l, m < 3)
+            let t = vec![
+                vec![one.add(&c(d).scale(-1.0)), c(m)],
+                vec![Poly::zero(), c(m)],
+            ];
+            let b = vec![c(l).scale(-1.0), c(l).scale(-1.0)];
+            let u = vec![one.clone(), Poly::zero()];
+            if r.transition == t && r.gradient == b && r.read == u {
+                return Some([l, m, d]);
+            }
+        }
+    }
+    None
 }
