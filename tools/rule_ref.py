@@ -6,7 +6,8 @@ float64 of the rule as written,
 
 with every g_t taken at the mini-batch's starting W (the scan's rule), W_{t-1} the running
 state, token t's output reading W_t, S starting at zero and carrying across mini-batches (a
-remainder mini-batch included), wd one value per head. The inner model is TTT-Linear; its
+remainder mini-batch included), wd one value per head (the program passes it as it is; the
+compiler broadcasts it to every token). The inner model is TTT-Linear; its
 gradient and output come from tools/momentum_ref.py (hand-derived, checked against finite
 differences there). Nothing here comes from tttc.
 

@@ -403,6 +403,11 @@ pub(super) fn lower_ttt(
         coefficients.push((id, ax));
         slices.push((slice, e));
     }
+    // A rule's coefficient that is a scalar after removing the `per` dims (one value per head,
+    // or a constant) is broadcast to a value per token, the shape of its first per-token one.
+    if rule != UpdateRule::MinibatchGd {
+        broadcast_coefficients(g, &mut coefficients, &mut slices, &order, src)?;
+    }
     let token_eta_form = match (&rule, slices.as_slice()) {
         (UpdateRule::MinibatchGd, [(eta, _), _]) if *eta == Shape(vec![size.clone()]) => {
             TokenEtaForm::PerPosition
@@ -716,4 +721,78 @@ fn momentum_structure(r: &LinearRule) -> Option<[usize; 3]> {
         }
     }
     None
+}
+
+/// Broadcasts every coefficient whose slice is a scalar (its axes, if any, all `per` dims) to
+/// the shape and axes of the first per-token one (`[..., L]`), keeping its axes' order; `order`
+/// names them for errors.
+fn broadcast_coefficients(
+    g: &mut Graph,
+    coefficients: &mut [(NodeId, OperandAxes)],
+    slices: &mut [(Shape, &Expr)],
+    order: &[&str],
+    src: usize,
+) -> Result<(), Diagnostic> {
+    let Some(r) = slices.iter().position(|(s, _)| s.rank() == 1) else {
+        return Ok(());
+    };
+    let (ref_id, ref_ax) = coefficients[r].clone();
+    let (ref_slice, ref_expr) = (slices[r].0.clone(), slices[r].1);
+    let Some(ref_ty) = g.tensor_type(ref_id).cloned() else {
+        return Err(diag(src, "expected a tensor", ref_expr.span.clone()));
+    };
+    for i in 0..coefficients.len() {
+        if slices[i].0.rank() != 0 {
+            continue;
+        }
+        let (id, ax) = coefficients[i].clone();
+        let e = slices[i].1;
+        let Some(ty) = g.tensor_type(id).cloned() else {
+            return Err(diag(src, "expected a tensor", e.span.clone()));
+        };
+        let mapped: Vec<usize> = ax.per.iter().filter_map(|p| *p).collect();
+        let in_ref: Vec<usize> = ref_ax
+            .per
+            .iter()
+            .filter_map(|p| *p)
+            .filter(|p| mapped.contains(p))
+            .collect();
+        if mapped != in_ref {
+            return Err(diag(
+                src,
+                format!(
+                    "`{}` is one value per {}: its axes must come in the order they have in `{}` ({})",
+                    order[i], ty.shape, order[r], ref_ty.shape
+                ),
+                e.span.clone(),
+            ));
+        }
+        let own: HashMap<usize, Dim> = ax
+            .per
+            .iter()
+            .zip(&ty.shape.0)
+            .filter_map(|(p, d)| p.map(|p| (p, d.clone())))
+            .collect();
+        let dims: Vec<Dim> = ref_ax
+            .per
+            .iter()
+            .map(|p| {
+                p.and_then(|p| own.get(&p).cloned())
+                    .unwrap_or(Dim::Known(1))
+            })
+            .collect();
+        let reshaped = add(g, Op::Reshape { shape: Shape(dims) }, &[id], &e.span, src)?;
+        let expanded = add(
+            g,
+            Op::Expand {
+                shape: ref_ty.shape.clone(),
+            },
+            &[reshaped],
+            &e.span,
+            src,
+        )?;
+        coefficients[i] = (expanded, ref_ax.clone());
+        slices[i].0 = ref_slice.clone();
+    }
+    Ok(())
 }
