@@ -104,22 +104,22 @@ fn input_shapes(
     Ok(out)
 }
 
+/// A recording session, the outputs of its last chunk, and the weights' shapes.
+type Recorded = (
+    Session,
+    BTreeMap<String, Tensor>,
+    BTreeMap<String, Vec<usize>>,
+);
+
 /// A recording session on the interpreter over zero weights, fed `lens` chunks in turn;
-/// returns it and the outputs of the last chunk.
+/// returns it, the outputs of the last chunk and the weights' shapes.
 fn record(
     program: &Program,
     settings: &Settings,
     known: &BTreeMap<String, Vec<usize>>,
     precision: Precision,
     lens: &[usize],
-) -> Result<
-    (
-        Session,
-        BTreeMap<String, Tensor>,
-        BTreeMap<String, Vec<usize>>,
-    ),
-    StreamError,
-> {
+) -> Result<Recorded, StreamError> {
     let plan = crate::stream::plan::plan(program)?;
     let elem = precision.elem();
     let weights_shapes: BTreeMap<String, Vec<usize>> =

@@ -61,6 +61,9 @@ pub enum ExecError {
     },
 }
 
+/// Names and element counts of a piece's buffers (as tttc's backends list them).
+pub type BufferList = Vec<(String, usize)>;
+
 /// One precompiled piece.
 #[derive(Debug)]
 pub struct Piece {
@@ -188,7 +191,7 @@ impl Prepared {
 
     /// Raw-storage runs are not offered (the session then never splits a token step over
     /// threads; the pieces' own parallel loops still use every core).
-    pub fn raw_buffers(&self) -> Option<(Vec<(String, usize)>, Vec<(String, usize)>)> {
+    pub fn raw_buffers(&self) -> Option<(BufferList, BufferList)> {
         None
     }
 
