@@ -373,7 +373,7 @@ const char* tttc_last_error(void);
 "#;
 
 /// The C shim of a session library: the manifest, the pieces' entry table, the public
-/// functions (wrapping the run time's) and `tttc_parallel_for`.
+/// functions (wrapping the run time's), `tttc_parallel_for` and `tttc_gemm_f32`/`_f64`.
 pub fn session_shim(header_name: &str, pieces: usize, manifest: &[u8]) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -415,6 +415,8 @@ extern int tttc_rt_session_load(tttc_session*, const char*);
 extern void tttc_rt_session_free(tttc_session*);
 extern const char* tttc_rt_last_error(void);
 extern void tttc_rt_parallel_for(void (*)(char*, int64_t, int64_t), char*, int64_t);
+extern void tttc_rt_gemm_f32(const int64_t*, const float*, const float*, float*);
+extern void tttc_rt_gemm_f64(const int64_t*, const double*, const double*, double*);
 
 #define TTTC_LIBRARY tttc_manifest, sizeof tttc_manifest, tttc_pieces, sizeof tttc_pieces / sizeof tttc_pieces[0]
 
@@ -435,6 +437,9 @@ void tttc_session_free(tttc_session* s) { tttc_rt_session_free(s); }
 const char* tttc_last_error(void) { return tttc_rt_last_error(); }
 /* The pieces' parallel loops run on the run time's worker pool. */
 void tttc_parallel_for(void (*f)(char*, int64_t, int64_t), char* ctx, int64_t n) { tttc_rt_parallel_for(f, ctx, n); }
+/* ... and their matrix products on its matrix library. */
+void tttc_gemm_f32(const int64_t* d, const float* a, const float* b, float* c) { tttc_rt_gemm_f32(d, a, b, c); }
+void tttc_gemm_f64(const int64_t* d, const double* a, const double* b, double* c) { tttc_rt_gemm_f64(d, a, b, c); }
 "#,
     );
     s

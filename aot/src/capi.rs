@@ -556,10 +556,42 @@ pub extern "C" fn tttc_rt_last_error() -> *const c_char {
 /// `worker` must be safe to call with `ctx` on disjoint ranges of `0..n` from several threads.
 #[no_mangle]
 pub unsafe extern "C" fn tttc_rt_parallel_for(
-    worker: Option<crate::parallel::WorkerFn>,
+    worker: Option<crate::native::parallel::WorkerFn>,
     ctx: *mut u8,
     n: i64,
 ) {
     // SAFETY: the caller's contract.
-    unsafe { crate::parallel::tttc_parallel_for(worker, ctx, n) }
+    unsafe { crate::native::parallel::tttc_parallel_for(worker, ctx, n) }
+}
+
+/// The matrix library the pieces' matrix products call (`tttc_gemm_f32`, as in the JIT).
+///
+/// # Safety
+///
+/// As `tttc_gemm_f32`: a descriptor made by the code generator for these operands.
+#[no_mangle]
+pub unsafe extern "C" fn tttc_rt_gemm_f32(
+    desc: *const i64,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { crate::native::gemm::tttc_gemm_f32(desc, a, b, c) }
+}
+
+/// `tttc_gemm_f64`, as [`tttc_rt_gemm_f32`].
+///
+/// # Safety
+///
+/// As `tttc_gemm_f64`.
+#[no_mangle]
+pub unsafe extern "C" fn tttc_rt_gemm_f64(
+    desc: *const i64,
+    a: *const f64,
+    b: *const f64,
+    c: *mut f64,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { crate::native::gemm::tttc_gemm_f64(desc, a, b, c) }
 }

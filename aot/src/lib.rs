@@ -19,9 +19,7 @@ pub mod capi;
 mod driver;
 mod execute;
 pub mod manifest;
-#[path = "../../backends/src/native/parallel.rs"]
-#[allow(dead_code)]
-mod parallel;
+mod native;
 #[path = "../../src/stream/mod.rs"]
 #[allow(dead_code, unused_imports)]
 pub mod stream;

@@ -305,22 +305,25 @@ fn build_session_library(
                 piece,
                 tttc::passes::pipeline::Target::Cpu,
                 &|kernels| {
-                    tttc::backends::llvm::emit_object(kernels, &object, &piece_symbol(i)).map(
-                        |()| {
-                            let list = |v: Vec<(tttc::ir::kernel::BufId, &str)>| {
-                                v.into_iter()
-                                    .map(|(id, n)| {
-                                        let shape = kernels
-                                            .buffer(id)
-                                            .map(|b| b.layout.shape.clone())
-                                            .unwrap_or_default();
-                                        (n.to_string(), shape)
-                                    })
-                                    .collect::<Vec<_>>()
-                            };
-                            (list(kernels.inputs()), list(kernels.outputs()))
-                        },
+                    tttc::backends::llvm::emit_object_calling_gemm(
+                        kernels,
+                        &object,
+                        &piece_symbol(i),
                     )
+                    .map(|()| {
+                        let list = |v: Vec<(tttc::ir::kernel::BufId, &str)>| {
+                            v.into_iter()
+                                .map(|(id, n)| {
+                                    let shape = kernels
+                                        .buffer(id)
+                                        .map(|b| b.layout.shape.clone())
+                                        .unwrap_or_default();
+                                    (n.to_string(), shape)
+                                })
+                                .collect::<Vec<_>>()
+                        };
+                        (list(kernels.inputs()), list(kernels.outputs()))
+                    })
                 },
             )
             .map_err(Failure::internal)?
