@@ -6,12 +6,12 @@
 # same prompt, runs interleaved, medians over RUNS. Checks both generate the same tokens.
 # Writes bench/AOT.md. Release build (built here when missing).
 #
-# Usage: bash bench/aot.sh   (MODEL=DIR NEW=64 RUNS=3 override)
+# Usage: bash bench/aot.sh   (MODEL=DIR NEW=64 RUNS=5 override)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-/work/m125/linear}
 NEW=${NEW:-64}
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 PROMPT=${PROMPT:-17,923,5,88,1204,31,777,42,9,15000,260,3,6012,71,100,2048,31999,5,12,400,812,7,64}
 TTTC=target/release/tttc
 if [ ! -x "$TTTC" ] || [ ! -f target/release/libtttc_aot_runtime.a ]; then
@@ -81,7 +81,7 @@ layers, hidden 768, TTT-Linear, mini-batch 16, vocab 32000), f32, a prompt of 23
 | prefill of 23 tokens | {med(aot, 'prefill'):.3f} s | {med(jit, 'prefill'):.3f} s (compiling or loading cached pieces included) |
 | whole `tttc generate` process | — | {med(jit, 'wall'):.1f} s |
 
-- Library: {int(size) / 1e6:.1f} MB, {pieces} pieces, written by `tttc compile --session` in
+- Library: {int(size) / 1e6:.1f} MB, {pieces}, written by `tttc compile --session` in
   {compile_s} s (recording session on the interpreter, LLVM code generation, link); `ldd`:
   `{deps.strip()}` (no LLVM).
 - The same tokens from both: **{'yes' if same else 'NO'}**.
