@@ -53,8 +53,8 @@ CC="$work/cc-sanitize" "$TTTC" compile examples/ttt_lm.ttt --target x86_64 --ses
   -o "$work/session/libttt_lm.so"
 for program in session_errors generate; do
   # shellcheck disable=SC2086
-  "$CLANG" $FLAGS -I"$work/session" "examples/c/$program.c" -L"$work/session" -lttt_lm \
-    -Wl,-rpath,"$work/session" -o "$work/$program"
+  "$CLANG" $FLAGS -pthread -I"$work/session" "examples/c/$program.c" -L"$work/session" \
+    -lttt_lm -Wl,-rpath,"$work/session" -o "$work/$program"
 done
 # States and weights for session_errors: one weight missing, one of another shape, a state
 # saved by another program.

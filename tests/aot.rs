@@ -178,7 +178,7 @@ fn session_library(
     for name in c_examples {
         let exe = dir.join(name);
         let cc = Command::new("cc")
-            .args(["-O2", "-Wall", "-Werror", "-I"])
+            .args(["-O2", "-Wall", "-Werror", "-pthread", "-I"])
             .arg(dir)
             .arg(root().join(format!("examples/c/{name}.c")))
             .arg("-L")
@@ -259,7 +259,7 @@ fn session_library_generates_like_tttc_generate_linear() {
 /// a tensor or with a tensor of another shape, weight buffers of the wrong length, a NULL
 /// session, zero tokens, an input of the wrong length, a token id out of range, a state saved
 /// by another program, a missing state file, an unwritable path; the session still works
-/// after them.
+/// after them. Two sessions on two threads at once generate what one generates alone.
 #[test]
 fn session_library_generates_like_tttc_generate_mlp_and_reports_errors() {
     let dir = check_generation("model_mlp_M");
@@ -330,6 +330,7 @@ fn session_library_generates_like_tttc_generate_mlp_and_reports_errors() {
         ("load_no_file", 5, "/nonexistent/state.safetensors"),
         ("save_unwritable", 5, "/nonexistent/dir/state.safetensors"),
         ("feed_after_errors", 0, ""),
+        ("threads", 0, ""),
     ] {
         let (got, message) = code(case);
         assert_eq!(got, want, "{case}: {message}\n{out}");

@@ -1,4 +1,6 @@
-/* Every error code of a session library's C API, one case per line ("case code message"):
+/* Every error code of a session library's C API, one case per line ("case code message"),
+ * and separate sessions on separate threads at once (case `threads`: 0 when two threads, each
+ * with its own session, generate what one session generates alone):
  *
  *   ./session_errors GOOD.safetensors MISSING.safetensors WRONG_SHAPE.safetensors OTHER_STATE
  *
@@ -10,6 +12,7 @@
 #endif
 #include TTTC_MODEL_HEADER
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -36,6 +39,42 @@ static int feed(tttc_session* s, int64_t n, tttc_real id, int64_t in_len) {
     for (int i = 0; i < TTTC_N_OUTPUTS; i++) free(out[i]);
     free(ids);
     return code;
+}
+
+/* Greedy generation of 8 tokens after a prompt of 5, on a session of its own. */
+struct job { const char* weights; long ids[8]; int code; };
+
+static void* generate(void* p) {
+    struct job* j = p;
+    j->code = TTTC_ERR_INTERNAL;
+    tttc_session* s = tttc_session_new(j->weights, &j->code);
+    if (!s) return 0;
+    tttc_real ids[5] = {3, 1, 4, 1, 5};
+    int64_t n = 5;
+    for (int t = 0; t < 8; t++) {
+        tttc_real* out[TTTC_N_OUTPUTS];
+        int64_t lens[TTTC_N_OUTPUTS];
+        for (int i = 0; i < TTTC_N_OUTPUTS; i++) {
+            lens[i] = n * tttc_output_per_token[i];
+            out[i] = malloc(sizeof(tttc_real) * (size_t)lens[i]);
+        }
+        const tttc_real* in[1] = {ids};
+        int64_t in_lens[1] = {n};
+        j->code = tttc_session_feed(s, n, in, in_lens, out, lens);
+        /* The last output's last row: any per-token output decides the same for both. */
+        int o = TTTC_N_OUTPUTS - 1;
+        const tttc_real* row = out[o] + (n - 1) * tttc_output_per_token[o];
+        long best = 0;
+        for (int64_t v = 1; v < tttc_output_per_token[o]; v++)
+            if (row[v] > row[best]) best = (long)v;
+        for (int i = 0; i < TTTC_N_OUTPUTS; i++) free(out[i]);
+        if (j->code) break;
+        j->ids[t] = best;
+        ids[0] = (tttc_real)(best % 90);
+        n = 1;
+    }
+    tttc_session_free(s);
+    return 0;
 }
 
 int main(int argc, char** argv) {
@@ -76,5 +115,18 @@ int main(int argc, char** argv) {
     report("feed_after_errors", feed(s, 1, 2, -1));
     tttc_session_free(s);
     tttc_session_free(NULL);
+
+    struct job alone = {argv[1], {0}, 0}, a = {argv[1], {0}, 0}, b = {argv[1], {0}, 0};
+    generate(&alone);
+    pthread_t ta, tb;
+    int started = pthread_create(&ta, 0, generate, &a) == 0;
+    started &= pthread_create(&tb, 0, generate, &b) == 0;
+    if (started) {
+        pthread_join(ta, 0);
+        pthread_join(tb, 0);
+    }
+    int same = started && alone.code == 0 && a.code == 0 && b.code == 0;
+    for (int t = 0; t < 8; t++) same &= a.ids[t] == alone.ids[t] && b.ids[t] == alone.ids[t];
+    printf("threads %d\n", same ? 0 : 1);
     return 0;
 }
