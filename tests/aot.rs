@@ -245,12 +245,62 @@ fn check_generation(case: &str) -> tempfile::TempDir {
         let got = String::from_utf8_lossy(&run.stdout).trim().to_string();
         assert_eq!(got, want, "{case}, state file {extra:?}");
     }
+    std::fs::write(dir.path().join("tokens.txt"), &want).expect("write");
     dir
 }
 
+/// ... and the state the library saved after the prompt is the file `tttc run --save-state`
+/// writes: `tttc run --load-state` continues from it with the first generated token and picks
+/// the second.
 #[test]
 fn session_library_generates_like_tttc_generate_linear() {
-    check_generation("model_linear_T");
+    let dir = check_generation("model_linear_T");
+    let d = dir.path();
+    let golden = root().join("tests/golden/model_linear_T");
+    let weights =
+        tttc::runtime::read_safetensors_with_ints(&golden.with_extension("inputs.safetensors"))
+            .expect("golden weights")
+            .floats;
+    let tokens: Vec<i64> = std::fs::read_to_string(d.join("tokens.txt"))
+        .expect("tokens")
+        .split_whitespace()
+        .map(|t| t.parse().expect("an id"))
+        .collect();
+    let ids = tttc::runtime::IntTensor {
+        shape: vec![1, 1],
+        values: vec![tokens[0]],
+        dtype: "I64",
+    };
+    let inputs = d.join("next.safetensors");
+    tttc::runtime::write_safetensors_with_ints(
+        &inputs,
+        &weights,
+        &std::collections::BTreeMap::from([("input_ids".to_string(), ids)]),
+    )
+    .expect("write");
+    let out = d.join("next_out.safetensors");
+    let run = tttc(&[
+        "run",
+        "examples/ttt_lm.ttt",
+        "--config",
+        golden
+            .with_extension("config.json")
+            .to_str()
+            .expect("utf-8"),
+        "--inputs",
+        inputs.to_str().expect("utf-8"),
+        "--load-state",
+        d.join("state.safetensors").to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let logits = load(&out).remove("logits").expect("logits").to_f64_vec();
+    let best = logits
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, &x)| if x > logits[b] { i } else { b });
+    assert_eq!(best as i64, tokens[1], "{logits:?}");
 }
 
 /// The MLP golden model (conv layers: histories carried between chunks) generates like `tttc
