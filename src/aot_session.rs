@@ -346,9 +346,9 @@ tttc_session* tttc_session_new_from_buffers(const tttc_real* const weights[], co
  * per-token input i for n_tokens tokens with input_lens[i] elements; outputs[i] receives
  * per-token output i for these tokens and has output_lens[i] elements. Buffers are the
  * caller's: read (inputs) or written (outputs) during the call only. Lengths are checked
- * before anything runs (TTTC_ERR_SHAPE, TTTC_ERR_ARGUMENT; the session is unchanged then; a
- * token id out of range is found when the first chunk is bound, also leaving it unchanged).
- * After TTTC_ERR_INTERNAL the session may have taken some of the tokens: free it.
+ * and the values of `int` inputs (token ids) against their declared range before anything
+ * runs (TTTC_ERR_SHAPE, TTTC_ERR_ARGUMENT; the session is unchanged then). After
+ * TTTC_ERR_INTERNAL the session may have taken some of the tokens: free it.
  * Returns TTTC_OK or an error code. */
 int tttc_session_feed(tttc_session* s, int64_t n_tokens,
                       const tttc_real* const inputs[], const int64_t input_lens[],

@@ -307,7 +307,8 @@ fn session_library_generates_like_tttc_generate_linear() {
 /// generate`; and every error code of the C API comes with its message, never an abort
 /// (examples/c/session_errors.c): a missing weights file, a NULL path, a weights file without
 /// a tensor or with a tensor of another shape, weight buffers of the wrong length, a NULL
-/// session, zero tokens, an input of the wrong length, a token id out of range, a state saved
+/// session, zero tokens, an input of the wrong length, a token id out of range (in the first
+/// chunk and in a later one, which leaves the session unchanged), a state saved
 /// by another program, a missing state file, an unwritable path; the session still works
 /// after them. Two sessions on two threads at once generate what one generates alone.
 #[test]
@@ -375,6 +376,7 @@ fn session_library_generates_like_tttc_generate_mlp_and_reports_errors() {
         ("feed_wrong_length", 2, "`input_ids` holds 2 elements"),
         ("feed_id_out_of_range", 2, "out of its range"),
         ("feed_good", 0, ""),
+        ("feed_id_out_of_range_later", 2, "out of its range"),
         ("position", 3, ""),
         ("load_other_program", 4, "saved by program `ttt_linear`"),
         ("load_no_file", 5, "/nonexistent/state.safetensors"),

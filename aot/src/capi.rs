@@ -458,6 +458,23 @@ pub unsafe extern "C" fn tttc_rt_session_feed(
         let outs = unsafe { check_buffers("output", &m.outputs, outputs, output_lens, n) }?;
         let k = m.mini_batch.max(1);
         let el = elem(m);
+        // Every value is checked before any token is fed (ids in their declared range), so a
+        // refused chunk leaves the session as it was.
+        let mut whole = BTreeMap::new();
+        for (sig, &p) in m.token_inputs.iter().zip(&ins) {
+            // SAFETY: checked above: `p` holds `n` tokens.
+            whole.insert(sig.name.clone(), unsafe {
+                Rows { sig, n }.read(p, 0, n, el)
+            });
+        }
+        let mut dims = m.program.int_configs();
+        for (name, v) in &m.settings {
+            if let Some(v) = v.number() {
+                dims.entry(name.clone()).or_insert(v as usize);
+            }
+        }
+        crate::bind::check_values(&m.program, &m.program, &whole, &dims)
+            .map_err(|e| fail(TTTC_ERR_SHAPE, e.to_string()))?;
         let mut t = 0;
         while t < n {
             let position = inner.session.position();

@@ -108,6 +108,7 @@ int main(int argc, char** argv) {
     report("feed_wrong_length", feed(s, 3, 0, 2));
     report("feed_id_out_of_range", feed(s, 2, 1.0e6f, -1));
     report("feed_good", feed(s, 3, 1, -1));
+    report("feed_id_out_of_range_later", feed(s, 2, 97, -1));
     report("position", (int)tttc_session_position(s));
     report("load_other_program", tttc_session_load(s, argv[4]));
     report("load_no_file", tttc_session_load(s, "/nonexistent/state.safetensors"));
