@@ -326,7 +326,7 @@ fn check_integer_inputs(
             continue;
         };
         let values = t.to_f64_vec();
-        let at = |i: usize| crate::inputs::position(t.shape(), i);
+        let at = |i: usize| position(t.shape(), i);
         if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| v.fract() != 0.0) {
             problems.push(format!(
                 "`{}`: value {v} at index {:?} is not an integer (the program declares it `int`)",
@@ -425,7 +425,7 @@ fn check_gather_ids(
             problems.push(format!(
                 "`{name}`: value {v} at index {:?} is not a row of the table it gathers from \
                  (an integer in 0..{rows})",
-                crate::inputs::position(t.shape(), i)
+                position(t.shape(), i)
             ));
         }
     }
@@ -574,6 +574,19 @@ fn first_unbound(graph: &tttc_ir::Graph) -> Option<String> {
         }
     }
     None
+}
+
+/// Row-major index of element `flat` of `shape`, for messages.
+pub(crate) fn position(shape: &[usize], flat: usize) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    let mut rest = flat;
+    for (slot, &n) in idx.iter_mut().zip(shape).rev() {
+        if n > 0 {
+            *slot = rest % n;
+            rest /= n;
+        }
+    }
+    idx
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! naming the tensor. Other inputs must be F32 or F64. The range of an `int` input is checked
 //! by [`crate::bind`], once the dimensions are known.
 
+use crate::bind::position;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tttc_ir::Program;
@@ -28,19 +29,6 @@ fn exact_limit(elem: ElemType) -> i64 {
         ElemType::F32 => 1 << 24,
         ElemType::F64 => 1 << 53,
     }
-}
-
-/// Row-major index of element `flat` of `shape`, for messages.
-pub(crate) fn position(shape: &[usize], flat: usize) -> Vec<usize> {
-    let mut idx = vec![0; shape.len()];
-    let mut rest = flat;
-    for (slot, &n) in idx.iter_mut().zip(shape).rev() {
-        if n > 0 {
-            *slot = rest % n;
-            rest /= n;
-        }
-    }
-    idx
 }
 
 /// `t` converted exactly to `elem`, or why not.

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod aot_session;
 pub mod bind;
 pub mod cache;
 pub mod driver;

@@ -139,3 +139,253 @@ fn compile_takes_shapes_from_set_and_checks_them() {
     assert_eq!(huge.status.code(), Some(2), "{}", text(&huge));
     assert!(text(&huge).contains("`XQ`"), "{}", text(&huge));
 }
+
+/// `tttc compile --session` for the golden language model `case` (its config, and its weights
+/// for the dimensions a config does not give) into `dir`, and `examples/c/NAME.c` built
+/// against it; returns the executable.
+fn session_library(
+    dir: &std::path::Path,
+    case: &str,
+    c_examples: &[&str],
+) -> Vec<std::path::PathBuf> {
+    let golden = root().join("tests/golden");
+    let lib = dir.join("libttt_lm.so");
+    let out = tttc(&[
+        "compile",
+        "examples/ttt_lm.ttt",
+        "--config",
+        golden
+            .join(format!("{case}.config.json"))
+            .to_str()
+            .expect("utf-8"),
+        "--weights",
+        golden
+            .join(format!("{case}.inputs.safetensors"))
+            .to_str()
+            .expect("utf-8"),
+        "--target",
+        "x86_64",
+        "--session",
+        "-o",
+        lib.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    if let Ok(ldd) = Command::new("ldd").arg(&lib).output() {
+        let deps = String::from_utf8_lossy(&ldd.stdout);
+        assert!(!deps.contains("LLVM"), "the library links LLVM:\n{deps}");
+    }
+    let mut exes = Vec::new();
+    for name in c_examples {
+        let exe = dir.join(name);
+        let cc = Command::new("cc")
+            .args(["-O2", "-Wall", "-Werror", "-pthread", "-I"])
+            .arg(dir)
+            .arg(root().join(format!("examples/c/{name}.c")))
+            .arg("-L")
+            .arg(dir)
+            .arg("-lttt_lm")
+            .arg(format!("-Wl,-rpath,{}", dir.display()))
+            .arg("-o")
+            .arg(&exe)
+            .output()
+            .expect("cc runs");
+        assert!(
+            cc.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cc.stderr)
+        );
+        exes.push(exe);
+    }
+    exes
+}
+
+/// Greedy generation through the session library (examples/c/generate.c) gives the tokens
+/// `tttc generate` gives (JIT session, llvm) on golden model `case`: a prompt of 23 tokens (one
+/// whole mini-batch of 16 and 7 single tokens), then 24 tokens one by one; and the same again
+/// when the session is saved after the prompt and a new one loads it. Token equality is exact
+/// (greedy picks); both compute in f32 from the same pieces, in other summation orders.
+fn check_generation(case: &str) -> tempfile::TempDir {
+    if Command::new("cc").arg("--version").output().is_err() {
+        panic!("a C compiler `cc` is needed");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exes = session_library(dir.path(), case, &["generate", "session_errors"]);
+    let golden = root().join("tests/golden");
+    let config = golden.join(format!("{case}.config.json"));
+    let weights = golden.join(format!("{case}.inputs.safetensors"));
+    let prompt = "5,90,33,2,71,8,8,40,12,60,3,77,19,25,50,1,96,44,30,9,10,11,13";
+    let jit = tttc(&[
+        "generate",
+        "examples/ttt_lm.ttt",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--weights",
+        weights.to_str().expect("utf-8"),
+        "--prompt-ids",
+        prompt,
+        "--max-new-tokens",
+        "24",
+    ]);
+    assert!(jit.status.success(), "{}", text(&jit));
+    let want = String::from_utf8_lossy(&jit.stdout).trim().to_string();
+    assert_eq!(want.split(' ').count(), 24, "{want}");
+    let state = dir.path().join("state.safetensors");
+    for extra in [None, Some(&state)] {
+        let mut c = Command::new(&exes[0]);
+        c.arg(&weights).arg(prompt).arg("24");
+        if let Some(s) = extra {
+            c.arg(s);
+        }
+        let run = c.output().expect("generate runs");
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let got = String::from_utf8_lossy(&run.stdout).trim().to_string();
+        assert_eq!(got, want, "{case}, state file {extra:?}");
+    }
+    std::fs::write(dir.path().join("tokens.txt"), &want).expect("write");
+    dir
+}
+
+/// ... and the state the library saved after the prompt is the file `tttc run --save-state`
+/// writes: `tttc run --load-state` continues from it with the first generated token and picks
+/// the second.
+#[test]
+fn session_library_generates_like_tttc_generate_linear() {
+    let dir = check_generation("model_linear_T");
+    let d = dir.path();
+    let golden = root().join("tests/golden/model_linear_T");
+    let weights =
+        tttc::runtime::read_safetensors_with_ints(&golden.with_extension("inputs.safetensors"))
+            .expect("golden weights")
+            .floats;
+    let tokens: Vec<i64> = std::fs::read_to_string(d.join("tokens.txt"))
+        .expect("tokens")
+        .split_whitespace()
+        .map(|t| t.parse().expect("an id"))
+        .collect();
+    let ids = tttc::runtime::IntTensor {
+        shape: vec![1, 1],
+        values: vec![tokens[0]],
+        dtype: "I64",
+    };
+    let inputs = d.join("next.safetensors");
+    tttc::runtime::write_safetensors_with_ints(
+        &inputs,
+        &weights,
+        &std::collections::BTreeMap::from([("input_ids".to_string(), ids)]),
+    )
+    .expect("write");
+    let out = d.join("next_out.safetensors");
+    let run = tttc(&[
+        "run",
+        "examples/ttt_lm.ttt",
+        "--config",
+        golden
+            .with_extension("config.json")
+            .to_str()
+            .expect("utf-8"),
+        "--inputs",
+        inputs.to_str().expect("utf-8"),
+        "--load-state",
+        d.join("state.safetensors").to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let logits = load(&out).remove("logits").expect("logits").to_f64_vec();
+    let best = logits
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, &x)| if x > logits[b] { i } else { b });
+    assert_eq!(best as i64, tokens[1], "{logits:?}");
+}
+
+/// The MLP golden model (conv layers: histories carried between chunks) generates like `tttc
+/// generate`; and every error code of the C API comes with its message, never an abort
+/// (examples/c/session_errors.c): a missing weights file, a NULL path, a weights file without
+/// a tensor or with a tensor of another shape, weight buffers of the wrong length, a NULL
+/// session, zero tokens, an input of the wrong length, a token id out of range (in the first
+/// chunk and in a later one, which leaves the session unchanged), a state saved
+/// by another program, a missing state file, an unwritable path; the session still works
+/// after them. Two sessions on two threads at once generate what one generates alone.
+#[test]
+fn session_library_generates_like_tttc_generate_mlp_and_reports_errors() {
+    let dir = check_generation("model_mlp_M");
+    let d = dir.path();
+    let golden = root().join("tests/golden/model_mlp_M.inputs.safetensors");
+    let weights = tttc::runtime::read_safetensors_with_ints(&golden)
+        .expect("golden weights")
+        .floats;
+    let mut missing = weights.clone();
+    missing.remove("model.norm.weight");
+    tttc::runtime::write_safetensors(&d.join("missing.safetensors"), &missing).expect("write");
+    let mut wrong = weights;
+    wrong.insert(
+        "model.norm.weight".into(),
+        tttc::runtime::Tensor::zeros(vec![65], tttc::runtime::ElemType::F32),
+    );
+    tttc::runtime::write_safetensors(&d.join("wrong.safetensors"), &wrong).expect("write");
+    let other = d.join("other_state.safetensors");
+    let sample = root().join("examples/data/ttt_linear_sample.safetensors");
+    let run = tttc(&[
+        "run",
+        "examples/ttt_linear.ttt",
+        "--inputs",
+        sample.to_str().expect("utf-8"),
+        "--out",
+        d.join("o.safetensors").to_str().expect("utf-8"),
+        "--save-state",
+        other.to_str().expect("utf-8"),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let errs = Command::new(d.join("session_errors"))
+        .arg(&golden)
+        .arg(d.join("missing.safetensors"))
+        .arg(d.join("wrong.safetensors"))
+        .arg(&other)
+        .output()
+        .expect("session_errors runs");
+    let out = String::from_utf8_lossy(&errs.stdout).into_owned();
+    assert!(
+        errs.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&errs.stderr)
+    );
+    let code = |case: &str| -> (i32, String) {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{case} ")))
+            .unwrap_or_else(|| panic!("no case {case} in\n{out}"));
+        let mut parts = line.splitn(3, ' ');
+        parts.next();
+        let code = parts.next().and_then(|c| c.parse().ok()).expect("a code");
+        (code, parts.next().unwrap_or_default().to_string())
+    };
+    for (case, want, says) in [
+        ("new_no_file", 5, "/nonexistent/weights.safetensors"),
+        ("new_null_path", 1, "NULL"),
+        ("new_missing_tensor", 3, "`model.norm.weight` is missing"),
+        ("new_wrong_shape", 3, "has shape [65]"),
+        ("new_buffers_wrong_length", 3, "holds 1 elements"),
+        ("feed_null_session", 1, "NULL"),
+        ("new_good", 0, ""),
+        ("feed_zero_tokens", 1, "at least one token"),
+        ("feed_wrong_length", 2, "`input_ids` holds 2 elements"),
+        ("feed_id_out_of_range", 2, "out of its range"),
+        ("feed_good", 0, ""),
+        ("feed_id_out_of_range_later", 2, "out of its range"),
+        ("position", 3, ""),
+        ("load_other_program", 4, "saved by program `ttt_linear`"),
+        ("load_no_file", 5, "/nonexistent/state.safetensors"),
+        ("save_unwritable", 5, "/nonexistent/dir/state.safetensors"),
+        ("feed_after_errors", 0, ""),
+        ("threads", 0, ""),
+    ] {
+        let (got, message) = code(case);
+        assert_eq!(got, want, "{case}: {message}\n{out}");
+        assert!(message.contains(says), "{case}: {message}");
+    }
+}

@@ -45,7 +45,7 @@ impl std::fmt::Display for ConfigValue {
 }
 
 /// A value given for a setting by `--set NAME=VALUE` or a `--config` file.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Setting {
     /// A number (an integer or real config, or a dimension).
     Number(f64),

@@ -47,6 +47,15 @@ pub struct Args {
     /// docs/backends.md for the tolerance.
     #[arg(long, value_enum)]
     tensor_cores: Option<TensorCoresArg>,
+    /// x86_64: a session library (prefill any number of tokens, then decode, save and load the
+    /// state) instead of one whole-sequence call: every dimension but the sequence's is fixed
+    /// (`--config`, `--set B=1`), the sequence length is free. See docs/backends.md.
+    #[arg(long)]
+    session: bool,
+    /// With --session: take the weights' dimensions from this safetensors file (what a
+    /// config does not say, such as an inner MLP's width).
+    #[arg(long, requires = "session")]
+    weights: Option<PathBuf>,
     #[command(flatten)]
     settings: SettingArgs,
 }
@@ -158,6 +167,32 @@ pub fn main(args: &Args) -> Result<(), Failure> {
         super::check_output_path(out, "-o", &reads)?;
     }
     let (compiled, settings) = compile(&args.file, precision, &args.settings, None, false)?;
+    if args.session {
+        if !matches!(args.target, Target::X86_64) {
+            return Err(Failure::user("--session applies to --target x86_64 only"));
+        }
+        if args.inputs.is_some() {
+            return Err(Failure::user(
+                "--session takes its shapes from --config/--set (the sequence length stays free), not --inputs",
+            ));
+        }
+        let known = match &args.weights {
+            Some(path) => tttc::runtime::read_safetensors_with_ints(path)
+                .map_err(|e| Failure::user(format!("reading {}: {e}", path.display())))?
+                .floats
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shape().to_vec()))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        return build_session_library(
+            &compiled.program,
+            &settings,
+            &known,
+            precision,
+            args.output.as_deref(),
+        );
+    }
     let specialized = bind_program(
         &compiled.program,
         args.inputs.as_deref(),
@@ -229,6 +264,171 @@ fn build_library(program: &Program, output: Option<&Path>) -> Result<(), Failure
     }
     eprintln!("wrote {} and {}", library.display(), header.display());
     Ok(())
+}
+
+/// Writes a session library for `program` (after the pipeline): its pieces compiled to
+/// objects, its header and shim, linked with the run-time static library.
+#[cfg(feature = "llvm")]
+fn build_session_library(
+    program: &Program,
+    settings: &tttc::Settings,
+    known: &BTreeMap<String, Vec<usize>>,
+    precision: Precision,
+    output: Option<&Path>,
+) -> Result<(), Failure> {
+    use tttc::aot_session::{piece_symbol, session_header, session_pieces, session_shim};
+    use tttc::backends::aot;
+    let runtime = runtime_library()?;
+    let name = aot::c_identifier(&program.name);
+    let library = output
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(format!("lib{name}.so")));
+    let dir = library
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let header_name = format!("{name}.h");
+    let header = dir.join(&header_name);
+    let mut pieces = session_pieces(program, settings, known, precision).map_err(|e| {
+        if e.is_user_error() {
+            Failure::user(e)
+        } else {
+            Failure::internal(e)
+        }
+    })?;
+    let work = tempfile_dir(&dir)?;
+    let result = (|| {
+        let mut objects = Vec::new();
+        for (i, piece) in pieces.programs.iter().enumerate() {
+            let object = work.join(format!("piece{i}.o"));
+            let sig = tttc::driver::generate_code(
+                piece,
+                tttc::passes::pipeline::Target::Cpu,
+                &|kernels| {
+                    tttc::backends::llvm::emit_object_calling_gemm(
+                        kernels,
+                        &object,
+                        &piece_symbol(i),
+                    )
+                    .map(|()| {
+                        let list = |v: Vec<(tttc::ir::kernel::BufId, &str)>| {
+                            v.into_iter()
+                                .map(|(id, n)| {
+                                    let shape = kernels
+                                        .buffer(id)
+                                        .map(|b| b.layout.shape.clone())
+                                        .unwrap_or_default();
+                                    (n.to_string(), shape)
+                                })
+                                .collect::<Vec<_>>()
+                        };
+                        (list(kernels.inputs()), list(kernels.outputs()))
+                    })
+                },
+            )
+            .map_err(Failure::internal)?
+            .map_err(Failure::internal)?;
+            pieces
+                .manifest
+                .pieces
+                .push(tttc_aot_runtime::manifest::PieceSig {
+                    name: piece.name.clone(),
+                    key: tttc_aot_runtime::manifest::piece_key(piece),
+                    inputs: sig.0,
+                    outputs: sig.1,
+                });
+            objects.push(object);
+        }
+        let blob = pieces.manifest.to_bytes().map_err(Failure::internal)?;
+        let shim = work.join(format!("{name}_session.c"));
+        let write = |path: &Path, text: String| {
+            std::fs::write(path, text)
+                .map_err(|e| Failure::user(format!("cannot write {}: {e}", path.display())))
+        };
+        write(&header, session_header(&pieces.manifest))?;
+        write(&shim, session_shim(&header_name, objects.len(), &blob))?;
+        let status =
+            std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+                .args(["-shared", "-fPIC", "-O1", "-I"])
+                .arg(&dir)
+                .arg("-o")
+                .arg(&library)
+                .arg(&shim)
+                .args(&objects)
+                .arg(&runtime)
+                // Only the C API is exported: the run time's own symbols (Rust's std included)
+                // stay inside the library.
+                .args(["-Wl,--gc-sections", "-Wl,--exclude-libs,ALL", "-Wl,-s"])
+                .args(["-lpthread", "-ldl", "-lm", "-lgcc_s", "-lc"])
+                .status()
+                .map_err(|e| {
+                    Failure::user(format!(
+                        "cannot run the C compiler `cc` (needed to link the library): {e}"
+                    ))
+                })?;
+        if !status.success() {
+            return Err(Failure::internal(format!(
+                "linking {} failed ({status})",
+                library.display()
+            )));
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result?;
+    eprintln!(
+        "wrote {} ({} pieces, mini-batch {}) and {}",
+        library.display(),
+        pieces.programs.len(),
+        pieces.manifest.mini_batch,
+        header.display()
+    );
+    Ok(())
+}
+
+/// The run time's static library (`libtttc_aot_runtime.a`): `$TTTC_AOT_RUNTIME`, else beside
+/// the `tttc` executable (as cargo builds it: `target/<profile>/`, or its `deps/`).
+#[cfg(feature = "llvm")]
+fn runtime_library() -> Result<PathBuf, Failure> {
+    if let Some(p) = std::env::var_os("TTTC_AOT_RUNTIME") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::internal(format!("cannot find the tttc executable: {e}")))?;
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let beside = dir.join("libtttc_aot_runtime.a");
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    for d in [dir.clone(), dir.join("deps")] {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if f.starts_with("libtttc_aot_runtime") && f.ends_with(".a") {
+                if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                    found.push((t, e.path()));
+                }
+            }
+        }
+    }
+    found.sort();
+    found.pop().map(|(_, p)| p).ok_or_else(|| {
+        Failure::user(format!(
+            "the session run time {} is missing: build it (`cargo build -p tttc-aot-runtime`) or set TTTC_AOT_RUNTIME",
+            beside.display()
+        ))
+    })
+}
+
+#[cfg(not(feature = "llvm"))]
+fn build_session_library(
+    _: &Program,
+    _: &tttc::Settings,
+    _: &BTreeMap<String, Vec<usize>>,
+    _: Precision,
+    _: Option<&Path>,
+) -> Result<(), Failure> {
+    Err(Failure::user(tttc::ExecError::NotBuilt("llvm")))
 }
 
 #[cfg(feature = "llvm")]

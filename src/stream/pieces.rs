@@ -12,6 +12,9 @@ use tttc_ir::Program;
 pub(super) struct Pieces {
     backend: Backend,
     compiled: HashMap<Vec<u8>, Prepared>,
+    /// Every distinct program, in the order first asked for, when recording (for an
+    /// ahead-of-time library, which compiles exactly these).
+    recorded: Option<Vec<Program>>,
 }
 
 impl Pieces {
@@ -20,6 +23,7 @@ impl Pieces {
         Pieces {
             backend,
             compiled: HashMap::new(),
+            recorded: None,
         }
     }
 
@@ -39,7 +43,20 @@ impl Pieces {
         }
         let p = prepare(self.backend, program)?;
         self.compiled.insert(key, p.clone());
+        if let Some(r) = &mut self.recorded {
+            r.push(program.clone());
+        }
         Ok(p)
+    }
+
+    /// Keeps every distinct program compiled from now on (see [`Pieces::recorded`]).
+    pub(super) fn record(&mut self) {
+        self.recorded.get_or_insert_with(Vec::new);
+    }
+
+    /// The distinct programs compiled since [`Pieces::record`], in order.
+    pub(super) fn recorded(&self) -> &[Program] {
+        self.recorded.as_deref().unwrap_or_default()
     }
 
     /// How many distinct programs were compiled.

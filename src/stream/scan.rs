@@ -134,6 +134,11 @@ impl ScanRuntime {
         Ok(())
     }
 
+    /// The mini-batch size, once the sizes are known.
+    pub(super) fn mini_batch(&self) -> Option<usize> {
+        self.sized.as_ref().map(|z| z.k)
+    }
+
     fn sized(&self) -> Result<&Sized, StreamError> {
         self.sized
             .as_ref()

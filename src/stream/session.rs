@@ -141,6 +141,33 @@ impl Session {
         self.pieces.len()
     }
 
+    /// Records every distinct program the session compiles from now on (stages, scan steps,
+    /// the constants), for [`Session::recorded_programs`]: an ahead-of-time library feeds a
+    /// session the chunks it will be fed (one mini-batch, one token) to learn the pieces to
+    /// compile.
+    pub fn record_programs(&mut self) {
+        self.pieces.record();
+    }
+
+    /// The distinct programs compiled since [`Session::record_programs`], in order.
+    pub fn recorded_programs(&self) -> &[Program] {
+        self.pieces.recorded()
+    }
+
+    /// The mini-batch size shared by every scan (after the first chunk fixed the dimensions),
+    /// or `None` when the scans differ or there is none.
+    pub fn mini_batch(&self) -> Option<usize> {
+        let mut k = None;
+        for scan in &self.scans {
+            let m = scan.mini_batch()?;
+            if k.is_some_and(|k| k != m) {
+                return None;
+            }
+            k = Some(m);
+        }
+        k
+    }
+
     /// Tokens fed so far.
     pub fn position(&self) -> usize {
         self.position

@@ -421,8 +421,19 @@ fn check_entry_name(name: &str) -> Result<(), LlvmError> {
 /// nests ([`tttc_ir::kernel::expand_gemm`]) first, so the object never calls the matrix
 /// library.
 pub fn emit_object(p: &KernelProgram, path: &Path, entry_name: &str) -> Result<(), LlvmError> {
+    emit_object_calling_gemm(&tttc_ir::kernel::expand_gemm(p), path, entry_name)
+}
+
+/// [`emit_object`] keeping matrix products as calls of `tttc_gemm_f32`/`tttc_gemm_f64` (the
+/// JIT's matrix library, [`tttc_gemm_f32`] for the C signature), which the final link must
+/// provide too: the code is then the JIT's own. Session libraries link the run time that
+/// defines them.
+pub fn emit_object_calling_gemm(
+    p: &KernelProgram,
+    path: &Path,
+    entry_name: &str,
+) -> Result<(), LlvmError> {
     check_entry_name(entry_name)?;
-    let p = &tttc_ir::kernel::expand_gemm(p);
     let host = Host::new(RelocMode::PIC, CodeModel::Default)?;
     let ctx = Context::create();
     let module = build_optimized(&ctx, p, entry_name, &host)?;

@@ -1,0 +1,9 @@
+//! The JIT's native run time (`backends/src/native`), compiled a second time: the worker pool
+//! and the matrix library the pieces call.
+
+#[path = "../../../backends/src/native/gemm.rs"]
+#[allow(dead_code)]
+pub(crate) mod gemm;
+#[path = "../../../backends/src/native/parallel.rs"]
+#[allow(dead_code)]
+pub(crate) mod parallel;
