@@ -37,7 +37,7 @@ use tttc_ir::Program;
 /// Changes whenever the compiler's output for a kernel program may change without the program
 /// changing (a code generator change, the entry format): entries of another version are never
 /// looked at (their keys differ).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// First bytes of every entry file.
 const MAGIC: &[u8; 8] = b"TTTCOBJ1";

@@ -112,7 +112,7 @@ pub fn prepare(backend: Backend, program: &Program) -> Result<Prepared, ExecErro
         #[cfg(feature = "llvm")]
         Backend::Llvm => match crate::cache::directory() {
             Some(dir) => cached_llvm(&dir, program)?,
-            None => compile_kernels(&tttc_backends::llvm::Llvm, program)?,
+            None => uncached_llvm(program)?,
         },
         #[cfg(feature = "cranelift")]
         Backend::Cranelift => compile_kernels(&tttc_backends::cranelift::Cranelift, program)?,
@@ -140,6 +140,24 @@ where
         .map_err(ExecError::Lower)?
         .map_err(ExecError::Codegen)?;
     Ok(Box::new(compiled))
+}
+
+/// The LLVM backend without the compile cache: the kernel program compiled to objects on the
+/// host's threads and linked, as a cache miss does ([`tttc_backends::llvm::compile_object`]);
+/// with `TTTC_PERF_MAP` set, the in-memory JIT instead, which names its functions for `perf`.
+#[cfg(feature = "llvm")]
+fn uncached_llvm(program: &Program) -> Result<Box<dyn CompiledProgram>, ExecError> {
+    use tttc_backends::llvm;
+    if std::env::var_os("TTTC_PERF_MAP").is_some() {
+        return compile_kernels(&llvm::Llvm, program);
+    }
+    let codegen = |e: llvm::LlvmError| ExecError::Codegen(e.into());
+    let kernel = crate::driver::kernel_program(program, tttc_passes::pipeline::Target::Cpu)
+        .map_err(ExecError::Lower)?;
+    let object = llvm::compile_object(&kernel).map_err(codegen)?;
+    // SAFETY: compiled from `kernel` just now, in this process.
+    let jit = unsafe { llvm::load_object(&kernel, &object) }.map_err(codegen)?;
+    Ok(Box::new(jit))
 }
 
 /// The LLVM backend through the compile cache in `dir` ([`crate::cache`]): the kernel program's

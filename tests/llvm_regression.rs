@@ -8,7 +8,7 @@
 //! lane), while the kernel-IR executor, which checks every access, is exact. That is LLVM's bug,
 //! not UB in our IR: `tests/llvm/slp_poison_lane.ll` is the module reduced with LLVM's tools,
 //! and `tests/llvm/main.rs` watches it (`docs/backends.md`, "The SLP vectorizer"). The backend
-//! turns the SLP vectorizer off (`disable_slp_vectorizer` in `backends/src/llvm/mod.rs`); LLVM
+//! turns the SLP vectorizer off (`set_llvm_options` in `backends/src/llvm/mod.rs`); LLVM
 //! must agree with the interpreter to 1e-12 (only `contract` FMA fusion differs) for every `N`.
 //! `TTTC_LLVM_SLP=1 cargo test --test llvm_regression` keeps SLP on and shows the failure (or,
 //! on a fixed LLVM, that SLP can come back).

@@ -146,6 +146,30 @@ fn llvm_compiles_the_function_once_and_calls_it_per_layer() {
     assert!(err <= 1e-13, "{err:e}");
 }
 
+/// The module cut into parts compiled on threads (`llvm::split`: the entry, the layer
+/// function and the parallel loop's worker in different objects, linked together when
+/// loaded) computes what the whole module does; more parts than functions leaves some parts
+/// empty.
+#[cfg(feature = "llvm")]
+#[test]
+fn llvm_objects_cut_into_parts_link_and_agree() {
+    use tttc_backends::llvm::{compile_object_in_parts, load_object, split};
+    let p = program();
+    let want = expected();
+    for parts in [1, 2, 3, 5] {
+        let bundle = compile_object_in_parts(&p, parts).expect("compiles");
+        assert_eq!(
+            split::decode_objects(&bundle).expect("a bundle").len(),
+            parts
+        );
+        // SAFETY: compiled from `p` just now, in this process.
+        let jit = unsafe { load_object(&p, &bundle) }.expect("links");
+        let got = jit.run(&ins()).expect("runs");
+        let err = max_rel(&got["y"].to_f64_vec(), &want);
+        assert!(err <= 1e-13, "{parts} parts: {err:e}");
+    }
+}
+
 #[cfg(feature = "cranelift")]
 #[test]
 fn cranelift_runs_calls_inlined() {

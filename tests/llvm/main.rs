@@ -7,7 +7,7 @@
 //! alone (`instsimplify`) must store `0.0` everywhere (the reference), and after
 //! `slp-vectorizer,instsimplify` a store still holding `poison` means the bug is still there. When
 //! an LLVM upgrade fixes it, the test fails and says so: then check `tests/llvm_regression.rs`
-//! with `TTTC_LLVM_SLP=1` and reconsider `disable_slp_vectorizer` in
+//! with `TTTC_LLVM_SLP=1` and reconsider `set_llvm_options` in
 //! `backends/src/llvm/mod.rs`.
 //!
 //! Skipped, with a message, where LLVM's `opt` is not installed, except under `CI=true`.
@@ -110,7 +110,7 @@ fn slp_vectorizer_still_stores_poison_for_a_defined_value() {
         !poisoned.is_empty(),
         "{}: the SLP vectorizer no longer stores poison for tests/llvm/slp_poison_lane.ll, so \
          this LLVM may have fixed the miscompile; run tests/llvm_regression.rs with \
-         TTTC_LLVM_SLP=1 and, if it passes, turn SLP back on (disable_slp_vectorizer in \
+         TTTC_LLVM_SLP=1 and, if it passes, turn SLP back on (set_llvm_options in \
          backends/src/llvm/mod.rs) and update docs/backends.md (stores: {vectorized:#?})",
         version(&opt)
     );

@@ -49,7 +49,11 @@
 //!   through LLVM's `default<O3>` pipeline **without the SLP vectorizer** (loops are still
 //!   vectorized by the loop vectorizer): LLVM 19.1's SLP vectorizer miscompiles the long
 //!   straight-line blocks that fully unrolled small loops leave, an LLVM bug reduced to
-//!   `tests/llvm/slp_poison_lane.ll` (see [`disable_slp_vectorizer`]).
+//!   `tests/llvm/slp_poison_lane.ll` (see [`set_llvm_options`]), and with full unrolling
+//!   limited to loops of at most [`FULL_UNROLL_MAX`] iterations (compile time; see there).
+//!   Modules of more than a few thousand instructions are cut into parts optimized and
+//!   emitted on the host's threads ([`split`]) when compiled to objects ([`compile_object`]:
+//!   the compile cache, and `--no-cache` runs).
 //!
 //! Before any IR is built the program is checked: unknown buffers, unknown, unbound or rebound
 //! loop variables, stores into inputs, inputs/outputs outside global memory or not row-major,
@@ -62,10 +66,13 @@ mod math;
 pub mod object;
 mod perf_map;
 mod runtime;
+pub mod split;
 
 pub use crate::native::profile;
 pub use codegen::PARALLEL_FOR;
-pub use object::{compile_object, host_fingerprint, load_object, ObjectCode, ObjectJit};
+pub use object::{
+    compile_object, compile_object_in_parts, host_fingerprint, load_object, ObjectCode, ObjectJit,
+};
 pub use runtime::{thread_count, tttc_gemm_f32, tttc_gemm_f64, tttc_parallel_for, WorkerFn};
 
 use crate::backend::{Backend, BackendError};
@@ -126,7 +133,7 @@ struct Host {
 impl Host {
     fn new(reloc: RelocMode, model: CodeModel) -> Result<Host, LlvmError> {
         Target::initialize_native(&InitializationConfig::default()).map_err(LlvmError::Llvm)?;
-        disable_slp_vectorizer();
+        set_llvm_options();
         let triple = TargetMachine::get_default_triple();
         let target = Target::from_triple(&triple).map_err(|e| LlvmError::Llvm(e.to_string()))?;
         let cpu = TargetMachine::get_host_cpu_name().to_string();
@@ -151,9 +158,12 @@ impl Host {
     }
 }
 
-/// Turns LLVM's SLP (straight-line) vectorizer off for this process, once, before any module
-/// is optimized, unless `TTTC_LLVM_SLP` is set (a debugging switch that brings the miscompile
-/// back, for checking a new LLVM: `TTTC_LLVM_SLP=1 cargo test --test llvm_regression`).
+/// Sets LLVM's options for this process, once, before any module is optimized: the SLP
+/// vectorizer off (below) and full unrolling limited ([`full_unroll_max`]).
+///
+/// The SLP (straight-line) vectorizer is off unless `TTTC_LLVM_SLP` is set (a debugging
+/// switch that brings the miscompile back, for checking a new LLVM: `TTTC_LLVM_SLP=1 cargo
+/// test --test llvm_regression`).
 ///
 /// LLVM 19.1's SLP vectorizer produces wrong code for our kernels: with tiny loop extents
 /// `default<O3>` unrolls every loop nest of a program fully, and in the resulting straight-line
@@ -174,17 +184,22 @@ impl Host {
 /// `PassBuilderOptions` say, so the pass is switched off through its own command-line option
 /// (`-vectorize-slp=false`, which `SLPVectorizerPass` checks on every run). LLVM options are
 /// process-wide: another user of LLVM in the same process gets the same setting.
-fn disable_slp_vectorizer() {
+fn set_llvm_options() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // Debugging only: keep the (miscompiling) SLP vectorizer on.
-        if std::env::var_os("TTTC_LLVM_SLP").is_some() {
-            return;
+        let mut args: Vec<std::ffi::CString> = vec![c"tttc".into()];
+        // Debugging only: TTTC_LLVM_SLP keeps the (miscompiling) SLP vectorizer on.
+        if std::env::var_os("TTTC_LLVM_SLP").is_none() {
+            args.push(c"-vectorize-slp=false".into());
         }
-        let args: [&std::ffi::CStr; 2] = [c"tttc", c"-vectorize-slp=false"];
+        if let Some(n) = full_unroll_max() {
+            if let Ok(a) = std::ffi::CString::new(format!("-unroll-full-max-count={n}")) {
+                args.push(a);
+            }
+        }
         let argv: Vec<*const std::ffi::c_char> = args.iter().map(|a| a.as_ptr()).collect();
         // SAFETY: `argv` holds `argv.len()` pointers to NUL-terminated strings that outlive the
-        // call, and the option exists in every LLVM 19. Every compilation passes through here
+        // call, and the options exist in every LLVM 19 (each given once, with a valid value). Every compilation passes through here
         // (`Host::new`) first, and `Once` makes the others wait, so no pass reads the option
         // while it is being written.
         unsafe {
@@ -195,6 +210,31 @@ fn disable_slp_vectorizer() {
             );
         }
     });
+}
+
+/// Loops with more iterations than this are never fully unrolled (LLVM's
+/// `-unroll-full-max-count`; `TTTC_LLVM_FULL_UNROLL=N` sets another limit, `0` none: LLVM's
+/// own cost model alone). A tuning switch, part of the host fingerprint.
+///
+/// Why: with short sequences (a 16-token prompt) `default<O3>` fully unrolls every loop over
+/// the tokens and the mini-batch (trip count 16) and every vector loop left with a known small
+/// trip count, each into straight-line code — the 125M model's layer function grew from about
+/// 2 500 instructions to 100 000, and the machine scheduler, the post-RA scheduler, loop
+/// strength reduction and instruction selection, all superlinear in a block's length, took
+/// 8 of the 9.5 s of a cold compile. At 8 the module stays at about 14 000 instructions and
+/// LLVM takes about a tenth of the time. Nothing fast needs more: the register tiles
+/// (`register_tile`) are jammed in the kernel IR and their column loops are two vectors wide,
+/// and the prefill and decode of the 125M model did not slow down (bench/COMPILE.md).
+pub const FULL_UNROLL_MAX: u32 = 8;
+
+/// The full-unroll limit in force: [`FULL_UNROLL_MAX`], or `TTTC_LLVM_FULL_UNROLL` when it is
+/// a number (`None` for 0: no limit).
+pub fn full_unroll_max() -> Option<u32> {
+    let n = std::env::var("TTTC_LLVM_FULL_UNROLL")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(FULL_UNROLL_MAX);
+    (n > 0).then_some(n)
 }
 
 /// Checks `p`, generates its module with entry `entry`, verifies it and runs `default<O3>`.

@@ -9,9 +9,8 @@
 //! the caller's to know: [`host_fingerprint`] names everything about this process that the
 //! code depends on.
 
-use super::{build_optimized, runtime, Host, LlvmError, JIT_ENTRY};
+use super::{runtime, split, Host, LlvmError, JIT_ENTRY};
 use crate::native::{EntryFn, Jit, JitCode};
-use inkwell::context::Context;
 use inkwell::llvm_sys::core::LLVMCreateMemoryBufferWithMemoryRangeCopy;
 use inkwell::llvm_sys::error::{LLVMDisposeErrorMessage, LLVMErrorRef, LLVMGetErrorMessage};
 use inkwell::llvm_sys::orc2::lljit::{
@@ -23,7 +22,7 @@ use inkwell::llvm_sys::orc2::{
     LLVMOrcCSymbolMapPair, LLVMOrcDisposeMaterializationUnit, LLVMOrcExecutorAddress,
     LLVMOrcJITDylibDefine,
 };
-use inkwell::targets::{CodeModel, FileType, RelocMode};
+use inkwell::targets::{CodeModel, RelocMode};
 use std::ffi::{CStr, CString};
 use std::time::Instant;
 use tttc_ir::kernel::KernelProgram;
@@ -45,32 +44,36 @@ pub fn host_fingerprint() -> Result<String, LlvmError> {
         .map(|(name, _, _)| *name)
         .collect();
     Ok(format!(
-        "triple={}\ncpu={}\nfeatures={}\nllvm={major}.{minor}.{patch}\nsymbols={}\nslp={}\nprofile={}\n",
+        "triple={}\ncpu={}\nfeatures={}\nllvm={major}.{minor}.{patch}\nsymbols={}\nslp={}\nprofile={}\nfull_unroll={:?}\n",
         host.tm.get_triple().as_str().to_string_lossy(),
         host.cpu,
         host.features,
         symbols.join(","),
         std::env::var_os("TTTC_LLVM_SLP").is_some(),
         crate::native::profile::statement_profile_enabled(),
+        super::full_unroll_max(),
     ))
 }
 
-/// Checks, generates and optimizes `p` exactly as [`super::LlvmJit::compile`] does, and returns
-/// the position-independent relocatable object (host format) defining the JIT entry, for
-/// [`load_object`] in this or a later process with the same [`host_fingerprint`].
+/// Checks, generates and optimizes `p` as [`super::LlvmJit::compile`] does, and returns
+/// position-independent relocatable objects (host format) that together define the JIT entry,
+/// as one byte string ([`super::split::encode_objects`]), for [`load_object`] in this or a
+/// later process with the same [`host_fingerprint`]. A large module is cut into parts compiled
+/// on the host's threads ([`super::split`]; `TTTC_LLVM_PARTS`).
 pub fn compile_object(p: &KernelProgram) -> Result<Vec<u8>, LlvmError> {
-    let host = Host::new(RelocMode::PIC, CodeModel::Default)?;
-    let ctx = Context::create();
-    let module = build_optimized(&ctx, p, JIT_ENTRY, &host)?;
-    let buf = host
-        .tm
-        .write_to_memory_buffer(&module, FileType::Object)
-        .map_err(|e| LlvmError::Llvm(format!("emitting the object: {e}")))?;
-    Ok(buf.as_slice().to_vec())
+    let objects = split::compile_objects(p, split::parts(), split::MIN_SPLIT_INSTRUCTIONS)?;
+    Ok(split::encode_objects(&objects))
+}
+
+/// [`compile_object`] with the module cut into `parts` parts whatever its size (for testing
+/// the cut on small programs; `parts` 1 compiles it whole).
+pub fn compile_object_in_parts(p: &KernelProgram, parts: usize) -> Result<Vec<u8>, LlvmError> {
+    let objects = split::compile_objects(p, parts.max(1), 0)?;
+    Ok(split::encode_objects(&objects))
 }
 
 /// Links `object` — made by [`compile_object`] from `p` in a process with the same
-/// [`host_fingerprint`] — into this process and returns it ready to run.
+/// [`host_fingerprint`]: one or more objects — into this process and returns it ready to run.
 ///
 /// # Safety
 ///
@@ -124,20 +127,22 @@ pub unsafe fn load_object(p: &KernelProgram, object: &[u8]) -> Result<ObjectJit,
     }
     check(defined, "defining the runtime symbols")?;
 
-    // SAFETY: the range is valid for `object.len()` bytes and is copied; the name is
-    // NUL-terminated. `LLVMOrcLLJITAddObjectFile` takes ownership of the buffer.
-    let buffer = unsafe {
-        LLVMCreateMemoryBufferWithMemoryRangeCopy(
-            object.as_ptr().cast(),
-            object.len(),
-            c"tttc-cached-object".as_ptr(),
-        )
-    };
-    // SAFETY: a live LLJIT, its own dylib and a buffer it now owns.
-    check(
-        unsafe { LLVMOrcLLJITAddObjectFile(jit, dylib, buffer) },
-        "adding the object",
-    )?;
+    for object in split::decode_objects(object)? {
+        // SAFETY: the range is valid for `object.len()` bytes and is copied; the name is
+        // NUL-terminated. `LLVMOrcLLJITAddObjectFile` takes ownership of the buffer.
+        let buffer = unsafe {
+            LLVMCreateMemoryBufferWithMemoryRangeCopy(
+                object.as_ptr().cast(),
+                object.len(),
+                c"tttc-cached-object".as_ptr(),
+            )
+        };
+        // SAFETY: a live LLJIT, its own dylib and a buffer it now owns.
+        check(
+            unsafe { LLVMOrcLLJITAddObjectFile(jit, dylib, buffer) },
+            "adding the object",
+        )?;
+    }
     let entry_name = CString::new(JIT_ENTRY).map_err(|e| LlvmError::Internal(e.to_string()))?;
     let mut addr: LLVMOrcExecutorAddress = 0;
     // SAFETY: a live LLJIT and a NUL-terminated name; linking happens here (it fails if the
