@@ -177,6 +177,70 @@ fn transposed_right_operand_is_copied_exactly() {
     }
 }
 
+/// Two products with the same transposed right operand (what a step's VJP does with `Wᵀ`):
+/// the operand is copied once, and each product is bitwise what it is when lowered alone.
+#[test]
+fn a_transposed_operand_shared_by_products_is_copied_once() {
+    let (m, k, n) = (3, 9, 40);
+    let tt = |d: &[usize]| TensorType::new(DType::F32, Shape::known(d));
+    let build = |both: bool| {
+        let mut g = Graph::new();
+        let a1 = g.add_input("a1", tt(&[m, k])).expect("a1");
+        let a2 = g.add_input("a2", tt(&[m + 2, k])).expect("a2");
+        let b = g.add_input("b", tt(&[n, k])).expect("b");
+        let bt = g.add(Op::Transpose, &[b]).expect("transpose");
+        if both {
+            let c1 = g.add(Op::MatMul, &[a1, bt]).expect("matmul");
+            g.add_output("c1", c1);
+        }
+        let c2 = g.add(Op::MatMul, &[a2, bt]).expect("matmul");
+        g.add_output("c2", c2);
+        g
+    };
+    let cpu = LowerOptions {
+        blocked_transposes: true,
+        ..LowerOptions::default()
+    };
+    let shared = lower_graph_with("shared", &build(true), &cpu).expect("lower");
+    let alone = lower_graph_with("alone", &build(false), &cpu).expect("lower");
+    verify(&shared).expect("verify");
+    let copies = |p: &KernelProgram| {
+        p.buffers
+            .iter()
+            .filter(|b| b.name.contains("rhs, contiguous"))
+            .count()
+    };
+    assert_eq!(copies(&shared), 1, "{}", print_kernel_program(&shared));
+    assert_eq!(copies(&alone), 1);
+    let inputs: BTreeMap<String, Tensor> = [
+        ("a1".to_string(), tensor(&[m, k], 1, DType::F32)),
+        ("a2".to_string(), tensor(&[m + 2, k], 2, DType::F32)),
+        ("b".to_string(), tensor(&[n, k], 3, DType::F32)),
+    ]
+    .into();
+    let got = run_kernel_program(&shared, &inputs).expect("shared");
+    let want = run_kernel_program(&alone, &inputs).expect("alone")["c2"].to_f64_vec();
+    let c2 = got["c2"].to_f64_vec();
+    assert_eq!(c2.len(), want.len());
+    for (x, y) in want.iter().zip(&c2) {
+        assert!(!x.is_nan(), "NaN");
+        assert_eq!(x.to_bits(), y.to_bits(), "{x} vs {y}");
+    }
+    // c1 against the definition (f32 products summed in order, computed in f64 here: within
+    // f32 rounding of the sum).
+    let (a1, b) = (inputs["a1"].to_f64_vec(), inputs["b"].to_f64_vec());
+    let c1 = got["c1"].to_f64_vec();
+    for i in 0..m {
+        for j in 0..n {
+            let want: f64 = (0..k).map(|p| a1[i * k + p] * b[j * k + p]).sum();
+            assert!(
+                (c1[i * n + j] - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "c1[{i},{j}]"
+            );
+        }
+    }
+}
+
 /// A top-level product whose rows `cpu_parallel` spreads over threads: the tiles of rows are
 /// spread instead (the loop over them is `Parallel`) and the result is bitwise the untiled one.
 #[test]

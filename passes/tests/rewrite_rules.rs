@@ -397,6 +397,33 @@ fn a_mix_of_outer_products_is_a_mix_outer() {
 }
 
 #[test]
+fn a_sum_of_outer_products_is_one_matmul() {
+    // What reverse mode gives for a weight's cotangent over a mini-batch: per-token outer
+    // products `[k, m, 1] @ [k, 1, n]` summed over the tokens. One `[m, k] @ [k, n]` product.
+    let (k, m, n) = (4, 3, 5);
+    let Block { mut b, x3, d3, .. } = block(k, m, n);
+    let xt = b.transpose(x3); // [k, m, 1]
+    let outer = b.matmul(xt, d3); // [k, m, n]
+    let summed = b.sum_to(outer, &[m, n]);
+    let g = b.finish("summed", summed);
+    let r = dualized(&g);
+    let summed_r = r.output_by_name("summed").unwrap();
+    assert_eq!(r.node(summed_r).op, Op::MatMul, "{}", print(&r));
+    assert!(cost(&r) < cost(&g));
+    // The guard: a sum over the tokens of something that is not an outer product of a
+    // column and a row is not a matmul.
+    let mut b = B::new();
+    let a = b.input("a", &[k, m, 2]);
+    let d = b.input("d", &[k, 2, n]);
+    let prod = b.matmul(a, d);
+    let s = b.sum_to(prod, &[m, n]);
+    let g = b.finish("s", s);
+    let r = dualized(&g);
+    let s_r = r.output_by_name("s").unwrap();
+    assert_ne!(r.node(s_r).op, Op::MatMul, "{}", print(&r));
+}
+
+#[test]
 fn a_query_times_a_mix_outer_becomes_the_dual_form() {
     let (k, m, n) = (4, 3, 5);
     let Block {

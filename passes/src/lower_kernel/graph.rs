@@ -27,6 +27,11 @@ pub(super) struct Scope<'g> {
     pub(super) vals: HashMap<NodeId, NodeVal>,
     pub(super) users: HashMap<NodeId, usize>,
     pub(super) dests: HashMap<NodeId, Dest>,
+    /// Row-major copies of strided right operands of matmuls, by the operand's node: a
+    /// transposed weight used by several products (a step's VJP reads `Wᵀ` in several) is
+    /// copied once per graph. Nodes are values, and the buffers they view are not written while
+    /// the graph runs (outputs go to their own destinations), so a copy stays valid.
+    pub(super) contiguous: std::cell::RefCell<HashMap<NodeId, Val>>,
 }
 
 impl Scope<'_> {
@@ -196,6 +201,7 @@ impl Lowerer {
             vals: HashMap::new(),
             users: HashMap::new(),
             dests: HashMap::new(),
+            contiguous: Default::default(),
         };
         if job.inputs.len() != graph.inputs().len() {
             return Err(sc.invalid(format!(

@@ -62,9 +62,34 @@ impl Lowerer {
             return Ok(self.matmul_nest(sc, id, a, &b, [m, k, n], shape, body));
         }
         let a = self.view_of(sc, a, &format!("%{} lhs", id.index()), body);
-        let (bv, bshape) = self.view_of(sc, b, &format!("%{} rhs", id.index()), body);
-        let b = self.contiguous_rows(sc, id, bv, bshape, n, body);
+        let b = self.contiguous_rhs(sc, id, b, n, body);
         Ok(self.matmul_nest(sc, id, a, &b, [m, k, n], shape, body))
+    }
+
+    /// The right operand `b` of matmul `id` as a view with contiguous rows
+    /// ([`Self::contiguous_rows`]), made once per graph for each operand node
+    /// ([`Scope::contiguous`]).
+    fn contiguous_rhs(
+        &mut self,
+        sc: &Scope,
+        id: NodeId,
+        b: Val,
+        n: usize,
+        body: &mut Vec<Stmt>,
+    ) -> Val {
+        let rhs = sc.graph.operands(id).get(1).copied();
+        if let Some(v) = rhs.and_then(|r| sc.contiguous.borrow().get(&r).cloned()) {
+            if v.shape == b.shape {
+                return v;
+            }
+        }
+        let (bv, bshape) = self.view_of(sc, b, &format!("%{} rhs", id.index()), body);
+        let v = self.contiguous_rows(sc, id, bv, bshape, n, body);
+        let Some(rhs) = rhs else {
+            return v;
+        };
+        sc.contiguous.borrow_mut().insert(rhs, v.clone());
+        v
     }
 
     /// Whether a product of `m·n·k` with right operand `b` becomes a [`Stmt::Gemm`]: the

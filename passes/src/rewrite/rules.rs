@@ -247,6 +247,11 @@ pub fn linearity_rules() -> Result<Vec<Rule>, String> {
 ///   mix_outer(w, reshape(a, [k,m]), reshape(d, [k,n]))` (the primal pass's
 ///   `matmul(transpose(X3 [k,1,m]), D3 [k,1,n])` reaches this form through the layout rules).
 /// - `outer-mul-is-matmul` (and `-swapped`): `a [..., m, 1] * b [..., 1, n] → a @ b`.
+/// - `sum-of-outer-products-is-matmul`: `sum_to([m,n], matmul(a [k,m,1], d [k,1,n])) →
+///   transpose(reshape(a, [k,m])) @ reshape(d, [k,n])`: a weight's cotangent summed over the
+///   tokens of a mini-batch (what reverse mode gives for `x @ W` applied per token) is one
+///   `[m,k] @ [k,n]` product, which the CPU schedule register-tiles, instead of `k` outer
+///   products written to a `[k,m,n]` temporary and summed (the same terms in the same order).
 pub fn outer_rules() -> Result<Vec<Rule>, String> {
     let (w, a, d, x, y, su, sd) = (
         var("?w"),
@@ -272,6 +277,23 @@ pub fn outer_rules() -> Result<Vec<Rule>, String> {
                 vec![
                     (su, Attr::Shape(vec![k.clone(), mm.clone()])),
                     (sd, Attr::Shape(vec![k.clone(), n.clone()])),
+                ]
+            })
+        }),
+        rw!("sum-of-outer-products-is-matmul";
+        "(sum_to ?s (matmul ?a ?d))"
+            => "(matmul (transpose (reshape ?su ?a)) (reshape ?sd ?d))",
+        if move |m| {
+            let target = m.egraph[m.eclass].data.tensor()?.shape.0.as_slice();
+            let (ad, dd) = (m.dims(a)?, m.dims(d)?);
+            let ([k1, mm, one1], [k2, one2, n], [tm, tn]) = (ad, dd, target) else {
+                return None;
+            };
+            let ok = k1 == k2 && *one1 == ONE && *one2 == ONE && tm == mm && tn == n;
+            ok.then(|| {
+                vec![
+                    (su, Attr::Shape(vec![k1.clone(), mm.clone()])),
+                    (sd, Attr::Shape(vec![k1.clone(), n.clone()])),
                 ]
             })
         }),
