@@ -83,25 +83,11 @@ fn input_shapes(
             dims.entry(d.clone()).or_insert(1);
         }
     }
-    let mut out = BTreeMap::new();
-    for &id in g.inputs() {
-        let (Some(name), Some(ty)) = (g.input_name(id), g.tensor_type(id)) else {
-            continue;
-        };
-        let mut shape = Vec::new();
-        for d in &ty.shape.0 {
-            match d.substitute(&dims) {
-                Dim::Known(n) => shape.push(n),
-                Dim::Sym(s) => {
-                    return Err(StreamError::Input(format!(
-                        "the shape of `{name}` needs dimension `{s}`: give it with --set {s}=N (a session library fixes every dimension but the sequence's)"
-                    )))
-                }
-            }
-        }
-        out.insert(name.to_string(), shape);
-    }
-    Ok(out)
+    g.input_shapes(&dims).map_err(|(name, s)| {
+        StreamError::Input(format!(
+            "the shape of `{name}` needs dimension `{s}`: give it with --set {s}=N (a session library fixes every dimension but the sequence's)"
+        ))
+    })
 }
 
 /// A recording session, the outputs of its last chunk, and the weights' shapes.

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -46,22 +47,12 @@ fn c_example_runs_the_compiled_library() {
         std::fs::write(d.join(format!("{name}.f32")), bytes).expect("write input");
     }
     let exe = d.join("ttt_linear_c");
-    let cc = Command::new("cc")
-        .args(["-O2", "-I"])
-        .arg(d)
-        .arg(root().join("examples/c/main.c"))
-        .arg("-L")
-        .arg(d)
-        .arg("-lttt_linear")
-        .arg(format!("-Wl,-rpath,{}", d.display()))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .expect("cc runs");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
+    build_c_example(
+        d,
+        &root().join("examples/c/main.c"),
+        "ttt_linear",
+        &["-O2"],
+        &exe,
     );
     let run = Command::new(&exe)
         .arg(d)
@@ -177,22 +168,12 @@ fn session_library(
     let mut exes = Vec::new();
     for name in c_examples {
         let exe = dir.join(name);
-        let cc = Command::new("cc")
-            .args(["-O2", "-Wall", "-Werror", "-pthread", "-I"])
-            .arg(dir)
-            .arg(root().join(format!("examples/c/{name}.c")))
-            .arg("-L")
-            .arg(dir)
-            .arg("-lttt_lm")
-            .arg(format!("-Wl,-rpath,{}", dir.display()))
-            .arg("-o")
-            .arg(&exe)
-            .output()
-            .expect("cc runs");
-        assert!(
-            cc.status.success(),
-            "{}",
-            String::from_utf8_lossy(&cc.stderr)
+        build_c_example(
+            dir,
+            &root().join(format!("examples/c/{name}.c")),
+            "ttt_lm",
+            &["-O2", "-Wall", "-Werror", "-pthread"],
+            &exe,
         );
         exes.push(exe);
     }
@@ -388,4 +369,27 @@ fn session_library_generates_like_tttc_generate_mlp_and_reports_errors() {
         assert_eq!(got, want, "{case}: {message}\n{out}");
         assert!(message.contains(says), "{case}: {message}");
     }
+}
+
+/// Compiles the C program `source` with `flags` against `lib{lib}.so` and the header in `dir`
+/// into `exe` (found at run time through an rpath); a compile error fails the test.
+fn build_c_example(dir: &Path, source: &Path, lib: &str, flags: &[&str], exe: &Path) {
+    let cc = Command::new("cc")
+        .args(flags)
+        .arg("-I")
+        .arg(dir)
+        .arg(source)
+        .arg("-L")
+        .arg(dir)
+        .arg(format!("-l{lib}"))
+        .arg(format!("-Wl,-rpath,{}", dir.display()))
+        .arg("-o")
+        .arg(exe)
+        .output()
+        .expect("cc runs");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
 }

@@ -45,42 +45,19 @@ fn tolerance(precision: &str) -> f64 {
 fn check(stem: &str, precision: &str, got: &BTreeMap<String, Tensor>, what: &str) {
     let expected = load(&file(stem, &format!(".expected_{precision}.safetensors")));
     assert!(expected.contains_key("o") && expected.contains_key("h"));
-    for (name, want) in &expected {
-        let got = got
-            .get(name)
-            .unwrap_or_else(|| panic!("{what}: no output `{name}`"));
-        assert_tensor_close(&format!("{what}: {name}"), got, want, tolerance(precision));
-    }
+    assert_outputs_close(what, got, &expected, tolerance(precision));
 }
 
 /// `tttc run` of the program on case `stem`; `extra` are more arguments.
 fn run(stem: &str, backend: &str, precision: &str, extra: &[&str]) -> BTreeMap<String, Tensor> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("out.safetensors");
-    let (inputs, out_s) = (
-        file(stem, ".inputs.safetensors").display().to_string(),
-        out.display().to_string(),
-    );
-    let mut args = vec![
-        "run",
-        PROGRAM,
-        "--inputs",
+    let inputs = file(stem, ".inputs.safetensors");
+    run_program(
+        std::path::Path::new(PROGRAM),
         &inputs,
-        "--out",
-        &out_s,
-        "--precision",
-        precision,
-        "--backend",
         backend,
-    ];
-    args.extend(extra);
-    let r = tttc(&args);
-    assert!(
-        r.status.success(),
-        "{stem} {backend} {precision} {extra:?}: {}",
-        text(&r)
-    );
-    load(&out)
+        precision,
+        extra,
+    )
 }
 
 #[test]

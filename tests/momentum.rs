@@ -48,15 +48,10 @@ fn tolerance(precision: &str) -> f64 {
 fn check(stem: &str, precision: &str, got: &BTreeMap<String, Tensor>, what: &str) {
     let expected = load(&file(stem, ".expected.safetensors"));
     assert!(expected.contains_key("Z") && expected.contains_key("W1_momentum"));
-    for (name, want) in &expected {
-        let got = got
-            .get(name)
-            .unwrap_or_else(|| panic!("{what}: no output `{name}`"));
-        assert_tensor_close(&format!("{what}: {name}"), got, want, tolerance(precision));
-    }
+    assert_outputs_close(what, got, &expected, tolerance(precision));
 }
 
-/// `tttc run PROGRAM` on `inputs`; `extra` are more arguments.
+/// `tttc run` of `program` (a path from the project root) on `inputs`.
 fn run(
     program: &str,
     inputs: &std::path::Path,
@@ -64,29 +59,13 @@ fn run(
     precision: &str,
     extra: &[&str],
 ) -> BTreeMap<String, Tensor> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("out.safetensors");
-    let (inputs_s, out_s) = (inputs.display().to_string(), out.display().to_string());
-    let mut args = vec![
-        "run",
-        program,
-        "--inputs",
-        &inputs_s,
-        "--out",
-        &out_s,
-        "--precision",
-        precision,
-        "--backend",
+    run_program(
+        std::path::Path::new(program),
+        inputs,
         backend,
-    ];
-    args.extend(extra);
-    let r = tttc(&args);
-    assert!(
-        r.status.success(),
-        "{program} {backend} {precision} {extra:?}: {}",
-        text(&r)
-    );
-    load(&out)
+        precision,
+        extra,
+    )
 }
 
 #[test]

@@ -44,49 +44,7 @@ fn tolerance(precision: &str) -> f64 {
 fn check(expected: &Path, precision: &str, got: &BTreeMap<String, Tensor>, what: &str) {
     let expected = load(expected);
     assert!(expected.contains_key("Z") && expected.len() >= 5);
-    for (name, want) in &expected {
-        let got = got
-            .get(name)
-            .unwrap_or_else(|| panic!("{what}: no output `{name}`"));
-        assert_tensor_close(&format!("{what}: {name}"), got, want, tolerance(precision));
-    }
-}
-
-/// `tttc run PROGRAM` on `inputs`; `extra` are more arguments.
-fn run(
-    program: &Path,
-    inputs: &Path,
-    backend: &str,
-    precision: &str,
-    extra: &[&str],
-) -> BTreeMap<String, Tensor> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("out.safetensors");
-    let (program_s, inputs_s, out_s) = (
-        program.display().to_string(),
-        inputs.display().to_string(),
-        out.display().to_string(),
-    );
-    let mut args = vec![
-        "run",
-        &program_s,
-        "--inputs",
-        &inputs_s,
-        "--out",
-        &out_s,
-        "--precision",
-        precision,
-        "--backend",
-        backend,
-    ];
-    args.extend(extra);
-    let r = tttc(&args);
-    assert!(
-        r.status.success(),
-        "{program_s} {backend} {precision} {extra:?}: {}",
-        text(&r)
-    );
-    load(&out)
+    assert_outputs_close(what, got, &expected, tolerance(precision));
 }
 
 #[test]
@@ -95,7 +53,7 @@ fn a_rule_as_code_matches_the_numpy_loop_on_every_backend() {
     let expected = file("rules", STEM, ".expected.safetensors");
     for backend in backends() {
         for precision in ["f64", "f32"] {
-            let got = run(&root().join(PROGRAM), &inputs, backend, precision, &[]);
+            let got = run_program(&root().join(PROGRAM), &inputs, backend, precision, &[]);
             check(
                 &expected,
                 precision,
@@ -106,7 +64,7 @@ fn a_rule_as_code_matches_the_numpy_loop_on_every_backend() {
     }
     // Token by token: the interpreter after `autodiff` runs the literal recurrence (no step
     // graph, no chunked form).
-    let got = run(
+    let got = run_program(
         &root().join(PROGRAM),
         &inputs,
         "interp",
@@ -139,7 +97,7 @@ fn a_rule_as_code_streams_in_random_chunks_on_every_backend() {
             left -= n;
         }
         let chunks = sizes.join(",");
-        let got = run(
+        let got = run_program(
             &root().join(PROGRAM),
             &inputs,
             backend,
@@ -253,10 +211,10 @@ fn momentum_gd_written_as_a_rule_matches_its_vectors() {
     let inputs = file("momentum", stem, ".inputs.safetensors");
     let expected = file("momentum", stem, ".expected.safetensors");
     for backend in backends() {
-        let got = run(&program, &inputs, backend, "f64", &[]);
+        let got = run_program(&program, &inputs, backend, "f64", &[]);
         check(&expected, "f64", &got, &format!("titans {backend}"));
     }
-    let got = run(
+    let got = run_program(
         &program,
         &inputs,
         "interp",
@@ -411,8 +369,8 @@ fn minibatch_gd_with_unit_token_eta_written_as_a_rule_is_the_builtin() {
     );
     tttc::runtime::write_safetensors(&rule_path, &rule_inputs).unwrap();
     tttc::runtime::write_safetensors(&gd_path, &gd_inputs).unwrap();
-    let a = run(&rule_program, &rule_path, "interp", "f64", &[]);
-    let b = run(
+    let a = run_program(&rule_program, &rule_path, "interp", "f64", &[]);
+    let b = run_program(
         &root().join("examples/ttt_linear.ttt"),
         &gd_path,
         "interp",

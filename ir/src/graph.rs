@@ -188,6 +188,27 @@ impl Graph {
         }
     }
 
+    /// Every named input's concrete shape once `dims` binds the symbolic dimensions. The
+    /// first input whose shape still names an unbound dimension is the error: `(input,
+    /// dimension)`, for the caller to say how that dimension is given.
+    pub fn input_shapes(
+        &self,
+        dims: &BTreeMap<String, usize>,
+    ) -> Result<BTreeMap<String, Vec<usize>>, (String, String)> {
+        let mut out = BTreeMap::new();
+        for &id in &self.inputs {
+            let (Some(name), Some(ty)) = (self.input_name(id), self.tensor_type(id)) else {
+                continue;
+            };
+            let shape = ty.shape.substitute(dims);
+            match shape.symbols().next() {
+                Some(unbound) => return Err((name.to_string(), unbound.to_string())),
+                None => out.insert(name.to_string(), shape.to_known().unwrap_or_default()),
+            };
+        }
+        Ok(out)
+    }
+
     /// Named outputs, in declaration order.
     pub fn outputs(&self) -> &[GraphOutput] {
         &self.outputs

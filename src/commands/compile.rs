@@ -5,7 +5,7 @@ use super::{
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tttc::ir::{Dim, Program};
+use tttc::ir::Program;
 use tttc::Precision;
 
 /// Targets `tttc compile` can write.
@@ -71,26 +71,11 @@ fn shapes_from_settings(
             dims.entry(k.clone()).or_insert(v as usize);
         }
     }
-    let g = &program.graph;
-    let mut out = BTreeMap::new();
-    for &id in g.inputs() {
-        let (Some(name), Some(ty)) = (g.input_name(id), g.tensor_type(id)) else {
-            continue;
-        };
-        let mut shape = Vec::new();
-        for d in &ty.shape.0 {
-            match d.substitute(&dims) {
-                Dim::Known(n) => shape.push(n),
-                Dim::Sym(s) => {
-                    return Err(Failure::user(format!(
-                        "the shape of `{name}` needs dimension `{s}`: give --inputs FILE or --set {s}=N"
-                    )))
-                }
-            }
-        }
-        out.insert(name.to_string(), shape);
-    }
-    Ok(out)
+    program.graph.input_shapes(&dims).map_err(|(name, s)| {
+        Failure::user(format!(
+            "the shape of `{name}` needs dimension `{s}`: give --inputs FILE or --set {s}=N"
+        ))
+    })
 }
 
 /// `program` bound to the shapes of the tensors in `inputs`, or else to the dimensions given
@@ -210,10 +195,18 @@ pub fn main(args: &Args) -> Result<(), Failure> {
     }
 }
 
+/// Where a library goes: the library (`-o`, else `lib<name>.so`), its folder, and the header's
+/// name and path beside it.
 #[cfg(feature = "llvm")]
-fn build_library(program: &Program, output: Option<&Path>) -> Result<(), Failure> {
-    use tttc::backends::aot;
-    let name = aot::c_identifier(&program.name);
+struct LibraryPaths {
+    library: PathBuf,
+    dir: PathBuf,
+    header_name: String,
+    header: PathBuf,
+}
+
+#[cfg(feature = "llvm")]
+fn library_paths(name: &str, output: Option<&Path>) -> LibraryPaths {
     let library = output
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(format!("lib{name}.so")));
@@ -223,6 +216,24 @@ fn build_library(program: &Program, output: Option<&Path>) -> Result<(), Failure
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let header_name = format!("{name}.h");
     let header = dir.join(&header_name);
+    LibraryPaths {
+        library,
+        dir,
+        header_name,
+        header,
+    }
+}
+
+#[cfg(feature = "llvm")]
+fn build_library(program: &Program, output: Option<&Path>) -> Result<(), Failure> {
+    use tttc::backends::aot;
+    let name = aot::c_identifier(&program.name);
+    let LibraryPaths {
+        library,
+        dir,
+        header_name,
+        header,
+    } = library_paths(&name, output);
     let work = tempfile_dir(&dir)?;
     let object = work.join(format!("{name}.o"));
     let shim = work.join(format!("{name}_entry.c"));
@@ -280,15 +291,12 @@ fn build_session_library(
     use tttc::backends::aot;
     let runtime = runtime_library()?;
     let name = aot::c_identifier(&program.name);
-    let library = output
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(format!("lib{name}.so")));
-    let dir = library
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let header_name = format!("{name}.h");
-    let header = dir.join(&header_name);
+    let LibraryPaths {
+        library,
+        dir,
+        header_name,
+        header,
+    } = library_paths(&name, output);
     let mut pieces = session_pieces(program, settings, known, precision).map_err(|e| {
         if e.is_user_error() {
             Failure::user(e)

@@ -59,6 +59,60 @@ pub fn load(path: &Path) -> BTreeMap<String, Tensor> {
     read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// `tttc run PROGRAM --inputs INPUTS --precision PRECISION --backend BACKEND EXTRA...`, its
+/// outputs read back; a failed run fails the calling test with tttc's output.
+pub fn run_program(
+    program: &Path,
+    inputs: &Path,
+    backend: &str,
+    precision: &str,
+    extra: &[&str],
+) -> BTreeMap<String, Tensor> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.safetensors");
+    let (program_s, inputs_s, out_s) = (
+        program.display().to_string(),
+        inputs.display().to_string(),
+        out.display().to_string(),
+    );
+    let mut args = vec![
+        "run",
+        &program_s,
+        "--inputs",
+        &inputs_s,
+        "--out",
+        &out_s,
+        "--precision",
+        precision,
+        "--backend",
+        backend,
+    ];
+    args.extend(extra);
+    let r = tttc(&args);
+    assert!(
+        r.status.success(),
+        "{program_s} {inputs_s} {backend} {precision} {extra:?}: {}",
+        text(&r)
+    );
+    load(&out)
+}
+
+/// Every tensor of `expected` against the output of the same name in `got`, within
+/// `tolerance` relative to max |expected| ([`assert_tensor_close`]); a missing output fails.
+pub fn assert_outputs_close(
+    what: &str,
+    got: &BTreeMap<String, Tensor>,
+    expected: &BTreeMap<String, Tensor>,
+    tolerance: f64,
+) {
+    for (name, want) in expected {
+        let got = got
+            .get(name)
+            .unwrap_or_else(|| panic!("{what}: no output `{name}`"));
+        assert_tensor_close(&format!("{what}: {name}"), got, want, tolerance);
+    }
+}
+
 /// max |got − expected| / max |expected|, in f64. A shape mismatch, or a NaN or an infinity
 /// not matched by the same value, fails the calling test (see [`compare`]).
 pub fn rel_error(got: &Tensor, expected: &Tensor) -> f64 {
