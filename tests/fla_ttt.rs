@@ -182,29 +182,7 @@ fn an_fla_session_saved_mid_mini_batch_resumes_on_every_backend() {
             .unwrap()
         };
         let state = dir.path().join(format!("{}.state", backend.name()));
-        let (mut whole, mut first) = (new_session(), new_session());
-        for chunk in &chunks[..2] {
-            whole.feed(chunk).unwrap();
-            first.feed(chunk).unwrap();
-        }
-        first.save(&state).unwrap();
-        drop(first);
-        let mut resumed = new_session();
-        resumed.load(&state).unwrap();
-        assert_eq!(resumed.position(), 21);
-        let mut last = BTreeMap::new();
-        for chunk in &chunks[2..] {
-            let want = whole.feed(chunk).unwrap();
-            last = resumed.feed(chunk).unwrap();
-            for (name, w) in &want {
-                assert_tensor_close(
-                    &format!("{} resumed: {name}", backend.name()),
-                    &last[name],
-                    w,
-                    0.0,
-                );
-            }
-        }
+        let last = assert_resumes_exactly(new_session, &chunks, &state, 21, backend.name());
         // After the last chunk the final state is fla's.
         let expected = load(&file(stem, ".expected_f64.safetensors"));
         assert_tensor_close(

@@ -197,24 +197,7 @@ fn a_momentum_session_saved_mid_mini_batch_resumes_on_every_backend() {
             };
             let what = format!("{stem} {}", backend.name());
             let state = dir.path().join(format!("{}.state", backend.name()));
-            let (mut whole, mut first) = (new_session(), new_session());
-            for chunk in &chunks[..2] {
-                whole.feed(chunk).unwrap();
-                first.feed(chunk).unwrap();
-            }
-            first.save(&state).unwrap();
-            drop(first);
-            let mut resumed = new_session();
-            resumed.load(&state).unwrap();
-            assert_eq!(resumed.position(), 21);
-            let mut last = BTreeMap::new();
-            for chunk in &chunks[2..] {
-                let want = whole.feed(chunk).unwrap();
-                last = resumed.feed(chunk).unwrap();
-                for (name, w) in &want {
-                    assert_tensor_close(&format!("{what} resumed: {name}"), &last[name], w, 0.0);
-                }
-            }
+            let last = assert_resumes_exactly(new_session, &chunks, &state, 21, &what);
             let expected = load(&file(stem, ".expected.safetensors"));
             for name in ["W1_last", "W1_momentum"] {
                 assert_tensor_close(

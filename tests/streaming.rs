@@ -259,22 +259,8 @@ fn a_session_saved_mid_mini_batch_continues_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.safetensors");
 
-    let mut whole = new_session();
-    let mut first = new_session();
-    for chunk in &chunks[..2] {
-        whole.feed(chunk).unwrap();
-        first.feed(chunk).unwrap();
-    }
-    first.save(&state).unwrap();
-    drop(first);
-    let mut resumed = new_session();
-    resumed.load(&state).unwrap();
-    assert_eq!(resumed.position(), 21);
-    for chunk in &chunks[2..] {
-        let want = whole.feed(chunk).unwrap();
-        let got = resumed.feed(chunk).unwrap();
-        assert_eq!(got, want, "a loaded session must continue bit for bit");
-    }
+    // A loaded session continues bit for bit.
+    assert_resumes_exactly(new_session, &chunks, &state, 21, "interp");
     // And the pieces together equal the golden's expectations.
     let all = run_chunked(
         Backend::Interp,

@@ -113,6 +113,38 @@ pub fn assert_outputs_close(
     }
 }
 
+/// Streams `chunks` through one session whole, and through another that is saved to `state`
+/// after the first two chunks and loaded into a fresh session (which must then stand at
+/// `resume_at` tokens); every later chunk's outputs must equal the whole session's bit for bit.
+/// Returns the resumed session's outputs of the last chunk.
+pub fn assert_resumes_exactly(
+    new_session: impl Fn() -> tttc::stream::Session,
+    chunks: &[BTreeMap<String, Tensor>],
+    state: &Path,
+    resume_at: usize,
+    what: &str,
+) -> BTreeMap<String, Tensor> {
+    let (mut whole, mut first) = (new_session(), new_session());
+    for chunk in &chunks[..2] {
+        whole.feed(chunk).expect("feed");
+        first.feed(chunk).expect("feed");
+    }
+    first.save(state).expect("save");
+    drop(first);
+    let mut resumed = new_session();
+    resumed.load(state).expect("load");
+    assert_eq!(resumed.position(), resume_at, "{what}: position after load");
+    let mut last = BTreeMap::new();
+    for chunk in &chunks[2..] {
+        let want = whole.feed(chunk).expect("feed");
+        last = resumed.feed(chunk).expect("feed");
+        for (name, w) in &want {
+            assert_tensor_close(&format!("{what} resumed: {name}"), &last[name], w, 0.0);
+        }
+    }
+    last
+}
+
 /// max |got − expected| / max |expected|, in f64. A shape mismatch, or a NaN or an infinity
 /// not matched by the same value, fails the calling test (see [`compare`]).
 pub fn rel_error(got: &Tensor, expected: &Tensor) -> f64 {
