@@ -115,8 +115,8 @@ fn record(
             .collect();
     let weights = weights_shapes
         .iter()
-        .map(|(n, s)| (n.clone(), Tensor::zeros(s.clone(), elem)))
-        .collect();
+        .map(|(n, s)| Ok((n.clone(), Tensor::try_zeros(s.clone(), elem)?)))
+        .collect::<Result<_, StreamError>>()?;
     let mut session = Session::new(
         Backend::Interp,
         program.clone(),
@@ -132,8 +132,8 @@ fn record(
         let chunk = plan
             .token_inputs
             .keys()
-            .map(|n| (n.clone(), Tensor::zeros(shapes[n].clone(), elem)))
-            .collect();
+            .map(|n| Ok((n.clone(), Tensor::try_zeros(shapes[n].clone(), elem)?)))
+            .collect::<Result<_, StreamError>>()?;
         out = session.feed(&chunk)?;
     }
     Ok((session, out, weights_shapes))

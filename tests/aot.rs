@@ -393,3 +393,38 @@ fn build_c_example(dir: &Path, source: &Path, lib: &str, flags: &[&str], exe: &P
         String::from_utf8_lossy(&cc.stderr)
     );
 }
+
+/// A batch too large to allocate, given on the command line, is a user error (exit 2) that
+/// says so, not a capacity-overflow panic of the recording session.
+#[test]
+fn session_library_of_an_unallocatable_batch_is_a_user_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let golden = root().join("tests/golden");
+    let (config, weights, out) = (
+        golden.join("model_linear_T.config.json"),
+        golden.join("model_linear_T.inputs.safetensors"),
+        dir.path().join("libx.so"),
+    );
+    let r = tttc(&[
+        "compile",
+        "examples/ttt_lm.ttt",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--weights",
+        weights.to_str().expect("utf-8"),
+        "--target",
+        "x86_64",
+        "--session",
+        "--set",
+        "B=4611686018427387904",
+        "-o",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(
+        text(&r).contains("cannot allocate a tensor"),
+        "{}",
+        text(&r)
+    );
+    assert!(!out.exists());
+}

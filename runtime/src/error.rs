@@ -58,4 +58,13 @@ pub enum RuntimeError {
         /// The requested shape.
         shape: Vec<usize>,
     },
+    /// A tensor of this shape could not be allocated (more bytes than the address space
+    /// holds, or the allocator refused).
+    #[error("cannot allocate a tensor of shape {shape:?} ({bytes} bytes)")]
+    Allocation {
+        /// The requested shape.
+        shape: Vec<usize>,
+        /// The bytes it needs (saturated at `u128::MAX`).
+        bytes: u128,
+    },
 }

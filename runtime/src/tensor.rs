@@ -142,16 +142,30 @@ impl Tensor {
     /// If the number of elements overflows `usize` (as `vec![0; n]` would); use
     /// [`Tensor::new`] for shapes that come from untrusted input.
     pub fn zeros(shape: impl Into<Vec<usize>>, elem: ElemType) -> Tensor {
+        Tensor::try_zeros(shape, elem).unwrap_or_else(|e| panic!("Tensor::zeros: {e}"))
+    }
+
+    /// [`Tensor::zeros`] for a shape that comes from user input: an element count that
+    /// overflows `usize` is [`RuntimeError::ShapeOverflow`], and a tensor the allocator cannot
+    /// provide [`RuntimeError::Allocation`], instead of a panic or an abort.
+    pub fn try_zeros(shape: impl Into<Vec<usize>>, elem: ElemType) -> Result<Tensor, RuntimeError> {
+        fn zeroed<T: Copy + Default>(n: usize, shape: &[usize]) -> Result<Vec<T>, RuntimeError> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n)
+                .map_err(|_| RuntimeError::Allocation {
+                    shape: shape.to_vec(),
+                    bytes: (n as u128).saturating_mul(std::mem::size_of::<T>() as u128),
+                })?;
+            v.resize(n, T::default());
+            Ok(v)
+        }
         let shape = shape.into();
-        let n = shape
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .unwrap_or_else(|| panic!("Tensor::zeros: shape {shape:?} has too many elements"));
+        let n = element_count(&shape)?;
         let data = match elem {
-            ElemType::F32 => TensorData::F32(vec![0.0; n].into()),
-            ElemType::F64 => TensorData::F64(vec![0.0; n].into()),
+            ElemType::F32 => TensorData::F32(zeroed::<f32>(n, &shape)?.into()),
+            ElemType::F64 => TensorData::F64(zeroed::<f64>(n, &shape)?.into()),
         };
-        Tensor { shape, data }
+        Ok(Tensor { shape, data })
     }
 
     /// The shape (`[]` for a scalar).
@@ -277,6 +291,17 @@ mod tests {
         assert!(err.to_string().contains("[2, 2]"));
         let err = Tensor::from_f64(vec![usize::MAX, 3], vec![]).unwrap_err();
         assert!(matches!(err, RuntimeError::ShapeOverflow { .. }));
+    }
+
+    #[test]
+    fn zeros_of_an_overflowing_shape_is_an_error() {
+        let err = Tensor::try_zeros([usize::MAX, 2], ElemType::F32).unwrap_err();
+        assert!(matches!(err, RuntimeError::ShapeOverflow { .. }));
+        // Elements that fit in usize, bytes that do not: an error, not a capacity panic.
+        let err = Tensor::try_zeros([usize::MAX / 4], ElemType::F64).unwrap_err();
+        assert!(matches!(err, RuntimeError::Allocation { .. }), "{err}");
+        let z = Tensor::try_zeros([3, 2], ElemType::F64).unwrap();
+        assert_eq!(z.shape(), &[3, 2]);
     }
 
     #[test]
