@@ -81,6 +81,24 @@ impl StepBuilder<'_> {
         Ok(sum)
     }
 
+    /// `Σ_q rows[q] @ m[q][c]`: column `c` of a block matrix `m` weighted by the block row
+    /// `rows`, the products with a zero block left out (zero if all are).
+    fn matmul_column(
+        &mut self,
+        rows: &[Entry],
+        m: &[Vec<Entry>],
+        c: usize,
+    ) -> Result<Entry, LowerScanError> {
+        let mut terms = Vec::with_capacity(rows.len());
+        for (row, m_row) in rows.iter().zip(m) {
+            terms.push(match (*row, m_row[c]) {
+                (Some(x), Some(y)) => Some(self.add(Op::MatMul, &[x, y])?),
+                _ => None,
+            });
+        }
+        self.sum_entries(terms)
+    }
+
     /// `a ⊙ b`, zero if either is.
     fn mul_entries(&mut self, a: Entry, b: Entry) -> Result<Entry, LowerScanError> {
         match (a, b) {
@@ -305,14 +323,8 @@ impl StepBuilder<'_> {
         // C_c[i] = Σ_q (A_q @ T_0[q][c]) [k, 1].
         let mut start_weights: Vec<Entry> = Vec::with_capacity(n);
         for c in 0..n {
-            let mut terms = Vec::with_capacity(n);
-            for qi in 0..n {
-                terms.push(match (a[qi], t0[qi][c]) {
-                    (Some(aq), Some(tc)) => Some(self.add(Op::MatMul, &[aq, tc])?),
-                    _ => None,
-                });
-            }
-            start_weights.push(self.sum_entries(terms)?);
+            let weights = self.matmul_column(&a, &t0, c)?;
+            start_weights.push(weights);
         }
         let mut theta_all = Vec::with_capacity(states.len());
         for (((&w, &s), &g), ty) in states.iter().zip(carries).zip(grads).zip(state_types) {
@@ -341,14 +353,7 @@ impl StepBuilder<'_> {
             }
             let mut weights: Vec<Entry> = Vec::with_capacity(n);
             for d in 0..n {
-                let mut terms = Vec::with_capacity(n);
-                for qi in 0..n {
-                    terms.push(match (last_q[qi], t0[qi][d]) {
-                        (Some(lq), Some(td)) => Some(self.add(Op::MatMul, &[lq, td])?),
-                        _ => None,
-                    });
-                }
-                let w = self.sum_entries(terms)?;
+                let w = self.matmul_column(&last_q, &t0, d)?;
                 weights.push(match w {
                     Some(w) => Some(self.reshape(w, Vec::new())?),
                     None => None,
