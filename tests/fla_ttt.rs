@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tttc::runtime::Tensor;
 use tttc::stream::{split_chunks, Session};
-use tttc::{bind, Backend, Precision};
+use tttc::{bind, Precision};
 
 const PROGRAM: &str = "examples/fla_ttt_linear.ttt";
 
@@ -135,19 +135,6 @@ fn fla_ttt_linear_streams_in_random_chunks_on_every_backend() {
             }
         }
     }
-}
-
-/// The backends of this build as execution backends.
-fn session_backends() -> Vec<Backend> {
-    backends()
-        .into_iter()
-        .filter_map(|b| match b {
-            "interp" => Some(Backend::Interp),
-            "llvm" => Some(Backend::Llvm),
-            "cranelift" => Some(Backend::Cranelift),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]

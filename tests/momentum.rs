@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tttc::runtime::Tensor;
 use tttc::stream::{split_chunks, Session};
-use tttc::{bind, Backend, Precision};
+use tttc::{bind, Precision};
 
 /// (program, vector set).
 const CASES: [(&str, &str); 2] = [
@@ -147,19 +147,6 @@ fn momentum_gd_streams_in_random_chunks_on_every_backend() {
             }
         }
     }
-}
-
-/// The backends of this build as execution backends.
-fn session_backends() -> Vec<Backend> {
-    backends()
-        .into_iter()
-        .filter_map(|b| match b {
-            "interp" => Some(Backend::Interp),
-            "llvm" => Some(Backend::Llvm),
-            "cranelift" => Some(Backend::Cranelift),
-            _ => None,
-        })
-        .collect()
 }
 
 /// A session saved in the middle of a mini-batch (its momentum buffers and mini-batch start

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tttc::runtime::Tensor;
 use tttc::stream::{split_chunks, Session};
-use tttc::{bind, Backend, Precision};
+use tttc::{bind, Precision};
 
 const PROGRAM: &str = "examples/momentum_weight_decay.ttt";
 const STEM: &str = "momentum_weight_decay_B1_H2_L37_f8_K16";
@@ -129,16 +129,7 @@ fn a_rule_session_saved_mid_mini_batch_resumes_on_every_backend() {
     // 21 tokens (position 5 of the second mini-batch), save, then across the boundary.
     let chunks = split_chunks(&tokens, &plan.token_inputs, &[17, 4, 3, 9, 4]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let backends: Vec<Backend> = backends()
-        .into_iter()
-        .filter_map(|b| match b {
-            "interp" => Some(Backend::Interp),
-            "llvm" => Some(Backend::Llvm),
-            "cranelift" => Some(Backend::Cranelift),
-            _ => None,
-        })
-        .collect();
-    for backend in backends {
+    for backend in session_backends() {
         let new_session = || {
             Session::new(
                 backend,

@@ -145,6 +145,19 @@ pub fn assert_resumes_exactly(
     last
 }
 
+/// The built backends that run streaming sessions in process ([`backends`] without `ptx`).
+pub fn session_backends() -> Vec<tttc::Backend> {
+    backends()
+        .into_iter()
+        .filter_map(|b| match b {
+            "interp" => Some(tttc::Backend::Interp),
+            "llvm" => Some(tttc::Backend::Llvm),
+            "cranelift" => Some(tttc::Backend::Cranelift),
+            _ => None,
+        })
+        .collect()
+}
+
 /// max |got − expected| / max |expected|, in f64. A shape mismatch, or a NaN or an infinity
 /// not matched by the same value, fails the calling test (see [`compare`]).
 pub fn rel_error(got: &Tensor, expected: &Tensor) -> f64 {
