@@ -1,8 +1,9 @@
 //! `tttc generate`: greedy generation through a streaming session equals argmax decoding of the
 //! one-shot logits of the whole generated sequence — prefill and decode together reproduce
 //! what one pass over the sequence predicts at every position — on both model goldens'
-//! weights (both backbones), in f64 on the interpreter and in f32 on the native backends.
-//! Bad prompts are user errors.
+//! weights (both backbones), in f64 on the interpreter and in f32 on the native backends, also
+//! with every layer's token step split over two threads (the copies of the step are shared by
+//! the layers). Bad prompts are user errors.
 
 mod common;
 
@@ -22,15 +23,22 @@ fn golden(stem: &str, suffix: &str) -> String {
         .to_string()
 }
 
-/// Generated ids printed by `tttc generate`.
-fn generate(stem: &str, prompt: &[i64], backend: &str, precision: &str) -> Vec<i64> {
+/// Generated ids printed by `tttc generate`; with `split`, every token step runs split over
+/// two threads (`TTTC_DECODE_SPLIT_MIN=0`: by default only large states split).
+fn generate(stem: &str, prompt: &[i64], backend: &str, precision: &str, split: bool) -> Vec<i64> {
     let ids = prompt
         .iter()
         .map(i64::to_string)
         .collect::<Vec<_>>()
         .join(",");
     let new = NEW.to_string();
-    let r = tttc(&[
+    let mut command = tttc_command();
+    if split {
+        command
+            .env("TTTC_DECODE_SPLIT_MIN", "0")
+            .env("TTTC_NUM_THREADS", "2");
+    }
+    let r = command.args([
         "generate",
         PROGRAM,
         "--weights",
@@ -46,6 +54,7 @@ fn generate(stem: &str, prompt: &[i64], backend: &str, precision: &str) -> Vec<i
         "--precision",
         precision,
     ]);
+    let r = r.output().expect("the tttc binary runs");
     assert!(r.status.success(), "{stem} {backend}: {}", text(&r));
     assert!(text(&r).contains("tokens/s"), "{}", text(&r));
     String::from_utf8_lossy(&r.stdout)
@@ -101,15 +110,16 @@ fn greedy_generation_is_argmax_decoding_of_one_shot_logits() {
         let file =
             read_safetensors_with_ints(Path::new(&golden(stem, ".inputs.safetensors"))).unwrap();
         let prompt: Vec<i64> = file.ints["input_ids"].values[..PROMPT].to_vec();
-        let mut runs = vec![("interp", "f64")];
+        let mut runs = vec![("interp", "f64", false)];
         for backend in backends() {
             if backend != "interp" {
-                runs.push((backend, "f32"));
+                runs.push((backend, "f32", false));
+                runs.push((backend, "f32", true));
             }
         }
-        for (backend, precision) in runs {
-            let generated = generate(stem, &prompt, backend, precision);
-            assert_eq!(generated.len(), NEW, "{stem} {backend}");
+        for (backend, precision, split) in runs {
+            let generated = generate(stem, &prompt, backend, precision, split);
+            assert_eq!(generated.len(), NEW, "{stem} {backend} split {split}");
             let mut seq = prompt.clone();
             seq.extend(&generated);
             let (logits, vocab) = one_shot_logits(stem, &seq, precision, dir.path());
@@ -118,7 +128,7 @@ fn greedy_generation_is_argmax_decoding_of_one_shot_logits() {
                 assert_eq!(
                     argmax(row),
                     seq[i + 1],
-                    "{stem} {backend} {precision}: token {} of {seq:?}",
+                    "{stem} {backend} {precision} split {split}: token {} of {seq:?}",
                     i + 1
                 );
             }

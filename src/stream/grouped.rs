@@ -3,8 +3,9 @@
 //! `[n, ...]` tensors (no copies). Decoding is one small step per token, too short to pay for
 //! parallel loops inside the step, but every slice is independent.
 
+use super::pieces::Pieces;
 use super::StreamError;
-use crate::execute::{prepare, Backend, Prepared};
+use crate::execute::Prepared;
 use std::collections::BTreeMap;
 use tttc_ir::Program;
 use tttc_runtime::{ElemType, Tensor, TensorData};
@@ -45,18 +46,16 @@ unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl GroupedStep {
-    /// Compiles `program` (the token step for `n / groups` slices) once per group, or `None`
-    /// when the backend cannot run on raw storage.
+    /// `program` (the token step for `n / groups` slices) compiled once per group (copies
+    /// shared with every other scan of the session that has the same step), or `None` when
+    /// the backend cannot run on raw storage.
     pub(super) fn new(
-        backend: Backend,
+        pieces: &mut Pieces,
         program: &Program,
         groups: usize,
         n: usize,
     ) -> Result<Option<GroupedStep>, StreamError> {
-        let mut steps = Vec::with_capacity(groups);
-        for _ in 0..groups {
-            steps.push(prepare(backend, program)?);
-        }
+        let steps = pieces.prepare_copies(program, groups)?;
         let Some((inputs, outputs)) = steps.first().and_then(Prepared::raw_buffers) else {
             return Ok(None);
         };

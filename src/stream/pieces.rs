@@ -12,6 +12,9 @@ use tttc_ir::Program;
 pub(super) struct Pieces {
     backend: Backend,
     compiled: HashMap<Vec<u8>, Prepared>,
+    /// Programs compiled several times over, for steps that run on several threads at once:
+    /// every scan of a model asks for the same token step's copies, and gets the same ones.
+    copies: HashMap<Vec<u8>, Vec<Prepared>>,
     /// Every distinct program, in the order first asked for, when recording (for an
     /// ahead-of-time library, which compiles exactly these).
     recorded: Option<Vec<Program>>,
@@ -23,6 +26,7 @@ impl Pieces {
         Pieces {
             backend,
             compiled: HashMap::new(),
+            copies: HashMap::new(),
             recorded: None,
         }
     }
@@ -35,9 +39,7 @@ impl Pieces {
     /// `program` compiled for the backend: shared with an earlier piece of exactly the same
     /// program (same graph, names, shapes and settings), else compiled now.
     pub(super) fn prepare(&mut self, program: &Program) -> Result<Prepared, StreamError> {
-        let mut key = Vec::new();
-        ciborium::into_writer(program, &mut key)
-            .map_err(|e| StreamError::internal(format!("encoding a piece: {e}")))?;
+        let key = encoding(program)?;
         if let Some(p) = self.compiled.get(&key) {
             return Ok(p.clone());
         }
@@ -47,6 +49,29 @@ impl Pieces {
             r.push(program.clone());
         }
         Ok(p)
+    }
+
+    /// `count` separately compiled copies of `program` (so that `count` threads can run it at
+    /// once), shared with an earlier request for copies of exactly the same program. Sharing
+    /// is safe: a copy is run by one thread at a time (see [`Prepared`]), and a session's
+    /// scans take turns. On a warm start of a twelve-layer model this loads two copies of the
+    /// token step from the compile cache instead of twenty-four.
+    pub(super) fn prepare_copies(
+        &mut self,
+        program: &Program,
+        count: usize,
+    ) -> Result<Vec<Prepared>, StreamError> {
+        let key = encoding(program)?;
+        if let Some(copies) = self.copies.get(&key) {
+            if copies.len() == count {
+                return Ok(copies.clone());
+            }
+        }
+        let copies = (0..count)
+            .map(|_| prepare(self.backend, program))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.copies.insert(key, copies.clone());
+        Ok(copies)
     }
 
     /// Keeps every distinct program compiled from now on (see [`Pieces::recorded`]).
@@ -63,4 +88,12 @@ impl Pieces {
     pub(super) fn len(&self) -> usize {
         self.compiled.len()
     }
+}
+
+/// A program's exact encoding, the key of its pieces.
+fn encoding(program: &Program) -> Result<Vec<u8>, StreamError> {
+    let mut key = Vec::new();
+    ciborium::into_writer(program, &mut key)
+        .map_err(|e| StreamError::internal(format!("encoding a piece: {e}")))?;
+    Ok(key)
 }

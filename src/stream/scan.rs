@@ -483,7 +483,7 @@ impl ScanRuntime {
             )
             .map_err(|e| StreamError::internal(e.to_string()))?;
             let program = piece_program(&scan.model, "token_step", graph);
-            self.grouped = super::grouped::GroupedStep::new(pieces.backend(), &program, groups, n)?;
+            self.grouped = super::grouped::GroupedStep::new(pieces, &program, groups, n)?;
             if self.grouped.is_some() {
                 return Ok(());
             }
