@@ -31,8 +31,9 @@ export CARGO_TARGET_DIR="$root/target"
 # The maturin build backend runs the `maturin` program of the venv.
 export PATH="$root/$venv/bin:$PATH"
 # --no-build-isolation: the venv's maturin, no second download; --profile dev: minutes less
-# than a release build, and the compiled programs' speed does not depend on it (LLVM makes
-# their code either way).
+# than a release build, and the compiled programs run at about a release build's speed (LLVM
+# makes their code either way, and the dev profile builds the GEMM library they call at
+# opt-level 3: see python/Cargo.toml).
 MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/python" -m pip install -q \
   --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./python
 stamp "extension built and installed"
