@@ -56,6 +56,47 @@ fn inspect_grad_prints_the_backward_at_every_stage() {
     }
 }
 
+/// A language model's inputs hold integer token ids (`input_ids`, I64): `inspect --grad` and
+/// `cost --grad` read their shapes as `run` and `grad` do (they used to reject the file), and
+/// the kernel program of the backward has no `[L, L]` buffer (the causal convolutions'
+/// cotangents are unshifts, linear in L, not products with a selection matrix).
+#[test]
+fn grad_inspection_and_cost_read_integer_inputs() {
+    let stem = "tests/golden/grad/grad_model_linear_T";
+    let p = root().join("examples/ttt_lm.ttt").display().to_string();
+    let i = root()
+        .join(format!("{stem}.inputs.safetensors"))
+        .display()
+        .to_string();
+    let c = root()
+        .join(format!("{stem}.config.json"))
+        .display()
+        .to_string();
+    let out = tttc(&[
+        "inspect",
+        &p,
+        "--grad",
+        "--config",
+        &c,
+        "--inputs",
+        &i,
+        "--kernel-ir",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let kernels = String::from_utf8_lossy(&out.stdout);
+    let ids = tttc::runtime::read_safetensors_with_ints(std::path::Path::new(&i)).expect("inputs");
+    let l = ids.ints["input_ids"].shape[1];
+    assert!(kernels.contains("kernel program"), "{kernels}");
+    assert!(
+        !kernels.contains(&format!("[{l}, {l}]")),
+        "an [L, L] buffer in the backward (L = {l})"
+    );
+    let out = tttc(&[
+        "cost", &p, "--grad", "--config", &c, "--inputs", &i, "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 #[test]
 fn cost_grad_counts_forward_and_backward() {
     let (p, i) = (program(), inputs());

@@ -251,6 +251,16 @@ pub enum Op {
         /// How far elements move towards higher indices.
         by: usize,
     },
+    /// The adjoint of a zero-filled [`Op::Shift`]: a shift towards lower indices that keeps
+    /// the shape, `y[t] = x[t + by]` for `t + by < n` and `0` for the last `by` positions
+    /// (`n` the extent of `axis`). Linear in the size also where `n` is symbolic, which is why
+    /// reverse mode uses it rather than a selection matrix.
+    Unshift {
+        /// The axis.
+        axis: usize,
+        /// How far elements move towards lower indices.
+        by: usize,
+    },
     /// Rows of a table by integer ids: `table [V, h...]`, `ids [s...]` give `[s..., h...]` with
     /// `out[s, h] = table[ids[s], h]`. The ids are floats holding integers in `0..V` (an `int`
     /// input's values); the graph interpreter rejects any other id, compiled code clamps it
@@ -330,6 +340,7 @@ impl Op {
             Op::Reshape { .. } => "reshape",
             Op::Slice { .. } => "slice",
             Op::Shift { .. } => "shift",
+            Op::Unshift { .. } => "unshift",
             Op::Gather => "gather",
             Op::ScatterAdd { .. } => "scatter_add",
             Op::Ttt(_) => "ttt",
@@ -350,6 +361,7 @@ impl Op {
             | Op::SumTo { .. }
             | Op::Reshape { .. }
             | Op::Slice { .. }
+            | Op::Unshift { .. }
             | Op::Get { .. } => Some(1),
             // `(x)` or `(x, fill)`.
             Op::Shift { .. } => None,
@@ -550,6 +562,13 @@ impl Op {
                 }
                 a.clone()
             }
+            Op::Unshift { axis, .. } => {
+                let a = one("unshift")?;
+                if *axis >= a.shape.rank() {
+                    return err(format!("unshift: axis {axis} out of range for {}", a.shape));
+                }
+                a.clone()
+            }
             Op::Gather => {
                 let (table, ids) = (one("gather")?, tensor(operands[1], "gather")?);
                 same_dtype(table, ids, "gather")?;
@@ -659,6 +678,7 @@ impl fmt::Display for Op {
                 write!(f, "slice axis={axis} start={start} len={len}")
             }
             Op::Shift { axis, by } => write!(f, "shift axis={axis} by={by}"),
+            Op::Unshift { axis, by } => write!(f, "unshift axis={axis} by={by}"),
             Op::ScatterAdd { rows } => write!(f, "scatter_add rows={rows}"),
             Op::Ttt(scan) => write!(f, "ttt {}", scan.header()),
             Op::TttVjp {

@@ -302,6 +302,7 @@ fn zero_nodes(graph: &Graph) -> Result<BTreeSet<NodeId>, AutodiffError> {
             | Op::SumTo { .. }
             | Op::Reshape { .. }
             | Op::Slice { .. }
+            | Op::Unshift { .. }
             | Op::Gather
             | Op::ScatterAdd { .. } => zero(0),
             Op::Shift { .. } => zero(0) && (operands.len() < 2 || zero(1)),
@@ -889,36 +890,23 @@ impl<'a> Builder<'a> {
                     out.push((*x, d));
                 }
             }
-            // y[t] = x[t - by] (t >= by), fill[t] (t < by): dx[s] = g[s + by] for s + by < n;
-            // dfill = g[0 .. by].
+            // y[t] = x[t - by] (t >= by), fill[t] (t < by): dx[s] = g[s + by] for s + by < n
+            // (an unshift, linear whatever n is); dfill = g[0 .. by].
             Op::Shift { axis, by } => {
                 let Some(x) = operands.first() else {
                     return Err(arity(id));
                 };
                 if is_active(x) {
-                    let xt = src_tensor(src, *x)?;
-                    let d = match xt.shape.0[*axis] {
-                        // dx = g[by .. n] followed by `by` zeros (linear).
-                        Dim::Known(n) if *by >= n => {
-                            let zero = self.constant(0.0, g)?;
-                            self.expand_to(zero, &xt.shape)?
-                        }
-                        Dim::Known(n) => {
-                            let tail = self.dst.add(
-                                Op::Slice {
-                                    axis: *axis,
-                                    start: *by,
-                                    len: n - by,
-                                },
-                                &[g],
-                            )?;
-                            self.pad_along(tail, &xt.shape, *axis, 0, n - by, n)?
-                        }
-                        ref n => {
-                            // M[s, t] = [t - s - by = 0].
-                            let sel = self.selection(n, n, -1.0, *by as f64, xt.dtype)?;
-                            self.along_axis(sel, g, *axis)?
-                        }
+                    let d = if *by == 0 {
+                        g
+                    } else {
+                        self.dst.add(
+                            Op::Unshift {
+                                axis: *axis,
+                                by: *by,
+                            },
+                            &[g],
+                        )?
                     };
                     out.push((*x, d));
                 }
@@ -934,6 +922,22 @@ impl<'a> Builder<'a> {
                         )?;
                         out.push((*fill, d));
                     }
+                }
+            }
+            // y[t] = x[t + by] (t + by < n), 0 after: dx = g shifted back, zero-filled.
+            Op::Unshift { axis, by } => {
+                let [x] = operands else {
+                    return Err(arity(id));
+                };
+                if is_active(x) {
+                    let d = self.dst.add(
+                        Op::Shift {
+                            axis: *axis,
+                            by: *by,
+                        },
+                        &[g],
+                    )?;
+                    out.push((*x, d));
                 }
             }
             Op::Unary { fun } => {

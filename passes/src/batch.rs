@@ -352,6 +352,13 @@ impl Batcher<'_> {
                 },
                 &nodes,
             )?,
+            Op::Unshift { axis, by } => self.dst.add(
+                Op::Unshift {
+                    axis: axis + 1,
+                    by: *by,
+                },
+                &nodes,
+            )?,
             op @ (Op::Mix
             | Op::MixOuter
             | Op::Ttt(_)

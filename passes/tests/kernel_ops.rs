@@ -591,7 +591,7 @@ fn ttt_mlp_scans() {
 }
 
 #[test]
-fn slices_and_shifts() {
+fn slices_shifts_and_unshifts() {
     // Slices of an input, of a permuted view (strided) and of a computed value, on every axis.
     for axis in 0..3 {
         let mut b = B::new();
@@ -650,6 +650,19 @@ fn slices_and_shifts() {
             let mut g = b.finish("y", y);
             g.add_output("z", z);
             check(&g, &format!("shift axis {axis} by {by}"));
+        }
+    }
+    // Unshifts (the shift back of reverse mode) of an input and of a computed value.
+    for axis in 0..3 {
+        for by in [0, 1, 3, 4, 6] {
+            let mut b = B::new();
+            let x = b.input("x", &[2, 4, 3]);
+            let y = op(&mut b, Op::Unshift { axis, by }, &[x]);
+            let xe = b.un(UnaryOp::Tanh, x);
+            let z = op(&mut b, Op::Unshift { axis, by }, &[xe]);
+            let mut g = b.finish("y", y);
+            g.add_output("z", z);
+            check(&g, &format!("unshift axis {axis} by {by}"));
         }
     }
 }

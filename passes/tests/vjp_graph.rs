@@ -11,7 +11,10 @@
 mod common;
 
 use common::*;
-use tttc_ir::{BinaryOp, Graph, Op, UnaryOp};
+use std::collections::BTreeMap;
+
+use tttc_ir::program::specialize_graph;
+use tttc_ir::{BinaryOp, DType, Dim, Graph, Op, ReduceOp, Shape, TensorType, UnaryOp};
 use tttc_passes::autodiff::{gradient_graph, vjp_graph};
 
 fn fd(g: &Graph, inputs: &Inputs, wrt: &[&str]) {
@@ -108,6 +111,127 @@ fn slice_and_shift_cotangents_are_linear_when_extents_are_known() {
             );
         }
     }
+}
+
+/// Along an axis whose extent is symbolic (a model's sequence length, as gradient programs are
+/// derived before shapes are bound), the cotangent of a zero-filled `shift` is an `unshift`
+/// (linear), not a product with an `[L, L]` selection matrix (quadratic: at L = 2048 the 125M
+/// model's causal convolutions made that most of its gradient's time). Its values, once `L` is
+/// bound, equal those of the known-extent VJP (slices and zero padding, built independently).
+#[test]
+fn shift_cotangent_along_a_symbolic_axis_is_an_unshift() {
+    for by in [0, 1, 3] {
+        let mut b = B::new();
+        let x = b.input_shape(
+            "x",
+            Shape(vec![Dim::Known(2), Dim::sym("L"), Dim::Known(3)]),
+        );
+        let y = b.op(Op::Shift { axis: 1, by }, &[x]);
+        let g = b.finish("y", y);
+        let v = vjp_graph(&g, &["y".to_string()], &["x".to_string()]).expect("vjp");
+        let mut unshifts = 0;
+        for id in v.node_ids() {
+            let op = &v.node(id).op;
+            assert!(
+                !matches!(op, Op::Iota { .. } | Op::Mix),
+                "selection matrix in the VJP: {op:?}"
+            );
+            unshifts += usize::from(matches!(op, Op::Unshift { .. }));
+        }
+        assert_eq!(unshifts, usize::from(by > 0), "by = {by}");
+
+        let n = 6;
+        let bound = specialize_graph(&v, &BTreeMap::from([("L".to_string(), n)]));
+        let mut b = B::new();
+        let x = b.input("x", &[2, n, 3]);
+        let y = b.op(Op::Shift { axis: 1, by }, &[x]);
+        let known = b.finish("y", y);
+        let reference = vjp_graph(&known, &["y".to_string()], &["x".to_string()]).expect("vjp");
+        let inputs = random_inputs(&reference, 7);
+        let names = v.output_names();
+        assert_eq!(names, reference.output_names());
+        for name in names {
+            assert_close(
+                &output(&bound, &inputs, &name),
+                &output(&reference, &inputs, &name),
+                0.0,
+            );
+        }
+    }
+}
+
+/// `unshift` (the shift back that reverse mode emits) has its own derivative rule, a shift:
+/// first and second order against finite differences, the last positions zero.
+#[test]
+fn unshift_matches_finite_differences() {
+    let mut b = B::new();
+    let x = b.input("x", &[2, 5, 3]);
+    let c = b.input("c", &[2, 5, 3]);
+    let s = b.op(Op::Unshift { axis: 1, by: 2 }, &[x]);
+    let t = b.un(UnaryOp::Sin, s);
+    let p = b.mul(t, c);
+    let loss = b.sum_all(p);
+    let g = b.finish("loss", loss);
+    let inputs = random_inputs(&g, 8);
+    fd(&g, &inputs, &["x", "c"]);
+
+    let grad = gradient_graph(&g, "loss", &["x".to_string()]).expect("gradient");
+    let dx_name = grad
+        .output_names()
+        .into_iter()
+        .find(|n| n != "loss")
+        .expect("dx");
+    let dx = output(&grad, &inputs, &dx_name);
+    // x's positions 0 and 1 along the axis never reach the output.
+    for o in 0..2 {
+        for t in 0..2 {
+            for i in 0..3 {
+                assert_eq!(dx[(o * 5 + t) * 3 + i], 0.0, "dx[{o}, {t}, {i}]");
+            }
+        }
+    }
+    // Second order: the gradient graph (with its shift) differentiated again.
+    let mut second = grad.clone();
+    let dx_node = second.output_by_name(&dx_name).expect("dx node");
+    let w = second
+        .add_input("w", TensorType::new(DType::F64, Shape::known(&[2, 5, 3])))
+        .expect("w");
+    let wd = second
+        .add(Op::Binary { fun: BinaryOp::Mul }, &[dx_node, w])
+        .expect("mul");
+    let mut total = wd;
+    for axis in (0..3).rev() {
+        total = second
+            .add(
+                Op::Reduce {
+                    fun: ReduceOp::Sum,
+                    axis,
+                },
+                &[total],
+            )
+            .expect("sum");
+    }
+    let total = second
+        .add(
+            Op::Reshape {
+                shape: Shape::known(&[]),
+            },
+            &[total],
+        )
+        .expect("scalar");
+    second.add_output("second", total);
+    let mut inputs2 = inputs.clone();
+    inputs2.insert("w".into(), random_inputs(&g, 9)["x"].clone());
+    check_fd(
+        &second,
+        "second",
+        &inputs2,
+        &["x".to_string()],
+        1e-6,
+        1e-8,
+        1.0,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A graph with two outputs: its VJP with cotangents `ct_y`, `ct_z` equals the gradient of

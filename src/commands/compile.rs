@@ -107,11 +107,16 @@ pub(super) fn bind_gradient(
     settings: &tttc::Settings,
 ) -> Result<Program, Failure> {
     let mut shapes: BTreeMap<String, Vec<usize>> = match inputs {
-        Some(path) => tttc::runtime::read_safetensors(path)
-            .map_err(|e| Failure::user(format!("reading {}: {e}", path.display())))?
-            .iter()
-            .map(|(name, t)| (name.clone(), t.shape().to_vec()))
-            .collect(),
+        Some(path) => {
+            let file = tttc::runtime::read_safetensors_with_ints(path)
+                .map_err(|e| Failure::user(format!("reading {}: {e}", path.display())))?;
+            let floats = file
+                .floats
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shape().to_vec()));
+            let ints = file.ints.iter().map(|(n, t)| (n.clone(), t.shape.clone()));
+            floats.chain(ints).collect()
+        }
         None => shapes_from_settings(forward, settings)?,
     };
     let (bound, _) = tttc::bind_shapes(forward, &shapes, settings).map_err(Failure::user)?;

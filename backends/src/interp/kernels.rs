@@ -491,6 +491,24 @@ pub(crate) fn shift<T: Elem>(
     Arr::new(x.shape.clone(), data)
 }
 
+/// `y[t] = x[t + by]` along `axis` for `t + by < n`; zero for the last `by` positions.
+pub(crate) fn unshift<T: Elem>(x: &Arr<T>, axis: usize, by: usize) -> Result<Arr<T>, String> {
+    let (outer, n, inner) = split_at_axis(&x.shape, axis, "unshift")?;
+    let mut data = Vec::with_capacity(x.data.len());
+    for o in 0..outer {
+        for t in 0..n {
+            match t.checked_add(by).filter(|&s| s < n) {
+                Some(s) => {
+                    let from = (o * n + s) * inner;
+                    data.extend_from_slice(&x.data[from..from + inner]);
+                }
+                None => data.extend(std::iter::repeat_n(T::ZERO, inner)),
+            }
+        }
+    }
+    Arr::new(x.shape.clone(), data)
+}
+
 /// Checks that `id` is an integer in `0..rows`, as the row index it stands for.
 fn row_of<T: Elem>(ids: &Arr<T>, i: usize, rows: usize) -> Result<usize, String> {
     let x = ids.data[i].to_f64();

@@ -477,6 +477,7 @@ impl<'g> Plan<'g> {
                 let fill = if args.len() > 1 { Some(arr(1)?) } else { None };
                 kernels::shift(arr(0)?, fill, *axis, *by).map_err(inv)?
             }
+            Op::Unshift { axis, by } => kernels::unshift(arr(0)?, *axis, *by).map_err(inv)?,
             Op::Reduce { fun, axis } => kernels::reduce(*fun, *axis, arr(0)?).map_err(inv)?,
             Op::Expand { shape } => {
                 kernels::expand(arr(0)?, &self.known_shape(id, shape)?).map_err(inv)?

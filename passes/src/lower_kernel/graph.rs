@@ -340,7 +340,7 @@ impl Lowerer {
     }
 
     /// The value of node `id` of an op that computes into memory: matmuls, reductions, mixes,
-    /// slices and shifts.
+    /// slices, shifts and unshifts.
     fn lower_compute(
         &mut self,
         sc: &Scope,
@@ -384,6 +384,7 @@ impl Lowerer {
                 };
                 self.shift(sc, id, x, fill, *axis, *by, shape, body)?
             }
+            Op::Unshift { axis, by } => self.unshift(sc, id, arg(0)?, *axis, *by, shape, body)?,
             _ => return Err(sc.invalid_at(id, "internal: lowered out of place")),
         })
     }

@@ -1,5 +1,5 @@
-//! `slice` (a view moved along one axis) and `shift` (two loop nests: the fill, then the
-//! operand moved by `by`).
+//! `slice` (a view moved along one axis), `shift` (two loop nests: the fill, then the
+//! operand moved by `by`) and `unshift` (the operand moved back, then the zeros).
 
 use super::*;
 
@@ -90,6 +90,52 @@ impl Lowerer {
             body.extend(wrap(
                 loops,
                 vec![store(dest.buf, dest.at(shape, &to), x.emit(&idx))],
+            ));
+        }
+        Ok(dest.val(shape))
+    }
+
+    /// `y[t] = x[t + by]` along `axis` for `t + by < n`, and zero for the last `by` positions:
+    /// two loop nests, as [`Lowerer::shift`].
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn unshift(
+        &mut self,
+        sc: &Scope,
+        id: NodeId,
+        x: Val,
+        axis: usize,
+        by: usize,
+        shape: &[usize],
+        body: &mut Vec<Stmt>,
+    ) -> Res<Val> {
+        let Some(&n) = shape.get(axis) else {
+            return Err(sc.invalid_at(id, format!("axis {axis} out of range")));
+        };
+        if x.shape != shape {
+            return Err(sc.invalid_at(id, format!("operand {:?}", x.shape)));
+        }
+        let dest = self.dest_for(sc, id, shape);
+        let moved = n.saturating_sub(by);
+        if moved > 0 {
+            let mut extents = shape.to_vec();
+            extents[axis] = moved;
+            let (idx, loops) = self.loops(&extents);
+            let mut from = idx.clone();
+            from[axis] = Index::sum(idx[axis].clone(), Index::Const(by as i64));
+            body.extend(wrap(
+                loops,
+                vec![store(dest.buf, dest.at(shape, &idx), x.emit(&from))],
+            ));
+        }
+        if n > moved {
+            let mut extents = shape.to_vec();
+            extents[axis] = n - moved;
+            let (idx, loops) = self.loops(&extents);
+            let mut to = idx.clone();
+            to[axis] = Index::sum(idx[axis].clone(), Index::Const(moved as i64));
+            body.extend(wrap(
+                loops,
+                vec![store(dest.buf, dest.at(shape, &to), Value::Const(0.0))],
             ));
         }
         Ok(dest.val(shape))

@@ -60,6 +60,7 @@ fn is_verbatim(graph: &Graph, id: NodeId) -> bool {
             | Op::Get { .. }
             | Op::Slice { .. }
             | Op::Shift { .. }
+            | Op::Unshift { .. }
             | Op::Gather
             | Op::ScatterAdd { .. }
     ) || node.ty.tensor().is_none()
@@ -159,6 +160,7 @@ pub fn load(graph: &Graph, label: &str) -> Result<Loaded, RewriteError> {
             | Op::Get { .. }
             | Op::Slice { .. }
             | Op::Shift { .. }
+            | Op::Unshift { .. }
             | Op::Gather
             | Op::ScatterAdd { .. } => {
                 return Err(fail(format!("%{} should be verbatim", id.index())))
