@@ -2,7 +2,8 @@
 # Builds the Python package (python/, docs/python.md) into a virtual environment and runs its
 # tests: creates python/.venv if missing, installs maturin, numpy, pytest, tqdm and torch (CPU use
 # only; PyPI's Linux wheel, which brings its CUDA libraries along: ~5 GB installed), builds the
-# extension with the dev profile (the repository's dependencies at opt-level 2, sharing
+# extension with the dev profile (the repository's dependencies at opt-level 2, the tttc crates
+# at 1, the GEMM library at 3: python/Cargo.toml; sharing
 # target/ with cargo so that what `cargo test` built is reused), installs it, and runs
 # python/tests with pytest. The CLI comparisons use target/debug/tttc (built here if missing).
 #

@@ -16,6 +16,8 @@
 # call writes no output.
 #
 # Installs clang-19 if missing (Debian). Usage: scripts/sanitize.sh
+# With TTTC=path/to/tttc (built with the default features, LLVM included) it uses that binary
+# instead of building one: CI passes the one `cargo test` has just built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLANG=${CLANG:-clang-19}
@@ -28,8 +30,10 @@ if ! command -v "$CLANG" >/dev/null 2>&1; then
 fi
 FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1"
 
-cargo build --bin tttc
-TTTC=target/debug/tttc
+if [ -z "${TTTC:-}" ]; then
+  cargo build --bin tttc
+  TTTC=target/debug/tttc
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
