@@ -368,6 +368,25 @@ pub fn gradient(
     )
 }
 
+/// The gradient program of `program` for cotangents of `outputs`, also computing the outputs,
+/// after the graph stages, cut at its cotangents into a forward part (outputs and residuals)
+/// and a backward part (residuals and cotangents → gradients): see
+/// [`tttc_passes::residuals`].
+pub fn split_gradient(
+    program: &Program,
+    outputs: &[String],
+    checkpoint_every: usize,
+) -> Result<tttc_passes::residuals::SplitGradient, DriverError> {
+    let grad =
+        tttc_passes::autodiff::grad_program_keeping_outputs(program, outputs, checkpoint_every)
+            .map_err(DriverError::Gradient)?;
+    let optimized =
+        run_graph_stages(&Pipeline::gradient(Target::Cpu), grad, None, false, &mut [])?.program;
+    let cts = tttc_passes::autodiff::cotangent_input_names(program, outputs);
+    tttc_passes::residuals::split_at_cotangents(&optimized, outputs, &cts)
+        .map_err(DriverError::Gradient)
+}
+
 /// A bound program after (some of) the kernel stages, with what each stage did.
 #[derive(Debug, Clone)]
 pub struct Lowered {

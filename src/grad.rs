@@ -8,6 +8,12 @@
 //! The gradient program covers every output of the program (an output without a cotangent
 //! gets zeros), so one program serves every call. Native code is generated once per set of
 //! dimensions (the shapes of the inputs) and kept.
+//!
+//! For a training loop whose loss is computed between the forward and the backward (PyTorch's
+//! autograd), [`GradProgram::forward`] computes the outputs and keeps the [`Residuals`] the
+//! backward needs, and [`GradProgram::backward`] computes the same VJP from them and the
+//! cotangents: the forward values are computed once instead of twice (the gradient program
+//! cut at its cotangents: [`tttc_passes::residuals`]).
 
 use crate::bind::{bind, BindError};
 use crate::driver::{DriverError, Precision, Settings};
@@ -16,6 +22,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 use tttc_ir::Program;
+use tttc_passes::residuals::SplitGradient;
 use tttc_runtime::Tensor;
 
 /// Why a gradient could not be computed.
@@ -48,6 +55,10 @@ pub enum GradError {
         /// The output's shape.
         want: Vec<usize>,
     },
+    /// [`GradProgram::backward`] was given residuals without one its backward part reads
+    /// (residuals of another program, or changed since [`GradProgram::forward`] kept them).
+    #[error("the residual `{0}` is missing: pass what `forward` returned for these inputs")]
+    MissingResidual(String),
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -65,6 +76,7 @@ impl GradError {
             GradError::Bind(_)
             | GradError::UnknownCotangent { .. }
             | GradError::CotangentShape { .. }
+            | GradError::MissingResidual(_)
             | GradError::NoCheckpointGroup => true,
             GradError::Internal(_) => false,
         }
@@ -80,8 +92,43 @@ pub struct GradProgram {
     settings: Settings,
     precision: Precision,
     backend: Backend,
+    checkpoint_every: usize,
     /// Native code per set of dimensions.
     compiled: Mutex<BTreeMap<BTreeMap<String, usize>, Prepared>>,
+    /// The forward and backward parts, made on first use by [`GradProgram::forward`].
+    split: Mutex<Option<std::sync::Arc<SplitGradient>>>,
+    /// Native code of the forward part per set of dimensions.
+    compiled_forward: Mutex<BTreeMap<BTreeMap<String, usize>, Prepared>>,
+    /// Native code of the backward part per set of dimensions.
+    compiled_backward: Mutex<BTreeMap<BTreeMap<String, usize>, Prepared>>,
+}
+
+/// What [`GradProgram::forward`] keeps for [`GradProgram::backward`]: the forward values the
+/// backward reads (activations, the scans' operands), by name.
+#[derive(Clone, Debug)]
+pub struct Residuals {
+    tensors: BTreeMap<String, Tensor>,
+}
+
+impl Residuals {
+    /// The kept tensors by name (`$residual<k>`).
+    pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// Residuals from tensors [`Residuals::tensors`] gave (e.g. kept by a binding between the
+    /// calls); [`GradProgram::backward`] checks their names and shapes.
+    pub fn from_tensors(tensors: BTreeMap<String, Tensor>) -> Residuals {
+        Residuals { tensors }
+    }
+
+    /// The bytes the residuals hold.
+    pub fn bytes(&self) -> usize {
+        self.tensors
+            .values()
+            .map(|t| t.len() * t.elem_type().size_bytes())
+            .sum()
+    }
 }
 
 impl GradProgram {
@@ -138,7 +185,11 @@ impl GradProgram {
             settings: settings.clone(),
             precision,
             backend,
+            checkpoint_every,
             compiled: Mutex::new(BTreeMap::new()),
+            split: Mutex::new(None),
+            compiled_forward: Mutex::new(BTreeMap::new()),
+            compiled_backward: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -171,6 +222,114 @@ impl GradProgram {
         inputs: &BTreeMap<String, Tensor>,
         cotangents: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, GradError> {
+        let mut all = inputs.clone();
+        all.extend(self.cotangent_inputs(inputs, cotangents)?);
+        run_cached(self, &self.compiled, &self.gradient, &all)
+    }
+
+    /// The program's outputs for `inputs` (every input by name), and what the backward part
+    /// needs to compute the same VJP as [`GradProgram::vjp`] later, for cotangents computed
+    /// from those outputs ([`GradProgram::backward`]): a training step's forward, without a
+    /// second forward in its backward.
+    pub fn forward(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+    ) -> Result<(BTreeMap<String, Tensor>, Residuals), GradError> {
+        let split = self.split()?;
+        let mut outputs = run_cached(self, &self.compiled_forward, &split.forward, inputs)?;
+        let mut tensors = BTreeMap::new();
+        for name in &split.residuals {
+            let t = outputs.remove(name).ok_or_else(|| {
+                GradError::Internal(format!("the forward part did not return `{name}`"))
+            })?;
+            tensors.insert(name.clone(), t);
+        }
+        Ok((outputs, Residuals { tensors }))
+    }
+
+    /// The VJP of [`GradProgram::vjp`] from what [`GradProgram::forward`] kept: `inputs` are
+    /// the same inputs (the backward reads some of them again), `cotangents` those of any
+    /// subset of the outputs.
+    pub fn backward(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        residuals: &Residuals,
+        cotangents: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, GradError> {
+        let split = self.split()?;
+        let graph = &split.backward.graph;
+        let mut all: BTreeMap<String, Tensor> = inputs
+            .iter()
+            .filter(|(name, _)| graph.input_by_name(name).is_some())
+            .map(|(name, t)| (name.clone(), t.clone()))
+            .collect();
+        for name in &split.residuals {
+            let t = residuals
+                .tensors
+                .get(name)
+                .ok_or_else(|| GradError::MissingResidual(name.clone()))?;
+            all.insert(name.clone(), t.clone());
+        }
+        all.extend(self.cotangent_inputs(inputs, cotangents)?);
+        run_cached(self, &self.compiled_backward, &split.backward, &all)
+    }
+
+    /// The names of the residuals [`GradProgram::forward`] keeps, in the order of
+    /// [`Residuals::tensors`].
+    pub fn residual_names(&self) -> Result<Vec<String>, GradError> {
+        let mut names = self.split()?.residuals.clone();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The shapes of the residuals [`GradProgram::forward`] keeps for inputs of `shapes`
+    /// (every input by name), in the order of [`GradProgram::residual_names`], without running
+    /// anything.
+    pub fn residual_shapes(
+        &self,
+        shapes: &BTreeMap<String, Vec<usize>>,
+    ) -> Result<Vec<Vec<usize>>, GradError> {
+        let split = self.split()?;
+        let (bound, _) =
+            crate::bind_shapes(&split.forward, shapes, &self.settings).map_err(GradError::Bind)?;
+        self.residual_names()?
+            .iter()
+            .map(|name| {
+                bound
+                    .graph
+                    .output_by_name(name)
+                    .and_then(|id| bound.graph.tensor_type(id))
+                    .and_then(|t| t.shape.to_known())
+                    .ok_or_else(|| {
+                        GradError::Internal(format!("the residual `{name}` has no known shape"))
+                    })
+            })
+            .collect()
+    }
+
+    /// The forward and backward parts, made on first use.
+    fn split(&self) -> Result<std::sync::Arc<SplitGradient>, GradError> {
+        let mut split = self.split.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = split.as_ref() {
+            return Ok(s.clone());
+        }
+        let names: Vec<String> = self.outputs.iter().map(|(o, _)| o.clone()).collect();
+        let made = std::sync::Arc::new(crate::driver::split_gradient(
+            &self.forward,
+            &names,
+            self.checkpoint_every,
+        )?);
+        *split = Some(made.clone());
+        Ok(made)
+    }
+
+    /// Every output's cotangent by its cotangent input's name: the given ones (checked by
+    /// name and shape, converted to the program's precision), zeros for the others.
+    fn cotangent_inputs(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        cotangents: &BTreeMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, GradError> {
         let elem = self.precision.elem();
         for name in cotangents.keys() {
             if !self.outputs.iter().any(|(o, _)| o == name) {
@@ -182,7 +341,7 @@ impl GradProgram {
         }
         // The outputs' shapes, from the forward program bound to the inputs.
         let forward = bind(&self.forward, inputs, &self.settings, elem).map_err(GradError::Bind)?;
-        let mut all = inputs.clone();
+        let mut all = BTreeMap::new();
         for (name, input) in &self.outputs {
             let want = forward
                 .program
@@ -212,18 +371,29 @@ impl GradProgram {
             };
             all.insert(input.clone(), ct);
         }
-        let bound = bind(&self.gradient, &all, &self.settings, elem).map_err(GradError::Bind)?;
-        let mut compiled = self
-            .compiled
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !compiled.contains_key(&bound.dims) {
-            let prepared = prepare(self.backend, &bound.program)?;
-            compiled.insert(bound.dims.clone(), prepared);
-        }
-        let prepared = compiled
-            .get(&bound.dims)
-            .ok_or_else(|| GradError::Internal("the compiled program was not kept".into()))?;
-        Ok(prepared.run(&bound.inputs)?)
+        Ok(all)
     }
+}
+
+/// `program` (the gradient program or one of its parts) bound to `tensors` and run, compiled
+/// once per set of dimensions into `cache`.
+fn run_cached(
+    grad: &GradProgram,
+    cache: &Mutex<BTreeMap<BTreeMap<String, usize>, Prepared>>,
+    program: &Program,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<BTreeMap<String, Tensor>, GradError> {
+    let elem = grad.precision.elem();
+    let bound = bind(program, tensors, &grad.settings, elem).map_err(GradError::Bind)?;
+    let mut compiled = cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !compiled.contains_key(&bound.dims) {
+        let prepared = prepare(grad.backend, &bound.program)?;
+        compiled.insert(bound.dims.clone(), prepared);
+    }
+    let prepared = compiled
+        .get(&bound.dims)
+        .ok_or_else(|| GradError::Internal("the compiled program was not kept".into()))?;
+    Ok(prepared.run(&bound.inputs)?)
 }

@@ -39,5 +39,5 @@ pub use driver::{
     read_config_file, Compiled, DriverError, Lowered, Precision, Settings, StageReport,
 };
 pub use execute::{prepare, Backend, ExecError, Prepared};
-pub use grad::{GradError, GradProgram};
+pub use grad::{GradError, GradProgram, Residuals};
 pub use inputs::{read_inputs, InputError};

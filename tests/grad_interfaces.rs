@@ -217,3 +217,109 @@ fn library_entry_point_matches_the_golden() {
     .expect("G = 0");
     assert!(e.is_user_error(), "{e}");
 }
+
+/// The library's forward that keeps what the backward needs, then the backward from it
+/// (`GradProgram::forward` / `GradProgram::backward`, a training step's two halves), on the
+/// whole 2-layer language model golden: the gradients equal torch autograd's (f64 ≤ 1e-8, as
+/// `golden_grad.rs`), the logits equal the forward program's own run (`tttc run`; ≤ 1e-12),
+/// twice (compiled code reused), on the interpreter and on every native backend built; a
+/// missing residual is an error, not a crash.
+#[test]
+fn forward_then_backward_matches_the_golden_language_model() {
+    let stem = root().join("tests/golden/grad/grad_model_linear_T");
+    let path = |suffix: &str| PathBuf::from(format!("{}{suffix}", stem.display()));
+    let program = root().join("examples/ttt_lm.ttt");
+    let config = path(".config.json");
+    let (_, settings) = tttc::lower_with_config(
+        &program,
+        tttc::Precision::F64,
+        &tttc::Settings::new(),
+        |p| tttc::read_config_file(&config, p),
+    )
+    .expect("config");
+    let file =
+        tttc::runtime::read_safetensors_with_ints(&path(".inputs.safetensors")).expect("inputs");
+    let mut inputs = file.floats.clone();
+    for (name, ids) in &file.ints {
+        let values: Vec<f64> = ids.values.iter().map(|&v| v as f64).collect();
+        inputs.insert(
+            name.clone(),
+            Tensor::from_f64(ids.shape.clone(), values).expect("ids"),
+        );
+    }
+    let cts = load(&path(".cotangents.safetensors"));
+    let expected = load(&path(".expected_grad_f64.safetensors"));
+    let logits = run_program(
+        &program,
+        &path(".inputs.safetensors"),
+        "interp",
+        "f64",
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    // The cut: nothing of the forward is computed again in the backward part (every node there
+    // that is not an input or a leaf depends on a cotangent), and no input is a residual.
+    let optimized = tttc::compile_file(&program, tttc::Precision::F64, &settings).expect("compile");
+    let outputs = optimized.graph.output_names();
+    let split = tttc::driver::split_gradient(&optimized, &outputs, 4).expect("split");
+    let backward = &split.backward.graph;
+    let ct_names = tttc::passes::autodiff::cotangent_input_names(&optimized, &outputs);
+    let mut on_backward_side = std::collections::BTreeSet::new();
+    for id in backward.topo_order().expect("acyclic") {
+        let name = backward.input_name(id);
+        if name.is_some_and(|n| ct_names.iter().any(|c| c == n)) {
+            on_backward_side.insert(id);
+            continue;
+        }
+        let operands = backward.operands(id);
+        if name.is_some() || operands.is_empty() {
+            continue;
+        }
+        assert!(
+            operands.iter().any(|o| on_backward_side.contains(o)),
+            "%{} ({}) of the backward part is forward work",
+            id.index(),
+            backward.node(id).op.name()
+        );
+        on_backward_side.insert(id);
+    }
+    for name in &split.residuals {
+        assert!(split.forward.graph.output_by_name(name).is_some(), "{name}");
+        assert!(backward.input_by_name(name).is_some(), "{name}");
+    }
+
+    let mut built = vec![tttc::Backend::Interp];
+    if cfg!(feature = "cranelift") {
+        built.push(tttc::Backend::Cranelift);
+    }
+    if cfg!(feature = "llvm") {
+        built.push(tttc::Backend::Llvm);
+    }
+    for backend in built {
+        let g = tttc::GradProgram::from_file(&program, tttc::Precision::F64, &settings, backend, 4)
+            .expect("compile");
+        for _ in 0..2 {
+            let (outputs, residuals) = g.forward(&inputs).expect("forward");
+            assert!(residuals.bytes() > 0);
+            for (name, want) in &logits {
+                let got = outputs
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{backend:?}: no output `{name}`"));
+                assert_tensor_close(&format!("{backend:?} {name}"), got, want, 1e-12);
+            }
+            let grads = g.backward(&inputs, &residuals, &cts).expect("backward");
+            for (name, exp) in &expected {
+                let got = grads
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{backend:?}: no gradient for `{name}`"));
+                assert_tensor_close(&format!("{backend:?} d{name}"), got, exp, 1e-8);
+            }
+            let mut fewer = residuals.tensors().clone();
+            let first = fewer.keys().next().cloned().expect("a residual");
+            fewer.remove(&first);
+            let e = g
+                .backward(&inputs, &tttc::Residuals::from_tensors(fewer), &cts)
+                .expect_err("a residual missing");
+            assert!(e.to_string().contains(&first), "{e}");
+        }
+    }
+}

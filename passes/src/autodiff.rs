@@ -183,6 +183,18 @@ pub fn vjp_with(
     wrt: &[(String, String)],
     checkpoint_every: usize,
 ) -> Result<Graph, AutodiffError> {
+    vjp_keeping(graph, outputs, wrt, checkpoint_every, false)
+}
+
+/// [`vjp_with`], also keeping (with `keep_outputs`) every output in `outputs` under
+/// [`kept_output_name`], computed from the same forward values the backward reads.
+fn vjp_keeping(
+    graph: &Graph,
+    outputs: &[(String, String)],
+    wrt: &[(String, String)],
+    checkpoint_every: usize,
+    keep_outputs: bool,
+) -> Result<Graph, AutodiffError> {
     let wrt_nodes = wrt_input_nodes(graph, wrt.iter().map(|(name, _)| name))?;
     let mut b = Builder::new(graph)?;
     b.checkpoint_every = checkpoint_every.max(1);
@@ -196,11 +208,29 @@ pub fn vjp_with(
         seeds.push((node, ct));
     }
     let grads = b.reverse(&seeds, &wrt_nodes)?;
+    let mut kept = Vec::new();
+    if keep_outputs {
+        for (output, _) in outputs {
+            let node = graph
+                .output_by_name(output)
+                .ok_or_else(|| AutodiffError::OutputNotFound(output.clone()))?;
+            kept.push((kept_output_name(output), b.fwd(node)?));
+        }
+    }
     let mut dst = b.dst;
     for ((_, out_name), node) in wrt.iter().zip(grads) {
         dst.add_output(out_name, node);
     }
+    for (name, node) in kept {
+        dst.add_output(&name, node);
+    }
     Ok(dst)
+}
+
+/// The name under which [`grad_program_keeping_outputs`] keeps the program's output `output`
+/// (`$` cannot start a name in the language, so it never clashes with an input's).
+pub fn kept_output_name(output: &str) -> String {
+    format!("$output.{output}")
 }
 
 /// Fills `scan.grad = gradient_graph(&scan.loss, "loss", scan.model_states())` for every `ttt`
@@ -1337,6 +1367,26 @@ pub fn grad_program(
     outputs: &[String],
     checkpoint_every: usize,
 ) -> Result<Program, AutodiffError> {
+    grad_program_with(program, outputs, checkpoint_every, false)
+}
+
+/// [`grad_program`] that also computes the program's outputs `outputs`, each under
+/// [`kept_output_name`]: the program that [`crate::residuals::split_at_cotangents`] cuts into a
+/// forward part and a backward part.
+pub fn grad_program_keeping_outputs(
+    program: &Program,
+    outputs: &[String],
+    checkpoint_every: usize,
+) -> Result<Program, AutodiffError> {
+    grad_program_with(program, outputs, checkpoint_every, true)
+}
+
+fn grad_program_with(
+    program: &Program,
+    outputs: &[String],
+    checkpoint_every: usize,
+    keep_outputs: bool,
+) -> Result<Program, AutodiffError> {
     let graph = &program.graph;
     let cts = cotangent_input_names(program, outputs);
     let named_outputs: Vec<(String, String)> = outputs.iter().cloned().zip(cts).collect();
@@ -1347,7 +1397,7 @@ pub fn grad_program(
         .filter(|name| !program.integer_inputs.iter().any(|ii| ii.name == *name))
         .map(|name| (name.to_string(), name.to_string()))
         .collect();
-    let grad = vjp_with(graph, &named_outputs, &wrt, checkpoint_every)?;
+    let grad = vjp_keeping(graph, &named_outputs, &wrt, checkpoint_every, keep_outputs)?;
     Ok(Program {
         name: format!("{}.grad", program.name),
         configs: program.configs.clone(),

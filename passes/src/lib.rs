@@ -27,6 +27,7 @@ pub mod memory_plan;
 pub mod outline;
 pub mod pipeline;
 pub mod register_tile;
+pub mod residuals;
 pub mod rewrite;
 pub mod token_step;
 

@@ -152,6 +152,58 @@ impl Program {
         self.precision.elem()
     }
 
+    /// Every input of the program from `inputs` (copies in the run's element type); a missing
+    /// one is a `TypeError` naming it.
+    fn every_input(
+        &self,
+        py: Python<'_>,
+        inputs: &Bound<'_, PyDict>,
+    ) -> PyResult<BTreeMap<String, Tensor>> {
+        let objects: BTreeMap<String, Bound<'_, PyAny>> = inputs.extract()?;
+        let tensors = arrays::to_tensors(py, &self.program, &objects, self.elem())?;
+        let missing: Vec<String> = arrays::input_names(&self.program)
+            .into_iter()
+            .filter(|n| !tensors.contains_key(n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(errors::type_error(format!(
+                "missing input(s): {}",
+                missing.join(", ")
+            )));
+        }
+        Ok(tensors)
+    }
+
+    /// Floating-point arrays by name (`what` names them in messages), as tensors.
+    fn float_tensors(
+        &self,
+        py: Python<'_>,
+        dict: &Bound<'_, PyDict>,
+        what: &str,
+    ) -> PyResult<BTreeMap<String, Tensor>> {
+        let objects: BTreeMap<String, Bound<'_, PyAny>> = dict.extract()?;
+        let mut out = BTreeMap::new();
+        for (name, obj) in &objects {
+            let arg = arrays::borrow_float(&format!("{what} `{name}`"), obj, self.elem())?;
+            out.insert(name.clone(), arg.to_tensor(py)?);
+        }
+        Ok(out)
+    }
+
+    /// What the gradient entry points need, for checkpoint group `checkpoint_every`.
+    fn vjp_setup(&self, checkpoint_every: usize) -> PyResult<VjpSetup<'_>> {
+        if checkpoint_every == 0 {
+            return Err(errors::value("checkpoint_every must be at least 1"));
+        }
+        Ok(VjpSetup {
+            program: &self.program,
+            settings: &self.settings,
+            precision: self.precision,
+            backend: self.backend,
+            checkpoint_every,
+        })
+    }
+
     /// The entry for `shapes` (every input's), binding and compiling it on first use with the
     /// GIL released.
     fn entry(&self, py: Python<'_>, shapes: &BTreeMap<String, Vec<usize>>) -> PyResult<Arc<Entry>> {
@@ -514,39 +566,81 @@ impl Program {
         cotangents: &Bound<'py, PyDict>,
         checkpoint_every: usize,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let objects: BTreeMap<String, Bound<'_, PyAny>> = inputs.extract()?;
-        let tensors = arrays::to_tensors(py, &self.program, &objects, self.elem())?;
-        let missing: Vec<String> = arrays::input_names(&self.program)
-            .into_iter()
-            .filter(|n| !tensors.contains_key(n))
-            .collect();
-        if !missing.is_empty() {
-            return Err(errors::type_error(format!(
-                "missing input(s): {}",
-                missing.join(", ")
-            )));
-        }
-        let ct_objects: BTreeMap<String, Bound<'_, PyAny>> = cotangents.extract()?;
-        let mut cts = BTreeMap::new();
-        for (name, obj) in &ct_objects {
-            let arg = arrays::borrow_float(&format!("cotangent `{name}`"), obj, self.elem())?;
-            cts.insert(name.clone(), arg.to_tensor(py)?);
-        }
-        if checkpoint_every == 0 {
-            return Err(errors::value("checkpoint_every must be at least 1"));
-        }
-        let setup = VjpSetup {
-            program: &self.program,
-            settings: &self.settings,
-            precision: self.precision,
-            backend: self.backend,
-            checkpoint_every,
-        };
+        let tensors = self.every_input(py, inputs)?;
+        let cts = self.float_tensors(py, cotangents, "cotangent")?;
+        let setup = self.vjp_setup(checkpoint_every)?;
         let cache = &self.vjps;
         let grads = py
             .detach(|| vjp::vjp(&setup, cache, &tensors, &cts))
             .map_err(|e| errors::grad(py, e))?;
         arrays::to_dict(py, &grads)
+    }
+
+    /// A training step's forward: the outputs (as `run` returns them, a dict) and a list of
+    /// residuals, the forward values `backward` needs to compute `vjp`'s result without a
+    /// second forward.
+    #[pyo3(signature = (inputs, checkpoint_every=4))]
+    fn forward_keeping<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: &Bound<'py, PyDict>,
+        checkpoint_every: usize,
+    ) -> PyResult<(Bound<'py, PyDict>, Vec<Bound<'py, PyAny>>)> {
+        let tensors = self.every_input(py, inputs)?;
+        let setup = self.vjp_setup(checkpoint_every)?;
+        let cache = &self.vjps;
+        let (mut outputs, residuals) = py
+            .detach(|| vjp::forward(&setup, cache, &tensors))
+            .map_err(|e| errors::grad(py, e))?;
+        outputs.retain(|name, _| self.keep(name, false));
+        let residuals = residuals
+            .iter()
+            .map(|t| arrays::to_numpy(py, t))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok((arrays::to_dict(py, &outputs)?, residuals))
+    }
+
+    /// `vjp`'s result from the residuals `forward_keeping` returned for the same inputs.
+    #[pyo3(signature = (inputs, residuals, cotangents, checkpoint_every=4))]
+    fn backward<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: &Bound<'py, PyDict>,
+        residuals: Vec<Bound<'py, PyAny>>,
+        cotangents: &Bound<'py, PyDict>,
+        checkpoint_every: usize,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let tensors = self.every_input(py, inputs)?;
+        let cts = self.float_tensors(py, cotangents, "cotangent")?;
+        let kept = residuals
+            .iter()
+            .enumerate()
+            .map(|(k, obj)| {
+                arrays::borrow_float(&format!("residual {k}"), obj, self.elem())?.to_tensor(py)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let setup = self.vjp_setup(checkpoint_every)?;
+        let cache = &self.vjps;
+        let grads = py
+            .detach(|| vjp::backward(&setup, cache, &tensors, kept, &cts))
+            .map_err(|e| errors::grad(py, e))?;
+        arrays::to_dict(py, &grads)
+    }
+
+    /// The shapes of the residuals `forward_keeping` returns for inputs of `shapes`, in order,
+    /// without running anything.
+    #[pyo3(signature = (shapes, checkpoint_every=4))]
+    fn residual_shapes(
+        &self,
+        py: Python<'_>,
+        shapes: &Bound<'_, PyDict>,
+        checkpoint_every: usize,
+    ) -> PyResult<Vec<Vec<usize>>> {
+        let shapes = shapes_of(shapes)?;
+        let setup = self.vjp_setup(checkpoint_every)?;
+        let cache = &self.vjps;
+        py.detach(|| vjp::residual_shapes(&setup, cache, &shapes))
+            .map_err(|e| errors::grad(py, e))
     }
 
     /// `{"primal": {"flops", "bytes"}, "optimized": {...}}` for inputs of `shapes`.

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tttc::ir::Program;
 use tttc::runtime::Tensor;
-use tttc::{Backend, GradError, GradProgram, Precision, Settings};
+use tttc::{Backend, GradError, GradProgram, Precision, Residuals, Settings};
 
 /// What a VJP needs besides its tensors.
 pub struct VjpSetup<'a> {
@@ -65,4 +65,37 @@ pub fn vjp(
     cotangents: &BTreeMap<String, Tensor>,
 ) -> Result<BTreeMap<String, Tensor>, GradError> {
     cache.grad(setup)?.vjp(inputs, cotangents)
+}
+
+/// The outputs for `inputs`, and the residuals (in order) that [`backward`] needs: a training
+/// step's forward, computed once ([`GradProgram::forward`]).
+pub fn forward(
+    setup: &VjpSetup<'_>,
+    cache: &VjpCache,
+    inputs: &BTreeMap<String, Tensor>,
+) -> Result<(BTreeMap<String, Tensor>, Vec<Tensor>), GradError> {
+    let (outputs, residuals) = cache.grad(setup)?.forward(inputs)?;
+    Ok((outputs, residuals.tensors().values().cloned().collect()))
+}
+
+/// The VJP from what [`forward`] returned for the same `inputs` (residuals in its order).
+pub fn backward(
+    setup: &VjpSetup<'_>,
+    cache: &VjpCache,
+    inputs: &BTreeMap<String, Tensor>,
+    residuals: Vec<Tensor>,
+    cotangents: &BTreeMap<String, Tensor>,
+) -> Result<BTreeMap<String, Tensor>, GradError> {
+    let g = cache.grad(setup)?;
+    let named = g.residual_names()?.into_iter().zip(residuals).collect();
+    g.backward(inputs, &Residuals::from_tensors(named), cotangents)
+}
+
+/// The shapes of the residuals [`forward`] returns for inputs of `shapes`, in its order.
+pub fn residual_shapes(
+    setup: &VjpSetup<'_>,
+    cache: &VjpCache,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<Vec<Vec<usize>>, GradError> {
+    cache.grad(setup)?.residual_shapes(shapes)
 }

@@ -19,7 +19,7 @@ import os
 import sys
 import weakref
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -197,6 +197,41 @@ class Program:
         arrays, as_torch = _as_arrays(inputs)
         cts, ct_torch = _as_arrays(cotangents)
         return _wrap(self._native.vjp(arrays, cts, checkpoint_every), as_torch or ct_torch)
+
+    def forward_keeping(
+        self, inputs: Mapping[str, Any], checkpoint_every: int = 4
+    ) -> Tuple[Dict[str, Any], List[Any]]:
+        """A training step's forward: every output by name (as calling the program returns
+        them) and the residuals, the forward values that :meth:`backward` needs to compute
+        :meth:`vjp`'s result for these inputs without running the forward again (the gradient
+        program cut at its cotangents; ``docs/gradients.md``)."""
+        arrays, as_torch = _as_arrays(inputs)
+        outputs, residuals = self._native.forward_keeping(arrays, checkpoint_every)
+        if as_torch:
+            torch = _torch()
+            residuals = [torch.from_numpy(r) for r in residuals]
+        return _wrap(outputs, as_torch), residuals
+
+    def backward(
+        self,
+        inputs: Mapping[str, Any],
+        residuals: List[Any],
+        cotangents: Mapping[str, Any],
+        checkpoint_every: int = 4,
+    ) -> Dict[str, Any]:
+        """:meth:`vjp`'s result from the residuals that :meth:`forward_keeping` returned for the
+        same ``inputs`` (and ``checkpoint_every``)."""
+        arrays, as_torch = _as_arrays(inputs)
+        cts, ct_torch = _as_arrays(cotangents)
+        kept = [_as_array(f"residual {k}", r)[0] for k, r in enumerate(residuals)]
+        grads = self._native.backward(arrays, kept, cts, checkpoint_every)
+        return _wrap(grads, as_torch or ct_torch)
+
+    def residual_shapes(self, checkpoint_every: int = 4, **shapes: Any) -> List[Tuple[int, ...]]:
+        """The shapes of the residuals :meth:`forward_keeping` returns for inputs of these
+        shapes, without running anything."""
+        given = {name: _shape_of(name, v) for name, v in shapes.items()}
+        return [tuple(s) for s in self._native.residual_shapes(given, checkpoint_every)]
 
     def output_shapes(self, **shapes: Any) -> Dict[str, Tuple[int, ...]]:
         """The shape of every output for inputs of these shapes (arrays or tuples), without

@@ -6,7 +6,10 @@
     out["y"].sum().backward()                   # x.grad, w.grad from prog.vjp
 
 The op is a ``torch.library.custom_op`` (``tttc::run``) with ``register_autograd`` (its
-backward is a second custom op, ``tttc::vjp``, which calls ``Program.vjp``) and
+backward is a second custom op, ``tttc::vjp``, which calls ``Program.vjp``); when gradients are
+wanted (grad mode on, an input that requires one) it is ``tttc::run_keeping`` instead, which
+also returns the residuals (``Program.forward_keeping``) for its backward, ``tttc::backward``
+(``Program.backward``), so that a training step runs the forward once. Both have
 ``register_fake`` (output shapes from ``Program.output_shapes``, so ``torch.compile`` traces
 around it without running it). A custom op's arguments must be tensors or plain values, not a
 Python object, so a program travels as an int key (``Program._key``) into tttc's registry of
@@ -104,6 +107,80 @@ def _backward(ctx, grads):
 _run.register_autograd(_backward, setup_context=_setup_context)
 
 
+# With gradients wanted, the forward keeps what the backward needs (``Program.forward_keeping``):
+# the op returns the outputs, then the residuals, which autograd saves for ``tttc::backward``
+# (``Program.backward``): the forward runs once per training step, not again in the backward.
+@torch.library.custom_op("tttc::run_keeping", mutates_args=())
+def _run_keeping(key: int, every: int, tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+    prog = _program(key)
+    named = {n: t.contiguous() for n, t in zip(prog.input_names, tensors)}
+    out, residuals = prog.forward_keeping(named, checkpoint_every=every)
+    return [out[n] for n in prog.output_names] + list(residuals)
+
+
+@_run_keeping.register_fake
+def _run_keeping_fake(key: int, every: int, tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+    prog = _program(key)
+    shapes = {n: tuple(t.shape) for n, t in zip(prog.input_names, tensors)}
+    out = prog.output_shapes(**shapes)
+    kept = prog.residual_shapes(every, **shapes)
+    like, dtype = tensors[0], _dtype(prog)
+    return [like.new_empty(out[n], dtype=dtype) for n in prog.output_names] + [
+        like.new_empty(s, dtype=dtype) for s in kept
+    ]
+
+
+@torch.library.custom_op("tttc::backward", mutates_args=())
+def _backward_op(
+    key: int,
+    every: int,
+    tensors: List[torch.Tensor],
+    residuals: List[torch.Tensor],
+    cotangents: List[Optional[torch.Tensor]],
+) -> List[torch.Tensor]:
+    """Gradients of the floating-point inputs, in input order, from the residuals."""
+    prog = _program(key)
+    inputs = {n: t.contiguous() for n, t in zip(prog.input_names, tensors)}
+    cts = {
+        n: g.contiguous() for n, g in zip(prog.output_names, cotangents) if g is not None
+    }
+    ints = _int_inputs(prog)
+    if not cts:
+        return [torch.zeros_like(inputs[n]) for n in prog.input_names if n not in ints]
+    grads = prog.backward(inputs, [r.contiguous() for r in residuals], cts, checkpoint_every=every)
+    return [grads[n] for n in prog.input_names if n not in ints]
+
+
+@_backward_op.register_fake
+def _backward_op_fake(key, every, tensors, residuals, cotangents):
+    prog = _program(key)
+    ints = _int_inputs(prog)
+    return [torch.empty_like(t) for n, t in zip(prog.input_names, tensors) if n not in ints]
+
+
+def _setup_keeping(ctx, inputs, output):
+    key, every, tensors = inputs
+    prog = _program(key)
+    count = len(prog.output_names)
+    ctx.key, ctx.every, ctx.inputs = key, every, len(tensors)
+    # No zero tensors for the residuals' (and unused outputs') gradients: they are never used.
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*tensors, *output[count:])
+
+
+def _backward_keeping(ctx, grads):
+    prog = _program(ctx.key)
+    saved = list(ctx.saved_tensors)
+    tensors, residuals = saved[: ctx.inputs], saved[ctx.inputs :]
+    cts = list(grads[: len(prog.output_names)])
+    input_grads = iter(_backward_op(ctx.key, ctx.every, tensors, residuals, cts))
+    ints = _int_inputs(prog)
+    return None, None, [None if n in ints else next(input_grads) for n in prog.input_names]
+
+
+_run_keeping.register_autograd(_backward_keeping, setup_context=_setup_keeping)
+
+
 def apply(prog: Program, checkpoint_every: int = 4, **tensors: Any) -> Dict[str, torch.Tensor]:
     """Runs ``prog`` on torch tensors (every input by name) as an autograd-aware op: returns
     every output by name; ``backward()`` through them computes the inputs' gradients with
@@ -121,7 +198,11 @@ def apply(prog: Program, checkpoint_every: int = 4, **tensors: Any) -> Dict[str,
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"input `{name}`: expected a torch tensor, got {type(t).__name__}")
-    outputs = _run(prog._key, checkpoint_every, [tensors[n] for n in prog.input_names])
+    ordered = [tensors[n] for n in prog.input_names]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in ordered):
+        outputs = _run_keeping(prog._key, checkpoint_every, ordered)[: len(prog.output_names)]
+    else:
+        outputs = _run(prog._key, checkpoint_every, ordered)
     return dict(zip(prog.output_names, outputs))
 
 
