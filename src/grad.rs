@@ -15,7 +15,7 @@
 //! cotangents: the forward values are computed once instead of twice (the gradient program
 //! cut at its cotangents: [`tttc_passes::residuals`]).
 
-use crate::bind::{bind, BindError};
+use crate::bind::{bind_owned, BindError};
 use crate::driver::{DriverError, Precision, Settings};
 use crate::execute::{prepare, Backend, ExecError, Prepared};
 use std::collections::BTreeMap;
@@ -114,6 +114,11 @@ impl Residuals {
     /// The kept tensors by name (`$residual<k>`).
     pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
         &self.tensors
+    }
+
+    /// The kept tensors by name, taken.
+    pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
+        self.tensors
     }
 
     /// Residuals from tensors [`Residuals::tensors`] gave (e.g. kept by a binding between the
@@ -222,18 +227,20 @@ impl GradProgram {
         inputs: &BTreeMap<String, Tensor>,
         cotangents: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, GradError> {
+        let cts = self.cotangent_inputs(inputs, cotangents)?;
         let mut all = inputs.clone();
-        all.extend(self.cotangent_inputs(inputs, cotangents)?);
-        run_cached(self, &self.compiled, &self.gradient, &all)
+        all.extend(cts);
+        run_cached(self, &self.compiled, &self.gradient, all)
     }
 
     /// The program's outputs for `inputs` (every input by name), and what the backward part
     /// needs to compute the same VJP as [`GradProgram::vjp`] later, for cotangents computed
     /// from those outputs ([`GradProgram::backward`]): a training step's forward, without a
-    /// second forward in its backward.
+    /// second forward in its backward. The inputs are taken (not copied): a caller that needs
+    /// them again for [`GradProgram::backward`] passes a clone, or its own copy again.
     pub fn forward(
         &self,
-        inputs: &BTreeMap<String, Tensor>,
+        inputs: BTreeMap<String, Tensor>,
     ) -> Result<(BTreeMap<String, Tensor>, Residuals), GradError> {
         let split = self.split()?;
         let mut outputs = run_cached(self, &self.compiled_forward, &split.forward, inputs)?;
@@ -249,29 +256,30 @@ impl GradProgram {
 
     /// The VJP of [`GradProgram::vjp`] from what [`GradProgram::forward`] kept: `inputs` are
     /// the same inputs (the backward reads some of them again), `cotangents` those of any
-    /// subset of the outputs.
+    /// subset of the outputs. Inputs and residuals are taken, not copied (the residuals of a
+    /// training step are gigabytes).
     pub fn backward(
         &self,
-        inputs: &BTreeMap<String, Tensor>,
-        residuals: &Residuals,
+        inputs: BTreeMap<String, Tensor>,
+        mut residuals: Residuals,
         cotangents: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>, GradError> {
         let split = self.split()?;
+        let cts = self.cotangent_inputs(&inputs, cotangents)?;
         let graph = &split.backward.graph;
         let mut all: BTreeMap<String, Tensor> = inputs
-            .iter()
+            .into_iter()
             .filter(|(name, _)| graph.input_by_name(name).is_some())
-            .map(|(name, t)| (name.clone(), t.clone()))
             .collect();
         for name in &split.residuals {
             let t = residuals
                 .tensors
-                .get(name)
+                .remove(name)
                 .ok_or_else(|| GradError::MissingResidual(name.clone()))?;
-            all.insert(name.clone(), t.clone());
+            all.insert(name.clone(), t);
         }
-        all.extend(self.cotangent_inputs(inputs, cotangents)?);
-        run_cached(self, &self.compiled_backward, &split.backward, &all)
+        all.extend(cts);
+        run_cached(self, &self.compiled_backward, &split.backward, all)
     }
 
     /// The names of the residuals [`GradProgram::forward`] keeps, in the order of
@@ -339,15 +347,15 @@ impl GradProgram {
                 });
             }
         }
-        // The outputs' shapes, from the forward program bound to the inputs.
-        let forward = bind(&self.forward, inputs, &self.settings, elem).map_err(GradError::Bind)?;
+        // The outputs' shapes, from the forward program specialized to the inputs' shapes.
+        let (forward, _) =
+            crate::bind::check(&self.forward, inputs, &self.settings).map_err(GradError::Bind)?;
         let mut all = BTreeMap::new();
         for (name, input) in &self.outputs {
             let want = forward
-                .program
                 .graph
                 .output_by_name(name)
-                .and_then(|id| forward.program.graph.tensor_type(id))
+                .and_then(|id| forward.graph.tensor_type(id))
                 .and_then(|t| {
                     t.shape
                         .0
@@ -381,10 +389,10 @@ fn run_cached(
     grad: &GradProgram,
     cache: &Mutex<BTreeMap<BTreeMap<String, usize>, Prepared>>,
     program: &Program,
-    tensors: &BTreeMap<String, Tensor>,
+    tensors: BTreeMap<String, Tensor>,
 ) -> Result<BTreeMap<String, Tensor>, GradError> {
     let elem = grad.precision.elem();
-    let bound = bind(program, tensors, &grad.settings, elem).map_err(GradError::Bind)?;
+    let bound = bind_owned(program, tensors, &grad.settings, elem).map_err(GradError::Bind)?;
     let mut compiled = cache
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

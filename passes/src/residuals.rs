@@ -10,8 +10,9 @@
 //! [`grad_program_keeping_outputs`](crate::autodiff::grad_program_keeping_outputs) (which also
 //! keeps the program's outputs) after its graph stages: a node is on the backward side when it
 //! depends on a cotangent input, else on the forward side. A forward-side value used by the
-//! backward side is a residual, except inputs (the backward reads them itself) and leaves
-//! (constants, iotas, extents: copied).
+//! backward side is a residual, except inputs (the backward reads them itself), leaves
+//! (constants, iotas, extents: copied) and cheap values of one other value (views, broadcasts,
+//! gathers, elementwise ops: recomputed from it, see `recomputed`).
 
 use crate::autodiff::{kept_output_name, AutodiffError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,6 +41,30 @@ fn malformed(msg: impl Into<String>) -> AutodiffError {
 /// Whether `op` is a leaf the backward part recomputes rather than receives.
 fn is_cheap_leaf(op: &Op) -> bool {
     matches!(op, Op::Const { .. } | Op::Iota { .. } | Op::Extent { .. })
+}
+
+/// Whether the backward part recomputes forward value `id` instead of receiving it: a view,
+/// a broadcast, a gather or an elementwise op with at most one operand that is not an input
+/// or a leaf. Its result is no larger than that operand (or is a broadcast of it), so keeping
+/// the operand instead never keeps more, and keeps less where the operand is a residual anyway
+/// (the transposed or normalized copies of an activation that a backward also reads).
+fn recomputed(g: &Graph, id: NodeId) -> bool {
+    let op = &g.node(id).op;
+    let cheap = matches!(
+        op,
+        Op::Transpose
+            | Op::Permute { .. }
+            | Op::Reshape { .. }
+            | Op::Expand { .. }
+            | Op::Unary { .. }
+            | Op::Binary { .. }
+            | Op::Slice { .. }
+            | Op::Shift { .. }
+            | Op::Unshift { .. }
+            | Op::Gather
+    );
+    let free = |o: &NodeId| g.input_name(*o).is_some() || is_cheap_leaf(&g.node(*o).op);
+    cheap && g.operands(id).iter().filter(|o| !free(o)).count() <= 1
 }
 
 /// Cuts `grad`, a gradient program that keeps the outputs `outputs` of its primal program
@@ -88,9 +113,10 @@ pub fn split_at_cotangents(
     let mut bwd = Graph::new();
     let mut bwd_copies: BTreeMap<NodeId, NodeId> = BTreeMap::new();
     let mut residual_nodes: Vec<NodeId> = Vec::new();
-    // Forward-side values are where the backward part starts: their operands are not needed.
+    // Forward-side values are where the backward part starts (their operands are not needed),
+    // except those it recomputes.
     let needed_by_gradients = reachable(g, gradients.iter().map(|(_, n)| *n), |id| {
-        backward_side.contains(&id)
+        backward_side.contains(&id) || recomputed(g, id)
     });
     for &id in &order {
         if !needed_by_gradients.contains(&id) {
@@ -108,7 +134,7 @@ pub fn split_at_cotangents(
                 .ok_or_else(|| malformed(format!("leaf %{} is not a tensor", id.index())))?
                 .dtype;
             bwd.add_leaf(node.op.clone(), dtype)?
-        } else if !backward_side.contains(&id) {
+        } else if !backward_side.contains(&id) && !recomputed(g, id) {
             // A forward value: a residual when the backward side (or a gradient) reads it.
             let ty = g
                 .tensor_type(id)

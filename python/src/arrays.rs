@@ -6,8 +6,9 @@ use crate::errors;
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tttc::ir::Program;
-use tttc::runtime::{ElemType, IntTensor, Tensor, TensorData, TensorFile};
+use tttc::runtime::{ElemType, Elements, IntTensor, SharedBytes, Tensor, TensorData, TensorFile};
 
 /// The numpy name of an element type.
 pub fn dtype_name(elem: ElemType) -> &'static str {
@@ -75,6 +76,26 @@ impl FloatBuffer {
     }
 }
 
+/// A caller's C-contiguous buffer as the bytes of tensor views ([`Arg::into_view`]): the
+/// tensors read the caller's array in place, and the buffer (so the array) stays held as long as
+/// any of them lives. Writing a view copies it first (the runtime's copy on write), so the
+/// caller's array is never written.
+struct BufferBytes(FloatBuffer);
+
+impl AsRef<[u8]> for BufferBytes {
+    fn as_ref(&self) -> &[u8] {
+        let (ptr, len) = match &self.0 {
+            FloatBuffer::F32(b) => (b.buf_ptr() as *const u8, b.len_bytes()),
+            FloatBuffer::F64(b) => (b.buf_ptr() as *const u8, b.len_bytes()),
+        };
+        // SAFETY: the buffer was checked C-contiguous when it was borrowed ([`borrow_float`]),
+        // so its `len_bytes` bytes from `buf_ptr` are its elements; the `PyBuffer` is held (not
+        // released) as long as `self` lives. As for every in-place input of a call, the caller
+        // must not resize or write the array while tttc reads it.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+}
+
 /// One input of a call.
 pub enum Arg {
     /// A floating-point array in the run's element type, C-contiguous: used in place.
@@ -106,6 +127,48 @@ impl Arg {
                 TensorData::F64(v) => v.as_ptr() as *const u8,
             },
         }
+    }
+
+    /// The values as a tensor that views a borrowed buffer in place (no copy; a copy where the
+    /// runtime cannot view it in place: a misaligned buffer, a big-endian host).
+    pub fn into_view(self, py: Python<'_>) -> PyResult<Tensor> {
+        let (buffer, shape) = match self {
+            Arg::Borrowed { buffer, shape } => (buffer, shape),
+            converted => return converted.to_tensor(py),
+        };
+        let is_f32 = matches!(buffer, FloatBuffer::F32(_));
+        let bytes = BufferBytes(buffer);
+        let len = bytes.as_ref().len();
+        let shared: SharedBytes = Arc::new(bytes);
+        let view = if is_f32 {
+            Elements::<f32>::mapped(&shared, 0..len).map(TensorData::F32)
+        } else {
+            Elements::<f64>::mapped(&shared, 0..len).map(TensorData::F64)
+        };
+        let data = match view {
+            Some(data) => data,
+            None => {
+                let raw = (*shared).as_ref();
+                if is_f32 {
+                    TensorData::F32(
+                        raw.chunks_exact(4)
+                            .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect::<Vec<_>>()
+                            .into(),
+                    )
+                } else {
+                    TensorData::F64(
+                        raw.chunks_exact(8)
+                            .map(|c| {
+                                f64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+                            })
+                            .collect::<Vec<_>>()
+                            .into(),
+                    )
+                }
+            }
+        };
+        Tensor::new(shape, data).map_err(errors::value)
     }
 
     /// The values as a tensor (a copy for borrowed storage).
@@ -288,6 +351,20 @@ pub fn to_dict<'py>(
         dict.set_item(name, to_numpy(py, t)?)?;
     }
     Ok(dict)
+}
+
+/// Every entry of `tensors` (inputs of `program`) as a tensor in `elem`: floating-point arrays
+/// as views of the caller's storage ([`Arg::into_view`]), `int` inputs converted.
+pub fn to_views(
+    py: Python<'_>,
+    program: &Program,
+    tensors: &BTreeMap<String, Bound<'_, PyAny>>,
+    elem: ElemType,
+) -> PyResult<BTreeMap<String, Tensor>> {
+    read_inputs(program, tensors, elem)?
+        .into_iter()
+        .map(|(name, arg)| Ok((name, arg.into_view(py)?)))
+        .collect()
 }
 
 /// Every entry of `tensors` (inputs of `program`) as a tensor in `elem` (copies).

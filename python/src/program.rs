@@ -152,15 +152,20 @@ impl Program {
         self.precision.elem()
     }
 
-    /// Every input of the program from `inputs` (copies in the run's element type); a missing
-    /// one is a `TypeError` naming it.
+    /// Every input of the program from `inputs` (copies in the run's element type, or with
+    /// `views` views of the caller's arrays); a missing one is a `TypeError` naming it.
     fn every_input(
         &self,
         py: Python<'_>,
         inputs: &Bound<'_, PyDict>,
+        views: bool,
     ) -> PyResult<BTreeMap<String, Tensor>> {
         let objects: BTreeMap<String, Bound<'_, PyAny>> = inputs.extract()?;
-        let tensors = arrays::to_tensors(py, &self.program, &objects, self.elem())?;
+        let tensors = if views {
+            arrays::to_views(py, &self.program, &objects, self.elem())?
+        } else {
+            arrays::to_tensors(py, &self.program, &objects, self.elem())?
+        };
         let missing: Vec<String> = arrays::input_names(&self.program)
             .into_iter()
             .filter(|n| !tensors.contains_key(n))
@@ -566,7 +571,7 @@ impl Program {
         cotangents: &Bound<'py, PyDict>,
         checkpoint_every: usize,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let tensors = self.every_input(py, inputs)?;
+        let tensors = self.every_input(py, inputs, false)?;
         let cts = self.float_tensors(py, cotangents, "cotangent")?;
         let setup = self.vjp_setup(checkpoint_every)?;
         let cache = &self.vjps;
@@ -586,16 +591,17 @@ impl Program {
         inputs: &Bound<'py, PyDict>,
         checkpoint_every: usize,
     ) -> PyResult<(Bound<'py, PyDict>, Vec<Bound<'py, PyAny>>)> {
-        let tensors = self.every_input(py, inputs)?;
+        let tensors = self.every_input(py, inputs, true)?;
         let setup = self.vjp_setup(checkpoint_every)?;
         let cache = &self.vjps;
         let (mut outputs, residuals) = py
-            .detach(|| vjp::forward(&setup, cache, &tensors))
+            .detach(|| vjp::forward(&setup, cache, tensors))
             .map_err(|e| errors::grad(py, e))?;
         outputs.retain(|name, _| self.keep(name, false));
+        // One at a time, each freed once copied: not twice the residuals at once.
         let residuals = residuals
-            .iter()
-            .map(|t| arrays::to_numpy(py, t))
+            .into_iter()
+            .map(|t| arrays::to_numpy(py, &t))
             .collect::<PyResult<Vec<_>>>()?;
         Ok((arrays::to_dict(py, &outputs)?, residuals))
     }
@@ -610,19 +616,20 @@ impl Program {
         cotangents: &Bound<'py, PyDict>,
         checkpoint_every: usize,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let tensors = self.every_input(py, inputs)?;
+        let tensors = self.every_input(py, inputs, true)?;
         let cts = self.float_tensors(py, cotangents, "cotangent")?;
+        // Views of the caller's arrays, not copies: a training step's residuals are gigabytes.
         let kept = residuals
             .iter()
             .enumerate()
             .map(|(k, obj)| {
-                arrays::borrow_float(&format!("residual {k}"), obj, self.elem())?.to_tensor(py)
+                arrays::borrow_float(&format!("residual {k}"), obj, self.elem())?.into_view(py)
             })
             .collect::<PyResult<Vec<_>>>()?;
         let setup = self.vjp_setup(checkpoint_every)?;
         let cache = &self.vjps;
         let grads = py
-            .detach(|| vjp::backward(&setup, cache, &tensors, kept, &cts))
+            .detach(|| vjp::backward(&setup, cache, tensors, kept, &cts))
             .map_err(|e| errors::grad(py, e))?;
         arrays::to_dict(py, &grads)
     }

@@ -72,23 +72,23 @@ pub fn vjp(
 pub fn forward(
     setup: &VjpSetup<'_>,
     cache: &VjpCache,
-    inputs: &BTreeMap<String, Tensor>,
+    inputs: BTreeMap<String, Tensor>,
 ) -> Result<(BTreeMap<String, Tensor>, Vec<Tensor>), GradError> {
     let (outputs, residuals) = cache.grad(setup)?.forward(inputs)?;
-    Ok((outputs, residuals.tensors().values().cloned().collect()))
+    Ok((outputs, residuals.into_tensors().into_values().collect()))
 }
 
 /// The VJP from what [`forward`] returned for the same `inputs` (residuals in its order).
 pub fn backward(
     setup: &VjpSetup<'_>,
     cache: &VjpCache,
-    inputs: &BTreeMap<String, Tensor>,
+    inputs: BTreeMap<String, Tensor>,
     residuals: Vec<Tensor>,
     cotangents: &BTreeMap<String, Tensor>,
 ) -> Result<BTreeMap<String, Tensor>, GradError> {
     let g = cache.grad(setup)?;
     let named = g.residual_names()?.into_iter().zip(residuals).collect();
-    g.backward(inputs, &Residuals::from_tensors(named), cotangents)
+    g.backward(inputs, Residuals::from_tensors(named), cotangents)
 }
 
 /// The shapes of the residuals [`forward`] returns for inputs of `shapes`, in its order.

@@ -1,5 +1,5 @@
-//! The element storage of a tensor: an owned vector, or a read-only view of a memory-mapped
-//! weights file.
+//! The element storage of a tensor: an owned vector, or a read-only view of bytes someone else
+//! owns (a memory-mapped weights file; a caller's array, shared by a binding).
 //!
 //! A model folder's weights are hundreds of megabytes. Copying them out of the file costs more
 //! than the rest of a warm start (the kernel zeroes every freshly touched page of the copy), so
@@ -12,8 +12,10 @@ use std::fmt;
 use std::ops::{Deref, DerefMut, Range};
 use std::sync::Arc;
 
-/// The bytes a mapped view reads: a whole file's read-only memory map.
-pub(crate) type MappedBytes = Arc<memmap2::Mmap>;
+/// The bytes a view reads: a whole file's read-only memory map, or any other read-only bytes
+/// that stay valid and unchanged as long as the `Arc` lives (a binding's view of a caller's
+/// array).
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 /// The elements of a tensor in row-major order: an owned `Vec<T>` or a view of a mapped file.
 ///
@@ -26,7 +28,7 @@ pub struct Elements<T: bytemuck::Pod> {
 enum Repr<T> {
     Owned(Vec<T>),
     Mapped {
-        bytes: MappedBytes,
+        bytes: SharedBytes,
         /// Byte offset of the first element in `bytes`, a multiple of `T`'s alignment.
         start: usize,
         /// Number of elements.
@@ -38,9 +40,9 @@ impl<T: bytemuck::Pod> Elements<T> {
     /// A view of the little-endian elements at byte range `range` of `bytes`, or `None` when
     /// they cannot be read in place: the range is out of bounds, not a whole number of
     /// elements, or not aligned for `T`, or the host is big-endian. The caller then copies.
-    pub(crate) fn mapped(bytes: &MappedBytes, range: Range<usize>) -> Option<Elements<T>> {
+    pub fn mapped(bytes: &SharedBytes, range: Range<usize>) -> Option<Elements<T>> {
         let size = std::mem::size_of::<T>();
-        let raw = bytes.get(range.clone())?;
+        let raw = (**bytes).as_ref().get(range.clone())?;
         if cfg!(target_endian = "big") || raw.len() % size != 0 {
             return None;
         }
@@ -67,7 +69,7 @@ impl<T: bytemuck::Pod> Elements<T> {
             Repr::Mapped { bytes, start, len } => {
                 let size = std::mem::size_of::<T>();
                 // Checked when the view was made (`Elements::mapped`): in bounds and aligned.
-                bytemuck::cast_slice(&bytes[*start..*start + *len * size])
+                bytemuck::cast_slice(&(**bytes).as_ref()[*start..*start + *len * size])
             }
         }
     }
@@ -159,7 +161,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn map_of(bytes: &[u8]) -> (tempfile_path::TempFile, MappedBytes) {
+    fn map_of(bytes: &[u8]) -> (tempfile_path::TempFile, SharedBytes) {
         let file = tempfile_path::TempFile::new(bytes);
         let f = std::fs::File::open(&file.0).unwrap();
         // SAFETY: the test's own temporary file, not written while mapped.

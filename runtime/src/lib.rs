@@ -15,7 +15,7 @@ mod json_object;
 mod safetensors_io;
 mod tensor;
 
-pub use elements::Elements;
+pub use elements::{Elements, SharedBytes};
 pub use error::RuntimeError;
 pub use json_object::{parse_json_object, JsonObject};
 pub use safetensors_io::{

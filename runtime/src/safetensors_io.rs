@@ -1,6 +1,6 @@
 //! Reading and writing named tensors in the safetensors format.
 
-use crate::elements::{Elements, MappedBytes};
+use crate::elements::{Elements, SharedBytes};
 use crate::error::RuntimeError;
 use crate::tensor::{Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensorError, View};
@@ -49,7 +49,7 @@ pub fn read_safetensors_with_ints(path: &Path) -> Result<TensorFile, RuntimeErro
 ///
 /// [`Elements`]: crate::Elements
 enum FileBytes {
-    Mapped(MappedBytes),
+    Mapped(SharedBytes),
     Read(Vec<u8>),
 }
 
@@ -77,7 +77,7 @@ impl FileBytes {
 
     fn as_slice(&self) -> &[u8] {
         match self {
-            FileBytes::Mapped(m) => m,
+            FileBytes::Mapped(m) => (**m).as_ref(),
             FileBytes::Read(v) => v,
         }
     }
@@ -88,7 +88,7 @@ impl FileBytes {
         let FileBytes::Mapped(map) = self else {
             return None;
         };
-        let start = (raw.as_ptr() as usize).checked_sub(map.as_ptr() as usize)?;
+        let start = (raw.as_ptr() as usize).checked_sub((**map).as_ref().as_ptr() as usize)?;
         Elements::mapped(map, start..start + raw.len())
     }
 }
