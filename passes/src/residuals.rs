@@ -124,10 +124,7 @@ pub fn split_at_cotangents(
         }
         let node = g.node(id);
         let copy = if let Some(name) = g.input_name(id) {
-            let ty = g
-                .tensor_type(id)
-                .ok_or_else(|| malformed(format!("input `{name}` is not a tensor")))?;
-            bwd.add_input(name, ty.clone())?
+            copy_input(g, id, name, &mut bwd)?
         } else if is_cheap_leaf(&node.op) {
             let dtype = g
                 .tensor_type(id)
@@ -175,10 +172,7 @@ pub fn split_at_cotangents(
         }
         let node = g.node(id);
         let copy = if let Some(name) = g.input_name(id) {
-            let ty = g
-                .tensor_type(id)
-                .ok_or_else(|| malformed(format!("input `{name}` is not a tensor")))?;
-            fwd.add_input(name, ty.clone())?
+            copy_input(g, id, name, &mut fwd)?
         } else {
             let operands = g
                 .operands(id)
@@ -227,6 +221,14 @@ pub fn split_at_cotangents(
         backward: part(format!("{base}.backward"), bwd),
         residuals,
     })
+}
+
+/// Input `id` (named `name`) of `g` as an input of `dst`.
+fn copy_input(g: &Graph, id: NodeId, name: &str, dst: &mut Graph) -> Result<NodeId, AutodiffError> {
+    let ty = g
+        .tensor_type(id)
+        .ok_or_else(|| malformed(format!("input `{name}` is not a tensor")))?;
+    Ok(dst.add_input(name, ty.clone())?)
 }
 
 /// The nodes `roots` depend on, themselves included, following the operands only of the nodes

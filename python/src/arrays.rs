@@ -353,29 +353,25 @@ pub fn to_dict<'py>(
     Ok(dict)
 }
 
-/// Every entry of `tensors` (inputs of `program`) as a tensor in `elem`: floating-point arrays
-/// as views of the caller's storage ([`Arg::into_view`]), `int` inputs converted.
-pub fn to_views(
-    py: Python<'_>,
-    program: &Program,
-    tensors: &BTreeMap<String, Bound<'_, PyAny>>,
-    elem: ElemType,
-) -> PyResult<BTreeMap<String, Tensor>> {
-    read_inputs(program, tensors, elem)?
-        .into_iter()
-        .map(|(name, arg)| Ok((name, arg.into_view(py)?)))
-        .collect()
-}
-
-/// Every entry of `tensors` (inputs of `program`) as a tensor in `elem` (copies).
+/// Every entry of `tensors` (inputs of `program`) as a tensor in `elem`: copies, or with
+/// `views` floating-point arrays as views of the caller's storage ([`Arg::into_view`]); `int`
+/// inputs converted either way.
 pub fn to_tensors(
     py: Python<'_>,
     program: &Program,
     tensors: &BTreeMap<String, Bound<'_, PyAny>>,
     elem: ElemType,
+    views: bool,
 ) -> PyResult<BTreeMap<String, Tensor>> {
     read_inputs(program, tensors, elem)?
         .into_iter()
-        .map(|(name, arg)| Ok((name, arg.to_tensor(py)?)))
+        .map(|(name, arg)| {
+            let t = if views {
+                arg.into_view(py)?
+            } else {
+                arg.to_tensor(py)?
+            };
+            Ok((name, t))
+        })
         .collect()
 }

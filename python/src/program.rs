@@ -161,11 +161,7 @@ impl Program {
         views: bool,
     ) -> PyResult<BTreeMap<String, Tensor>> {
         let objects: BTreeMap<String, Bound<'_, PyAny>> = inputs.extract()?;
-        let tensors = if views {
-            arrays::to_views(py, &self.program, &objects, self.elem())?
-        } else {
-            arrays::to_tensors(py, &self.program, &objects, self.elem())?
-        };
+        let tensors = arrays::to_tensors(py, &self.program, &objects, self.elem(), views)?;
         let missing: Vec<String> = arrays::input_names(&self.program)
             .into_iter()
             .filter(|n| !tensors.contains_key(n))
@@ -744,7 +740,7 @@ impl Program {
     /// A streaming session with `weights` (every input that does not run along the sequence).
     fn session(&self, py: Python<'_>, weights: &Bound<'_, PyDict>) -> PyResult<Session> {
         let objects: BTreeMap<String, Bound<'_, PyAny>> = weights.extract()?;
-        let tensors = arrays::to_tensors(py, &self.program, &objects, self.elem())?;
+        let tensors = arrays::to_tensors(py, &self.program, &objects, self.elem(), false)?;
         Session::new(
             self.backend,
             self.program.clone(),

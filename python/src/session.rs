@@ -56,7 +56,7 @@ impl Session {
         chunk: &Bound<'py, PyDict>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let objects: BTreeMap<String, Bound<'_, PyAny>> = chunk.extract()?;
-        let tensors = arrays::to_tensors(py, &self.program, &objects, self.elem)?;
+        let tensors = arrays::to_tensors(py, &self.program, &objects, self.elem, false)?;
         let outputs = py
             .detach(|| self.lock().feed(&tensors))
             .map_err(errors::stream)?;

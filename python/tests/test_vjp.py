@@ -63,15 +63,22 @@ def test_vjp_equals_tttc_grad_and_the_goldens(stem, tttc_bin, tmp_path):
             assert_close(got[name], expected[name], 1e-8, f"{stem} {name} vs golden")
 
 
-def test_vjp_model_int_inputs_have_no_gradient():
+def model_case():
+    """The 2-layer LM gradient golden: the program (cranelift, f64), its inputs, cotangents
+    and expected gradients."""
     stem = "grad_model_linear_T"
     program, kwargs = grad_case(stem)
     prog = tttc.Program.load(program, precision="float64", backend="cranelift", **kwargs)
     inputs = f64_inputs(GRAD / f"{stem}.inputs.safetensors", prog)
     cts = {k: v.astype(np.float64) for k, v in tttc.load_safetensors(GRAD / f"{stem}.cotangents.safetensors").items()}
+    expected = tttc.load_safetensors(GRAD / f"{stem}.expected_grad_f64.safetensors")
+    return prog, inputs, cts, expected
+
+
+def test_vjp_model_int_inputs_have_no_gradient():
+    prog, inputs, cts, expected = model_case()
     got = prog.vjp(inputs, cts)
     assert "input_ids" not in got
-    expected = tttc.load_safetensors(GRAD / f"{stem}.expected_grad_f64.safetensors")
     for name, exp in expected.items():
         assert_close(got[name], exp, 1e-8, name)
 
@@ -80,11 +87,7 @@ def test_forward_keeping_then_backward_equals_vjp_and_run():
     # A training step's two halves: the outputs equal a plain call's, the gradients vjp's (the
     # same math computed once instead of twice: f64 1e-10) and the goldens (1e-8); residuals
     # of another shape are a ValueError, not a crash.
-    stem = "grad_model_linear_T"
-    program, kwargs = grad_case(stem)
-    prog = tttc.Program.load(program, precision="float64", backend="cranelift", **kwargs)
-    inputs = f64_inputs(GRAD / f"{stem}.inputs.safetensors", prog)
-    cts = {k: v.astype(np.float64) for k, v in tttc.load_safetensors(GRAD / f"{stem}.cotangents.safetensors").items()}
+    prog, inputs, cts, expected = model_case()
     out, residuals = prog.forward_keeping(inputs)
     assert len(residuals) > 0
     shapes = prog.residual_shapes(**{k: v.shape for k, v in inputs.items()})
@@ -98,7 +101,6 @@ def test_forward_keeping_then_backward_equals_vjp_and_run():
     assert sorted(got) == sorted(want)
     for name in want:
         assert_close(got[name], want[name], 1e-10, name)
-    expected = tttc.load_safetensors(GRAD / f"{stem}.expected_grad_f64.safetensors")
     for name, exp in expected.items():
         assert_close(got[name], exp, 1e-8, name)
     wrong = list(residuals)

@@ -69,6 +69,13 @@ def _vjp(
 ) -> List[torch.Tensor]:
     """Gradients of the floating-point inputs, in input order."""
     prog = _program(key)
+    return _input_grads(prog, tensors, cotangents, lambda i, c: prog.vjp(i, c, checkpoint_every=every))
+
+
+def _input_grads(prog: Program, tensors, cotangents, grads_of) -> List[torch.Tensor]:
+    """The floating-point inputs' gradients, in input order, from ``grads_of(inputs,
+    cotangents)`` (both by name; outputs without a gradient left out), or zeros when no output
+    has one."""
     inputs = {n: t.contiguous() for n, t in zip(prog.input_names, tensors)}
     cts = {
         n: g.contiguous() for n, g in zip(prog.output_names, cotangents) if g is not None
@@ -76,7 +83,7 @@ def _vjp(
     ints = _int_inputs(prog)
     if not cts:
         return [torch.zeros_like(inputs[n]) for n in prog.input_names if n not in ints]
-    grads = prog.vjp(inputs, cts, checkpoint_every=every)
+    grads = grads_of(inputs, cts)
     return [grads[n] for n in prog.input_names if n not in ints]
 
 
@@ -140,15 +147,10 @@ def _backward_op(
 ) -> List[torch.Tensor]:
     """Gradients of the floating-point inputs, in input order, from the residuals."""
     prog = _program(key)
-    inputs = {n: t.contiguous() for n, t in zip(prog.input_names, tensors)}
-    cts = {
-        n: g.contiguous() for n, g in zip(prog.output_names, cotangents) if g is not None
-    }
-    ints = _int_inputs(prog)
-    if not cts:
-        return [torch.zeros_like(inputs[n]) for n in prog.input_names if n not in ints]
-    grads = prog.backward(inputs, [r.contiguous() for r in residuals], cts, checkpoint_every=every)
-    return [grads[n] for n in prog.input_names if n not in ints]
+    kept = [r.contiguous() for r in residuals]
+    return _input_grads(
+        prog, tensors, cotangents, lambda i, c: prog.backward(i, kept, c, checkpoint_every=every)
+    )
 
 
 @_backward_op.register_fake

@@ -56,12 +56,7 @@ impl Lowerer {
         shape: &[usize],
         body: &mut Vec<Stmt>,
     ) -> Res<Val> {
-        let Some(&n) = shape.get(axis) else {
-            return Err(sc.invalid_at(id, format!("axis {axis} out of range")));
-        };
-        if x.shape != shape {
-            return Err(sc.invalid_at(id, format!("operand {:?}", x.shape)));
-        }
+        let n = extent_along(sc, id, &x, axis, shape)?;
         if let Some(f) = &fill {
             let mut want = shape.to_vec();
             want[axis] = by;
@@ -71,27 +66,11 @@ impl Lowerer {
         }
         let dest = self.dest_for(sc, id, shape);
         let head = by.min(n);
-        if head > 0 {
-            let mut extents = shape.to_vec();
-            extents[axis] = head;
-            let (idx, loops) = self.loops(&extents);
-            let value = fill.as_ref().map_or(Value::Const(0.0), |f| f.emit(&idx));
-            body.extend(wrap(
-                loops,
-                vec![store(dest.buf, dest.at(shape, &idx), value)],
-            ));
-        }
-        if n > head {
-            let mut extents = shape.to_vec();
-            extents[axis] = n - head;
-            let (idx, loops) = self.loops(&extents);
-            let mut to = idx.clone();
-            to[axis] = Index::sum(idx[axis].clone(), Index::Const(by as i64));
-            body.extend(wrap(
-                loops,
-                vec![store(dest.buf, dest.at(shape, &to), x.emit(&idx))],
-            ));
-        }
+        // The first `by` positions: the fill or zero; then position `t + by` reads `x[t]`.
+        self.store_range(&dest, shape, axis, 0..head, body, |idx| {
+            fill.as_ref().map_or(Value::Const(0.0), |f| f.emit(idx))
+        });
+        self.store_range(&dest, shape, axis, head..n, body, |idx| x.emit(idx));
         Ok(dest.val(shape))
     }
 
@@ -108,36 +87,52 @@ impl Lowerer {
         shape: &[usize],
         body: &mut Vec<Stmt>,
     ) -> Res<Val> {
-        let Some(&n) = shape.get(axis) else {
-            return Err(sc.invalid_at(id, format!("axis {axis} out of range")));
-        };
-        if x.shape != shape {
-            return Err(sc.invalid_at(id, format!("operand {:?}", x.shape)));
-        }
+        let n = extent_along(sc, id, &x, axis, shape)?;
         let dest = self.dest_for(sc, id, shape);
         let moved = n.saturating_sub(by);
-        if moved > 0 {
-            let mut extents = shape.to_vec();
-            extents[axis] = moved;
-            let (idx, loops) = self.loops(&extents);
-            let mut from = idx.clone();
+        self.store_range(&dest, shape, axis, 0..moved, body, |idx| {
+            let mut from = idx.to_vec();
             from[axis] = Index::sum(idx[axis].clone(), Index::Const(by as i64));
-            body.extend(wrap(
-                loops,
-                vec![store(dest.buf, dest.at(shape, &idx), x.emit(&from))],
-            ));
-        }
-        if n > moved {
-            let mut extents = shape.to_vec();
-            extents[axis] = n - moved;
-            let (idx, loops) = self.loops(&extents);
-            let mut to = idx.clone();
-            to[axis] = Index::sum(idx[axis].clone(), Index::Const(moved as i64));
-            body.extend(wrap(
-                loops,
-                vec![store(dest.buf, dest.at(shape, &to), Value::Const(0.0))],
-            ));
-        }
+            x.emit(&from)
+        });
+        self.store_range(&dest, shape, axis, moved..n, body, |_| Value::Const(0.0));
         Ok(dest.val(shape))
     }
+
+    /// A loop nest over `shape` with `axis` restricted to `range` that stores `value(idx)` at
+    /// `dest[idx + range.start]` along `axis` (`idx` the loops' indices, from 0); nothing for
+    /// an empty range.
+    fn store_range(
+        &mut self,
+        dest: &Dest,
+        shape: &[usize],
+        axis: usize,
+        range: std::ops::Range<usize>,
+        body: &mut Vec<Stmt>,
+        value: impl Fn(&[Index]) -> Value,
+    ) {
+        if range.is_empty() {
+            return;
+        }
+        let mut extents = shape.to_vec();
+        extents[axis] = range.len();
+        let (idx, loops) = self.loops(&extents);
+        let mut to = idx.clone();
+        if range.start > 0 {
+            to[axis] = Index::sum(idx[axis].clone(), Index::Const(range.start as i64));
+        }
+        let v = value(&idx);
+        body.extend(wrap(loops, vec![store(dest.buf, dest.at(shape, &to), v)]));
+    }
+}
+
+/// The extent of `axis` in `shape`, checking that operand `x` has that shape.
+fn extent_along(sc: &Scope, id: NodeId, x: &Val, axis: usize, shape: &[usize]) -> Res<usize> {
+    let Some(&n) = shape.get(axis) else {
+        return Err(sc.invalid_at(id, format!("axis {axis} out of range")));
+    };
+    if x.shape != shape {
+        return Err(sc.invalid_at(id, format!("operand {:?}", x.shape)));
+    }
+    Ok(n)
 }
