@@ -138,6 +138,7 @@ fn session_library(
     dir: &std::path::Path,
     case: &str,
     c_examples: &[&str],
+    precision: &str,
 ) -> Vec<std::path::PathBuf> {
     let golden = root().join("tests/golden");
     let lib = dir.join("libttt_lm.so");
@@ -157,6 +158,8 @@ fn session_library(
         "--target",
         "x86_64",
         "--session",
+        "--precision",
+        precision,
         "-o",
         lib.to_str().expect("utf-8"),
     ]);
@@ -186,11 +189,17 @@ fn session_library(
 /// when the session is saved after the prompt and a new one loads it. Token equality is exact
 /// (greedy picks); both compute in f32 from the same pieces, in other summation orders.
 fn check_generation(case: &str) -> tempfile::TempDir {
+    check_generation_in(case, "f32", &["generate", "session_errors"])
+}
+
+/// [`check_generation`] in `precision` (the library's `tttc_real` and `tttc generate
+/// --precision`), building the C examples `c_examples` (`generate` first).
+fn check_generation_in(case: &str, precision: &str, c_examples: &[&str]) -> tempfile::TempDir {
     if Command::new("cc").arg("--version").output().is_err() {
         panic!("a C compiler `cc` is needed");
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let exes = session_library(dir.path(), case, &["generate", "session_errors"]);
+    let exes = session_library(dir.path(), case, c_examples, precision);
     let golden = root().join("tests/golden");
     let config = golden.join(format!("{case}.config.json"));
     let weights = golden.join(format!("{case}.inputs.safetensors"));
@@ -206,6 +215,8 @@ fn check_generation(case: &str) -> tempfile::TempDir {
         prompt,
         "--max-new-tokens",
         "24",
+        "--precision",
+        precision,
     ]);
     assert!(jit.status.success(), "{}", text(&jit));
     let want = String::from_utf8_lossy(&jit.stdout).trim().to_string();
@@ -224,7 +235,7 @@ fn check_generation(case: &str) -> tempfile::TempDir {
             String::from_utf8_lossy(&run.stderr)
         );
         let got = String::from_utf8_lossy(&run.stdout).trim().to_string();
-        assert_eq!(got, want, "{case}, state file {extra:?}");
+        assert_eq!(got, want, "{case} {precision}, state file {extra:?}");
     }
     std::fs::write(dir.path().join("tokens.txt"), &want).expect("write");
     dir
@@ -233,6 +244,15 @@ fn check_generation(case: &str) -> tempfile::TempDir {
 /// ... and the state the library saved after the prompt is the file `tttc run --save-state`
 /// writes: `tttc run --load-state` continues from it with the first generated token and picks
 /// the second.
+/// A library built with `--precision f64` (its header's `tttc_real` is `double`) generates the
+/// tokens `tttc generate --precision f64` does, also through save/load.
+#[test]
+fn f64_session_library_generates_like_tttc_generate() {
+    let dir = check_generation_in("model_linear_T", "f64", &["generate"]);
+    let header = std::fs::read_to_string(dir.path().join("ttt_lm.h")).expect("header");
+    assert!(header.contains("typedef double tttc_real;"), "{header}");
+}
+
 #[test]
 fn session_library_generates_like_tttc_generate_linear() {
     let dir = check_generation("model_linear_T");
