@@ -59,6 +59,10 @@ pub enum GradError {
     /// (residuals of another program, or changed since [`GradProgram::forward`] kept them).
     #[error("the residual `{0}` is missing: pass what `forward` returned for these inputs")]
     MissingResidual(String),
+    /// [`GradProgram::backward`] was given a residual its backward part does not read
+    /// (residuals of another program).
+    #[error("`{0}` is not a residual of this program: pass what its `forward` returned")]
+    UnknownResidual(String),
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),
@@ -77,6 +81,7 @@ impl GradError {
             | GradError::UnknownCotangent { .. }
             | GradError::CotangentShape { .. }
             | GradError::MissingResidual(_)
+            | GradError::UnknownResidual(_)
             | GradError::NoCheckpointGroup => true,
             GradError::Internal(_) => false,
         }
@@ -277,6 +282,9 @@ impl GradProgram {
                 .remove(name)
                 .ok_or_else(|| GradError::MissingResidual(name.clone()))?;
             all.insert(name.clone(), t);
+        }
+        if let Some(name) = residuals.tensors.keys().next() {
+            return Err(GradError::UnknownResidual(name.clone()));
         }
         all.extend(cts);
         run_cached(self, &self.compiled_backward, &split.backward, all)

@@ -326,7 +326,8 @@ fn forward_then_backward_matches_the_golden_language_model() {
                     .unwrap_or_else(|| panic!("{backend:?}: no output `{name}`"));
                 assert_tensor_close(&format!("{backend:?} {name}"), got, want, 1e-12);
             }
-            let mut fewer = residuals.tensors().clone();
+            let residuals_kept = residuals.tensors().clone();
+            let mut fewer = residuals_kept.clone();
             let grads = g
                 .backward(inputs.clone(), residuals, &cts)
                 .expect("backward");
@@ -341,7 +342,19 @@ fn forward_then_backward_matches_the_golden_language_model() {
             let e = g
                 .backward(inputs.clone(), tttc::Residuals::from_tensors(fewer), &cts)
                 .expect_err("a residual missing");
-            assert!(e.to_string().contains(&first), "{e}");
+            assert!(e.is_user_error() && e.to_string().contains(&first), "{e}");
+            let mut more = residuals_kept.clone();
+            more.insert(
+                "$residual_extra".into(),
+                Tensor::from_f64(vec![1], vec![0.0]).expect("t"),
+            );
+            let e = g
+                .backward(inputs.clone(), tttc::Residuals::from_tensors(more), &cts)
+                .expect_err("an extra residual");
+            assert!(
+                matches!(e, tttc::GradError::UnknownResidual(ref n) if n == "$residual_extra"),
+                "{e}"
+            );
         }
     }
 }

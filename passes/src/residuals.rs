@@ -110,27 +110,17 @@ pub fn split_at_cotangents(
     }
 
     // The backward part: the nodes that the gradients need, forward-side values as inputs.
-    let mut bwd = Graph::new();
-    let mut bwd_copies: BTreeMap<NodeId, NodeId> = BTreeMap::new();
+    let mut bwd = Copier::new(g);
     let mut residual_nodes: Vec<NodeId> = Vec::new();
     // Forward-side values are where the backward part starts (their operands are not needed),
     // except those it recomputes.
     let needed_by_gradients = reachable(g, gradients.iter().map(|(_, n)| *n), |id| {
         backward_side.contains(&id) || recomputed(g, id)
     });
-    for &id in &order {
-        if !needed_by_gradients.contains(&id) {
-            continue;
-        }
+    for &id in order.iter().filter(|id| needed_by_gradients.contains(id)) {
         let node = g.node(id);
-        let copy = if let Some(name) = g.input_name(id) {
-            copy_input(g, id, name, &mut bwd)?
-        } else if is_cheap_leaf(&node.op) {
-            let dtype = g
-                .tensor_type(id)
-                .ok_or_else(|| malformed(format!("leaf %{} is not a tensor", id.index())))?
-                .dtype;
-            bwd.add_leaf(node.op.clone(), dtype)?
+        if g.input_name(id).is_some() || is_cheap_leaf(&node.op) {
+            bwd.copy(id)?;
         } else if !backward_side.contains(&id) && !recomputed(g, id) {
             // A forward value: a residual when the backward side (or a gradient) reads it.
             let ty = g
@@ -138,66 +128,37 @@ pub fn split_at_cotangents(
                 .ok_or_else(|| malformed(format!("residual %{} is not a tensor", id.index())))?;
             let name = residual_name(residual_nodes.len());
             residual_nodes.push(id);
-            bwd.add_input(&name, ty.clone())?
+            let input = bwd.dst.add_input(&name, ty.clone())?;
+            bwd.copies.insert(id, input);
         } else {
-            let operands = g
-                .operands(id)
-                .iter()
-                .map(|o| {
-                    bwd_copies
-                        .get(o)
-                        .copied()
-                        .ok_or_else(|| malformed(format!("operand %{} not copied", o.index())))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            bwd.add(node.op.clone(), &operands)?
-        };
-        bwd_copies.insert(id, copy);
+            bwd.copy(id)?;
+        }
     }
     for (name, node) in &gradients {
-        bwd.add_output(name, bwd_copies[node]);
+        let copy = bwd.get(*node)?;
+        bwd.dst.add_output(name, copy);
     }
 
     // The forward part: the outputs and the residuals.
-    let mut fwd = Graph::new();
-    let mut fwd_copies: BTreeMap<NodeId, NodeId> = BTreeMap::new();
+    let mut fwd = Copier::new(g);
     let roots = primal_outputs
         .iter()
         .map(|(_, n)| *n)
         .chain(residual_nodes.iter().copied());
     let needed_by_forward = reachable(g, roots, |_| true);
-    for &id in &order {
-        if !needed_by_forward.contains(&id) {
-            continue;
-        }
-        let node = g.node(id);
-        let copy = if let Some(name) = g.input_name(id) {
-            copy_input(g, id, name, &mut fwd)?
-        } else {
-            let operands = g
-                .operands(id)
-                .iter()
-                .map(|o| fwd_copies[o])
-                .collect::<Vec<_>>();
-            if operands.is_empty() {
-                let dtype = g
-                    .tensor_type(id)
-                    .ok_or_else(|| malformed(format!("leaf %{} is not a tensor", id.index())))?
-                    .dtype;
-                fwd.add_leaf(node.op.clone(), dtype)?
-            } else {
-                fwd.add(node.op.clone(), &operands)?
-            }
-        };
-        fwd_copies.insert(id, copy);
+    for &id in order.iter().filter(|id| needed_by_forward.contains(id)) {
+        fwd.copy(id)?;
     }
     for (name, node) in &primal_outputs {
-        fwd.add_output(name, fwd_copies[node]);
+        let copy = fwd.get(*node)?;
+        fwd.dst.add_output(name, copy);
     }
     let residuals: Vec<String> = (0..residual_nodes.len()).map(residual_name).collect();
     for (name, node) in residuals.iter().zip(&residual_nodes) {
-        fwd.add_output(name, fwd_copies[node]);
+        let copy = fwd.get(*node)?;
+        fwd.dst.add_output(name, copy);
     }
+    let (fwd, bwd) = (fwd.dst, bwd.dst);
 
     let base = grad.name.strip_suffix(".grad").unwrap_or(&grad.name);
     let part = |name: String, graph: Graph| {
@@ -223,12 +184,55 @@ pub fn split_at_cotangents(
     })
 }
 
-/// Input `id` (named `name`) of `g` as an input of `dst`.
-fn copy_input(g: &Graph, id: NodeId, name: &str, dst: &mut Graph) -> Result<NodeId, AutodiffError> {
-    let ty = g
-        .tensor_type(id)
-        .ok_or_else(|| malformed(format!("input `{name}` is not a tensor")))?;
-    Ok(dst.add_input(name, ty.clone())?)
+/// Nodes of a source graph copied into a new one, each once, operands first.
+struct Copier<'a> {
+    src: &'a Graph,
+    dst: Graph,
+    /// Source node → its copy.
+    copies: BTreeMap<NodeId, NodeId>,
+}
+
+impl<'a> Copier<'a> {
+    fn new(src: &'a Graph) -> Self {
+        Copier {
+            src,
+            dst: Graph::new(),
+            copies: BTreeMap::new(),
+        }
+    }
+
+    /// The copy of source node `id`.
+    fn get(&self, id: NodeId) -> Result<NodeId, AutodiffError> {
+        self.copies
+            .get(&id)
+            .copied()
+            .ok_or_else(|| malformed(format!("%{} is used before it is copied", id.index())))
+    }
+
+    /// Copies source node `id` (an input by its name, a leaf, or an op of copied operands).
+    fn copy(&mut self, id: NodeId) -> Result<NodeId, AutodiffError> {
+        let g = self.src;
+        let node = g.node(id);
+        let what = || malformed(format!("%{} is not a tensor", id.index()));
+        let copy = if let Some(name) = g.input_name(id) {
+            let ty = g.tensor_type(id).ok_or_else(what)?;
+            self.dst.add_input(name, ty.clone())?
+        } else {
+            let operands = g
+                .operands(id)
+                .into_iter()
+                .map(|o| self.get(o))
+                .collect::<Result<Vec<_>, _>>()?;
+            if operands.is_empty() {
+                let dtype = g.tensor_type(id).ok_or_else(what)?.dtype;
+                self.dst.add_leaf(node.op.clone(), dtype)?
+            } else {
+                self.dst.add(node.op.clone(), &operands)?
+            }
+        };
+        self.copies.insert(id, copy);
+        Ok(copy)
+    }
 }
 
 /// The nodes `roots` depend on, themselves included, following the operands only of the nodes

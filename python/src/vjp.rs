@@ -87,7 +87,16 @@ pub fn backward(
     cotangents: &BTreeMap<String, Tensor>,
 ) -> Result<BTreeMap<String, Tensor>, GradError> {
     let g = cache.grad(setup)?;
-    let named = g.residual_names()?.into_iter().zip(residuals).collect();
+    let names = g.residual_names()?;
+    if residuals.len() != names.len() {
+        // Too few: the first one missing is named; too many: the first extra one.
+        let k = names.len().min(residuals.len());
+        return Err(match names.get(k) {
+            Some(name) => GradError::MissingResidual(name.clone()),
+            None => GradError::UnknownResidual(format!("residual {k}")),
+        });
+    }
+    let named = names.into_iter().zip(residuals).collect();
     g.backward(inputs, Residuals::from_tensors(named), cotangents)
 }
 

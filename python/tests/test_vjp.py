@@ -107,6 +107,10 @@ def test_forward_keeping_then_backward_equals_vjp_and_run():
     wrong[0] = np.zeros(wrong[0].shape + (2,))
     with pytest.raises(ValueError):
         prog.backward(inputs, wrong, cts)
+    with pytest.raises(ValueError, match="missing"):
+        prog.backward(inputs, residuals[:-1], cts)
+    with pytest.raises(ValueError, match="not a residual"):
+        prog.backward(inputs, residuals + [residuals[0]], cts)
 
 
 def directional_check(prog, inputs, cts, h=1e-6, seed=0):
