@@ -44,4 +44,6 @@ pub mod tensor_core;
 pub use backend::{Backend, BackendError, BufferList, CompiledProgram, Interpreted};
 pub use input::InputError;
 #[cfg(any(feature = "llvm", feature = "cranelift"))]
+pub use native::alloc::{kept_bytes, release_kept_blocks};
+#[cfg(any(feature = "llvm", feature = "cranelift"))]
 pub use native::{Jit, JitCode};

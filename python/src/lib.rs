@@ -116,6 +116,13 @@ fn backends() -> Vec<&'static str> {
     .collect()
 }
 
+/// Returns to the system the large blocks compiled code freed and the allocator kept for the
+/// next run (its memory-plan arenas); the bytes released.
+#[pyfunction]
+fn release_memory() -> usize {
+    tttc::backends::release_kept_blocks()
+}
+
 /// The module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -125,5 +132,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(save_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(backends, m)?)?;
+    m.add_function(wrap_pyfunction!(release_memory, m)?)?;
     Ok(())
 }

@@ -218,3 +218,19 @@ def test_gil_is_released_while_running():
         th.join()
     for got, exp in zip(results, expected):
         np.testing.assert_array_equal(got, exp)
+
+
+def test_large_blocks_are_kept_between_runs_and_released_on_request():
+    """A run's large temporaries (here the [4096, 1024] float64 product, 32 MiB) are kept for
+    the next run, which computes the same from the reused memory; `release_memory` hands them
+    back once."""
+    prog = tttc.Program.load(DATA / "small.ttt", precision="float64")
+    t = small_inputs(np.float64, n=4096, d=1024, e=1024)
+    tttc.release_memory()
+    first = prog(**t)["y"]
+    second = prog(**t)["y"]
+    y, _ = small_reference(t)
+    assert_close(first, y, 1e-12, "y")
+    np.testing.assert_array_equal(second, first)
+    assert tttc.release_memory() >= 4096 * 1024 * 8
+    assert tttc.release_memory() == 0

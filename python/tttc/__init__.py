@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from . import _native
-from ._native import CompileError, backends, load_safetensors, save_safetensors
+from ._native import CompileError, backends, load_safetensors, release_memory, save_safetensors
 
 __all__ = [
     "CompileError",
@@ -33,6 +33,7 @@ __all__ = [
     "TensorSpec",
     "backends",
     "load_safetensors",
+    "release_memory",
     "save_safetensors",
 ]
 

@@ -13,8 +13,6 @@ use tttc_ir::{BinaryOp, UnaryOp};
 pub use crate::native::{thread_count, tttc_parallel_for, WorkerFn};
 
 extern "C" {
-    fn malloc(n: usize) -> *mut u8;
-    fn free(p: *mut u8);
     fn memset(p: *mut u8, c: i32, n: usize) -> *mut u8;
     fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8;
     fn memmove(d: *mut u8, s: *const u8, n: usize) -> *mut u8;
@@ -211,8 +209,8 @@ pub(crate) fn jit_symbols() -> Vec<(&'static str, *const u8)> {
         (PARALLEL_FOR, pfor as *const u8),
         (crate::native::gemm::GEMM_F32, gemm32 as *const u8),
         (crate::native::gemm::GEMM_F64, gemm64 as *const u8),
-        ("malloc", malloc as *const u8),
-        ("free", free as *const u8),
+        ("malloc", crate::native::alloc::tttc_malloc as *const u8),
+        ("free", crate::native::alloc::tttc_free as *const u8),
         ("memset", memset as *const u8),
         ("memcpy", memcpy as *const u8),
         ("memmove", memmove as *const u8),

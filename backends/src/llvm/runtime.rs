@@ -1,6 +1,7 @@
 //! What compiled kernels call: the parallel-for runtime and the C library functions the JIT
 //! maps by address.
 
+use crate::native::alloc::{tttc_free, tttc_malloc};
 pub use crate::native::{thread_count, tttc_gemm_f32, tttc_gemm_f64, tttc_parallel_for, WorkerFn};
 
 #[cfg_attr(target_os = "linux", link(name = "m"))]
@@ -27,8 +28,6 @@ extern "C" {
     fn fma(x: f64, y: f64, z: f64) -> f64;
     fn ldexpf(x: f32, e: i32) -> f32;
     fn ldexp(x: f64, e: i32) -> f64;
-    fn malloc(n: usize) -> *mut u8;
-    fn free(p: *mut u8);
     fn memset(p: *mut u8, c: i32, n: usize) -> *mut u8;
     fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8;
     fn memmove(d: *mut u8, s: *const u8, n: usize) -> *mut u8;
@@ -120,8 +119,8 @@ pub(crate) fn jit_symbols() -> Vec<(&'static str, Sig, usize)> {
             Gemm,
             gemm64 as *const () as usize,
         ),
-        ("malloc", Malloc, malloc as *const () as usize),
-        ("free", Free, free as *const () as usize),
+        ("malloc", Malloc, tttc_malloc as *const () as usize),
+        ("free", Free, tttc_free as *const () as usize),
         ("memset", Memset, memset as *const () as usize),
         ("memcpy", Memcpy, memcpy as *const () as usize),
         ("memmove", Memcpy, memmove as *const () as usize),

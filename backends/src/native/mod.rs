@@ -2,13 +2,15 @@
 //! entry's calling convention, the buffers a compiled program expects, the input checks before
 //! native code runs, the fresh output buffers and the result map — all of it in [`Jit`], which
 //! each backend instantiates with the part that owns its machine code ([`JitCode`]) — the
-//! parallel-for runtime ([`parallel`]) and the matrix-product runtime ([`gemm`]).
+//! parallel-for runtime ([`parallel`]), the matrix-product runtime ([`gemm`]) and the allocator
+//! that keeps large blocks for the next run ([`alloc`]).
 //!
 //! Both backends compile a program to one entry `void entry(T** inputs, T** outputs)` (`T` the
 //! program's element type): `inputs[i]` points to the `i`-th buffer of
 //! [`KernelProgram::inputs`], `outputs[i]` to the `i`-th of [`KernelProgram::outputs`], each
 //! with exactly its buffer's number of elements.
 
+pub mod alloc;
 pub mod gemm;
 pub(crate) mod parallel;
 #[cfg(feature = "llvm")]
