@@ -210,6 +210,7 @@ pub(crate) fn jit_symbols() -> Vec<(&'static str, *const u8)> {
         (crate::native::gemm::GEMM_F32, gemm32 as *const u8),
         (crate::native::gemm::GEMM_F64, gemm64 as *const u8),
         ("malloc", crate::native::alloc::tttc_malloc as *const u8),
+        ("calloc", crate::native::alloc::tttc_calloc as *const u8),
         ("free", crate::native::alloc::tttc_free as *const u8),
         ("memset", memset as *const u8),
         ("memcpy", memcpy as *const u8),

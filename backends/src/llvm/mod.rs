@@ -248,7 +248,27 @@ fn build_optimized<'ctx>(
     module
         .run_passes("default<O3>", &host.tm, PassBuilderOptions::create())
         .map_err(|e| LlvmError::Llvm(format!("optimization: {e}")))?;
+    check_external_symbols(&module)?;
     Ok(module)
+}
+
+/// Every function the optimized module calls but does not define is an LLVM intrinsic or one
+/// of the runtime's symbols ([`runtime::jit_symbols`]). The optimizer may introduce calls the
+/// code generator never wrote (a `malloc` and a zeroing become `calloc`); one missing from the
+/// table would be resolved by the JIT against the process's own symbols, where it could pair
+/// the C library's allocator with the runtime's `free`.
+fn check_external_symbols(module: &Module<'_>) -> Result<(), LlvmError> {
+    let known = runtime::jit_symbols();
+    for f in module.get_functions() {
+        let name = f.get_name().to_string_lossy();
+        let external = f.count_basic_blocks() == 0 && !name.starts_with("llvm.");
+        if external && !known.iter().any(|(s, _, _)| *s == name) {
+            return Err(LlvmError::Internal(format!(
+                "optimized code calls `{name}`, which the runtime does not provide"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks `p`, generates its module with entry `entry` and verifies it.
@@ -417,6 +437,7 @@ fn sig_type<'ctx>(ctx: &'ctx Context, sig: Sig) -> inkwell::types::FunctionType<
             v.fn_type(&m(&[x, p.into(), p.into()]), false)
         }
         Sig::Malloc => p.fn_type(&m(&[l.into()]), false),
+        Sig::Calloc => p.fn_type(&m(&[l.into(), l.into()]), false),
         Sig::Free => v.fn_type(&m(&[p.into()]), false),
         Sig::Memset => p.fn_type(&m(&[p.into(), i.into(), l.into()]), false),
         Sig::Memcpy => p.fn_type(&m(&[p.into(), p.into(), l.into()]), false),
@@ -523,5 +544,36 @@ impl From<crate::bounds::AnalysisError> for LlvmError {
             crate::bounds::AnalysisError::Invalid(m) => LlvmError::Invalid(m),
             crate::bounds::AnalysisError::Internal(m) => LlvmError::Internal(m),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A module whose code calls a function outside the runtime's table is refused; one that
+    /// calls only the table's (`calloc`, which LLVM introduces itself) and intrinsics is not.
+    #[test]
+    fn calls_outside_the_runtime_table_are_refused() {
+        let ctx = Context::create();
+        let module = ctx.create_module("m");
+        let ptr = ctx.ptr_type(AddressSpace::default());
+        let i64t = ctx.i64_type();
+        let calloc = module.add_function("calloc", sig_type(&ctx, Sig::Calloc), None);
+        let caller = module.add_function("f", ctx.void_type().fn_type(&[], false), None);
+        let b = ctx.create_builder();
+        b.position_at_end(ctx.append_basic_block(caller, "entry"));
+        let n = i64t.const_int(8, false);
+        b.build_call(calloc, &[n.into(), n.into()], "p").unwrap();
+        b.build_return(None).unwrap();
+        assert!(check_external_symbols(&module).is_ok());
+
+        let mystery = module.add_function("aligned_alloc", ptr.fn_type(&[i64t.into()], false), None);
+        let caller2 = module.add_function("g", ctx.void_type().fn_type(&[], false), None);
+        b.position_at_end(ctx.append_basic_block(caller2, "entry"));
+        b.build_call(mystery, &[n.into()], "q").unwrap();
+        b.build_return(None).unwrap();
+        let err = check_external_symbols(&module).unwrap_err().to_string();
+        assert!(err.contains("aligned_alloc"), "{err}");
     }
 }

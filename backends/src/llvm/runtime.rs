@@ -1,7 +1,7 @@
 //! What compiled kernels call: the parallel-for runtime and the C library functions the JIT
 //! maps by address.
 
-use crate::native::alloc::{tttc_free, tttc_malloc};
+use crate::native::alloc::{tttc_calloc, tttc_free, tttc_malloc};
 pub use crate::native::{thread_count, tttc_gemm_f32, tttc_gemm_f64, tttc_parallel_for, WorkerFn};
 
 #[cfg_attr(target_os = "linux", link(name = "m"))]
@@ -67,6 +67,8 @@ pub(crate) enum Sig {
     F64SinCos,
     /// `void *f(size_t)`.
     Malloc,
+    /// `void *f(size_t, size_t)`.
+    Calloc,
     /// `void f(void*)`.
     Free,
     /// `void *f(void*, int, size_t)`.
@@ -120,6 +122,7 @@ pub(crate) fn jit_symbols() -> Vec<(&'static str, Sig, usize)> {
             gemm64 as *const () as usize,
         ),
         ("malloc", Malloc, tttc_malloc as *const () as usize),
+        ("calloc", Calloc, tttc_calloc as *const () as usize),
         ("free", Free, tttc_free as *const () as usize),
         ("memset", Memset, memset as *const () as usize),
         ("memcpy", Memcpy, memcpy as *const () as usize),

@@ -1,6 +1,7 @@
-//! The allocator compiled code calls in process: the JIT maps the `malloc` and `free` that
-//! generated code references to [`tttc_malloc`] and [`tttc_free`] (an ahead-of-time library
-//! keeps the C library's).
+//! The allocator compiled code calls in process: the JIT maps the `malloc`, `calloc` and `free`
+//! that generated code references (LLVM turns a `malloc` followed by zeroing into `calloc`) to
+//! [`tttc_malloc`], [`tttc_calloc`] and [`tttc_free`] (an ahead-of-time library keeps the C
+//! library's).
 //!
 //! Small blocks are plain heap blocks. Large ones (at least [`KEPT_FROM_BYTES`]: above all the
 //! memory plan's arena, gigabytes for a real-size gradient) are kept when freed and handed out
@@ -14,7 +15,7 @@
 //! can hold releases them all before it allocates. [`release_kept_blocks`] returns them to the
 //! system.
 
-use std::alloc::{alloc, dealloc, Layout};
+use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use std::sync::{Mutex, MutexGuard};
 
 /// Blocks at least this large (in bytes) are kept for reuse when freed.
@@ -71,6 +72,15 @@ impl Block {
         }
     }
 
+    /// A fresh block of `usable` zero bytes (pages the system hands out zeroed are not
+    /// written again).
+    fn allocate_zeroed(usable: usize) -> Option<Block> {
+        let layout = Self::layout(usable)?;
+        // SAFETY: the layout has a nonzero size (the header).
+        let base = unsafe { alloc_zeroed(layout) };
+        (!base.is_null()).then_some(Block { base, usable })
+    }
+
     fn release(self) {
         let layout = Self::layout(self.usable).expect("a block's layout was valid when made");
         // SAFETY: `base` came from `alloc` with this same layout.
@@ -114,6 +124,26 @@ pub unsafe extern "C" fn tttc_malloc(bytes: usize) -> *mut u8 {
         Block::allocate(bytes)
     };
     block.map_or(std::ptr::null_mut(), Block::hand_out)
+}
+
+/// `calloc` for compiled code: `count · size` zero bytes aligned to 64, or null when there is
+/// no memory or the size overflows.
+///
+/// # Safety
+/// As [`tttc_malloc`].
+pub unsafe extern "C" fn tttc_calloc(count: usize, size: usize) -> *mut u8 {
+    let Some(bytes) = count.checked_mul(size) else {
+        return std::ptr::null_mut();
+    };
+    let bytes = bytes.max(1);
+    if bytes >= KEPT_FROM_BYTES {
+        if let Some(block) = take_kept(bytes) {
+            let user = block.hand_out();
+            std::ptr::write_bytes(user, 0, bytes);
+            return user;
+        }
+    }
+    Block::allocate_zeroed(bytes).map_or(std::ptr::null_mut(), Block::hand_out)
 }
 
 /// `free` for compiled code: keeps a large block for reuse, releases a small one; null is
@@ -200,6 +230,29 @@ mod tests {
         }
         assert_eq!(release_kept_blocks(), KEPT_FROM_BYTES * 4);
         assert_eq!(kept_bytes(), 0);
+    }
+
+    #[test]
+    fn calloc_zeroes_a_reused_block_and_refuses_overflow() {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        release_kept_blocks();
+        unsafe {
+            let n = KEPT_FROM_BYTES;
+            let p = tttc_malloc(n);
+            std::ptr::write_bytes(p, 0xab, n);
+            tttc_free(p);
+            let q = tttc_calloc(n / 4, 4);
+            assert_eq!(q, p, "the kept block is reused");
+            assert!(std::slice::from_raw_parts(q, n).iter().all(|&b| b == 0));
+            tttc_free(q);
+            let small = tttc_calloc(10, 3);
+            assert!(std::slice::from_raw_parts(small, 30)
+                .iter()
+                .all(|&b| b == 0));
+            tttc_free(small);
+            assert!(tttc_calloc(usize::MAX, 2).is_null());
+        }
+        release_kept_blocks();
     }
 
     #[test]
