@@ -568,7 +568,8 @@ mod tests {
         b.build_return(None).unwrap();
         assert!(check_external_symbols(&module).is_ok());
 
-        let mystery = module.add_function("aligned_alloc", ptr.fn_type(&[i64t.into()], false), None);
+        let mystery =
+            module.add_function("aligned_alloc", ptr.fn_type(&[i64t.into()], false), None);
         let caller2 = module.add_function("g", ctx.void_type().fn_type(&[], false), None);
         b.position_at_end(ctx.append_basic_block(caller2, "entry"));
         b.build_call(mystery, &[n.into()], "q").unwrap();
