@@ -245,9 +245,10 @@ fn cost_meets_the_dual_form_targets() {
 
 /// `update momentum_gd`'s chunked form at the same sizes (TTT-Linear, H = 12, K = 16): the
 /// optimized FLOPs within 1.3x of the hand-derived count per token and head (docs/language.md)
-/// `10f² + 6Kf + 2K² + 6⌈log2 K⌉K`, and at least 3x fewer bytes than the per-token form
-/// (measured 3.41x: the momentum buffers double the state a mini-batch reads and writes; the
-/// issue's 4x is not reached).
+/// `10f² + 6Kf + 2K² + 6⌈log2 K⌉K`, and at least 4x fewer bytes than the per-token form
+/// (measured 4.07x at H = 4; 3.41x before the update loops of the weights and of their momentum
+/// buffers wrote into the state buffers instead of temporaries copied after each mini-batch,
+/// `passes/src/lower_kernel/in_place.rs`).
 #[test]
 fn momentum_cost_meets_its_hand_derived_count() {
     let (b, h, l, f, k) = (1usize, 12usize, 2048usize, 64usize, 16usize);
@@ -278,7 +279,7 @@ fn momentum_cost_meets_its_hand_derived_count() {
         "{program}: optimized FLOPs are {ratio:.3}x the hand-derived chunked form"
     );
     let shrink = bytes("primal") / bytes("optimized");
-    assert!(shrink >= 3.0, "{program}: only {shrink:.2}x fewer bytes");
+    assert!(shrink >= 4.0, "{program}: only {shrink:.2}x fewer bytes");
 }
 
 /// `--after lower_kernel` prints the kernel IR of the given program for the given shapes: its

@@ -36,7 +36,9 @@
 //!   with `token_eta[0..r]` per position; a per-token `token_eta` is viewed like `lr`) runs once
 //!   if there is one. The step's `out` rows are written
 //!   straight into the output sequence; its `next_<state>` values go to `Local` temporaries
-//!   that are then copied into the state buffers; at the end the states are copied into the
+//!   that are then copied into the state buffers, except where the loop computing one is the
+//!   last reader of the old state and reads it only at the element it writes: that loop then
+//!   stores into the state buffer itself (`in_place.rs`); at the end the states are copied into the
 //!   final-state results. Every temporary inside the slice loop is `Local`;
 //! - a scan's backward (`ttt_vjp`) is a [`Schedule::Parallel`] loop over the slices too: the
 //!   forward keeps a checkpoint of the state every `G` mini-batches in a `Local` buffer
@@ -49,6 +51,7 @@
 mod elementwise;
 mod gather;
 mod graph;
+mod in_place;
 mod indexing;
 mod matmul;
 mod reduce;

@@ -285,7 +285,16 @@ impl Lowerer {
             &mut sb,
         )?;
         for (s, next) in nexts.iter().enumerate() {
-            self.materialize(&next.val(&cx.state_shapes[s]), &cx.states[s], &mut sb);
+            let shape = &cx.state_shapes[s];
+            let len = shape.iter().product();
+            let state = &cx.states[s];
+            let whole = matches!(
+                (&next.offset, &state.offset),
+                (Index::Const(0), Index::Const(0))
+            );
+            if !(whole && in_place::write_in_place(&mut sb, next.buf, state.buf, len)) {
+                self.materialize(&next.val(shape), state, &mut sb);
+            }
         }
         Ok(sb)
     }

@@ -443,14 +443,19 @@ impl Lowerer {
                 .collect();
             let mut jb =
                 self.lower_next(sc, cx, &next_only, k_max, &t0, states, &next_dests, "fwd")?;
-            copy_states(
-                self,
-                &nexts,
-                &Index::Const(0),
-                &theta_bufs,
-                &Index::Const(0),
-                &mut jb,
-            );
+            // Into the running state: in place where the step allows it (`in_place.rs`), else
+            // copied.
+            for (s, shape) in cx.state_shapes.iter().enumerate() {
+                let len = shape.iter().product();
+                if !super::in_place::write_in_place(&mut jb, nexts[s], theta_bufs[s], len) {
+                    let src = state_at(nexts[s], shape, Index::Const(0)).val(shape);
+                    self.materialize(
+                        &src,
+                        &state_at(theta_bufs[s], shape, Index::Const(0)),
+                        &mut jb,
+                    );
+                }
+            }
             gb.push(Stmt::counted_loop(j, group, Schedule::Serial, jb));
             cb.push(Stmt::counted_loop(g, ngroups - 1, Schedule::Serial, gb));
         }
