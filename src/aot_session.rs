@@ -302,7 +302,7 @@ pub fn session_header(m: &Manifest) -> String {
     );
     let _ = writeln!(
         s,
-        "/* Weights, in the order of tttc_session_new_from_buffers (name, shape):"
+        "/* Weights, in the order of tttc_session_new_from_buffers and\n * tttc_session_new_borrowing_buffers (name, shape):"
     );
     for (i, (n, shape)) in m.weights.iter().enumerate() {
         let _ = writeln!(s, " *   [{i}] {n} {shape:?}");
@@ -327,6 +327,12 @@ tttc_session* tttc_session_new(const char* weights_path, int* error);
  * lens[i] elements. The elements are copied; the buffers may be freed after the call.
  * Errors as tttc_session_new (TTTC_ERR_WEIGHTS for a wrong length). */
 tttc_session* tttc_session_new_from_buffers(const tttc_real* const weights[], const int64_t lens[], int* error);
+
+/* As tttc_session_new_from_buffers, but zero-copy: the session reads the buffers in place, so
+ * they must stay valid and unchanged until tttc_session_free (the caller keeps ownership and
+ * frees them after the session). A buffer not aligned to sizeof(tttc_real) is copied instead.
+ * Errors as tttc_session_new_from_buffers. */
+tttc_session* tttc_session_new_borrowing_buffers(const tttc_real* const weights[], const int64_t lens[], int* error);
 
 /* Feeds the next n_tokens >= 1 tokens (a prompt of any length, or one token): inputs[i] holds
  * per-token input i for n_tokens tokens with input_lens[i] elements; outputs[i] receives
@@ -396,6 +402,7 @@ pub fn session_shim(header_name: &str, pieces: usize, manifest: &[u8]) -> String
     s.push_str(
         r#"extern tttc_session* tttc_rt_session_new(const unsigned char*, size_t, const tttc_entry*, size_t, const char*, int*);
 extern tttc_session* tttc_rt_session_new_from_buffers(const unsigned char*, size_t, const tttc_entry*, size_t, const tttc_real* const*, const int64_t*, int*);
+extern tttc_session* tttc_rt_session_new_borrowing_buffers(const unsigned char*, size_t, const tttc_entry*, size_t, const tttc_real* const*, const int64_t*, int*);
 extern int tttc_rt_session_feed(tttc_session*, int64_t, const tttc_real* const*, const int64_t*, tttc_real* const*, const int64_t*);
 extern int64_t tttc_rt_session_position(tttc_session*);
 extern int tttc_rt_session_save(tttc_session*, const char*);
@@ -413,6 +420,9 @@ tttc_session* tttc_session_new(const char* weights_path, int* error) {
 }
 tttc_session* tttc_session_new_from_buffers(const tttc_real* const weights[], const int64_t lens[], int* error) {
     return tttc_rt_session_new_from_buffers(TTTC_LIBRARY, weights, lens, error);
+}
+tttc_session* tttc_session_new_borrowing_buffers(const tttc_real* const weights[], const int64_t lens[], int* error) {
+    return tttc_rt_session_new_borrowing_buffers(TTTC_LIBRARY, weights, lens, error);
 }
 int tttc_session_feed(tttc_session* s, int64_t n_tokens, const tttc_real* const inputs[], const int64_t input_lens[],
                       tttc_real* const outputs[], const int64_t output_lens[]) {

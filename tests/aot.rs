@@ -448,3 +448,70 @@ fn session_library_of_an_unallocatable_batch_is_a_user_error() {
     );
     assert!(!out.exists());
 }
+
+/// `tttc_session_new_borrowing_buffers` reads the caller's weight buffers in place
+/// (tests/c/borrowing.c): a prompt gives the copying constructor's outputs bit for bit; after
+/// the caller zeroes its buffers, the borrowing session's next outputs change (it reads the
+/// caller's memory, no copy) while a session over buffers one byte off alignment does not
+/// (the library copies those).
+#[test]
+fn session_library_borrows_weight_buffers_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    session_library(d, "model_linear_T", &[], "f32");
+    let header = std::fs::read_to_string(d.join("ttt_lm.h")).expect("header");
+    // The weights' order: the header's " *   [i] name [shape]" lines after "Weights, in the order".
+    let order: Vec<String> = header
+        .split("Weights, in the order")
+        .nth(1)
+        .expect("a weights list in the header")
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with("*/"))
+        .filter_map(|l| l.trim_start().strip_prefix("*   ["))
+        .map(|l| l.split_whitespace().nth(1).expect("a name").to_string())
+        .collect();
+    assert!(!order.is_empty(), "{header}");
+    let golden = root().join("tests/golden/model_linear_T.inputs.safetensors");
+    let weights = tttc::runtime::read_safetensors_with_ints(&golden)
+        .expect("golden weights")
+        .floats;
+    for (i, name) in order.iter().enumerate() {
+        let t = weights
+            .get(name)
+            .unwrap_or_else(|| panic!("weight {name}"))
+            .cast(tttc::runtime::ElemType::F32);
+        let bytes: Vec<u8> = t
+            .as_f32()
+            .expect("f32")
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        std::fs::write(d.join(format!("w{i}.bin")), bytes).expect("write");
+    }
+    let exe = d.join("borrowing");
+    build_c_example(
+        d,
+        &root().join("tests/c/borrowing.c"),
+        "ttt_lm",
+        &["-O2", "-Wall", "-Werror"],
+        &exe,
+    );
+    let run = Command::new(&exe).arg(d).output().expect("borrowing runs");
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for check in [
+        "created",
+        "same_outputs",
+        "borrowed_reads_in_place",
+        "unaligned_is_copied",
+    ] {
+        assert!(
+            out.lines().any(|l| l == format!("{check} 1")),
+            "{check} does not hold:\n{out}"
+        );
+    }
+}

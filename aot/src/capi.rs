@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
-use tttc_runtime::{ElemType, Tensor, TensorData};
+use std::sync::{Arc, Mutex, OnceLock};
+use tttc_runtime::{ElemType, Elements, SharedBytes, Tensor, TensorData};
 
 /// Success.
 pub const TTTC_OK: i32 = 0;
@@ -225,6 +225,81 @@ pub unsafe extern "C" fn tttc_rt_session_new_from_buffers(
     lens: *const i64,
     error: *mut i32,
 ) -> *mut SessionHandle {
+    // SAFETY: the caller's contract.
+    unsafe {
+        from_buffers(
+            blob,
+            blob_len,
+            entries,
+            n_entries,
+            weights,
+            lens,
+            error,
+            Use::Copy,
+        )
+    }
+}
+
+/// Creates a session that reads caller-owned weight buffers in place (zero-copy), one per
+/// weight in the header's order, each with its element count. The buffers must stay valid and
+/// unchanged until [`tttc_rt_session_free`]; a buffer not aligned for the library's element type
+/// is copied instead.
+///
+/// # Safety
+///
+/// As [`tttc_rt_session_new_from_buffers`], and every buffer lives, unchanged, as long as the
+/// session.
+#[no_mangle]
+pub unsafe extern "C" fn tttc_rt_session_new_borrowing_buffers(
+    blob: *const u8,
+    blob_len: usize,
+    entries: *const EntryFn,
+    n_entries: usize,
+    weights: *const *const u8,
+    lens: *const i64,
+    error: *mut i32,
+) -> *mut SessionHandle {
+    // SAFETY: the caller's contract.
+    unsafe {
+        from_buffers(
+            blob,
+            blob_len,
+            entries,
+            n_entries,
+            weights,
+            lens,
+            error,
+            Use::Borrow,
+        )
+    }
+}
+
+/// How a session built from caller buffers holds their elements.
+#[derive(Clone, Copy)]
+enum Use {
+    /// Copies them into its own memory.
+    Copy,
+    /// Reads them in place (when aligned; else copies).
+    Borrow,
+}
+
+/// The two buffer constructors' shared body.
+///
+/// # Safety
+///
+/// As [`tttc_rt_session_new_borrowing_buffers`] for [`Use::Borrow`], else as
+/// [`tttc_rt_session_new_from_buffers`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn from_buffers(
+    blob: *const u8,
+    blob_len: usize,
+    entries: *const EntryFn,
+    n_entries: usize,
+    weights: *const *const u8,
+    lens: *const i64,
+    error: *mut i32,
+    how: Use,
+) -> *mut SessionHandle {
     let mut handle = std::ptr::null_mut();
     let code = report(catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the caller's contract.
@@ -249,8 +324,9 @@ pub unsafe extern "C" fn tttc_rt_session_new_from_buffers(
                     format!("the weight `{name}` holds {len} elements, its shape {shape:?} needs {want}"),
                 ));
             }
-            // SAFETY: `len` elements of the library's type at `p` (the caller's contract).
-            let t = unsafe { tensor_from(p, shape.clone(), elem(m)) };
+            // SAFETY: `len` elements of the library's type at `p` (the caller's contract), and
+            // for `Use::Borrow` they outlive the session unchanged.
+            let t = unsafe { tensor_from(p, shape.clone(), elem(m), how) };
             map.insert(name.clone(), t);
         }
         handle = start(m, map, "weight buffers")?;
@@ -263,13 +339,51 @@ pub unsafe extern "C" fn tttc_rt_session_new_from_buffers(
     handle
 }
 
-/// A tensor copied from `p` (its shape's number of elements of type `elem`).
+/// A caller's buffer that a borrowing session reads in place: its bytes stay valid and
+/// unchanged as long as the session (the contract of
+/// [`tttc_rt_session_new_borrowing_buffers`]).
+struct CallerBuffer {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the bytes are only read, and the caller keeps them valid and unchanged while any
+// session (on any thread) holds them.
+unsafe impl Send for CallerBuffer {}
+// SAFETY: as above.
+unsafe impl Sync for CallerBuffer {}
+
+impl AsRef<[u8]> for CallerBuffer {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `len` readable bytes at `ptr` (the constructor's contract).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// A tensor of the elements at `p` (its shape's number of elements of type `elem`): a view of
+/// them for [`Use::Borrow`] when `p` is aligned for `elem`, else a copy.
 ///
 /// # Safety
 ///
-/// `p` must hold that many elements.
-unsafe fn tensor_from(p: *const u8, shape: Vec<usize>, elem: ElemType) -> Tensor {
+/// `p` must hold that many elements; for [`Use::Borrow`], valid and unchanged as long as the
+/// tensor and its clones live.
+unsafe fn tensor_from(p: *const u8, shape: Vec<usize>, elem: ElemType, how: Use) -> Tensor {
     let n: usize = shape.iter().product();
+    let size = elem.size_bytes();
+    if let Use::Borrow = how {
+        let bytes: SharedBytes = Arc::new(CallerBuffer {
+            ptr: p,
+            len: n * size,
+        });
+        // `None` when `p` is not aligned for the element type: copied below.
+        let view = match elem {
+            ElemType::F32 => Elements::mapped(&bytes, 0..n * size).map(TensorData::F32),
+            ElemType::F64 => Elements::mapped(&bytes, 0..n * size).map(TensorData::F64),
+        };
+        if let Some(data) = view {
+            return Tensor::new(shape, data).unwrap_or_else(|_| Tensor::zeros(vec![0], elem));
+        }
+    }
     let data = match elem {
         // SAFETY: the caller's contract; read unaligned-safe by copying element by element.
         ElemType::F32 => TensorData::F32(
