@@ -710,6 +710,15 @@ impl Lowerer {
             &mut sb,
         )?;
         for (tmp, to, shape, add) in after {
+            // A state's cotangent over the old one where the step allows it (`in_place.rs`).
+            let whole = matches!(
+                (&tmp.offset, &to.offset),
+                (Index::Const(0), Index::Const(0))
+            );
+            let len = shape.iter().product();
+            if !add && whole && super::in_place::write_in_place(&mut sb, tmp.buf, to.buf, len) {
+                continue;
+            }
             let v = if add {
                 Val {
                     shape: shape.clone(),
