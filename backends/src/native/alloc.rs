@@ -82,9 +82,12 @@ impl Block {
     }
 
     fn release(self) {
-        let layout = Self::layout(self.usable).expect("a block's layout was valid when made");
-        // SAFETY: `base` came from `alloc` with this same layout.
-        unsafe { dealloc(self.base, layout) }
+        // The layout was formed when the block was made, so it forms again; were it not (a
+        // corrupted header), leaking the block is better than unwinding out of `tttc_free`.
+        if let Some(layout) = Self::layout(self.usable) {
+            // SAFETY: `base` came from `alloc` with this same layout.
+            unsafe { dealloc(self.base, layout) }
+        }
     }
 }
 
