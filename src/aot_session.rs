@@ -401,8 +401,7 @@ pub fn session_shim(header_name: &str, pieces: usize, manifest: &[u8]) -> String
     let _ = writeln!(s, "\n}};\n");
     s.push_str(
         r#"extern tttc_session* tttc_rt_session_new(const unsigned char*, size_t, const tttc_entry*, size_t, const char*, int*);
-extern tttc_session* tttc_rt_session_new_from_buffers(const unsigned char*, size_t, const tttc_entry*, size_t, const tttc_real* const*, const int64_t*, int*);
-extern tttc_session* tttc_rt_session_new_borrowing_buffers(const unsigned char*, size_t, const tttc_entry*, size_t, const tttc_real* const*, const int64_t*, int*);
+extern tttc_session* tttc_rt_session_new_from_buffers(const unsigned char*, size_t, const tttc_entry*, size_t, const tttc_real* const*, const int64_t*, int, int*);
 extern int tttc_rt_session_feed(tttc_session*, int64_t, const tttc_real* const*, const int64_t*, tttc_real* const*, const int64_t*);
 extern int64_t tttc_rt_session_position(tttc_session*);
 extern int tttc_rt_session_save(tttc_session*, const char*);
@@ -419,10 +418,10 @@ tttc_session* tttc_session_new(const char* weights_path, int* error) {
     return tttc_rt_session_new(TTTC_LIBRARY, weights_path, error);
 }
 tttc_session* tttc_session_new_from_buffers(const tttc_real* const weights[], const int64_t lens[], int* error) {
-    return tttc_rt_session_new_from_buffers(TTTC_LIBRARY, weights, lens, error);
+    return tttc_rt_session_new_from_buffers(TTTC_LIBRARY, weights, lens, 0, error);
 }
 tttc_session* tttc_session_new_borrowing_buffers(const tttc_real* const weights[], const int64_t lens[], int* error) {
-    return tttc_rt_session_new_borrowing_buffers(TTTC_LIBRARY, weights, lens, error);
+    return tttc_rt_session_new_from_buffers(TTTC_LIBRARY, weights, lens, 1, error);
 }
 int tttc_session_feed(tttc_session* s, int64_t n_tokens, const tttc_real* const inputs[], const int64_t input_lens[],
                       tttc_real* const outputs[], const int64_t output_lens[]) {

@@ -174,6 +174,25 @@ fn start(
     })))
 }
 
+/// Runs a session constructor: catches a panic, records the outcome for
+/// [`tttc_rt_last_error`], writes its code to `*error` (when `error` is not NULL) and returns
+/// the session, or NULL on failure.
+fn construct(
+    error: *mut i32,
+    make: impl FnOnce() -> Result<*mut SessionHandle, Failure>,
+) -> *mut SessionHandle {
+    let mut handle = std::ptr::null_mut();
+    let code = report(catch_unwind(AssertUnwindSafe(|| {
+        handle = make()?;
+        Ok(())
+    })));
+    if !error.is_null() {
+        // SAFETY: the caller's pointer to one int.
+        unsafe { *error = code };
+    }
+    handle
+}
+
 /// Creates a session from a safetensors weights file (memory-mapped, read in place). Returns
 /// NULL on failure with the code in `*error` (when `error` is not NULL).
 ///
@@ -189,8 +208,7 @@ pub unsafe extern "C" fn tttc_rt_session_new(
     weights_path: *const c_char,
     error: *mut i32,
 ) -> *mut SessionHandle {
-    let mut handle = std::ptr::null_mut();
-    let code = report(catch_unwind(AssertUnwindSafe(|| {
+    construct(error, || {
         // SAFETY: the caller's contract.
         let m = unsafe { manifest(blob, blob_len, entries, n_entries) }?;
         let path = path_arg(weights_path, "weights")?;
@@ -198,24 +216,24 @@ pub unsafe extern "C" fn tttc_rt_session_new(
         let weights = tttc_runtime::read_safetensors_with_ints(&path)
             .map_err(|e| fail(TTTC_ERR_IO, format!("{}: {e}", path.display())))?
             .floats;
-        handle = start(m, weights, &path.display().to_string())?;
-        Ok(())
-    })));
-    if !error.is_null() {
-        // SAFETY: the caller's pointer to one int.
-        unsafe { *error = code };
-    }
-    handle
+        start(m, weights, &path.display().to_string())
+    })
 }
 
 /// Creates a session from caller-owned weight buffers, one per weight in the header's order,
-/// each with its element count (copied: the buffers may be freed after the call).
+/// each with its element count. With `borrow == 0` the elements are copied (the buffers may be
+/// freed after the call); otherwise they are read in place (zero-copy: the buffers must stay
+/// valid and unchanged until [`tttc_rt_session_free`]), except a buffer not aligned for the
+/// library's element type, which is copied. The shim's `tttc_session_new_from_buffers` and
+/// `tttc_session_new_borrowing_buffers` are this with 0 and 1.
 ///
 /// # Safety
 ///
 /// `blob`/`entries` as the generated shim passes them; `weights` and `lens` hold one entry per
-/// weight, each buffer at least its length long.
+/// weight, each buffer at least its length long and, when borrowed, alive and unchanged as
+/// long as the session.
 #[no_mangle]
+#[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn tttc_rt_session_new_from_buffers(
     blob: *const u8,
     blob_len: usize,
@@ -223,85 +241,10 @@ pub unsafe extern "C" fn tttc_rt_session_new_from_buffers(
     n_entries: usize,
     weights: *const *const u8,
     lens: *const i64,
+    borrow: i32,
     error: *mut i32,
 ) -> *mut SessionHandle {
-    // SAFETY: the caller's contract.
-    unsafe {
-        from_buffers(
-            blob,
-            blob_len,
-            entries,
-            n_entries,
-            weights,
-            lens,
-            error,
-            Use::Copy,
-        )
-    }
-}
-
-/// Creates a session that reads caller-owned weight buffers in place (zero-copy), one per
-/// weight in the header's order, each with its element count. The buffers must stay valid and
-/// unchanged until [`tttc_rt_session_free`]; a buffer not aligned for the library's element type
-/// is copied instead.
-///
-/// # Safety
-///
-/// As [`tttc_rt_session_new_from_buffers`], and every buffer lives, unchanged, as long as the
-/// session.
-#[no_mangle]
-pub unsafe extern "C" fn tttc_rt_session_new_borrowing_buffers(
-    blob: *const u8,
-    blob_len: usize,
-    entries: *const EntryFn,
-    n_entries: usize,
-    weights: *const *const u8,
-    lens: *const i64,
-    error: *mut i32,
-) -> *mut SessionHandle {
-    // SAFETY: the caller's contract.
-    unsafe {
-        from_buffers(
-            blob,
-            blob_len,
-            entries,
-            n_entries,
-            weights,
-            lens,
-            error,
-            Use::Borrow,
-        )
-    }
-}
-
-/// How a session built from caller buffers holds their elements.
-#[derive(Clone, Copy)]
-enum Use {
-    /// Copies them into its own memory.
-    Copy,
-    /// Reads them in place (when aligned; else copies).
-    Borrow,
-}
-
-/// The two buffer constructors' shared body.
-///
-/// # Safety
-///
-/// As [`tttc_rt_session_new_borrowing_buffers`] for [`Use::Borrow`], else as
-/// [`tttc_rt_session_new_from_buffers`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn from_buffers(
-    blob: *const u8,
-    blob_len: usize,
-    entries: *const EntryFn,
-    n_entries: usize,
-    weights: *const *const u8,
-    lens: *const i64,
-    error: *mut i32,
-    how: Use,
-) -> *mut SessionHandle {
-    let mut handle = std::ptr::null_mut();
-    let code = report(catch_unwind(AssertUnwindSafe(|| {
+    construct(error, || {
         // SAFETY: the caller's contract.
         let m = unsafe { manifest(blob, blob_len, entries, n_entries) }?;
         if weights.is_null() || lens.is_null() {
@@ -325,23 +268,17 @@ unsafe fn from_buffers(
                 ));
             }
             // SAFETY: `len` elements of the library's type at `p` (the caller's contract), and
-            // for `Use::Borrow` they outlive the session unchanged.
-            let t = unsafe { tensor_from(p, shape.clone(), elem(m), how) };
+            // when borrowed they outlive the session unchanged.
+            let t = unsafe { tensor_from(p, shape.clone(), elem(m), borrow != 0) };
             map.insert(name.clone(), t);
         }
-        handle = start(m, map, "weight buffers")?;
-        Ok(())
-    })));
-    if !error.is_null() {
-        // SAFETY: the caller's pointer to one int.
-        unsafe { *error = code };
-    }
-    handle
+        start(m, map, "weight buffers")
+    })
 }
 
 /// A caller's buffer that a borrowing session reads in place: its bytes stay valid and
-/// unchanged as long as the session (the contract of
-/// [`tttc_rt_session_new_borrowing_buffers`]).
+/// unchanged as long as the session (the contract of [`tttc_rt_session_new_from_buffers`]
+/// with `borrow`).
 struct CallerBuffer {
     ptr: *const u8,
     len: usize,
@@ -360,17 +297,17 @@ impl AsRef<[u8]> for CallerBuffer {
     }
 }
 
-/// A tensor of the elements at `p` (its shape's number of elements of type `elem`): a view of
-/// them for [`Use::Borrow`] when `p` is aligned for `elem`, else a copy.
+/// A tensor of the elements at `p` (its shape's number of elements of type `elem`): with
+/// `borrow`, a view of them when `p` is aligned for `elem`; else a copy.
 ///
 /// # Safety
 ///
-/// `p` must hold that many elements; for [`Use::Borrow`], valid and unchanged as long as the
-/// tensor and its clones live.
-unsafe fn tensor_from(p: *const u8, shape: Vec<usize>, elem: ElemType, how: Use) -> Tensor {
+/// `p` must hold that many elements; with `borrow`, valid and unchanged as long as the tensor
+/// and its clones live.
+unsafe fn tensor_from(p: *const u8, shape: Vec<usize>, elem: ElemType, borrow: bool) -> Tensor {
     let n: usize = shape.iter().product();
     let size = elem.size_bytes();
-    if let Use::Borrow = how {
+    if borrow {
         let bytes: SharedBytes = Arc::new(CallerBuffer {
             ptr: p,
             len: n * size,
