@@ -7,7 +7,7 @@
 use crate::driver::{Precision, Settings};
 use crate::execute::Backend;
 use crate::stream::{Class, Session, StreamError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use tttc_aot_runtime::manifest::{Manifest, TensorSig};
 use tttc_backends::aot::c_identifier;
@@ -21,6 +21,105 @@ pub struct SessionPieces {
     pub manifest: Manifest,
     /// The pieces' programs (bound to the library's shapes).
     pub programs: Vec<Program>,
+}
+
+/// The dimensions only the per-token inputs have, besides the sequence's (a batch).
+fn token_only_dims(program: &Program) -> Result<BTreeSet<String>, StreamError> {
+    let plan = crate::stream::plan::plan(program)?;
+    let g = &program.graph;
+    let mut in_weights = BTreeSet::new();
+    let mut in_tokens = BTreeSet::new();
+    for &id in g.inputs() {
+        let (Some(name), Some(ty)) = (g.input_name(id), g.tensor_type(id)) else {
+            continue;
+        };
+        let set = if plan.token_inputs.contains_key(name) {
+            &mut in_tokens
+        } else {
+            &mut in_weights
+        };
+        for d in &ty.shape.0 {
+            if let Dim::Sym(s) = d {
+                set.insert(s.clone());
+            }
+        }
+    }
+    in_tokens.remove(&plan.seq_dim);
+    Ok(in_tokens.difference(&in_weights).cloned().collect())
+}
+
+/// The batch of a session library: the dimension only the per-token inputs have (when there
+/// is exactly one) and the sizes its pieces are compiled for.
+#[derive(Clone, Debug)]
+struct Batch {
+    dim: Option<String>,
+    sizes: Vec<usize>,
+}
+
+impl Batch {
+    /// `requested` (`--batch`), else the value `settings` give the batch dimension, else 1.
+    fn choose(
+        program: &Program,
+        settings: &Settings,
+        requested: &[usize],
+    ) -> Result<Batch, StreamError> {
+        let candidates = token_only_dims(program)?;
+        let dim = (candidates.len() == 1)
+            .then(|| candidates.iter().next().cloned())
+            .flatten();
+        if requested.is_empty() {
+            let size = dim
+                .as_ref()
+                .and_then(|d| settings.get(d))
+                .and_then(|v| v.number())
+                .map_or(1, |v| v as usize);
+            return Ok(Batch {
+                dim,
+                sizes: vec![size],
+            });
+        }
+        let Some(d) = dim else {
+            let why = if candidates.is_empty() {
+                "this program has no batch dimension (one that only the per-token inputs have)"
+                    .to_string()
+            } else {
+                format!(
+                    "the batch is ambiguous: the per-token inputs have dimensions {} that no weight has; fix all but one with --set",
+                    candidates.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            };
+            return Err(StreamError::Input(format!("--batch: {why}")));
+        };
+        if settings.contains_key(&d) {
+            return Err(StreamError::Input(format!(
+                "--batch and --set {d}=... both give the batch: give one"
+            )));
+        }
+        let mut sizes: Vec<usize> = Vec::new();
+        for &n in requested {
+            if n == 0 {
+                return Err(StreamError::Input(
+                    "--batch: a batch size is at least 1".into(),
+                ));
+            }
+            if !sizes.contains(&n) {
+                sizes.push(n);
+            }
+        }
+        Ok(Batch {
+            dim: Some(d),
+            sizes,
+        })
+    }
+
+    /// The settings with the batch dimension fixed to `size`.
+    fn settings(&self, settings: &Settings, size: usize) -> Settings {
+        let mut s = settings.clone();
+        if let Some(d) = &self.dim {
+            s.insert(d.clone(), tttc_ir::Setting::Number(size as f64));
+        }
+        s
+    }
 }
 
 /// Every input's shape with the sequence dimension `seq` = `len` and the other dimensions
@@ -59,33 +158,13 @@ fn input_shapes(
             dims.entry(derived.name.clone()).or_insert(v);
         }
     }
-    let g = &program.graph;
     // A dimension only the per-token inputs have (the batch) defaults to 1.
-    if let Ok(plan) = crate::stream::plan::plan(program) {
-        let mut in_weights = std::collections::BTreeSet::new();
-        let mut in_tokens = std::collections::BTreeSet::new();
-        for &id in g.inputs() {
-            let (Some(name), Some(ty)) = (g.input_name(id), g.tensor_type(id)) else {
-                continue;
-            };
-            let set = if plan.token_inputs.contains_key(name) {
-                &mut in_tokens
-            } else {
-                &mut in_weights
-            };
-            for d in &ty.shape.0 {
-                if let Dim::Sym(s) = d {
-                    set.insert(s.clone());
-                }
-            }
-        }
-        for d in in_tokens.difference(&in_weights) {
-            dims.entry(d.clone()).or_insert(1);
-        }
+    for d in token_only_dims(program).unwrap_or_default() {
+        dims.entry(d).or_insert(1);
     }
-    g.input_shapes(&dims).map_err(|(name, s)| {
+    program.graph.input_shapes(&dims).map_err(|(name, s)| {
         StreamError::Input(format!(
-            "the shape of `{name}` needs dimension `{s}`: give it with --set {s}=N (a session library fixes every dimension but the sequence's)"
+            "the shape of `{name}` needs dimension `{s}`: give it with --set {s}=N (a session library fixes every dimension but the sequence's and the batch's)"
         ))
     })
 }
@@ -139,47 +218,126 @@ fn record(
     Ok((session, out, weights_shapes))
 }
 
+/// The axis of `node`'s (symbolic) shape that is the dimension `dim`.
+fn axis_of(program: &Program, node: tttc_ir::NodeId, dim: Option<&str>) -> Option<usize> {
+    let ty = program.graph.tensor_type(node)?;
+    let dim = dim?;
+    ty.shape
+        .0
+        .iter()
+        .position(|d| matches!(d, Dim::Sym(s) if s == dim))
+}
+
+/// `shape` (of one token at batch `size`) with its batch axis set to one row.
+fn one_row(mut shape: Vec<usize>, batch_axis: Option<usize>) -> Vec<usize> {
+    if let Some(b) = batch_axis {
+        if b < shape.len() {
+            shape[b] = 1;
+        }
+    }
+    shape
+}
+
 /// The pieces of a session library for `program` (after the pipeline) with every dimension
-/// but the sequence's fixed by its configs and `settings`: a session is fed one mini-batch
-/// from a boundary and then one token, and every distinct program it compiles is a piece.
+/// but the sequence's and the batch's fixed by its configs and `settings`: for each batch size
+/// in `batch` (`--batch`; empty: the one `settings` give, else 1) a session is fed one
+/// mini-batch from a boundary and then one token, and every distinct program it compiles is a
+/// piece.
 pub fn session_pieces(
     program: &Program,
     settings: &Settings,
     known: &BTreeMap<String, Vec<usize>>,
     precision: Precision,
+    batch: &[usize],
 ) -> Result<SessionPieces, StreamError> {
+    let batch = Batch::choose(program, settings, batch)?;
+    let first = batch.settings(settings, batch.sizes[0]);
     // One token fixes the dimensions and tells the mini-batch size ...
-    let (probe, _, _) = record(program, settings, known, precision, &[1])?;
+    let (probe, _, _) = record(program, &first, known, precision, &[1])?;
     let k = probe.mini_batch().ok_or_else(|| {
         StreamError::not_streamable(
             program.name.clone(),
             "a session library needs at least one scan, and one mini-batch size for all of them",
         )
     })?;
-    // ... then a fresh session sees both lengths: the whole mini-batch and the single token.
-    let (session, last, weights) = record(program, settings, known, precision, &[k, 1])?;
-    let plan = session.plan();
-    let shapes = input_shapes(program, settings, known, &plan.seq_dim, 1)?;
-    let token_inputs = plan
-        .token_inputs
+    let plan = probe.plan().clone();
+    let dim = batch.dim.as_deref();
+    let input_ids: BTreeMap<&str, tttc_ir::NodeId> = program
+        .graph
+        .inputs()
         .iter()
-        .map(|(n, &axis)| TensorSig {
-            name: n.clone(),
-            shape: shapes[n].clone(),
-            axis,
-        })
+        .filter_map(|&id| Some((program.graph.input_name(id)?, id)))
         .collect();
-    let mut outputs = Vec::new();
-    for o in &plan.outputs {
-        if let Class::Token(axis) = o.class {
-            let t = last.get(&o.name).ok_or_else(|| {
-                StreamError::internal(format!("the recording gave no output `{}`", o.name))
-            })?;
-            outputs.push(TensorSig {
-                name: o.name.clone(),
-                shape: t.shape().to_vec(),
+    let mut programs: Vec<Program> = Vec::new();
+    let mut keys = BTreeSet::new();
+    let mut token_inputs: Vec<TensorSig> = Vec::new();
+    let mut outputs: Vec<TensorSig> = Vec::new();
+    let mut weights = BTreeMap::new();
+    for (i, &size) in batch.sizes.iter().enumerate() {
+        let at = batch.settings(settings, size);
+        // ... then a fresh session sees both lengths: the whole mini-batch and the single token.
+        let (session, last, w) = record(program, &at, known, precision, &[k, 1])?;
+        for p in session.recorded_programs() {
+            if keys.insert(tttc_aot_runtime::manifest::piece_key(p)) {
+                programs.push(p.clone());
+            }
+        }
+        let shapes = input_shapes(program, &at, known, &plan.seq_dim, 1)?;
+        let mut inputs_now = Vec::new();
+        for (n, &axis) in &plan.token_inputs {
+            let batch_axis = input_ids
+                .get(n.as_str())
+                .and_then(|&id| axis_of(program, id, dim));
+            inputs_now.push(TensorSig {
+                name: n.clone(),
+                shape: one_row(shapes[n].clone(), batch_axis),
                 axis,
+                batch_axis,
             });
+        }
+        let mut outputs_now = Vec::new();
+        for o in &plan.outputs {
+            if let Class::Token(axis) = o.class {
+                let t = last.get(&o.name).ok_or_else(|| {
+                    StreamError::internal(format!("the recording gave no output `{}`", o.name))
+                })?;
+                let batch_axis = axis_of(program, o.node, dim);
+                let sig = TensorSig {
+                    name: o.name.clone(),
+                    shape: one_row(t.shape().to_vec(), batch_axis),
+                    axis,
+                    batch_axis,
+                };
+                // The output's batch axis read off its symbolic shape must be the axis that
+                // holds the batch in the recording.
+                if sig.shape_for(size, 1) != t.shape() {
+                    return Err(StreamError::Input(format!(
+                        "output `{}` has shape {:?} at batch {size}: its batch axis cannot be told, so the library cannot run other batch sizes (drop --batch, or fix the batch with --set)",
+                        o.name,
+                        t.shape()
+                    )));
+                }
+                outputs_now.push(sig);
+            }
+        }
+        if i == 0 {
+            token_inputs = inputs_now;
+            outputs = outputs_now;
+            weights = w;
+        } else if w != weights
+            || outputs_now
+                .iter()
+                .map(|s| &s.shape)
+                .ne(outputs.iter().map(|s| &s.shape))
+            || inputs_now
+                .iter()
+                .map(|s| &s.shape)
+                .ne(token_inputs.iter().map(|s| &s.shape))
+        {
+            return Err(StreamError::internal(format!(
+                "the shapes of one batch row differ between batch {} and {size}",
+                batch.sizes[0]
+            )));
         }
     }
     Ok(SessionPieces {
@@ -188,12 +346,13 @@ pub fn session_pieces(
             settings: settings.clone(),
             f64: precision == Precision::F64,
             mini_batch: k,
+            batch_sizes: batch.sizes,
             token_inputs,
             outputs,
             weights: weights.into_iter().collect(),
             pieces: Vec::new(),
         },
-        programs: session.recorded_programs().to_vec(),
+        programs,
     })
 }
 
@@ -223,18 +382,28 @@ pub fn session_header(m: &Manifest) -> String {
     let _ = writeln!(s, "#ifndef {guard}\n#define {guard}\n\n#include <stddef.h>\n#include <stdint.h>\n\n#ifdef __cplusplus\nextern \"C\" {{\n#endif\n");
     let _ = writeln!(
         s,
-        "/* A streaming session of `{name}`: feed the sequence in chunks of any length (a prompt,\n * then one token at a time); the outputs equal one pass over the whole sequence. Every\n * tensor is row-major {t} (an `int` input holds whole numbers as {t}). Every dimension\n * but the sequence's was fixed when the library was compiled (the batch too); a chunk of\n * n tokens runs as whole mini-batches of TTTC_MINI_BATCH tokens (from a mini-batch\n * boundary) and single tokens, as `tttc run --chunks` does.\n *\n * Thread safety: separate sessions may be used from separate threads at once; one session\n * is locked for the length of each call (calls on it from several threads are serialized).\n * tttc_last_error() is per thread. The pieces' parallel loops use a worker pool of\n * TTTC_NUM_THREADS threads (default: every CPU), shared by the sessions.\n */\n"
+        "/* A streaming session of `{name}`: feed the sequence in chunks of any length (a prompt,\n * then one token at a time); the outputs equal one pass over the whole sequence. Every\n * tensor is row-major {t} (an `int` input holds whole numbers as {t}). Every dimension\n * but the sequence's and the batch's was fixed when the library was compiled; a session's\n * batch is one of tttc_batch_sizes (tttc_session_set_batch, before the first token); a chunk of\n * n tokens runs as whole mini-batches of TTTC_MINI_BATCH tokens (from a mini-batch\n * boundary) and single tokens, as `tttc run --chunks` does.\n *\n * Thread safety: separate sessions may be used from separate threads at once; one session\n * is locked for the length of each call (calls on it from several threads are serialized).\n * tttc_last_error() is per thread. The pieces' parallel loops use a worker pool of\n * TTTC_NUM_THREADS threads (default: every CPU), shared by the sessions.\n */\n"
     );
     let _ = writeln!(s, "typedef {t} tttc_real;");
     let _ = writeln!(s, "#define TTTC_MINI_BATCH {}", m.mini_batch);
     let _ = writeln!(s, "#define TTTC_N_WEIGHTS {}", m.weights.len());
     let _ = writeln!(s, "#define TTTC_N_INPUTS {}", m.token_inputs.len());
-    let _ = writeln!(s, "#define TTTC_N_OUTPUTS {}\n", m.outputs.len());
+    let _ = writeln!(s, "#define TTTC_N_OUTPUTS {}", m.outputs.len());
+    let _ = writeln!(s, "#define TTTC_N_BATCH_SIZES {}\n", m.batch_sizes.len());
+    let _ = writeln!(
+        s,
+        "/* The batch sizes the library runs (a session starts with the first). */\nstatic const int64_t tttc_batch_sizes[TTTC_N_BATCH_SIZES] = {{{}}};\n",
+        m.batch_sizes
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let _ = writeln!(s, "/* Error codes (every function returns one or sets one; the message is tttc_last_error()). */");
     for (code, n, what) in [
         (0, "TTTC_OK", "success"),
-        (1, "TTTC_ERR_ARGUMENT", "a NULL pointer, or n_tokens < 1"),
-        (2, "TTTC_ERR_SHAPE", "a buffer's length does not match its tensor's shape for n_tokens, or a token id is out of range"),
+        (1, "TTTC_ERR_ARGUMENT", "a NULL pointer, n_tokens < 1, or a batch set after the first token"),
+        (2, "TTTC_ERR_SHAPE", "a buffer's length does not match its tensor's shape for n_tokens, a token id is out of range, or a batch size the library was not compiled for"),
         (3, "TTTC_ERR_WEIGHTS", "the weights do not fit this model: a missing tensor or a wrong shape"),
         (4, "TTTC_ERR_STATE", "a saved state from another program or of other shapes"),
         (5, "TTTC_ERR_IO", "a file that cannot be read or written"),
@@ -242,7 +411,7 @@ pub fn session_header(m: &Manifest) -> String {
     ] {
         let _ = writeln!(s, "#define {n} {code} /* {what} */");
     }
-    let _ = writeln!(s, "\n/* Per-token inputs, in the order of tttc_session_feed's `inputs` (shape for n tokens; the\n * sequence axis is n):");
+    let _ = writeln!(s, "\n/* Per-token inputs, in the order of tttc_session_feed's `inputs` (shape for n tokens of a\n * session of batch b; the sequence axis is n, the batch axis b):");
     let dims = |sig: &TensorSig| {
         sig.shape
             .iter()
@@ -250,6 +419,8 @@ pub fn session_header(m: &Manifest) -> String {
             .map(|(i, d)| {
                 if i == sig.axis {
                     "n".to_string()
+                } else if Some(i) == sig.batch_axis {
+                    "b".to_string()
                 } else {
                     d.to_string()
                 }
@@ -266,11 +437,11 @@ pub fn session_header(m: &Manifest) -> String {
     }
     let _ = writeln!(
         s,
-        " * Elements per token of each (a buffer for n tokens holds n times as many): */"
+        " * Elements per token and batch row of each (a buffer for n tokens of a session of batch b\n * holds n * b times as many): */"
     );
     let per = |v: &[TensorSig]| {
         v.iter()
-            .map(|sig| sig.shape.iter().product::<usize>().to_string())
+            .map(|sig| sig.per_token().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -334,9 +505,10 @@ tttc_session* tttc_session_new_from_buffers(const tttc_real* const weights[], co
  * Errors as tttc_session_new_from_buffers. */
 tttc_session* tttc_session_new_borrowing_buffers(const tttc_real* const weights[], const int64_t lens[], int* error);
 
-/* Feeds the next n_tokens >= 1 tokens (a prompt of any length, or one token): inputs[i] holds
- * per-token input i for n_tokens tokens with input_lens[i] elements; outputs[i] receives
- * per-token output i for these tokens and has output_lens[i] elements. Buffers are the
+/* Feeds the next n_tokens >= 1 tokens (a prompt of any length, or one token) of every batch
+ * row: inputs[i] holds per-token input i for n_tokens tokens with input_lens[i] elements
+ * (n_tokens * batch * tttc_input_per_token[i]); outputs[i] receives per-token output i for
+ * these tokens and has output_lens[i] elements. Buffers are the
  * caller's: read (inputs) or written (outputs) during the call only. Lengths are checked
  * and the values of `int` inputs (token ids) against their declared range before anything
  * runs (TTTC_ERR_SHAPE, TTTC_ERR_ARGUMENT; the session is unchanged then). After
@@ -345,6 +517,15 @@ tttc_session* tttc_session_new_borrowing_buffers(const tttc_real* const weights[
 int tttc_session_feed(tttc_session* s, int64_t n_tokens,
                       const tttc_real* const inputs[], const int64_t input_lens[],
                       tttc_real* const outputs[], const int64_t output_lens[]);
+
+/* Sets the session's batch (rows fed side by side, each its own sequence) to one of
+ * tttc_batch_sizes; a session starts with tttc_batch_sizes[0]. Only before the first token
+ * (and before tttc_session_load, which then expects a state of this batch): TTTC_ERR_ARGUMENT
+ * after it, TTTC_ERR_SHAPE for a batch size the library was not compiled for. */
+int tttc_session_set_batch(tttc_session* s, int64_t batch);
+
+/* The session's batch (-1 for NULL). */
+int64_t tttc_session_batch(tttc_session* s);
 
 /* Tokens fed so far (-1 for NULL). */
 int64_t tttc_session_position(tttc_session* s);
@@ -404,6 +585,8 @@ pub fn session_shim(header_name: &str, pieces: usize, manifest: &[u8]) -> String
 extern tttc_session* tttc_rt_session_new_from_buffers(const unsigned char*, size_t, const tttc_entry*, size_t, const tttc_real* const*, const int64_t*, int, int*);
 extern int tttc_rt_session_feed(tttc_session*, int64_t, const tttc_real* const*, const int64_t*, tttc_real* const*, const int64_t*);
 extern int64_t tttc_rt_session_position(tttc_session*);
+extern int tttc_rt_session_set_batch(tttc_session*, int64_t);
+extern int64_t tttc_rt_session_batch(tttc_session*);
 extern int tttc_rt_session_save(tttc_session*, const char*);
 extern int tttc_rt_session_load(tttc_session*, const char*);
 extern void tttc_rt_session_free(tttc_session*);
@@ -428,6 +611,8 @@ int tttc_session_feed(tttc_session* s, int64_t n_tokens, const tttc_real* const 
     return tttc_rt_session_feed(s, n_tokens, inputs, input_lens, outputs, output_lens);
 }
 int64_t tttc_session_position(tttc_session* s) { return tttc_rt_session_position(s); }
+int tttc_session_set_batch(tttc_session* s, int64_t batch) { return tttc_rt_session_set_batch(s, batch); }
+int64_t tttc_session_batch(tttc_session* s) { return tttc_rt_session_batch(s); }
 int tttc_session_save(tttc_session* s, const char* path) { return tttc_rt_session_save(s, path); }
 int tttc_session_load(tttc_session* s, const char* path) { return tttc_rt_session_load(s, path); }
 void tttc_session_free(tttc_session* s) { tttc_rt_session_free(s); }

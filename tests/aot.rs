@@ -139,30 +139,36 @@ fn session_library(
     case: &str,
     c_examples: &[&str],
     precision: &str,
+    extra: &[&str],
 ) -> Vec<std::path::PathBuf> {
     let golden = root().join("tests/golden");
     let lib = dir.join("libttt_lm.so");
-    let out = tttc(&[
-        "compile",
-        "examples/ttt_lm.ttt",
-        "--config",
-        golden
-            .join(format!("{case}.config.json"))
-            .to_str()
-            .expect("utf-8"),
-        "--weights",
-        golden
-            .join(format!("{case}.inputs.safetensors"))
-            .to_str()
-            .expect("utf-8"),
-        "--target",
-        "x86_64",
-        "--session",
-        "--precision",
-        precision,
-        "-o",
-        lib.to_str().expect("utf-8"),
-    ]);
+    let out = tttc(
+        &[
+            "compile",
+            "examples/ttt_lm.ttt",
+            "--config",
+            golden
+                .join(format!("{case}.config.json"))
+                .to_str()
+                .expect("utf-8"),
+            "--weights",
+            golden
+                .join(format!("{case}.inputs.safetensors"))
+                .to_str()
+                .expect("utf-8"),
+            "--target",
+            "x86_64",
+            "--session",
+            "--precision",
+            precision,
+            "-o",
+            lib.to_str().expect("utf-8"),
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
+    );
     assert!(out.status.success(), "{}", text(&out));
     if let Ok(ldd) = Command::new("ldd").arg(&lib).output() {
         let deps = String::from_utf8_lossy(&ldd.stdout);
@@ -199,28 +205,10 @@ fn check_generation_in(case: &str, precision: &str, c_examples: &[&str]) -> temp
         panic!("a C compiler `cc` is needed");
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let exes = session_library(dir.path(), case, c_examples, precision);
-    let golden = root().join("tests/golden");
-    let config = golden.join(format!("{case}.config.json"));
-    let weights = golden.join(format!("{case}.inputs.safetensors"));
+    let exes = session_library(dir.path(), case, c_examples, precision, &[]);
+    let weights = root().join(format!("tests/golden/{case}.inputs.safetensors"));
     let prompt = "5,90,33,2,71,8,8,40,12,60,3,77,19,25,50,1,96,44,30,9,10,11,13";
-    let jit = tttc(&[
-        "generate",
-        "examples/ttt_lm.ttt",
-        "--config",
-        config.to_str().expect("utf-8"),
-        "--weights",
-        weights.to_str().expect("utf-8"),
-        "--prompt-ids",
-        prompt,
-        "--max-new-tokens",
-        "24",
-        "--precision",
-        precision,
-    ]);
-    assert!(jit.status.success(), "{}", text(&jit));
-    let want = String::from_utf8_lossy(&jit.stdout).trim().to_string();
-    assert_eq!(want.split(' ').count(), 24, "{want}");
+    let want = jit_generate(case, prompt, 24, precision);
     let state = dir.path().join("state.safetensors");
     for extra in [None, Some(&state)] {
         let mut c = Command::new(&exes[0]);
@@ -239,6 +227,91 @@ fn check_generation_in(case: &str, precision: &str, c_examples: &[&str]) -> temp
     }
     std::fs::write(dir.path().join("tokens.txt"), &want).expect("write");
     dir
+}
+
+/// The ids `tttc generate` (JIT session, llvm) picks on golden model `case` after `prompt`.
+fn jit_generate(case: &str, prompt: &str, new_tokens: usize, precision: &str) -> String {
+    let golden = root().join("tests/golden");
+    let config = golden.join(format!("{case}.config.json"));
+    let weights = golden.join(format!("{case}.inputs.safetensors"));
+    let jit = tttc(&[
+        "generate",
+        "examples/ttt_lm.ttt",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--weights",
+        weights.to_str().expect("utf-8"),
+        "--prompt-ids",
+        prompt,
+        "--max-new-tokens",
+        &new_tokens.to_string(),
+        "--precision",
+        precision,
+    ]);
+    assert!(jit.status.success(), "{}", text(&jit));
+    let want = String::from_utf8_lossy(&jit.stdout).trim().to_string();
+    assert_eq!(want.split(' ').count(), new_tokens, "{want}");
+    want
+}
+
+/// A library compiled for batch sizes 1 and 3 (`--batch 1,3`) runs three prompts side by side
+/// (examples/c/generate.c, prompts separated by `;`): each row gives the tokens `tttc
+/// generate` gives for its prompt alone (an independent path: the JIT session at batch 1),
+/// also when the batch-3 session is saved after the prompt and resumed; a batch of 2, not
+/// compiled, is refused with a message naming the compiled sizes.
+#[test]
+fn session_library_runs_every_compiled_batch_size() {
+    let case = "model_mlp_M";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let exes = session_library(d, case, &["generate"], "f32", &["--batch", "1,3"]);
+    let header = std::fs::read_to_string(d.join("ttt_lm.h")).expect("header");
+    assert!(
+        header.contains("tttc_batch_sizes[TTTC_N_BATCH_SIZES] = {1, 3};"),
+        "{header}"
+    );
+    let weights = root().join(format!("tests/golden/{case}.inputs.safetensors"));
+    let prompts = [
+        "5,90,33,2,71,8,8,40,12,60,3,77,19,25,50,1,96,44,30,9,10,11,13",
+        "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23",
+        "50,40,30,20,10,9,8,7,6,5,4,3,2,1,60,61,62,63,64,65,66,67,68",
+    ];
+    let want: Vec<String> = prompts
+        .iter()
+        .map(|p| jit_generate(case, p, 12, "f32"))
+        .collect();
+    let state = d.join("state.safetensors");
+    for extra in [None, Some(&state)] {
+        let mut c = Command::new(&exes[0]);
+        c.arg(&weights).arg(prompts.join(";")).arg("12");
+        if let Some(s) = extra {
+            c.arg(s);
+        }
+        let run = c.output().expect("generate runs");
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let got: Vec<String> = String::from_utf8_lossy(&run.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .collect();
+        assert_eq!(got, want, "state file {extra:?}");
+    }
+    let two = Command::new(&exes[0])
+        .arg(&weights)
+        .arg(prompts[..2].join(";"))
+        .arg("2")
+        .output()
+        .expect("generate runs");
+    let err = String::from_utf8_lossy(&two.stderr);
+    assert!(!two.status.success(), "{err}");
+    assert!(
+        err.contains("tttc_session_set_batch failed (code 2)")
+            && err.contains("compiled for batch 1, 3"),
+        "{err}"
+    );
 }
 
 /// ... and the state the library saved after the prompt is the file `tttc run --save-state`
@@ -373,10 +446,14 @@ fn session_library_generates_like_tttc_generate_mlp_and_reports_errors() {
         ("new_buffers_wrong_length", 3, "holds 1 elements"),
         ("feed_null_session", 1, "NULL"),
         ("new_good", 0, ""),
+        ("set_batch_null_session", 1, "NULL"),
+        ("set_batch_not_compiled", 2, "compiled for batch 1"),
+        ("set_batch_compiled", 0, ""),
         ("feed_zero_tokens", 1, "at least one token"),
         ("feed_wrong_length", 2, "`input_ids` holds 2 elements"),
         ("feed_id_out_of_range", 2, "out of its range"),
         ("feed_good", 0, ""),
+        ("set_batch_after_first_token", 1, "before the first token"),
         ("feed_id_out_of_range_later", 2, "out of its range"),
         ("position", 3, ""),
         ("load_other_program", 4, "saved by program `ttt_linear`"),
@@ -458,7 +535,7 @@ fn session_library_of_an_unallocatable_batch_is_a_user_error() {
 fn session_library_borrows_weight_buffers_in_place() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    session_library(d, "model_linear_T", &[], "f32");
+    session_library(d, "model_linear_T", &[], "f32", &[]);
     let header = std::fs::read_to_string(d.join("ttt_lm.h")).expect("header");
     // The weights' order: the header's " *   [i] name [shape]" lines after "Weights, in the order".
     let order: Vec<String> = header
@@ -513,5 +590,40 @@ fn session_library_borrows_weight_buffers_in_place() {
             out.lines().any(|l| l == format!("{check} 1")),
             "{check} does not hold:\n{out}"
         );
+    }
+}
+
+/// `--batch` mistakes are user errors (exit 2) that say what is wrong, and write nothing: a
+/// size of 0, and a batch given both by `--batch` and by `--set B=...`.
+#[test]
+fn session_library_batch_flags_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let golden = root().join("tests/golden");
+    let config = golden.join("model_linear_T.config.json");
+    let weights = golden.join("model_linear_T.inputs.safetensors");
+    let out = dir.path().join("libx.so");
+    for (extra, says) in [
+        (&["--batch", "0"][..], "a batch size is at least 1"),
+        (
+            &["--batch", "1,2", "--set", "B=2"][..],
+            "--batch and --set B=... both give the batch",
+        ),
+    ] {
+        let mut args = vec![
+            "compile",
+            "examples/ttt_lm.ttt",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--weights",
+            weights.to_str().expect("utf-8"),
+            "--session",
+            "-o",
+            out.to_str().expect("utf-8"),
+        ];
+        args.extend_from_slice(extra);
+        let r = tttc(&args);
+        assert_eq!(r.status.code(), Some(2), "{extra:?}: {}", text(&r));
+        assert!(text(&r).contains(says), "{extra:?}: {}", text(&r));
+        assert!(!out.exists());
     }
 }

@@ -113,6 +113,10 @@ pub struct SessionHandle {
 struct Inner {
     session: Session,
     manifest: &'static Manifest,
+    /// Rows fed side by side: one of the manifest's batch sizes.
+    batch: usize,
+    /// Whether a state was loaded (the batch is fixed from then on).
+    loaded: bool,
 }
 
 fn path_arg(path: *const c_char, what: &str) -> Result<PathBuf, Failure> {
@@ -170,6 +174,8 @@ fn start(
         inner: Mutex::new(Inner {
             session,
             manifest: m,
+            batch: m.batch_sizes.first().copied().unwrap_or(1),
+            loaded: false,
         }),
     })))
 }
@@ -355,13 +361,15 @@ fn lock(s: *mut SessionHandle) -> Result<std::sync::MutexGuard<'static, Inner>, 
 /// tensor (or, with `into`, copied back from one).
 struct Rows<'a> {
     sig: &'a TensorSig,
+    batch: usize,
     n: usize,
 }
 
 impl Rows<'_> {
     fn outer_inner(&self) -> (usize, usize) {
-        let outer = self.sig.shape[..self.sig.axis].iter().product();
-        let inner = self.sig.shape[self.sig.axis + 1..].iter().product();
+        let shape = self.sig.shape_for(self.batch, 1);
+        let outer = shape[..self.sig.axis].iter().product();
+        let inner = shape[self.sig.axis + 1..].iter().product();
         (outer, inner)
     }
 
@@ -390,7 +398,8 @@ impl Rows<'_> {
                     .collect(),
             ),
         };
-        Tensor::new(self.sig.shape_for(len), data).unwrap_or_else(|_| Tensor::zeros(vec![0], elem))
+        Tensor::new(self.sig.shape_for(self.batch, len), data)
+            .unwrap_or_else(|_| Tensor::zeros(vec![0], elem))
     }
 
     /// # Safety
@@ -399,7 +408,7 @@ impl Rows<'_> {
     unsafe fn write(&self, p: *mut u8, t: usize, v: &Tensor) -> Result<(), Failure> {
         let (outer, inner) = self.outer_inner();
         let len = v.shape().get(self.sig.axis).copied().unwrap_or(0);
-        if v.shape() != self.sig.shape_for(len).as_slice() {
+        if v.shape() != self.sig.shape_for(self.batch, len).as_slice() {
             return Err(fail(
                 TTTC_ERR_INTERNAL,
                 format!("output `{}` has shape {:?}", self.sig.name, v.shape()),
@@ -429,7 +438,7 @@ impl Rows<'_> {
     }
 }
 
-/// Checks one pointer array of the C API against its tensors for `n` tokens.
+/// Checks one pointer array of the C API against its tensors for `n` tokens of `batch` rows.
 ///
 /// # Safety
 ///
@@ -439,6 +448,7 @@ unsafe fn check_buffers<T>(
     sigs: &[TensorSig],
     ptrs: *const *mut T,
     lens: *const i64,
+    batch: usize,
     n: usize,
 ) -> Result<Vec<*mut T>, Failure> {
     if ptrs.is_null() || lens.is_null() {
@@ -454,13 +464,13 @@ unsafe fn check_buffers<T>(
                 format!("the {what} `{}` is NULL", sig.name),
             ));
         }
-        let shape = sig.shape_for(n);
+        let shape = sig.shape_for(batch, n);
         let want: usize = shape.iter().product();
         if len != want as i64 {
             return Err(fail(
                 TTTC_ERR_SHAPE,
                 format!(
-                    "the {what} `{}` holds {len} elements; for {n} token(s) its shape is {shape:?}, {want} elements",
+                    "the {what} `{}` holds {len} elements; for {n} token(s) at batch {batch} its shape is {shape:?}, {want} elements",
                     sig.name
                 ),
             ));
@@ -496,6 +506,7 @@ pub unsafe extern "C" fn tttc_rt_session_feed(
             ));
         }
         let n = n_tokens as usize;
+        let batch = inner.batch;
         // SAFETY: the caller's contract.
         let ins = unsafe {
             check_buffers(
@@ -503,10 +514,11 @@ pub unsafe extern "C" fn tttc_rt_session_feed(
                 &m.token_inputs,
                 inputs.cast::<*mut u8>(),
                 input_lens,
+                batch,
                 n,
             )
         }?;
-        let outs = unsafe { check_buffers("output", &m.outputs, outputs, output_lens, n) }?;
+        let outs = unsafe { check_buffers("output", &m.outputs, outputs, output_lens, batch, n) }?;
         let k = m.mini_batch.max(1);
         let el = elem(m);
         // Every value is checked before any token is fed (ids in their declared range), so a
@@ -515,7 +527,7 @@ pub unsafe extern "C" fn tttc_rt_session_feed(
         for (sig, &p) in m.token_inputs.iter().zip(&ins) {
             // SAFETY: checked above: `p` holds `n` tokens.
             whole.insert(sig.name.clone(), unsafe {
-                Rows { sig, n }.read(p, 0, n, el)
+                Rows { sig, batch, n }.read(p, 0, n, el)
             });
         }
         let mut dims = m.program.int_configs();
@@ -536,7 +548,7 @@ pub unsafe extern "C" fn tttc_rt_session_feed(
             };
             let mut chunk = BTreeMap::new();
             for (sig, &p) in m.token_inputs.iter().zip(&ins) {
-                let rows = Rows { sig, n };
+                let rows = Rows { sig, batch, n };
                 // SAFETY: checked above: `p` holds `n` tokens.
                 chunk.insert(sig.name.clone(), unsafe { rows.read(p, t, len, el) });
             }
@@ -545,7 +557,7 @@ pub unsafe extern "C" fn tttc_rt_session_feed(
                 let v = out
                     .get(&sig.name)
                     .ok_or_else(|| fail(TTTC_ERR_INTERNAL, format!("no output `{}`", sig.name)))?;
-                let rows = Rows { sig, n };
+                let rows = Rows { sig, batch, n };
                 // SAFETY: checked above: `p` holds `n` tokens.
                 unsafe { rows.write(p, t, v) }?;
             }
@@ -564,6 +576,55 @@ pub unsafe extern "C" fn tttc_rt_session_feed(
 pub unsafe extern "C" fn tttc_rt_session_position(s: *mut SessionHandle) -> i64 {
     match lock(s) {
         Ok(inner) => inner.session.position() as i64,
+        Err(_) => -1,
+    }
+}
+
+/// Sets the session's batch to one of the library's batch sizes: only before the first token
+/// and before a state is loaded.
+///
+/// # Safety
+///
+/// `s` from `tttc_rt_session_new*`.
+#[no_mangle]
+pub unsafe extern "C" fn tttc_rt_session_set_batch(s: *mut SessionHandle, batch: i64) -> i32 {
+    report(catch_unwind(AssertUnwindSafe(|| {
+        let mut inner = lock(s)?;
+        let sizes = &inner.manifest.batch_sizes;
+        if batch < 1 || !sizes.contains(&(batch as usize)) {
+            let list: Vec<String> = sizes.iter().map(|b| b.to_string()).collect();
+            return Err(fail(
+                TTTC_ERR_SHAPE,
+                format!(
+                    "batch {batch}: this library was compiled for batch {} (tttc compile --session --batch ...)",
+                    list.join(", ")
+                ),
+            ));
+        }
+        if inner.session.position() > 0 || inner.loaded {
+            return Err(fail(
+                TTTC_ERR_ARGUMENT,
+                format!(
+                    "the batch is set before the first token and before a state is loaded (this session is at token {}{})",
+                    inner.session.position(),
+                    if inner.loaded { ", with a loaded state" } else { "" }
+                ),
+            ));
+        }
+        inner.batch = batch as usize;
+        Ok(())
+    })))
+}
+
+/// The session's batch (or -1 for a NULL session).
+///
+/// # Safety
+///
+/// `s` from `tttc_rt_session_new*`.
+#[no_mangle]
+pub unsafe extern "C" fn tttc_rt_session_batch(s: *mut SessionHandle) -> i64 {
+    match lock(s) {
+        Ok(inner) => inner.batch as i64,
         Err(_) => -1,
     }
 }
@@ -593,7 +654,9 @@ pub unsafe extern "C" fn tttc_rt_session_load(s: *mut SessionHandle, path: *cons
     report(catch_unwind(AssertUnwindSafe(|| {
         let mut inner = lock(s)?;
         let path = path_arg(path, "state")?;
-        inner.session.load(&path).map_err(stream_failure)
+        inner.session.load(&path).map_err(stream_failure)?;
+        inner.loaded = true;
+        Ok(())
     })))
 }
 

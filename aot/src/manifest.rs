@@ -11,18 +11,28 @@ use tttc_ir::{Program, Settings};
 pub struct TensorSig {
     /// The program's name for it.
     pub name: String,
-    /// Its shape for one token (the sequence axis holds 1).
+    /// Its shape for one token of one batch row (the sequence axis and the batch axis hold 1).
     pub shape: Vec<usize>,
     /// The sequence axis.
     pub axis: usize,
+    /// The batch axis, when the tensor has one.
+    pub batch_axis: Option<usize>,
 }
 
 impl TensorSig {
-    /// The shape for `n` tokens.
-    pub fn shape_for(&self, n: usize) -> Vec<usize> {
+    /// The shape for `n` tokens of `batch` rows.
+    pub fn shape_for(&self, batch: usize, n: usize) -> Vec<usize> {
         let mut s = self.shape.clone();
         s[self.axis] = n;
+        if let Some(b) = self.batch_axis {
+            s[b] = batch;
+        }
         s
+    }
+
+    /// Elements per token and batch row.
+    pub fn per_token(&self) -> usize {
+        self.shape.iter().product()
     }
 }
 
@@ -50,6 +60,8 @@ pub struct Manifest {
     pub f64: bool,
     /// The mini-batch size: chunks run as pieces of this many tokens or one.
     pub mini_batch: usize,
+    /// The batch sizes the pieces were compiled for; a session starts with the first.
+    pub batch_sizes: Vec<usize>,
     /// The per-token inputs, in C API order.
     pub token_inputs: Vec<TensorSig>,
     /// The per-token outputs, in C API order.

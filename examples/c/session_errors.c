@@ -104,10 +104,14 @@ int main(int argc, char** argv) {
     s = tttc_session_new(argv[1], &code);
     report("new_good", s ? 0 : code);
     if (!s) return 1;
+    report("set_batch_null_session", tttc_session_set_batch(NULL, 1));
+    report("set_batch_not_compiled", tttc_session_set_batch(s, tttc_batch_sizes[TTTC_N_BATCH_SIZES - 1] + 1));
+    report("set_batch_compiled", tttc_session_set_batch(s, tttc_batch_sizes[0]));
     report("feed_zero_tokens", feed(s, 0, 0, -1));
     report("feed_wrong_length", feed(s, 3, 0, 2));
     report("feed_id_out_of_range", feed(s, 2, 1.0e6f, -1));
     report("feed_good", feed(s, 3, 1, -1));
+    report("set_batch_after_first_token", tttc_session_set_batch(s, tttc_batch_sizes[0]));
     report("feed_id_out_of_range_later", feed(s, 2, 97, -1));
     report("position", (int)tttc_session_position(s));
     report("load_other_program", tttc_session_load(s, argv[4]));

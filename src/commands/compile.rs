@@ -56,6 +56,11 @@ pub struct Args {
     /// config does not say, such as an inner MLP's width).
     #[arg(long, requires = "session")]
     weights: Option<PathBuf>,
+    /// With --session: the batch sizes the library runs, comma-separated (e.g. 1,2,4,8): a
+    /// session picks one of them (`tttc_session_set_batch`). Each size adds its own pieces.
+    /// Default: the batch `--set` gives, else 1.
+    #[arg(long, requires = "session", value_delimiter = ',', num_args = 1..)]
+    batch: Vec<usize>,
     #[command(flatten)]
     settings: SettingArgs,
 }
@@ -180,6 +185,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
             &settings,
             &known,
             precision,
+            &args.batch,
             args.output.as_deref(),
         );
     }
@@ -290,6 +296,7 @@ fn build_session_library(
     settings: &tttc::Settings,
     known: &BTreeMap<String, Vec<usize>>,
     precision: Precision,
+    batch: &[usize],
     output: Option<&Path>,
 ) -> Result<(), Failure> {
     use tttc::aot_session::{piece_symbol, session_header, session_pieces, session_shim};
@@ -302,7 +309,7 @@ fn build_session_library(
         header_name,
         header,
     } = library_paths(&name, output);
-    let mut pieces = session_pieces(program, settings, known, precision).map_err(|e| {
+    let mut pieces = session_pieces(program, settings, known, precision, batch).map_err(|e| {
         if e.is_user_error() {
             Failure::user(e)
         } else {
@@ -439,6 +446,7 @@ fn build_session_library(
     _: &tttc::Settings,
     _: &BTreeMap<String, Vec<usize>>,
     _: Precision,
+    _: &[usize],
     _: Option<&Path>,
 ) -> Result<(), Failure> {
     Err(Failure::user(tttc::ExecError::NotBuilt("llvm")))
