@@ -1,7 +1,8 @@
 //! Large matrix products through the library gemm ([`Stmt::Gemm`]): `.ttt` programs with
 //! products above the threshold (plain, a transposed weight `x @ w.T`, batched, broadcast
 //! batches, a rank-2 weight under a batched input, a lazy operand, a few rows against a large
-//! weight, which the runtime splits by columns over the threads) compiled through the whole
+//! weight, which the runtime splits by columns over the threads, a batch of rows sharing a
+//! transposed weight, which it folds into one product for its narrow kernel) compiled through the whole
 //! CPU pipeline and run on LLVM and Cranelift in f32 and f64, against the graph interpreter
 //! (the oracle); the kernel IR is checked to really hold gemms for the CPU (and none for the
 //! GPU or below the threshold). Hand-built kernel programs check what the lowering does not
@@ -96,6 +97,23 @@ const CASES: &[Case] = &[
         source: "main {\n input x: [3, 512]\n input w: [520, 512]\n output y = x @ w.T\n}\n",
         inputs: &[("x", &[3, 512]), ("w", &[520, 512])],
         k: 512,
+        gemms: 1,
+    },
+    // A batch of single tokens against one transposed weight (a batched decode step): the
+    // runtime folds the batch into rows (one product of 4 rows), run by its narrow kernel.
+    Case {
+        name: "a batch of single rows, one transposed weight",
+        source: "main {\n input x: [4, 1, 512]\n input w: [520, 512]\n output y = x @ w.T\n}\n",
+        inputs: &[("x", &[4, 1, 512]), ("w", &[520, 512])],
+        k: 512,
+        gemms: 1,
+    },
+    // Four pairs of rows fold into one product of 8 rows (the narrow kernel's largest).
+    Case {
+        name: "a batch of row pairs, one transposed weight",
+        source: "main {\n input x: [4, 2, 200]\n input w: [130, 200]\n output y = x @ w.T\n}\n",
+        inputs: &[("x", &[4, 2, 200]), ("w", &[130, 200])],
+        k: 200,
         gemms: 1,
     },
 ];

@@ -14,10 +14,13 @@
 //! strides of `a`, `b` and `c` ([`DESC_HEADER`] + 4·r values).
 //!
 //! The products are computed by the [`gemm`] crate (packed, cache-blocked, SIMD micro-kernels
-//! chosen at run time for the CPU; the one faer and candle use), on the worker pool of the
+//! chosen at run time for the CPU; the one faer and candle use), except products of 2 to 8 rows
+//! against a right operand stored by columns (a batch of tokens' projections while decoding),
+//! which [`super::narrow`] runs in one pass over that operand; on the worker pool of the
 //! parallel loops ([`super::parallel`]): one product at a time on every thread, or, for a batch
 //! of at least as many products as threads, whole products side by side.
 
+use super::narrow::{Narrow, NarrowElem, ROWS};
 use super::parallel::{on_a_worker_thread, pool, thread_count};
 use gemm::Parallelism;
 use tttc_ir::kernel::Gemm;
@@ -82,7 +85,7 @@ unsafe impl<T> Send for Operand<T> {}
 unsafe impl<T> Sync for Operand<T> {}
 
 /// A decoded descriptor.
-struct Desc<'d> {
+struct Desc {
     m: usize,
     n: usize,
     k: usize,
@@ -90,16 +93,17 @@ struct Desc<'d> {
     /// Offset, row stride, column stride of `a`, `b`, `c`.
     views: [[isize; 3]; 3],
     /// Per batch axis: extent, strides of `a`, `b`, `c`.
-    axes: &'d [i64],
+    axes: Vec<i64>,
 }
 
-impl Desc<'_> {
-    /// Reads the descriptor at `desc`.
+impl Desc {
+    /// Reads the descriptor at `desc`, with the batch axes that share `b` folded into rows
+    /// ([`Desc::fold_shared_rhs`]).
     ///
     /// # Safety
     ///
     /// `desc` points to a descriptor made by [`descriptor`].
-    unsafe fn read<'d>(desc: *const i64) -> Desc<'d> {
+    unsafe fn read(desc: *const i64) -> Desc {
         // SAFETY: the caller's contract: the header is there, then 4·r values.
         let head = unsafe { std::slice::from_raw_parts(desc, DESC_HEADER) };
         let r = head[4] as usize;
@@ -112,13 +116,39 @@ impl Desc<'_> {
                 head[7 + 3 * i] as isize,
             ]
         };
-        Desc {
+        let mut d = Desc {
             m: head[0] as usize,
             n: head[1] as usize,
             k: head[2] as usize,
             accumulate: head[3] != 0,
             views: [view(0), view(1), view(2)],
-            axes,
+            axes: axes.to_vec(),
+        };
+        d.fold_shared_rhs();
+        d
+    }
+
+    /// Folds batch axes into the rows where that is the same product: an axis along which
+    /// `b` does not move (stride 0: one weight for every token of a batch) and `a` and `c` move
+    /// by whole row blocks (`m` rows apart, or any stride when `m` is 1). `[B, n, k] @ [k, j]`
+    /// then runs as one `[B·n, k] @ [k, j]`: `b` read and packed once instead of `B` times (a
+    /// batched decode step is `B` products of one row each otherwise). Innermost axes first;
+    /// an axis that cannot fold stops the folding.
+    fn fold_shared_rhs(&mut self) {
+        while let Some(axis) = self.axes.len().checked_sub(4) {
+            let [e, sa, sb, sc] = [0, 1, 2, 3].map(|i| self.axes[axis + i] as isize);
+            let (ra, rc) = (self.views[0][1], self.views[2][1]);
+            let m = self.m as isize;
+            let folds = sb == 0 && (self.m == 1 || (sa == m * ra && sc == m * rc));
+            if !folds || e < 1 {
+                break;
+            }
+            if self.m == 1 {
+                self.views[0][1] = sa;
+                self.views[2][1] = sc;
+            }
+            self.m *= e as usize;
+            self.axes.truncate(axis);
         }
     }
 
@@ -146,7 +176,7 @@ impl Desc<'_> {
 /// # Safety
 ///
 /// As [`tttc_gemm_f32`].
-unsafe fn run<T: Copy + Send + Sync + 'static>(
+unsafe fn run<T: NarrowElem + Send + Sync + 'static>(
     desc: *const i64,
     a: *const T,
     b: *const T,
@@ -181,6 +211,26 @@ unsafe fn run<T: Copy + Send + Sync + 'static>(
             ptr: unsafe { bases[i].ptr.offset(offsets[i] + column[i] * bases[i].cs) },
             ..bases[i]
         });
+        // A few rows against columns of `b` stored contiguously: one pass over `b`.
+        if ROWS.contains(&d.m) && a.cs == 1 && b.rs == 1 {
+            let narrow = Narrow {
+                m: d.m,
+                n: width,
+                k: d.k,
+                a: a.ptr,
+                lda: a.rs,
+                b: b.ptr,
+                ldb: b.cs,
+                c: c.ptr,
+                rsc: c.rs,
+                csc: c.cs,
+                accumulate: d.accumulate,
+            };
+            // SAFETY: as for the crate below.
+            if unsafe { T::run_narrow(&narrow) } {
+                return;
+            }
+        }
         // SAFETY: every element of every view was proven inside its buffer, `c` is distinct
         // from `a` and `b` and its elements distinct (the kernel IR's verifier); `c := 1·c +
         // 1·a·b` when accumulating, else `c := a·b` (`c` not read).

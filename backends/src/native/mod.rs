@@ -12,6 +12,7 @@
 
 pub mod alloc;
 pub mod gemm;
+mod narrow;
 pub(crate) mod parallel;
 #[cfg(feature = "llvm")]
 pub mod profile;
