@@ -309,7 +309,10 @@ fn build_session_library(
         header_name,
         header,
     } = library_paths(&name, output);
-    let mut pieces = session_pieces(program, settings, known, precision, batch).map_err(|e| {
+    let recording = super::progress::Progress::spinner("recording the session's pieces");
+    let recorded = session_pieces(program, settings, known, precision, batch);
+    recording.finish();
+    let mut pieces = recorded.map_err(|e| {
         if e.is_user_error() {
             Failure::user(e)
         } else {
@@ -319,7 +322,10 @@ fn build_session_library(
     let work = tempfile_dir(&dir)?;
     let result = (|| {
         let mut objects = Vec::new();
+        let bar = super::progress::Progress::bar("compiling pieces");
+        let total = pieces.programs.len();
         for (i, piece) in pieces.programs.iter().enumerate() {
+            bar.set(i, total);
             let object = work.join(format!("piece{i}.o"));
             let sig = tttc::driver::generate_code(
                 piece,
