@@ -131,6 +131,36 @@ fn compile_takes_shapes_from_set_and_checks_them() {
     assert!(text(&huge).contains("`XQ`"), "{}", text(&huge));
 }
 
+/// `tttc compile examples/ttt_lm.ttt --session` for golden model `case` in `precision` into
+/// `lib`, with `extra` arguments.
+fn compile_session(
+    case: &str,
+    precision: &str,
+    lib: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let golden = root().join("tests/golden");
+    let config = golden.join(format!("{case}.config.json"));
+    let weights = golden.join(format!("{case}.inputs.safetensors"));
+    let mut args = vec![
+        "compile",
+        "examples/ttt_lm.ttt",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--weights",
+        weights.to_str().expect("utf-8"),
+        "--target",
+        "x86_64",
+        "--session",
+        "--precision",
+        precision,
+        "-o",
+        lib.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    tttc(&args)
+}
+
 /// `tttc compile --session` for the golden language model `case` (its config, and its weights
 /// for the dimensions a config does not give) into `dir`, and `examples/c/NAME.c` built
 /// against it; returns the executable.
@@ -141,34 +171,8 @@ fn session_library(
     precision: &str,
     extra: &[&str],
 ) -> Vec<std::path::PathBuf> {
-    let golden = root().join("tests/golden");
     let lib = dir.join("libttt_lm.so");
-    let out = tttc(
-        &[
-            "compile",
-            "examples/ttt_lm.ttt",
-            "--config",
-            golden
-                .join(format!("{case}.config.json"))
-                .to_str()
-                .expect("utf-8"),
-            "--weights",
-            golden
-                .join(format!("{case}.inputs.safetensors"))
-                .to_str()
-                .expect("utf-8"),
-            "--target",
-            "x86_64",
-            "--session",
-            "--precision",
-            precision,
-            "-o",
-            lib.to_str().expect("utf-8"),
-        ]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .collect::<Vec<_>>(),
-    );
+    let out = compile_session(case, precision, &lib, extra);
     assert!(out.status.success(), "{}", text(&out));
     if let Ok(ldd) = Command::new("ldd").arg(&lib).output() {
         let deps = String::from_utf8_lossy(&ldd.stdout);
@@ -210,23 +214,42 @@ fn check_generation_in(case: &str, precision: &str, c_examples: &[&str]) -> temp
     let prompt = "5,90,33,2,71,8,8,40,12,60,3,77,19,25,50,1,96,44,30,9,10,11,13";
     let want = jit_generate(case, prompt, 24, precision);
     let state = dir.path().join("state.safetensors");
-    for extra in [None, Some(&state)] {
-        let mut c = Command::new(&exes[0]);
-        c.arg(&weights).arg(prompt).arg("24");
-        if let Some(s) = extra {
-            c.arg(s);
-        }
-        let run = c.output().expect("generate runs");
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
+    for extra in [None, Some(state.as_path())] {
+        let got = run_generate(&exes[0], &weights, prompt, 24, extra);
+        assert_eq!(
+            got,
+            std::slice::from_ref(&want),
+            "{case} {precision}, state file {extra:?}"
         );
-        let got = String::from_utf8_lossy(&run.stdout).trim().to_string();
-        assert_eq!(got, want, "{case} {precision}, state file {extra:?}");
     }
     std::fs::write(dir.path().join("tokens.txt"), &want).expect("write");
     dir
+}
+
+/// Runs examples/c/generate.c's executable `exe` on `prompts` (rows separated by `;`) for
+/// `new_tokens` tokens, saving and resuming through `state` when given; the ids of each row.
+fn run_generate(
+    exe: &Path,
+    weights: &Path,
+    prompts: &str,
+    new_tokens: usize,
+    state: Option<&Path>,
+) -> Vec<String> {
+    let mut c = Command::new(exe);
+    c.arg(weights).arg(prompts).arg(new_tokens.to_string());
+    if let Some(s) = state {
+        c.arg(s);
+    }
+    let run = c.output().expect("generate runs");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect()
 }
 
 /// The ids `tttc generate` (JIT session, llvm) picks on golden model `case` after `prompt`.
@@ -281,22 +304,8 @@ fn session_library_runs_every_compiled_batch_size() {
         .map(|p| jit_generate(case, p, 12, "f32"))
         .collect();
     let state = d.join("state.safetensors");
-    for extra in [None, Some(&state)] {
-        let mut c = Command::new(&exes[0]);
-        c.arg(&weights).arg(prompts.join(";")).arg("12");
-        if let Some(s) = extra {
-            c.arg(s);
-        }
-        let run = c.output().expect("generate runs");
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let got: Vec<String> = String::from_utf8_lossy(&run.stdout)
-            .lines()
-            .map(|l| l.trim().to_string())
-            .collect();
+    for extra in [None, Some(state.as_path())] {
+        let got = run_generate(&exes[0], &weights, &prompts.join(";"), 12, extra);
         assert_eq!(got, want, "state file {extra:?}");
     }
     let two = Command::new(&exes[0])
@@ -496,27 +505,13 @@ fn build_c_example(dir: &Path, source: &Path, lib: &str, flags: &[&str], exe: &P
 #[test]
 fn session_library_of_an_unallocatable_batch_is_a_user_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let golden = root().join("tests/golden");
-    let (config, weights, out) = (
-        golden.join("model_linear_T.config.json"),
-        golden.join("model_linear_T.inputs.safetensors"),
-        dir.path().join("libx.so"),
+    let out = dir.path().join("libx.so");
+    let r = compile_session(
+        "model_linear_T",
+        "f32",
+        &out,
+        &["--set", "B=4611686018427387904"],
     );
-    let r = tttc(&[
-        "compile",
-        "examples/ttt_lm.ttt",
-        "--config",
-        config.to_str().expect("utf-8"),
-        "--weights",
-        weights.to_str().expect("utf-8"),
-        "--target",
-        "x86_64",
-        "--session",
-        "--set",
-        "B=4611686018427387904",
-        "-o",
-        out.to_str().expect("utf-8"),
-    ]);
     assert_eq!(r.status.code(), Some(2), "{}", text(&r));
     assert!(
         text(&r).contains("cannot allocate a tensor"),
@@ -598,9 +593,6 @@ fn session_library_borrows_weight_buffers_in_place() {
 #[test]
 fn session_library_batch_flags_are_checked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let golden = root().join("tests/golden");
-    let config = golden.join("model_linear_T.config.json");
-    let weights = golden.join("model_linear_T.inputs.safetensors");
     let out = dir.path().join("libx.so");
     for (extra, says) in [
         (&["--batch", "0"][..], "a batch size is at least 1"),
@@ -609,19 +601,7 @@ fn session_library_batch_flags_are_checked() {
             "--batch and --set B=... both give the batch",
         ),
     ] {
-        let mut args = vec![
-            "compile",
-            "examples/ttt_lm.ttt",
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--weights",
-            weights.to_str().expect("utf-8"),
-            "--session",
-            "-o",
-            out.to_str().expect("utf-8"),
-        ];
-        args.extend_from_slice(extra);
-        let r = tttc(&args);
+        let r = compile_session("model_linear_T", "f32", &out, extra);
         assert_eq!(r.status.code(), Some(2), "{extra:?}: {}", text(&r));
         assert!(text(&r).contains(says), "{extra:?}: {}", text(&r));
         assert!(!out.exists());
