@@ -99,8 +99,9 @@ const CASES: &[Case] = &[
         k: 512,
         gemms: 1,
     },
-    // A batch of single tokens against one transposed weight (a batched decode step): the
-    // runtime folds the batch into rows (one product of 4 rows), run by its narrow kernel.
+    // A batch of single tokens against one transposed weight (a batched decode step): one
+    // product of 4 rows, run by the narrow kernel (the runtime's folding of batch axes into
+    // rows is checked on hand-built products below, `folding_program`).
     Case {
         name: "a batch of single rows, one transposed weight",
         source: "main {\n input x: [4, 1, 512]\n input w: [520, 512]\n output y = x @ w.T\n}\n",
@@ -366,6 +367,133 @@ fn accumulating_strided_gemms_match_the_kernel_interpreter() {
                 &want["c"].to_f64_vec(),
                 tol,
             );
+        }
+    }
+}
+
+/// Two products of single rows against one transposed weight `w[36, 70]` over batch axes that
+/// the runtime folds into rows (`b`'s batch strides are 0): `y1[3, 2] = x[3, 2] @ wᵀ` folds
+/// both axes into one product of 6 rows; `y2` takes the same rows with the axes swapped, so
+/// only the inner axis folds (2 products of 3 rows). Both then run on the narrow kernel.
+/// `y3` takes two blocks of 3 rows of `x` into `c` interleaved (`y3` row `2i + t` is row
+/// `3t + i` of `x @ wᵀ`): `a` moves by whole row blocks but `c` does not, so nothing may fold.
+fn folding_program(dtype: DType) -> KernelProgram {
+    let (n, k) = (36usize, 70usize);
+    let buf = |name: &str, kind: BufferKind, shape: &[usize]| {
+        Buffer::row_major(name, kind, MemorySpace::Global, shape)
+    };
+    let view = |buf: u32, batch_strides: Vec<i64>, row_stride: i64, col_stride: i64| MatrixView {
+        buf: BufId(buf),
+        offset: 0,
+        batch_strides,
+        row_stride,
+        col_stride,
+    };
+    let product = |m: usize, batch: Vec<usize>, a: Vec<i64>, c: Vec<i64>, c_rows: i64, out: u32| {
+        Stmt::Gemm(Box::new(Gemm {
+            a: view(0, a, k as i64, 1),
+            b: view(1, vec![0; batch.len()], 1, k as i64),
+            c: view(out, c, c_rows, 1),
+            m,
+            n,
+            k,
+            batch,
+            accumulate: false,
+        }))
+    };
+    KernelProgram {
+        name: "gemm_folding".into(),
+        dtype,
+        buffers: vec![
+            buf("x", BufferKind::Input("x".into()), &[6, k]),
+            buf("w", BufferKind::Input("w".into()), &[n, k]),
+            buf("y1", BufferKind::Output("y1".into()), &[6, n]),
+            buf("y2", BufferKind::Output("y2".into()), &[6, n]),
+            buf("y3", BufferKind::Output("y3".into()), &[6, n]),
+        ],
+        vars: 0,
+        functions: Vec::new(),
+        memory: None,
+        body: vec![
+            product(
+                1,
+                vec![3, 2],
+                vec![2 * k as i64, k as i64],
+                vec![2 * n as i64, n as i64],
+                n as i64,
+                2,
+            ),
+            product(
+                1,
+                vec![2, 3],
+                vec![k as i64, 2 * k as i64],
+                vec![n as i64, 2 * n as i64],
+                n as i64,
+                3,
+            ),
+            product(
+                3,
+                vec![2],
+                vec![3 * k as i64],
+                vec![n as i64],
+                2 * n as i64,
+                4,
+            ),
+        ],
+    }
+}
+
+#[test]
+fn gemms_folded_into_rows_match_the_kernel_interpreter() {
+    for dtype in [DType::F64, DType::F32] {
+        let p = folding_program(dtype);
+        let mut rng = Lcg(13);
+        let ins: BTreeMap<String, Tensor> = [
+            (
+                "x".to_string(),
+                Tensor::from_f64(vec![6, 70], rng.vec(6 * 70, 1.0)),
+            ),
+            (
+                "w".to_string(),
+                Tensor::from_f64(vec![36, 70], rng.vec(36 * 70, 1.0)),
+            ),
+        ]
+        .into_iter()
+        .map(|(name, t)| {
+            let elem = match dtype {
+                DType::F64 => tttc::runtime::ElemType::F64,
+                DType::F32 => tttc::runtime::ElemType::F32,
+            };
+            (name, t.expect("tensor").cast(elem))
+        })
+        .collect();
+        let want = run_kernel_program(&p, &ins).expect("kernel interpreter");
+        let eps = match dtype {
+            DType::F64 => f64::EPSILON,
+            DType::F32 => f32::EPSILON as f64,
+        };
+        let llvm = LlvmJit::compile(&p).expect("llvm compiles").run(&ins);
+        let cl = CraneliftJit::compile(&p)
+            .expect("cranelift compiles")
+            .run(&ins);
+        for (backend, got) in [
+            ("llvm", llvm.expect("llvm runs")),
+            ("cranelift", cl.expect("cranelift runs")),
+        ] {
+            for y in ["y1", "y2", "y3"] {
+                let max_y = want[y]
+                    .to_f64_vec()
+                    .iter()
+                    .fold(0.0f64, |m, v| m.max(v.abs()));
+                // Any summation order: 2·k·eps·k·max|x|·max|w| (module docs), relative.
+                let tol = 2.0 * 70.0 * 70.0 * eps / max_y;
+                assert_close(
+                    &format!("{dtype} {backend} {y}"),
+                    &got[y].to_f64_vec(),
+                    &want[y].to_f64_vec(),
+                    tol,
+                );
+            }
         }
     }
 }
