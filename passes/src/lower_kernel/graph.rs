@@ -26,6 +26,9 @@ pub(super) struct Scope<'g> {
     pub(super) space: MemorySpace,
     pub(super) vals: HashMap<NodeId, NodeVal>,
     pub(super) users: HashMap<NodeId, usize>,
+    /// How many of each node's users are `transpose` nodes (see
+    /// [`Scope::read_only_transposed`]).
+    pub(super) transpose_users: HashMap<NodeId, usize>,
     pub(super) dests: HashMap<NodeId, Dest>,
     /// Row-major copies of strided right operands of matmuls, by the operand's node: a
     /// transposed weight used by several products (a step's VJP reads `Wᵀ` in several) is
@@ -48,6 +51,13 @@ impl Scope<'_> {
         message: impl std::fmt::Display,
     ) -> LowerKernelError {
         self.invalid(format!("{}: {message}", describe(self.graph, id)))
+    }
+
+    /// Whether every use of node `id` is a `transpose` of it (it is not a graph output, which
+    /// counts as a use of its own).
+    pub(super) fn read_only_transposed(&self, id: NodeId) -> bool {
+        let transposes = self.transpose_users.get(&id).copied().unwrap_or(0);
+        transposes > 0 && self.users.get(&id).copied() == Some(transposes)
     }
 
     pub(super) fn shape(&self, id: NodeId) -> Res<Vec<usize>> {
@@ -200,6 +210,7 @@ impl Lowerer {
             space: job.space,
             vals: HashMap::new(),
             users: HashMap::new(),
+            transpose_users: HashMap::new(),
             dests: HashMap::new(),
             contiguous: Default::default(),
         };
@@ -222,8 +233,12 @@ impl Lowerer {
             .live_order()
             .ok_or_else(|| sc.invalid("the graph has a cycle"))?;
         for &id in &order {
+            let transposes = matches!(graph.node(id).op, Op::Transpose);
             for o in graph.operands(id) {
                 *sc.users.entry(o).or_insert(0) += 1;
+                if transposes {
+                    *sc.transpose_users.entry(o).or_insert(0) += 1;
+                }
             }
         }
         for o in graph.outputs() {

@@ -61,9 +61,140 @@ impl Lowerer {
             let a = self.view_of(sc, a, &format!("%{} lhs", id.index()), body);
             return Ok(self.matmul_nest(sc, id, a, &b, [m, k, n], shape, body));
         }
+        if let Some(v) = self.rows_of_one_transposed(sc, id, &a, &b, [m, k, n], shape, body) {
+            return Ok(v);
+        }
+        if self.options.transposed_products
+            && m > 1
+            && n > 1
+            && !sc.dests.contains_key(&id)
+            && (sc.read_only_transposed(id) || self.cheaper_transposed(sc, id, &b, [m, k, n]))
+        {
+            return Ok(self.transposed_matmul(sc, id, a, b, [m, k, n], shape, body));
+        }
         let a = self.view_of(sc, a, &format!("%{} lhs", id.index()), body);
         let b = self.contiguous_rhs(sc, id, b, n, body);
         Ok(self.matmul_nest(sc, id, a, &b, [m, k, n], shape, body))
+    }
+
+    /// Whether `a @ b` (node `id`) with a right operand that would be copied to contiguous rows
+    /// (a transposed `[k, n]` view, not yet copied for another product) moves fewer elements
+    /// when computed transposed: the copy of `aᵀ` (`m·k`) plus one strided read of the result by
+    /// its reader (`m·n`), at most half of the copy of `b` (`k·n`). A step's `gz @ Wᵀ` with 16
+    /// rows against a 256×64 weight moves 5 120 elements instead of 16 384.
+    fn cheaper_transposed(&self, sc: &Scope, id: NodeId, b: &Val, [m, k, n]: [usize; 3]) -> bool {
+        let strided = b.as_view().is_some_and(|v| v.strides.last() != Some(&1));
+        let copied = sc
+            .graph
+            .operands(id)
+            .get(1)
+            .is_some_and(|r| sc.contiguous.borrow().contains_key(r));
+        let moved = m.saturating_mul(k.saturating_add(n));
+        strided && !copied && moved.saturating_mul(2) <= k.saturating_mul(n)
+    }
+
+    /// A batch of single rows against one strided right operand, `[L, 1, k] @ [k, n]` (a step's
+    /// per-token vectors against a transposed weight), computed transposed as one product
+    /// `bᵀ @ aᵀ` of `[n, k] @ [k, L]` when that moves fewer elements
+    /// ([`Self::cheaper_transposed`] with `m = L`); the result is a strided view of it. `None`
+    /// when the shapes are not of that form.
+    #[allow(clippy::too_many_arguments)]
+    fn rows_of_one_transposed(
+        &mut self,
+        sc: &Scope,
+        id: NodeId,
+        a: &Val,
+        b: &Val,
+        [m, k, n]: [usize; 3],
+        shape: &[usize],
+        body: &mut Vec<Stmt>,
+    ) -> Option<Val> {
+        let r = shape.len();
+        let (av, bv) = (a.as_view()?, b.as_view()?);
+        let rb = b.shape.len();
+        // One axis of `a` other than the contraction carries the rows; `b` is not batched; the
+        // result has `a`'s axes.
+        let row_axes: Vec<usize> = (0..r - 1).filter(|&t| shape[t] > 1).collect();
+        let &[row_axis] = row_axes.as_slice() else {
+            return None;
+        };
+        let rows = shape[row_axis];
+        if !self.options.transposed_products
+            || m != 1
+            || n < 2
+            || sc.dests.contains_key(&id)
+            || a.shape.len() != r
+            || a.shape[..r - 1] != shape[..r - 1]
+            || b.shape[..rb - 2].iter().any(|&d| d != 1)
+            || !self.cheaper_transposed(sc, id, b, [rows, k, n])
+        {
+            return None;
+        }
+        let a2 = (
+            View {
+                buf: av.buf,
+                offset: av.offset.clone(),
+                strides: vec![av.strides[row_axis], av.strides[r - 1]],
+            },
+            vec![rows, k],
+        );
+        let b2 = View {
+            buf: bv.buf,
+            offset: bv.offset.clone(),
+            strides: bv.strides[rb - 2..].to_vec(),
+        };
+        let lhs = transposed_view(b2, vec![k, n]);
+        let (atv, atshape) = transposed_view(a2.0, a2.1);
+        let rhs = self.contiguous_rows(sc, id, atv, atshape, rows, body);
+        let dest = self.temp(
+            sc,
+            format!("%{} matmul, transposed", id.index()),
+            &[n, rows],
+        );
+        let buf = dest.buf;
+        self.matmul_nest_at(dest, lhs, &rhs, [n, k, rows], &[n, rows], body);
+        let mut strides = vec![0i64; r];
+        strides[row_axis] = 1;
+        strides[r - 1] = rows as i64;
+        Some(Val {
+            shape: shape.to_vec(),
+            lazy: Lazy::View(View {
+                buf,
+                offset: Index::Const(0),
+                strides,
+            }),
+        })
+    }
+
+    /// `a @ b` for node `id` that is only read transposed ([`Scope::read_only_transposed`]):
+    /// `bᵀ @ aᵀ` computed into a row-major temporary of the transposed shape, returned as a
+    /// transposed view of it, so that the `transpose` readers see contiguous rows. Each element
+    /// is the same sum, over the contraction in the same order, of the same products.
+    #[allow(clippy::too_many_arguments)]
+    fn transposed_matmul(
+        &mut self,
+        sc: &Scope,
+        id: NodeId,
+        a: Val,
+        b: Val,
+        [m, k, n]: [usize; 3],
+        shape: &[usize],
+        body: &mut Vec<Stmt>,
+    ) -> Val {
+        // Operands are made views first (a lazy operand is computed in its own layout), then
+        // read transposed through their strides.
+        let (bv, bshape) = self.view_of(sc, b, &format!("%{} rhs", id.index()), body);
+        let (av, ashape) = self.view_of(sc, a, &format!("%{} lhs", id.index()), body);
+        let lhs = transposed_view(bv, bshape);
+        let (atv, atshape) = transposed_view(av, ashape);
+        let rhs = self.contiguous_rows(sc, id, atv, atshape, m, body);
+        let mut tshape = shape.to_vec();
+        tshape.swap(shape.len() - 1, shape.len() - 2);
+        let dest = self.temp(sc, format!("%{} matmul, transposed", id.index()), &tshape);
+        let out = self.matmul_nest_at(dest, lhs, &rhs, [n, k, m], &tshape, body);
+        let mut perm: Vec<usize> = (0..shape.len()).collect();
+        perm.swap(shape.len() - 1, shape.len() - 2);
+        permute(out, &perm)
     }
 
     /// The right operand `b` of matmul `id` as a view with contiguous rows
@@ -241,9 +372,22 @@ impl Lowerer {
         shape: &[usize],
         body: &mut Vec<Stmt>,
     ) -> Val {
+        let dest = self.dest_for(sc, id, shape);
+        self.matmul_nest_at(dest, (av, ashape), b, [m, k, n], shape, body)
+    }
+
+    /// The loop nest of [`Self::matmul_nest`] into `dest`.
+    fn matmul_nest_at(
+        &mut self,
+        dest: Dest,
+        (av, ashape): (View, Vec<usize>),
+        b: &Val,
+        [m, k, n]: [usize; 3],
+        shape: &[usize],
+        body: &mut Vec<Stmt>,
+    ) -> Val {
         let (ra, rb, r) = (ashape.len(), b.shape.len(), shape.len());
         let lead = &shape[..r - 2];
-        let dest = self.dest_for(sc, id, shape);
         let (lidx, lloops) = self.loops(lead);
         let (iidx, iloops) = self.loops(&[m]);
         let (j0, j0loops) = self.loops(&[n]);
@@ -332,6 +476,14 @@ fn gemm(
         batch: lead.iter().map(|&t| shape[t]).collect(),
         accumulate: false,
     })
+}
+
+/// The view `v` of `shape` with its last two axes swapped (a transpose, through the strides).
+fn transposed_view(mut v: View, mut shape: Vec<usize>) -> (View, Vec<usize>) {
+    let r = shape.len();
+    v.strides.swap(r - 1, r - 2);
+    shape.swap(r - 1, r - 2);
+    (v, shape)
 }
 
 /// The value of an index without loop variables.

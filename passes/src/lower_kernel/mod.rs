@@ -160,6 +160,11 @@ pub struct LowerOptions {
     /// blocks of columns, which keeps a CPU's gathers in its level-1 cache (on for CPU targets;
     /// GPU targets keep the plain row-by-row copy that their schedule maps onto threads).
     pub blocked_transposes: bool,
+    /// Whether a product that is only ever read transposed (`transpose(a @ b)` and nothing
+    /// else) is computed as `bᵀ @ aᵀ` into row-major memory, so its readers run along
+    /// contiguous rows instead of gathering down columns (on for CPU targets). The same
+    /// products in the same order: the results are identical.
+    pub transposed_products: bool,
 }
 
 impl Default for LowerOptions {
@@ -169,6 +174,7 @@ impl Default for LowerOptions {
             library_gemm: false,
             gemm_min_mnk: GEMM_MIN_MNK,
             blocked_transposes: false,
+            transposed_products: false,
         }
     }
 }
@@ -180,6 +186,7 @@ impl LowerOptions {
         LowerOptions {
             library_gemm: true,
             blocked_transposes: true,
+            transposed_products: true,
             ..LowerOptions::default()
         }
     }
