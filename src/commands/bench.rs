@@ -47,7 +47,8 @@ pub struct Args {
     profile: bool,
     /// Also time the gradient program (forward and backward: the vector-Jacobian product for
     /// cotangents of ones on every output, `tttc grad`'s) and report its ratio to the forward
-    /// and the peak resident memory of each (Linux: VmHWM, reset before each).
+    /// and the peak resident memory of each (Linux: VmHWM, reset before each one's warm-up
+    /// run). The timed runs alternate forward and gradient.
     #[arg(long, conflicts_with_all = ["decode", "tensor_cores", "profile"])]
     grad: bool,
     /// With --grad: keep the scans' state every G mini-batches.
@@ -188,20 +189,29 @@ fn bench_grad(
     spinner.finish();
     let (forward, backward) = (forward?, backward?);
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
-    let time = |p: &tttc::Prepared, inputs| -> Result<(f64, f64, Option<f64>), Failure> {
-        p.run(inputs).map_err(Failure::internal)?; // warm-up
+    // The warm-up run of each gives its peak memory; the timed runs alternate forward and
+    // gradient, so that both see the same conditions on a shared machine (run one after the
+    // other, a burst of load on one phase moved their ratio by 15%).
+    let warm_up = |p: &tttc::Prepared, inputs| -> Result<Option<f64>, Failure> {
         reset_peak_memory();
-        let mut times = Vec::with_capacity(args.iters as usize);
-        for _ in 0..args.iters {
-            let t0 = Instant::now();
-            p.run(inputs).map_err(Failure::internal)?;
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-        let (median, min) = median_min(&mut times);
-        Ok((median, min, peak_memory_mb()))
+        p.run(inputs).map_err(Failure::internal)?;
+        Ok(peak_memory_mb())
     };
-    let (fwd_median, fwd_min, fwd_peak) = time(&forward, &bound.inputs)?;
-    let (grad_median, grad_min, grad_peak) = time(&backward, &gbound.inputs)?;
+    let fwd_peak = warm_up(&forward, &bound.inputs)?;
+    let grad_peak = warm_up(&backward, &gbound.inputs)?;
+    let timed = |p: &tttc::Prepared, inputs, times: &mut Vec<f64>| -> Result<(), Failure> {
+        let t0 = Instant::now();
+        p.run(inputs).map_err(Failure::internal)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        Ok(())
+    };
+    let (mut fwd_times, mut grad_times) = (Vec::new(), Vec::new());
+    for _ in 0..args.iters {
+        timed(&forward, &bound.inputs, &mut fwd_times)?;
+        timed(&backward, &gbound.inputs, &mut grad_times)?;
+    }
+    let (fwd_median, fwd_min) = median_min(&mut fwd_times);
+    let (grad_median, grad_min) = median_min(&mut grad_times);
     let ratio = grad_median / fwd_median;
     if args.json {
         println!(
