@@ -26,9 +26,8 @@ pub(super) struct Scope<'g> {
     pub(super) space: MemorySpace,
     pub(super) vals: HashMap<NodeId, NodeVal>,
     pub(super) users: HashMap<NodeId, usize>,
-    /// How many of each node's users are `transpose` nodes (see
-    /// [`Scope::read_only_transposed`]).
-    pub(super) transpose_users: HashMap<NodeId, usize>,
+    /// The nodes read only transposed (see [`Scope::read_only_transposed`]).
+    pub(super) read_transposed: std::collections::HashSet<NodeId>,
     pub(super) dests: HashMap<NodeId, Dest>,
     /// Row-major copies of strided right operands of matmuls, by the operand's node: a
     /// transposed weight used by several products (a step's VJP reads `Wᵀ` in several) is
@@ -53,11 +52,12 @@ impl Scope<'_> {
         self.invalid(format!("{}: {message}", describe(self.graph, id)))
     }
 
-    /// Whether every use of node `id` is a `transpose` of it (it is not a graph output, which
-    /// counts as a use of its own).
+    /// Whether node `id` is read only transposed: every use of it is a `transpose` of it, or
+    /// a unary elementwise op used once and itself read only transposed (`transpose(neg(x))`:
+    /// the op stays lazy and is read through the same transpose). A graph output is a use of
+    /// its own.
     pub(super) fn read_only_transposed(&self, id: NodeId) -> bool {
-        let transposes = self.transpose_users.get(&id).copied().unwrap_or(0);
-        transposes > 0 && self.users.get(&id).copied() == Some(transposes)
+        self.read_transposed.contains(&id)
     }
 
     pub(super) fn shape(&self, id: NodeId) -> Res<Vec<usize>> {
@@ -210,7 +210,7 @@ impl Lowerer {
             space: job.space,
             vals: HashMap::new(),
             users: HashMap::new(),
-            transpose_users: HashMap::new(),
+            read_transposed: Default::default(),
             dests: HashMap::new(),
             contiguous: Default::default(),
         };
@@ -232,17 +232,31 @@ impl Lowerer {
         let order = graph
             .live_order()
             .ok_or_else(|| sc.invalid("the graph has a cycle"))?;
+        let mut user_nodes: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
         for &id in &order {
-            let transposes = matches!(graph.node(id).op, Op::Transpose);
             for o in graph.operands(id) {
                 *sc.users.entry(o).or_insert(0) += 1;
-                if transposes {
-                    *sc.transpose_users.entry(o).or_insert(0) += 1;
-                }
+                user_nodes.entry(o).or_default().push(id);
             }
         }
         for o in graph.outputs() {
             *sc.users.entry(o.node).or_insert(0) += 1;
+        }
+        // Users come after their operands in `order`: decided from the last node back.
+        for &id in order.iter().rev() {
+            let users = user_nodes.get(&id).map_or(&[][..], Vec::as_slice);
+            let read_transposed = !users.is_empty()
+                && sc.users.get(&id).copied() == Some(users.len())
+                && users.iter().all(|&u| match graph.node(u).op {
+                    Op::Transpose => true,
+                    Op::Unary { .. } => {
+                        sc.users.get(&u).copied() == Some(1) && sc.read_transposed.contains(&u)
+                    }
+                    _ => false,
+                });
+            if read_transposed {
+                sc.read_transposed.insert(id);
+            }
         }
         for (o, d) in graph.outputs().iter().zip(&job.dests) {
             if let Some(d) = d {

@@ -68,7 +68,7 @@ impl Lowerer {
             && m > 1
             && n > 1
             && !sc.dests.contains_key(&id)
-            && (sc.read_only_transposed(id) || self.cheaper_transposed(sc, id, &b, [m, k, n]))
+            && self.transposed_pays(sc, id, rows_contiguous(&a), &b, [m, k, n])
         {
             return Ok(self.transposed_matmul(sc, id, a, b, [m, k, n], shape, body));
         }
@@ -77,26 +77,55 @@ impl Lowerer {
         Ok(self.matmul_nest(sc, id, a, &b, [m, k, n], shape, body))
     }
 
-    /// Whether `a @ b` (node `id`) with a right operand that would be copied to contiguous rows
-    /// (a transposed `[k, n]` view, not yet copied for another product) moves fewer elements
-    /// when computed transposed: the copy of `aᵀ` (`m·k`) plus one strided read of the result by
-    /// its reader (`m·n`), at most half of the copy of `b` (`k·n`). A step's `gz @ Wᵀ` with 16
-    /// rows against a 256×64 weight moves 5 120 elements instead of 16 384.
-    fn cheaper_transposed(&self, sc: &Scope, id: NodeId, b: &Val, [m, k, n]: [usize; 3]) -> bool {
-        let strided = b.as_view().is_some_and(|v| v.strides.last() != Some(&1));
+    /// Whether `a @ b` (node `id`, `m > 1` rows or a batch of `m` single rows) moves fewer
+    /// elements through gathers when computed transposed (`bᵀ @ aᵀ`), by at least half. As is:
+    /// the copy of a strided `b` to contiguous rows (`k·n`, unless another product of this
+    /// graph made it), and, when the result is read only transposed
+    /// ([`Scope::read_only_transposed`]), that read (`m·n`). Transposed: the copy of `aᵀ` when
+    /// `a`'s rows are contiguous (`a_rows_contiguous`; `m·k`), and, unless the result is read
+    /// only transposed, its readers' strided reads (`m·n` each). A step's `gz @ Wᵀ` with 16
+    /// rows against a 256×64 weight moves 5 120 elements instead of 16 384; `W @ x` read
+    /// transposed, with `W` 256×64 and `x` 64×16, stays as it is (16 384 against 4 096).
+    fn transposed_pays(
+        &self,
+        sc: &Scope,
+        id: NodeId,
+        a_rows_contiguous: bool,
+        b: &Val,
+        [m, k, n]: [usize; 3],
+    ) -> bool {
         let copied = sc
             .graph
             .operands(id)
             .get(1)
             .is_some_and(|r| sc.contiguous.borrow().contains_key(r));
-        let moved = m.saturating_mul(k.saturating_add(n));
-        strided && !copied && moved.saturating_mul(2) <= k.saturating_mul(n)
+        let b_strided = b.as_view().is_some_and(|v| v.strides.last() != Some(&1));
+        let result = m.saturating_mul(n);
+        let users = sc.users.get(&id).copied().unwrap_or(1);
+        let (as_is_reads, transposed_reads) = if sc.read_only_transposed(id) {
+            (result.saturating_mul(users), 0)
+        } else {
+            (0, result.saturating_mul(users))
+        };
+        let as_is = if b_strided && !copied {
+            k.saturating_mul(n)
+        } else {
+            0
+        }
+        .saturating_add(as_is_reads);
+        let transposed = if a_rows_contiguous {
+            m.saturating_mul(k)
+        } else {
+            0
+        }
+        .saturating_add(transposed_reads);
+        transposed.saturating_mul(2) <= as_is
     }
 
     /// A batch of single rows against one strided right operand, `[L, 1, k] @ [k, n]` (a step's
     /// per-token vectors against a transposed weight), computed transposed as one product
     /// `bᵀ @ aᵀ` of `[n, k] @ [k, L]` when that moves fewer elements
-    /// ([`Self::cheaper_transposed`] with `m = L`); the result is a strided view of it. `None`
+    /// ([`Self::transposed_pays`] with `m = L`); the result is a strided view of it. `None`
     /// when the shapes are not of that form.
     #[allow(clippy::too_many_arguments)]
     fn rows_of_one_transposed(
@@ -126,7 +155,7 @@ impl Lowerer {
             || a.shape.len() != r
             || a.shape[..r - 1] != shape[..r - 1]
             || b.shape[..rb - 2].iter().any(|&d| d != 1)
-            || !self.cheaper_transposed(sc, id, b, [rows, k, n])
+            || !self.transposed_pays(sc, id, true, b, [rows, k, n])
         {
             return None;
         }
@@ -476,6 +505,13 @@ fn gemm(
         batch: lead.iter().map(|&t| shape[t]).collect(),
         accumulate: false,
     })
+}
+
+/// Whether `v`'s rows are contiguous in memory (a lazy value is made row-major), so that its
+/// transpose would be copied to be a right operand.
+fn rows_contiguous(v: &Val) -> bool {
+    v.as_view()
+        .is_none_or(|w| w.strides.last() == Some(&1) || w.strides.len() < 2)
 }
 
 /// The view `v` of `shape` with its last two axes swapped (a transpose, through the strides).
