@@ -486,6 +486,37 @@ macro_rules! elementwise_tests {
                 check_all::<f64>(false);
             }
 
+            /// f64 `tanh` on a dense grid (every 0.001 on [-20, 20], and 10^-300 … 10^1 in steps of
+            /// 10^0.01, both signs) within the libm tolerance of Rust's (glibc's) `tanh`: LLVM's is
+            /// inline code (`backends/src/llvm/math.rs`), so the special values of
+            /// [`check_all`] are not enough.
+            #[test]
+            fn tanh_f64_on_a_dense_grid() {
+                let mut x64: Vec<f64> = (-20_000..=20_000).map(|i| f64::from(i) * 1e-3).collect();
+                for i in -30_000..=100 {
+                    let a = 10f64.powf(f64::from(i) * 0.01);
+                    x64.extend([a, -a]);
+                }
+                let n = x64.len();
+                let mut g = Prog::new("tanh", DType::F64);
+                let x = g.input("x", &[n]);
+                let out = g.output("t", &[n]);
+                let i = g.var();
+                g.push(serial(
+                    i,
+                    n,
+                    vec![store(out, v(i), un(UnaryOp::Tanh, ld(x, v(i))))],
+                ));
+                let jit = Jit::compile(&g.p).expect("compiles");
+                let got = jit
+                    .run(&inputs(&[("x", <f64 as F>::tensor(x64.clone(), n))]))
+                    .expect("runs");
+                let got = <f64 as F>::from_tensor(&got["t"]);
+                for (a, t) in x64.iter().zip(&got) {
+                    assert_close("tanh", &format!("{a:?}"), *t, a.tanh(), tol(Tol::Libm));
+                }
+            }
+
             /// Max/min must propagate NaN and keep the reference's choice between signed zeros (LLVM's
             /// `maxnum` would return the other operand for NaN; Cranelift's `fmax` would not fix which
             /// zero wins).
