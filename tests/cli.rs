@@ -76,6 +76,7 @@ fn inspect_every_stage() {
             "lower_kernel",
             "cpu_parallel",
             "register_tile",
+            "reduce_jam",
             "outline",
             "memory_plan",
             "gpu_schedule",

@@ -26,6 +26,7 @@ pub mod lower_scan;
 pub mod memory_plan;
 pub mod outline;
 pub mod pipeline;
+pub mod reduce_jam;
 pub mod register_tile;
 pub mod residuals;
 pub mod rewrite;

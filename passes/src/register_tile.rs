@@ -434,7 +434,7 @@ fn serial_loop(s: &Stmt) -> Option<(VarId, usize, &[Stmt])> {
 }
 
 /// Whether `v` reads buffer `buf` (as a value or inside an index).
-fn reads(v: &Value, buf: BufId) -> bool {
+pub(crate) fn reads(v: &Value, buf: BufId) -> bool {
     let mut found = false;
     v.for_each_load(&mut |b, idx| {
         found |= b == buf || index_reads(idx, buf);
@@ -445,7 +445,7 @@ fn reads(v: &Value, buf: BufId) -> bool {
 }
 
 /// Whether an index reads `buf` through an [`Index::Load`].
-fn index_reads(i: &Index, buf: BufId) -> bool {
+pub(crate) fn index_reads(i: &Index, buf: BufId) -> bool {
     match i {
         Index::Const(_) | Index::Var(_) => false,
         Index::Add(a, b) => index_reads(a, buf) || index_reads(b, buf),
@@ -456,7 +456,7 @@ fn index_reads(i: &Index, buf: BufId) -> bool {
 
 /// The coefficient of `v` in `i` when `i` is affine in `v` (it appears only under sums and
 /// products with constants), else `None`.
-fn coefficient(i: &Index, v: VarId) -> Option<i64> {
+pub(crate) fn coefficient(i: &Index, v: VarId) -> Option<i64> {
     match i {
         Index::Const(_) => Some(0),
         Index::Var(w) => Some(i64::from(*w == v)),

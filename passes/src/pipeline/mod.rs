@@ -11,6 +11,7 @@
 //! | `simplify` | graph → graph | CSE, DCE, constant folding, cancellations |
 //! | `lower_kernel` | graph → kernel IR | loops over buffers; decides fusion (what is inlined) |
 //! | `register_tile` | kernel IR → kernel IR | CPU targets only: small matrix products → register tiles |
+//! | `reduce_jam` | kernel IR → kernel IR | CPU targets only: row reductions → rows jammed into one loop |
 //! | `outline` | kernel IR → kernel IR | CPU targets only: repeated layers → one function, calls |
 //! | `memory_plan` | kernel IR → kernel IR | CPU targets only: global temporaries → offsets in one arena |
 //! | `gpu_schedule` | kernel IR → kernel IR | GPU targets only: blocks, threads, shared memory |
@@ -239,6 +240,7 @@ pub fn kernel_stage_settings() -> String {
         crate::outline::DISABLE_ENV,
         crate::memory_plan::DISABLE_ENV,
         crate::register_tile::DISABLE_ENV,
+        crate::reduce_jam::DISABLE_ENV,
     ]
     .iter()
     .map(|name| format!("{name}={:?}\n", std::env::var_os(name)))
@@ -338,6 +340,10 @@ impl Pipeline {
                 stages.push(Stage::kernel(
                     Box::new(crate::register_tile::RegisterTile::from_env()),
                     "CPU targets: small matrix products → register tiles, the contraction outside a vectorized column loop with the tile's rows jammed into it (off with TTTC_NO_REGISTER_TILE=1)",
+                ));
+                stages.push(Stage::kernel(
+                    Box::new(crate::reduce_jam::ReduceJam::from_env()),
+                    "CPU targets: row reductions → tiles of rows whose accumulations are jammed into one loop, independent chains side by side (off with TTTC_NO_REDUCE_JAM=1)",
                 ));
                 stages.push(Stage::kernel(
                     Box::new(crate::outline::Outline::from_env()),
