@@ -181,8 +181,9 @@ fn dump_writes_one_numbered_file_per_stage() {
             "05-lower_kernel.txt",
             "06-cpu_parallel.txt",
             "07-register_tile.txt",
-            "08-outline.txt",
-            "09-memory_plan.txt"
+            "08-reduce_jam.txt",
+            "09-outline.txt",
+            "10-memory_plan.txt"
         ]
     );
     let kernel_text = std::fs::read_to_string(&dump.written()[4]).expect("written");
