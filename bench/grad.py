@@ -246,6 +246,9 @@ def run(_args):
                                   else ["hidden_states", "W1", "q_proj.weight", "learnable_ttt_lr_weight"]):
                             checks.append((name, L, k, rel(got[k], want[k])))
                             print("check", checks[-1], flush=True)
+                    # A pause first: the peers' thread pools in this process may still be
+                    # spinning right after the gradient check above.
+                    time.sleep(1)
                     r = tttc("bench", program(scope, mlp), "--inputs", path, "--backend", "llvm", "--grad",
                              "--iters", str(ITERS), "--json", *settings(scope, cfg_path))
                     print(name, L, r, flush=True)
