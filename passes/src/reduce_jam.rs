@@ -38,7 +38,7 @@
 //! statements read `acc` only at `a(i)`.
 
 use crate::pipeline::KernelPass;
-use crate::register_tile::{coefficient, index_reads, reads};
+use crate::register_tile::{coefficient, index_reads, reads, rewrite_nests};
 use crate::PassError;
 use tttc_ir::kernel::{BufId, Index, KernelProgram, Schedule, Stmt, Value, VarId};
 
@@ -75,33 +75,8 @@ impl KernelPass for ReduceJam {
         let Some(rows) = self.rows.filter(|&r| r >= 2) else {
             return Ok(out);
         };
-        let mut vars = out.vars;
-        let mut body = std::mem::take(&mut out.body);
-        jam_all(&mut body, rows, &mut vars);
-        out.body = body;
-        for f in &mut out.functions {
-            jam_all(&mut f.body, rows, &mut vars);
-        }
-        out.vars = vars;
+        rewrite_nests(&mut out, &|s, vars| Some(Rows::of(s)?.jammed(rows, vars)));
         Ok(out)
-    }
-}
-
-/// Rewrites every row reduction in `body` (recursively).
-fn jam_all(body: &mut Vec<Stmt>, rows: usize, vars: &mut u32) {
-    let mut i = 0;
-    while i < body.len() {
-        if let Some(nest) = Rows::of(&body[i]) {
-            let new = nest.jammed(rows, vars);
-            let len = new.len();
-            body.splice(i..=i, new);
-            i += len;
-            continue;
-        }
-        if let Stmt::Loop { body: inner, .. } = &mut body[i] {
-            jam_all(inner, rows, vars);
-        }
-        i += 1;
     }
 }
 

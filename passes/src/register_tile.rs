@@ -138,34 +138,44 @@ impl KernelPass for RegisterTile {
             },
             _ => tile,
         };
-        let mut vars = out.vars;
-        let mut body = std::mem::take(&mut out.body);
-        tile_all(&mut body, tile, &mut vars);
-        out.body = body;
-        for f in &mut out.functions {
-            tile_all(&mut f.body, tile, &mut vars);
-        }
-        out.vars = vars;
+        rewrite_nests(&mut out, &|s, vars| Some(Nest::of(s)?.tiled(tile, vars)));
         Ok(out)
     }
 }
 
-/// Rewrites every product nest in `body` (recursively).
-fn tile_all(body: &mut Vec<Stmt>, tile: TileShape, vars: &mut u32) {
-    let mut i = 0;
-    while i < body.len() {
-        if let Some(nest) = Nest::of(&body[i]) {
-            let new = nest.tiled(tile, vars);
-            let len = new.len();
-            body.splice(i..=i, new);
-            i += len;
-            continue;
+/// Replaces, in `program`'s body and functions (recursively, outermost first), every statement
+/// for which `rewrite` returns statements by them; `rewrite` takes fresh loop variables from the
+/// counter it is given, which ends as `program.vars`. The rewritten statements are not visited
+/// again.
+pub(crate) fn rewrite_nests(
+    program: &mut KernelProgram,
+    rewrite: &impl Fn(&Stmt, &mut u32) -> Option<Vec<Stmt>>,
+) {
+    fn walk(
+        body: &mut Vec<Stmt>,
+        rewrite: &impl Fn(&Stmt, &mut u32) -> Option<Vec<Stmt>>,
+        vars: &mut u32,
+    ) {
+        let mut i = 0;
+        while i < body.len() {
+            if let Some(new) = rewrite(&body[i], vars) {
+                let len = new.len();
+                body.splice(i..=i, new);
+                i += len;
+                continue;
+            }
+            if let Stmt::Loop { body: inner, .. } = &mut body[i] {
+                walk(inner, rewrite, vars);
+            }
+            i += 1;
         }
-        if let Stmt::Loop { body: inner, .. } = &mut body[i] {
-            tile_all(inner, tile, vars);
-        }
-        i += 1;
     }
+    let mut vars = program.vars;
+    walk(&mut program.body, rewrite, &mut vars);
+    for f in &mut program.functions {
+        walk(&mut f.body, rewrite, &mut vars);
+    }
+    program.vars = vars;
 }
 
 /// A recognized product nest (see the module doc).

@@ -6,6 +6,9 @@
 //! between rows; each row still receives the same terms in the same order, so any difference is
 //! a lost, repeated or reordered term.
 
+mod common;
+
+use common::kernel_inputs::tensor;
 use std::collections::BTreeMap;
 use tttc_backends::kernel_interp::run_kernel_program;
 use tttc_ir::kernel::{print_kernel_program, verify, KernelProgram, Stmt};
@@ -13,23 +16,7 @@ use tttc_ir::{BinaryOp, DType, Graph, Op, ReduceOp, Shape, TensorType, UnaryOp};
 use tttc_passes::lower_kernel::lower_graph;
 use tttc_passes::pipeline::KernelPass;
 use tttc_passes::reduce_jam::ReduceJam;
-use tttc_runtime::{ElemType, Tensor};
-
-/// Deterministic inputs that make rounding visible (no exact sums).
-fn tensor(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data = (0..n)
-        .map(|i| {
-            let x = (i as u64).wrapping_mul(2654435761).wrapping_add(seed * 97) % 1000;
-            x as f64 / 997.0 - 0.4 + 1e-3 / (1.0 + i as f64)
-        })
-        .collect::<Vec<f64>>();
-    let t = Tensor::from_f64(shape.to_vec(), data).expect("tensor");
-    match dtype {
-        DType::F32 => t.cast(ElemType::F32),
-        _ => t,
-    }
-}
+use tttc_runtime::Tensor;
 
 /// A LayerNorm-like chain over the last axis of `x [m, n]`: the mean, the centred values, the
 /// variance plus epsilon's square root, and `Σ_j x·w` (a sum of products), as outputs.

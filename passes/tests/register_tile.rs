@@ -6,6 +6,9 @@
 //! between different elements of the result; each element still receives the same terms in the
 //! same order, so any difference is a bug (a lost, repeated or reordered term).
 
+mod common;
+
+use common::kernel_inputs::tensor;
 use std::collections::BTreeMap;
 use tttc_backends::kernel_interp::run_kernel_program;
 use tttc_ir::kernel::{print_kernel_program, verify, KernelProgram, Schedule, Stmt};
@@ -25,22 +28,6 @@ fn product(dtype: DType, sa: &[usize], sb: &[usize]) -> (Graph, KernelProgram) {
     g.add_output("c", m);
     let k = lower_graph("product", &g).expect("lower");
     (g, k)
-}
-
-/// Deterministic inputs that make rounding visible (no exact sums).
-fn tensor(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data = (0..n)
-        .map(|i| {
-            let x = (i as u64).wrapping_mul(2654435761).wrapping_add(seed * 97) % 1000;
-            x as f64 / 997.0 - 0.4 + 1e-3 / (1.0 + i as f64)
-        })
-        .collect::<Vec<f64>>();
-    let t = Tensor::from_f64(shape.to_vec(), data).expect("tensor");
-    match dtype {
-        DType::F32 => t.cast(ElemType::F32),
-        _ => t,
-    }
 }
 
 fn count_vector_loops(body: &[Stmt]) -> usize {

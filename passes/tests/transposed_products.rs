@@ -6,6 +6,9 @@
 //! whichever way the product is laid out, so the results must be bitwise equal to the plain
 //! lowering, tiled or not; any difference is a lost, repeated or reordered term.
 
+mod common;
+
+use common::kernel_inputs::tensor;
 use std::collections::BTreeMap;
 use tttc_backends::kernel_interp::run_kernel_program;
 use tttc_ir::kernel::{print_kernel_program, verify, KernelProgram};
@@ -13,21 +16,7 @@ use tttc_ir::{BinaryOp, DType, Graph, Op, Shape, TensorType, UnaryOp};
 use tttc_passes::lower_kernel::{lower_graph_with, LowerOptions};
 use tttc_passes::pipeline::KernelPass;
 use tttc_passes::register_tile::{RegisterTile, TileShape};
-use tttc_runtime::{ElemType, Tensor};
-
-/// Deterministic f32 inputs that make rounding visible (no exact sums).
-fn tensor(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data = (0..n)
-        .map(|i| {
-            let x = (i as u64).wrapping_mul(2654435761).wrapping_add(seed * 97) % 1000;
-            x as f64 / 997.0 - 0.4 + 1e-3 / (1.0 + i as f64)
-        })
-        .collect::<Vec<f64>>();
-    Tensor::from_f64(shape.to_vec(), data)
-        .expect("tensor")
-        .cast(ElemType::F32)
-}
+use tttc_runtime::Tensor;
 
 fn cpu(transposed_products: bool) -> LowerOptions {
     LowerOptions {
@@ -100,9 +89,9 @@ fn a_product_read_only_transposed_is_computed_transposed() {
         g
     };
     let inputs: BTreeMap<String, Tensor> = [
-        ("a".to_string(), tensor(&[2, m, k], 1)),
-        ("b".to_string(), tensor(&[2, k, n], 2)),
-        ("x".to_string(), tensor(&[2, n, m], 3)),
+        ("a".to_string(), tensor(&[2, m, k], 1, DType::F32)),
+        ("b".to_string(), tensor(&[2, k, n], 2, DType::F32)),
+        ("x".to_string(), tensor(&[2, n, m], 3, DType::F32)),
     ]
     .into();
     for negated in [false, true] {
@@ -139,8 +128,8 @@ fn single_rows_against_a_transposed_weight_are_computed_transposed() {
     };
     for (rows, transposed) in [(6, true), (h, false)] {
         let inputs: BTreeMap<String, Tensor> = [
-            ("a".to_string(), tensor(&[rows, 1, f], 4)),
-            ("w".to_string(), tensor(&[h, f], 5)),
+            ("a".to_string(), tensor(&[rows, 1, f], 4, DType::F32)),
+            ("w".to_string(), tensor(&[h, f], 5, DType::F32)),
         ]
         .into();
         let on = same_results(&build(rows), &inputs);

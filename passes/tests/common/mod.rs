@@ -2,6 +2,8 @@
 //! interpreter, and central finite differences.
 #![allow(dead_code)]
 
+pub mod kernel_inputs;
+
 use std::collections::BTreeMap;
 use tttc_backends::interp::eval_graph;
 use tttc_ir::{BinaryOp, DType, Dim, Graph, NodeId, Op, ReduceOp, Shape, TensorType, UnaryOp};
