@@ -195,10 +195,10 @@ impl Lowerer {
         })
     }
 
-    /// `a @ b` for node `id` that is only read transposed ([`Scope::read_only_transposed`]):
+    /// `a @ b` for node `id` when computing it transposed pays ([`Self::transposed_pays`]):
     /// `bᵀ @ aᵀ` computed into a row-major temporary of the transposed shape, returned as a
-    /// transposed view of it, so that the `transpose` readers see contiguous rows. Each element
-    /// is the same sum, over the contraction in the same order, of the same products.
+    /// transposed view of it (a `transpose` reader then sees contiguous rows). Each element is
+    /// the same sum, over the contraction in the same order, of the same products.
     #[allow(clippy::too_many_arguments)]
     fn transposed_matmul(
         &mut self,
