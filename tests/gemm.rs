@@ -142,6 +142,21 @@ fn tolerance(k: usize, precision: Precision, scale: f64, want: &Tensor) -> f64 {
     2.0 * (k * k) as f64 * eps * scale / max_y.max(1e-300)
 }
 
+/// `p`'s outputs on `ins` from the LLVM and the Cranelift JIT, named by backend.
+fn on_both_jits(
+    p: &KernelProgram,
+    ins: &BTreeMap<String, Tensor>,
+) -> [(&'static str, BTreeMap<String, Tensor>); 2] {
+    let llvm = LlvmJit::compile(p).expect("llvm compiles").run(ins);
+    let cl = CraneliftJit::compile(p)
+        .expect("cranelift compiles")
+        .run(ins);
+    [
+        ("llvm", llvm.expect("llvm runs")),
+        ("cranelift", cl.expect("cranelift runs")),
+    ]
+}
+
 fn count_gemms(k: &KernelProgram) -> usize {
     k.body.iter().filter(|s| matches!(s, Stmt::Gemm(_))).count()
 }
@@ -353,14 +368,7 @@ fn accumulating_strided_gemms_match_the_kernel_interpreter() {
             .fold(0.0f64, |m, x| m.max(x.abs()));
         // Accumulating adds one more term (the initial value, at most 2) per element.
         let tol = 2.0 * 71.0 * eps * (70.0 + 2.0) / max_c;
-        let llvm = LlvmJit::compile(&p).expect("llvm compiles").run(&ins);
-        let cl = CraneliftJit::compile(&p)
-            .expect("cranelift compiles")
-            .run(&ins);
-        for (backend, got) in [
-            ("llvm", llvm.expect("llvm runs")),
-            ("cranelift", cl.expect("runs")),
-        ] {
+        for (backend, got) in on_both_jits(&p, &ins) {
             assert_close(
                 &format!("{dtype} {backend}"),
                 &got["c"].to_f64_vec(),
@@ -472,14 +480,7 @@ fn gemms_folded_into_rows_match_the_kernel_interpreter() {
             DType::F64 => f64::EPSILON,
             DType::F32 => f32::EPSILON as f64,
         };
-        let llvm = LlvmJit::compile(&p).expect("llvm compiles").run(&ins);
-        let cl = CraneliftJit::compile(&p)
-            .expect("cranelift compiles")
-            .run(&ins);
-        for (backend, got) in [
-            ("llvm", llvm.expect("llvm runs")),
-            ("cranelift", cl.expect("cranelift runs")),
-        ] {
+        for (backend, got) in on_both_jits(&p, &ins) {
             for y in ["y1", "y2", "y3"] {
                 let max_y = want[y]
                     .to_f64_vec()

@@ -44,7 +44,7 @@ impl Default for MemoryPlanner {
 impl MemoryPlanner {
     /// On, unless [`DISABLE_ENV`] is set to something other than `0` or the empty string.
     pub fn from_env() -> MemoryPlanner {
-        let off = std::env::var(DISABLE_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
+        let off = crate::pipeline::switched_off(DISABLE_ENV);
         MemoryPlanner { enabled: !off }
     }
 }

@@ -56,9 +56,10 @@ pub struct ReduceJam {
 }
 
 impl ReduceJam {
-    /// [`ROWS`] rows, or off when [`DISABLE_ENV`] is set to anything but `0`.
+    /// [`ROWS`] rows, or off when [`DISABLE_ENV`] is set to something other than `0` or the
+    /// empty string.
     pub fn from_env() -> ReduceJam {
-        let off = std::env::var_os(DISABLE_ENV).is_some_and(|v| v != "0");
+        let off = crate::pipeline::switched_off(DISABLE_ENV);
         ReduceJam {
             rows: (!off).then_some(ROWS),
         }

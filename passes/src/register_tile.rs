@@ -112,9 +112,10 @@ pub struct RegisterTile {
 }
 
 impl RegisterTile {
-    /// The host's tile, or off when [`DISABLE_ENV`] is set to anything but `0`.
+    /// The host's tile, or off when [`DISABLE_ENV`] is set to something other than `0` or the
+    /// empty string.
     pub fn from_env() -> RegisterTile {
-        let off = std::env::var_os(DISABLE_ENV).is_some_and(|v| v != "0");
+        let off = crate::pipeline::switched_off(DISABLE_ENV);
         RegisterTile {
             tile: (!off).then(|| TileShape::for_host(DType::F32)),
         }

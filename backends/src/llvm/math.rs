@@ -58,7 +58,8 @@ fn tanh<'ctx>(
 /// in two so `n·ln2_hi` is exact), `expm1(r)` by its Taylor polynomial to degree 13 (the next
 /// term is below 5e-18 of `r`), and `expm1(y) = 2ⁿ·expm1(r) + (2ⁿ − 1)` with `2ⁿ` made from its
 /// exponent bits (`2ⁿ − 1` is exact for `n ≤ 55`). Accuracy against glibc's `tanh` is checked
-/// in `backends/tests/native_elementwise.rs` (4 ulp) and `llvm_tanh_f64_is_within_4_ulp`.
+/// in `backends/tests/native_elementwise.rs` (4 ulp: its special values and
+/// `tanh_f64_on_a_dense_grid`).
 fn tanh_expm1<'ctx>(
     l: &Lowering<'_, 'ctx>,
     s: &Scope<'_, 'ctx>,

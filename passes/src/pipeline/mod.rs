@@ -229,6 +229,12 @@ pub struct Codegen<'a, C, E> {
     pub generate: &'a dyn Fn(&KernelProgram) -> Result<C, E>,
 }
 
+/// Whether the environment variable `name` switches a kernel stage off: set to something other
+/// than `0` or the empty string (the one rule of every `TTTC_NO_…` switch).
+pub(crate) fn switched_off(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 /// The settings the kernel stages read from the environment, as `NAME=value` lines (unset
 /// ones included): with the bound program and the build, everything that decides a kernel
 /// program, for the keys of caches of it. A kernel stage that reads another variable must add
