@@ -360,3 +360,189 @@ fn minibatch_gd_with_unit_token_eta_written_as_a_rule_is_the_builtin() {
         );
     }
 }
+
+/// `examples/ttt_linear.ttt` with a per-token step size `eta: [B, H, L]` and its `update`
+/// replaced by `update`, plus `rule` (none: the prelude's `minibatch_gd`).
+fn per_token_gd_program(dir: &Path, name: &str, update: &str, rule: &str) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("examples/ttt_linear.ttt")).unwrap();
+    let builtin =
+        "update minibatch_gd(size = mini_batch_size, token_eta = token_eta, lr = ttt_lr_eta)";
+    let declared = "  input token_eta: [mini_batch_size]\n";
+    assert!(text.contains(builtin) && text.contains(declared));
+    let text = text
+        .replacen(builtin, update, 1)
+        .replacen(declared, "  input eta: [B, H, L]\n", 1)
+        + rule;
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `minibatch_gd`'s recurrence written with the partial sum's sign flipped (`sum = sum − lr ·
+/// grad`, read `state + eta · sum`, folded in and zeroed by `end` statements) is not the
+/// literal form the compiler lowers as the built-in, so it goes the derived way: chunked form
+/// with the end map, the interpreter's literal token-by-token recurrence, the streaming token
+/// step and its end map at every mini-batch boundary and at a chunk's end. With a per-token step
+/// size it must give the built-in `minibatch_gd`'s results (f64, 1e-10: the same sums, the
+/// weights multiplied in another order; L = 37, K = 16, so a remainder mini-batch ends the
+/// sequence and the last chunks), one-shot and token by token, streamed in random chunks on every
+/// backend, and a session saved mid-mini-batch resumes bit for bit.
+#[test]
+fn a_rule_with_an_end_map_matches_minibatch_gd_the_derived_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let builtin = per_token_gd_program(
+        dir.path(),
+        "builtin.ttt",
+        "update minibatch_gd(size = mini_batch_size, token_eta = eta, lr = ttt_lr_eta)",
+        "",
+    );
+    let derived = per_token_gd_program(
+        dir.path(),
+        "derived.ttt",
+        "update flipped(size = mini_batch_size, eta = eta, lr = ttt_lr_eta)",
+        "\nrule flipped(eta, lr) {\n  carry sum = 0\n  sum = sum - lr * grad\n  \
+         read state + eta * sum\n  end state = state + eta * sum\n  end sum = 0\n}\n",
+    );
+    let settings = tttc::Settings::default();
+    let program = tttc::compile_file(&derived, Precision::F64, &settings).unwrap();
+    let header = program
+        .graph
+        .node_ids()
+        .into_iter()
+        .find_map(|id| match &program.graph.node(id).op {
+            tttc::ir::Op::Ttt(s) => Some(s.header()),
+            _ => None,
+        })
+        .expect("a scan");
+    assert!(header.contains("rule=flipped"), "{header}");
+
+    // The momentum vectors' tokens and weights; their per-token `lr` and `momentum` (zeros and
+    // a negative value among them) as the learning rate and the step size.
+    let source = load(&file(
+        "momentum",
+        "momentum_linear_B1_H2_L37_f8_K16",
+        ".inputs.safetensors",
+    ));
+    let mut inputs: BTreeMap<String, Tensor> = source
+        .iter()
+        .filter(|(k, _)| !["lr", "momentum", "decay"].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    inputs.insert("ttt_lr_eta".into(), source["lr"].clone());
+    inputs.insert("eta".into(), source["momentum"].clone());
+    let inputs_path = dir.path().join("inputs.safetensors");
+    tttc::runtime::write_safetensors(&inputs_path, &inputs).unwrap();
+    let expected = run_program(&builtin, &inputs_path, "interp", "f64", &[]);
+    assert!(expected.contains_key("Z") && expected.contains_key("W1_last"));
+    let len = inputs["XQ"].shape()[2];
+    for (j, backend) in backends().into_iter().enumerate() {
+        let got = run_program(&derived, &inputs_path, backend, "f64", &[]);
+        assert_outputs_close(&format!("{backend} one-shot"), &got, &expected, 1e-10);
+        let mut rng = common::random::Lcg(j as u64 + 11);
+        let mut sizes = Vec::new();
+        let mut left = len;
+        while left > 0 {
+            let n = (1 + rng.next_u64() as usize % 20).min(left);
+            sizes.push(n.to_string());
+            left -= n;
+        }
+        let chunks = sizes.join(",");
+        let got = run_program(
+            &derived,
+            &inputs_path,
+            backend,
+            "f64",
+            &["--chunks", &chunks],
+        );
+        let what = format!("{backend} --chunks {chunks}");
+        assert_outputs_close(&what, &got, &expected, 1e-10);
+    }
+    let got = run_program(
+        &derived,
+        &inputs_path,
+        "interp",
+        "f64",
+        &["--stop-after", "autodiff"],
+    );
+    assert_outputs_close("token by token", &got, &expected, 1e-10);
+
+    // Saved at token 21 (position 5 of the second mini-batch), resumed across the boundary.
+    let bound = bind(&program, &inputs, &settings, Precision::F64.elem()).unwrap();
+    let plan = tttc::stream::plan::plan(&program).unwrap();
+    let (tokens, weights): (BTreeMap<_, _>, BTreeMap<_, _>) = bound
+        .inputs
+        .into_iter()
+        .partition(|(k, _)| plan.token_inputs.contains_key(k));
+    let chunks = split_chunks(&tokens, &plan.token_inputs, &[17, 4, 3, 9, 4]).unwrap();
+    for backend in session_backends() {
+        let new_session = || {
+            Session::new(
+                backend,
+                program.clone(),
+                weights.clone(),
+                settings.clone(),
+                Precision::F64,
+            )
+            .unwrap()
+        };
+        let what = backend.name();
+        let state = dir.path().join(format!("{what}.state"));
+        let last = assert_resumes_exactly(new_session, &chunks, &state, 21, what);
+        for name in ["W1_last", "b1_last"] {
+            assert_tensor_close(
+                &format!("{what} resumed: final {name}"),
+                &last[name],
+                &expected[name],
+                1e-10,
+            );
+        }
+    }
+}
+
+/// The prelude's `minibatch_gd` is a rule; one of its literal form under other names builds
+/// the same program as `update minibatch_gd(...)` — the built-in mini-batch GD, per-position
+/// `token_eta` included — and the flipped-sign form above another one.
+#[test]
+fn a_rule_of_minibatch_gds_form_builds_the_builtin_program() {
+    let text = std::fs::read_to_string(root().join("examples/ttt_linear.ttt")).unwrap();
+    let builtin =
+        "update minibatch_gd(size = mini_batch_size, token_eta = token_eta, lr = ttt_lr_eta)";
+    let settings = tttc::Settings::default();
+    let dir = tempfile::tempdir().unwrap();
+    let compile = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        tttc::compile_file(&path, Precision::F64, &settings).unwrap()
+    };
+    let reference = compile("builtin.ttt", text.clone());
+    let rule = |body: &str| {
+        text.replacen(
+            builtin,
+            "update step(size = mini_batch_size, rate = ttt_lr_eta, e = token_eta)",
+            1,
+        ) + &format!("\nrule step(rate, e) {{\n  carry acc = 0\n{body}}}\n")
+    };
+    let literal = compile(
+        "literal.ttt",
+        rule(
+            "  acc = acc + rate * grad\n  read state - e * acc\n  \
+              end state = state - e * acc\n  end acc = 0\n",
+        ),
+    );
+    assert!(
+        reference.graph == literal.graph,
+        "a rule of minibatch_gd's form builds another program"
+    );
+    // Without the reset the sums would run on across mini-batches: another recurrence, lowered
+    // the derived way, where a per-position step size is a located error (language.md, limits).
+    let text = rule(
+        "  acc = acc + rate * grad\n  read state - e * acc\n  \
+                     end state = state - e * acc\n",
+    );
+    let path = dir.path().join("no_reset.ttt");
+    std::fs::write(&path, text).unwrap();
+    let err = tttc::compile_file(&path, Precision::F64, &settings)
+        .err()
+        .expect("a per-position coefficient of a derived rule");
+    assert!(format!("{err}").contains("a value per token"), "{err}");
+}

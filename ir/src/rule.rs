@@ -9,8 +9,11 @@
 //! read_t = u_t · x_t                      what token t's output reads
 //! ```
 //!
-//! and the mini-batch hands on its last `x`. Every entry of `T_t`, `b_t` and `u_t` is a
-//! polynomial ([`Poly`]) in the rule's per-token coefficients at token `t`. The chunked form
+//! and the mini-batch hands on `E x_{k−1}`, its last `x` through the rule's end map `E` (the
+//! identity when the rule has no `end` statements; e.g. `minibatch_gd` folds its partial sum
+//! into the state and zeroes it there). Every entry of `T_t`, `b_t` and `u_t` is a polynomial
+//! ([`Poly`]) in the rule's per-token coefficients at token `t`, and every entry of `E` one in
+//! the coefficients of the mini-batch's last token. The chunked form
 //! of a mini-batch (mixing weights `u_i T_i ⋯ T_{j+1} b_j`, carry weights `u_i T_i ⋯ T_0`) is
 //! derived from them by the scan lowering (`passes/src/lower_scan/rule.rs`).
 
@@ -114,6 +117,11 @@ pub struct LinearRule {
     pub gradient: Vec<Poly>,
     /// `u_t`: what token `t` reads, `u_t · x_t`.
     pub read: Vec<Poly>,
+    /// `E`, row-major `n × n`, at the mini-batch's last token: what the mini-batch hands on is
+    /// `E x_{k−1}`. `None`: the identity (a rule without `end` statements). Absent in programs
+    /// serialized before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Vec<Vec<Poly>>>,
 }
 
 impl LinearRule {
@@ -126,13 +134,14 @@ impl LinearRule {
     /// beyond its list.
     pub fn check(&self) -> Result<(), String> {
         let n = self.size();
-        if self.transition.len() != n
-            || self.transition.iter().any(|r| r.len() != n)
+        let square = |m: &[Vec<Poly>]| m.len() == n && m.iter().all(|r| r.len() == n);
+        if !square(&self.transition)
+            || !self.end.as_deref().is_none_or(square)
             || self.gradient.len() != n
             || self.read.len() != n
         {
             return Err(format!(
-                "rule `{}`: the transition must be {n}x{n} and the gradient and read weights {n} long",
+                "rule `{}`: the transition and end map must be {n}x{n} and the gradient and read weights {n} long",
                 self.name
             ));
         }
@@ -140,6 +149,7 @@ impl LinearRule {
             .transition
             .iter()
             .flatten()
+            .chain(self.end.iter().flatten().flatten())
             .chain(&self.gradient)
             .chain(&self.read)
             .filter_map(Poly::max_coefficient)

@@ -219,6 +219,36 @@ pub fn minus_scaled(theta: &Tensor, rate: &Tensor, sum: &Tensor) -> Result<Tenso
     Tensor::new(theta.shape().to_vec(), data).map_err(|e| StreamError::internal(e.to_string()))
 }
 
+/// `Σ_i c_i ⊙ x_i` per slice: every `c_i` holds one `f64` weight per slice (`[n]`), every `x_i`
+/// is `[n, ...]` of one shape and element type (a rule's end map on the current values).
+pub fn per_slice_combination(terms: &[(Vec<f64>, &Tensor)]) -> Result<Tensor, StreamError> {
+    let Some((_, first)) = terms.first() else {
+        return Err(StreamError::internal("an empty combination"));
+    };
+    let mut out = vec![0.0f64; first.len()];
+    for (weights, x) in terms {
+        let n = weights.len();
+        if x.shape() != first.shape() || n == 0 || !x.len().is_multiple_of(n) {
+            return Err(StreamError::internal(
+                "a combination of states of different shapes, or not one weight per slice",
+            ));
+        }
+        let per = x.len() / n;
+        for ((acc, xv), &w) in out
+            .chunks_exact_mut(per.max(1))
+            .zip(x.to_f64_vec().chunks_exact(per.max(1)))
+            .zip(weights)
+        {
+            for (a, v) in acc.iter_mut().zip(xv) {
+                *a += w * v;
+            }
+        }
+    }
+    let t = Tensor::from_f64(first.shape().to_vec(), out)
+        .map_err(|e| StreamError::internal(e.to_string()))?;
+    Ok(t.into_elem(first.elem_type()))
+}
+
 /// `t` with every element set to zero, in place.
 pub fn zeroed(t: Tensor) -> Result<Tensor, StreamError> {
     let (shape, mut data) = t.into_parts();
@@ -269,6 +299,14 @@ mod tests {
             let r = t(&[rates], vec![0.5; rates]);
             assert_eq!(minus_scaled(&w, &r, &w).unwrap(), w);
         }
+    }
+
+    #[test]
+    fn per_slice_combination_weights_every_slice() {
+        let w = t(&[2, 2], vec![1., 2., 3., 4.]);
+        let s = t(&[2, 2], vec![10., 20., 30., 40.]);
+        let got = per_slice_combination(&[(vec![1.0, -1.0], &w), (vec![0.5, 0.0], &s)]).unwrap();
+        assert_eq!(got.to_f64_vec(), vec![6., 12., -3., -4.]);
     }
 
     #[test]

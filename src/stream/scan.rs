@@ -1,7 +1,10 @@
 //! One scan of a streaming session: its carried state and the two ways a chunk's tokens go
 //! through it (whole mini-batches by the scan's step, the rest token by token).
 
-use super::layout::{column, concat_axis, minus_scaled, reshape, slice_axis, to_slices, zeroed};
+use super::layout::{
+    column, concat_axis, minus_scaled, per_slice_combination, reshape, slice_axis, to_slices,
+    zeroed,
+};
 use super::pieces::Pieces;
 use super::plan::{token_axis, ScanSite};
 use super::StreamError;
@@ -336,6 +339,11 @@ impl ScanRuntime {
                 let rate = last_eta
                     .clone()
                     .ok_or_else(|| StreamError::internal("no step size"))?;
+                if let Some(ended) = self.ended(scan)? {
+                    for (s, value) in scan.states.iter().zip(ended) {
+                        self.inputs.insert(names::partial(s), value);
+                    }
+                }
                 for s in &scan.states {
                     if momentum {
                         self.close_current(s)?;
@@ -363,6 +371,11 @@ impl ScanRuntime {
             ),
         };
         let mut states = Vec::with_capacity(scan.states.len());
+        // A rule's end map, as if the mini-batch ended here.
+        let mut ended = match (want_states, position) {
+            (true, 1..) => self.ended(scan)?.map(Vec::into_iter),
+            _ => None,
+        };
         for (s, shape) in scan.states.iter().zip(state_shapes) {
             if !want_states {
                 break;
@@ -371,6 +384,10 @@ impl ScanRuntime {
                 .carried(s)
                 .ok_or_else(|| StreamError::internal("state unset"))?;
             let now = match &rate {
+                _ if ended.is_some() => ended
+                    .as_mut()
+                    .and_then(Iterator::next)
+                    .ok_or_else(|| StreamError::internal("end map"))?,
                 // momentum_gd: the current values (kept equal to θ0 at a boundary).
                 _ if momentum => partial.clone(),
                 Some(r) => minus_scaled(theta, r, partial)?,
@@ -436,6 +453,60 @@ impl ScanRuntime {
             self.inputs.insert(names::partial(s), zeroed(partial)?);
         }
         Ok(())
+    }
+
+    /// Under a rule with an end map `E` (`end` statements), the current values of every state
+    /// and carry (in [`TttScan::states`]' order) with `E` applied, its entries evaluated on the
+    /// coefficients of the last token fed, per slice; `None` for a rule without one.
+    fn ended(&self, scan: &TttScan) -> Result<Option<Vec<Tensor>>, StreamError> {
+        let Some(end) = scan.rule.linear().and_then(|r| r.end.as_ref()) else {
+            return Ok(None);
+        };
+        let coefficient = |name: &str| {
+            self.inputs
+                .get(name)
+                .map(Tensor::to_f64_vec)
+                .ok_or_else(|| StreamError::internal(format!("no `{name}` of the last token")))
+        };
+        let values = [
+            coefficient(names::ETA)?,
+            coefficient(names::LR)?,
+            coefficient(names::DECAY)?,
+        ];
+        let n = values[0].len();
+        // E's entries per slice.
+        let weights: Vec<Vec<Vec<f64>>> = end
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|p| {
+                        (0..n)
+                            .map(|i| p.eval(&[values[0][i], values[1][i], values[2][i]]))
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        let nm = scan.model_state_count();
+        if weights.len() != 2 || scan.states.len() != 2 * nm {
+            return Err(StreamError::internal("a rule of one carry per state"));
+        }
+        let current = |s: &str| {
+            self.carried(s)
+                .map(|(_, partial)| partial)
+                .ok_or_else(|| StreamError::internal("state unset"))
+        };
+        let mut out = vec![Vec::with_capacity(nm), Vec::with_capacity(nm)];
+        for i in 0..nm {
+            let (w, s) = (current(&scan.states[i])?, current(&scan.states[nm + i])?);
+            for (row, out) in weights.iter().zip(&mut out) {
+                out.push(per_slice_combination(&[
+                    (row[0].clone(), w),
+                    (row[1].clone(), s),
+                ])?);
+            }
+        }
+        Ok(Some(out.concat()))
     }
 
     /// Ends the mini-batch of state `s` under `momentum_gd`: `θ0 ← partial` (the current

@@ -332,6 +332,30 @@ impl Seq<'_, '_, '_> {
                     &mut z_all,
                 )?;
             }
+            // A rule's end map on the mini-batch's last token: x ← E x.
+            if let Some(end) = self.rule.linear().and_then(|r| r.end.as_ref()) {
+                let t = start + k - 1;
+                let values = [
+                    coefficient(eta, t, "momentum")?.to_f64(),
+                    coefficient(lr, t, "lr")?.to_f64(),
+                    coefficient(decay, t, "decay")?.to_f64(),
+                ];
+                let e: Vec<Vec<T>> = end
+                    .iter()
+                    .map(|row| row.iter().map(|p| T::from_f64(p.eval(&values))).collect())
+                    .collect();
+                let [e0, e1] = e.as_slice() else {
+                    return Err(self.invalid("a scan runs rules of one carry"));
+                };
+                let (w, s) = theta.split_at_mut(nm);
+                for (w, s) in w.iter_mut().zip(s.iter_mut()) {
+                    for (wv, sv) in w.data.iter_mut().zip(&mut s.data) {
+                        let (w0, s0) = (*wv, *sv);
+                        *wv = e0[0] * w0 + e0[1] * s0;
+                        *sv = e1[0] * w0 + e1[1] * s0;
+                    }
+                }
+            }
             start += k;
         }
         Ok((z_all, theta))

@@ -214,6 +214,9 @@ pub enum RuleStmt {
     Assign(Ident, Expr),
     /// `read expr`: what a token's output reads.
     Read(Expr, Span),
+    /// `end NAME = expr`: what the mini-batch hands on, run once after its last token (the
+    /// `Span` is the `end` keyword's).
+    End(Ident, Expr, Span),
 }
 
 /// A coefficient of a `rule`: `NAME`, or `NAME as LOCAL` (bound by `NAME` in `update`, called

@@ -112,6 +112,12 @@ impl<'a> Parser<'a> {
         matches!(self.peek().tok, Tok::Punct(q) if q == p)
     }
 
+    /// Whether the token after the current one is the punctuation `p`.
+    fn next_is_punct(&self, p: &str) -> bool {
+        let next = &self.tokens[(self.pos + 1).min(self.tokens.len() - 1)];
+        matches!(next.tok, Tok::Punct(q) if q == p)
+    }
+
     fn is_keyword(&self, k: &str) -> bool {
         matches!(&self.peek().tok, Tok::Ident(s) if s == k)
     }
@@ -480,7 +486,7 @@ impl<'a> Parser<'a> {
         Ok(decl)
     }
 
-    /// `rule NAME(a, b, ...) { carry S = 0; S = ...; state = ...; read ... }`.
+    /// `rule NAME(a, b, ...) { carry S = 0; S = ...; state = ...; read ...; end S = ... }`.
     fn rule(&mut self) -> PResult<RuleDecl> {
         let start = self.expect_keyword("rule")?.start;
         let name = self.ident("the rule's name")?;
@@ -530,6 +536,19 @@ impl<'a> Parser<'a> {
                     let span = self.bump().span.clone();
                     RuleStmt::Read(self.expr()?, span)
                 }
+                // `end NAME = ...` (but `end = ...` assigns a carry named `end`).
+                Tok::Ident(k) if k == "end" && !self.next_is_punct("=") => {
+                    let span = self.bump().span.clone();
+                    let target = match &self.peek().tok {
+                        Tok::Ident(k) if k == "state" => Ident {
+                            name: k.clone(),
+                            span: self.bump().span.clone(),
+                        },
+                        _ => self.ident("`state` or a carry after `end`")?,
+                    };
+                    self.expect_punct("=")?;
+                    RuleStmt::End(target, self.expr()?, span)
+                }
                 Tok::Ident(k) if k == "state" => {
                     let target = Ident {
                         name: k.clone(),
@@ -543,7 +562,11 @@ impl<'a> Parser<'a> {
                     self.expect_punct("=")?;
                     RuleStmt::Assign(target, self.expr()?)
                 }
-                _ => return self.error("`carry`, `state = ...`, `NAME = ...`, `read` or `}`"),
+                _ => {
+                    return self.error(
+                        "`carry`, `state = ...`, `NAME = ...`, `read`, `end NAME = ...` or `}`",
+                    )
+                }
             };
             stmts.push(stmt);
             self.eat_punct(";");

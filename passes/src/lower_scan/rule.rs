@@ -11,7 +11,8 @@
 //!   F_{c,d} = (Q[k−1, 0] T_0)[c, d],  N_c[j] = −(Q[k−1, j] b_j)[c]
 //! ```
 //!
-//! Every entry of `Q` is a `[k, k]` tensor, built by Hillis–Steele doubling of `n × n` matrices
+//! and, for a rule with `end` statements, the end map on the last token's coefficients:
+//! `x'' = E_{k−1} x'`. Every entry of `Q` is a `[k, k]` tensor, built by Hillis–Steele doubling of `n × n` matrices
 //! of them (`⌈log2 K⌉` rounds: a shift and a matrix product, entries that are structurally zero
 //! skipped), so factors may be zero or negative (no `exp ∘ log`). The per-token reads and next
 //! states then have `momentum_gd`'s shape — `Σ_c C_c ⊙ x_c − mix(M, G)` — and go through the
@@ -391,11 +392,63 @@ impl StepBuilder<'_> {
                 next_c.push(value);
             }
         }
+        let next = match &rule.end {
+            Some(end) => self.end_map(end, next, coefs, onehot, dtype)?,
+            None => next,
+        };
         let mut nexts: Vec<NodeId> = Vec::with_capacity(n * states.len());
         for c in next {
             nexts.extend(c);
         }
         Ok((theta_all, nexts))
+    }
+
+    /// The rule's end map at the mini-batch's last token: `x'_c = Σ_d E[c][d] x_d` for every
+    /// state, with `E`'s entries evaluated on the last token's coefficients (`onehot`: the
+    /// `[1, k]` last-row selector). `x[c][s]`: entry `c` of state `s`.
+    fn end_map(
+        &mut self,
+        end: &[Vec<Poly>],
+        x: Vec<Vec<NodeId>>,
+        coefs: &[NodeId],
+        onehot: NodeId,
+        dtype: DType,
+    ) -> Result<Vec<Vec<NodeId>>, LowerScanError> {
+        let k = self.k.clone();
+        let mut out = Vec::with_capacity(end.len());
+        for row in end {
+            let mut weights: Vec<Entry> = Vec::with_capacity(row.len());
+            for p in row {
+                weights.push(match self.poly(p, coefs, dtype)? {
+                    Some(w) => {
+                        let col = self.reshape(w, vec![k.clone(), Dim::Known(1)])?;
+                        Some(self.last_scalar(onehot, col)?)
+                    }
+                    None => None,
+                });
+            }
+            let states = x.first().map_or(0, Vec::len);
+            let mut values = Vec::with_capacity(states);
+            for s in 0..states {
+                let mut terms = Vec::with_capacity(row.len());
+                for (d, w) in weights.iter().enumerate() {
+                    terms.push(match w {
+                        Some(w) => Some(self.binary(BinaryOp::Mul, *w, x[d][s])?),
+                        None => None,
+                    });
+                }
+                values.push(match self.sum_entries(terms)? {
+                    Some(v) => v,
+                    None => {
+                        // A zero row (a carry reset at the mini-batch's end).
+                        let zero = self.g.add_const(0.0, dtype);
+                        self.binary(BinaryOp::Mul, x[0][s], zero)?
+                    }
+                });
+            }
+            out.push(values);
+        }
+        Ok(out)
     }
 
     /// `Σ_c weight_c ⊙ x_c` for one state: per-token weights `[k, 1]` scale rows

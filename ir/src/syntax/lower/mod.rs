@@ -306,13 +306,6 @@ fn lower_items(
             }
             Item::Rule(r) => {
                 let name = r.name.name.as_str();
-                if name == "minibatch_gd" {
-                    return Err(Diagnostic::new(
-                        format!("`{name}` is a built-in update rule and cannot be redefined"),
-                        r.name.span.clone(),
-                    )
-                    .in_source(src));
-                }
                 let derived = rule::derive_rule(r, src)?;
                 // A rule of the prelude may be replaced, like a function of the prelude.
                 let prev = ctx.rules.insert(name, (derived, src));

@@ -1,7 +1,7 @@
 //! Checking a `rule` declaration and deriving its recurrence ([`LinearRule`]): the transition
-//! `T_t`, the gradient's weights `b_t` and the read `u_t`, every entry a polynomial in the
-//! rule's coefficients. A rule is linear in (`state`, its carries, `grad`); anything else is
-//! a located error.
+//! `T_t`, the gradient's weights `b_t`, the read `u_t` and the end map `E` (from the `end`
+//! statements), every entry a polynomial in the rule's coefficients. A rule is linear in
+//! (`state`, its carries, `grad`); anything else is a located error.
 
 use super::expr::diag;
 use crate::rule::{LinearRule, Poly};
@@ -78,9 +78,69 @@ pub(super) fn derive_rule(decl: &RuleDecl, src: usize) -> Result<LinearRule, Dia
     let mut current: Vec<Vec<Poly>> = (0..n).map(unit).collect();
     let mut read: Option<Vec<Poly>> = None;
     let mut assigned = vec![false; n];
+    // The end map's rows, over x_{k−1} (the `grad` entry stays zero); `None` until an `end`.
+    let mut end: Option<Vec<Vec<Poly>>> = None;
     for s in &decl.stmts {
+        let per_token = matches!(s, RuleStmt::Assign(..) | RuleStmt::Read(..));
+        if let (true, Some(_)) = (per_token, &end) {
+            let span = match s {
+                RuleStmt::Assign(t, _) => &t.span,
+                RuleStmt::Read(_, span) => span,
+                _ => &decl.span,
+            };
+            return Err(err(
+                format!(
+                    "rule `{rule}`: the per-token statements and `read` come before the `end` statements"
+                ),
+                span,
+            ));
+        }
         match s {
             RuleStmt::Carry(..) => {}
+            RuleStmt::End(target, e, _) => {
+                let Some(i) = entries.iter().position(|x| *x == target.name) else {
+                    return Err(err(
+                        format!(
+                            "rule `{rule}`: `end {}` sets neither `state` nor a carry",
+                            target.name
+                        ),
+                        &target.span,
+                    ));
+                };
+                let rows = end.get_or_insert_with(|| (0..n).map(unit).collect());
+                let names = |name: &str| -> Option<RVal> {
+                    if name == "grad" {
+                        return Some(RVal::Linear(unit(n)));
+                    }
+                    entries
+                        .iter()
+                        .position(|x| x == name)
+                        .map(|j| RVal::Linear(rows[j].clone()))
+                };
+                let v = eval(e, rule, &coefficients, &names, src)?;
+                assigned[i] = true;
+                rows[i] = match v {
+                    RVal::Linear(v) if !v[n].is_zero() => {
+                        return Err(err(
+                            format!(
+                                "rule `{rule}`: an `end` statement runs after the mini-batch's last token and cannot read `grad`"
+                            ),
+                            &e.span,
+                        ))
+                    }
+                    RVal::Linear(v) => v,
+                    RVal::Scalar(p) if p.is_zero() => vec![Poly::zero(); n + 1],
+                    RVal::Scalar(_) => {
+                        return Err(err(
+                            format!(
+                                "rule `{rule}`: `end {}` must be linear in the state and the carries; this is a coefficient alone (a constant term)",
+                                target.name
+                            ),
+                            &e.span,
+                        ))
+                    }
+                };
+            }
             RuleStmt::Assign(target, e) => {
                 let Some(i) = entries.iter().position(|x| *x == target.name) else {
                     return Err(err(
@@ -159,7 +219,7 @@ pub(super) fn derive_rule(decl: &RuleDecl, src: usize) -> Result<LinearRule, Dia
     };
     if !assigned[0] {
         return Err(err(
-            format!("rule `{rule}` never assigns `state`"),
+            format!("rule `{rule}` never assigns `state` (per token or in an `end` statement)"),
             &decl.name.span,
         ));
     }
@@ -178,6 +238,7 @@ pub(super) fn derive_rule(decl: &RuleDecl, src: usize) -> Result<LinearRule, Dia
         transition,
         gradient,
         read,
+        end: end.map(|rows| rows.iter().map(|row| row[..n].to_vec()).collect()),
     };
     out.check().map_err(|m| err(m, &decl.span))?;
     Ok(out)

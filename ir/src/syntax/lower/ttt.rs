@@ -284,54 +284,61 @@ pub(super) fn lower_ttt(
             bind(g, &mut dims, &p.name, shape, true)?;
         }
     }
-    // The update rule: `minibatch_gd`, or one written as code (`rule NAME(...) { ... }`, the
-    // prelude's `momentum_gd` too). A rule of `momentum_gd`'s form gets its operand order
+    // The update rule, written as code (`rule NAME(...) { ... }`; the prelude's
+    // `minibatch_gd` and `momentum_gd` too). A rule of `minibatch_gd`'s form is lowered as
+    // the built-in mini-batch GD (operands `token_eta, lr`; its partial sum, zeroed at every
+    // mini-batch's end, is no scan state); one of `momentum_gd`'s form gets its operand order
     // (momentum, lr, decay) and the rule's carry name.
     let mut recognized: Option<(Vec<&str>, String)> = None;
-    let (rule, arg_names): (UpdateRule, Vec<&str>) = match ttt.rule.name.as_str() {
-        "minibatch_gd" => (UpdateRule::MinibatchGd, vec!["size", "token_eta", "lr"]),
-        other => match ctx.rules.get(other) {
-            Some((r, _)) => {
-                if r.carries.len() != 1 || r.coefficients.len() > 3 {
-                    return Err(diag(
-                        src,
-                        format!(
-                            "update rule `{other}` has {} carries and {} coefficients; a scan runs \
-                             rules of one carry and at most 3 coefficients for now",
-                            r.carries.len(),
-                            r.coefficients.len()
-                        ),
-                        ttt.rule.span.clone(),
-                    ));
-                }
-                let mut names = vec!["size"];
-                names.extend(r.coefficients.iter().map(String::as_str));
-                match momentum_structure(r) {
-                    // `momentum_gd`'s recurrence: its hand-built chunked form (the derived one
-                    // costs a little more, docs/language.md), the same graph.
-                    Some([l, m, d]) => {
-                        let c = |i: usize| r.coefficients[i].as_str();
-                        recognized = Some((vec![c(m), c(l), c(d)], r.carries[0].clone()));
-                        (UpdateRule::MomentumGd, names)
-                    }
-                    None => (UpdateRule::Linear(Box::new(r.clone())), names),
-                }
+    let other = ttt.rule.name.as_str();
+    let (rule, arg_names): (UpdateRule, Vec<&str>) = match ctx.rules.get(other) {
+        Some((r, _)) if minibatch_structure(r).is_some() => {
+            let mut names = vec!["size"];
+            names.extend(r.coefficients.iter().map(String::as_str));
+            if let Some([e, l]) = minibatch_structure(r) {
+                let c = |i: usize| r.coefficients[i].as_str();
+                recognized = Some((vec![c(e), c(l)], r.carries[0].clone()));
             }
-            None => {
-                let mut known: Vec<&str> = vec!["minibatch_gd", "momentum_gd"];
-                let mut user: Vec<&str> = ctx.rules.keys().copied().collect();
-                user.sort_unstable();
-                known.extend(user);
+            (UpdateRule::MinibatchGd, names)
+        }
+        Some((r, _)) => {
+            if r.carries.len() != 1 || r.coefficients.len() > 3 {
                 return Err(diag(
                     src,
                     format!(
-                        "unknown update rule `{other}` (known: {})",
-                        known.join(", ")
+                        "update rule `{other}` has {} carries and {} coefficients; a scan runs \
+                             rules of one carry and at most 3 coefficients for now",
+                        r.carries.len(),
+                        r.coefficients.len()
                     ),
                     ttt.rule.span.clone(),
                 ));
             }
-        },
+            let mut names = vec!["size"];
+            names.extend(r.coefficients.iter().map(String::as_str));
+            match momentum_structure(r) {
+                // `momentum_gd`'s recurrence: its hand-built chunked form (the derived one
+                // costs a little more, docs/language.md), the same graph.
+                Some([l, m, d]) => {
+                    let c = |i: usize| r.coefficients[i].as_str();
+                    recognized = Some((vec![c(m), c(l), c(d)], r.carries[0].clone()));
+                    (UpdateRule::MomentumGd, names)
+                }
+                None => (UpdateRule::Linear(Box::new(r.clone())), names),
+            }
+        }
+        None => {
+            let mut known: Vec<&str> = ctx.rules.keys().copied().collect();
+            known.sort_unstable();
+            return Err(diag(
+                src,
+                format!(
+                    "unknown update rule `{other}` (known: {})",
+                    known.join(", ")
+                ),
+                ttt.rule.span.clone(),
+            ));
+        }
     };
     let rule_name = ttt.rule.name.as_str();
     let mut size: Option<Dim> = None;
@@ -390,7 +397,6 @@ pub(super) fn lower_ttt(
     // The coefficient operands, in operand order: `token_eta, lr`, `momentum, lr, decay`, or
     // a rule's coefficients in its order (padded with zeros to three below).
     let order: Vec<&str> = match (&rule, &recognized) {
-        (UpdateRule::MinibatchGd, _) => vec!["token_eta", "lr"],
         (_, Some((order, _))) => order.clone(),
         _ => arg_names[1..].to_vec(),
     };
@@ -414,15 +420,16 @@ pub(super) fn lower_ttt(
         }
         (UpdateRule::MinibatchGd, [(eta, _), (lr, _)]) if eta == lr => TokenEtaForm::PerToken,
         (UpdateRule::MinibatchGd, [(eta, e), (lr, _)]) => {
+            let (eta_name, lr_name) = (order[0], order[1]);
             return Err(diag(
                 src,
                 format!(
-                    "after removing the `per` dims `token_eta` is {eta}: it must be [{size}] (a \
-                     step size per position in the mini-batch) or the shape of `lr`, {lr} (a step \
-                     size per token)"
+                    "after removing the `per` dims `{eta_name}` is {eta}: it must be [{size}] (a \
+                     step size per position in the mini-batch) or the shape of `{lr_name}`, {lr} \
+                     (a step size per token)"
                 ),
                 e.span.clone(),
-            ))
+            ));
         }
         (UpdateRule::MomentumGd, [(m, me), (lr, le), (d, de)]) => {
             let lr_name = order[1];
@@ -695,10 +702,36 @@ pub(super) fn inner_graph(
     Ok(sub)
 }
 
+/// Whether a rule's recurrence is `minibatch_gd`'s — `x = [W; A]`, `T = I`, `b = [0; ρ]`, `u =
+/// [1, −e]`, `E = [[1, −e], [0, 0]]` (a partial sum `A` of `ρ g`, read as `W − e A`, folded
+/// into `W` and zeroed at the mini-batch's end), whatever the names — and if so the indices of
+/// its coefficients `[e, ρ]` (`token_eta`, `lr`).
+fn minibatch_structure(r: &LinearRule) -> Option<[usize; 2]> {
+    if r.coefficients.len() != 2 || r.size() != 2 {
+        return None;
+    }
+    let c = |i: usize| Poly::coefficient(i);
+    let (one, zero) = (Poly::constant(1.0), Poly::zero());
+    let identity = vec![
+        vec![one.clone(), zero.clone()],
+        vec![zero.clone(), one.clone()],
+    ];
+    for (e, l) in [(0, 1), (1, 0)] {
+        let b = vec![zero.clone(), c(l)];
+        let u = vec![one.clone(), c(e).scale(-1.0)];
+        let end = vec![u.clone(), vec![zero.clone(), zero.clone()]];
+        if r.transition == identity && r.gradient == b && r.read == u && r.end == Some(end) {
+            return Some([e, l]);
+        }
+    }
+    None
+}
+
 /// The coefficient indices `[ρ, η, α]` if `r` is `momentum_gd`'s recurrence (language.md):
-/// `T = [[1 − α, η], [0, η]]`, `b = [−ρ, −ρ]`, `u = [1, 0]`, three distinct coefficients.
+/// `T = [[1 − α, η], [0, η]]`, `b = [−ρ, −ρ]`, `u = [1, 0]`, no end map, three distinct
+/// coefficients.
 fn momentum_structure(r: &LinearRule) -> Option<[usize; 3]> {
-    if r.coefficients.len() != 3 || r.size() != 2 {
+    if r.coefficients.len() != 3 || r.size() != 2 || r.end.is_some() {
         return None;
     }
     let c = |i: usize| Poly::coefficient(i);
