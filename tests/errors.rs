@@ -156,7 +156,42 @@ fn program_cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "33:67",
             "`m` is [mini_batch_size]: it must have the shape of `lr`, [L] (a value per token)",
         ),
+        (
+            "a rule's end statement reading grad",
+            rule_with_end(&base, "end S = S + grad"),
+            "44:11",
+            "an `end` statement runs after the mini-batch's last token and cannot read `grad`",
+        ),
+        (
+            "a rule's end statement setting an unknown name",
+            rule_with_end(&base, "end T = 0"),
+            "44:7",
+            "`end T` sets neither `state` nor a carry",
+        ),
+        (
+            "a rule's end statement with a constant",
+            rule_with_end(&base, "end S = wd"),
+            "44:11",
+            "`end S` must be linear in the state and the carries",
+        ),
+        (
+            "a rule's per-token statement after an end statement",
+            rule_with_end(&base, "end S = 0\n  S = S"),
+            "45:3",
+            "the per-token statements and `read` come before the `end` statements",
+        ),
     ]
+}
+
+/// [`user_rule`] with `tail` (line 44 on) after its `read`.
+fn rule_with_end(base: &str, tail: &str) -> String {
+    let text = user_rule(base, "S = m * S - lr * grad", "m = ttt_lr_eta");
+    let read = "  read state\n}\n";
+    assert!(text.ends_with(read));
+    format!(
+        "{}  read state\n  {tail}\n}}\n",
+        &text[..text.len() - read.len()]
+    )
 }
 
 /// `examples/ttt_linear.ttt` with a rule `mwd(lr, m, wd)` appended (line 39 on; its carry's

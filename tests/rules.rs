@@ -253,23 +253,38 @@ fn a_rule_of_momentum_gds_form_builds_the_builtin_program() {
 /// 1e-6 of the pairing's scale.
 #[test]
 fn a_rule_as_code_gradients_match_finite_differences() {
-    let text = std::fs::read_to_string(root().join(PROGRAM)).expect("example");
+    let inputs = load(&file("rules", STEM, ".inputs.safetensors"));
+    assert_gradients_match_finite_differences(&root().join(PROGRAM), &inputs, 23);
+}
+
+/// The gradient program of `path` (its outputs paired with random cotangents) against central
+/// finite differences along a random direction per input, on the interpreter in f64.
+fn assert_gradients_match_finite_differences(
+    path: &Path,
+    inputs: &BTreeMap<String, Tensor>,
+    seed: u64,
+) {
+    let text = std::fs::read_to_string(path).expect("program");
     let settings = tttc::Settings::default();
-    let lowered = tttc::ir::syntax::compile(PROGRAM, &text, tttc::ir::DType::F64, &settings)
+    let name = path.to_string_lossy();
+    let lowered = tttc::ir::syntax::compile(&name, &text, tttc::ir::DType::F64, &settings)
         .unwrap_or_else(|e| panic!("{}", e.render(false)));
     let program = tttc::optimize(lowered, None, false)
         .expect("optimize")
         .program;
-    let inputs: BTreeMap<String, Tensor> = load(&file("rules", STEM, ".inputs.safetensors"))
-        .into_iter()
+    let inputs: BTreeMap<String, Tensor> = inputs
+        .iter()
         .map(|(name, t)| {
             let t64 = Tensor::from_f64(t.shape().to_vec(), t.to_f64_vec()).expect("sizes");
-            (name, t64)
+            (name.clone(), t64)
         })
         .collect();
-    let expected = load(&file("rules", STEM, ".expected.safetensors"));
-    let mut rng = common::random::Lcg(23);
-    let cts: BTreeMap<String, Tensor> = expected
+    let dir = tempfile::tempdir().unwrap();
+    let inputs_path = dir.path().join("inputs.safetensors");
+    tttc::runtime::write_safetensors(&inputs_path, &inputs).unwrap();
+    let outputs = run_program(path, &inputs_path, "interp", "f64", &[]);
+    let mut rng = common::random::Lcg(seed);
+    let cts: BTreeMap<String, Tensor> = outputs
         .iter()
         .map(|(name, t)| {
             let v = rng.vec(t.len(), 1.0);
@@ -386,7 +401,8 @@ fn per_token_gd_program(dir: &Path, name: &str, update: &str, rule: &str) -> Pat
 /// size it must give the built-in `minibatch_gd`'s results (f64, 1e-10: the same sums, the
 /// weights multiplied in another order; L = 37, K = 16, so a remainder mini-batch ends the
 /// sequence and the last chunks), one-shot and token by token, streamed in random chunks on every
-/// backend, and a session saved mid-mini-batch resumes bit for bit.
+/// backend, and a session saved mid-mini-batch resumes bit for bit; its gradients match finite
+/// differences.
 #[test]
 fn a_rule_with_an_end_map_matches_minibatch_gd_the_derived_way() {
     let dir = tempfile::tempdir().unwrap();
@@ -465,6 +481,8 @@ fn a_rule_with_an_end_map_matches_minibatch_gd_the_derived_way() {
         &["--stop-after", "autodiff"],
     );
     assert_outputs_close("token by token", &got, &expected, 1e-10);
+    // Gradients through the end map: from the step graph, like every rule's.
+    assert_gradients_match_finite_differences(&derived, &inputs, 29);
 
     // Saved at token 21 (position 5 of the second mini-batch), resumed across the boundary.
     let bound = bind(&program, &inputs, &settings, Precision::F64.elem()).unwrap();
