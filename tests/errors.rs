@@ -152,9 +152,16 @@ fn program_cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ),
         (
             "a rule's coefficient of the wrong shape",
-            user_rule(&base, "S = m * S - lr * (grad + wd * state)", "m = token_eta"),
+            user_rule(&base, "S = m * S - lr * (grad + wd * state)", "m = XQ"),
             "33:67",
-            "`m` is [mini_batch_size]: it must have the shape of `lr`, [L] (a value per token)",
+            "`m` is [L, f]: it must have the shape of `lr`, [L] (a value per token)",
+        ),
+        (
+            "a rule with two coefficients per position",
+            user_rule(&base, "S = m * S - lr * grad", "m = token_eta", )
+                .replacen("lr = ttt_lr_eta, m", "lr = token_eta, m", 1),
+            "33:66",
+            "`m` is a value per position in the mini-batch ([mini_batch_size]), and so is `lr`: a rule takes at most one such coefficient",
         ),
         (
             "a rule's end statement reading grad",

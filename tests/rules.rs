@@ -376,18 +376,20 @@ fn minibatch_gd_with_unit_token_eta_written_as_a_rule_is_the_builtin() {
     }
 }
 
-/// `examples/ttt_linear.ttt` with a per-token step size `eta: [B, H, L]` and its `update`
-/// replaced by `update`, plus `rule` (none: the prelude's `minibatch_gd`).
-fn per_token_gd_program(dir: &Path, name: &str, update: &str, rule: &str) -> PathBuf {
+/// `examples/ttt_linear.ttt` with a step size `eta` of shape `eta_shape` (`[B, H, L]` per token,
+/// `[mini_batch_size]` per position) and its `update` replaced by `update`, plus `rule` (none:
+/// the prelude's `minibatch_gd`).
+fn gd_program(dir: &Path, name: &str, eta_shape: &str, update: &str, rule: &str) -> PathBuf {
     let text = std::fs::read_to_string(root().join("examples/ttt_linear.ttt")).unwrap();
     let builtin =
         "update minibatch_gd(size = mini_batch_size, token_eta = token_eta, lr = ttt_lr_eta)";
     let declared = "  input token_eta: [mini_batch_size]\n";
     assert!(text.contains(builtin) && text.contains(declared));
-    let text = text
-        .replacen(builtin, update, 1)
-        .replacen(declared, "  input eta: [B, H, L]\n", 1)
-        + rule;
+    let text = text.replacen(builtin, update, 1).replacen(
+        declared,
+        &format!("  input eta: {eta_shape}\n"),
+        1,
+    ) + rule;
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
@@ -398,25 +400,61 @@ fn per_token_gd_program(dir: &Path, name: &str, update: &str, rule: &str) -> Pat
 /// literal form the compiler lowers as the built-in, so it goes the derived way: chunked form
 /// with the end map, the interpreter's literal token-by-token recurrence, the streaming token
 /// step and its end map at every mini-batch boundary and at a chunk's end. With a per-token step
-/// size it must give the built-in `minibatch_gd`'s results (f64, 1e-10: the same sums, the
+/// size, and with one per position (the rule's coefficient moved to the scan's first slot, which
+/// the rule lists second), it must give the built-in `minibatch_gd`'s results (f64, 1e-10: the same sums, the
 /// weights multiplied in another order; L = 37, K = 16, so a remainder mini-batch ends the
 /// sequence and the last chunks), one-shot and token by token, streamed in random chunks on every
 /// backend, and a session saved mid-mini-batch resumes bit for bit; its gradients match finite
 /// differences.
 #[test]
 fn a_rule_with_an_end_map_matches_minibatch_gd_the_derived_way() {
+    let source = load(&file(
+        "momentum",
+        "momentum_linear_B1_H2_L37_f8_K16",
+        ".inputs.safetensors",
+    ));
+    // Per token: the momentum vectors' per-token `momentum` (zeros and a negative value among
+    // them) as the step size; per position: 1 / (i + 1) as ttt-lm-pytorch's, one negated.
+    let per_position: Vec<f64> = (0..16)
+        .map(|i| {
+            if i == 3 {
+                -0.25
+            } else {
+                1.0 / (i as f64 + 1.0)
+            }
+        })
+        .collect();
+    for (eta_shape, eta) in [
+        ("[B, H, L]", source["momentum"].clone()),
+        (
+            "[mini_batch_size]",
+            Tensor::from_f64(vec![16], per_position).unwrap(),
+        ),
+    ] {
+        flipped_gd_matches_minibatch_gd(&source, eta_shape, eta);
+    }
+}
+
+/// The body of the test above for one form of the step size.
+fn flipped_gd_matches_minibatch_gd(
+    source: &BTreeMap<String, Tensor>,
+    eta_shape: &str,
+    eta: Tensor,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let builtin = per_token_gd_program(
+    let builtin = gd_program(
         dir.path(),
         "builtin.ttt",
+        eta_shape,
         "update minibatch_gd(size = mini_batch_size, token_eta = eta, lr = ttt_lr_eta)",
         "",
     );
-    let derived = per_token_gd_program(
+    let derived = gd_program(
         dir.path(),
         "derived.ttt",
-        "update flipped(size = mini_batch_size, eta = eta, lr = ttt_lr_eta)",
-        "\nrule flipped(eta, lr) {\n  carry sum = 0\n  sum = sum - lr * grad\n  \
+        eta_shape,
+        "update flipped(size = mini_batch_size, lr = ttt_lr_eta, eta = eta)",
+        "\nrule flipped(lr, eta) {\n  carry sum = 0\n  sum = sum - lr * grad\n  \
          read state + eta * sum\n  end state = state + eta * sum\n  end sum = 0\n}\n",
     );
     let settings = tttc::Settings::default();
@@ -431,21 +469,16 @@ fn a_rule_with_an_end_map_matches_minibatch_gd_the_derived_way() {
         })
         .expect("a scan");
     assert!(header.contains("rule=flipped"), "{header}");
+    let what = |how: String| format!("eta {eta_shape}, {how}");
 
-    // The momentum vectors' tokens and weights; their per-token `lr` and `momentum` (zeros and
-    // a negative value among them) as the learning rate and the step size.
-    let source = load(&file(
-        "momentum",
-        "momentum_linear_B1_H2_L37_f8_K16",
-        ".inputs.safetensors",
-    ));
+    // The momentum vectors' tokens, weights and per-token `lr`.
     let mut inputs: BTreeMap<String, Tensor> = source
         .iter()
         .filter(|(k, _)| !["lr", "momentum", "decay"].contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     inputs.insert("ttt_lr_eta".into(), source["lr"].clone());
-    inputs.insert("eta".into(), source["momentum"].clone());
+    inputs.insert("eta".into(), eta);
     let inputs_path = dir.path().join("inputs.safetensors");
     tttc::runtime::write_safetensors(&inputs_path, &inputs).unwrap();
     let expected = run_program(&builtin, &inputs_path, "interp", "f64", &[]);
@@ -453,7 +486,7 @@ fn a_rule_with_an_end_map_matches_minibatch_gd_the_derived_way() {
     let len = inputs["XQ"].shape()[2];
     for (j, backend) in backends().into_iter().enumerate() {
         let got = run_program(&derived, &inputs_path, backend, "f64", &[]);
-        assert_outputs_close(&format!("{backend} one-shot"), &got, &expected, 1e-10);
+        assert_outputs_close(&what(format!("{backend} one-shot")), &got, &expected, 1e-10);
         let mut rng = common::random::Lcg(j as u64 + 11);
         let mut sizes = Vec::new();
         let mut left = len;
@@ -470,8 +503,8 @@ fn a_rule_with_an_end_map_matches_minibatch_gd_the_derived_way() {
             "f64",
             &["--chunks", &chunks],
         );
-        let what = format!("{backend} --chunks {chunks}");
-        assert_outputs_close(&what, &got, &expected, 1e-10);
+        let how = what(format!("{backend} --chunks {chunks}"));
+        assert_outputs_close(&how, &got, &expected, 1e-10);
     }
     let got = run_program(
         &derived,
@@ -480,7 +513,7 @@ fn a_rule_with_an_end_map_matches_minibatch_gd_the_derived_way() {
         "f64",
         &["--stop-after", "autodiff"],
     );
-    assert_outputs_close("token by token", &got, &expected, 1e-10);
+    assert_outputs_close(&what("token by token".into()), &got, &expected, 1e-10);
     // Gradients through the end map: from the step graph, like every rule's.
     assert_gradients_match_finite_differences(&derived, &inputs, 29);
 
@@ -503,12 +536,12 @@ fn a_rule_with_an_end_map_matches_minibatch_gd_the_derived_way() {
             )
             .unwrap()
         };
-        let what = backend.name();
-        let state = dir.path().join(format!("{what}.state"));
-        let last = assert_resumes_exactly(new_session, &chunks, &state, 21, what);
+        let how = what(backend.name().to_string());
+        let state = dir.path().join(format!("{}.state", backend.name()));
+        let last = assert_resumes_exactly(new_session, &chunks, &state, 21, &how);
         for name in ["W1_last", "b1_last"] {
             assert_tensor_close(
-                &format!("{what} resumed: final {name}"),
+                &format!("{how} resumed: final {name}"),
                 &last[name],
                 &expected[name],
                 1e-10,
@@ -551,16 +584,4 @@ fn a_rule_of_minibatch_gds_form_builds_the_builtin_program() {
         reference.graph == literal.graph,
         "a rule of minibatch_gd's form builds another program"
     );
-    // Without the reset the sums would run on across mini-batches: another recurrence, lowered
-    // the derived way, where a per-position step size is a located error (language.md, limits).
-    let text = rule(
-        "  acc = acc + rate * grad\n  read state - e * acc\n  \
-                     end state = state - e * acc\n",
-    );
-    let path = dir.path().join("no_reset.ttt");
-    std::fs::write(&path, text).unwrap();
-    let err = tttc::compile_file(&path, Precision::F64, &settings)
-        .err()
-        .expect("a per-position coefficient of a derived rule");
-    assert!(format!("{err}").contains("a value per token"), "{err}");
 }

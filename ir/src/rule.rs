@@ -96,6 +96,17 @@ impl Poly {
             .sum()
     }
 
+    /// The same polynomial with coefficient `i` renamed `to(i)`.
+    pub fn renumbered(&self, to: impl Fn(usize) -> usize) -> Poly {
+        Poly(
+            self.0
+                .iter()
+                .map(|(c, m)| (*c, m.iter().map(|&i| to(i)).collect()))
+                .collect(),
+        )
+        .normalized()
+    }
+
     /// The highest coefficient index it uses, if any.
     pub fn max_coefficient(&self) -> Option<usize> {
         self.0.iter().flat_map(|(_, m)| m.iter().copied()).max()
@@ -128,6 +139,34 @@ impl LinearRule {
     /// `n = 1 + carries`: the entries of the rule's vector.
     pub fn size(&self) -> usize {
         1 + self.carries.len()
+    }
+
+    /// The same rule with coefficient `p` moved to the front (the others keep their order): the
+    /// scan's first coefficient slot is the one that may hold a value per position.
+    pub fn with_coefficient_first(&self, p: usize) -> LinearRule {
+        let to = |i: usize| match i.cmp(&p) {
+            std::cmp::Ordering::Equal => 0,
+            std::cmp::Ordering::Less => i + 1,
+            std::cmp::Ordering::Greater => i,
+        };
+        let row = |r: &[Poly]| r.iter().map(|q| q.renumbered(to)).collect::<Vec<_>>();
+        let mut coefficients = self.coefficients.clone();
+        if p < coefficients.len() {
+            let c = coefficients.remove(p);
+            coefficients.insert(0, c);
+        }
+        LinearRule {
+            name: self.name.clone(),
+            coefficients,
+            carries: self.carries.clone(),
+            transition: self.transition.iter().map(|r| row(r)).collect(),
+            gradient: row(&self.gradient),
+            read: row(&self.read),
+            end: self
+                .end
+                .as_ref()
+                .map(|e| e.iter().map(|r| row(r)).collect()),
+        }
     }
 
     /// Whether the rule has the documented shape (`n × n`, `n`, `n`) and uses no coefficient

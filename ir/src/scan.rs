@@ -441,8 +441,10 @@ impl TttScan {
         let loss_inputs = self.loss.inputs();
         let out_inputs = self.out.inputs();
         let nm = self.model_state_count();
+        // Only a rule written as code may have a value per position in its first slot.
+        let positional = self.token_eta == TokenEtaForm::PerPosition;
         if self.rule.has_carries()
-            && (self.states.len() != 2 * nm || self.token_eta != TokenEtaForm::PerToken)
+            && (self.states.len() != 2 * nm || (positional && self.rule.linear().is_none()))
         {
             return e(format!(
                 "ttt: a rule with carries needs one carry per state and per-token coefficients ({} states)",

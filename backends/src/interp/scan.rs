@@ -253,7 +253,7 @@ impl Seq<'_, '_, '_> {
             let w0: Vec<Arr<T>> = theta[..nm].to_vec();
             for t in start..start + k {
                 let (e, r, d) = (
-                    coefficient(eta, t, "momentum")?,
+                    coefficient(eta, self.eta_start(start) + t - start, "momentum")?,
                     coefficient(lr, t, "lr")?,
                     coefficient(decay, t, "decay")?,
                 );
@@ -336,7 +336,7 @@ impl Seq<'_, '_, '_> {
             if let Some(end) = self.rule.linear().and_then(|r| r.end.as_ref()) {
                 let t = start + k - 1;
                 let values = [
-                    coefficient(eta, t, "momentum")?.to_f64(),
+                    coefficient(eta, self.eta_start(start) + t - start, "momentum")?.to_f64(),
                     coefficient(lr, t, "lr")?.to_f64(),
                     coefficient(decay, t, "decay")?.to_f64(),
                 ];

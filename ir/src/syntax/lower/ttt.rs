@@ -409,10 +409,53 @@ pub(super) fn lower_ttt(
         coefficients.push((id, ax));
         slices.push((slice, e));
     }
+    // A rule's coefficient may be a value per position in the mini-batch (`[size]`, like
+    // `minibatch_gd`'s `token_eta`): one at most, moved to the scan's first coefficient slot,
+    // the one that may hold such values.
+    let mut order = order;
+    let mut rule = rule;
+    let mut per_position = false;
+    if let UpdateRule::Linear(r) = &rule {
+        let positional = Shape(vec![size.clone()]);
+        let found: Vec<usize> = (0..slices.len())
+            .filter(|&i| slices[i].0 == positional)
+            .collect();
+        if let [first, second, ..] = found[..] {
+            return Err(diag(
+                src,
+                format!(
+                    "`{}` is a value per position in the mini-batch ([{size}]), and so is `{}`: \
+                     a rule takes at most one such coefficient",
+                    order[second], order[first]
+                ),
+                slices[second].1.span.clone(),
+            ));
+        }
+        if let Some(&p) = found.first() {
+            let moved = r.with_coefficient_first(p);
+            rule = UpdateRule::Linear(Box::new(moved));
+            let c = coefficients.remove(p);
+            coefficients.insert(0, c);
+            let sl = slices.remove(p);
+            slices.insert(0, sl);
+            let name = order.remove(p);
+            order.insert(0, name);
+            per_position = true;
+        }
+    }
+    let rule = rule;
+    // The per-token coefficients start here.
+    let per_token_from = usize::from(per_position);
     // A rule's coefficient that is a scalar after removing the `per` dims (one value per head,
     // or a constant) is broadcast to a value per token, the shape of its first per-token one.
     if rule != UpdateRule::MinibatchGd {
-        broadcast_coefficients(g, &mut coefficients, &mut slices, &order, src)?;
+        broadcast_coefficients(
+            g,
+            &mut coefficients[per_token_from..],
+            &mut slices[per_token_from..],
+            &order[per_token_from..],
+            src,
+        )?;
     }
     let token_eta_form = match (&rule, slices.as_slice()) {
         (UpdateRule::MinibatchGd, [(eta, _), _]) if *eta == Shape(vec![size.clone()]) => {
@@ -457,39 +500,54 @@ pub(super) fn lower_ttt(
             }
             TokenEtaForm::PerToken
         }
-        (UpdateRule::Linear(_), [(first, fe), rest @ ..]) => {
+        (UpdateRule::Linear(_), all) => {
+            let Some((first, fe)) = all.get(per_token_from) else {
+                return Err(diag(
+                    src,
+                    format!(
+                        "`{rule_name}` needs a coefficient with a value per token ([L] after \
+                         removing the `per` dims) besides its value per position"
+                    ),
+                    ttt.rule.span.clone(),
+                ));
+            };
+            let first_name = order[per_token_from];
             if first.rank() != 1 {
                 return Err(diag(
                     src,
                     format!(
-                        "after removing the `per` dims `{}` is {first}: the coefficients of `{rule_name}` \
-                         are per-token values, [L]",
-                        order[0]
+                        "after removing the `per` dims `{first_name}` is {first}: the coefficients \
+                         of `{rule_name}` are per-token values, [L] (or one of them a value per \
+                         position in the mini-batch, [{size}])"
                     ),
                     fe.span.clone(),
                 ));
             }
-            for ((shape, e), name) in rest.iter().zip(&order[1..]) {
+            let rest = &all[per_token_from + 1..];
+            for ((shape, e), name) in rest.iter().zip(&order[per_token_from + 1..]) {
                 if shape != first {
                     return Err(diag(
                         src,
                         format!(
                             "after removing the `per` dims `{name}` is {shape}: it must have the \
-                             shape of `{}`, {first} (a value per token)",
-                            order[0]
+                             shape of `{first_name}`, {first} (a value per token)"
                         ),
                         e.span.clone(),
                     ));
                 }
             }
-            TokenEtaForm::PerToken
+            if per_position {
+                TokenEtaForm::PerPosition
+            } else {
+                TokenEtaForm::PerToken
+            }
         }
         _ => return Err(missing(order.first().copied().unwrap_or("size"))),
     };
     // A rule with fewer than three coefficients gets zero operands for the rest (the scan's
     // operand layout is `momentum_gd`'s).
     if let UpdateRule::Linear(_) = &rule {
-        let (first, ax) = coefficients[0].clone();
+        let (first, ax) = coefficients[per_token_from].clone();
         while coefficients.len() < 3 {
             let ty = g
                 .tensor_type(first)
