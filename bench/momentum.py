@@ -6,7 +6,10 @@ form) and the hand-derived counts of the chunked forms (docs/language.md): per t
 minibatch_gd 6f^2 + 6Kf, momentum_gd 10f^2 + 6Kf + 2K^2 + 6RK (R = ceil(log2 K) doubling
 rounds). `momentum_gd` is also run written as a rule (`rule titans`, below): the chunked form
 derived generically from the rule's recurrence (passes/src/lower_scan/rule.rs) against the
-built-in's hand-built one. Run through bench/momentum.sh.
+built-in's hand-built one; and `minibatch_gd` written as a rule with its partial sum's sign
+flipped (`rule flipped`, below), which is not the literal form the compiler lowers as the
+built-in, so its chunked form (end map included) is derived the same way. Run through
+bench/momentum.sh.
 
 Environment: TTTC (default target/release/tttc), BENCH_ITERS (timed runs per `tttc bench`,
 default 10), BENCH_REPEATS (interleaved repeats, default 3), BENCH_SHAPE (B,H,L,f; default
@@ -63,6 +66,31 @@ rule titans(lr, eta, keep) {
 """
 
 
+# minibatch_gd with the partial sum's sign flipped: the same recurrence, derived generically
+# (ir/src/syntax/lower/ttt.rs, minibatch_structure, recognizes the literal form only).
+GD_RULE = """
+rule flipped(token_eta as eta, lr) {
+  carry sum = 0
+  sum = sum - lr * grad
+  read state + eta * sum
+  end state = state + eta * sum
+  end sum = 0
+}
+"""
+
+
+def gd_rule_program(d):
+    """examples/ttt_linear.ttt with minibatch_gd written as the rule `flipped`."""
+    text = open(os.path.join(ROOT, "examples", "ttt_linear.ttt")).read()
+    builtin = "update minibatch_gd(size = mini_batch_size, token_eta = token_eta, lr = ttt_lr_eta)"
+    assert builtin in text
+    text = text.replace(builtin, "update flipped(size = mini_batch_size, token_eta = token_eta, lr = ttt_lr_eta)") + GD_RULE
+    path = os.path.join(d, "gd_rule.ttt")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def rule_program(d):
     """examples/momentum_linear.ttt with momentum_gd written as a rule (the generic chunked
     form derived from the rule's recurrence instead of the built-in's hand-built one)."""
@@ -88,11 +116,13 @@ def main():
         mom_in, gd_in = inputs(d)
         cases = [("momentum_gd", "examples/momentum_linear.ttt", mom_in),
                  ("momentum rule", rule_program(d), mom_in),
-                 ("minibatch_gd", "examples/ttt_linear.ttt", gd_in)]
+                 ("minibatch_gd", "examples/ttt_linear.ttt", gd_in),
+                 ("gd rule", gd_rule_program(d), gd_in)]
         rounds = math.ceil(math.log2(K))
         hand = {"momentum_gd": 10 * F * F + 6 * K * F + 2 * K * K + 6 * rounds * K,
                 "minibatch_gd": 6 * F * F + 6 * K * F}
         hand["momentum rule"] = hand["momentum_gd"]
+        hand["gd rule"] = hand["minibatch_gd"]
         print(f"TTT-Linear B={B} H={H} L={L} f={F} K={K}, llvm f32, {TTTC}")
         for name, prog, inp in cases:
             c = tttc("cost", prog, "--inputs", inp, "--json")
@@ -112,6 +142,7 @@ def main():
         print(f"momentum_gd / minibatch_gd prefill: {med['momentum_gd'] / med['minibatch_gd']:.2f}x")
         print(f"momentum rule / momentum_gd prefill: {med['momentum rule'] / med['momentum_gd']:.2f}x")
         print(f"momentum rule / minibatch_gd prefill: {med['momentum rule'] / med['minibatch_gd']:.2f}x")
+        print(f"gd rule / minibatch_gd prefill: {med['gd rule'] / med['minibatch_gd']:.2f}x")
 
 
 if __name__ == "__main__":

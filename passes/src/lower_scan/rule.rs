@@ -12,7 +12,8 @@
 //! ```
 //!
 //! and, for a rule with `end` statements, the end map on the last token's coefficients:
-//! `x'' = E_{k−1} x'`. Every entry of `Q` is a `[k, k]` tensor, built by Hillis–Steele doubling of `n × n` matrices
+//! `x'' = E_{k−1} x'`. An entry whose row of `E` is zero (a carry reset at every mini-batch's
+//! end) starts every mini-batch at zero, so its terms in `x_{−1}` are left out. Every entry of `Q` is a `[k, k]` tensor, built by Hillis–Steele doubling of `n × n` matrices
 //! of them (`⌈log2 K⌉` rounds: a shift and a matrix product, entries that are structurally zero
 //! skipped), so factors may be zero or negative (no `exp ∘ log`). The per-token reads and next
 //! states then have `momentum_gd`'s shape — `Σ_c C_c ⊙ x_c − mix(M, G)` — and go through the
@@ -322,10 +323,21 @@ impl StepBuilder<'_> {
             .sum_entries(terms)?
             .ok_or_else(|| self.malformed("the rule's reads never see a gradient"))?;
         // C_c[i] = Σ_q (A_q @ T_0[q][c]) [k, 1].
+        // An entry the end map zeroes (a carry reset at every mini-batch's end) starts every
+        // mini-batch at zero — it starts the scan at zero too — so its start terms are left out.
+        let zero_at_start: Vec<bool> = (0..n)
+            .map(|c| {
+                rule.end
+                    .as_ref()
+                    .is_some_and(|e| e[c].iter().all(Poly::is_zero))
+            })
+            .collect();
         let mut start_weights: Vec<Entry> = Vec::with_capacity(n);
         for c in 0..n {
-            let weights = self.matmul_column(&a, &t0, c)?;
-            start_weights.push(weights);
+            start_weights.push(match zero_at_start[c] {
+                true => None,
+                false => self.matmul_column(&a, &t0, c)?,
+            });
         }
         let mut theta_all = Vec::with_capacity(states.len());
         for (((&w, &s), &g), ty) in states.iter().zip(carries).zip(grads).zip(state_types) {
@@ -354,7 +366,10 @@ impl StepBuilder<'_> {
             }
             let mut weights: Vec<Entry> = Vec::with_capacity(n);
             for d in 0..n {
-                let w = self.matmul_column(&last_q, &t0, d)?;
+                let w = match zero_at_start[d] {
+                    true => None,
+                    false => self.matmul_column(&last_q, &t0, d)?,
+                };
                 weights.push(match w {
                     Some(w) => Some(self.reshape(w, Vec::new())?),
                     None => None,
