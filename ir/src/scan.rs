@@ -55,13 +55,17 @@
 //!
 //! ## Rules written as code ([`UpdateRule::Linear`])
 //!
-//! `rule NAME(c0, c1, c2) { carry S = 0; ...; read ... }` (see [`crate::rule`]): the scan has
-//! `momentum_gd`'s layout — one carry per state after the model's states (named `<state>_S`),
-//! and three per-token coefficient operands in the `token_eta` (per token), `lr` and `decay`
-//! slots holding the rule's coefficients in order (zeros for the ones it does not have). Per
-//! token, with `x = [W; S]` and the gradient at the mini-batch's starting `W`:
-//! `x_t = T_t x_{t−1} + b_t g_t`, `z_t = out(u_t · x_t; token t)`; the next mini-batch starts
-//! from the last `x_t`.
+//! `rule NAME(c0, c1, c2) { carry S = 0; ...; read ...; end ... }` (see [`crate::rule`]): the
+//! scan has `momentum_gd`'s layout — one carry per state after the model's states (named
+//! `<state>_S`), and three coefficient operands in the `token_eta`, `lr` and `decay` slots
+//! holding the rule's coefficients in order (zeros for the ones it does not have); all per token
+//! but the first, which may be per position ([`TttScan::token_eta`]; the language moves a
+//! rule's per-position coefficient there). Per token, with `x = [W; S]` and the gradient at the
+//! mini-batch's starting `W`: `x_t = T_t x_{t−1} + b_t g_t`, `z_t = out(u_t · x_t; token t)`;
+//! the next mini-batch starts from `E x_{k−1}` (the rule's end map on its last token's
+//! coefficients; the identity without one). The prelude's `minibatch_gd` and `momentum_gd` are
+//! such rules, lowered as [`UpdateRule::MinibatchGd`] and [`UpdateRule::MomentumGd`] when their
+//! recurrence has exactly those forms.
 //!
 //! The result is a tuple: the per-token outputs stacked along the sequence axis
 //! (`[per..., L, ...]`), then the final value of every state (`[per..., state shape]`),
