@@ -86,18 +86,24 @@ impl KernelPass for Outline {
 /// `p` with its repeated runs of top-level statements outlined (see the module doc). A program
 /// that already has functions is returned as it is.
 pub fn outline(p: &KernelProgram) -> KernelProgram {
-    let mut out = p.clone();
     if !p.functions.is_empty() {
-        return out;
+        return p.clone();
     }
     let body = hoist_constants(p);
     let mut o = Outliner {
         p,
         functions: Vec::new(),
     };
-    out.body = o.segment(&body);
-    out.functions = o.functions;
-    out
+    let body = o.segment(body);
+    KernelProgram {
+        name: p.name.clone(),
+        dtype: p.dtype,
+        buffers: p.buffers.clone(),
+        vars: p.vars,
+        body,
+        functions: o.functions,
+        memory: p.memory.clone(),
+    }
 }
 
 /// The program's body with its *constant* top-level statements moved to the front, keeping
@@ -119,6 +125,13 @@ fn hoist_constants(p: &KernelProgram) -> Vec<Stmt> {
             _ => written.collect(),
         }
     };
+    // Every statement's buffers, once.
+    let used: Vec<BTreeSet<BufId>> = p
+        .body
+        .iter()
+        .map(|s| buffers_used(std::slice::from_ref(s)))
+        .collect();
+    let written: Vec<BTreeSet<BufId>> = p.body.iter().map(written_by).collect();
     // Buffers that statements staying in place write: grows until no hoisted statement
     // writes one (each round keeps at least one more statement in place, or stops).
     let mut kept_writes: BTreeSet<BufId> = BTreeSet::new();
@@ -127,9 +140,8 @@ fn hoist_constants(p: &KernelProgram) -> Vec<Stmt> {
         let mut touched: BTreeSet<BufId> = BTreeSet::new();
         let (mut front, mut rest) = (Vec::new(), Vec::new());
         let mut rest_writes: BTreeSet<BufId> = BTreeSet::new();
-        for s in &p.body {
-            let used = buffers_used(std::slice::from_ref(s));
-            let written = written_by(s);
+        for (i, s) in p.body.iter().enumerate() {
+            let (used, written) = (&used[i], &written[i]);
             let hoist = !matches!(s, Stmt::Call { .. } | Stmt::Barrier)
                 && !used.is_empty()
                 && written.is_disjoint(&kept_writes)
@@ -139,17 +151,17 @@ fn hoist_constants(p: &KernelProgram) -> Vec<Stmt> {
                         && (written.contains(b) || constant.contains(b))
                 });
             if hoist {
-                constant.extend(written);
-                front.push(s.clone());
+                constant.extend(written.iter().copied());
+                front.push(i);
             } else {
-                touched.extend(used);
-                rest_writes.extend(written);
-                rest.push(s.clone());
+                touched.extend(used.iter().copied());
+                rest_writes.extend(written.iter().copied());
+                rest.push(i);
             }
         }
         if constant.is_disjoint(&rest_writes) {
             front.extend(rest);
-            return front;
+            return front.into_iter().map(|i| p.body[i].clone()).collect();
         }
         kept_writes.extend(rest_writes);
     }
@@ -174,6 +186,25 @@ struct Canonical {
 }
 
 impl Canonical {
+    /// A hash of the form (its statements and slots, not the original buffers), computed from
+    /// its printed form without building the text.
+    fn hash(&self) -> u64 {
+        use std::fmt::Write as _;
+        use std::hash::Hasher as _;
+        /// Feeds what is written into a hasher.
+        struct Feed(std::collections::hash_map::DefaultHasher);
+        impl std::fmt::Write for Feed {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0.write(s.as_bytes());
+                Ok(())
+            }
+        }
+        let mut feed = Feed(std::collections::hash_map::DefaultHasher::new());
+        // Writing into a hasher cannot fail.
+        let _ = write!(feed, "{:?}{:?}", self.body, self.slots);
+        feed.0.finish()
+    }
+
     /// Whether two canonical forms are the same up to the original buffers.
     fn same_shape(&self, other: &Canonical) -> bool {
         self.body == other.body && self.slots == other.slots
@@ -377,36 +408,41 @@ fn unrefreshed_scratch(p: &KernelProgram, stmts: &[Stmt]) -> BTreeSet<BufId> {
 impl Outliner<'_> {
     /// `stmts` with their best run outlined, and the stretches before and after it searched
     /// again.
-    fn segment(&mut self, stmts: &[Stmt]) -> Vec<Stmt> {
+    fn segment(&mut self, mut stmts: Vec<Stmt>) -> Vec<Stmt> {
         if stmts.len() < 2 * MIN_REPEAT_LEN {
-            return stmts.to_vec();
+            return stmts;
         }
-        let mut interned: HashMap<String, u32> = HashMap::new();
+        // A statement's key: its canonical form's hash (two statements with the same key are
+        // only candidates: `check` compares the forms themselves).
+        let mut interned: HashMap<u64, u32> = HashMap::new();
         let keys: Vec<u32> = stmts
             .iter()
             .map(|s| {
                 let c = canonical(self.p, std::slice::from_ref(s));
-                let text = format!("{:?}{:?}", c.body, c.slots);
                 let n = interned.len() as u32;
-                *interned.entry(text).or_insert(n)
+                *interned.entry(c.hash()).or_insert(n)
             })
             .collect();
         for run in candidates(&keys) {
-            if let Some(run) = self.check(stmts, run) {
-                let mut out = self.segment(&stmts[..run.start]);
-                out.extend(self.rewrite(stmts, run));
-                out.extend(self.segment(&stmts[run.end()..]));
+            if let Some((run, forms)) = self.check(&stmts, run) {
+                let after = stmts.split_off(run.end());
+                let calls = self.rewrite(&stmts, run, &forms);
+                stmts.truncate(run.start);
+                let mut out = self.segment(stmts);
+                out.extend(calls);
+                out.extend(self.segment(after));
                 return out;
             }
         }
-        stmts.to_vec()
+        stmts
     }
 
     /// The first stretch of at least two consecutive repeats of `run` whose buffers map
-    /// consistently onto the stretch's first repeat, if its scratch buffers may be shared.
-    fn check(&self, stmts: &[Stmt], run: Run) -> Option<Run> {
+    /// consistently onto the stretch's first repeat, if its scratch buffers may be shared, with
+    /// the canonical form of each of its repeats.
+    fn check(&self, stmts: &[Stmt], run: Run) -> Option<(Run, Vec<Canonical>)> {
         let repeat = |r: usize| &stmts[run.start + r * run.len..run.start + (r + 1) * run.len];
-        let forms: Vec<Canonical> = (0..run.count)
+        let mut forms: Vec<Canonical> = (0..run.count)
             .map(|r| canonical(self.p, repeat(r)))
             .collect();
         let mut base = 0;
@@ -445,11 +481,14 @@ impl Outliner<'_> {
                 return None;
             }
         }
-        Some(run)
+        forms.truncate(base + count);
+        forms.drain(..base);
+        Some((run, forms))
     }
 
-    /// The calls replacing `run` (and its function, added to the program's).
-    fn rewrite(&mut self, stmts: &[Stmt], run: Run) -> Vec<Stmt> {
+    /// The calls replacing `run` (and its function, added to the program's); `forms`: the
+    /// canonical form of each of its repeats.
+    fn rewrite(&mut self, stmts: &[Stmt], run: Run, forms: &[Canonical]) -> Vec<Stmt> {
         let func = FuncId(self.functions.len() as u32);
         let repeat = |r: usize| &stmts[run.start + r * run.len..run.start + (r + 1) * run.len];
         let globals = |c: &Canonical| -> Vec<BufId> {
@@ -460,16 +499,16 @@ impl Outliner<'_> {
                 .map(|(b, _)| *b)
                 .collect()
         };
-        let first = canonical(self.p, repeat(0));
         self.functions.push(KernelFunction {
             name: format!("repeat{}", func.0),
-            params: globals(&first),
+            params: forms.first().map(globals).unwrap_or_default(),
             body: repeat(0).to_vec(),
         });
-        (0..run.count)
-            .map(|r| Stmt::Call {
+        forms
+            .iter()
+            .map(|form| Stmt::Call {
                 func,
-                args: globals(&canonical(self.p, repeat(r))),
+                args: globals(form),
             })
             .collect()
     }
