@@ -25,8 +25,8 @@ use inkwell::intrinsics::Intrinsic;
 use inkwell::module::Module;
 use inkwell::types::{BasicTypeEnum, FloatType, IntType};
 use inkwell::values::{
-    BasicMetadataValueEnum, BasicValueEnum, FastMathFlags, FloatValue, FunctionValue, IntValue,
-    PointerValue,
+    BasicMetadataValueEnum, BasicValue, BasicValueEnum, FastMathFlags, FloatValue, FunctionValue,
+    InstructionValue, IntValue, PointerValue,
 };
 use inkwell::{FloatPredicate, IntPredicate};
 use std::collections::HashMap;
@@ -87,6 +87,25 @@ pub(crate) struct Scope<'s, 'ctx> {
     pub bufs: &'s HashMap<BufId, PointerValue<'ctx>>,
     /// Loop variables in scope, innermost last (a later binding shadows an earlier one).
     pub vars: &'s [(VarId, IntValue<'ctx>)],
+    /// Told of every load made here (the CPU generator puts the loads of a vector loop's body
+    /// in its access group: `llvm/parallel_md.rs`).
+    pub on_access: Option<&'s dyn AccessHook<'ctx>>,
+}
+
+/// What a code generator does with every memory access an expression makes.
+pub(crate) trait AccessHook<'ctx> {
+    /// `inst` is a load or store just built.
+    fn access(&self, inst: InstructionValue<'ctx>);
+}
+
+impl<'ctx> Scope<'_, 'ctx> {
+    /// Reports the load `v` to [`Scope::on_access`].
+    fn accessed(&self, v: BasicValueEnum<'ctx>) -> BasicValueEnum<'ctx> {
+        if let (Some(hook), Some(inst)) = (self.on_access, v.as_instruction_value()) {
+            hook.access(inst);
+        }
+        v
+    }
 }
 
 /// The expression lowering of one module: element type, math library.
@@ -264,7 +283,9 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
     ) -> Result<IntValue<'ctx>, ExprError> {
         let top = bound.max(1) - 1;
         let ptr = self.element(s, buf, index)?;
-        let x = s.b.build_load(self.ft, ptr, "id")?.into_float_value();
+        let x = s
+            .accessed(s.b.build_load(self.ft, ptr, "id")?)
+            .into_float_value();
         let zero = self.fconst(0.0);
         let top_f = self.fconst(top as f64);
         let pos =
@@ -300,7 +321,8 @@ impl<'a, 'ctx> Lowering<'a, 'ctx> {
         Ok(match v {
             Value::Load { buf, index } => {
                 let ptr = self.element(s, *buf, index)?;
-                s.b.build_load(self.ft, ptr, "ld")?.into_float_value()
+                s.accessed(s.b.build_load(self.ft, ptr, "ld")?)
+                    .into_float_value()
             }
             Value::Const(x) => self.fconst(*x),
             Value::FromIndex(i) => {

@@ -6,7 +6,7 @@ mod native_common;
 
 use native_common::*;
 use std::time::Instant;
-use tttc_backends::llvm::{assembly, optimized_ir, LlvmJit};
+use tttc_backends::llvm::{assembly, optimized_ir, unoptimized_ir, LlvmJit};
 use tttc_ir::kernel::{KernelProgram, Schedule};
 use tttc_ir::DType;
 use tttc_runtime::Tensor;
@@ -15,6 +15,18 @@ use tttc_runtime::Tensor;
 /// (each element accumulates over `p` in order, like the reference), the `i` loop scheduled
 /// `sched`.
 fn matmul(m: usize, kk: usize, n: usize, dtype: DType, sched: Schedule) -> KernelProgram {
+    matmul_columns(m, kk, n, dtype, sched, Schedule::Serial)
+}
+
+/// [`matmul`] with the accumulating column loop scheduled `columns`.
+fn matmul_columns(
+    m: usize,
+    kk: usize,
+    n: usize,
+    dtype: DType,
+    sched: Schedule,
+    columns: Schedule,
+) -> KernelProgram {
     let mut g = Prog::new("matmul", dtype);
     let a = g.input("a", &[m, kk]);
     let b = g.input("b", &[kk, n]);
@@ -30,9 +42,10 @@ fn matmul(m: usize, kk: usize, n: usize, dtype: DType, sched: Schedule) -> Kerne
             serial(
                 p,
                 kk,
-                vec![serial(
+                vec![lp(
                     j2,
                     n,
+                    columns,
                     vec![store(
                         out,
                         cij(j2),
@@ -207,4 +220,49 @@ fn matmul_16x64x64_timing() {
          ({sink})",
         jit.compile_time()
     );
+}
+
+/// A `Vector(w)` loop's iterations are independent (the kernel IR's contract): its loads and
+/// stores carry an access group and its latch `llvm.loop.parallel_accesses` of it
+/// (`backends/src/llvm/parallel_md.rs`), and nothing else does; the hint changes no result
+/// (the column loop vectorized or serial, bit for bit the same products).
+#[test]
+fn vector_loops_carry_parallel_access_metadata() {
+    for dtype in [DType::F32, DType::F64] {
+        let vector = matmul_columns(16, 64, 64, dtype, Schedule::Serial, Schedule::Vector(16));
+        let serial = matmul(16, 64, 64, dtype, Schedule::Serial);
+        let ir = unoptimized_ir(&vector).expect("ir");
+        // The column loop's three loads (c, a, b) and its store.
+        assert_eq!(ir.matches("!llvm.access.group").count(), 4, "{ir}");
+        assert_eq!(ir.matches("llvm.loop.parallel_accesses").count(), 1, "{ir}");
+        assert!(ir.contains("!llvm.loop"), "{ir}");
+        let plain = unoptimized_ir(&serial).expect("ir");
+        assert!(
+            !plain.contains("llvm.access.group") && !plain.contains("parallel_accesses"),
+            "{plain}"
+        );
+        let a = rand_vec(16 * 64, 3, -1.0, 1.0);
+        let b = rand_vec(64 * 64, 4, -1.0, 1.0);
+        let tensor = |shape: [usize; 2], x: &[f64]| {
+            match dtype {
+                DType::F32 => {
+                    Tensor::from_f32(shape, x.iter().map(|&v| v as f32).collect::<Vec<_>>())
+                }
+                DType::F64 => Tensor::from_f64(shape, x.to_vec()),
+            }
+            .unwrap()
+        };
+        let ins = inputs(&[("a", tensor([16, 64], &a)), ("b", tensor([64, 64], &b))]);
+        let got = LlvmJit::compile(&vector)
+            .expect("compiles")
+            .run(&ins)
+            .expect("runs");
+        let want = LlvmJit::compile(&serial)
+            .expect("compiles")
+            .run(&ins)
+            .expect("runs");
+        let (got, want) = (got["c"].to_f64_vec(), want["c"].to_f64_vec());
+        assert!(got.iter().all(|x| x.is_finite()));
+        assert_eq!(got, want, "{dtype}: the vector loop changed the results");
+    }
 }

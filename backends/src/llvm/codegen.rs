@@ -40,9 +40,10 @@
 //! never depend on how iterations are split over threads. Without poison nothing is filled.
 
 use super::math::CpuMath;
+use super::parallel_md::ParallelLoops;
 use super::LlvmError;
 use crate::bounds::{buffers_used, cpu_schedule, loop_key, vars_used, Analysis, CpuSchedule};
-use crate::llvm_expr::{ExprError, Lowering, Scope};
+use crate::llvm_expr::{AccessHook, ExprError, Lowering, Scope};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::{Builder, BuilderError};
@@ -54,7 +55,7 @@ use inkwell::values::{
 };
 use inkwell::{AddressSpace, IntPredicate};
 use std::collections::HashMap;
-use tttc_ir::kernel::{BufId, Gemm, Index, KernelProgram, Stmt, Value, VarId};
+use tttc_ir::kernel::{BufId, Gemm, Index, KernelProgram, Schedule, Stmt, Value, VarId};
 
 /// Largest buffer put on the stack, in bytes.
 pub(crate) const MAX_ALLOCA_BYTES: u64 = 16 << 10;
@@ -125,6 +126,8 @@ struct Gen<'a, 'ctx> {
     funcs: Vec<(FunctionValue<'ctx>, Vec<BufId>)>,
     /// Whether fresh memory is filled with NaN ([`crate::poison`]).
     poison: bool,
+    /// The access group of the vector loops ([`ParallelLoops`]).
+    parallel: ParallelLoops<'ctx>,
 }
 
 /// State of the function being generated.
@@ -141,6 +144,9 @@ struct FnState<'ctx> {
     in_worker: bool,
     frame_bytes: u64,
     mallocs: Vec<PointerValue<'ctx>>,
+    /// Inside the body of a vector loop (its innermost loop): the group its loads and stores
+    /// go in ([`ParallelLoops`]).
+    parallel: Option<ParallelLoops<'ctx>>,
 }
 
 /// Builds the module for `p` with entry function `entry` into `module`.
@@ -183,6 +189,7 @@ pub(crate) fn build<'ctx>(
         gemms: 0,
         funcs: Vec::new(),
         poison: crate::poison::poison_enabled(),
+        parallel: ParallelLoops::new(ctx)?,
     };
     g.kernel_functions()?;
     let body = g.body_function()?;
@@ -222,6 +229,7 @@ impl<'ctx> Gen<'_, 'ctx> {
             in_worker,
             frame_bytes: 0,
             mallocs: Vec::new(),
+            parallel: None,
         }
     }
 
@@ -628,7 +636,10 @@ impl<'ctx> Gen<'_, 'ctx> {
                 Stmt::Store { buf, index, value } => {
                     let v = self.value(st, value)?;
                     let ptr = self.element(st, *buf, index)?;
-                    st.b.build_store(ptr, v)?;
+                    let store = st.b.build_store(ptr, v)?;
+                    if let Some(parallel) = &st.parallel {
+                        parallel.tag(store);
+                    }
                 }
                 Stmt::Loop { extent: 0, .. } | Stmt::Barrier => {}
                 Stmt::Gemm(g) => self.gemm(st, g)?,
@@ -693,9 +704,20 @@ impl<'ctx> Gen<'_, 'ctx> {
         let phi = st.b.build_phi(self.lower.i64t, &format!("i{}", var.0))?;
         let i = phi.as_basic_value().into_int_value();
         st.vars.push((var, i));
+        // A vector loop's own loads and stores go in the access group; a loop nested in one
+        // is not covered by its hint.
+        let vector = matches!(
+            s,
+            Stmt::Loop {
+                schedule: Schedule::Vector(_),
+                ..
+            }
+        );
+        let outer = std::mem::replace(&mut st.parallel, vector.then_some(self.parallel));
         let r = self
             .refresh_scratch(st, s)
             .and_then(|()| self.stmts(st, body));
+        st.parallel = outer;
         st.vars.pop();
         r?;
         let next =
@@ -705,7 +727,10 @@ impl<'ctx> Gen<'_, 'ctx> {
         let Some(latch) = st.b.get_insert_block() else {
             return internal("builder lost its block");
         };
-        st.b.build_conditional_branch(more, header, exit)?;
+        let branch = st.b.build_conditional_branch(more, header, exit)?;
+        if vector {
+            self.parallel.mark_loop(branch);
+        }
         phi.add_incoming(&[(&from, pre), (&next, latch)]);
         st.b.position_at_end(exit);
         Ok(())
@@ -906,6 +931,7 @@ impl<'ctx> FnState<'ctx> {
             b: &self.b,
             bufs: &self.bufs,
             vars: &self.vars,
+            on_access: self.parallel.as_ref().map(|p| p as &dyn AccessHook<'ctx>),
         }
     }
 }

@@ -65,6 +65,7 @@
 mod codegen;
 mod math;
 pub mod object;
+mod parallel_md;
 mod perf_map;
 mod runtime;
 pub mod split;

@@ -603,6 +603,7 @@ impl<'ctx> KernelFn<'ctx> {
             b: &self.b,
             bufs: &self.bufs,
             vars: &self.vars,
+            on_access: None,
         }
     }
 }

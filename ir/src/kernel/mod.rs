@@ -260,7 +260,9 @@ pub enum Schedule {
     Serial,
     /// Iterations spread over CPU threads (they must be independent).
     Parallel,
-    /// Vectorized by `width` lanes.
+    /// Vectorized by `width` lanes. Its iterations must be independent (no iteration reads or
+    /// writes an element another one writes): the LLVM backend tells LLVM so
+    /// (`llvm.loop.parallel_accesses`), so that it vectorizes without a dependence proof.
     Vector(u32),
     /// Unrolled by `factor`.
     Unroll(u32),
