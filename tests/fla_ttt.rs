@@ -16,8 +16,7 @@ use common::*;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tttc::runtime::Tensor;
-use tttc::stream::{split_chunks, Session};
-use tttc::{bind, Precision};
+use tttc::Precision;
 
 const PROGRAM: &str = "examples/fla_ttt_linear.ttt";
 
@@ -143,42 +142,24 @@ fn an_fla_session_saved_mid_mini_batch_resumes_on_every_backend() {
     let settings = tttc::Settings::default();
     let program = tttc::compile_file(&root().join(PROGRAM), Precision::F64, &settings).unwrap();
     let inputs = load(&file(stem, ".inputs.safetensors"));
-    let bound = bind(&program, &inputs, &settings, Precision::F64.elem()).unwrap();
-    let plan = tttc::stream::plan::plan(&program).unwrap();
-    let (tokens, weights): (BTreeMap<_, _>, BTreeMap<_, _>) = bound
-        .inputs
-        .into_iter()
-        .partition(|(k, _)| plan.token_inputs.contains_key(k));
-    assert!(
-        plan.token_inputs.contains_key("eta"),
-        "the per-token step sizes stream with the tokens"
-    );
+    let expected = load(&file(stem, ".expected_f64.safetensors"));
     // 21 tokens (position 5 of the second mini-batch), save, then 3, 12 (across the boundary
-    // into the remainder) and 4.
-    let chunks = split_chunks(&tokens, &plan.token_inputs, &[17, 4, 3, 12, 4]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    for backend in session_backends() {
-        let new_session = || {
-            Session::new(
-                backend,
-                program.clone(),
-                weights.clone(),
-                settings.clone(),
-                Precision::F64,
-            )
-            .unwrap()
-        };
-        let state = dir.path().join(format!("{}.state", backend.name()));
-        let last = assert_resumes_exactly(new_session, &chunks, &state, 21, backend.name());
-        // After the last chunk the final state is fla's.
-        let expected = load(&file(stem, ".expected_f64.safetensors"));
-        assert_tensor_close(
-            &format!("{} resumed: final h", backend.name()),
-            &last["h"],
-            &expected["h"],
-            1e-9,
-        );
-    }
+    // into the remainder) and 4; the per-token step sizes stream with the tokens.
+    check_resumed_sessions(
+        &program,
+        &inputs,
+        (&[17, 4, 3, 12, 4], 21),
+        ("", &["eta"]),
+        |what, last| {
+            // After the last chunk the final state is fla's.
+            assert_tensor_close(
+                &format!("{what} resumed: final h"),
+                &last["h"],
+                &expected["h"],
+                1e-9,
+            );
+        },
+    );
 }
 
 /// Gradients through per-token step sizes (issue 16 on the form of issue 21): the gradient

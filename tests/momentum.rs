@@ -18,7 +18,6 @@ use common::*;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tttc::runtime::Tensor;
-use tttc::stream::{split_chunks, Session};
 use tttc::{bind, Precision};
 
 /// (program, vector set).
@@ -158,43 +157,25 @@ fn a_momentum_session_saved_mid_mini_batch_resumes_on_every_backend() {
         let program =
             tttc::compile_file(&root().join(program_path), Precision::F64, &settings).unwrap();
         let inputs = load(&file(stem, ".inputs.safetensors"));
-        let bound = bind(&program, &inputs, &settings, Precision::F64.elem()).unwrap();
-        let plan = tttc::stream::plan::plan(&program).unwrap();
-        let (tokens, weights): (BTreeMap<_, _>, BTreeMap<_, _>) = bound
-            .inputs
-            .into_iter()
-            .partition(|(k, _)| plan.token_inputs.contains_key(k));
-        for name in ["lr", "momentum", "decay"] {
-            assert!(plan.token_inputs.contains_key(name), "{name} streams");
-        }
+        let expected = load(&file(stem, ".expected.safetensors"));
         // 21 tokens (position 5 of the second mini-batch), save, then 3, 9 (across the
         // boundary into the remainder) and 4.
-        let chunks = split_chunks(&tokens, &plan.token_inputs, &[17, 4, 3, 9, 4]).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        for backend in session_backends() {
-            let new_session = || {
-                Session::new(
-                    backend,
-                    program.clone(),
-                    weights.clone(),
-                    settings.clone(),
-                    Precision::F64,
-                )
-                .unwrap()
-            };
-            let what = format!("{stem} {}", backend.name());
-            let state = dir.path().join(format!("{}.state", backend.name()));
-            let last = assert_resumes_exactly(new_session, &chunks, &state, 21, &what);
-            let expected = load(&file(stem, ".expected.safetensors"));
-            for name in ["W1_last", "W1_momentum"] {
-                assert_tensor_close(
-                    &format!("{what} resumed: final {name}"),
-                    &last[name],
-                    &expected[name],
-                    1e-9,
-                );
-            }
-        }
+        check_resumed_sessions(
+            &program,
+            &inputs,
+            (&[17, 4, 3, 9, 4], 21),
+            (stem, &["lr", "momentum", "decay"]),
+            |what, last| {
+                for name in ["W1_last", "W1_momentum"] {
+                    assert_tensor_close(
+                        &format!("{what} resumed: final {name}"),
+                        &last[name],
+                        &expected[name],
+                        1e-9,
+                    );
+                }
+            },
+        );
     }
 }
 

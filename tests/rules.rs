@@ -19,8 +19,7 @@ use common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tttc::runtime::Tensor;
-use tttc::stream::{split_chunks, Session};
-use tttc::{bind, Precision};
+use tttc::Precision;
 
 const PROGRAM: &str = "examples/momentum_weight_decay.ttt";
 const STEM: &str = "momentum_weight_decay_B1_H2_L37_f8_K16";
@@ -120,39 +119,24 @@ fn a_rule_session_saved_mid_mini_batch_resumes_on_every_backend() {
     let settings = tttc::Settings::default();
     let program = tttc::compile_file(&root().join(PROGRAM), Precision::F64, &settings).unwrap();
     let inputs = load(&file("rules", STEM, ".inputs.safetensors"));
-    let bound = bind(&program, &inputs, &settings, Precision::F64.elem()).unwrap();
-    let plan = tttc::stream::plan::plan(&program).unwrap();
-    let (tokens, weights): (BTreeMap<_, _>, BTreeMap<_, _>) = bound
-        .inputs
-        .into_iter()
-        .partition(|(k, _)| plan.token_inputs.contains_key(k));
+    let expected = load(&file("rules", STEM, ".expected.safetensors"));
     // 21 tokens (position 5 of the second mini-batch), save, then across the boundary.
-    let chunks = split_chunks(&tokens, &plan.token_inputs, &[17, 4, 3, 9, 4]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    for backend in session_backends() {
-        let new_session = || {
-            Session::new(
-                backend,
-                program.clone(),
-                weights.clone(),
-                settings.clone(),
-                Precision::F64,
-            )
-            .unwrap()
-        };
-        let what = backend.name();
-        let state = dir.path().join(format!("{what}.state"));
-        let last = assert_resumes_exactly(new_session, &chunks, &state, 21, what);
-        let expected = load(&file("rules", STEM, ".expected.safetensors"));
-        for name in ["W1_last", "W1_S", "b1_S"] {
-            assert_tensor_close(
-                &format!("{what} resumed: final {name}"),
-                &last[name],
-                &expected[name],
-                1e-9,
-            );
-        }
-    }
+    check_resumed_sessions(
+        &program,
+        &inputs,
+        (&[17, 4, 3, 9, 4], 21),
+        ("", &[]),
+        |what, last| {
+            for name in ["W1_last", "W1_S", "b1_S"] {
+                assert_tensor_close(
+                    &format!("{what} resumed: final {name}"),
+                    &last[name],
+                    &expected[name],
+                    1e-9,
+                );
+            }
+        },
+    );
 }
 
 /// `momentum_gd` written as a rule (`examples/momentum_linear.ttt` with its `update` replaced)
@@ -518,36 +502,22 @@ fn flipped_gd_matches_minibatch_gd(
     assert_gradients_match_finite_differences(&derived, &inputs, 29);
 
     // Saved at token 21 (position 5 of the second mini-batch), resumed across the boundary.
-    let bound = bind(&program, &inputs, &settings, Precision::F64.elem()).unwrap();
-    let plan = tttc::stream::plan::plan(&program).unwrap();
-    let (tokens, weights): (BTreeMap<_, _>, BTreeMap<_, _>) = bound
-        .inputs
-        .into_iter()
-        .partition(|(k, _)| plan.token_inputs.contains_key(k));
-    let chunks = split_chunks(&tokens, &plan.token_inputs, &[17, 4, 3, 9, 4]).unwrap();
-    for backend in session_backends() {
-        let new_session = || {
-            Session::new(
-                backend,
-                program.clone(),
-                weights.clone(),
-                settings.clone(),
-                Precision::F64,
-            )
-            .unwrap()
-        };
-        let how = what(backend.name().to_string());
-        let state = dir.path().join(format!("{}.state", backend.name()));
-        let last = assert_resumes_exactly(new_session, &chunks, &state, 21, &how);
-        for name in ["W1_last", "b1_last"] {
-            assert_tensor_close(
-                &format!("{how} resumed: final {name}"),
-                &last[name],
-                &expected[name],
-                1e-10,
-            );
-        }
-    }
+    check_resumed_sessions(
+        &program,
+        &inputs,
+        (&[17, 4, 3, 9, 4], 21),
+        (&what(String::new()), &[]),
+        |how, last| {
+            for name in ["W1_last", "b1_last"] {
+                assert_tensor_close(
+                    &format!("{how} resumed: final {name}"),
+                    &last[name],
+                    &expected[name],
+                    1e-10,
+                );
+            }
+        },
+    );
 }
 
 /// The prelude's `minibatch_gd` is a rule; one of its literal form under other names builds

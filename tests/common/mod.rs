@@ -145,6 +145,50 @@ pub fn assert_resumes_exactly(
     last
 }
 
+/// `program` (f64, default settings) streamed on every session backend: `inputs` bound, the
+/// token inputs (which must include `streamed`) cut into chunks of `sizes`, saved after the first
+/// two chunks and resumed in a fresh session that must stand at `resume_at` tokens and then
+/// match the uninterrupted one bit for bit ([`assert_resumes_exactly`]). `check(what, last)`
+/// gets a label (`label` and the backend's name) and the resumed session's outputs of the last
+/// chunk.
+pub fn check_resumed_sessions(
+    program: &tttc::ir::Program,
+    inputs: &BTreeMap<String, Tensor>,
+    (sizes, resume_at): (&[usize], usize),
+    (label, streamed): (&str, &[&str]),
+    check: impl Fn(&str, &BTreeMap<String, Tensor>),
+) {
+    let settings = tttc::Settings::default();
+    let precision = tttc::Precision::F64;
+    let bound = tttc::bind(program, inputs, &settings, precision.elem()).expect("bind");
+    let plan = tttc::stream::plan::plan(program).expect("plan");
+    for name in streamed {
+        assert!(plan.token_inputs.contains_key(*name), "`{name}` streams");
+    }
+    let (tokens, weights): (BTreeMap<_, _>, BTreeMap<_, _>) = bound
+        .inputs
+        .into_iter()
+        .partition(|(k, _)| plan.token_inputs.contains_key(k));
+    let chunks = tttc::stream::split_chunks(&tokens, &plan.token_inputs, sizes).expect("chunks");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for backend in session_backends() {
+        let new_session = || {
+            tttc::stream::Session::new(
+                backend,
+                program.clone(),
+                weights.clone(),
+                settings.clone(),
+                precision,
+            )
+            .expect("session")
+        };
+        let what = format!("{label} {}", backend.name()).trim().to_string();
+        let state = dir.path().join(format!("{}.state", backend.name()));
+        let last = assert_resumes_exactly(new_session, &chunks, &state, resume_at, &what);
+        check(&what, &last);
+    }
+}
+
 /// The built backends that run streaming sessions in process ([`backends`] without `ptx`).
 pub fn session_backends() -> Vec<tttc::Backend> {
     backends()

@@ -70,11 +70,7 @@ pub(super) fn derive_rule(decl: &RuleDecl, src: usize) -> Result<LinearRule, Dia
     }
     let n = entries.len();
     // Linear forms are over x_{t−1} (n entries) and grad (entry n).
-    let unit = |i: usize| {
-        let mut v = vec![Poly::zero(); n + 1];
-        v[i] = Poly::constant(1.0);
-        v
-    };
+    let unit = |i: usize| unit_form(n, i);
     let mut current: Vec<Vec<Poly>> = (0..n).map(unit).collect();
     let mut read: Option<Vec<Poly>> = None;
     let mut assigned = vec![false; n];
@@ -108,16 +104,10 @@ pub(super) fn derive_rule(decl: &RuleDecl, src: usize) -> Result<LinearRule, Dia
                     ));
                 };
                 let rows = end.get_or_insert_with(|| (0..n).map(unit).collect());
-                let names = |name: &str| -> Option<RVal> {
-                    if name == "grad" {
-                        return Some(RVal::Linear(unit(n)));
-                    }
-                    entries
-                        .iter()
-                        .position(|x| x == name)
-                        .map(|j| RVal::Linear(rows[j].clone()))
+                let v = {
+                    let names = names_as(&entries, |j| rows[j].clone());
+                    eval(e, rule, &coefficients, &names, src)?
                 };
-                let v = eval(e, rule, &coefficients, &names, src)?;
                 assigned[i] = true;
                 rows[i] = match v {
                     RVal::Linear(v) if !v[n].is_zero() => {
@@ -151,16 +141,10 @@ pub(super) fn derive_rule(decl: &RuleDecl, src: usize) -> Result<LinearRule, Dia
                         &target.span,
                     ));
                 };
-                let names = |name: &str| -> Option<RVal> {
-                    if name == "grad" {
-                        return Some(RVal::Linear(unit(n)));
-                    }
-                    entries
-                        .iter()
-                        .position(|x| x == name)
-                        .map(|j| RVal::Linear(current[j].clone()))
+                let v = {
+                    let names = names_as(&entries, |j| current[j].clone());
+                    eval(e, rule, &coefficients, &names, src)?
                 };
-                let v = eval(e, rule, &coefficients, &names, src)?;
                 current[i] = match v {
                     RVal::Linear(v) => v,
                     RVal::Scalar(p) if p.is_zero() => vec![Poly::zero(); n + 1],
@@ -181,15 +165,7 @@ pub(super) fn derive_rule(decl: &RuleDecl, src: usize) -> Result<LinearRule, Dia
                     return Err(err(format!("rule `{rule}` has two `read`s"), span));
                 }
                 // The read is over x_t: the entries' new values.
-                let names = |name: &str| -> Option<RVal> {
-                    if name == "grad" {
-                        return Some(RVal::Linear(unit(n)));
-                    }
-                    entries
-                        .iter()
-                        .position(|x| x == name)
-                        .map(|j| RVal::Linear(unit(j)))
-                };
+                let names = names_as(&entries, unit);
                 let v = eval(e, rule, &coefficients, &names, src)?;
                 let RVal::Linear(v) = v else {
                     return Err(err(
@@ -242,6 +218,32 @@ pub(super) fn derive_rule(decl: &RuleDecl, src: usize) -> Result<LinearRule, Dia
     };
     out.check().map_err(|m| err(m, &decl.span))?;
     Ok(out)
+}
+
+/// The linear form of entry `i` over the rule's `n` vector entries and `grad` (entry `n`).
+fn unit_form(n: usize, i: usize) -> Vec<Poly> {
+    let mut v = vec![Poly::zero(); n + 1];
+    v[i] = Poly::constant(1.0);
+    v
+}
+
+/// Resolves the names a rule expression may use besides coefficients: `grad` (its own entry,
+/// the last of a linear form) and the vector's `entries` (`state`, the carries), entry `j` as
+/// `value(j)` — their values at that point of the statements.
+fn names_as<'a>(
+    entries: &'a [String],
+    value: impl Fn(usize) -> Vec<Poly> + 'a,
+) -> impl Fn(&str) -> Option<RVal> + 'a {
+    let n = entries.len();
+    move |name| {
+        if name == "grad" {
+            return Some(RVal::Linear(unit_form(n, n)));
+        }
+        entries
+            .iter()
+            .position(|x| x == name)
+            .map(|j| RVal::Linear(value(j)))
+    }
 }
 
 /// Evaluates a rule expression; `names` resolves `state`, carries and `grad`.
