@@ -7,7 +7,10 @@
 //! 100 cases (tiny widths, L ≤ 10: about a second each in a debug build is the budget).
 //! Tolerance `|ad − fd| ≤ 1e-6 · max(|fd|, Σ|∂ᵢ vᵢ|) + 1e-8 (1 + |f|)`, with `fd` the Richardson
 //! extrapolation of central differences at h = 1e-5 and h/2: its truncation error is O(h⁴)
-//! and its rounding noise ~1e-11 |f|; a wrong
+//! and its rounding noise ~1e-11 |f| — where the two central differences disagree by more
+//! than 1e-4 (a LayerNorm of three nearly equal features: the saved regression case, whose
+//! differences at 1e-5 were 20% off), at steps a quarter as long, down to h/256
+//! (common/finite_diff.rs); a wrong
 //! derivative rule or a wrong backward scan is off by O(0.1..1). Relu's kinks are met with
 //! probability ~1e-5 per case at that step. Models with a LayerNorm over 2 features are left
 //! out: it is nearly a sign function, and finite differences were off by 2e-5 relative there.
