@@ -179,8 +179,8 @@ pub enum UpdateRule {
     /// per state, carried as an extra scan state.
     MomentumGd,
     /// A rule written in the language ([`LinearRule`]): its carry as an extra scan state per
-    /// state, laid out as `momentum_gd`'s (one carry; three per-token coefficient operands, the
-    /// ones the rule does not use zero).
+    /// state, laid out as `momentum_gd`'s (one carry; three coefficient operands, the ones the
+    /// rule does not use zero; all per token but the first, which may be per position).
     Linear(Box<LinearRule>),
 }
 

@@ -292,17 +292,15 @@ pub(super) fn lower_ttt(
     let mut recognized: Option<(Vec<&str>, String)> = None;
     let other = ttt.rule.name.as_str();
     let (rule, arg_names): (UpdateRule, Vec<&str>) = match ctx.rules.get(other) {
-        Some((r, _)) if minibatch_structure(r).is_some() => {
+        Some((r, _)) => {
             let mut names = vec!["size"];
             names.extend(r.coefficients.iter().map(String::as_str));
+            let c = |i: usize| r.coefficients[i].as_str();
             if let Some([e, l]) = minibatch_structure(r) {
-                let c = |i: usize| r.coefficients[i].as_str();
+                // `minibatch_gd`'s recurrence: the built-in mini-batch GD.
                 recognized = Some((vec![c(e), c(l)], r.carries[0].clone()));
-            }
-            (UpdateRule::MinibatchGd, names)
-        }
-        Some((r, _)) => {
-            if r.carries.len() != 1 || r.coefficients.len() > 3 {
+                (UpdateRule::MinibatchGd, names)
+            } else if r.carries.len() != 1 || r.coefficients.len() > 3 {
                 return Err(diag(
                     src,
                     format!(
@@ -313,18 +311,13 @@ pub(super) fn lower_ttt(
                     ),
                     ttt.rule.span.clone(),
                 ));
-            }
-            let mut names = vec!["size"];
-            names.extend(r.coefficients.iter().map(String::as_str));
-            match momentum_structure(r) {
+            } else if let Some([l, m, d]) = momentum_structure(r) {
                 // `momentum_gd`'s recurrence: its hand-built chunked form (the derived one
                 // costs a little more, docs/language.md), the same graph.
-                Some([l, m, d]) => {
-                    let c = |i: usize| r.coefficients[i].as_str();
-                    recognized = Some((vec![c(m), c(l), c(d)], r.carries[0].clone()));
-                    (UpdateRule::MomentumGd, names)
-                }
-                None => (UpdateRule::Linear(Box::new(r.clone())), names),
+                recognized = Some((vec![c(m), c(l), c(d)], r.carries[0].clone()));
+                (UpdateRule::MomentumGd, names)
+            } else {
+                (UpdateRule::Linear(Box::new(r.clone())), names)
             }
         }
         None => {
