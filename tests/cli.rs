@@ -77,6 +77,7 @@ fn inspect_every_stage() {
             "cpu_parallel",
             "register_tile",
             "reduce_jam",
+            "vector_loops",
             "outline",
             "memory_plan",
             "gpu_schedule",

@@ -31,6 +31,7 @@ pub mod register_tile;
 pub mod residuals;
 pub mod rewrite;
 pub mod token_step;
+pub mod vector_loops;
 
 use tttc_ir::verify::VerifyError;
 use tttc_ir::Program;

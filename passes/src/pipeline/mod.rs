@@ -12,6 +12,7 @@
 //! | `lower_kernel` | graph → kernel IR | loops over buffers; decides fusion (what is inlined) |
 //! | `register_tile` | kernel IR → kernel IR | CPU targets only: small matrix products → register tiles |
 //! | `reduce_jam` | kernel IR → kernel IR | CPU targets only: row reductions → rows jammed into one loop |
+//! | `vector_loops` | kernel IR → kernel IR | CPU targets only: independent innermost loops → vector schedule |
 //! | `outline` | kernel IR → kernel IR | CPU targets only: repeated layers → one function, calls |
 //! | `memory_plan` | kernel IR → kernel IR | CPU targets only: global temporaries → offsets in one arena |
 //! | `gpu_schedule` | kernel IR → kernel IR | GPU targets only: blocks, threads, shared memory |
@@ -247,6 +248,7 @@ pub fn kernel_stage_settings() -> String {
         crate::memory_plan::DISABLE_ENV,
         crate::register_tile::DISABLE_ENV,
         crate::reduce_jam::DISABLE_ENV,
+        crate::vector_loops::DISABLE_ENV,
     ]
     .iter()
     .map(|name| format!("{name}={:?}\n", std::env::var_os(name)))
@@ -350,6 +352,10 @@ impl Pipeline {
                 stages.push(Stage::kernel(
                     Box::new(crate::reduce_jam::ReduceJam::from_env()),
                     "CPU targets: row reductions → tiles of rows whose accumulations are jammed into one loop, independent chains side by side (off with TTTC_NO_REDUCE_JAM=1)",
+                ));
+                stages.push(Stage::kernel(
+                    Box::new(crate::vector_loops::VectorLoops::from_env()),
+                    "CPU targets: innermost loops whose iterations touch distinct elements → vector schedule, their independence stated to the code generator (off with TTTC_NO_VECTOR_LOOPS=1)",
                 ));
                 stages.push(Stage::kernel(
                     Box::new(crate::outline::Outline::from_env()),

@@ -182,8 +182,9 @@ fn dump_writes_one_numbered_file_per_stage() {
             "06-cpu_parallel.txt",
             "07-register_tile.txt",
             "08-reduce_jam.txt",
-            "09-outline.txt",
-            "10-memory_plan.txt"
+            "09-vector_loops.txt",
+            "10-outline.txt",
+            "11-memory_plan.txt"
         ]
     );
     let kernel_text = std::fs::read_to_string(&dump.written()[4]).expect("written");

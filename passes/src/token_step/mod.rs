@@ -28,7 +28,14 @@
 //!
 //! and closing a mini-batch is `θ0 ← partial`.
 
+mod factored;
+mod invariants;
+
+pub use factored::{choose_forms, state_bytes, DecodeState, StateForm};
+pub use invariants::{hoist_invariants, invariant_name};
+
 use crate::batch::{batch_graph, batch_outputs, BatchError};
+use factored::{outer_factors, OuterFactors};
 use tttc_ir::{BinaryOp, Dim, Graph, GraphError, NodeId, Op, Shape, TensorType, TttScan};
 
 /// Why a token-step graph could not be built.
@@ -53,6 +60,15 @@ pub enum TokenStepError {
         /// What went wrong.
         #[source]
         source: BatchError,
+    },
+    /// The dual-form rewrite of a factored step failed.
+    #[error("inner model `{model}`, rewriting the factored token step: {source}")]
+    Rewrite {
+        /// The inner model.
+        model: String,
+        /// What went wrong.
+        #[source]
+        source: crate::rewrite::RewriteError,
     },
     /// Building a node failed (a compiler bug).
     #[error("inner model `{model}`, building the token step: {source}")]
@@ -95,6 +111,27 @@ pub mod names {
     pub const DECAY: &str = "decay";
     /// The token's output: `[n, 1, rest...]`.
     pub const Z: &str = "z";
+    /// The left factors of state `s`'s gradients so far, factored form, one column per token
+    /// (`Uᵀ`, so that a token's `x Uᵀ` reads rows): `[n, m, K]`.
+    pub fn factor_u(state: &str) -> String {
+        format!("factor_u.{state}")
+    }
+    /// The right factors (scaled by their tokens' `lr`) so far, factored form: `[n, K, n']`.
+    pub fn factor_d(state: &str) -> String {
+        format!("factor_d.{state}")
+    }
+    /// The token's left factor (an output, factored form): `[n, 1, m]`.
+    pub fn row_u(state: &str) -> String {
+        format!("row_u.{state}")
+    }
+    /// The token's right factor times its `lr` (an output, factored form): `[n, 1, n']`.
+    pub fn row_d(state: &str) -> String {
+        format!("row_d.{state}")
+    }
+    /// `Uᵀ D` of state `s`, the output of [`super::factor_sum_graph`]: `[n, m, n']`.
+    pub fn sum(state: &str) -> String {
+        format!("sum.{state}")
+    }
 }
 
 /// `Σ terms`, or `0 · like` when there is none.
@@ -115,12 +152,62 @@ fn sum_nodes(
     Ok(sum)
 }
 
+/// A `[1, k]` row of ones.
+fn ones(g: &mut Graph, k: usize, dtype: tttc_ir::DType) -> Result<NodeId, GraphError> {
+    let one = g.add_const(1.0, dtype);
+    let one = g.add(
+        Op::Reshape {
+            shape: Shape::known(&[1, 1]),
+        },
+        &[one],
+    )?;
+    g.add(
+        Op::Expand {
+            shape: Shape::known(&[1, k]),
+        },
+        &[one],
+    )
+}
+
+/// `x` with a leading axis of extent 1.
+fn with_leading_one(g: &mut Graph, x: NodeId) -> Result<NodeId, GraphError> {
+    let mut dims = vec![Dim::Known(1)];
+    dims.extend(
+        g.tensor_type(x)
+            .map(|t| t.shape.0.clone())
+            .unwrap_or_default(),
+    );
+    g.add(Op::Reshape { shape: Shape(dims) }, &[x])
+}
+
+/// `x [1, rest...]` as `[rest...]`.
+fn drop_leading_one(g: &mut Graph, x: NodeId) -> Result<NodeId, GraphError> {
+    let dims = g
+        .tensor_type(x)
+        .map(|t| t.shape.0.iter().skip(1).cloned().collect())
+        .unwrap_or_default();
+    g.add(Op::Reshape { shape: Shape(dims) }, &[x])
+}
+
 /// Builds the token step of `scan` (its graphs already specialized to concrete dimensions)
 /// batched over `n` slices. Inputs, in order: `theta.<s>` for every state, `partial.<s>` for
 /// every state, `param.<i>`, `loss.<i>`, `out.<i>`, `lr`, `eta`, and `decay` under
 /// `momentum_gd` (see [`names`]); outputs `z`, then `partial.<s>` (the updated sums, or the
 /// current values under `momentum_gd`) for every state.
 pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepError> {
+    token_step_graph_with(scan, n, &[])
+}
+
+/// [`token_step_graph`] with the form of every model state's partial sum (`forms[i]` for
+/// [`TttScan::model_states`]' `i`; missing entries are dense; see [`choose_forms`]). A
+/// [`StateForm::Factored`] state takes `factor_u.<s>` `[n, m, K]` and `factor_d.<s>` `[n, K, n']`
+/// in place of `partial.<s>` and gives `row_u.<s>` `[n, 1, m]` and `row_d.<s>` `[n, 1, n']` in
+/// place of its updated sum (the module [`factored`]'s doc says how the token reads them).
+pub fn token_step_graph_with(
+    scan: &TttScan,
+    n: usize,
+    forms: &[StateForm],
+) -> Result<Graph, TokenStepError> {
     let model = scan.model.clone();
     let malformed = |message: String| TokenStepError::Malformed {
         model: model.clone(),
@@ -158,11 +245,30 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
             .ok_or_else(|| malformed(format!("inner graph input #{i} is not a tensor")))
     };
     let dtype = input_type(grad, 0)?.dtype;
+    let form = |i: usize| forms.get(i).copied().unwrap_or(StateForm::Dense);
+    let any_factored = (0..ns).any(|i| form(i) == StateForm::Factored);
+    if any_factored && (momentum || scan.rule.linear().is_some()) {
+        return Err(malformed(
+            "only minibatch_gd carries a mini-batch in factored form".into(),
+        ));
+    }
+    // Where each factored state's gradient factors are (checked before anything is built).
+    let mut factor_sites: Vec<Option<OuterFactors>> = vec![None; ns];
+    for (i, s) in scan.model_states().iter().enumerate() {
+        if form(i) == StateForm::Factored {
+            factor_sites[i] = Some(outer_factors(grad, s).ok_or_else(|| {
+                malformed(format!("the gradient of `{s}` is not an outer product"))
+            })?);
+        }
+    }
+    let k = scan.mini_batch.known();
 
     // One slice.
     let mut one = Graph::new();
     let mut theta = Vec::with_capacity(ns);
     let mut partial = Vec::with_capacity(ns);
+    // The factored rows so far, `(U [K, m], D [K, n])`, of each factored state.
+    let mut factor_rows: Vec<Option<(NodeId, NodeId)>> = vec![None; ns];
     // Every state of the scan (under momentum_gd the carries too, of their state's type).
     for (i, s) in scan.states.iter().enumerate() {
         theta.push(
@@ -171,10 +277,28 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
         );
     }
     for (i, s) in scan.states.iter().enumerate() {
-        partial.push(
-            one.add_input(&names::partial(s), input_type(grad, i % ns.max(1))?)
-                .map_err(ir)?,
-        );
+        let ty = input_type(grad, i % ns.max(1))?;
+        if i < ns && form(i) == StateForm::Factored {
+            let (Some(k), [m, n]) = (k, ty.shape.0.as_slice()) else {
+                return Err(malformed(format!(
+                    "a factored state `{s}` needs a known mini-batch size and two axes"
+                )));
+            };
+            let matrix =
+                |a: &Dim, b: &Dim| TensorType::new(dtype, Shape(vec![a.clone(), b.clone()]));
+            let ut = one
+                .add_input(&names::factor_u(s), matrix(m, &Dim::Known(k)))
+                .map_err(ir)?;
+            let d = one
+                .add_input(&names::factor_d(s), matrix(&Dim::Known(k), n))
+                .map_err(ir)?;
+            let u = one.add(Op::Transpose, &[ut]).map_err(ir)?;
+            factor_rows[i] = Some((u, d));
+            // Never read: a factored state has no dense sum.
+            partial.push(u);
+            continue;
+        }
+        partial.push(one.add_input(&names::partial(s), ty).map_err(ir)?);
     }
     let mut params = Vec::with_capacity(np);
     for i in 0..np {
@@ -265,8 +389,41 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
     grad_inputs.extend(&params);
     grad_inputs.extend(&loss_args);
     let flags = vec![false; grad_inputs.len()];
+    // A factored state's factors become outputs of the gradient graph (a column read as a row).
+    let mut grad_src = grad.clone();
+    for (s, site) in scan.model_states().iter().zip(&factor_sites) {
+        let Some(site) = site else { continue };
+        let u = if site.column {
+            let m = grad_src
+                .tensor_type(site.u)
+                .and_then(|t| t.shape.0.first().cloned())
+                .ok_or_else(|| malformed(format!("the factor of `{s}` has no shape")))?;
+            grad_src
+                .add(
+                    Op::Reshape {
+                        shape: Shape(vec![Dim::Known(1), m]),
+                    },
+                    &[site.u],
+                )
+                .map_err(ir)?
+        } else {
+            site.u
+        };
+        grad_src.add_output(&names::row_u(s), u);
+        grad_src.add_output(&names::row_d(s), site.d);
+    }
     let grads =
-        batch_outputs(grad, &flags, &Dim::Known(1), &mut one, &grad_inputs).map_err(batch)?;
+        batch_outputs(&grad_src, &flags, &Dim::Known(1), &mut one, &grad_inputs).map_err(batch)?;
+    let grad_node = |name: &str| -> Result<NodeId, TokenStepError> {
+        grad_src
+            .outputs()
+            .iter()
+            .position(|o| o.name == name)
+            .map(|p| grads[p].node)
+            .ok_or_else(|| malformed(format!("the gradient graph has no `{name}`")))
+    };
+    // The rows a factored state's token hands back: (u, lr · d).
+    let mut new_rows: Vec<Option<(NodeId, NodeId)>> = vec![None; ns];
     let mul =
         |g: &mut Graph, a: NodeId, b: NodeId| g.add(Op::Binary { fun: BinaryOp::Mul }, &[a, b]);
     let mut next_partial = Vec::with_capacity(ns);
@@ -314,6 +471,30 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
             theta_p.push(read);
             continue;
         }
+        if let (Some((u_rows, d_rows)), Some(k)) = (factor_rows[i], k) {
+            // θ_p = θ0 − eta (Σ_{j<p} u_jᵀ D_j + u_pᵀ (lr d_p)), as mixed outer products the
+            // dual-form rewrite multiplies out (see `factored`).
+            let u = grad_node(&names::row_u(s))?;
+            let d = grad_node(&names::row_d(s))?;
+            let d = mul(&mut one, lr, d).map_err(ir)?;
+            let ones_k = ones(&mut one, k, dtype).map_err(ir)?;
+            let ones_1 = ones(&mut one, 1, dtype).map_err(ir)?;
+            let earlier = one
+                .add(Op::MixOuter, &[ones_k, u_rows, d_rows])
+                .map_err(ir)?;
+            let this = one.add(Op::MixOuter, &[ones_1, u, d]).map_err(ir)?;
+            let sum = one
+                .add(Op::Binary { fun: BinaryOp::Add }, &[earlier, this])
+                .map_err(ir)?;
+            let step = mul(&mut one, eta, sum).map_err(ir)?;
+            let weights = one
+                .add(Op::Binary { fun: BinaryOp::Sub }, &[theta[i], step])
+                .map_err(ir)?;
+            new_rows[i] = Some((u, d));
+            next_partial.push(u);
+            theta_p.push(weights);
+            continue;
+        }
         let scaled = mul(&mut one, lr, g).map_err(ir)?;
         if let Some(keep) = keep {
             // S' = η S − ρ g, W' = (1 − α) W + S' on the current values.
@@ -338,28 +519,63 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
             .add(Op::Binary { fun: BinaryOp::Add }, &[partial[i], scaled])
             .map_err(ir)?;
         let step = mul(&mut one, eta, sum).map_err(ir)?;
-        let weights = one
+        let mut weights = one
             .add(Op::Binary { fun: BinaryOp::Sub }, &[theta[i], step])
             .map_err(ir)?;
+        if any_factored {
+            // The output graph runs on a block of one token (below).
+            weights = with_leading_one(&mut one, weights).map_err(ir)?;
+        }
         next_partial.push(sum);
         theta_p.push(weights);
     }
 
-    // z = out(θ_p; token).
+    // z = out(θ_p; token). With a factored state, on a block of one token, the form the
+    // dual-form rules know (the per-token weights `[1, state...]`), then rewritten by them.
     let mut out_inputs = theta_p;
     out_inputs.extend(&params);
-    out_inputs.extend(&out_args);
-    let flags = vec![false; out_inputs.len()];
+    let mut flags = vec![any_factored; ns];
+    flags.resize(ns + np, false);
+    for &a in &out_args {
+        out_inputs.push(if any_factored {
+            with_leading_one(&mut one, a).map_err(ir)?
+        } else {
+            a
+        });
+        flags.push(any_factored);
+    }
     let outs =
         batch_outputs(&scan.out, &flags, &Dim::Known(1), &mut one, &out_inputs).map_err(batch)?;
-    let z = outs
+    let out = outs
         .first()
-        .ok_or_else(|| malformed("the output graph has no output".into()))?
-        .node;
+        .ok_or_else(|| malformed("the output graph has no output".into()))?;
+    let z = if out.batched {
+        drop_leading_one(&mut one, out.node).map_err(ir)?
+    } else {
+        out.node
+    };
     one.add_output(names::Z, z);
     next_partial.extend(next_carry);
-    for (s, &p) in scan.states.iter().zip(&next_partial) {
-        one.add_output(&names::partial(s), p);
+    for (i, (s, &p)) in scan.states.iter().zip(&next_partial).enumerate() {
+        match new_rows.get(i).copied().flatten() {
+            Some((u, d)) => {
+                one.add_output(&names::row_u(s), u);
+                one.add_output(&names::row_d(s), d);
+            }
+            None => one.add_output(&names::partial(s), p),
+        }
+    }
+    if any_factored {
+        one = crate::rewrite::dual_form_graph(
+            &one,
+            &crate::rewrite::RewriteConfig::default(),
+            &format!("{model}/token_step"),
+        )
+        .map_err(|source| TokenStepError::Rewrite {
+            model: model.clone(),
+            source,
+        })?
+        .0;
     }
 
     // Batched over the slices.
@@ -382,4 +598,63 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
         all.add_output(&o.name, node);
     }
     Ok(all)
+}
+
+/// The gradient sums of the factored states of `scan` from their rows, batched over `n`
+/// slices: inputs `factor_u.<s>` `[n, m, K]` and `factor_d.<s>` `[n, K, n']`, outputs
+/// `sum.<s>` `= Uᵀ D` `[n, m, n']`, for every state `forms` marks [`StateForm::Factored`] (in
+/// [`TttScan::model_states`]' order). What closing a mini-batch (`θ0 − η_last Uᵀ D`) and the
+/// states after a chunk that ends inside one need.
+pub fn factor_sum_graph(
+    scan: &TttScan,
+    n: usize,
+    forms: &[StateForm],
+) -> Result<Graph, TokenStepError> {
+    let model = scan.model.clone();
+    let ir = |source: GraphError| TokenStepError::Ir {
+        model: model.clone(),
+        source,
+    };
+    let malformed = |message: String| TokenStepError::Malformed {
+        model: model.clone(),
+        message,
+    };
+    let grad = scan
+        .grad
+        .as_ref()
+        .ok_or_else(|| TokenStepError::MissingGradient(model.clone()))?;
+    let k = scan
+        .mini_batch
+        .known()
+        .ok_or_else(|| malformed("the mini-batch size is unbound".into()))?;
+    let mut g = Graph::new();
+    let mut sums = Vec::new();
+    for (i, s) in scan.model_states().iter().enumerate() {
+        if forms.get(i) != Some(&StateForm::Factored) {
+            continue;
+        }
+        let ty = grad
+            .inputs()
+            .get(i)
+            .and_then(|&id| grad.tensor_type(id))
+            .cloned()
+            .ok_or_else(|| malformed(format!("state `{s}` has no type")))?;
+        let [m, w] = ty.shape.0.as_slice() else {
+            return Err(malformed(format!("a factored state `{s}` has two axes")));
+        };
+        let matrix = |a: &Dim, b: &Dim| {
+            TensorType::new(ty.dtype, Shape(vec![Dim::Known(n), a.clone(), b.clone()]))
+        };
+        let ut = g
+            .add_input(&names::factor_u(s), matrix(m, &Dim::Known(k)))
+            .map_err(ir)?;
+        let d = g
+            .add_input(&names::factor_d(s), matrix(&Dim::Known(k), w))
+            .map_err(ir)?;
+        sums.push((s, g.add(Op::MatMul, &[ut, d]).map_err(ir)?));
+    }
+    for (s, sum) in sums {
+        g.add_output(&names::sum(s), sum);
+    }
+    Ok(g)
 }
