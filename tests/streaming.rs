@@ -25,7 +25,7 @@ use proptest::strategy::ValueTree;
 use std::collections::BTreeMap;
 use tttc::ir::DType;
 use tttc::runtime::Tensor;
-use tttc::stream::{run_chunked, split_chunks, Session};
+use tttc::stream::{run_chunked, run_chunked_with_state, split_chunks, DecodeState, Session};
 use tttc::{bind, optimize, prepare, Backend, Precision};
 
 /// A chunking of `len` tokens from `seed`: runs of single tokens, pieces shorter than a
@@ -50,7 +50,11 @@ fn chunking(len: usize, seed: u64) -> Vec<usize> {
     sizes
 }
 
-fn run_golden_chunked(case: &GoldenCase, backend: &str, precision: &str, sizes: &[usize]) {
+fn run_golden_chunked(
+    case: &GoldenCase,
+    (backend, precision, form): (&str, &str, &str),
+    sizes: &[usize],
+) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.safetensors");
     let chunks = sizes
@@ -72,13 +76,15 @@ fn run_golden_chunked(case: &GoldenCase, backend: &str, precision: &str, sizes: 
         backend.into(),
         "--chunks".into(),
         chunks.clone(),
+        "--decode-state".into(),
+        form.into(),
     ];
     args.extend(case.set_args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = tttc(&args);
     assert!(
         result.status.success(),
-        "{} {backend} --chunks {chunks}: {}",
+        "{} {backend} {form} --chunks {chunks}: {}",
         case.stem,
         text(&result)
     );
@@ -86,7 +92,10 @@ fn run_golden_chunked(case: &GoldenCase, backend: &str, precision: &str, sizes: 
     case.check(
         precision,
         &got,
-        &format!("{} {backend} {precision} --chunks {chunks}", case.stem),
+        &format!(
+            "{} {backend} {precision} {form} --chunks {chunks}",
+            case.stem
+        ),
     );
 }
 
@@ -101,8 +110,11 @@ fn golden_cases_stream_in_random_chunks_on_every_backend() {
         };
         for backend in backends() {
             for (j, precision) in ["f64", "f32"].into_iter().enumerate() {
-                let sizes = chunking(len, (i * 7 + j) as u64 + backend.len() as u64);
-                run_golden_chunked(case, backend, precision, &sizes);
+                // Both forms of the unfinished mini-batch (docs/streaming.md).
+                for form in ["dense", "factored"] {
+                    let sizes = chunking(len, (i * 7 + j) as u64 + backend.len() as u64);
+                    run_golden_chunked(case, (backend, precision, form), &sizes);
+                }
             }
         }
     }
@@ -193,10 +205,18 @@ proptest! {
             let want = prepare(backend, &bound.program)
                 .and_then(|p| p.run(&bound.inputs))
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let got = run_chunked(backend, &program, &bound.inputs, &settings, precision, &sizes)
+            for form in [DecodeState::Dense, DecodeState::Factored] {
+                let got = run_chunked_with_state(
+                    backend, &program, &bound.inputs, &settings, precision, &sizes, None, None, form,
+                )
                 .map_err(|e| TestCaseError::fail(format!("{}: {e}", backend.name())))?;
-            let err = max_rel(&got, &want);
-            prop_assert!(err <= tol, "{}: chunks {sizes:?}: {err:e} > {tol:e}", backend.name());
+                let err = max_rel(&got, &want);
+                prop_assert!(
+                    err <= tol,
+                    "{} {form:?}: chunks {sizes:?}: {err:e} > {tol:e}",
+                    backend.name()
+                );
+            }
         }
     }
 }

@@ -3,8 +3,8 @@
 use super::progress::Progress;
 use super::run::{default_backend, prepare_with, BackendArg};
 use super::{
-    compile, load_tensors, tensor_cores, CacheArgs, Failure, ModelArgs, PrecisionArg, SettingArgs,
-    TensorCoresArg,
+    compile, load_tensors, tensor_cores, CacheArgs, DecodeStateArg, Failure, ModelArgs,
+    PrecisionArg, SettingArgs, TensorCoresArg,
 };
 use std::path::PathBuf;
 use std::time::Instant;
@@ -36,6 +36,10 @@ pub struct Args {
     /// through a streaming session, --iters times; reports the median time per token.
     #[arg(long)]
     decode: bool,
+    /// With --decode: how an unfinished mini-batch is carried between tokens (auto: per state,
+    /// whichever touches fewer bytes; dense; factored). See docs/streaming.md.
+    #[arg(long, value_enum, default_value_t = DecodeStateArg::Auto)]
+    decode_state: DecodeStateArg,
     /// With --backend ptx: run matmuls that fit whole tiles on tensor cores with these input
     /// operands and f32 accumulation (f32 only; default: exact f32). See docs/backends.md.
     #[arg(long, value_enum)]
@@ -361,6 +365,7 @@ fn decode(
         precision,
     )?;
     session.set_final_outputs(false);
+    session.set_decode_state(args.decode_state.into());
     // Warm-up: one token (compiles the pieces a token needs).
     if let Some(first) = singles.first() {
         session.feed(first)?;

@@ -206,6 +206,27 @@ impl From<PrecisionArg> for Precision {
     }
 }
 
+/// `--decode-state`: how a streaming session carries an unfinished mini-batch between tokens.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DecodeStateArg {
+    /// Per state, whichever form touches fewer bytes per token.
+    Auto,
+    /// The dense partial gradient sums.
+    Dense,
+    /// The per-token rows of the gradients' outer products where the gradient is one.
+    Factored,
+}
+
+impl From<DecodeStateArg> for tttc::stream::DecodeState {
+    fn from(d: DecodeStateArg) -> Self {
+        match d {
+            DecodeStateArg::Auto => tttc::stream::DecodeState::Auto,
+            DecodeStateArg::Dense => tttc::stream::DecodeState::Dense,
+            DecodeStateArg::Factored => tttc::stream::DecodeState::Factored,
+        }
+    }
+}
+
 /// `--tensor-cores`: matmuls on NVIDIA tensor cores with this input format (f32 accumulation).
 #[derive(Clone, Copy, ValueEnum)]
 pub enum TensorCoresArg {

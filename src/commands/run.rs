@@ -2,8 +2,8 @@
 
 use super::progress::Progress;
 use super::{
-    check_output_path, check_stage, compile, load_tensors, tensor_cores, CacheArgs, Failure,
-    ModelArgs, PrecisionArg, SettingArgs, TensorCoresArg,
+    check_output_path, check_stage, compile, load_tensors, tensor_cores, CacheArgs, DecodeStateArg,
+    Failure, ModelArgs, PrecisionArg, SettingArgs, TensorCoresArg,
 };
 use clap::ValueEnum;
 use std::path::PathBuf;
@@ -124,6 +124,11 @@ pub struct Args {
     /// inputs of every causal shift, the position), to continue later with --load-state.
     #[arg(long, value_name = "FILE")]
     save_state: Option<PathBuf>,
+    /// When streaming: how an unfinished mini-batch is carried between tokens (see
+    /// docs/streaming.md): per state, whichever touches fewer bytes (auto), the dense partial
+    /// gradient sums, or the factored per-token rows where the gradient is an outer product.
+    #[arg(long, value_enum, default_value_t = DecodeStateArg::Auto)]
+    decode_state: DecodeStateArg,
     #[command(flatten)]
     settings: SettingArgs,
     #[command(flatten)]
@@ -210,6 +215,7 @@ pub fn main(args: &Args) -> Result<(), Failure> {
                 &sizes,
                 args.load_state.as_deref(),
                 args.save_state.as_deref(),
+                args.decode_state.into(),
             )?
         }
         false => {

@@ -2,7 +2,7 @@
 //! `tttc run --chunks` does, and what tests compare with a one-shot run.
 
 use super::layout::{concat_axis, slice_axis};
-use super::{Session, StreamError};
+use super::{DecodeState, Session, StreamError};
 use crate::driver::{Precision, Settings};
 use crate::execute::Backend;
 use std::collections::BTreeMap;
@@ -22,13 +22,22 @@ pub fn run_chunked(
     sizes: &[usize],
 ) -> Result<BTreeMap<String, Tensor>, StreamError> {
     run_chunked_with_state(
-        backend, program, inputs, settings, precision, sizes, None, None,
+        backend,
+        program,
+        inputs,
+        settings,
+        precision,
+        sizes,
+        None,
+        None,
+        DecodeState::Auto,
     )
 }
 
 /// [`run_chunked`], continuing from the session state in `resume` (written by
 /// [`Session::save`]) when given, and saving the state after the last chunk to `save` when
-/// given: the inputs are then the tokens that follow the saved ones.
+/// given: the inputs are then the tokens that follow the saved ones. `decode_state` says in
+/// which form the session carries an unfinished mini-batch ([`Session::set_decode_state`]).
 #[allow(clippy::too_many_arguments)]
 pub fn run_chunked_with_state(
     backend: Backend,
@@ -39,6 +48,7 @@ pub fn run_chunked_with_state(
     sizes: &[usize],
     resume: Option<&std::path::Path>,
     save: Option<&std::path::Path>,
+    decode_state: DecodeState,
 ) -> Result<BTreeMap<String, Tensor>, StreamError> {
     let token_inputs = super::plan::plan(program)?.token_inputs;
     let (tokens, weights): (BTreeMap<_, _>, BTreeMap<_, _>) = inputs
@@ -52,6 +62,7 @@ pub fn run_chunked_with_state(
         settings.clone(),
         precision,
     )?;
+    session.set_decode_state(decode_state);
     if let Some(path) = resume {
         session.load(path)?;
     }

@@ -1,7 +1,9 @@
-//! The token step split over groups of scan slices that run on parallel threads: one compiled
-//! program for `n / groups` slices, called once per group on that group's rows of the full
+//! The token step split over blocks of scan slices that run on parallel threads: one compiled
+//! program for `n / blocks` slices, called once per block on that block's rows of the full
 //! `[n, ...]` tensors (no copies). Decoding is one small step per token, too short to pay for
-//! parallel loops inside the step, but every slice is independent.
+//! parallel loops inside the step, but every slice is independent. A thread runs its blocks
+//! one after another: blocks small enough that one block's weights stay in the core's
+//! level-2 cache while the step passes over them several times (forward, backward, output).
 
 use super::pieces::Pieces;
 use super::StreamError;
@@ -12,13 +14,27 @@ use tttc_runtime::{ElemType, Tensor, TensorData};
 
 /// A token step compiled for one group of slices.
 pub(super) struct GroupedStep {
-    groups: usize,
-    /// One compiled program per group (each is called by one thread at a time).
+    /// Row blocks of the slices.
+    blocks: usize,
+    /// Threads; thread `t` runs blocks `t, t + threads, …`.
+    threads: usize,
+    /// One compiled program per thread (each is called by one thread at a time).
     steps: Vec<Prepared>,
-    /// Input names and per-group element counts, in program order.
+    /// Input names and per-block element counts, in program order.
     inputs: Vec<(String, usize)>,
-    /// Output names, per-group element counts and full shapes `[n, ...]`.
+    /// Output names, per-block element counts and full shapes `[n, ...]`.
     outputs: Vec<(String, usize, Vec<usize>)>,
+}
+
+/// Runs `f` as a worker of a team that keeps every core busy: parallel loops of the kernels it
+/// calls stay on the calling thread.
+fn as_worker<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "llvm")]
+    return tttc_backends::llvm::as_worker(f);
+    #[cfg(all(not(feature = "llvm"), feature = "cranelift"))]
+    return tttc_backends::cranelift::as_worker(f);
+    #[cfg(not(any(feature = "llvm", feature = "cranelift")))]
+    f()
 }
 
 /// The number of worker threads native code may use.
@@ -46,16 +62,17 @@ unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl GroupedStep {
-    /// `program` (the token step for `n / groups` slices) compiled once per group (copies
+    /// `program` (the token step for `n / blocks` slices) compiled once per thread (copies
     /// shared with every other scan of the session that has the same step), or `None` when
     /// the backend cannot run on raw storage.
     pub(super) fn new(
         pieces: &mut Pieces,
         program: &Program,
-        groups: usize,
+        (blocks, threads): (usize, usize),
         n: usize,
     ) -> Result<Option<GroupedStep>, StreamError> {
-        let steps = pieces.prepare_copies(program, groups)?;
+        let threads = threads.clamp(1, blocks.max(1));
+        let steps = pieces.prepare_copies(program, threads)?;
         let Some((inputs, outputs)) = steps.first().and_then(Prepared::raw_buffers) else {
             return Ok(None);
         };
@@ -73,14 +90,16 @@ impl GroupedStep {
             with_shapes.push((name, len, shape));
         }
         Ok(Some(GroupedStep {
-            groups,
+            blocks,
+            threads,
             steps,
             inputs,
             outputs: with_shapes,
         }))
     }
 
-    /// Runs every group on its rows of `inputs` (full `[n, ...]` tensors by name) in parallel;
+    /// Runs every block on its rows of `inputs` (full `[n, ...]` tensors by name), the threads
+    /// in parallel;
     /// returns the full outputs by name, written into same-named tensors of `spare` where they
     /// fit.
     pub(super) fn run(
@@ -92,7 +111,7 @@ impl GroupedStep {
         let size = elem.size_bytes();
         let mut outs: Vec<TensorData> = Vec::with_capacity(self.outputs.len());
         for (name, len, shape) in &self.outputs {
-            let full = len * self.groups;
+            let full = len * self.blocks;
             let t = match spare.remove(name) {
                 Some(t) if t.len() == full && t.elem_type() == elem => t,
                 _ => Tensor::zeros(shape.clone(), elem),
@@ -104,17 +123,17 @@ impl GroupedStep {
             let t = inputs
                 .get(name)
                 .ok_or_else(|| StreamError::internal(format!("token step input `{name}`")))?;
-            if t.len() != len * self.groups || t.elem_type() != elem {
+            if t.len() != len * self.blocks || t.elem_type() != elem {
                 return Err(StreamError::internal(format!(
                     "token step input `{name}` has {} element(s), expected {}",
                     t.len(),
-                    len * self.groups
+                    len * self.blocks
                 )));
             }
             in_base.push(data_ptr(t));
         }
         let out_base: Vec<*mut u8> = outs.iter_mut().map(data_ptr_mut).collect();
-        let jobs: Vec<Job> = (0..self.groups)
+        let jobs: Vec<Job> = (0..self.blocks)
             .map(|g| Job {
                 inputs: self
                     .inputs
@@ -127,41 +146,57 @@ impl GroupedStep {
                     .outputs
                     .iter()
                     .zip(&out_base)
-                    // SAFETY: as above, for the outputs allocated with `groups` blocks.
+                    // SAFETY: as above, for the outputs allocated with `blocks` blocks.
                     .map(|((_, len, _), &p)| unsafe { p.add(g * len * size) })
                     .collect(),
-                step: &self.steps[g],
+                step: &self.steps[g % self.threads],
             })
             .collect();
-        let results: Vec<std::sync::Mutex<Option<Result<(), crate::ExecError>>>> = (0..self.groups)
+        let results: Vec<std::sync::Mutex<Option<Result<(), crate::ExecError>>>> = (0..self.blocks)
             .map(|_| std::sync::Mutex::new(None))
             .collect();
         let run = |job: &Job| {
             // SAFETY: see `Job`: valid, disjoint rows; `step` outlives the scope.
-            unsafe { (*job.step).run_raw(&job.inputs, &job.outputs) }
+            as_worker(|| unsafe { (*job.step).run_raw(&job.inputs, &job.outputs) })
         };
-        rayon::scope(|s| {
-            for (job, slot) in jobs.iter().zip(&results).skip(1) {
-                let job = JobRef(job);
-                s.spawn(move |_| {
-                    let job = job;
-                    let r = run(job.0);
+        // Thread `t`'s blocks, in order.
+        let part = |t: usize| {
+            for b in (t..self.blocks).step_by(self.threads) {
+                if let (Some(job), Some(slot)) = (jobs.get(b), results.get(b)) {
+                    let r = run(job);
                     if let Ok(mut slot) = slot.lock() {
                         *slot = Some(r);
                     }
-                });
-            }
-            if let (Some(job), Some(slot)) = (jobs.first(), results.first()) {
-                let r = run(job);
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = Some(r);
                 }
             }
+        };
+        match super::team::run(self.threads, &part) {
+            super::team::Ran::All => return self.collect(results, outs),
+            super::team::Ran::HelperPanicked => {
+                return Err(StreamError::internal("a decode helper thread panicked"))
+            }
+            super::team::Ran::Nothing => {}
+        }
+        let part = &part;
+        rayon::scope(|s| {
+            for t in 1..self.threads {
+                s.spawn(move |_| part(t));
+            }
+            part(0);
         });
+        self.collect(results, outs)
+    }
+
+    /// The blocks' results, and the full outputs.
+    fn collect(
+        &self,
+        results: Vec<std::sync::Mutex<Option<Result<(), crate::ExecError>>>>,
+        outs: Vec<TensorData>,
+    ) -> Result<BTreeMap<String, Tensor>, StreamError> {
         for slot in results {
             match slot.into_inner() {
                 Ok(Some(r)) => r?,
-                _ => return Err(StreamError::internal("a token-step group did not run")),
+                _ => return Err(StreamError::internal("a token-step block did not run")),
             }
         }
         let mut result = BTreeMap::new();
@@ -173,13 +208,6 @@ impl GroupedStep {
         Ok(result)
     }
 }
-
-/// A job shared with the thread that runs it.
-#[derive(Clone, Copy)]
-struct JobRef<'a>(&'a Job);
-
-// SAFETY: see `Job`; the reference only crosses into the scope that outlives it.
-unsafe impl Send for JobRef<'_> {}
 
 fn data_ptr(t: &Tensor) -> *const u8 {
     match t.data() {

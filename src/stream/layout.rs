@@ -249,6 +249,45 @@ pub fn per_slice_combination(terms: &[(Vec<f64>, &Tensor)]) -> Result<Tensor, St
     Ok(t.into_elem(first.elem_type()))
 }
 
+/// `rows` (`[n, K, w]`) with row `p` of every slice set to that slice's `row` (`[n, 1, w]`);
+/// with `column`, `rows` is `[n, w, K]` and column `p` is set.
+pub fn set_row(rows: Tensor, p: usize, row: &Tensor, column: bool) -> Result<Tensor, StreamError> {
+    let (shape, mut data) = rows.into_parts();
+    let ([n, a, b], [rn, 1, rw]) = (shape.as_slice(), row.shape()) else {
+        return Err(StreamError::internal(
+            "rows [n, K, w] and a row [n, 1, w] expected",
+        ));
+    };
+    let (k, w) = if column { (b, a) } else { (a, b) };
+    if rn != n || rw != w || p >= *k {
+        return Err(StreamError::internal("a row that does not fit its rows"));
+    }
+    macro_rules! copy {
+        ($variant:ident) => {{
+            let (TensorData::$variant(dst), TensorData::$variant(src)) = (&mut data, row.data())
+            else {
+                return Err(StreamError::internal("mixed element types"));
+            };
+            for (slice, r) in dst.chunks_exact_mut(k * w).zip(src.chunks_exact(*w)) {
+                if column {
+                    for (j, &v) in r.iter().enumerate() {
+                        slice[j * k + p] = v;
+                    }
+                } else {
+                    slice[p * w..(p + 1) * w].copy_from_slice(r);
+                }
+            }
+        }};
+    }
+    if *w > 0 {
+        match row.data() {
+            TensorData::F32(_) => copy!(F32),
+            TensorData::F64(_) => copy!(F64),
+        }
+    }
+    Tensor::new(shape, data).map_err(|e| StreamError::internal(e.to_string()))
+}
+
 /// `t` with every element set to zero, in place.
 pub fn zeroed(t: Tensor) -> Result<Tensor, StreamError> {
     let (shape, mut data) = t.into_parts();
@@ -299,6 +338,24 @@ mod tests {
             let r = t(&[rates], vec![0.5; rates]);
             assert_eq!(minus_scaled(&w, &r, &w).unwrap(), w);
         }
+    }
+
+    #[test]
+    fn set_row_writes_one_row_of_every_slice() {
+        let rows = t(&[2, 3, 2], vec![0.0; 12]);
+        let row = t(&[2, 1, 2], vec![1., 2., 3., 4.]);
+        let got = set_row(rows, 1, &row, false).unwrap();
+        assert_eq!(
+            got.to_f64_vec(),
+            vec![0., 0., 1., 2., 0., 0., 0., 0., 3., 4., 0., 0.]
+        );
+        assert!(set_row(got, 3, &row, false).is_err());
+        let columns = t(&[2, 2, 3], vec![0.0; 12]);
+        let got = set_row(columns, 2, &row, true).unwrap();
+        assert_eq!(
+            got.to_f64_vec(),
+            vec![0., 0., 1., 0., 0., 2., 0., 0., 3., 0., 0., 4.]
+        );
     }
 
     #[test]

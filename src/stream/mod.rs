@@ -18,10 +18,12 @@ pub mod plan;
 mod scan;
 mod session;
 mod state_file;
+mod team;
 
 pub use chunked::{run_chunked, run_chunked_with_state, split_chunks};
 pub use plan::{Class, StreamPlan};
 pub use session::Session;
+pub use tttc_passes::token_step::{DecodeState, StateForm};
 
 use crate::execute::ExecError;
 

@@ -2,17 +2,20 @@
 //! through it (whole mini-batches by the scan's step, the rest token by token).
 
 use super::layout::{
-    column, concat_axis, minus_scaled, per_slice_combination, reshape, slice_axis, to_slices,
-    zeroed,
+    column, concat_axis, minus_scaled, per_slice_combination, reshape, set_row, slice_axis,
+    to_slices, zeroed,
 };
 use super::pieces::Pieces;
 use super::plan::{token_axis, ScanSite};
-use super::StreamError;
+use super::{state_file, StreamError};
 use crate::execute::{Backend, Prepared};
 use std::collections::{BTreeMap, HashMap};
 use tttc_ir::program::specialize_scan;
 use tttc_ir::{Graph, Op, OperandAxes, OperandKind, Program, Shape, TensorType, TttScan};
-use tttc_passes::token_step::{names, token_step_graph};
+use tttc_passes::token_step::{
+    choose_forms, factor_sum_graph, hoist_invariants, names, token_step_graph_with, DecodeState,
+    StateForm,
+};
 use tttc_runtime::{ElemType, Tensor};
 
 /// A scan specialized to the session's dimensions.
@@ -26,6 +29,10 @@ struct Sized {
     k: usize,
     /// Shape of every state of one slice.
     state_shapes: Vec<Vec<usize>>,
+    /// The form each model state's unfinished mini-batch is carried in by choice
+    /// ([`choose_forms`]); a loaded state keeps the form it was saved in until its mini-batch
+    /// ends.
+    preferred: Vec<StateForm>,
 }
 
 /// The carried state (elements, all slices) from which the token step is split over threads
@@ -64,6 +71,61 @@ pub(super) struct ScanRuntime {
     spare: BTreeMap<String, Tensor>,
     /// The whole-mini-batch program, by number of mini-batches.
     blocks: HashMap<usize, Prepared>,
+    /// The form the session asks for.
+    ask: DecodeState,
+    /// The form each model state's unfinished mini-batch is carried in now.
+    forms: Vec<StateForm>,
+    /// `Uᵀ D` of the factored states ([`factor_sum_graph`]), compiled with the token step.
+    factor_sum: Option<Prepared>,
+    /// What the token step reads from the mini-batch's starting states alone
+    /// ([`hoist_invariants`]), compiled with it, run once per mini-batch.
+    invariants: Option<Runner>,
+    /// Whether the inputs hold the invariants of the current starting states.
+    invariants_fresh: bool,
+}
+
+/// A program run on all slices at once, or split over groups of them on parallel threads, and
+/// its input names.
+struct Runner {
+    run: RunOn,
+    inputs: Vec<String>,
+}
+
+enum RunOn {
+    Whole(Prepared),
+    Grouped(super::grouped::GroupedStep),
+}
+
+impl Runner {
+    fn new(run: RunOn, program: &Program) -> Runner {
+        let g = &program.graph;
+        let inputs = g
+            .inputs()
+            .iter()
+            .filter_map(|&id| g.input_name(id).map(str::to_string))
+            .collect();
+        Runner { run, inputs }
+    }
+
+    /// Runs on its inputs among `all` (lent for the run and put back).
+    fn run(
+        &self,
+        all: &mut BTreeMap<String, Tensor>,
+        elem: ElemType,
+    ) -> Result<BTreeMap<String, Tensor>, StreamError> {
+        let mut lent = BTreeMap::new();
+        for name in &self.inputs {
+            if let Some(t) = all.remove(name) {
+                lent.insert(name.clone(), t);
+            }
+        }
+        let result = match &self.run {
+            RunOn::Whole(p) => p.run(&lent).map_err(StreamError::from),
+            RunOn::Grouped(g) => g.run(&lent, &mut BTreeMap::new(), elem),
+        };
+        all.append(&mut lent);
+        result
+    }
 }
 
 impl ScanRuntime {
@@ -80,7 +142,26 @@ impl ScanRuntime {
             grouped: None,
             spare: BTreeMap::new(),
             blocks: HashMap::new(),
+            ask: DecodeState::Auto,
+            forms: Vec::new(),
+            factor_sum: None,
+            invariants: None,
+            invariants_fresh: false,
         }
+    }
+
+    /// Sets the form the session asks for (taken at the next mini-batch boundary).
+    pub(super) fn set_decode_state(&mut self, ask: DecodeState) {
+        self.ask = ask;
+        if let Some(z) = &mut self.sized {
+            z.preferred = choose_forms(&z.scan, ask);
+        }
+    }
+
+    /// The form each model state's unfinished mini-batch is carried in now (empty before the
+    /// first chunk fixes the sizes).
+    pub(super) fn forms(&self) -> &[StateForm] {
+        &self.forms
     }
 
     /// The scan's state names.
@@ -127,12 +208,15 @@ impl ScanRuntime {
             loss_args: (0..scan.loss_args.len()).map(names::loss_arg).collect(),
             out_args: (0..scan.out_args.len()).map(names::out_arg).collect(),
         };
+        let preferred = choose_forms(&scan, self.ask);
+        self.forms = preferred.clone();
         self.sized = Some(Sized {
             n: per_sizes.iter().product(),
             scan,
             per_sizes,
             k,
             state_shapes,
+            preferred,
         });
         Ok(())
     }
@@ -148,7 +232,8 @@ impl ScanRuntime {
             .ok_or_else(|| StreamError::internal("the scan is used before its sizes are known"))
     }
 
-    /// The carried state of state `s` as `[n, state...]`: (start of the mini-batch, partial sum).
+    /// The carried state of a densely carried state `s` as `[n, state...]`: (start of the
+    /// mini-batch, partial sum); `None` when unset or factored.
     pub(super) fn carried(&self, s: &str) -> Option<(&Tensor, &Tensor)> {
         Some((
             self.inputs.get(&names::theta(s))?,
@@ -156,35 +241,122 @@ impl ScanRuntime {
         ))
     }
 
-    /// The shape the carried tensors of state `s` have, `[per..., state...]`.
-    pub(super) fn carried_shape(&self, i: usize) -> Result<Vec<usize>, StreamError> {
+    /// The parts state `i` (of [`TttScan::states`]) is saved in when carried in `form`, with
+    /// their shapes `[per..., ...]`: the start of the mini-batch (`[per..., state...]`), then the
+    /// partial sum (dense) or the factors `Uᵀ` `[per..., m, K]` and `D` `[per..., K, n]`
+    /// (factored).
+    pub(super) fn part_shapes(
+        &self,
+        i: usize,
+        form: StateForm,
+    ) -> Result<Vec<(&'static str, Vec<usize>)>, StreamError> {
         let z = self.sized()?;
-        let mut shape = z.per_sizes.clone();
-        shape.extend(&z.state_shapes[i]);
-        Ok(shape)
+        let with_per = |rest: &[usize]| {
+            let mut shape = z.per_sizes.clone();
+            shape.extend(rest);
+            shape
+        };
+        let state = &z.state_shapes[i];
+        let start = (state_file::START, with_per(state));
+        Ok(match (form, state.as_slice()) {
+            (StateForm::Dense, _) => vec![start, (state_file::PARTIAL, with_per(state))],
+            (StateForm::Factored, [m, n]) => vec![
+                start,
+                (state_file::FACTOR_U, with_per(&[*m, z.k])),
+                (state_file::FACTOR_D, with_per(&[z.k, *n])),
+            ],
+            (StateForm::Factored, _) => {
+                return Err(StreamError::internal("a factored state has two axes"))
+            }
+        })
     }
 
-    /// Sets the carried state (from a saved session); shapes `[per..., state...]`.
+    /// The session-input name holding `part` of state `s`.
+    fn part_input(part: &str, s: &str) -> String {
+        match part {
+            state_file::START => names::theta(s),
+            state_file::PARTIAL => names::partial(s),
+            state_file::FACTOR_U => names::factor_u(s),
+            _ => names::factor_d(s),
+        }
+    }
+
+    /// The form state `i` is carried in now (a carry of `momentum_gd` or a rule: dense).
+    pub(super) fn form_of(&self, i: usize) -> StateForm {
+        self.forms.get(i).copied().unwrap_or(StateForm::Dense)
+    }
+
+    /// Whether state `i` can be carried in `form`.
+    pub(super) fn can_carry(&self, i: usize, form: StateForm) -> Result<bool, StreamError> {
+        let z = self.sized()?;
+        Ok(form == StateForm::Dense
+            || choose_forms(&z.scan, DecodeState::Factored).get(i) == Some(&StateForm::Factored))
+    }
+
+    /// The carried tensors of state `i` under their part names, shaped as
+    /// [`ScanRuntime::part_shapes`] says.
+    pub(super) fn carried_parts(
+        &self,
+        i: usize,
+    ) -> Result<Vec<(&'static str, Tensor)>, StreamError> {
+        let z = self.sized()?;
+        let s = &z.scan.states[i];
+        let mut out = Vec::new();
+        for (part, shape) in self.part_shapes(i, self.form_of(i))? {
+            let t = self
+                .inputs
+                .get(&Self::part_input(part, s))
+                .ok_or_else(|| StreamError::internal("state unset"))?;
+            out.push((part, reshape(t.clone(), shape)?));
+        }
+        Ok(out)
+    }
+
+    /// Sets state `i` (from a saved session) carried in `form` from its parts, in the order and
+    /// shapes of [`ScanRuntime::part_shapes`].
     pub(super) fn set_carried(
         &mut self,
-        s: &str,
-        theta: Tensor,
-        partial: Tensor,
+        i: usize,
+        form: StateForm,
+        parts: Vec<Tensor>,
     ) -> Result<(), StreamError> {
         let z = self.sized()?;
-        let i = z
-            .scan
-            .states
-            .iter()
-            .position(|x| x == s)
-            .ok_or_else(|| StreamError::internal(format!("no state `{s}`")))?;
-        let mut shape = vec![z.n];
-        shape.extend(&z.state_shapes[i]);
-        let flat = |t: Tensor| reshape(t, shape.clone());
-        let (theta, partial) = (flat(theta)?, flat(partial)?);
-        self.inputs.insert(names::theta(s), theta);
-        self.inputs.insert(names::partial(s), partial);
+        let s = z.scan.states[i].clone();
+        let (n, per) = (z.n, z.per_sizes.len());
+        let shapes = self.part_shapes(i, form)?;
+        if parts.len() != shapes.len() {
+            return Err(StreamError::internal("wrong number of state parts"));
+        }
+        for ((part, _), t) in shapes.into_iter().zip(parts) {
+            let mut shape = vec![n];
+            shape.extend(&t.shape()[per..]);
+            let t = reshape(t, shape)?;
+            self.inputs.insert(Self::part_input(part, &s), t);
+            self.invariants_fresh = false;
+        }
+        // The other form's parts are gone.
+        let stale: &[String] = match form {
+            StateForm::Dense => &[names::factor_u(&s), names::factor_d(&s)],
+            StateForm::Factored => &[names::partial(&s)],
+        };
+        for name in stale {
+            self.inputs.remove(name);
+        }
+        if i < self.forms.len() && self.forms[i] != form {
+            self.forms[i] = form;
+            self.reset_token_step();
+        }
         Ok(())
+    }
+
+    /// Forgets the compiled token step (the forms changed).
+    fn reset_token_step(&mut self) {
+        self.token_step = None;
+        self.grouped = None;
+        self.factor_sum = None;
+        self.invariants = None;
+        self.invariants_fresh = false;
+        self.spare.clear();
     }
 
     /// Runs the chunk's `len` tokens, starting at sequence position `start`, through the scan.
@@ -221,7 +393,7 @@ impl ScanRuntime {
             return Err(StreamError::internal("wrong number of scan operands"));
         }
         if !self.initialized {
-            self.init(&z.scan, operands, &z.per_sizes)?;
+            self.init(&z.scan, operands, &z.per_sizes, z.k)?;
         }
         let token_eta = self.token_eta.take();
         let result = self.run_tokens(
@@ -273,6 +445,9 @@ impl ScanRuntime {
         };
         // The step size of the last token that went the token way.
         let mut last_eta: Option<Tensor> = None;
+        if position == 0 {
+            self.take_preferred_forms(z)?;
+        }
         let mut t = 0;
         while t < len {
             if position == 0 && len - t >= k {
@@ -315,16 +490,42 @@ impl ScanRuntime {
             self.inputs.insert(names::ETA.into(), eta.clone());
             last_eta = Some(eta);
             self.compile_token_step(pieces, scan, n, &z.state_shapes)?;
+            if !self.invariants_fresh {
+                if let Some(inv) = &self.invariants {
+                    let values = inv.run(&mut self.inputs, elem)?;
+                    self.inputs.extend(values);
+                }
+                self.invariants_fresh = true;
+            }
             let mut out = match (&self.grouped, &self.token_step) {
                 (Some(g), _) => g.run(&self.inputs, &mut self.spare, elem)?,
                 (None, Some(step)) => step.run_reusing(&self.inputs, &mut self.spare)?,
                 (None, None) => return Err(StreamError::internal("token step")),
             };
-            let z = out
+            let token_z = out
                 .remove(names::Z)
                 .ok_or_else(|| StreamError::internal("the token step has no output `z`"))?;
-            zs.push(z);
-            for s in &scan.states {
+            zs.push(token_z);
+            for (i, s) in scan.states.iter().enumerate() {
+                if self.form_of(i) == StateForm::Factored {
+                    // The token's factors go to column `position` of `Uᵀ`, row `position` of `D`.
+                    for (row, rows, column) in [
+                        (names::row_u(s), names::factor_u(s), true),
+                        (names::row_d(s), names::factor_d(s), false),
+                    ] {
+                        let r = out.remove(&row).ok_or_else(|| {
+                            StreamError::internal(format!("the token step has no `{row}`"))
+                        })?;
+                        let all = self
+                            .inputs
+                            .remove(&rows)
+                            .ok_or_else(|| StreamError::internal(format!("`{rows}` unset")))?;
+                        self.inputs
+                            .insert(rows, set_row(all, position, &r, column)?);
+                        self.spare.insert(row, r);
+                    }
+                    continue;
+                }
                 let p = out.remove(&names::partial(s)).ok_or_else(|| {
                     StreamError::internal(format!("the token step has no output for `{s}`"))
                 })?;
@@ -344,14 +545,18 @@ impl ScanRuntime {
                         self.inputs.insert(names::partial(s), value);
                     }
                 }
-                for s in &scan.states {
+                for (i, s) in scan.states.iter().enumerate() {
                     if momentum {
                         self.close_current(s)?;
-                    } else {
+                    } else if self.form_of(i) == StateForm::Dense {
                         self.close(s, &rate)?;
                     }
                 }
+                if self.forms.contains(&StateForm::Factored) {
+                    self.close_factored(z, &rate)?;
+                }
                 position = 0;
+                self.take_preferred_forms(z)?;
             }
         }
         // Per-token outputs: every piece is [n, len, rest...].
@@ -376,9 +581,38 @@ impl ScanRuntime {
             (true, 1..) => self.ended(scan)?.map(Vec::into_iter),
             _ => None,
         };
-        for (s, shape) in scan.states.iter().zip(state_shapes) {
+        let mut factor_sums = match (want_states, position) {
+            (true, 1..) if self.forms.contains(&StateForm::Factored) => {
+                self.compile_token_step(pieces, scan, n, state_shapes)?;
+                self.factor_sums(z)?
+            }
+            _ => BTreeMap::new(),
+        };
+        for (i, (s, shape)) in scan.states.iter().zip(state_shapes).enumerate() {
             if !want_states {
                 break;
+            }
+            let mut full = per_sizes.clone();
+            full.extend(shape);
+            if let Some(sum) = factor_sums.remove(s) {
+                let (theta, rate) = (
+                    self.inputs
+                        .get(&names::theta(s))
+                        .ok_or_else(|| StreamError::internal("state unset"))?,
+                    rate.as_ref()
+                        .ok_or_else(|| StreamError::internal("no step size"))?,
+                );
+                states.push(reshape(minus_scaled(theta, rate, &sum)?, full)?);
+                continue;
+            }
+            if self.form_of(i) == StateForm::Factored {
+                // At a boundary: the start of the next mini-batch.
+                let theta = self
+                    .inputs
+                    .get(&names::theta(s))
+                    .ok_or_else(|| StreamError::internal("state unset"))?;
+                states.push(reshape(theta.clone(), full)?);
+                continue;
             }
             let (theta, partial) = self
                 .carried(s)
@@ -393,8 +627,6 @@ impl ScanRuntime {
                 Some(r) => minus_scaled(theta, r, partial)?,
                 None => theta.clone(),
             };
-            let mut full = per_sizes.clone();
-            full.extend(shape);
             states.push(reshape(now, full)?);
         }
         Ok((zs, states))
@@ -407,6 +639,7 @@ impl ScanRuntime {
         scan: &TttScan,
         operands: &[&Tensor],
         per_sizes: &[usize],
+        k: usize,
     ) -> Result<(), StreamError> {
         let elem = operands
             .first()
@@ -418,14 +651,14 @@ impl ScanRuntime {
                 OperandKind::State(s) if !self.started => {
                     let name = &scan.states[s];
                     let theta = to_slices(op, per, per_sizes)?;
-                    // momentum_gd's partial holds the current values, minibatch_gd's the sums.
-                    let partial = if scan.rule.has_carries() {
-                        theta.clone()
+                    if scan.rule.has_carries() {
+                        // momentum_gd's partial holds the current values.
+                        self.inputs.insert(names::partial(name), theta.clone());
                     } else {
-                        Tensor::zeros(theta.shape().to_vec(), elem)
-                    };
+                        self.fresh_sums(s, &scan.states[s], theta.shape(), elem, k)?;
+                    }
                     self.inputs.insert(names::theta(name), theta);
-                    self.inputs.insert(names::partial(name), partial);
+                    self.invariants_fresh = false;
                 }
                 OperandKind::Param(p) => {
                     self.inputs
@@ -442,6 +675,118 @@ impl ScanRuntime {
         Ok(())
     }
 
+    /// Empty partial sums for state `i` named `s` (`[n, state...]`) in its current form: a
+    /// zero sum, or zero factors `[n, m, K]`, `[n, K, n']`.
+    fn fresh_sums(
+        &mut self,
+        i: usize,
+        s: &str,
+        state: &[usize],
+        elem: ElemType,
+        k: usize,
+    ) -> Result<(), StreamError> {
+        match (self.form_of(i), state) {
+            (StateForm::Dense, _) => {
+                self.inputs
+                    .insert(names::partial(s), Tensor::try_zeros(state.to_vec(), elem)?);
+            }
+            (StateForm::Factored, [n, m, w]) => {
+                self.inputs.insert(
+                    names::factor_u(s),
+                    Tensor::try_zeros(vec![*n, *m, k], elem)?,
+                );
+                self.inputs.insert(
+                    names::factor_d(s),
+                    Tensor::try_zeros(vec![*n, k, *w], elem)?,
+                );
+            }
+            _ => return Err(StreamError::internal("a factored state has two axes")),
+        }
+        Ok(())
+    }
+
+    /// At a mini-batch boundary (every sum empty): the states carried in another form than
+    /// the preferred one (a loaded state's) move to it.
+    fn take_preferred_forms(&mut self, z: &Sized) -> Result<(), StreamError> {
+        if self.forms == z.preferred {
+            return Ok(());
+        }
+        let elem = self
+            .inputs
+            .get(&names::theta(&z.scan.states[0]))
+            .map(Tensor::elem_type)
+            .ok_or_else(|| StreamError::internal("state unset"))?;
+        for (i, s) in z.scan.model_states().iter().enumerate() {
+            let form = z.preferred.get(i).copied().unwrap_or(StateForm::Dense);
+            if self.form_of(i) == form {
+                continue;
+            }
+            for name in [names::partial(s), names::factor_u(s), names::factor_d(s)] {
+                self.inputs.remove(&name);
+            }
+            self.forms[i] = form;
+            let mut shape = vec![z.n];
+            shape.extend(&z.state_shapes[i]);
+            self.fresh_sums(i, s, &shape, elem, z.k)?;
+        }
+        self.reset_token_step();
+        Ok(())
+    }
+
+    /// `Uᵀ D` of every factored state, by state name.
+    fn factor_sums(&mut self, z: &Sized) -> Result<BTreeMap<String, Tensor>, StreamError> {
+        let step = self
+            .factor_sum
+            .as_ref()
+            .ok_or_else(|| StreamError::internal("the factored sums are not compiled"))?;
+        let mut inputs = BTreeMap::new();
+        for (i, s) in z.scan.model_states().iter().enumerate() {
+            if self.form_of(i) != StateForm::Factored {
+                continue;
+            }
+            for name in [names::factor_u(s), names::factor_d(s)] {
+                let t = self
+                    .inputs
+                    .remove(&name)
+                    .ok_or_else(|| StreamError::internal(format!("`{name}` unset")))?;
+                inputs.insert(name, t);
+            }
+        }
+        let result = step.run(&inputs);
+        // The rows go back whatever happened.
+        self.inputs.append(&mut inputs);
+        let mut out = result?;
+        let mut sums = BTreeMap::new();
+        for (i, s) in z.scan.model_states().iter().enumerate() {
+            if self.form_of(i) == StateForm::Factored {
+                let sum = out
+                    .remove(&names::sum(s))
+                    .ok_or_else(|| StreamError::internal("no factored sum"))?;
+                sums.insert(s.clone(), sum);
+            }
+        }
+        Ok(sums)
+    }
+
+    /// Ends the mini-batch of every factored state: `θ0 ← θ0 − rate · Uᵀ D`, rows zeroed.
+    fn close_factored(&mut self, z: &Sized, rate: &Tensor) -> Result<(), StreamError> {
+        for (s, sum) in self.factor_sums(z)? {
+            let theta = self
+                .inputs
+                .get(&names::theta(&s))
+                .ok_or_else(|| StreamError::internal("state unset"))?;
+            let next = minus_scaled(theta, rate, &sum)?;
+            self.inputs.insert(names::theta(&s), next);
+            self.invariants_fresh = false;
+            for name in [names::factor_u(&s), names::factor_d(&s)] {
+                if let Some(rows) = self.inputs.remove(&name) {
+                    self.inputs.insert(name, zeroed(rows)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Ends the mini-batch of state `s`: `θ0 ← θ0 − rate · S`, `S ← 0`.
     fn close(&mut self, s: &str, rate: &Tensor) -> Result<(), StreamError> {
         let (theta, partial) = self
@@ -449,6 +794,7 @@ impl ScanRuntime {
             .ok_or_else(|| StreamError::internal("state unset"))?;
         let next = minus_scaled(theta, rate, partial)?;
         self.inputs.insert(names::theta(s), next);
+        self.invariants_fresh = false;
         if let Some(partial) = self.inputs.remove(&names::partial(s)) {
             self.inputs.insert(names::partial(s), zeroed(partial)?);
         }
@@ -517,6 +863,7 @@ impl ScanRuntime {
             .ok_or_else(|| StreamError::internal("state unset"))?;
         let now = partial.clone();
         self.inputs.insert(names::theta(s), now);
+        self.invariants_fresh = false;
         Ok(())
     }
 
@@ -539,39 +886,69 @@ impl ScanRuntime {
             .sum::<usize>()
             * n;
         let groups = super::grouped::worker_threads().min(n);
+        let elem_size = match self.inputs.values().next().map(Tensor::elem_type) {
+            Some(ElemType::F32) => 4,
+            _ => 8,
+        };
         let native = matches!(pieces.backend(), Backend::Llvm | Backend::Cranelift);
         let min_state = std::env::var("TTTC_DECODE_SPLIT_MIN")
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(GROUPED_MIN_STATE);
-        if native && groups > 1 && n.is_multiple_of(groups) && state >= min_state {
-            let graph = token_step_graph(scan, n / groups)
+        if self.forms.contains(&StateForm::Factored) {
+            let graph = factor_sum_graph(scan, n, &self.forms)
                 .map_err(|e| StreamError::internal(e.to_string()))?;
-            let (graph, _) = tttc_passes::rewrite::simplify_graph(
-                &graph,
-                &tttc_passes::rewrite::RewriteConfig::default(),
-                "token_step",
-            )
-            .map_err(|e| StreamError::internal(e.to_string()))?;
-            let program = piece_program(&scan.model, "token_step", graph);
-            self.grouped = super::grouped::GroupedStep::new(pieces, &program, groups, n)?;
-            if self.grouped.is_some() {
-                return Ok(());
+            let program = piece_program(&scan.model, "factor_sum", graph);
+            self.factor_sum = Some(pieces.prepare(&program)?);
+        }
+        if native && groups > 1 && n.is_multiple_of(groups) && state >= min_state {
+            let blocks = cache_blocks(n, groups, state / n * elem_size);
+            let (step, invariants) = self.step_programs(scan, n / blocks)?;
+            let split = (blocks, groups);
+            self.grouped = super::grouped::GroupedStep::new(pieces, &step, split, n)?;
+            let invariants = match invariants {
+                Some(p) => super::grouped::GroupedStep::new(pieces, &p, split, n)?
+                    .map(|g| Some(Runner::new(RunOn::Grouped(g), &p))),
+                None => Some(None),
+            };
+            match (&self.grouped, invariants) {
+                (Some(_), Some(invariants)) => {
+                    self.invariants = invariants;
+                    return Ok(());
+                }
+                _ => self.grouped = None,
             }
         }
-        {
-            let graph =
-                token_step_graph(scan, n).map_err(|e| StreamError::internal(e.to_string()))?;
-            let (graph, _) = tttc_passes::rewrite::simplify_graph(
-                &graph,
-                &tttc_passes::rewrite::RewriteConfig::default(),
-                "token_step",
-            )
-            .map_err(|e| StreamError::internal(e.to_string()))?;
-            let program = piece_program(&scan.model, "token_step", graph);
-            self.token_step = Some(pieces.prepare(&program)?);
-        }
+        let (step, invariants) = self.step_programs(scan, n)?;
+        self.token_step = Some(pieces.prepare(&step)?);
+        self.invariants = match invariants {
+            Some(p) => Some(Runner::new(RunOn::Whole(pieces.prepare(&p)?), &p)),
+            None => None,
+        };
         Ok(())
+    }
+
+    /// The token step for `n` slices in the current forms, simplified, and the program of what
+    /// it reads from the mini-batch's starting states alone, if anything
+    /// ([`hoist_invariants`]).
+    fn step_programs(
+        &self,
+        scan: &TttScan,
+        n: usize,
+    ) -> Result<(Program, Option<Program>), StreamError> {
+        let internal = |e: &dyn std::fmt::Display| StreamError::internal(e.to_string());
+        let graph = token_step_graph_with(scan, n, &self.forms).map_err(|e| internal(&e))?;
+        let (graph, _) = tttc_passes::rewrite::simplify_graph(
+            &graph,
+            &tttc_passes::rewrite::RewriteConfig::default(),
+            "token_step",
+        )
+        .map_err(|e| internal(&e))?;
+        let (graph, invariants) = hoist_invariants(&graph).map_err(|e| internal(&e))?;
+        Ok((
+            piece_program(&scan.model, "token_step", graph),
+            invariants.map(|g| piece_program(&scan.model, "token_invariants", g)),
+        ))
     }
 
     /// Runs `count` tokens (whole mini-batches, from a mini-batch boundary) starting at chunk
@@ -592,8 +969,9 @@ impl ScanRuntime {
             let name = format!("op.{i}");
             let value = match scan.operand_kind(i) {
                 OperandKind::State(s) => {
-                    let (theta, _) = self
-                        .carried(&scan.states[s])
+                    let theta = self
+                        .inputs
+                        .get(&names::theta(&scan.states[s]))
                         .ok_or_else(|| StreamError::internal("state unset"))?;
                     let mut shape = per_sizes.to_vec();
                     shape.extend(&theta.shape()[1..]);
@@ -627,6 +1005,7 @@ impl ScanRuntime {
                 self.inputs.insert(names::partial(s), next.clone());
             }
             self.inputs.insert(names::theta(s), next);
+            self.invariants_fresh = false;
         }
         let z = out
             .remove("z")
@@ -635,6 +1014,46 @@ impl ScanRuntime {
         shape.extend(&z.shape()[per_sizes.len()..]);
         reshape(z, shape)
     }
+}
+
+/// The number of row blocks, a multiple of `threads` dividing `n`, for slices whose carried
+/// state is `slice_bytes` each: the fewest whose block of weights (the state and about as
+/// much again that the step reads beside it: a transposed copy, the partial sums) fits in half
+/// of a core's level-2 cache, so that the step's several passes over a block's weights hit
+/// that cache. `TTTC_DECODE_BLOCKS` overrides it (rounded to a valid count).
+fn cache_blocks(n: usize, threads: usize, slice_bytes: usize) -> usize {
+    let valid = |b: usize| b >= threads && b.is_multiple_of(threads) && n.is_multiple_of(b);
+    if let Some(b) = std::env::var("TTTC_DECODE_BLOCKS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        if let Some(b) = (b.max(threads)..=n).find(|&b| valid(b)) {
+            return b;
+        }
+    }
+    let budget = level2_cache_bytes() / 2;
+    (threads..=n)
+        .filter(|&b| valid(b))
+        .find(|&b| (n / b) * slice_bytes * 2 <= budget)
+        .unwrap_or(n)
+}
+
+/// The level-2 cache of the first CPU (Linux sysfs), or 512 KiB when it cannot be read.
+fn level2_cache_bytes() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size")
+        .ok()
+        .and_then(|s| {
+            let s = s.trim();
+            let (digits, scale) = match s.strip_suffix('K') {
+                Some(d) => (d, 1024),
+                None => match s.strip_suffix('M') {
+                    Some(d) => (d, 1024 * 1024),
+                    None => (s, 1),
+                },
+            };
+            digits.parse::<usize>().ok().map(|d| d * scale)
+        })
+        .unwrap_or(512 * 1024)
 }
 
 /// A program around one graph built for a session.

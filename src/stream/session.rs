@@ -10,6 +10,7 @@ use crate::execute::{Backend, Prepared};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use tttc_ir::{NodeId, Op, Program};
+use tttc_passes::token_step::{DecodeState, StateForm};
 use tttc_runtime::{ElemType, Tensor};
 
 /// A compiled stage, by chunk length.
@@ -110,6 +111,21 @@ impl Session {
     /// when only the per-token outputs are read, as in decoding.
     pub fn set_final_outputs(&mut self, on: bool) {
         self.final_outputs = on;
+    }
+
+    /// The form in which each scan carries an unfinished mini-batch between tokens
+    /// ([`DecodeState::Auto`] by default: per state, the form that touches fewer bytes). A
+    /// change takes effect at the next mini-batch boundary.
+    pub fn set_decode_state(&mut self, ask: DecodeState) {
+        for scan in &mut self.scans {
+            scan.set_decode_state(ask);
+        }
+    }
+
+    /// The form each scan's model states are carried in now (empty for a scan before the
+    /// first chunk).
+    pub fn state_forms(&self) -> Vec<Vec<StateForm>> {
+        self.scans.iter().map(|s| s.forms().to_vec()).collect()
     }
 
     /// How the program streams.
@@ -533,13 +549,9 @@ impl Session {
                 continue;
             }
             for (s, name) in scan.state_names().iter().enumerate() {
-                let (theta, partial) = scan
-                    .carried(name)
-                    .ok_or_else(|| StreamError::internal("state unset"))?;
-                let shape = scan.carried_shape(s)?;
-                let reshaped = |t: &Tensor| super::layout::reshape(t.clone(), shape.clone());
-                tensors.insert(state_file::theta_name(i, name), reshaped(theta)?);
-                tensors.insert(state_file::partial_name(i, name), reshaped(partial)?);
+                for (part, t) in scan.carried_parts(s)? {
+                    tensors.insert(state_file::part_name(i, name, part), t);
+                }
             }
         }
         for (node, history) in &self.histories {
@@ -579,8 +591,24 @@ impl Session {
             }
             let names: Vec<String> = scan.state_names().to_vec();
             for (s, name) in names.iter().enumerate() {
-                let want = scan.carried_shape(s)?;
-                let mut take = |key: String| -> Result<Tensor, StreamError> {
+                // The parts in the file say the form it was saved in.
+                let factored = [state_file::FACTOR_U, state_file::FACTOR_D]
+                    .iter()
+                    .any(|p| tensors.contains_key(&state_file::part_name(i, name, p)));
+                let form = if factored {
+                    StateForm::Factored
+                } else {
+                    StateForm::Dense
+                };
+                if !scan.can_carry(s, form)? {
+                    return Err(bad(format!(
+                        "state `{name}` of scan {i} was saved in factored form, which this \
+                         program's gradient of it does not have"
+                    )));
+                }
+                let mut parts = Vec::new();
+                for (part, want) in scan.part_shapes(s, form)? {
+                    let key = state_file::part_name(i, name, part);
                     let t = tensors
                         .remove(&key)
                         .ok_or_else(|| bad(format!("`{key}` is missing")))?;
@@ -597,11 +625,9 @@ impl Session {
                             self.elem
                         )));
                     }
-                    Ok(t)
-                };
-                let theta = take(state_file::theta_name(i, name))?;
-                let partial = take(state_file::partial_name(i, name))?;
-                scan.set_carried(name, theta, partial)?;
+                    parts.push(t);
+                }
+                scan.set_carried(s, form, parts)?;
             }
             scan.started = true;
         }

@@ -12,14 +12,19 @@ const POSITION: &str = "stream.position";
 /// state.
 const PROGRAM: &str = "stream.program";
 
-/// Name of scan `i`'s state `s` at the start of the unfinished mini-batch.
-pub(super) fn theta_name(i: usize, s: &str) -> String {
-    format!("scan{i}.{s}.start")
-}
+/// The part holding a state at the start of the unfinished mini-batch.
+pub(super) const START: &str = "start";
+/// The part holding the partial gradient sum of a densely carried state.
+pub(super) const PARTIAL: &str = "partial_sum";
+/// The part holding the left factors `U` `[K, m]` of a state carried in factored form.
+pub(super) const FACTOR_U: &str = "factor_u";
+/// The part holding the right factors `D` `[K, n]` (scaled by their tokens' `lr`).
+pub(super) const FACTOR_D: &str = "factor_d";
 
-/// Name of scan `i`'s partial gradient sum of state `s`.
-pub(super) fn partial_name(i: usize, s: &str) -> String {
-    format!("scan{i}.{s}.partial_sum")
+/// Name of `part` of scan `i`'s state `s`: `scan<i>.<s>.<part>`. Which parts a file holds
+/// says which form the state was saved in.
+pub(super) fn part_name(i: usize, s: &str, part: &str) -> String {
+    format!("scan{i}.{s}.{part}")
 }
 
 /// Name of the history of the shift at main-graph node `node`.

@@ -69,7 +69,7 @@ mod plan;
 mod runtime;
 
 pub use codegen::Stats;
-pub use runtime::{thread_count, tttc_parallel_for, WorkerFn};
+pub use runtime::{as_worker, thread_count, tttc_parallel_for, WorkerFn};
 
 use crate::backend::{Backend, BackendError};
 use crate::input::InputError;

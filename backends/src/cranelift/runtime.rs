@@ -10,7 +10,7 @@ use cranelift_codegen::ir::types;
 use cranelift_codegen::ir::Type;
 use tttc_ir::{BinaryOp, UnaryOp};
 
-pub use crate::native::{thread_count, tttc_parallel_for, WorkerFn};
+pub use crate::native::{as_worker, thread_count, tttc_parallel_for, WorkerFn};
 
 extern "C" {
     fn memset(p: *mut u8, c: i32, n: usize) -> *mut u8;

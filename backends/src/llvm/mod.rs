@@ -75,7 +75,9 @@ pub use codegen::PARALLEL_FOR;
 pub use object::{
     compile_object, compile_object_in_parts, host_fingerprint, load_object, ObjectCode, ObjectJit,
 };
-pub use runtime::{thread_count, tttc_gemm_f32, tttc_gemm_f64, tttc_parallel_for, WorkerFn};
+pub use runtime::{
+    as_worker, thread_count, tttc_gemm_f32, tttc_gemm_f64, tttc_parallel_for, WorkerFn,
+};
 
 use crate::backend::{Backend, BackendError};
 use crate::input::InputError;

@@ -2,7 +2,9 @@
 //! maps by address.
 
 use crate::native::alloc::{tttc_calloc, tttc_free, tttc_malloc};
-pub use crate::native::{thread_count, tttc_gemm_f32, tttc_gemm_f64, tttc_parallel_for, WorkerFn};
+pub use crate::native::{
+    as_worker, thread_count, tttc_gemm_f32, tttc_gemm_f64, tttc_parallel_for, WorkerFn,
+};
 
 #[cfg_attr(target_os = "linux", link(name = "m"))]
 extern "C" {

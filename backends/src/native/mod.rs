@@ -18,7 +18,7 @@ pub(crate) mod parallel;
 pub mod profile;
 
 pub use gemm::{tttc_gemm_f32, tttc_gemm_f64};
-pub use parallel::{thread_count, tttc_parallel_for, WorkerFn};
+pub use parallel::{as_worker, thread_count, tttc_parallel_for, WorkerFn};
 
 use crate::backend::{BackendError, BufferList, CompiledProgram};
 use crate::input::{check_inputs, elem_type, ExpectedInput, InputError};

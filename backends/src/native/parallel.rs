@@ -54,7 +54,22 @@ pub(crate) fn pool() -> Option<&'static rayon::ThreadPool> {
 /// thread, since every core is busy with a sibling and a nested hand-off only adds waiting
 /// (measured: a TTT-MLP decode token took 1.8x longer with nested hand-offs).
 pub(crate) fn on_a_worker_thread() -> bool {
-    rayon::current_thread_index().is_some()
+    rayon::current_thread_index().is_some() || AS_WORKER.with(std::cell::Cell::get)
+}
+
+thread_local! {
+    /// Whether the thread runs [`as_worker`]'s closure now.
+    static AS_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` on the calling thread as a worker of a team that keeps every core busy (decode's
+/// grouped token steps): parallel loops of kernels it calls run on the calling thread, as on
+/// a pool worker ([`on_a_worker_thread`]).
+pub fn as_worker<R>(f: impl FnOnce() -> R) -> R {
+    let outer = AS_WORKER.with(|w| w.replace(true));
+    let r = f();
+    AS_WORKER.with(|w| w.set(outer));
+    r
 }
 
 /// The parallel-for runtime of compiled kernels: runs `worker(ctx, begin, end)` over contiguous

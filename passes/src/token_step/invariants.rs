@@ -61,18 +61,20 @@ pub fn hoist_invariants(step: &Graph) -> Result<(Graph, Option<Graph>), GraphErr
         .iter()
         .map(|o| (o.name.clone(), o.node))
         .collect();
-    let new_step = copy_live(step, &order, &hoisted, &step_outputs)?;
-    let invariants = copy_live(step, &order, &BTreeMap::new(), &outputs)?;
+    let new_step = copy_live(step, &order, &hoisted, &step_outputs, true)?;
+    let invariants = copy_live(step, &order, &BTreeMap::new(), &outputs, false)?;
     Ok((new_step, Some(invariants)))
 }
 
 /// A copy of what `outputs` (named nodes of `src`) need, every node of `as_inputs` read from an
-/// input of that name instead of computed. Inputs keep their order; new ones come last.
+/// input of that name instead of computed. Inputs keep their order (every one of them with
+/// `all_inputs`, else those used); new ones come last.
 fn copy_live(
     src: &Graph,
     order: &[NodeId],
     as_inputs: &BTreeMap<NodeId, String>,
     outputs: &[(String, NodeId)],
+    all_inputs: bool,
 ) -> Result<Graph, GraphError> {
     // Live: reachable from the outputs, not through a replaced node.
     let mut live: HashSet<NodeId> = HashSet::new();
@@ -88,10 +90,10 @@ fn copy_live(
     let type_of = |id: NodeId| {
         src.tensor_type(id)
             .cloned()
-            .ok_or_else(|| GraphError::UnknownNode(id))
+            .ok_or(GraphError::UnknownNode(id))
     };
     for &id in src.inputs() {
-        if live.contains(&id) {
+        if all_inputs || live.contains(&id) {
             let name = src.input_name(id).unwrap_or_default();
             map.insert(id, g.add_input(name, type_of(id)?)?);
         }
