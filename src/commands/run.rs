@@ -120,8 +120,9 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     load_state: Option<PathBuf>,
     /// Stream the inputs and save the session's state after them (safetensors: the fast
-    /// weights at the start of the unfinished mini-batch, its partial gradient sums, the last
-    /// inputs of every causal shift, the position), to continue later with --load-state.
+    /// weights at the start of the unfinished mini-batch, its partial gradient sums (dense, or
+    /// factored: see --decode-state), the last inputs of every causal shift, the position), to
+    /// continue later with --load-state.
     #[arg(long, value_name = "FILE")]
     save_state: Option<PathBuf>,
     /// When streaming: how an unfinished mini-batch is carried between tokens (see
