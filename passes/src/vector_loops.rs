@@ -129,18 +129,11 @@ mod tests {
     use tttc_ir::BinaryOp;
 
     fn load(buf: u32, index: Index) -> Value {
-        Value::Load {
-            buf: BufId(buf),
-            index,
-        }
+        Value::load(BufId(buf), index)
     }
 
     fn store(buf: u32, index: Index, value: Value) -> Stmt {
-        Stmt::Store {
-            buf: BufId(buf),
-            index,
-            value,
-        }
+        Stmt::store(BufId(buf), index, value)
     }
 
     #[test]
