@@ -74,11 +74,11 @@ fn inspect_every_stage() {
             "dual_form",
             "simplify",
             "lower_kernel",
+            "outline",
             "cpu_parallel",
             "register_tile",
             "reduce_jam",
             "vector_loops",
-            "outline",
             "memory_plan",
             "gpu_schedule",
             "codegen"

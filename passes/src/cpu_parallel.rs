@@ -39,8 +39,12 @@ impl KernelPass for CpuParallel {
 
     fn run(&self, program: &KernelProgram) -> Result<KernelProgram, PassError> {
         let mut out = program.clone();
-        for s in &mut out.body {
-            mark(program, s, &mut Vec::new());
+        let bodies =
+            std::iter::once(&mut out.body).chain(out.functions.iter_mut().map(|f| &mut f.body));
+        for body in bodies {
+            for s in body {
+                mark(program, s, &mut Vec::new());
+            }
         }
         Ok(out)
     }

@@ -3,12 +3,14 @@
 //! The module has one external function, the entry `void <name>(T** inputs, T** outputs)`, and
 //! internal helpers:
 //!
-//! - `tttc.body(T* noalias ...)`: the program proper, taking every input and output buffer as a
-//!   `noalias` argument (the entry just loads the pointers and calls it; after inlining the
-//!   `noalias` facts survive as alias scopes, which lets LLVM keep accumulators in registers and
-//!   vectorize without run-time alias checks). It fills the outputs with NaN (when poisoning),
-//!   allocates the arena and the other temporaries, runs the statements and frees what it
-//!   allocated.
+//! - `tttc.body(T* noalias ..., T** inputs, T** outputs)`: the program proper, taking every
+//!   output and every input its statements use as a `noalias` argument (the entry just loads
+//!   the pointers and calls it; after inlining the `noalias` facts survive as alias scopes,
+//!   which lets LLVM keep accumulators in registers and vectorize without run-time alias
+//!   checks), then the entry's two arrays, from which a run of calls of one kernel function
+//!   reads its arguments (a loop over a table, [`call_table`]; a buffer reached both ways is
+//!   not `noalias`). It fills the outputs with NaN (when poisoning), allocates the arena and the
+//!   other temporaries, runs the statements and frees what it allocated.
 //! - for every outermost parallel loop `k`, `tttc.worker.k(i8* ctx, i64 begin, i64 end)` unpacks
 //!   the context (a struct of the buffer pointers and enclosing loop variables the loop body
 //!   needs) and calls `tttc.wbody.k(T* noalias ..., i64 ..., i64 begin, i64 end)`, which
@@ -25,7 +27,9 @@
 //!   arguments are pairwise distinct buffers; those the memory plan lets overlap in the arena,
 //!   [`tttc_ir::kernel::aliased_params`], are not `noalias`) and any program-wide scratch copies its body uses, and
 //!   its parallel loops are outlined into workers like the body's. A [`Stmt::Call`] is a call
-//!   of it with the arguments' pointers.
+//!   of it with the arguments' pointers; [`call_table::MIN_TABLE_CALLS`] or more consecutive
+//!   calls of one function at the top level (a model's layers) are one call in a loop over a
+//!   constant table of their arguments, so that the body's code does not grow with depth.
 //!
 //! Allocation: the global temporaries the memory plan places ([`KernelProgram::memory`]) live
 //! in one arena, `malloc`ed once per run of the entry and `free`d at its end (one allocation
@@ -54,8 +58,10 @@ use inkwell::values::{
     BasicMetadataValueEnum, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue,
 };
 use inkwell::{AddressSpace, IntPredicate};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use tttc_ir::kernel::{BufId, Gemm, Index, KernelProgram, Schedule, Stmt, Value, VarId};
+
+mod call_table;
 
 /// Largest buffer put on the stack, in bytes.
 pub(crate) const MAX_ALLOCA_BYTES: u64 = 16 << 10;
@@ -128,6 +134,9 @@ struct Gen<'a, 'ctx> {
     poison: bool,
     /// The access group of the vector loops ([`ParallelLoops`]).
     parallel: ParallelLoops<'ctx>,
+    /// The pointers `tttc.body` takes one by one, as (array, index) of the entry's arrays
+    /// (0: inputs, 1: outputs); it takes the two arrays after them.
+    body_io: Vec<(usize, usize)>,
 }
 
 /// State of the function being generated.
@@ -190,6 +199,7 @@ pub(crate) fn build<'ctx>(
         funcs: Vec::new(),
         poison: crate::poison::poison_enabled(),
         parallel: ParallelLoops::new(ctx)?,
+        body_io: Vec::new(),
     };
     g.kernel_functions()?;
     let body = g.body_function()?;
@@ -348,10 +358,14 @@ impl<'ctx> Gen<'_, 'ctx> {
 
     /// The memory plan's arena (one `malloc`, poisoned as a whole in checking mode) and a
     /// pointer into it for every buffer it holds.
-    fn alloc_arena(&self, st: &mut FnState<'ctx>) -> Result<(), LlvmError> {
+    fn alloc_arena(
+        &self,
+        st: &mut FnState<'ctx>,
+        needed: &BTreeSet<BufId>,
+    ) -> Result<Option<PointerValue<'ctx>>, LlvmError> {
         let a = self.a;
         if a.arena.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let bytes = a.arena_len * self.elem_bytes();
         let arena = self.malloc(st, bytes, "arena")?;
@@ -363,7 +377,7 @@ impl<'ctx> Gen<'_, 'ctx> {
                 self.lower.i64t.const_int(bytes, false),
             )?;
         }
-        for &(id, offset) in &a.arena {
+        for &(id, offset) in a.arena.iter().filter(|(id, _)| needed.contains(id)) {
             let at = self.lower.i64t.const_int(offset * self.elem_bytes(), false);
             // SAFETY: the verifier checked that the buffer lies inside the arena.
             let ptr = unsafe {
@@ -371,42 +385,74 @@ impl<'ctx> Gen<'_, 'ctx> {
             };
             st.bufs.insert(id, ptr);
         }
-        Ok(())
+        Ok(Some(arena))
     }
 
-    /// `tttc.body(T* noalias in..., T* noalias out...)`.
+    /// `tttc.body(T* noalias in..., T* noalias out..., T** inputs, T** outputs)`: the inputs
+    /// its statements use and every output one by one, then the entry's two arrays, from which
+    /// runs of calls read their arguments ([`call_table`]).
     fn body_function(&mut self) -> Result<FunctionValue<'ctx>, LlvmError> {
-        let io: Vec<BufId> = self
-            .p
-            .inputs()
-            .into_iter()
-            .chain(self.p.outputs())
-            .map(|(id, _)| id)
-            .collect();
-        let params: Vec<BasicMetadataTypeEnum> = io.iter().map(|_| self.ptrt.into()).collect();
+        let p = self.p;
+        let profiled = crate::native::profile::statement_profile_enabled();
+        // The statement profile brackets every call: no tables then.
+        let runs = if profiled {
+            Vec::new()
+        } else {
+            call_table::call_runs(&p.body)
+        };
+        let takes = |f: usize| self.funcs.get(f).map_or(Vec::new(), |(_, t)| t.clone());
+        let needed = call_table::needed_outside(p, &runs, takes);
+        let from_table = call_table::table_arguments(&p.body, &runs);
+        let mut io: Vec<(usize, usize, BufId)> = Vec::new();
+        for (array, list) in [(0, p.inputs()), (1, p.outputs())] {
+            for (i, (id, _)) in list.into_iter().enumerate() {
+                if array == 1 || needed.contains(&id) {
+                    io.push((array, i, id));
+                }
+            }
+        }
+        let mut params: Vec<BasicMetadataTypeEnum> = io.iter().map(|_| self.ptrt.into()).collect();
+        params.extend([BasicMetadataTypeEnum::from(self.ptrt); 2]);
         let f = self.define("tttc.body", &params, Linkage::Internal);
-        for i in 0..io.len() {
-            f.add_attribute(AttributeLoc::Param(i as u32), self.noalias);
+        for (i, (_, _, id)) in io.iter().enumerate() {
+            // A buffer a table also passes is reached through the arrays too: not `noalias`.
+            if !from_table.contains(id) {
+                f.add_attribute(AttributeLoc::Param(i as u32), self.noalias);
+            }
         }
         let mut st = self.state(f, false);
-        for (i, &id) in io.iter().enumerate() {
+        for (i, &(_, _, id)) in io.iter().enumerate() {
             let Some(BasicValueEnum::PointerValue(ptr)) = f.get_nth_param(i as u32) else {
                 return internal("missing body parameter");
             };
             st.bufs.insert(id, ptr);
         }
-        let n_in = self.p.inputs().len();
-        for &id in &io[n_in..] {
+        let array = |k: usize| match f.get_nth_param((io.len() + k) as u32) {
+            Some(BasicValueEnum::PointerValue(ptr)) => Ok(ptr),
+            _ => internal("missing body array parameter"),
+        };
+        let arrays = [array(0)?, array(1)?];
+        for &(_, _, id) in io.iter().filter(|(a, _, _)| *a == 1) {
             self.fill_nan(&st, id, st.bufs[&id])?;
         }
+        self.body_io = io.iter().map(|&(a, i, _)| (a, i)).collect();
         let a = self.a;
-        self.alloc_arena(&mut st)?;
+        let arena = self.alloc_arena(&mut st, &needed)?;
         for &id in &a.program_allocs {
             let ptr = self.alloc(&mut st, id)?;
             self.fill_nan(&st, id, ptr)?;
         }
-        let p = self.p;
-        self.top_level_stmts(&mut st, &p.body, 0)?;
+        let sources = call_table::TableSources { arrays, arena };
+        let mut at = 0;
+        for r in &runs {
+            self.top_level_stmts(&mut st, &p.body[at..r.start], at)?;
+            let Some(Stmt::Call { func, .. }) = p.body.get(r.start) else {
+                return internal("a table run starts with no call");
+            };
+            self.call_table(&mut st, &sources, func.0 as usize, &p.body[r.clone()])?;
+            at = r.end;
+        }
+        self.top_level_stmts(&mut st, &p.body[at..], at)?;
         self.finish(&st)?;
         Ok(f)
     }
@@ -516,24 +562,27 @@ impl<'ctx> Gen<'_, 'ctx> {
         );
         let b = self.ctx.create_builder();
         b.position_at_end(self.ctx.append_basic_block(f, "start"));
-        let mut args: Vec<BasicMetadataValueEnum> = Vec::new();
-        for (param, list) in [(0, self.p.inputs()), (1, self.p.outputs())] {
+        let mut arrays = Vec::new();
+        for param in 0..2 {
             let Some(BasicValueEnum::PointerValue(arr)) = f.get_nth_param(param) else {
                 return internal("missing entry parameter");
             };
-            for (i, (id, _)) in list.iter().enumerate() {
-                // SAFETY: in bounds of the caller's array by the entry's contract.
-                let slot = unsafe {
-                    b.build_in_bounds_gep(
-                        self.ptrt,
-                        arr,
-                        &[self.lower.i64t.const_int(i as u64, false)],
-                        &format!("slot{}", id.0),
-                    )?
-                };
-                args.push(b.build_load(self.ptrt, slot, &format!("b{}", id.0))?.into());
-            }
+            arrays.push(arr);
         }
+        let mut args: Vec<BasicMetadataValueEnum> = Vec::new();
+        for &(array, i) in &self.body_io {
+            // SAFETY: in bounds of the caller's array by the entry's contract.
+            let slot = unsafe {
+                b.build_in_bounds_gep(
+                    self.ptrt,
+                    arrays[array],
+                    &[self.lower.i64t.const_int(i as u64, false)],
+                    "slot",
+                )?
+            };
+            args.push(b.build_load(self.ptrt, slot, "buf")?.into());
+        }
+        args.extend(arrays.iter().map(|&a| BasicMetadataValueEnum::from(a)));
         b.build_call(body, &args, "")?;
         b.build_return(None)?;
         Ok(())

@@ -262,9 +262,10 @@ pub enum Target {
     /// CPUs (LLVM, Cranelift, the AOT library): large matrix products of the main graph are
     /// [`tttc_ir::kernel::Stmt::Gemm`]s ([`crate::lower_kernel::LowerOptions::library_from_env`]),
     /// which the JITs run with a matrix library and an AOT object expands back into loops;
-    /// independent loop nests run on the thread pool (`cpu_parallel`); repeated layers are
-    /// outlined (`outline`); global temporaries share one arena (`memory_plan`); then the
-    /// kernel IR goes to code generation.
+    /// repeated layers are outlined first (`outline`), so that the scheduling stages after it
+    /// work on each distinct layer once; independent loop nests run on the thread pool
+    /// (`cpu_parallel`); global temporaries share one arena (`memory_plan`); then the kernel
+    /// IR goes to code generation.
     #[default]
     Cpu,
     /// NVIDIA GPUs: the kernel IR is mapped onto blocks and threads first (`gpu_schedule`);
@@ -342,6 +343,10 @@ impl Pipeline {
         match target {
             Target::Cpu => {
                 stages.push(Stage::kernel(
+                    Box::new(crate::outline::Outline::from_env()),
+                    "CPU targets: runs of statements repeated on other buffers (layers) → one kernel function and a call per repeat (off with TTTC_NO_OUTLINE=1)",
+                ));
+                stages.push(Stage::kernel(
                     Box::new(crate::cpu_parallel::CpuParallel),
                     "CPU targets: top-level loop nests with independent iterations and enough work run on the thread pool",
                 ));
@@ -356,10 +361,6 @@ impl Pipeline {
                 stages.push(Stage::kernel(
                     Box::new(crate::vector_loops::VectorLoops::from_env()),
                     "CPU targets: innermost loops whose iterations touch distinct elements → vector schedule, their independence stated to the code generator (off with TTTC_NO_VECTOR_LOOPS=1)",
-                ));
-                stages.push(Stage::kernel(
-                    Box::new(crate::outline::Outline::from_env()),
-                    "CPU targets: runs of statements repeated on other buffers (layers) → one kernel function and a call per repeat (off with TTTC_NO_OUTLINE=1)",
                 ));
                 stages.push(Stage::kernel(
                     Box::new(crate::memory_plan::MemoryPlanner::from_env()),

@@ -179,11 +179,11 @@ fn dump_writes_one_numbered_file_per_stage() {
             "03-dual_form.txt",
             "04-simplify.txt",
             "05-lower_kernel.txt",
-            "06-cpu_parallel.txt",
-            "07-register_tile.txt",
-            "08-reduce_jam.txt",
-            "09-vector_loops.txt",
-            "10-outline.txt",
+            "06-outline.txt",
+            "07-cpu_parallel.txt",
+            "08-register_tile.txt",
+            "09-reduce_jam.txt",
+            "10-vector_loops.txt",
             "11-memory_plan.txt"
         ]
     );
