@@ -33,7 +33,12 @@
 //! of one `(it, jt)` tile are loop-invariant addresses in the `p` loop and stay in registers
 //! (LLVM's loop vectorizer, full unroll and LICM promotion do this; Cranelift runs the same
 //! loops scalar). [`TileShape::for_host`] picks the tile from the host's vector registers
-//! (AVX-512: 8 × 32 f32, AVX2: 4 × 16 f32, else a portable 4 × 8).
+//! (AVX-512: 8 × 32 f32, AVX2: 4 × 16 f32, else a portable 4 × 8). A product of fewer rows
+//! than the tile's spends the accumulators of the missing rows on more columns, and so does a
+//! batch of products whose rows each have their own `b` (a decode token's one-row products,
+//! a matrix per head: jamming such rows shares no load), tiled one row at a time: one row of
+//! AVX-512 f32 gets 16 vectors (256 columns) of independent accumulators and streams each row
+//! of its `b` from start to end, where two accumulators made two dependent chains.
 //!
 //! The row loop may be `Parallel` (`cpu_parallel` spreads a top-level product's rows over
 //! threads): the loop over tiles of rows is then `Parallel` instead, each tile writing its own
@@ -202,6 +207,10 @@ struct Nest {
     term: Value,
     /// The original statement (kept for the row remainder).
     original: Stmt,
+    /// Whether the rows share the column operand (no load that varies along the columns
+    /// mentions the row): jamming rows then reuses each loaded `b(p, j)`. A batch of one-row
+    /// products (a decode token's, one matrix per head) has a matrix per row instead.
+    rows_share_b: bool,
 }
 
 impl Nest {
@@ -253,7 +262,7 @@ impl Nest {
         if *z != 0.0 || z.is_sign_negative() || zc != c || lc != c || lat != at || renamed != *at {
             return None;
         }
-        if n0 != n || *m < 2 || n < 2 || k == 0 || reads(term, *c) {
+        if n0 != n || *m < 1 || n < 2 || k == 0 || reads(term, *c) {
             return None;
         }
         // Distinct (i, j) must be distinct elements: c affine in both with strides that keep
@@ -264,7 +273,14 @@ impl Nest {
         if ci == 0 || cj == 0 || (ci < n64.saturating_mul(cj) && cj < m64.saturating_mul(ci)) {
             return None;
         }
+        let mut rows_share_b = true;
+        term.for_each_load(&mut |_, idx| {
+            if idx.mentions(j) && idx.mentions(*i) {
+                rows_share_b = false;
+            }
+        });
         Some(Nest {
+            rows_share_b,
             i: *i,
             m: *m,
             schedule: *row_schedule,
@@ -287,10 +303,21 @@ impl Nest {
             *vars += 1;
             v
         };
-        let rows = tile.rows.min(self.m);
-        // Columns per tile: two vectors, or as many whole vectors as there are columns.
-        let cols = if self.n >= tile.cols() {
-            tile.cols()
+        // Rows that share no loads gain nothing from being jammed but independent chains: one
+        // row a tile then, with all the accumulators along its columns, streaming each row of
+        // its `b` from start to end.
+        let rows = if self.rows_share_b {
+            tile.rows.min(self.m)
+        } else {
+            1
+        };
+        // Columns per tile: the host's accumulators (`tile.rows` × two vectors) shared by the
+        // tile's rows — two vectors a row for a full tile, more for products of fewer rows
+        // (a one-row product, a decode token's, gets 16 independent accumulators instead of
+        // two dependent chains) — or as many whole vectors as there are columns.
+        let vectors = (tile.cols() / tile.lanes) * tile.rows / rows;
+        let cols = if self.n >= vectors * tile.lanes {
+            vectors * tile.lanes
         } else if self.n >= tile.lanes {
             self.n / tile.lanes * tile.lanes
         } else {

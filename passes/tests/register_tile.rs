@@ -55,6 +55,10 @@ fn tiled_products_compute_bitwise_the_same() {
         (&[2, 9, 7], &[7, 3]),
         (&[3, 16], &[16, 16]),
         (&[2, 2], &[2, 2]),
+        // A batch of one-row products with a matrix each (a decode token's heads), tiled a
+        // row at a time with wide columns.
+        (&[6, 1, 16], &[6, 16, 64]),
+        (&[3, 1, 9], &[3, 9, 37]),
     ];
     let tiles = [
         TileShape { rows: 4, lanes: 8 },
@@ -94,6 +98,49 @@ fn tiled_products_compute_bitwise_the_same() {
             }
         }
     }
+}
+
+/// The extents of the vector loops of `body`, outermost first.
+fn vector_extents(body: &[Stmt]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for s in body {
+        s.walk(&mut |s| {
+            if let Stmt::Loop {
+                extent,
+                schedule: Schedule::Vector(_),
+                ..
+            } = s
+            {
+                out.push(*extent);
+            }
+            true
+        });
+    }
+    out
+}
+
+#[test]
+fn rows_with_a_matrix_each_get_a_tile_of_one_row_and_every_accumulator() {
+    let tile = TileShape { rows: 8, lanes: 16 };
+    // A batch of six one-row products, one matrix per row: jamming rows would share no load,
+    // so each row gets the 16 accumulators along its columns (256 of them).
+    let (_, k) = product(DType::F32, &[6, 1, 64], &[6, 64, 256]);
+    let t = RegisterTile { tile: Some(tile) }.run(&k).expect("tiles");
+    assert_eq!(
+        vector_extents(&t.body),
+        vec![256],
+        "{}",
+        print_kernel_program(&t)
+    );
+    // Rows sharing their matrix are jammed as before: 8 rows × 2 vectors.
+    let (_, k) = product(DType::F32, &[16, 64], &[64, 256]);
+    let t = RegisterTile { tile: Some(tile) }.run(&k).expect("tiles");
+    assert_eq!(
+        vector_extents(&t.body),
+        vec![32],
+        "{}",
+        print_kernel_program(&t)
+    );
 }
 
 #[test]
