@@ -886,10 +886,6 @@ impl ScanRuntime {
             .sum::<usize>()
             * n;
         let groups = super::grouped::worker_threads().min(n);
-        let elem_size = match self.inputs.values().next().map(Tensor::elem_type) {
-            Some(ElemType::F32) => 4,
-            _ => 8,
-        };
         let native = matches!(pieces.backend(), Backend::Llvm | Backend::Cranelift);
         let min_state = std::env::var("TTTC_DECODE_SPLIT_MIN")
             .ok()
@@ -902,7 +898,7 @@ impl ScanRuntime {
             self.factor_sum = Some(pieces.prepare(&program)?);
         }
         if native && groups > 1 && n.is_multiple_of(groups) && state >= min_state {
-            let blocks = cache_blocks(n, groups, state / n * elem_size);
+            let blocks = cache_blocks(n, groups);
             let (step, invariants) = self.step_programs(scan, n / blocks)?;
             let split = (blocks, groups);
             self.grouped = super::grouped::GroupedStep::new(pieces, &step, split, n)?;
@@ -1016,44 +1012,20 @@ impl ScanRuntime {
     }
 }
 
-/// The number of row blocks, a multiple of `threads` dividing `n`, for slices whose carried
-/// state is `slice_bytes` each: the fewest whose block of weights (the state and about as
-/// much again that the step reads beside it: a transposed copy, the partial sums) fits in half
-/// of a core's level-2 cache, so that the step's several passes over a block's weights hit
-/// that cache. `TTTC_DECODE_BLOCKS` overrides it (rounded to a valid count).
-fn cache_blocks(n: usize, threads: usize, slice_bytes: usize) -> usize {
+/// The number of row blocks, a multiple of `threads` dividing `n`: one per thread unless
+/// `TTTC_DECODE_BLOCKS` asks for more (rounded to a valid count). Blocks small enough for one
+/// block's weights to stay in a core's level-2 cache across the step's passes paid while the
+/// step's one-row products ran as two dependent chains per row; since `register_tile` streams
+/// each head's matrix once per product with every accumulator in flight, the fewest blocks
+/// are fastest (TTT-MLP, 12 heads × f = 64, factored: 52 µs a token in two blocks against 58
+/// in twelve; dense 70 against 75; TTT-Linear the same either way).
+fn cache_blocks(n: usize, threads: usize) -> usize {
     let valid = |b: usize| b >= threads && b.is_multiple_of(threads) && n.is_multiple_of(b);
-    if let Some(b) = std::env::var("TTTC_DECODE_BLOCKS")
+    std::env::var("TTTC_DECODE_BLOCKS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        if let Some(b) = (b.max(threads)..=n).find(|&b| valid(b)) {
-            return b;
-        }
-    }
-    let budget = level2_cache_bytes() / 2;
-    (threads..=n)
-        .filter(|&b| valid(b))
-        .find(|&b| (n / b) * slice_bytes * 2 <= budget)
-        .unwrap_or(n)
-}
-
-/// The level-2 cache of the first CPU (Linux sysfs), or 512 KiB when it cannot be read.
-fn level2_cache_bytes() -> usize {
-    std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size")
-        .ok()
-        .and_then(|s| {
-            let s = s.trim();
-            let (digits, scale) = match s.strip_suffix('K') {
-                Some(d) => (d, 1024),
-                None => match s.strip_suffix('M') {
-                    Some(d) => (d, 1024 * 1024),
-                    None => (s, 1),
-                },
-            };
-            digits.parse::<usize>().ok().map(|d| d * scale)
-        })
-        .unwrap_or(512 * 1024)
+        .and_then(|b| (b.max(threads)..=n).find(|&b| valid(b)))
+        .unwrap_or(threads)
 }
 
 /// A program around one graph built for a session.
