@@ -76,6 +76,7 @@ fn inspect_every_stage() {
             "lower_kernel",
             "outline",
             "cpu_parallel",
+            "sibling_products",
             "register_tile",
             "reduce_jam",
             "vector_loops",

@@ -30,6 +30,7 @@ pub mod reduce_jam;
 pub mod register_tile;
 pub mod residuals;
 pub mod rewrite;
+pub mod sibling_products;
 pub mod token_step;
 pub mod vector_loops;
 

@@ -184,38 +184,47 @@ pub(crate) fn rewrite_nests(
     program.vars = vars;
 }
 
-/// A recognized product nest (see the module doc).
+/// One product of a nest: `C[c(i, j)] += term(i, p, j)`.
 #[derive(Clone, Debug)]
-struct Nest {
+pub(crate) struct Product {
+    /// The result buffer and the element `c(i, j)` (in `i`, `j`).
+    pub(crate) c: BufId,
+    pub(crate) at: Index,
+    /// The term `a(i, p) * b(p, j)`.
+    pub(crate) term: Value,
+}
+
+/// A recognized product nest (see the module doc): one product, or several over the same loops
+/// (`sibling_products` merges products that read the same right operand).
+#[derive(Clone, Debug)]
+pub(crate) struct Nest {
     /// The row loop's variable, extent and schedule (`Parallel` when `cpu_parallel` spread a
     /// top-level product's rows over threads: the tiles of rows are then spread instead).
-    i: VarId,
-    m: usize,
-    schedule: Schedule,
+    pub(crate) i: VarId,
+    pub(crate) m: usize,
+    pub(crate) schedule: Schedule,
     /// The zeroing column loop's variable.
-    j0: VarId,
+    pub(crate) j0: VarId,
     /// The contraction's variable and extent.
-    p: VarId,
-    k: usize,
+    pub(crate) p: VarId,
+    pub(crate) k: usize,
     /// The accumulating column loop's variable, and the columns.
-    j: VarId,
-    n: usize,
-    /// The result buffer and the element `c(i, j)` (in `i`, `j`).
-    c: BufId,
-    at: Index,
-    /// The term `a(i, p) * b(p, j)`.
-    term: Value,
+    pub(crate) j: VarId,
+    pub(crate) n: usize,
+    /// The products, in the order of their stores.
+    pub(crate) products: Vec<Product>,
     /// The original statement (kept for the row remainder).
-    original: Stmt,
+    pub(crate) original: Stmt,
     /// Whether the rows share the column operand (no load that varies along the columns
     /// mentions the row): jamming rows then reuses each loaded `b(p, j)`. A batch of one-row
     /// products (a decode token's, one matrix per head) has a matrix per row instead.
-    rows_share_b: bool,
+    pub(crate) rows_share_b: bool,
 }
 
 impl Nest {
-    /// The nest `s`, when it has the shape of the module doc and tiling it is safe.
-    fn of(s: &Stmt) -> Option<Nest> {
+    /// The nest `s`, when it has the shape of the module doc (with one or more products, each
+    /// zeroed and accumulated in the same order) and tiling it is safe.
+    pub(crate) fn of(s: &Stmt) -> Option<Nest> {
         let Stmt::Loop {
             var: i,
             extent: m,
@@ -229,56 +238,84 @@ impl Nest {
             return None;
         };
         let (j0, n0, zbody) = serial_loop(zero)?;
-        let [Stmt::Store {
-            buf: zc,
-            index: zat,
-            value: Value::Const(z),
-        }] = zbody
-        else {
-            return None;
-        };
         let (p, k, pbody) = serial_loop(acc)?;
         let [jloop] = pbody else { return None };
         let (j, n, jbody) = serial_loop(jloop)?;
-        let [Stmt::Store {
-            buf: c,
-            index: at,
-            value: Value::Binary(BinaryOp::Add, sum, term),
-        }] = jbody
-        else {
-            return None;
-        };
-        let Value::Load {
-            buf: lc,
-            index: lat,
-        } = sum.as_ref()
-        else {
-            return None;
-        };
-        let Value::Binary(BinaryOp::Mul, _, _) = term.as_ref() else {
-            return None;
-        };
-        let renamed = zat.substitute(&|v| (v == j0).then_some(Index::Var(j)));
-        if *z != 0.0 || z.is_sign_negative() || zc != c || lc != c || lat != at || renamed != *at {
+        if zbody.len() != jbody.len() || jbody.is_empty() {
             return None;
         }
-        if n0 != n || *m < 1 || n < 2 || k == 0 || reads(term, *c) {
+        let mut products: Vec<Product> = Vec::with_capacity(jbody.len());
+        for (zs, js) in zbody.iter().zip(jbody) {
+            let Stmt::Store {
+                buf: zc,
+                index: zat,
+                value: Value::Const(z),
+            } = zs
+            else {
+                return None;
+            };
+            let Stmt::Store {
+                buf: c,
+                index: at,
+                value: Value::Binary(BinaryOp::Add, sum, term),
+            } = js
+            else {
+                return None;
+            };
+            let Value::Load {
+                buf: lc,
+                index: lat,
+            } = sum.as_ref()
+            else {
+                return None;
+            };
+            let Value::Binary(BinaryOp::Mul, _, _) = term.as_ref() else {
+                return None;
+            };
+            let renamed = zat.substitute(&|v| (v == j0).then_some(Index::Var(j)));
+            if *z != 0.0
+                || z.is_sign_negative()
+                || zc != c
+                || lc != c
+                || lat != at
+                || renamed != *at
+            {
+                return None;
+            }
+            // Distinct (i, j) must be distinct elements: c affine in both with strides that
+            // keep rows (or columns) apart.
+            let ci = coefficient(at, *i)?.unsigned_abs();
+            let cj = coefficient(at, j)?.unsigned_abs();
+            let (m64, n64) = (*m as u64, n as u64);
+            if ci == 0 || cj == 0 || (ci < n64.saturating_mul(cj) && cj < m64.saturating_mul(ci)) {
+                return None;
+            }
+            if products.iter().any(|q| q.c == *c) {
+                return None;
+            }
+            products.push(Product {
+                c: *c,
+                at: at.clone(),
+                term: term.as_ref().clone(),
+            });
+        }
+        if n0 != n || *m < 1 || n < 2 || k == 0 {
             return None;
         }
-        // Distinct (i, j) must be distinct elements: c affine in both with strides that keep
-        // rows (or columns) apart.
-        let ci = coefficient(at, *i)?.unsigned_abs();
-        let cj = coefficient(at, j)?.unsigned_abs();
-        let (m64, n64) = (*m as u64, n as u64);
-        if ci == 0 || cj == 0 || (ci < n64.saturating_mul(cj) && cj < m64.saturating_mul(ci)) {
+        if products
+            .iter()
+            .any(|q| products.iter().any(|r| reads(&q.term, r.c)))
+        {
             return None;
         }
         let mut rows_share_b = true;
-        term.for_each_load(&mut |_, idx| {
-            if idx.mentions(j) && idx.mentions(*i) {
-                rows_share_b = false;
-            }
-        });
+        for q in &products {
+            q.term.for_each_load(&mut |_, idx| {
+                if idx.mentions(j) && idx.mentions(*i) {
+                    rows_share_b = false;
+                }
+            });
+        }
         Some(Nest {
             rows_share_b,
             i: *i,
@@ -289,9 +326,7 @@ impl Nest {
             k,
             j,
             n,
-            c: *c,
-            at: at.clone(),
-            term: term.as_ref().clone(),
+            products,
             original: s.clone(),
         })
     }
@@ -306,8 +341,12 @@ impl Nest {
         // Rows that share no loads gain nothing from being jammed but independent chains: one
         // row a tile then, with all the accumulators along its columns, streaming each row of
         // its `b` from start to end.
+        // Accumulators (in vectors) a tile holds: the host tile's rows × two vectors, shared
+        // by the products of the nest.
+        let budget = (tile.cols() / tile.lanes) * tile.rows;
+        let products = self.products.len();
         let rows = if self.rows_share_b {
-            tile.rows.min(self.m)
+            tile.rows.min(self.m).min((budget / (2 * products)).max(1))
         } else {
             1
         };
@@ -315,7 +354,7 @@ impl Nest {
         // tile's rows — two vectors a row for a full tile, more for products of fewer rows
         // (a one-row product, a decode token's, gets 16 independent accumulators instead of
         // two dependent chains) — or as many whole vectors as there are columns.
-        let vectors = (tile.cols() / tile.lanes) * tile.rows / rows;
+        let vectors = (budget / (rows * products)).max(1);
         let cols = if self.n >= vectors * tile.lanes {
             vectors * tile.lanes
         } else if self.n >= tile.lanes {
@@ -335,7 +374,8 @@ impl Nest {
         // and contraction index `p`.
         let jam = |col: &Index, p: VarId| -> Vec<Stmt> {
             (0..rows)
-                .map(|r| {
+                .flat_map(|r| self.products.iter().map(move |q| (r, q)))
+                .map(|(r, q)| {
                     let f = |v: VarId| {
                         if v == self.i {
                             Some(row(r))
@@ -347,12 +387,12 @@ impl Nest {
                             None
                         }
                     };
-                    let at = self.at.substitute(&f);
-                    let term = self.term.map_indices(&|x| x.substitute(&f));
+                    let at = q.at.substitute(&f);
+                    let term = q.term.map_indices(&|x| x.substitute(&f));
                     Stmt::store(
-                        self.c,
+                        q.c,
                         at.clone(),
-                        Value::binary(BinaryOp::Add, Value::load(self.c, at), term),
+                        Value::binary(BinaryOp::Add, Value::load(q.c, at), term),
                     )
                 })
                 .collect()
@@ -360,7 +400,8 @@ impl Nest {
         let mut tile_body = Vec::new();
         // Zero the tile's rows (one column loop, the rows jammed).
         let zeros = (0..rows)
-            .map(|r| {
+            .flat_map(|r| self.products.iter().map(move |q| (r, q)))
+            .map(|(r, q)| {
                 let f = |v: VarId| {
                     if v == self.i {
                         Some(row(r))
@@ -370,7 +411,7 @@ impl Nest {
                         None
                     }
                 };
-                Stmt::store(self.c, self.at.substitute(&f), Value::Const(0.0))
+                Stmt::store(q.c, q.at.substitute(&f), Value::Const(0.0))
             })
             .collect();
         tile_body.push(Stmt::counted_loop(self.j0, self.n, Schedule::Serial, zeros));

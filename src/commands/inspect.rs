@@ -21,7 +21,7 @@ pub enum Format {
 /// Which stages follow `lower_kernel`.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TargetArg {
-    /// CPU targets: `outline`, `cpu_parallel`, `register_tile`, `reduce_jam`, `vector_loops` and `memory_plan` follow
+    /// CPU targets: `outline`, `cpu_parallel`, `sibling_products`, `register_tile`, `reduce_jam`, `vector_loops` and `memory_plan` follow
     /// `lower_kernel`.
     Cpu,
     /// GPU targets: `gpu_schedule` follows `lower_kernel`.
@@ -38,7 +38,8 @@ pub struct Args {
     passes: bool,
     /// Print the program after this stage: `parse`, a graph stage (autodiff, primal,
     /// dual_form, simplify; default: simplify), or a kernel stage (lower_kernel, outline,
-    /// cpu_parallel, register_tile, reduce_jam, vector_loops, memory_plan, gpu_schedule), which needs the shapes (--inputs, or every dimension with --set).
+    /// cpu_parallel, sibling_products, register_tile, reduce_jam, vector_loops, memory_plan,
+    /// gpu_schedule), which needs the shapes (--inputs, or every dimension with --set).
     #[arg(long, value_name = "STAGE", conflicts_with = "all")]
     after: Option<String>,
     /// Print the program after every stage (the kernel stages too when --inputs is given).

@@ -249,6 +249,7 @@ pub fn kernel_stage_settings() -> String {
         crate::register_tile::DISABLE_ENV,
         crate::reduce_jam::DISABLE_ENV,
         crate::vector_loops::DISABLE_ENV,
+        crate::sibling_products::DISABLE_ENV,
     ]
     .iter()
     .map(|name| format!("{name}={:?}\n", std::env::var_os(name)))
@@ -349,6 +350,10 @@ impl Pipeline {
                 stages.push(Stage::kernel(
                     Box::new(crate::cpu_parallel::CpuParallel),
                     "CPU targets: top-level loop nests with independent iterations and enough work run on the thread pool",
+                ));
+                stages.push(Stage::kernel(
+                    Box::new(crate::sibling_products::SiblingProducts::from_env()),
+                    "CPU targets: products whose rows each have their own right operand and that read the same one (a decode token's k @ W and q @ W) → one nest, each load feeding both (off with TTTC_NO_SIBLING_PRODUCTS=1)",
                 ));
                 stages.push(Stage::kernel(
                     Box::new(crate::register_tile::RegisterTile::from_env()),

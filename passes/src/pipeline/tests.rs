@@ -181,10 +181,11 @@ fn dump_writes_one_numbered_file_per_stage() {
             "05-lower_kernel.txt",
             "06-outline.txt",
             "07-cpu_parallel.txt",
-            "08-register_tile.txt",
-            "09-reduce_jam.txt",
-            "10-vector_loops.txt",
-            "11-memory_plan.txt"
+            "08-sibling_products.txt",
+            "09-register_tile.txt",
+            "10-reduce_jam.txt",
+            "11-vector_loops.txt",
+            "12-memory_plan.txt"
         ]
     );
     let kernel_text = std::fs::read_to_string(&dump.written()[4]).expect("written");
