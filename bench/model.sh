@@ -4,7 +4,7 @@
 # Mamba backbone: pre_conv, share_qk, use_gate; mini_batch_size 16), TTT-Linear and TTT-MLP,
 # B=1, f32. Checks that the logits and the greedy tokens agree before timing, then times:
 # prefill at L=2048 and 8192 (medians), greedy decode tokens/s after an 8-token prompt, cold
-# compile (12 and 24 layers) and the warm start (compile cache hit) to the first token, and
+# compile (12 and 24 layers, medians of five alternated) and the warm start (compile cache hit) to the first token, and
 # peak memory. Writes bench/MODEL.md.
 #
 #   bash bench/model.sh                 # the whole table (about an hour on 2 cores)
@@ -96,16 +96,23 @@ print(','.join(map(str, load_file('$tmp/ids_$first.safetensors')['input_ids'][0,
   m ids "$short" --length 16 --vocab "$vocab" >/dev/null
   cold=- cold24=-
   if [ "$parts" = all ]; then
-  cold=$("$TTTC" bench examples/ttt_lm.ttt --model "$dir" --inputs "$short" --iters 1 --json --no-cache 2>/dev/null | j '"%.2f" % (d["compile_ms"] / 1e3)')
+  # Median of five cold compiles at each depth, alternated (one compile varies by ~20% on a
+  # shared machine).
   dir24=$tmp/${layer}24
   m make "$dir24" --layer "$layer" --size "$size" --layers 24 >/dev/null
-  cold24=$("$TTTC" bench examples/ttt_lm.ttt --model "$dir24" --inputs "$short" --iters 1 --json --no-cache 2>/dev/null | j '"%.2f" % (d["compile_ms"] / 1e3)')
+  cold_ms() { "$TTTC" bench examples/ttt_lm.ttt --model "$1" --inputs "$short" --iters 1 --json --no-cache 2>/dev/null | j '"%.1f" % d["compile_ms"]'; }
+  c12=() c24=()
+  for _ in 1 2 3 4 5; do c12+=("$(cold_ms "$dir")"); c24+=("$(cold_ms "$dir24")"); done
+  median_s() { $PY -c 'import statistics, sys; print("%.2f" % (statistics.median(map(float, sys.argv[1:])) / 1e3))' "$@"; }
+  cold=$(median_s "${c12[@]}"); cold24=$(median_s "${c24[@]}")
   rm -rf "$dir24"
   fi
   rm -rf "$TTTC_CACHE_DIR"
   m run-peak "$TTTC" generate examples/ttt_lm.ttt --model "$dir" --prompt-ids "$prompt" --max-new-tokens 1 >/dev/null
   warm=$(m run-peak "$TTTC" generate examples/ttt_lm.ttt --model "$dir" --prompt-ids "$prompt" --max-new-tokens 1 | j '"%.2f" % d["wall_s"]')
-  rows_compile+=("| $layer | $cold | $cold24 | $warm |")
+  ratio=-
+  [ "$cold" != - ] && ratio=$($PY -c "print('%.2fx' % ($cold24 / $cold))")
+  rows_compile+=("| $layer | $cold | $cold24 | $ratio | $warm |")
   rm -rf "$dir"
 done
 
@@ -131,7 +138,7 @@ done
   echo
   echo "## Compile (seconds)"
   echo
-  echo "| layer | cold, the model's $(grep -o '"num_hidden_layers": [0-9]*' "$tmp/depth" | grep -o '[0-9]*$') layers | cold, 24 layers | warm start to the first token (cache hit, whole process) |"
-  echo "| --- | --- | --- | --- |"
+  echo "| layer | cold, the model's $(grep -o '"num_hidden_layers": [0-9]*' "$tmp/depth" | grep -o '[0-9]*$') layers | cold, 24 layers | 24 / 12 | warm start to the first token (cache hit, whole process) |"
+  echo "| --- | --- | --- | --- | --- |"
   printf '%s\n' "${rows_compile[@]}"
 } | if [ "$size" = 125m ] && [ "$parts" = all ]; then tee bench/MODEL.md; else cat; fi
