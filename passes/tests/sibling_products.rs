@@ -85,6 +85,28 @@ fn merged_and_checked(k: &KernelProgram) -> KernelProgram {
     merged
 }
 
+/// Asserts that `sibling_products` leaves `k`'s nests as they are (and changes no result).
+fn assert_kept_apart(k: &KernelProgram) {
+    let merged = merged_and_checked(k);
+    assert_eq!(
+        nests(&merged),
+        nests(k),
+        "{}",
+        print_kernel_program(&merged)
+    );
+}
+
+/// Outputs `y1 = x1 @ w` and `y2 = a @ b` for `(a, b) = second(g, inputs)`.
+fn y1_and(second: impl Fn(&mut Graph, [NodeId; 4]) -> [NodeId; 2]) -> KernelProgram {
+    program(|g, inputs| {
+        let y1 = g.add(Op::MatMul, &[inputs[0], inputs[2]]).expect("y1");
+        let [a, b] = second(g, inputs);
+        let y2 = g.add(Op::MatMul, &[a, b]).expect("y2");
+        g.add_output("y1", y1);
+        g.add_output("y2", y2);
+    })
+}
+
 #[test]
 fn products_over_the_same_matrices_become_one_nest() {
     // y1 = x1 @ w and y2 = x2 @ w, with an unrelated product between them.
@@ -107,19 +129,7 @@ fn products_over_the_same_matrices_become_one_nest() {
 
 #[test]
 fn products_over_different_matrices_stay_apart() {
-    let k = program(|g, [x1, x2, w, v]| {
-        let y1 = g.add(Op::MatMul, &[x1, w]).expect("y1");
-        let y2 = g.add(Op::MatMul, &[x2, v]).expect("y2");
-        g.add_output("y1", y1);
-        g.add_output("y2", y2);
-    });
-    let merged = merged_and_checked(&k);
-    assert_eq!(
-        nests(&merged),
-        nests(&k),
-        "{}",
-        print_kernel_program(&merged)
-    );
+    assert_kept_apart(&y1_and(|_, [_, x2, _, v]| [x2, v]));
 }
 
 #[test]
@@ -143,23 +153,12 @@ fn a_product_reading_its_siblings_result_stays_after_it() {
         g.add_output("y1", y1);
         g.add_output("y2", y2);
     });
-    let merged = merged_and_checked(&k);
-    assert_eq!(
-        nests(&merged),
-        nests(&k),
-        "{}",
-        print_kernel_program(&merged)
-    );
+    assert_kept_apart(&k);
 }
 
 #[test]
 fn off_leaves_the_program_alone() {
-    let k = program(|g, [x1, x2, w, _]| {
-        let y1 = g.add(Op::MatMul, &[x1, w]).expect("y1");
-        let y2 = g.add(Op::MatMul, &[x2, w]).expect("y2");
-        g.add_output("y1", y1);
-        g.add_output("y2", y2);
-    });
+    let k = y1_and(|_, [_, x2, w, _]| [x2, w]);
     let off = SiblingProducts { enabled: false }.run(&k).expect("runs");
     assert_eq!(print_kernel_program(&off), print_kernel_program(&k));
 }
