@@ -139,7 +139,7 @@ pub fn choose_forms(scan: &TttScan, ask: DecodeState) -> Vec<StateForm> {
     if ask == DecodeState::Dense {
         return dense;
     }
-    states
+    let forms: Vec<StateForm> = states
         .iter()
         .enumerate()
         .map(|(i, s)| {
@@ -159,7 +159,17 @@ pub fn choose_forms(scan: &TttScan, ask: DecodeState) -> Vec<StateForm> {
                 StateForm::Dense
             }
         })
-        .collect()
+        .collect();
+    // The factored read exists only where the dual-form rewrite derives it: on tiny shapes the
+    // extractor may find keeping the materialized per-token sum (`mix_outer`) cheaper, and the
+    // step cannot be built that way (a linear two-layer model, widths 3 → 2 → 3, K = 4, did
+    // this). Such a scan stays dense.
+    if forms.contains(&StateForm::Factored)
+        && super::token_step_graph_with(scan, 1, &forms).is_err()
+    {
+        return dense;
+    }
+    forms
 }
 
 #[cfg(test)]
