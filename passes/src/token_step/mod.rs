@@ -198,6 +198,32 @@ pub fn token_step_graph(scan: &TttScan, n: usize) -> Result<Graph, TokenStepErro
     token_step_graph_with(scan, n, &[])
 }
 
+/// The constructors of the two errors every graph builder here reports — a malformed scan and
+/// an IR error — naming `scan`'s model.
+fn scan_errors(
+    scan: &TttScan,
+) -> (
+    impl Fn(String) -> TokenStepError + Copy + '_,
+    impl Fn(GraphError) -> TokenStepError + Copy + '_,
+) {
+    let malformed = |message: String| TokenStepError::Malformed {
+        model: scan.model.clone(),
+        message,
+    };
+    let ir = |source: GraphError| TokenStepError::Ir {
+        model: scan.model.clone(),
+        source,
+    };
+    (malformed, ir)
+}
+
+/// The scan's inner gradient graph (from `autodiff`), an error when it has none.
+fn inner_gradient(scan: &TttScan) -> Result<&Graph, TokenStepError> {
+    scan.grad
+        .as_ref()
+        .ok_or_else(|| TokenStepError::MissingGradient(scan.model.clone()))
+}
+
 /// [`token_step_graph`] with the form of every model state's partial sum (`forms[i]` for
 /// [`TttScan::model_states`]' `i`; missing entries are dense; see [`choose_forms`]). A
 /// [`StateForm::Factored`] state takes `factor_u.<s>` `[n, m, K]` and `factor_d.<s>` `[n, K, n']`
@@ -209,22 +235,12 @@ pub fn token_step_graph_with(
     forms: &[StateForm],
 ) -> Result<Graph, TokenStepError> {
     let model = scan.model.clone();
-    let malformed = |message: String| TokenStepError::Malformed {
-        model: model.clone(),
-        message,
-    };
-    let ir = |source: GraphError| TokenStepError::Ir {
-        model: model.clone(),
-        source,
-    };
+    let (malformed, ir) = scan_errors(scan);
     let batch = |source: BatchError| TokenStepError::Batch {
         model: model.clone(),
         source,
     };
-    let grad = scan
-        .grad
-        .as_ref()
-        .ok_or_else(|| TokenStepError::MissingGradient(model.clone()))?;
+    let grad = inner_gradient(scan)?;
     let momentum = scan.rule.has_carries();
     let (ns, np, nl, no) = (
         scan.model_state_count(),
@@ -610,19 +626,8 @@ pub fn factor_sum_graph(
     n: usize,
     forms: &[StateForm],
 ) -> Result<Graph, TokenStepError> {
-    let model = scan.model.clone();
-    let ir = |source: GraphError| TokenStepError::Ir {
-        model: model.clone(),
-        source,
-    };
-    let malformed = |message: String| TokenStepError::Malformed {
-        model: model.clone(),
-        message,
-    };
-    let grad = scan
-        .grad
-        .as_ref()
-        .ok_or_else(|| TokenStepError::MissingGradient(model.clone()))?;
+    let (malformed, ir) = scan_errors(scan);
+    let grad = inner_gradient(scan)?;
     let k = scan
         .mini_batch
         .known()
