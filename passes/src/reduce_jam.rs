@@ -25,8 +25,12 @@
 //!     for j in 0..n { acc[a(i₀)] = op(acc[a(i₀)], term(i₀, j)); …  (rows of them) }
 //!     post for each row
 //! }
-//! (rows m - m%rows.. : the original nest)
+//! (rows m - m%rows.. : the original nest, serial)
 //! ```
+//!
+//! A parallel row loop (`cpu_parallel` runs first) gives a parallel tile loop: the rows of one
+//! tile are distinct from every other tile's. The 125M model's RMS norms (2048 rows of 768)
+//! took 0.86 ms each unjammed.
 //!
 //! with `i₀ = it·rows`: the `rows` accumulators are loop-invariant addresses in the `j` loop,
 //! which the code generator keeps in registers as independent chains.
@@ -87,6 +91,9 @@ struct Rows {
     /// The row loop's variable and extent.
     i: VarId,
     m: usize,
+    /// The row loop's schedule: a parallel row loop (the main graph's, after `cpu_parallel`)
+    /// stays parallel over the tiles (distinct tiles write distinct rows).
+    schedule: Schedule,
     /// The accumulator's buffer and element `a(i)`.
     acc: BufId,
     at: Index,
@@ -104,7 +111,7 @@ impl Rows {
         let Stmt::Loop {
             var: i,
             extent: m,
-            schedule: Schedule::Serial,
+            schedule: schedule @ (Schedule::Serial | Schedule::Parallel),
             body,
         } = s
         else {
@@ -166,6 +173,7 @@ impl Rows {
         Some(Rows {
             i: *i,
             m: *m,
+            schedule: *schedule,
             acc: *acc,
             at: at.clone(),
             init: init.clone(),
@@ -230,7 +238,7 @@ impl Rows {
             updates,
         ));
         tile.extend(posts);
-        let mut out = vec![Stmt::counted_loop(it, tiles, Schedule::Serial, tile)];
+        let mut out = vec![Stmt::counted_loop(it, tiles, self.schedule, tile)];
         let rest = self.m - tiles * rows;
         if rest > 0 {
             let (i, j) = (fresh(), fresh());

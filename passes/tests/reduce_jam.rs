@@ -128,6 +128,42 @@ fn jammed_row_reductions_are_bitwise_unchanged() {
 }
 
 #[test]
+fn parallel_row_loops_are_jammed_into_parallel_tiles_bitwise_unchanged() {
+    use tttc_passes::cpu_parallel::CpuParallel;
+    for dtype in [DType::F32, DType::F64] {
+        // Enough work for `cpu_parallel` to hand the rows to the thread pool (2^17 stores);
+        // 203 = 25 tiles of 8 and 3 rows.
+        let (m, n) = (203, 701);
+        let plain = lower_graph("layer_norm", &layer_norm(dtype, m, n)).expect("lower");
+        let parallel = CpuParallel.run(&plain).expect("parallel");
+        let before = print_kernel_program(&parallel);
+        assert!(
+            before.contains(&format!(" in 0..{m} (Parallel)")),
+            "no parallel row loop:\n{before}"
+        );
+        let inputs: BTreeMap<String, Tensor> = [
+            ("x".to_string(), tensor(&[m, n], 1, dtype)),
+            ("w".to_string(), tensor(&[m, n], 2, dtype)),
+        ]
+        .into();
+        let want = run_kernel_program(&parallel, &inputs).expect("plain");
+        let jammed = ReduceJam { rows: Some(8) }.run(&parallel).expect("jam");
+        verify(&jammed).expect("verify");
+        let text = print_kernel_program(&jammed);
+        assert!(text.contains(" in 0..25 (Parallel)"), "{text}");
+        let got = run_kernel_program(&jammed, &inputs).expect("jammed");
+        for (name, w) in &want {
+            let (w, g) = (w.to_f64_vec(), got[name].to_f64_vec());
+            assert_eq!(w.len(), g.len(), "{name}");
+            for (e, (x, y)) in w.iter().zip(&g).enumerate() {
+                assert!(!x.is_nan() && !y.is_nan(), "{name}[{e}]: NaN");
+                assert_eq!(x.to_bits(), y.to_bits(), "{dtype} {name}[{e}]");
+            }
+        }
+    }
+}
+
+#[test]
 fn off_leaves_programs_unchanged() {
     let plain = lower_graph("layer_norm", &layer_norm(DType::F32, 9, 5)).expect("lower");
     let same = ReduceJam { rows: None }.run(&plain).expect("off");
