@@ -6,9 +6,11 @@
 //!
 //! Independence is proved per buffer the nest writes: every access to it inside the loop (load
 //! or store) must have an affine index `C·v + r(inner variables)` with the same stride `C > 0`
-//! for the loop's variable `v` and `0 ≤ r < C` over the inner loops' ranges, so iteration `v`
-//! touches only elements `[C·v, C·v + C)` of that buffer: no two iterations share an element
-//! that one of them writes. Loops using scratch (`Local`/`Shared`) buffers, barriers, matrix
+//! for the loop's variable `v`, and the values of every access's `r` over the inner loops'
+//! ranges must lie in one window `[lo, lo + C)`, so iteration `v` touches only elements
+//! `[C·v + lo, C·v + lo + C)` of that buffer: no two iterations share an element that one of
+//! them writes. (A constant offset is allowed: a causal convolution's shifted copy writes row
+//! `v + 3` from row `v`.) Loops using scratch (`Local`/`Shared`) buffers, barriers, matrix
 //! products (`Stmt::Gemm`, which use the pool themselves) or already parallel loops are left
 //! alone. When a top-level loop has extent 1 and a single
 //! loop as its body, the inner loop is considered instead (a batch of one).
@@ -173,6 +175,8 @@ fn independent(p: &KernelProgram, v: VarId, body: &[Stmt], outer: &[VarId]) -> b
             .is_some_and(|buf| buf.space == MemorySpace::Global)
     };
     let mut strides: BTreeMap<BufId, i64> = BTreeMap::new();
+    // Per written buffer, the lowest and highest element offset from `C·v` any access reaches.
+    let mut windows: BTreeMap<BufId, (i64, i64)> = BTreeMap::new();
     let mut check = |buf: BufId, index: &Index| -> bool {
         if !global(buf) {
             return false;
@@ -202,7 +206,9 @@ fn independent(p: &KernelProgram, v: VarId, body: &[Stmt], outer: &[VarId]) -> b
                 hi = hi.saturating_add(span);
             }
         }
-        lo >= 0 && hi < c
+        let w = windows.entry(buf).or_insert((lo, hi));
+        *w = (w.0.min(lo), w.1.max(hi));
+        w.1.saturating_sub(w.0) < c
     };
     for s in body {
         s.walk(&mut |t| {
@@ -351,6 +357,45 @@ mod tests {
         let body = vec![nest(n, m, store)];
         let p = program(n, m, body, vec![]);
         assert_eq!(schedule(&CpuParallel.run(&p).unwrap()), Schedule::Serial);
+    }
+
+    /// `out[(i + shift)·m + j] = x[i·m + j]` for `i` in `0..n - 3`, plus, when `reads_out`, a
+    /// read of `out[i·m + j]` in the same statement.
+    fn shifted_rows(shift: i64, reads_out: bool) -> KernelProgram {
+        let (n, m) = (512, 512);
+        let at = Index::sum(
+            Index::scaled(Index::sum(Index::var(I), Index::Const(shift)), m as i64),
+            Index::var(J),
+        );
+        let mut value = Value::load(BufId(0), row_major(I, J, m));
+        if reads_out {
+            value = Value::binary(
+                BinaryOp::Add,
+                value,
+                Value::load(BufId(1), row_major(I, J, m)),
+            );
+        }
+        let body = vec![nest(n - 3, m, Stmt::store(BufId(1), at, value))];
+        program(n, m, body, vec![])
+    }
+
+    #[test]
+    fn rows_written_at_a_constant_offset_run_in_parallel() {
+        // A causal convolution's shifted copy: iteration i writes row i + 3 only.
+        let p = CpuParallel.run(&shifted_rows(3, false)).unwrap();
+        assert_eq!(schedule(&p), Schedule::Parallel);
+    }
+
+    #[test]
+    fn a_shifted_write_of_a_row_another_iteration_reads_keeps_the_loop_serial() {
+        // Iteration i writes row i + 3 and reads row i, which iteration i - 3 writes.
+        for shift in [1, 3] {
+            let p = CpuParallel.run(&shifted_rows(shift, true)).unwrap();
+            assert_eq!(schedule(&p), Schedule::Serial, "shift {shift}");
+        }
+        // Row i written and read at the same row: independent.
+        let p = CpuParallel.run(&shifted_rows(0, true)).unwrap();
+        assert_eq!(schedule(&p), Schedule::Parallel);
     }
 
     #[test]
