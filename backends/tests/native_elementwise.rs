@@ -517,6 +517,46 @@ macro_rules! elementwise_tests {
                 }
             }
 
+            /// `exp` in both precisions on a dense grid through the whole range (every 0.001 from
+            /// the underflow threshold to the overflow one and a little beyond, so subnormal
+            /// results, 0 and +∞ are crossed; ±10^-30 … ±10^1 in steps of 10^0.01) within the
+            /// libm tolerance of Rust's `exp`: LLVM's is inline code
+            /// (`backends/src/llvm/math.rs`), so the special values of [`check_all`] are not
+            /// enough.
+            #[test]
+            fn exp_on_a_dense_grid() {
+                fn grid<T: F>(lo: f64, hi: f64) {
+                    let mut xs: Vec<f64> = ((lo * 1e3) as i64..=(hi * 1e3) as i64)
+                        .map(|i| i as f64 * 1e-3)
+                        .collect();
+                    for i in -3_000..=100 {
+                        let a = 10f64.powf(f64::from(i) * 0.01);
+                        xs.extend([a, -a]);
+                    }
+                    let xs: Vec<T> = xs.into_iter().map(T::c).collect();
+                    let n = xs.len();
+                    let mut g = Prog::new("exp", T::DTYPE);
+                    let x = g.input("x", &[n]);
+                    let out = g.output("e", &[n]);
+                    let i = g.var();
+                    g.push(serial(
+                        i,
+                        n,
+                        vec![store(out, v(i), un(UnaryOp::Exp, ld(x, v(i))))],
+                    ));
+                    let jit = Jit::compile(&g.p).expect("compiles");
+                    let got = jit
+                        .run(&inputs(&[("x", T::tensor(xs.clone(), n))]))
+                        .expect("runs");
+                    let got = T::from_tensor(&got["e"]);
+                    for (a, e) in xs.iter().zip(&got) {
+                        assert_close("exp", &format!("{a:?}"), *e, a.exp(), tol(Tol::Libm));
+                    }
+                }
+                grid::<f32>(-106.0, 90.0);
+                grid::<f64>(-748.0, 711.0);
+            }
+
             /// Max/min must propagate NaN and keep the reference's choice between signed zeros (LLVM's
             /// `maxnum` would return the other operand for NaN; Cranelift's `fmax` would not fix which
             /// zero wins).
