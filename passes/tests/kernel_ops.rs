@@ -647,8 +647,12 @@ fn slices_shifts_and_unshifts() {
             let y = op(&mut b, Op::Shift { axis, by }, &[x]);
             let xe = b.un(UnaryOp::Tanh, x);
             let z = op(&mut b, Op::Shift { axis, by }, &[xe, fill]);
+            // A shift read by an elementwise op only (by 0: the operand itself, not copied).
+            let inner = op(&mut b, Op::Shift { axis, by }, &[x]);
+            let w = b.add(inner, xe);
             let mut g = b.finish("y", y);
             g.add_output("z", z);
+            g.add_output("w", w);
             check(&g, &format!("shift axis {axis} by {by}"));
         }
     }
