@@ -486,75 +486,56 @@ macro_rules! elementwise_tests {
                 check_all::<f64>(false);
             }
 
+            /// `op` on every value of `grid` (`T`) within the libm tolerance of `reference`.
+            fn on_a_grid<T: F>(op: UnaryOp, grid: Vec<f64>, reference: impl Fn(T) -> T) {
+                let xs: Vec<T> = grid.into_iter().map(T::c).collect();
+                let n = xs.len();
+                let mut g = Prog::new("grid", T::DTYPE);
+                let x = g.input("x", &[n]);
+                let out = g.output("y", &[n]);
+                let i = g.var();
+                g.push(serial(i, n, vec![store(out, v(i), un(op, ld(x, v(i))))]));
+                let jit = Jit::compile(&g.p).expect("compiles");
+                let got = jit
+                    .run(&inputs(&[("x", T::tensor(xs.clone(), n))]))
+                    .expect("runs");
+                let got = T::from_tensor(&got["y"]);
+                for (a, y) in xs.iter().zip(&got) {
+                    let what = format!("{op:?}");
+                    assert_close(&what, &format!("{a:?}"), *y, reference(*a), tol(Tol::Libm));
+                }
+            }
+
+            /// Every 0.001 on `[lo, hi]`, and ±10^(lowest/100) … ±10^1 in steps of 10^0.01.
+            fn grid(lo: f64, hi: f64, lowest: i32) -> Vec<f64> {
+                let mut xs: Vec<f64> = ((lo * 1e3) as i64..=(hi * 1e3) as i64)
+                    .map(|i| i as f64 * 1e-3)
+                    .collect();
+                for i in lowest..=100 {
+                    let a = 10f64.powf(f64::from(i) * 0.01);
+                    xs.extend([a, -a]);
+                }
+                xs
+            }
+
             /// f64 `tanh` on a dense grid (every 0.001 on [-20, 20], and 10^-300 … 10^1 in steps of
             /// 10^0.01, both signs) within the libm tolerance of Rust's (glibc's) `tanh`: LLVM's is
             /// inline code (`backends/src/llvm/math.rs`), so the special values of
             /// [`check_all`] are not enough.
             #[test]
             fn tanh_f64_on_a_dense_grid() {
-                let mut x64: Vec<f64> = (-20_000..=20_000).map(|i| f64::from(i) * 1e-3).collect();
-                for i in -30_000..=100 {
-                    let a = 10f64.powf(f64::from(i) * 0.01);
-                    x64.extend([a, -a]);
-                }
-                let n = x64.len();
-                let mut g = Prog::new("tanh", DType::F64);
-                let x = g.input("x", &[n]);
-                let out = g.output("t", &[n]);
-                let i = g.var();
-                g.push(serial(
-                    i,
-                    n,
-                    vec![store(out, v(i), un(UnaryOp::Tanh, ld(x, v(i))))],
-                ));
-                let jit = Jit::compile(&g.p).expect("compiles");
-                let got = jit
-                    .run(&inputs(&[("x", <f64 as F>::tensor(x64.clone(), n))]))
-                    .expect("runs");
-                let got = <f64 as F>::from_tensor(&got["t"]);
-                for (a, t) in x64.iter().zip(&got) {
-                    assert_close("tanh", &format!("{a:?}"), *t, a.tanh(), tol(Tol::Libm));
-                }
+                on_a_grid::<f64>(UnaryOp::Tanh, grid(-20.0, 20.0, -30_000), f64::tanh);
             }
 
             /// `exp` in both precisions on a dense grid through the whole range (every 0.001 from
-            /// the underflow threshold to the overflow one and a little beyond, so subnormal
-            /// results, 0 and +∞ are crossed; ±10^-30 … ±10^1 in steps of 10^0.01) within the
-            /// libm tolerance of Rust's `exp`: LLVM's is inline code
-            /// (`backends/src/llvm/math.rs`), so the special values of [`check_all`] are not
-            /// enough.
+            /// beyond the underflow threshold to beyond the overflow one, so subnormal results, 0
+            /// and +∞ are crossed; ±10^-30 … ±10^1 in steps of 10^0.01) within the libm
+            /// tolerance of Rust's `exp`: LLVM's is inline code (`backends/src/llvm/math.rs`), so
+            /// the special values of [`check_all`] are not enough.
             #[test]
             fn exp_on_a_dense_grid() {
-                fn grid<T: F>(lo: f64, hi: f64) {
-                    let mut xs: Vec<f64> = ((lo * 1e3) as i64..=(hi * 1e3) as i64)
-                        .map(|i| i as f64 * 1e-3)
-                        .collect();
-                    for i in -3_000..=100 {
-                        let a = 10f64.powf(f64::from(i) * 0.01);
-                        xs.extend([a, -a]);
-                    }
-                    let xs: Vec<T> = xs.into_iter().map(T::c).collect();
-                    let n = xs.len();
-                    let mut g = Prog::new("exp", T::DTYPE);
-                    let x = g.input("x", &[n]);
-                    let out = g.output("e", &[n]);
-                    let i = g.var();
-                    g.push(serial(
-                        i,
-                        n,
-                        vec![store(out, v(i), un(UnaryOp::Exp, ld(x, v(i))))],
-                    ));
-                    let jit = Jit::compile(&g.p).expect("compiles");
-                    let got = jit
-                        .run(&inputs(&[("x", T::tensor(xs.clone(), n))]))
-                        .expect("runs");
-                    let got = T::from_tensor(&got["e"]);
-                    for (a, e) in xs.iter().zip(&got) {
-                        assert_close("exp", &format!("{a:?}"), *e, a.exp(), tol(Tol::Libm));
-                    }
-                }
-                grid::<f32>(-106.0, 90.0);
-                grid::<f64>(-748.0, 711.0);
+                on_a_grid::<f32>(UnaryOp::Exp, grid(-106.0, 90.0, -3_000), f32::exp);
+                on_a_grid::<f64>(UnaryOp::Exp, grid(-748.0, 711.0, -3_000), f64::exp);
             }
 
             /// Max/min must propagate NaN and keep the reference's choice between signed zeros (LLVM's

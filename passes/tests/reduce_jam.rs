@@ -87,6 +87,22 @@ fn row_reductions(p: &KernelProgram) -> usize {
     n
 }
 
+/// Every output of `got` has the bits of `want`'s (no NaN, same lengths).
+fn assert_bitwise_equal(
+    want: &BTreeMap<String, Tensor>,
+    got: &BTreeMap<String, Tensor>,
+    what: &str,
+) {
+    for (name, w) in want {
+        let (w, g) = (w.to_f64_vec(), got[name].to_f64_vec());
+        assert_eq!(w.len(), g.len(), "{what} {name}");
+        for (e, (x, y)) in w.iter().zip(&g).enumerate() {
+            assert!(!x.is_nan() && !y.is_nan(), "{what} {name}[{e}]: NaN");
+            assert_eq!(x.to_bits(), y.to_bits(), "{what} {name}[{e}]");
+        }
+    }
+}
+
 #[test]
 fn jammed_row_reductions_are_bitwise_unchanged() {
     for dtype in [DType::F32, DType::F64] {
@@ -115,14 +131,7 @@ fn jammed_row_reductions_are_bitwise_unchanged() {
                 "rows {rows}:\n{text}"
             );
             let got = run_kernel_program(&jammed, &inputs).expect("jammed");
-            for (name, w) in &want {
-                let (w, g) = (w.to_f64_vec(), got[name].to_f64_vec());
-                assert_eq!(w.len(), g.len(), "{name}");
-                for (e, (x, y)) in w.iter().zip(&g).enumerate() {
-                    assert!(!x.is_nan() && !y.is_nan(), "{name}[{e}]: NaN");
-                    assert_eq!(x.to_bits(), y.to_bits(), "{dtype} rows {rows} {name}[{e}]");
-                }
-            }
+            assert_bitwise_equal(&want, &got, &format!("{dtype} rows {rows}"));
         }
     }
 }
@@ -152,14 +161,7 @@ fn parallel_row_loops_are_jammed_into_parallel_tiles_bitwise_unchanged() {
         let text = print_kernel_program(&jammed);
         assert!(text.contains(" in 0..25 (Parallel)"), "{text}");
         let got = run_kernel_program(&jammed, &inputs).expect("jammed");
-        for (name, w) in &want {
-            let (w, g) = (w.to_f64_vec(), got[name].to_f64_vec());
-            assert_eq!(w.len(), g.len(), "{name}");
-            for (e, (x, y)) in w.iter().zip(&g).enumerate() {
-                assert!(!x.is_nan() && !y.is_nan(), "{name}[{e}]: NaN");
-                assert_eq!(x.to_bits(), y.to_bits(), "{dtype} {name}[{e}]");
-            }
-        }
+        assert_bitwise_equal(&want, &got, &format!("{dtype} parallel"));
     }
 }
 

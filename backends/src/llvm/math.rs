@@ -51,12 +51,7 @@ fn exp_reduced<'ctx>(
     s: &Scope<'_, 'ctx>,
     args: &[FloatValue<'ctx>],
 ) -> Result<FloatValue<'ctx>, ExprError> {
-    let &[x] = args else {
-        return Err(ExprError::Internal(format!(
-            "exp of {} arguments",
-            args.len()
-        )));
-    };
+    let x = only_argument("exp", args)?;
     let b = s.b;
     let (add, sub, mul) = (
         |a, c| l.arith(s, BinaryOp::Add, a, c),
@@ -132,18 +127,27 @@ fn exp_reduced<'ctx>(
     l.select(s, nan, x, y, "exp")
 }
 
+/// The one argument of the one-argument function `name`.
+fn only_argument<'ctx>(
+    name: &str,
+    args: &[FloatValue<'ctx>],
+) -> Result<FloatValue<'ctx>, ExprError> {
+    match args {
+        &[x] => Ok(x),
+        _ => Err(ExprError::Internal(format!(
+            "{name} of {} arguments",
+            args.len()
+        ))),
+    }
+}
+
 /// tanh: in f32 [`tanh_rational`], in f64 [`tanh_expm1`].
 fn tanh<'ctx>(
     l: &Lowering<'_, 'ctx>,
     s: &Scope<'_, 'ctx>,
     args: &[FloatValue<'ctx>],
 ) -> Result<FloatValue<'ctx>, ExprError> {
-    let &[x] = args else {
-        return Err(ExprError::Internal(format!(
-            "tanh of {} arguments",
-            args.len()
-        )));
-    };
+    let x = only_argument("tanh", args)?;
     match l.dtype {
         DType::F32 => tanh_rational(l, s, x),
         DType::F64 => tanh_expm1(l, s, x),
