@@ -10,6 +10,7 @@ use super::plan::{token_axis, ScanSite};
 use super::{state_file, StreamError};
 use crate::execute::{Backend, Prepared};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, OnceLock};
 use tttc_ir::program::specialize_scan;
 use tttc_ir::{Graph, Op, OperandAxes, OperandKind, Program, Shape, TensorType, TttScan};
 use tttc_passes::token_step::{
@@ -39,6 +40,13 @@ struct Sized {
 /// (below it, waking the threads costs more than they save); `TTTC_DECODE_SPLIT_MIN`
 /// overrides it.
 const GROUPED_MIN_STATE: usize = 1 << 18;
+
+/// A token step's program and the program of what it reads from the mini-batch's starting
+/// states alone ([`ScanRuntime::step_programs`]).
+type StepPrograms = (Program, Option<Program>);
+
+/// At most this many derived token steps are remembered in a process (then it starts over).
+const REMEMBERED_STEPS: usize = 64;
 
 /// Input names of the token step's token arguments, made once.
 #[derive(Default)]
@@ -932,6 +940,32 @@ impl ScanRuntime {
         scan: &TttScan,
         n: usize,
     ) -> Result<(Program, Option<Program>), StreamError> {
+        // A model's layers have one scan: their token steps are derived (equality saturation)
+        // once per process, not once per layer.
+        static DERIVED: OnceLock<Mutex<HashMap<String, StepPrograms>>> = OnceLock::new();
+        let derived = DERIVED.get_or_init(Default::default);
+        let key = serde_json::to_string(scan)
+            .ok()
+            .map(|s| format!("{n} {:?} {s}", self.forms));
+        if let Some(k) = &key {
+            let known = derived.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = known.get(k) {
+                return Ok(p.clone());
+            }
+        }
+        let programs = self.derive_step_programs(scan, n)?;
+        if let Some(k) = key {
+            let mut known = derived.lock().unwrap_or_else(|e| e.into_inner());
+            if known.len() >= REMEMBERED_STEPS {
+                known.clear();
+            }
+            known.insert(k, programs.clone());
+        }
+        Ok(programs)
+    }
+
+    /// [`Self::step_programs`], derived.
+    fn derive_step_programs(&self, scan: &TttScan, n: usize) -> Result<StepPrograms, StreamError> {
         let internal = |e: &dyn std::fmt::Display| StreamError::internal(e.to_string());
         let graph = token_step_graph_with(scan, n, &self.forms).map_err(|e| internal(&e))?;
         let (graph, _) = tttc_passes::rewrite::simplify_graph(
