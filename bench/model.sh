@@ -4,7 +4,7 @@
 # Mamba backbone: pre_conv, share_qk, use_gate; mini_batch_size 16), TTT-Linear and TTT-MLP,
 # B=1, f32. Checks that the logits and the greedy tokens agree before timing, then times:
 # prefill at L=2048 and 8192 (medians), greedy decode tokens/s after an 8-token prompt, cold
-# compile (12 and 24 layers, medians of five alternated) and the warm start (compile cache hit) to the first token, and
+# compile (12 and 24 layers, medians of nine alternated) and the warm start (compile cache hit) to the first token, and
 # peak memory. Writes bench/MODEL.md.
 #
 #   bash bench/model.sh                 # the whole table (about an hour on 2 cores)
@@ -96,13 +96,14 @@ print(','.join(map(str, load_file('$tmp/ids_$first.safetensors')['input_ids'][0,
   m ids "$short" --length 16 --vocab "$vocab" >/dev/null
   cold=- cold24=-
   if [ "$parts" = all ]; then
-  # Median of five cold compiles at each depth, alternated (one compile varies by ~20% on a
-  # shared machine).
+  # Median of nine cold compiles at each depth, alternated (one compile varies by ~30% on a
+  # shared machine: 417-556 ms for the same 12 layers in one sitting; five gave 24/12 ratios
+  # from 1.11x to 1.37x between runs).
   dir24=$tmp/${layer}24
   m make "$dir24" --layer "$layer" --size "$size" --layers 24 >/dev/null
   cold_ms() { "$TTTC" bench examples/ttt_lm.ttt --model "$1" --inputs "$short" --iters 1 --json --no-cache 2>/dev/null | j '"%.1f" % d["compile_ms"]'; }
   c12=() c24=()
-  for _ in 1 2 3 4 5; do c12+=("$(cold_ms "$dir")"); c24+=("$(cold_ms "$dir24")"); done
+  for _ in 1 2 3 4 5 6 7 8 9; do c12+=("$(cold_ms "$dir")"); c24+=("$(cold_ms "$dir24")"); done
   median_s() { $PY -c 'import statistics, sys; print("%.2f" % (statistics.median(map(float, sys.argv[1:])) / 1e3))' "$@"; }
   cold=$(median_s "${c12[@]}"); cold24=$(median_s "${c24[@]}")
   rm -rf "$dir24"
