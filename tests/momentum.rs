@@ -18,7 +18,7 @@ use common::*;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tttc::runtime::Tensor;
-use tttc::{bind, Precision};
+use tttc::Precision;
 
 /// (program, vector set).
 const CASES: [(&str, &str); 2] = [
@@ -312,7 +312,7 @@ fn momentum_gd_kernels_for_the_gpu_run_on_the_host() {
                 .expect("optimize")
                 .program;
             let inputs = load(&file(stem, ".inputs.safetensors"));
-            let bound = bind(&compiled, &inputs, &settings, precision.elem()).expect("bind");
+            let bound = tttc::bind(&compiled, &inputs, &settings, precision.elem()).expect("bind");
             let kernels = lower_program(&bound.program).expect("lower_kernel");
             let executed = run_kernel_program(&kernels, &bound.inputs).expect("kernel executor");
             check(
